@@ -1,0 +1,42 @@
+# isthmus: one binary, its tests, its demo, its benchmarks.
+GO      ?= go
+BIN     := bin/isthmus
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
+# Debian packages the sandbox needs on a fresh machine.
+APT_PKGS := iptables conntrack iproute2
+
+.PHONY: help build deps kube test unit demo bench clean
+
+help: ## list targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## build bin/isthmus
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/isthmus
+
+deps: ## install the Debian packages the sandbox needs (root)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+kube: build ## build and cache the Kubernetes binaries (once per machine, ~9 min cold)
+	$(BIN) sandbox prepare
+
+test: deps kube ## run every test but the benchmarks (needs root for the sandbox tests)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 50m ./...
+
+unit: ## run the fast tests only (no sandbox, no root)
+	$(GO) test -race -short -count=1 ./...
+
+demo: deps kube ## bring the sandbox up and show its status
+	$(BIN) sandbox up
+	$(BIN) sandbox status
+
+bench: deps kube ## measure and write BENCHMARKS.md
+	bash bench/run.sh
+
+clean: ## remove build output (the binary cache stays)
+	rm -rf bin

@@ -1,0 +1,142 @@
+package sandbox
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultStateDir holds every sandbox's certificates, data, logs and kubeconfig.
+const DefaultStateDir = "/var/lib/isthmus/sandbox"
+
+// KubeVersion is the Kubernetes release the sandbox builds and runs.
+const KubeVersion = "v1.34.4"
+
+// Config is the set of clusters a sandbox runs. The zero value is not
+// usable; start from DefaultConfig or LoadConfig.
+type Config struct {
+	// Clusters lists the clusters in order; a cluster's position decides
+	// its addresses on the internet segment, so keep the order stable.
+	Clusters []ClusterConfig `json:"clusters"`
+}
+
+// ClusterConfig names one cluster and the network it sits on.
+type ClusterConfig struct {
+	// Name is the kubeconfig context and the mesh's cluster ID, a DNS-1123 label.
+	Name string `json:"name"`
+	// Network is the isolated L3 network the cluster's pods live on.
+	Network string `json:"network"`
+}
+
+// DefaultConfig is the seed walkthrough's pair: cluster-eks on network1
+// (the primary) and cluster-aks on network2 (the remote).
+func DefaultConfig() Config {
+	return Config{Clusters: []ClusterConfig{
+		{Name: "cluster-eks", Network: "network1"},
+		{Name: "cluster-aks", Network: "network2"},
+	}}
+}
+
+// LoadConfig reads a YAML cluster list; an empty path means the default pair.
+func LoadConfig(path string) (Config, error) {
+	if path == "" {
+		return DefaultConfig(), nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read sandbox config: %w", err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+		return Config{}, fmt.Errorf("parse sandbox config %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("sandbox config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// maxClusters keeps every cluster's /24 inside 198.18.0.0/15.
+const maxClusters = 250
+
+// Validate reports the first problem with the cluster list.
+func (c Config) Validate() error {
+	if len(c.Clusters) == 0 {
+		return fmt.Errorf("clusters: at least one cluster is required")
+	}
+	if len(c.Clusters) > maxClusters {
+		return fmt.Errorf("clusters: %d clusters given, at most %d are supported", len(c.Clusters), maxClusters)
+	}
+	names := map[string]bool{}
+	networks := map[string]string{}
+	for i, cl := range c.Clusters {
+		if errs := validation.IsDNS1123Label(cl.Name); len(errs) > 0 {
+			return fmt.Errorf("clusters[%d].name %q: %s", i, cl.Name, errs[0])
+		}
+		// The network namespace name "isthmus-<name>" must stay short enough for tools.
+		if len(cl.Name) > 40 {
+			return fmt.Errorf("clusters[%d].name %q: at most 40 characters", i, cl.Name)
+		}
+		if names[cl.Name] {
+			return fmt.Errorf("clusters[%d].name %q: duplicate cluster name", i, cl.Name)
+		}
+		names[cl.Name] = true
+		if cl.Network == "" {
+			return fmt.Errorf("clusters[%d].network: required (for example network%d)", i, i+1)
+		}
+		if other, ok := networks[cl.Network]; ok {
+			return fmt.Errorf("clusters[%d].network %q: already used by cluster %q; each sandbox cluster has its own network", i, cl.Network, other)
+		}
+		networks[cl.Network] = cl.Name
+	}
+	return nil
+}
+
+// Cluster returns the named cluster's settings and position.
+func (c Config) Cluster(name string) (ClusterConfig, int, error) {
+	for i, cl := range c.Clusters {
+		if cl.Name == name {
+			return cl, i, nil
+		}
+	}
+	known := make([]string, len(c.Clusters))
+	for i, cl := range c.Clusters {
+		known[i] = cl.Name
+	}
+	return ClusterConfig{}, -1, fmt.Errorf("unknown cluster %q; the sandbox has %v", name, known)
+}
+
+// Layout is where one sandbox keeps its files.
+type Layout struct{ Dir string }
+
+// Kubeconfig is the admin kubeconfig with one context per cluster.
+func (l Layout) Kubeconfig() string { return filepath.Join(l.Dir, "kubeconfig") }
+
+// ConfigFile is the cluster list the running sandbox was started with.
+func (l Layout) ConfigFile() string { return filepath.Join(l.Dir, "config.yaml") }
+
+// ClusterDir holds one cluster's pki, data, logs and pid files.
+func (l Layout) ClusterDir(name string) string { return filepath.Join(l.Dir, "clusters", name) }
+
+// Addresses of one cluster on the internet segment. Cluster i (0-based)
+// owns 198.18.(i+1).0/24: .1 is its node namespace and API server, .10
+// upwards are LoadBalancer addresses.
+type Addresses struct {
+	Node      netip.Addr
+	LBPrefix  netip.Prefix
+	APIServer string // host:port
+}
+
+// AddressesOf returns the addresses of the cluster at position i.
+func AddressesOf(i int) Addresses {
+	node := netip.AddrFrom4([4]byte{198, 18, byte(i + 1), 1})
+	return Addresses{
+		Node:      node,
+		LBPrefix:  netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i + 1), 0}), 24),
+		APIServer: netip.AddrPortFrom(node, 6443).String(),
+	}
+}

@@ -1,0 +1,65 @@
+package sandbox
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"the default pair is valid", DefaultConfig(), ""},
+		{"no clusters is refused", Config{}, "at least one cluster"},
+		{"a name that is not a DNS label is refused", Config{Clusters: []ClusterConfig{{Name: "Cluster_EKS", Network: "n1"}}}, `clusters[0].name "Cluster_EKS"`},
+		{"duplicate names are refused", Config{Clusters: []ClusterConfig{{Name: "a", Network: "n1"}, {Name: "a", Network: "n2"}}}, "duplicate cluster name"},
+		{"a missing network is refused with an example", Config{Clusters: []ClusterConfig{{Name: "a"}}}, "required (for example network1)"},
+		{"two clusters on one network are refused", Config{Clusters: []ClusterConfig{{Name: "a", Network: "n1"}, {Name: "b", Network: "n1"}}}, `already used by cluster "a"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %v, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("clusters:\n- name: c1\n  network: n1\n- name: c2\n  network: n2\n- name: c3\n  network: n3\n"), 0o644)
+	cfg, err := LoadConfig(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Clusters) != 3 || cfg.Clusters[2].Name != "c3" {
+		t.Fatalf("got %+v", cfg)
+	}
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("clusters:\n- name: c1\n  netwrk: n1\n"), 0o644)
+	if _, err := LoadConfig(typo); err == nil || !strings.Contains(err.Error(), "netwrk") {
+		t.Fatalf("an unknown field must be named, got %v", err)
+	}
+	if _, _, err := cfg.Cluster("c9"); err == nil || !strings.Contains(err.Error(), `unknown cluster "c9"`) {
+		t.Fatalf("unknown cluster error: %v", err)
+	}
+}
+
+func TestAddressesOf(t *testing.T) {
+	a := AddressesOf(1)
+	if a.Node.String() != "198.18.2.1" || a.LBPrefix.String() != "198.18.2.0/24" || a.APIServer != "198.18.2.1:6443" {
+		t.Fatalf("cluster 2 addresses: %+v", a)
+	}
+}
