@@ -58,7 +58,8 @@ type result struct {
 // isthmus runs the binary with a deadline and returns its output.
 func isthmus(t *testing.T, timeout time.Duration, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	// Not t.Context(): cleanups (sandbox down) run after it is canceled.
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	var out, errb bytes.Buffer

@@ -189,12 +189,21 @@ func ensureNS(name string) (bool, error) {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is switched into the new namespace and, being locked
-		// until the goroutine ends, is then discarded by the runtime.
+		// NewNamed moves the calling thread into the new namespace; move it
+		// back before unlocking (see Do for why a thread must not stay).
 		runtime.LockOSThread()
+		origin, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer origin.Close()
 		ns, err := netns.NewNamed(name)
 		if err == nil {
 			ns.Close()
+		}
+		if netns.Set(origin) == nil {
+			runtime.UnlockOSThread()
 		}
 		errc <- err
 	}()

@@ -20,14 +20,25 @@ func Do(name string, fn func() error) error {
 	defer target.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: the runtime discards the thread when the goroutine
-		// ends, so no other goroutine ever runs in the namespace by accident.
 		runtime.LockOSThread()
+		origin, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("open current network namespace: %w", err)
+			return // the locked thread is discarded
+		}
+		defer origin.Close()
 		if err := netns.Set(target); err != nil {
 			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		// Go back before unlocking: a thread left in the namespace could be
+		// the main thread, which the runtime cannot discard, and the whole
+		// process would then count as living in the sandbox's namespace.
+		if netns.Set(origin) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
