@@ -37,6 +37,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Readable by everyone: one test runs the binary as an unprivileged user.
+	os.Chmod(dir, 0o755)
 	bin = filepath.Join(dir, "isthmus")
 	build := exec.Command("go", "build", "-o", bin, "../../cmd/isthmus")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
