@@ -30,14 +30,18 @@ type ClusterConfig struct {
 	Name string `json:"name"`
 	// Network is the isolated L3 network the cluster's pods live on.
 	Network string `json:"network"`
+	// Region and Zone label the cluster's node (topology.kubernetes.io/*),
+	// which the mesh reads as locality; optional.
+	Region string `json:"region,omitempty"`
+	Zone   string `json:"zone,omitempty"`
 }
 
 // DefaultConfig is the seed walkthrough's pair: cluster-eks on network1
 // (the primary) and cluster-aks on network2 (the remote).
 func DefaultConfig() Config {
 	return Config{Clusters: []ClusterConfig{
-		{Name: "cluster-eks", Network: "network1"},
-		{Name: "cluster-aks", Network: "network2"},
+		{Name: "cluster-eks", Network: "network1", Region: "us-east-1", Zone: "us-east-1a"},
+		{Name: "cluster-aks", Network: "network2", Region: "eastus", Zone: "eastus-1"},
 	}}
 }
 
@@ -60,8 +64,8 @@ func LoadConfig(path string) (Config, error) {
 	return c, nil
 }
 
-// maxClusters keeps every cluster's /24 inside 198.18.0.0/15.
-const maxClusters = 250
+// maxClusters keeps every cluster's pod and service /16 inside 100.64.0.0/10.
+const maxClusters = 32
 
 // Validate reports the first problem with the cluster list.
 func (c Config) Validate() error {
@@ -125,10 +129,16 @@ func (l Layout) ClusterDir(name string) string { return filepath.Join(l.Dir, "cl
 // Addresses of one cluster on the internet segment. Cluster i (0-based)
 // owns 198.18.(i+1).0/24: .1 is its node namespace and API server, .10
 // upwards are LoadBalancer addresses.
+//
+// Private ranges differ per cluster (pods 100.(64+i).0.0/16, services
+// 100.(96+i).0.0/16), so a test that a pod address of one cluster is
+// unreachable from another cannot be fooled by a local pod of that address.
 type Addresses struct {
 	Node      netip.Addr
 	LBPrefix  netip.Prefix
 	APIServer string // host:port
+	PodCIDR   netip.Prefix
+	Services  netip.Prefix
 }
 
 // AddressesOf returns the addresses of the cluster at position i.
@@ -138,5 +148,7 @@ func AddressesOf(i int) Addresses {
 		Node:      node,
 		LBPrefix:  netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i + 1), 0}), 24),
 		APIServer: netip.AddrPortFrom(node, 6443).String(),
+		PodCIDR:   netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(64 + i), 0, 0}), 16),
+		Services:  netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(96 + i), 0, 0}), 16),
 	}
 }

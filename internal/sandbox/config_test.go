@@ -59,7 +59,8 @@ func TestLoadConfig(t *testing.T) {
 
 func TestAddressesOf(t *testing.T) {
 	a := AddressesOf(1)
-	if a.Node.String() != "198.18.2.1" || a.LBPrefix.String() != "198.18.2.0/24" || a.APIServer != "198.18.2.1:6443" {
+	if a.Node.String() != "198.18.2.1" || a.LBPrefix.String() != "198.18.2.0/24" || a.APIServer != "198.18.2.1:6443" ||
+		a.PodCIDR.String() != "100.65.0.0/16" || a.Services.String() != "100.97.0.0/16" {
 		t.Fatalf("cluster 2 addresses: %+v", a)
 	}
 }

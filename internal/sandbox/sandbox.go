@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -58,13 +59,26 @@ func requireRoot() error {
 
 func (s *Sandbox) clusters(bins kubebin.Set) []*controlplane.Cluster {
 	out := make([]*controlplane.Cluster, len(s.Config.Clusters))
+	self, _ := os.Executable()
 	for i, cc := range s.Config.Clusters {
+		labels := map[string]string{}
+		if cc.Region != "" {
+			labels[corev1.LabelTopologyRegion] = cc.Region
+		}
+		if cc.Zone != "" {
+			labels[corev1.LabelTopologyZone] = cc.Zone
+		}
 		out[i] = &controlplane.Cluster{
-			Name: cc.Name,
-			Dir:  s.Layout.ClusterDir(cc.Name),
-			NS:   network.NodeNS(cc.Name),
-			Addr: AddressesOf(i).Node,
-			Bins: bins,
+			Name:        cc.Name,
+			Dir:         s.Layout.ClusterDir(cc.Name),
+			NS:          network.NodeNS(cc.Name),
+			Addr:        AddressesOf(i).Node,
+			Bins:        bins,
+			Self:        self,
+			NodeLabels:  labels,
+			LBPool:      AddressesOf(i).LBPrefix,
+			PodCIDR:     AddressesOf(i).PodCIDR,
+			ServiceCIDR: AddressesOf(i).Services,
 		}
 	}
 	return out
@@ -288,7 +302,7 @@ func (s *Sandbox) Down(ctx context.Context) error {
 	}
 	// Anything else still inside our namespaces was started through the
 	// sandbox too (a pod, a debugging shell): it must not keep them alive.
-	for _, ns := range append(names, network.InternetNS) {
+	for _, ns := range append(append(names, network.InternetNS), network.PodNamespaces()...) {
 		if !network.Exists(ns) {
 			continue
 		}
@@ -303,7 +317,7 @@ func (s *Sandbox) Down(ctx context.Context) error {
 			}
 		}
 	}
-	if err := network.Teardown(names); err != nil {
+	if err := network.TeardownAll(names); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

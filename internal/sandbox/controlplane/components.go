@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -61,7 +62,7 @@ func (c *Cluster) Components() []Component {
 			"--service-account-issuer="+Issuer,
 			"--service-account-key-file="+pk("sa.pub"),
 			"--service-account-signing-key-file="+pk("sa.key"),
-			"--service-cluster-ip-range="+ServiceCIDR,
+			"--service-cluster-ip-range="+c.ServiceCIDR.String(),
 			"--authorization-mode=Node,RBAC",
 			"--enable-admission-plugins=NodeRestriction",
 			"--allow-privileged=true",
@@ -92,9 +93,9 @@ func (c *Cluster) Components() []Component {
 			"--cluster-signing-cert-file="+pk("ca.crt"),
 			"--cluster-signing-key-file="+pk("ca.key"),
 			"--allocate-node-cidrs=true",
-			"--cluster-cidr="+ClusterCIDR,
+			"--cluster-cidr="+c.PodCIDR.String(),
 			"--node-cidr-mask-size=24",
-			"--service-cluster-ip-range="+ServiceCIDR,
+			"--service-cluster-ip-range="+c.ServiceCIDR.String(),
 			"--cluster-name="+c.Name,
 			"--profiling=false",
 			"--v=1",
@@ -116,7 +117,60 @@ func (c *Cluster) Components() []Component {
 		),
 		Health: c.inNodeHealth("https://127.0.0.1:10259/healthz", "ok"),
 	}
-	return []Component{etcd, apiserver, kcm, scheduler}
+	nodeArgs := []string{"sandbox", "node",
+		"--name=" + c.NodeName(),
+		"--kubeconfig=" + c.path("node.kubeconfig"),
+		"--controller-kubeconfig=" + c.path("sandbox-controller.kubeconfig"),
+		"--dir=" + c.path("node"),
+		"--netns=" + c.NS,
+		"--address=" + c.Addr.String(),
+		"--serving-cert=" + pk("node-serving.crt"),
+		"--serving-key=" + pk("node-serving.key"),
+		"--client-ca=" + pk("ca.crt"),
+		"--lb-pool=" + c.LBPool.String(),
+		"--dns-ip=" + c.DNSServiceIP().String(),
+		"--api-service-ip=" + c.APIServiceIP().String(),
+	}
+	for _, k := range sortedKeys(c.NodeLabels) {
+		nodeArgs = append(nodeArgs, "--label="+k+"="+c.NodeLabels[k])
+	}
+	nodeSpec := spec("node", nodeArgs...)
+	nodeSpec.Path = c.Self
+	node := Component{
+		Name:   "node",
+		Ports:  []int{10250, 10248, 53},
+		Spec:   nodeSpec,
+		Health: c.inNodeHealth("http://127.0.0.1:10248/healthz", "ok"),
+	}
+	proxy := Component{
+		Name:  "kube-proxy",
+		Ports: []int{10249, 10256},
+		Spec: spec("kube-proxy",
+			"--kubeconfig="+c.path("kube-proxy.kubeconfig"),
+			"--hostname-override="+c.NodeName(),
+			"--proxy-mode=iptables",
+			"--cluster-cidr="+c.PodCIDR.String(),
+			// A network namespace cannot write nf_conntrack_max; leave conntrack sysctls alone.
+			"--conntrack-max-per-core=0",
+			"--conntrack-tcp-timeout-established=0",
+			"--conntrack-tcp-timeout-close-wait=0",
+			"--metrics-bind-address=127.0.0.1:10249",
+			"--healthz-bind-address=127.0.0.1:10256",
+			"--profiling=false",
+			"--v=1",
+		),
+		Health: c.inNodeHealth("http://127.0.0.1:10256/healthz", ""),
+	}
+	return []Component{etcd, apiserver, kcm, scheduler, node, proxy}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // inNodeHealth checks an endpoint that listens only inside the node namespace.

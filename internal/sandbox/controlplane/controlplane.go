@@ -21,15 +21,8 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/process"
 )
 
-// Ranges every sandbox cluster uses. They may overlap between clusters, as
-// they can in real clouds: the clusters' networks never route to each other.
+// Settings every sandbox cluster shares.
 const (
-	ClusterCIDR = "100.64.0.0/16"
-	ServiceCIDR = "100.96.0.0/16"
-	// APIServiceIP is the first address of ServiceCIDR, the `kubernetes` Service.
-	APIServiceIP = "100.96.0.1"
-	// DNSServiceIP is the cluster DNS Service address pods are given.
-	DNSServiceIP = "100.96.0.10"
 	// Issuer of service-account tokens, the Kubernetes default.
 	Issuer = "https://kubernetes.default.svc.cluster.local"
 	// APIPort is where the API server listens, on every address of the node.
@@ -46,9 +39,30 @@ type Cluster struct {
 	// Addr is the node's address on the internet segment.
 	Addr netip.Addr
 	Bins kubebin.Set
+	// Self is the isthmus binary, which runs the node agent.
+	Self string
+	// NodeLabels are put on the cluster's node (topology region and zone).
+	NodeLabels map[string]string
+	// LBPool is where LoadBalancer addresses come from.
+	LBPool netip.Prefix
+	// PodCIDR and ServiceCIDR are the cluster's private ranges.
+	PodCIDR, ServiceCIDR netip.Prefix
 
 	ca *pki.CA
 }
+
+// APIServiceIP is the first address of the service range, the `kubernetes` Service.
+func (c *Cluster) APIServiceIP() netip.Addr { return c.ServiceCIDR.Masked().Addr().Next() }
+
+// DNSServiceIP is the cluster DNS Service address pods are given (.10).
+func (c *Cluster) DNSServiceIP() netip.Addr {
+	b := c.ServiceCIDR.Masked().Addr().As4()
+	b[3] = 10
+	return netip.AddrFrom4(b)
+}
+
+// NodeName is the name of the cluster's single node.
+func (c *Cluster) NodeName() string { return c.Name + "-node" }
 
 // Component is one process of the control plane.
 type Component struct {
@@ -80,7 +94,15 @@ func (c *Cluster) Prepare() error {
 	if _, err := ca.LoadOrIssue(c.pkiDir(), "apiserver", pki.Request{
 		CommonName: "kube-apiserver",
 		DNSNames:   []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", c.Name},
-		IPs:        []net.IP{net.IP(c.Addr.AsSlice()), net.ParseIP(APIServiceIP), net.ParseIP("127.0.0.1")},
+		IPs:        []net.IP{net.IP(c.Addr.AsSlice()), net.IP(c.APIServiceIP().AsSlice()), net.ParseIP("127.0.0.1")},
+		Server:     true,
+	}); err != nil {
+		return err
+	}
+	if _, err := ca.LoadOrIssue(c.pkiDir(), "node-serving", pki.Request{
+		CommonName: "system:node:" + c.NodeName(),
+		DNSNames:   []string{c.NodeName()},
+		IPs:        []net.IP{net.IP(c.Addr.AsSlice())},
 		Server:     true,
 	}); err != nil {
 		return err
@@ -96,6 +118,10 @@ func (c *Cluster) Prepare() error {
 		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}},
 		{"controller-manager", "system:kube-controller-manager", nil},
 		{"scheduler", "system:kube-scheduler", nil},
+		{"kube-proxy", "system:kube-proxy", nil},
+		{"node", "system:node:" + c.NodeName(), []string{"system:nodes"}},
+		// The sandbox's own controllers (DNS, load balancers) are cluster infrastructure.
+		{"sandbox-controller", "isthmus-sandbox-controller", []string{"system:masters"}},
 	}
 	for _, cl := range clients {
 		pair, err := ca.LoadOrIssue(c.pkiDir(), cl.name, pki.Request{CommonName: cl.cn, Organization: cl.org, Client: true})

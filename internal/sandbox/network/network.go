@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -126,21 +127,41 @@ func ensureNode(inet *netlink.Handle, n Node) error {
 	return Do(n.NS, func() error { return sysctl("net/ipv4/ip_forward", "1") })
 }
 
-// Teardown deletes the node namespaces, the internet namespace and the host
-// link. Processes still inside a namespace keep it alive, so stop them first.
-func Teardown(nodeNS []string) error {
+// TeardownAll deletes the node namespaces, every pod namespace, the internet
+// namespace and the host link. Processes still inside a namespace keep it
+// alive, so stop them first.
+func TeardownAll(nodeNS []string) error {
+	all := append(PodNamespaces(), nodeNS...)
+	err := Teardown(all, InternetNS)
+	if l, lerr := netlink.LinkByName(HostLink); lerr == nil {
+		if lerr := netlink.LinkDel(l); lerr != nil {
+			err = errors.Join(err, fmt.Errorf("delete %s: %w", HostLink, lerr))
+		}
+	}
+	return err
+}
+
+// PodNamespaces lists the pod network namespaces present on the machine.
+func PodNamespaces() []string {
+	entries, _ := os.ReadDir("/run/netns")
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), PodNSPrefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// Teardown deletes the named namespaces that exist.
+func Teardown(names []string, more ...string) error {
 	var errs []error
-	for _, name := range append(nodeNS, InternetNS) {
+	for _, name := range append(names, more...) {
 		if !Exists(name) {
 			continue
 		}
 		if err := netns.DeleteNamed(name); err != nil {
 			errs = append(errs, fmt.Errorf("delete namespace %s: %w", name, err))
-		}
-	}
-	if l, err := netlink.LinkByName(HostLink); err == nil {
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", HostLink, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/isthmus-mesh/isthmus/internal/demoapp"
+)
+
+func newDemoAppCmd() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "demo-app",
+		Short: "Run one service of the walkthrough's demo application",
+		Long: `The demo application of the walkthrough: accounts, dashboard, profile and sleep.
+Each server answers JSON and says which cluster (env CLUSTER_NAME), pod
+(HOSTNAME) and node (NODE_NAME) served it; /healthz answers ok.`,
+	}
+	cmd.PersistentFlags().StringVar(&addr, "listen", ":8080", "address to serve on")
+	var profileURL, accountsURL string
+	profile := &cobra.Command{Use: "profile", Short: "GET /profile?id=N: the name of person N", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return demoapp.Serve(c.Context(), addr, demoapp.ProfileHandler(), slog.Default().With("app", "profile"))
+		}}
+	accounts := &cobra.Command{Use: "accounts", Short: "GET /accounts?id=N: the balance of account N", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return demoapp.Serve(c.Context(), addr, demoapp.AccountsHandler(), slog.Default().With("app", "accounts"))
+		}}
+	dashboard := &cobra.Command{Use: "dashboard", Short: "GET /dashboard?id=N: profile and account of N, aggregated", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return demoapp.Serve(c.Context(), addr, demoapp.DashboardHandler(profileURL, accountsURL), slog.Default().With("app", "dashboard"))
+		}}
+	dashboard.Flags().StringVar(&profileURL, "profile-url", "http://profile:8080", "base URL of the profile service")
+	dashboard.Flags().StringVar(&accountsURL, "accounts-url", "http://accounts:8080", "base URL of the accounts service")
+	sleep := &cobra.Command{Use: "sleep", Short: "Do nothing until stopped: a pod to exec curl from", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			<-c.Context().Done()
+			return nil
+		}}
+	cmd.AddCommand(profile, accounts, dashboard, sleep)
+	return cmd
+}

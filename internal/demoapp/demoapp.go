@@ -1,0 +1,180 @@
+// Package demoapp is the walkthrough's application: accounts (balance by
+// id), profile (name by id), dashboard (both, aggregated) and sleep (a
+// client to exec curl from). It is an ordinary app that knows nothing of
+// the mesh; every answer says which cluster and pod served it.
+package demoapp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Origin identifies who answered, so a caller can see load balancing.
+type Origin struct {
+	Cluster string `json:"cluster,omitempty"`
+	Pod     string `json:"pod"`
+	Node    string `json:"node,omitempty"`
+}
+
+func origin() Origin {
+	return Origin{Cluster: os.Getenv("CLUSTER_NAME"), Pod: os.Getenv("HOSTNAME"), Node: os.Getenv("NODE_NAME")}
+}
+
+// Profile is profile's answer.
+type Profile struct {
+	ID       int    `json:"id"`
+	Name     string `json:"name"`
+	ServedBy Origin `json:"servedBy"`
+	// Caller is the X-Forwarded-Client-Cert header a sidecar added, if any.
+	Caller string `json:"callerXFCC,omitempty"`
+}
+
+// Account is accounts' answer.
+type Account struct {
+	ID       int     `json:"id"`
+	Balance  float64 `json:"balance"`
+	ServedBy Origin  `json:"servedBy"`
+	Caller   string  `json:"callerXFCC,omitempty"`
+}
+
+// Dashboard is dashboard's answer: profile and account, with who served each.
+type Dashboard struct {
+	ID       int     `json:"id"`
+	Name     string  `json:"name"`
+	Balance  float64 `json:"balance"`
+	Profile  Origin  `json:"profileServedBy"`
+	Accounts Origin  `json:"accountsServedBy"`
+	ServedBy Origin  `json:"servedBy"`
+}
+
+var names = []string{"Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Ken Thompson", "Radia Perlman", "Leslie Lamport"}
+
+// NameOf and BalanceOf are the demo's fixed data, so tests know the answers.
+func NameOf(id int) string     { return names[((id%len(names))+len(names))%len(names)] }
+func BalanceOf(id int) float64 { return float64(id*1000+250) / 10 }
+
+func idParam(r *http.Request) (int, error) {
+	id, err := strconv.Atoi(r.URL.Query().Get("id"))
+	if err != nil {
+		return 0, fmt.Errorf("query parameter id must be an integer, e.g. ?id=4")
+	}
+	return id, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+// ProfileHandler serves GET /profile?id=N.
+func ProfileHandler() http.Handler {
+	mux := baseMux()
+	mux.HandleFunc("GET /profile", func(w http.ResponseWriter, r *http.Request) {
+		id, err := idParam(r)
+		if err != nil {
+			fail(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, Profile{ID: id, Name: NameOf(id), ServedBy: origin(), Caller: r.Header.Get("X-Forwarded-Client-Cert")})
+	})
+	return mux
+}
+
+// AccountsHandler serves GET /accounts?id=N.
+func AccountsHandler() http.Handler {
+	mux := baseMux()
+	mux.HandleFunc("GET /accounts", func(w http.ResponseWriter, r *http.Request) {
+		id, err := idParam(r)
+		if err != nil {
+			fail(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, Account{ID: id, Balance: BalanceOf(id), ServedBy: origin(), Caller: r.Header.Get("X-Forwarded-Client-Cert")})
+	})
+	return mux
+}
+
+// DashboardHandler serves GET /dashboard?id=N by calling profile and accounts.
+func DashboardHandler(profileURL, accountsURL string) http.Handler {
+	client := &http.Client{Timeout: 10 * time.Second}
+	mux := baseMux()
+	mux.HandleFunc("GET /dashboard", func(w http.ResponseWriter, r *http.Request) {
+		id, err := idParam(r)
+		if err != nil {
+			fail(w, http.StatusBadRequest, err)
+			return
+		}
+		var p Profile
+		if err := getJSON(r.Context(), client, fmt.Sprintf("%s/profile?id=%d", profileURL, id), &p); err != nil {
+			fail(w, http.StatusBadGateway, fmt.Errorf("profile: %w", err))
+			return
+		}
+		var a Account
+		if err := getJSON(r.Context(), client, fmt.Sprintf("%s/accounts?id=%d", accountsURL, id), &a); err != nil {
+			fail(w, http.StatusBadGateway, fmt.Errorf("accounts: %w", err))
+			return
+		}
+		writeJSON(w, http.StatusOK, Dashboard{ID: id, Name: p.Name, Balance: a.Balance, Profile: p.ServedBy, Accounts: a.ServedBy, ServedBy: origin()})
+	})
+	return mux
+}
+
+func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: HTTP %d: %s", url, resp.StatusCode, body)
+	}
+	return json.Unmarshal(body, v)
+}
+
+func baseMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	return mux
+}
+
+// Serve runs h on addr until ctx ends, then drains for up to 5 s.
+func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	log.Info("serving", "addr", l.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,202 @@
+// Package dns is the sandbox's cluster DNS: it answers the Kubernetes DNS
+// names of Services (A records for ClusterIPs, ready endpoint addresses for
+// headless Services, CNAMEs for ExternalName) from informers, and says
+// NXDOMAIN for everything else, since the sandbox has no outside world.
+package dns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/utils/ptr"
+)
+
+// ttl of every answer: short, so changes show quickly.
+const ttl = 5
+
+// Server answers cluster DNS queries.
+type Server struct {
+	// Domain is the cluster domain, normally cluster.local.
+	Domain string
+	// Listen is the address the server binds (UDP and TCP).
+	Listen netip.AddrPort
+	// ServiceIP is the kube-dns ClusterIP pods use.
+	ServiceIP string
+	Client    kubernetes.Interface
+	Log       *slog.Logger
+
+	services  corelisters.ServiceLister
+	endpoints discoverylisters.EndpointSliceLister
+}
+
+// Watch registers the informers the server reads; call it before factory.Start.
+func (s *Server) Watch(factory informers.SharedInformerFactory) {
+	s.services = factory.Core().V1().Services().Lister()
+	s.endpoints = factory.Discovery().V1().EndpointSlices().Lister()
+}
+
+// Start registers the kube-dns Service and serves until ctx ends.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.register(ctx); err != nil {
+		return err
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", s.handle)
+	errc := make(chan error, 2)
+	servers := []*dns.Server{
+		{Addr: s.Listen.String(), Net: "udp", Handler: mux},
+		{Addr: s.Listen.String(), Net: "tcp", Handler: mux},
+	}
+	for _, srv := range servers {
+		go func() { errc <- srv.ListenAndServe() }()
+	}
+	select {
+	case <-ctx.Done():
+		for _, srv := range servers {
+			_ = srv.Shutdown()
+		}
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("cluster DNS on %s: %w", s.Listen, err)
+	}
+}
+
+// register creates kube-system/kube-dns (no selector) and its EndpointSlice,
+// which points at this server, so pods reach it through kube-proxy.
+func (s *Server) register(ctx context.Context) error {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Namespace: "kube-system", Labels: map[string]string{"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: s.ServiceIP,
+			Ports: []corev1.ServicePort{
+				{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP},
+				{Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP},
+			},
+		},
+	}
+	if _, err := s.Client.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create kube-dns Service: %w", err)
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns-sandbox", Namespace: "kube-system", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "kube-dns",
+			discoveryv1.LabelManagedBy:   "sandbox.isthmus.io",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{s.Listen.Addr().String()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+		Ports: []discoveryv1.EndpointPort{
+			{Name: ptr.To("dns"), Port: ptr.To[int32](53), Protocol: ptr.To(corev1.ProtocolUDP)},
+			{Name: ptr.To("dns-tcp"), Port: ptr.To[int32](53), Protocol: ptr.To(corev1.ProtocolTCP)},
+		},
+	}
+	slices := s.Client.DiscoveryV1().EndpointSlices("kube-system")
+	if _, err := slices.Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create kube-dns EndpointSlice: %w", err)
+		}
+		cur, err := slices.Get(ctx, slice.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		slice.ResourceVersion = cur.ResourceVersion
+		if _, err := slices.Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update kube-dns EndpointSlice: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	if len(req.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		_ = w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	answers, found := s.lookup(q)
+	m.Answer = answers
+	if !found {
+		m.Rcode = dns.RcodeNameError
+	}
+	_ = w.WriteMsg(m)
+}
+
+// lookup answers one question; found is false for names that do not exist.
+func (s *Server) lookup(q dns.Question) ([]dns.RR, bool) {
+	name := strings.ToLower(q.Name)
+	suffix := ".svc." + s.Domain + "."
+	rest, ok := strings.CutSuffix(name, suffix)
+	if !ok {
+		return nil, false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 2 {
+		return nil, false
+	}
+	svcName, ns := parts[0], parts[1]
+	svc, err := s.services.Services(ns).Get(svcName)
+	if err != nil {
+		return nil, false
+	}
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
+	}
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return []dns.RR{&dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: dns.Fqdn(svc.Spec.ExternalName)}}, true
+	}
+	if q.Qtype != dns.TypeA && q.Qtype != dns.TypeANY {
+		return nil, true // the name exists; no records of that type
+	}
+	var ips []string
+	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svcName})
+		slices, _ := s.endpoints.EndpointSlices(ns).List(sel)
+		for _, sl := range slices {
+			if sl.AddressType != discoveryv1.AddressTypeIPv4 {
+				continue
+			}
+			for _, ep := range sl.Endpoints {
+				if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+					ips = append(ips, ep.Addresses...)
+				}
+			}
+		}
+	} else if svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	var out []dns.RR
+	for _, ip := range ips {
+		out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: net.ParseIP(ip).To4()})
+	}
+	return out, true
+}
+
+// WaitSynced waits for the informers the server reads.
+func WaitSynced(ctx context.Context, factory informers.SharedInformerFactory) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("informer for %v did not sync", typ)
+		}
+	}
+	return nil
+}
