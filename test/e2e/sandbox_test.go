@@ -79,7 +79,7 @@ func TestSandboxControlPlanes(t *testing.T) {
 			t.Fatalf("status exit: %v", r.err)
 		}
 		for _, c := range []string{"cluster-eks", "cluster-aks"} {
-			for _, comp := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+			for _, comp := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node", "kube-proxy"} {
 				found := false
 				for _, line := range strings.Split(r.stdout, "\n") {
 					f := strings.Fields(line)
@@ -137,7 +137,7 @@ func TestSandboxControlPlanes(t *testing.T) {
 					Selector: &metav1.LabelSelector{MatchLabels: labels},
 					Template: corev1.PodTemplateSpec{
 						ObjectMeta: metav1.ObjectMeta{Labels: labels},
-						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "isthmus/demo-app"}}},
+						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "isthmus/isthmus", Args: []string{"demo-app", "sleep"}}}},
 					},
 				},
 			}
@@ -219,8 +219,8 @@ func TestSandboxControlPlanes(t *testing.T) {
 				pids[f[3]] = true
 			}
 		}
-		if len(pids) != 8 {
-			t.Fatalf("expected 8 running components before down, found %d", len(pids))
+		if len(pids) != 12 {
+			t.Fatalf("expected 12 running components before down, found %d", len(pids))
 		}
 		if r := sb(2*time.Minute, "down"); r.err != nil {
 			t.Fatalf("down: %v", r.err)

@@ -1,0 +1,386 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/isthmus-mesh/isthmus/internal/demoapp"
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/kubebin"
+)
+
+// sandboxEnv is a running sandbox and the means to drive it like a user.
+type sandboxEnv struct {
+	t          *testing.T
+	state      string
+	kubeconfig string
+	kubectlBin string
+	clients    map[string]*kubernetes.Clientset
+}
+
+// upSandbox starts a sandbox for one test and stops it at the end.
+func upSandbox(t *testing.T) *sandboxEnv {
+	t.Helper()
+	state := t.TempDir()
+	e := &sandboxEnv{t: t, state: state, kubeconfig: filepath.Join(state, "kubeconfig"),
+		kubectlBin: kubebin.Set{Dir: filepath.Join(kubebin.CacheDir(), "kube", kubebin.Version, "bin")}.Path("kubectl"),
+		clients:    map[string]*kubernetes.Clientset{}}
+	t.Cleanup(func() { isthmus(t, 2*time.Minute, "sandbox", "--state-dir", state, "down") })
+	if r := isthmus(t, 10*time.Minute, "sandbox", "--state-dir", state, "up"); r.err != nil {
+		t.Fatalf("sandbox up: %v", r.err)
+	}
+	for _, c := range []string{"cluster-eks", "cluster-aks"} {
+		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+			&clientcmd.ClientConfigLoadingRules{ExplicitPath: e.kubeconfig},
+			&clientcmd.ConfigOverrides{CurrentContext: c}).ClientConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.clients[c] = kubernetes.NewForConfigOrDie(cfg)
+	}
+	return e
+}
+
+// kubectl runs the sandbox's kubectl against a cluster.
+func (e *sandboxEnv) kubectl(cluster string, stdin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.kubectlBin, append([]string{"--kubeconfig", e.kubeconfig, "--context", cluster}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdin = strings.NewReader(stdin)
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("kubectl %v: %w: %s", args, err, errb.String())
+	}
+	return out.String(), nil
+}
+
+func (e *sandboxEnv) apply(cluster, manifest string) {
+	e.t.Helper()
+	if out, err := e.kubectl(cluster, manifest, "apply", "-f", "-"); err != nil {
+		e.t.Fatalf("apply in %s: %v\n%s", cluster, err, out)
+	}
+}
+
+func (e *sandboxEnv) waitReady(cluster, ns, selector string, n int) []corev1.Pod {
+	e.t.Helper()
+	var pods []corev1.Pod
+	eventually(e.t, fmt.Sprintf("%d ready pods %s in %s", n, selector, cluster), func() bool {
+		list, err := e.clients[cluster].CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false
+		}
+		pods = nil
+		for _, p := range list.Items {
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+					pods = append(pods, p)
+				}
+			}
+		}
+		return len(pods) == n
+	})
+	return pods
+}
+
+const profileManifest = `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: profile, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: profile}}
+  template:
+    metadata: {labels: {app: profile}}
+    spec:
+      containers:
+      - name: profile
+        image: isthmus/isthmus:dev
+        args: [demo-app, profile]
+        env:
+        - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {port: http, path: /healthz}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: profile, namespace: default}
+spec:
+  type: LoadBalancer
+  selector: {app: profile}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: default, labels: {app: sleep}}
+spec:
+  containers:
+  - name: sleep
+    image: curlimages/curl
+    command: [sleep, "3650d"]
+    securityContext: {runAsUser: 1337}
+`
+
+func TestSandboxNodes(t *testing.T) {
+	e := upSandbox(t)
+	for _, c := range []string{"cluster-eks", "cluster-aks"} {
+		e.apply(c, profileManifest)
+	}
+	eks := e.waitReady("cluster-eks", "default", "app=profile", 2)
+	e.waitReady("cluster-eks", "default", "app=sleep", 1)
+	aks := e.waitReady("cluster-aks", "default", "app=profile", 2)
+	curl := func(url string) (string, error) {
+		return e.kubectl("cluster-eks", "", "exec", "sleep", "--", "curl", "-sS", "--connect-timeout", "2", "-m", "5", url)
+	}
+
+	t.Run("the EndpointSlice lists both replicas", func(t *testing.T) {
+		eventually(t, "2 ready endpoints", func() bool {
+			sl, err := e.clients["cluster-eks"].DiscoveryV1().EndpointSlices("default").List(context.Background(), metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=profile"})
+			if err != nil || len(sl.Items) != 1 {
+				return false
+			}
+			ready := 0
+			for _, ep := range sl.Items[0].Endpoints {
+				if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+					ready++
+				}
+			}
+			return ready == 2
+		})
+	})
+
+	t.Run("a client pod reaches the Service by DNS name and ClusterIP, and both backends answer", func(t *testing.T) {
+		svc, err := e.clients["cluster-eks"].CoreV1().Services("default").Get(context.Background(), "profile", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for i := 0; i < 30 && len(seen) < 2; i++ {
+			for _, url := range []string{"http://profile.default.svc.cluster.local:8080/profile?id=4", "http://profile:8080/profile?id=4", "http://" + svc.Spec.ClusterIP + ":8080/profile?id=4"} {
+				out, err := curl(url)
+				if err != nil {
+					t.Fatalf("%s: %v", url, err)
+				}
+				var p struct {
+					Name     string
+					ServedBy struct{ Pod, Node string }
+				}
+				if err := json.Unmarshal([]byte(out), &p); err != nil || p.Name != demoapp.NameOf(4) {
+					t.Fatalf("%s answered %q", url, out)
+				}
+				if p.ServedBy.Node != "cluster-eks-node" {
+					t.Fatalf("answered from node %q", p.ServedBy.Node)
+				}
+				seen[p.ServedBy.Pod] = true
+			}
+		}
+		if !seen[eks[0].Name] || !seen[eks[1].Name] {
+			t.Fatalf("not both backends answered: %v (pods %s, %s)", seen, eks[0].Name, eks[1].Name)
+		}
+	})
+
+	t.Run("containers run as their securityContext user", func(t *testing.T) {
+		out, err := e.kubectl("cluster-eks", "", "exec", "sleep", "--", "id", "-u")
+		if err != nil || strings.TrimSpace(out) != "1337" {
+			t.Fatalf("id -u = %q, %v", out, err)
+		}
+	})
+
+	t.Run("another cluster's pod and service addresses are unreachable, its load balancer is reachable", func(t *testing.T) {
+		svc, err := e.clients["cluster-aks"].CoreV1().Services("default").Get(context.Background(), "profile", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, url := range []string{"http://" + aks[0].Status.PodIP + ":8080/healthz", "http://" + svc.Spec.ClusterIP + ":8080/healthz"} {
+			if out, err := curl(url); err == nil {
+				t.Errorf("cluster-eks reached cluster-aks's private address %s: %s", url, out)
+			}
+		}
+		var lb string
+		eventually(t, "a LoadBalancer address for profile in cluster-aks", func() bool {
+			s, err := e.clients["cluster-aks"].CoreV1().Services("default").Get(context.Background(), "profile", metav1.GetOptions{})
+			if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
+				lb = s.Status.LoadBalancer.Ingress[0].IP
+			}
+			return lb != ""
+		})
+		if !strings.HasPrefix(lb, "198.18.2.") {
+			t.Fatalf("cluster-aks load balancer address %s is not in its pool 198.18.2.0/24", lb)
+		}
+		out, err := curl("http://" + lb + ":8080/profile?id=4")
+		if err != nil || !strings.Contains(out, "cluster-aks-node") {
+			t.Fatalf("cluster-eks pod -> cluster-aks load balancer: %q %v", out, err)
+		}
+		// The host reaches it too, as an operator's laptop reaches a cloud LB.
+		resp, err := http.Get("http://" + lb + ":8080/healthz")
+		if err != nil {
+			t.Fatalf("host -> load balancer: %v", err)
+		}
+		resp.Body.Close()
+	})
+
+	t.Run("kubectl logs returns the container's output", func(t *testing.T) {
+		out, err := e.kubectl("cluster-eks", "", "logs", eks[0].Name)
+		if err != nil || !strings.Contains(out, "serving") {
+			t.Fatalf("logs: %q %v", out, err)
+		}
+	})
+
+	t.Run("a projected token passes TokenReview with its audience", func(t *testing.T) {
+		e.apply("cluster-aks", `
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader, namespace: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tokened, namespace: default, labels: {app: tokened}}
+spec:
+  serviceAccountName: reader
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3650d"]
+    volumeMounts: [{name: istio-token, mountPath: /var/run/secrets/tokens}]
+  volumes:
+  - name: istio-token
+    projected:
+      sources:
+      - serviceAccountToken: {audience: istio-ca, expirationSeconds: 43200, path: istio-token}
+`)
+		e.waitReady("cluster-aks", "default", "app=tokened", 1)
+		token, err := e.kubectl("cluster-aks", "", "exec", "tokened", "--", "cat", "/var/run/secrets/tokens/istio-token")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev, err := e.clients["cluster-aks"].AuthenticationV1().TokenReviews().Create(context.Background(), &authenticationv1.TokenReview{
+			Spec: authenticationv1.TokenReviewSpec{Token: strings.TrimSpace(token), Audiences: []string{"istio-ca"}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rev.Status.Authenticated || rev.Status.User.Username != "system:serviceaccount:default:reader" {
+			t.Fatalf("token review: %+v", rev.Status)
+		}
+		if got := rev.Status.User.Extra["authentication.kubernetes.io/pod-name"]; len(got) != 1 || got[0] != "tokened" {
+			t.Fatalf("token not bound to the pod: %v", rev.Status.User.Extra)
+		}
+	})
+
+	t.Run("a failing readiness probe takes the pod out of its EndpointSlice; a failing liveness probe restarts it", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky, namespace: default, labels: {app: flaky}}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "touch /state/ready /state/alive; exec sleep 3650d"]
+    volumeMounts: [{name: state, mountPath: /state}]
+    readinessProbe: {exec: {command: [cat, /state/ready]}, periodSeconds: 1, failureThreshold: 1}
+    livenessProbe: {exec: {command: [cat, /state/alive]}, periodSeconds: 1, failureThreshold: 2}
+  volumes: [{name: state, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: flaky, namespace: default}
+spec:
+  selector: {app: flaky}
+  ports: [{port: 80}]
+`)
+		e.waitReady("cluster-eks", "default", "app=flaky", 1)
+		endpointReady := func() (bool, bool) {
+			sl, err := e.clients["cluster-eks"].DiscoveryV1().EndpointSlices("default").List(context.Background(), metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=flaky"})
+			if err != nil || len(sl.Items) == 0 || len(sl.Items[0].Endpoints) == 0 {
+				return false, false
+			}
+			r := sl.Items[0].Endpoints[0].Conditions.Ready
+			return r != nil && *r, true
+		}
+		eventually(t, "flaky ready in its EndpointSlice", func() bool { r, ok := endpointReady(); return ok && r })
+		if _, err := e.kubectl("cluster-eks", "", "exec", "flaky", "--", "rm", "/state/ready"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "flaky not ready in its EndpointSlice", func() bool { r, _ := endpointReady(); return !r })
+
+		if _, err := e.kubectl("cluster-eks", "", "exec", "flaky", "--", "rm", "/state/alive"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "a restart after the liveness probe failed", func() bool {
+			p, err := e.clients["cluster-eks"].CoreV1().Pods("default").Get(context.Background(), "flaky", metav1.GetOptions{})
+			return err == nil && len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1
+		})
+	})
+
+	t.Run("an unknown image waits with a reason naming it", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: v1
+kind: Pod
+metadata: {name: unknown-image, namespace: default}
+spec:
+  containers: [{name: main, image: "nginx:1.25"}]
+`)
+		eventually(t, "ErrImagePull naming nginx:1.25", func() bool {
+			p, err := e.clients["cluster-eks"].CoreV1().Pods("default").Get(context.Background(), "unknown-image", metav1.GetOptions{})
+			if err != nil || len(p.Status.ContainerStatuses) == 0 {
+				return false
+			}
+			w := p.Status.ContainerStatuses[0].State.Waiting
+			return w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, "nginx:1.25") && strings.Contains(w.Message, "curlimages/curl")
+		})
+	})
+
+	t.Run("deleting a pod stops its processes and removes its network", func(t *testing.T) {
+		pod := eks[0]
+		ns := "isthmus-pod-" + string(pod.UID)
+		if _, err := os.Stat("/run/netns/" + ns); err != nil {
+			t.Fatalf("pod network namespace %s missing while it runs", ns)
+		}
+		if _, err := e.kubectl("cluster-eks", "", "delete", "pod", pod.Name, "--wait=true", "--timeout=60s"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the pod's namespace removed", func() bool {
+			_, err := os.Stat("/run/netns/" + ns)
+			return os.IsNotExist(err)
+		})
+	})
+
+	t.Run("down leaves no namespace, link or iptables rule", func(t *testing.T) {
+		if r := isthmus(t, 2*time.Minute, "sandbox", "--state-dir", e.state, "down"); r.err != nil {
+			t.Fatalf("down: %v", r.err)
+		}
+		entries, _ := os.ReadDir("/run/netns")
+		for _, en := range entries {
+			if strings.HasPrefix(en.Name(), "isthmus-") {
+				t.Errorf("namespace %s left", en.Name())
+			}
+		}
+		links, _ := exec.Command("ip", "-o", "link").Output()
+		for _, l := range strings.Split(string(links), "\n") {
+			if strings.Contains(l, "isthmus0") || strings.Contains(l, ": vp") {
+				t.Errorf("link left: %s", l)
+			}
+		}
+		rules, _ := exec.Command("iptables-save").Output()
+		if bytes.Contains(rules, []byte("ISTHMUS")) || bytes.Contains(rules, []byte("KUBE-")) {
+			t.Error("iptables rules left in the host namespace")
+		}
+	})
+}
