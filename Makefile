@@ -4,7 +4,7 @@ BIN     := bin/isthmus
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
 # Debian packages the sandbox needs on a fresh machine.
-APT_PKGS := iptables conntrack iproute2
+APT_PKGS := iptables conntrack iproute2 util-linux curl
 
 .PHONY: help build deps kube test unit demo bench clean
 

@@ -22,6 +22,15 @@ done
 t0=$(ms); timeout 60 "$bin" sandbox --state-dir "$state" up >/dev/null 2>&1; t1=$(ms)
 again=$((t1 - t0))
 sleep 10 # let the controllers settle before reading memory
+rss_of() { # cluster component -> RSS MiB
+  local pid
+  pid=$("$bin" sandbox --state-dir "$state" status | awk -v c="$1" -v m="$2" '$1==c && $3==m {print $4}')
+  awk '/VmRSS/{printf "%.0f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo "?"
+}
+node_idle=$(rss_of cluster-eks node)
+read -r one _ _ < <(timeout 120 go run ./bench/podstart --kubeconfig "$state/kubeconfig" --context cluster-eks --n 1)
+read -r p50 p99 pmax < <(timeout 300 go run ./bench/podstart --kubeconfig "$state/kubeconfig" --context cluster-eks --n 50)
+node_50=$(rss_of cluster-eks node)
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "## Sandbox"
@@ -32,6 +41,9 @@ echo "| figure | value | goal |"
 echo "|---|---|---|"
 echo "| \`sandbox up\` from nothing to both clusters ready, median of $rounds (runs: ${ups[*]} ms) | $(median "${ups[@]}") ms | < 30 s |"
 echo "| \`sandbox up\` again on a running sandbox | $again ms | - |"
+echo "| pod start, Create to Ready seen by a watch, one pod alone | $one ms | - |"
+echo "| pod start, Create to Ready seen by a watch, 50 pods created at once (demo-app profile with an HTTP readiness probe, 1 s period): p50 / p99 / max | $p50 / $p99 / $pmax ms | - |"
+echo "| node agent RSS idle / with 50 pods running | $node_idle / $node_50 MiB | - |"
 echo
 echo "Resident memory after start-up (10 s settled):"
 echo

@@ -362,6 +362,65 @@ spec:
 		})
 	})
 
+	t.Run("init containers run first and share volumes; env comes from the downward API and ConfigMaps", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: default}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: initialized, namespace: default, labels: {app: initialized}}
+spec:
+  initContainers:
+  - name: prepare
+    image: busybox
+    command: [sh, -c, "echo prepared-by-init > /work/note"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "cat /work/note; echo $GREETING from $POD_NAME in $POD_NS; cat /config/greeting; echo; exec sleep 3650d"]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    volumeMounts:
+    - {name: work, mountPath: /work}
+    - {name: config, mountPath: /config}
+  volumes:
+  - {name: work, emptyDir: {}}
+  - {name: config, configMap: {name: settings}}
+`)
+		e.waitReady("cluster-eks", "default", "app=initialized", 1)
+		eventually(t, "main container output", func() bool {
+			out, err := e.kubectl("cluster-eks", "", "logs", "initialized", "-c", "main")
+			return err == nil && strings.Contains(out, "prepared-by-init") && strings.Contains(out, "hello from initialized in default\nhello")
+		})
+	})
+
+	t.Run("a crashed node agent is replaced by up and its pods come back", func(t *testing.T) {
+		r := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "status")
+		var pid string
+		for _, line := range strings.Split(r.stdout, "\n") {
+			if f := strings.Fields(line); len(f) >= 4 && f[0] == "cluster-eks" && f[2] == "node" {
+				pid = f[3]
+			}
+		}
+		if out, err := exec.Command("kill", "-9", pid).CombinedOutput(); err != nil {
+			t.Fatalf("kill node agent %s: %v %s", pid, err, out)
+		}
+		if r := isthmus(t, 3*time.Minute, "sandbox", "--state-dir", e.state, "up"); r.err != nil {
+			t.Fatalf("up after a crash: %v", r.err)
+		}
+		// The new agent restarts the pods afresh; the Service answers again.
+		eventually(t, "profile answering after the agent restart", func() bool {
+			out, err := curl("http://profile:8080/healthz")
+			return err == nil && strings.Contains(out, "ok")
+		})
+	})
+
 	t.Run("down leaves no namespace, link or iptables rule", func(t *testing.T) {
 		if r := isthmus(t, 2*time.Minute, "sandbox", "--state-dir", e.state, "down"); r.err != nil {
 			t.Fatalf("down: %v", r.err)

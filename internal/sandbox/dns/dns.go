@@ -89,8 +89,14 @@ func (s *Server) register(ctx context.Context) error {
 			},
 		},
 	}
-	if _, err := s.Client.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create kube-dns Service: %w", err)
+	// Get first: a second Create fails on the taken ClusterIP before it
+	// would report AlreadyExists.
+	if _, err := s.Client.CoreV1().Services("kube-system").Get(ctx, svc.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		if _, err := s.Client.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create kube-dns Service: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("get kube-dns Service: %w", err)
 	}
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns-sandbox", Namespace: "kube-system", Labels: map[string]string{

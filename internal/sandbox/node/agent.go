@@ -79,6 +79,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node credentials: %w", err)
 	}
+	// A node starting many pods at once makes a burst of token, config and
+	// status calls; client-go's default 5 QPS would serialize pod starts.
+	rest.QPS, rest.Burst = 100, 200
 	cs, err := kubernetes.NewForConfig(rest)
 	if err != nil {
 		return nil, err
