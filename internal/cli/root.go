@@ -56,6 +56,6 @@ DestinationRule, PeerAuthentication, AuthorizationPolicy, remote secrets).`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail")
-	root.AddCommand(newVersionCmd(), newSandboxCmd(), newDemoAppCmd())
+	root.AddCommand(newVersionCmd(), newDiscoveryCmd(), newSandboxCmd(), newDemoAppCmd())
 	return root
 }

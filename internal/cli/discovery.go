@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery"
+)
+
+func newDiscoveryCmd() *cobra.Command {
+	var kubeconfig, kubeContext string
+	cfg := discovery.Config{}
+	cmd := &cobra.Command{
+		Use:   "discovery",
+		Short: "Run the control plane (istiod's role)",
+		Long: `Run the control plane: watch the local cluster and every remote cluster named by a
+remote secret (label istio/multiCluster=true in --namespace), and serve each proxy
+its clusters and endpoints over xDS (ADS, state-of-the-world and delta), with
+split-horizon EDS: endpoints on another network are reached through that
+network's east-west gateway.
+
+In a cluster it uses its service account; out of cluster, --kubeconfig.
+Monitoring on --monitoring-addr: /metrics, /ready, /debug/clusterz (clusters and
+their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registryz.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rules := clientcmd.NewDefaultClientConfigLoadingRules()
+			rules.ExplicitPath = kubeconfig
+			rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
+			if err != nil {
+				return fmt.Errorf("kubernetes client: %w", err)
+			}
+			rc.QPS, rc.Burst = 100, 200
+			cfg.Client, err = kubernetes.NewForConfig(rc)
+			if err != nil {
+				return err
+			}
+			cfg.Log = slog.Default()
+			return discovery.Run(cmd.Context(), cfg)
+		},
+	}
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "istio-system"
+	}
+	clusterID := os.Getenv("CLUSTER_ID")
+	if clusterID == "" {
+		clusterID = "Kubernetes"
+	}
+	f := cmd.Flags()
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig (default: in-cluster, then $KUBECONFIG)")
+	f.StringVar(&kubeContext, "context", "", "kubeconfig context")
+	f.StringVar(&cfg.ClusterID, "cluster-id", clusterID, "this cluster's ID (env CLUSTER_ID), the install's multiCluster.clusterName")
+	f.StringVar(&cfg.Network, "network", os.Getenv("NETWORK"), "default network of this cluster's endpoints (env NETWORK)")
+	f.StringVar(&cfg.Namespace, "namespace", ns, "mesh namespace, where remote secrets live (env POD_NAMESPACE)")
+	f.StringVar(&cfg.Domain, "domain", "cluster.local", "cluster DNS domain")
+	f.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address")
+	f.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "metrics and debug address")
+	f.DurationVar(&cfg.RemoteSyncTimeout, "remote-sync-timeout", 30*time.Second, "how long an unsynced remote cluster holds back readiness")
+	return cmd
+}

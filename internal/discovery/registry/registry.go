@@ -1,0 +1,268 @@
+// Package registry is the control plane's merged view of services and
+// endpoints across every cluster of the mesh. Each cluster writes its own
+// shard; readers see services merged by hostname with every cluster's
+// endpoints, each endpoint tagged with the cluster and network it lives in.
+// The registry knows nothing of Kubernetes or xDS.
+package registry
+
+import (
+	"slices"
+	"sort"
+	"sync"
+)
+
+// Port is one port of a service.
+type Port struct {
+	Name     string
+	Port     int32
+	Protocol string // TCP, UDP, SCTP
+	// AppProtocol is the declared application protocol (http, http2, grpc,
+	// tcp...), from appProtocol or the Istio port-name prefix.
+	AppProtocol string
+}
+
+// Service is one service as one cluster declares it.
+type Service struct {
+	Namespace, Name string
+	// Hostname is name.namespace.svc.<domain>.
+	Hostname string
+	Ports    []Port
+	// ClusterIP is this cluster's virtual address ("" for headless).
+	ClusterIP string
+	// Labels of the Service object (used for network gateways).
+	Labels map[string]string
+}
+
+// Locality places an endpoint for locality-aware load balancing.
+type Locality struct{ Region, Zone, Subzone string }
+
+// String renders region/zone/subzone, Istio's locality string.
+func (l Locality) String() string {
+	if l.Region == "" && l.Zone == "" && l.Subzone == "" {
+		return ""
+	}
+	return l.Region + "/" + l.Zone + "/" + l.Subzone
+}
+
+// Endpoint is one workload address behind a service.
+type Endpoint struct {
+	Address string
+	// Ports maps a service port name to the port on this endpoint.
+	Ports          map[string]int32
+	Cluster        string
+	Network        string
+	Locality       Locality
+	ServiceAccount string // SPIFFE-less "ns/sa" form is not used: bare SA name
+	Namespace      string
+	Labels         map[string]string
+	// TLSMode is "istio" when the workload has a sidecar that accepts mTLS.
+	TLSMode string
+	Ready   bool
+}
+
+// Gateway is a network's east-west gateway as one cluster reports it.
+type Gateway struct {
+	Network string
+	Cluster string
+	Address string
+	Port    int32
+}
+
+// Event tells listeners what changed: services (hostnames) or, with Full,
+// something global (gateways, a whole cluster) that needs a full push.
+type Event struct {
+	Hostnames []string
+	Full      bool
+	Reason    string
+}
+
+// Registry holds the shards of every cluster.
+type Registry struct {
+	mu        sync.RWMutex // guards clusters and listeners
+	clusters  map[string]*shard
+	listeners []func(Event)
+}
+
+type shard struct {
+	services  map[string]*Service   // by hostname
+	endpoints map[string][]Endpoint // by hostname
+	gateways  []Gateway
+}
+
+// New returns an empty registry.
+func New() *Registry { return &Registry{clusters: map[string]*shard{}} }
+
+// Subscribe registers fn for every change; fn must not block for long.
+func (r *Registry) Subscribe(fn func(Event)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.listeners = append(r.listeners, fn)
+}
+
+func (r *Registry) notify(e Event) {
+	r.mu.RLock()
+	ls := slices.Clone(r.listeners)
+	r.mu.RUnlock()
+	for _, fn := range ls {
+		fn(e)
+	}
+}
+
+func (r *Registry) shard(cluster string) *shard {
+	s, ok := r.clusters[cluster]
+	if !ok {
+		s = &shard{services: map[string]*Service{}, endpoints: map[string][]Endpoint{}}
+		r.clusters[cluster] = s
+	}
+	return s
+}
+
+// SetService records (or, with svc nil, removes) a cluster's service.
+func (r *Registry) SetService(cluster, hostname string, svc *Service) {
+	r.mu.Lock()
+	s := r.shard(cluster)
+	if svc == nil {
+		delete(s.services, hostname)
+	} else {
+		s.services[hostname] = svc
+	}
+	r.mu.Unlock()
+	r.notify(Event{Hostnames: []string{hostname}, Reason: "service"})
+}
+
+// SetEndpoints replaces a cluster's endpoints of one service.
+func (r *Registry) SetEndpoints(cluster, hostname string, eps []Endpoint) {
+	r.mu.Lock()
+	s := r.shard(cluster)
+	if len(eps) == 0 {
+		delete(s.endpoints, hostname)
+	} else {
+		s.endpoints[hostname] = eps
+	}
+	r.mu.Unlock()
+	r.notify(Event{Hostnames: []string{hostname}, Reason: "endpoints"})
+}
+
+// SetGateways replaces the network gateways a cluster reports.
+func (r *Registry) SetGateways(cluster string, gws []Gateway) {
+	r.mu.Lock()
+	s := r.shard(cluster)
+	same := slices.Equal(s.gateways, gws)
+	s.gateways = gws
+	r.mu.Unlock()
+	if !same {
+		r.notify(Event{Full: true, Reason: "gateways"})
+	}
+}
+
+// Shard is one cluster's complete contribution.
+type Shard struct {
+	Services  map[string]*Service
+	Endpoints map[string][]Endpoint
+	Gateways  []Gateway
+}
+
+// ReplaceCluster swaps a cluster's whole shard at once, so a resync or a
+// rotated remote secret leaves nothing stale behind.
+func (r *Registry) ReplaceCluster(cluster string, sh Shard) {
+	r.mu.Lock()
+	r.clusters[cluster] = &shard{services: sh.Services, endpoints: sh.Endpoints, gateways: sh.Gateways}
+	r.mu.Unlock()
+	r.notify(Event{Full: true, Reason: "cluster " + cluster + " synced"})
+}
+
+// RemoveCluster drops every service, endpoint and gateway of a cluster.
+func (r *Registry) RemoveCluster(cluster string) {
+	r.mu.Lock()
+	_, ok := r.clusters[cluster]
+	delete(r.clusters, cluster)
+	r.mu.Unlock()
+	if ok {
+		r.notify(Event{Full: true, Reason: "cluster " + cluster + " removed"})
+	}
+}
+
+// Services returns every service merged by hostname, sorted. When clusters
+// disagree on ports, the union by port number is kept.
+func (r *Registry) Services() []*Service {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	merged := map[string]*Service{}
+	for _, name := range r.clusterNames() {
+		for h, svc := range r.clusters[name].services {
+			m, ok := merged[h]
+			if !ok {
+				c := *svc
+				c.Ports = slices.Clone(svc.Ports)
+				merged[h] = &c
+				continue
+			}
+			for _, p := range svc.Ports {
+				if !slices.ContainsFunc(m.Ports, func(q Port) bool { return q.Port == p.Port }) {
+					m.Ports = append(m.Ports, p)
+				}
+			}
+		}
+	}
+	out := make([]*Service, 0, len(merged))
+	for _, s := range merged {
+		sort.Slice(s.Ports, func(i, j int) bool { return s.Ports[i].Port < s.Ports[j].Port })
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Hostname < out[j].Hostname })
+	return out
+}
+
+// Endpoints returns every cluster's endpoints of a service.
+func (r *Registry) Endpoints(hostname string) []Endpoint {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []Endpoint
+	for _, name := range r.clusterNames() {
+		out = append(out, r.clusters[name].endpoints[hostname]...)
+	}
+	return out
+}
+
+// Gateways returns every known network gateway, de-duplicated and sorted.
+func (r *Registry) Gateways() []Gateway {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	seen := map[Gateway]bool{}
+	var out []Gateway
+	for _, name := range r.clusterNames() {
+		for _, g := range r.clusters[name].gateways {
+			if !seen[g] {
+				seen[g] = true
+				out = append(out, g)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Network != b.Network {
+			return a.Network < b.Network
+		}
+		if a.Address != b.Address {
+			return a.Address < b.Address
+		}
+		return a.Port < b.Port
+	})
+	return out
+}
+
+// Clusters lists the clusters with a shard.
+func (r *Registry) Clusters() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.clusterNames()
+}
+
+func (r *Registry) clusterNames() []string {
+	names := make([]string, 0, len(r.clusters))
+	for n := range r.clusters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

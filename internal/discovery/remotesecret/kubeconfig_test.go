@@ -1,0 +1,50 @@
+package remotesecret
+
+import (
+	"strings"
+	"testing"
+)
+
+func kubeconfig(user string) string {
+	return `apiVersion: v1
+kind: Config
+current-context: c
+clusters:
+- name: c
+  cluster: {server: "https://198.18.2.1:6443", certificate-authority-data: ""}
+contexts:
+- name: c
+  context: {cluster: c, user: u}
+users:
+- name: u
+  user:
+` + user
+}
+
+func TestRestConfigRefusesWhatRunsCodeOrReadsFiles(t *testing.T) {
+	tests := []struct {
+		name, kubeconfig, wantErr string
+	}{
+		{"a bearer token is accepted", kubeconfig("    token: abc\n"), ""},
+		{"an empty kubeconfig is refused", "", "empty"},
+		{"garbage is refused", "not yaml: [", "does not parse"},
+		{"an exec plugin is refused", kubeconfig("    exec: {command: /bin/evil, apiVersion: client.authentication.k8s.io/v1}\n"), "exec credential plugin"},
+		{"a token file is refused", kubeconfig("    tokenFile: /var/run/secrets/token\n"), "token file"},
+		{"client certificate paths are refused", kubeconfig("    client-certificate: /etc/cert.pem\n    client-key: /etc/key.pem\n"), "client certificate files"},
+		{"an auth provider other than oidc is refused", kubeconfig("    auth-provider: {name: gcp}\n"), `auth provider "gcp"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := restConfig([]byte(tt.kubeconfig))
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -1,0 +1,165 @@
+package xds
+
+import (
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	rawbuffer "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/network"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+// Istio's ALPN on mTLS between proxies, so protocols survive a gateway.
+var istioALPN = []string{"istio-peer-exchange", "istio"}
+
+// Generated is one proxy's clusters and their load assignments.
+type Generated struct {
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+}
+
+// Generate builds the resources one proxy receives.
+//
+// Sidecars get outbound|PORT||HOST clusters for every service port, with a
+// transport-socket match that uses Istio mTLS (SNI outbound_.PORT_._.HOST)
+// toward endpoints labelled tlsMode=istio and plaintext otherwise. Routers
+// (east-west gateways) get the SNI-named clusters outbound_.PORT_._.HOST of
+// AUTO_PASSTHROUGH: no TLS of their own, only mTLS-capable endpoints.
+func Generate(p *Proxy, reg *registry.Registry, noGW network.NoGateway) Generated {
+	var g Generated
+	gws := reg.Gateways()
+	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
+	for _, svc := range reg.Services() {
+		eps := reg.Endpoints(svc.Hostname)
+		for _, port := range svc.Ports {
+			if port.Protocol == "UDP" {
+				continue
+			}
+			lb := network.SplitHorizon(view, eps, port.Name, gws, noGW)
+			if p.Type == Router {
+				name := SNI(port.Port, "", svc.Hostname)
+				var mtls []network.LbEndpoint
+				for _, e := range lb {
+					if e.TLSMode == "istio" {
+						mtls = append(mtls, e)
+					}
+				}
+				g.Clusters = append(g.Clusters, edsCluster(name, nil))
+				g.Endpoints = append(g.Endpoints, loadAssignment(name, mtls))
+				continue
+			}
+			name := OutboundCluster(port.Port, "", svc.Hostname)
+			g.Clusters = append(g.Clusters, edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
+				{
+					Name:            "tlsMode-istio",
+					Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+					TransportSocket: istioMTLS(SNI(port.Port, "", svc.Hostname)),
+				},
+				{Name: "tlsMode-disabled", TransportSocket: plaintext()},
+			}))
+			g.Endpoints = append(g.Endpoints, loadAssignment(name, lb))
+		}
+	}
+	return g
+}
+
+func edsCluster(name string, matches []*cluster.Cluster_TransportSocketMatch) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+		EdsClusterConfig: &cluster.Cluster_EdsClusterConfig{
+			ServiceName: name,
+			EdsConfig: &core.ConfigSource{
+				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+				ResourceApiVersion:    core.ApiVersion_V3,
+			},
+		},
+		ConnectTimeout:         durationpb.New(10 * time.Second),
+		LbPolicy:               cluster.Cluster_ROUND_ROBIN,
+		TransportSocketMatches: matches,
+	}
+}
+
+// istioMTLS is the client side of Istio mTLS: the workload certificate and
+// root come from SDS resources "default" and "ROOTCA", as Istio's agent names them.
+func istioMTLS(sni string) *core.TransportSocket {
+	sds := func(name string) *tlsv3.SdsSecretConfig {
+		return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &core.ConfigSource{
+			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+			ResourceApiVersion:    core.ApiVersion_V3,
+		}}
+	}
+	ctx := &tlsv3.UpstreamTlsContext{
+		Sni: sni,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			AlpnProtocols:                  istioALPN,
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds("default")},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+				ValidationContextSdsSecretConfig: sds("ROOTCA"),
+			},
+		},
+	}
+	return &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)}}
+}
+
+func plaintext() *core.TransportSocket {
+	return &core.TransportSocket{Name: "envoy.transport_sockets.raw_buffer", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbuffer.RawBuffer{})}}
+}
+
+// loadAssignment groups endpoints by locality, with Istio's metadata:
+// envoy.transport_socket_match {tlsMode} and istio {network, cluster}.
+func loadAssignment(name string, eps []network.LbEndpoint) *endpoint.ClusterLoadAssignment {
+	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
+	byLoc := map[registry.Locality]*endpoint.LocalityLbEndpoints{}
+	for _, e := range eps {
+		l, ok := byLoc[e.Locality]
+		if !ok {
+			l = &endpoint.LocalityLbEndpoints{Locality: &core.Locality{Region: e.Locality.Region, Zone: e.Locality.Zone, SubZone: e.Locality.Subzone}}
+			byLoc[e.Locality] = l
+			cla.Endpoints = append(cla.Endpoints, l)
+		}
+		md := &core.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			"istio": {Fields: map[string]*structpb.Value{
+				"network": structpb.NewStringValue(e.Network),
+				"cluster": structpb.NewStringValue(e.Cluster),
+			}},
+		}}
+		if e.TLSMode != "" {
+			md.FilterMetadata["envoy.transport_socket_match"] = &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue(e.TLSMode)}}
+		}
+		if e.ServiceAccount != "" {
+			md.FilterMetadata["istio"].Fields["serviceAccount"] = structpb.NewStringValue(e.ServiceAccount)
+			md.FilterMetadata["istio"].Fields["namespace"] = structpb.NewStringValue(e.Namespace)
+		}
+		l.LbEndpoints = append(l.LbEndpoints, &endpoint.LbEndpoint{
+			HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+				Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+					Address: e.Address, PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(e.Port)},
+				}}},
+			}},
+			HealthStatus:        core.HealthStatus_HEALTHY,
+			Metadata:            md,
+			LoadBalancingWeight: wrapperspb.UInt32(e.Weight),
+		})
+		l.LoadBalancingWeight = wrapperspb.UInt32(l.GetLoadBalancingWeight().GetValue() + e.Weight)
+	}
+	return cla
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err) // only for types linked into this binary
+	}
+	return a
+}

@@ -1,0 +1,85 @@
+// Package xds serves the mesh's configuration to proxies over Envoy's
+// aggregated discovery service (state-of-the-world and delta), built on
+// go-control-plane's server and snapshot cache. Each proxy gets resources
+// generated for it from its node metadata: its cluster, network and
+// network view decide which endpoints are direct and which go through an
+// east-west gateway.
+package xds
+
+import (
+	"fmt"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Proxy types, the first field of Istio's node ID.
+const (
+	Sidecar = "sidecar"
+	Router  = "router"
+)
+
+// Proxy is what the control plane knows of a connected proxy.
+type Proxy struct {
+	ID        string
+	Type      string
+	IP        string
+	Pod       string
+	Namespace string
+	// ClusterID, Network and RequestedNetworkView come from node metadata
+	// CLUSTER_ID, NETWORK and REQUESTED_NETWORK_VIEW.
+	ClusterID            string
+	Network              string
+	RequestedNetworkView string
+	Labels               map[string]string
+	ServiceAccount       string
+	IstioVersion         string
+}
+
+// ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.
+func ParseNode(n *core.Node) (*Proxy, error) {
+	if n == nil {
+		return nil, fmt.Errorf("the first request of a stream carries no node")
+	}
+	parts := strings.Split(n.GetId(), "~")
+	if len(parts) != 4 {
+		return nil, fmt.Errorf("node id %q is not type~ip~pod.namespace~namespace.svc.domain", n.GetId())
+	}
+	p := &Proxy{ID: n.GetId(), Type: parts[0], IP: parts[1]}
+	if p.Type != Sidecar && p.Type != Router {
+		return nil, fmt.Errorf("node id %q: proxy type %q is neither sidecar nor router", n.GetId(), p.Type)
+	}
+	p.Pod, p.Namespace, _ = strings.Cut(parts[2], ".")
+	md := n.GetMetadata().GetFields()
+	str := func(k string) string { return md[k].GetStringValue() }
+	p.ClusterID = str("CLUSTER_ID")
+	p.Network = str("NETWORK")
+	p.RequestedNetworkView = str("REQUESTED_NETWORK_VIEW")
+	p.ServiceAccount = str("SERVICE_ACCOUNT")
+	p.IstioVersion = str("ISTIO_VERSION")
+	if ns := str("NAMESPACE"); ns != "" {
+		p.Namespace = ns
+	}
+	if l, ok := md["LABELS"]; ok {
+		p.Labels = map[string]string{}
+		for k, v := range l.GetStructValue().GetFields() {
+			p.Labels[k] = v.GetStringValue()
+		}
+	}
+	if ips := str("INSTANCE_IPS"); ips != "" {
+		p.IP, _, _ = strings.Cut(ips, ",")
+	}
+	return p, nil
+}
+
+// NodeMetadata builds node metadata the way Istio's agent sends it; for
+// proxies and tests of this module.
+func NodeMetadata(kv map[string]string) *structpb.Struct {
+	m := map[string]any{}
+	for k, v := range kv {
+		m[k] = v
+	}
+	s, _ := structpb.NewStruct(m)
+	return s
+}

@@ -1,0 +1,351 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+)
+
+// adsClient is a minimal state-of-the-world ADS client that ACKs everything
+// and keeps the latest clusters and load assignments.
+type adsClient struct {
+	mu        sync.Mutex
+	clusters  map[string]*cluster.Cluster
+	endpoints map[string]*endpoint.ClusterLoadAssignment
+	changed   chan struct{}
+}
+
+func dialADS(t *testing.T, addr, nodeID string, md map[string]string) *adsClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &adsClient{clusters: map[string]*cluster.Cluster{}, endpoints: map[string]*endpoint.ClusterLoadAssignment{}, changed: make(chan struct{}, 1)}
+	node := &core.Node{Id: nodeID, Metadata: xds.NodeMetadata(md)}
+	if err := stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			var names []string
+			c.mu.Lock()
+			switch resp.TypeUrl {
+			case resource.ClusterType:
+				c.clusters = map[string]*cluster.Cluster{}
+				for _, a := range resp.Resources {
+					var cl cluster.Cluster
+					if a.UnmarshalTo(&cl) == nil {
+						c.clusters[cl.Name] = &cl
+						names = append(names, cl.Name)
+					}
+				}
+			case resource.EndpointType:
+				for _, a := range resp.Resources {
+					var cla endpoint.ClusterLoadAssignment
+					if a.UnmarshalTo(&cla) == nil {
+						c.endpoints[cla.ClusterName] = &cla
+					}
+				}
+			}
+			c.mu.Unlock()
+			_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+			if resp.TypeUrl == resource.ClusterType {
+				// Subscribe to every cluster's endpoints, as Envoy does after CDS.
+				_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: names})
+			}
+			select {
+			case c.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return c
+}
+
+// lbEndpoints renders a load assignment as "addr:port/weight" strings.
+func (c *adsClient) lbEndpoints(name string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, l := range c.endpoints[name].GetEndpoints() {
+		for _, e := range l.LbEndpoints {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			out = append(out, fmt.Sprintf("%s:%d/%d", sa.GetAddress(), sa.GetPortValue(), e.GetLoadBalancingWeight().GetValue()))
+		}
+	}
+	return out
+}
+
+func (c *adsClient) hasCluster(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.clusters[name]
+	return ok
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func meshApp(network string, replicas int) string {
+	return fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system, labels: {topology.istio.io/network: %[1]s}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: multicluster}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {topology.istio.io/network: %[1]s, istio: eastwestgateway}}
+spec:
+  type: LoadBalancer
+  selector: {istio: eastwestgateway}
+  ports:
+  - {name: status-port, port: 15021}
+  - {name: tls, port: 15443}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: profile, namespace: multicluster}
+spec:
+  selector: {app: profile}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: profile, namespace: multicluster}
+spec:
+  replicas: %[2]d
+  selector: {matchLabels: {app: profile}}
+  template:
+    metadata: {labels: {app: profile, security.istio.io/tlsMode: istio}}
+    spec:
+      containers:
+      - name: profile
+        image: isthmus/isthmus
+        args: [demo-app, profile]
+        readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
+`, network, replicas)
+}
+
+func TestDiscoveryAcrossClusters(t *testing.T) {
+	e := upSandbox(t)
+	e.apply("cluster-eks", meshApp("network1", 2))
+	e.apply("cluster-aks", meshApp("network2", 1))
+	eksPods := e.waitReady("cluster-eks", "multicluster", "app=profile", 2)
+	e.waitReady("cluster-aks", "multicluster", "app=profile", 1)
+	var aksGW string
+	eventually(t, "cluster-aks east-west gateway address", func() bool {
+		s, err := e.clients["cluster-aks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-eastwestgateway", metav1.GetOptions{})
+		if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
+			aksGW = s.Status.LoadBalancer.Ingress[0].IP
+		}
+		return aksGW != ""
+	})
+
+	// The control plane runs out of cluster with cluster-eks's credentials only.
+	eksOnly := filepath.Join(t.TempDir(), "eks.kubeconfig")
+	r := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", "cluster-eks")
+	if err := os.WriteFile(eksOnly, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	xdsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	monAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	logPath := filepath.Join(t.TempDir(), "discovery.log")
+	logf, _ := os.Create(logPath)
+	cmd := exec.Command(bin, "discovery", "--kubeconfig", eksOnly, "--cluster-id", "cluster-eks", "--network", "network1",
+		"--xds-addr", xdsAddr, "--monitoring-addr", monAddr, "--remote-sync-timeout", "5s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		b, _ := os.ReadFile(logPath)
+		t.Logf("discovery log:\n%s", b)
+	})
+	get := func(path string) string {
+		resp, err := http.Get("http://" + monAddr + path)
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return ""
+		}
+		return string(b)
+	}
+	eventually(t, "control plane ready", func() bool { return get("/ready") != "" })
+
+	profile := xds.OutboundCluster(8080, "", "profile.multicluster.svc.cluster.local")
+	sleep := dialADS(t, xdsAddr, "sidecar~100.64.0.99~sleep-1.multicluster~multicluster.svc.cluster.local",
+		map[string]string{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
+	want := func(c *adsClient, what string, cond func([]string) bool) {
+		t.Helper()
+		eventually(t, what, func() bool { return cond(c.lbEndpoints(profile)) })
+	}
+	local := map[string]bool{eksPods[0].Status.PodIP + ":8080/1": true, eksPods[1].Status.PodIP + ":8080/1": true}
+	onlyLocal := func(eps []string) bool {
+		if len(eps) != 2 {
+			return false
+		}
+		for _, e := range eps {
+			if !local[e] {
+				return false
+			}
+		}
+		return true
+	}
+	// withGateway: both local pods and the cluster-aks gateway with weight w, in any order.
+	withGateway := func(w int) func(eps []string) bool {
+		return func(eps []string) bool {
+			gw, loc := 0, 0
+			for _, e := range eps {
+				switch {
+				case local[e]:
+					loc++
+				case e == fmt.Sprintf("%s:15443/%d", aksGW, w):
+					gw++
+				}
+			}
+			return len(eps) == 3 && gw == 1 && loc == 2
+		}
+	}
+
+	t.Run("before the remote secret a sidecar sees only local endpoints", func(t *testing.T) {
+		want(sleep, "two local profile endpoints", onlyLocal)
+		if !sleep.hasCluster(profile) {
+			t.Fatalf("no cluster %s", profile)
+		}
+	})
+
+	secret := func(name, cluster, kubeconfig string) *corev1.Secret {
+		return &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "istio-system",
+				Labels: map[string]string{"istio/multiCluster": "true"}, Annotations: map[string]string{"networking.istio.io/cluster": cluster}},
+			StringData: map[string]string{cluster: kubeconfig},
+		}
+	}
+	secrets := e.clients["cluster-eks"].CoreV1().Secrets("istio-system")
+
+	t.Run("a remote secret brings the remote endpoints within 2 s, as the gateway address weighted by count", func(t *testing.T) {
+		aks := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", "cluster-aks").stdout
+		start := time.Now()
+		if _, err := secrets.Create(context.Background(), secret("istio-remote-secret-cluster-aks", "cluster-aks", aks), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		want(sleep, "local endpoints plus the cluster-aks gateway", withGateway(1))
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("remote endpoints took %s to reach the proxy (goal 2 s)", d)
+		}
+	})
+
+	t.Run("a second remote replica doubles the gateway's weight", func(t *testing.T) {
+		if _, err := e.kubectl("cluster-aks", "", "-n", "multicluster", "scale", "deployment/profile", "--replicas=2"); err != nil {
+			t.Fatal(err)
+		}
+		want(sleep, "gateway weight 2", withGateway(2))
+	})
+
+	t.Run("the east-west gateway sees only its own network, under SNI cluster names", func(t *testing.T) {
+		gw := dialADS(t, xdsAddr, "router~100.64.0.98~istio-eastwestgateway-1.istio-system~istio-system.svc.cluster.local",
+			map[string]string{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1", "REQUESTED_NETWORK_VIEW": "network1"})
+		sni := xds.SNI(8080, "", "profile.multicluster.svc.cluster.local")
+		eventually(t, "SNI cluster with the two local endpoints", func() bool {
+			eps := gw.lbEndpoints(sni)
+			return gw.hasCluster(sni) && len(eps) == 2 && local[eps[0]] && local[eps[1]]
+		})
+	})
+
+	t.Run("a broken remote secret is reported and the other clusters stay served", func(t *testing.T) {
+		if _, err := secrets.Create(context.Background(), secret("istio-remote-secret-broken", "cluster-broken", "this is not a kubeconfig"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "cluster-broken in error, cluster-aks synced", func() bool {
+			var st []struct{ ID, State, Error string }
+			if json.Unmarshal([]byte(get("/debug/clusterz")), &st) != nil {
+				return false
+			}
+			ok := 0
+			for _, s := range st {
+				if (s.ID == "cluster-broken" && s.State == "error" && strings.Contains(s.Error, "kubeconfig")) || (s.ID == "cluster-aks" && s.State == "synced") {
+					ok++
+				}
+			}
+			return ok == 2
+		})
+		eventually(t, "metrics reporting the broken cluster", func() bool {
+			return strings.Contains(get("/metrics"), `istiod_remote_cluster_sync_status{cluster="cluster-broken",status="error"} 1`)
+		})
+		if eps := sleep.lbEndpoints(profile); len(eps) != 3 {
+			t.Fatalf("endpoints changed after a broken secret: %v", eps)
+		}
+	})
+
+	t.Run("proxy status shows what each proxy acknowledged", func(t *testing.T) {
+		eventually(t, "the sidecar acked cds and eds", func() bool {
+			var st []xds.ProxyStatus
+			if json.Unmarshal([]byte(get("/debug/syncz")), &st) != nil {
+				return false
+			}
+			for _, s := range st {
+				if strings.HasPrefix(s.ID, "sidecar~") && s.Acked["cds"] != "" && s.Acked["cds"] == s.Sent["cds"] && s.Acked["eds"] == s.Sent["eds"] {
+					return true
+				}
+			}
+			return false
+		})
+	})
+
+	t.Run("deleting the remote secret removes the remote endpoints", func(t *testing.T) {
+		if err := secrets.Delete(context.Background(), "istio-remote-secret-cluster-aks", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		want(sleep, "only local endpoints again", onlyLocal)
+	})
+}
