@@ -22,6 +22,9 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	xdsresolver "google.golang.org/grpc/xds"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -340,6 +343,60 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 			}
 			return false
 		})
+	})
+
+	t.Run("grpc-go's own xDS client resolves and calls a service through the control plane", func(t *testing.T) {
+		// A gRPC server on the host's sandbox address, registered as a Service
+		// with a hand-written EndpointSlice: reachable from the test process.
+		l, err := net.Listen("tcp", "198.18.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		gs := grpc.NewServer()
+		hs := health.NewServer()
+		healthpb.RegisterHealthServer(gs, hs)
+		go gs.Serve(l)
+		defer gs.Stop()
+		e.apply("cluster-eks", fmt.Sprintf(`
+apiVersion: v1
+kind: Service
+metadata: {name: greeter, namespace: multicluster}
+spec:
+  ports: [{name: grpc, port: %[1]d}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: greeter-host, namespace: multicluster, labels: {kubernetes.io/service-name: greeter}}
+addressType: IPv4
+endpoints: [{addresses: ["198.18.0.1"], conditions: {ready: true}}]
+ports: [{name: grpc, port: %[1]d}]
+`, port))
+		bootstrap := fmt.Sprintf(`{"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+"node": {"id": "sidecar~198.18.0.1~grpc-client.multicluster~multicluster.svc.cluster.local",
+  "metadata": {"GENERATOR": "grpc", "CLUSTER_ID": "cluster-eks", "NETWORK": "network1"}}}`, xdsAddr)
+		// grpc-go reads its bootstrap environment at init; pass it explicitly.
+		builder, err := xdsresolver.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(fmt.Sprintf("xds:///greeter.multicluster.svc.cluster.local:%d", port),
+			grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(builder))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Logf("syncz: %s", get("/debug/syncz"))
+			t.Fatalf("call through grpc-go's xDS resolver: %v", err)
+		}
+		if resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Logf("registry: %s", get("/debug/registryz"))
+			t.Fatalf("health: %v", resp.Status)
+		}
 	})
 
 	t.Run("deleting the remote secret removes the remote endpoints", func(t *testing.T) {

@@ -35,6 +35,8 @@ type Proxy struct {
 	Labels               map[string]string
 	ServiceAccount       string
 	IstioVersion         string
+	// Generator "grpc" marks a proxyless gRPC client.
+	Generator string
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.
@@ -58,6 +60,7 @@ func ParseNode(n *core.Node) (*Proxy, error) {
 	p.RequestedNetworkView = str("REQUESTED_NETWORK_VIEW")
 	p.ServiceAccount = str("SERVICE_ACCOUNT")
 	p.IstioVersion = str("ISTIO_VERSION")
+	p.Generator = str("GENERATOR")
 	if ns := str("NAMESPACE"); ns != "" {
 		p.Namespace = ns
 	}

@@ -69,7 +69,10 @@ type ProxyStatus struct {
 // NewServer prepares the cache and metrics; Register and Run start it.
 func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Registerer) *Server {
 	s := &Server{Registry: reg, Log: log, Debounce: 100 * time.Millisecond, Metrics: metrics,
-		cache:   cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil),
+		// ads=false: in ADS mode the cache answers only requests that name
+		// every resource of the type, which a gRPC client asking for one
+		// listener never does. Responses are still filtered to what was asked.
+		cache:   cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil),
 		push:    make(chan struct{}, 1),
 		streams: map[int64]string{}, proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
@@ -150,12 +153,18 @@ func (s *Server) update(id string) {
 	st.version++
 	p := st.proxy
 	s.mu.Unlock()
-	g := Generate(p, s.Registry, s.noGateway)
+	var g Generated
+	var listeners []types.Resource
+	if p.Generator == GeneratorGRPC {
+		g, listeners = GenerateGRPC(p, s.Registry, s.noGateway)
+	} else {
+		g = Generate(p, s.Registry, s.noGateway)
+	}
 	snap := &cachev3.Snapshot{}
 	for typ, rs := range map[resource.Type][]types.Resource{
 		resource.ClusterType:  g.Clusters,
 		resource.EndpointType: g.Endpoints,
-		resource.ListenerType: nil,
+		resource.ListenerType: listeners,
 		resource.RouteType:    nil,
 	} {
 		idx := cachev3.GetResponseType(typ)
