@@ -137,13 +137,24 @@ func (s *Server) pushAll() {
 		ids = append(ids, id)
 	}
 	s.mu.Unlock()
+	// Proxies with the same view get the same resources: generate once per view.
+	memo := map[viewKey]*cachev3.Snapshot{}
 	for _, id := range ids {
-		s.update(id)
+		s.updateWith(id, memo)
 	}
 }
 
+// viewKey is everything generation depends on besides the registry.
+type viewKey struct{ typ, network, requested, generator string }
+
+func keyOf(p *Proxy) viewKey {
+	return viewKey{p.Type, p.Network, p.RequestedNetworkView, p.Generator}
+}
+
 // update regenerates and installs one proxy's snapshot.
-func (s *Server) update(id string) {
+func (s *Server) update(id string) { s.updateWith(id, nil) }
+
+func (s *Server) updateWith(id string, memo map[viewKey]*cachev3.Snapshot) {
 	s.mu.Lock()
 	st, ok := s.proxies[id]
 	if !ok {
@@ -153,6 +164,21 @@ func (s *Server) update(id string) {
 	st.version++
 	p := st.proxy
 	s.mu.Unlock()
+	snap, ok := memo[keyOf(p)]
+	if !ok {
+		snap = s.snapshot(p)
+		if memo != nil {
+			memo[keyOf(p)] = snap
+		}
+	}
+	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+		s.Log.Error("set snapshot", "proxy", id, "err", err)
+	}
+}
+
+// snapshot generates the resources of one view. The result is shared by
+// every proxy of that view and never modified.
+func (s *Server) snapshot(p *Proxy) *cachev3.Snapshot {
 	var g Generated
 	var listeners []types.Resource
 	if p.Generator == GeneratorGRPC {
@@ -168,15 +194,18 @@ func (s *Server) update(id string) {
 		resource.RouteType:    nil,
 	} {
 		idx := cachev3.GetResponseType(typ)
-		items := map[string]types.ResourceWithTTL{}
+		items := make(map[string]types.ResourceWithTTL, len(rs))
 		for _, r := range rs {
 			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
 		}
 		snap.Resources[idx] = cachev3.Resources{Version: contentVersion(rs), Items: items}
 	}
-	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
-		s.Log.Error("set snapshot", "proxy", id, "err", err)
+	// Built now, before the snapshot is shared: the cache would otherwise
+	// build it lazily for delta streams, concurrently for each proxy.
+	if err := snap.ConstructVersionMap(); err != nil {
+		s.Log.Error("snapshot version map", "err", err)
 	}
+	return snap
 }
 
 // contentVersion names a resource set by its content, so an unchanged type
