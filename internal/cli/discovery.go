@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -38,6 +39,10 @@ their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registry
 			}
 			rc.QPS, rc.Burst = 100, 200
 			cfg.Client, err = kubernetes.NewForConfig(rc)
+			if err != nil {
+				return err
+			}
+			cfg.IstioClient, err = istioclient.NewForConfig(rc)
 			if err != nil {
 				return err
 			}

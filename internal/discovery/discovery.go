@@ -21,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/config"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
@@ -46,6 +48,7 @@ type Config struct {
 	// RemoteSyncTimeout bounds how long an unsynced remote cluster delays readiness.
 	RemoteSyncTimeout time.Duration
 	Client            kubernetes.Interface
+	IstioClient       istioclient.Interface
 	Log               *slog.Logger
 }
 
@@ -56,8 +59,8 @@ func (c Config) Validate() error {
 		return errors.New("cluster ID is required (--cluster-id, the clusterName of the install)")
 	case c.Namespace == "":
 		return errors.New("namespace is required")
-	case c.Client == nil:
-		return errors.New("a Kubernetes client is required")
+	case c.Client == nil || c.IstioClient == nil:
+		return errors.New("Kubernetes and Istio clients are required")
 	}
 	return nil
 }
@@ -82,6 +85,10 @@ func Run(ctx context.Context, cfg Config) error {
 		Remove:     reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: log, Metrics: metrics,
 	}
 	xdsServer := xds.NewServer(reg, log, metrics)
+	xdsServer.Domain = cfg.Domain
+	store := &config.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Log: log}
+	store.Subscribe(xdsServer.Trigger)
+	xdsServer.Config = store
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -121,7 +128,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })
 	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
-	errc := make(chan error, 5)
+	errc := make(chan error, 6)
 	run := func(name string, fn func() error) {
 		go func() {
 			if err := fn(); err != nil && ctx.Err() == nil {
@@ -133,6 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	run("local cluster", func() error { return local.Run(ctx) })
 	run("remote secrets", func() error { return secrets.Run(ctx) })
+	run("istio config", func() error { return store.Run(ctx) })
 	run("xds push", func() error { return xdsServer.Run(ctx) })
 	run("xds server", func() error { return grpcServer.Serve(xl) })
 	run("monitoring", func() error {

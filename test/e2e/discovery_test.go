@@ -18,6 +18,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
@@ -25,22 +26,37 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	xdsresolver "google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 )
 
 // adsClient is a minimal state-of-the-world ADS client that ACKs everything
 // and keeps the latest clusters and load assignments.
 type adsClient struct {
 	mu        sync.Mutex
+	listeners map[string]*listener.Listener
 	clusters  map[string]*cluster.Cluster
 	endpoints map[string]*endpoint.ClusterLoadAssignment
 	changed   chan struct{}
+	askedLDS  bool
 }
 
-func dialADS(t *testing.T, addr, nodeID string, md map[string]string) *adsClient {
+// filterChains lists a listener's chains as "name server_names".
+func (c *adsClient) filterChains(name string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, fc := range c.listeners[name].GetFilterChains() {
+		out = append(out, fc.GetName()+" "+strings.Join(fc.GetFilterChainMatch().GetServerNames(), ","))
+	}
+	return out
+}
+
+func dialADS(t *testing.T, addr, nodeID string, md map[string]any) *adsClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -53,8 +69,12 @@ func dialADS(t *testing.T, addr, nodeID string, md map[string]string) *adsClient
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &adsClient{clusters: map[string]*cluster.Cluster{}, endpoints: map[string]*endpoint.ClusterLoadAssignment{}, changed: make(chan struct{}, 1)}
-	node := &core.Node{Id: nodeID, Metadata: xds.NodeMetadata(md)}
+	c := &adsClient{listeners: map[string]*listener.Listener{}, clusters: map[string]*cluster.Cluster{}, endpoints: map[string]*endpoint.ClusterLoadAssignment{}, changed: make(chan struct{}, 1)}
+	meta, err := structpb.NewStruct(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: nodeID, Metadata: meta}
 	if err := stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +96,14 @@ func dialADS(t *testing.T, addr, nodeID string, md map[string]string) *adsClient
 						names = append(names, cl.Name)
 					}
 				}
+			case resource.ListenerType:
+				c.listeners = map[string]*listener.Listener{}
+				for _, a := range resp.Resources {
+					var l listener.Listener
+					if a.UnmarshalTo(&l) == nil {
+						c.listeners[l.Name] = &l
+					}
+				}
 			case resource.EndpointType:
 				for _, a := range resp.Resources {
 					var cla endpoint.ClusterLoadAssignment
@@ -87,8 +115,13 @@ func dialADS(t *testing.T, addr, nodeID string, md map[string]string) *adsClient
 			c.mu.Unlock()
 			_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
 			if resp.TypeUrl == resource.ClusterType {
-				// Subscribe to every cluster's endpoints, as Envoy does after CDS.
+				// Subscribe to every cluster's endpoints, as Envoy does after
+				// CDS, and to listeners.
 				_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: names})
+				if !c.askedLDS {
+					c.askedLDS = true
+					_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ListenerType})
+				}
 			}
 			select {
 			case c.changed <- struct{}{}:
@@ -174,6 +207,85 @@ spec:
 `, network, replicas)
 }
 
+// exposeServices and exposeIstiod are Istio's multicluster samples.
+const exposeServices = `
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: cross-network-gateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: eastwestgateway
+  servers:
+    - port:
+        number: 15443
+        name: tls
+        protocol: TLS
+      tls:
+        mode: AUTO_PASSTHROUGH
+      hosts:
+        - "*.local"
+`
+
+const exposeIstiod = `
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istiod-gateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: eastwestgateway
+  servers:
+    - port:
+        name: tls-istiod
+        number: 15012
+        protocol: tls
+      tls:
+        mode: PASSTHROUGH
+      hosts:
+        - "*"
+    - port:
+        name: tls-istiodwebhook
+        number: 15017
+        protocol: tls
+      tls:
+        mode: PASSTHROUGH
+      hosts:
+        - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: istiod-vs
+  namespace: istio-system
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - istiod-gateway
+  tls:
+  - match:
+    - port: 15012
+      sniHosts:
+      - "*"
+    route:
+    - destination:
+        host: istiod.istio-system.svc.cluster.local
+        port:
+          number: 15012
+  - match:
+    - port: 15017
+      sniHosts:
+      - "*"
+    route:
+    - destination:
+        host: istiod.istio-system.svc.cluster.local
+        port:
+          number: 443
+`
+
 func TestDiscoveryAcrossClusters(t *testing.T) {
 	e := upSandbox(t)
 	e.apply("cluster-eks", meshApp("network1", 2))
@@ -227,7 +339,7 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 
 	profile := xds.OutboundCluster(8080, "", "profile.multicluster.svc.cluster.local")
 	sleep := dialADS(t, xdsAddr, "sidecar~100.64.0.99~sleep-1.multicluster~multicluster.svc.cluster.local",
-		map[string]string{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
+		map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
 	want := func(c *adsClient, what string, cond func([]string) bool) {
 		t.Helper()
 		eventually(t, what, func() bool { return cond(c.lbEndpoints(profile)) })
@@ -297,12 +409,42 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 
 	t.Run("the east-west gateway sees only its own network, under SNI cluster names", func(t *testing.T) {
 		gw := dialADS(t, xdsAddr, "router~100.64.0.98~istio-eastwestgateway-1.istio-system~istio-system.svc.cluster.local",
-			map[string]string{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1", "REQUESTED_NETWORK_VIEW": "network1"})
+			map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1", "REQUESTED_NETWORK_VIEW": "network1",
+				"LABELS": map[string]any{"istio": "eastwestgateway", "app": "istio-eastwestgateway"}})
 		sni := xds.SNI(8080, "", "profile.multicluster.svc.cluster.local")
 		eventually(t, "SNI cluster with the two local endpoints", func() bool {
 			eps := gw.lbEndpoints(sni)
 			return gw.hasCluster(sni) && len(eps) == 2 && local[eps[0]] && local[eps[1]]
 		})
+
+		// The seed's expose-services.yaml and expose-istiod.yaml, applied unchanged.
+		crds := filepath.Join(t.TempDir(), "crds.yaml")
+		if err := os.WriteFile(crds, istiocrd.YAML, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := e.kubectl("cluster-eks", "", "apply", "--server-side", "-f", crds); err != nil {
+			t.Fatalf("install Istio CRDs: %v %s", err, out)
+		}
+		eventually(t, "Istio CRDs established", func() bool {
+			_, err := e.kubectl("cluster-eks", "", "get", "gateways.networking.istio.io", "-A")
+			return err == nil
+		})
+		e.apply("cluster-eks", exposeServices+"---"+exposeIstiod)
+		eventually(t, "AUTO_PASSTHROUGH on 15443 with an SNI chain for profile", func() bool {
+			for _, fc := range gw.filterChains("0.0.0.0_15443") {
+				if fc == sni+" "+sni {
+					return true
+				}
+			}
+			return false
+		})
+		eventually(t, "TLS passthrough of 15012 and 15017 to the control plane", func() bool {
+			a, b := gw.filterChains("0.0.0.0_15012"), gw.filterChains("0.0.0.0_15017")
+			return len(a) == 1 && len(b) == 1
+		})
+		if sleep.filterChains("0.0.0.0_15443") != nil {
+			t.Error("a sidecar received the gateway's listener")
+		}
 	})
 
 	t.Run("a broken remote secret is reported and the other clusters stay served", func(t *testing.T) {

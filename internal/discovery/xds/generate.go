@@ -22,10 +22,12 @@ import (
 // Istio's ALPN on mTLS between proxies, so protocols survive a gateway.
 var istioALPN = []string{"istio-peer-exchange", "istio"}
 
-// Generated is one proxy's clusters and their load assignments.
+// Generated is one proxy view's resources.
 type Generated struct {
 	Clusters  []types.Resource
 	Endpoints []types.Resource
+	Listeners []types.Resource
+	Routes    []types.Resource
 }
 
 // Generate builds the resources one proxy receives.
@@ -33,13 +35,18 @@ type Generated struct {
 // Sidecars get outbound|PORT||HOST clusters for every service port, with a
 // transport-socket match that uses Istio mTLS (SNI outbound_.PORT_._.HOST)
 // toward endpoints labelled tlsMode=istio and plaintext otherwise. Routers
-// (east-west gateways) get the SNI-named clusters outbound_.PORT_._.HOST of
-// AUTO_PASSTHROUGH: no TLS of their own, only mTLS-capable endpoints.
-func Generate(p *Proxy, reg *registry.Registry, noGW network.NoGateway) Generated {
+// (gateways) also get the SNI-named clusters outbound_.PORT_._.HOST of
+// AUTO_PASSTHROUGH: no TLS of their own, only mTLS-capable endpoints; and
+// the listeners of the Gateways that select them.
+func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW network.NoGateway) Generated {
 	var g Generated
 	gws := reg.Gateways()
 	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
-	for _, svc := range reg.Services() {
+	services := reg.Services()
+	if p.Type == Router {
+		g.Listeners = routerListeners(p, cfg, services, domain)
+	}
+	for _, svc := range services {
 		eps := reg.Endpoints(svc.Hostname)
 		for _, port := range svc.Ports {
 			if port.Protocol == "UDP" {
@@ -56,7 +63,6 @@ func Generate(p *Proxy, reg *registry.Registry, noGW network.NoGateway) Generate
 				}
 				g.Clusters = append(g.Clusters, edsCluster(name, nil))
 				g.Endpoints = append(g.Endpoints, loadAssignment(name, mtls))
-				continue
 			}
 			name := OutboundCluster(port.Port, "", svc.Hostname)
 			g.Clusters = append(g.Clusters, edsCluster(name, []*cluster.Cluster_TransportSocketMatch{

@@ -13,7 +13,8 @@ func TestGenerateGRPCListenersAreNamedHostPort(t *testing.T) {
 	reg.SetService("c1", "greeter.ns.svc.cluster.local", &registry.Service{Namespace: "ns", Name: "greeter", Hostname: "greeter.ns.svc.cluster.local",
 		Ports: []registry.Port{{Name: "grpc", Port: 7070, Protocol: "TCP"}}})
 	reg.SetEndpoints("c1", "greeter.ns.svc.cluster.local", []registry.Endpoint{{Address: "10.0.0.1", Ports: map[string]int32{"grpc": 7070}, Cluster: "c1", Ready: true}})
-	g, ls := GenerateGRPC(&Proxy{ID: "x", Type: Sidecar, Generator: GeneratorGRPC}, reg, nil)
+	g := GenerateGRPC(&Proxy{ID: "x", Type: Sidecar, Generator: GeneratorGRPC}, reg, nil)
+	ls := g.Listeners
 	if len(ls) != 1 || ls[0].(*listener.Listener).Name != "greeter.ns.svc.cluster.local:7070" {
 		t.Fatalf("listeners %v", ls)
 	}

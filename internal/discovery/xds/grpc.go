@@ -9,7 +9,6 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/network"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -23,9 +22,8 @@ const GeneratorGRPC = "grpc"
 // with: an API listener per service port with an inline route to the
 // outbound cluster, and EDS clusters without transport-socket matches
 // (which gRPC does not accept); endpoints as for a sidecar.
-func GenerateGRPC(p *Proxy, reg *registry.Registry, noGW network.NoGateway) (Generated, []types.Resource) {
+func GenerateGRPC(p *Proxy, reg *registry.Registry, noGW network.NoGateway) Generated {
 	var g Generated
-	var listeners []types.Resource
 	gws := reg.Gateways()
 	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
 	router := mustAny(&routerv3.Router{})
@@ -55,11 +53,11 @@ func GenerateGRPC(p *Proxy, reg *registry.Registry, noGW network.NoGateway) (Gen
 				}},
 				HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: router}}},
 			}
-			listeners = append(listeners, &listener.Listener{
+			g.Listeners = append(g.Listeners, &listener.Listener{
 				Name:        hostPort,
 				ApiListener: &listener.ApiListener{ApiListener: mustAny(manager)},
 			})
 		}
 	}
-	return g, listeners
+	return g
 }

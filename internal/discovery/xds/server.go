@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
@@ -26,7 +27,11 @@ import (
 // Server pushes per-proxy snapshots whenever the registry changes.
 type Server struct {
 	Registry *registry.Registry
-	Log      *slog.Logger
+	// Config is the Istio configuration (Gateways, VirtualServices); may be nil.
+	Config Config
+	// Domain is the cluster DNS domain, for short hosts in configuration.
+	Domain string
+	Log    *slog.Logger
 	// Debounce is the quiet time gathered before a push (default 100 ms);
 	// a push never waits more than 10 debounce periods.
 	Debounce time.Duration
@@ -86,13 +91,17 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 			_ = metrics.Register(c)
 		}
 	}
-	reg.Subscribe(func(registry.Event) {
-		select {
-		case s.push <- struct{}{}:
-		default:
-		}
-	})
+	reg.Subscribe(func(registry.Event) { s.Trigger() })
 	return s
+}
+
+// Trigger asks for a (debounced) push to every proxy, e.g. after a
+// configuration change.
+func (s *Server) Trigger() {
+	select {
+	case s.push <- struct{}{}:
+	default:
+	}
 }
 
 // Register adds the ADS service (and the per-type services) to a gRPC server.
@@ -144,11 +153,16 @@ func (s *Server) pushAll() {
 	}
 }
 
-// viewKey is everything generation depends on besides the registry.
-type viewKey struct{ typ, network, requested, generator string }
+// viewKey is everything generation depends on besides the registry and
+// configuration. Labels count for routers, which Gateways select by label.
+type viewKey struct{ typ, network, requested, generator, labels string }
 
 func keyOf(p *Proxy) viewKey {
-	return viewKey{p.Type, p.Network, p.RequestedNetworkView, p.Generator}
+	k := viewKey{typ: p.Type, network: p.Network, requested: p.RequestedNetworkView, generator: p.Generator}
+	if p.Type == Router {
+		k.labels = labels.Set(p.Labels).String()
+	}
+	return k
 }
 
 // update regenerates and installs one proxy's snapshot.
@@ -180,18 +194,17 @@ func (s *Server) updateWith(id string, memo map[viewKey]*cachev3.Snapshot) {
 // every proxy of that view and never modified.
 func (s *Server) snapshot(p *Proxy) *cachev3.Snapshot {
 	var g Generated
-	var listeners []types.Resource
 	if p.Generator == GeneratorGRPC {
-		g, listeners = GenerateGRPC(p, s.Registry, s.noGateway)
+		g = GenerateGRPC(p, s.Registry, s.noGateway)
 	} else {
-		g = Generate(p, s.Registry, s.noGateway)
+		g = Generate(p, s.Registry, s.Config, s.Domain, s.noGateway)
 	}
 	snap := &cachev3.Snapshot{}
 	for typ, rs := range map[resource.Type][]types.Resource{
 		resource.ClusterType:  g.Clusters,
 		resource.EndpointType: g.Endpoints,
-		resource.ListenerType: listeners,
-		resource.RouteType:    nil,
+		resource.ListenerType: g.Listeners,
+		resource.RouteType:    g.Routes,
 	} {
 		idx := cachev3.GetResponseType(typ)
 		items := make(map[string]types.ResourceWithTTL, len(rs))
