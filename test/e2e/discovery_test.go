@@ -146,6 +146,13 @@ func (c *adsClient) lbEndpoints(name string) []string {
 	return out
 }
 
+func (c *adsClient) hasListener(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.listeners[name]
+	return ok
+}
+
 func (c *adsClient) hasCluster(name string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -377,6 +384,9 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 		if !sleep.hasCluster(profile) {
 			t.Fatalf("no cluster %s", profile)
 		}
+		eventually(t, "the sidecar's outbound listeners", func() bool {
+			return sleep.hasListener("virtualOutbound") && sleep.hasListener("0.0.0.0_8080")
+		})
 	})
 
 	secret := func(name, cluster, kubeconfig string) *corev1.Secret {

@@ -37,7 +37,7 @@ func BenchmarkGenerateSidecarView(b *testing.B) {
 	p := &Proxy{ID: "sidecar~1~a.b~b.svc.cluster.local", Type: Sidecar, Network: "network1"}
 	b.ReportAllocs()
 	for b.Loop() {
-		s.snapshot(p)
+		s.generate(p)
 	}
 }
 
@@ -47,7 +47,8 @@ func BenchmarkPush1000Proxies(b *testing.B) {
 	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	for i := range 1000 {
 		id := fmt.Sprintf("sidecar~100.64.%d.%d~p%d.ns~ns.svc.cluster.local", i/250, i%250, i)
-		s.proxies[id] = &proxyState{proxy: &Proxy{ID: id, Type: Sidecar, Network: fmt.Sprintf("network%d", i%2+1)}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
+		s.proxies[id] = &proxyState{proxy: &Proxy{ID: id, Type: Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
+			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
 	}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -45,6 +45,8 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	services := reg.Services()
 	if p.Type == Router {
 		g.Listeners = routerListeners(p, cfg, services, domain)
+	} else {
+		g.Listeners, g.Clusters = sidecarOutbound(services)
 	}
 	for _, svc := range services {
 		eps := reg.Endpoints(svc.Hostname)

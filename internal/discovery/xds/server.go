@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -146,15 +147,44 @@ func (s *Server) pushAll() {
 		ids = append(ids, id)
 	}
 	s.mu.Unlock()
-	// Proxies with the same view get the same resources: generate once per view.
-	memo := map[viewKey]*cachev3.Snapshot{}
+	// Proxies with the same view share generated resources: once per view.
+	m := newMemo()
 	for _, id := range ids {
-		s.updateWith(id, memo)
+		s.updateWith(id, m)
 	}
 }
 
-// viewKey is everything generation depends on besides the registry and
-// configuration. Labels count for routers, which Gateways select by label.
+// memo holds what one push generated, for reuse across proxies.
+type memo struct {
+	views  map[viewKey]*shared
+	routes map[string]*typed // sidecar routes by namespace
+	// snapshots of sidecars by view, namespace and inbound ports.
+	snaps   map[string]*cachev3.Snapshot
+	inbound InboundIndex
+}
+
+func newMemo() *memo {
+	return &memo{views: map[viewKey]*shared{}, routes: map[string]*typed{}, snaps: map[string]*cachev3.Snapshot{}}
+}
+
+// typed is one type's resources with versions.
+type typed struct {
+	items   map[string]types.ResourceWithTTL
+	version string
+	hashes  map[string]string
+}
+
+func newTyped(rs []types.Resource) *typed {
+	t := &typed{items: make(map[string]types.ResourceWithTTL, len(rs))}
+	for _, r := range rs {
+		t.items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+	}
+	t.version, t.hashes = versionOf(rs)
+	return t
+}
+
+// viewKey is everything shared generation depends on besides the registry
+// and configuration: labels for routers (Gateways select by label).
 type viewKey struct{ typ, network, requested, generator, labels string }
 
 func keyOf(p *Proxy) viewKey {
@@ -165,10 +195,22 @@ func keyOf(p *Proxy) viewKey {
 	return k
 }
 
+// shared is one view's generated resources by type, with content versions.
+type shared struct {
+	items    [types.UnknownType]map[string]types.ResourceWithTTL
+	versions [types.UnknownType]string
+	// hashes per resource, the delta protocol's version map.
+	hashes   [types.UnknownType]map[string]string
+	services []*registry.Service
+}
+
 // update regenerates and installs one proxy's snapshot.
 func (s *Server) update(id string) { s.updateWith(id, nil) }
 
-func (s *Server) updateWith(id string, memo map[viewKey]*cachev3.Snapshot) {
+func (s *Server) updateWith(id string, m *memo) {
+	if m == nil {
+		m = newMemo()
+	}
 	s.mu.Lock()
 	st, ok := s.proxies[id]
 	if !ok {
@@ -178,68 +220,122 @@ func (s *Server) updateWith(id string, memo map[viewKey]*cachev3.Snapshot) {
 	st.version++
 	p := st.proxy
 	s.mu.Unlock()
-	snap, ok := memo[keyOf(p)]
-	if !ok {
-		snap = s.snapshot(p)
-		if memo != nil {
-			memo[keyOf(p)] = snap
-		}
-	}
+	snap := s.snapshotFor(p, m)
 	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
 		s.Log.Error("set snapshot", "proxy", id, "err", err)
 	}
 }
 
-// snapshot generates the resources of one view. The result is shared by
-// every proxy of that view and never modified.
-func (s *Server) snapshot(p *Proxy) *cachev3.Snapshot {
+// snapshotFor assembles a proxy's snapshot from what the push already
+// generated: the view's shared resources, the namespace's routes and, for
+// sidecars, the inbound listener of its port set. Sidecars alike in all
+// three share one snapshot.
+func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
+	sh, ok := m.views[keyOf(p)]
+	if !ok {
+		sh = s.generate(p)
+		m.views[keyOf(p)] = sh
+	}
+	sidecar := p.Type == Sidecar && p.Generator != GeneratorGRPC
+	var ports InboundPorts
+	key := fmt.Sprintf("%v", keyOf(p))
+	if sidecar {
+		if m.inbound == nil {
+			m.inbound = NewInboundIndex(s.Registry, sh.services)
+		}
+		ports = m.inbound[p.IP]
+		key += "|" + p.Namespace + "|" + ports.Key()
+	}
+	if snap, ok := m.snaps[key]; ok {
+		return snap
+	}
+	// The version map is filled here from hashes computed once per view;
+	// left nil, the cache would re-hash every resource for every proxy.
+	snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+	for i := range sh.items {
+		snap.Resources[i] = cachev3.Resources{Version: sh.versions[i], Items: sh.items[i]}
+		if url, err := cachev3.GetResponseTypeURL(types.ResponseType(i)); err == nil {
+			snap.VersionMap[url] = sh.hashes[i]
+		}
+	}
+	if sidecar {
+		l, cls := Inbound(ports)
+		add := func(typ types.ResponseType, rs []types.Resource) {
+			version, hashes := versionOf(rs)
+			items := make(map[string]types.ResourceWithTTL, len(sh.items[typ])+len(rs))
+			vm := make(map[string]string, len(sh.items[typ])+len(rs))
+			for k, v := range sh.items[typ] {
+				items[k] = v
+			}
+			for k, v := range sh.hashes[typ] {
+				vm[k] = v
+			}
+			for _, r := range rs {
+				n := cachev3.GetResourceName(r)
+				items[n] = types.ResourceWithTTL{Resource: r}
+				vm[n] = hashes[n]
+			}
+			snap.Resources[typ] = cachev3.Resources{Version: sh.versions[typ] + "-" + version, Items: items}
+			url, _ := cachev3.GetResponseTypeURL(typ)
+			snap.VersionMap[url] = vm
+		}
+		add(types.Listener, []types.Resource{l})
+		add(types.Cluster, cls)
+		rt, ok := m.routes[p.Namespace]
+		if !ok {
+			rt = newTyped(SidecarRoutes(p.Namespace, sh.services))
+			m.routes[p.Namespace] = rt
+		}
+		snap.Resources[types.Route] = cachev3.Resources{Version: rt.version, Items: rt.items}
+		url, _ := cachev3.GetResponseTypeURL(types.Route)
+		snap.VersionMap[url] = rt.hashes
+	}
+	m.snaps[key] = snap
+	return snap
+}
+
+// generate builds the shared resources of one view.
+func (s *Server) generate(p *Proxy) *shared {
 	var g Generated
 	if p.Generator == GeneratorGRPC {
 		g = GenerateGRPC(p, s.Registry, s.noGateway)
 	} else {
 		g = Generate(p, s.Registry, s.Config, s.Domain, s.noGateway)
 	}
-	snap := &cachev3.Snapshot{}
-	for typ, rs := range map[resource.Type][]types.Resource{
-		resource.ClusterType:  g.Clusters,
-		resource.EndpointType: g.Endpoints,
-		resource.ListenerType: g.Listeners,
-		resource.RouteType:    g.Routes,
+	sh := &shared{services: s.Registry.Services()}
+	for typ, rs := range map[types.ResponseType][]types.Resource{
+		types.Cluster:  g.Clusters,
+		types.Endpoint: g.Endpoints,
+		types.Listener: g.Listeners,
+		types.Route:    g.Routes,
 	} {
-		idx := cachev3.GetResponseType(typ)
-		items := make(map[string]types.ResourceWithTTL, len(rs))
-		for _, r := range rs {
-			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
-		}
-		snap.Resources[idx] = cachev3.Resources{Version: contentVersion(rs), Items: items}
+		t := newTyped(rs)
+		sh.items[typ], sh.versions[typ], sh.hashes[typ] = t.items, t.version, t.hashes
 	}
-	// Built now, before the snapshot is shared: the cache would otherwise
-	// build it lazily for delta streams, concurrently for each proxy.
-	if err := snap.ConstructVersionMap(); err != nil {
-		s.Log.Error("snapshot version map", "err", err)
-	}
-	return snap
+	return sh
 }
 
-// contentVersion names a resource set by its content, so an unchanged type
-// is not re-sent to state-of-the-world clients.
-func contentVersion(rs []types.Resource) string {
+// versionOf names a resource set by its content, so an unchanged type is
+// not re-sent to state-of-the-world clients, and returns each resource's
+// own hash for delta clients.
+func versionOf(rs []types.Resource) (string, map[string]string) {
+	hashes := make(map[string]string, len(rs))
 	names := make([]string, 0, len(rs))
-	byName := map[string]types.Resource{}
+	opts := proto.MarshalOptions{Deterministic: true}
 	for _, r := range rs {
 		n := cachev3.GetResourceName(r)
+		b, _ := opts.Marshal(r)
+		sum := sha256.Sum256(b)
+		hashes[n] = hex.EncodeToString(sum[:8])
 		names = append(names, n)
-		byName[n] = r
 	}
 	sort.Strings(names)
 	h := sha256.New()
-	opts := proto.MarshalOptions{Deterministic: true}
 	for _, n := range names {
-		b, _ := opts.Marshal(byName[n])
 		h.Write([]byte(n))
-		h.Write(b)
+		h.Write([]byte(hashes[n]))
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	return hex.EncodeToString(h.Sum(nil))[:16], hashes
 }
 
 func (s *Server) noGateway(network string) {

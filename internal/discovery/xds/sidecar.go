@@ -1,0 +1,335 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	originaldst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+// Istio's ports and special clusters of a sidecar.
+const (
+	OutboundPort = 15001
+	InboundPort  = 15006
+
+	PassthroughCluster        = "PassthroughCluster"
+	BlackHoleCluster          = "BlackHoleCluster"
+	InboundPassthroughCluster = "InboundPassthroughCluster"
+)
+
+// httpProtocols are the declared protocols routed at L7.
+var httpProtocols = map[string]bool{"http": true, "http2": true, "grpc": true, "grpc-web": true}
+
+// IsHTTP reports whether a service port is routed as HTTP.
+func IsHTTP(p registry.Port) bool { return httpProtocols[p.AppProtocol] }
+
+// InboundCluster is Istio's name for the local app behind a sidecar: inbound|PORT||.
+func InboundCluster(port int32) string { return fmt.Sprintf("inbound|%d||", port) }
+
+func routerFilter() *hcm.HttpFilter {
+	return &hcm.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}}
+}
+
+// sidecarOutbound builds what every sidecar of a network view shares
+// (Istio's shapes): virtualOutbound on 15001 dispatches by original
+// destination to per-port listeners (HTTP ports share 0.0.0.0_PORT with RDS
+// route "PORT", see SidecarRoutes; TCP ports get CLUSTERIP_PORT), plus the
+// passthrough and black-hole clusters.
+func sidecarOutbound(services []*registry.Service) (listeners, clusters []types.Resource) {
+	router := routerFilter()
+	httpPorts := map[int32]bool{}
+	var tcp []types.Resource
+	for _, svc := range services {
+		for _, port := range svc.Ports {
+			if port.Protocol == "UDP" {
+				continue
+			}
+			if IsHTTP(port) {
+				httpPorts[port.Port] = true
+				continue
+			}
+			if svc.ClusterIP == "" {
+				continue // headless TCP: reached through the passthrough chain
+			}
+			cl := OutboundCluster(port.Port, "", svc.Hostname)
+			tcp = append(tcp, &listener.Listener{
+				Name:             fmt.Sprintf("%s_%d", svc.ClusterIP, port.Port),
+				Address:          socketAddress(svc.ClusterIP, uint32(port.Port)),
+				BindToPort:       wrapperspb.Bool(false),
+				TrafficDirection: core.TrafficDirection_OUTBOUND,
+				FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{tcpProxy(cl, cl)}}},
+			})
+		}
+	}
+	for _, port := range sortedPorts(httpPorts) {
+		name := strconv.Itoa(int(port))
+		manager := &hcm.HttpConnectionManager{
+			StatPrefix: "outbound_0.0.0.0_" + name,
+			RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: name, ConfigSource: &core.ConfigSource{
+				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3,
+			}}},
+			HttpFilters: []*hcm.HttpFilter{router},
+		}
+		listeners = append(listeners, &listener.Listener{
+			Name:             "0.0.0.0_" + name,
+			Address:          socketAddress("0.0.0.0", uint32(port)),
+			BindToPort:       wrapperspb.Bool(false),
+			TrafficDirection: core.TrafficDirection_OUTBOUND,
+			FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{httpManager(manager)}}},
+		})
+	}
+	listeners = append(listeners, tcp...)
+	listeners = append(listeners, &listener.Listener{
+		Name:             "virtualOutbound",
+		Address:          socketAddress("0.0.0.0", OutboundPort),
+		UseOriginalDst:   wrapperspb.Bool(true),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
+		DefaultFilterChain: &listener.FilterChain{Name: "PassthroughFilterChain",
+			Filters: []*listener.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}},
+	})
+	clusters = append(clusters,
+		&cluster.Cluster{Name: PassthroughCluster, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+			LbPolicy: cluster.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(10 * time.Second)},
+		&cluster.Cluster{Name: InboundPassthroughCluster, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+			LbPolicy: cluster.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(10 * time.Second)},
+		&cluster.Cluster{Name: BlackHoleCluster, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}, ConnectTimeout: durationpb.New(10 * time.Second)},
+	)
+	return listeners, clusters
+}
+
+// SidecarRoutes builds the RDS route "PORT" of every HTTP port for sidecars
+// of one namespace (which decides the short names a service answers to):
+// a virtual host per service, Istio's default retries, no timeout, and
+// allow_any to the passthrough cluster.
+func SidecarRoutes(namespace string, services []*registry.Service) []types.Resource {
+	vhosts := map[int32][]*route.VirtualHost{}
+	for _, svc := range services {
+		for _, port := range svc.Ports {
+			if port.Protocol == "UDP" || !IsHTTP(port) {
+				continue
+			}
+			cl := OutboundCluster(port.Port, "", svc.Hostname)
+			vhosts[port.Port] = append(vhosts[port.Port], &route.VirtualHost{
+				Name:    fmt.Sprintf("%s:%d", svc.Hostname, port.Port),
+				Domains: domains(svc, port.Port, namespace),
+				Routes: []*route.Route{{
+					Name:  "default",
+					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &route.Route_Route{Route: &route.RouteAction{
+						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: cl},
+						Timeout:          durationpb.New(0),
+						RetryPolicy:      defaultRetry(),
+					}},
+				}},
+			})
+		}
+	}
+	ports := map[int32]bool{}
+	for p := range vhosts {
+		ports[p] = true
+	}
+	var routes []types.Resource
+	for _, port := range sortedPorts(ports) {
+		vh := append(vhosts[port], &route.VirtualHost{Name: "allow_any", Domains: []string{"*"}, Routes: []*route.Route{{
+			Name:   "allow_any",
+			Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: PassthroughCluster}, Timeout: durationpb.New(0)}},
+		}}})
+		routes = append(routes, &route.RouteConfiguration{Name: strconv.Itoa(int(port)), VirtualHosts: vh, ValidateClusters: wrapperspb.Bool(false)})
+	}
+	return routes
+}
+
+func sortedPorts(set map[int32]bool) []int32 {
+	out := make([]int32, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// InboundPorts maps each port the services of a workload target on it
+// (by endpoint address) to whether it is HTTP.
+type InboundPorts map[int32]bool
+
+// Key names the port set, so sidecars with the same ports share an inbound listener.
+func (ip InboundPorts) Key() string {
+	var b strings.Builder
+	for _, p := range sortedPorts(map[int32]bool(ipSet(ip))) {
+		fmt.Fprintf(&b, "%d:%t,", p, ip[p])
+	}
+	return b.String()
+}
+
+func ipSet(ip InboundPorts) map[int32]bool {
+	out := make(map[int32]bool, len(ip))
+	for p := range ip {
+		out[p] = true
+	}
+	return out
+}
+
+// InboundIndex finds the inbound ports of workloads by address.
+type InboundIndex map[string]InboundPorts
+
+// NewInboundIndex indexes every endpoint of every service by address.
+func NewInboundIndex(reg *registry.Registry, services []*registry.Service) InboundIndex {
+	idx := InboundIndex{}
+	for _, svc := range services {
+		for _, e := range reg.Endpoints(svc.Hostname) {
+			for _, sp := range svc.Ports {
+				tp, ok := e.Ports[sp.Name]
+				if !ok || sp.Protocol == "UDP" {
+					continue
+				}
+				ports := idx[e.Address]
+				if ports == nil {
+					ports = InboundPorts{}
+					idx[e.Address] = ports
+				}
+				ports[tp] = ports[tp] || IsHTTP(sp)
+			}
+		}
+	}
+	return idx
+}
+
+// Inbound builds a sidecar's own part: virtualInbound on 15006 with, for
+// each port its services target on the pod, one chain for Istio mTLS and
+// one for plaintext (PERMISSIVE), both to inbound|PORT|| on 127.0.0.1.
+func Inbound(ports InboundPorts) (*listener.Listener, []types.Resource) {
+	router := routerFilter()
+	var chains []*listener.FilterChain
+	var clusters []types.Resource
+	for _, n := range sortedPorts(ipSet(ports)) {
+		name := InboundCluster(n)
+		clusters = append(clusters, &cluster.Cluster{
+			Name:                 name,
+			ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+			ConnectTimeout:       durationpb.New(10 * time.Second),
+			LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+					Address: socketAddress("127.0.0.1", uint32(n))}}}},
+			}}},
+		})
+		var filter *listener.Filter
+		if ports[n] {
+			filter = httpManager(&hcm.HttpConnectionManager{
+				StatPrefix: fmt.Sprintf("inbound_0.0.0.0_%d", n),
+				RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+					Name: name,
+					VirtualHosts: []*route.VirtualHost{{Name: "inbound|http|" + strconv.Itoa(int(n)), Domains: []string{"*"}, Routes: []*route.Route{{
+						Name:   "default",
+						Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
+					}}}},
+				}},
+				HttpFilters:                 []*hcm.HttpFilter{router},
+				ForwardClientCertDetails:    hcm.HttpConnectionManager_APPEND_FORWARD,
+				SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
+			})
+		} else {
+			filter = tcpProxy(name, name)
+		}
+		chains = append(chains,
+			&listener.FilterChain{
+				Name:             name + "-mtls",
+				FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: "tls"},
+				TransportSocket:  istioMTLSServer(),
+				Filters:          []*listener.Filter{filter},
+			},
+			&listener.FilterChain{
+				Name:             name + "-plaintext",
+				FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: "raw_buffer"},
+				Filters:          []*listener.Filter{filter},
+			})
+	}
+	return &listener.Listener{
+		Name:             "virtualInbound",
+		Address:          socketAddress("0.0.0.0", InboundPort),
+		TrafficDirection: core.TrafficDirection_INBOUND,
+		ListenerFilters: []*listener.ListenerFilter{
+			{Name: "envoy.filters.listener.original_dst", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldst.OriginalDst{})}},
+			{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}},
+		},
+		FilterChains: chains,
+		DefaultFilterChain: &listener.FilterChain{Name: "InboundPassthroughFilterChain",
+			Filters: []*listener.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)}},
+	}, clusters
+}
+
+// istioMTLSServer requires a client certificate from the mesh root, with
+// the workload certificate and root from SDS "default" and "ROOTCA".
+func istioMTLSServer() *core.TransportSocket {
+	ads := &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3}
+	ctx := &tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			AlpnProtocols:                  []string{"h2", "http/1.1"},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: ads}},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchSubjectAltNames: []*matcherv3.StringMatcher{{
+					MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://"},
+				}}},
+				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ROOTCA", SdsConfig: ads},
+			}},
+		},
+	}
+	return &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)}}
+}
+
+func httpManager(m *hcm.HttpConnectionManager) *listener.Filter {
+	return &listener.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(m)}}
+}
+
+// defaultRetry is Istio's default HTTP retry policy.
+func defaultRetry() *route.RetryPolicy {
+	return &route.RetryPolicy{
+		RetryOn:                       "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+		NumRetries:                    wrapperspb.UInt32(2),
+		RetryHostPredicate:            []*route.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts"}},
+		HostSelectionRetryMaxAttempts: 5,
+	}
+}
+
+// domains lists the names a service is called by: FQDN and its shorter
+// forms (the bare name only from the same namespace), and its ClusterIP,
+// each with and without the port.
+func domains(svc *registry.Service, port int32, fromNamespace string) []string {
+	names := []string{svc.Hostname}
+	parts := strings.Split(svc.Hostname, ".")
+	if len(parts) >= 3 {
+		names = append(names, parts[0]+"."+parts[1], parts[0]+"."+parts[1]+".svc")
+		if fromNamespace == svc.Namespace {
+			names = append(names, parts[0])
+		}
+	}
+	if svc.ClusterIP != "" {
+		names = append(names, svc.ClusterIP)
+	}
+	var out []string
+	for _, n := range names {
+		out = append(out, n, net.JoinHostPort(n, strconv.Itoa(int(port))))
+	}
+	return out
+}
