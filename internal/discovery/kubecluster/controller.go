@@ -58,10 +58,17 @@ type Controller struct {
 
 	mu     sync.Mutex // guards warned
 	warned map[string]string
+	// hostnames is set while some gateway is known by a DNS name.
+	hostnames atomic.Bool
 }
 
-// allKey asks for a recomputation of the whole cluster.
-const allKey = "*"
+// allKey asks for a recomputation of the whole cluster; gatewaysKey for
+// its gateways (hostname load balancers are re-resolved every resolveEvery).
+const (
+	allKey       = "*"
+	gatewaysKey  = "*gateways"
+	resolveEvery = 30 * time.Second
+)
 
 // New prepares a controller; Run starts it.
 func New(cfg Config) *Controller {
@@ -145,17 +152,31 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.synced.Store(true)
 	c.cfg.Log.Info("cluster synced", "cluster", c.cfg.ID)
 	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
+		t := time.NewTicker(resolveEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				c.queue.ShutDown()
+				return
+			case <-t.C:
+				if c.hostnames.Load() {
+					c.queue.Add(gatewaysKey)
+				}
+			}
+		}
 	}()
 	for {
 		key, quit := c.queue.Get()
 		if quit {
 			return nil
 		}
-		if key == allKey {
+		switch key {
+		case allKey:
 			c.full(ctx)
-		} else {
+		case gatewaysKey:
+			c.recomputeGateways(ctx)
+		default:
 			c.service(ctx, key)
 		}
 		c.queue.Done(key)
@@ -172,6 +193,7 @@ func unwrap(obj any) any {
 // full recomputes every service, endpoint and gateway of the cluster and
 // replaces the cluster's shard, so nothing stale survives.
 func (c *Controller) full(ctx context.Context) {
+	c.hostnames.Store(false)
 	svcs, _ := c.services.List(labels.Everything())
 	shard := registry.Shard{Services: map[string]*registry.Service{}, Endpoints: map[string][]registry.Endpoint{}}
 	var gws []registry.Gateway
@@ -205,6 +227,7 @@ func (c *Controller) service(ctx context.Context, key string) {
 }
 
 func (c *Controller) recomputeGateways(ctx context.Context) {
+	c.hostnames.Store(false)
 	svcs, _ := c.services.List(labels.Everything())
 	var gws []registry.Gateway
 	for _, s := range svcs {
@@ -216,6 +239,11 @@ func (c *Controller) recomputeGateways(ctx context.Context) {
 func (c *Controller) gateways(ctx context.Context, s *corev1.Service) []registry.Gateway {
 	if s.Labels[LabelNetwork] == "" {
 		return nil
+	}
+	for _, in := range s.Status.LoadBalancer.Ingress {
+		if in.IP == "" && in.Hostname != "" {
+			c.hostnames.Store(true)
+		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
