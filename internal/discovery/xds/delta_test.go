@@ -2,9 +2,6 @@ package xds_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -31,21 +28,10 @@ func TestDeltaADS(t *testing.T) {
 	}
 	reg.SetEndpoints("c1", host, []registry.Endpoint{ep("10.0.0.1")})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv := xds.NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	srv.Debounce = 10 * time.Millisecond
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	srv.Register(ctx, g)
-	go g.Serve(l)
-	defer g.Stop()
-	go srv.Run(ctx)
+	ctx := context.Background()
+	srv, addr := serve(t, reg)
 
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

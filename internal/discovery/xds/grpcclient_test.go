@@ -3,8 +3,6 @@ package xds_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -16,7 +14,6 @@ import (
 	xdsresolver "google.golang.org/grpc/xds"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // TestGRPCGoClient: grpc-go's own xDS resolver and balancer, a third-party
@@ -39,21 +36,11 @@ func TestGRPCGoClient(t *testing.T) {
 	reg.SetService("c1", host, &registry.Service{Namespace: "ns", Name: "greeter", Hostname: host, Ports: []registry.Port{{Name: "grpc", Port: port, Protocol: "TCP"}}})
 	reg.SetEndpoints("c1", host, []registry.Endpoint{{Address: "127.0.0.1", Ports: map[string]int32{"grpc": port}, Cluster: "c1", Ready: true}})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv := xds.NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	xl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	srv.Register(ctx, g)
-	go g.Serve(xl)
-	defer g.Stop()
-	go srv.Run(ctx)
+	ctx := context.Background()
+	srv, addr := serve(t, reg)
 
 	bootstrap := fmt.Sprintf(`{"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-"node": {"id": "sidecar~127.0.0.1~client.ns~ns.svc.cluster.local", "metadata": {"GENERATOR": "grpc", "CLUSTER_ID": "c1"}}}`, xl.Addr().String())
+"node": {"id": "sidecar~127.0.0.1~client.ns~ns.svc.cluster.local", "metadata": {"GENERATOR": "grpc", "CLUSTER_ID": "c1"}}}`, addr)
 	builder, err := xdsresolver.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
 	if err != nil {
 		t.Fatal(err)
