@@ -47,6 +47,11 @@ type Server struct {
 
 	warnedNoGW sync.Map // network -> struct{}
 
+	memoMu sync.Mutex // guards current
+	// current is what was generated since the last change; proxies that
+	// connect in between reuse it instead of generating their view again.
+	current *memo
+
 	connected prometheus.GaugeFunc
 	pushes    *prometheus.CounterVec
 	rejects   *prometheus.CounterVec
@@ -99,6 +104,9 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 // Trigger asks for a (debounced) push to every proxy, e.g. after a
 // configuration change.
 func (s *Server) Trigger() {
+	s.memoMu.Lock()
+	s.current = nil
+	s.memoMu.Unlock()
 	select {
 	case s.push <- struct{}{}:
 	default:
@@ -149,6 +157,9 @@ func (s *Server) pushAll() {
 	s.mu.Unlock()
 	// Proxies with the same view share generated resources: once per view.
 	m := newMemo()
+	s.memoMu.Lock()
+	s.current = m
+	s.memoMu.Unlock()
 	for _, id := range ids {
 		s.updateWith(id, m)
 	}
@@ -156,6 +167,9 @@ func (s *Server) pushAll() {
 
 // memo holds what one push generated, for reuse across proxies.
 type memo struct {
+	// mu serializes use: connects and pushes share a memo, and generating
+	// a view once while others wait is the point.
+	mu     sync.Mutex
 	views  map[viewKey]*shared
 	routes map[string]*typed // sidecar routes by namespace
 	// snapshots of sidecars by view, namespace and inbound ports.
@@ -204,13 +218,20 @@ type shared struct {
 	services []*registry.Service
 }
 
-// update regenerates and installs one proxy's snapshot.
-func (s *Server) update(id string) { s.updateWith(id, nil) }
-
-func (s *Server) updateWith(id string, m *memo) {
-	if m == nil {
-		m = newMemo()
+// update installs one proxy's snapshot, reusing what was generated since
+// the last change.
+func (s *Server) update(id string) {
+	s.memoMu.Lock()
+	if s.current == nil {
+		s.current = newMemo()
 	}
+	m := s.current
+	s.memoMu.Unlock()
+	s.updateWith(id, m)
+}
+
+// updateWith installs one proxy's snapshot from m, generating what m lacks.
+func (s *Server) updateWith(id string, m *memo) {
 	s.mu.Lock()
 	st, ok := s.proxies[id]
 	if !ok {
@@ -231,6 +252,8 @@ func (s *Server) updateWith(id string, m *memo) {
 // sidecars, the inbound listener of its port set. Sidecars alike in all
 // three share one snapshot.
 func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	sh, ok := m.views[keyOf(p)]
 	if !ok {
 		sh = s.generate(p)

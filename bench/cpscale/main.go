@@ -1,0 +1,308 @@
+// Command cpscale measures the control plane at scale against the sandbox's
+// real API servers: 2 clusters x 500 services x 10 endpoints (1000 services,
+// 10,000 endpoints) and N simulated ADS clients. It prints one Markdown
+// table row per figure.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+)
+
+var (
+	kubeconfig = flag.String("kubeconfig", "", "sandbox kubeconfig (contexts cluster-eks, cluster-aks)")
+	isthmusBin = flag.String("isthmus", "bin/isthmus", "isthmus binary")
+	clients    = flag.Int("clients", 1000, "simulated ADS clients")
+	perCluster = flag.Int("services", 500, "services per cluster")
+	endpoints  = flag.Int("endpoints", 10, "endpoints per service")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "cpscale:", err)
+		os.Exit(1)
+	}
+}
+
+func clientFor(ctx string) (*kubernetes.Clientset, error) {
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: *kubeconfig}, &clientcmd.ConfigOverrides{CurrentContext: ctx}).ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = 300, 600
+	return kubernetes.NewForConfig(cfg)
+}
+
+// populate creates the services and their EndpointSlices of one cluster.
+func populate(ctx context.Context, cs *kubernetes.Clientset, cluster int) error {
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "scale"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for i := range *perCluster {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			name := fmt.Sprintf("svc-c%d-%d", cluster, i)
+			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "scale"},
+				Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}}
+			if _, err := cs.CoreV1().Services("scale").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			if _, err := cs.DiscoveryV1().EndpointSlices("scale").Create(ctx, slice(name, cluster, i, *endpoints), metav1.CreateOptions{}); err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return err
+	}
+	return nil
+}
+
+func slice(name string, cluster, i, n int) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: "scale", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080)}},
+	}
+	for e := range n {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{fmt.Sprintf("100.%d.%d.%d", 64+cluster, i/25, (i%25)*10+e+1)},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+		})
+	}
+	return s
+}
+
+// adsClient subscribes to everything and records when it first sees want
+// in the load assignment of target.
+type adsClient struct {
+	gotAll  chan struct{}
+	sawWant chan struct{}
+	once1   sync.Once
+	once2   sync.Once
+}
+
+func runClient(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return
+	}
+	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
+	node := &core.Node{Id: fmt.Sprintf("sidecar~100.127.%d.%d~c%d.scale~scale.svc.cluster.local", id/250, id%250, id), Metadata: md}
+	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
+	subscribed := false
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return
+		}
+		_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+		switch resp.TypeUrl {
+		case resource.ClusterType:
+			if !subscribed {
+				subscribed = true
+				var names []string
+				for _, r := range resp.Resources {
+					if n := clusterName(r.Value); n != "" {
+						names = append(names, n)
+					}
+				}
+				_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: names})
+			}
+		case resource.EndpointType:
+			if len(resp.Resources) >= total {
+				c.once1.Do(func() { close(c.gotAll) })
+			}
+			for _, r := range resp.Resources {
+				var cla endpoint.ClusterLoadAssignment
+				if r.UnmarshalTo(&cla) != nil || cla.ClusterName != target {
+					continue
+				}
+				for _, l := range cla.Endpoints {
+					for _, e := range l.LbEndpoints {
+						if e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == want {
+							c.once2.Do(func() { close(c.sawWant) })
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// clusterName reads field 1 (name) of a serialized Cluster without a full decode.
+func clusterName(b []byte) string {
+	if len(b) < 2 || b[0] != 0x0a {
+		return ""
+	}
+	n := int(b[1])
+	if n >= 0x80 || 2+n > len(b) {
+		return ""
+	}
+	return string(b[2 : 2+n])
+}
+
+func rss(pid int) (total, anon int) {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "VmRSS:" {
+			total, _ = strconv.Atoi(f[1])
+		}
+		if len(f) >= 2 && f[0] == "RssAnon:" {
+			anon, _ = strconv.Atoi(f[1])
+		}
+	}
+	return total / 1024, anon / 1024
+}
+
+func cpuTicks(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	u, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return u + st
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[min(len(ds)-1, int(float64(len(ds))*p))]
+}
+
+func run() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	eks, err := clientFor("cluster-eks")
+	if err != nil {
+		return err
+	}
+	aks, err := clientFor("cluster-aks")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	for i, cs := range []*kubernetes.Clientset{eks, aks} {
+		if err := populate(ctx, cs, i); err != nil {
+			return fmt.Errorf("populate cluster %d: %w", i, err)
+		}
+	}
+	populateTime := time.Since(start)
+	fmt.Fprintf(os.Stderr, "cpscale: populated in %s\n", populateTime)
+
+	dir, _ := os.MkdirTemp("", "cpscale")
+	defer os.RemoveAll(dir)
+	eksOnly, _ := exec.Command(*isthmusBin, "sandbox", "--state-dir", os.Getenv("STATE"), "kubeconfig", "--cluster", "cluster-eks").Output()
+	aksOnly, _ := exec.Command(*isthmusBin, "sandbox", "--state-dir", os.Getenv("STATE"), "kubeconfig", "--cluster", "cluster-aks").Output()
+	_ = os.WriteFile(dir+"/eks", eksOnly, 0o600)
+	cmd := exec.CommandContext(ctx, *isthmusBin, "discovery", "--kubeconfig", dir+"/eks", "--cluster-id", "cluster-eks",
+		"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--monitoring-addr", "127.0.0.1:25014")
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	if _, err := eks.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "istio-remote-secret-cluster-aks", Namespace: "istio-system",
+		Labels: map[string]string{"istio/multiCluster": "true"}}, StringData: map[string]string{"cluster-aks": string(aksOnly)}}
+	if _, err := eks.CoreV1().Secrets("istio-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	time.Sleep(5 * time.Second) // both clusters synced (the remote sync is well under a second here)
+
+	target := "outbound|8080||svc-c1-0.scale.svc.cluster.local"
+	want := "100.65.200.200"
+	conns := make([]*grpc.ClientConn, 10)
+	for i := range conns {
+		conns[i], err = grpc.NewClient("127.0.0.1:25010", grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conns[i].Close()
+	}
+	cs := make([]*adsClient, *clients)
+	begin := time.Now()
+	for i := range cs {
+		cs[i] = &adsClient{gotAll: make(chan struct{}), sawWant: make(chan struct{})}
+		go runClient(ctx, conns[i%len(conns)], i, 2**perCluster, target, want, cs[i])
+	}
+	for i, c := range cs {
+		select {
+		case <-c.gotAll:
+		case <-time.After(5 * time.Minute):
+			return fmt.Errorf("first full push reached only %d of %d clients in 5 minutes", i, len(cs))
+		}
+	}
+	fmt.Fprintf(os.Stderr, "cpscale: first full push done in %s\n", time.Since(begin))
+	firstPush := time.Since(begin)
+	time.Sleep(3 * time.Second)
+	memTotal, memAnon := rss(pid)
+
+	// One EndpointSlice change in the remote API server.
+	cpu0 := cpuTicks(pid)
+	sl, err := aks.DiscoveryV1().EndpointSlices("scale").Get(ctx, "svc-c1-0", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{want}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	changed := time.Now()
+	if _, err := aks.DiscoveryV1().EndpointSlices("scale").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	lat := make([]time.Duration, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() {
+			select {
+			case <-c.sawWant:
+				lat[i] = time.Since(changed)
+			case <-time.After(60 * time.Second):
+				lat[i] = 60 * time.Second
+			}
+		})
+	}
+	wg.Wait()
+	cpuPush := float64(cpuTicks(pid)-cpu0) / 100
+
+	fmt.Printf("| populate 2 clusters x %d services x %d endpoints through the API servers | %s | - |\n", *perCluster, *endpoints, populateTime.Round(100*time.Millisecond))
+	fmt.Printf("| first full push (CDS + EDS, %d clusters) to %d ADS clients | %s | - |\n", 2**perCluster, *clients, firstPush.Round(10*time.Millisecond))
+	fmt.Printf("| control plane RSS with %d clients connected (anonymous memory) | %d MiB (%d MiB) | <= 300 MB |\n", *clients, memTotal, memAnon)
+	fmt.Printf("| one EndpointSlice change in cluster-aks -> every client has it: p50 / p99 / max | %s / %s / %s | p99 < 200 ms |\n",
+		pct(lat, 0.5).Round(time.Millisecond), pct(lat, 0.99).Round(time.Millisecond), pct(lat, 1).Round(time.Millisecond))
+	fmt.Printf("| control plane CPU for that change (push to %d clients) | %.2f CPU-s | - |\n", *clients, cpuPush)
+	return nil
+}
