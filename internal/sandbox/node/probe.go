@@ -25,7 +25,6 @@ func (c *ctr) probe(ctx context.Context) {
 		p          *corev1.Probe
 		succ, fail int32
 		next       time.Time
-		passedOnce bool
 	}
 	var startup, readiness, liveness *state
 	mk := func(p *corev1.Probe) *state {
@@ -73,7 +72,11 @@ func (c *ctr) probe(ctx context.Context) {
 			}
 			s.fail++
 			s.succ = 0
-			if s.fail >= max(s.p.FailureThreshold, 3) || (s.p.FailureThreshold > 0 && s.fail >= s.p.FailureThreshold) {
+			threshold := s.p.FailureThreshold
+			if threshold <= 0 {
+				threshold = 3 // the API default, should the field be unset
+			}
+			if s.fail >= threshold {
 				return true, false
 			}
 			return false, false
