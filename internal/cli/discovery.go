@@ -26,6 +26,13 @@ its clusters and endpoints over xDS (ADS, state-of-the-world and delta), with
 split-horizon EDS: endpoints on another network are reached through that
 network's east-west gateway.
 
+It is also the mesh's certificate authority: a plug-in CA from the Secret
+cacerts (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) or else a
+self-signed root kept in istio-ca-secret. Proxies of every cluster get
+certificates for spiffe://<trust-domain>/ns/<ns>/sa/<sa> on --secure-addr
+(Istio's IstioCertificateService), after a TokenReview in their own cluster,
+and every namespace of every cluster gets the ConfigMap istio-ca-root-cert.
+
 In a cluster it uses its service account; out of cluster, --kubeconfig.
 Monitoring on --monitoring-addr: /metrics, /ready, /debug/clusterz (clusters and
 their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registryz.`,
@@ -65,7 +72,10 @@ their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registry
 	f.StringVar(&cfg.Network, "network", os.Getenv("NETWORK"), "default network of this cluster's endpoints (env NETWORK)")
 	f.StringVar(&cfg.Namespace, "namespace", ns, "mesh namespace, where remote secrets live (env POD_NAMESPACE)")
 	f.StringVar(&cfg.Domain, "domain", "cluster.local", "cluster DNS domain")
-	f.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address")
+	f.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address; empty turns it off")
+	f.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "xDS and certificate service over TLS (callers present a service-account token)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "trust domain of workload identities (meshConfig.trustDomain)")
+	f.DurationVar(&cfg.WorkloadCertTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of a workload certificate when the proxy asks for none")
 	f.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "metrics and debug address")
 	f.DurationVar(&cfg.RemoteSyncTimeout, "remote-sync-timeout", 30*time.Second, "how long an unsynced remote cluster holds back readiness")
 	return cmd

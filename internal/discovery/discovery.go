@@ -8,6 +8,7 @@ package discovery
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,14 +21,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/config"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
@@ -41,8 +45,15 @@ type Config struct {
 	Namespace string
 	// Domain is the cluster DNS domain.
 	Domain string
-	// XDSAddr serves plaintext ADS (Istio's 15010).
+	// XDSAddr serves plaintext ADS (Istio's 15010); empty turns it off.
 	XDSAddr string
+	// SecureAddr serves ADS and the certificate service over TLS (Istio's
+	// 15012); callers authenticate with a service-account token.
+	SecureAddr string
+	// TrustDomain of the workload identities (meshConfig.trustDomain).
+	TrustDomain string
+	// WorkloadCertTTL is the default lifetime of workload certificates.
+	WorkloadCertTTL time.Duration
 	// MonitoringAddr serves /metrics, /ready and /debug (Istio's 15014).
 	MonitoringAddr string
 	// RemoteSyncTimeout bounds how long an unsynced remote cluster delays readiness.
@@ -59,6 +70,8 @@ func (c Config) Validate() error {
 		return errors.New("cluster ID is required (--cluster-id, the clusterName of the install)")
 	case c.Namespace == "":
 		return errors.New("namespace is required")
+	case c.TrustDomain == "":
+		return errors.New("trust domain is required (meshConfig.trustDomain, usually cluster.local)")
 	case c.Client == nil || c.IstioClient == nil:
 		return errors.New("Kubernetes and Istio clients are required")
 	}
@@ -74,9 +87,21 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := registry.New()
-	newCluster := func(id string, client kubernetes.Interface, network string) *kubecluster.Controller {
-		return kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
-			DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: log})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	authority := &ca.Store{Client: cfg.Client, Namespace: cfg.Namespace, TrustDomain: cfg.TrustDomain, Log: log}
+	if err := authority.Load(ctx); err != nil {
+		return err
+	}
+	mesh := &members{m: map[string]*member{}}
+	authority.Subscribe(func(*ca.Authority) { mesh.resyncRoots() })
+	root := func() []byte { return authority.Current().RootPEM() }
+	newCluster := func(id string, client kubernetes.Interface, network string) *meshCluster {
+		return &meshCluster{
+			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
+				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: log}),
+			id: id, client: client, members: mesh, roots: rootcert.New(client, id, root, log),
+		}
 	}
 	local := newCluster(cfg.ClusterID, cfg.Client, cfg.Network)
 	secrets := &remotesecret.Controller{
@@ -90,21 +115,59 @@ func Run(ctx context.Context, cfg Config) error {
 	store.Subscribe(xdsServer.Trigger)
 	xdsServer.Config = store
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	grpcServer := grpc.NewServer(
+	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: mesh.client, Clusters: mesh.ids}
+	serving := &ca.ServingCert{Store: authority, Log: log, DNSNames: []string{
+		"istiod." + cfg.Namespace + ".svc", "istiod." + cfg.Namespace + ".svc." + cfg.Domain,
+		"istiod-remote." + cfg.Namespace + ".svc",
+	}}
+	if err := serving.Start(ctx); err != nil {
+		return fmt.Errorf("control plane certificate: %w", err)
+	}
+	keep := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
-	xdsServer.Register(ctx, grpcServer)
-	xl, err := net.Listen("tcp", cfg.XDSAddr)
-	if err != nil {
-		return fmt.Errorf("xDS listener: %w", err)
 	}
-	ml, err := net.Listen("tcp", cfg.MonitoringAddr)
+	grpcServer := grpc.NewServer(keep...)
+	secureServer := grpc.NewServer(append(keep,
+		grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12})),
+		// Every xDS stream on the TLS port proves who it is, as istiod's XDS_AUTH.
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if _, err := auth.Authenticate(ss.Context()); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}))...)
+	xdsServer.Register(ctx, grpcServer, secureServer)
+	certs := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log)
+	if err := certs.Register(secureServer, metrics); err != nil {
+		return err
+	}
+	var listeners []net.Listener
+	listen := func(what, addr string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, o := range listeners {
+				o.Close()
+			}
+			return nil, fmt.Errorf("%s listener: %w", what, err)
+		}
+		listeners = append(listeners, l)
+		return l, nil
+	}
+	var xl net.Listener
+	var err error
+	if cfg.XDSAddr != "" {
+		if xl, err = listen("xDS", cfg.XDSAddr); err != nil {
+			return err
+		}
+	}
+	sl, err := listen("secure xDS and CA", cfg.SecureAddr)
 	if err != nil {
-		xl.Close()
-		return fmt.Errorf("monitoring listener: %w", err)
+		return err
+	}
+	ml, err := listen("monitoring", cfg.MonitoringAddr)
+	if err != nil {
+		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
@@ -128,7 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })
 	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
-	errc := make(chan error, 6)
+	errc := make(chan error, 8)
 	run := func(name string, fn func() error) {
 		go func() {
 			if err := fn(); err != nil && ctx.Err() == nil {
@@ -142,14 +205,19 @@ func Run(ctx context.Context, cfg Config) error {
 	run("remote secrets", func() error { return secrets.Run(ctx) })
 	run("istio config", func() error { return store.Run(ctx) })
 	run("xds push", func() error { return xdsServer.Run(ctx) })
-	run("xds server", func() error { return grpcServer.Serve(xl) })
+	if xl != nil {
+		run("xds server", func() error { return grpcServer.Serve(xl) })
+	}
+	run("secure server", func() error { return secureServer.Serve(sl) })
+	run("ca", func() error { return authority.Run(ctx) })
 	run("monitoring", func() error {
 		if err := httpServer.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
-	log.Info("control plane serving", "cluster", cfg.ClusterID, "network", cfg.Network, "xds", xl.Addr().String(), "monitoring", ml.Addr().String())
+	log.Info("control plane serving", "cluster", cfg.ClusterID, "network", cfg.Network, "xds", cfg.XDSAddr,
+		"secure", sl.Addr().String(), "monitoring", ml.Addr().String(), "ca", authority.Current().Source, "trustDomain", cfg.TrustDomain)
 	var first error
 	select {
 	case <-ctx.Done():
@@ -157,6 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	cancel()
 	grpcServer.Stop()
+	secureServer.Stop()
 	_ = httpServer.Close()
 	return first
 }

@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -309,40 +306,8 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 	})
 
 	// The control plane runs out of cluster with cluster-eks's credentials only.
-	eksOnly := filepath.Join(t.TempDir(), "eks.kubeconfig")
-	r := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", "cluster-eks")
-	if err := os.WriteFile(eksOnly, []byte(r.stdout), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	xdsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	monAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	logPath := filepath.Join(t.TempDir(), "discovery.log")
-	logf, _ := os.Create(logPath)
-	cmd := exec.Command(bin, "discovery", "--kubeconfig", eksOnly, "--cluster-id", "cluster-eks", "--network", "network1",
-		"--xds-addr", xdsAddr, "--monitoring-addr", monAddr, "--remote-sync-timeout", "5s")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		b, _ := os.ReadFile(logPath)
-		t.Logf("discovery log:\n%s", b)
-	})
-	get := func(path string) string {
-		resp, err := http.Get("http://" + monAddr + path)
-		if err != nil {
-			return ""
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			return ""
-		}
-		return string(b)
-	}
-	eventually(t, "control plane ready", func() bool { return get("/ready") != "" })
+	cp := e.startDiscovery(t, "cluster-eks", "network1")
+	xdsAddr, get := cp.xds, cp.get
 
 	profile := xds.OutboundCluster(8080, "", "profile.multicluster.svc.cluster.local")
 	sleep := dialADS(t, xdsAddr, "sidecar~100.64.0.99~sleep-1.multicluster~multicluster.svc.cluster.local",

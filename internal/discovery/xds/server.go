@@ -114,9 +114,12 @@ func (s *Server) Trigger() {
 }
 
 // Register adds the ADS service (and the per-type services) to a gRPC server.
-func (s *Server) Register(ctx context.Context, g *grpc.Server) {
+func (s *Server) Register(ctx context.Context, gs ...*grpc.Server) {
+	// One server for every port: stream IDs must be unique across them.
 	srv := serverv3.NewServer(ctx, s.cache, s.callbacks())
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	for _, g := range gs {
+		discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	}
 }
 
 // Run pushes debounced registry changes until ctx ends.

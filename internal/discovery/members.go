@@ -1,0 +1,83 @@
+package discovery
+
+import (
+	"context"
+	"sync"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
+)
+
+// members are the clusters of the mesh that are running now, with their
+// API clients: the CA reviews a caller's token in the caller's cluster, and
+// each cluster gets the trust bundle in every namespace.
+type members struct {
+	mu sync.Mutex
+	m  map[string]*member
+}
+
+type member struct {
+	client kubernetes.Interface
+	roots  *rootcert.Publisher
+}
+
+func (ms *members) client(id string) (kubernetes.Interface, bool) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	m, ok := ms.m[id]
+	if !ok {
+		return nil, false
+	}
+	return m.client, true
+}
+
+func (ms *members) ids() []string {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	var out []string
+	for id := range ms.m {
+		out = append(out, id)
+	}
+	return out
+}
+
+// resyncRoots republishes the bundle everywhere (the CA changed).
+func (ms *members) resyncRoots() {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	for _, m := range ms.m {
+		m.roots.Resync()
+	}
+}
+
+// meshCluster is one cluster's registry controller plus its membership:
+// while it runs, its client answers token reviews and its namespaces get
+// the root certificate. A rotated remote secret starts the new one before
+// the old one stops; the old one then leaves without removing the new.
+type meshCluster struct {
+	*kubecluster.Controller
+	id      string
+	client  kubernetes.Interface
+	members *members
+	roots   *rootcert.Publisher
+}
+
+func (c *meshCluster) Run(ctx context.Context) error {
+	me := &member{client: c.client, roots: c.roots}
+	c.members.mu.Lock()
+	c.members.m[c.id] = me
+	c.members.mu.Unlock()
+	defer func() {
+		c.members.mu.Lock()
+		if c.members.m[c.id] == me {
+			delete(c.members.m, c.id)
+		}
+		c.members.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = c.roots.Run(ctx) }()
+	return c.Controller.Run(ctx)
+}

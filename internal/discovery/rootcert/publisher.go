@@ -1,0 +1,172 @@
+// Package rootcert keeps the mesh's trust bundle in the ConfigMap
+// istio-ca-root-cert of every namespace of one cluster, as istiod's
+// namespace controller does: pods mount it to verify the control plane.
+package rootcert
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// Istio's names.
+const (
+	ConfigMapName = "istio-ca-root-cert"
+	Key           = "root-cert.pem"
+	label         = "istio.io/config"
+)
+
+// skipped namespaces hold no workloads, as in istiod.
+var skipped = map[string]bool{"kube-public": true, "kube-node-lease": true, "local-path-storage": true}
+
+// Publisher writes the bundle into one cluster.
+type Publisher struct {
+	Client  kubernetes.Interface
+	Cluster string
+	// Root returns the current trust bundle.
+	Root func() []byte
+	Log  *slog.Logger
+
+	queue      workqueue.TypedRateLimitingInterface[string]
+	namespaces corelisters.NamespaceLister
+	configMaps corelisters.ConfigMapLister
+	ready      chan struct{}
+}
+
+// New makes a publisher; Run starts it.
+func New(client kubernetes.Interface, cluster string, root func() []byte, log *slog.Logger) *Publisher {
+	return &Publisher{Client: client, Cluster: cluster, Root: root, Log: log, ready: make(chan struct{})}
+}
+
+// Run keeps every namespace's ConfigMap current until ctx ends: created
+// in new namespaces, rewritten when edited or when the bundle changes,
+// recreated when deleted.
+func (p *Publisher) Run(ctx context.Context) error {
+	p.queue = workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, time.Minute))
+	all := informers.NewSharedInformerFactory(p.Client, 0)
+	byName := informers.NewSharedInformerFactoryWithOptions(p.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", ConfigMapName).String()
+	}))
+	nsInf := all.Core().V1().Namespaces()
+	cmInf := byName.Core().V1().ConfigMaps()
+	p.namespaces, p.configMaps = nsInf.Lister(), cmInf.Lister()
+	enqueueNS := func(obj any) {
+		if m, err := meta(obj); err == nil {
+			p.queue.Add(m.GetName())
+		}
+	}
+	enqueueCM := func(obj any) {
+		if m, err := meta(obj); err == nil {
+			p.queue.Add(m.GetNamespace())
+		}
+	}
+	for inf, fn := range map[cache.SharedIndexInformer]func(any){nsInf.Informer(): enqueueNS, cmInf.Informer(): enqueueCM} {
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: fn, UpdateFunc: func(_, o any) { fn(o) }, DeleteFunc: fn}); err != nil {
+			return err
+		}
+	}
+	all.Start(ctx.Done())
+	byName.Start(ctx.Done())
+	defer all.Shutdown()
+	defer byName.Shutdown()
+	go func() {
+		<-ctx.Done()
+		p.queue.ShutDown()
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, cmInf.Informer().HasSynced) {
+		return ctx.Err()
+	}
+	close(p.ready)
+	for {
+		ns, quit := p.queue.Get()
+		if quit {
+			return nil
+		}
+		if err := p.reconcile(ctx, ns); err != nil {
+			p.Log.Warn("root certificate not published; retrying", "cluster", p.Cluster, "namespace", ns, "err", err)
+			p.queue.AddRateLimited(ns)
+		} else {
+			p.queue.Forget(ns)
+		}
+		p.queue.Done(ns)
+	}
+}
+
+// Resync rewrites every namespace (the bundle changed).
+func (p *Publisher) Resync() {
+	select {
+	case <-p.ready:
+	default:
+		return // the first sync will see the new bundle anyway
+	}
+	list, err := p.namespaces.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, ns := range list {
+		p.queue.Add(ns.Name)
+	}
+}
+
+func (p *Publisher) reconcile(ctx context.Context, name string) error {
+	if skipped[name] {
+		return nil
+	}
+	ns, err := p.namespaces.Get(name)
+	if apierrors.IsNotFound(err) || (err == nil && ns.Status.Phase == corev1.NamespaceTerminating) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	root := p.Root()
+	cms := p.Client.CoreV1().ConfigMaps(name)
+	cm, err := p.configMaps.ConfigMaps(name).Get(ConfigMapName)
+	if apierrors.IsNotFound(err) {
+		_, err = cms.Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: name, Labels: map[string]string{label: "true"}},
+			Data:       map[string]string{Key: string(root)},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // the informer will bring it; reconciled then
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if bytes.Equal([]byte(cm.Data[Key]), root) && cm.Labels[label] == "true" {
+		return nil
+	}
+	cm = cm.DeepCopy()
+	if cm.Data == nil {
+		cm.Data = map[string]string{}
+	}
+	if cm.Labels == nil {
+		cm.Labels = map[string]string{}
+	}
+	cm.Data[Key] = string(root)
+	cm.Labels[label] = "true"
+	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}
+
+func meta(obj any) (metav1.Object, error) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	return apimeta.Accessor(obj)
+}

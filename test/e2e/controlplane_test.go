@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// controlPlane is an `isthmus discovery` process run out of cluster with
+// one cluster's credentials, as a developer runs it.
+type controlPlane struct {
+	xds, secure, monitoring string
+	stop                    func()
+}
+
+// startDiscovery runs the control plane for cluster and waits until it is ready.
+func (e *sandboxEnv) startDiscovery(t *testing.T, cluster, network string, extra ...string) *controlPlane {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), cluster+".kubeconfig")
+	r := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", cluster)
+	if err := os.WriteFile(kubeconfig, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp := &controlPlane{
+		xds:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		secure:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		monitoring: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	}
+	logPath := filepath.Join(t.TempDir(), "discovery.log")
+	logf, _ := os.Create(logPath)
+	args := append([]string{"discovery", "--kubeconfig", kubeconfig, "--cluster-id", cluster, "--network", network,
+		"--xds-addr", cp.xds, "--secure-addr", cp.secure, "--monitoring-addr", cp.monitoring, "--remote-sync-timeout", "5s"}, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	cp.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			b, _ := os.ReadFile(logPath)
+			t.Logf("discovery %v log:\n%s", extra, b)
+		})
+	}
+	t.Cleanup(cp.stop)
+	eventually(t, "control plane of "+cluster+" ready", func() bool { return cp.get("/ready") != "" })
+	return cp
+}
+
+// get fetches a monitoring path; "" unless it answered 200.
+func (cp *controlPlane) get(path string) string {
+	resp, err := http.Get("http://" + cp.monitoring + path)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	return string(b)
+}
