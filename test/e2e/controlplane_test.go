@@ -16,7 +16,9 @@ import (
 // one cluster's credentials, as a developer runs it.
 type controlPlane struct {
 	xds, secure, monitoring string
-	stop                    func()
+	// serverName is on the certificate of the secure port.
+	serverName string
+	stop       func()
 }
 
 // startDiscovery runs the control plane for cluster and waits until it is ready.
@@ -31,6 +33,12 @@ func (e *sandboxEnv) startDiscovery(t *testing.T, cluster, network string, extra
 		xds:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		secure:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		monitoring: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	}
+	cp.serverName = "istiod.istio-system.svc"
+	for i, a := range extra {
+		if a == "--namespace" && i+1 < len(extra) {
+			cp.serverName = "istiod." + extra[i+1] + ".svc"
+		}
 	}
 	logPath := filepath.Join(t.TempDir(), "discovery.log")
 	logf, _ := os.Create(logPath)

@@ -97,7 +97,7 @@ func TestPluginCARejectsBrokenMaterial(t *testing.T) {
 		cert, key, root []byte
 		want            string
 	}{
-		"key of another certificate":  {interPEM, otherKeyPEM, rootPEM, "does not belong"},
+		"key of another certificate":   {interPEM, otherKeyPEM, rootPEM, "does not belong"},
 		"intermediate of another root": {interPEM, interKeyPEM, otherRootPEM, "does not chain"},
 		"no root":                      {interPEM, interKeyPEM, nil, "root-cert.pem"},
 		"garbage key":                  {interPEM, []byte("nope"), rootPEM, "ca-key.pem"},

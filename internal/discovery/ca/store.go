@@ -82,7 +82,7 @@ func (s *Store) Load(ctx context.Context) error {
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: SelfSignedSecret, Namespace: s.Namespace},
 			Type:       SelfSignedSecretType,
-			Data: map[string][]byte{CACertKey: certPEM, CAKeyKey: keyPEM, CertChainKey: {}, RootCertKey: {}},
+			Data:       map[string][]byte{CACertKey: certPEM, CAKeyKey: keyPEM, CertChainKey: {}, RootCertKey: {}},
 		}, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			continue // another replica won the race; use its root
