@@ -1,0 +1,446 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Resources is every accepted resource by type URL and name.
+type Resources map[string]map[string]*anypb.Any
+
+// validator is what protoc-gen-validate adds to every xDS message.
+type validator interface{ ValidateAll() error }
+
+// unpack decodes and validates one resource.
+func unpack(a *anypb.Any, m proto.Message) error {
+	if err := a.UnmarshalTo(m); err != nil {
+		return err
+	}
+	if v, ok := m.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Build compiles resources into a snapshot and lists the endpoint and route
+// names it needs. The first invalid resource fails the whole build.
+func Build(rs Resources) (*Snapshot, map[string][]string, error) {
+	s := &Snapshot{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}, Routes: map[string]*RouteTable{}}
+	want := map[string][]string{}
+	for name, a := range rs[resource.ClusterType] {
+		var c cluster.Cluster
+		if err := unpack(a, &c); err != nil {
+			return nil, nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		cl, err := buildCluster(&c)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		s.Clusters[cl.Name] = cl
+		if cl.Type == EDS {
+			want[resource.EndpointType] = append(want[resource.EndpointType], cl.EDSName)
+		}
+	}
+	cla := map[string]*endpoint.ClusterLoadAssignment{}
+	for name, a := range rs[resource.EndpointType] {
+		var c endpoint.ClusterLoadAssignment
+		if err := unpack(a, &c); err != nil {
+			return nil, nil, fmt.Errorf("endpoints %q: %w", name, err)
+		}
+		cla[c.GetClusterName()] = &c
+	}
+	for _, cl := range s.Clusters {
+		if cl.Type != EDS {
+			continue
+		}
+		a, ok := cla[cl.EDSName]
+		if !ok {
+			cl.Missing = true
+			continue
+		}
+		eps, err := buildEndpoints(a)
+		if err != nil {
+			return nil, nil, fmt.Errorf("endpoints %q: %w", cl.EDSName, err)
+		}
+		cl.Endpoints = eps
+	}
+	for name, a := range rs[resource.ListenerType] {
+		var l listener.Listener
+		if err := unpack(a, &l); err != nil {
+			return nil, nil, fmt.Errorf("listener %q: %w", name, err)
+		}
+		bl, err := buildListener(&l)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listener %q: %w", name, err)
+		}
+		s.Listeners[bl.Name] = bl
+		for _, c := range append(bl.Chains, bl.Default) {
+			if c != nil && c.HTTP != nil && c.HTTP.RouteName != "" {
+				want[resource.RouteType] = append(want[resource.RouteType], c.HTTP.RouteName)
+			}
+		}
+	}
+	for name, a := range rs[resource.RouteType] {
+		var rc route.RouteConfiguration
+		if err := unpack(a, &rc); err != nil {
+			return nil, nil, fmt.Errorf("route %q: %w", name, err)
+		}
+		rt, err := buildRoutes(&rc)
+		if err != nil {
+			return nil, nil, fmt.Errorf("route %q: %w", name, err)
+		}
+		s.Routes[rt.Name] = rt
+	}
+	return s, want, nil
+}
+
+func buildCluster(c *cluster.Cluster) (*Cluster, error) {
+	cl := &Cluster{Name: c.GetName(), ConnectTimeout: 10 * time.Second}
+	if d := c.GetConnectTimeout(); d != nil {
+		cl.ConnectTimeout = d.AsDuration()
+	}
+	switch c.GetType() {
+	case cluster.Cluster_EDS:
+		cl.Type = EDS
+		cl.EDSName = c.GetEdsClusterConfig().GetServiceName()
+		if cl.EDSName == "" {
+			cl.EDSName = cl.Name
+		}
+	case cluster.Cluster_STATIC:
+		cl.Type = Static
+		if c.GetLoadAssignment() != nil {
+			eps, err := buildEndpoints(c.GetLoadAssignment())
+			if err != nil {
+				return nil, err
+			}
+			cl.Endpoints = eps
+		}
+	case cluster.Cluster_ORIGINAL_DST:
+		cl.Type = OriginalDst
+	default:
+		return nil, fmt.Errorf("discovery type %s is not supported (EDS, STATIC, ORIGINAL_DST are)", c.GetType())
+	}
+	switch c.GetLbPolicy() {
+	case cluster.Cluster_ROUND_ROBIN:
+		cl.LB = RoundRobin
+	case cluster.Cluster_LEAST_REQUEST:
+		cl.LB = LeastRequest
+	case cluster.Cluster_RANDOM:
+		cl.LB = Random
+	case cluster.Cluster_CLUSTER_PROVIDED:
+		if cl.Type != OriginalDst {
+			return nil, errors.New("CLUSTER_PROVIDED load balancing needs an ORIGINAL_DST cluster")
+		}
+	default:
+		return nil, fmt.Errorf("load balancing policy %s is not supported", c.GetLbPolicy())
+	}
+	for _, m := range c.GetTransportSocketMatches() {
+		t, err := upstreamTLS(m.GetTransportSocket())
+		if err != nil {
+			return nil, fmt.Errorf("transport socket match %q: %w", m.GetName(), err)
+		}
+		cl.TLSMatches = append(cl.TLSMatches, TLSMatch{Name: m.GetName(), Match: stringFields(m.GetMatch()), TLS: t})
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		t, err := upstreamTLS(ts)
+		if err != nil {
+			return nil, fmt.Errorf("transport socket: %w", err)
+		}
+		cl.TLS = t
+	}
+	return cl, nil
+}
+
+func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
+	if ts == nil {
+		return nil, nil
+	}
+	switch ts.GetName() {
+	case "envoy.transport_sockets.raw_buffer":
+		return nil, nil
+	case "envoy.transport_sockets.tls":
+	default:
+		return nil, fmt.Errorf("transport socket %q is not supported", ts.GetName())
+	}
+	var ctx tlsv3.UpstreamTlsContext
+	if err := unpack(ts.GetTypedConfig(), &ctx); err != nil {
+		return nil, err
+	}
+	t := &UpstreamTLS{SNI: ctx.GetSni(), ALPN: ctx.GetCommonTlsContext().GetAlpnProtocols()}
+	vc := ctx.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext()
+	if vc == nil {
+		vc = ctx.GetCommonTlsContext().GetValidationContext()
+	}
+	for _, m := range vc.GetMatchTypedSubjectAltNames() {
+		if e := m.GetMatcher().GetExact(); e != "" {
+			t.SANs = append(t.SANs, e)
+		}
+	}
+	for _, m := range vc.GetMatchSubjectAltNames() {
+		if e := m.GetExact(); e != "" {
+			t.SANs = append(t.SANs, e)
+		}
+	}
+	return t, nil
+}
+
+func stringFields(s *structpb.Struct) map[string]string {
+	out := map[string]string{}
+	for k, v := range s.GetFields() {
+		out[k] = v.GetStringValue()
+	}
+	return out
+}
+
+func buildEndpoints(a *endpoint.ClusterLoadAssignment) ([]*Endpoint, error) {
+	var out []*Endpoint
+	for _, l := range a.GetEndpoints() {
+		loc := Locality{Region: l.GetLocality().GetRegion(), Zone: l.GetLocality().GetZone(), Subzone: l.GetLocality().GetSubZone()}
+		for _, e := range l.GetLbEndpoints() {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				return nil, errors.New("endpoint without a socket address")
+			}
+			ip, err := netip.ParseAddr(sa.GetAddress())
+			if err != nil {
+				return nil, fmt.Errorf("endpoint address %q: %w", sa.GetAddress(), err)
+			}
+			w := e.GetLoadBalancingWeight().GetValue()
+			if w == 0 {
+				w = 1
+			}
+			md := e.GetMetadata().GetFilterMetadata()
+			istio := md["istio"].GetFields()
+			hs := e.GetHealthStatus()
+			out = append(out, &Endpoint{
+				Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())), Weight: w, Locality: loc,
+				TransportMatch: stringFields(md["envoy.transport_socket_match"]),
+				Network:        istio["network"].GetStringValue(), Cluster: istio["cluster"].GetStringValue(),
+				Healthy: hs == core.HealthStatus_HEALTHY || hs == core.HealthStatus_UNKNOWN,
+			})
+		}
+	}
+	return out, nil
+}
+
+func buildListener(l *listener.Listener) (*Listener, error) {
+	sa := l.GetAddress().GetSocketAddress()
+	if sa == nil {
+		return nil, errors.New("no socket address")
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", sa.GetAddress(), err)
+	}
+	out := &Listener{
+		Name: l.GetName(), Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())),
+		Bind: l.GetBindToPort() == nil || l.GetBindToPort().GetValue(), UseOriginalDst: l.GetUseOriginalDst().GetValue(),
+	}
+	for _, f := range l.GetListenerFilters() {
+		switch f.GetName() {
+		case "envoy.filters.listener.tls_inspector":
+			out.InspectTLS = true
+		case "envoy.filters.listener.original_dst":
+			out.RestoreDst = true
+		case "envoy.filters.listener.http_inspector":
+		default:
+			return nil, fmt.Errorf("listener filter %q is not supported", f.GetName())
+		}
+	}
+	for i, fc := range l.GetFilterChains() {
+		c, err := buildChain(fc)
+		if err != nil {
+			return nil, fmt.Errorf("filter chain %d %q: %w", i, fc.GetName(), err)
+		}
+		out.Chains = append(out.Chains, c)
+	}
+	if fc := l.GetDefaultFilterChain(); fc != nil {
+		c, err := buildChain(fc)
+		if err != nil {
+			return nil, fmt.Errorf("default filter chain: %w", err)
+		}
+		out.Default = c
+	}
+	return out, nil
+}
+
+func buildChain(fc *listener.FilterChain) (*Chain, error) {
+	m := fc.GetFilterChainMatch()
+	if len(m.GetPrefixRanges()) > 0 || len(m.GetSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 {
+		return nil, errors.New("address and source matches are not supported")
+	}
+	c := &Chain{Name: fc.GetName(), DestPort: m.GetDestinationPort().GetValue(), ServerNames: m.GetServerNames(),
+		TransportProtocol: m.GetTransportProtocol(), ALPN: m.GetApplicationProtocols()}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		if ts.GetName() != "envoy.transport_sockets.tls" {
+			return nil, fmt.Errorf("transport socket %q is not supported", ts.GetName())
+		}
+		var ctx tlsv3.DownstreamTlsContext
+		if err := unpack(ts.GetTypedConfig(), &ctx); err != nil {
+			return nil, err
+		}
+		c.TLS = &DownstreamTLS{RequireClientCert: ctx.GetRequireClientCertificate().GetValue(), ALPN: ctx.GetCommonTlsContext().GetAlpnProtocols()}
+	}
+	filters := fc.GetFilters()
+	if len(filters) == 0 {
+		return nil, errors.New("no filters")
+	}
+	for _, f := range filters[:len(filters)-1] {
+		switch f.GetName() {
+		case "istio.stats", "istio.metadata_exchange", "envoy.filters.network.metadata_exchange":
+			// Telemetry the proxy does natively.
+		default:
+			return nil, fmt.Errorf("network filter %q is not supported", f.GetName())
+		}
+	}
+	last := filters[len(filters)-1]
+	switch last.GetName() {
+	case "envoy.filters.network.tcp_proxy":
+		var t tcpproxy.TcpProxy
+		if err := unpack(last.GetTypedConfig(), &t); err != nil {
+			return nil, err
+		}
+		if t.GetCluster() == "" {
+			return nil, errors.New("tcp_proxy without a cluster (weighted clusters are not supported)")
+		}
+		c.TCP = &TCPProxy{StatPrefix: t.GetStatPrefix(), Cluster: t.GetCluster()}
+	case "envoy.filters.network.http_connection_manager":
+		var h hcm.HttpConnectionManager
+		if err := unpack(last.GetTypedConfig(), &h); err != nil {
+			return nil, err
+		}
+		m := &HTTPManager{StatPrefix: h.GetStatPrefix(),
+			ForwardClientCert: h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_APPEND_FORWARD || h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_SANITIZE_SET}
+		switch {
+		case h.GetRds() != nil:
+			m.RouteName = h.GetRds().GetRouteConfigName()
+		case h.GetRouteConfig() != nil:
+			rt, err := buildRoutes(h.GetRouteConfig())
+			if err != nil {
+				return nil, err
+			}
+			m.Inline = rt
+		default:
+			return nil, errors.New("http_connection_manager without routes")
+		}
+		for _, f := range h.GetHttpFilters() {
+			switch f.GetName() {
+			case "envoy.filters.http.router", "istio.stats", "istio.metadata_exchange", "envoy.filters.http.cors", "envoy.filters.http.fault", "istio.alpn":
+			default:
+				return nil, fmt.Errorf("HTTP filter %q is not supported", f.GetName())
+			}
+		}
+		c.HTTP = m
+	default:
+		return nil, fmt.Errorf("network filter %q is not supported (tcp_proxy and http_connection_manager are)", last.GetName())
+	}
+	return c, nil
+}
+
+func buildRoutes(rc *route.RouteConfiguration) (*RouteTable, error) {
+	t := &RouteTable{Name: rc.GetName(), exact: map[string]*VirtualHost{}}
+	for _, v := range rc.GetVirtualHosts() {
+		vh := &VirtualHost{Name: v.GetName(), Domains: v.GetDomains()}
+		for _, r := range v.GetRoutes() {
+			rt, err := buildRoute(r)
+			if err != nil {
+				return nil, fmt.Errorf("virtual host %q route %q: %w", v.GetName(), r.GetName(), err)
+			}
+			vh.Routes = append(vh.Routes, rt)
+		}
+		t.VirtualHosts = append(t.VirtualHosts, vh)
+		for _, d := range vh.Domains {
+			d = strings.ToLower(d)
+			switch {
+			case d == "*":
+				t.suffix = append(t.suffix, domainMatch{suffix: "", vh: vh})
+			case strings.HasPrefix(d, "*"):
+				t.suffix = append(t.suffix, domainMatch{suffix: d[1:], vh: vh})
+			default:
+				if _, dup := t.exact[d]; dup {
+					return nil, fmt.Errorf("domain %q is in two virtual hosts", d)
+				}
+				t.exact[d] = vh
+			}
+		}
+	}
+	// Longest suffix first; "*" last.
+	sort.SliceStable(t.suffix, func(i, j int) bool { return len(t.suffix[i].suffix) > len(t.suffix[j].suffix) })
+	return t, nil
+}
+
+func buildRoute(r *route.Route) (*Route, error) {
+	out := &Route{Name: r.GetName()}
+	m := r.GetMatch()
+	switch {
+	case m.GetPath() != "":
+		out.Path = m.GetPath()
+	case m.GetPathSpecifier() == nil:
+		return nil, errors.New("no path match")
+	default:
+		if _, ok := m.GetPathSpecifier().(*route.RouteMatch_Prefix); !ok {
+			return nil, fmt.Errorf("path match %T is not supported (prefix and path are)", m.GetPathSpecifier())
+		}
+		out.Prefix = m.GetPrefix()
+	}
+	if len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 {
+		return nil, errors.New("header and query matches are not supported yet")
+	}
+	a := r.GetRoute()
+	if a == nil {
+		return nil, errors.New("only route actions are supported (no redirect or direct response)")
+	}
+	switch {
+	case a.GetCluster() != "":
+		out.Clusters = []WeightedCluster{{Name: a.GetCluster(), Weight: 1}}
+	case a.GetWeightedClusters() != nil:
+		for _, w := range a.GetWeightedClusters().GetClusters() {
+			out.Clusters = append(out.Clusters, WeightedCluster{Name: w.GetName(), Weight: w.GetWeight().GetValue()})
+		}
+	default:
+		return nil, errors.New("route without a cluster")
+	}
+	if a.GetTimeout() != nil {
+		out.Timeout = a.GetTimeout().AsDuration()
+	} else {
+		out.Timeout = 15 * time.Second // Envoy's default
+	}
+	if rp := a.GetRetryPolicy(); rp != nil {
+		p := &RetryPolicy{On: map[string]bool{}, NumRetries: 1, StatusCodes: map[uint32]bool{}}
+		for _, on := range strings.Split(rp.GetRetryOn(), ",") {
+			if on = strings.TrimSpace(on); on != "" {
+				p.On[on] = true
+			}
+		}
+		if rp.GetNumRetries() != nil {
+			p.NumRetries = rp.GetNumRetries().GetValue()
+		}
+		for _, c := range rp.GetRetriableStatusCodes() {
+			p.StatusCodes[c] = true
+		}
+		if rp.GetPerTryTimeout() != nil {
+			p.PerTryTimeout = rp.GetPerTryTimeout().AsDuration()
+		}
+		out.Retry = p
+	}
+	return out, nil
+}

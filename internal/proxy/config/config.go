@@ -1,0 +1,331 @@
+// Package config compiles the xDS resources a proxy accepted into the
+// structures its data path reads: listeners with their filter chains,
+// route tables, clusters with their endpoints and upstream TLS. A snapshot
+// is immutable; the proxy swaps snapshots atomically, so a connection
+// sees one consistent configuration from accept to close.
+//
+// Only what isthmus's control plane (and Istio's, for these shapes) sends
+// is understood; anything else is an error, and the update is NACKed.
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Snapshot is one accepted configuration.
+type Snapshot struct {
+	Listeners map[string]*Listener
+	Clusters  map[string]*Cluster
+	Routes    map[string]*RouteTable
+}
+
+// Listener is an Envoy listener.
+type Listener struct {
+	Name string
+	Addr netip.AddrPort
+	// Bind: the proxy opens a socket for it. Virtual listeners (bind_to_port
+	// false) are only dispatched to from one that uses the original destination.
+	Bind bool
+	// UseOriginalDst hands a redirected connection to the listener of its
+	// original destination (virtualOutbound).
+	UseOriginalDst bool
+	// RestoreDst matches chains on the original destination (the
+	// original_dst listener filter of virtualInbound).
+	RestoreDst bool
+	// InspectTLS: read the ClientHello (SNI, ALPN) before choosing a chain.
+	InspectTLS bool
+	Chains     []*Chain
+	Default    *Chain
+}
+
+// Chain is a filter chain: its match, optional TLS termination, and one
+// terminal filter (TCP proxy or HTTP connection manager).
+type Chain struct {
+	Name string
+	// Match; zero values match anything.
+	DestPort          uint32
+	ServerNames       []string
+	TransportProtocol string // "tls" or "raw_buffer"
+	ALPN              []string
+
+	TLS  *DownstreamTLS
+	TCP  *TCPProxy
+	HTTP *HTTPManager
+}
+
+// DownstreamTLS terminates Istio mTLS with the workload certificate.
+type DownstreamTLS struct {
+	RequireClientCert bool
+	ALPN              []string
+}
+
+// TCPProxy forwards bytes to a cluster.
+type TCPProxy struct {
+	StatPrefix string
+	Cluster    string
+}
+
+// HTTPManager routes requests.
+type HTTPManager struct {
+	StatPrefix string
+	// RouteName is an RDS route; Inline is a route table sent in the listener.
+	RouteName string
+	Inline    *RouteTable
+	// ForwardClientCert sets X-Forwarded-Client-Cert as Istio's inbound does.
+	ForwardClientCert bool
+}
+
+// RouteTable is a route configuration: virtual hosts chosen by Host.
+type RouteTable struct {
+	Name         string
+	VirtualHosts []*VirtualHost
+	exact        map[string]*VirtualHost
+	suffix       []domainMatch // "*.example.com" and "*"
+}
+
+type domainMatch struct {
+	suffix string
+	vh     *VirtualHost
+}
+
+// VirtualHost is a set of routes for some domains.
+type VirtualHost struct {
+	Name    string
+	Domains []string
+	Routes  []*Route
+}
+
+// Route is one route: a path match and where to send it.
+type Route struct {
+	Name   string
+	Prefix string
+	Path   string
+	// Clusters with weights; one entry for a plain cluster route.
+	Clusters []WeightedCluster
+	// Timeout 0 means none.
+	Timeout time.Duration
+	Retry   *RetryPolicy
+}
+
+// WeightedCluster is one destination of a route.
+type WeightedCluster struct {
+	Name   string
+	Weight uint32
+}
+
+// RetryPolicy is Envoy's, reduced to what the proxy acts on.
+type RetryPolicy struct {
+	On            map[string]bool // connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes, 5xx, gateway-error, reset
+	NumRetries    uint32
+	StatusCodes   map[uint32]bool
+	PerTryTimeout time.Duration
+}
+
+// Match finds the virtual host for a Host header (port allowed).
+func (t *RouteTable) Match(host string) *VirtualHost {
+	host = strings.ToLower(host)
+	if vh, ok := t.exact[host]; ok {
+		return vh
+	}
+	if h, _, ok := strings.Cut(host, ":"); ok {
+		if vh, ok := t.exact[h]; ok {
+			return vh
+		}
+	}
+	for _, m := range t.suffix {
+		if strings.HasSuffix(host, m.suffix) {
+			return m.vh
+		}
+	}
+	return nil
+}
+
+// Match finds the first route of a virtual host matching a path.
+func (vh *VirtualHost) Match(path string) *Route {
+	for _, r := range vh.Routes {
+		switch {
+		case r.Path != "":
+			if path == r.Path {
+				return r
+			}
+		case strings.HasPrefix(path, r.Prefix):
+			return r
+		}
+	}
+	return nil
+}
+
+// ClusterType is how a cluster finds its endpoints.
+type ClusterType int
+
+const (
+	// EDS clusters get endpoints from EDS.
+	EDS ClusterType = iota
+	// Static clusters carry their endpoints.
+	Static
+	// OriginalDst clusters connect where the client meant to.
+	OriginalDst
+)
+
+// LBPolicy picks an endpoint.
+type LBPolicy int
+
+const (
+	RoundRobin LBPolicy = iota
+	LeastRequest
+	Random
+)
+
+// Cluster is an upstream.
+type Cluster struct {
+	Name           string
+	Type           ClusterType
+	EDSName        string
+	LB             LBPolicy
+	ConnectTimeout time.Duration
+	// TLSMatches choose the transport by endpoint metadata
+	// (envoy.transport_socket_match), first match wins; else TLS.
+	TLSMatches []TLSMatch
+	TLS        *UpstreamTLS
+	Endpoints  []*Endpoint
+	// Missing is true for an EDS cluster whose endpoints have not arrived.
+	Missing bool
+}
+
+// TLSMatch is a transport-socket match.
+type TLSMatch struct {
+	Name  string
+	Match map[string]string
+	// TLS nil means plaintext.
+	TLS *UpstreamTLS
+}
+
+// UpstreamTLS originates Istio mTLS.
+type UpstreamTLS struct {
+	SNI  string
+	ALPN []string
+	// SANs the server must present (any mesh identity when empty).
+	SANs []string
+}
+
+// TransportFor picks the TLS of an endpoint; nil means plaintext.
+func (c *Cluster) TransportFor(e *Endpoint) *UpstreamTLS {
+	for _, m := range c.TLSMatches {
+		ok := true
+		for k, v := range m.Match {
+			if e.TransportMatch[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return m.TLS
+		}
+	}
+	return c.TLS
+}
+
+// Endpoint is one upstream address.
+type Endpoint struct {
+	Addr   netip.AddrPort
+	Weight uint32
+	// TransportMatch is the envoy.transport_socket_match metadata (tlsMode).
+	TransportMatch map[string]string
+	Locality       Locality
+	// Network and Cluster come from Istio's "istio" metadata.
+	Network, Cluster string
+	Healthy          bool
+}
+
+// Locality is region/zone/subzone.
+type Locality struct{ Region, Zone, Subzone string }
+
+func (l Locality) String() string { return fmt.Sprintf("%s/%s/%s", l.Region, l.Zone, l.Subzone) }
+
+// Connection is what a chain is chosen by.
+type Connection struct {
+	DestPort  uint32
+	SNI       string
+	ALPN      []string
+	Transport string // "tls" or "raw_buffer"
+}
+
+// Match picks the filter chain for a connection as Envoy does: every set
+// criterion must hold, and the most specific chain wins (destination port,
+// then server name — exact over wildcard — then transport, then ALPN).
+// The default chain is the fallback; nil means close the connection.
+func (l *Listener) Match(c Connection) *Chain {
+	var best *Chain
+	var bestScore [4]int
+	for _, ch := range l.Chains {
+		score, ok := ch.score(c)
+		if !ok {
+			continue
+		}
+		if best == nil || less(bestScore, score) {
+			best, bestScore = ch, score
+		}
+	}
+	if best == nil {
+		return l.Default
+	}
+	return best
+}
+
+func less(a, b [4]int) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] < b[i]
+		}
+	}
+	return false
+}
+
+func (ch *Chain) score(c Connection) ([4]int, bool) {
+	var s [4]int
+	if ch.DestPort != 0 {
+		if ch.DestPort != c.DestPort {
+			return s, false
+		}
+		s[0] = 1
+	}
+	if len(ch.ServerNames) > 0 {
+		best := 0
+		for _, n := range ch.ServerNames {
+			switch {
+			case n == c.SNI:
+				best = max(best, 1<<20)
+			case strings.HasPrefix(n, "*") && strings.HasSuffix(c.SNI, n[1:]) && c.SNI != "":
+				best = max(best, len(n))
+			}
+		}
+		if best == 0 {
+			return s, false
+		}
+		s[1] = best
+	}
+	if ch.TransportProtocol != "" {
+		if ch.TransportProtocol != c.Transport {
+			return s, false
+		}
+		s[2] = 1
+	}
+	if len(ch.ALPN) > 0 {
+		ok := false
+		for _, want := range ch.ALPN {
+			for _, got := range c.ALPN {
+				if want == got {
+					ok = true
+				}
+			}
+		}
+		if !ok {
+			return s, false
+		}
+		s[3] = 1
+	}
+	return s, true
+}

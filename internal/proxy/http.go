@@ -1,0 +1,442 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+)
+
+// httpConn carries the downstream state into net/http's per-connection context.
+type httpConn struct {
+	net.Conn
+	d *downstream
+}
+
+type ctxKey int
+
+const (
+	downstreamKey ctxKey = iota
+	routeKey
+)
+
+// oneConn is a listener that yields one connection, so net/http serves a
+// connection the proxy already accepted and classified.
+type oneConn struct {
+	c    chan net.Conn
+	addr net.Addr
+	done chan struct{}
+	once sync.Once
+}
+
+func (o *oneConn) Accept() (net.Conn, error) {
+	select {
+	case c := <-o.c:
+		return c, nil
+	case <-o.done:
+		return nil, net.ErrClosed
+	}
+}
+func (o *oneConn) Close() error   { o.once.Do(func() { close(o.done) }); return nil }
+func (o *oneConn) Addr() net.Addr { return o.addr }
+
+// trackedConn closes the one-connection listener when the connection ends.
+type trackedConn struct {
+	net.Conn
+	ln *oneConn
+}
+
+func (t *trackedConn) Close() error { t.ln.Close(); return t.Conn.Close() }
+
+// httpServer is shared by every HTTP chain: HTTP/1.1 and, with prior
+// knowledge (h2c, gRPC, or HTTP/2 inside the mTLS tunnel), HTTP/2.
+func (p *Proxy) httpServer() *http.Server {
+	p.httpOnce.Do(func() {
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true)
+		p.http = &http.Server{
+			Handler:           http.HandlerFunc(p.handle),
+			Protocols:         &protos,
+			ReadHeaderTimeout: time.Minute,
+			IdleTimeout:       time.Hour, // Envoy's default idle timeout
+			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+				if tc, ok := c.(*trackedConn); ok {
+					if hc, ok := tc.Conn.(*httpConn); ok {
+						return context.WithValue(ctx, downstreamKey, hc.d)
+					}
+				}
+				return ctx
+			},
+			ErrorLog: nil,
+		}
+		p.proxyHandler = &httputil.ReverseProxy{
+			Rewrite:       func(*httputil.ProxyRequest) {},
+			Transport:     roundTripper{p},
+			FlushInterval: -1,
+			ErrorHandler:  p.upstreamError,
+			BufferPool:    bufferPool{},
+		}
+	})
+	return p.http
+}
+
+func (p *Proxy) serveHTTP(d *downstream) {
+	srv := p.httpServer()
+	ln := &oneConn{c: make(chan net.Conn, 1), addr: d.conn.LocalAddr(), done: make(chan struct{})}
+	ln.c <- &trackedConn{Conn: &httpConn{Conn: d.conn, d: d}, ln: ln}
+	_ = srv.Serve(ln)
+}
+
+// route is what the handler decided for one request.
+type route struct {
+	rt      *runtime
+	d       *downstream
+	r       *config.Route
+	cluster string
+}
+
+// handle routes one request: route table -> virtual host by Host -> route
+// by path -> weighted cluster, then proxies it.
+func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	d, _ := r.Context().Value(downstreamKey).(*downstream)
+	if d == nil {
+		http.Error(w, "no downstream", http.StatusInternalServerError)
+		return
+	}
+	rt := p.cur.Load()
+	table := d.chain.HTTP.Inline
+	if table == nil {
+		table = rt.snap.Routes[d.chain.HTTP.RouteName]
+	}
+	var rte *config.Route
+	if table != nil {
+		if vh := table.Match(r.Host); vh != nil {
+			rte = vh.Match(r.URL.Path)
+		}
+	}
+	if rte == nil || len(rte.Clusters) == 0 {
+		w.Header().Set("x-envoy-response-flags", "NR")
+		http.Error(w, "no route", http.StatusNotFound)
+		return
+	}
+	cluster := pickWeighted(rte.Clusters)
+	reporter := "source"
+	if d.chain.HTTP.ForwardClientCert {
+		reporter = "destination"
+	}
+	if d.chain.HTTP.ForwardClientCert {
+		p.setXFCC(r, d)
+	} else if d.peer.IsZero() {
+		r.Header.Del("X-Forwarded-Client-Cert")
+	}
+	if r.Header.Get("X-Request-Id") == "" {
+		r.Header.Set("X-Request-Id", requestID())
+	}
+	ctx := context.WithValue(r.Context(), routeKey, &route{rt: rt, d: d, r: rte, cluster: cluster})
+	if rte.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rte.Timeout)
+		defer cancel()
+	}
+	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+	p.proxyHandler.ServeHTTP(rec, r.WithContext(ctx))
+	code := strconv.Itoa(rec.code)
+	principal := ""
+	if !d.peer.IsZero() {
+		principal = d.peer.String()
+	}
+	p.stats.requests.WithLabelValues(reporter, cluster, code, principal).Inc()
+	p.stats.duration.WithLabelValues(reporter, cluster, code).Observe(float64(time.Since(start).Microseconds()) / 1000)
+}
+
+// setXFCC appends the caller's identity as Istio's inbound does:
+// By=<our identity>;Hash=<sha256 of the client certificate>;Subject="";URI=<caller>.
+func (p *Proxy) setXFCC(r *http.Request, d *downstream) {
+	if d.peer.IsZero() {
+		// A plaintext caller (PERMISSIVE) cannot vouch for anyone.
+		r.Header.Del("X-Forwarded-Client-Cert")
+		return
+	}
+	sum := sha256.Sum256(d.peerCert)
+	v := "By=" + p.opts.Identity.ID().String() + ";Hash=" + hex.EncodeToString(sum[:]) + `;Subject="";URI=` + d.peer.String()
+	if old := r.Header.Get("X-Forwarded-Client-Cert"); old != "" {
+		v = old + "," + v
+	}
+	r.Header.Set("X-Forwarded-Client-Cert", v)
+}
+
+func pickWeighted(cs []config.WeightedCluster) string {
+	if len(cs) == 1 {
+		return cs[0].Name
+	}
+	var total uint32
+	for _, c := range cs {
+		total += c.Weight
+	}
+	if total == 0 {
+		return cs[0].Name
+	}
+	n := rand.Uint32N(total)
+	for _, c := range cs {
+		if n < c.Weight {
+			return c.Name
+		}
+		n -= c.Weight
+	}
+	return cs[len(cs)-1].Name
+}
+
+func requestID() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// errNoHealthy is a cluster without endpoints to try.
+var errNoHealthy = errors.New("no healthy upstream")
+
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		w.Header().Set("x-envoy-response-flags", "UT")
+		http.Error(w, "upstream request timeout", http.StatusGatewayTimeout)
+	case errors.Is(err, errNoHealthy):
+		w.Header().Set("x-envoy-response-flags", "UH")
+		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads the answer.
+		w.WriteHeader(499)
+	default:
+		w.Header().Set("x-envoy-response-flags", "UF")
+		http.Error(w, "upstream connect error or disconnect/reset before headers: "+err.Error(), http.StatusServiceUnavailable)
+	}
+}
+
+type bufferPool struct{}
+
+var bufs = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+func (bufferPool) Get() []byte  { return *(bufs.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { bufs.Put(&b) }
+
+// roundTripper sends a request to an endpoint of the route's cluster,
+// retrying as the route's policy says (another endpoint each time).
+type roundTripper struct{ p *Proxy }
+
+// maxRetryBody is how much request body is kept so a retry can resend it.
+const maxRetryBody = 64 << 10
+
+func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	rc, _ := r.Context().Value(routeKey).(*route)
+	if rc == nil {
+		return nil, errors.New("request without a route")
+	}
+	p := t.p
+	c := rc.rt.snap.Clusters[rc.cluster]
+	if c == nil {
+		return nil, fmt.Errorf("%w: no cluster %q", errNoHealthy, rc.cluster)
+	}
+	h2 := r.ProtoMajor == 2
+	retries := uint32(0)
+	if rc.r.Retry != nil {
+		retries = rc.r.Retry.NumRetries
+	}
+	var body []byte
+	if retries > 0 && r.Body != nil && r.Body != http.NoBody {
+		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
+			retries = 0 // streaming or large: not replayable
+		} else {
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				return nil, err
+			}
+			body = b
+		}
+	}
+	picker := rc.rt.pickers[rc.cluster]
+	var tried []*config.Endpoint
+	skip := func(e *config.Endpoint) bool {
+		for _, x := range tried {
+			if x == e {
+				return true
+			}
+		}
+		return false
+	}
+	var lastErr error = errNoHealthy
+	for attempt := uint32(0); attempt <= retries; attempt++ {
+		var ep *config.Endpoint
+		var addr string
+		if c.Type == config.OriginalDst {
+			addr = rc.d.dst.String()
+		} else {
+			var lease lb.Lease
+			ep, lease = picker.Pick(skip)
+			if ep == nil {
+				if len(tried) > 0 {
+					tried = tried[:0] // every endpoint failed once: start over
+					ep, lease = picker.Pick(nil)
+				}
+				if ep == nil {
+					return nil, lastErr
+				}
+			}
+			defer lease.Release()
+			tried = append(tried, ep)
+			addr = ep.Addr.String()
+		}
+		out := r.Clone(r.Context())
+		out.URL.Scheme = "http"
+		out.URL.Host = addr
+		if body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+			out.ContentLength = int64(len(body))
+		}
+		if attempt > 0 {
+			out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(int(attempt+1)))
+		}
+		resp, err := p.transport(c, ep, h2).RoundTrip(out)
+		if err != nil {
+			lastErr = err
+			if r.Context().Err() != nil || !retryableError(rc.r.Retry, err) {
+				return nil, err
+			}
+			continue
+		}
+		if attempt < retries && retryableStatus(rc.r.Retry, resp) {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			lastErr = fmt.Errorf("upstream answered %d", resp.StatusCode)
+			continue
+		}
+		return resp, nil
+	}
+	return nil, lastErr
+}
+
+func retryableError(rp *config.RetryPolicy, err error) bool {
+	if rp == nil {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return rp.On["connect-failure"] || rp.On["5xx"] || rp.On["gateway-error"] || rp.On["reset"]
+	}
+	if strings.Contains(err.Error(), "REFUSED_STREAM") {
+		return rp.On["refused-stream"] || rp.On["5xx"]
+	}
+	return rp.On["reset"] || rp.On["5xx"]
+}
+
+func retryableStatus(rp *config.RetryPolicy, resp *http.Response) bool {
+	if rp == nil {
+		return false
+	}
+	code := resp.StatusCode
+	switch {
+	case rp.On["5xx"] && code >= 500:
+		return true
+	case rp.On["gateway-error"] && (code == 502 || code == 503 || code == 504):
+		return true
+	case rp.On["retriable-status-codes"] && rp.StatusCodes[uint32(code)]:
+		return true
+	case rp.On["unavailable"] && resp.Header.Get("Grpc-Status") == "14":
+		return true
+	case rp.On["cancelled"] && resp.Header.Get("Grpc-Status") == "1":
+		return true
+	}
+	return false
+}
+
+// transport returns the connection pool of a cluster for a protocol;
+// pooled connections are per endpoint address.
+func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.RoundTripper {
+	key := poolKey{cluster: c.Name, h2: h2}
+	if t := c.TransportFor(ep); t != nil {
+		key.tls = t.SNI + "|" + strings.Join(t.SANs, ",")
+	}
+	if v, ok := p.pools.Load(key); ok {
+		return v.(*http.Transport)
+	}
+	alpn := []string{"istio-http/1.1"}
+	var protos http.Protocols
+	if h2 {
+		alpn = []string{"istio-h2"}
+		protos.SetUnencryptedHTTP2(true)
+	} else {
+		protos.SetHTTP1(true)
+	}
+	tr := &http.Transport{
+		Protocols:           &protos,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     time.Hour,
+		DisableCompression:  true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			rc, _ := ctx.Value(routeKey).(*route)
+			if rc == nil {
+				return nil, errors.New("dial without a route")
+			}
+			cl := rc.rt.snap.Clusters[rc.cluster]
+			if cl == nil {
+				return nil, fmt.Errorf("no cluster %q", rc.cluster)
+			}
+			if cl.Type == config.OriginalDst {
+				return p.opts.Dial(ctx, "tcp", addr)
+			}
+			for _, e := range cl.Endpoints {
+				if e.Addr.String() == addr {
+					dctx, cancel := context.WithTimeout(ctx, cl.ConnectTimeout)
+					defer cancel()
+					return p.dialEndpoint(dctx, cl, e, alpn)
+				}
+			}
+			return nil, fmt.Errorf("endpoint %s left cluster %q", addr, rc.cluster)
+		},
+	}
+	v, _ := p.pools.LoadOrStore(key, tr)
+	return v.(*http.Transport)
+}
+
+type poolKey struct {
+	cluster string
+	tls     string
+	h2      bool
+}

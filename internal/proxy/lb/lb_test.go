@@ -1,0 +1,88 @@
+package lb
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+)
+
+func endpoints(weights ...uint32) []*config.Endpoint {
+	var out []*config.Endpoint
+	for i, w := range weights {
+		out = append(out, &config.Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 8080), Weight: w, Healthy: true})
+	}
+	return out
+}
+
+// A gateway that stands for two pods gets twice the turns of a local pod.
+func TestRoundRobinHonoursWeights(t *testing.T) {
+	c := &config.Cluster{Endpoints: endpoints(1, 1, 2)}
+	c.Endpoints = append(c.Endpoints, &config.Endpoint{Addr: netip.MustParseAddrPort("10.0.0.9:1"), Weight: 5, Healthy: false})
+	p := New(c)
+	counts := map[netip.AddrPort]int{}
+	for range 400 {
+		e, done := p.Pick(nil)
+		counts[e.Addr]++
+		done.Release()
+	}
+	if counts[c.Endpoints[0].Addr] != 100 || counts[c.Endpoints[1].Addr] != 100 || counts[c.Endpoints[2].Addr] != 200 {
+		t.Fatalf("counts %v; want 100/100/200 and nothing for the unhealthy endpoint", counts)
+	}
+}
+
+func TestSkipAndEmpty(t *testing.T) {
+	p := New(&config.Cluster{Endpoints: endpoints(1, 1)})
+	first, _ := p.Pick(nil)
+	for range 10 {
+		e, _ := p.Pick(func(e *config.Endpoint) bool { return e == first })
+		if e == first {
+			t.Fatal("picked a skipped endpoint")
+		}
+	}
+	if e, _ := p.Pick(func(*config.Endpoint) bool { return true }); e != nil {
+		t.Fatal("picked when every endpoint is skipped")
+	}
+	if e, _ := New(&config.Cluster{}).Pick(nil); e != nil {
+		t.Fatal("picked from no endpoints")
+	}
+}
+
+func TestLeastRequestAvoidsBusyEndpoint(t *testing.T) {
+	p := New(&config.Cluster{LB: config.LeastRequest, Endpoints: endpoints(1, 1)})
+	busy, _ := p.Pick(nil)
+	for range 50 {
+		p.active[indexOf(p, busy)].Add(1)
+	}
+	other := 0
+	for range 100 {
+		e, done := p.Pick(nil)
+		if e != busy {
+			other++
+		}
+		done.Release()
+	}
+	if other < 60 {
+		t.Fatalf("the idle endpoint got %d of 100 picks", other)
+	}
+}
+
+func indexOf(p *Picker, e *config.Endpoint) int {
+	for i, x := range p.eps {
+		if x == e {
+			return i
+		}
+	}
+	return -1
+}
+
+func BenchmarkPickRoundRobin(b *testing.B) {
+	p := New(&config.Cluster{Endpoints: endpoints(1, 2, 3, 1, 1, 1, 1, 1)})
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_, done := p.Pick(nil)
+			done.Release()
+		}
+	})
+}

@@ -1,0 +1,206 @@
+// Package proxy is the data plane, Envoy's role in Istio: a sidecar next
+// to each workload and a router (the east-west gateway). It follows the
+// configuration the control plane sends over ADS (see xdsclient and
+// config), binds the listeners it names, and moves each connection along
+// the listener -> filter chain -> cluster -> endpoint path.
+//
+// Configuration swaps are atomic: a connection uses the snapshot current
+// when it was accepted; listeners that disappear stop accepting while
+// their open connections run to completion.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
+)
+
+// Options configure a proxy.
+type Options struct {
+	// Identity supplies the workload certificate for mTLS; nil serves
+	// plaintext only (a router passes TLS through and needs none).
+	Identity *identity.Agent
+	// ListenAddr overrides the host of every bound listener (tests bind
+	// 127.0.0.1 instead of 0.0.0.0); empty keeps the listener's own.
+	ListenAddr string
+	// Dial reaches upstreams (default: a net.Dialer).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	Log  *slog.Logger
+}
+
+// Proxy is one running data plane.
+type Proxy struct {
+	opts Options
+	cur  atomic.Pointer[runtime]
+
+	mu    sync.Mutex // guards bound
+	bound map[string]*bound
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	draining  atomic.Bool
+	conns     atomic.Int64 // open downstream connections
+	stats     *Stats
+
+	httpOnce     sync.Once
+	http         *http.Server
+	proxyHandler *httputil.ReverseProxy
+	pools        sync.Map // poolKey -> *http.Transport
+}
+
+// runtime is a snapshot plus what the data path derives from it.
+type runtime struct {
+	snap    *config.Snapshot
+	pickers map[string]*lb.Picker
+}
+
+// bound is an open listening socket.
+type bound struct {
+	name string
+	addr netip.AddrPort
+	ln   net.Listener
+}
+
+// New makes a proxy; Apply gives it configuration, Serve runs it.
+func New(opts Options) *Proxy {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Dial == nil {
+		d := &net.Dialer{KeepAlive: 30 * time.Second}
+		opts.Dial = d.DialContext
+	}
+	p := &Proxy{opts: opts, bound: map[string]*bound{}, ready: make(chan struct{}), stats: newStats()}
+	p.cur.Store(&runtime{snap: &config.Snapshot{Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Routes: map[string]*config.RouteTable{}}, pickers: map[string]*lb.Picker{}})
+	return p
+}
+
+var _ xdsclient.Applier = (*Proxy)(nil)
+
+// Apply validates a whole candidate configuration, opens the sockets of new
+// listeners, and only then swaps it in; any failure leaves the running
+// configuration untouched and is returned for the NACK.
+func (p *Proxy) Apply(st xdsclient.State, _ string) (map[string][]string, error) {
+	snap, want, err := config.Build(config.Resources(st))
+	if err != nil {
+		return nil, err
+	}
+	rt := &runtime{snap: snap, pickers: make(map[string]*lb.Picker, len(snap.Clusters))}
+	for name, c := range snap.Clusters {
+		rt.pickers[name] = lb.New(c)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var opened []*bound
+	for _, l := range snap.Listeners {
+		if !l.Bind {
+			continue
+		}
+		addr := p.listenAddr(l.Addr)
+		if b, ok := p.bound[l.Name]; ok && b.addr == addr {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr.String())
+		if err != nil {
+			for _, b := range opened {
+				b.ln.Close()
+			}
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		opened = append(opened, &bound{name: l.Name, addr: addr, ln: ln})
+	}
+	p.cur.Store(rt)
+	for name, b := range p.bound {
+		l, ok := snap.Listeners[name]
+		if !ok || !l.Bind || p.listenAddr(l.Addr) != b.addr {
+			b.ln.Close() // open connections finish on their own
+			delete(p.bound, name)
+		}
+	}
+	for _, b := range opened {
+		if old, ok := p.bound[b.name]; ok {
+			old.ln.Close()
+		}
+		p.bound[b.name] = b
+		go p.accept(b)
+	}
+	if len(snap.Listeners) > 0 {
+		p.readyOnce.Do(func() { close(p.ready) })
+	}
+	return want, nil
+}
+
+func (p *Proxy) listenAddr(a netip.AddrPort) netip.AddrPort {
+	if p.opts.ListenAddr == "" {
+		return a
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(p.opts.ListenAddr), a.Port())
+}
+
+// Ready is closed once the first listeners are configured.
+func (p *Proxy) Ready() <-chan struct{} { return p.ready }
+
+// Addr is the bound address of a listener (for tests that bind port 0).
+func (p *Proxy) Addr(name string) (net.Addr, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, ok := p.bound[name]
+	if !ok {
+		return nil, false
+	}
+	return b.ln.Addr(), true
+}
+
+// Drain stops accepting on every listener and waits (up to ctx) for open
+// connections to finish.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.draining.Store(true)
+	p.mu.Lock()
+	for name, b := range p.bound {
+		b.ln.Close()
+		delete(p.bound, name)
+	}
+	p.mu.Unlock()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for p.conns.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("%d connections still open after the drain period", p.conns.Load())
+		}
+	}
+	return nil
+}
+
+func (p *Proxy) accept(b *bound) {
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			p.opts.Log.Warn("accept", "listener", b.name, "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		p.conns.Add(1)
+		go func() {
+			defer p.conns.Add(-1)
+			p.serve(c, b.name)
+		}()
+	}
+}

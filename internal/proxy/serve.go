@@ -1,0 +1,230 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/origdst"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/sniff"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/tcpproxy"
+)
+
+// sniffTimeout bounds how long a client may take to send its first bytes.
+const sniffTimeout = 5 * time.Second
+
+// downstream is an accepted connection on its way through a listener.
+type downstream struct {
+	conn net.Conn
+	// dst is where the client meant to go (original destination).
+	dst netip.AddrPort
+	// peer is the verified mTLS identity of the client, if any.
+	peer     spiffeid.ID
+	peerCert []byte
+	listener *config.Listener
+	chain    *config.Chain
+}
+
+func (p *Proxy) serve(c net.Conn, name string) {
+	rt := p.cur.Load()
+	l := rt.snap.Listeners[name]
+	if l == nil {
+		c.Close()
+		return
+	}
+	d := &downstream{conn: c, dst: c.LocalAddr().(*net.TCPAddr).AddrPort(), listener: l}
+	if l.UseOriginalDst || l.RestoreDst {
+		if od, err := origdst.Get(c); err == nil {
+			d.dst = od
+		}
+	}
+	if l.UseOriginalDst {
+		if v := rt.virtual(d.dst); v != nil {
+			d.listener = v
+		}
+	}
+	m := config.Connection{DestPort: uint32(d.dst.Port()), Transport: "raw_buffer"}
+	if d.listener.InspectTLS {
+		hello, sc, err := sniff.TLS(c, sniffTimeout)
+		if err != nil {
+			c.Close()
+			return
+		}
+		d.conn = sc
+		if hello.TLS {
+			m.Transport, m.SNI, m.ALPN = "tls", hello.ServerName, hello.ALPN
+		}
+	}
+	d.chain = d.listener.Match(m)
+	if d.chain == nil {
+		p.stats.noChain.WithLabelValues(d.listener.Name).Inc()
+		p.opts.Log.Debug("no filter chain matches; closing", "listener", d.listener.Name, "dst", d.dst, "sni", m.SNI)
+		d.conn.Close()
+		return
+	}
+	if d.chain.TLS != nil {
+		if err := p.terminateTLS(d); err != nil {
+			p.opts.Log.Debug("downstream TLS handshake failed", "listener", d.listener.Name, "err", err)
+			d.conn.Close()
+			return
+		}
+	}
+	switch {
+	case d.chain.TCP != nil:
+		p.proxyTCP(rt, d)
+	case d.chain.HTTP != nil:
+		p.serveHTTP(d)
+	default:
+		d.conn.Close()
+	}
+}
+
+// virtual finds the listener of an original destination: IP_PORT, then 0.0.0.0_PORT.
+func (rt *runtime) virtual(dst netip.AddrPort) *config.Listener {
+	if l := rt.snap.Listeners[fmt.Sprintf("%s_%d", dst.Addr(), dst.Port())]; l != nil && !l.Bind {
+		return l
+	}
+	if l := rt.snap.Listeners[fmt.Sprintf("0.0.0.0_%d", dst.Port())]; l != nil && !l.Bind {
+		return l
+	}
+	return nil
+}
+
+// istioALPN are the protocols an Istio mTLS client offers; accepting them
+// tells the inbound side what runs inside the tunnel.
+var istioALPN = []string{"istio-h2", "istio-http/1.1", "istio-http/1.0", "istio", "istio-peer-exchange", "h2", "http/1.1"}
+
+func (p *Proxy) terminateTLS(d *downstream) error {
+	if p.opts.Identity == nil {
+		return errors.New("a TLS filter chain but no workload identity")
+	}
+	tc := tls.Server(d.conn, p.opts.Identity.ServerConfig(tlsconfig.AuthorizeAny(), istioALPN...))
+	ctx, cancel := context.WithTimeout(context.Background(), sniffTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	cs := tc.ConnectionState()
+	d.peer, _ = identity.PeerID(cs)
+	if len(cs.PeerCertificates) > 0 {
+		d.peerCert = cs.PeerCertificates[0].Raw
+	}
+	d.conn = tc
+	return nil
+}
+
+func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
+	cl := d.chain.TCP.Cluster
+	up, _, lease, err := p.dialCluster(rt, cl, d.dst, []string{"istio-peer-exchange", "istio"})
+	if err != nil {
+		p.stats.upstreamFail.WithLabelValues(cl).Inc()
+		p.opts.Log.Debug("upstream connect failed", "cluster", cl, "err", err)
+		d.conn.Close()
+		return
+	}
+	defer lease.Release()
+	down := d.conn
+	// Replay what sniffing read, then let the kernel splice the rest.
+	if sc, ok := down.(*sniff.Conn); ok {
+		if pre := sc.Prefix(); len(pre) > 0 {
+			if _, err := up.Write(pre); err != nil {
+				up.Close()
+				down.Close()
+				return
+			}
+			sc.DropPrefix()
+		}
+		down = sc.Raw()
+	}
+	p.stats.tcpOpened.WithLabelValues(cl).Inc()
+	sent, recv := tcpproxy.Pipe(down, up)
+	p.stats.tcpSent.WithLabelValues(cl).Add(float64(sent))
+	p.stats.tcpReceived.WithLabelValues(cl).Add(float64(recv))
+	p.stats.tcpClosed.WithLabelValues(cl).Inc()
+}
+
+// dialCluster connects to an endpoint of a cluster, trying up to three
+// endpoints on connect failure. For ORIGINAL_DST clusters it connects to dst.
+func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn []string) (net.Conn, *config.Endpoint, lb.Lease, error) {
+	c := rt.snap.Clusters[name]
+	if c == nil {
+		return nil, nil, lb.Lease{}, fmt.Errorf("no cluster %q", name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.ConnectTimeout)
+	defer cancel()
+	if c.Type == config.OriginalDst {
+		conn, err := p.opts.Dial(ctx, "tcp", dst.String())
+		return conn, nil, lb.Lease{}, err
+	}
+	picker := rt.pickers[name]
+	var tried []*config.Endpoint
+	skip := func(e *config.Endpoint) bool {
+		for _, t := range tried {
+			if t == e {
+				return true
+			}
+		}
+		return false
+	}
+	err := fmt.Errorf("cluster %q has no healthy endpoint", name)
+	for range 3 {
+		ep, lease := picker.Pick(skip)
+		if ep == nil {
+			break
+		}
+		conn, derr := p.dialEndpoint(ctx, c, ep, alpn)
+		if derr == nil {
+			return conn, ep, lease, nil
+		}
+		lease.Release()
+		tried = append(tried, ep)
+		err = fmt.Errorf("cluster %q endpoint %s: %w", name, ep.Addr, derr)
+	}
+	return nil, nil, lb.Lease{}, err
+}
+
+// dialEndpoint opens the transport the endpoint's metadata calls for:
+// Istio mTLS (SNI outbound_.PORT_._.HOST, the given ALPN) or plaintext.
+func (p *Proxy) dialEndpoint(ctx context.Context, c *config.Cluster, ep *config.Endpoint, alpn []string) (net.Conn, error) {
+	raw, err := p.opts.Dial(ctx, "tcp", ep.Addr.String())
+	if err != nil {
+		return nil, err
+	}
+	t := c.TransportFor(ep)
+	if t == nil {
+		return raw, nil
+	}
+	if p.opts.Identity == nil {
+		raw.Close()
+		return nil, errors.New("mTLS endpoint but no workload identity")
+	}
+	authorize := tlsconfig.AuthorizeAny()
+	if len(t.SANs) > 0 {
+		var ids []spiffeid.ID
+		for _, s := range t.SANs {
+			if id, err := spiffeid.FromString(s); err == nil {
+				ids = append(ids, id)
+			}
+		}
+		authorize = tlsconfig.AuthorizeOneOf(ids...)
+	}
+	if len(alpn) == 0 {
+		alpn = t.ALPN
+	}
+	tc := tls.Client(raw, p.opts.Identity.ClientConfig(t.SNI, authorize, alpn...))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("mTLS handshake: %w", err)
+	}
+	return tc, nil
+}
