@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
@@ -174,6 +176,8 @@ func (p *Proxy) Drain(ctx context.Context) error {
 		delete(p.bound, name)
 	}
 	p.mu.Unlock()
+	// Closes idle keep-alive connections; busy ones finish their request.
+	go func() { _ = p.httpServer().Shutdown(ctx) }()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for p.conns.Load() > 0 {
@@ -204,3 +208,12 @@ func (p *Proxy) accept(b *bound) {
 		}()
 	}
 }
+
+// Snapshot is the configuration in force.
+func (p *Proxy) Snapshot() *config.Snapshot { return p.cur.Load().snap }
+
+// Metrics is the proxy's Prometheus registry.
+func (p *Proxy) Metrics() *prometheus.Registry { return p.stats.Registry }
+
+// Draining reports whether Drain was called.
+func (p *Proxy) Draining() bool { return p.draining.Load() }

@@ -14,11 +14,15 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/iptables"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/origdst"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/sniff"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/tcpproxy"
 )
+
+// inboundPassthrough is Istio's cluster for inbound ports no service names.
+const inboundPassthrough = "InboundPassthroughCluster"
 
 // sniffTimeout bounds how long a client may take to send its first bytes.
 const sniffTimeout = 5 * time.Second
@@ -163,6 +167,12 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 	ctx, cancel := context.WithTimeout(context.Background(), c.ConnectTimeout)
 	defer cancel()
 	if c.Type == config.OriginalDst {
+		if name == inboundPassthrough {
+			// From 127.0.0.6, which the pod's capture rules let through.
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(iptables.InboundPassthroughSource)}}
+			conn, err := d.DialContext(ctx, "tcp", dst.String())
+			return conn, nil, lb.Lease{}, err
+		}
 		conn, err := p.opts.Dial(ctx, "tcp", dst.String())
 		return conn, nil, lb.Lease{}, err
 	}

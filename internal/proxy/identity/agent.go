@@ -42,7 +42,8 @@ const (
 
 // Config says where the CA is and how to prove who we are.
 type Config struct {
-	// CAAddr is host:port of the certificate service, e.g. istiod.istio-system.svc:15012.
+	// CAAddr is host:port of the certificate service, e.g.
+	// istiod.istio-system.svc:15012, or a gRPC target such as unix:///path.
 	CAAddr string
 	// CAServerName is the name the control plane's certificate must carry;
 	// default: the host of CAAddr.
@@ -85,12 +86,19 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.CAAddr == "" {
 		return nil, errors.New("CA address is required (the control plane's 15012, e.g. istiod.istio-system.svc:15012)")
 	}
-	host, _, err := net.SplitHostPort(cfg.CAAddr)
-	if err != nil {
-		return nil, fmt.Errorf("CA address %q: %w", cfg.CAAddr, err)
+	target := cfg.CAAddr
+	if !strings.Contains(target, "://") {
+		host, _, err := net.SplitHostPort(cfg.CAAddr)
+		if err != nil {
+			return nil, fmt.Errorf("CA address %q: %w", cfg.CAAddr, err)
+		}
+		if cfg.CAServerName == "" {
+			cfg.CAServerName = host
+		}
+		target = "passthrough:///" + target
 	}
 	if cfg.CAServerName == "" {
-		cfg.CAServerName = host
+		return nil, fmt.Errorf("CA address %q: the control plane's certificate name is needed (--server-name)", cfg.CAAddr)
 	}
 	if cfg.TokenFile == "" {
 		cfg.TokenFile = DefaultTokenFile
@@ -107,7 +115,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(cfg.Dial))
 	}
-	a.conn, err = grpc.NewClient("passthrough:///"+cfg.CAAddr, opts...)
+	var err error
+	a.conn, err = grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -15,53 +15,19 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/ca/catest"
 )
 
-// tokenAuth maps a bearer token to a workload: the control plane's
-// TokenReview is tested against real API servers in test/e2e.
-type tokenAuth map[string]ca.Caller
-
-func (m tokenAuth) Authenticate(ctx context.Context) (ca.Caller, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		if c, ok := m[strings.TrimPrefix(v, "Bearer ")]; ok {
-			return c, nil
-		}
-	}
-	return ca.Caller{}, context.Canceled
-}
-
-// startCA serves the certificate service over TLS on loopback and returns
-// its address and root.
+// startCA serves the certificate service on loopback.
 func startCA(t *testing.T, auth ca.Authenticator) (string, []byte) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	store := &ca.Store{Client: fake.NewClientset(), Namespace: "istio-system", TrustDomain: "cluster.local", Log: slog.Default()}
-	if err := store.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	serving := &ca.ServingCert{Store: store, DNSNames: []string{"istiod.istio-system.svc"}, Log: slog.Default()}
-	if err := serving.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: serving.GetCertificate})))
-	if err := ca.NewServer(store, auth, "cluster.local", time.Hour, slog.Default()).Register(g, nil); err != nil {
-		t.Fatal(err)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = g.Serve(l) }()
-	t.Cleanup(g.Stop)
-	return l.Addr().String(), store.Current().RootPEM()
+	return l.Addr().String(), catest.Serve(t, l, "istiod.istio-system.svc", auth)
 }
 
 func startAgent(t *testing.T, addr string, root []byte, token string, ttl time.Duration) *Agent {
@@ -87,7 +53,7 @@ func startAgent(t *testing.T, addr string, root []byte, token string, ttl time.D
 	return a
 }
 
-var workloads = tokenAuth{
+var workloads = catest.TokenAuth{
 	"sleep-token":   {Cluster: "cluster-eks", Namespace: "multicluster", ServiceAccount: "sleep"},
 	"profile-token": {Cluster: "cluster-aks", Namespace: "multicluster", ServiceAccount: "profile"},
 }

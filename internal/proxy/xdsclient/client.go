@@ -316,3 +316,14 @@ func short(t string) string {
 	}
 	return t
 }
+
+// Resources returns the accepted resources and their versions.
+func (c *Client) Resources() (State, map[string]map[string]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v := make(map[string]map[string]string, len(c.versions))
+	for t, m := range c.versions {
+		v[t] = copyVersions(m)
+	}
+	return c.state.clone(), v
+}

@@ -1,0 +1,229 @@
+// Package admin is the proxy's admin interface on localhost:15000, shaped
+// like Envoy's so istioctl-style tools can read it: /config_dump (Envoy's
+// ConfigDump JSON of what the proxy accepted), /clusters (text, or
+// ?format=json as envoy.admin.v3.Clusters), /listeners, /stats,
+// /stats/prometheus, /ready, and POST /drain_listeners, /quitquitquit.
+package admin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
+)
+
+// Proxy is what the admin reads of the data plane.
+type Proxy interface {
+	Snapshot() *config.Snapshot
+	Metrics() *prometheus.Registry
+	Drain(ctx context.Context) error
+}
+
+// XDS is what the admin reads of the xDS stream.
+type XDS interface {
+	Resources() (xdsclient.State, map[string]map[string]string)
+	Status() xdsclient.Status
+}
+
+// Server serves the admin endpoints.
+type Server struct {
+	Proxy Proxy
+	XDS   XDS
+	// Ready reports whether the proxy serves (config and certificate in).
+	Ready func() error
+	// Quit asks the process to exit.
+	Quit func()
+}
+
+// Handler is the admin mux.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", s.configDump)
+	mux.HandleFunc("/clusters", s.clusters)
+	mux.HandleFunc("/listeners", s.listeners)
+	mux.HandleFunc("/ready", s.ready)
+	mux.Handle("/stats/prometheus", promhttp.HandlerFor(s.Proxy.Metrics(), promhttp.HandlerOpts{}))
+	mux.HandleFunc("/stats", s.stats)
+	mux.HandleFunc("/xds", func(w http.ResponseWriter, _ *http.Request) {
+		st := s.XDS.Status()
+		fmt.Fprintf(w, "connected: %v\nacks: %v\nnacks: %v\nlast_nack: %s\n", st.Connected, st.ACKs, st.NACKs, st.LastNACK)
+	})
+	mux.HandleFunc("/drain_listeners", s.post(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = s.Proxy.Drain(ctx)
+	}))
+	mux.HandleFunc("/quitquitquit", s.post(func() {
+		if s.Quit != nil {
+			s.Quit()
+		}
+	}))
+	return mux
+}
+
+// post guards a state-changing endpoint, as Envoy does.
+func (s *Server) post(fn func()) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "this endpoint changes state; use POST", http.StatusMethodNotAllowed)
+			return
+		}
+		go fn()
+		fmt.Fprintln(w, "OK")
+	}
+}
+
+func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+	if err := s.Ready(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "LIVE")
+}
+
+// ConfigDump is Envoy's ConfigDump of the accepted resources.
+func ConfigDump(st xdsclient.State, versions map[string]map[string]string) *adminv3.ConfigDump {
+	names := func(t string) []string {
+		var out []string
+		for n := range st[t] {
+			out = append(out, n)
+		}
+		sort.Strings(out)
+		return out
+	}
+	ver := func(t, n string) string { return versions[t][n] }
+	clusters := &adminv3.ClustersConfigDump{}
+	for _, n := range names(resource.ClusterType) {
+		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: ver(resource.ClusterType, n), Cluster: st[resource.ClusterType][n]})
+	}
+	listeners := &adminv3.ListenersConfigDump{}
+	for _, n := range names(resource.ListenerType) {
+		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{Name: n,
+			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: ver(resource.ListenerType, n), Listener: st[resource.ListenerType][n]}})
+	}
+	routes := &adminv3.RoutesConfigDump{}
+	for _, n := range names(resource.RouteType) {
+		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: ver(resource.RouteType, n), RouteConfig: st[resource.RouteType][n]})
+	}
+	endpoints := &adminv3.EndpointsConfigDump{}
+	for _, n := range names(resource.EndpointType) {
+		endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{VersionInfo: ver(resource.EndpointType, n), EndpointConfig: st[resource.EndpointType][n]})
+	}
+	dump := &adminv3.ConfigDump{}
+	for _, m := range []proto.Message{clusters, listeners, routes, endpoints} {
+		a, err := anypb.New(m)
+		if err == nil {
+			dump.Configs = append(dump.Configs, a)
+		}
+	}
+	return dump
+}
+
+func (s *Server) configDump(w http.ResponseWriter, _ *http.Request) {
+	st, versions := s.XDS.Resources()
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(ConfigDump(st, versions))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+func sortedClusters(snap *config.Snapshot) []*config.Cluster {
+	out := make([]*config.Cluster, 0, len(snap.Clusters))
+	for _, c := range snap.Clusters {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// clusters prints endpoints as Envoy does: `name::addr::key::value` lines,
+// or envoy.admin.v3.Clusters with ?format=json (istioctl proxy-config endpoints).
+func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
+	snap := s.Proxy.Snapshot()
+	if r.URL.Query().Get("format") == "json" {
+		out := &adminv3.Clusters{}
+		for _, c := range sortedClusters(snap) {
+			cs := &adminv3.ClusterStatus{Name: c.Name}
+			for _, e := range c.Endpoints {
+				health := core.HealthStatus_HEALTHY
+				if !e.Healthy {
+					health = core.HealthStatus_UNHEALTHY
+				}
+				cs.HostStatuses = append(cs.HostStatuses, &adminv3.HostStatus{
+					Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+						Address: e.Addr.Addr().String(), PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(e.Addr.Port())}}}},
+					HealthStatus: &adminv3.HostHealthStatus{EdsHealthStatus: health},
+					Weight:       e.Weight,
+					Locality:     &core.Locality{Region: e.Locality.Region, Zone: e.Locality.Zone, SubZone: e.Locality.Subzone},
+				})
+			}
+			out.ClusterStatuses = append(out.ClusterStatuses, cs)
+		}
+		b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(out)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
+		return
+	}
+	var b strings.Builder
+	for _, c := range sortedClusters(snap) {
+		for _, e := range c.Endpoints {
+			health := "healthy"
+			if !e.Healthy {
+				health = "/failed_eds_health"
+			}
+			fmt.Fprintf(&b, "%s::%s::health_flags::%s\n%s::%s::weight::%d\n%s::%s::region::%s\n%s::%s::zone::%s\n",
+				c.Name, e.Addr, health, c.Name, e.Addr, e.Weight, c.Name, e.Addr, e.Locality.Region, c.Name, e.Addr, e.Locality.Zone)
+		}
+	}
+	_, _ = w.Write([]byte(b.String()))
+}
+
+func (s *Server) listeners(w http.ResponseWriter, _ *http.Request) {
+	snap := s.Proxy.Snapshot()
+	var names []string
+	for n, l := range snap.Listeners {
+		names = append(names, n+"::"+l.Addr.String())
+	}
+	sort.Strings(names)
+	fmt.Fprintln(w, strings.Join(names, "\n"))
+}
+
+// stats prints the Prometheus counters as Envoy's `name: value` lines.
+func (s *Server) stats(w http.ResponseWriter, _ *http.Request) {
+	families, err := s.Proxy.Metrics().Gather()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			if h := m.GetHistogram(); h != nil {
+				v = float64(h.GetSampleCount())
+			}
+			fmt.Fprintf(w, "%s{%s}: %g\n", f.GetName(), strings.Join(labels, ","), v)
+		}
+	}
+}
+

@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/admin"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
+)
+
+// Node is who the proxy says it is to the control plane (Istio's node ID
+// and metadata).
+type Node struct {
+	Type      string // sidecar or router
+	IP        string
+	Pod       string
+	Namespace string
+	Domain    string
+	// Metadata: CLUSTER_ID, NETWORK, SERVICE_ACCOUNT, REQUESTED_NETWORK_VIEW, ...
+	Metadata map[string]string
+	Labels   map[string]string
+}
+
+// ID is Istio's node ID: type~ip~pod.namespace~namespace.svc.domain.
+func (n Node) ID() string {
+	return fmt.Sprintf("%s~%s~%s.%s~%s.svc.%s", n.Type, n.IP, n.Pod, n.Namespace, n.Namespace, n.Domain)
+}
+
+func (n Node) proto() *core.Node {
+	md := map[string]any{}
+	for k, v := range n.Metadata {
+		md[k] = v
+	}
+	if len(n.Labels) > 0 {
+		l := map[string]any{}
+		for k, v := range n.Labels {
+			l[k] = v
+		}
+		md["LABELS"] = l
+	}
+	md["NAMESPACE"] = n.Namespace
+	md["INSTANCE_IPS"] = n.IP
+	s, _ := structpb.NewStruct(md)
+	return &core.Node{Id: n.ID(), Metadata: s, UserAgentName: "isthmus"}
+}
+
+// RunConfig is a proxy process.
+type RunConfig struct {
+	Node Node
+	// DiscoveryAddr is the control plane, e.g. istiod.istio-system.svc:15012.
+	DiscoveryAddr string
+	// Plaintext uses xDS without TLS or token (the control plane's 15010),
+	// for development.
+	Plaintext bool
+	// CAAddr is the certificate service; empty with Plaintext means no
+	// workload certificate (plaintext data plane).
+	CAAddr       string
+	ServerName   string
+	RootCertFile string
+	TokenFile    string
+	CertTTL      time.Duration
+	AdminAddr    string
+	StatusAddr   string
+	StatsAddr    string
+	// DrainDuration is how long open connections get after SIGTERM.
+	DrainDuration time.Duration
+	Log           *slog.Logger
+}
+
+// Run serves until ctx ends, then drains.
+func Run(ctx context.Context, cfg RunConfig) error {
+	log := cfg.Log
+	var agent *identity.Agent
+	if cfg.CAAddr != "" {
+		root, err := os.ReadFile(cfg.RootCertFile)
+		if err != nil {
+			return fmt.Errorf("root certificate to verify the control plane: %w", err)
+		}
+		agent, err = identity.New(identity.Config{CAAddr: cfg.CAAddr, CAServerName: cfg.ServerName, RootCert: root,
+			TokenFile: cfg.TokenFile, ClusterID: cfg.Node.Metadata["CLUSTER_ID"], TTL: cfg.CertTTL, Log: log})
+		if err != nil {
+			return err
+		}
+		go func() { _ = agent.Run(ctx) }()
+	}
+	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})}
+	var callCtx func(context.Context) (context.Context, error)
+	switch {
+	case cfg.Plaintext:
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	case agent == nil:
+		return errors.New("xDS over TLS needs the CA address (--ca-address) for the root and token")
+	default:
+		opts = append(opts, grpc.WithTransportCredentials(agent.ControlPlaneCredentials()))
+		callCtx = agent.CallMetadata
+	}
+	target := cfg.DiscoveryAddr
+	if !strings.Contains(target, "://") {
+		target = "passthrough:///" + target
+	}
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return fmt.Errorf("control plane %s: %w", cfg.DiscoveryAddr, err)
+	}
+	defer conn.Close()
+
+	if agent != nil {
+		log.Info("waiting for the workload certificate before serving", "ca", cfg.CAAddr)
+		select {
+		case <-agent.Ready():
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	p := New(Options{Identity: agent, Log: log})
+	xc := xdsclient.New(xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log})
+	ctx, quit := context.WithCancel(ctx)
+	defer quit()
+	ready := func() error {
+		select {
+		case <-p.Ready():
+		default:
+			return errors.New("no configuration from the control plane yet")
+		}
+		if p.Draining() {
+			return errors.New("draining")
+		}
+		return nil
+	}
+	adm := &admin.Server{Proxy: p, XDS: xc, Ready: ready, Quit: quit}
+	servers := []*http.Server{}
+	serve := func(addr string, h http.Handler) error {
+		if addr == "" {
+			return nil
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go func() { _ = srv.Serve(l) }()
+		return nil
+	}
+	status := http.NewServeMux()
+	status.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	stats := http.NewServeMux()
+	stats.Handle("/stats/prometheus", promhttp.HandlerFor(p.Metrics(), promhttp.HandlerOpts{}))
+	for _, s := range []struct {
+		addr string
+		h    http.Handler
+	}{{cfg.AdminAddr, adm.Handler()}, {cfg.StatusAddr, status}, {cfg.StatsAddr, stats}} {
+		if err := serve(s.addr, s.h); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	log.Info("proxy starting", "node", cfg.Node.ID(), "discovery", cfg.DiscoveryAddr, "plaintext", cfg.Plaintext)
+	xdsDone := make(chan struct{})
+	go func() { _ = xc.Run(ctx); close(xdsDone) }()
+	<-ctx.Done()
+	log.Info("draining", "for", cfg.DrainDuration)
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDuration)
+	defer cancel()
+	if err := p.Drain(dctx); err != nil {
+		log.Warn("drain", "err", err)
+	}
+	<-xdsDone
+	return nil
+}
