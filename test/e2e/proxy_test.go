@@ -406,7 +406,9 @@ func TestSidecarsAndRouter(t *testing.T) {
 
 	t.Run("gRPC through the tunnel", func(t *testing.T) {
 		conn, err := grpc.NewClient(vipProf+":9090", grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return network.Dialer(nsSleep)(ctx, "tcp", addr) }))
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return network.Dialer(nsSleep)(ctx, "tcp", addr)
+			}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -494,7 +496,9 @@ func TestSidecarsAndRouter(t *testing.T) {
 			bad.Address = nil
 			rs[resource.ListenerType] = append(rs[resource.ListenerType], bad)
 		}))
-		eventually(t, "a NACK recorded", func() bool { return strings.Contains(adminGet(nsSleep, "/xds"), "lds") && strings.Contains(adminGet(nsSleep, "/xds"), "broken") })
+		eventually(t, "a NACK recorded", func() bool {
+			return strings.Contains(adminGet(nsSleep, "/xds"), "lds") && strings.Contains(adminGet(nsSleep, "/xds"), "broken")
+		})
 		if _, err := appCall(false, profileURL); err != nil {
 			t.Fatalf("after a NACK: %v", err)
 		}

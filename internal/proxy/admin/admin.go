@@ -226,4 +226,3 @@ func (s *Server) stats(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 }
-

@@ -29,8 +29,8 @@ const (
 // pod annotations).
 type Config struct {
 	ProxyUID, ProxyGID  int
-	OutboundPort        int // 15001
-	InboundPort         int // 15006
+	OutboundPort        int      // 15001
+	InboundPort         int      // 15006
 	InboundPorts        []string // "*" or port numbers to capture
 	ExcludeInboundPorts []int
 	// OutboundCIDRs to capture ("*" for all), ExcludeOutboundCIDRs not.

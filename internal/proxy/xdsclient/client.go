@@ -72,7 +72,7 @@ type Client struct {
 	cfg Config
 
 	mu        sync.Mutex
-	state     State                      // accepted
+	state     State                        // accepted
 	versions  map[string]map[string]string // type -> name -> version accepted
 	want      map[string][]string          // non-wildcard subscriptions
 	connected bool
