@@ -257,13 +257,13 @@ func (c *Client) handle(resp *discoverygrpc.DeltaDiscoveryResponse) []*discovery
 	}
 	ack := &discoverygrpc.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
 	if err != nil {
-		c.nacks[t]++
+		c.nacks[short(t)]++
 		c.lastNACK = fmt.Sprintf("%s: %v", short(t), err)
 		c.cfg.Log.Error("xDS update rejected (NACK); keeping the previous configuration", "type", short(t), "err", err)
 		ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		return []*discoverygrpc.DeltaDiscoveryRequest{ack}
 	}
-	c.acks[t]++
+	c.acks[short(t)]++
 	c.state = cand
 	c.versions[t] = versions
 	reqs := []*discoverygrpc.DeltaDiscoveryRequest{ack}

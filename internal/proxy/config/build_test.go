@@ -1,0 +1,176 @@
+package config
+
+import (
+	"strings"
+	"testing"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+)
+
+// generated is what isthmus's control plane sends a sidecar of a small
+// mesh: the contract this package must accept.
+func generated(t testing.TB) Resources {
+	t.Helper()
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}, {Name: "tcp", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"}}})
+	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: map[string]int32{"http": 8080, "tcp": 7070}, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
+	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.5~profile-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := xds.Generate(p, reg, nil, "cluster.local", func(string) {})
+	in, inClusters := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())["10.64.0.5"])
+	rs := Resources{}
+	add := func(typ string, items []types.Resource) {
+		if rs[typ] == nil {
+			rs[typ] = map[string]*anypb.Any{}
+		}
+		for _, it := range items {
+			a, err := anypb.New(it)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs[typ][cacheName(it)] = a
+		}
+	}
+	add(resource.ClusterType, append(g.Clusters, inClusters...))
+	add(resource.EndpointType, g.Endpoints)
+	add(resource.ListenerType, append(g.Listeners, in))
+	add(resource.RouteType, xds.SidecarRoutes("test", reg.Services()))
+	return rs
+}
+
+func cacheName(r types.Resource) string {
+	if n, ok := r.(interface{ GetName() string }); ok && n.GetName() != "" {
+		return n.GetName()
+	}
+	return r.(interface{ GetClusterName() string }).GetClusterName()
+}
+
+func TestBuildsWhatTheControlPlaneSends(t *testing.T) {
+	snap, want, err := Build(generated(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := snap.Clusters["outbound|8080||profile.test.svc.cluster.local"]
+	if out == nil || out.Type != EDS || len(out.Endpoints) != 1 {
+		t.Fatalf("outbound cluster %+v", out)
+	}
+	if tls := out.TransportFor(out.Endpoints[0]); tls == nil || tls.SNI != "outbound_.8080_._.profile.test.svc.cluster.local" {
+		t.Fatalf("tlsMode=istio endpoint transport %+v", tls)
+	}
+	if len(want[resource.EndpointType]) != 2 || len(want[resource.RouteType]) != 1 || want[resource.RouteType][0] != "8080" {
+		t.Fatalf("subscriptions %v", want)
+	}
+	vo := snap.Listeners["virtualOutbound"]
+	if vo == nil || !vo.UseOriginalDst || !vo.Bind || vo.Default == nil || vo.Default.TCP.Cluster != "PassthroughCluster" {
+		t.Fatalf("virtualOutbound %+v", vo)
+	}
+	if l := snap.Listeners["0.0.0.0_8080"]; l == nil || l.Bind || l.Chains[0].HTTP.RouteName != "8080" {
+		t.Fatalf("HTTP listener %+v", l)
+	}
+	vi := snap.Listeners["virtualInbound"]
+	mtls := vi.Match(Connection{DestPort: 8080, Transport: "tls"})
+	plain := vi.Match(Connection{DestPort: 8080, Transport: "raw_buffer"})
+	other := vi.Match(Connection{DestPort: 9999, Transport: "raw_buffer"})
+	if mtls == nil || mtls.TLS == nil || !mtls.HTTP.ForwardClientCert || plain == nil || plain.TLS != nil || other != vi.Default {
+		t.Fatalf("inbound chains: mtls %+v plain %+v other %+v", mtls, plain, other)
+	}
+	rt := snap.Routes["8080"]
+	for host, wantVH := range map[string]string{
+		"profile.test.svc.cluster.local": "profile.test.svc.cluster.local:8080", "profile:8080": "profile.test.svc.cluster.local:8080",
+		"10.96.0.10:8080": "profile.test.svc.cluster.local:8080", "example.com": "allow_any",
+	} {
+		if vh := rt.Match(host); vh == nil || vh.Name != wantVH {
+			t.Errorf("Host %s -> %v, want %s", host, vh, wantVH)
+		}
+	}
+	if r := rt.Match("profile").Match("/x"); r == nil || r.Clusters[0].Name != "outbound|8080||profile.test.svc.cluster.local" || r.Retry.NumRetries != 2 || r.Timeout != 0 {
+		t.Errorf("route %+v", r)
+	}
+}
+
+// Each of these is NACKed with a message naming the resource.
+func TestRejectsWhatItCannotServe(t *testing.T) {
+	for name, mutate := range map[string]func(Resources){
+		"listener without an address": func(rs Resources) {
+			rs[resource.ListenerType]["virtualOutbound"] = mustAny(&listener.Listener{Name: "virtualOutbound"})
+		},
+		"unknown network filter": func(rs Resources) {
+			rs[resource.ListenerType]["x"] = mustAny(&listener.Listener{Name: "x", Address: addr("0.0.0.0", 1),
+				FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{Name: "envoy.filters.network.redis_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&structpb.Struct{})}}}}}})
+		},
+		"a resource of another type": func(rs Resources) {
+			rs[resource.ClusterType]["bogus"] = mustAny(&listener.Listener{Name: "bogus"})
+		},
+		"garbage bytes": func(rs Resources) {
+			rs[resource.RouteType]["8080"] = &anypb.Any{TypeUrl: resource.RouteType, Value: []byte{0xff, 0xff, 0xff}}
+		},
+	} {
+		rs := generated(t)
+		mutate(rs)
+		if _, _, err := Build(rs); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if !strings.Contains(err.Error(), "\"") {
+			t.Errorf("%s: error %q does not name the resource", name, err)
+		}
+	}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func addr(ip string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: ip, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+func TestChainMatchPrefersSpecific(t *testing.T) {
+	l := &Listener{Chains: []*Chain{
+		{Name: "any"},
+		{Name: "wild", ServerNames: []string{"*.local"}},
+		{Name: "exact", ServerNames: []string{"a.svc.local"}},
+		{Name: "alpn", ServerNames: []string{"b.svc.local"}, ALPN: []string{"istio"}},
+	}}
+	for sni, want := range map[string]string{"a.svc.local": "exact", "z.local": "wild", "example.com": "any"} {
+		if got := l.Match(Connection{SNI: sni}); got.Name != want {
+			t.Errorf("SNI %s -> %s, want %s", sni, got.Name, want)
+		}
+	}
+	if got := l.Match(Connection{SNI: "b.svc.local", ALPN: []string{"h2"}}); got.Name != "wild" {
+		t.Errorf("ALPN mismatch -> %s, want the wildcard", got.Name)
+	}
+}
+
+// FuzzBuild feeds arbitrary bytes as each resource type: errors are fine,
+// panics are not (a malformed resource must never take the proxy down).
+func FuzzBuild(f *testing.F) {
+	for _, m := range generated(f) {
+		for _, a := range m {
+			f.Add(a.TypeUrl, a.Value)
+		}
+	}
+	f.Fuzz(func(t *testing.T, typ string, value []byte) {
+		for _, known := range []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType} {
+			if typ == known {
+				_, _, _ = Build(Resources{typ: {"fuzz": &anypb.Any{TypeUrl: typ, Value: value}}})
+			}
+		}
+		_, _, _ = Build(Resources{resource.ListenerType: {"fuzz": &anypb.Any{TypeUrl: resource.ListenerType, Value: value}}})
+	})
+}

@@ -1,0 +1,87 @@
+package sniff
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// clientHello captures the bytes a real TLS client sends first.
+func clientHello(t testing.TB, sni string, alpn ...string) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	go func() {
+		_ = tls.Client(c, &tls.Config{ServerName: sni, NextProtos: alpn, InsecureSkipVerify: true}).Handshake()
+	}()
+	buf := make([]byte, 4096)
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _ := s.Read(buf)
+	c.Close()
+	s.Close()
+	return buf[:n]
+}
+
+// pipeWith is a connection whose peer sends b and then closes.
+func pipeWith(b []byte) net.Conn {
+	c, s := net.Pipe()
+	go func() { _, _ = s.Write(b); s.Close() }()
+	return c
+}
+
+func TestReadsSNIAndReplaysEverything(t *testing.T) {
+	hello := clientHello(t, "outbound_.8080_._.profile.multicluster.svc.cluster.local", "istio-h2", "istio")
+	h, c, err := TLS(pipeWith(hello), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.TLS || h.ServerName != "outbound_.8080_._.profile.multicluster.svc.cluster.local" || len(h.ALPN) != 2 || h.ALPN[0] != "istio-h2" {
+		t.Fatalf("hello %+v", h)
+	}
+	replay, _ := io.ReadAll(c)
+	if !bytes.Equal(replay, hello) {
+		t.Fatalf("replayed %d bytes of %d", len(replay), len(hello))
+	}
+}
+
+func TestPlaintextIsNotConsumed(t *testing.T) {
+	h, c, err := TLS(pipeWith([]byte("GET / HTTP/1.1\r\n\r\n")), time.Second)
+	if err != nil || h.TLS {
+		t.Fatalf("%+v %v", h, err)
+	}
+	if b, _ := io.ReadAll(c); string(b) != "GET / HTTP/1.1\r\n\r\n" {
+		t.Fatalf("replayed %q", b)
+	}
+}
+
+func TestHTTP2Preface(t *testing.T) {
+	ok, c, _ := IsHTTP2(pipeWith([]byte(HTTP2Preface+"rest")), time.Second)
+	if !ok {
+		t.Fatal("preface not seen")
+	}
+	if b, _ := io.ReadAll(c); string(b) != HTTP2Preface+"rest" {
+		t.Fatalf("replayed %q", b)
+	}
+	if ok, _, _ := IsHTTP2(pipeWith([]byte("POST /x HTTP/1.1\r\n")), time.Second); ok {
+		t.Fatal("HTTP/1.1 taken for HTTP/2")
+	}
+}
+
+// FuzzTLS: any first bytes give an answer or an error, never a panic,
+// and plaintext is always replayed whole.
+func FuzzTLS(f *testing.F) {
+	f.Add(clientHello(f, "outbound_.8080_._.profile.multicluster.svc.cluster.local", "istio"))
+	f.Add([]byte{0x16, 0x03, 0x01, 0x00, 0x05, 0x01})
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, c, err := TLS(pipeWith(b), 200*time.Millisecond)
+		if err != nil || h.TLS {
+			return
+		}
+		if got, _ := io.ReadAll(c); !bytes.Equal(got, b) {
+			t.Fatalf("plaintext replay lost bytes: %q vs %q", got, b)
+		}
+	})
+}
