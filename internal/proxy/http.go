@@ -20,6 +20,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
 
 // httpConn carries the downstream state into net/http's per-connection context.
@@ -86,11 +87,12 @@ func (p *Proxy) httpServer() *http.Server {
 			ErrorLog: nil,
 		}
 		p.proxyHandler = &httputil.ReverseProxy{
-			Rewrite:       func(*httputil.ProxyRequest) {},
-			Transport:     roundTripper{p},
-			FlushInterval: -1,
-			ErrorHandler:  p.upstreamError,
-			BufferPool:    bufferPool{},
+			Rewrite:        func(*httputil.ProxyRequest) {},
+			Transport:      roundTripper{p},
+			FlushInterval:  -1,
+			ErrorHandler:   p.upstreamError,
+			ModifyResponse: p.exchange,
+			BufferPool:     bufferPool{},
 		}
 	})
 	return p.http
@@ -109,6 +111,10 @@ type route struct {
 	d       *downstream
 	r       *config.Route
 	cluster string
+	// flags are Envoy's response flags (NR, UH, UF, UT) for the metrics.
+	flags string
+	// peer is the other side, learned from the metadata exchange.
+	peer telemetry.Peer
 }
 
 // handle routes one request: route table -> virtual host by Host -> route
@@ -121,49 +127,85 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt := p.cur.Load()
-	table := d.chain.HTTP.Inline
-	if table == nil {
-		table = rt.snap.Routes[d.chain.HTTP.RouteName]
+	rc := &route{rt: rt, d: d, peer: telemetry.Decode("")}
+	ev := &telemetry.Event{Protocol: "http", MTLS: d.chain.TLS != nil}
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		ev.Protocol = "grpc"
 	}
-	var rte *config.Route
-	if table != nil {
-		if vh := table.Match(r.Host); vh != nil {
-			rte = vh.Match(r.URL.Path)
+	inbound := d.inbound()
+	if inbound {
+		// The caller's metadata is for us, not for the app.
+		rc.peer = telemetry.Decode(r.Header.Get(telemetry.HeaderMetadata))
+		r.Header.Del(telemetry.HeaderMetadata)
+		r.Header.Del(telemetry.HeaderMetadataID)
+		if !d.peer.IsZero() {
+			rc.peer.Principal = d.peer.String()
 		}
+	} else {
+		id, md := p.opts.Self.Headers()
+		r.Header.Set(telemetry.HeaderMetadataID, id)
+		r.Header.Set(telemetry.HeaderMetadata, md)
 	}
-	if rte == nil || len(rte.Clusters) == 0 {
-		w.Header().Set("x-envoy-response-flags", "NR")
-		http.Error(w, "no route", http.StatusNotFound)
-		return
-	}
-	cluster := pickWeighted(rte.Clusters)
-	reporter := "source"
-	if d.chain.HTTP.ForwardClientCert {
-		reporter = "destination"
-	}
-	if d.chain.HTTP.ForwardClientCert {
+	// Envoy sanitizes XFCC unless an inbound chain forwards it.
+	if inbound && d.chain.HTTP.ForwardClientCert {
 		p.setXFCC(r, d)
-	} else if d.peer.IsZero() {
+	} else {
 		r.Header.Del("X-Forwarded-Client-Cert")
 	}
 	if r.Header.Get("X-Request-Id") == "" {
 		r.Header.Set("X-Request-Id", requestID())
 	}
-	ctx := context.WithValue(r.Context(), routeKey, &route{rt: rt, d: d, r: rte, cluster: cluster})
-	if rte.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rte.Timeout)
-		defer cancel()
+	table := d.chain.HTTP.Inline
+	if table == nil {
+		table = rt.snap.Routes[d.chain.HTTP.RouteName]
+	}
+	if table != nil {
+		if vh := table.Match(r.Host); vh != nil {
+			rc.r = vh.Match(r.URL.Path)
+		}
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-	p.proxyHandler.ServeHTTP(rec, r.WithContext(ctx))
-	code := strconv.Itoa(rec.code)
-	principal := ""
-	if !d.peer.IsZero() {
-		principal = d.peer.String()
+	if rc.r == nil || len(rc.r.Clusters) == 0 {
+		rc.flags = "NR"
+		http.Error(rec, "no route", http.StatusNotFound)
+	} else {
+		rc.cluster = pickWeighted(rc.r.Clusters)
+		ctx := context.WithValue(r.Context(), routeKey, rc)
+		if rc.r.Timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, rc.r.Timeout)
+			defer cancel()
+		}
+		p.proxyHandler.ServeHTTP(rec, r.WithContext(ctx))
 	}
-	p.stats.requests.WithLabelValues(reporter, cluster, code, principal).Inc()
-	p.stats.duration.WithLabelValues(reporter, cluster, code).Observe(float64(time.Since(start).Microseconds()) / 1000)
+	ev.Code, ev.Flags = rec.code, rc.flags
+	ev.GRPCStatus = rec.Header().Get("Grpc-Status")
+	if inbound {
+		ev.Reporter, ev.Src, ev.Dst, ev.Service = "destination", rc.peer, p.opts.Self.Peer, telemetry.ServiceOf(r.Host)
+	} else {
+		ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, rc.peer, telemetry.ServiceOfCluster(rc.cluster)
+	}
+	p.stats.istio.Request(ev, time.Since(start), r.ContentLength, rec.bytes)
+}
+
+// exchange handles the metadata exchange on the way back: an outbound
+// proxy learns (and removes) the destination's metadata; an inbound one
+// adds its own.
+func (p *Proxy) exchange(resp *http.Response) error {
+	rc, _ := resp.Request.Context().Value(routeKey).(*route)
+	if rc == nil {
+		return nil
+	}
+	if rc.d.inbound() {
+		id, md := p.opts.Self.Headers()
+		resp.Header.Set(telemetry.HeaderMetadataID, id)
+		resp.Header.Set(telemetry.HeaderMetadata, md)
+		return nil
+	}
+	rc.peer = telemetry.Decode(resp.Header.Get(telemetry.HeaderMetadata))
+	resp.Header.Del(telemetry.HeaderMetadata)
+	resp.Header.Del(telemetry.HeaderMetadataID)
+	return nil
 }
 
 // setXFCC appends the caller's identity as Istio's inbound does:
@@ -214,12 +256,19 @@ func requestID() string {
 
 type statusRecorder struct {
 	http.ResponseWriter
-	code int
+	code  int
+	bytes int64
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
 	s.code = code
 	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += int64(n)
+	return n, err
 }
 
 func (s *statusRecorder) Flush() {
@@ -234,18 +283,25 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 var errNoHealthy = errors.New("no healthy upstream")
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	rc, _ := r.Context().Value(routeKey).(*route)
+	flag := func(f string) {
+		if rc != nil {
+			rc.flags = f
+		}
+	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
-		w.Header().Set("x-envoy-response-flags", "UT")
+		flag("UT")
 		http.Error(w, "upstream request timeout", http.StatusGatewayTimeout)
 	case errors.Is(err, errNoHealthy):
-		w.Header().Set("x-envoy-response-flags", "UH")
+		flag("UH")
 		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads the answer.
+		flag("DC")
 		w.WriteHeader(499)
 	default:
-		w.Header().Set("x-envoy-response-flags", "UF")
+		flag("UF")
 		http.Error(w, "upstream connect error or disconnect/reset before headers: "+err.Error(), http.StatusServiceUnavailable)
 	}
 }

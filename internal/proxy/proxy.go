@@ -27,6 +27,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
 
@@ -38,6 +39,8 @@ type Options struct {
 	// ListenAddr overrides the host of every bound listener (tests bind
 	// 127.0.0.1 instead of 0.0.0.0); empty keeps the listener's own.
 	ListenAddr string
+	// Self is the local workload for metrics and the metadata exchange.
+	Self *telemetry.Self
 	// Dial reaches upstreams (default: a net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	Log  *slog.Logger
@@ -84,6 +87,9 @@ func New(opts Options) *Proxy {
 	if opts.Dial == nil {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		opts.Dial = d.DialContext
+	}
+	if opts.Self == nil {
+		opts.Self = telemetry.NewSelf("", "unknown", "unknown", "unknown", "unknown", nil)
 	}
 	p := &Proxy{opts: opts, bound: map[string]*bound{}, ready: make(chan struct{}), stats: newStats()}
 	p.cur.Store(&runtime{snap: &config.Snapshot{Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Routes: map[string]*config.RouteTable{}}, pickers: map[string]*lb.Picker{}})

@@ -20,6 +20,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/admin"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
 
@@ -57,6 +58,22 @@ func (n Node) proto() *core.Node {
 	md["INSTANCE_IPS"] = n.IP
 	s, _ := structpb.NewStruct(md)
 	return &core.Node{Id: n.ID(), Metadata: s, UserAgentName: "isthmus"}
+}
+
+// workloadName is the injector's WORKLOAD_NAME, else the pod name without
+// the ReplicaSet and pod suffixes (profile-7d9f8c6b5d-x2x9z -> profile).
+func workloadName(meta, pod string) string {
+	if meta != "" {
+		return meta
+	}
+	parts := strings.Split(pod, "-")
+	switch {
+	case len(parts) >= 3:
+		return strings.Join(parts[:len(parts)-2], "-")
+	case len(parts) == 2:
+		return parts[0]
+	}
+	return pod
 }
 
 // RunConfig is a proxy process.
@@ -127,7 +144,13 @@ func Run(ctx context.Context, cfg RunConfig) error {
 			return nil
 		}
 	}
-	p := New(Options{Identity: agent, Log: log})
+	principal := "unknown"
+	if agent != nil {
+		principal = agent.ID().String()
+	}
+	md := cfg.Node.Metadata
+	self := telemetry.NewSelf(cfg.Node.ID(), workloadName(md["WORKLOAD_NAME"], cfg.Node.Pod), cfg.Node.Namespace, md["CLUSTER_ID"], principal, cfg.Node.Labels)
+	p := New(Options{Identity: agent, Self: self, Log: log})
 	xc := xdsclient.New(xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log})
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()

@@ -19,6 +19,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/origdst"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/sniff"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/tcpproxy"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
 
 // inboundPassthrough is Istio's cluster for inbound ports no service names.
@@ -127,9 +128,12 @@ func (p *Proxy) terminateTLS(d *downstream) error {
 	return nil
 }
 
+// inbound tells the destination side (virtualInbound) from the source side.
+func (d *downstream) inbound() bool { return d.listener.RestoreDst }
+
 func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	cl := d.chain.TCP.Cluster
-	up, _, lease, err := p.dialCluster(rt, cl, d.dst, []string{"istio-peer-exchange", "istio"})
+	up, ep, lease, err := p.dialCluster(rt, cl, d.dst, []string{"istio-peer-exchange", "istio"})
 	if err != nil {
 		p.stats.upstreamFail.WithLabelValues(cl).Inc()
 		p.opts.Log.Debug("upstream connect failed", "cluster", cl, "err", err)
@@ -150,11 +154,33 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 		}
 		down = sc.Raw()
 	}
-	p.stats.tcpOpened.WithLabelValues(cl).Inc()
-	sent, recv := tcpproxy.Pipe(down, up)
-	p.stats.tcpSent.WithLabelValues(cl).Add(float64(sent))
-	p.stats.tcpReceived.WithLabelValues(cl).Add(float64(recv))
-	p.stats.tcpClosed.WithLabelValues(cl).Inc()
+	closed := p.stats.istio.TCPOpened(p.tcpEvent(d, cl, ep, up))
+	closed(tcpproxy.Pipe(down, up))
+}
+
+// tcpEvent labels a TCP connection. Without an exchange over TCP, the
+// other side is known by its certificate and endpoint metadata only.
+func (p *Proxy) tcpEvent(d *downstream, cluster string, ep *config.Endpoint, up net.Conn) *telemetry.Event {
+	self := p.opts.Self.Peer
+	if d.inbound() {
+		src := telemetry.Decode("")
+		if !d.peer.IsZero() {
+			src.Principal = d.peer.String()
+		}
+		return &telemetry.Event{Reporter: "destination", Src: src, Dst: self, Service: telemetry.ServiceOf(""), Protocol: "tcp", MTLS: d.chain.TLS != nil}
+	}
+	dst := telemetry.Decode("")
+	mtls := false
+	if tc, ok := up.(*tls.Conn); ok {
+		mtls = true
+		if id, err := identity.PeerID(tc.ConnectionState()); err == nil {
+			dst.Principal = id.String()
+		}
+	}
+	if ep != nil && ep.Cluster != "" {
+		dst.Cluster = ep.Cluster
+	}
+	return &telemetry.Event{Reporter: "source", Src: self, Dst: dst, Service: telemetry.ServiceOfCluster(cluster), Protocol: "tcp", MTLS: mtls}
 }
 
 // dialCluster connects to an endpoint of a cluster, trying up to three

@@ -529,6 +529,34 @@ func TestSidecarsAndRouter(t *testing.T) {
 		}
 	})
 
+	t.Run("Istio's standard metrics name both workloads", func(t *testing.T) {
+		metrics := func(ns string) string {
+			c := &http.Client{Transport: &http.Transport{DialContext: network.Dialer(ns)}, Timeout: 5 * time.Second}
+			resp, err := c.Get("http://127.0.0.1:15090/stats/prometheus")
+			if err != nil {
+				return ""
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return string(b)
+		}
+		src, dst := metrics(nsSleep), metrics(nsProfile)
+		for _, want := range []string{`reporter="source"`, `source_workload="sleep"`, `destination_workload="profile"`, `destination_service="profile.test.svc.cluster.local"`,
+			`response_code="200"`, `connection_security_policy="mutual_tls"`, `request_protocol="grpc"`} {
+			if !strings.Contains(src, "istio_requests_total{") || !strings.Contains(src, want) {
+				t.Errorf("client side metrics lack %s", want)
+			}
+		}
+		for _, want := range []string{`reporter="destination"`, `source_workload="sleep"`, `source_principal="spiffe://cluster.local/ns/test/sa/sleep"`, `destination_principal="spiffe://cluster.local/ns/test/sa/profile"`, "istio_tcp_sent_bytes_total{"} {
+			if !strings.Contains(dst, want) {
+				t.Errorf("server side metrics lack %s", want)
+			}
+		}
+		if t.Failed() {
+			t.Logf("client:\n%s\nserver:\n%s", src, dst)
+		}
+	})
+
 	t.Run("config_dump is Envoy's ConfigDump", func(t *testing.T) {
 		var dump struct {
 			Configs []map[string]any `json:"configs"`

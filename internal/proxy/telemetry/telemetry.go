@@ -1,0 +1,228 @@
+// Package telemetry is the proxy's side of Istio's standard metrics: the
+// istio_requests_total / istio_request_duration_milliseconds /
+// istio_tcp_* families with their source and destination labels, and the
+// HTTP metadata exchange (headers x-envoy-peer-metadata and
+// x-envoy-peer-metadata-id, a base64 protobuf Struct as Istio's proxies
+// send) through which each side learns the other's workload.
+package telemetry
+
+import (
+	"encoding/base64"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Headers of Istio's HTTP metadata exchange.
+const (
+	HeaderMetadata   = "X-Envoy-Peer-Metadata"
+	HeaderMetadataID = "X-Envoy-Peer-Metadata-Id"
+)
+
+// Peer is one side of a request.
+type Peer struct {
+	Workload, Namespace, App, Version, Cluster, Principal string
+}
+
+var unknownPeer = Peer{"unknown", "unknown", "unknown", "unknown", "unknown", "unknown"}
+
+// Self is the proxy's own workload and its exchange headers.
+type Self struct {
+	Peer
+	id, header string
+}
+
+// NewSelf describes the local workload from node metadata (Istio's keys:
+// WORKLOAD_NAME, NAMESPACE, CLUSTER_ID, and the pod labels).
+func NewSelf(nodeID, workload, namespace, cluster, principal string, labels map[string]string) *Self {
+	app := first(labels, "service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
+	version := first(labels, "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
+	s := &Self{Peer: Peer{Workload: workload, Namespace: namespace, App: orUnknown(app), Version: orUnknown(version), Cluster: cluster, Principal: principal}, id: nodeID}
+	lv := map[string]any{}
+	for k, v := range labels {
+		lv[k] = v
+	}
+	md, _ := structpb.NewStruct(map[string]any{"WORKLOAD_NAME": workload, "NAMESPACE": namespace, "CLUSTER_ID": cluster, "LABELS": lv})
+	b, _ := proto.Marshal(md)
+	s.header = base64.StdEncoding.EncodeToString(b)
+	return s
+}
+
+// Headers are the exchange headers to send.
+func (s *Self) Headers() (id, metadata string) { return s.id, s.header }
+
+func first(m map[string]string, keys ...string) string {
+	for _, k := range keys {
+		if v := m[k]; v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// peers caches decoded exchange headers: a mesh has few distinct peers.
+var peers sync.Map // header value -> Peer
+
+// Decode reads a peer's x-envoy-peer-metadata; unknown fields stay "unknown".
+func Decode(header string) Peer {
+	if header == "" {
+		return unknownPeer
+	}
+	if p, ok := peers.Load(header); ok {
+		return p.(Peer)
+	}
+	p := unknownPeer
+	if b, err := base64.StdEncoding.DecodeString(header); err == nil {
+		var md structpb.Struct
+		if proto.Unmarshal(b, &md) == nil {
+			f := md.GetFields()
+			str := func(k string) string { return orUnknown(f[k].GetStringValue()) }
+			labels := map[string]string{}
+			for k, v := range f["LABELS"].GetStructValue().GetFields() {
+				labels[k] = v.GetStringValue()
+			}
+			p = Peer{Workload: str("WORKLOAD_NAME"), Namespace: str("NAMESPACE"), Cluster: str("CLUSTER_ID"),
+				App:     orUnknown(first(labels, "service.istio.io/canonical-name", "app.kubernetes.io/name", "app")),
+				Version: orUnknown(first(labels, "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")), Principal: "unknown"}
+		}
+	}
+	peers.Store(header, p)
+	return p
+}
+
+// Service is the destination service of a request, from its cluster name
+// (outbound|PORT|SUBSET|HOST) or Host header.
+type Service struct{ Host, Name, Namespace string }
+
+// ServiceOf parses a hostname name.namespace.svc.domain.
+func ServiceOf(host string) Service {
+	if host == "" {
+		return Service{"unknown", "unknown", "unknown"}
+	}
+	if h, _, ok := strings.Cut(host, ":"); ok {
+		host = h
+	}
+	parts := strings.SplitN(host, ".", 3)
+	s := Service{Host: host, Name: parts[0], Namespace: "unknown"}
+	if len(parts) >= 2 {
+		s.Namespace = parts[1]
+	}
+	return s
+}
+
+// ServiceOfCluster reads the host out of outbound|PORT|SUBSET|HOST.
+func ServiceOfCluster(cluster string) Service {
+	if i := strings.LastIndexByte(cluster, '|'); i >= 0 && strings.HasPrefix(cluster, "outbound|") {
+		return ServiceOf(cluster[i+1:])
+	}
+	return ServiceOf("")
+}
+
+// labels of Istio's standard metrics, in Istio's order.
+var labels = []string{"reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_service", "destination_service_name", "destination_service_namespace", "destination_cluster",
+	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"}
+
+// Metrics are the standard metric families.
+type Metrics struct {
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	tcpOpen   *prometheus.CounterVec
+	tcpClose  *prometheus.CounterVec
+	tcpSent   *prometheus.CounterVec
+	tcpRecv   *prometheus.CounterVec
+	reqBytes  *prometheus.HistogramVec
+	respBytes *prometheus.HistogramVec
+}
+
+// New registers the families.
+func New(reg prometheus.Registerer) *Metrics {
+	sizes := prometheus.ExponentialBuckets(1, 10, 8)
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total", Help: "Requests through the proxy."}, labels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds", Help: "Request duration.",
+			Buckets: []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}}, labels),
+		reqBytes:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_bytes", Help: "Request body sizes.", Buckets: sizes}, labels),
+		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_response_bytes", Help: "Response body sizes.", Buckets: sizes}, labels),
+		tcpOpen:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened."}, labels),
+		tcpClose:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed."}, labels),
+		tcpSent:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent during TCP connections."}, labels),
+		tcpRecv:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received during TCP connections."}, labels),
+	}
+	reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.tcpOpen, m.tcpClose, m.tcpSent, m.tcpRecv)
+	return m
+}
+
+// Event is one request or connection as a metric sees it.
+type Event struct {
+	Reporter   string // source (outbound) or destination (inbound)
+	Src, Dst   Peer
+	Service    Service
+	Protocol   string // http, grpc, tcp
+	Code       int
+	GRPCStatus string
+	Flags      string
+	MTLS       bool
+}
+
+func (e *Event) values() []string {
+	code := "0"
+	if e.Code != 0 {
+		code = strconv.Itoa(e.Code)
+	}
+	policy := "none"
+	if e.MTLS {
+		policy = "mutual_tls"
+	}
+	flags := e.Flags
+	if flags == "" {
+		flags = "-"
+	}
+	return []string{e.Reporter, e.Src.Workload, e.Src.Namespace, e.Src.Principal, e.Src.App, e.Src.Version, e.Src.Cluster,
+		e.Dst.Workload, e.Dst.Namespace, e.Dst.Principal, e.Dst.App, e.Dst.Version,
+		e.Service.Host, e.Service.Name, e.Service.Namespace, e.Dst.Cluster, e.Protocol, code, orDash(e.GRPCStatus), flags, policy}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// Request records one HTTP or gRPC request.
+func (m *Metrics) Request(e *Event, d time.Duration, reqBytes, respBytes int64) {
+	v := e.values()
+	m.requests.WithLabelValues(v...).Inc()
+	m.duration.WithLabelValues(v...).Observe(float64(d.Microseconds()) / 1000)
+	if reqBytes >= 0 {
+		m.reqBytes.WithLabelValues(v...).Observe(float64(reqBytes))
+	}
+	if respBytes >= 0 {
+		m.respBytes.WithLabelValues(v...).Observe(float64(respBytes))
+	}
+}
+
+// TCPOpened records a connection; call the result when it closes.
+func (m *Metrics) TCPOpened(e *Event) func(sent, received int64) {
+	v := e.values()
+	m.tcpOpen.WithLabelValues(v...).Inc()
+	return func(sent, received int64) {
+		m.tcpSent.WithLabelValues(v...).Add(float64(sent))
+		m.tcpRecv.WithLabelValues(v...).Add(float64(received))
+		m.tcpClose.WithLabelValues(v...).Inc()
+	}
+}
