@@ -157,6 +157,7 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin interface")
 	f.StringVar(&cfg.StatusAddr, "status-addr", ":15021", "readiness (/healthz/ready)")
 	f.StringVar(&cfg.StatsAddr, "stats-addr", ":15090", "Prometheus metrics (/stats/prometheus)")
+	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("ACCESS_LOG_FILE"), "write a line per request or connection (Istio's text format) to this file, /dev/stdout for the log stream")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long open connections get after SIGTERM (terminationDrainDuration)")
 	return cmd
 }

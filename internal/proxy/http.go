@@ -115,6 +115,8 @@ type route struct {
 	flags string
 	// peer is the other side, learned from the metadata exchange.
 	peer telemetry.Peer
+	// upstream is the endpoint of the last attempt.
+	upstream string
 }
 
 // handle routes one request: route table -> virtual host by Host -> route
@@ -185,7 +187,31 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	} else {
 		ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, rc.peer, telemetry.ServiceOfCluster(rc.cluster)
 	}
-	p.stats.istio.Request(ev, time.Since(start), r.ContentLength, rec.bytes)
+	dur := time.Since(start)
+	p.stats.istio.Request(ev, dur, r.ContentLength, rec.bytes)
+	if p.opts.AccessLog != nil {
+		p.accessLogHTTP(start, dur, r, rec, rc)
+	}
+}
+
+// accessLogHTTP writes Istio's default text access log line.
+func (p *Proxy) accessLogHTTP(start time.Time, dur time.Duration, r *http.Request, rec *statusRecorder, rc *route) {
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	routeName := "-"
+	if rc.r != nil {
+		routeName = dash(rc.r.Name)
+	}
+	in := max(r.ContentLength, 0)
+	line := fmt.Sprintf("[%s] \"%s %s %s\" %d %s - - \"-\" %d %d %d - \"%s\" \"%s\" \"%s\" \"%s\" \"%s\" %s - %s %s - %s\n",
+		start.UTC().Format("2006-01-02T15:04:05.000Z"), r.Method, r.URL.RequestURI(), r.Proto, rec.code, dash(rc.flags),
+		in, rec.bytes, dur.Milliseconds(), dash(r.Header.Get("X-Forwarded-For")), dash(r.UserAgent()), dash(r.Header.Get("X-Request-Id")),
+		r.Host, dash(rc.upstream), dash(rc.cluster), rc.d.dst, rc.d.conn.RemoteAddr(), routeName)
+	p.writeAccessLog(line)
 }
 
 // exchange handles the metadata exchange on the way back: an outbound
@@ -378,6 +404,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			defer lease.Release()
 			tried = append(tried, ep)
 			addr = ep.Addr.String()
+			rc.upstream = addr
 		}
 		out := r.Clone(r.Context())
 		out.URL.Scheme = "http"

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -41,6 +42,9 @@ type Options struct {
 	ListenAddr string
 	// Self is the local workload for metrics and the metadata exchange.
 	Self *telemetry.Self
+	// AccessLog receives one line per request or connection (Istio's
+	// default text format); nil logs nothing.
+	AccessLog io.Writer
 	// Dial reaches upstreams (default: a net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	Log  *slog.Logger
@@ -64,6 +68,14 @@ type Proxy struct {
 	http         *http.Server
 	proxyHandler *httputil.ReverseProxy
 	pools        sync.Map // poolKey -> *http.Transport
+	logMu        sync.Mutex
+}
+
+// writeAccessLog writes one line; concurrent requests do not interleave.
+func (p *Proxy) writeAccessLog(line string) {
+	p.logMu.Lock()
+	_, _ = io.WriteString(p.opts.AccessLog, line)
+	p.logMu.Unlock()
 }
 
 // runtime is a snapshot plus what the data path derives from it.

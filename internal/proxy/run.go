@@ -94,6 +94,9 @@ type RunConfig struct {
 	AdminAddr    string
 	StatusAddr   string
 	StatsAddr    string
+	// AccessLog is where request lines go ("" for none, /dev/stdout as
+	// meshConfig.accessLogFile usually says).
+	AccessLog string
 	// DrainDuration is how long open connections get after SIGTERM.
 	DrainDuration time.Duration
 	Log           *slog.Logger
@@ -150,7 +153,20 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	md := cfg.Node.Metadata
 	self := telemetry.NewSelf(cfg.Node.ID(), workloadName(md["WORKLOAD_NAME"], cfg.Node.Pod), cfg.Node.Namespace, md["CLUSTER_ID"], principal, cfg.Node.Labels)
-	p := New(Options{Identity: agent, Self: self, Log: log})
+	popts := Options{Identity: agent, Self: self, Log: log}
+	switch cfg.AccessLog {
+	case "":
+	case "/dev/stdout", "-":
+		popts.AccessLog = os.Stdout
+	default:
+		f, err := os.OpenFile(cfg.AccessLog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return fmt.Errorf("access log: %w", err)
+		}
+		defer f.Close()
+		popts.AccessLog = f
+	}
+	p := New(popts)
 	xc := xdsclient.New(xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log})
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()

@@ -154,8 +154,14 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 		}
 		down = sc.Raw()
 	}
+	start := time.Now()
 	closed := p.stats.istio.TCPOpened(p.tcpEvent(d, cl, ep, up))
-	closed(tcpproxy.Pipe(down, up))
+	sent, recv := tcpproxy.Pipe(down, up)
+	closed(sent, recv)
+	if p.opts.AccessLog != nil {
+		p.writeAccessLog(fmt.Sprintf("[%s] \"- - -\" 0 - - - \"-\" %d %d %d - \"-\" \"-\" \"-\" \"-\" \"%s\" %s - %s %s - -\n",
+			start.UTC().Format("2006-01-02T15:04:05.000Z"), sent, recv, time.Since(start).Milliseconds(), up.RemoteAddr(), cl, d.dst, d.conn.RemoteAddr()))
+	}
 }
 
 // tcpEvent labels a TCP connection. Without an exchange over TCP, the

@@ -269,7 +269,7 @@ func runProxy(t *testing.T, ns, kind, node, dir, token string) {
 	cmd := inNS(ns, true, "proxy", kind, "-v", "--discovery-address", "unix://"+filepath.Join(dir, "xds.sock"), "--plaintext",
 		"--ca-address", "unix://"+filepath.Join(dir, "ca.sock"), "--server-name", "istiod.istio-system.svc",
 		"--root-cert", filepath.Join(dir, "root.pem"), "--token", tokenFile, "--labels-file", "/nonexistent",
-		"--ip", parts[1], "--pod", pod, "--namespace", podNS, "--drain-duration", "1s")
+		"--ip", parts[1], "--pod", pod, "--namespace", podNS, "--drain-duration", "1s", "--access-log", "/dev/stdout")
 	cmd.Env = append(os.Environ(), "ISTIO_META_CLUSTER_ID=c1", "ISTIO_META_NETWORK=n1")
 	if kind == "router" {
 		cmd.Env = append(cmd.Env, `ISTIO_METAJSON_LABELS={"istio":"eastwestgateway"}`, "ISTIO_META_REQUESTED_NETWORK_VIEW=n1")
@@ -554,6 +554,13 @@ func TestSidecarsAndRouter(t *testing.T) {
 		}
 		if t.Failed() {
 			t.Logf("client:\n%s\nserver:\n%s", src, dst)
+		}
+	})
+
+	t.Run("the access log has a line per request", func(t *testing.T) {
+		b, _ := os.ReadFile(filepath.Join(dir, "sleep.log"))
+		if !strings.Contains(string(b), `"GET / HTTP/1.1" 200 - `) || !strings.Contains(string(b), xds.OutboundCluster(8080, "", profHost)) {
+			t.Errorf("sleep's access log:\n%s", b)
 		}
 	})
 

@@ -2,7 +2,8 @@
 // like Envoy's so istioctl-style tools can read it: /config_dump (Envoy's
 // ConfigDump JSON of what the proxy accepted), /clusters (text, or
 // ?format=json as envoy.admin.v3.Clusters), /listeners, /stats,
-// /stats/prometheus, /ready, and POST /drain_listeners, /quitquitquit.
+// /stats/prometheus, /ready, /xds (stream state, last NACK), and POST
+// /drain (or Envoy's /drain_listeners) and /quitquitquit.
 package admin
 
 import (
@@ -62,11 +63,13 @@ func (s *Server) Handler() http.Handler {
 		st := s.XDS.Status()
 		fmt.Fprintf(w, "connected: %v\nacks: %v\nnacks: %v\nlast_nack: %s\n", st.Connected, st.ACKs, st.NACKs, st.LastNACK)
 	})
-	mux.HandleFunc("/drain_listeners", s.post(func() {
+	drain := s.post(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		_ = s.Proxy.Drain(ctx)
-	}))
+	})
+	mux.HandleFunc("/drain_listeners", drain) // Envoy's name
+	mux.HandleFunc("/drain", drain)
 	mux.HandleFunc("/quitquitquit", s.post(func() {
 		if s.Quit != nil {
 			s.Quit()
