@@ -60,17 +60,25 @@ const (
 	profHost  = "profile.test.svc.cluster.local"
 )
 
-func sh(t *testing.T, args ...string) {
+func sh(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %v\n%s", args, err, out)
 	}
 }
 
+// pod is a network namespace with an address on the test bridge.
+type pod struct{ ns, ip string }
+
+var meshPods = []pod{{nsSleep, ipSleep}, {nsProfile, ipProfile}, {nsGW, ipGW}}
+
 // podNetworks builds the namespaces: each pod's veth ends on a bridge.
-func podNetworks(t *testing.T) {
+func podNetworks(t testing.TB, pods []pod) {
 	t.Helper()
-	all := []string{nsBridge, nsSleep, nsProfile, nsGW}
+	all := []string{nsBridge}
+	for _, p := range pods {
+		all = append(all, p.ns)
+	}
 	cleanup := func() {
 		for _, n := range all {
 			_ = exec.Command("ip", "netns", "del", n).Run()
@@ -84,7 +92,7 @@ func podNetworks(t *testing.T) {
 	}
 	sh(t, "ip", "-n", nsBridge, "link", "add", "br0", "type", "bridge")
 	sh(t, "ip", "-n", nsBridge, "link", "set", "br0", "up")
-	for i, p := range []struct{ ns, ip string }{{nsSleep, ipSleep}, {nsProfile, ipProfile}, {nsGW, ipGW}} {
+	for i, p := range pods {
 		host, pod := fmt.Sprintf("ptb%d", i), fmt.Sprintf("ptp%d", i)
 		sh(t, "ip", "-n", nsBridge, "link", "add", host, "type", "veth", "peer", "name", pod, "netns", p.ns)
 		sh(t, "ip", "-n", nsBridge, "link", "set", host, "master", "br0", "up")
@@ -177,7 +185,7 @@ func meshRegistry(accounts bool) *registry.Registry {
 }
 
 // snapshot is what one proxy is sent, built by isthmus's generators.
-func snapshot(t *testing.T, version string, reg *registry.Registry, node string, strict bool, mutate func(map[resource.Type][]types.Resource)) *cachev3.Snapshot {
+func snapshot(t testing.TB, version string, reg *registry.Registry, node string, strict bool, mutate func(map[resource.Type][]types.Resource)) *cachev3.Snapshot {
 	t.Helper()
 	p, err := xds.ParseNode(nodeProto(node))
 	if err != nil {
@@ -216,7 +224,7 @@ func snapshot(t *testing.T, version string, reg *registry.Registry, node string,
 // xdsServer serves a snapshot cache on a Unix socket; stop and start it to
 // take the control plane away and bring it back.
 type xdsServer struct {
-	t     *testing.T
+	t     testing.TB
 	path  string
 	cache cachev3.SnapshotCache
 	mu    sync.Mutex
@@ -256,7 +264,7 @@ const (
 )
 
 // runProxy starts `isthmus proxy sidecar|router` in a namespace as uid 1337.
-func runProxy(t *testing.T, ns, kind, node, dir, token string) {
+func runProxy(t testing.TB, ns, kind, node, dir, token string) *exec.Cmd {
 	t.Helper()
 	parts := strings.Split(node, "~")
 	pod, podNS, _ := strings.Cut(parts[2], ".")
@@ -293,6 +301,7 @@ func runProxy(t *testing.T, ns, kind, node, dir, token string) {
 			t.Logf("%s %s log:\n%s", kind, pod, b)
 		}
 	})
+	return cmd
 }
 
 // adminGet reads the proxy admin inside a namespace.
@@ -329,8 +338,18 @@ func appCall(h2 bool, url string) (map[string]string, error) {
 	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
-func TestSidecarsAndRouter(t *testing.T) {
-	podNetworks(t)
+// testMesh is the control plane and proxies of the namespace pods.
+type testMesh struct {
+	dir   string
+	x     *xdsServer
+	root  []byte
+	procs map[string]*exec.Cmd // by namespace
+}
+
+// startMesh captures the sleep and profile pods' traffic, serves the CA and
+// xDS for reg, and starts the two sidecars and the router.
+func startMesh(t testing.TB, reg *registry.Registry) *testMesh {
+	t.Helper()
 	// Readable by the proxies (uid 1337), unlike t.TempDir's parent.
 	dir, err := os.MkdirTemp("", "isthmus-proxy-")
 	if err != nil {
@@ -343,15 +362,6 @@ func TestSidecarsAndRouter(t *testing.T) {
 			t.Fatalf("proxy init in %s: %v\n%s", ns, err, out)
 		}
 	}
-	// Applying twice gives the same rules.
-	if out, err := inNS(nsSleep, false, "proxy", "init").CombinedOutput(); err != nil {
-		t.Fatalf("second proxy init: %v\n%s", err, out)
-	}
-	if out, _ := exec.Command("ip", "netns", "exec", nsSleep, "iptables", "-t", "nat", "-S", "OUTPUT").CombinedOutput(); strings.Count(string(out), "ISTIO_OUTPUT") != 1 {
-		t.Fatalf("OUTPUT after two inits:\n%s", out)
-	}
-	profileApp(t)
-
 	cal, err := net.Listen("unix", filepath.Join(dir, "ca.sock"))
 	if err != nil {
 		t.Fatal(err)
@@ -369,15 +379,32 @@ func TestSidecarsAndRouter(t *testing.T) {
 	x := &xdsServer{t: t, path: filepath.Join(dir, "xds.sock"), cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)}
 	x.start()
 	t.Cleanup(x.stop)
-	reg := meshRegistry(false)
-	x.set(sleepNode, snapshot(t, "1", reg, sleepNode, false, nil))
-	x.set(profileNode, snapshot(t, "1", reg, profileNode, false, nil))
-	x.set(gwNode, snapshot(t, "1", reg, gwNode, false, nil))
-	runProxy(t, nsSleep, "sidecar", sleepNode, dir, "sleep-token")
-	runProxy(t, nsProfile, "sidecar", profileNode, dir, "profile-token")
-	runProxy(t, nsGW, "router", gwNode, dir, "gw-token")
+	for _, n := range []string{sleepNode, profileNode, gwNode} {
+		x.set(n, snapshot(t, "1", reg, n, false, nil))
+	}
+	m := &testMesh{dir: dir, x: x, root: root, procs: map[string]*exec.Cmd{
+		nsSleep:   runProxy(t, nsSleep, "sidecar", sleepNode, dir, "sleep-token"),
+		nsProfile: runProxy(t, nsProfile, "sidecar", profileNode, dir, "profile-token"),
+		nsGW:      runProxy(t, nsGW, "router", gwNode, dir, "gw-token"),
+	}}
 	for _, ns := range []string{nsSleep, nsProfile, nsGW} {
 		eventually(t, "proxy in "+ns+" ready", func() bool { return strings.HasPrefix(adminGet(ns, "/ready"), "LIVE") })
+	}
+	return m
+}
+
+func TestSidecarsAndRouter(t *testing.T) {
+	podNetworks(t, meshPods)
+	profileApp(t)
+	reg := meshRegistry(false)
+	m := startMesh(t, reg)
+	dir, x, root := m.dir, m.x, m.root
+	// Applying the capture twice gives the same rules.
+	if out, err := inNS(nsSleep, false, "proxy", "init").CombinedOutput(); err != nil {
+		t.Fatalf("second proxy init: %v\n%s", err, out)
+	}
+	if out, _ := exec.Command("ip", "netns", "exec", nsSleep, "iptables", "-t", "nat", "-S", "OUTPUT").CombinedOutput(); strings.Count(string(out), "ISTIO_OUTPUT") != 1 {
+		t.Fatalf("OUTPUT after two inits:\n%s", out)
 	}
 	profileURL := fmt.Sprintf("http://%s:8080/", vipProf)
 

@@ -246,7 +246,7 @@ func TestSandboxControlPlanes(t *testing.T) {
 }
 
 // eventually polls cond for up to a minute.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
