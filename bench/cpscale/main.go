@@ -226,17 +226,18 @@ func run() error {
 	eksOnly, _ := exec.Command(*isthmusBin, "sandbox", "--state-dir", os.Getenv("STATE"), "kubeconfig", "--cluster", "cluster-eks").Output()
 	aksOnly, _ := exec.Command(*isthmusBin, "sandbox", "--state-dir", os.Getenv("STATE"), "kubeconfig", "--cluster", "cluster-aks").Output()
 	_ = os.WriteFile(dir+"/eks", eksOnly, 0o600)
+	// The control plane keeps its CA in its namespace: create it first.
+	if _, err := eks.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
 	cmd := exec.CommandContext(ctx, *isthmusBin, "discovery", "--kubeconfig", dir+"/eks", "--cluster-id", "cluster-eks",
-		"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--monitoring-addr", "127.0.0.1:25014")
+		"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012", "--monitoring-addr", "127.0.0.1:25014")
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	pid := cmd.Process.Pid
-	if _, err := eks.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "istio-remote-secret-cluster-aks", Namespace: "istio-system",
 		Labels: map[string]string{"istio/multiCluster": "true"}}, StringData: map[string]string{"cluster-aks": string(aksOnly)}}
 	if _, err := eks.CoreV1().Secrets("istio-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {

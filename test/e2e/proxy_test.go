@@ -263,6 +263,9 @@ const (
 	gwNode      = "router~" + ipGW + "~gw.istio-system~istio-system.svc.cluster.local"
 )
 
+// proxyFlags are added to every proxy's command line (benchmarks clear them).
+var proxyFlags = []string{"-v", "--access-log", "/dev/stdout"}
+
 // runProxy starts `isthmus proxy sidecar|router` in a namespace as uid 1337.
 func runProxy(t testing.TB, ns, kind, node, dir, token string) *exec.Cmd {
 	t.Helper()
@@ -274,10 +277,11 @@ func runProxy(t testing.TB, ns, kind, node, dir, token string) *exec.Cmd {
 	}
 	logPath := filepath.Join(dir, pod+".log")
 	logf, _ := os.Create(logPath)
-	cmd := inNS(ns, true, "proxy", kind, "-v", "--discovery-address", "unix://"+filepath.Join(dir, "xds.sock"), "--plaintext",
+	args := append([]string{"proxy", kind}, proxyFlags...)
+	cmd := inNS(ns, true, append(args, "--discovery-address", "unix://"+filepath.Join(dir, "xds.sock"), "--plaintext",
 		"--ca-address", "unix://"+filepath.Join(dir, "ca.sock"), "--server-name", "istiod.istio-system.svc",
 		"--root-cert", filepath.Join(dir, "root.pem"), "--token", tokenFile, "--labels-file", "/nonexistent",
-		"--ip", parts[1], "--pod", pod, "--namespace", podNS, "--drain-duration", "1s", "--access-log", "/dev/stdout")
+		"--ip", parts[1], "--pod", pod, "--namespace", podNS, "--drain-duration", "1s")...)
 	cmd.Env = append(os.Environ(), "ISTIO_META_CLUSTER_ID=c1", "ISTIO_META_NETWORK=n1")
 	if kind == "router" {
 		cmd.Env = append(cmd.Env, `ISTIO_METAJSON_LABELS={"istio":"eastwestgateway"}`, "ISTIO_META_REQUESTED_NETWORK_VIEW=n1")
@@ -305,8 +309,10 @@ func runProxy(t testing.TB, ns, kind, node, dir, token string) *exec.Cmd {
 }
 
 // adminGet reads the proxy admin inside a namespace.
-func adminGet(ns, path string) string {
-	c := &http.Client{Transport: &http.Transport{DialContext: network.Dialer(ns)}, Timeout: 5 * time.Second}
+func adminGet(ns, path string) string { return adminGetTimeout(ns, path, 5*time.Second) }
+
+func adminGetTimeout(ns, path string, timeout time.Duration) string {
+	c := &http.Client{Transport: &http.Transport{DialContext: network.Dialer(ns)}, Timeout: timeout}
 	resp, err := c.Get("http://127.0.0.1:15000" + path)
 	if err != nil {
 		return ""
@@ -607,11 +613,14 @@ func TestSidecarsAndRouter(t *testing.T) {
 	})
 }
 
+// routerNetwork is the network whose gateway the router is.
+var routerNetwork = "n1"
+
 // nodeProto is the node a proxy of the test sends.
 func nodeProto(id string) *core.Node {
 	md := map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"}
 	if strings.HasPrefix(id, "router~") {
-		md["REQUESTED_NETWORK_VIEW"] = "n1"
+		md["NETWORK"], md["REQUESTED_NETWORK_VIEW"] = routerNetwork, routerNetwork
 	}
 	return &core.Node{Id: id, Metadata: xds.NodeMetadata(md)}
 }

@@ -87,6 +87,9 @@ func (s *Store) Load(ctx context.Context) error {
 		if apierrors.IsAlreadyExists(err) {
 			continue // another replica won the race; use its root
 		}
+		if apierrors.IsNotFound(err) {
+			return fmt.Errorf("namespace %s does not exist; create it (kubectl create namespace %s) or pass --namespace", s.Namespace, s.Namespace)
+		}
 		if err != nil {
 			return fmt.Errorf("create Secret %s/%s: %w", s.Namespace, SelfSignedSecret, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -54,6 +55,9 @@ type Server struct {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", s.configDump)
+	// Go's profiler, for the benchmarks (the admin port is localhost only).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/clusters", s.clusters)
 	mux.HandleFunc("/listeners", s.listeners)
 	mux.HandleFunc("/ready", s.ready)

@@ -1,0 +1,380 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+// Extra pods of the benchmark: a client and a server with no mesh, for the
+// direct call and for nginx's two hops.
+const (
+	nsClient = "isthmus-ptest-c"
+	nsServer = "isthmus-ptest-d"
+	ipClient = "10.213.0.4"
+	ipServer = "10.213.0.5"
+	vipX     = "10.96.213.12" // profile reached across networks
+	hostX    = "profilex.test.svc.cluster.local"
+)
+
+// BenchmarkDataPlane is the data-plane part of `make bench`: fortio at
+// 1000 rps and at full speed, HTTP/1.1 and gRPC, over four paths — direct;
+// two isthmus sidecars with mTLS; the same through the east-west gateway;
+// nginx two hops with mTLS — with each proxy's CPU and memory. It writes
+// Markdown to $BENCH_OUT and is skipped without it.
+func BenchmarkDataPlane(b *testing.B) {
+	out := os.Getenv("BENCH_OUT")
+	fortio := os.Getenv("FORTIO")
+	if out == "" || fortio == "" {
+		b.Skip("run by bench/parts/40-dataplane.sh (BENCH_OUT, FORTIO)")
+	}
+	if b.N > 1 {
+		return // one measured run; the figures are in BENCH_OUT
+	}
+	runFor := envDuration("BENCH_DURATION", 10*time.Second)
+	podNetworks(b, append(meshPods, pod{nsClient, ipClient}, pod{nsServer, ipServer}))
+	// Profile is on network n1 for sleep; profilex is the same pod seen
+	// from network n2's side, reached through the gateway.
+	reg := meshRegistry(false)
+	reg.SetGateways("c2", []registry.Gateway{{Network: "n2", Cluster: "c2", Address: ipGW, Port: 15443}})
+	ports := []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}, {Name: "grpc", Port: 8079, Protocol: "TCP", AppProtocol: "grpc"}}
+	reg.SetService("c1", profHost, &registry.Service{Namespace: "test", Name: "profile", Hostname: profHost, Ports: ports, ClusterIP: vipProf})
+	reg.SetEndpoints("c1", profHost, []registry.Endpoint{{Address: ipProfile, Ports: map[string]int32{"http": 8080, "grpc": 8079}, Cluster: "c1", Network: "n1",
+		ServiceAccount: "profile", Namespace: "test", TLSMode: "istio", Ready: true}})
+	reg.SetService("c2", hostX, &registry.Service{Namespace: "test", Name: "profilex", Hostname: hostX, Ports: ports[:1], ClusterIP: vipX})
+	reg.SetEndpoints("c2", hostX, []registry.Endpoint{{Address: ipProfile, Ports: map[string]int32{"http": 8080}, Cluster: "c2", Network: "n2",
+		ServiceAccount: "profile", Namespace: "test", TLSMode: "istio", Ready: true}})
+	routerNetwork, proxyFlags = "n2", nil // quiet proxies, as in production
+	defer func() { routerNetwork, proxyFlags = "n1", []string{"-v", "--access-log", "/dev/stdout"} }()
+	m := startMesh(b, reg)
+	for _, ns := range []string{nsProfile, nsServer} {
+		srv := exec.Command("nsenter", "--net=/run/netns/"+ns, fortio, "server", "-http-port", "8080", "-grpc-port", "8079", "-redirect-port", "disabled", "-loglevel", "Warning")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	}
+	nginxPIDs := startNginx(b)
+
+	type path struct {
+		name, ns, url string
+		procs         map[string]int
+	}
+	sidecars := map[string]int{"client sidecar": m.procs[nsSleep].Process.Pid, "server sidecar": m.procs[nsProfile].Process.Pid}
+	withGW := map[string]int{"client sidecar": sidecars["client sidecar"], "server sidecar": sidecars["server sidecar"], "gateway": m.procs[nsGW].Process.Pid}
+	paths := []path{
+		{"direct", nsClient, "http://" + ipServer + ":8080/echo", nil},
+		{"isthmus, two sidecars, mTLS", nsSleep, "http://" + vipProf + ":8080/echo", sidecars},
+		{"isthmus, two sidecars + east-west gateway", nsSleep, "http://" + vipX + ":8080/echo", withGW},
+		{"nginx two hops, mTLS", nsClient, "http://127.0.0.1:18080/echo", nginxPIDs},
+	}
+	grpcPaths := []path{
+		{"direct", nsClient, ipServer + ":8079", nil},
+		{"isthmus, two sidecars, mTLS", nsSleep, vipProf + ":8079", sidecars},
+	}
+	// Warm up every path (connections, certificates, pools).
+	for _, p := range paths {
+		if _, err := load(fortio, p.ns, p.url, false, 100, 2*time.Second); err != nil {
+			b.Fatalf("%s: %v", p.name, err)
+		}
+	}
+	var md strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&md, format+"\n", a...) }
+	w("## Data plane")
+	w("")
+	w("`make bench` part 40: fortio %s, %s per run, 8 connections at 1000 rps and 16 at full speed, pods in network namespaces on one bridge (no Kubernetes),", fortioVersion(fortio), runFor)
+	w("the test control plane and CA of `test/e2e` (isthmus's generators behind go-control-plane). Latency added = path minus direct at the same percentile.")
+	w("Proxy CPU is the sum over the path's proxies in CPU-seconds per 1000 requests; RSS and RssAnon (anonymous memory, what a proxy really owns; the rest is the shared binary) are per proxy at the end of the run.")
+	w("")
+	// profile saves CPU profiles of the mesh path's proxies while it runs.
+	profile := func(tag string) func() {
+		dir := os.Getenv("BENCH_PPROF_DIR")
+		if dir == "" {
+			return func() {}
+		}
+		done := make(chan struct{})
+		for _, ns := range []string{nsSleep, nsProfile} {
+			go func() {
+				body := adminGetTimeout(ns, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(runFor.Seconds())-1), runFor+10*time.Second)
+				_ = os.WriteFile(filepath.Join(dir, tag+"-"+ns+".pprof"), []byte(body), 0o644)
+				done <- struct{}{}
+			}()
+		}
+		return func() { <-done; <-done }
+	}
+	results := map[string]*fortioResult{} // "qps/path"
+	section := func(title string, ps []path, grpc bool, qps int, conns int) {
+		w("### %s", title)
+		w("")
+		w("| path | rps | p50 ms | p90 ms | p99 ms | added p50/p90/p99 ms | proxy CPU-s per 1000 req | proxies RSS / RssAnon MB |")
+		w("|---|---|---|---|---|---|---|---|")
+		var direct *fortioResult
+		for _, p := range ps {
+			before := cpuOf(p.procs)
+			wait := func() {}
+			if p.name == paths[1].name && !grpc {
+				wait = profile(fmt.Sprintf("http-%dqps", qps))
+			}
+			r, err := load(fortio, p.ns, p.url, grpc, qps, runFor, conns)
+			wait()
+			if err != nil {
+				w("| %s | failed: %v | | | | | | |", p.name, err)
+				continue
+			}
+			cpu := cpuOf(p.procs) - before
+			if !grpc {
+				results[fmt.Sprintf("%d/%s", qps, p.name)] = r
+			}
+			if direct == nil {
+				direct = r
+			}
+			added := "—"
+			if r != direct {
+				added = fmt.Sprintf("%.3f / %.3f / %.3f", r.p50-direct.p50, r.p90-direct.p90, r.p99-direct.p99)
+			}
+			cpuPer := "—"
+			if p.procs != nil && r.count > 0 {
+				cpuPer = fmt.Sprintf("%.3f", cpu/float64(r.count)*1000)
+			}
+			w("| %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s |", p.name, r.qps, r.p50, r.p90, r.p99, added, cpuPer, memOf(p.procs))
+		}
+		w("")
+	}
+	section("HTTP/1.1 at 1000 rps", paths, false, 1000, 8)
+	section("HTTP/1.1 at full speed", paths, false, 0, 16)
+	section("gRPC (fortio ping) at 1000 rps", grpcPaths, true, 1000, 8)
+	get := func(qps int, p path) *fortioResult {
+		if r := results[fmt.Sprintf("%d/%s", qps, p.name)]; r != nil {
+			return r
+		}
+		return &fortioResult{}
+	}
+	direct, mesh, gw, nginx := paths[0], paths[1], paths[2], paths[3]
+	w("### Against the goals")
+	w("")
+	w("| figure | value | goal | Istio's published figure |")
+	w("|---|---|---|---|")
+	w("| two sidecars with mTLS, added p99 at 1000 rps | %.2f ms | <= 1 ms | +2.7 ms p99 (Envoy, 2 sidecars) |", get(1000, mesh).p99-get(1000, direct).p99)
+	w("| max rps through two sidecars / nginx two hops mTLS | %.2f (%.0f / %.0f) | >= 1.0 | - |", get(0, mesh).qps/max(get(0, nginx).qps, 1), get(0, mesh).qps, get(0, nginx).qps)
+	w("| east-west gateway hop, added p50 at 1000 rps | %.3f ms | <= 0.15 ms | - |", get(1000, gw).p50-get(1000, mesh).p50)
+	w("| sidecar memory at 1000 rps | see RssAnon above (the binary's shared pages are in RSS) | <= 25 MB | 60 MB per 1000 rps |")
+	w("")
+	if err := os.WriteFile(out, []byte(md.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func envDuration(k string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(k)); err == nil {
+		return d
+	}
+	return def
+}
+
+func fortioVersion(fortio string) string {
+	out, _ := exec.Command(fortio, "version").Output()
+	return strings.TrimSpace(string(out))
+}
+
+type fortioResult struct {
+	qps           float64
+	count         int64
+	p50, p90, p99 float64 // ms
+}
+
+// load runs fortio from a namespace as root (captured by the pod's
+// sidecar where there is one).
+func load(fortio, ns, url string, grpc bool, qps int, d time.Duration, conns ...int) (*fortioResult, error) {
+	c := 8
+	if len(conns) > 0 {
+		c = conns[0]
+	}
+	jsonPath := filepath.Join(os.TempDir(), fmt.Sprintf("fortio-%d.json", time.Now().UnixNano()))
+	defer os.Remove(jsonPath)
+	args := []string{"--net=/run/netns/" + ns, fortio, "load", "-qps", strconv.Itoa(qps), "-c", strconv.Itoa(c), "-t", d.String(),
+		"-p", "50,90,99", "-json", jsonPath, "-loglevel", "Error", "-allow-initial-errors"}
+	if grpc {
+		args = append(args, "-grpc", "-ping")
+	}
+	args = append(args, url)
+	if out, err := exec.Command("nsenter", args...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("fortio: %v: %s", err, out)
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return nil, err
+	}
+	var res struct {
+		ActualQPS         float64
+		DurationHistogram struct {
+			Count       int64
+			Percentiles []struct{ Percentile, Value float64 }
+		}
+		RetCodes map[string]int64
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		return nil, err
+	}
+	r := &fortioResult{qps: res.ActualQPS, count: res.DurationHistogram.Count}
+	for _, p := range res.DurationHistogram.Percentiles {
+		switch p.Percentile {
+		case 50:
+			r.p50 = p.Value * 1000
+		case 90:
+			r.p90 = p.Value * 1000
+		case 99:
+			r.p99 = p.Value * 1000
+		}
+	}
+	ok := res.RetCodes["200"] + res.RetCodes["SERVING"]
+	if ok < r.count*99/100 {
+		return nil, fmt.Errorf("only %d of %d requests succeeded: %v", ok, r.count, res.RetCodes)
+	}
+	return r, nil
+}
+
+// cpuOf sums user+system CPU seconds of processes (and their children for nginx).
+func cpuOf(procs map[string]int) float64 {
+	var total float64
+	for _, pid := range procs {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		u, _ := strconv.ParseFloat(f[11], 64)
+		s, _ := strconv.ParseFloat(f[12], 64)
+		total += (u + s) / 100 // USER_HZ
+	}
+	return total
+}
+
+// memOf lists each process's VmRSS and RssAnon in MB.
+func memOf(procs map[string]int) string {
+	if procs == nil {
+		return "—"
+	}
+	var names []string
+	for n := range procs {
+		names = append(names, n)
+	}
+	sortStrings(names)
+	var parts []string
+	for _, n := range names {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", procs[n]))
+		field := func(k string) float64 {
+			for _, l := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(l, k+":"); ok {
+					kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
+					return kb / 1024
+				}
+			}
+			return 0
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f / %.0f", n, field("VmRSS"), field("RssAnon")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// startNginx runs nginx in the client namespace (127.0.0.1:18080, mTLS
+// upstream) and in the server namespace (:8443 requiring a client
+// certificate, to fortio on 127.0.0.1:8080): the peer two-hop path.
+// It returns the worker processes.
+func startNginx(b *testing.B) map[string]int {
+	b.Helper()
+	dir := b.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench root"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	write := func(name string, blocks ...*pem.Block) string {
+		p := filepath.Join(dir, name)
+		var buf []byte
+		for _, blk := range blocks {
+			buf = append(buf, pem.EncodeToMemory(blk)...)
+		}
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	root := write("root.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	leaf := func(name string, serial int64) (string, string) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		t := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour),
+			NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+		der, _ := x509.CreateCertificate(rand.Reader, t, caCert, k.Public(), caKey)
+		kd, _ := x509.MarshalECPrivateKey(k)
+		return write(name+".pem", &pem.Block{Type: "CERTIFICATE", Bytes: der}), write(name+".key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
+	}
+	serverCert, serverKey := leaf("server.bench", 2)
+	clientCert, clientKey := leaf("client.bench", 3)
+	common := "worker_processes auto; daemon off; pid %s; error_log stderr error;\nevents { worker_connections 4096; }\nhttp { access_log off; %s }\n"
+	client := fmt.Sprintf(`upstream hop { server %s:8443; keepalive 64; }
+server { listen 127.0.0.1:18080; location / { proxy_pass https://hop; proxy_http_version 1.1; proxy_set_header Connection "";
+  proxy_ssl_certificate %s; proxy_ssl_certificate_key %s; proxy_ssl_trusted_certificate %s; proxy_ssl_verify on;
+  proxy_ssl_name server.bench; proxy_ssl_session_reuse on; } }`, ipServer, clientCert, clientKey, root)
+	server := fmt.Sprintf(`upstream app { server 127.0.0.1:8080; keepalive 64; }
+server { listen %s:8443 ssl; ssl_certificate %s; ssl_certificate_key %s; ssl_client_certificate %s; ssl_verify_client on;
+  location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }`, ipServer, serverCert, serverKey, root)
+	procs := map[string]int{}
+	for _, n := range []struct{ name, ns, conf string }{{"client nginx", nsClient, client}, {"server nginx", nsServer, server}} {
+		conf := filepath.Join(dir, strings.ReplaceAll(n.name, " ", "-")+".conf")
+		pid := conf + ".pid"
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf(common, pid, n.conf)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command("nsenter", "--net=/run/netns/"+n.ns, "nginx", "-c", conf, "-p", dir, "-e", "stderr")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		time.Sleep(500 * time.Millisecond)
+		// Workers are the master's children; count them all.
+		for i, w := range children(cmd.Process.Pid) {
+			procs[fmt.Sprintf("%s worker %d", n.name, i+1)] = w
+		}
+		procs[n.name+" master"] = cmd.Process.Pid
+	}
+	return procs
+}
+
+// children lists the child processes of pid.
+func children(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
