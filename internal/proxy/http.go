@@ -406,7 +406,11 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			addr = ep.Addr.String()
 			rc.upstream = addr
 		}
-		out := r.Clone(r.Context())
+		// ReverseProxy hands us its own copy: use it for the first attempt.
+		out := r
+		if attempt > 0 {
+			out = r.Clone(r.Context())
+		}
 		out.URL.Scheme = "http"
 		out.URL.Host = addr
 		if body != nil {
