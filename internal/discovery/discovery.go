@@ -29,6 +29,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/config"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
@@ -50,7 +51,8 @@ type Config struct {
 	// SecureAddr serves ADS and the certificate service over TLS (Istio's
 	// 15012); callers authenticate with a service-account token.
 	SecureAddr string
-	// TrustDomain of the workload identities (meshConfig.trustDomain).
+	// TrustDomain of the workload identities; empty takes meshConfig.trustDomain
+	// from the ConfigMap istio, else cluster.local.
 	TrustDomain string
 	// WorkloadCertTTL is the default lifetime of workload certificates.
 	WorkloadCertTTL time.Duration
@@ -70,8 +72,6 @@ func (c Config) Validate() error {
 		return errors.New("cluster ID is required (--cluster-id, the clusterName of the install)")
 	case c.Namespace == "":
 		return errors.New("namespace is required")
-	case c.TrustDomain == "":
-		return errors.New("trust domain is required (meshConfig.trustDomain, usually cluster.local)")
 	case c.Client == nil || c.IstioClient == nil:
 		return errors.New("Kubernetes and Istio clients are required")
 	}
@@ -89,24 +89,44 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := registry.New()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	mesh, err := meshconfig.Load(ctx, cfg.Client, cfg.Namespace)
+	if err != nil {
+		return err
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = mesh.Config.GetTrustDomain()
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = "cluster.local"
+	}
+	if cfg.Network == "" {
+		cfg.Network = mesh.NetworkOf(cfg.ClusterID)
+	}
+	var meshGateways []registry.Gateway
+	for _, g := range mesh.Gateways() {
+		meshGateways = append(meshGateways, registry.Gateway{Network: g.Network, Address: g.Address, Port: int32(g.Port)})
+	}
+	if len(meshGateways) > 0 {
+		reg.SetGateways("meshNetworks", meshGateways)
+	}
 	authority := &ca.Store{Client: cfg.Client, Namespace: cfg.Namespace, TrustDomain: cfg.TrustDomain, Log: log}
 	if err := authority.Load(ctx); err != nil {
 		return err
 	}
-	mesh := &members{m: map[string]*member{}}
-	authority.Subscribe(func(*ca.Authority) { mesh.resyncRoots() })
+	running := &members{m: map[string]*member{}}
+	authority.Subscribe(func(*ca.Authority) { running.resyncRoots() })
 	root := func() []byte { return authority.Current().RootPEM() }
 	newCluster := func(id string, client kubernetes.Interface, network string) *meshCluster {
 		return &meshCluster{
 			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
 				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: log}),
-			id: id, client: client, members: mesh, roots: rootcert.New(client, id, root, log),
+			id: id, client: client, members: running, roots: rootcert.New(client, id, root, log),
 		}
 	}
 	local := newCluster(cfg.ClusterID, cfg.Client, cfg.Network)
 	secrets := &remotesecret.Controller{
 		Client: cfg.Client, Namespace: cfg.Namespace, LocalCluster: cfg.ClusterID,
-		NewCluster: func(id string, c kubernetes.Interface) remotesecret.Cluster { return newCluster(id, c, "") },
+		NewCluster: func(id string, c kubernetes.Interface) remotesecret.Cluster { return newCluster(id, c, mesh.NetworkOf(id)) },
 		Remove:     reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: log, Metrics: metrics,
 	}
 	xdsServer := xds.NewServer(reg, log, metrics)
@@ -115,7 +135,7 @@ func Run(ctx context.Context, cfg Config) error {
 	store.Subscribe(xdsServer.Trigger)
 	xdsServer.Config = store
 
-	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: mesh.client, Clusters: mesh.ids}
+	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.client, Clusters: running.ids}
 	serving := &ca.ServingCert{Store: authority, Log: log, DNSNames: []string{
 		"istiod." + cfg.Namespace + ".svc", "istiod." + cfg.Namespace + ".svc." + cfg.Domain,
 		"istiod-remote." + cfg.Namespace + ".svc",
@@ -155,7 +175,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return l, nil
 	}
 	var xl net.Listener
-	var err error
 	if cfg.XDSAddr != "" {
 		if xl, err = listen("xDS", cfg.XDSAddr); err != nil {
 			return err
@@ -217,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	log.Info("control plane serving", "cluster", cfg.ClusterID, "network", cfg.Network, "xds", cfg.XDSAddr,
-		"secure", sl.Addr().String(), "monitoring", ml.Addr().String(), "ca", authority.Current().Source, "trustDomain", cfg.TrustDomain)
+		"secure", sl.Addr().String(), "monitoring", ml.Addr().String(), "ca", authority.Current().Source, "trustDomain", cfg.TrustDomain, "meshID", mesh.MeshID())
 	var first error
 	select {
 	case <-ctx.Done():

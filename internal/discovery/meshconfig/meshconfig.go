@@ -1,0 +1,94 @@
+// Package meshconfig reads Istio's mesh configuration, the ConfigMap
+// `istio` of the mesh namespace: key `mesh` (MeshConfig: trustDomain,
+// meshId, ...) and key `meshNetworks` (which cluster is on which network,
+// and gateways given by address). Both are YAML of istio.io/api's protos.
+package meshconfig
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+)
+
+// ConfigMapName is Istio's (istio-<revision> for revisioned installs).
+const ConfigMapName = "istio"
+
+// Mesh is what the control plane uses of the mesh configuration.
+type Mesh struct {
+	Config   *meshv1alpha1.MeshConfig
+	Networks *meshv1alpha1.MeshNetworks
+}
+
+// Load reads the ConfigMap; a missing one gives empty settings, a broken
+// one an error that names the key.
+func Load(ctx context.Context, client kubernetes.Interface, namespace string) (*Mesh, error) {
+	m := &Mesh{Config: &meshv1alpha1.MeshConfig{}, Networks: &meshv1alpha1.MeshNetworks{}}
+	cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return m, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ConfigMap %s/%s: %w", namespace, ConfigMapName, err)
+	}
+	if err := parse(cm.Data["mesh"], m.Config); err != nil {
+		return nil, fmt.Errorf("ConfigMap %s/%s key mesh: %w", namespace, ConfigMapName, err)
+	}
+	if err := parse(cm.Data["meshNetworks"], m.Networks); err != nil {
+		return nil, fmt.Errorf("ConfigMap %s/%s key meshNetworks: %w", namespace, ConfigMapName, err)
+	}
+	return m, nil
+}
+
+func parse(y string, into proto.Message) error {
+	if y == "" {
+		return nil
+	}
+	j, err := yaml.YAMLToJSON([]byte(y))
+	if err != nil {
+		return err
+	}
+	// Fields this version does not know are skipped, as istiod does across versions.
+	return protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(j, into)
+}
+
+// MeshID is defaultConfig.meshId (the install's values.global.meshID).
+func (m *Mesh) MeshID() string { return m.Config.GetDefaultConfig().GetMeshId() }
+
+// NetworkOf is the network meshNetworks gives a cluster (fromRegistry), or "".
+func (m *Mesh) NetworkOf(clusterID string) string {
+	for name, n := range m.Networks.GetNetworks() {
+		for _, e := range n.GetEndpoints() {
+			if e.GetFromRegistry() == clusterID {
+				return name
+			}
+		}
+	}
+	return ""
+}
+
+// Gateway is a network gateway given by address in meshNetworks.
+type Gateway struct {
+	Network, Address string
+	Port             uint32
+}
+
+// Gateways lists meshNetworks gateways given by address; those given by
+// registryServiceName are found from their labelled Services instead.
+func (m *Mesh) Gateways() []Gateway {
+	var out []Gateway
+	for name, n := range m.Networks.GetNetworks() {
+		for _, g := range n.GetGateways() {
+			if a := g.GetAddress(); a != "" {
+				out = append(out, Gateway{Network: name, Address: a, Port: g.GetPort()})
+			}
+		}
+	}
+	return out
+}
