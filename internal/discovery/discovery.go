@@ -126,8 +126,10 @@ func Run(ctx context.Context, cfg Config) error {
 	local := newCluster(cfg.ClusterID, cfg.Client, cfg.Network)
 	secrets := &remotesecret.Controller{
 		Client: cfg.Client, Namespace: cfg.Namespace, LocalCluster: cfg.ClusterID,
-		NewCluster: func(id string, c kubernetes.Interface) remotesecret.Cluster { return newCluster(id, c, mesh.NetworkOf(id)) },
-		Remove:     reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: log, Metrics: metrics,
+		NewCluster: func(id string, c kubernetes.Interface) remotesecret.Cluster {
+			return newCluster(id, c, mesh.NetworkOf(id))
+		},
+		Remove: reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: log, Metrics: metrics,
 	}
 	xdsServer := xds.NewServer(reg, log, metrics)
 	xdsServer.Domain = cfg.Domain
