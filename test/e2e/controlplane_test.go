@@ -21,8 +21,15 @@ type controlPlane struct {
 	stop       func()
 }
 
-// startDiscovery runs the control plane for cluster and waits until it is ready.
+// startDiscovery runs the control plane for cluster on loopback and waits until it is ready.
 func (e *sandboxEnv) startDiscovery(t *testing.T, cluster, network string, extra ...string) *controlPlane {
+	t.Helper()
+	return e.startDiscoveryOn(t, "127.0.0.1", cluster, network, extra...)
+}
+
+// startDiscoveryOn listens on host (198.18.0.1 is where the sandbox's pods
+// reach the host).
+func (e *sandboxEnv) startDiscoveryOn(t *testing.T, host, cluster, network string, extra ...string) *controlPlane {
 	t.Helper()
 	kubeconfig := filepath.Join(t.TempDir(), cluster+".kubeconfig")
 	r := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", cluster)
@@ -30,8 +37,8 @@ func (e *sandboxEnv) startDiscovery(t *testing.T, cluster, network string, extra
 		t.Fatal(err)
 	}
 	cp := &controlPlane{
-		xds:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		secure:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		xds:        fmt.Sprintf("%s:%d", host, freePort(t)),
+		secure:     fmt.Sprintf("%s:%d", host, freePort(t)),
 		monitoring: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 	}
 	cp.serverName = "istiod.istio-system.svc"

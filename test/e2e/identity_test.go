@@ -15,9 +15,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"math/big"
 	"net/url"
 	"os"
@@ -41,6 +43,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/controlplane"
 )
@@ -65,6 +68,63 @@ spec:
   serviceAccountName: %[1]s
   containers:
   - {name: app, image: curlimages/curl, command: [sleep, "3650d"]}
+`
+
+// eastWestGateway is the primary's east-west gateway as the installer
+// will make it: a router pod, its LoadBalancer Service, and the istiod
+// Service pointing at the control plane (here on the host).
+const eastWestGateway = `
+apiVersion: v1
+kind: Service
+metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, topology.istio.io/network: network1}}
+spec:
+  type: LoadBalancer
+  selector: {istio: eastwestgateway}
+  ports:
+  - {name: status-port, port: 15021, targetPort: 15021}
+  - {name: tls, port: 15443, targetPort: 15443}
+  - {name: tls-istiod, port: 15012, targetPort: 15012}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, app: istio-eastwestgateway}}
+spec:
+  containers:
+  - name: istio-proxy
+    image: isthmus/isthmus:dev
+    args: [proxy, router, --discovery-address, "198.18.0.1:%[1]s", --server-name, istiod.istio-system.svc]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: INSTANCE_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: ISTIO_META_CLUSTER_ID, value: cluster-eks}
+    - {name: ISTIO_META_NETWORK, value: network1}
+    - {name: ISTIO_META_REQUESTED_NETWORK_VIEW, value: network1}
+    - {name: ISTIO_METAJSON_LABELS, value: '{"istio":"eastwestgateway","app":"istio-eastwestgateway"}'}
+    readinessProbe: {httpGet: {port: 15021, path: /healthz/ready}, periodSeconds: 1}
+    volumeMounts:
+    - {name: istio-token, mountPath: /var/run/secrets/tokens}
+    - {name: istiod-ca-cert, mountPath: /var/run/secrets/istio}
+  volumes:
+  - name: istio-token
+    projected:
+      sources:
+      - serviceAccountToken: {audience: istio-ca, expirationSeconds: 43200, path: istio-token}
+  - name: istiod-ca-cert
+    configMap: {name: istio-ca-root-cert}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  ports: [{name: tls-istiod, port: 15012}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: istiod-host, namespace: istio-system, labels: {kubernetes.io/service-name: istiod}}
+addressType: IPv4
+endpoints: [{addresses: ["198.18.0.1"], conditions: {ready: true}}]
+ports: [{name: tls-istiod, port: %[2]s}]
 `
 
 const (
@@ -249,7 +309,8 @@ func TestIdentityAcrossClusters(t *testing.T) {
 	e.apply("cluster-aks", strings.ReplaceAll(workloads, "%[1]s", "sleep"))
 
 	t.Run("primary-remote: one CA for both clusters", func(t *testing.T) {
-		cp := e.startDiscovery(t, "cluster-eks", "network1", "--trust-domain", "cluster.local")
+		// On the host's sandbox address: the gateway pod reaches it there.
+		cp := e.startDiscoveryOn(t, "198.18.0.1", "cluster-eks", "network1", "--trust-domain", "cluster.local")
 		defer cp.stop()
 		aks := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", "cluster-aks").stdout
 		if _, err := e.clients["cluster-eks"].CoreV1().Secrets("istio-system").Create(context.Background(), &corev1.Secret{
@@ -376,9 +437,9 @@ func TestIdentityAcrossClusters(t *testing.T) {
 					return err
 				}
 				if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType,
-					Node: &core.Node{Id: "sidecar~100.65.0.9~profile.multicluster~multicluster.svc.cluster.local"}}); err != nil {
+					Node: &core.Node{Id: "sidecar~100.65.0.9~profile.multicluster~multicluster.svc.cluster.local"}}); err != nil && !errors.Is(err, io.EOF) {
 					return err
-				}
+				} // on io.EOF the stream's status comes from Recv
 				_, err = stream.Recv()
 				return err
 			}
@@ -404,6 +465,49 @@ func TestIdentityAcrossClusters(t *testing.T) {
 				cm, err := e.clients["cluster-aks"].CoreV1().ConfigMaps("late").Get(context.Background(), "istio-ca-root-cert", metav1.GetOptions{})
 				return err == nil && cm.Data["root-cert.pem"] == string(root) && cm.Labels["istio.io/config"] == "true"
 			})
+		})
+
+		t.Run("the remote reaches the CA through the primary's east-west gateway (expose-istiod)", func(t *testing.T) {
+			// The router itself gets its certificate and xDS over TLS with
+			// its token, as an injected proxy does.
+			_, securePort, _ := net.SplitHostPort(cp.secure)
+			e.apply("cluster-eks", fmt.Sprintf(eastWestGateway, securePort, securePort))
+			crds := filepath.Join(t.TempDir(), "crds.yaml")
+			if err := os.WriteFile(crds, istiocrd.YAML, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := e.kubectl("cluster-eks", "", "apply", "--server-side", "-f", crds); err != nil {
+				t.Fatalf("install Istio CRDs: %v %s", err, out)
+			}
+			eventually(t, "Istio CRDs established", func() bool {
+				_, err := e.kubectl("cluster-eks", "", "get", "gateways.networking.istio.io", "-A")
+				return err == nil
+			})
+			e.apply("cluster-eks", exposeIstiod)
+			e.waitReady("cluster-eks", "istio-system", "istio=eastwestgateway", 1)
+			var gw string
+			eventually(t, "the gateway's load balancer address", func() bool {
+				s, err := e.clients["cluster-eks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-eastwestgateway", metav1.GetOptions{})
+				if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
+					gw = s.Status.LoadBalancer.Ingress[0].IP
+				}
+				return gw != ""
+			})
+			// A cluster-aks workload asks for its certificate at the gateway
+			// address, as remotePilotAddress makes it; TLS passes through.
+			token := e.token(t, "cluster-aks", "profile", "istio-ca")
+			var chain []string
+			var err error
+			viaGW := &controlPlane{secure: gw + ":15012", serverName: "istiod.istio-system.svc"}
+			eventually(t, "a certificate through the gateway", func() bool {
+				chain, err = askCert(t, viaGW, root, token, "cluster-aks", "")
+				return err == nil
+			})
+			blk, _ := pem.Decode([]byte(chain[0]))
+			leaf, _ := x509.ParseCertificate(blk.Bytes)
+			if leaf.URIs[0].String() != profileID {
+				t.Fatalf("certificate for %s", leaf.URIs[0])
+			}
 		})
 
 		t.Run("a 1-minute certificate renews twice under a long-lived connection", func(t *testing.T) {
