@@ -235,7 +235,8 @@ func buildEndpoints(a *endpoint.ClusterLoadAssignment) ([]*Endpoint, error) {
 				Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue())), Weight: w, Locality: loc,
 				TransportMatch: stringFields(md["envoy.transport_socket_match"]),
 				Network:        istio["network"].GetStringValue(), Cluster: istio["cluster"].GetStringValue(),
-				Healthy: hs == core.HealthStatus_HEALTHY || hs == core.HealthStatus_UNKNOWN,
+				Healthy:  hs == core.HealthStatus_HEALTHY || hs == core.HealthStatus_UNKNOWN,
+				Priority: l.GetPriority(),
 			})
 		}
 	}

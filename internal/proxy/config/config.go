@@ -238,6 +238,9 @@ type Endpoint struct {
 	// Network and Cluster come from Istio's "istio" metadata.
 	Network, Cluster string
 	Healthy          bool
+	// Priority is the locality's failover rank (0 first); Istio sets it
+	// from the proxy's locality when a DestinationRule enables failover.
+	Priority uint32
 }
 
 // Locality is region/zone/subzone.

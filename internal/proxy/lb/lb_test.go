@@ -52,7 +52,7 @@ func TestLeastRequestAvoidsBusyEndpoint(t *testing.T) {
 	p := New(&config.Cluster{LB: config.LeastRequest, Endpoints: endpoints(1, 1)})
 	busy, _ := p.Pick(nil)
 	for range 50 {
-		p.active[indexOf(p, busy)].Add(1)
+		p.levels[0].active[indexOf(p, busy)].Add(1)
 	}
 	other := 0
 	for range 100 {
@@ -68,7 +68,7 @@ func TestLeastRequestAvoidsBusyEndpoint(t *testing.T) {
 }
 
 func indexOf(p *Picker, e *config.Endpoint) int {
-	for i, x := range p.eps {
+	for i, x := range p.levels[0].eps {
 		if x == e {
 			return i
 		}
@@ -85,4 +85,24 @@ func BenchmarkPickRoundRobin(b *testing.B) {
 			done.Release()
 		}
 	})
+}
+
+// Priority 0 takes everything while it has a healthy endpoint; then 1.
+func TestLocalityFailover(t *testing.T) {
+	eps := endpoints(1, 1, 1)
+	eps[1].Priority, eps[2].Priority = 1, 2
+	c := &config.Cluster{Endpoints: eps}
+	for range 10 {
+		if e, _ := New(c).Pick(nil); e != eps[0] {
+			t.Fatalf("picked %s while priority 0 is healthy", e.Addr)
+		}
+	}
+	eps[0].Healthy = false
+	if e, _ := New(c).Pick(nil); e != eps[1] {
+		t.Fatalf("picked %v, want the priority 1 endpoint", e)
+	}
+	// A retry that skips the priority-1 endpoint goes on to priority 2.
+	if e, _ := New(c).Pick(func(e *config.Endpoint) bool { return e == eps[1] }); e != eps[2] {
+		t.Fatalf("picked %v, want the priority 2 endpoint", e)
+	}
 }
