@@ -120,6 +120,11 @@ func profileApp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The same app on 8081, a port whose protocol the Service does not declare.
+	l2, err := network.Listen(nsProfile, "tcp", "0.0.0.0:8081")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
@@ -127,6 +132,7 @@ func profileApp(t *testing.T) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"proto": r.Proto, "xfcc": r.Header.Get("X-Forwarded-Client-Cert"), "host": r.Host})
 	})}
 	go hs.Serve(l)
+	go hs.Serve(l2)
 	t.Cleanup(func() { hs.Close() })
 	gl, err := network.Listen(nsProfile, "tcp", "0.0.0.0:9090")
 	if err != nil {
@@ -136,20 +142,22 @@ func profileApp(t *testing.T) {
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	go gs.Serve(gl)
 	t.Cleanup(gs.Stop)
-	el, err := network.Listen(nsProfile, "tcp", "0.0.0.0:7070")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { el.Close() })
-	go func() {
-		for {
-			c, err := el.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+	for _, addr := range []string{"0.0.0.0:7070", "0.0.0.0:7071"} {
+		el, err := network.Listen(nsProfile, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		t.Cleanup(func() { el.Close() })
+		go func() {
+			for {
+				c, err := el.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+			}
+		}()
+	}
 }
 
 // gatewayConfig selects the router for AUTO_PASSTHROUGH on 15443, as the
@@ -171,8 +179,10 @@ func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService { return n
 func meshRegistry(accounts bool) *registry.Registry {
 	reg := registry.New()
 	ports := []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"},
-		{Name: "grpc", Port: 9090, Protocol: "TCP", AppProtocol: "grpc"}, {Name: "tcp-echo", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"}}
-	ep := registry.Endpoint{Address: ipProfile, Ports: map[string]int32{"http": 8080, "grpc": 9090, "tcp-echo": 7070}, Cluster: "c1", Network: "n1",
+		{Name: "grpc", Port: 9090, Protocol: "TCP", AppProtocol: "grpc"}, {Name: "tcp-echo", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"},
+		// Undeclared protocols: sniffed.
+		{Name: "web", Port: 8081, Protocol: "TCP"}, {Name: "echo", Port: 7071, Protocol: "TCP"}}
+	ep := registry.Endpoint{Address: ipProfile, Ports: map[string]int32{"http": 8080, "grpc": 9090, "tcp-echo": 7070, "web": 8081, "echo": 7071}, Cluster: "c1", Network: "n1",
 		ServiceAccount: "profile", Namespace: "test", TLSMode: "istio", Ready: true}
 	reg.SetService("c1", profHost, &registry.Service{Namespace: "test", Name: "profile", Hostname: profHost, Ports: ports, ClusterIP: vipProf})
 	reg.SetEndpoints("c1", profHost, []registry.Endpoint{ep})
@@ -465,6 +475,26 @@ func TestSidecarsAndRouter(t *testing.T) {
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil || line != "hello over mTLS\n" {
 			t.Fatalf("echo: %q %v", line, err)
+		}
+	})
+
+	t.Run("a port without a declared protocol is sniffed: HTTP is routed as HTTP, the rest is TCP", func(t *testing.T) {
+		got, err := appCall(false, fmt.Sprintf("http://%s:8081/", vipProf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(got["xfcc"], "sa/sleep") {
+			t.Errorf("the HTTP request on an undeclared port was not handled as HTTP: %v", got)
+		}
+		c, err := network.Dialer(nsSleep)(context.Background(), "tcp", vipProf+":7071")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintln(c, "not http at all")
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "not http at all\n" {
+			t.Fatalf("echo on a sniffed port: %q %v", line, err)
 		}
 	})
 

@@ -14,6 +14,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	httpinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	originaldst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -41,6 +42,33 @@ var httpProtocols = map[string]bool{"http": true, "http2": true, "grpc": true, "
 
 // IsHTTP reports whether a service port is routed as HTTP.
 func IsHTTP(p registry.Port) bool { return httpProtocols[p.AppProtocol] }
+
+// IsAuto reports a port whose protocol is undeclared: the proxy sniffs it,
+// HTTP when the first line says so, TCP otherwise (Istio's auto-detection).
+func IsAuto(p registry.Port) bool { return p.AppProtocol == "" }
+
+// Sniffed application protocols of a plaintext connection (http_inspector)
+// and, inside Istio mTLS, the ALPN an HTTP client offers.
+var (
+	sniffedHTTP = []string{"http/1.0", "http/1.1", "h2c"}
+	mtlsHTTP    = []string{"istio-http/1.0", "istio-http/1.1", "istio-h2"}
+)
+
+func httpInspector() *listener.ListenerFilter {
+	return &listener.ListenerFilter{Name: "envoy.filters.listener.http_inspector",
+		ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspector.HttpInspector{})}}
+}
+
+// rdsManager is an HTTP connection manager routed by RDS route name.
+func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter) *hcm.HttpConnectionManager {
+	return &hcm.HttpConnectionManager{
+		StatPrefix: statPrefix,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: &core.ConfigSource{
+			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3,
+		}}},
+		HttpFilters: []*hcm.HttpFilter{router},
+	}
+}
 
 // InboundCluster is Istio's name for the local app behind a sidecar: inbound|PORT||.
 func InboundCluster(port int32) string { return fmt.Sprintf("inbound|%d||", port) }
@@ -71,24 +99,29 @@ func sidecarOutbound(services []*registry.Service) (listeners, clusters []types.
 				continue // headless TCP: reached through the passthrough chain
 			}
 			cl := OutboundCluster(port.Port, "", svc.Hostname)
-			tcp = append(tcp, &listener.Listener{
+			l := &listener.Listener{
 				Name:             fmt.Sprintf("%s_%d", svc.ClusterIP, port.Port),
 				Address:          socketAddress(svc.ClusterIP, uint32(port.Port)),
 				BindToPort:       wrapperspb.Bool(false),
 				TrafficDirection: core.TrafficDirection_OUTBOUND,
 				FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{tcpProxy(cl, cl)}}},
-			})
+			}
+			if IsAuto(port) {
+				// Sniffed: HTTP goes through the port's routes, the rest is TCP.
+				name := strconv.Itoa(int(port.Port))
+				l.ListenerFilters = []*listener.ListenerFilter{httpInspector()}
+				l.FilterChains = append([]*listener.FilterChain{{
+					Name:             "http",
+					FilterChainMatch: &listener.FilterChainMatch{ApplicationProtocols: sniffedHTTP},
+					Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+svc.ClusterIP+"_"+name, name, router))},
+				}}, l.FilterChains...)
+			}
+			tcp = append(tcp, l)
 		}
 	}
 	for _, port := range sortedPorts(httpPorts) {
 		name := strconv.Itoa(int(port))
-		manager := &hcm.HttpConnectionManager{
-			StatPrefix: "outbound_0.0.0.0_" + name,
-			RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: name, ConfigSource: &core.ConfigSource{
-				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3,
-			}}},
-			HttpFilters: []*hcm.HttpFilter{router},
-		}
+		manager := rdsManager("outbound_0.0.0.0_"+name, name, router)
 		listeners = append(listeners, &listener.Listener{
 			Name:             "0.0.0.0_" + name,
 			Address:          socketAddress("0.0.0.0", uint32(port)),
@@ -124,7 +157,7 @@ func SidecarRoutes(namespace string, services []*registry.Service) []types.Resou
 	vhosts := map[int32][]*route.VirtualHost{}
 	for _, svc := range services {
 		for _, port := range svc.Ports {
-			if port.Protocol == "UDP" || !IsHTTP(port) {
+			if port.Protocol == "UDP" || !(IsHTTP(port) || IsAuto(port)) {
 				continue
 			}
 			cl := OutboundCluster(port.Port, "", svc.Hostname)
@@ -168,17 +201,45 @@ func sortedPorts(set map[int32]bool) []int32 {
 	return out
 }
 
+// Inbound protocols of a port.
+const (
+	ProtoTCP  = "tcp"
+	ProtoHTTP = "http"
+	ProtoAuto = "auto" // sniffed
+)
+
 // InboundPorts maps each port the services of a workload target on it
-// (by endpoint address) to whether it is HTTP.
-type InboundPorts map[int32]bool
+// (by endpoint address) to how it is served: http, tcp or auto.
+type InboundPorts map[int32]string
 
 // Key names the port set, so sidecars with the same ports share an inbound listener.
 func (ip InboundPorts) Key() string {
 	var b strings.Builder
-	for _, p := range sortedPorts(map[int32]bool(ipSet(ip))) {
-		fmt.Fprintf(&b, "%d:%t,", p, ip[p])
+	for _, p := range sortedPorts(ipSet(ip)) {
+		fmt.Fprintf(&b, "%d:%s,", p, ip[p])
 	}
 	return b.String()
+}
+
+// protocolOf is a service port's inbound protocol.
+func protocolOf(p registry.Port) string {
+	switch {
+	case IsHTTP(p):
+		return ProtoHTTP
+	case IsAuto(p):
+		return ProtoAuto
+	}
+	return ProtoTCP
+}
+
+// merge keeps the strongest claim when services disagree on a target port:
+// HTTP, then sniffing, then TCP.
+func merge(a, b string) string {
+	rank := map[string]int{"": 0, ProtoTCP: 1, ProtoAuto: 2, ProtoHTTP: 3}
+	if rank[b] > rank[a] {
+		return b
+	}
+	return a
 }
 
 func ipSet(ip InboundPorts) map[int32]bool {
@@ -207,7 +268,7 @@ func NewInboundIndex(reg *registry.Registry, services []*registry.Service) Inbou
 					ports = InboundPorts{}
 					idx[e.Address] = ports
 				}
-				ports[tp] = ports[tp] || IsHTTP(sp)
+				ports[tp] = merge(ports[tp], protocolOf(sp))
 			}
 		}
 	}
@@ -219,6 +280,7 @@ func NewInboundIndex(reg *registry.Registry, services []*registry.Service) Inbou
 // one for plaintext (PERMISSIVE), both to inbound|PORT|| on 127.0.0.1.
 func Inbound(ports InboundPorts) (*listener.Listener, []types.Resource) {
 	router := routerFilter()
+	auto := false
 	var chains []*listener.FilterChain
 	var clusters []types.Resource
 	for _, n := range sortedPorts(ipSet(ports)) {
@@ -232,47 +294,57 @@ func Inbound(ports InboundPorts) (*listener.Listener, []types.Resource) {
 					Address: socketAddress("127.0.0.1", uint32(n))}}}},
 			}}},
 		})
-		var filter *listener.Filter
-		if ports[n] {
-			filter = httpManager(&hcm.HttpConnectionManager{
-				StatPrefix: fmt.Sprintf("inbound_0.0.0.0_%d", n),
-				RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
-					Name: name,
-					VirtualHosts: []*route.VirtualHost{{Name: "inbound|http|" + strconv.Itoa(int(n)), Domains: []string{"*"}, Routes: []*route.Route{{
-						Name:   "default",
-						Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-						Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
-					}}}},
-				}},
-				HttpFilters:                 []*hcm.HttpFilter{router},
-				ForwardClientCertDetails:    hcm.HttpConnectionManager_APPEND_FORWARD,
-				SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
-			})
-		} else {
-			filter = tcpProxy(name, name)
+		httpFilter := httpManager(&hcm.HttpConnectionManager{
+			StatPrefix: fmt.Sprintf("inbound_0.0.0.0_%d", n),
+			RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+				Name: name,
+				VirtualHosts: []*route.VirtualHost{{Name: "inbound|http|" + strconv.Itoa(int(n)), Domains: []string{"*"}, Routes: []*route.Route{{
+					Name:   "default",
+					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
+				}}}},
+			}},
+			HttpFilters:                 []*hcm.HttpFilter{router},
+			ForwardClientCertDetails:    hcm.HttpConnectionManager_APPEND_FORWARD,
+			SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
+		})
+		tcpFilter := tcpProxy(name, name)
+		match := func(transport string, alpn []string) *listener.FilterChainMatch {
+			return &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: transport, ApplicationProtocols: alpn}
 		}
-		chains = append(chains,
-			&listener.FilterChain{
-				Name:             name + "-mtls",
-				FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: "tls"},
-				TransportSocket:  istioMTLSServer(),
-				Filters:          []*listener.Filter{filter},
-			},
-			&listener.FilterChain{
-				Name:             name + "-plaintext",
-				FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: "raw_buffer"},
-				Filters:          []*listener.Filter{filter},
-			})
+		switch ports[n] {
+		case ProtoHTTP, ProtoTCP:
+			filter := tcpFilter
+			if ports[n] == ProtoHTTP {
+				filter = httpFilter
+			}
+			chains = append(chains,
+				&listener.FilterChain{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{filter}},
+				&listener.FilterChain{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{filter}})
+		default:
+			// Sniffed: inside mTLS the client's ALPN says HTTP; in
+			// plaintext the first line does (http_inspector).
+			auto = true
+			chains = append(chains,
+				&listener.FilterChain{Name: name + "-mtls-http", FilterChainMatch: match("tls", mtlsHTTP), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{httpFilter}},
+				&listener.FilterChain{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{tcpFilter}},
+				&listener.FilterChain{Name: name + "-plaintext-http", FilterChainMatch: match("raw_buffer", sniffedHTTP), Filters: []*listener.Filter{httpFilter}},
+				&listener.FilterChain{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{tcpFilter}})
+		}
+	}
+	filters := []*listener.ListenerFilter{
+		{Name: "envoy.filters.listener.original_dst", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldst.OriginalDst{})}},
+		{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}},
+	}
+	if auto {
+		filters = append(filters, httpInspector())
 	}
 	return &listener.Listener{
 		Name:             "virtualInbound",
 		Address:          socketAddress("0.0.0.0", InboundPort),
 		TrafficDirection: core.TrafficDirection_INBOUND,
-		ListenerFilters: []*listener.ListenerFilter{
-			{Name: "envoy.filters.listener.original_dst", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldst.OriginalDst{})}},
-			{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}},
-		},
-		FilterChains: chains,
+		ListenerFilters:  filters,
+		FilterChains:     chains,
 		DefaultFilterChain: &listener.FilterChain{Name: "InboundPassthroughFilterChain",
 			Filters: []*listener.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)}},
 	}, clusters

@@ -262,6 +262,8 @@ func buildListener(l *listener.Listener) (*Listener, error) {
 			out.InspectTLS = true
 		case "envoy.filters.listener.original_dst":
 			out.RestoreDst = true
+		case "envoy.filters.listener.http_inspector":
+			out.InspectHTTP = true
 		default:
 			return nil, fmt.Errorf("listener filter %q is not supported", f.GetName())
 		}

@@ -37,6 +37,9 @@ type Listener struct {
 	RestoreDst bool
 	// InspectTLS: read the ClientHello (SNI, ALPN) before choosing a chain.
 	InspectTLS bool
+	// InspectHTTP: on plaintext, tell HTTP/1.x ("http/1.1", "http/1.0") and
+	// h2c from other protocols by the first line, matched as ALPN.
+	InspectHTTP bool
 	Chains     []*Chain
 	Default    *Chain
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -108,3 +109,70 @@ func IsHTTP2(c net.Conn, deadline time.Duration) (bool, *Conn, error) {
 	}
 	return true, &Conn{Conn: c, prefix: buf}, nil
 }
+
+// HTTP tells what a plaintext connection speaks from its first line, as
+// Envoy's http_inspector does: "h2c" (the HTTP/2 preface), "http/1.1" or
+// "http/1.0" (a request line), or "" for anything else. Bytes that cannot
+// start an HTTP request end the wait at once; a client that sends nothing
+// (a server-first protocol) waits out the deadline.
+func HTTP(c net.Conn, deadline time.Duration) (string, *Conn, error) {
+	_ = c.SetReadDeadline(time.Now().Add(deadline))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, 0, 512)
+	tmp := make([]byte, 512)
+	for len(buf) < 4096 {
+		n, err := c.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if proto, done := httpLine(buf); done {
+			return proto, &Conn{Conn: c, prefix: buf}, nil
+		}
+		if err != nil {
+			return "", &Conn{Conn: c, prefix: buf}, err
+		}
+	}
+	return "", &Conn{Conn: c, prefix: buf}, nil
+}
+
+// httpLine decides on the bytes so far; done is false while they could
+// still be the start of a request line.
+func httpLine(b []byte) (proto string, done bool) {
+	for i, ch := range b {
+		if ch == '\n' {
+			line := strings.TrimRight(string(b[:i]), "\r")
+			if line == "PRI * HTTP/2.0" {
+				return "h2c", true
+			}
+			parts := strings.Split(line, " ")
+			if len(parts) == 3 && isMethod(parts[0]) {
+				switch parts[2] {
+				case "HTTP/1.1":
+					return "http/1.1", true
+				case "HTTP/1.0":
+					return "http/1.0", true
+				}
+			}
+			return "", true
+		}
+		// Methods are upper-case tokens; the first space ends them.
+		if i < 16 && !(ch >= 'A' && ch <= 'Z') && ch != ' ' && !bytes.ContainsRune(b[:i], ' ') {
+			return "", true
+		}
+	}
+	return "", false
+}
+
+func isMethod(s string) bool {
+	if s == "" || len(s) > 16 {
+		return false
+	}
+	for _, ch := range s {
+		if ch < 'A' || ch > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// Rewrap puts what sc still has to replay on top of raw: for a connection
+// sniffed twice, whose first sniff was fully re-read by the second.
+func Rewrap(raw net.Conn, sc *Conn) *Conn { return &Conn{Conn: raw, prefix: sc.prefix} }

@@ -85,3 +85,36 @@ func FuzzTLS(f *testing.F) {
 		}
 	})
 }
+
+func TestHTTPDetection(t *testing.T) {
+	for in, want := range map[string]string{
+		"GET /x HTTP/1.1\r\nHost: a\r\n\r\n": "http/1.1",
+		"POST / HTTP/1.0\r\n":                "http/1.0",
+		HTTP2Preface:                         "h2c",
+		"\x00\x01binary":                     "",
+		"SSH-2.0-OpenSSH\r\n":                "",
+		"hello world\n":                      "",
+	} {
+		got, c, err := HTTP(pipeWith([]byte(in)), time.Second)
+		if err != nil && got != "" {
+			t.Errorf("%q: %v", in, err)
+		}
+		if got != want {
+			t.Errorf("%q -> %q, want %q", in, got, want)
+		}
+		if b, _ := io.ReadAll(c); string(b) != in {
+			t.Errorf("%q: replayed %q", in, b)
+		}
+	}
+}
+
+func FuzzHTTP(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Add([]byte(HTTP2Preface))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, c, _ := HTTP(pipeWith(b), 100*time.Millisecond)
+		if got, _ := io.ReadAll(c); !bytes.Equal(got, b) {
+			t.Fatalf("replay lost bytes")
+		}
+	})
+}
