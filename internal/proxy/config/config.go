@@ -40,8 +40,8 @@ type Listener struct {
 	// InspectHTTP: on plaintext, tell HTTP/1.x ("http/1.1", "http/1.0") and
 	// h2c from other protocols by the first line, matched as ALPN.
 	InspectHTTP bool
-	Chains     []*Chain
-	Default    *Chain
+	Chains      []*Chain
+	Default     *Chain
 }
 
 // Chain is a filter chain: its match, optional TLS termination, and one
