@@ -374,15 +374,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}
 	picker := rc.rt.pickers[rc.cluster]
-	var tried []*config.Endpoint
-	skip := func(e *config.Endpoint) bool {
-		for _, x := range tried {
-			if x == e {
-				return true
-			}
-		}
-		return false
-	}
+	var tried tried
 	var lastErr error = errNoHealthy
 	for attempt := uint32(0); attempt <= retries; attempt++ {
 		var ep *config.Endpoint
@@ -391,7 +383,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			addr = rc.d.dst.String()
 		} else {
 			var lease lb.Lease
-			ep, lease = picker.Pick(skip)
+			ep, lease = picker.Pick(tried.has)
 			if ep == nil {
 				if len(tried) > 0 {
 					tried = tried[:0] // every endpoint failed once: start over
@@ -402,7 +394,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 				}
 			}
 			defer lease.Release()
-			tried = append(tried, ep)
+			tried.add(ep)
 			addr = ep.Addr.String()
 			rc.upstream = addr
 		}

@@ -239,18 +239,10 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 		return conn, nil, lb.Lease{}, err
 	}
 	picker := rt.pickers[name]
-	var tried []*config.Endpoint
-	skip := func(e *config.Endpoint) bool {
-		for _, t := range tried {
-			if t == e {
-				return true
-			}
-		}
-		return false
-	}
+	var tried tried
 	err := fmt.Errorf("cluster %q has no healthy endpoint", name)
 	for range 3 {
-		ep, lease := picker.Pick(skip)
+		ep, lease := picker.Pick(tried.has)
 		if ep == nil {
 			break
 		}
@@ -259,10 +251,24 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 			return conn, ep, lease, nil
 		}
 		lease.Release()
-		tried = append(tried, ep)
+		tried.add(ep)
 		err = fmt.Errorf("cluster %q endpoint %s: %w", name, ep.Addr, derr)
 	}
 	return nil, nil, lb.Lease{}, err
+}
+
+// tried are the endpoints a request or connection already failed on.
+type tried []*config.Endpoint
+
+func (t *tried) add(e *config.Endpoint) { *t = append(*t, e) }
+
+func (t tried) has(e *config.Endpoint) bool {
+	for _, x := range t {
+		if x == e {
+			return true
+		}
+	}
+	return false
 }
 
 // dialEndpoint opens the transport the endpoint's metadata calls for:

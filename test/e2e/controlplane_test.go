@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 )
 
 // controlPlane is an `isthmus discovery` process run out of cluster with
@@ -82,4 +84,21 @@ func (cp *controlPlane) get(path string) string {
 		return ""
 	}
 	return string(b)
+}
+
+// installIstioCRDs applies the CRDs the control plane reads (embedded in
+// the binary) and waits until the API serves them.
+func (e *sandboxEnv) installIstioCRDs(t *testing.T, cluster string) {
+	t.Helper()
+	crds := filepath.Join(t.TempDir(), "crds.yaml")
+	if err := os.WriteFile(crds, istiocrd.YAML, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := e.kubectl(cluster, "", "apply", "--server-side", "-f", crds); err != nil {
+		t.Fatalf("install Istio CRDs: %v %s", err, out)
+	}
+	eventually(t, "Istio CRDs established", func() bool {
+		_, err := e.kubectl(cluster, "", "get", "gateways.networking.istio.io", "-A")
+		return err == nil
+	})
 }

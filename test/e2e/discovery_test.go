@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -28,7 +26,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
-	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 )
 
 // adsClient is a minimal state-of-the-world ADS client that ACKs everything
@@ -393,17 +390,7 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 		})
 
 		// The seed's expose-services.yaml and expose-istiod.yaml, applied unchanged.
-		crds := filepath.Join(t.TempDir(), "crds.yaml")
-		if err := os.WriteFile(crds, istiocrd.YAML, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := e.kubectl("cluster-eks", "", "apply", "--server-side", "-f", crds); err != nil {
-			t.Fatalf("install Istio CRDs: %v %s", err, out)
-		}
-		eventually(t, "Istio CRDs established", func() bool {
-			_, err := e.kubectl("cluster-eks", "", "get", "gateways.networking.istio.io", "-A")
-			return err == nil
-		})
+		e.installIstioCRDs(t, "cluster-eks")
 		e.apply("cluster-eks", exposeServices+"---"+exposeIstiod)
 		eventually(t, "AUTO_PASSTHROUGH on 15443 with an SNI chain for profile", func() bool {
 			for _, fc := range gw.filterChains("0.0.0.0_15443") {

@@ -19,8 +19,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -43,7 +43,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/controlplane"
 )
@@ -472,17 +471,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			// its token, as an injected proxy does.
 			_, securePort, _ := net.SplitHostPort(cp.secure)
 			e.apply("cluster-eks", fmt.Sprintf(eastWestGateway, securePort, securePort))
-			crds := filepath.Join(t.TempDir(), "crds.yaml")
-			if err := os.WriteFile(crds, istiocrd.YAML, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if out, err := e.kubectl("cluster-eks", "", "apply", "--server-side", "-f", crds); err != nil {
-				t.Fatalf("install Istio CRDs: %v %s", err, out)
-			}
-			eventually(t, "Istio CRDs established", func() bool {
-				_, err := e.kubectl("cluster-eks", "", "get", "gateways.networking.istio.io", "-A")
-				return err == nil
-			})
+			e.installIstioCRDs(t, "cluster-eks")
 			e.apply("cluster-eks", exposeIstiod)
 			e.waitReady("cluster-eks", "istio-system", "istio=eastwestgateway", 1)
 			var gw string
