@@ -153,11 +153,13 @@ func Run(ctx context.Context, cfg Config) error {
 	secureServer := grpc.NewServer(append(keep,
 		grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12})),
 		// Every xDS stream on the TLS port proves who it is, as istiod's XDS_AUTH.
+		// The node a stream then names must be in the token's namespace.
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if _, err := auth.Authenticate(ss.Context()); err != nil {
+			who, err := auth.Authenticate(ss.Context())
+			if err != nil {
 				return err
 			}
-			return h(srv, ss)
+			return h(srv, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Namespace: who.Namespace, ServiceAccount: who.ServiceAccount})})
 		}))...)
 	xdsServer.Register(ctx, grpcServer, secureServer)
 	certs := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log)
@@ -250,6 +252,14 @@ func Run(ctx context.Context, cfg Config) error {
 	_ = httpServer.Close()
 	return first
 }
+
+// identityStream carries the authenticated caller in the stream's context.
+type identityStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s identityStream) Context() context.Context { return s.ctx }
 
 func syncState(ok bool) string {
 	if ok {

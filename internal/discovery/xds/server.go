@@ -19,6 +19,8 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -41,8 +43,9 @@ type Server struct {
 	cache cachev3.SnapshotCache
 	push  chan struct{}
 
-	mu      sync.Mutex // guards streams and proxies
+	mu      sync.Mutex // guards streams, callers and proxies
 	streams map[int64]string
+	callers map[int64]Identity
 	proxies map[string]*proxyState
 
 	warnedNoGW sync.Map // network -> struct{}
@@ -67,6 +70,18 @@ type proxyState struct {
 	version int64
 }
 
+// Identity is who opened a stream, proven by its token on the TLS port.
+type Identity struct{ Namespace, ServiceAccount string }
+
+type identityKey struct{}
+
+// WithIdentity marks a stream's context with its caller's identity; the
+// server then refuses a node that claims another namespace or service
+// account (istiod's PILOT_ENABLE_XDS_IDENTITY_CHECK).
+func WithIdentity(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
 // ProxyStatus is one proxy's sync state, what proxy-status prints.
 type ProxyStatus struct {
 	ID        string            `json:"id"`
@@ -85,7 +100,7 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 		// listener never does. Responses are still filtered to what was asked.
 		cache:   cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil),
 		push:    make(chan struct{}, 1),
-		streams: map[int64]string{}, proxies: map[string]*proxyState{}}
+		streams: map[int64]string{}, callers: map[int64]Identity{}, proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
 	s.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes", Help: "xDS responses sent, by type."}, []string{"type"})
@@ -378,6 +393,19 @@ func (s *Server) connect(stream int64, n *core.Node) error {
 		return nil
 	}
 	p, err := ParseNode(n)
+	if err == nil {
+		if who, ok := s.callers[stream]; ok {
+			switch {
+			case p.Namespace != who.Namespace:
+				err = fmt.Errorf("node %q is in namespace %q but its token is for %s/%s", p.ID, p.Namespace, who.Namespace, who.ServiceAccount)
+			case p.ServiceAccount != "" && p.ServiceAccount != who.ServiceAccount:
+				err = fmt.Errorf("node %q claims service account %q but its token is for %s/%s", p.ID, p.ServiceAccount, who.Namespace, who.ServiceAccount)
+			}
+			if err != nil {
+				err = status.Error(codes.PermissionDenied, err.Error())
+			}
+		}
+	}
 	if err != nil {
 		s.mu.Unlock()
 		s.Log.Warn("xDS client refused", "node", n.GetId(), "err", err)
@@ -401,6 +429,7 @@ func (s *Server) disconnect(stream int64) {
 	s.mu.Lock()
 	id, ok := s.streams[stream]
 	delete(s.streams, stream)
+	delete(s.callers, stream)
 	if ok {
 		if st := s.proxies[id]; st != nil {
 			st.streams--
@@ -457,7 +486,17 @@ func shortType(url string) string {
 }
 
 func (s *Server) callbacks() serverv3.Callbacks {
+	opened := func(ctx context.Context, id int64) error {
+		if who, ok := ctx.Value(identityKey{}).(Identity); ok {
+			s.mu.Lock()
+			s.callers[id] = who
+			s.mu.Unlock()
+		}
+		return nil
+	}
 	return serverv3.CallbackFuncs{
+		StreamOpenFunc:      func(ctx context.Context, id int64, _ string) error { return opened(ctx, id) },
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error { return opened(ctx, id) },
 		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
 			if err := s.connect(id, r.GetNode()); err != nil {
 				return err
