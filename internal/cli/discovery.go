@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery"
+	"github.com/isthmus-mesh/isthmus/internal/version"
 )
 
 func newDiscoveryCmd() *cobra.Command {
@@ -75,6 +76,9 @@ their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registry
 	f.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address; empty turns it off")
 	f.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "xDS and certificate service over TLS (callers present a service-account token)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain of workload identities (default: meshConfig.trustDomain of the ConfigMap istio, else cluster.local)")
+	f.StringVar(&cfg.WebhookAddr, "webhook-addr", ":15017", "sidecar injection webhook over TLS (/inject, /inject/cluster/CLUSTER/net/NETWORK); empty turns it off")
+	f.StringVar(&cfg.ProxyImage, "proxy-image", "isthmus/isthmus:"+version.String(), "image of injected containers (it runs isthmus proxy init and isthmus proxy sidecar)")
+	f.StringVar(&cfg.SidecarDiscoveryAddress, "sidecar-discovery-address", "", "the control plane as injected proxies reach it (default istiod.<namespace>.svc:15012)")
 	f.DurationVar(&cfg.WorkloadCertTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of a workload certificate when the proxy asks for none")
 	f.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "metrics and debug address")
 	f.DurationVar(&cfg.RemoteSyncTimeout, "remote-sync-timeout", 30*time.Second, "how long an unsynced remote cluster holds back readiness")

@@ -28,6 +28,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/config"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/inject"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -56,6 +57,14 @@ type Config struct {
 	TrustDomain string
 	// WorkloadCertTTL is the default lifetime of workload certificates.
 	WorkloadCertTTL time.Duration
+	// WebhookAddr serves sidecar injection over TLS (Istio's 15017);
+	// empty turns it off.
+	WebhookAddr string
+	// ProxyImage is what injected containers run (an isthmus image).
+	ProxyImage string
+	// SidecarDiscoveryAddress is the control plane as injected proxies
+	// reach it (default istiod.<namespace>.svc:15012).
+	SidecarDiscoveryAddress string
 	// MonitoringAddr serves /metrics, /ready and /debug (Istio's 15014).
 	MonitoringAddr string
 	// RemoteSyncTimeout bounds how long an unsynced remote cluster delays readiness.
@@ -192,6 +201,26 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var webhook *http.Server
+	if cfg.WebhookAddr != "" {
+		wl, err := listen("injection webhook", cfg.WebhookAddr)
+		if err != nil {
+			return err
+		}
+		if cfg.SidecarDiscoveryAddress == "" {
+			cfg.SidecarDiscoveryAddress = "istiod." + cfg.Namespace + ".svc:15012"
+		}
+		injector := &inject.Config{Image: cfg.ProxyImage, ClusterID: cfg.ClusterID, Network: cfg.Network,
+			DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), Log: log}
+		wmux := http.NewServeMux()
+		wmux.Handle("/inject", injector.Handler())
+		wmux.Handle("/inject/", injector.Handler())
+		webhook = &http.Server{Handler: wmux, ReadHeaderTimeout: 10 * time.Second,
+			TLSConfig: &tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12}}
+		wl = tls.NewListener(wl, webhook.TLSConfig)
+		defer webhook.Close()
+		go func() { _ = webhook.Serve(wl) }()
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -240,7 +269,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	log.Info("control plane serving", "cluster", cfg.ClusterID, "network", cfg.Network, "xds", cfg.XDSAddr,
-		"secure", sl.Addr().String(), "monitoring", ml.Addr().String(), "ca", authority.Current().Source, "trustDomain", cfg.TrustDomain, "meshID", mesh.MeshID())
+		"secure", sl.Addr().String(), "monitoring", ml.Addr().String(), "webhook", cfg.WebhookAddr, "ca", authority.Current().Source, "trustDomain", cfg.TrustDomain, "meshID", mesh.MeshID())
 	var first error
 	select {
 	case <-ctx.Done():

@@ -116,14 +116,65 @@ apiVersion: v1
 kind: Service
 metadata: {name: istiod, namespace: istio-system}
 spec:
-  ports: [{name: tls-istiod, port: 15012}]
+  ports: [{name: tls-istiod, port: 15012}, {name: https-webhook, port: 443}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: istiod-host, namespace: istio-system, labels: {kubernetes.io/service-name: istiod}}
 addressType: IPv4
 endpoints: [{addresses: ["198.18.0.1"], conditions: {ready: true}}]
-ports: [{name: tls-istiod, port: %[2]s}]
+ports: [{name: tls-istiod, port: %[2]s}, {name: https-webhook, port: %[3]d}]
+`
+
+// injection is the primary's injection webhook, as the installer will
+// write it, and an injected namespace with the demo's profile and sleep.
+const injection = `
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: istio-sidecar-injector}
+webhooks:
+- name: namespace.sidecar-injector.istio.io
+  clientConfig:
+    service: {name: istiod, namespace: istio-system, port: 443, path: /inject/cluster/cluster-eks/net/network1}
+    caBundle: %[1]s
+  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
+  namespaceSelector: {matchLabels: {istio-injection: enabled}}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  failurePolicy: Fail
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: meshed, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: profile, namespace: meshed}
+spec:
+  selector: {app: profile}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: profile, namespace: meshed}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: profile}}
+  template:
+    metadata: {labels: {app: profile}}
+    spec:
+      containers:
+      - name: profile
+        image: isthmus/isthmus
+        args: [demo-app, profile]
+        readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: meshed, labels: {app: sleep}}
+spec:
+  containers:
+  - {name: sleep, image: curlimages/curl, command: [sleep, "3650d"]}
 `
 
 const (
@@ -309,7 +360,9 @@ func TestIdentityAcrossClusters(t *testing.T) {
 
 	t.Run("primary-remote: one CA for both clusters", func(t *testing.T) {
 		// On the host's sandbox address: the gateway pod reaches it there.
-		cp := e.startDiscoveryOn(t, "198.18.0.1", "cluster-eks", "network1", "--trust-domain", "cluster.local")
+		webhookPort := freePort(t)
+		cp := e.startDiscoveryOn(t, "198.18.0.1", "cluster-eks", "network1", "--trust-domain", "cluster.local",
+			"--webhook-addr", fmt.Sprintf("198.18.0.1:%d", webhookPort))
 		defer cp.stop()
 		aks := isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", "cluster-aks").stdout
 		if _, err := e.clients["cluster-eks"].CoreV1().Secrets("istio-system").Create(context.Background(), &corev1.Secret{
@@ -470,7 +523,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			// The router itself gets its certificate and xDS over TLS with
 			// its token, as an injected proxy does.
 			_, securePort, _ := net.SplitHostPort(cp.secure)
-			e.apply("cluster-eks", fmt.Sprintf(eastWestGateway, securePort, securePort))
+			e.apply("cluster-eks", fmt.Sprintf(eastWestGateway, securePort, securePort, webhookPort))
 			e.installIstioCRDs(t, "cluster-eks")
 			e.apply("cluster-eks", exposeIstiod)
 			e.waitReady("cluster-eks", "istio-system", "istio=eastwestgateway", 1)
@@ -496,6 +549,27 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			leaf, _ := x509.ParseCertificate(blk.Bytes)
 			if leaf.URIs[0].String() != profileID {
 				t.Fatalf("certificate for %s", leaf.URIs[0])
+			}
+		})
+
+		t.Run("injected pods get a sidecar and talk over mTLS through it", func(t *testing.T) {
+			e.apply("cluster-eks", fmt.Sprintf(injection, base64.StdEncoding.EncodeToString(root)))
+			for _, app := range []string{"profile", "sleep"} {
+				pods := e.waitReady("cluster-eks", "meshed", "app="+app, 1)
+				if n := len(pods[0].Spec.Containers); n != 2 || pods[0].Spec.Containers[1].Name != "istio-proxy" || len(pods[0].Spec.InitContainers) != 1 {
+					t.Fatalf("%s has %d containers and %d init containers", app, n, len(pods[0].Spec.InitContainers))
+				}
+			}
+			var out string
+			eventually(t, "sleep calls profile through both sidecars", func() bool {
+				out, _ = e.kubectl("cluster-eks", "", "-n", "meshed", "exec", "sleep", "-c", "sleep", "--", "curl", "-sS", "--max-time", "5", "http://profile.meshed:8080/profile?id=1")
+				return strings.Contains(out, "spiffe://cluster.local/ns/meshed/sa/default")
+			})
+			// A pod outside the mesh's namespaces is left alone.
+			e.apply("cluster-eks", "apiVersion: v1\nkind: Pod\nmetadata: {name: plain, namespace: multicluster}\nspec:\n  containers: [{name: c, image: busybox, command: [sleep, \"3650d\"]}]\n")
+			plain, err := e.clients["cluster-eks"].CoreV1().Pods("multicluster").Get(context.Background(), "plain", metav1.GetOptions{})
+			if err != nil || len(plain.Spec.Containers) != 1 {
+				t.Fatalf("a pod in a namespace without istio-injection was changed: %v", err)
 			}
 		})
 

@@ -124,6 +124,13 @@ func ensureNode(inet *netlink.Handle, n Node) error {
 	if err := wire(h, uplink, n.Addr, routerAddr, Internet); err != nil {
 		return err
 	}
+	// A default route, as a real node has: the API server's calls to
+	// ClusterIPs (admission webhooks) need a route before kube-proxy's
+	// OUTPUT rules rewrite them. The router drops what it does not own,
+	// so clusters stay apart.
+	if err := route(h, uplink, netip.MustParsePrefix("0.0.0.0/0"), routerAddr); err != nil {
+		return err
+	}
 	return Do(n.NS, func() error { return sysctl("net/ipv4/ip_forward", "1") })
 }
 

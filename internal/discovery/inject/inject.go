@@ -1,0 +1,224 @@
+// Package inject is the sidecar injection webhook, istiod's /inject: a
+// Kubernetes mutating admission webhook that adds to a pod of the mesh the
+// init container that captures its traffic (`isthmus proxy init`) and the
+// istio-proxy container (`isthmus proxy sidecar`, uid 1337) with what it
+// needs: its identity in the environment, the istio-token projected volume
+// (audience istio-ca), the mesh root (ConfigMap istio-ca-root-cert), and a
+// readiness probe on 15021.
+//
+// The path /inject/cluster/CLUSTER/net/NETWORK sets the sidecar's cluster
+// ID and network, as istiodRemote.injectionPath does for a remote cluster.
+package inject
+
+import (
+	"encoding/json"
+
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// Istio's names.
+const (
+	AnnotationInject = "sidecar.istio.io/inject"
+	AnnotationStatus = "sidecar.istio.io/status"
+	LabelTLSMode     = "security.istio.io/tlsMode"
+	ProxyName        = "istio-proxy"
+	InitName         = "istio-init"
+	// Traffic annotations passed to `isthmus proxy init`.
+	annIncludeInbound  = "traffic.sidecar.istio.io/includeInboundPorts"
+	annExcludeInbound  = "traffic.sidecar.istio.io/excludeInboundPorts"
+	annIncludeOutbound = "traffic.sidecar.istio.io/includeOutboundIPRanges"
+	annExcludeOutbound = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
+	annExcludeOutPorts = "traffic.sidecar.istio.io/excludeOutboundPorts"
+)
+
+// Config is what every injected sidecar gets.
+type Config struct {
+	// Image runs `isthmus`; in a real cluster the isthmus image.
+	Image string
+	// ClusterID and Network are the defaults when the path names none.
+	ClusterID, Network string
+	// DiscoveryAddress is the control plane as the pod reaches it.
+	DiscoveryAddress string
+	MeshID           string
+	Log              *slog.Logger
+}
+
+// Handler serves AdmissionReview v1 requests.
+func (c *Config) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cluster, network := c.ClusterID, c.Network
+		// /inject/cluster/CLUSTER/net/NETWORK
+		if rest, ok := strings.CutPrefix(r.URL.Path, "/inject/"); ok {
+			parts := strings.Split(strings.Trim(rest, "/"), "/")
+			for i := 0; i+1 < len(parts); i += 2 {
+				switch parts[i] {
+				case "cluster":
+					cluster = parts[i+1]
+				case "net":
+					network = parts[i+1]
+				}
+			}
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var review admissionv1.AdmissionReview
+		if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+			return
+		}
+		resp := &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true}
+		var pod corev1.Pod
+		if err := json.Unmarshal(review.Request.Object.Raw, &pod); err != nil {
+			// Never block a pod over our own problem: allow it unchanged.
+			c.Log.Error("injection: cannot read the pod; admitted without a sidecar", "err", err)
+		} else if patch, why := c.patch(&pod, review.Request.Namespace, cluster, network); patch != nil {
+			b, _ := json.Marshal(patch)
+			pt := admissionv1.PatchTypeJSONPatch
+			resp.Patch, resp.PatchType = b, &pt
+			c.Log.Info("sidecar injected", "namespace", review.Request.Namespace, "pod", podName(&pod), "cluster", cluster, "network", network)
+		} else {
+			c.Log.Debug("not injected", "namespace", review.Request.Namespace, "pod", podName(&pod), "why", why)
+		}
+		review.Response = resp
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(review)
+	})
+}
+
+func podName(p *corev1.Pod) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.GenerateName + "*"
+}
+
+// op is one JSON Patch operation.
+type op struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value,omitempty"`
+}
+
+// patch returns the operations that inject a pod, or nil and why not.
+func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]op, string) {
+	if v, ok := pod.Annotations[AnnotationInject]; ok && (v == "false" || v == "n" || v == "no") {
+		return nil, "opted out by annotation"
+	}
+	if pod.Spec.HostNetwork {
+		return nil, "host network"
+	}
+	for _, ctr := range pod.Spec.Containers {
+		if ctr.Name == ProxyName {
+			return nil, "already injected" // re-invocation adds nothing
+		}
+	}
+	if namespace == "" {
+		namespace = pod.Namespace
+	}
+	var ops []op
+	if pod.Labels == nil {
+		ops = append(ops, op{"add", "/metadata/labels", map[string]string{}})
+	}
+	if pod.Annotations == nil {
+		ops = append(ops, op{"add", "/metadata/annotations", map[string]string{}})
+	}
+	ops = append(ops,
+		op{"add", "/metadata/labels/" + escape(LabelTLSMode), "istio"},
+		op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"]}`})
+	if pod.Labels["service.istio.io/canonical-name"] == "" {
+		ops = append(ops, op{"add", "/metadata/labels/" + escape("service.istio.io/canonical-name"), canonicalName(pod)})
+	}
+	if pod.Spec.InitContainers == nil {
+		ops = append(ops, op{"add", "/spec/initContainers", []corev1.Container{}})
+	}
+	ops = append(ops, op{"add", "/spec/initContainers/-", c.initContainer(pod)})
+	ops = append(ops, op{"add", "/spec/containers/-", c.proxyContainer(pod, namespace, cluster, network)})
+	if pod.Spec.Volumes == nil {
+		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})
+	}
+	ops = append(ops, op{"add", "/spec/volumes/-", corev1.Volume{Name: "istio-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "istio-ca", ExpirationSeconds: ptr.To[int64](43200), Path: "istio-token"}}},
+	}}}})
+	ops = append(ops, op{"add", "/spec/volumes/-", corev1.Volume{Name: "istiod-ca-cert", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "istio-ca-root-cert"}}}}})
+	return ops, ""
+}
+
+// escape is JSON Pointer escaping for a map key.
+func escape(k string) string { return strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1") }
+
+// canonicalName is the app's name for metrics: the app label, else the pod's owner name.
+func canonicalName(p *corev1.Pod) string {
+	for _, k := range []string{"app.kubernetes.io/name", "app"} {
+		if v := p.Labels[k]; v != "" {
+			return v
+		}
+	}
+	if p.GenerateName != "" {
+		parts := strings.Split(strings.TrimSuffix(p.GenerateName, "-"), "-")
+		if len(parts) > 1 {
+			parts = parts[:len(parts)-1] // the ReplicaSet hash
+		}
+		return strings.Join(parts, "-")
+	}
+	return p.Name
+}
+
+func (c *Config) initContainer(pod *corev1.Pod) corev1.Container {
+	args := []string{"proxy", "init"}
+	for ann, flag := range map[string]string{annIncludeInbound: "-b", annExcludeInbound: "-d", annIncludeOutbound: "-i", annExcludeOutbound: "-x", annExcludeOutPorts: "-o"} {
+		if v, ok := pod.Annotations[ann]; ok {
+			args = append(args, flag, v)
+		}
+	}
+	return corev1.Container{
+		Name: InitName, Image: c.Image, Args: args,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser: ptr.To[int64](0), RunAsNonRoot: ptr.To(false),
+			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}},
+		},
+	}
+}
+
+func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network string) corev1.Container {
+	field := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	env := []corev1.EnvVar{
+		field("POD_NAME", "metadata.name"), field("POD_NAMESPACE", "metadata.namespace"),
+		field("INSTANCE_IP", "status.podIP"), field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+		{Name: "DISCOVERY_ADDRESS", Value: c.DiscoveryAddress},
+		{Name: "ISTIO_META_CLUSTER_ID", Value: cluster},
+		{Name: "ISTIO_META_NETWORK", Value: network},
+		{Name: "ISTIO_META_WORKLOAD_NAME", Value: canonicalName(pod)},
+		{Name: "ISTIO_META_MESH_ID", Value: c.MeshID},
+	}
+	if labels, err := json.Marshal(pod.Labels); err == nil && len(pod.Labels) > 0 {
+		env = append(env, corev1.EnvVar{Name: "ISTIO_METAJSON_LABELS", Value: string(labels)})
+	}
+	return corev1.Container{
+		Name: ProxyName, Image: c.Image, Args: []string{"proxy", "sidecar"}, Env: env,
+		Ports: []corev1.ContainerPort{{Name: "http-envoy-prom", ContainerPort: 15090, Protocol: corev1.ProtocolTCP}},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz/ready", Port: intstr.FromInt32(15021)}},
+			PeriodSeconds: 2, FailureThreshold: 30,
+		},
+		SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](1337), RunAsGroup: ptr.To[int64](1337), RunAsNonRoot: ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true)},
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: "istio-token", MountPath: "/var/run/secrets/tokens"},
+			{Name: "istiod-ca-cert", MountPath: "/var/run/secrets/istio"},
+		},
+	}
+}

@@ -1,0 +1,125 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"testing"
+
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+var cfg = &Config{Image: "isthmus/isthmus:dev", ClusterID: "cluster-eks", Network: "network1",
+	DiscoveryAddress: "istiod.istio-system.svc:15012", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+
+// review sends a pod through the webhook at path and returns the pod as
+// the API server would store it.
+func review(t *testing.T, path string, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	raw, _ := json.Marshal(pod)
+	in, _ := json.Marshal(admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: "u1", Namespace: "multicluster", Object: runtime.RawExtension{Raw: raw}}})
+	rec := httptest.NewRecorder()
+	cfg.Handler().ServeHTTP(rec, httptest.NewRequest("POST", path, bytes.NewReader(in)))
+	var out admissionv1.AdmissionReview
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil || !out.Response.Allowed || out.Response.UID != "u1" {
+		t.Fatalf("response %s: %v", rec.Body.String(), err)
+	}
+	if out.Response.Patch == nil {
+		return pod
+	}
+	p, err := jsonpatch.DecodePatch(out.Response.Patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := p.Apply(raw)
+	if err != nil {
+		t.Fatalf("patch does not apply: %v\n%s", err, out.Response.Patch)
+	}
+	var res corev1.Pod
+	if err := json.Unmarshal(patched, &res); err != nil {
+		t.Fatal(err)
+	}
+	return &res
+}
+
+func appPod() *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "profile-7d9f8c6b5d-", Labels: map[string]string{"app": "profile"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "profile", Containers: []corev1.Container{{Name: "profile", Image: "isthmus/isthmus:dev"}}}}
+}
+
+func env(c corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			if e.ValueFrom != nil {
+				return "fieldRef:" + e.ValueFrom.FieldRef.FieldPath
+			}
+			return e.Value
+		}
+	}
+	return ""
+}
+
+func TestInjectsTheSidecar(t *testing.T) {
+	pod := review(t, "/inject/cluster/cluster-aks/net/network2", appPod())
+	if len(pod.Spec.Containers) != 2 || len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Volumes) != 2 {
+		t.Fatalf("containers %d, init %d, volumes %d", len(pod.Spec.Containers), len(pod.Spec.InitContainers), len(pod.Spec.Volumes))
+	}
+	proxy := pod.Spec.Containers[1]
+	if proxy.Name != "istio-proxy" || *proxy.SecurityContext.RunAsUser != 1337 || proxy.ReadinessProbe.HTTPGet.Port.IntValue() != 15021 {
+		t.Fatalf("proxy container %+v", proxy)
+	}
+	for name, want := range map[string]string{"ISTIO_META_CLUSTER_ID": "cluster-aks", "ISTIO_META_NETWORK": "network2",
+		"INSTANCE_IP": "fieldRef:status.podIP", "SERVICE_ACCOUNT": "fieldRef:spec.serviceAccountName", "DISCOVERY_ADDRESS": "istiod.istio-system.svc:15012",
+		"ISTIO_META_WORKLOAD_NAME": "profile"} {
+		if got := env(proxy, name); got != want {
+			t.Errorf("%s=%q, want %q", name, got, want)
+		}
+	}
+	if pod.Labels[LabelTLSMode] != "istio" || pod.Annotations[AnnotationStatus] == "" {
+		t.Errorf("labels %v annotations %v", pod.Labels, pod.Annotations)
+	}
+	tok := pod.Spec.Volumes[0].Projected.Sources[0].ServiceAccountToken
+	if tok.Audience != "istio-ca" || tok.Path != "istio-token" {
+		t.Errorf("token volume %+v", tok)
+	}
+	if init := pod.Spec.InitContainers[0]; init.Args[1] != "init" || init.SecurityContext.Capabilities.Add[0] != "NET_ADMIN" {
+		t.Errorf("init container %+v", init)
+	}
+	// Without a path the control plane's own cluster and network apply.
+	if got := env(review(t, "/inject", appPod()).Spec.Containers[1], "ISTIO_META_NETWORK"); got != "network1" {
+		t.Errorf("default network %q", got)
+	}
+}
+
+func TestLeavesAloneWhatItShould(t *testing.T) {
+	again := review(t, "/inject", review(t, "/inject", appPod()))
+	if len(again.Spec.Containers) != 2 {
+		t.Fatalf("re-invocation injected twice: %d containers", len(again.Spec.Containers))
+	}
+	out := appPod()
+	out.Annotations = map[string]string{AnnotationInject: "false"}
+	if got := review(t, "/inject", out); len(got.Spec.Containers) != 1 {
+		t.Fatal("opt-out annotation ignored")
+	}
+	host := appPod()
+	host.Spec.HostNetwork = true
+	if got := review(t, "/inject", host); len(got.Spec.Containers) != 1 {
+		t.Fatal("host-network pod injected")
+	}
+	// Garbage is admitted unchanged, never blocked.
+	in, _ := json.Marshal(admissionv1.AdmissionReview{Request: &admissionv1.AdmissionRequest{UID: "u2", Object: runtime.RawExtension{Raw: []byte(`{"spec": 7}`)}}})
+	rec := httptest.NewRecorder()
+	cfg.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/inject", bytes.NewReader(in)))
+	var out2 admissionv1.AdmissionReview
+	_ = json.Unmarshal(rec.Body.Bytes(), &out2)
+	if out2.Response == nil || !out2.Response.Allowed || out2.Response.Patch != nil {
+		t.Fatalf("garbage pod: %s", rec.Body.String())
+	}
+}
