@@ -167,6 +167,7 @@ spec:
       - name: profile
         image: isthmus/isthmus
         args: [demo-app, profile]
+        env: [{name: CLUSTER_NAME, value: cluster-eks}]
         readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -175,6 +176,104 @@ metadata: {name: sleep, namespace: meshed, labels: {app: sleep}}
 spec:
   containers:
   - {name: sleep, image: curlimages/curl, command: [sleep, "3650d"]}
+`
+
+// remoteSide is cluster-aks as a remote of the primary on another network:
+// its istiod Service points at the primary's east-west gateway (what
+// remotePilotAddress does), its injection webhook goes the same way, it has
+// its own east-west gateway, and an injected profile.
+const remoteSide = `
+apiVersion: v1
+kind: Service
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  ports: [{name: tls-istiod, port: 15012}, {name: https-webhook, port: 443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: istiod-remote, namespace: istio-system, labels: {kubernetes.io/service-name: istiod}}
+addressType: IPv4
+endpoints: [{addresses: ["%[1]s"], conditions: {ready: true}}]
+ports: [{name: tls-istiod, port: 15012}, {name: https-webhook, port: 15017}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: istio-sidecar-injector}
+webhooks:
+- name: namespace.sidecar-injector.istio.io
+  clientConfig:
+    service: {name: istiod, namespace: istio-system, port: 443, path: /inject/cluster/cluster-aks/net/network2}
+    caBundle: %[2]s
+  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
+  namespaceSelector: {matchLabels: {istio-injection: enabled}}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  failurePolicy: Fail
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, topology.istio.io/network: network2}}
+spec:
+  type: LoadBalancer
+  selector: {istio: eastwestgateway}
+  ports:
+  - {name: status-port, port: 15021, targetPort: 15021}
+  - {name: tls, port: 15443, targetPort: 15443}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, app: istio-eastwestgateway}}
+spec:
+  containers:
+  - name: istio-proxy
+    image: isthmus/isthmus:dev
+    args: [proxy, router]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: INSTANCE_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: ISTIO_META_CLUSTER_ID, value: cluster-aks}
+    - {name: ISTIO_META_NETWORK, value: network2}
+    - {name: ISTIO_META_REQUESTED_NETWORK_VIEW, value: network2}
+    - {name: ISTIO_METAJSON_LABELS, value: '{"istio":"eastwestgateway","app":"istio-eastwestgateway"}'}
+    readinessProbe: {httpGet: {port: 15021, path: /healthz/ready}, periodSeconds: 1}
+    volumeMounts:
+    - {name: istio-token, mountPath: /var/run/secrets/tokens}
+    - {name: istiod-ca-cert, mountPath: /var/run/secrets/istio}
+  volumes:
+  - name: istio-token
+    projected:
+      sources:
+      - serviceAccountToken: {audience: istio-ca, expirationSeconds: 43200, path: istio-token}
+  - name: istiod-ca-cert
+    configMap: {name: istio-ca-root-cert}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: meshed, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: profile, namespace: meshed}
+spec:
+  selector: {app: profile}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: profile, namespace: meshed}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: profile}}
+  template:
+    metadata: {labels: {app: profile}}
+    spec:
+      containers:
+      - name: profile
+        image: isthmus/isthmus
+        args: [demo-app, profile]
+        env: [{name: CLUSTER_NAME, value: cluster-aks}]
+        readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
 `
 
 const (
@@ -571,6 +670,45 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			if err != nil || len(plain.Spec.Containers) != 1 {
 				t.Fatalf("a pod in a namespace without istio-injection was changed: %v", err)
 			}
+		})
+
+		t.Run("across networks: a remote's injected pod joins through the gateway and traffic is balanced over both clusters", func(t *testing.T) {
+			var eksGW string
+			eventually(t, "the primary gateway's address", func() bool {
+				s, err := e.clients["cluster-eks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-eastwestgateway", metav1.GetOptions{})
+				if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
+					eksGW = s.Status.LoadBalancer.Ingress[0].IP
+				}
+				return eksGW != ""
+			})
+			// The primary's gateway also passes the webhook (15017) and routes SNI (15443).
+			out, err := e.kubectl("cluster-eks", "", "-n", "istio-system", "patch", "service", "istio-eastwestgateway", "--type", "json", "-p",
+				`[{"op":"add","path":"/spec/ports/-","value":{"name":"tls-webhook","port":15017,"targetPort":15017}}]`)
+			if err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+			e.apply("cluster-eks", exposeServices)
+			if out, err := e.kubectl("cluster-aks", "", "label", "namespace", "istio-system", "topology.istio.io/network=network2", "--overwrite"); err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+			e.apply("cluster-aks", fmt.Sprintf(remoteSide, eksGW, base64.StdEncoding.EncodeToString(root)))
+			e.waitReady("cluster-aks", "istio-system", "istio=eastwestgateway", 1)
+			pods := e.waitReady("cluster-aks", "meshed", "app=profile", 1)
+			if len(pods[0].Spec.Containers) != 2 {
+				t.Fatalf("the remote's webhook call did not inject: %d containers", len(pods[0].Spec.Containers))
+			}
+			seen := map[string]bool{}
+			eventually(t, "answers from both clusters' profile", func() bool {
+				out, _ := e.kubectl("cluster-eks", "", "-n", "meshed", "exec", "sleep", "-c", "sleep", "--", "curl", "-sS", "--max-time", "5", "http://profile.meshed:8080/profile?id=1")
+				var p struct {
+					ServedBy struct{ Cluster string } `json:"servedBy"`
+					Caller   string                   `json:"callerXFCC"`
+				}
+				if json.Unmarshal([]byte(out), &p) == nil && strings.Contains(p.Caller, "sa/default") {
+					seen[p.ServedBy.Cluster] = true
+				}
+				return seen["cluster-eks"] && seen["cluster-aks"]
+			})
 		})
 
 		t.Run("a 1-minute certificate renews twice under a long-lived connection", func(t *testing.T) {
