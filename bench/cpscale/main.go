@@ -231,7 +231,7 @@ func run() error {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, *isthmusBin, "discovery", "--kubeconfig", dir+"/eks", "--cluster-id", "cluster-eks",
-		"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012", "--monitoring-addr", "127.0.0.1:25014")
+		"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012", "--webhook-addr", "127.0.0.1:25017", "--monitoring-addr", "127.0.0.1:25014")
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
 	if err := cmd.Start(); err != nil {
 		return err

@@ -51,8 +51,11 @@ func (e *sandboxEnv) startDiscoveryOn(t *testing.T, host, cluster, network strin
 	}
 	logPath := filepath.Join(t.TempDir(), "discovery.log")
 	logf, _ := os.Create(logPath)
+	// Every port its own, so several control planes can run at once; a
+	// later --webhook-addr in extra wins.
 	args := append([]string{"discovery", "--kubeconfig", kubeconfig, "--cluster-id", cluster, "--network", network,
-		"--xds-addr", cp.xds, "--secure-addr", cp.secure, "--monitoring-addr", cp.monitoring, "--remote-sync-timeout", "5s"}, extra...)
+		"--xds-addr", cp.xds, "--secure-addr", cp.secure, "--monitoring-addr", cp.monitoring, "--remote-sync-timeout", "5s",
+		"--webhook-addr", fmt.Sprintf("%s:%d", host, freePort(t))}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

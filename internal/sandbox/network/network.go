@@ -141,7 +141,9 @@ func TeardownAll(nodeNS []string) error {
 	all := append(PodNamespaces(), nodeNS...)
 	err := Teardown(all, InternetNS)
 	if l, lerr := netlink.LinkByName(HostLink); lerr == nil {
-		if lerr := netlink.LinkDel(l); lerr != nil {
+		// Deleting the internet namespace takes its veth peer, and the
+		// kernel removes the host end on its own, maybe right now.
+		if lerr := netlink.LinkDel(l); lerr != nil && !errors.Is(lerr, syscall.ENODEV) {
 			err = errors.Join(err, fmt.Errorf("delete %s: %w", HostLink, lerr))
 		}
 	}
