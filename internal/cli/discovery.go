@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -9,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery"
 	"github.com/isthmus-mesh/isthmus/internal/version"
@@ -39,11 +37,9 @@ Monitoring on --monitoring-addr: /metrics, /ready, /debug/clusterz (clusters and
 their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registryz.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rules := clientcmd.NewDefaultClientConfigLoadingRules()
-			rules.ExplicitPath = kubeconfig
-			rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
+			rc, err := restConfig(kubeconfig, kubeContext)
 			if err != nil {
-				return fmt.Errorf("kubernetes client: %w", err)
+				return err
 			}
 			rc.QPS, rc.Burst = 100, 200
 			cfg.Client, err = kubernetes.NewForConfig(rc)
