@@ -129,20 +129,6 @@ ports: [{name: tls-istiod, port: %[2]s}, {name: https-webhook, port: %[3]d}]
 // injection is the primary's injection webhook, as the installer will
 // write it, and an injected namespace with the demo's profile and sleep.
 const injection = `
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: istio-sidecar-injector}
-webhooks:
-- name: namespace.sidecar-injector.istio.io
-  clientConfig:
-    service: {name: istiod, namespace: istio-system, port: 443, path: /inject/cluster/cluster-eks/net/network1}
-    caBundle: %[1]s
-  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
-  namespaceSelector: {matchLabels: {istio-injection: enabled}}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  failurePolicy: Fail
----
 apiVersion: v1
 kind: Namespace
 metadata: {name: meshed, labels: {istio-injection: enabled}}
@@ -178,6 +164,34 @@ spec:
   - {name: sleep, image: curlimages/curl, command: [sleep, "3650d"]}
 `
 
+// injector is a cluster's injection webhook configuration, without a
+// caBundle: the control plane fills it in.
+const injector = `
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: istio-sidecar-injector}
+webhooks:
+- name: namespace.sidecar-injector.istio.io
+  clientConfig:
+    service: {name: istiod, namespace: istio-system, port: 443, path: /inject/cluster/%[1]s/net/%[2]s}
+  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
+  namespaceSelector: {matchLabels: {istio-injection: enabled}}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  failurePolicy: Fail
+`
+
+// injectorReady applies a cluster's injector and waits for the control
+// plane to give it the mesh root as caBundle.
+func (e *sandboxEnv) injectorReady(t *testing.T, cluster, network string, root []byte) {
+	t.Helper()
+	e.apply(cluster, fmt.Sprintf(injector, cluster, network))
+	eventually(t, "the control plane sets the injector's caBundle in "+cluster, func() bool {
+		h, err := e.clients[cluster].AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), "istio-sidecar-injector", metav1.GetOptions{})
+		return err == nil && string(h.Webhooks[0].ClientConfig.CABundle) == string(root)
+	})
+}
+
 // remoteSide is cluster-aks as a remote of the primary on another network:
 // its istiod Service points at the primary's east-west gateway (what
 // remotePilotAddress does), its injection webhook goes the same way, it has
@@ -195,20 +209,6 @@ metadata: {name: istiod-remote, namespace: istio-system, labels: {kubernetes.io/
 addressType: IPv4
 endpoints: [{addresses: ["%[1]s"], conditions: {ready: true}}]
 ports: [{name: tls-istiod, port: 15012}, {name: https-webhook, port: 15017}]
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: istio-sidecar-injector}
-webhooks:
-- name: namespace.sidecar-injector.istio.io
-  clientConfig:
-    service: {name: istiod, namespace: istio-system, port: 443, path: /inject/cluster/cluster-aks/net/network2}
-    caBundle: %[2]s
-  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
-  namespaceSelector: {matchLabels: {istio-injection: enabled}}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  failurePolicy: Fail
 ---
 apiVersion: v1
 kind: Service
@@ -652,7 +652,8 @@ func TestIdentityAcrossClusters(t *testing.T) {
 		})
 
 		t.Run("injected pods get a sidecar and talk over mTLS through it", func(t *testing.T) {
-			e.apply("cluster-eks", fmt.Sprintf(injection, base64.StdEncoding.EncodeToString(root)))
+			e.injectorReady(t, "cluster-eks", "network1", root)
+			e.apply("cluster-eks", injection)
 			for _, app := range []string{"profile", "sleep"} {
 				pods := e.waitReady("cluster-eks", "meshed", "app="+app, 1)
 				if n := len(pods[0].Spec.Containers); n != 2 || pods[0].Spec.Containers[1].Name != "istio-proxy" || len(pods[0].Spec.InitContainers) != 1 {
@@ -691,7 +692,8 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			if out, err := e.kubectl("cluster-aks", "", "label", "namespace", "istio-system", "topology.istio.io/network=network2", "--overwrite"); err != nil {
 				t.Fatalf("%v %s", err, out)
 			}
-			e.apply("cluster-aks", fmt.Sprintf(remoteSide, eksGW, base64.StdEncoding.EncodeToString(root)))
+			e.injectorReady(t, "cluster-aks", "network2", root)
+			e.apply("cluster-aks", fmt.Sprintf(remoteSide, eksGW))
 			e.waitReady("cluster-aks", "istio-system", "istio=eastwestgateway", 1)
 			pods := e.waitReady("cluster-aks", "meshed", "app=profile", 1)
 			if len(pods[0].Spec.Containers) != 2 {

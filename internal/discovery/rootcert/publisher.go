@@ -1,12 +1,15 @@
-// Package rootcert keeps the mesh's trust bundle in the ConfigMap
-// istio-ca-root-cert of every namespace of one cluster, as istiod's
-// namespace controller does: pods mount it to verify the control plane.
+// Package rootcert keeps the mesh's trust bundle where one cluster needs
+// it, as istiod does: the ConfigMap istio-ca-root-cert of every namespace
+// (pods mount it to verify the control plane), and the caBundle of the
+// sidecar injector's webhook configurations (the API server verifies the
+// control plane's webhook with it).
 package rootcert
 
 import (
 	"bytes"
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	admissionlisters "k8s.io/client-go/listers/admissionregistration/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -27,6 +31,9 @@ const (
 	ConfigMapName = "istio-ca-root-cert"
 	Key           = "root-cert.pem"
 	label         = "istio.io/config"
+	// WebhookPrefix names the injector's configurations (istio-sidecar-injector[-<rev>]).
+	WebhookPrefix = "istio-sidecar-injector"
+	webhookKey    = "webhook:"
 )
 
 // skipped namespaces hold no workloads, as in istiod.
@@ -43,6 +50,7 @@ type Publisher struct {
 	queue      workqueue.TypedRateLimitingInterface[string]
 	namespaces corelisters.NamespaceLister
 	configMaps corelisters.ConfigMapLister
+	webhooks   admissionlisters.MutatingWebhookConfigurationLister
 	ready      chan struct{}
 }
 
@@ -78,10 +86,26 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	// Webhook configurations on their own: a cluster where we may not read
+	// them (RBAC) still gets its ConfigMaps.
+	hooks := informers.NewSharedInformerFactory(p.Client, 0)
+	enqueueHook := func(obj any) {
+		if m, err := meta(obj); err == nil && strings.HasPrefix(m.GetName(), WebhookPrefix) {
+			p.queue.Add(webhookKey + m.GetName())
+		}
+	}
+	if _, err := hooks.Admissionregistration().V1().MutatingWebhookConfigurations().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueueHook, UpdateFunc: func(_, o any) { enqueueHook(o) },
+	}); err != nil {
+		return err
+	}
+	p.webhooks = hooks.Admissionregistration().V1().MutatingWebhookConfigurations().Lister()
 	all.Start(ctx.Done())
 	byName.Start(ctx.Done())
+	hooks.Start(ctx.Done())
 	defer all.Shutdown()
 	defer byName.Shutdown()
+	defer hooks.Shutdown()
 	go func() {
 		<-ctx.Done()
 		p.queue.ShutDown()
@@ -95,7 +119,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if quit {
 			return nil
 		}
-		if err := p.reconcile(ctx, ns); err != nil {
+		reconcile := p.reconcile
+		if strings.HasPrefix(ns, webhookKey) {
+			reconcile = p.reconcileWebhook
+		}
+		if err := reconcile(ctx, ns); err != nil {
 			p.Log.Warn("root certificate not published; retrying", "cluster", p.Cluster, "namespace", ns, "err", err)
 			p.queue.AddRateLimited(ns)
 		} else {
@@ -119,6 +147,43 @@ func (p *Publisher) Resync() {
 	for _, ns := range list {
 		p.queue.Add(ns.Name)
 	}
+	if hooks, err := p.webhooks.List(labels.Everything()); err == nil {
+		for _, h := range hooks {
+			if strings.HasPrefix(h.Name, WebhookPrefix) {
+				p.queue.Add(webhookKey + h.Name)
+			}
+		}
+	}
+}
+
+// reconcileWebhook sets the bundle as the caBundle of every webhook of one
+// injector configuration.
+func (p *Publisher) reconcileWebhook(ctx context.Context, key string) error {
+	name := strings.TrimPrefix(key, webhookKey)
+	cfg, err := p.webhooks.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	root := p.Root()
+	changed := false
+	cfg = cfg.DeepCopy()
+	for i := range cfg.Webhooks {
+		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, root) {
+			cfg.Webhooks[i].ClientConfig.CABundle = root
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	_, err = p.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
+	if err == nil {
+		p.Log.Info("injection webhook caBundle set", "cluster", p.Cluster, "webhook", name)
+	}
+	return err
 }
 
 func (p *Publisher) reconcile(ctx context.Context, name string) error {
