@@ -304,6 +304,16 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 		return aksGW != ""
 	})
 
+	// The address a user copies into remotePilotAddress, as the CLI prints it.
+	aksAdmin := filepath.Join(t.TempDir(), "aks-admin.kubeconfig")
+	_ = os.WriteFile(aksAdmin, []byte(isthmus(t, time.Minute, "sandbox", "--state-dir", e.state, "kubeconfig", "--cluster", "cluster-aks").stdout), 0o600)
+	if r := isthmus(t, time.Minute, "gateway", "address", "--kubeconfig", aksAdmin); r.err != nil || strings.TrimSpace(r.stdout) != aksGW {
+		t.Errorf("gateway address printed %q (%v), want %s", r.stdout, r.err, aksGW)
+	}
+	if r := isthmus(t, time.Minute, "gateway", "address", "--kubeconfig", aksAdmin, "--name", "nope"); r.err == nil || !strings.Contains(r.stderr, "install the east-west gateway first") {
+		t.Errorf("missing gateway: %v %s", r.err, r.stderr)
+	}
+
 	// The control plane runs out of cluster with cluster-eks's credentials only.
 	cp := e.startDiscovery(t, "cluster-eks", "network1")
 	xdsAddr, get := cp.xds, cp.get

@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+func newGatewayCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "gateway", Short: "East-west gateways"}
+	var kubeconfig, kubeContext, namespace, name string
+	var wait time.Duration
+	address := &cobra.Command{
+		Use:   "address",
+		Short: "Print the east-west gateway's external address (remotePilotAddress for a remote)",
+		Long: `Print the address a cluster's east-west gateway is reached at from other
+networks: its LoadBalancer IP, or the IPs its LoadBalancer hostname resolves to
+(what the walkthrough copies into remotePilotAddress). Waits up to --wait for
+the load balancer to be provisioned.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rc, err := restConfig(kubeconfig, kubeContext)
+			if err != nil {
+				return err
+			}
+			client, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), wait)
+			defer cancel()
+			said := false
+			for {
+				svc, err := client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+				if apierrors.IsNotFound(err) {
+					return fmt.Errorf("no Service %s/%s: install the east-west gateway first", namespace, name)
+				}
+				if err == nil {
+					for _, ing := range svc.Status.LoadBalancer.Ingress {
+						if ing.IP != "" {
+							fmt.Fprintln(cmd.OutOrStdout(), ing.IP)
+							return nil
+						}
+						if ing.Hostname != "" {
+							ips, err := net.DefaultResolver.LookupHost(ctx, ing.Hostname)
+							if err != nil {
+								return fmt.Errorf("gateway hostname %s: %w", ing.Hostname, err)
+							}
+							for _, ip := range ips {
+								fmt.Fprintln(cmd.OutOrStdout(), ip)
+							}
+							return nil
+						}
+					}
+				}
+				if !said {
+					fmt.Fprintf(cmd.ErrOrStderr(), "waiting for the load balancer of %s/%s...\n", namespace, name)
+					said = true
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("Service %s/%s has no load balancer address after %s (is it type LoadBalancer, and does the cluster provision load balancers?)", namespace, name, wait)
+				case <-time.After(time.Second):
+				}
+			}
+		},
+	}
+	f := address.Flags()
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config)")
+	f.StringVar(&kubeContext, "context", "", "kubeconfig context")
+	f.StringVarP(&namespace, "namespace", "n", "istio-system", "namespace of the gateway Service")
+	f.StringVar(&name, "name", "istio-eastwestgateway", "the gateway Service")
+	f.DurationVar(&wait, "wait", time.Minute, "how long to wait for the load balancer")
+	cmd.AddCommand(address)
+	return cmd
+}
