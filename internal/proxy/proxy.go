@@ -173,17 +173,6 @@ func (p *Proxy) listenAddr(a netip.AddrPort) netip.AddrPort {
 // Ready is closed once the first listeners are configured.
 func (p *Proxy) Ready() <-chan struct{} { return p.ready }
 
-// Addr is the bound address of a listener (for tests that bind port 0).
-func (p *Proxy) Addr(name string) (net.Addr, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	b, ok := p.bound[name]
-	if !ok {
-		return nil, false
-	}
-	return b.ln.Addr(), true
-}
-
 // Drain stops accepting on every listener and waits (up to ctx) for open
 // connections to finish.
 func (p *Proxy) Drain(ctx context.Context) error {

@@ -72,17 +72,13 @@ func (p *Proxy) serve(c net.Conn, name string) {
 	}
 	if d.listener.InspectHTTP && m.Transport == "raw_buffer" {
 		proto, sc, err := sniff.HTTP(d.conn, sniffTimeout)
-		if sc == nil {
-			c.Close()
-			return
-		}
 		var ne net.Error
 		if err != nil && len(sc.Prefix()) == 0 && !(errors.As(err, &ne) && ne.Timeout()) {
 			c.Close() // gone before saying anything
 			return
 		}
 		// A client that stays silent (a server-first protocol) is TCP.
-		d.conn = replay(d.conn, sc)
+		d.conn = sc
 		if proto != "" {
 			m.ALPN = []string{proto}
 		}
@@ -110,19 +106,6 @@ func (p *Proxy) serve(c net.Conn, name string) {
 		d.conn.Close()
 	}
 }
-
-// replay stacks a second sniff on a connection that was sniffed before,
-// keeping both prefixes in order.
-func replay(prev net.Conn, sc *sniff.Conn) net.Conn {
-	if p, ok := prev.(*sniff.Conn); ok && len(p.Prefix()) == 0 {
-		// The first sniff's bytes were all re-read by the second.
-		return sniffJoin(p.Raw(), sc)
-	}
-	return sc
-}
-
-// sniffJoin makes sc sit directly on raw, so splicing can reach the socket.
-func sniffJoin(raw net.Conn, sc *sniff.Conn) net.Conn { return sniff.Rewrap(raw, sc) }
 
 // virtual finds the listener of an original destination: IP_PORT, then 0.0.0.0_PORT.
 func (rt *runtime) virtual(dst netip.AddrPort) *config.Listener {

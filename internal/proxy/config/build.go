@@ -74,7 +74,6 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 		}
 		a, ok := cla[cl.EDSName]
 		if !ok {
-			cl.Missing = true
 			continue
 		}
 		eps, err := buildEndpoints(a)
@@ -438,9 +437,6 @@ func buildRoute(r *route.Route) (*Route, error) {
 		}
 		for _, c := range rp.GetRetriableStatusCodes() {
 			p.StatusCodes[c] = true
-		}
-		if rp.GetPerTryTimeout() != nil {
-			p.PerTryTimeout = rp.GetPerTryTimeout().AsDuration()
 		}
 		out.Retry = p
 	}

@@ -9,7 +9,6 @@
 package config
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 	"time"
@@ -121,10 +120,9 @@ type WeightedCluster struct {
 
 // RetryPolicy is Envoy's, reduced to what the proxy acts on.
 type RetryPolicy struct {
-	On            map[string]bool // connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes, 5xx, gateway-error, reset
-	NumRetries    uint32
-	StatusCodes   map[uint32]bool
-	PerTryTimeout time.Duration
+	On          map[string]bool // connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes, 5xx, gateway-error, reset
+	NumRetries  uint32
+	StatusCodes map[uint32]bool
 }
 
 // Match finds the virtual host for a Host header (port allowed).
@@ -193,9 +191,8 @@ type Cluster struct {
 	// (envoy.transport_socket_match), first match wins; else TLS.
 	TLSMatches []TLSMatch
 	TLS        *UpstreamTLS
-	Endpoints  []*Endpoint
-	// Missing is true for an EDS cluster whose endpoints have not arrived.
-	Missing bool
+	// Endpoints are empty for an EDS cluster whose endpoints have not arrived.
+	Endpoints []*Endpoint
 }
 
 // TLSMatch is a transport-socket match.
@@ -248,8 +245,6 @@ type Endpoint struct {
 
 // Locality is region/zone/subzone.
 type Locality struct{ Region, Zone, Subzone string }
-
-func (l Locality) String() string { return fmt.Sprintf("%s/%s/%s", l.Region, l.Zone, l.Subzone) }
 
 // Connection is what a chain is chosen by.
 type Connection struct {

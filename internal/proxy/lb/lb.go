@@ -61,15 +61,6 @@ func New(c *config.Cluster) *Picker {
 	return p
 }
 
-// Len is the number of healthy endpoints.
-func (p *Picker) Len() int {
-	n := 0
-	for _, l := range p.levels {
-		n += len(l.eps)
-	}
-	return n
-}
-
 // Lease is an endpoint in use; Release it when the request or connection ends.
 type Lease struct {
 	l *level

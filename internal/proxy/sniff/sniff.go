@@ -29,6 +29,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// wrap replays read ahead of c. A connection sniffed before keeps one
+// layer: what it still had to replay follows read, on its socket.
+func wrap(c net.Conn, read []byte) *Conn {
+	if s, ok := c.(*Conn); ok {
+		return &Conn{Conn: s.Conn, prefix: append(read, s.prefix...)}
+	}
+	return &Conn{Conn: c, prefix: read}
+}
+
 // Prefix is what remains to be replayed (for splicing it ahead of the rest).
 func (c *Conn) Prefix() []byte { return c.prefix }
 
@@ -71,7 +80,7 @@ func TLS(c net.Conn, deadline time.Duration) (Hello, *Conn, error) {
 		return Hello{}, nil, err
 	}
 	if first[0] != 0x16 {
-		return Hello{}, &Conn{Conn: c, prefix: first}, nil
+		return Hello{}, wrap(c, first), nil
 	}
 	rec := &recorder{Conn: &Conn{Conn: c, prefix: first}}
 	var h Hello
@@ -85,30 +94,11 @@ func TLS(c net.Conn, deadline time.Duration) (Hello, *Conn, error) {
 		}
 		return Hello{}, nil, err
 	}
-	return h, &Conn{Conn: c, prefix: rec.buf.Bytes()}, nil
+	return h, wrap(c, rec.buf.Bytes()), nil
 }
 
 // HTTP2Preface is how an HTTP/2 connection with prior knowledge starts.
 const HTTP2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-// IsHTTP2 reads enough of c to tell an HTTP/2 preface from HTTP/1.x.
-func IsHTTP2(c net.Conn, deadline time.Duration) (bool, *Conn, error) {
-	_ = c.SetReadDeadline(time.Now().Add(deadline))
-	defer c.SetReadDeadline(time.Time{})
-	buf := make([]byte, len(HTTP2Preface))
-	n := 0
-	for n < len(buf) {
-		m, err := c.Read(buf[n:])
-		n += m
-		if !bytes.HasPrefix([]byte(HTTP2Preface), buf[:n]) {
-			return false, &Conn{Conn: c, prefix: buf[:n]}, nil
-		}
-		if err != nil {
-			return false, &Conn{Conn: c, prefix: buf[:n]}, err
-		}
-	}
-	return true, &Conn{Conn: c, prefix: buf}, nil
-}
 
 // HTTP tells what a plaintext connection speaks from its first line, as
 // Envoy's http_inspector does: "h2c" (the HTTP/2 preface), "http/1.1" or
@@ -124,13 +114,13 @@ func HTTP(c net.Conn, deadline time.Duration) (string, *Conn, error) {
 		n, err := c.Read(tmp)
 		buf = append(buf, tmp[:n]...)
 		if proto, done := httpLine(buf); done {
-			return proto, &Conn{Conn: c, prefix: buf}, nil
+			return proto, wrap(c, buf), nil
 		}
 		if err != nil {
-			return "", &Conn{Conn: c, prefix: buf}, err
+			return "", wrap(c, buf), err
 		}
 	}
-	return "", &Conn{Conn: c, prefix: buf}, nil
+	return "", wrap(c, buf), nil
 }
 
 // httpLine decides on the bytes so far; done is false while they could
@@ -172,7 +162,3 @@ func isMethod(s string) bool {
 	}
 	return true
 }
-
-// Rewrap puts what sc still has to replay on top of raw: for a connection
-// sniffed twice, whose first sniff was fully re-read by the second.
-func Rewrap(raw net.Conn, sc *Conn) *Conn { return &Conn{Conn: raw, prefix: sc.prefix} }

@@ -56,16 +56,21 @@ func TestPlaintextIsNotConsumed(t *testing.T) {
 	}
 }
 
-func TestHTTP2Preface(t *testing.T) {
-	ok, c, _ := IsHTTP2(pipeWith([]byte(HTTP2Preface+"rest")), time.Second)
-	if !ok {
-		t.Fatal("preface not seen")
+// A connection sniffed twice (TLS, then HTTP) replays everything once, on
+// its own socket.
+func TestSniffedTwice(t *testing.T) {
+	in := "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+	raw := pipeWith([]byte(in))
+	_, first, err := TLS(raw, time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if b, _ := io.ReadAll(c); string(b) != HTTP2Preface+"rest" {
+	proto, second, _ := HTTP(first, time.Second)
+	if proto != "http/1.1" || second.Raw() != raw {
+		t.Fatalf("proto %q, stacked %v", proto, second.Raw() != raw)
+	}
+	if b, _ := io.ReadAll(second); string(b) != in {
 		t.Fatalf("replayed %q", b)
-	}
-	if ok, _, _ := IsHTTP2(pipeWith([]byte("POST /x HTTP/1.1\r\n")), time.Second); ok {
-		t.Fatal("HTTP/1.1 taken for HTTP/2")
 	}
 }
 
