@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -273,7 +274,7 @@ func memOf(procs map[string]int) string {
 	for n := range procs {
 		names = append(names, n)
 	}
-	sortStrings(names)
+	sort.Strings(names)
 	var parts []string
 	for _, n := range names {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", procs[n]))
@@ -289,14 +290,6 @@ func memOf(procs map[string]int) string {
 		parts = append(parts, fmt.Sprintf("%s %.0f / %.0f", n, field("VmRSS"), field("RssAnon")))
 	}
 	return strings.Join(parts, "; ")
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // startNginx runs nginx in the client namespace (127.0.0.1:18080, mTLS

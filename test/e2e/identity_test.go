@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -24,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,20 +71,25 @@ spec:
   - {name: app, image: curlimages/curl, command: [sleep, "3650d"]}
 `
 
-// eastWestGateway is the primary's east-west gateway as the installer
-// will make it: a router pod, its LoadBalancer Service, and the istiod
-// Service pointing at the control plane (here on the host).
-const eastWestGateway = `
+// The mesh's objects as the installer will make them, by hand until it
+// exists.
+
+// gatewayYAML is a cluster's east-west gateway: a router pod (its own
+// certificate and xDS over TLS with its projected token, as an injected
+// proxy) and its LoadBalancer Service; extraPorts are more Service ports
+// (YAML list items) and args the router's command line.
+func gatewayYAML(cluster, network, extraPorts, args string) string {
+	return fmt.Sprintf(`
 apiVersion: v1
 kind: Service
-metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, topology.istio.io/network: network1}}
+metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, topology.istio.io/network: %[2]s}}
 spec:
   type: LoadBalancer
   selector: {istio: eastwestgateway}
   ports:
   - {name: status-port, port: 15021, targetPort: 15021}
   - {name: tls, port: 15443, targetPort: 15443}
-  - {name: tls-istiod, port: 15012, targetPort: 15012}
+%[3]s
 ---
 apiVersion: v1
 kind: Pod
@@ -91,14 +98,14 @@ spec:
   containers:
   - name: istio-proxy
     image: isthmus/isthmus:dev
-    args: [proxy, router, --discovery-address, "198.18.0.1:%[1]s", --server-name, istiod.istio-system.svc]
+    args: %[4]s
     env:
     - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
     - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
     - {name: INSTANCE_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-    - {name: ISTIO_META_CLUSTER_ID, value: cluster-eks}
-    - {name: ISTIO_META_NETWORK, value: network1}
-    - {name: ISTIO_META_REQUESTED_NETWORK_VIEW, value: network1}
+    - {name: ISTIO_META_CLUSTER_ID, value: %[1]s}
+    - {name: ISTIO_META_NETWORK, value: %[2]s}
+    - {name: ISTIO_META_REQUESTED_NETWORK_VIEW, value: %[2]s}
     - {name: ISTIO_METAJSON_LABELS, value: '{"istio":"eastwestgateway","app":"istio-eastwestgateway"}'}
     readinessProbe: {httpGet: {port: 15021, path: /healthz/ready}, periodSeconds: 1}
     volumeMounts:
@@ -111,7 +118,14 @@ spec:
       - serviceAccountToken: {audience: istio-ca, expirationSeconds: 43200, path: istio-token}
   - name: istiod-ca-cert
     configMap: {name: istio-ca-root-cert}
----
+`, cluster, network, extraPorts, args)
+}
+
+// istiodYAML is a cluster's istiod Service without pods: its endpoint is
+// the control plane itself (the host), or for a remote the primary's
+// east-west gateway (what remotePilotAddress does).
+func istiodYAML(address string, xdsPort, webhookPort string) string {
+	return fmt.Sprintf(`
 apiVersion: v1
 kind: Service
 metadata: {name: istiod, namespace: istio-system}
@@ -120,15 +134,17 @@ spec:
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: istiod-host, namespace: istio-system, labels: {kubernetes.io/service-name: istiod}}
+metadata: {name: istiod-endpoint, namespace: istio-system, labels: {kubernetes.io/service-name: istiod}}
 addressType: IPv4
-endpoints: [{addresses: ["198.18.0.1"], conditions: {ready: true}}]
-ports: [{name: tls-istiod, port: %[2]s}, {name: https-webhook, port: %[3]d}]
-`
+endpoints: [{addresses: ["%s"], conditions: {ready: true}}]
+ports: [{name: tls-istiod, port: %s}, {name: https-webhook, port: %s}]
+`, address, xdsPort, webhookPort)
+}
 
-// injection is the primary's injection webhook, as the installer will
-// write it, and an injected namespace with the demo's profile and sleep.
-const injection = `
+// meshedProfileYAML is an injected namespace with the demo's profile,
+// which says which cluster served it.
+func meshedProfileYAML(cluster string) string {
+	return fmt.Sprintf(`
 apiVersion: v1
 kind: Namespace
 metadata: {name: meshed, labels: {istio-injection: enabled}}
@@ -153,9 +169,13 @@ spec:
       - name: profile
         image: isthmus/isthmus
         args: [demo-app, profile]
-        env: [{name: CLUSTER_NAME, value: cluster-eks}]
+        env: [{name: CLUSTER_NAME, value: %s}]
         readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
----
+`, cluster)
+}
+
+// meshedSleep calls profile from the meshed namespace.
+const meshedSleep = `
 apiVersion: v1
 kind: Pod
 metadata: {name: sleep, namespace: meshed, labels: {app: sleep}}
@@ -191,90 +211,6 @@ func (e *sandboxEnv) injectorReady(t *testing.T, cluster, network string, root [
 		return err == nil && string(h.Webhooks[0].ClientConfig.CABundle) == string(root)
 	})
 }
-
-// remoteSide is cluster-aks as a remote of the primary on another network:
-// its istiod Service points at the primary's east-west gateway (what
-// remotePilotAddress does), its injection webhook goes the same way, it has
-// its own east-west gateway, and an injected profile.
-const remoteSide = `
-apiVersion: v1
-kind: Service
-metadata: {name: istiod, namespace: istio-system}
-spec:
-  ports: [{name: tls-istiod, port: 15012}, {name: https-webhook, port: 443}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: istiod-remote, namespace: istio-system, labels: {kubernetes.io/service-name: istiod}}
-addressType: IPv4
-endpoints: [{addresses: ["%[1]s"], conditions: {ready: true}}]
-ports: [{name: tls-istiod, port: 15012}, {name: https-webhook, port: 15017}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, topology.istio.io/network: network2}}
-spec:
-  type: LoadBalancer
-  selector: {istio: eastwestgateway}
-  ports:
-  - {name: status-port, port: 15021, targetPort: 15021}
-  - {name: tls, port: 15443, targetPort: 15443}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio: eastwestgateway, app: istio-eastwestgateway}}
-spec:
-  containers:
-  - name: istio-proxy
-    image: isthmus/isthmus:dev
-    args: [proxy, router]
-    env:
-    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-    - {name: INSTANCE_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-    - {name: ISTIO_META_CLUSTER_ID, value: cluster-aks}
-    - {name: ISTIO_META_NETWORK, value: network2}
-    - {name: ISTIO_META_REQUESTED_NETWORK_VIEW, value: network2}
-    - {name: ISTIO_METAJSON_LABELS, value: '{"istio":"eastwestgateway","app":"istio-eastwestgateway"}'}
-    readinessProbe: {httpGet: {port: 15021, path: /healthz/ready}, periodSeconds: 1}
-    volumeMounts:
-    - {name: istio-token, mountPath: /var/run/secrets/tokens}
-    - {name: istiod-ca-cert, mountPath: /var/run/secrets/istio}
-  volumes:
-  - name: istio-token
-    projected:
-      sources:
-      - serviceAccountToken: {audience: istio-ca, expirationSeconds: 43200, path: istio-token}
-  - name: istiod-ca-cert
-    configMap: {name: istio-ca-root-cert}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: meshed, labels: {istio-injection: enabled}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: profile, namespace: meshed}
-spec:
-  selector: {app: profile}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: profile, namespace: meshed}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: profile}}
-  template:
-    metadata: {labels: {app: profile}}
-    spec:
-      containers:
-      - name: profile
-        image: isthmus/isthmus
-        args: [demo-app, profile]
-        env: [{name: CLUSTER_NAME, value: cluster-aks}]
-        readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
-`
 
 const (
 	sleepID   = "spiffe://cluster.local/ns/multicluster/sa/sleep"
@@ -622,7 +558,9 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			// The router itself gets its certificate and xDS over TLS with
 			// its token, as an injected proxy does.
 			_, securePort, _ := net.SplitHostPort(cp.secure)
-			e.apply("cluster-eks", fmt.Sprintf(eastWestGateway, securePort, securePort, webhookPort))
+			e.apply("cluster-eks", gatewayYAML("cluster-eks", "network1", "  - {name: tls-istiod, port: 15012, targetPort: 15012}",
+				`[proxy, router, --discovery-address, "198.18.0.1:`+securePort+`", --server-name, istiod.istio-system.svc]`)+
+				"---"+istiodYAML("198.18.0.1", securePort, strconv.Itoa(webhookPort)))
 			e.installIstioCRDs(t, "cluster-eks")
 			e.apply("cluster-eks", exposeIstiod)
 			e.waitReady("cluster-eks", "istio-system", "istio=eastwestgateway", 1)
@@ -653,7 +591,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 
 		t.Run("injected pods get a sidecar and talk over mTLS through it", func(t *testing.T) {
 			e.injectorReady(t, "cluster-eks", "network1", root)
-			e.apply("cluster-eks", injection)
+			e.apply("cluster-eks", meshedProfileYAML("cluster-eks")+"---"+meshedSleep)
 			for _, app := range []string{"profile", "sleep"} {
 				pods := e.waitReady("cluster-eks", "meshed", "app="+app, 1)
 				if n := len(pods[0].Spec.Containers); n != 2 || pods[0].Spec.Containers[1].Name != "istio-proxy" || len(pods[0].Spec.InitContainers) != 1 {
@@ -693,7 +631,8 @@ func TestIdentityAcrossClusters(t *testing.T) {
 				t.Fatalf("%v %s", err, out)
 			}
 			e.injectorReady(t, "cluster-aks", "network2", root)
-			e.apply("cluster-aks", fmt.Sprintf(remoteSide, eksGW))
+			e.apply("cluster-aks", istiodYAML(eksGW, "15012", "15017")+"---"+gatewayYAML("cluster-aks", "network2", "", "[proxy, router]")+
+				"---"+meshedProfileYAML("cluster-aks"))
 			e.waitReady("cluster-aks", "istio-system", "istio=eastwestgateway", 1)
 			pods := e.waitReady("cluster-aks", "meshed", "app=profile", 1)
 			if len(pods[0].Spec.Containers) != 2 {
@@ -749,7 +688,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 		const ttl = 10 * time.Second
 		sleep := agent(t, eksCP, "cluster-eks", e.token(t, "cluster-eks", "sleep", "istio-ca"), root1.pem, ttl)
 		profile := agent(t, aksCP, "cluster-aks", e.token(t, "cluster-aks", "profile", "istio-ca"), root1.pem, ttl)
-		if !bytesEqual(sleep.Leaf().RawIssuer, eksInter.cert.RawSubject) || !bytesEqual(profile.Leaf().RawIssuer, aksInter.cert.RawSubject) {
+		if !bytes.Equal(sleep.Leaf().RawIssuer, eksInter.cert.RawSubject) || !bytes.Equal(profile.Leaf().RawIssuer, aksInter.cert.RawSubject) {
 			t.Fatal("certificates are not signed by each cluster's own intermediate")
 		}
 		addr := echoServer(t, profile)
@@ -788,7 +727,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			plug("cluster-eks", eks2, root1, root2)
 			plug("cluster-aks", aks2, root1, root2)
 			eventually(t, "both workloads re-issued under root 2", func() bool {
-				return bytesEqual(sleep.Leaf().RawIssuer, eks2.cert.RawSubject) && bytesEqual(profile.Leaf().RawIssuer, aks2.cert.RawSubject)
+				return bytes.Equal(sleep.Leaf().RawIssuer, eks2.cert.RawSubject) && bytes.Equal(profile.Leaf().RawIssuer, aks2.cert.RawSubject)
 			})
 			check("signing under root 2")
 			// 3. Root 1 removed.
@@ -839,5 +778,3 @@ func countCerts(b []byte) (int, error) {
 		n++
 	}
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }

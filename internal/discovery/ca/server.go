@@ -22,6 +22,8 @@ type Authenticator interface {
 
 // Server is Istio's certificate service (istio.v1.auth.IstioCertificateService).
 type Server struct {
+	// The generated interface requires this embedding (forward
+	// compatibility); the service's one method, CreateCertificate, is below.
 	pb.UnimplementedIstioCertificateServiceServer
 	Store       *Store
 	Auth        Authenticator

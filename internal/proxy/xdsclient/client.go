@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -38,11 +39,7 @@ type State map[string]map[string]*anypb.Any
 func (s State) clone() State {
 	out := make(State, len(s))
 	for t, m := range s {
-		c := make(map[string]*anypb.Any, len(m))
-		for k, v := range m {
-			c[k] = v
-		}
-		out[t] = c
+		out[t] = maps.Clone(m)
 	}
 	return out
 }
@@ -102,15 +99,7 @@ type Status struct {
 func (c *Client) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return Status{Connected: c.connected, ACKs: clone(c.acks), NACKs: clone(c.nacks), LastNACK: c.lastNACK}
-}
-
-func clone(m map[string]int) map[string]int {
-	out := make(map[string]int, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	return Status{Connected: c.connected, ACKs: maps.Clone(c.acks), NACKs: maps.Clone(c.nacks), LastNACK: c.lastNACK}
 }
 
 // Run streams until ctx ends, reconnecting with backoff (1 s doubling to 30 s).
