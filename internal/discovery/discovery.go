@@ -62,6 +62,8 @@ type Config struct {
 	WebhookAddr string
 	// ProxyImage is what injected containers run (an isthmus image).
 	ProxyImage string
+	// ProxyPrivileged runs injected istio-proxy containers privileged.
+	ProxyPrivileged bool
 	// SidecarDiscoveryAddress is the control plane as injected proxies
 	// reach it (default istiod.<namespace>.svc:15012).
 	SidecarDiscoveryAddress string
@@ -210,7 +212,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.SidecarDiscoveryAddress == "" {
 			cfg.SidecarDiscoveryAddress = "istiod." + cfg.Namespace + ".svc:15012"
 		}
-		injector := &inject.Config{Image: cfg.ProxyImage, ClusterID: cfg.ClusterID, Network: cfg.Network,
+		injector := &inject.Config{Image: cfg.ProxyImage, Privileged: cfg.ProxyPrivileged, ClusterID: cfg.ClusterID, Network: cfg.Network,
 			DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), Log: log}
 		wmux := http.NewServeMux()
 		wmux.Handle("/inject", injector.Handler())

@@ -12,6 +12,8 @@ package inject
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 
 	"io"
 	"log/slog"
@@ -28,9 +30,12 @@ import (
 const (
 	AnnotationInject = "sidecar.istio.io/inject"
 	AnnotationStatus = "sidecar.istio.io/status"
-	LabelTLSMode     = "security.istio.io/tlsMode"
-	ProxyName        = "istio-proxy"
-	InitName         = "istio-init"
+	// AnnotationTemplates picks injection templates; isthmus has sidecar
+	// (the default) and gateway.
+	AnnotationTemplates = "inject.istio.io/templates"
+	LabelTLSMode        = "security.istio.io/tlsMode"
+	ProxyName           = "istio-proxy"
+	InitName            = "istio-init"
 	// Traffic annotations passed to `isthmus proxy init`.
 	annIncludeInbound  = "traffic.sidecar.istio.io/includeInboundPorts"
 	annExcludeInbound  = "traffic.sidecar.istio.io/excludeInboundPorts"
@@ -48,7 +53,9 @@ type Config struct {
 	// DiscoveryAddress is the control plane as the pod reaches it.
 	DiscoveryAddress string
 	MeshID           string
-	Log              *slog.Logger
+	// Privileged runs istio-proxy privileged (values.global.proxy.privileged).
+	Privileged bool
+	Log        *slog.Logger
 }
 
 // Handler serves AdmissionReview v1 requests.
@@ -118,13 +125,17 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 	if pod.Spec.HostNetwork {
 		return nil, "host network"
 	}
-	for _, ctr := range pod.Spec.Containers {
-		if ctr.Name == ProxyName {
-			return nil, "already injected" // re-invocation adds nothing
-		}
-	}
 	if namespace == "" {
 		namespace = pod.Namespace
+	}
+	for i, ctr := range pod.Spec.Containers {
+		if ctr.Name != ProxyName {
+			continue
+		}
+		if ctr.Image == "auto" && slices.Contains(strings.Split(pod.Annotations[AnnotationTemplates], ","), "gateway") {
+			return c.gatewayPatch(pod, i, namespace, cluster, network), ""
+		}
+		return nil, "already injected" // re-invocation adds nothing
 	}
 	var ops []op
 	if pod.Labels == nil {
@@ -147,12 +158,40 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 	if pod.Spec.Volumes == nil {
 		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})
 	}
+	return append(ops, volumes()...), ""
+}
+
+// gatewayPatch is Istio's gateway template: the pod's own istio-proxy
+// container (image "auto") becomes `isthmus proxy router` with the pod's
+// identity; its env (ISTIO_META_REQUESTED_NETWORK_VIEW, ...) and ports are
+// kept. No init container: a gateway's traffic is addressed to it.
+func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, network string) []op {
+	own := pod.Spec.Containers[i]
+	ctr := c.proxyContainer(pod, namespace, cluster, network)
+	ctr.Args = []string{"proxy", "router"}
+	ctr.Env = append(ctr.Env, own.Env...)
+	ctr.Ports = append(own.Ports, ctr.Ports...)
+	ctr.Resources = own.Resources
+	ops := []op{{"replace", fmt.Sprintf("/spec/containers/%d", i), ctr}}
+	if pod.Annotations == nil {
+		ops = append(ops, op{"add", "/metadata/annotations", map[string]string{}})
+	}
+	ops = append(ops, op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"]}`})
+	if pod.Spec.Volumes == nil {
+		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})
+	}
+	return append(ops, volumes()...)
+}
+
+// volumes are the proxy's token (audience istio-ca) and the mesh root.
+func volumes() []op {
+	var ops []op
 	ops = append(ops, op{"add", "/spec/volumes/-", corev1.Volume{Name: "istio-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "istio-ca", ExpirationSeconds: ptr.To[int64](43200), Path: "istio-token"}}},
 	}}}})
 	ops = append(ops, op{"add", "/spec/volumes/-", corev1.Volume{Name: "istiod-ca-cert", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 		LocalObjectReference: corev1.LocalObjectReference{Name: "istio-ca-root-cert"}}}}})
-	return ops, ""
+	return ops
 }
 
 // escape is JSON Pointer escaping for a map key.
@@ -215,7 +254,7 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 			PeriodSeconds: 2, FailureThreshold: 30,
 		},
 		SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](1337), RunAsGroup: ptr.To[int64](1337), RunAsNonRoot: ptr.To(true),
-			AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true)},
+			AllowPrivilegeEscalation: ptr.To(c.Privileged), ReadOnlyRootFilesystem: ptr.To(true), Privileged: ptr.To(c.Privileged)},
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: "istio-token", MountPath: "/var/run/secrets/tokens"},
 			{Name: "istiod-ca-cert", MountPath: "/var/run/secrets/istio"},

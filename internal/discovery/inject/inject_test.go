@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
@@ -121,5 +122,35 @@ func TestLeavesAloneWhatItShould(t *testing.T) {
 	_ = json.Unmarshal(rec.Body.Bytes(), &out2)
 	if out2.Response == nil || !out2.Response.Allowed || out2.Response.Patch != nil {
 		t.Fatalf("garbage pod: %s", rec.Body.String())
+	}
+}
+
+func TestGatewayTemplate(t *testing.T) {
+	gw := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "istio-eastwestgateway-abc", Namespace: "istio-system",
+			Labels:      map[string]string{"istio": "eastwestgateway", "sidecar.istio.io/inject": "true"},
+			Annotations: map[string]string{AnnotationTemplates: "gateway"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "istio-proxy", Image: "auto",
+			Env:   []corev1.EnvVar{{Name: "ISTIO_META_REQUESTED_NETWORK_VIEW", Value: "network2"}},
+			Ports: []corev1.ContainerPort{{ContainerPort: 15443}}}}},
+	}
+	pod := review(t, "/inject/cluster/cluster-aks/net/network2", gw)
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 0 || len(pod.Spec.Volumes) != 2 {
+		t.Fatalf("containers %d, init %d, volumes %d", len(pod.Spec.Containers), len(pod.Spec.InitContainers), len(pod.Spec.Volumes))
+	}
+	c := pod.Spec.Containers[0]
+	if c.Image != cfg.Image || strings.Join(c.Args, " ") != "proxy router" {
+		t.Fatalf("gateway container runs %s %v", c.Image, c.Args)
+	}
+	for name, want := range map[string]string{"ISTIO_META_CLUSTER_ID": "cluster-aks", "ISTIO_META_NETWORK": "network2", "ISTIO_META_REQUESTED_NETWORK_VIEW": "network2"} {
+		if got := env(c, name); got != want {
+			t.Errorf("%s=%q, want %q", name, got, want)
+		}
+	}
+	if c.Ports[0].ContainerPort != 15443 || pod.Labels[LabelTLSMode] != "" {
+		t.Errorf("ports %v, labels %v", c.Ports, pod.Labels)
+	}
+	if again := review(t, "/inject", pod); strings.Join(again.Spec.Containers[0].Args, " ") != "proxy router" || len(again.Spec.Volumes) != 2 {
+		t.Error("re-invocation changed an injected gateway")
 	}
 }

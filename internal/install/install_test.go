@@ -1,0 +1,188 @@
+package install
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+const examples = "../../examples/primary-remote-multinetwork"
+
+func load(t *testing.T, sets []string, files ...string) *Loaded {
+	t.Helper()
+	for i, f := range files {
+		files[i] = filepath.Join(examples, f)
+	}
+	l, err := Load(files, sets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// objects indexes rendered objects by "Kind namespace/name".
+func objects(t *testing.T, l *Loaded) map[string]*unstructured.Unstructured {
+	t.Helper()
+	parts, err := Render(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*unstructured.Unstructured{}
+	for _, p := range parts {
+		for _, o := range p.Objects {
+			out[describeObj(o)] = o
+		}
+	}
+	return out
+}
+
+func has(t *testing.T, objs map[string]*unstructured.Unstructured, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if objs[n] == nil {
+			keys := make([]string, 0, len(objs))
+			for k := range objs {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			t.Errorf("no %s among %s", n, strings.Join(keys, ", "))
+		}
+	}
+}
+
+func TestSeedFilesRender(t *testing.T) {
+	primary := load(t, nil, "cluster-eks-primary.yaml")
+	if len(primary.Warnings) > 0 {
+		t.Errorf("warnings for the seed's primary file: %v", primary.Warnings)
+	}
+	objs := objects(t, primary)
+	has(t, objs, "Deployment istio-system/istiod", "Service istio-system/istiod", "ServiceAccount istio-system/istiod",
+		"ConfigMap istio-system/istio", "ClusterRole istiod-clusterrole-istio-system", "Role istio-system/istiod",
+		"MutatingWebhookConfiguration istio-sidecar-injector", "ServiceAccount istio-system/istio-reader-service-account",
+		"ClusterRole istio-reader-clusterrole-istio-system", "Deployment istio-system/istio-ingressgateway",
+		"Service istio-system/istio-ingressgateway", "Role istio-system/istio-ingressgateway-sds",
+		"CustomResourceDefinition gateways.networking.istio.io", "CustomResourceDefinition virtualservices.networking.istio.io")
+	env, _, _ := unstructured.NestedSlice(objs["Deployment istio-system/istiod"].Object, "spec", "template", "spec", "containers")
+	s := toString(env)
+	for _, want := range []string{"CLUSTER_ID", "cluster-eks", "NETWORK", "network1"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("istiod container lacks %s: %s", want, s)
+		}
+	}
+	mesh, _, _ := unstructured.NestedString(objs["ConfigMap istio-system/istio"].Object, "data", "mesh")
+	if !strings.Contains(mesh, "meshId: mesh1") || !strings.Contains(mesh, "trustDomain: cluster.local") {
+		t.Errorf("mesh config:\n%s", mesh)
+	}
+
+	ew := load(t, nil, "east-west-gateway-cluster-eks.yaml")
+	if len(ew.Warnings) > 0 {
+		t.Errorf("warnings for the seed's east-west file: %v", ew.Warnings)
+	}
+	objs = objects(t, ew)
+	if len(objs) != 5 {
+		t.Errorf("profile empty with one gateway: %d objects, want 5 (no CRDs, no control plane)", len(objs))
+	}
+	svc := objs["Service istio-system/istio-eastwestgateway"]
+	if svc == nil {
+		t.Fatal("no east-west Service")
+	}
+	if a := svc.GetAnnotations()["service.beta.kubernetes.io/aws-load-balancer-type"]; a != "“nlb”" {
+		t.Errorf("service annotation %q", a)
+	}
+	if typ, _, _ := unstructured.NestedString(svc.Object, "spec", "type"); typ != "LoadBalancer" {
+		t.Errorf("service type %s", typ)
+	}
+	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	if len(ports) != 4 || !strings.Contains(toString(ports), "15443") {
+		t.Errorf("ports %v", ports)
+	}
+	if svc.GetLabels()["topology.istio.io/network"] != "network1" {
+		t.Errorf("labels %v", svc.GetLabels())
+	}
+	dep := objs["Deployment istio-system/istio-eastwestgateway"]
+	tmpl, _, _ := unstructured.NestedMap(dep.Object, "spec", "template")
+	if s := toString(tmpl); !strings.Contains(s, `"inject.istio.io/templates":"gateway"`) || !strings.Contains(s, "ISTIO_META_REQUESTED_NETWORK_VIEW") {
+		t.Errorf("gateway pod template: %s", s)
+	}
+
+	remote := load(t, []string{"values.global.remotePilotAddress=198.18.1.10"}, "cluster-aks-remote.yaml")
+	objs = objects(t, remote)
+	has(t, objs, "Service istio-system/istiod", "EndpointSlice istio-system/istiod", "MutatingWebhookConfiguration istio-sidecar-injector",
+		"ServiceAccount istio-system/istio-reader-service-account", "ClusterRoleBinding istio-reader-clusterrole-istio-system",
+		"CustomResourceDefinition gateways.networking.istio.io")
+	if objs["Deployment istio-system/istiod"] != nil {
+		t.Error("the remote profile runs no control plane")
+	}
+	if s := toString(objs["EndpointSlice istio-system/istiod"].Object); !strings.Contains(s, "198.18.1.10") || !strings.Contains(s, "15017") {
+		t.Errorf("istiod endpoints: %s", s)
+	}
+	hooks, _, _ := unstructured.NestedSlice(objs["MutatingWebhookConfiguration istio-sidecar-injector"].Object, "webhooks")
+	if s := toString(hooks); !strings.Contains(s, `"path":"/inject/cluster/cluster-aks/net/network2"`) || !strings.Contains(s, `"name":"istiod"`) || strings.Contains(s, "caBundle") {
+		t.Errorf("remote webhook: %s", s)
+	}
+}
+
+// toString is v as compact JSON, to look for fields in.
+func toString(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+func TestBadInput(t *testing.T) {
+	write := func(s string) string {
+		p := filepath.Join(t.TempDir(), "op.yaml")
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n"
+
+	l, err := Load([]string{write(head + "spec:\n  profile: minimal\n  meshConfig:\n    enableTracing: true\n  values:\n    global:\n      network: n1\n      logging: {level: debug}\n    pilot:\n      autoscaleEnabled: false\n")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"spec.meshConfig.enableTracing", "spec.values.global.logging", "spec.values.pilot"} {
+		if !slices.ContainsFunc(l.Warnings, func(w string) bool { return strings.HasPrefix(w, want+":") }) {
+			t.Errorf("no warning naming %s in %q", want, l.Warnings)
+		}
+	}
+	mesh := objects(t, l)["ConfigMap istio-system/istio"]
+	if s, _, _ := unstructured.NestedString(mesh.Object, "data", "mesh"); !strings.Contains(s, "enableTracing: true") {
+		t.Errorf("unsupported meshConfig fields must still reach the ConfigMap:\n%s", s)
+	}
+
+	for _, tc := range []struct{ doc, says string }{
+		{head + "spec:\n  components:\n    ingressGateways:\n    - name: gw\n      enabled: maybe\n", "spec.components.ingressGateways[0].enabled: want true or false"},
+		{head + "spec:\n  values:\n    global:\n      meshID: [a]\n", "spec.values.global.meshID: want a string"},
+		{head + "spec:\n  profile: remote\n", "needs spec.values.global.remotePilotAddress"},
+		{head + "spec:\n  profile: remote\n  values:\n    global:\n      remotePilotAddress: gw.example.com\n", "want an IP address"},
+		{head + "spec:\n  profile: demo\n", `spec.profile "demo": isthmus knows the profiles default, empty, minimal, remote`},
+		{"apiVersion: v1\nkind: ConfigMap\n", "want install.istio.io/v1alpha1"},
+		{head + "spec:\n  values:\n    global:\n      multiCluster: {clusterName: Cluster_EKS}\n", "clusterName \"Cluster_EKS\""},
+	} {
+		_, err := Load([]string{write(tc.doc)}, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%q: got %v, want an error saying %q", tc.doc, err, tc.says)
+		}
+	}
+}
+
+func TestOverlaysAndSet(t *testing.T) {
+	l := load(t, []string{"values.global.network=network9", "components.ingressGateways[0].enabled=false"},
+		"cluster-eks-primary.yaml", "east-west-gateway-cluster-eks.yaml")
+	if l.Spec.Values.Global.Network != "network9" || l.Spec.Values.Global.MultiCluster.ClusterName != "cluster-eks" {
+		t.Errorf("merged values %+v", l.Spec.Values.Global)
+	}
+	if l.ProfileName() != "empty" {
+		t.Errorf("profile %s: the later file wins", l.ProfileName())
+	}
+	if gws := l.gateways(); len(gws) != 0 {
+		t.Errorf("gateway disabled by --set still rendered: %v", gws)
+	}
+	if _, err := Load([]string{filepath.Join(examples, "cluster-eks-primary.yaml")}, []string{"components.ingressGateways[3].enabled=false"}); err == nil {
+		t.Error("--set of a list element that does not exist must fail")
+	}
+}

@@ -1,0 +1,496 @@
+// Package install turns IstioOperator files into the Kubernetes objects of
+// a mesh and applies them: the control plane (profiles default and
+// minimal), a remote cluster's side (profile remote) and gateways, so that
+// the install files users wrote for istioctl work unchanged.
+package install
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+)
+
+// The IstioOperator fields isthmus acts on. Anything else in a file is
+// reported as a warning by name (never silently dropped); a value of the
+// wrong type is an error naming its path.
+
+// Operator is one install.istio.io/v1alpha1 IstioOperator.
+type Operator struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Metadata   Metadata `json:"metadata"`
+	Spec       Spec     `json:"spec"`
+}
+
+// Metadata is the object's name, used to label what it installs.
+type Metadata struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+}
+
+// Spec is IstioOperatorSpec's supported subset.
+type Spec struct {
+	Profile    string     `json:"profile"`
+	Revision   string     `json:"revision"`
+	Namespace  string     `json:"namespace"`
+	Hub        string     `json:"hub"`
+	Tag        string     `json:"tag"`
+	MeshConfig MeshConfig `json:"meshConfig"`
+	Components Components `json:"components"`
+	Values     Values     `json:"values"`
+}
+
+// MeshConfig lists the mesh settings the control plane reads; the whole
+// meshConfig still goes to the ConfigMap istio.
+type MeshConfig struct {
+	TrustDomain   string `json:"trustDomain"`
+	DefaultConfig struct {
+		MeshID string `json:"meshId"`
+	} `json:"defaultConfig"`
+}
+
+// Components are the parts of an install a profile turns on or off.
+type Components struct {
+	Base            *Component `json:"base"`
+	Pilot           *Component `json:"pilot"`
+	IstiodRemote    *Component `json:"istiodRemote"`
+	Cni             *Component `json:"cni"`
+	IngressGateways []Gateway  `json:"ingressGateways"`
+	EgressGateways  []Gateway  `json:"egressGateways"`
+}
+
+// Component is an on/off part with Kubernetes settings.
+type Component struct {
+	Enabled *bool `json:"enabled"`
+	K8s     *K8s  `json:"k8s"`
+}
+
+// Gateway is one gateway Deployment and its Service.
+type Gateway struct {
+	Name      string            `json:"name"`
+	Namespace string            `json:"namespace"`
+	Enabled   *bool             `json:"enabled"`
+	Label     map[string]string `json:"label"`
+	K8s       *K8s              `json:"k8s"`
+}
+
+// K8s is the supported subset of KubernetesResourcesSpec.
+type K8s struct {
+	Env                []corev1.EnvVar   `json:"env"`
+	ReplicaCount       *int32            `json:"replicaCount"`
+	PodAnnotations     map[string]string `json:"podAnnotations"`
+	ServiceAnnotations map[string]string `json:"serviceAnnotations"`
+	Service            *ServiceSpec      `json:"service"`
+}
+
+// ServiceSpec is a gateway Service's ports and type.
+type ServiceSpec struct {
+	Type  corev1.ServiceType   `json:"type"`
+	Ports []corev1.ServicePort `json:"ports"`
+}
+
+// Values are the Helm values isthmus reads.
+type Values struct {
+	Global       Global `json:"global"`
+	IstiodRemote struct {
+		InjectionPath string `json:"injectionPath"`
+		InjectionURL  string `json:"injectionURL"`
+	} `json:"istiodRemote"`
+	Gateways struct {
+		IngressGateway GatewayValues `json:"istio-ingressgateway"`
+	} `json:"gateways"`
+}
+
+// Global is values.global.
+type Global struct {
+	MeshID         string `json:"meshID"`
+	Network        string `json:"network"`
+	Hub            string `json:"hub"`
+	Tag            string `json:"tag"`
+	IstioNamespace string `json:"istioNamespace"`
+	MultiCluster   struct {
+		ClusterName string `json:"clusterName"`
+		Enabled     *bool  `json:"enabled"`
+	} `json:"multiCluster"`
+	RemotePilotAddress string `json:"remotePilotAddress"`
+	Proxy              struct {
+		Privileged *bool `json:"privileged"`
+	} `json:"proxy"`
+	MeshNetworks map[string]any `json:"meshNetworks"`
+}
+
+// GatewayValues are values.gateways.istio-ingressgateway: they apply to
+// every ingress gateway of the file, as in Istio.
+type GatewayValues struct {
+	InjectionTemplate  string             `json:"injectionTemplate"`
+	ServiceAnnotations map[string]string  `json:"serviceAnnotations"`
+	Type               corev1.ServiceType `json:"type"`
+}
+
+// Loaded is the merged IstioOperator of one install, with what the user
+// should know about it.
+type Loaded struct {
+	Operator
+	// raw is the merged document, kept whole for meshConfig.
+	raw map[string]any
+	// Warnings name fields isthmus does not act on.
+	Warnings []string
+}
+
+// Load reads and merges IstioOperator files (later files and then --set
+// values override earlier ones, lists are replaced) and checks them.
+func Load(files []string, sets []string) (*Loaded, error) {
+	merged := map[string]any{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		doc, err := parseOne(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		merged = merge(merged, doc)
+	}
+	for _, s := range sets {
+		path, value, ok := strings.Cut(s, "=")
+		if !ok || path == "" {
+			return nil, fmt.Errorf("--set %q: want path=value, for example --set values.global.network=network1", s)
+		}
+		path = strings.TrimPrefix(path, "spec.")
+		if err := setPath(merged, append([]string{"spec"}, splitPath(path)...), scalar(value)); err != nil {
+			return nil, fmt.Errorf("--set %s: %w", s, err)
+		}
+	}
+	return check(merged)
+}
+
+// Parse checks one IstioOperator document given as bytes.
+func Parse(b []byte) (*Loaded, error) {
+	doc, err := parseOne(b)
+	if err != nil {
+		return nil, err
+	}
+	return check(doc)
+}
+
+func parseOne(b []byte) (map[string]any, error) {
+	var docs []map[string]any
+	for _, part := range splitDocs(b) {
+		j, err := yaml.YAMLToJSON(part)
+		if err != nil {
+			return nil, fmt.Errorf("not YAML: %w", err)
+		}
+		if strings.TrimSpace(string(j)) == "null" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(j, &m); err != nil {
+			return nil, fmt.Errorf("want an IstioOperator object: %w", err)
+		}
+		docs = append(docs, m)
+	}
+	switch len(docs) {
+	case 0:
+		return nil, fmt.Errorf("empty file; want an IstioOperator (apiVersion install.istio.io/v1alpha1)")
+	case 1:
+	default:
+		return nil, fmt.Errorf("%d YAML documents; want one IstioOperator per file (pass several files with -f)", len(docs))
+	}
+	doc := docs[0]
+	if av, _ := doc["apiVersion"].(string); av != "install.istio.io/v1alpha1" {
+		return nil, fmt.Errorf("apiVersion %q: want install.istio.io/v1alpha1", av)
+	}
+	if k, _ := doc["kind"].(string); k != "IstioOperator" {
+		return nil, fmt.Errorf("kind %q: want IstioOperator", k)
+	}
+	return doc, nil
+}
+
+func splitDocs(b []byte) [][]byte {
+	var out [][]byte
+	var cur []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.TrimRight(line, " \t\r") == "---" {
+			out = append(out, []byte(strings.Join(cur, "\n")))
+			cur = nil
+			continue
+		}
+		cur = append(cur, line)
+	}
+	return append(out, []byte(strings.Join(cur, "\n")))
+}
+
+// check walks the merged document against the supported fields, then
+// decodes it and checks values that depend on each other.
+func check(doc map[string]any) (*Loaded, error) {
+	var r report
+	walk("", doc, typeOfOperator, &r)
+	if len(r.errs) > 0 {
+		return nil, fmt.Errorf("invalid IstioOperator:\n  %s", strings.Join(r.errs, "\n  "))
+	}
+	j, err := json.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	l := &Loaded{raw: doc}
+	if err := json.Unmarshal(j, &l.Operator); err != nil {
+		return nil, fmt.Errorf("invalid IstioOperator: %w", err)
+	}
+	l.Warnings = r.unsupported
+	if err := l.validate(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// validate checks what the schema cannot: known profiles, names, and the
+// settings a profile cannot do without.
+func (l *Loaded) validate() error {
+	s := &l.Spec
+	p := l.ProfileName()
+	if _, ok := profiles[p]; !ok {
+		return fmt.Errorf("spec.profile %q: isthmus knows the profiles %s", p, strings.Join(ProfileNames(), ", "))
+	}
+	if s.Revision != "" {
+		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.revision %q: revisions are not supported; installing the default revision", s.Revision))
+	}
+	if n := s.Values.Global.MultiCluster.ClusterName; n != "" {
+		if errs := validation.IsDNS1123Label(n); len(errs) > 0 {
+			return fmt.Errorf("spec.values.global.multiCluster.clusterName %q: %s", n, strings.Join(errs, "; "))
+		}
+	}
+	if ns := l.Namespace(); len(validation.IsDNS1123Label(ns)) > 0 {
+		return fmt.Errorf("spec.namespace %q is not a valid namespace name", ns)
+	}
+	remote := l.enabled("istiodRemote")
+	if a := s.Values.Global.RemotePilotAddress; remote && s.Values.IstiodRemote.InjectionURL == "" {
+		if a == "" || strings.Contains(a, "<") {
+			return fmt.Errorf("profile %s needs spec.values.global.remotePilotAddress: the IP address of the primary cluster's east-west gateway (print it with `isthmus gateway address --context PRIMARY`)", p)
+		}
+		if net.ParseIP(a) == nil {
+			return fmt.Errorf("spec.values.global.remotePilotAddress %q: want an IP address (resolve the gateway's hostname and give its IP, as the remote's istiod endpoint is an IP)", a)
+		}
+	} else if a != "" && !remote {
+		l.Warnings = append(l.Warnings, "spec.values.global.remotePilotAddress is used only by the remote profile (istiodRemote); ignored here")
+	}
+	if remote {
+		if ip := s.Values.IstiodRemote.InjectionPath; ip != "" && !strings.HasPrefix(ip, "/inject") {
+			return fmt.Errorf("spec.values.istiodRemote.injectionPath %q: want /inject or /inject/cluster/CLUSTER/net/NETWORK", ip)
+		}
+		if len(l.raw) > 0 && hasKey(l.raw, "spec", "meshConfig") {
+			l.Warnings = append(l.Warnings, "spec.meshConfig in a remote profile: the primary's control plane serves this cluster with its own mesh config; ignored here")
+		}
+		if s.Values.Global.Proxy.Privileged != nil {
+			l.Warnings = append(l.Warnings, "spec.values.global.proxy.privileged in a remote profile: this cluster's sidecars are injected by the primary's control plane, with the primary's setting")
+		}
+	}
+	for i, g := range l.gateways() {
+		if g.Name == "" {
+			return fmt.Errorf("spec.components.ingressGateways[%d].name: a gateway needs a name", i)
+		}
+		if errs := validation.IsDNS1123Label(g.Name); len(errs) > 0 {
+			return fmt.Errorf("spec.components.ingressGateways[%d].name %q: %s", i, g.Name, strings.Join(errs, "; "))
+		}
+	}
+	if t := s.Values.Gateways.IngressGateway.InjectionTemplate; t != "" && t != "gateway" {
+		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.values.gateways.istio-ingressgateway.injectionTemplate %q: isthmus has the template gateway only; using it", t))
+	}
+	for i, g := range s.Components.EgressGateways {
+		if g.Enabled == nil || *g.Enabled {
+			l.Warnings = append(l.Warnings, fmt.Sprintf("spec.components.egressGateways[%d] (%s): egress gateways are not supported; not installed", i, g.Name))
+		}
+	}
+	if c := s.Components.Cni; c != nil && c.Enabled != nil && *c.Enabled {
+		l.Warnings = append(l.Warnings, "spec.components.cni: the CNI plugin is not supported; pods get the istio-init container")
+	}
+	return nil
+}
+
+func hasKey(m map[string]any, path ...string) bool {
+	for i, k := range path {
+		v, ok := m[k]
+		if !ok {
+			return false
+		}
+		if i == len(path)-1 {
+			return true
+		}
+		if m, ok = v.(map[string]any); !ok {
+			return false
+		}
+	}
+	return false
+}
+
+// merge overlays b on a: maps merge key by key, anything else is replaced.
+func merge(a, b map[string]any) map[string]any {
+	out := make(map[string]any, len(a)+len(b))
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		am, aok := out[k].(map[string]any)
+		bm, bok := v.(map[string]any)
+		if aok && bok {
+			out[k] = merge(am, bm)
+		} else {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// splitPath splits a --set path: a.b[0].c -> a, b, [0], c. Keys may hold
+// dashes (gateways.istio-ingressgateway).
+func splitPath(p string) []string {
+	var out []string
+	for _, part := range strings.Split(p, ".") {
+		for {
+			i := strings.IndexByte(part, '[')
+			if i < 0 {
+				break
+			}
+			if i > 0 {
+				out = append(out, part[:i])
+			}
+			j := strings.IndexByte(part, ']')
+			if j < i {
+				out = append(out, part)
+				part = ""
+				break
+			}
+			out = append(out, part[i:j+1])
+			part = part[j+1:]
+		}
+		if part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// setPath sets a value at a path of map keys and [index] list elements,
+// making maps on the way.
+func setPath(m map[string]any, path []string, v any) error {
+	var cur any = m
+	for i, k := range path {
+		last := i == len(path)-1
+		if strings.HasPrefix(k, "[") {
+			n, err := strconv.Atoi(strings.Trim(k, "[]"))
+			l, ok := cur.([]any)
+			if err != nil || !ok || n < 0 || n >= len(l) {
+				return fmt.Errorf("%s: no list element %s there", strings.Join(path[:i], "."), k)
+			}
+			if last {
+				l[n] = v
+				return nil
+			}
+			cur = l[n]
+			continue
+		}
+		cm, ok := cur.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s is not an object", strings.Join(path[:i], "."))
+		}
+		if last {
+			cm[k] = v
+			return nil
+		}
+		next, ok := cm[k]
+		if !ok {
+			next = map[string]any{}
+			cm[k] = next
+		}
+		cur = next
+	}
+	return nil
+}
+
+// scalar types a --set value as Helm does: booleans and numbers, else a string.
+func scalar(s string) any {
+	switch s {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return float64(n)
+	}
+	return s
+}
+
+// ProfileName is spec.profile, default when empty.
+func (l *Loaded) ProfileName() string {
+	if l.Spec.Profile == "" {
+		return "default"
+	}
+	return l.Spec.Profile
+}
+
+// Namespace is where the mesh's namespaced objects go.
+func (l *Loaded) Namespace() string {
+	for _, n := range []string{l.Spec.Namespace, l.Spec.Values.Global.IstioNamespace} {
+		if n != "" {
+			return n
+		}
+	}
+	return "istio-system"
+}
+
+// enabled says whether a component is on: the file's enabled, else the profile's.
+func (l *Loaded) enabled(component string) bool {
+	var c *Component
+	switch component {
+	case "base":
+		c = l.Spec.Components.Base
+	case "pilot":
+		c = l.Spec.Components.Pilot
+	case "istiodRemote":
+		c = l.Spec.Components.IstiodRemote
+	}
+	if c != nil && c.Enabled != nil {
+		return *c.Enabled
+	}
+	return slices.Contains(profiles[l.ProfileName()].components, component)
+}
+
+// gateways are the enabled ingress gateways: the profile's, overlaid by
+// name with the file's.
+func (l *Loaded) gateways() []Gateway {
+	var out []Gateway
+	for _, g := range profiles[l.ProfileName()].gateways {
+		out = append(out, g)
+	}
+	for _, g := range l.Spec.Components.IngressGateways {
+		i := slices.IndexFunc(out, func(p Gateway) bool { return p.Name == g.Name })
+		if i < 0 {
+			out = append(out, g)
+			continue
+		}
+		p := out[i]
+		if g.Enabled != nil {
+			p.Enabled = g.Enabled
+		}
+		if g.Label != nil {
+			p.Label = g.Label
+		}
+		if g.K8s != nil {
+			p.K8s = g.K8s
+		}
+		if g.Namespace != "" {
+			p.Namespace = g.Namespace
+		}
+		out[i] = p
+	}
+	return slices.DeleteFunc(out, func(g Gateway) bool { return g.Enabled != nil && !*g.Enabled })
+}
