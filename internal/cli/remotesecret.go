@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
@@ -14,6 +15,13 @@ import (
 // restConfig loads a kubeconfig as kubectl does: --kubeconfig, else
 // in-cluster, else $KUBECONFIG or ~/.kube/config; --context picks one.
 func restConfig(kubeconfig, kubeContext string) (*rest.Config, error) {
+	// In a pod with nothing said, its service account (client-go would try
+	// ~/.kube/config first, which a non-root container may not read).
+	if kubeconfig == "" && kubeContext == "" && os.Getenv("KUBECONFIG") == "" && os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		if rc, err := rest.InClusterConfig(); err == nil {
+			return rc, nil
+		}
+	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = kubeconfig
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()

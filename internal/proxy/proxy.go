@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,7 +114,7 @@ var _ xdsclient.Applier = (*Proxy)(nil)
 // Apply validates a whole candidate configuration, opens the sockets of new
 // listeners, and only then swaps it in; any failure leaves the running
 // configuration untouched and is returned for the NACK.
-func (p *Proxy) Apply(st xdsclient.State, _ string) (map[string][]string, error) {
+func (p *Proxy) Apply(st xdsclient.State, changed string) (map[string][]string, error) {
 	snap, want, err := config.Build(config.Resources(st))
 	if err != nil {
 		return nil, err
@@ -157,7 +158,9 @@ func (p *Proxy) Apply(st xdsclient.State, _ string) (map[string][]string, error)
 		p.bound[b.name] = b
 		go p.accept(b)
 	}
-	if len(snap.Listeners) > 0 {
+	// Ready once listeners arrived, even none (a gateway before any
+	// Gateway selects it), as Envoy is LIVE after its first LDS.
+	if len(snap.Listeners) > 0 || strings.HasSuffix(changed, ".Listener") {
 		p.readyOnce.Do(func() { close(p.ready) })
 	}
 	return want, nil

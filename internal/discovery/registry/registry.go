@@ -213,13 +213,53 @@ func (r *Registry) Services() []*Service {
 	return out
 }
 
-// Endpoints returns every cluster's endpoints of a service.
+// Endpoints returns every cluster's endpoints of a service. Their ports
+// carry the merged service's port names: clusters may name the same port
+// differently (a remote's istiod Service says tcp-istiod where the
+// primary's says https-dns), and the port number is what they share.
 func (r *Registry) Endpoints(hostname string) []Endpoint {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var out []Endpoint
+	merged := map[int32]string{}
 	for _, name := range r.clusterNames() {
-		out = append(out, r.clusters[name].endpoints[hostname]...)
+		if svc := r.clusters[name].services[hostname]; svc != nil {
+			for _, p := range svc.Ports {
+				if _, ok := merged[p.Port]; !ok {
+					merged[p.Port] = p.Name
+				}
+			}
+		}
+	}
+	for _, name := range r.clusterNames() {
+		sh := r.clusters[name]
+		eps := sh.endpoints[hostname]
+		var rename map[string]string
+		if svc := sh.services[hostname]; svc != nil {
+			for _, p := range svc.Ports {
+				if m := merged[p.Port]; m != p.Name {
+					if rename == nil {
+						rename = map[string]string{}
+					}
+					rename[p.Name] = m
+				}
+			}
+		}
+		if rename == nil {
+			out = append(out, eps...)
+			continue
+		}
+		for _, e := range eps {
+			ports := make(map[string]int32, len(e.Ports))
+			for n, port := range e.Ports {
+				if m, ok := rename[n]; ok {
+					n = m
+				}
+				ports[n] = port
+			}
+			e.Ports = ports
+			out = append(out, e)
+		}
 	}
 	return out
 }

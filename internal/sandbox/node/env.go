@@ -28,7 +28,12 @@ func (w *podWorker) env(ctx context.Context, p *corev1.Pod, c corev1.Container) 
 	}
 	set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	set("HOSTNAME", p.Name)
-	set("HOME", "/root")
+	// As container runtimes do for a user without a passwd entry.
+	home := "/root"
+	if uid := runAsUser(p, c); uid != nil && *uid != 0 {
+		home = "/"
+	}
+	set("HOME", home)
 	api := w.a.cfg.APIServiceIP
 	set("KUBERNETES_SERVICE_HOST", api)
 	set("KUBERNETES_SERVICE_PORT", "443")
@@ -270,4 +275,15 @@ func resourceValue(p *corev1.Pod, c corev1.Container, r *corev1.ResourceFieldSel
 func readFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	return string(b), err
+}
+
+// runAsUser is the container's user, else the pod's, else nil (the image's).
+func runAsUser(p *corev1.Pod, c corev1.Container) *int64 {
+	if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+		return c.SecurityContext.RunAsUser
+	}
+	if p.Spec.SecurityContext != nil {
+		return p.Spec.SecurityContext.RunAsUser
+	}
+	return nil
 }
