@@ -89,3 +89,14 @@ func newExperimentalCmd() *cobra.Command {
 	cmd.AddCommand(newCreateRemoteSecretCmd())
 	return cmd
 }
+
+// contextNamespace is the namespace a kubeconfig context names, else "default".
+func contextNamespace(kubeconfig, kubeContext string) string {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext}).Namespace()
+	if err != nil || ns == "" {
+		return "default"
+	}
+	return ns
+}

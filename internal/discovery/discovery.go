@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -240,6 +241,9 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	mux.HandleFunc("/debug/clusterz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, append([]remotesecret.Status{{ID: cfg.ClusterID, State: syncState(local.Synced()), Secret: "(local)"}}, secrets.Statuses()...))
+	})
+	mux.HandleFunc("/version", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]string{"version": version.String(), "cluster": cfg.ClusterID})
 	})
 	mux.HandleFunc("/debug/syncz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Status()) })
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })

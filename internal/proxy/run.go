@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,6 +56,9 @@ func (n Node) proto() *core.Node {
 		md["LABELS"] = l
 	}
 	md["NAMESPACE"] = n.Namespace
+	if _, ok := md["ISTIO_VERSION"]; !ok {
+		md["ISTIO_VERSION"] = version.String()
+	}
 	md["INSTANCE_IPS"] = n.IP
 	s, _ := structpb.NewStruct(md)
 	return &core.Node{Id: n.ID(), Metadata: s, UserAgentName: "isthmus"}
@@ -182,6 +186,9 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return nil
 	}
 	adm := &admin.Server{Proxy: p, XDS: xc, Ready: ready, Quit: quit}
+	if agent != nil {
+		adm.Certs = agent
+	}
 	servers := []*http.Server{}
 	serve := func(addr string, h http.Handler) error {
 		if addr == "" {

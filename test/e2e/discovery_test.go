@@ -210,84 +210,16 @@ spec:
 `, network, replicas)
 }
 
-// exposeServices and exposeIstiod are Istio's multicluster samples.
-const exposeServices = `
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: cross-network-gateway
-  namespace: istio-system
-spec:
-  selector:
-    istio: eastwestgateway
-  servers:
-    - port:
-        number: 15443
-        name: tls
-        protocol: TLS
-      tls:
-        mode: AUTO_PASSTHROUGH
-      hosts:
-        - "*.local"
-`
-
-const exposeIstiod = `
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: istiod-gateway
-  namespace: istio-system
-spec:
-  selector:
-    istio: eastwestgateway
-  servers:
-    - port:
-        name: tls-istiod
-        number: 15012
-        protocol: tls
-      tls:
-        mode: PASSTHROUGH
-      hosts:
-        - "*"
-    - port:
-        name: tls-istiodwebhook
-        number: 15017
-        protocol: tls
-      tls:
-        mode: PASSTHROUGH
-      hosts:
-        - "*"
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: istiod-vs
-  namespace: istio-system
-spec:
-  hosts:
-  - "*"
-  gateways:
-  - istiod-gateway
-  tls:
-  - match:
-    - port: 15012
-      sniHosts:
-      - "*"
-    route:
-    - destination:
-        host: istiod.istio-system.svc.cluster.local
-        port:
-          number: 15012
-  - match:
-    - port: 15017
-      sniHosts:
-      - "*"
-    route:
-    - destination:
-        host: istiod.istio-system.svc.cluster.local
-        port:
-          number: 443
-`
+// example reads a file of the walkthrough (examples/primary-remote-multinetwork):
+// expose-services.yaml and expose-istiod.yaml are Istio's multicluster samples.
+func example(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(examples, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 func TestDiscoveryAcrossClusters(t *testing.T) {
 	e := upSandbox(t)
@@ -410,7 +342,7 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 
 		// The seed's expose-services.yaml and expose-istiod.yaml, applied unchanged.
 		e.installIstioCRDs(t, "cluster-eks")
-		e.apply("cluster-eks", exposeServices+"---"+exposeIstiod)
+		e.apply("cluster-eks", example(t, "expose-services.yaml")+"---\n"+example(t, "expose-istiod.yaml"))
 		eventually(t, "AUTO_PASSTHROUGH on 15443 with an SNI chain for profile", func() bool {
 			for _, fc := range gw.filterChains("0.0.0.0_15443") {
 				if fc == sni+" "+sni {

@@ -141,77 +141,6 @@ ports: [{name: tls-istiod, port: %s}, {name: https-webhook, port: %s}]
 `, address, xdsPort, webhookPort)
 }
 
-// meshedProfileYAML is an injected namespace with the demo's profile,
-// which says which cluster served it.
-func meshedProfileYAML(cluster string) string {
-	return fmt.Sprintf(`
-apiVersion: v1
-kind: Namespace
-metadata: {name: meshed, labels: {istio-injection: enabled}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: profile, namespace: meshed}
-spec:
-  selector: {app: profile}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: profile, namespace: meshed}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: profile}}
-  template:
-    metadata: {labels: {app: profile}}
-    spec:
-      containers:
-      - name: profile
-        image: isthmus/isthmus
-        args: [demo-app, profile]
-        env: [{name: CLUSTER_NAME, value: %s}]
-        readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
-`, cluster)
-}
-
-// meshedSleep calls profile from the meshed namespace.
-const meshedSleep = `
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: meshed, labels: {app: sleep}}
-spec:
-  containers:
-  - {name: sleep, image: curlimages/curl, command: [sleep, "3650d"]}
-`
-
-// injector is a cluster's injection webhook configuration, without a
-// caBundle: the control plane fills it in.
-const injector = `
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: istio-sidecar-injector}
-webhooks:
-- name: namespace.sidecar-injector.istio.io
-  clientConfig:
-    service: {name: istiod, namespace: istio-system, port: 443, path: /inject/cluster/%[1]s/net/%[2]s}
-  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
-  namespaceSelector: {matchLabels: {istio-injection: enabled}}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  failurePolicy: Fail
-`
-
-// injectorReady applies a cluster's injector and waits for the control
-// plane to give it the mesh root as caBundle.
-func (e *sandboxEnv) injectorReady(t *testing.T, cluster, network string, root []byte) {
-	t.Helper()
-	e.apply(cluster, fmt.Sprintf(injector, cluster, network))
-	eventually(t, "the control plane sets the injector's caBundle in "+cluster, func() bool {
-		h, err := e.clients[cluster].AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), "istio-sidecar-injector", metav1.GetOptions{})
-		return err == nil && string(h.Webhooks[0].ClientConfig.CABundle) == string(root)
-	})
-}
-
 const (
 	sleepID   = "spiffe://cluster.local/ns/multicluster/sa/sleep"
 	profileID = "spiffe://cluster.local/ns/multicluster/sa/profile"
@@ -562,7 +491,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 				`[proxy, router, --discovery-address, "198.18.0.1:`+securePort+`", --server-name, istiod.istio-system.svc]`)+
 				"---"+istiodYAML("198.18.0.1", securePort, strconv.Itoa(webhookPort)))
 			e.installIstioCRDs(t, "cluster-eks")
-			e.apply("cluster-eks", exposeIstiod)
+			e.apply("cluster-eks", example(t, "expose-istiod.yaml"))
 			e.waitReady("cluster-eks", "istio-system", "istio=eastwestgateway", 1)
 			var gw string
 			eventually(t, "the gateway's load balancer address", func() bool {
@@ -587,69 +516,6 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			if leaf.URIs[0].String() != profileID {
 				t.Fatalf("certificate for %s", leaf.URIs[0])
 			}
-		})
-
-		t.Run("injected pods get a sidecar and talk over mTLS through it", func(t *testing.T) {
-			e.injectorReady(t, "cluster-eks", "network1", root)
-			e.apply("cluster-eks", meshedProfileYAML("cluster-eks")+"---"+meshedSleep)
-			for _, app := range []string{"profile", "sleep"} {
-				pods := e.waitReady("cluster-eks", "meshed", "app="+app, 1)
-				if n := len(pods[0].Spec.Containers); n != 2 || pods[0].Spec.Containers[1].Name != "istio-proxy" || len(pods[0].Spec.InitContainers) != 1 {
-					t.Fatalf("%s has %d containers and %d init containers", app, n, len(pods[0].Spec.InitContainers))
-				}
-			}
-			var out string
-			eventually(t, "sleep calls profile through both sidecars", func() bool {
-				out, _ = e.kubectl("cluster-eks", "", "-n", "meshed", "exec", "sleep", "-c", "sleep", "--", "curl", "-sS", "--max-time", "5", "http://profile.meshed:8080/profile?id=1")
-				return strings.Contains(out, "spiffe://cluster.local/ns/meshed/sa/default")
-			})
-			// A pod outside the mesh's namespaces is left alone.
-			e.apply("cluster-eks", "apiVersion: v1\nkind: Pod\nmetadata: {name: plain, namespace: multicluster}\nspec:\n  containers: [{name: c, image: busybox, command: [sleep, \"3650d\"]}]\n")
-			plain, err := e.clients["cluster-eks"].CoreV1().Pods("multicluster").Get(context.Background(), "plain", metav1.GetOptions{})
-			if err != nil || len(plain.Spec.Containers) != 1 {
-				t.Fatalf("a pod in a namespace without istio-injection was changed: %v", err)
-			}
-		})
-
-		t.Run("across networks: a remote's injected pod joins through the gateway and traffic is balanced over both clusters", func(t *testing.T) {
-			var eksGW string
-			eventually(t, "the primary gateway's address", func() bool {
-				s, err := e.clients["cluster-eks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-eastwestgateway", metav1.GetOptions{})
-				if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
-					eksGW = s.Status.LoadBalancer.Ingress[0].IP
-				}
-				return eksGW != ""
-			})
-			// The primary's gateway also passes the webhook (15017) and routes SNI (15443).
-			out, err := e.kubectl("cluster-eks", "", "-n", "istio-system", "patch", "service", "istio-eastwestgateway", "--type", "json", "-p",
-				`[{"op":"add","path":"/spec/ports/-","value":{"name":"tls-webhook","port":15017,"targetPort":15017}}]`)
-			if err != nil {
-				t.Fatalf("%v %s", err, out)
-			}
-			e.apply("cluster-eks", exposeServices)
-			if out, err := e.kubectl("cluster-aks", "", "label", "namespace", "istio-system", "topology.istio.io/network=network2", "--overwrite"); err != nil {
-				t.Fatalf("%v %s", err, out)
-			}
-			e.injectorReady(t, "cluster-aks", "network2", root)
-			e.apply("cluster-aks", istiodYAML(eksGW, "15012", "15017")+"---"+gatewayYAML("cluster-aks", "network2", "", "[proxy, router]")+
-				"---"+meshedProfileYAML("cluster-aks"))
-			e.waitReady("cluster-aks", "istio-system", "istio=eastwestgateway", 1)
-			pods := e.waitReady("cluster-aks", "meshed", "app=profile", 1)
-			if len(pods[0].Spec.Containers) != 2 {
-				t.Fatalf("the remote's webhook call did not inject: %d containers", len(pods[0].Spec.Containers))
-			}
-			seen := map[string]bool{}
-			eventually(t, "answers from both clusters' profile", func() bool {
-				out, _ := e.kubectl("cluster-eks", "", "-n", "meshed", "exec", "sleep", "-c", "sleep", "--", "curl", "-sS", "--max-time", "5", "http://profile.meshed:8080/profile?id=1")
-				var p struct {
-					ServedBy struct{ Cluster string } `json:"servedBy"`
-					Caller   string                   `json:"callerXFCC"`
-				}
-				if json.Unmarshal([]byte(out), &p) == nil && strings.Contains(p.Caller, "sa/default") {
-					seen[p.ServedBy.Cluster] = true
-				}
-				return seen["cluster-eks"] && seen["cluster-aks"]
-			})
 		})
 
 		t.Run("a 1-minute certificate renews twice under a long-lived connection", func(t *testing.T) {

@@ -87,6 +87,7 @@ type ProxyStatus struct {
 	ID        string            `json:"id"`
 	ClusterID string            `json:"clusterID"`
 	Network   string            `json:"network"`
+	Version   string            `json:"istioVersion,omitempty"`
 	Sent      map[string]string `json:"sent"`
 	Acked     map[string]string `json:"acked"`
 	Nacked    map[string]string `json:"nacked,omitempty"`
@@ -528,7 +529,7 @@ func (s *Server) Status() []ProxyStatus {
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.proxies))
 	for id, st := range s.proxies {
-		ps := ProxyStatus{ID: id, ClusterID: st.proxy.ClusterID, Network: st.proxy.Network,
+		ps := ProxyStatus{ID: id, ClusterID: st.proxy.ClusterID, Network: st.proxy.Network, Version: st.proxy.IstioVersion,
 			Sent: map[string]string{}, Acked: map[string]string{}, Nacked: map[string]string{}}
 		for k, v := range st.sent {
 			ps.Sent[shortType(k)] = v

@@ -8,7 +8,10 @@ package admin
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"net/http"
 	"net/http/pprof"
 	"sort"
@@ -49,6 +52,36 @@ type Server struct {
 	Ready func() error
 	// Quit asks the process to exit.
 	Quit func()
+	// Certs is the workload identity, nil without mTLS; config_dump shows
+	// it as Envoy's SDS secrets "default" and "ROOTCA" (proxy-config secret).
+	Certs Certs
+}
+
+// Certs is what the identity agent holds.
+type Certs interface {
+	Leaf() *x509.Certificate
+	BundlePEM() []byte
+}
+
+// secrets is the SecretsConfigDump of the workload certificate and root.
+func secrets(c Certs) *adminv3.SecretsConfigDump {
+	out := &adminv3.SecretsConfigDump{}
+	add := func(name string, sec *tlsv3.Secret) {
+		a, err := anypb.New(sec)
+		if err == nil {
+			out.DynamicActiveSecrets = append(out.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{Name: name, Secret: a})
+		}
+	}
+	if leaf := c.Leaf(); leaf != nil {
+		chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw})
+		add("default", &tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: chain}}}}})
+	}
+	if root := c.BundlePEM(); len(root) > 0 {
+		add("ROOTCA", &tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: root}}}}})
+	}
+	return out
 }
 
 // Handler is the admin mux.
@@ -103,7 +136,7 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 }
 
 // ConfigDump is Envoy's ConfigDump of the accepted resources.
-func ConfigDump(st xdsclient.State, versions map[string]map[string]string) *adminv3.ConfigDump {
+func ConfigDump(st xdsclient.State, versions map[string]map[string]string, certs Certs) *adminv3.ConfigDump {
 	names := func(t string) []string {
 		var out []string
 		for n := range st[t] {
@@ -131,7 +164,11 @@ func ConfigDump(st xdsclient.State, versions map[string]map[string]string) *admi
 		endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{VersionInfo: ver(resource.EndpointType, n), EndpointConfig: st[resource.EndpointType][n]})
 	}
 	dump := &adminv3.ConfigDump{}
-	for _, m := range []proto.Message{clusters, listeners, routes, endpoints} {
+	msgs := []proto.Message{clusters, listeners, routes, endpoints}
+	if certs != nil {
+		msgs = append(msgs, secrets(certs))
+	}
+	for _, m := range msgs {
 		a, err := anypb.New(m)
 		if err == nil {
 			dump.Configs = append(dump.Configs, a)
@@ -142,7 +179,7 @@ func ConfigDump(st xdsclient.State, versions map[string]map[string]string) *admi
 
 func (s *Server) configDump(w http.ResponseWriter, _ *http.Request) {
 	st, versions := s.XDS.Resources()
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(ConfigDump(st, versions))
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(ConfigDump(st, versions, s.Certs))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

@@ -122,10 +122,16 @@ func ServiceOf(host string) Service {
 	return s
 }
 
-// ServiceOfCluster reads the host out of outbound|PORT|SUBSET|HOST.
+// ServiceOfCluster reads the host out of outbound|PORT|SUBSET|HOST, or a
+// gateway's SNI-named outbound_.PORT_.SUBSET_.HOST.
 func ServiceOfCluster(cluster string) Service {
 	if i := strings.LastIndexByte(cluster, '|'); i >= 0 && strings.HasPrefix(cluster, "outbound|") {
 		return ServiceOf(cluster[i+1:])
+	}
+	if rest, ok := strings.CutPrefix(cluster, "outbound_."); ok {
+		if p := strings.SplitN(rest, "_.", 3); len(p) == 3 {
+			return ServiceOf(p[2])
+		}
 	}
 	return ServiceOf("")
 }

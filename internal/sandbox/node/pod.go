@@ -212,6 +212,14 @@ func (w *podWorker) setup(ctx context.Context) error {
 	return w.writeVolumes(ctx, p)
 }
 
+// netNS names the pod's network namespace; false for host-network pods
+// and pods whose network is not set up.
+func (w *podWorker) netNS() (string, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.net.NS, w.hasNet && !w.pod.Spec.HostNetwork
+}
+
 // podIP is the pod's address (the node's for host-network pods).
 func (w *podWorker) podIP() netip.Addr {
 	w.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 	"io"
 	"net"
 	"net/http"
@@ -275,7 +276,7 @@ func (s *server) portForward(w http.ResponseWriter, r *http.Request) {
 	portforward.ServePortForward(w, r, forwarder{s}, ns+"/"+pod, "", opts, 4*time.Hour, 30*time.Second, portforward.SupportedProtocols)
 }
 
-// forwarder dials the pod's address from the node namespace.
+// forwarder dials the pod's port for kubectl port-forward.
 type forwarder struct{ s *server }
 
 func (f forwarder) PortForward(ctx context.Context, name string, _ types.UID, port int32, stream io.ReadWriteCloser) error {
@@ -284,7 +285,16 @@ func (f forwarder) PortForward(ctx context.Context, name string, _ types.UID, po
 	if err != nil {
 		return err
 	}
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", net.JoinHostPort(wk.podIP().String(), strconv.Itoa(int(port))))
+	// As the kubelet does: localhost inside the pod's network namespace,
+	// so ports bound to 127.0.0.1 (a proxy's admin 15000) are reachable.
+	dial := (&net.Dialer{}).DialContext
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	if ns, ok := wk.netNS(); ok {
+		dial = network.Dialer(ns)
+	} else {
+		addr = net.JoinHostPort(wk.podIP().String(), strconv.Itoa(int(port)))
+	}
+	conn, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}

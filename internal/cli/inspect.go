@@ -1,0 +1,214 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/isthmus-mesh/isthmus/internal/inspect"
+)
+
+// clusterFlags are kubectl's way of naming a cluster and namespace.
+type clusterFlags struct {
+	kubeconfig, context, namespace string
+}
+
+func (f *clusterFlags) add(cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (default $KUBECONFIG, then ~/.kube/config)")
+	cmd.PersistentFlags().StringVar(&f.context, "context", "", "kubeconfig context of the cluster")
+	cmd.PersistentFlags().StringVarP(&f.namespace, "namespace", "n", "", "namespace of pods named without one (default: the context's, else default)")
+}
+
+func (f *clusterFlags) cluster() (*inspect.Cluster, error) {
+	rc, err := restConfig(f.kubeconfig, f.context)
+	if err != nil {
+		return nil, err
+	}
+	ns := f.namespace
+	if ns == "" {
+		ns = contextNamespace(f.kubeconfig, f.context)
+	}
+	return inspect.NewCluster(rc, ns)
+}
+
+const adminPort = 15000
+
+func newProxyConfigCmd() *cobra.Command {
+	var cf clusterFlags
+	var output, fqdn, cluster, route string
+	var port int
+	cmd := &cobra.Command{
+		Use:     "proxy-config",
+		Aliases: []string{"pc"},
+		Short:   "Show a proxy's configuration (clusters, listeners, routes, endpoints, secret)",
+		Long: `Show the configuration a sidecar or gateway runs, read from its admin interface
+(port 15000, reached through a Kubernetes port-forward) as istioctl does.
+POD is POD, POD.NAMESPACE or deployment/NAME[.NAMESPACE]. -o json or yaml prints
+the Envoy resources themselves.`,
+		Example: `  isthmus proxy-config endpoints deployment/sleep.multicluster --context cluster-eks
+  isthmus proxy-config clusters profile-6575c9979f-r7kpr -n multicluster -o json`,
+	}
+	cf.add(cmd)
+	cmd.PersistentFlags().StringVarP(&output, "output", "o", "short", "short (a table), json or yaml")
+	sub := func(use, short string, run func(w io.Writer, c *inspect.Cluster, pod string) error) *cobra.Command {
+		return &cobra.Command{
+			Use: use + " POD", Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				switch output {
+				case "short", "json", "yaml":
+				default:
+					return fmt.Errorf("--output %q: want short, json or yaml", output)
+				}
+				c, err := cf.cluster()
+				if err != nil {
+					return err
+				}
+				return run(cmd.OutOrStdout(), c, args[0])
+			},
+		}
+	}
+	dump := func(cmd *cobra.Command, c *inspect.Cluster, ref string) (*inspect.Dump, error) {
+		pod, err := c.Pod(cmd.Context(), ref)
+		if err != nil {
+			return nil, err
+		}
+		b, err := c.Get(cmd.Context(), pod, adminPort, "/config_dump")
+		if err != nil {
+			return nil, err
+		}
+		return inspect.ParseDump(b)
+	}
+	var clusters, listeners, routes, endpoints, secret *cobra.Command
+	clusters = sub("clusters", "Clusters (upstream services) of a proxy", func(w io.Writer, c *inspect.Cluster, ref string) error {
+		d, err := dump(clusters, c, ref)
+		if err != nil {
+			return err
+		}
+		if output != "short" {
+			return inspect.Marshal(w, output, d.Clusters)
+		}
+		return d.WriteClusters(w, fqdn, port)
+	})
+	clusters.Flags().StringVar(&fqdn, "fqdn", "", "only clusters of this service host")
+	clusters.Flags().IntVar(&port, "port", 0, "only clusters of this port")
+	listeners = sub("listeners", "Listeners of a proxy, one row per filter chain", func(w io.Writer, c *inspect.Cluster, ref string) error {
+		d, err := dump(listeners, c, ref)
+		if err != nil {
+			return err
+		}
+		if output != "short" {
+			return inspect.Marshal(w, output, d.Listeners)
+		}
+		return d.WriteListeners(w, port)
+	})
+	listeners.Flags().IntVar(&port, "port", 0, "only listeners on this port")
+	routes = sub("routes", "HTTP routes of a proxy", func(w io.Writer, c *inspect.Cluster, ref string) error {
+		d, err := dump(routes, c, ref)
+		if err != nil {
+			return err
+		}
+		if output != "short" {
+			return inspect.Marshal(w, output, d.Routes)
+		}
+		return d.WriteRoutes(w, route)
+	})
+	routes.Flags().StringVar(&route, "name", "", "only this route configuration")
+	endpoints = sub("endpoints", "Endpoints of each cluster of a proxy, with health", func(w io.Writer, c *inspect.Cluster, ref string) error {
+		pod, err := c.Pod(endpoints.Context(), ref)
+		if err != nil {
+			return err
+		}
+		b, err := c.Get(endpoints.Context(), pod, adminPort, "/clusters?format=json")
+		if err != nil {
+			return err
+		}
+		if output != "short" {
+			_, err := w.Write(b)
+			return err
+		}
+		return inspect.WriteEndpoints(w, b, cluster)
+	})
+	endpoints.Flags().StringVar(&cluster, "cluster", "", "only endpoints of this cluster, e.g. outbound|8080||profile.multicluster.svc.cluster.local")
+	secret = sub("secret", "The workload certificate and trusted roots of a proxy", func(w io.Writer, c *inspect.Cluster, ref string) error {
+		d, err := dump(secret, c, ref)
+		if err != nil {
+			return err
+		}
+		if output != "short" {
+			return inspect.Marshal(w, output, d.Secrets)
+		}
+		return d.WriteSecrets(w)
+	})
+	cmd.AddCommand(clusters, listeners, routes, endpoints, secret)
+	return cmd
+}
+
+func newProxyStatusCmd() *cobra.Command {
+	var cf clusterFlags
+	var istioNS string
+	cmd := &cobra.Command{
+		Use:     "proxy-status",
+		Aliases: []string{"ps"},
+		Short:   "Show every proxy the control plane serves and whether it is in sync",
+		Long: `Show every proxy (sidecars and gateways of every cluster) connected to the control
+plane and, per xDS type, whether it acknowledged what it was last sent
+(SYNCED), has not acknowledged it yet (STALE), rejected it (NACKED) or was
+sent nothing of that type (NOT SENT). Run it against the primary cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.cluster()
+			if err != nil {
+				return err
+			}
+			list, err := c.Status(cmd.Context(), istioNS)
+			if err != nil {
+				return err
+			}
+			return inspect.WriteStatus(cmd.OutOrStdout(), list)
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().StringVarP(&istioNS, "istioNamespace", "i", "istio-system", "namespace of the control plane")
+	return cmd
+}
+
+// writeMeshVersions prints the control plane's and the proxies' versions.
+func writeMeshVersions(cmd *cobra.Command, cf *clusterFlags, istioNS string) error {
+	c, err := cf.cluster()
+	if err != nil {
+		return err
+	}
+	cps, err := c.Versions(cmd.Context(), istioNS)
+	if err != nil {
+		return err
+	}
+	w := cmd.OutOrStdout()
+	for _, v := range cps {
+		fmt.Fprintf(w, "control plane version: %s (%s, cluster %s)\n", v.Version, v.Pod, v.Cluster)
+	}
+	list, err := c.Status(cmd.Context(), istioNS)
+	if err != nil {
+		return err
+	}
+	count := map[string]int{}
+	for _, p := range list {
+		count[p.Version]++
+	}
+	var vs []string
+	for v, n := range count {
+		vs = append(vs, fmt.Sprintf("%s (%d proxies)", dashIfEmpty(v), n))
+	}
+	sort.Strings(vs)
+	fmt.Fprintf(w, "data plane version: %s\n", strings.Join(vs, ", "))
+	return nil
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}

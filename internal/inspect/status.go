@@ -1,0 +1,156 @@
+package inspect
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// MonitoringPort is the control plane's 15014 (/debug/syncz, /version).
+const MonitoringPort = 15014
+
+// ProxyStatus is one proxy as the control plane's /debug/syncz reports it.
+type ProxyStatus struct {
+	ID        string            `json:"id"`
+	ClusterID string            `json:"clusterID"`
+	Network   string            `json:"network"`
+	Version   string            `json:"istioVersion"`
+	Sent      map[string]string `json:"sent"`
+	Acked     map[string]string `json:"acked"`
+	Nacked    map[string]string `json:"nacked"`
+	// Istiod is the control plane pod that serves it.
+	Istiod string `json:"istiod"`
+}
+
+// Name is istioctl's pod.namespace form of a node ID type~ip~pod.ns~...
+func (p ProxyStatus) Name() string {
+	if parts := strings.Split(p.ID, "~"); len(p.ID) > 0 && len(parts) == 4 {
+		return parts[2]
+	}
+	return p.ID
+}
+
+// Sync is the state of one xDS type: SYNCED when the proxy acknowledged
+// what it was last sent.
+func (p ProxyStatus) Sync(typ string) string {
+	sent, acked := p.Sent[typ], p.Acked[typ]
+	switch {
+	case p.Nacked[typ] != "":
+		return "NACKED"
+	case sent == "":
+		return "NOT SENT"
+	case acked == sent:
+		return "SYNCED"
+	case acked == "":
+		return "STALE (Never Acknowledged)"
+	}
+	return "STALE"
+}
+
+// Synced says whether every type that was sent is acknowledged.
+func (p ProxyStatus) Synced() bool {
+	for _, t := range []string{"cds", "lds", "eds", "rds"} {
+		if s := p.Sync(t); s != "SYNCED" && s != "NOT SENT" {
+			return false
+		}
+	}
+	return p.Sync("cds") == "SYNCED" && p.Sync("lds") == "SYNCED"
+}
+
+// ControlPlanes are the running istiod pods of the mesh namespace.
+func (c *Cluster) ControlPlanes(ctx context.Context, namespace string) ([]corev1.Pod, error) {
+	pods, err := c.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+	if err != nil {
+		return nil, err
+	}
+	var out []corev1.Pod
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no running control plane (pods labelled app=istiod) in namespace %s of this cluster; run proxy-status against the primary cluster", namespace)
+	}
+	return out, nil
+}
+
+// Status asks every control plane pod for its proxies.
+func (c *Cluster) Status(ctx context.Context, namespace string) ([]ProxyStatus, error) {
+	pods, err := c.ControlPlanes(ctx, namespace)
+	if err != nil {
+		return nil, err
+	}
+	var out []ProxyStatus
+	var errs []error
+	for i := range pods {
+		b, err := c.Get(ctx, &pods[i], MonitoringPort, "/debug/syncz")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var list []ProxyStatus
+		if err := json.Unmarshal(b, &list); err != nil {
+			errs = append(errs, fmt.Errorf("%s: /debug/syncz: %w", pods[i].Name, err))
+			continue
+		}
+		for _, p := range list {
+			p.Istiod = pods[i].Name
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ClusterID != out[j].ClusterID {
+			return out[i].ClusterID < out[j].ClusterID
+		}
+		return out[i].Name() < out[j].Name()
+	})
+	if len(out) == 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// WriteStatus prints istioctl's proxy-status table.
+func WriteStatus(w io.Writer, list []ProxyStatus) error {
+	rows := make([][]string, 0, len(list))
+	for _, p := range list {
+		rows = append(rows, []string{p.Name(), p.ClusterID, p.Sync("cds"), p.Sync("lds"), p.Sync("eds"), p.Sync("rds"), p.Istiod, dash(p.Version)})
+	}
+	return table(w, "NAME\tCLUSTER\tCDS\tLDS\tEDS\tRDS\tISTIOD\tVERSION", rows)
+}
+
+// ControlPlaneVersion is what an istiod pod's /version says.
+type ControlPlaneVersion struct {
+	Pod     string `json:"pod"`
+	Version string `json:"version"`
+	Cluster string `json:"cluster"`
+}
+
+// Versions asks every control plane pod for its version.
+func (c *Cluster) Versions(ctx context.Context, namespace string) ([]ControlPlaneVersion, error) {
+	pods, err := c.ControlPlanes(ctx, namespace)
+	if err != nil {
+		return nil, err
+	}
+	var out []ControlPlaneVersion
+	for i := range pods {
+		b, err := c.Get(ctx, &pods[i], MonitoringPort, "/version")
+		if err != nil {
+			return nil, err
+		}
+		v := ControlPlaneVersion{Pod: pods[i].Name}
+		if err := json.Unmarshal(b, &v); err != nil {
+			return nil, fmt.Errorf("%s: /version: %w", pods[i].Name, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
