@@ -31,9 +31,16 @@ test: deps kube ## run every test but the benchmarks (needs root for the sandbox
 unit: ## run the fast tests only (no sandbox, no root)
 	$(GO) test -race -short -count=1 ./...
 
-demo: deps kube ## bring the sandbox up and show its status
+demo: deps kube ## replay the walkthrough on the sandbox and report what it built
 	$(BIN) sandbox up
-	$(BIN) sandbox status
+	ISTHMUS=$(CURDIR)/$(BIN) bash examples/primary-remote-multinetwork/replay.sh
+	ISTHMUS=$(CURDIR)/$(BIN) bash examples/primary-remote-multinetwork/report.sh
+	@echo
+	@echo "The sandbox keeps running. Explore it with:"
+	@echo "  export KUBECONFIG=\$$($(BIN) sandbox kubeconfig --path)"
+	@echo "  $${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl get pods -A --context cluster-eks"
+	@echo "  $(BIN) proxy-config clusters deployment/sleep.multicluster --context cluster-eks"
+	@echo "and stop it with: $(BIN) sandbox down"
 
 bench: deps kube ## measure and write BENCHMARKS.md
 	bash bench/run.sh

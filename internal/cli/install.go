@@ -20,7 +20,7 @@ type installFlags struct {
 }
 
 func (f *installFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringSliceVarP(&f.files, "filename", "f", nil, "IstioOperator file (install.istio.io/v1alpha1); repeat to overlay, later files win")
+	cmd.Flags().StringArrayVarP(&f.files, "filename", "f", nil, "IstioOperator file (install.istio.io/v1alpha1); repeat to overlay, later files win")
 	cmd.Flags().StringArrayVarP(&f.sets, "set", "s", nil, "override one field, e.g. --set values.global.network=network1 or --set profile=minimal")
 }
 

@@ -7,10 +7,10 @@ import (
 
 func TestClusterName(t *testing.T) {
 	for name, want := range map[string][4]string{
-		"outbound|8080|v1|profile.multicluster.svc.cluster.local":  {"profile.multicluster.svc.cluster.local", "8080", "v1", "outbound"},
-		"inbound|8080||":                                           {"", "8080", "", "inbound"},
+		"outbound|8080|v1|profile.multicluster.svc.cluster.local": {"profile.multicluster.svc.cluster.local", "8080", "v1", "outbound"},
+		"inbound|8080||": {"", "8080", "", "inbound"},
 		"outbound_.15012_._.istiod.istio-system.svc.cluster.local": {"istiod.istio-system.svc.cluster.local", "15012", "", "outbound"},
-		"BlackHoleCluster":                                         {"BlackHoleCluster", "-", "-", "-"},
+		"BlackHoleCluster": {"BlackHoleCluster", "-", "-", "-"},
 	} {
 		h, p, s, d := ClusterName(name)
 		if [4]string{h, p, s, d} != want {

@@ -273,4 +273,3 @@ func (c *Cluster) Purge(ctx context.Context, withCRDs bool) error {
 	fmt.Fprintf(c.Out, "✔ Purged %d objects\n", n)
 	return errors.Join(errs...)
 }
-

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Prints what the walkthrough built (run after replay.sh): the demo's pods,
+# dashboard?id=4, how 200 calls from sleep to profile split over the two
+# clusters, the identities on a cross-cluster call, and the endpoints sleep's
+# sidecar has for profile (the remote ones are the remote gateway's address).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+ISTHMUS=${ISTHMUS:-$(command -v isthmus || echo "$root/bin/isthmus")}
+export KUBECONFIG=${KUBECONFIG:-$("$ISTHMUS" sandbox kubeconfig --path)}
+KUBECTL=${KUBECTL:-$(command -v kubectl || echo "${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl")}
+EKS=${PRIMARY:-cluster-eks}
+AKS=${REMOTE:-cluster-aks}
+kubectl() { "$KUBECTL" "$@"; }
+sleep_sh() { kubectl --context "$EKS" -n multicluster exec deploy/sleep -c sleep -- sh -c "$1"; }
+
+echo "== Pods of the demo (2/2: the app and its istio-proxy)"
+for c in "$EKS" "$AKS"; do
+	echo "-- $c"
+	kubectl --context "$c" -n multicluster get pods
+done
+
+echo
+echo "== curl http://dashboard:8080/dashboard?id=4 (from sleep in $EKS)"
+sleep_sh 'curl -sS --max-time 10 http://dashboard:8080/dashboard?id=4'
+echo
+
+echo
+echo "== 200 calls from sleep ($EKS) to profile: which cluster answered"
+sleep_sh 'for i in $(seq 200); do curl -sS --max-time 5 http://profile:8080/profile?id=4; echo; done' |
+	sed -n 's/.*"servedBy":{"cluster":"\([^"]*\)".*/\1/p' | sort | uniq -c
+
+echo
+echo "== Identities on a call answered by $AKS (the server's view of the client, from XFCC)"
+for _ in $(seq 20); do
+	answer=$(sleep_sh 'curl -sS --max-time 5 http://profile:8080/profile?id=4')
+	if [[ $answer == *"\"cluster\":\"$AKS\""* ]]; then
+		echo "$answer" | sed -n 's/.*"callerXFCC":"\(.*\)".*/\1/p' | tr ';' '\n' | sed -n 's/^By=/server: /p; s/^URI=/client: /p'
+		break
+	fi
+done
+
+echo
+echo "== isthmus proxy-config endpoints deployment/sleep.multicluster --context $EKS (profile)"
+"$ISTHMUS" proxy-config endpoints deployment/sleep.multicluster --context "$EKS" --cluster "outbound|8080||profile.multicluster.svc.cluster.local"
+echo "   ($("$ISTHMUS" gateway address --context "$AKS"):15443 is the east-west gateway of $AKS)"
+
+echo
+echo "== isthmus proxy-status --context $EKS"
+"$ISTHMUS" proxy-status --context "$EKS"
