@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"log/slog"
 	"os"
 	"strconv"
@@ -117,7 +118,10 @@ as node metadata (ISTIO_META_CLUSTER_ID, ISTIO_META_NETWORK,
 ISTIO_META_REQUESTED_NETWORK_VIEW, ...).
 
 Ports: admin 127.0.0.1:15000 (/config_dump, /clusters, /listeners, /stats,
-/ready), readiness 15021 /healthz/ready, Prometheus 15090 /stats/prometheus.
+/ready), readiness 15021 /healthz/ready, Prometheus 15090 /stats/prometheus,
+and 15020 /app-health/CONTAINER/readyz|livez|startupz: the application's own
+probes (ISTIO_KUBE_APP_PROBERS, which the injector writes when it rewrites
+them) run over localhost.
 SIGTERM drains: no new connections, open ones get --drain-duration.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -131,6 +135,9 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 				return err
 			}
 			cfg.Node.Labels = labels
+			if cfg.AppProbers, err = apphealth.Parse(os.Getenv("ISTIO_KUBE_APP_PROBERS")); err != nil {
+				return err
+			}
 			if cfg.Node.IP == "" || cfg.Node.Pod == "" || cfg.Node.Namespace == "" {
 				return fmt.Errorf("the proxy needs its pod IP, name and namespace (env INSTANCE_IP, POD_NAME, POD_NAMESPACE, or --ip --pod --namespace)")
 			}
@@ -157,6 +164,7 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin interface")
 	f.StringVar(&cfg.StatusAddr, "status-addr", ":15021", "readiness (/healthz/ready)")
 	f.StringVar(&cfg.StatsAddr, "stats-addr", ":15090", "Prometheus metrics (/stats/prometheus)")
+	f.StringVar(&cfg.AppHealthAddr, "app-health-addr", ":15020", "the application's rewritten kubelet probes (/app-health/...); empty turns it off")
 	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("ACCESS_LOG_FILE"), "write a line per request or connection (Istio's text format) to this file, /dev/stdout for the log stream")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long open connections get after SIGTERM (terminationDrainDuration)")
 	return cmd

@@ -145,6 +145,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	xdsServer := xds.NewServer(reg, log, metrics)
 	xdsServer.Domain = cfg.Domain
+	xdsServer.RootNamespace = cfg.Namespace
+	if r := mesh.Config.GetRootNamespace(); r != "" {
+		xdsServer.RootNamespace = r
+	}
 	store := &config.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Log: log}
 	store.Subscribe(xdsServer.Trigger)
 	xdsServer.Config = store

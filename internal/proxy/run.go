@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"github.com/isthmus-mesh/isthmus/internal/version"
 	"log/slog"
 	"net"
@@ -98,6 +99,10 @@ type RunConfig struct {
 	AdminAddr    string
 	StatusAddr   string
 	StatsAddr    string
+	// AppHealthAddr answers the application's rewritten kubelet probes
+	// (Istio's 15020 /app-health/...) from AppProbers.
+	AppHealthAddr string
+	AppProbers    apphealth.Probers
 	// AccessLog is where request lines go ("" for none, /dev/stdout as
 	// meshConfig.accessLogFile usually says).
 	AccessLog string
@@ -216,7 +221,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	for _, s := range []struct {
 		addr string
 		h    http.Handler
-	}{{cfg.AdminAddr, adm.Handler()}, {cfg.StatusAddr, status}, {cfg.StatsAddr, stats}} {
+	}{{cfg.AdminAddr, adm.Handler()}, {cfg.StatusAddr, status}, {cfg.StatsAddr, stats}, {cfg.AppHealthAddr, cfg.AppProbers.Handler()}} {
 		if err := serve(s.addr, s.h); err != nil {
 			return err
 		}

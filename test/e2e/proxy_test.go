@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"log/slog"
 	"net"
 	"net/http"
@@ -172,7 +173,8 @@ func (gatewayConfig) Gateways() []*networkingv1.Gateway {
 			Hosts: []string{"*.local"},
 		}}}}}
 }
-func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService { return nil }
+func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService       { return nil }
+func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication { return nil }
 
 // meshRegistry is the test mesh: profile (http 8080, grpc 9090, tcp 7070),
 // and accounts once `accounts` is set, both on the profile pod.
@@ -206,18 +208,11 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
 	if p.Type == xds.Sidecar {
 		rs[resource.RouteType] = xds.SidecarRoutes("test", reg.Services())
-		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP])
+		modes := xds.MTLSModes{}
 		if strict {
-			var keep []*listener.FilterChain
-			for _, fc := range in.FilterChains {
-				if !strings.HasSuffix(fc.Name, "-plaintext") {
-					keep = append(keep, fc)
-				}
-			}
-			in.FilterChains = keep
-			// Nothing in plaintext, passthrough included (Istio's STRICT).
-			in.DefaultFilterChain = nil
+			modes.Default = xds.Strict
 		}
+		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP], modes)
 		rs[resource.ListenerType] = append(rs[resource.ListenerType], in)
 		rs[resource.ClusterType] = append(rs[resource.ClusterType], cls...)
 	}

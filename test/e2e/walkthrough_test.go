@@ -188,6 +188,44 @@ func TestWalkthrough(t *testing.T) {
 		}
 	})
 
+	t.Run("STRICT mTLS mesh-wide: plaintext from outside the mesh is refused in both clusters; mesh calls and probes go on", func(t *testing.T) {
+		const client = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: curl, namespace: outside}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{name: curl, image: curlimages/curl, command: [sleep, infinity]}]\n"
+		plaintext := func(cluster string) error {
+			o, err := e.kubectl(cluster, "", "-n", "outside", "exec", "curl", "--", "curl", "-sS", "--max-time", "3", "http://profile.multicluster:8080/profile?id=1")
+			if err == nil && !strings.Contains(o, "servedBy") {
+				return fmt.Errorf("answer %q", o)
+			}
+			return err
+		}
+		for _, c := range []string{"cluster-eks", "cluster-aks"} {
+			e.apply(c, client)
+			e.waitReady(c, "outside", "", 1)
+			if err := plaintext(c); err != nil {
+				t.Fatalf("PERMISSIVE (the default): plaintext from outside the mesh in %s: %v", c, err)
+			}
+		}
+		// In the primary's root namespace: the mesh's config cluster.
+		e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n")
+		defer e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "peerauthentication", "default")
+		for _, c := range []string{"cluster-eks", "cluster-aks"} {
+			eventually(t, "plaintext refused by profile in "+c, func() bool { return plaintext(c) != nil })
+		}
+		seen := map[string]bool{}
+		eventually(t, "sleep still reaches profile in both clusters", func() bool {
+			var a profileAnswer
+			if json.Unmarshal([]byte(sleepExec("curl -sS --max-time 5 http://profile:8080/profile?id=4")), &a) == nil && strings.Contains(a.Caller, sleepID) {
+				seen[a.ServedBy.Cluster] = true
+			}
+			return seen["cluster-eks"] && seen["cluster-aks"]
+		})
+		// Probes are rewritten to the proxy's 15020, so pods stay ready
+		// (unready would show after 3 failed probes, 6 s).
+		time.Sleep(8 * time.Second)
+		for cluster, n := range map[string]int{"cluster-eks": 4, "cluster-aks": 1} {
+			e.waitReady(cluster, "multicluster", "", n)
+		}
+	})
+
 	t.Run("bad install input is refused or warned about, by name", func(t *testing.T) {
 		r := isthmus(t, time.Minute, append([]string{"install", "-f", filepath.Join(examples, "cluster-aks-remote.yaml"), "--context", "cluster-aks", "-y"}, kc...)...)
 		if r.err == nil || !strings.Contains(r.stderr, "values.global.remotePilotAddress") {

@@ -30,6 +30,8 @@ import (
 const (
 	AnnotationInject = "sidecar.istio.io/inject"
 	AnnotationStatus = "sidecar.istio.io/status"
+	// AnnotationRewriteProbes "false" keeps the app's probes as they are.
+	AnnotationRewriteProbes = "sidecar.istio.io/rewriteAppHTTPProbers"
 	// AnnotationTemplates picks injection templates; isthmus has sidecar
 	// (the default) and gateway.
 	AnnotationTemplates = "inject.istio.io/templates"
@@ -154,7 +156,16 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 		ops = append(ops, op{"add", "/spec/initContainers", []corev1.Container{}})
 	}
 	ops = append(ops, op{"add", "/spec/initContainers/-", c.initContainer(pod)})
-	ops = append(ops, op{"add", "/spec/containers/-", c.proxyContainer(pod, namespace, cluster, network)})
+	proxy := c.proxyContainer(pod, namespace, cluster, network)
+	if pod.Annotations[AnnotationRewriteProbes] != "false" {
+		probeOps, probers := rewriteProbes(pod)
+		ops = append(ops, probeOps...)
+		if len(probers) > 0 {
+			b, _ := json.Marshal(probers)
+			proxy.Env = append(proxy.Env, corev1.EnvVar{Name: "ISTIO_KUBE_APP_PROBERS", Value: string(b)})
+		}
+	}
+	ops = append(ops, op{"add", "/spec/containers/-", proxy})
 	if pod.Spec.Volumes == nil {
 		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})
 	}
@@ -260,4 +271,61 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 			{Name: "istiod-ca-cert", MountPath: "/var/run/secrets/istio"},
 		},
 	}
+}
+
+// prober is an original probe as ISTIO_KUBE_APP_PROBERS carries it.
+type prober struct {
+	HTTPGet        *corev1.HTTPGetAction   `json:"httpGet,omitempty"`
+	TCPSocket      *corev1.TCPSocketAction `json:"tcpSocket,omitempty"`
+	TimeoutSeconds int32                   `json:"timeoutSeconds,omitempty"`
+}
+
+// rewriteProbes points the app containers' HTTP and TCP probes at the
+// proxy's 15020 /app-health/CONTAINER/KIND, as Istio's injector does: the
+// kubelet calls in plaintext from the node, which a STRICT inbound
+// refuses, while the proxy calls the app over localhost. Named ports are
+// resolved here, where the container's ports are known.
+func rewriteProbes(pod *corev1.Pod) ([]op, map[string]prober) {
+	var ops []op
+	probers := map[string]prober{}
+	for i, ctr := range pod.Spec.Containers {
+		for _, pr := range []struct {
+			kind, field string
+			probe       *corev1.Probe
+		}{{"readyz", "readinessProbe", ctr.ReadinessProbe}, {"livez", "livenessProbe", ctr.LivenessProbe}, {"startupz", "startupProbe", ctr.StartupProbe}} {
+			p := pr.probe
+			if p == nil || (p.HTTPGet == nil && p.TCPSocket == nil) {
+				continue
+			}
+			path := "/app-health/" + ctr.Name + "/" + pr.kind
+			orig := prober{TimeoutSeconds: p.TimeoutSeconds}
+			if p.HTTPGet != nil {
+				g := *p.HTTPGet
+				g.Port = resolvePort(ctr, g.Port)
+				orig.HTTPGet = &g
+			} else {
+				t := *p.TCPSocket
+				t.Port = resolvePort(ctr, t.Port)
+				orig.TCPSocket = &t
+			}
+			probers[path] = orig
+			np := p.DeepCopy()
+			np.TCPSocket = nil
+			np.HTTPGet = &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(15020), Scheme: corev1.URISchemeHTTP}
+			ops = append(ops, op{"replace", fmt.Sprintf("/spec/containers/%d/%s", i, pr.field), np})
+		}
+	}
+	return ops, probers
+}
+
+// resolvePort turns a named port into the container's number.
+func resolvePort(ctr corev1.Container, p intstr.IntOrString) intstr.IntOrString {
+	if p.Type == intstr.String {
+		for _, cp := range ctr.Ports {
+			if cp.Name == p.StrVal {
+				return intstr.FromInt32(cp.ContainerPort)
+			}
+		}
+	}
+	return p
 }

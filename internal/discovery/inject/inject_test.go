@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 var cfg = &Config{Image: "isthmus/isthmus:dev", ClusterID: "cluster-eks", Network: "network1",
@@ -152,5 +153,42 @@ func TestGatewayTemplate(t *testing.T) {
 	}
 	if again := review(t, "/inject", pod); strings.Join(again.Spec.Containers[0].Args, " ") != "proxy router" || len(again.Spec.Volumes) != 2 {
 		t.Error("re-invocation changed an injected gateway")
+	}
+}
+
+func TestRewritesProbes(t *testing.T) {
+	in := appPod()
+	in.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
+	in.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}}, TimeoutSeconds: 3, PeriodSeconds: 2}
+	in.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}
+	in.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+	pod := review(t, "/inject", in)
+	app := pod.Spec.Containers[0]
+	if g := app.ReadinessProbe.HTTPGet; g == nil || g.Port.IntValue() != 15020 || g.Path != "/app-health/profile/readyz" || app.ReadinessProbe.PeriodSeconds != 2 {
+		t.Errorf("readiness probe %+v", app.ReadinessProbe)
+	}
+	if g := app.LivenessProbe.HTTPGet; g == nil || g.Path != "/app-health/profile/livez" || app.LivenessProbe.TCPSocket != nil {
+		t.Errorf("liveness probe %+v", app.LivenessProbe)
+	}
+	if app.StartupProbe.Exec == nil || app.StartupProbe.HTTPGet != nil {
+		t.Errorf("an exec probe must stay: %+v", app.StartupProbe)
+	}
+	var probers map[string]struct {
+		HTTPGet   *corev1.HTTPGetAction   `json:"httpGet"`
+		TCPSocket *corev1.TCPSocketAction `json:"tcpSocket"`
+		Timeout   int32                   `json:"timeoutSeconds"`
+	}
+	if err := json.Unmarshal([]byte(env(pod.Spec.Containers[1], "ISTIO_KUBE_APP_PROBERS")), &probers); err != nil {
+		t.Fatal(err)
+	}
+	if r := probers["/app-health/profile/readyz"]; r.HTTPGet == nil || r.HTTPGet.Port.IntValue() != 8080 || r.HTTPGet.Path != "/healthz" || r.Timeout != 3 {
+		t.Errorf("original readiness probe %+v", r)
+	}
+	if l := probers["/app-health/profile/livez"]; l.TCPSocket == nil || l.TCPSocket.Port.IntValue() != 8080 {
+		t.Errorf("original liveness probe %+v", l)
+	}
+	in.Annotations = map[string]string{AnnotationRewriteProbes: "false"}
+	if kept := review(t, "/inject", in).Spec.Containers[0]; kept.ReadinessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("rewriteAppHTTPProbers=false ignored")
 	}
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +23,7 @@ import (
 type Config interface {
 	Gateways() []*networkingv1.Gateway
 	VirtualServices() []*networkingv1.VirtualService
+	PeerAuthentications() []*securityv1.PeerAuthentication
 }
 
 // autoPassthroughALPN is what an AUTO_PASSTHROUGH chain accepts: Istio mTLS only.

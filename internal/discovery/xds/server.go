@@ -34,7 +34,9 @@ type Server struct {
 	Config Config
 	// Domain is the cluster DNS domain, for short hosts in configuration.
 	Domain string
-	Log    *slog.Logger
+	// RootNamespace holds mesh-wide policy (meshConfig.rootNamespace).
+	RootNamespace string
+	Log           *slog.Logger
 	// Debounce is the quiet time gathered before a push (default 100 ms);
 	// a push never waits more than 10 debounce periods.
 	Debounce time.Duration
@@ -280,13 +282,17 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 	}
 	sidecar := p.Type == Sidecar && p.Generator != GeneratorGRPC
 	var ports InboundPorts
+	var modes MTLSModes
 	key := fmt.Sprintf("%v", keyOf(p))
 	if sidecar {
 		if m.inbound == nil {
 			m.inbound = NewInboundIndex(s.Registry, sh.services)
 		}
 		ports = m.inbound[p.IP]
-		key += "|" + p.Namespace + "|" + ports.Key()
+		if s.Config != nil {
+			modes = ResolveMTLS(s.Config.PeerAuthentications(), s.RootNamespace, p.Namespace, p.Labels)
+		}
+		key += "|" + p.Namespace + "|" + ports.Key() + "|" + modes.Key()
 	}
 	if snap, ok := m.snaps[key]; ok {
 		return snap
@@ -301,7 +307,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 		}
 	}
 	if sidecar {
-		l, cls := Inbound(ports)
+		l, cls := Inbound(ports, modes)
 		add := func(typ types.ResponseType, rs []types.Resource) {
 			version, hashes := versionOf(rs)
 			items := make(map[string]types.ResourceWithTTL, len(sh.items[typ])+len(rs))

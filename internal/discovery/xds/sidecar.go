@@ -276,9 +276,11 @@ func NewInboundIndex(reg *registry.Registry, services []*registry.Service) Inbou
 }
 
 // Inbound builds a sidecar's own part: virtualInbound on 15006 with, for
-// each port its services target on the pod, one chain for Istio mTLS and
-// one for plaintext (PERMISSIVE), both to inbound|PORT|| on 127.0.0.1.
-func Inbound(ports InboundPorts) (*listener.Listener, []types.Resource) {
+// each port its services target on the pod, a chain for Istio mTLS unless
+// the port's mode is DISABLE and one for plaintext unless it is STRICT,
+// both to inbound|PORT|| on 127.0.0.1. Under a STRICT default nothing is
+// passed through in plaintext either.
+func Inbound(ports InboundPorts, modes MTLSModes) (*listener.Listener, []types.Resource) {
 	router := routerFilter()
 	auto := false
 	var chains []*listener.FilterChain
@@ -312,24 +314,32 @@ func Inbound(ports InboundPorts) (*listener.Listener, []types.Resource) {
 		match := func(transport string, alpn []string) *listener.FilterChainMatch {
 			return &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: transport, ApplicationProtocols: alpn}
 		}
+		mode := modes.Mode(n)
+		var mtls, plain []*listener.FilterChain
 		switch ports[n] {
 		case ProtoHTTP, ProtoTCP:
 			filter := tcpFilter
 			if ports[n] == ProtoHTTP {
 				filter = httpFilter
 			}
-			chains = append(chains,
-				&listener.FilterChain{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{filter}},
-				&listener.FilterChain{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{filter}})
+			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{filter}}}
+			plain = []*listener.FilterChain{{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{filter}}}
 		default:
 			// Sniffed: inside mTLS the client's ALPN says HTTP; in
 			// plaintext the first line does (http_inspector).
-			auto = true
-			chains = append(chains,
-				&listener.FilterChain{Name: name + "-mtls-http", FilterChainMatch: match("tls", mtlsHTTP), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{httpFilter}},
-				&listener.FilterChain{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{tcpFilter}},
-				&listener.FilterChain{Name: name + "-plaintext-http", FilterChainMatch: match("raw_buffer", sniffedHTTP), Filters: []*listener.Filter{httpFilter}},
-				&listener.FilterChain{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{tcpFilter}})
+			auto = auto || mode != Strict
+			mtls = []*listener.FilterChain{
+				{Name: name + "-mtls-http", FilterChainMatch: match("tls", mtlsHTTP), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{httpFilter}},
+				{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{tcpFilter}}}
+			plain = []*listener.FilterChain{
+				{Name: name + "-plaintext-http", FilterChainMatch: match("raw_buffer", sniffedHTTP), Filters: []*listener.Filter{httpFilter}},
+				{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{tcpFilter}}}
+		}
+		if mode != Disable {
+			chains = append(chains, mtls...)
+		}
+		if mode != Strict {
+			chains = append(chains, plain...)
 		}
 	}
 	filters := []*listener.ListenerFilter{
@@ -339,14 +349,18 @@ func Inbound(ports InboundPorts) (*listener.Listener, []types.Resource) {
 	if auto {
 		filters = append(filters, httpInspector())
 	}
+	var passthrough *listener.FilterChain
+	if modes.Mode(0) != Strict {
+		passthrough = &listener.FilterChain{Name: "InboundPassthroughFilterChain",
+			Filters: []*listener.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)}}
+	}
 	return &listener.Listener{
-		Name:             "virtualInbound",
-		Address:          socketAddress("0.0.0.0", InboundPort),
-		TrafficDirection: core.TrafficDirection_INBOUND,
-		ListenerFilters:  filters,
-		FilterChains:     chains,
-		DefaultFilterChain: &listener.FilterChain{Name: "InboundPassthroughFilterChain",
-			Filters: []*listener.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)}},
+		Name:               "virtualInbound",
+		Address:            socketAddress("0.0.0.0", InboundPort),
+		TrafficDirection:   core.TrafficDirection_INBOUND,
+		ListenerFilters:    filters,
+		FilterChains:       chains,
+		DefaultFilterChain: passthrough,
 	}, clusters
 }
 

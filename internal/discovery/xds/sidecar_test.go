@@ -2,7 +2,14 @@ package xds
 
 import (
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	securitybeta "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -55,7 +62,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	}
 
 	idx := NewInboundIndex(reg, services)
-	in, inCls := Inbound(idx["100.64.0.5"])
+	in, inCls := Inbound(idx["100.64.0.5"], MTLSModes{})
 	if len(in.FilterChains) != 2 || in.FilterChains[0].FilterChainMatch.GetDestinationPort().GetValue() != 9080 {
 		t.Fatalf("inbound chains %v", in.FilterChains)
 	}
@@ -64,5 +71,68 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	}
 	if len(inCls) != 1 || inCls[0].(interface{ GetName() string }).GetName() != "inbound|9080||" {
 		t.Errorf("inbound clusters %v", inCls)
+	}
+}
+
+func TestPeerAuthentication(t *testing.T) {
+	pa := func(ns, name string, age int, sel map[string]string, mode securitybeta.PeerAuthentication_MutualTLS_Mode, ports map[uint32]securitybeta.PeerAuthentication_MutualTLS_Mode) *securityv1.PeerAuthentication {
+		p := &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, CreationTimestamp: metav1.NewTime(time.Unix(int64(1000-age), 0))}}
+		p.Spec.Mtls = &securitybeta.PeerAuthentication_MutualTLS{Mode: mode}
+		if sel != nil {
+			p.Spec.Selector = &typev1beta1.WorkloadSelector{MatchLabels: sel}
+		}
+		for port, m := range ports {
+			if p.Spec.PortLevelMtls == nil {
+				p.Spec.PortLevelMtls = map[uint32]*securitybeta.PeerAuthentication_MutualTLS{}
+			}
+			p.Spec.PortLevelMtls[port] = &securitybeta.PeerAuthentication_MutualTLS{Mode: m}
+		}
+		return p
+	}
+	const (
+		unset      = securitybeta.PeerAuthentication_MutualTLS_UNSET
+		strict     = securitybeta.PeerAuthentication_MutualTLS_STRICT
+		permissive = securitybeta.PeerAuthentication_MutualTLS_PERMISSIVE
+		disable    = securitybeta.PeerAuthentication_MutualTLS_DISABLE
+	)
+	app := map[string]string{"app": "profile"}
+	for _, tc := range []struct {
+		name string
+		pas  []*securityv1.PeerAuthentication
+		want string
+	}{
+		{"nothing: PERMISSIVE", nil, "PERMISSIVE"},
+		{"mesh-wide STRICT", []*securityv1.PeerAuthentication{pa("istio-system", "default", 1, nil, strict, nil)}, "STRICT"},
+		{"namespace overrides mesh", []*securityv1.PeerAuthentication{pa("istio-system", "default", 1, nil, strict, nil), pa("multicluster", "default", 1, nil, permissive, nil)}, "PERMISSIVE"},
+		{"UNSET inherits", []*securityv1.PeerAuthentication{pa("istio-system", "default", 1, nil, strict, nil), pa("multicluster", "default", 1, nil, unset, nil)}, "STRICT"},
+		{"workload overrides, port-level", []*securityv1.PeerAuthentication{pa("multicluster", "default", 1, nil, strict, nil),
+			pa("multicluster", "profile", 1, app, unset, map[uint32]securitybeta.PeerAuthentication_MutualTLS_Mode{8080: disable, 9090: unset})}, "STRICT,8080=DISABLE,9090=STRICT"},
+		{"a selector not matching", []*securityv1.PeerAuthentication{pa("multicluster", "other", 1, map[string]string{"app": "x"}, strict, nil)}, "PERMISSIVE"},
+		{"another namespace", []*securityv1.PeerAuthentication{pa("data", "default", 1, nil, strict, nil)}, "PERMISSIVE"},
+		{"the oldest of two wins", []*securityv1.PeerAuthentication{pa("multicluster", "new", 1, nil, permissive, nil), pa("multicluster", "old", 5, nil, strict, nil)}, "STRICT"},
+	} {
+		if got := ResolveMTLS(tc.pas, "istio-system", "multicluster", app).Key(); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+
+	ports := InboundPorts{8080: ProtoHTTP, 9090: ProtoAuto}
+	chains := func(m MTLSModes) (names []string, passthrough bool) {
+		l, _ := Inbound(ports, m)
+		for _, fc := range l.FilterChains {
+			names = append(names, fc.Name)
+		}
+		return names, l.DefaultFilterChain != nil
+	}
+	names, pt := chains(MTLSModes{Default: Strict})
+	if slices.ContainsFunc(names, func(n string) bool { return strings.Contains(n, "plaintext") }) || pt {
+		t.Errorf("STRICT still accepts plaintext: %v, passthrough %v", names, pt)
+	}
+	names, _ = chains(MTLSModes{Default: Strict, Ports: map[int32]MTLSMode{8080: Disable}})
+	if !slices.Contains(names, "inbound|8080||-plaintext") || slices.Contains(names, "inbound|8080||-mtls") || !slices.Contains(names, "inbound|9090||-mtls") {
+		t.Errorf("port-level DISABLE: %v", names)
+	}
+	if names, pt := chains(MTLSModes{}); len(names) != 6 || !pt {
+		t.Errorf("PERMISSIVE: %v, passthrough %v", names, pt)
 	}
 }
