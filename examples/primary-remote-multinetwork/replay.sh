@@ -5,7 +5,7 @@
 #   ISTHMUS   the isthmus binary (default: isthmus on PATH, else bin/isthmus)
 #   KUBECTL   kubectl (default: kubectl on PATH, else the sandbox's)
 #   KUBECONFIG  (default: the sandbox's, from `isthmus sandbox kubeconfig --path`)
-#   WORK      where apiserver-creds-aks.yaml is written (default: a new temp dir)
+#   WORK      where apiserver-creds-aks.yaml is written (default: next to this script)
 #   PRIMARY, REMOTE  the two contexts (default cluster-eks, cluster-aks)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,7 +13,7 @@ root=$(cd "$here/../.." && pwd)
 ISTHMUS=${ISTHMUS:-$(command -v isthmus || echo "$root/bin/isthmus")}
 export KUBECONFIG=${KUBECONFIG:-$("$ISTHMUS" sandbox kubeconfig --path)}
 KUBECTL=${KUBECTL:-$(command -v kubectl || echo "${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl")}
-WORK=${WORK:-$(mktemp -d)}
+WORK=${WORK:-$here}
 EKS=${PRIMARY:-cluster-eks}
 AKS=${REMOTE:-cluster-aks}
 cd "$here"
