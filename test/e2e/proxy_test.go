@@ -626,8 +626,11 @@ func TestSidecarsAndRouter(t *testing.T) {
 		var dump struct {
 			Configs []map[string]any `json:"configs"`
 		}
-		if err := json.Unmarshal([]byte(adminGet(nsSleep, "/config_dump")), &dump); err != nil || len(dump.Configs) != 4 {
-			t.Fatalf("config_dump: %v %d", err, len(dump.Configs))
+		if err := json.Unmarshal([]byte(adminGet(nsSleep, "/config_dump")), &dump); err != nil || len(dump.Configs) != 5 {
+			t.Fatalf("config_dump: %v %d sections, want clusters, listeners, routes, endpoints and secrets", err, len(dump.Configs))
+		}
+		if dump.Configs[4]["@type"] != "type.googleapis.com/envoy.admin.v3.SecretsConfigDump" {
+			t.Errorf("last config %v, want the SDS secrets", dump.Configs[4]["@type"])
 		}
 		if dump.Configs[0]["@type"] != "type.googleapis.com/envoy.admin.v3.ClustersConfigDump" {
 			t.Errorf("first config %v", dump.Configs[0]["@type"])
