@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -167,10 +168,20 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-	if rc.r == nil || len(rc.r.Clusters) == 0 {
+	denied := ""
+	if inbound && len(d.chain.HTTP.Authz) > 0 {
+		denied = p.authorizeHTTP(r, d)
+	}
+	switch {
+	case denied != "":
+		// Envoy's RBAC filter: 403, body "RBAC: access denied".
+		rc.flags = "UAEX"
+		p.opts.Log.Debug("request denied", "peer", d.peer.String(), "path", r.URL.Path, "by", denied)
+		http.Error(rec, "RBAC: access denied", http.StatusForbidden)
+	case rc.r == nil || len(rc.r.Clusters) == 0:
 		rc.flags = "NR"
 		http.Error(rec, "no route", http.StatusNotFound)
-	} else {
+	default:
 		rc.cluster = pickWeighted(rc.r.Clusters)
 		ctx := context.WithValue(r.Context(), routeKey, rc)
 		if rc.r.Timeout > 0 {
@@ -232,6 +243,26 @@ func (p *Proxy) exchange(resp *http.Response) error {
 	resp.Header.Del(telemetry.HeaderMetadata)
 	resp.Header.Del(telemetry.HeaderMetadataID)
 	return nil
+}
+
+// authorizeHTTP runs the chain's RBAC filters on a request and returns
+// what denied it, or "".
+func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream) string {
+	req := &rbac.Request{DestPort: uint32(d.dst.Port()), HTTP: true, RemoteIP: remoteIP(d.conn),
+		Headers: make(map[string]string, len(r.Header)+3)}
+	if !d.peer.IsZero() {
+		req.Principal = d.peer.String()
+	}
+	for k, v := range r.Header {
+		if len(v) > 0 {
+			req.Headers[strings.ToLower(k)] = v[0]
+		}
+	}
+	req.Headers[":method"], req.Headers[":path"], req.Headers[":authority"] = r.Method, r.URL.RequestURI(), r.Host
+	if ok, by := rbac.Allowed(d.chain.HTTP.Authz, req); !ok {
+		return by
+	}
+	return ""
 }
 
 // setXFCC appends the caller's identity as Istio's inbound does:

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net"
 	"net/netip"
 	"time"
@@ -93,6 +94,17 @@ func (p *Proxy) serve(c net.Conn, name string) {
 	if d.chain.TLS != nil {
 		if err := p.terminateTLS(d); err != nil {
 			p.opts.Log.Debug("downstream TLS handshake failed", "listener", d.listener.Name, "err", err)
+			d.conn.Close()
+			return
+		}
+	}
+	if len(d.chain.Authz) > 0 {
+		req := &rbac.Request{DestPort: uint32(d.dst.Port()), RemoteIP: remoteIP(d.conn)}
+		if !d.peer.IsZero() {
+			req.Principal = d.peer.String()
+		}
+		if ok, by := rbac.Allowed(d.chain.Authz, req); !ok {
+			p.opts.Log.Debug("connection denied", "peer", req.Principal, "port", req.DestPort, "by", by)
 			d.conn.Close()
 			return
 		}
@@ -288,4 +300,15 @@ func (p *Proxy) dialEndpoint(ctx context.Context, c *config.Cluster, ep *config.
 		return nil, fmt.Errorf("mTLS handshake: %w", err)
 	}
 	return tc, nil
+}
+
+// remoteIP is the client's address on the downstream connection.
+func remoteIP(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }

@@ -173,8 +173,9 @@ func (gatewayConfig) Gateways() []*networkingv1.Gateway {
 			Hosts: []string{"*.local"},
 		}}}}}
 }
-func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService       { return nil }
-func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication { return nil }
+func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService          { return nil }
+func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication    { return nil }
+func (gatewayConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
 
 // meshRegistry is the test mesh: profile (http 8080, grpc 9090, tcp 7070),
 // and accounts once `accounts` is set, both on the profile pod.
@@ -212,7 +213,7 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 		if strict {
 			modes.Default = xds.Strict
 		}
-		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP], modes)
+		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP], xds.InboundPolicy{MTLS: modes})
 		rs[resource.ListenerType] = append(rs[resource.ListenerType], in)
 		rs[resource.ClusterType] = append(rs[resource.ClusterType], cls...)
 	}

@@ -226,6 +226,53 @@ func TestWalkthrough(t *testing.T) {
 		}
 	})
 
+	t.Run("AuthorizationPolicy: DENY sleep to accounts; ALLOW only sleep on profile, enforced in both clusters", func(t *testing.T) {
+		code := func(url string) string {
+			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code}' --max-time 5 " + url))
+		}
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: accounts}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "deny-sleep", "profile-readers")
+		eventually(t, "sleep -> accounts refused with 403", func() bool { return code("http://accounts:8080/accounts?id=4") == "403" })
+		if c := code("http://dashboard:8080/dashboard?id=4"); c != "200" {
+			t.Errorf("dashboard (which calls accounts as its own identity): %s, want 200", c)
+		}
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: profile-readers, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: profile}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]
+`)
+		eventually(t, "dashboard's calls to profile refused in both clusters", func() bool {
+			for range 6 {
+				if code("http://dashboard:8080/dashboard?id=4") == "200" {
+					return false
+				}
+			}
+			return true
+		})
+		seen := map[string]bool{}
+		eventually(t, "sleep still allowed by profile in both clusters", func() bool {
+			var a profileAnswer
+			if json.Unmarshal([]byte(sleepExec("curl -sS --max-time 5 http://profile:8080/profile?id=4")), &a) == nil {
+				seen[a.ServedBy.Cluster] = true
+			}
+			return seen["cluster-eks"] && seen["cluster-aks"]
+		})
+	})
+
 	t.Run("bad install input is refused or warned about, by name", func(t *testing.T) {
 		r := isthmus(t, time.Minute, append([]string{"install", "-f", filepath.Join(examples, "cluster-aks-remote.yaml"), "--context", "cluster-aks", "-y"}, kc...)...)
 		if r.err == nil || !strings.Contains(r.stderr, "values.global.remotePilotAddress") {

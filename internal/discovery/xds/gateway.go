@@ -24,6 +24,7 @@ type Config interface {
 	Gateways() []*networkingv1.Gateway
 	VirtualServices() []*networkingv1.VirtualService
 	PeerAuthentications() []*securityv1.PeerAuthentication
+	AuthorizationPolicies() []*securityv1.AuthorizationPolicy
 }
 
 // autoPassthroughALPN is what an AUTO_PASSTHROUGH chain accepts: Istio mTLS only.

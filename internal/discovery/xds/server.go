@@ -51,6 +51,7 @@ type Server struct {
 	proxies map[string]*proxyState
 
 	warnedNoGW sync.Map // network -> struct{}
+	warned     sync.Map // message -> struct{}
 
 	memoMu sync.Mutex // guards current
 	// current is what was generated since the last change; proxies that
@@ -282,7 +283,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 	}
 	sidecar := p.Type == Sidecar && p.Generator != GeneratorGRPC
 	var ports InboundPorts
-	var modes MTLSModes
+	var pol InboundPolicy
 	key := fmt.Sprintf("%v", keyOf(p))
 	if sidecar {
 		if m.inbound == nil {
@@ -290,9 +291,10 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 		}
 		ports = m.inbound[p.IP]
 		if s.Config != nil {
-			modes = ResolveMTLS(s.Config.PeerAuthentications(), s.RootNamespace, p.Namespace, p.Labels)
+			pol.MTLS = ResolveMTLS(s.Config.PeerAuthentications(), s.RootNamespace, p.Namespace, p.Labels)
+			pol.Authz = ResolveAuthz(s.Config.AuthorizationPolicies(), s.RootNamespace, p.Namespace, p.Labels, s.warnOnce)
 		}
-		key += "|" + p.Namespace + "|" + ports.Key() + "|" + modes.Key()
+		key += "|" + p.Namespace + "|" + ports.Key() + "|" + pol.Key()
 	}
 	if snap, ok := m.snaps[key]; ok {
 		return snap
@@ -307,7 +309,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 		}
 	}
 	if sidecar {
-		l, cls := Inbound(ports, modes)
+		l, cls := Inbound(ports, pol)
 		add := func(typ types.ResponseType, rs []types.Resource) {
 			version, hashes := versionOf(rs)
 			items := make(map[string]types.ResourceWithTTL, len(sh.items[typ])+len(rs))
@@ -550,4 +552,11 @@ func (s *Server) Status() []ProxyStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// warnOnce logs a configuration problem the first time it is seen.
+func (s *Server) warnOnce(msg string) {
+	if _, loaded := s.warned.LoadOrStore(msg, struct{}{}); !loaded {
+		s.Log.Warn(msg)
+	}
 }

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -275,13 +276,24 @@ func NewInboundIndex(reg *registry.Registry, services []*registry.Service) Inbou
 	return idx
 }
 
+// InboundPolicy is what a workload's policies make of its inbound side.
+type InboundPolicy struct {
+	MTLS  MTLSModes
+	Authz Authz
+}
+
+// Key identifies the policy, for sharing generated listeners.
+func (p InboundPolicy) Key() string { return p.MTLS.Key() + "|" + p.Authz.Key() }
+
 // Inbound builds a sidecar's own part: virtualInbound on 15006 with, for
 // each port its services target on the pod, a chain for Istio mTLS unless
 // the port's mode is DISABLE and one for plaintext unless it is STRICT,
 // both to inbound|PORT|| on 127.0.0.1. Under a STRICT default nothing is
 // passed through in plaintext either.
-func Inbound(ports InboundPorts, modes MTLSModes) (*listener.Listener, []types.Resource) {
-	router := routerFilter()
+func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types.Resource) {
+	modes := pol.MTLS
+	httpFilters := append(pol.Authz.httpFilters(), routerFilter())
+	l4 := pol.Authz.networkFilters()
 	auto := false
 	var chains []*listener.FilterChain
 	var clusters []types.Resource
@@ -306,11 +318,11 @@ func Inbound(ports InboundPorts, modes MTLSModes) (*listener.Listener, []types.R
 					Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
 				}}}},
 			}},
-			HttpFilters:                 []*hcm.HttpFilter{router},
+			HttpFilters:                 httpFilters,
 			ForwardClientCertDetails:    hcm.HttpConnectionManager_APPEND_FORWARD,
 			SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
 		})
-		tcpFilter := tcpProxy(name, name)
+		tcpFilters := append(slices.Clone(l4), tcpProxy(name, name))
 		match := func(transport string, alpn []string) *listener.FilterChainMatch {
 			return &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: transport, ApplicationProtocols: alpn}
 		}
@@ -318,22 +330,22 @@ func Inbound(ports InboundPorts, modes MTLSModes) (*listener.Listener, []types.R
 		var mtls, plain []*listener.FilterChain
 		switch ports[n] {
 		case ProtoHTTP, ProtoTCP:
-			filter := tcpFilter
+			filters := tcpFilters
 			if ports[n] == ProtoHTTP {
-				filter = httpFilter
+				filters = []*listener.Filter{httpFilter}
 			}
-			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{filter}}}
-			plain = []*listener.FilterChain{{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{filter}}}
+			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: filters}}
+			plain = []*listener.FilterChain{{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: filters}}
 		default:
 			// Sniffed: inside mTLS the client's ALPN says HTTP; in
 			// plaintext the first line does (http_inspector).
 			auto = auto || mode != Strict
 			mtls = []*listener.FilterChain{
 				{Name: name + "-mtls-http", FilterChainMatch: match("tls", mtlsHTTP), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{httpFilter}},
-				{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{tcpFilter}}}
+				{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: tcpFilters}}
 			plain = []*listener.FilterChain{
 				{Name: name + "-plaintext-http", FilterChainMatch: match("raw_buffer", sniffedHTTP), Filters: []*listener.Filter{httpFilter}},
-				{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: []*listener.Filter{tcpFilter}}}
+				{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: tcpFilters}}
 		}
 		if mode != Disable {
 			chains = append(chains, mtls...)
@@ -352,7 +364,7 @@ func Inbound(ports InboundPorts, modes MTLSModes) (*listener.Listener, []types.R
 	var passthrough *listener.FilterChain
 	if modes.Mode(0) != Strict {
 		passthrough = &listener.FilterChain{Name: "InboundPassthroughFilterChain",
-			Filters: []*listener.Filter{tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster)}}
+			Filters: append(slices.Clone(l4), tcpProxy(InboundPassthroughCluster, InboundPassthroughCluster))}
 	}
 	return &listener.Listener{
 		Name:               "virtualInbound",

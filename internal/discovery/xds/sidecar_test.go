@@ -62,7 +62,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	}
 
 	idx := NewInboundIndex(reg, services)
-	in, inCls := Inbound(idx["100.64.0.5"], MTLSModes{})
+	in, inCls := Inbound(idx["100.64.0.5"], InboundPolicy{})
 	if len(in.FilterChains) != 2 || in.FilterChains[0].FilterChainMatch.GetDestinationPort().GetValue() != 9080 {
 		t.Fatalf("inbound chains %v", in.FilterChains)
 	}
@@ -118,7 +118,7 @@ func TestPeerAuthentication(t *testing.T) {
 
 	ports := InboundPorts{8080: ProtoHTTP, 9090: ProtoAuto}
 	chains := func(m MTLSModes) (names []string, passthrough bool) {
-		l, _ := Inbound(ports, m)
+		l, _ := Inbound(ports, InboundPolicy{MTLS: m})
 		for _, fc := range l.FilterChains {
 			names = append(names, fc.Name)
 		}

@@ -3,6 +3,9 @@ package config
 import (
 	"errors"
 	"fmt"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net/netip"
 	"sort"
 	"strings"
@@ -309,6 +312,21 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		switch f.GetName() {
 		case "istio.stats", "istio.metadata_exchange", "envoy.filters.network.metadata_exchange":
 			// Telemetry the proxy does natively.
+		case "envoy.filters.network.rbac":
+			var r rbacnet.RBAC
+			if err := unpack(f.GetTypedConfig(), &r); err != nil {
+				return nil, err
+			}
+			if r.GetShadowRules() != nil {
+				return nil, errors.New("RBAC shadow rules are not supported")
+			}
+			rf, err := rbac.Compile(r.GetRules())
+			if err != nil {
+				return nil, fmt.Errorf("network RBAC: %w", err)
+			}
+			if rf != nil {
+				c.Authz = append(c.Authz, rf)
+			}
 		default:
 			return nil, fmt.Errorf("network filter %q is not supported", f.GetName())
 		}
@@ -346,6 +364,21 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		for _, f := range h.GetHttpFilters() {
 			switch f.GetName() {
 			case "envoy.filters.http.router", "istio.stats", "istio.metadata_exchange", "envoy.filters.http.cors", "envoy.filters.http.fault", "istio.alpn":
+			case "envoy.filters.http.rbac":
+				var r rbachttp.RBAC
+				if err := unpack(f.GetTypedConfig(), &r); err != nil {
+					return nil, err
+				}
+				if r.GetShadowRules() != nil || r.GetMatcher() != nil {
+					return nil, errors.New("RBAC shadow rules and matchers are not supported")
+				}
+				rf, err := rbac.Compile(r.GetRules())
+				if err != nil {
+					return nil, fmt.Errorf("HTTP RBAC: %w", err)
+				}
+				if rf != nil {
+					m.Authz = append(m.Authz, rf)
+				}
 			default:
 				return nil, fmt.Errorf("HTTP filter %q is not supported", f.GetName())
 			}

@@ -30,7 +30,7 @@ func generated(t testing.TB) Resources {
 		t.Fatal(err)
 	}
 	g := xds.Generate(p, reg, nil, "cluster.local", func(string) {})
-	in, inClusters := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())["10.64.0.5"], xds.MTLSModes{})
+	in, inClusters := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())["10.64.0.5"], xds.InboundPolicy{})
 	rs := Resources{}
 	add := func(typ string, items []types.Resource) {
 		if rs[typ] == nil {

@@ -9,6 +9,7 @@
 package config
 
 import (
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net/netip"
 	"strings"
 	"time"
@@ -56,6 +57,8 @@ type Chain struct {
 	TLS  *DownstreamTLS
 	TCP  *TCPProxy
 	HTTP *HTTPManager
+	// Authz are the network RBAC filters, checked when a connection opens.
+	Authz []*rbac.Filter
 }
 
 // DownstreamTLS terminates Istio mTLS with the workload certificate.
@@ -78,6 +81,8 @@ type HTTPManager struct {
 	Inline    *RouteTable
 	// ForwardClientCert sets X-Forwarded-Client-Cert as Istio's inbound does.
 	ForwardClientCert bool
+	// Authz are the HTTP RBAC filters, checked for each request.
+	Authz []*rbac.Filter
 }
 
 // RouteTable is a route configuration: virtual hosts chosen by Host.

@@ -1,0 +1,377 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	securitybeta "istio.io/api/security/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// Authz is a workload's AuthorizationPolicies as Envoy RBAC filters, in
+// Istio's order: DENY first, then ALLOW. Nil filters are absent.
+type Authz struct {
+	// HTTP filters see the request; TCP filters only the connection, so
+	// rules with HTTP fields are dropped from ALLOW (they could never
+	// match) and stripped of those fields in DENY (deny more, not less).
+	HTTPDeny, HTTPAllow, TCPDeny, TCPAllow *rbacv3.RBAC
+}
+
+// Key identifies the filters, for sharing generated listeners.
+func (a Authz) Key() string {
+	h := sha256.New()
+	for _, r := range []*rbacv3.RBAC{a.HTTPDeny, a.HTTPAllow, a.TCPDeny, a.TCPAllow} {
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// ResolveAuthz picks the AuthorizationPolicies that apply to a workload
+// (its namespace's and the root namespace's, without a selector or with
+// one matching its labels) and translates them. CUSTOM and AUDIT policies
+// are skipped and reported through warn.
+func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespace string, podLabels map[string]string, warn func(string)) Authz {
+	sorted := make([]*securityv1.AuthorizationPolicy, 0, len(aps))
+	for _, ap := range aps {
+		if ap.Namespace != namespace && ap.Namespace != rootNamespace {
+			continue
+		}
+		if sel := ap.Spec.GetSelector().GetMatchLabels(); len(sel) > 0 && !labels.SelectorFromSet(sel).Matches(labels.Set(podLabels)) {
+			continue
+		}
+		sorted = append(sorted, ap)
+	}
+	sort.Slice(sorted, func(i, j int) bool {
+		return sorted[i].Namespace+"/"+sorted[i].Name < sorted[j].Namespace+"/"+sorted[j].Name
+	})
+	var a Authz
+	for _, ap := range sorted {
+		var httpRBAC, tcpRBAC **rbacv3.RBAC
+		switch ap.Spec.GetAction() {
+		case securitybeta.AuthorizationPolicy_ALLOW:
+			httpRBAC, tcpRBAC = &a.HTTPAllow, &a.TCPAllow
+		case securitybeta.AuthorizationPolicy_DENY:
+			httpRBAC, tcpRBAC = &a.HTTPDeny, &a.TCPDeny
+		default:
+			warn(fmt.Sprintf("AuthorizationPolicy %s/%s: action %s is not supported; skipped", ap.Namespace, ap.Name, ap.Spec.GetAction()))
+			continue
+		}
+		action := rbacv3.RBAC_ALLOW
+		if ap.Spec.GetAction() == securitybeta.AuthorizationPolicy_DENY {
+			action = rbacv3.RBAC_DENY
+		}
+		for _, slot := range []**rbacv3.RBAC{httpRBAC, tcpRBAC} {
+			if *slot == nil {
+				*slot = &rbacv3.RBAC{Action: action, Policies: map[string]*rbacv3.Policy{}}
+			}
+		}
+		for i, rule := range ap.Spec.GetRules() {
+			name := fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", ap.Namespace, ap.Name, i)
+			if bad := unsupportedKeys(rule); len(bad) > 0 {
+				if action == rbacv3.RBAC_ALLOW {
+					warn(fmt.Sprintf("AuthorizationPolicy %s/%s rule %d: condition keys %s are not supported; the rule allows nothing", ap.Namespace, ap.Name, i, strings.Join(bad, ", ")))
+					continue
+				}
+				warn(fmt.Sprintf("AuthorizationPolicy %s/%s rule %d: condition keys %s are not supported; the rule denies without them", ap.Namespace, ap.Name, i, strings.Join(bad, ", ")))
+			}
+			(*httpRBAC).Policies[name] = translateRule(rule, true)
+			tcpRule, httpOnly := l4Only(rule)
+			if httpOnly && action == rbacv3.RBAC_ALLOW {
+				continue // never matches a connection
+			}
+			(*tcpRBAC).Policies[name] = translateRule(tcpRule, false)
+		}
+	}
+	return a
+}
+
+// l4Only is a rule without its HTTP fields, and whether it had any.
+func l4Only(r *securitybeta.Rule) (*securitybeta.Rule, bool) {
+	out := proto.Clone(r).(*securitybeta.Rule)
+	had := false
+	for _, to := range out.GetTo() {
+		op := to.GetOperation()
+		if op == nil {
+			continue
+		}
+		if len(op.Methods)+len(op.NotMethods)+len(op.Paths)+len(op.NotPaths)+len(op.Hosts)+len(op.NotHosts) > 0 {
+			had = true
+		}
+		op.Methods, op.NotMethods, op.Paths, op.NotPaths, op.Hosts, op.NotHosts = nil, nil, nil, nil, nil, nil
+	}
+	var when []*securitybeta.Condition
+	for _, c := range out.GetWhen() {
+		if strings.HasPrefix(c.GetKey(), "request.") {
+			had = true
+			continue
+		}
+		when = append(when, c)
+	}
+	out.When = when
+	return out, had
+}
+
+// unsupportedKeys are the rule's `when` keys translateRule skips.
+func unsupportedKeys(r *securitybeta.Rule) []string {
+	var out []string
+	for _, c := range r.GetWhen() {
+		switch k := c.GetKey(); {
+		case k == "source.principal", k == "source.namespace", k == "source.ip", k == "destination.port":
+		case strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]"):
+		default:
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// translateRule is one rule as an RBAC policy: any of its `from` sources
+// and all its `when` principal conditions for principals; any of its `to`
+// operations and its request conditions for permissions. Conditions on
+// keys it does not know are skipped (see unsupportedKeys).
+func translateRule(r *securitybeta.Rule, http bool) *rbacv3.Policy {
+	var who, what []*rbacv3.Principal
+	var perms []*rbacv3.Permission
+	if len(r.GetFrom()) > 0 {
+		var anyOf []*rbacv3.Principal
+		for _, f := range r.GetFrom() {
+			anyOf = append(anyOf, source(f.GetSource()))
+		}
+		who = append(who, orIDs(anyOf))
+	}
+	if len(r.GetTo()) > 0 {
+		var anyOf []*rbacv3.Permission
+		for _, t := range r.GetTo() {
+			anyOf = append(anyOf, operation(t.GetOperation(), http))
+		}
+		perms = append(perms, orRules(anyOf))
+	}
+	for _, c := range r.GetWhen() {
+		key := c.GetKey()
+		switch {
+		case key == "source.principal":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), principalName))
+		case key == "source.namespace":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), namespacePrincipal))
+		case key == "source.ip":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), ipPrincipal))
+		case key == "destination.port":
+			perms = append(perms, rules(c.GetValues(), c.GetNotValues(), portPermission))
+		case http && strings.HasPrefix(key, "request.headers[") && strings.HasSuffix(key, "]"):
+			name := strings.TrimSuffix(strings.TrimPrefix(key, "request.headers["), "]")
+			perms = append(perms, rules(c.GetValues(), c.GetNotValues(), func(v string) *rbacv3.Permission {
+				return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: headerMatch(name, v)}}
+			}))
+		}
+	}
+	who = append(who, what...)
+	p := &rbacv3.Policy{}
+	if len(who) == 0 {
+		p.Principals = []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Any{Any: true}}}
+	} else {
+		p.Principals = []*rbacv3.Principal{{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: who}}}}
+	}
+	if len(perms) == 0 {
+		p.Permissions = []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}}
+	} else {
+		p.Permissions = []*rbacv3.Permission{{Rule: &rbacv3.Permission_AndRules{AndRules: &rbacv3.Permission_Set{Rules: perms}}}}
+	}
+	return p
+}
+
+func source(s *securitybeta.Source) *rbacv3.Principal {
+	var all []*rbacv3.Principal
+	add := func(vals, not []string, f func(string) *rbacv3.Principal) {
+		if len(vals)+len(not) > 0 {
+			all = append(all, ids(vals, not, f))
+		}
+	}
+	add(s.GetPrincipals(), s.GetNotPrincipals(), principalName)
+	add(s.GetNamespaces(), s.GetNotNamespaces(), namespacePrincipal)
+	add(s.GetIpBlocks(), s.GetNotIpBlocks(), ipPrincipal)
+	add(s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ipPrincipal)
+	if len(all) == 0 {
+		return &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: all}}}
+}
+
+func operation(o *securitybeta.Operation, http bool) *rbacv3.Permission {
+	var all []*rbacv3.Permission
+	add := func(vals, not []string, f func(string) *rbacv3.Permission) {
+		if len(vals)+len(not) > 0 {
+			all = append(all, rules(vals, not, f))
+		}
+	}
+	add(o.GetPorts(), o.GetNotPorts(), portPermission)
+	if http {
+		add(o.GetMethods(), o.GetNotMethods(), func(v string) *rbacv3.Permission {
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: headerMatch(":method", v)}}
+		})
+		add(o.GetPaths(), o.GetNotPaths(), func(v string) *rbacv3.Permission {
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{Rule: &matcherv3.PathMatcher_Path{Path: istioString(v, false)}}}}
+		})
+		add(o.GetHosts(), o.GetNotHosts(), func(v string) *rbacv3.Permission {
+			m := istioString(v, true)
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: m}}}}
+		})
+	}
+	if len(all) == 0 {
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_Any{Any: true}}
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_AndRules{AndRules: &rbacv3.Permission_Set{Rules: all}}}
+}
+
+// ids is "any of vals and none of not".
+func ids(vals, not []string, f func(string) *rbacv3.Principal) *rbacv3.Principal {
+	var set []*rbacv3.Principal
+	if len(vals) > 0 {
+		var anyOf []*rbacv3.Principal
+		for _, v := range vals {
+			anyOf = append(anyOf, f(v))
+		}
+		set = append(set, orIDs(anyOf))
+	}
+	for _, v := range not {
+		set = append(set, &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: f(v)}})
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: set}}}
+}
+
+func rules(vals, not []string, f func(string) *rbacv3.Permission) *rbacv3.Permission {
+	var set []*rbacv3.Permission
+	if len(vals) > 0 {
+		var anyOf []*rbacv3.Permission
+		for _, v := range vals {
+			anyOf = append(anyOf, f(v))
+		}
+		set = append(set, orRules(anyOf))
+	}
+	for _, v := range not {
+		set = append(set, &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: f(v)}})
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_AndRules{AndRules: &rbacv3.Permission_Set{Rules: set}}}
+}
+
+func orIDs(ps []*rbacv3.Principal) *rbacv3.Principal {
+	if len(ps) == 1 {
+		return ps[0]
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_OrIds{OrIds: &rbacv3.Principal_Set{Ids: ps}}}
+}
+
+func orRules(ps []*rbacv3.Permission) *rbacv3.Permission {
+	if len(ps) == 1 {
+		return ps[0]
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_OrRules{OrRules: &rbacv3.Permission_Set{Rules: ps}}}
+}
+
+// principalName matches an Istio principal (trust-domain/ns/N/sa/S) against
+// the peer's SPIFFE ID, with Istio's * prefix and suffix forms.
+func principalName(v string) *rbacv3.Principal {
+	var m *matcherv3.StringMatcher
+	switch {
+	case v == "*":
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://"}}
+	case strings.HasPrefix(v, "*"):
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: v[1:]}}
+	case strings.HasSuffix(v, "*"):
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + strings.TrimSuffix(v, "*")}}
+	default:
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://" + v}}
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{PrincipalName: m}}}
+}
+
+// namespacePrincipal matches peers of a namespace, as Istio does: by the
+// /ns/N/ part of their SPIFFE ID.
+func namespacePrincipal(ns string) *rbacv3.Principal {
+	re := ".*/ns/" + regexp.QuoteMeta(ns) + "/.*"
+	if ns == "*" {
+		re = ".*/ns/[^/]+/.*"
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{
+		PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}}}}}
+}
+
+func ipPrincipal(v string) *rbacv3.Principal {
+	addr, bits, ok := strings.Cut(v, "/")
+	n := 32
+	if strings.Contains(addr, ":") {
+		n = 128
+	}
+	if ok {
+		n, _ = strconv.Atoi(bits)
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: cidrRange(addr, n)}}
+}
+
+func portPermission(v string) *rbacv3.Permission {
+	p, _ := strconv.Atoi(v)
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_DestinationPort{DestinationPort: uint32(p)}}
+}
+
+func headerMatch(name, v string) *route.HeaderMatcher {
+	return &route.HeaderMatcher{Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: istioString(v, false)}}
+}
+
+// istioString is Istio's value syntax: "*" any, "x*" prefix, "*x" suffix.
+func istioString(v string, ignoreCase bool) *matcherv3.StringMatcher {
+	m := &matcherv3.StringMatcher{IgnoreCase: ignoreCase}
+	switch {
+	case v == "*":
+		m.MatchPattern = &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".*"}}
+	case strings.HasPrefix(v, "*"):
+		m.MatchPattern = &matcherv3.StringMatcher_Suffix{Suffix: v[1:]}
+	case strings.HasSuffix(v, "*"):
+		m.MatchPattern = &matcherv3.StringMatcher_Prefix{Prefix: strings.TrimSuffix(v, "*")}
+	default:
+		m.MatchPattern = &matcherv3.StringMatcher_Exact{Exact: v}
+	}
+	return m
+}
+
+func cidrRange(addr string, bits int) *core.CidrRange {
+	return &core.CidrRange{AddressPrefix: addr, PrefixLen: wrapperspb.UInt32(uint32(bits))}
+}
+
+// httpFilters are the RBAC HTTP filters to put before the router.
+func (a Authz) httpFilters() []*hcm.HttpFilter {
+	var out []*hcm.HttpFilter
+	for _, r := range []*rbacv3.RBAC{a.HTTPDeny, a.HTTPAllow} {
+		if r != nil {
+			out = append(out, &hcm.HttpFilter{Name: "envoy.filters.http.rbac", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbachttp.RBAC{Rules: r})}})
+		}
+	}
+	return out
+}
+
+// networkFilters are the RBAC network filters to put before tcp_proxy.
+func (a Authz) networkFilters() []*listener.Filter {
+	var out []*listener.Filter
+	for _, r := range []*rbacv3.RBAC{a.TCPDeny, a.TCPAllow} {
+		if r != nil {
+			out = append(out, &listener.Filter{Name: "envoy.filters.network.rbac", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&rbacnet.RBAC{Rules: r, StatPrefix: "tcp."})}})
+		}
+	}
+	return out
+}

@@ -1,0 +1,119 @@
+package rbac_test
+
+import (
+	"net/netip"
+	"testing"
+
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
+)
+
+// policy reads an AuthorizationPolicy spec written as users write it.
+func policy(t *testing.T, ns, name, spec string) *securityv1.AuthorizationPolicy {
+	t.Helper()
+	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	j, err := yaml.YAMLToJSON([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+const (
+	sleep     = "spiffe://cluster.local/ns/multicluster/sa/sleep"
+	dashboard = "spiffe://cluster.local/ns/multicluster/sa/dashboard"
+	other     = "spiffe://cluster.local/ns/other/sa/default"
+)
+
+// The control plane's translation, compiled and evaluated by the proxy:
+// the contract between the two halves.
+func TestAuthorizationPolicies(t *testing.T) {
+	aps := []*securityv1.AuthorizationPolicy{
+		policy(t, "multicluster", "deny-sleep-to-accounts", `
+selector: {matchLabels: {app: accounts}}
+action: DENY
+rules:
+- from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]`),
+		policy(t, "multicluster", "profile-readers", `
+selector: {matchLabels: {app: profile}}
+action: ALLOW
+rules:
+- from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]
+  to: [{operation: {methods: [GET], paths: ["/profile*", /healthz]}}]
+- from: [{source: {namespaces: [other]}}]
+  when: [{key: "request.headers[x-debug]", values: ["yes"]}]
+- from: [{source: {ipBlocks: [10.1.0.0/16]}}]
+  to: [{operation: {ports: ["7070"]}}]`),
+		policy(t, "istio-system", "deny-delete", `
+action: DENY
+rules:
+- to: [{operation: {methods: [DELETE]}}]`),
+	}
+	get := func(principal, path string) *rbac.Request {
+		return &rbac.Request{Principal: principal, HTTP: true, DestPort: 8080, RemoteIP: netip.MustParseAddr("100.64.0.9"),
+			Headers: map[string]string{":method": "GET", ":path": path, ":authority": "profile:8080"}}
+	}
+	compileWith := func(aps []*securityv1.AuthorizationPolicy, app string, http bool) []*rbac.Filter {
+		a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, func(string) {})
+		deny, allow := a.HTTPDeny, a.HTTPAllow
+		if !http {
+			deny, allow = a.TCPDeny, a.TCPAllow
+		}
+		var out []*rbac.Filter
+		for _, r := range []*rbacv3.RBAC{deny, allow} {
+			f, err := rbac.Compile(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f != nil {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	compile := func(app string, http bool) []*rbac.Filter { return compileWith(aps, app, http) }
+	for _, tc := range []struct {
+		name string
+		app  string
+		req  *rbac.Request
+		want bool
+	}{
+		{"DENY: sleep to accounts", "accounts", get(sleep, "/accounts?id=4"), false},
+		{"DENY: dashboard to accounts is not denied", "accounts", get(dashboard, "/accounts?id=4"), true},
+		{"mesh-wide DENY of DELETE", "accounts", func() *rbac.Request { r := get(dashboard, "/x"); r.Headers[":method"] = "DELETE"; return r }(), false},
+		{"ALLOW: sleep GET /profile?id=4", "profile", get(sleep, "/profile?id=4"), true},
+		{"ALLOW: sleep GET /admin is not allowed", "profile", get(sleep, "/admin"), false},
+		{"ALLOW: dashboard is not allowed", "profile", get(dashboard, "/profile"), false},
+		{"ALLOW: plaintext (no principal) is not allowed", "profile", get("", "/profile"), false},
+		{"ALLOW: namespace other with the header", "profile", func() *rbac.Request { r := get(other, "/x"); r.Headers["x-debug"] = "yes"; return r }(), true},
+		{"ALLOW: namespace other without the header", "profile", get(other, "/x"), false},
+	} {
+		if ok, by := rbac.Allowed(compile(tc.app, true), tc.req); ok != tc.want {
+			t.Errorf("%s: allowed=%v (%s), want %v", tc.name, ok, by, tc.want)
+		}
+	}
+	// L4: the ALLOW rules with HTTP fields never match a connection; the
+	// ipBlocks+ports rule does.
+	conn := func(ip string, port uint32) *rbac.Request {
+		return &rbac.Request{Principal: sleep, RemoteIP: netip.MustParseAddr(ip), DestPort: port}
+	}
+	namespaced := aps[:2]
+	if ok, _ := rbac.Allowed(compileWith(namespaced, "profile", false), conn("10.1.2.3", 7070)); !ok {
+		t.Error("TCP from 10.1.2.3 to 7070 must be allowed")
+	}
+	if ok, _ := rbac.Allowed(compileWith(namespaced, "profile", false), conn("100.64.0.9", 7070)); ok {
+		t.Error("TCP from sleep to profile must be refused: its ALLOW rule needs HTTP")
+	}
+	// DENY rules lose their HTTP fields on TCP: deny more, not less.
+	if ok, _ := rbac.Allowed(compile("profile", false), conn("10.1.2.3", 7070)); ok {
+		t.Error("TCP: the mesh-wide DENY of DELETE denies every connection")
+	}
+}
