@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
@@ -164,7 +165,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	if table != nil {
 		if vh := table.Match(r.Host); vh != nil {
-			rc.r = vh.Match(r.URL.Path)
+			rc.r = vh.Match(r.URL.Path, requestHeader(r))
 		}
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
@@ -181,7 +182,10 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	case rc.r == nil || len(rc.r.Clusters) == 0:
 		rc.flags = "NR"
 		http.Error(rec, "no route", http.StatusNotFound)
+	case rc.r.Fault != nil && !injectFault(rc.r.Fault, rec, r, rc):
+		// aborted, or the client left during the delay
 	default:
+		rewrite(rc.r, r)
 		rc.cluster = pickWeighted(rc.r.Clusters)
 		ctx := context.WithValue(r.Context(), routeKey, rc)
 		if rc.r.Timeout > 0 {
@@ -243,6 +247,61 @@ func (p *Proxy) exchange(resp *http.Response) error {
 	resp.Header.Del(telemetry.HeaderMetadata)
 	resp.Header.Del(telemetry.HeaderMetadataID)
 	return nil
+}
+
+// requestHeader looks headers up as route matchers name them: lowercase,
+// with the pseudo-headers :method, :authority and :path.
+func requestHeader(r *http.Request) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		switch name {
+		case ":method":
+			return r.Method, true
+		case ":authority":
+			return r.Host, true
+		case ":path":
+			return r.URL.RequestURI(), true
+		}
+		v, ok := r.Header[http.CanonicalHeaderKey(name)]
+		if !ok || len(v) == 0 {
+			return "", false
+		}
+		return v[0], true
+	}
+}
+
+// injectFault applies a route's fault: a delay, then maybe an abort. It
+// returns false when the request must not go on (aborted, or the client
+// left while it waited).
+func injectFault(f *config.Fault, w http.ResponseWriter, r *http.Request, rc *route) bool {
+	if f.Delay > 0 && rand.Float64() < f.DelayShare {
+		t := time.NewTimer(f.Delay)
+		select {
+		case <-t.C:
+			rc.flags = "DI"
+		case <-r.Context().Done():
+			t.Stop()
+			rc.flags = "DC"
+			w.WriteHeader(499)
+			return false
+		}
+	}
+	if f.AbortStatus > 0 && rand.Float64() < f.AbortShare {
+		rc.flags = "FI"
+		http.Error(w, "fault filter abort", f.AbortStatus)
+		return false
+	}
+	return true
+}
+
+// rewrite applies a route's prefix and host rewrites.
+func rewrite(rt *config.Route, r *http.Request) {
+	if rt.PrefixRewrite != "" && rt.Prefix != "" && strings.HasPrefix(r.URL.Path, rt.Prefix) {
+		r.URL.Path = rt.PrefixRewrite + strings.TrimPrefix(r.URL.Path, rt.Prefix)
+		r.URL.RawPath = ""
+	}
+	if rt.HostRewrite != "" {
+		r.Host = rt.HostRewrite
+	}
 }
 
 // authorizeHTTP runs the chain's RBAC filters on a request and returns
@@ -443,13 +502,33 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		if attempt > 0 {
 			out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(int(attempt+1)))
 		}
+		var perTry *time.Timer
+		var timedOut atomic.Bool
+		cancel := func() {}
+		if rc.r.Retry != nil && rc.r.Retry.PerTryTimeout > 0 {
+			// Until the response headers: the body streams on.
+			var ctx context.Context
+			ctx, cancel = context.WithCancel(out.Context())
+			out = out.WithContext(ctx)
+			perTry = time.AfterFunc(rc.r.Retry.PerTryTimeout, func() { timedOut.Store(true); cancel() })
+		}
 		resp, err := p.transport(c, ep, h2).RoundTrip(out)
+		if perTry != nil {
+			perTry.Stop()
+		}
 		if err != nil {
+			cancel()
+			if timedOut.Load() {
+				err = fmt.Errorf("per-try timeout %s: %w", rc.r.Retry.PerTryTimeout, context.DeadlineExceeded)
+			}
 			lastErr = err
-			if r.Context().Err() != nil || !retryableError(rc.r.Retry, err) {
+			if r.Context().Err() != nil || !(retryableError(rc.r.Retry, err) || timedOut.Load() && retryableTimeout(rc.r.Retry)) {
 				return nil, err
 			}
 			continue
+		}
+		if perTry != nil {
+			resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 		}
 		if attempt < retries && retryableStatus(rc.r.Retry, resp) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -461,6 +540,20 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return nil, lastErr
 }
+
+// retryableTimeout says whether a per-try timeout is retried: Envoy
+// counts it as 5xx, gateway-error and reset.
+func retryableTimeout(rp *config.RetryPolicy) bool {
+	return rp.On["5xx"] || rp.On["gateway-error"] || rp.On["reset"]
+}
+
+// cancelOnClose ends an attempt's context when its body is done.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (c *cancelOnClose) Close() error { err := c.ReadCloser.Close(); c.cancel(); return err }
 
 func retryableError(rp *config.RetryPolicy, err error) bool {
 	if rp == nil {

@@ -208,7 +208,7 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 	g := xds.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {})
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
 	if p.Type == xds.Sidecar {
-		rs[resource.RouteType] = xds.SidecarRoutes("test", reg.Services())
+		rs[resource.RouteType] = xds.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil)
 		modes := xds.MTLSModes{}
 		if strict {
 			modes.Default = xds.Strict

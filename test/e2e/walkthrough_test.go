@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -271,6 +272,40 @@ spec:
 			}
 			return seen["cluster-eks"] && seen["cluster-aks"]
 		})
+	})
+
+	t.Run("VirtualService: a timeout cuts a fault delay short; retries hide a fault abort", func(t *testing.T) {
+		vs := func(name, http string) string {
+			return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: " + name + ", namespace: multicluster}\nspec:\n  hosts: [" + name + "]\n  http:\n" + http
+		}
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "virtualservice", "profile", "dashboard")
+		// dashboard's calls to profile wait 2 s; sleep's calls to dashboard give up after 0.5 s.
+		e.apply("cluster-eks", vs("profile", "  - fault: {delay: {fixedDelay: 2s, percentage: {value: 100}}}\n    route: [{destination: {host: profile}}]\n")+
+			"---\n"+vs("dashboard", "  - timeout: 500ms\n    route: [{destination: {host: dashboard}}]\n"))
+		var got string
+		eventually(t, "504 after about 0.5 s", func() bool {
+			got = strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 10 http://dashboard:8080/dashboard?id=4"))
+			var code int
+			var secs float64
+			fmt.Sscanf(got, "%d %f", &code, &secs)
+			return code == 504 && secs > 0.4 && secs < 1.5
+		})
+		t.Logf("timeout: %s", got)
+		// Half of dashboard's calls to profile abort (503, dashboard says
+		// 502); sleep retries dashboard up to 4 times on 5xx.
+		e.apply("cluster-eks", vs("profile", "  - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n    route: [{destination: {host: profile}}]\n")+
+			"---\n"+vs("dashboard", "  - retries: {attempts: 0}\n    route: [{destination: {host: dashboard}}]\n"))
+		count := func() int {
+			o := sleepExec("n=0; for i in $(seq 100); do c=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 http://dashboard:8080/dashboard?id=4); [ \"$c\" = 200 ] && n=$((n+1)); done; echo $n")
+			n, _ := strconv.Atoi(strings.TrimSpace(o))
+			return n
+		}
+		var without int
+		eventually(t, "about half of the calls fail without retries", func() bool { without = count(); return without > 20 && without < 80 })
+		e.apply("cluster-eks", vs("dashboard", "  - retries: {attempts: 4, retryOn: 5xx}\n    route: [{destination: {host: dashboard}}]\n"))
+		var with int
+		eventually(t, "retries hide the aborts", func() bool { with = count(); return with >= 90 })
+		t.Logf("successes of 100: %d without retries, %d with 4 retries", without, with)
 	})
 
 	t.Run("bad install input is refused or warned about, by name", func(t *testing.T) {

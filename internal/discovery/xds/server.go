@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"log/slog"
 	"sort"
 	"sync"
@@ -333,7 +334,11 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 		add(types.Cluster, cls)
 		rt, ok := m.routes[p.Namespace]
 		if !ok {
-			rt = newTyped(SidecarRoutes(p.Namespace, sh.services))
+			var vss []*networkingv1.VirtualService
+			if s.Config != nil {
+				vss = s.Config.VirtualServices()
+			}
+			rt = newTyped(SidecarRoutes(p.Namespace, sh.services, vss, s.domainOrDefault(), s.warnOnce))
 			m.routes[p.Namespace] = rt
 		}
 		snap.Resources[types.Route] = cachev3.Resources{Version: rt.version, Items: rt.items}
@@ -559,4 +564,11 @@ func (s *Server) warnOnce(msg string) {
 	if _, loaded := s.warned.LoadOrStore(msg, struct{}{}); !loaded {
 		s.Log.Warn(msg)
 	}
+}
+
+func (s *Server) domainOrDefault() string {
+	if s.Domain == "" {
+		return "cluster.local"
+	}
+	return s.Domain
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"net"
 	"slices"
 	"sort"
@@ -67,7 +68,7 @@ func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter) *hcm.HttpC
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: &core.ConfigSource{
 			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3,
 		}}},
-		HttpFilters: []*hcm.HttpFilter{router},
+		HttpFilters: []*hcm.HttpFilter{faultFilter(), router},
 	}
 }
 
@@ -152,28 +153,38 @@ func sidecarOutbound(services []*registry.Service) (listeners, clusters []types.
 
 // SidecarRoutes builds the RDS route "PORT" of every HTTP port for sidecars
 // of one namespace (which decides the short names a service answers to):
-// a virtual host per service, Istio's default retries, no timeout, and
-// allow_any to the passthrough cluster.
-func SidecarRoutes(namespace string, services []*registry.Service) []types.Resource {
+// a virtual host per service with the routes of the VirtualService that
+// names it (mesh gateway), else one default route with Istio's default
+// retries and no timeout; and allow_any to the passthrough cluster.
+func SidecarRoutes(namespace string, services []*registry.Service, vss []*networkingv1.VirtualService, domain string, warn func(string)) []types.Resource {
+	if warn == nil {
+		warn = func(string) {}
+	}
+	byHost := meshVirtualServices(vss, domain)
 	vhosts := map[int32][]*route.VirtualHost{}
 	for _, svc := range services {
 		for _, port := range svc.Ports {
 			if port.Protocol == "UDP" || !(IsHTTP(port) || IsAuto(port)) {
 				continue
 			}
-			cl := OutboundCluster(port.Port, "", svc.Hostname)
-			vhosts[port.Port] = append(vhosts[port.Port], &route.VirtualHost{
-				Name:    fmt.Sprintf("%s:%d", svc.Hostname, port.Port),
-				Domains: domains(svc, port.Port, namespace),
-				Routes: []*route.Route{{
+			var routes []*route.Route
+			if vs := byHost[svc.Hostname]; vs != nil {
+				routes = vsRoutes(vs, svc, port.Port, domain, warn)
+			} else {
+				routes = []*route.Route{{
 					Name:  "default",
 					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 					Action: &route.Route_Route{Route: &route.RouteAction{
-						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: cl},
+						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: OutboundCluster(port.Port, "", svc.Hostname)},
 						Timeout:          durationpb.New(0),
 						RetryPolicy:      defaultRetry(),
 					}},
-				}},
+				}}
+			}
+			vhosts[port.Port] = append(vhosts[port.Port], &route.VirtualHost{
+				Name:    fmt.Sprintf("%s:%d", svc.Hostname, port.Port),
+				Domains: domains(svc, port.Port, namespace),
+				Routes:  routes,
 			})
 		}
 	}

@@ -44,7 +44,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 		t.Errorf("special clusters: %d", len(cls))
 	}
 
-	rs := SidecarRoutes("multicluster", services)
+	rs := SidecarRoutes("multicluster", services, nil, "cluster.local", nil)
 	if len(rs) != 1 || rs[0].(*route.RouteConfiguration).Name != "8080" {
 		t.Fatalf("routes %v", rs)
 	}
@@ -54,7 +54,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 			t.Errorf("virtual host lacks domain %s: %v", d, vh.Domains)
 		}
 	}
-	if other := SidecarRoutes("default", services)[0].(*route.RouteConfiguration).VirtualHosts[0]; slices.Contains(other.Domains, "profile") {
+	if other := SidecarRoutes("default", services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]; slices.Contains(other.Domains, "profile") {
 		t.Error("the bare name must only resolve from the service's own namespace")
 	}
 	if got := vh.Routes[0].GetRoute().GetCluster(); got != OutboundCluster(8080, "", host) {

@@ -3,10 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -430,14 +434,46 @@ func buildRoute(r *route.Route) (*Route, error) {
 		out.Path = m.GetPath()
 	case m.GetPathSpecifier() == nil:
 		return nil, errors.New("no path match")
+	case m.GetSafeRegex() != nil:
+		re, err := regexp.Compile("^(?:" + m.GetSafeRegex().GetRegex() + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("path regex: %w", err)
+		}
+		out.Regex = re
 	default:
 		if _, ok := m.GetPathSpecifier().(*route.RouteMatch_Prefix); !ok {
-			return nil, fmt.Errorf("path match %T is not supported (prefix and path are)", m.GetPathSpecifier())
+			return nil, fmt.Errorf("path match %T is not supported (prefix, path and safe_regex are)", m.GetPathSpecifier())
 		}
 		out.Prefix = m.GetPrefix()
 	}
-	if len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 {
-		return nil, errors.New("header and query matches are not supported yet")
+	if len(m.GetQueryParameters()) > 0 {
+		return nil, errors.New("query parameter matches are not supported yet")
+	}
+	for _, h := range m.GetHeaders() {
+		hm, err := headerMatch(h)
+		if err != nil {
+			return nil, fmt.Errorf("header %q: %w", h.GetName(), err)
+		}
+		out.Headers = append(out.Headers, hm)
+	}
+	for name, cfg := range r.GetTypedPerFilterConfig() {
+		if name != "envoy.filters.http.fault" {
+			return nil, fmt.Errorf("per-route config of %q is not supported", name)
+		}
+		var f faultv3.HTTPFault
+		if err := unpack(cfg, &f); err != nil {
+			return nil, err
+		}
+		out.Fault = &Fault{}
+		if d := f.GetDelay(); d != nil {
+			out.Fault.Delay, out.Fault.DelayShare = d.GetFixedDelay().AsDuration(), share(d.GetPercentage())
+		}
+		if a := f.GetAbort(); a != nil {
+			if a.GetHttpStatus() == 0 {
+				return nil, errors.New("fault abort without an HTTP status (gRPC aborts are not supported)")
+			}
+			out.Fault.AbortStatus, out.Fault.AbortShare = int(a.GetHttpStatus()), share(a.GetPercentage())
+		}
 	}
 	a := r.GetRoute()
 	if a == nil {
@@ -453,6 +489,8 @@ func buildRoute(r *route.Route) (*Route, error) {
 	default:
 		return nil, errors.New("route without a cluster")
 	}
+	out.PrefixRewrite = a.GetPrefixRewrite()
+	out.HostRewrite = a.GetHostRewriteLiteral()
 	if a.GetTimeout() != nil {
 		out.Timeout = a.GetTimeout().AsDuration()
 	} else {
@@ -471,7 +509,73 @@ func buildRoute(r *route.Route) (*Route, error) {
 		for _, c := range rp.GetRetriableStatusCodes() {
 			p.StatusCodes[c] = true
 		}
+		p.PerTryTimeout = rp.GetPerTryTimeout().AsDuration()
 		out.Retry = p
 	}
 	return out, nil
+}
+
+// share is Envoy's FractionalPercent as a fraction 0..1 (nil is 100%).
+func share(p *typev3.FractionalPercent) float64 {
+	if p == nil {
+		return 1
+	}
+	den := 100.0
+	switch p.GetDenominator() {
+	case typev3.FractionalPercent_TEN_THOUSAND:
+		den = 10000
+	case typev3.FractionalPercent_MILLION:
+		den = 1000000
+	}
+	return float64(p.GetNumerator()) / den
+}
+
+// headerMatch compiles one route header matcher.
+func headerMatch(h *route.HeaderMatcher) (HeaderMatch, error) {
+	hm := HeaderMatch{Name: strings.ToLower(h.GetName()), Invert: h.GetInvertMatch()}
+	switch x := h.GetHeaderMatchSpecifier().(type) {
+	case nil:
+		hm.Present = true
+	case *route.HeaderMatcher_PresentMatch:
+		hm.Present = x.PresentMatch
+	case *route.HeaderMatcher_ExactMatch:
+		hm.Match = func(v string) bool { return v == x.ExactMatch }
+	case *route.HeaderMatcher_PrefixMatch:
+		hm.Match = func(v string) bool { return strings.HasPrefix(v, x.PrefixMatch) }
+	case *route.HeaderMatcher_SuffixMatch:
+		hm.Match = func(v string) bool { return strings.HasSuffix(v, x.SuffixMatch) }
+	case *route.HeaderMatcher_SafeRegexMatch:
+		re, err := regexp.Compile("^(?:" + x.SafeRegexMatch.GetRegex() + ")$")
+		if err != nil {
+			return hm, err
+		}
+		hm.Match = re.MatchString
+	case *route.HeaderMatcher_StringMatch:
+		sm := x.StringMatch
+		fold := func(s string) string { return s }
+		if sm.GetIgnoreCase() {
+			fold = strings.ToLower
+		}
+		switch y := sm.GetMatchPattern().(type) {
+		case *matcherv3.StringMatcher_Exact:
+			hm.Match = func(v string) bool { return fold(v) == fold(y.Exact) }
+		case *matcherv3.StringMatcher_Prefix:
+			hm.Match = func(v string) bool { return strings.HasPrefix(fold(v), fold(y.Prefix)) }
+		case *matcherv3.StringMatcher_Suffix:
+			hm.Match = func(v string) bool { return strings.HasSuffix(fold(v), fold(y.Suffix)) }
+		case *matcherv3.StringMatcher_Contains:
+			hm.Match = func(v string) bool { return strings.Contains(fold(v), fold(y.Contains)) }
+		case *matcherv3.StringMatcher_SafeRegex:
+			re, err := regexp.Compile("^(?:" + y.SafeRegex.GetRegex() + ")$")
+			if err != nil {
+				return hm, err
+			}
+			hm.Match = re.MatchString
+		default:
+			return hm, fmt.Errorf("string match %T is not supported", sm.GetMatchPattern())
+		}
+	default:
+		return hm, fmt.Errorf("header match %T is not supported", h.GetHeaderMatchSpecifier())
+	}
+	return hm, nil
 }

@@ -1,8 +1,15 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -47,7 +54,7 @@ func generated(t testing.TB) Resources {
 	add(resource.ClusterType, append(g.Clusters, inClusters...))
 	add(resource.EndpointType, g.Endpoints)
 	add(resource.ListenerType, append(g.Listeners, in))
-	add(resource.RouteType, xds.SidecarRoutes("test", reg.Services()))
+	add(resource.RouteType, xds.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil))
 	return rs
 }
 
@@ -96,7 +103,7 @@ func TestBuildsWhatTheControlPlaneSends(t *testing.T) {
 			t.Errorf("Host %s -> %v, want %s", host, vh, wantVH)
 		}
 	}
-	if r := rt.Match("profile").Match("/x"); r == nil || r.Clusters[0].Name != "outbound|8080||profile.test.svc.cluster.local" || r.Retry.NumRetries != 2 || r.Timeout != 0 {
+	if r := rt.Match("profile").Match("/x", func(string) (string, bool) { return "", false }); r == nil || r.Clusters[0].Name != "outbound|8080||profile.test.svc.cluster.local" || r.Retry.NumRetries != 2 || r.Timeout != 0 {
 		t.Errorf("route %+v", r)
 	}
 }
@@ -173,4 +180,65 @@ func FuzzBuild(f *testing.F) {
 		}
 		_, _, _ = Build(Resources{resource.ListenerType: {"fuzz": &anypb.Any{TypeUrl: resource.ListenerType, Value: value}}})
 	})
+}
+
+// A VirtualService as the control plane translates it and the proxy
+// compiles it: matches, weights, timeout, retries, fault, rewrite.
+func TestVirtualServiceRoutes(t *testing.T) {
+	reg := registry.New()
+	for i, name := range []string{"profile", "profile-v2"} {
+		h := name + ".test.svc.cluster.local"
+		reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: name, Hostname: h, ClusterIP: fmt.Sprintf("10.96.0.%d", 10+i),
+			Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	}
+	vs := &networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "profile"}}
+	j, _ := yaml.YAMLToJSON([]byte(`
+hosts: [profile]
+http:
+- name: canary
+  match: [{headers: {x-canary: {exact: "yes"}}, uri: {prefix: /profile}}]
+  route: [{destination: {host: profile-v2}}]
+  rewrite: {uri: /v2/profile, authority: profile-v2}
+- name: slow
+  match: [{uri: {regex: "/slow/[0-9]+"}, method: {exact: GET}}]
+  fault: {delay: {fixedDelay: 2s, percentage: {value: 50}}, abort: {httpStatus: 503, percentage: {value: 10}}}
+  timeout: 500ms
+  route: [{destination: {host: profile}}]
+- route: [{destination: {host: profile}, weight: 80}, {destination: {host: profile-v2}, weight: 20}]
+  retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,503"}
+`))
+	if err := vs.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	rs := xds.SidecarRoutes("test", reg.Services(), []*networkingv1.VirtualService{vs}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rt, err := buildRoutes(rs[0].(*routev3.RouteConfiguration))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings: %v", warnings)
+	}
+	vh := rt.Match("profile.test.svc.cluster.local")
+	headers := func(h map[string]string) func(string) (string, bool) {
+		return func(n string) (string, bool) { v, ok := h[n]; return v, ok }
+	}
+	canary := vh.Match("/profile", headers(map[string]string{"x-canary": "yes", ":method": "GET"}))
+	if canary == nil || canary.Name != "canary" || canary.Clusters[0].Name != "outbound|8080||profile-v2.test.svc.cluster.local" ||
+		canary.PrefixRewrite != "/v2/profile" || canary.HostRewrite != "profile-v2" {
+		t.Errorf("canary route %+v", canary)
+	}
+	slow := vh.Match("/slow/42", headers(map[string]string{":method": "GET"}))
+	if slow == nil || slow.Name != "slow" || slow.Timeout != 500*time.Millisecond || slow.Fault == nil ||
+		slow.Fault.Delay != 2*time.Second || slow.Fault.DelayShare != 0.5 || slow.Fault.AbortStatus != 503 || slow.Fault.AbortShare != 0.1 {
+		t.Errorf("slow route %+v fault %+v", slow, slow.Fault)
+	}
+	if r := vh.Match("/slow/42", headers(map[string]string{":method": "POST"})); r == nil || r.Name == "slow" {
+		t.Errorf("a POST must not match the GET route: %+v", r)
+	}
+	def := vh.Match("/other", headers(nil))
+	if def == nil || len(def.Clusters) != 2 || def.Clusters[0].Weight != 80 || def.Retry.NumRetries != 3 || def.Retry.PerTryTimeout != time.Second ||
+		!def.Retry.On["5xx"] || !def.Retry.StatusCodes[503] || def.Timeout != 0 {
+		t.Errorf("default route %+v retry %+v", def, def.Retry)
+	}
 }

@@ -11,6 +11,7 @@ package config
 import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net/netip"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -110,6 +111,14 @@ type Route struct {
 	Name   string
 	Prefix string
 	Path   string
+	// Regex matches the whole path (Envoy's safe_regex).
+	Regex *regexp.Regexp
+	// Headers must all match; :method and :authority are headers too.
+	Headers []HeaderMatch
+	// Fault delays or aborts a share of requests (Envoy's fault filter).
+	Fault *Fault
+	// PrefixRewrite replaces the matched prefix; HostRewrite the Host.
+	PrefixRewrite, HostRewrite string
 	// Clusters with weights; one entry for a plain cluster route.
 	Clusters []WeightedCluster
 	// Timeout 0 means none.
@@ -128,6 +137,25 @@ type RetryPolicy struct {
 	On          map[string]bool // connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes, 5xx, gateway-error, reset
 	NumRetries  uint32
 	StatusCodes map[uint32]bool
+	// PerTryTimeout bounds each attempt; 0 means only the route's timeout.
+	PerTryTimeout time.Duration
+}
+
+// HeaderMatch is one header condition of a route.
+type HeaderMatch struct {
+	Name   string // lowercase; ":method", ":authority" and ":path" included
+	Match  func(string) bool
+	Invert bool
+	// Present matches on presence alone when Match is nil.
+	Present bool
+}
+
+// Fault is a route's fault injection: each share is a fraction 0..1.
+type Fault struct {
+	Delay       time.Duration
+	DelayShare  float64
+	AbortStatus int
+	AbortShare  float64
 }
 
 // Match finds the virtual host for a Host header (port allowed).
@@ -149,19 +177,42 @@ func (t *RouteTable) Match(host string) *VirtualHost {
 	return nil
 }
 
-// Match finds the first route of a virtual host matching a path.
-func (vh *VirtualHost) Match(path string) *Route {
+// Match finds the first route of a virtual host matching a request: its
+// path (without the query) and headers, header(name) giving a lowercase
+// header's first value and whether it is present.
+func (vh *VirtualHost) Match(path string, header func(string) (string, bool)) *Route {
 	for _, r := range vh.Routes {
 		switch {
 		case r.Path != "":
-			if path == r.Path {
-				return r
+			if path != r.Path {
+				continue
 			}
-		case strings.HasPrefix(path, r.Prefix):
+		case r.Regex != nil:
+			if !r.Regex.MatchString(path) {
+				continue
+			}
+		case !strings.HasPrefix(path, r.Prefix):
+			continue
+		}
+		if r.headersMatch(header) {
 			return r
 		}
 	}
 	return nil
+}
+
+func (r *Route) headersMatch(header func(string) (string, bool)) bool {
+	for _, h := range r.Headers {
+		v, ok := header(h.Name)
+		matched := ok && (h.Match == nil || h.Match(v))
+		if h.Match == nil && !h.Present {
+			matched = !ok
+		}
+		if matched == h.Invert {
+			return false
+		}
+	}
+	return true
 }
 
 // ClusterType is how a cluster finds its endpoints.

@@ -1,0 +1,293 @@
+package xds
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	apinetworking "istio.io/api/networking/v1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+// faultFilter sits before the router in outbound HTTP managers so that
+// routes can carry a fault (Envoy applies per-route fault config only
+// where the filter is present, as Istio configures it).
+func faultFilter() *hcm.HttpFilter {
+	return &hcm.HttpFilter{Name: "envoy.filters.http.fault", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})}}
+}
+
+// qualify resolves a host of a VirtualService written in namespace ns:
+// name -> name.ns.svc.domain, name.other -> name.other.svc.domain.
+func qualify(host, ns, domain string) string {
+	switch strings.Count(host, ".") {
+	case 0:
+		return host + "." + ns + ".svc." + domain
+	case 1:
+		return host + ".svc." + domain
+	}
+	if strings.HasSuffix(host, ".svc") {
+		return host + "." + domain
+	}
+	return host
+}
+
+// meshVirtualServices indexes the VirtualServices that apply to sidecars
+// (no gateways, or "mesh" among them) by the service host they name; the
+// oldest wins a host, as in Istio.
+func meshVirtualServices(vss []*networkingv1.VirtualService, domain string) map[string]*networkingv1.VirtualService {
+	sorted := append([]*networkingv1.VirtualService(nil), vss...)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		a, b := sorted[i], sorted[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	})
+	out := map[string]*networkingv1.VirtualService{}
+	for _, vs := range sorted {
+		gws := vs.Spec.GetGateways()
+		if len(gws) > 0 && !contains(gws, "mesh") {
+			continue
+		}
+		if len(vs.Spec.GetHttp()) == 0 {
+			continue
+		}
+		for _, h := range vs.Spec.GetHosts() {
+			q := qualify(h, vs.Namespace, domain)
+			if _, taken := out[q]; !taken {
+				out[q] = vs
+			}
+		}
+	}
+	return out
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// vsRoutes turns a VirtualService's http routes into the routes of one
+// service port's virtual host, in order; requests no route matches get
+// 404, as with Istio. What isthmus does not do is reported through warn.
+func vsRoutes(vs *networkingv1.VirtualService, svc *registry.Service, port int32, domain string, warn func(string)) []*route.Route {
+	var out []*route.Route
+	where := fmt.Sprintf("VirtualService %s/%s", vs.Namespace, vs.Name)
+	for i, hr := range vs.Spec.GetHttp() {
+		name := hr.GetName()
+		if name == "" {
+			name = strconv.Itoa(i)
+		}
+		if hr.GetRedirect() != nil || hr.GetDirectResponse() != nil || hr.GetDelegate() != nil {
+			warn(where + " http[" + name + "]: redirect, directResponse and delegate are not supported; route skipped")
+			continue
+		}
+		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 || hr.GetCorsPolicy() != nil || hr.GetHeaders() != nil {
+			warn(where + " http[" + name + "]: mirror, corsPolicy and headers are not supported; ignored")
+		}
+		action := routeAction(hr, svc, port, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
+		if action == nil {
+			continue
+		}
+		var perFilter map[string]*anypb.Any
+		if f := fault(hr.GetFault()); f != nil {
+			perFilter = map[string]*anypb.Any{"envoy.filters.http.fault": mustAny(f)}
+		}
+		matches := hr.GetMatch()
+		if len(matches) == 0 {
+			matches = []*apinetworking.HTTPMatchRequest{nil}
+		}
+		for j, m := range matches {
+			if m != nil && m.GetPort() != 0 && int32(m.GetPort()) != port {
+				continue
+			}
+			rm, ok := routeMatch(m, func(msg string) { warn(where + " http[" + name + "] match " + strconv.Itoa(j) + ": " + msg) })
+			if !ok {
+				continue
+			}
+			out = append(out, &route.Route{Name: name, Match: rm, Action: &route.Route_Route{Route: action}, TypedPerFilterConfig: perFilter})
+		}
+	}
+	return out
+}
+
+func stringMatch(s *apinetworking.StringMatch) *matcherv3.StringMatcher {
+	switch x := s.GetMatchType().(type) {
+	case *apinetworking.StringMatch_Exact:
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: x.Exact}}
+	case *apinetworking.StringMatch_Prefix:
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: x.Prefix}}
+	case *apinetworking.StringMatch_Regex:
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: x.Regex}}}
+	}
+	return nil
+}
+
+func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.RouteMatch, bool) {
+	rm := &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}
+	if m == nil {
+		return rm, true
+	}
+	if len(m.GetQueryParams()) > 0 || len(m.GetSourceLabels()) > 0 || m.GetAuthority() != nil || m.GetScheme() != nil || m.GetSourceNamespace() != "" || len(m.GetGateways()) > 0 {
+		warn("queryParams, sourceLabels, sourceNamespace, authority, scheme and gateways are not supported; this match never applies")
+		return nil, false
+	}
+	switch x := m.GetUri().GetMatchType().(type) {
+	case *apinetworking.StringMatch_Exact:
+		rm.PathSpecifier = &route.RouteMatch_Path{Path: x.Exact}
+	case *apinetworking.StringMatch_Prefix:
+		rm.PathSpecifier = &route.RouteMatch_Prefix{Prefix: x.Prefix}
+	case *apinetworking.StringMatch_Regex:
+		rm.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: x.Regex}}
+	}
+	if sm := stringMatch(m.GetMethod()); sm != nil {
+		rm.Headers = append(rm.Headers, &route.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: sm}})
+	}
+	names := make([]string, 0, len(m.GetHeaders()))
+	for n := range m.GetHeaders() {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		hm := &route.HeaderMatcher{Name: strings.ToLower(n)}
+		if sm := stringMatch(m.GetHeaders()[n]); sm != nil {
+			hm.HeaderMatchSpecifier = &route.HeaderMatcher_StringMatch{StringMatch: sm}
+		} else {
+			hm.HeaderMatchSpecifier = &route.HeaderMatcher_PresentMatch{PresentMatch: true}
+		}
+		rm.Headers = append(rm.Headers, hm)
+	}
+	names = names[:0]
+	for n := range m.GetWithoutHeaders() {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		hm := &route.HeaderMatcher{Name: strings.ToLower(n), InvertMatch: true}
+		if sm := stringMatch(m.GetWithoutHeaders()[n]); sm != nil {
+			hm.HeaderMatchSpecifier = &route.HeaderMatcher_StringMatch{StringMatch: sm}
+		} else {
+			hm.HeaderMatchSpecifier = &route.HeaderMatcher_PresentMatch{PresentMatch: true}
+		}
+		rm.Headers = append(rm.Headers, hm)
+	}
+	return rm, true
+}
+
+// routeAction: destinations (weighted), timeout, retries and rewrites.
+func routeAction(hr *apinetworking.HTTPRoute, svc *registry.Service, port int32, ns, domain string, warn func(string)) *route.RouteAction {
+	a := &route.RouteAction{Timeout: durationpb.New(0)}
+	var weighted []*route.WeightedCluster_ClusterWeight
+	for _, d := range hr.GetRoute() {
+		dst := d.GetDestination()
+		if dst == nil {
+			continue
+		}
+		host := qualify(dst.GetHost(), ns, domain)
+		p := int32(dst.GetPort().GetNumber())
+		if p == 0 {
+			p = port
+		}
+		if dst.GetSubset() != "" {
+			warn("destination subsets are not supported yet; subset " + dst.GetSubset() + " is routed to all of " + host)
+		}
+		w := uint32(d.GetWeight())
+		if len(hr.GetRoute()) == 1 {
+			w = 100
+		}
+		weighted = append(weighted, &route.WeightedCluster_ClusterWeight{Name: OutboundCluster(p, "", host), Weight: wrapperspb.UInt32(w)})
+	}
+	switch len(weighted) {
+	case 0:
+		warn("no destination; route skipped")
+		return nil
+	case 1:
+		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: weighted[0].Name}
+	default:
+		a.ClusterSpecifier = &route.RouteAction_WeightedClusters{WeightedClusters: &route.WeightedCluster{Clusters: weighted}}
+	}
+	if t := hr.GetTimeout(); t != nil {
+		a.Timeout = durationpb.New(t.AsDuration())
+	}
+	if r := hr.GetRetries(); r == nil {
+		a.RetryPolicy = defaultRetry()
+	} else if r.GetAttempts() > 0 {
+		rp := defaultRetry()
+		rp.NumRetries = wrapperspb.UInt32(uint32(r.GetAttempts()))
+		if r.GetPerTryTimeout() != nil {
+			rp.PerTryTimeout = durationpb.New(r.GetPerTryTimeout().AsDuration())
+		}
+		if on := r.GetRetryOn(); on != "" {
+			var kinds []string
+			rp.RetriableStatusCodes = nil
+			for _, k := range strings.Split(on, ",") {
+				k = strings.TrimSpace(k)
+				if code, err := strconv.Atoi(k); err == nil {
+					rp.RetriableStatusCodes = append(rp.RetriableStatusCodes, uint32(code))
+					continue
+				}
+				kinds = append(kinds, k)
+			}
+			if len(rp.RetriableStatusCodes) > 0 {
+				kinds = append(kinds, "retriable-status-codes")
+			}
+			rp.RetryOn = strings.Join(kinds, ",")
+		}
+		a.RetryPolicy = rp
+	}
+	if rw := hr.GetRewrite(); rw != nil {
+		a.PrefixRewrite = rw.GetUri()
+		if rw.GetAuthority() != "" {
+			a.HostRewriteSpecifier = &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: rw.GetAuthority()}
+		}
+		if rw.GetUriRegexRewrite() != nil {
+			warn("rewrite.uriRegexRewrite is not supported; ignored")
+		}
+	}
+	return a
+}
+
+// fault is Istio's HTTPFaultInjection as Envoy's HTTPFault.
+func fault(f *apinetworking.HTTPFaultInjection) *faultv3.HTTPFault {
+	if f == nil {
+		return nil
+	}
+	pct := func(p *apinetworking.Percent, legacy int32) *typev3.FractionalPercent {
+		v := 100.0
+		switch {
+		case p != nil:
+			v = p.GetValue()
+		case legacy > 0:
+			v = float64(legacy)
+		}
+		return &typev3.FractionalPercent{Numerator: uint32(v * 10000), Denominator: typev3.FractionalPercent_MILLION}
+	}
+	out := &faultv3.HTTPFault{}
+	if d := f.GetDelay(); d != nil && d.GetFixedDelay() != nil {
+		out.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: durationpb.New(d.GetFixedDelay().AsDuration())},
+			Percentage: pct(d.GetPercentage(), d.GetPercent())}
+	}
+	if a := f.GetAbort(); a != nil && a.GetHttpStatus() != 0 {
+		out.Abort = &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: uint32(a.GetHttpStatus())}, Percentage: pct(a.GetPercentage(), 0)}
+	}
+	if out.Delay == nil && out.Abort == nil {
+		return nil
+	}
+	return out
+}
