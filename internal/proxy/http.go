@@ -150,8 +150,9 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set(telemetry.HeaderMetadataID, id)
 		r.Header.Set(telemetry.HeaderMetadata, md)
 	}
+	hm := currentHTTP(rt, d)
 	// Envoy sanitizes XFCC unless an inbound chain forwards it.
-	if inbound && d.chain.HTTP.ForwardClientCert {
+	if inbound && hm.ForwardClientCert {
 		p.setXFCC(r, d)
 	} else {
 		r.Header.Del("X-Forwarded-Client-Cert")
@@ -159,9 +160,9 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("X-Request-Id") == "" {
 		r.Header.Set("X-Request-Id", requestID())
 	}
-	table := d.chain.HTTP.Inline
+	table := hm.Inline
 	if table == nil {
-		table = rt.snap.Routes[d.chain.HTTP.RouteName]
+		table = rt.snap.Routes[hm.RouteName]
 	}
 	if table != nil {
 		if vh := table.Match(r.Host); vh != nil {
@@ -170,8 +171,8 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 	denied := ""
-	if inbound && len(d.chain.HTTP.Authz) > 0 {
-		denied = p.authorizeHTTP(r, d)
+	if inbound && len(hm.Authz) > 0 {
+		denied = p.authorizeHTTP(r, d, hm.Authz)
 	}
 	switch {
 	case denied != "":
@@ -249,6 +250,25 @@ func (p *Proxy) exchange(resp *http.Response) error {
 	return nil
 }
 
+// currentHTTP is the HTTP manager of the connection's chain in the
+// current configuration: requests on a long-lived connection follow policy
+// and route changes made after it was accepted (Envoy drains such
+// connections; answering each request with the current config is the same
+// for the client). A chain that is gone keeps its last configuration.
+func currentHTTP(rt *runtime, d *downstream) *config.HTTPManager {
+	if rt.snap == d.snap {
+		return d.chain.HTTP
+	}
+	if l := rt.snap.Listeners[d.listener.Name]; l != nil {
+		for _, c := range l.Chains {
+			if c.Name == d.chain.Name && c.HTTP != nil {
+				return c.HTTP
+			}
+		}
+	}
+	return d.chain.HTTP
+}
+
 // requestHeader looks headers up as route matchers name them: lowercase,
 // with the pseudo-headers :method, :authority and :path.
 func requestHeader(r *http.Request) func(string) (string, bool) {
@@ -306,7 +326,7 @@ func rewrite(rt *config.Route, r *http.Request) {
 
 // authorizeHTTP runs the chain's RBAC filters on a request and returns
 // what denied it, or "".
-func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream) string {
+func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream, filters []*rbac.Filter) string {
 	req := &rbac.Request{DestPort: uint32(d.dst.Port()), HTTP: true, RemoteIP: remoteIP(d.conn),
 		Headers: make(map[string]string, len(r.Header)+3)}
 	if !d.peer.IsZero() {
@@ -318,7 +338,7 @@ func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream) string {
 		}
 	}
 	req.Headers[":method"], req.Headers[":path"], req.Headers[":authority"] = r.Method, r.URL.RequestURI(), r.Host
-	if ok, by := rbac.Allowed(d.chain.HTTP.Authz, req); !ok {
+	if ok, by := rbac.Allowed(filters, req); !ok {
 		return by
 	}
 	return ""

@@ -39,6 +39,8 @@ type downstream struct {
 	peerCert []byte
 	listener *config.Listener
 	chain    *config.Chain
+	// snap is the configuration the connection was accepted under.
+	snap *config.Snapshot
 }
 
 func (p *Proxy) serve(c net.Conn, name string) {
@@ -48,7 +50,7 @@ func (p *Proxy) serve(c net.Conn, name string) {
 		c.Close()
 		return
 	}
-	d := &downstream{conn: c, dst: c.LocalAddr().(*net.TCPAddr).AddrPort(), listener: l}
+	d := &downstream{conn: c, dst: c.LocalAddr().(*net.TCPAddr).AddrPort(), listener: l, snap: rt.snap}
 	if l.UseOriginalDst || l.RestoreDst {
 		if od, err := origdst.Get(c); err == nil {
 			d.dst = od

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -256,14 +257,15 @@ spec:
   rules:
   - from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]
 `)
+		var codes []string
 		eventually(t, "dashboard's calls to profile refused in both clusters", func() bool {
+			codes = codes[:0]
 			for range 6 {
-				if code("http://dashboard:8080/dashboard?id=4") == "200" {
-					return false
-				}
+				codes = append(codes, code("http://dashboard:8080/dashboard?id=4"))
 			}
-			return true
+			return !slices.Contains(codes, "200")
 		})
+		t.Logf("dashboard with profile-readers: %v", codes)
 		seen := map[string]bool{}
 		eventually(t, "sleep still allowed by profile in both clusters", func() bool {
 			var a profileAnswer
