@@ -485,6 +485,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	picker := rc.rt.pickers[rc.cluster]
 	var tried tried
+	skip := p.skipper(c, &tried)
 	var lastErr error = errNoHealthy
 	for attempt := uint32(0); attempt <= retries; attempt++ {
 		var ep *config.Endpoint
@@ -493,12 +494,12 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			addr = rc.d.dst.String()
 		} else {
 			var lease lb.Lease
-			ep, lease = picker.Pick(tried.has)
+			ep, lease = picker.Pick(skip)
 			if ep == nil {
-				if len(tried) > 0 {
-					tried = tried[:0] // every endpoint failed once: start over
-					ep, lease = picker.Pick(nil)
-				}
+				// Every endpoint failed once or is ejected: start over
+				// (Envoy's panic mode).
+				tried = tried[:0]
+				ep, lease = picker.Pick(nil)
 				if ep == nil {
 					return nil, lastErr
 				}
@@ -535,6 +536,13 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		resp, err := p.transport(c, ep, h2).RoundTrip(out)
 		if perTry != nil {
 			perTry.Stop()
+		}
+		if ep != nil {
+			if err != nil {
+				p.outliers.Report(c, ep.Addr, lb.GatewayFailure)
+			} else {
+				p.outliers.Report(c, ep.Addr, lb.ResultOf(resp.StatusCode))
+			}
 		}
 		if err != nil {
 			cancel()

@@ -64,6 +64,7 @@ type Proxy struct {
 	draining  atomic.Bool
 	conns     atomic.Int64 // open downstream connections
 	stats     *Stats
+	outliers  *lb.Outliers
 
 	httpOnce     sync.Once
 	http         *http.Server
@@ -104,7 +105,7 @@ func New(opts Options) *Proxy {
 	if opts.Self == nil {
 		opts.Self = telemetry.NewSelf("", "unknown", "unknown", "unknown", "unknown", nil)
 	}
-	p := &Proxy{opts: opts, bound: map[string]*bound{}, ready: make(chan struct{}), stats: newStats()}
+	p := &Proxy{opts: opts, bound: map[string]*bound{}, ready: make(chan struct{}), stats: newStats(), outliers: lb.NewOutliers()}
 	p.cur.Store(&runtime{snap: &config.Snapshot{Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Routes: map[string]*config.RouteTable{}}, pickers: map[string]*lb.Picker{}})
 	return p
 }

@@ -238,20 +238,34 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 	picker := rt.pickers[name]
 	var tried tried
 	err := fmt.Errorf("cluster %q has no healthy endpoint", name)
+	skip := p.skipper(c, &tried)
 	for range 3 {
-		ep, lease := picker.Pick(tried.has)
+		ep, lease := picker.Pick(skip)
+		if ep == nil && len(tried) == 0 {
+			ep, lease = picker.Pick(nil) // every endpoint ejected: try them anyway, as Envoy's panic mode
+		}
 		if ep == nil {
 			break
 		}
 		conn, derr := p.dialEndpoint(ctx, c, ep, alpn)
 		if derr == nil {
+			p.outliers.Report(c, ep.Addr, lb.Success)
 			return conn, ep, lease, nil
 		}
+		p.outliers.Report(c, ep.Addr, lb.GatewayFailure)
 		lease.Release()
 		tried.add(ep)
 		err = fmt.Errorf("cluster %q endpoint %s: %w", name, ep.Addr, derr)
 	}
 	return nil, nil, lb.Lease{}, err
+}
+
+// skipper leaves out endpoints already tried and those outlier detection ejected.
+func (p *Proxy) skipper(c *config.Cluster, t *tried) func(*config.Endpoint) bool {
+	if c.Outlier == nil {
+		return t.has
+	}
+	return func(e *config.Endpoint) bool { return t.has(e) || p.outliers.Ejected(c, e.Addr) }
 }
 
 // tried are the endpoints a request or connection already failed on.

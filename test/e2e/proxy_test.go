@@ -174,6 +174,7 @@ func (gatewayConfig) Gateways() []*networkingv1.Gateway {
 		}}}}}
 }
 func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService          { return nil }
+func (gatewayConfig) DestinationRules() []*networkingv1.DestinationRule        { return nil }
 func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication    { return nil }
 func (gatewayConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
 
@@ -205,7 +206,7 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 		t.Fatal(err)
 	}
 	p.Labels = map[string]string{"istio": "eastwestgateway"}
-	g := xds.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {})
+	g := xds.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {}, nil)
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
 	if p.Type == xds.Sidecar {
 		rs[resource.RouteType] = xds.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil)

@@ -310,6 +310,68 @@ spec:
 		t.Logf("successes of 100: %d without retries, %d with 4 retries", without, with)
 	})
 
+	t.Run("DestinationRule failover: calls stay in cluster-eks, fail over to cluster-aks when profile is gone there, and come back", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile, namespace: multicluster}
+spec:
+  host: profile
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule", "profile")
+		// One line per call: the time and the cluster that answered, or "failed".
+		calls := func(n int, pause string) [][2]string {
+			o := sleepExec(fmt.Sprintf(`for i in $(seq %d); do r=$(curl -sS --max-time 2 http://profile:8080/profile?id=4 2>/dev/null | sed -n 's/.*"servedBy":{"cluster":"\([^"]*\)".*/\1/p'); echo "$(date +%%s.%%N) ${r:-failed}"; sleep %s; done`, n, pause))
+			var out [][2]string
+			for _, l := range strings.Split(strings.TrimSpace(o), "\n") {
+				if f := strings.Fields(l); len(f) == 2 {
+					out = append(out, [2]string{f[0], f[1]})
+				}
+			}
+			return out
+		}
+		only := func(cs [][2]string, cluster string) bool {
+			for _, c := range cs {
+				if c[1] != cluster {
+					return false
+				}
+			}
+			return len(cs) > 0
+		}
+		eventually(t, "every call answered by the local cluster", func() bool { return only(calls(20, "0"), "cluster-eks") })
+		if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "scale", "deployment/profile", "--replicas", "0"); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		start := time.Now()
+		cs := calls(60, "0.2")
+		failed, lastLocal := 0, -1.0
+		for _, c := range cs {
+			at, _ := strconv.ParseFloat(c[0], 64)
+			switch c[1] {
+			case "failed":
+				failed++
+			case "cluster-eks":
+				lastLocal = at - float64(start.UnixNano())/1e9
+			}
+		}
+		t.Logf("after scaling cluster-eks's profile to 0: %d calls, %d failed, last answer from cluster-eks at %.1f s", len(cs), failed, lastLocal)
+		if !only(cs[len(cs)/2:], "cluster-aks") {
+			t.Errorf("the calls of the last 6 s were not all answered by cluster-aks: %v", cs[len(cs)/2:])
+		}
+		if lastLocal > 10 || failed > 3 {
+			t.Errorf("failover took too long or failed too many calls: last local answer at %.1f s, %d failed", lastLocal, failed)
+		}
+		if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "scale", "deployment/profile", "--replicas", "1"); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		e.waitReady("cluster-eks", "multicluster", "app=profile", 1)
+		eventually(t, "calls back to the local cluster", func() bool { return only(calls(10, "0"), "cluster-eks") })
+	})
+
 	t.Run("bad install input is refused or warned about, by name", func(t *testing.T) {
 		r := isthmus(t, time.Minute, append([]string{"install", "-f", filepath.Join(examples, "cluster-aks-remote.yaml"), "--context", "cluster-aks", "-y"}, kc...)...)
 		if r.err == nil || !strings.Contains(r.stderr, "values.global.remotePilotAddress") {

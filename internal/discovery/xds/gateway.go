@@ -23,6 +23,7 @@ import (
 type Config interface {
 	Gateways() []*networkingv1.Gateway
 	VirtualServices() []*networkingv1.VirtualService
+	DestinationRules() []*networkingv1.DestinationRule
 	PeerAuthentications() []*securityv1.PeerAuthentication
 	AuthorizationPolicies() []*securityv1.AuthorizationPolicy
 }

@@ -38,7 +38,10 @@ type Generated struct {
 // (gateways) also get the SNI-named clusters outbound_.PORT_._.HOST of
 // AUTO_PASSTHROUGH: no TLS of their own, only mTLS-capable endpoints; and
 // the listeners of the Gateways that select them.
-func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW network.NoGateway) Generated {
+func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW network.NoGateway, warn func(string)) Generated {
+	if warn == nil {
+		warn = func(string) {}
+	}
 	var g Generated
 	gws := reg.Gateways()
 	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
@@ -48,12 +51,15 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	} else {
 		g.Listeners, g.Clusters = sidecarOutbound(services)
 	}
+	drs := destinationRules(cfg, domain)
 	for _, svc := range services {
 		eps := reg.Endpoints(svc.Hostname)
 		for _, port := range svc.Ports {
 			if port.Protocol == "UDP" {
 				continue
 			}
+			tp := policyFor(drs[svc.Hostname], port.Port, warn)
+			prio := func(e network.LbEndpoint) uint32 { return tp.priority(p, e) }
 			lb := network.SplitHorizon(view, eps, port.Name, gws, noGW)
 			if p.Type == Router {
 				name := SNI(port.Port, "", svc.Hostname)
@@ -63,19 +69,23 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 						mtls = append(mtls, e)
 					}
 				}
-				g.Clusters = append(g.Clusters, edsCluster(name, nil))
-				g.Endpoints = append(g.Endpoints, loadAssignment(name, mtls))
+				c := edsCluster(name, nil)
+				tp.apply(c)
+				g.Clusters = append(g.Clusters, c)
+				g.Endpoints = append(g.Endpoints, loadAssignment(name, mtls, prio))
 			}
 			name := OutboundCluster(port.Port, "", svc.Hostname)
-			g.Clusters = append(g.Clusters, edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
+			c := edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
 				{
 					Name:            "tlsMode-istio",
 					Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
 					TransportSocket: istioMTLS(SNI(port.Port, "", svc.Hostname)),
 				},
 				{Name: "tlsMode-disabled", TransportSocket: plaintext()},
-			}))
-			g.Endpoints = append(g.Endpoints, loadAssignment(name, lb))
+			})
+			tp.apply(c)
+			g.Clusters = append(g.Clusters, c)
+			g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))
 		}
 	}
 	return g
@@ -124,16 +134,25 @@ func plaintext() *core.TransportSocket {
 	return &core.TransportSocket{Name: "envoy.transport_sockets.raw_buffer", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbuffer.RawBuffer{})}}
 }
 
-// loadAssignment groups endpoints by locality, with Istio's metadata:
-// envoy.transport_socket_match {tlsMode} and istio {network, cluster}.
-func loadAssignment(name string, eps []network.LbEndpoint) *endpoint.ClusterLoadAssignment {
+// loadAssignment groups endpoints by locality and failover priority, with
+// Istio's metadata: envoy.transport_socket_match {tlsMode} and istio
+// {network, cluster}.
+func loadAssignment(name string, eps []network.LbEndpoint, priority func(network.LbEndpoint) uint32) *endpoint.ClusterLoadAssignment {
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
-	byLoc := map[registry.Locality]*endpoint.LocalityLbEndpoints{}
+	type group struct {
+		loc  registry.Locality
+		prio uint32
+	}
+	byLoc := map[group]*endpoint.LocalityLbEndpoints{}
 	for _, e := range eps {
-		l, ok := byLoc[e.Locality]
+		var pr uint32
+		if priority != nil {
+			pr = priority(e)
+		}
+		l, ok := byLoc[group{e.Locality, pr}]
 		if !ok {
-			l = &endpoint.LocalityLbEndpoints{Locality: &core.Locality{Region: e.Locality.Region, Zone: e.Locality.Zone, SubZone: e.Locality.Subzone}}
-			byLoc[e.Locality] = l
+			l = &endpoint.LocalityLbEndpoints{Locality: &core.Locality{Region: e.Locality.Region, Zone: e.Locality.Zone, SubZone: e.Locality.Subzone}, Priority: pr}
+			byLoc[group{e.Locality, pr}] = l
 			cla.Endpoints = append(cla.Endpoints, l)
 		}
 		md := &core.Metadata{FilterMetadata: map[string]*structpb.Struct{

@@ -37,7 +37,7 @@ func GenerateGRPC(p *Proxy, reg *registry.Registry, noGW network.NoGateway) Gene
 			cl := edsCluster(name, nil)
 			cl.LbPolicy = cluster.Cluster_ROUND_ROBIN
 			g.Clusters = append(g.Clusters, cl)
-			g.Endpoints = append(g.Endpoints, loadAssignment(name, network.SplitHorizon(view, eps, port.Name, gws, noGW)))
+			g.Endpoints = append(g.Endpoints, loadAssignment(name, network.SplitHorizon(view, eps, port.Name, gws, noGW), nil))
 			hostPort := net.JoinHostPort(svc.Hostname, strconv.Itoa(int(port.Port)))
 			manager := &hcm.HttpConnectionManager{
 				RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{

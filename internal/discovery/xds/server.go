@@ -222,10 +222,11 @@ func newTyped(rs []types.Resource) *typed {
 
 // viewKey is everything shared generation depends on besides the registry
 // and configuration: labels for routers (Gateways select by label).
-type viewKey struct{ typ, network, requested, generator, labels string }
+type viewKey struct{ typ, network, cluster, requested, generator, labels string }
 
 func keyOf(p *Proxy) viewKey {
-	k := viewKey{typ: p.Type, network: p.Network, requested: p.RequestedNetworkView, generator: p.Generator}
+	// The cluster: DestinationRule failover priorities compare it.
+	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator}
 	if p.Type == Router {
 		k.labels = labels.Set(p.Labels).String()
 	}
@@ -355,7 +356,7 @@ func (s *Server) generate(p *Proxy) *shared {
 	if p.Generator == GeneratorGRPC {
 		g = GenerateGRPC(p, s.Registry, s.noGateway)
 	} else {
-		g = Generate(p, s.Registry, s.Config, s.Domain, s.noGateway)
+		g = Generate(p, s.Registry, s.Config, s.Domain, s.noGateway, s.warnOnce)
 	}
 	sh := &shared{services: s.Registry.Services()}
 	for typ, rs := range map[types.ResponseType][]types.Resource{

@@ -159,6 +159,24 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 	default:
 		return nil, fmt.Errorf("load balancing policy %s is not supported", c.GetLbPolicy())
 	}
+	if od := c.GetOutlierDetection(); od != nil {
+		o := &Outlier{BaseEjection: 30 * time.Second, MaxEjectionPercent: 10}
+		if od.GetConsecutive_5Xx() != nil && od.GetEnforcingConsecutive_5Xx().GetValue() != 0 {
+			o.Consecutive5xx = od.GetConsecutive_5Xx().GetValue()
+		}
+		if od.GetConsecutiveGatewayFailure() != nil && od.GetEnforcingConsecutiveGatewayFailure().GetValue() != 0 {
+			o.ConsecutiveGateway = od.GetConsecutiveGatewayFailure().GetValue()
+		}
+		if d := od.GetBaseEjectionTime(); d != nil {
+			o.BaseEjection = d.AsDuration()
+		}
+		if m := od.GetMaxEjectionPercent(); m != nil {
+			o.MaxEjectionPercent = m.GetValue()
+		}
+		if o.Consecutive5xx > 0 || o.ConsecutiveGateway > 0 {
+			cl.Outlier = o
+		}
+	}
 	for _, m := range c.GetTransportSocketMatches() {
 		t, err := upstreamTLS(m.GetTransportSocket())
 		if err != nil {

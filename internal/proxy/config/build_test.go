@@ -8,6 +8,7 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
@@ -36,7 +37,7 @@ func generated(t testing.TB) Resources {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := xds.Generate(p, reg, nil, "cluster.local", func(string) {})
+	g := xds.Generate(p, reg, nil, "cluster.local", func(string) {}, nil)
 	in, inClusters := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())["10.64.0.5"], xds.InboundPolicy{})
 	rs := Resources{}
 	add := func(typ string, items []types.Resource) {
@@ -240,5 +241,76 @@ http:
 	if def == nil || len(def.Clusters) != 2 || def.Clusters[0].Weight != 80 || def.Retry.NumRetries != 3 || def.Retry.PerTryTimeout != time.Second ||
 		!def.Retry.On["5xx"] || !def.Retry.StatusCodes[503] || def.Timeout != 0 {
 		t.Errorf("default route %+v retry %+v", def, def.Retry)
+	}
+}
+
+// drConfig serves one DestinationRule to the generator.
+type drConfig struct{ dr *networkingv1.DestinationRule }
+
+func (drConfig) Gateways() []*networkingv1.Gateway               { return nil }
+func (drConfig) VirtualServices() []*networkingv1.VirtualService { return nil }
+func (c drConfig) DestinationRules() []*networkingv1.DestinationRule {
+	return []*networkingv1.DestinationRule{c.dr}
+}
+func (drConfig) PeerAuthentications() []*securityv1.PeerAuthentication {
+	return nil
+}
+func (drConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
+
+// A DestinationRule's load balancer, outlier detection and failover
+// priority by network reach the proxy's cluster and endpoints.
+func TestDestinationRule(t *testing.T) {
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: map[string]int32{"http": 8080}, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
+	reg.SetService("c2", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.97.0.10",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	reg.SetEndpoints("c2", h, []registry.Endpoint{{Address: "10.65.0.5", Ports: map[string]int32{"http": 8080}, Cluster: "c2", Network: "n2", TLSMode: "istio", Ready: true}})
+	reg.SetGateways("c2", []registry.Gateway{{Network: "n2", Address: "198.18.2.10", Port: 15443}})
+	dr := &networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "profile"}}
+	j, _ := yaml.YAMLToJSON([]byte(`
+host: profile
+trafficPolicy:
+  loadBalancer:
+    simple: LEAST_REQUEST
+    localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}
+  outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 15s, maxEjectionPercent: 100}
+`))
+	if err := dr.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~sleep-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	g := xds.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { warnings = append(warnings, w) })
+	rs := Resources{}
+	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints} {
+		rs[typ] = map[string]*anypb.Any{}
+		for _, it := range items {
+			a, _ := anypb.New(it)
+			rs[typ][cacheName(it)] = a
+		}
+	}
+	snap, _, err := Build(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := snap.Clusters["outbound|8080||"+h]
+	if c == nil || c.LB != LeastRequest || c.Outlier == nil || c.Outlier.Consecutive5xx != 2 || c.Outlier.BaseEjection != 15*time.Second || c.Outlier.MaxEjectionPercent != 100 {
+		t.Fatalf("cluster %+v outlier %+v", c, c.Outlier)
+	}
+	prio := map[string]uint32{}
+	for _, e := range c.Endpoints {
+		prio[e.Addr.String()] = e.Priority
+	}
+	if prio["10.64.0.5:8080"] != 0 || prio["198.18.2.10:15443"] != 1 {
+		t.Errorf("priorities %v: the local network first, the other network's gateway next", prio)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings %v", warnings)
 	}
 }

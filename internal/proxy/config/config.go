@@ -249,6 +249,20 @@ type Cluster struct {
 	TLS        *UpstreamTLS
 	// Endpoints are empty for an EDS cluster whose endpoints have not arrived.
 	Endpoints []*Endpoint
+	// Outlier ejects endpoints that keep failing; nil turns it off.
+	Outlier *Outlier
+}
+
+// Outlier is Envoy's outlier detection (Istio's outlierDetection): an
+// endpoint answering Consecutive5xx 5xx in a row (or ConsecutiveGateway
+// 502/503/504 or connect failures) is left out for BaseEjection times the
+// number of its ejections, while at most MaxEjectionPercent of the
+// cluster (but always one endpoint) is out.
+type Outlier struct {
+	Consecutive5xx     uint32
+	ConsecutiveGateway uint32
+	BaseEjection       time.Duration
+	MaxEjectionPercent uint32
 }
 
 // TLSMatch is a transport-socket match.
