@@ -310,6 +310,43 @@ spec:
 		t.Logf("successes of 100: %d without retries, %d with 4 retries", without, with)
 	})
 
+	t.Run("subsets: a header sends calls to v2 (cluster-aks's profile), the rest to v1", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile-versions, namespace: multicluster}
+spec:
+  host: profile
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: profile, namespace: multicluster}
+spec:
+  hosts: [profile]
+  http:
+  - match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: profile, subset: v2}}]
+  - route: [{destination: {host: profile, subset: v1}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule/profile-versions", "virtualservice/profile")
+		served := func(header string) map[string]int {
+			o := sleepExec("for i in $(seq 10); do curl -sS --max-time 5 " + header + " http://profile:8080/profile?id=4; echo; done")
+			by := map[string]int{}
+			for _, l := range strings.Split(strings.TrimSpace(o), "\n") {
+				var a profileAnswer
+				if json.Unmarshal([]byte(l), &a) == nil {
+					by[a.ServedBy.Cluster]++
+				}
+			}
+			return by
+		}
+		eventually(t, "x-canary: yes answered by v2 in cluster-aks only", func() bool { return served("-H 'x-canary: yes'")["cluster-aks"] == 10 })
+		eventually(t, "the rest answered by v1 in cluster-eks only", func() bool { return served("")["cluster-eks"] == 10 })
+	})
+
 	t.Run("DestinationRule failover: calls stay in cluster-eks, fail over to cluster-aks when profile is gone there, and come back", func(t *testing.T) {
 		e.apply("cluster-eks", `
 apiVersion: networking.istio.io/v1

@@ -11,6 +11,7 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/network"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
 // Labels failoverPriority compares between a proxy and an endpoint.
@@ -57,9 +58,6 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 		return tp
 	}
 	where := fmt.Sprintf("DestinationRule %s/%s", dr.Namespace, dr.Name)
-	if len(dr.Spec.GetSubsets()) > 0 {
-		warn(where + ": subsets are not supported yet; ignored")
-	}
 	top := dr.Spec.GetTrafficPolicy()
 	if top.GetConnectionPool() != nil || top.GetTls() != nil && top.GetTls().GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
 		warn(where + ": connectionPool and tls modes other than ISTIO_MUTUAL are not supported; ignored")
@@ -97,6 +95,58 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 		}
 	}
 	return tp
+}
+
+// subset is one DestinationRule subset: the endpoints whose labels match,
+// with its own traffic policy over the rule's.
+type subset struct {
+	name   string
+	labels map[string]string
+	tp     trafficPolicy
+}
+
+// subsetsOf lists a rule's subsets for a port.
+func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy, warn func(string)) []subset {
+	if dr == nil {
+		return nil
+	}
+	var out []subset
+	for _, ss := range dr.Spec.GetSubsets() {
+		if ss.GetName() == "" {
+			continue
+		}
+		tp := base
+		if stp := ss.GetTrafficPolicy(); stp != nil {
+			if stp.GetLoadBalancer() != nil {
+				tp.lb = stp.GetLoadBalancer()
+			}
+			if stp.GetOutlierDetection() != nil {
+				tp.outlier = stp.GetOutlierDetection()
+			}
+			for _, pl := range stp.GetPortLevelSettings() {
+				if int32(pl.GetPort().GetNumber()) == port {
+					if pl.GetLoadBalancer() != nil {
+						tp.lb = pl.GetLoadBalancer()
+					}
+					if pl.GetOutlierDetection() != nil {
+						tp.outlier = pl.GetOutlierDetection()
+					}
+				}
+			}
+		}
+		out = append(out, subset{name: ss.GetName(), labels: ss.GetLabels(), tp: tp})
+	}
+	return out
+}
+
+// matches says whether an endpoint's workload carries the subset's labels.
+func (s subset) matches(e registry.Endpoint) bool {
+	for k, v := range s.labels {
+		if e.Labels[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // apply sets the cluster's load balancing and outlier detection.

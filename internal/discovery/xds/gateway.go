@@ -51,7 +51,7 @@ func routerListeners(p *Proxy, cfg Config, services []*registry.Service, domain 
 			port := srv.GetPort().GetNumber()
 			switch srv.GetTls().GetMode() {
 			case apinetworking.ServerTLSSettings_AUTO_PASSTHROUGH:
-				chains[port] = append(chains[port], autoPassthroughChains(srv.GetHosts(), services)...)
+				chains[port] = append(chains[port], autoPassthroughChains(srv.GetHosts(), services, destinationRules(cfg, domain))...)
 			case apinetworking.ServerTLSSettings_PASSTHROUGH:
 				chains[port] = append(chains[port], passthroughChains(gw, port, cfg.VirtualServices(), domain)...)
 			}
@@ -78,7 +78,7 @@ func routerListeners(p *Proxy, cfg Config, services []*registry.Service, domain 
 	return out
 }
 
-func autoPassthroughChains(hosts []string, services []*registry.Service) []*listener.FilterChain {
+func autoPassthroughChains(hosts []string, services []*registry.Service, drs map[string]*networkingv1.DestinationRule) []*listener.FilterChain {
 	var out []*listener.FilterChain
 	for _, svc := range services {
 		if !hostMatches(hosts, svc.Hostname) {
@@ -88,12 +88,24 @@ func autoPassthroughChains(hosts []string, services []*registry.Service) []*list
 			if port.Protocol == "UDP" {
 				continue
 			}
-			sni := SNI(port.Port, "", svc.Hostname)
-			out = append(out, &listener.FilterChain{
-				Name:             sni,
-				FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{sni}, ApplicationProtocols: autoPassthroughALPN},
-				Filters:          []*listener.Filter{tcpProxy(sni, sni)},
-			})
+			subsets := []string{""}
+			var defined []*apinetworking.Subset
+			if dr := drs[svc.Hostname]; dr != nil {
+				defined = dr.Spec.GetSubsets()
+			}
+			for _, ss := range defined {
+				if ss.GetName() != "" {
+					subsets = append(subsets, ss.GetName())
+				}
+			}
+			for _, subset := range subsets {
+				sni := SNI(port.Port, subset, svc.Hostname)
+				out = append(out, &listener.FilterChain{
+					Name:             sni,
+					FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{sni}, ApplicationProtocols: autoPassthroughALPN},
+					Filters:          []*listener.Filter{tcpProxy(sni, sni)},
+				})
+			}
 		}
 	}
 	return out

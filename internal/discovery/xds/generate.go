@@ -58,37 +58,55 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 			if port.Protocol == "UDP" {
 				continue
 			}
-			tp := policyFor(drs[svc.Hostname], port.Port, warn)
-			prio := func(e network.LbEndpoint) uint32 { return tp.priority(p, e) }
-			lb := network.SplitHorizon(view, eps, port.Name, gws, noGW)
-			if p.Type == Router {
-				name := SNI(port.Port, "", svc.Hostname)
-				var mtls []network.LbEndpoint
-				for _, e := range lb {
-					if e.TLSMode == "istio" {
-						mtls = append(mtls, e)
+			dr := drs[svc.Hostname]
+			tp := policyFor(dr, port.Port, warn)
+			g.add(p, view, svc, port, "", eps, gws, tp, noGW)
+			for _, ss := range subsetsOf(dr, port.Port, tp, warn) {
+				var in []registry.Endpoint
+				for _, e := range eps {
+					if ss.matches(e) {
+						in = append(in, e)
 					}
 				}
-				c := edsCluster(name, nil)
-				tp.apply(c)
-				g.Clusters = append(g.Clusters, c)
-				g.Endpoints = append(g.Endpoints, loadAssignment(name, mtls, prio))
+				g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW)
 			}
-			name := OutboundCluster(port.Port, "", svc.Hostname)
-			c := edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
-				{
-					Name:            "tlsMode-istio",
-					Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
-					TransportSocket: istioMTLS(SNI(port.Port, "", svc.Hostname)),
-				},
-				{Name: "tlsMode-disabled", TransportSocket: plaintext()},
-			})
-			tp.apply(c)
-			g.Clusters = append(g.Clusters, c)
-			g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))
 		}
 	}
 	return g
+}
+
+// add builds one service port's (or subset's) cluster and endpoints:
+// outbound|PORT|SUBSET|HOST for sidecars, and for routers also the
+// SNI-named outbound_.PORT_.SUBSET_.HOST with only mTLS endpoints.
+func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port registry.Port, subset string,
+	eps []registry.Endpoint, gws []registry.Gateway, tp trafficPolicy, noGW network.NoGateway) {
+	prio := func(e network.LbEndpoint) uint32 { return tp.priority(p, e) }
+	lb := network.SplitHorizon(view, eps, port.Name, gws, noGW)
+	sni := SNI(port.Port, subset, svc.Hostname)
+	if p.Type == Router {
+		var mtls []network.LbEndpoint
+		for _, e := range lb {
+			if e.TLSMode == "istio" {
+				mtls = append(mtls, e)
+			}
+		}
+		c := edsCluster(sni, nil)
+		tp.apply(c)
+		g.Clusters = append(g.Clusters, c)
+		g.Endpoints = append(g.Endpoints, loadAssignment(sni, mtls, prio))
+	}
+	name := OutboundCluster(port.Port, subset, svc.Hostname)
+	c := edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
+		{
+			Name:            "tlsMode-istio",
+			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+			TransportSocket: istioMTLS(sni),
+		},
+		{Name: "tlsMode-disabled", TransportSocket: plaintext()},
+	})
+	tp.apply(c)
+	g.Clusters = append(g.Clusters, c)
+	g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))
 }
 
 func edsCluster(name string, matches []*cluster.Cluster_TransportSocketMatch) *cluster.Cluster {

@@ -1,9 +1,15 @@
 package xds
 
 import (
+	"slices"
 	"testing"
 
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	apinetworking "istio.io/api/networking/v1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
@@ -20,5 +26,83 @@ func TestGenerateGRPCListenersAreNamedHostPort(t *testing.T) {
 	}
 	if len(g.Clusters) != 1 || len(g.Endpoints) != 1 {
 		t.Fatalf("clusters %d endpoints %d", len(g.Clusters), len(g.Endpoints))
+	}
+}
+
+type subsetConfig struct{ dr *networkingv1.DestinationRule }
+
+func (subsetConfig) Gateways() []*networkingv1.Gateway {
+	return []*networkingv1.Gateway{{ObjectMeta: metav1.ObjectMeta{Name: "cross-network-gateway", Namespace: "istio-system"},
+		Spec: apinetworking.Gateway{Selector: map[string]string{"istio": "eastwestgateway"}, Servers: []*apinetworking.Server{{
+			Port: &apinetworking.Port{Number: 15443, Name: "tls", Protocol: "TLS"}, Tls: &apinetworking.ServerTLSSettings{Mode: apinetworking.ServerTLSSettings_AUTO_PASSTHROUGH},
+			Hosts: []string{"*.local"}}}}}}
+}
+func (subsetConfig) VirtualServices() []*networkingv1.VirtualService { return nil }
+func (c subsetConfig) DestinationRules() []*networkingv1.DestinationRule {
+	return []*networkingv1.DestinationRule{c.dr}
+}
+func (subsetConfig) PeerAuthentications() []*securityv1.PeerAuthentication {
+	return nil
+}
+func (subsetConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
+
+// DestinationRule subsets: a cluster per subset with the endpoints whose
+// labels match, the remote network's behind its gateway; gateways route
+// the subset's SNI to the subset's endpoints of their own network.
+func TestSubsets(t *testing.T) {
+	reg := registry.New()
+	h := "profile.ns.svc.cluster.local"
+	svc := &registry.Service{Namespace: "ns", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}}
+	ep := func(addr, cluster, network, version string) registry.Endpoint {
+		return registry.Endpoint{Address: addr, Ports: map[string]int32{"http": 8080}, Cluster: cluster, Network: network, TLSMode: "istio", Ready: true,
+			Labels: map[string]string{"app": "profile", "version": version}}
+	}
+	reg.SetService("c1", h, svc)
+	reg.SetEndpoints("c1", h, []registry.Endpoint{ep("10.0.0.1", "c1", "n1", "v1"), ep("10.0.0.2", "c1", "n1", "v2")})
+	reg.SetService("c2", h, svc)
+	reg.SetEndpoints("c2", h, []registry.Endpoint{ep("10.1.0.1", "c2", "n2", "v2")})
+	reg.SetGateways("c2", []registry.Gateway{{Network: "n2", Address: "198.18.2.10", Port: 15443}})
+	dr := &networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "profile"},
+		Spec: apinetworking.DestinationRule{Host: "profile", Subsets: []*apinetworking.Subset{
+			{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}}}}
+	endpointsOf := func(g Generated, name string) []string {
+		for _, r := range g.Endpoints {
+			cla := r.(*endpoint.ClusterLoadAssignment)
+			if cla.ClusterName != name {
+				continue
+			}
+			var out []string
+			for _, l := range cla.Endpoints {
+				for _, e := range l.LbEndpoints {
+					out = append(out, e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		return nil
+	}
+	sidecar := &Proxy{ID: "s", Type: Sidecar, Network: "n1", ClusterID: "c1"}
+	g := Generate(sidecar, reg, subsetConfig{dr}, "cluster.local", func(string) {}, nil)
+	for name, want := range map[string][]string{
+		OutboundCluster(8080, "v1", h): {"10.0.0.1"},
+		OutboundCluster(8080, "v2", h): {"10.0.0.2", "198.18.2.10"},
+		OutboundCluster(8080, "", h):   {"10.0.0.1", "10.0.0.2", "198.18.2.10"},
+	} {
+		if got := endpointsOf(g, name); !slices.Equal(got, want) {
+			t.Errorf("%s: %v, want %v", name, got, want)
+		}
+	}
+	router := &Proxy{ID: "r", Type: Router, Network: "n2", ClusterID: "c2", RequestedNetworkView: "n2", Labels: map[string]string{"istio": "eastwestgateway"}}
+	g = Generate(router, reg, subsetConfig{dr}, "cluster.local", func(string) {}, nil)
+	if got := endpointsOf(g, SNI(8080, "v2", h)); !slices.Equal(got, []string{"10.1.0.1"}) {
+		t.Errorf("router's v2 SNI cluster: %v", got)
+	}
+	var snis []string
+	for _, fc := range g.Listeners[0].(*listener.Listener).FilterChains {
+		snis = append(snis, fc.FilterChainMatch.ServerNames...)
+	}
+	if !slices.Contains(snis, SNI(8080, "v2", h)) || !slices.Contains(snis, SNI(8080, "", h)) {
+		t.Errorf("router SNIs %v", snis)
 	}
 }

@@ -204,14 +204,11 @@ func routeAction(hr *apinetworking.HTTPRoute, svc *registry.Service, port int32,
 		if p == 0 {
 			p = port
 		}
-		if dst.GetSubset() != "" {
-			warn("destination subsets are not supported yet; subset " + dst.GetSubset() + " is routed to all of " + host)
-		}
 		w := uint32(d.GetWeight())
 		if len(hr.GetRoute()) == 1 {
 			w = 100
 		}
-		weighted = append(weighted, &route.WeightedCluster_ClusterWeight{Name: OutboundCluster(p, "", host), Weight: wrapperspb.UInt32(w)})
+		weighted = append(weighted, &route.WeightedCluster_ClusterWeight{Name: OutboundCluster(p, dst.GetSubset(), host), Weight: wrapperspb.UInt32(w)})
 	}
 	switch len(weighted) {
 	case 0:
