@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -407,6 +408,50 @@ spec:
 		}
 		e.waitReady("cluster-eks", "multicluster", "app=profile", 1)
 		eventually(t, "calls back to the local cluster", func() bool { return only(calls(10, "0"), "cluster-eks") })
+	})
+
+	t.Run("analyze: references across both clusters, findings named the Istio way", func(t *testing.T) {
+		r := isthmus(t, time.Minute, append([]string{"analyze", "--context", "cluster-eks"}, kc...)...)
+		if r.err != nil || !strings.Contains(r.stdout, "No validation issues found") || !strings.Contains(r.stdout, "cluster-aks") {
+			t.Fatalf("the walkthrough's configuration: %v\n%s%s", r.err, r.stdout, r.stderr)
+		}
+		// v2 exists only in cluster-aks: fine. v3 exists nowhere; "profiles" is a typo.
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile-check, namespace: multicluster}
+spec:
+  host: profile
+  subsets:
+  - {name: v2, labels: {version: v2}}
+  - {name: v9, labels: {version: v9}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: profile-check, namespace: multicluster}
+spec:
+  hosts: [profile-check]
+  http:
+  - route: [{destination: {host: profile, subset: v2}}, {destination: {host: profile, subset: v3}}, {destination: {host: profiles}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule/profile-check", "virtualservice/profile-check")
+		r = isthmus(t, time.Minute, append([]string{"analyze", "--context", "cluster-eks"}, kc...)...)
+		var ee *exec.ExitError
+		if !errors.As(r.err, &ee) || ee.ExitCode() != 79 {
+			t.Errorf("exit %v, want 79 for errors found", r.err)
+		}
+		for _, want := range []string{
+			`Error [IST0101] (VirtualService profile-check.multicluster) Referenced host+subset in destinationrule not found: "profile+v3"`,
+			`Error [IST0101] (VirtualService profile-check.multicluster) Referenced host not found: "profiles"`,
+			`Warning [IST0127] (DestinationRule profile-check.multicluster) Subset "v9" matches no pod`,
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("analyze does not say %q:\n%s", want, r.stdout)
+			}
+		}
+		if strings.Contains(r.stdout, `"v2"`) || strings.Contains(r.stdout, "profile+v2") {
+			t.Errorf("subset v2 has pods in cluster-aks; analyze must see them:\n%s", r.stdout)
+		}
 	})
 
 	t.Run("bad install input is refused or warned about, by name", func(t *testing.T) {

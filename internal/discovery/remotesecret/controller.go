@@ -201,7 +201,7 @@ func (c *Controller) apply(ctx context.Context, secret, id string, kubeconfig []
 	if old != nil && old.hash == h && old.err == "" {
 		return nil
 	}
-	rc, err := restConfig(kubeconfig)
+	rc, err := RESTConfig(kubeconfig)
 	if err == nil {
 		var client kubernetes.Interface
 		client, err = kubernetes.NewForConfig(rc)

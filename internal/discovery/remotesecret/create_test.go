@@ -40,7 +40,7 @@ func TestCreateWritesIstiosFormat(t *testing.T) {
 		t.Fatalf("kubeconfig %+v", kc)
 	}
 	// The control plane's own hardening accepts what we write.
-	if _, err := restConfig([]byte(sec.StringData["cluster-aks"])); err != nil {
+	if _, err := RESTConfig([]byte(sec.StringData["cluster-aks"])); err != nil {
 		t.Fatalf("the controller refuses our own kubeconfig: %v", err)
 	}
 	if _, err := c.RbacV1().ClusterRoles().Get(context.Background(), "istio-reader-clusterrole-istio-system", metav1.GetOptions{}); err != nil {

@@ -8,11 +8,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// restConfig turns a remote secret's kubeconfig into a client config,
+// RESTConfig turns a remote secret's kubeconfig into a client config,
 // refusing what could run code or read files on the control plane's host
 // (exec plugins, auth providers other than oidc, token and certificate file
 // paths), as Istio does for kubeconfigs it did not write itself.
-func restConfig(kubeconfig []byte) (*rest.Config, error) {
+func RESTConfig(kubeconfig []byte) (*rest.Config, error) {
 	if len(kubeconfig) == 0 {
 		return nil, errors.New("kubeconfig is empty")
 	}

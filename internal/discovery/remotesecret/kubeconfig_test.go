@@ -35,7 +35,7 @@ func TestRestConfigRefusesWhatRunsCodeOrReadsFiles(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := restConfig([]byte(tt.kubeconfig))
+			_, err := RESTConfig([]byte(tt.kubeconfig))
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
