@@ -1,27 +1,15 @@
 #!/usr/bin/env bash
 # Replays the walkthrough (README.md next to this file) step by step against
 # the clusters of the current kubeconfig: by default the isthmus sandbox.
-#
-#   ISTHMUS   the isthmus binary (default: isthmus on PATH, else bin/isthmus)
-#   KUBECTL   kubectl (default: kubectl on PATH, else the sandbox's)
-#   KUBECONFIG  (default: the sandbox's, from `isthmus sandbox kubeconfig --path`)
-#   WORK      where apiserver-creds-aks.yaml is written (default: next to this script)
-#   PRIMARY, REMOTE  the two contexts (default cluster-eks, cluster-aks)
+# Settings: see env.sh; WORK is where apiserver-creds-aks.yaml is written
+# (default: next to this script).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-ISTHMUS=${ISTHMUS:-$(command -v isthmus || echo "$root/bin/isthmus")}
-export KUBECONFIG=${KUBECONFIG:-$("$ISTHMUS" sandbox kubeconfig --path)}
-KUBECTL=${KUBECTL:-$(command -v kubectl || echo "${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl")}
+source "$(dirname "$0")/env.sh"
 WORK=${WORK:-$here}
-EKS=${PRIMARY:-cluster-eks}
-AKS=${REMOTE:-cluster-aks}
 cd "$here"
 
 step() { printf '\n== Step %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
-isthmus() { "$ISTHMUS" "$@"; }
-kubectl() { "$KUBECTL" "$@"; }
 
 step "1.1: install the control plane in $EKS"
 run isthmus install -f cluster-eks-primary.yaml -y --context "$EKS"

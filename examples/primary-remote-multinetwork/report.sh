@@ -4,14 +4,7 @@
 # clusters, the identities on a cross-cluster call, and the endpoints sleep's
 # sidecar has for profile (the remote ones are the remote gateway's address).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-ISTHMUS=${ISTHMUS:-$(command -v isthmus || echo "$root/bin/isthmus")}
-export KUBECONFIG=${KUBECONFIG:-$("$ISTHMUS" sandbox kubeconfig --path)}
-KUBECTL=${KUBECTL:-$(command -v kubectl || echo "${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl")}
-EKS=${PRIMARY:-cluster-eks}
-AKS=${REMOTE:-cluster-aks}
-kubectl() { "$KUBECTL" "$@"; }
+source "$(dirname "$0")/env.sh"
 sleep_sh() { kubectl --context "$EKS" -n multicluster exec deploy/sleep -c sleep -- sh -c "$1"; }
 
 echo "== Pods of the demo (2/2: the app and its istio-proxy)"
@@ -42,9 +35,9 @@ done
 
 echo
 echo "== isthmus proxy-config endpoints deployment/sleep.multicluster --context $EKS (profile)"
-"$ISTHMUS" proxy-config endpoints deployment/sleep.multicluster --context "$EKS" --cluster "outbound|8080||profile.multicluster.svc.cluster.local"
-echo "   ($("$ISTHMUS" gateway address --context "$AKS"):15443 is the east-west gateway of $AKS)"
+isthmus proxy-config endpoints deployment/sleep.multicluster --context "$EKS" --cluster "outbound|8080||profile.multicluster.svc.cluster.local"
+echo "   ($(isthmus gateway address --context "$AKS"):15443 is the east-west gateway of $AKS)"
 
 echo
 echo "== isthmus proxy-status --context $EKS"
-"$ISTHMUS" proxy-status --context "$EKS"
+isthmus proxy-status --context "$EKS"

@@ -16,6 +16,8 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // Message is one finding, printed as istioctl prints it.
@@ -78,7 +80,7 @@ func Run(cfg Config, o Options) []Message {
 		}
 	}
 	for _, dr := range cfg.DestinationRules {
-		h := qualify(dr.Spec.GetHost(), dr.Namespace, o.Domain)
+		h := xds.Qualify(dr.Spec.GetHost(), dr.Namespace, o.Domain)
 		for _, ss := range dr.Spec.GetSubsets() {
 			a.subsets[h+"+"+ss.GetName()] = true
 		}
@@ -173,7 +175,7 @@ func (a *analyzer) virtualService(vs *networkingv1.VirtualService) {
 			continue
 		}
 		seen[d] = true
-		h := qualify(d.host, vs.Namespace, a.o.Domain)
+		h := xds.Qualify(d.host, vs.Namespace, a.o.Domain)
 		if a.clustersKnown() && !strings.Contains(h, "*") && !a.hosts[h] {
 			a.add("Error", ReferencedResourceNotFound, "VirtualService", name, fmt.Sprintf("Referenced host not found: %q (no Service %s in any cluster of the mesh)", d.host, h))
 		}
@@ -185,7 +187,7 @@ func (a *analyzer) virtualService(vs *networkingv1.VirtualService) {
 
 func (a *analyzer) destinationRule(dr *networkingv1.DestinationRule) {
 	name := dr.Name + "." + dr.Namespace
-	h := qualify(dr.Spec.GetHost(), dr.Namespace, a.o.Domain)
+	h := xds.Qualify(dr.Spec.GetHost(), dr.Namespace, a.o.Domain)
 	if !a.clustersKnown() {
 		return
 	}
@@ -214,20 +216,6 @@ func (a *analyzer) selector(kind, name, ns string, sel map[string]string) {
 		a.add("Warning", NoMatchingWorkloadsFound, kind, where,
 			fmt.Sprintf("No matching workloads for this resource with the following labels: %s", labels.Set(sel).String()))
 	}
-}
-
-// qualify resolves a host written in namespace ns, as the control plane does.
-func qualify(host, ns, domain string) string {
-	switch strings.Count(host, ".") {
-	case 0:
-		return host + "." + ns + ".svc." + domain
-	case 1:
-		return host + ".svc." + domain
-	}
-	if strings.HasSuffix(host, ".svc") {
-		return host + "." + domain
-	}
-	return host
 }
 
 // namespaceOf is the namespace of name.ns.svc.domain, or "".

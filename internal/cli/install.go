@@ -90,11 +90,8 @@ so running it again is safe; it waits until each component is ready.`,
 			if err != nil {
 				return err
 			}
-			if !yes {
-				ok, err := confirm(cmd, fmt.Sprintf("This will install the isthmus %s profile into the cluster %s. Proceed? (y/N) ", l.ProfileName(), rc.Host))
-				if err != nil || !ok {
-					return errors.Join(errors.New("cancelled (pass -y to skip this question)"), err)
-				}
+			if err := confirm(cmd, yes, fmt.Sprintf("This will install the isthmus %s profile into the cluster %s. Proceed? (y/N) ", l.ProfileName(), rc.Host)); err != nil {
+				return err
 			}
 			c, err := install.NewCluster(rc, cmd.OutOrStdout(), timeout)
 			if err != nil {
@@ -141,11 +138,8 @@ Namespaces stay. Without --purge, CRDs stay too.`,
 					return err
 				}
 			}
-			if !yes {
-				ok, err := confirm(cmd, fmt.Sprintf("This will remove the mesh from the cluster %s. Proceed? (y/N) ", rc.Host))
-				if err != nil || !ok {
-					return errors.Join(errors.New("cancelled (pass -y to skip this question)"), err)
-				}
+			if err := confirm(cmd, yes, fmt.Sprintf("This will remove the mesh from the cluster %s. Proceed? (y/N) ", rc.Host)); err != nil {
+				return err
 			}
 			c, err := install.NewCluster(rc, cmd.OutOrStdout(), time.Minute)
 			if err != nil {
@@ -194,14 +188,17 @@ func newManifestCmd() *cobra.Command {
 	return cmd
 }
 
-// confirm asks a yes/no question on the command's input.
-func confirm(cmd *cobra.Command, question string) (bool, error) {
-	fmt.Fprint(cmd.OutOrStdout(), question)
-	line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-	if err != nil && line == "" {
-		fmt.Fprintln(cmd.OutOrStdout())
-		return false, nil
+// confirm asks a yes/no question on the command's input unless yes, and
+// says "cancelled" unless the answer is yes.
+func confirm(cmd *cobra.Command, yes bool, question string) error {
+	if yes {
+		return nil
 	}
-	a := strings.ToLower(strings.TrimSpace(line))
-	return a == "y" || a == "yes", nil
+	fmt.Fprint(cmd.OutOrStdout(), question)
+	line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+	if a := strings.ToLower(strings.TrimSpace(line)); a == "y" || a == "yes" {
+		return nil
+	}
+	fmt.Fprintln(cmd.OutOrStdout())
+	return errors.New("cancelled (pass -y to skip this question)")
 }

@@ -36,7 +36,7 @@ func destinationRules(cfg Config, domain string) map[string]*networkingv1.Destin
 		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 	})
 	for _, dr := range drs {
-		h := qualify(dr.Spec.GetHost(), dr.Namespace, domain)
+		h := Qualify(dr.Spec.GetHost(), dr.Namespace, domain)
 		if _, taken := out[h]; !taken {
 			out[h] = dr
 		}

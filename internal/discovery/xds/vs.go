@@ -28,9 +28,9 @@ func faultFilter() *hcm.HttpFilter {
 	return &hcm.HttpFilter{Name: "envoy.filters.http.fault", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})}}
 }
 
-// qualify resolves a host of a VirtualService written in namespace ns:
-// name -> name.ns.svc.domain, name.other -> name.other.svc.domain.
-func qualify(host, ns, domain string) string {
+// Qualify resolves a host written in an Istio object of namespace ns, as
+// Istio does: name -> name.ns.svc.domain, name.other -> name.other.svc.domain.
+func Qualify(host, ns, domain string) string {
 	switch strings.Count(host, ".") {
 	case 0:
 		return host + "." + ns + ".svc." + domain
@@ -65,7 +65,7 @@ func meshVirtualServices(vss []*networkingv1.VirtualService, domain string) map[
 			continue
 		}
 		for _, h := range vs.Spec.GetHosts() {
-			q := qualify(h, vs.Namespace, domain)
+			q := Qualify(h, vs.Namespace, domain)
 			if _, taken := out[q]; !taken {
 				out[q] = vs
 			}
@@ -199,7 +199,7 @@ func routeAction(hr *apinetworking.HTTPRoute, svc *registry.Service, port int32,
 		if dst == nil {
 			continue
 		}
-		host := qualify(dst.GetHost(), ns, domain)
+		host := Qualify(dst.GetHost(), ns, domain)
 		p := int32(dst.GetPort().GetNumber())
 		if p == 0 {
 			p = port
