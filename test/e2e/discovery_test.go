@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -156,14 +157,29 @@ func (c *adsClient) hasCluster(name string) bool {
 	return ok
 }
 
+// handedOut are the ports freePort gave, never given twice in a run.
+var handedOut sync.Map
+
+// freePort picks a free port below the kernel's ephemeral range
+// (32768-60999 by default): a port from :0 is an ephemeral one, which the
+// kernel may hand to an outgoing connection (a control plane dialling an
+// API server) before the process that was meant to listen on it starts.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		if _, taken := handedOut.LoadOrStore(port, true); taken {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-32000")
+	return 0
 }
 
 func meshApp(network string, replicas int) string {
