@@ -89,9 +89,32 @@ func ProfileHandler() http.Handler {
 			fail(w, http.StatusBadRequest, err)
 			return
 		}
+		if !slow(w, r) {
+			return
+		}
 		writeJSON(w, http.StatusOK, Profile{ID: id, Name: NameOf(id), ServedBy: origin(), Caller: r.Header.Get("X-Forwarded-Client-Cert")})
 	})
 	return mux
+}
+
+// slow waits ?delay=DURATION (at most 10 s) before answering, for trying
+// timeouts and circuit breakers; false when the request is over.
+func slow(w http.ResponseWriter, r *http.Request) bool {
+	v := r.URL.Query().Get("delay")
+	if v == "" {
+		return true
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > 10*time.Second {
+		fail(w, http.StatusBadRequest, fmt.Errorf("delay %q: want a duration up to 10s, such as 500ms", v))
+		return false
+	}
+	select {
+	case <-time.After(d):
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // AccountsHandler serves GET /accounts?id=N.

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 func TestDashboardAggregatesProfileAndAccounts(t *testing.T) {
@@ -41,5 +42,27 @@ func TestBadIDIsA400WithHelp(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+func TestProfileDelay(t *testing.T) {
+	srv := httptest.NewServer(ProfileHandler())
+	defer srv.Close()
+	start := time.Now()
+	resp, err := http.Get(srv.URL + "/profile?id=4&delay=300ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("status %d after %s", resp.StatusCode, time.Since(start))
+	}
+	resp, err = http.Get(srv.URL + "/profile?id=4&delay=1h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("an hour's delay: status %d, want 400", resp.StatusCode)
 	}
 }

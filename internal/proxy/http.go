@@ -418,6 +418,9 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 // errNoHealthy is a cluster without endpoints to try.
 var errNoHealthy = errors.New("no healthy upstream")
 
+// errOverflow is a request a cluster's circuit breaker refused.
+var errOverflow = errors.New("circuit breaker: too many requests in flight")
+
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	rc, _ := r.Context().Value(routeKey).(*route)
 	flag := func(f string) {
@@ -429,6 +432,9 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	case errors.Is(err, context.DeadlineExceeded):
 		flag("UT")
 		http.Error(w, "upstream request timeout", http.StatusGatewayTimeout)
+	case errors.Is(err, errOverflow):
+		flag("UO")
+		http.Error(w, "upstream connect error or disconnect/reset before headers. reset reason: overflow", http.StatusServiceUnavailable)
 	case errors.Is(err, errNoHealthy):
 		flag("UH")
 		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
@@ -466,6 +472,18 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	if c == nil {
 		return nil, fmt.Errorf("%w: no cluster %q", errNoHealthy, rc.cluster)
 	}
+	release := p.admit("rq|"+c.Name, c.MaxRequests)
+	if release == nil {
+		p.stats.upstreamOverflow.WithLabelValues(c.Name).Inc()
+		return nil, errOverflow
+	}
+	// The slot is held until the response body is done.
+	held := false
+	defer func() {
+		if !held {
+			release()
+		}
+	}()
 	h2 := r.ProtoMajor == 2
 	retries := uint32(0)
 	if rc.r.Retry != nil {
@@ -564,6 +582,8 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			lastErr = fmt.Errorf("upstream answered %d", resp.StatusCode)
 			continue
 		}
+		held = true
+		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: release}
 		return resp, nil
 	}
 	return nil, lastErr

@@ -65,6 +65,9 @@ type Proxy struct {
 	conns     atomic.Int64 // open downstream connections
 	stats     *Stats
 	outliers  *lb.Outliers
+	// inflight counts requests and TCP connections per cluster name, for
+	// the circuit breakers; it outlives configuration swaps.
+	inflight sync.Map // string -> *atomic.Int64
 
 	httpOnce     sync.Once
 	http         *http.Server
@@ -228,3 +231,20 @@ func (p *Proxy) Metrics() *prometheus.Registry { return p.stats.Registry }
 
 // Draining reports whether Drain was called.
 func (p *Proxy) Draining() bool { return p.draining.Load() }
+
+// admit takes one of a cluster's circuit-breaker slots (requests or
+// connections, by key); it returns a release func, or nil when the cluster
+// is at its bound.
+func (p *Proxy) admit(key string, bound uint32) func() {
+	if bound == 0 {
+		return func() {}
+	}
+	v, _ := p.inflight.LoadOrStore(key, new(atomic.Int64))
+	n := v.(*atomic.Int64)
+	if n.Add(1) > int64(bound) {
+		n.Add(-1)
+		return nil
+	}
+	var once sync.Once
+	return func() { once.Do(func() { n.Add(-1) }) }
+}

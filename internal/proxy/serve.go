@@ -160,6 +160,15 @@ func (d *downstream) inbound() bool { return d.listener.RestoreDst }
 
 func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	cl := d.chain.TCP.Cluster
+	if c := rt.snap.Clusters[cl]; c != nil && c.MaxConnections > 0 {
+		release := p.admit("cx|"+cl, c.MaxConnections)
+		if release == nil {
+			p.stats.upstreamOverflow.WithLabelValues(cl).Inc()
+			d.conn.Close()
+			return
+		}
+		defer release()
+	}
 	up, ep, lease, err := p.dialCluster(rt, cl, d.dst, []string{"istio-peer-exchange", "istio"})
 	if err != nil {
 		p.stats.upstreamFail.WithLabelValues(cl).Inc()

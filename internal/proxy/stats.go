@@ -15,6 +15,8 @@ type Stats struct {
 
 	noChain      *prometheus.CounterVec
 	upstreamFail *prometheus.CounterVec
+	// upstreamOverflow counts what circuit breakers refused.
+	upstreamOverflow *prometheus.CounterVec
 }
 
 func newStats() *Stats {
@@ -27,6 +29,8 @@ func newStats() *Stats {
 		upstreamFail: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "envoy_cluster_upstream_cx_connect_fail",
 			Help: "Upstream connections that could not be opened."}, []string{"cluster_name"}),
 	}
-	reg.MustRegister(s.noChain, s.upstreamFail, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.upstreamOverflow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "envoy_cluster_upstream_rq_pending_overflow",
+		Help: "Requests and connections refused by a cluster's circuit breakers."}, []string{"cluster_name"})
+	reg.MustRegister(s.noChain, s.upstreamFail, s.upstreamOverflow, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }

@@ -414,6 +414,35 @@ spec:
 		eventually(t, "calls back to the local cluster", func() bool { return only(calls(10, "0"), "cluster-eks") })
 	})
 
+	t.Run("connectionPool: calls beyond one connection and one pending request overflow with 503", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile-pool, namespace: multicluster}
+spec:
+  host: profile
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule", "profile-pool")
+		// 8 calls at once, each held 1 s by profile: 2 fit, the rest overflow.
+		burst := func() (ok, overflow int) {
+			o := sleepExec("for i in $(seq 8); do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 'http://profile:8080/profile?id=4&delay=1s' & done; wait")
+			for _, c := range strings.Fields(o) {
+				switch c {
+				case "200":
+					ok++
+				case "503":
+					overflow++
+				}
+			}
+			return ok, overflow
+		}
+		var ok, overflow int
+		eventually(t, "overflow under a burst", func() bool { ok, overflow = burst(); return overflow >= 4 && ok >= 1 })
+		t.Logf("burst of 8: %d answered, %d overflowed", ok, overflow)
+	})
+
 	t.Run("analyze: references across both clusters, findings named the Istio way", func(t *testing.T) {
 		r := isthmus(t, time.Minute, append([]string{"analyze", "--context", "cluster-eks"}, kc...)...)
 		if r.err != nil || !strings.Contains(r.stdout, "No validation issues found") || !strings.Contains(r.stdout, "cluster-aks") {

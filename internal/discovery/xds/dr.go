@@ -49,6 +49,7 @@ func destinationRules(cfg Config, domain string) map[string]*networkingv1.Destin
 type trafficPolicy struct {
 	lb       *apinetworking.LoadBalancerSettings
 	outlier  *apinetworking.OutlierDetection
+	pool     *apinetworking.ConnectionPoolSettings
 	failover []string // failoverPriority labels; nil: no locality failover
 }
 
@@ -59,10 +60,13 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 	}
 	where := fmt.Sprintf("DestinationRule %s/%s", dr.Namespace, dr.Name)
 	top := dr.Spec.GetTrafficPolicy()
-	if top.GetConnectionPool() != nil || top.GetTls() != nil && top.GetTls().GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
-		warn(where + ": connectionPool and tls modes other than ISTIO_MUTUAL are not supported; ignored")
+	if top.GetTls() != nil && top.GetTls().GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
+		warn(where + ": tls modes other than ISTIO_MUTUAL are not supported; ignored")
 	}
-	tp.lb, tp.outlier = top.GetLoadBalancer(), top.GetOutlierDetection()
+	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetHttp().GetIdleTimeout() != nil || cp.GetTcp().GetTcpKeepalive() != nil || cp.GetHttp().GetH2UpgradePolicy() != 0 {
+		warn(where + ": connectionPool maxRequestsPerConnection, idleTimeout, tcpKeepalive and h2UpgradePolicy are not supported; ignored")
+	}
+	tp.lb, tp.outlier, tp.pool = top.GetLoadBalancer(), top.GetOutlierDetection(), top.GetConnectionPool()
 	for _, pl := range top.GetPortLevelSettings() {
 		if int32(pl.GetPort().GetNumber()) != port {
 			continue
@@ -72,6 +76,9 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 		}
 		if pl.GetOutlierDetection() != nil {
 			tp.outlier = pl.GetOutlierDetection()
+		}
+		if pl.GetConnectionPool() != nil {
+			tp.pool = pl.GetConnectionPool()
 		}
 	}
 	if tp.lb.GetConsistentHash() != nil {
@@ -123,6 +130,9 @@ func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy,
 			if stp.GetOutlierDetection() != nil {
 				tp.outlier = stp.GetOutlierDetection()
 			}
+			if stp.GetConnectionPool() != nil {
+				tp.pool = stp.GetConnectionPool()
+			}
 			for _, pl := range stp.GetPortLevelSettings() {
 				if int32(pl.GetPort().GetNumber()) == port {
 					if pl.GetLoadBalancer() != nil {
@@ -156,6 +166,25 @@ func (tp trafficPolicy) apply(c *cluster.Cluster) {
 		c.LbPolicy = cluster.Cluster_LEAST_REQUEST
 	case apinetworking.LoadBalancerSettings_RANDOM:
 		c.LbPolicy = cluster.Cluster_RANDOM
+	}
+	if p := tp.pool; p != nil {
+		if d := p.GetTcp().GetConnectTimeout(); d != nil {
+			c.ConnectTimeout = durationpb.New(d.AsDuration())
+		}
+		th := &cluster.CircuitBreakers_Thresholds{}
+		if v := p.GetTcp().GetMaxConnections(); v > 0 {
+			th.MaxConnections = wrapperspb.UInt32(uint32(v))
+		}
+		if v := p.GetHttp().GetHttp1MaxPendingRequests(); v > 0 {
+			th.MaxPendingRequests = wrapperspb.UInt32(uint32(v))
+		}
+		if v := p.GetHttp().GetHttp2MaxRequests(); v > 0 {
+			th.MaxRequests = wrapperspb.UInt32(uint32(v))
+		}
+		if v := p.GetHttp().GetMaxRetries(); v > 0 {
+			th.MaxRetries = wrapperspb.UInt32(uint32(v))
+		}
+		c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{th}}
 	}
 	if o := tp.outlier; o != nil {
 		od := &cluster.OutlierDetection{

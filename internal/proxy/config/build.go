@@ -159,6 +159,24 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 	default:
 		return nil, fmt.Errorf("load balancing policy %s is not supported", c.GetLbPolicy())
 	}
+	for _, th := range c.GetCircuitBreakers().GetThresholds() {
+		if th.GetPriority() != core.RoutingPriority_DEFAULT {
+			continue
+		}
+		cl.MaxConnections = th.GetMaxConnections().GetValue()
+		cl.MaxRequests = th.GetMaxRequests().GetValue()
+		// HTTP/1.1 requests beyond the connections wait as pending; beyond
+		// the pending bound they overflow (Envoy's default bound is 1024).
+		if cl.MaxConnections > 0 {
+			pending := uint32(1024)
+			if th.GetMaxPendingRequests() != nil {
+				pending = th.GetMaxPendingRequests().GetValue()
+			}
+			if n := cl.MaxConnections + pending; cl.MaxRequests == 0 || n < cl.MaxRequests {
+				cl.MaxRequests = n
+			}
+		}
+	}
 	if od := c.GetOutlierDetection(); od != nil {
 		o := &Outlier{BaseEjection: 30 * time.Second, MaxEjectionPercent: 10}
 		if od.GetConsecutive_5Xx() != nil && od.GetEnforcingConsecutive_5Xx().GetValue() != 0 {

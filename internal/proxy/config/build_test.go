@@ -277,6 +277,7 @@ trafficPolicy:
     simple: LEAST_REQUEST
     localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}
   outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 15s, maxEjectionPercent: 100}
+  connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}, http: {http1MaxPendingRequests: 1}}
 `))
 	if err := dr.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
@@ -302,6 +303,9 @@ trafficPolicy:
 	c := snap.Clusters["outbound|8080||"+h]
 	if c == nil || c.LB != LeastRequest || c.Outlier == nil || c.Outlier.Consecutive5xx != 2 || c.Outlier.BaseEjection != 15*time.Second || c.Outlier.MaxEjectionPercent != 100 {
 		t.Fatalf("cluster %+v outlier %+v", c, c.Outlier)
+	}
+	if c.MaxConnections != 1 || c.MaxRequests != 2 || c.ConnectTimeout != 2*time.Second {
+		t.Errorf("circuit breakers: %d connections, %d requests (want 1 and 1+1 pending), connect timeout %s", c.MaxConnections, c.MaxRequests, c.ConnectTimeout)
 	}
 	prio := map[string]uint32{}
 	for _, e := range c.Endpoints {

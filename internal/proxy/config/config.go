@@ -251,6 +251,10 @@ type Cluster struct {
 	Endpoints []*Endpoint
 	// Outlier ejects endpoints that keep failing; nil turns it off.
 	Outlier *Outlier
+	// MaxRequests bounds the requests in flight to the cluster and
+	// MaxConnections its TCP connections (Envoy's circuit breakers); 0 is
+	// no bound. Over the bound a request gets 503 (UO), a connection is closed.
+	MaxRequests, MaxConnections uint32
 }
 
 // Outlier is Envoy's outlier detection (Istio's outlierDetection): an
