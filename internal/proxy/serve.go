@@ -160,6 +160,9 @@ func (d *downstream) inbound() bool { return d.listener.RestoreDst }
 
 func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	cl := d.chain.TCP.Cluster
+	if len(d.chain.TCP.Weighted) > 0 {
+		cl = pickWeighted(d.chain.TCP.Weighted)
+	}
 	if c := rt.snap.Clusters[cl]; c != nil && c.MaxConnections > 0 {
 		release := p.admit("cx|"+cl, c.MaxConnections)
 		if release == nil {

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -49,7 +50,11 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	if p.Type == Router {
 		g.Listeners = routerListeners(p, cfg, services, domain)
 	} else {
-		g.Listeners, g.Clusters = sidecarOutbound(services)
+		var vss []*networkingv1.VirtualService
+		if cfg != nil {
+			vss = cfg.VirtualServices()
+		}
+		g.Listeners, g.Clusters = sidecarOutbound(services, vss, domain)
 	}
 	drs := destinationRules(cfg, domain)
 	for _, svc := range services {

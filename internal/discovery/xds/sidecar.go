@@ -84,8 +84,9 @@ func routerFilter() *hcm.HttpFilter {
 // destination to per-port listeners (HTTP ports share 0.0.0.0_PORT with RDS
 // route "PORT", see SidecarRoutes; TCP ports get CLUSTERIP_PORT), plus the
 // passthrough and black-hole clusters.
-func sidecarOutbound(services []*registry.Service) (listeners, clusters []types.Resource) {
+func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, domain string) (listeners, clusters []types.Resource) {
 	router := routerFilter()
+	byHost := meshTCPVirtualServices(vss, domain)
 	httpPorts := map[int32]bool{}
 	var tcp []types.Resource
 	for _, svc := range services {
@@ -106,7 +107,7 @@ func sidecarOutbound(services []*registry.Service) (listeners, clusters []types.
 				Address:          socketAddress(svc.ClusterIP, uint32(port.Port)),
 				BindToPort:       wrapperspb.Bool(false),
 				TrafficDirection: core.TrafficDirection_OUTBOUND,
-				FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{tcpProxy(cl, cl)}}},
+				FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain)}}},
 			}
 			if IsAuto(port) {
 				// Sniffed: HTTP goes through the port's routes, the rest is TCP.

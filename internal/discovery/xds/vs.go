@@ -6,10 +6,12 @@ import (
 	"strconv"
 	"strings"
 
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -47,16 +49,8 @@ func Qualify(host, ns, domain string) string {
 // (no gateways, or "mesh" among them) by the service host they name; the
 // oldest wins a host, as in Istio.
 func meshVirtualServices(vss []*networkingv1.VirtualService, domain string) map[string]*networkingv1.VirtualService {
-	sorted := append([]*networkingv1.VirtualService(nil), vss...)
-	sort.SliceStable(sorted, func(i, j int) bool {
-		a, b := sorted[i], sorted[j]
-		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-			return a.CreationTimestamp.Before(&b.CreationTimestamp)
-		}
-		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
-	})
 	out := map[string]*networkingv1.VirtualService{}
-	for _, vs := range sorted {
+	for _, vs := range sortedOldestFirst(vss) {
 		gws := vs.Spec.GetGateways()
 		if len(gws) > 0 && !contains(gws, "mesh") {
 			continue
@@ -287,4 +281,75 @@ func fault(f *apinetworking.HTTPFaultInjection) *faultv3.HTTPFault {
 		return nil
 	}
 	return out
+}
+
+// meshTCPVirtualServices indexes the mesh VirtualServices with tcp routes
+// by the service host they name; the oldest wins a host.
+func meshTCPVirtualServices(vss []*networkingv1.VirtualService, domain string) map[string]*networkingv1.VirtualService {
+	out := map[string]*networkingv1.VirtualService{}
+	for _, vs := range sortedOldestFirst(vss) {
+		gws := vs.Spec.GetGateways()
+		if len(vs.Spec.GetTcp()) == 0 || (len(gws) > 0 && !contains(gws, "mesh")) {
+			continue
+		}
+		for _, h := range vs.Spec.GetHosts() {
+			if q := Qualify(h, vs.Namespace, domain); out[q] == nil {
+				out[q] = vs
+			}
+		}
+	}
+	return out
+}
+
+// tcpRouteFilter is the tcp_proxy of a TCP service port: the first tcp
+// route of the VirtualService that matches the port (weighted
+// destinations), else the service's own cluster.
+func tcpRouteFilter(vs *networkingv1.VirtualService, port int32, own, domain string) *listener.Filter {
+	if vs == nil {
+		return tcpProxy(own, own)
+	}
+	for _, tr := range vs.Spec.GetTcp() {
+		matched := len(tr.GetMatch()) == 0
+		for _, m := range tr.GetMatch() {
+			if m.GetPort() == 0 || int32(m.GetPort()) == port {
+				matched = true
+			}
+		}
+		if !matched || len(tr.GetRoute()) == 0 {
+			continue
+		}
+		var ws []*tcpproxy.TcpProxy_WeightedCluster_ClusterWeight
+		for _, d := range tr.GetRoute() {
+			p := int32(d.GetDestination().GetPort().GetNumber())
+			if p == 0 {
+				p = port
+			}
+			w := uint32(d.GetWeight())
+			if len(tr.GetRoute()) == 1 {
+				w = 100
+			}
+			ws = append(ws, &tcpproxy.TcpProxy_WeightedCluster_ClusterWeight{
+				Name: OutboundCluster(p, d.GetDestination().GetSubset(), Qualify(d.GetDestination().GetHost(), vs.Namespace, domain)), Weight: w})
+		}
+		if len(ws) == 1 {
+			return tcpProxy(ws[0].Name, ws[0].Name)
+		}
+		return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
+			StatPrefix: own, ClusterSpecifier: &tcpproxy.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxy.TcpProxy_WeightedCluster{Clusters: ws}}})}}
+	}
+	return tcpProxy(own, own)
+}
+
+// sortedOldestFirst orders objects as Istio resolves conflicts: oldest
+// first, then by namespace and name.
+func sortedOldestFirst(vss []*networkingv1.VirtualService) []*networkingv1.VirtualService {
+	sorted := append([]*networkingv1.VirtualService(nil), vss...)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		a, b := sorted[i], sorted[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	})
+	return sorted
 }

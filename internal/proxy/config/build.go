@@ -378,10 +378,13 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		if err := unpack(last.GetTypedConfig(), &t); err != nil {
 			return nil, err
 		}
-		if t.GetCluster() == "" {
-			return nil, errors.New("tcp_proxy without a cluster (weighted clusters are not supported)")
-		}
 		c.TCP = &TCPProxy{StatPrefix: t.GetStatPrefix(), Cluster: t.GetCluster()}
+		for _, w := range t.GetWeightedClusters().GetClusters() {
+			c.TCP.Weighted = append(c.TCP.Weighted, WeightedCluster{Name: w.GetName(), Weight: w.GetWeight()})
+		}
+		if c.TCP.Cluster == "" && len(c.TCP.Weighted) == 0 {
+			return nil, errors.New("tcp_proxy without a cluster or weighted clusters")
+		}
 	case "envoy.filters.network.http_connection_manager":
 		var h hcm.HttpConnectionManager
 		if err := unpack(last.GetTypedConfig(), &h); err != nil {

@@ -318,3 +318,64 @@ trafficPolicy:
 		t.Errorf("warnings %v", warnings)
 	}
 }
+
+// vsConfig serves VirtualServices to the generator.
+type vsConfig struct {
+	vss []*networkingv1.VirtualService
+}
+
+func (vsConfig) Gateways() []*networkingv1.Gateway                 { return nil }
+func (c vsConfig) VirtualServices() []*networkingv1.VirtualService { return c.vss }
+func (vsConfig) DestinationRules() []*networkingv1.DestinationRule {
+	return nil
+}
+func (vsConfig) PeerAuthentications() []*securityv1.PeerAuthentication    { return nil }
+func (vsConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
+
+// A VirtualService's tcp route splits a TCP port's connections by weight.
+func TestTCPRoutes(t *testing.T) {
+	reg := registry.New()
+	for i, name := range []string{"db", "db-next"} {
+		h := name + ".test.svc.cluster.local"
+		reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: name, Hostname: h, ClusterIP: fmt.Sprintf("10.96.1.%d", i+1),
+			Ports: []registry.Port{{Name: "tcp-db", Port: 5432, Protocol: "TCP", AppProtocol: "tcp"}}})
+	}
+	vs := &networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "db"}}
+	j, _ := yaml.YAMLToJSON([]byte(`
+hosts: [db]
+tcp:
+- match: [{port: 5432}]
+  route: [{destination: {host: db}, weight: 90}, {destination: {host: db-next}, weight: 10}]
+`))
+	if err := vs.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := xds.Generate(p, reg, vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(string) {}, nil)
+	seen := 0
+	for _, r := range g.Listeners {
+		l := r.(*listener.Listener)
+		if l.Name != "10.96.1.1_5432" && l.Name != "10.96.1.2_5432" {
+			continue
+		}
+		seen++
+		built, err := buildListener(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcp := built.Chains[0].TCP
+		if l.Name == "10.96.1.1_5432" {
+			if len(tcp.Weighted) != 2 || tcp.Weighted[0].Name != "outbound|5432||db.test.svc.cluster.local" || tcp.Weighted[0].Weight != 90 || tcp.Weighted[1].Weight != 10 {
+				t.Errorf("db's tcp route: %+v", tcp)
+			}
+		} else if tcp.Cluster != "outbound|5432||db-next.test.svc.cluster.local" || len(tcp.Weighted) != 0 {
+			t.Errorf("db-next keeps its own cluster: %+v", tcp)
+		}
+	}
+	if seen != 2 {
+		t.Errorf("%d of the two TCP listeners generated", seen)
+	}
+}

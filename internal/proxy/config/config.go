@@ -68,10 +68,12 @@ type DownstreamTLS struct {
 	ALPN              []string
 }
 
-// TCPProxy forwards bytes to a cluster.
+// TCPProxy forwards bytes to a cluster, or to one of weighted clusters
+// chosen per connection (a VirtualService's tcp route).
 type TCPProxy struct {
 	StatPrefix string
 	Cluster    string
+	Weighted   []WeightedCluster
 }
 
 // HTTPManager routes requests.
