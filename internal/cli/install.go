@@ -45,6 +45,16 @@ func (f *installFlags) load(stderr io.Writer) (*install.Loaded, error) {
 	return l, nil
 }
 
+// render loads the files and renders the install's objects.
+func (f *installFlags) render(stderr io.Writer) (*install.Loaded, []install.Part, error) {
+	l, err := f.load(stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	parts, err := install.Render(l)
+	return l, parts, err
+}
+
 func newInstallCmd() *cobra.Command {
 	var f installFlags
 	var kubeconfig, kubeContext string
@@ -78,11 +88,7 @@ so running it again is safe; it waits until each component is ready.`,
   isthmus install -f cluster-aks-remote.yaml --set values.global.remotePilotAddress=198.18.1.10 --context cluster-aks`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := f.load(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			parts, err := install.Render(l)
+			l, parts, err := f.render(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -130,11 +136,7 @@ Namespaces stay. Without --purge, CRDs stay too.`,
 			}
 			var parts []install.Part
 			if !purge {
-				l, err := f.load(cmd.ErrOrStderr())
-				if err != nil {
-					return err
-				}
-				if parts, err = install.Render(l); err != nil {
+				if _, parts, err = f.render(cmd.ErrOrStderr()); err != nil {
 					return err
 				}
 			}
@@ -167,11 +169,7 @@ func newManifestCmd() *cobra.Command {
 		Short: "Print the Kubernetes objects of an install as YAML, without a cluster",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := f.load(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			parts, err := install.Render(l)
+			_, parts, err := f.render(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,8 @@ package inspect
 import (
 	"strings"
 	"testing"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 func TestClusterName(t *testing.T) {
@@ -20,10 +22,10 @@ func TestClusterName(t *testing.T) {
 }
 
 func TestSyncStates(t *testing.T) {
-	p := ProxyStatus{ID: "sidecar~100.64.0.7~sleep-1.multicluster~multicluster.svc.cluster.local",
+	p := ProxyStatus{ProxyStatus: xds.ProxyStatus{ID: "sidecar~100.64.0.7~sleep-1.multicluster~multicluster.svc.cluster.local",
 		Sent:   map[string]string{"cds": "3", "lds": "2", "eds": "5"},
 		Acked:  map[string]string{"cds": "3", "lds": "1"},
-		Nacked: map[string]string{}}
+		Nacked: map[string]string{}}}
 	for typ, want := range map[string]string{"cds": "SYNCED", "lds": "STALE", "eds": "STALE (Never Acknowledged)", "rds": "NOT SENT"} {
 		if got := p.Sync(typ); got != want {
 			t.Errorf("%s: %s, want %s", typ, got, want)

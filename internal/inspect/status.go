@@ -11,21 +11,17 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // MonitoringPort is the control plane's 15014 (/debug/syncz, /version).
 const MonitoringPort = 15014
 
-// ProxyStatus is one proxy as the control plane's /debug/syncz reports it.
+// ProxyStatus is one proxy as the control plane's /debug/syncz reports
+// it, and the control plane pod that serves it.
 type ProxyStatus struct {
-	ID        string            `json:"id"`
-	ClusterID string            `json:"clusterID"`
-	Network   string            `json:"network"`
-	Version   string            `json:"istioVersion"`
-	Sent      map[string]string `json:"sent"`
-	Acked     map[string]string `json:"acked"`
-	Nacked    map[string]string `json:"nacked"`
-	// Istiod is the control plane pod that serves it.
+	xds.ProxyStatus
 	Istiod string `json:"istiod"`
 }
 

@@ -2,7 +2,6 @@ package xds
 
 import (
 	"fmt"
-	"sort"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -23,25 +22,10 @@ const (
 // destinationRules indexes DestinationRules by the service host they name
 // (short hosts resolve in the rule's namespace); the oldest wins a host.
 func destinationRules(cfg Config, domain string) map[string]*networkingv1.DestinationRule {
-	out := map[string]*networkingv1.DestinationRule{}
 	if cfg == nil {
-		return out
+		return map[string]*networkingv1.DestinationRule{}
 	}
-	drs := append([]*networkingv1.DestinationRule(nil), cfg.DestinationRules()...)
-	sort.SliceStable(drs, func(i, j int) bool {
-		a, b := drs[i], drs[j]
-		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-			return a.CreationTimestamp.Before(&b.CreationTimestamp)
-		}
-		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
-	})
-	for _, dr := range drs {
-		h := Qualify(dr.Spec.GetHost(), dr.Namespace, domain)
-		if _, taken := out[h]; !taken {
-			out[h] = dr
-		}
-	}
-	return out
+	return indexByHost(cfg.DestinationRules(), func(dr *networkingv1.DestinationRule) []string { return []string{dr.Spec.GetHost()} }, domain)
 }
 
 // trafficPolicy is a DestinationRule's policy for one port: the top-level

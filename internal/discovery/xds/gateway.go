@@ -35,7 +35,7 @@ var autoPassthroughALPN = []string{"istio", "istio-peer-exchange", "istio-http/1
 // it: AUTO_PASSTHROUGH servers route by SNI outbound_.PORT_._.HOST to the
 // SNI-named clusters; PASSTHROUGH servers route by the tls routes of the
 // VirtualServices bound to the Gateway. TLS is never terminated.
-func routerListeners(p *Proxy, cfg Config, services []*registry.Service, domain string) []types.Resource {
+func routerListeners(p *Proxy, cfg Config, services []*registry.Service, drs map[string]*networkingv1.DestinationRule, domain string) []types.Resource {
 	if cfg == nil {
 		return nil
 	}
@@ -51,7 +51,7 @@ func routerListeners(p *Proxy, cfg Config, services []*registry.Service, domain 
 			port := srv.GetPort().GetNumber()
 			switch srv.GetTls().GetMode() {
 			case apinetworking.ServerTLSSettings_AUTO_PASSTHROUGH:
-				chains[port] = append(chains[port], autoPassthroughChains(srv.GetHosts(), services, destinationRules(cfg, domain))...)
+				chains[port] = append(chains[port], autoPassthroughChains(srv.GetHosts(), services, drs)...)
 			case apinetworking.ServerTLSSettings_PASSTHROUGH:
 				chains[port] = append(chains[port], passthroughChains(gw, port, cfg.VirtualServices(), domain)...)
 			}

@@ -47,8 +47,9 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	gws := reg.Gateways()
 	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
 	services := reg.Services()
+	drs := destinationRules(cfg, domain)
 	if p.Type == Router {
-		g.Listeners = routerListeners(p, cfg, services, domain)
+		g.Listeners = routerListeners(p, cfg, services, drs, domain)
 	} else {
 		var vss []*networkingv1.VirtualService
 		if cfg != nil {
@@ -56,7 +57,6 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		}
 		g.Listeners, g.Clusters = sidecarOutbound(services, vss, domain)
 	}
-	drs := destinationRules(cfg, domain)
 	for _, svc := range services {
 		eps := reg.Endpoints(svc.Hostname)
 		for _, port := range svc.Ports {

@@ -86,7 +86,7 @@ func routerFilter() *hcm.HttpFilter {
 // passthrough and black-hole clusters.
 func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, domain string) (listeners, clusters []types.Resource) {
 	router := routerFilter()
-	byHost := meshTCPVirtualServices(vss, domain)
+	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTcp()) > 0 })
 	httpPorts := map[int32]bool{}
 	var tcp []types.Resource
 	for _, svc := range services {
@@ -161,7 +161,7 @@ func SidecarRoutes(namespace string, services []*registry.Service, vss []*networ
 	if warn == nil {
 		warn = func(string) {}
 	}
-	byHost := meshVirtualServices(vss, domain)
+	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetHttp()) > 0 })
 	vhosts := map[int32][]*route.VirtualHost{}
 	for _, svc := range services {
 		for _, port := range svc.Ports {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	apinetworking "istio.io/api/networking/v1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
@@ -46,35 +48,46 @@ func Qualify(host, ns, domain string) string {
 }
 
 // meshVirtualServices indexes the VirtualServices that apply to sidecars
-// (no gateways, or "mesh" among them) by the service host they name; the
-// oldest wins a host, as in Istio.
-func meshVirtualServices(vss []*networkingv1.VirtualService, domain string) map[string]*networkingv1.VirtualService {
-	out := map[string]*networkingv1.VirtualService{}
-	for _, vs := range sortedOldestFirst(vss) {
-		gws := vs.Spec.GetGateways()
-		if len(gws) > 0 && !contains(gws, "mesh") {
-			continue
+// (no gateways, or "mesh" among them) and have the routes that matter
+// (has) by the service host they name; the oldest wins a host, as in Istio.
+func meshVirtualServices(vss []*networkingv1.VirtualService, domain string, has func(*networkingv1.VirtualService) bool) map[string]*networkingv1.VirtualService {
+	var mesh []*networkingv1.VirtualService
+	for _, vs := range vss {
+		if gws := vs.Spec.GetGateways(); (len(gws) == 0 || slices.Contains(gws, "mesh")) && has(vs) {
+			mesh = append(mesh, vs)
 		}
-		if len(vs.Spec.GetHttp()) == 0 {
-			continue
+	}
+	return indexByHost(mesh, func(vs *networkingv1.VirtualService) []string { return vs.Spec.GetHosts() }, domain)
+}
+
+// oldestFirst orders Istio objects as Istio resolves conflicts between
+// them: oldest first, then by namespace and name.
+func oldestFirst[T metav1.Object](objs []T) []T {
+	sorted := slices.Clone(objs)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		a, b := sorted[i], sorted[j]
+		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
+		if !ta.Equal(&tb) {
+			return ta.Before(&tb)
 		}
-		for _, h := range vs.Spec.GetHosts() {
-			q := Qualify(h, vs.Namespace, domain)
+		return a.GetNamespace()+"/"+a.GetName() < b.GetNamespace()+"/"+b.GetName()
+	})
+	return sorted
+}
+
+// indexByHost maps every service host the objects name (short hosts
+// resolved in each object's namespace) to the oldest object naming it.
+func indexByHost[T metav1.Object](objs []T, hosts func(T) []string, domain string) map[string]T {
+	out := map[string]T{}
+	for _, o := range oldestFirst(objs) {
+		for _, h := range hosts(o) {
+			q := Qualify(h, o.GetNamespace(), domain)
 			if _, taken := out[q]; !taken {
-				out[q] = vs
+				out[q] = o
 			}
 		}
 	}
 	return out
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // vsRoutes turns a VirtualService's http routes into the routes of one
@@ -283,24 +296,6 @@ func fault(f *apinetworking.HTTPFaultInjection) *faultv3.HTTPFault {
 	return out
 }
 
-// meshTCPVirtualServices indexes the mesh VirtualServices with tcp routes
-// by the service host they name; the oldest wins a host.
-func meshTCPVirtualServices(vss []*networkingv1.VirtualService, domain string) map[string]*networkingv1.VirtualService {
-	out := map[string]*networkingv1.VirtualService{}
-	for _, vs := range sortedOldestFirst(vss) {
-		gws := vs.Spec.GetGateways()
-		if len(vs.Spec.GetTcp()) == 0 || (len(gws) > 0 && !contains(gws, "mesh")) {
-			continue
-		}
-		for _, h := range vs.Spec.GetHosts() {
-			if q := Qualify(h, vs.Namespace, domain); out[q] == nil {
-				out[q] = vs
-			}
-		}
-	}
-	return out
-}
-
 // tcpRouteFilter is the tcp_proxy of a TCP service port: the first tcp
 // route of the VirtualService that matches the port (weighted
 // destinations), else the service's own cluster.
@@ -338,18 +333,4 @@ func tcpRouteFilter(vs *networkingv1.VirtualService, port int32, own, domain str
 			StatPrefix: own, ClusterSpecifier: &tcpproxy.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxy.TcpProxy_WeightedCluster{Clusters: ws}}})}}
 	}
 	return tcpProxy(own, own)
-}
-
-// sortedOldestFirst orders objects as Istio resolves conflicts: oldest
-// first, then by namespace and name.
-func sortedOldestFirst(vss []*networkingv1.VirtualService) []*networkingv1.VirtualService {
-	sorted := append([]*networkingv1.VirtualService(nil), vss...)
-	sort.SliceStable(sorted, func(i, j int) bool {
-		a, b := sorted[i], sorted[j]
-		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-			return a.CreationTimestamp.Before(&b.CreationTimestamp)
-		}
-		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
-	})
-	return sorted
 }
