@@ -36,6 +36,7 @@ func (m Message) String() string {
 // Istio's analyzer codes.
 const (
 	ReferencedResourceNotFound = "IST0101"
+	SchemaValidationError      = "IST0106"
 	NoMatchingWorkloadsFound   = "IST0127"
 )
 

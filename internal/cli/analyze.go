@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/analyze"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
+	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
 
 // exitAnalyzerFoundIssues is istioctl analyze's exit code when it finds errors.
@@ -41,9 +43,11 @@ IST0101); a DestinationRule for a host that exists nowhere (Warning IST0101)
 or with a subset no pod of any cluster matches (Warning IST0127); a Gateway
 whose selector matches no pod in any cluster (Error IST0101); an
 AuthorizationPolicy or PeerAuthentication selecting no workload (Warning
-IST0127). Files given with -f are analyzed with (and over) what the cluster
-holds; --use-kube=false analyzes the files alone. Exit code 79 when an error
-is found.`,
+IST0127). Files given with -f are first validated as the control plane's
+admission webhook validates them (IST0106: an Error refuses the object, a
+Warning names a field isthmus ignores), then analyzed with (and over) what
+the cluster holds; --use-kube=false analyzes the files alone. Exit code 79
+when an error is found.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -86,12 +90,15 @@ is found.`,
 				}
 				scope = "clusters " + strings.Join(names, ", ")
 			}
+			var msgs []analyze.Message
 			for _, f := range files {
-				if err := addFile(&cfg, f); err != nil {
+				found, err := addFile(&cfg, f)
+				if err != nil {
 					return err
 				}
+				msgs = append(msgs, found...)
 			}
-			msgs := analyze.Run(cfg, opts)
+			msgs = append(msgs, analyze.Run(cfg, opts)...)
 			errors := 0
 			for _, m := range msgs {
 				fmt.Fprintln(cmd.OutOrStdout(), m.String())
@@ -198,65 +205,83 @@ func remoteClusters(ctx context.Context, kc kubernetes.Interface, ns string) ([]
 	return out, warnings
 }
 
-// addFile adds the Istio objects of a YAML file, replacing the cluster's
-// objects of the same kind, namespace and name.
-func addFile(cfg *analyze.Config, path string) error {
+// addFile validates the Istio objects of a YAML file and adds the valid
+// ones, replacing the cluster's objects of the same kind, namespace and name.
+func addFile(cfg *analyze.Config, path string) ([]analyze.Message, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var msgs []analyze.Message
 	for i, doc := range bytes.Split(b, []byte("\n---")) {
-		var head struct {
-			Kind     string            `json:"kind"`
-			Metadata metav1.ObjectMeta `json:"metadata"`
+		j, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%s document %d: %w", path, i+1, err)
 		}
-		if err := yaml.Unmarshal(doc, &head); err != nil {
-			return fmt.Errorf("%s document %d: %w", path, i+1, err)
+		if len(bytes.TrimSpace(j)) == 0 || string(j) == "null" {
+			continue
 		}
-		if head.Metadata.Namespace == "" {
-			head.Metadata.Namespace = "default"
+		res, ok, err := validation.Object(j)
+		if err != nil {
+			return nil, fmt.Errorf("%s document %d: %w", path, i+1, err)
+		}
+		if !ok {
+			continue
+		}
+		if res.Namespace == "" {
+			res.Namespace = "default"
+		}
+		name := res.Name + "." + res.Namespace
+		for _, e := range res.Errors {
+			msgs = append(msgs, analyze.Message{Level: "Error", Code: analyze.SchemaValidationError, Kind: res.Kind, Name: name, Message: "Schema validation error: " + e})
+		}
+		for _, w := range res.Warnings {
+			msgs = append(msgs, analyze.Message{Level: "Warning", Code: analyze.SchemaValidationError, Kind: res.Kind, Name: name, Message: "Schema validation warning: " + w})
+		}
+		if len(res.Errors) > 0 {
+			continue
 		}
 		decode := func(into interface{ SetNamespace(string) }) error {
-			if err := yaml.UnmarshalStrict(doc, into); err != nil {
-				return fmt.Errorf("%s document %d (%s %s): %w", path, i+1, head.Kind, head.Metadata.Name, err)
+			if err := json.Unmarshal(j, into); err != nil {
+				return fmt.Errorf("%s document %d (%s %s): %w", path, i+1, res.Kind, name, err)
 			}
-			into.SetNamespace(head.Metadata.Namespace)
+			into.SetNamespace(res.Namespace)
 			return nil
 		}
-		switch head.Kind {
+		switch res.Kind {
 		case "VirtualService":
 			o := &networkingv1.VirtualService{}
 			if err := decode(o); err != nil {
-				return err
+				return nil, err
 			}
 			cfg.VirtualServices = replace(cfg.VirtualServices, o)
 		case "DestinationRule":
 			o := &networkingv1.DestinationRule{}
 			if err := decode(o); err != nil {
-				return err
+				return nil, err
 			}
 			cfg.DestinationRules = replace(cfg.DestinationRules, o)
 		case "Gateway":
 			o := &networkingv1.Gateway{}
 			if err := decode(o); err != nil {
-				return err
+				return nil, err
 			}
 			cfg.Gateways = replace(cfg.Gateways, o)
 		case "PeerAuthentication":
 			o := &securityv1.PeerAuthentication{}
 			if err := decode(o); err != nil {
-				return err
+				return nil, err
 			}
 			cfg.PeerAuthentications = replace(cfg.PeerAuthentications, o)
 		case "AuthorizationPolicy":
 			o := &securityv1.AuthorizationPolicy{}
 			if err := decode(o); err != nil {
-				return err
+				return nil, err
 			}
 			cfg.AuthorizationPolicies = replace(cfg.AuthorizationPolicies, o)
 		}
 	}
-	return nil
+	return msgs, nil
 }
 
 type namedObject interface {

@@ -102,7 +102,7 @@ func newProxyRunCmd(kind string) *cobra.Command {
 	var labelsFile string
 	short := map[string]string{
 		"sidecar": "Run a sidecar proxy next to a workload (Envoy's role)",
-		"router":  "Run an east-west gateway: SNI passthrough between networks",
+		"router":  "Run a gateway, east-west (SNI passthrough between networks) or ingress (HTTP and HTTPS from outside)",
 	}[kind]
 	cmd := &cobra.Command{
 		Use:   kind,

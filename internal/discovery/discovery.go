@@ -36,6 +36,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
 
 // Config is the control plane's settings, validated once at start.
@@ -58,7 +59,8 @@ type Config struct {
 	TrustDomain string
 	// WorkloadCertTTL is the default lifetime of workload certificates.
 	WorkloadCertTTL time.Duration
-	// WebhookAddr serves sidecar injection over TLS (Istio's 15017);
+	// WebhookAddr serves sidecar injection (/inject) and configuration
+	// validation (/validate) over TLS (Istio's 15017);
 	// empty turns it off.
 	WebhookAddr string
 	// ProxyImage is what injected containers run (an isthmus image).
@@ -149,7 +151,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if r := mesh.Config.GetRootNamespace(); r != "" {
 		xdsServer.RootNamespace = r
 	}
-	store := &config.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Log: log}
+	store := &config.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Kube: cfg.Client, Log: log}
 	store.Subscribe(xdsServer.Trigger)
 	xdsServer.Config = store
 
@@ -222,6 +224,7 @@ func Run(ctx context.Context, cfg Config) error {
 		wmux := http.NewServeMux()
 		wmux.Handle("/inject", injector.Handler())
 		wmux.Handle("/inject/", injector.Handler())
+		wmux.Handle("/validate", validation.Handler(log))
 		webhook = &http.Server{Handler: wmux, ReadHeaderTimeout: 10 * time.Second,
 			TLSConfig: &tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12}}
 		wl = tls.NewListener(wl, webhook.TLSConfig)

@@ -233,8 +233,28 @@ func (r *renderer) pilot() []runtime.Object {
 				{Name: "http-monitoring", Port: 15014, TargetPort: intstr.FromInt32(15014), Protocol: corev1.ProtocolTCP},
 			}}},
 		r.injector(admissionv1.WebhookClientConfig{Service: &admissionv1.ServiceReference{Name: name, Namespace: ns, Port: ptr.To[int32](443), Path: ptr.To("/inject")}}),
+		validator(ns, admissionv1.WebhookClientConfig{Service: &admissionv1.ServiceReference{Name: name, Namespace: ns, Port: ptr.To[int32](443), Path: ptr.To("/validate")}}),
 	)
 	return objs
+}
+
+// validator is Istio's istio-validator-<ns>: creates and updates of the
+// Istio configuration the mesh reads go to the control plane's /validate;
+// nothing else does, so a down control plane blocks no other object. It
+// starts with failurePolicy Ignore; the control plane sets Fail together
+// with the caBundle, once it can be called (as istiod does).
+func validator(ns string, cc admissionv1.WebhookClientConfig) *admissionv1.ValidatingWebhookConfiguration {
+	return &admissionv1.ValidatingWebhookConfiguration{
+		TypeMeta:   typeMeta("ValidatingWebhookConfiguration", "admissionregistration.k8s.io/v1"),
+		ObjectMeta: metav1.ObjectMeta{Name: "istio-validator-" + ns, Labels: map[string]string{"app": "istiod", "istio": "istiod", "istio.io/rev": "default"}},
+		Webhooks: []admissionv1.ValidatingWebhook{{
+			Name: "rev.validation.istio.io", ClientConfig: cc,
+			Rules: []admissionv1.RuleWithOperations{{Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
+				Rule: admissionv1.Rule{APIGroups: []string{"networking.istio.io", "security.istio.io"}, APIVersions: []string{"*"}, Resources: []string{"*"}}}},
+			FailurePolicy: ptr.To(admissionv1.Ignore), SideEffects: ptr.To(admissionv1.SideEffectClassNone),
+			AdmissionReviewVersions: []string{"v1"}, TimeoutSeconds: ptr.To[int32](10),
+		}},
+	}
 }
 
 // meshConfigYAML is the file's whole meshConfig with the mesh ID and trust

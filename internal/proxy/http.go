@@ -5,6 +5,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -164,9 +165,12 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	if table == nil {
 		table = rt.snap.Routes[hm.RouteName]
 	}
+	redirect := false
 	if table != nil {
 		if vh := table.Match(r.Host); vh != nil {
 			rc.r = vh.Match(r.URL.Path, requestHeader(r))
+			_, secure := d.conn.(*tls.Conn)
+			redirect = vh.RequireTLS && !secure
 		}
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
@@ -175,6 +179,10 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		denied = p.authorizeHTTP(r, d, hm.Authz)
 	}
 	switch {
+	case redirect:
+		// Envoy's require_tls: 301 to the same URL over https.
+		host, _, _ := strings.Cut(r.Host, ":")
+		http.Redirect(rec, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
 	case denied != "":
 		// Envoy's RBAC filter: 403, body "RBAC: access denied".
 		rc.flags = "UAEX"

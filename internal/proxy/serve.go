@@ -137,10 +137,20 @@ func (rt *runtime) virtual(dst netip.AddrPort) *config.Listener {
 var istioALPN = []string{"istio-h2", "istio-http/1.1", "istio-http/1.0", "istio", "istio-peer-exchange", "h2", "http/1.1"}
 
 func (p *Proxy) terminateTLS(d *downstream) error {
-	if p.opts.Identity == nil {
+	var conf *tls.Config
+	switch {
+	case d.chain.TLS.CertSecret != "":
+		c, err := p.gatewayTLS(d.chain.TLS)
+		if err != nil {
+			return err
+		}
+		conf = c
+	case p.opts.Identity == nil:
 		return errors.New("a TLS filter chain but no workload identity")
+	default:
+		conf = p.opts.Identity.ServerConfig(tlsconfig.AuthorizeAny(), istioALPN...)
 	}
-	tc := tls.Server(d.conn, p.opts.Identity.ServerConfig(tlsconfig.AuthorizeAny(), istioALPN...))
+	tc := tls.Server(d.conn, conf)
 	ctx, cancel := context.WithTimeout(context.Background(), sniffTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -153,6 +163,28 @@ func (p *Proxy) terminateTLS(d *downstream) error {
 	}
 	d.conn = tc
 	return nil
+}
+
+// gatewayTLS is a gateway server's TLS from the SDS secrets of the current
+// configuration, so a renewed credential serves the next handshake.
+func (p *Proxy) gatewayTLS(t *config.DownstreamTLS) (*tls.Config, error) {
+	secrets := p.cur.Load().snap.Secrets
+	cert := secrets[t.CertSecret]
+	if cert == nil || cert.Cert == nil {
+		return nil, fmt.Errorf("secret %q not received yet", t.CertSecret)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{*cert.Cert}, NextProtos: t.ALPN, MinVersion: tls.VersionTLS12}
+	if t.RequireClientCert || t.CASecret != "" {
+		ca := secrets[t.CASecret]
+		if ca == nil || ca.CA == nil {
+			return nil, fmt.Errorf("client CA secret %q not received yet", t.CASecret)
+		}
+		conf.ClientCAs, conf.ClientAuth = ca.CA, tls.VerifyClientCertIfGiven
+		if t.RequireClientCert {
+			conf.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	}
+	return conf, nil
 }
 
 // inbound tells the destination side (virtualInbound) from the source side.

@@ -3,9 +3,15 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -196,6 +202,140 @@ func TestWalkthrough(t *testing.T) {
 		if r := isthmus(t, time.Minute, append([]string{"version", "--context", "cluster-eks"}, kc...)...); r.err != nil ||
 			!strings.Contains(r.stdout, "control plane version:") || !strings.Contains(r.stdout, "data plane version:") {
 			t.Errorf("isthmus version: %v\n%s", r.err, r.stdout)
+		}
+	})
+
+	t.Run("ingress gateway: from the host, HTTP and HTTPS reach services of both clusters; a renewed certificate is served without a restart", func(t *testing.T) {
+		gwPod := e.waitReady("cluster-eks", "istio-system", "istio=ingressgateway", 1)[0]
+		if args := strings.Join(gwPod.Spec.Containers[0].Args, " "); args != "proxy router" {
+			t.Fatalf("the ingress gateway runs %q", args)
+		}
+		var lb string
+		eventually(t, "istio-ingressgateway has a load-balancer address", func() bool {
+			svc, err := e.clients["cluster-eks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-ingressgateway", metav1.GetOptions{})
+			if err == nil && len(svc.Status.LoadBalancer.Ingress) > 0 {
+				lb = svc.Status.LoadBalancer.Ingress[0].IP
+			}
+			return lb != ""
+		})
+		ca := newTestCA(t, "shop-ca", nil)
+		secret := func(host string) string {
+			certPEM, keyPEM := ca.serving(t, host)
+			return fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata: {name: shop-cert, namespace: istio-system}\ntype: kubernetes.io/tls\ndata: {tls.crt: %s, tls.key: %s}\n",
+				base64.StdEncoding.EncodeToString(certPEM), base64.StdEncoding.EncodeToString(keyPEM))
+		}
+		e.apply("cluster-eks", secret("shop.example.com")+`---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: multicluster}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 80, name: http-shop, protocol: HTTP}
+    hosts: [shop.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: multicluster}
+spec:
+  hosts: ["*"]
+  gateways: [web]
+  http:
+  - match: [{uri: {prefix: /dashboard}}]
+    route: [{destination: {host: dashboard}}]
+  - match: [{uri: {prefix: /profile}}]
+    route: [{destination: {host: profile, port: {number: 8080}}}]
+`)
+		defer e.kubectl("cluster-eks", "", "delete", "-n", "multicluster", "gateway/web", "virtualservice/web")
+		defer e.kubectl("cluster-eks", "", "delete", "-n", "istio-system", "secret/shop-cert")
+		client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		get := func(c *http.Client, url, host string) (int, string, http.Header) {
+			req, _ := http.NewRequest("GET", url, nil)
+			if host != "" {
+				req.Host = host
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				return 0, err.Error(), nil
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b), resp.Header
+		}
+		var d struct {
+			Name    string  `json:"name"`
+			Balance float64 `json:"balance"`
+		}
+		var body string
+		eventually(t, "http://"+lb+"/dashboard?id=4 answers from the host", func() bool {
+			var code int
+			code, body, _ = get(client, "http://"+lb+"/dashboard?id=4", "")
+			return code == 200 && json.Unmarshal([]byte(body), &d) == nil && d.Name == demoapp.NameOf(4) && d.Balance == demoapp.BalanceOf(4)
+		})
+		by := map[string]int{}
+		for range 40 {
+			_, body, _ := get(client, "http://"+lb+"/profile?id=4", "")
+			if as := answers(body); len(as) == 1 {
+				by[as[0].ServedBy.Cluster]++
+			} else {
+				by["failed"]++
+			}
+		}
+		t.Logf("40 calls to /profile from outside, by cluster: %v", by)
+		if by["cluster-eks"] == 0 || by["cluster-aks"] == 0 || by["failed"] > 0 {
+			t.Errorf("calls from outside should reach both clusters' profile: %v", by)
+		}
+		if code, _, h := get(client, "http://"+lb+"/dashboard?id=4", "shop.example.com"); code != 301 || h.Get("Location") != "https://shop.example.com/dashboard?id=4" {
+			t.Errorf("httpsRedirect: %d to %q, want 301 to https://shop.example.com/dashboard?id=4", code, h.Get("Location"))
+		}
+		if code, _, _ := get(client, "http://"+lb+"/nowhere", ""); code != 404 {
+			t.Errorf("a path no route matches: %d, want 404", code)
+		}
+
+		serial := func() (*big.Int, error) {
+			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", lb+":443", &tls.Config{ServerName: "shop.example.com", RootCAs: ca.pool()})
+			if err != nil {
+				return nil, err
+			}
+			defer conn.Close()
+			return conn.ConnectionState().PeerCertificates[0].SerialNumber, nil
+		}
+		httpsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: ca.pool()},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, lb+":443")
+			}}}
+		eventually(t, "https://shop.example.com/dashboard?id=4 answers with the Secret's certificate", func() bool {
+			code, body, _ := get(httpsClient, "https://shop.example.com/dashboard?id=4", "")
+			return code == 200 && strings.Contains(body, demoapp.NameOf(4))
+		})
+		first, err := serial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.apply("cluster-eks", secret("shop.example.com"))
+		var now *big.Int
+		eventually(t, "the renewed certificate is served", func() bool {
+			now, err = serial()
+			return err == nil && now.Cmp(first) != 0
+		})
+		if code, _, _ := get(httpsClient, "https://shop.example.com/profile?id=4", ""); code != 200 {
+			t.Errorf("after renewal: %d", code)
+		}
+		after, err := e.clients["cluster-eks"].CoreV1().Pods("istio-system").Get(context.Background(), gwPod.Name, metav1.GetOptions{})
+		if err != nil || after.UID != gwPod.UID || after.Status.ContainerStatuses[0].RestartCount != gwPod.Status.ContainerStatuses[0].RestartCount {
+			t.Errorf("the gateway restarted to serve the new certificate (%v)", err)
+		}
+		// The gateway's metrics speak Istio's names, reporter source.
+		metrics, err := e.kubectl("cluster-eks", "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/istio-system/pods/%s:15090/proxy/stats/prometheus", gwPod.Name))
+		if err != nil || !strings.Contains(metrics, `istio_requests_total{`) || !strings.Contains(metrics, `destination_service="dashboard.multicluster.svc.cluster.local"`) {
+			t.Errorf("ingress gateway metrics (%v) lack dashboard's requests:\n%.2000s", err, metrics)
 		}
 	})
 
@@ -484,6 +624,101 @@ spec:
 		}
 		if strings.Contains(r.stdout, `"v2"`) || strings.Contains(r.stdout, "profile+v2") {
 			t.Errorf("subset v2 has pods in cluster-aks; analyze must see them:\n%s", r.stdout)
+		}
+		// Files: validated first (offline, the webhook's checks), then
+		// analyzed over the clusters: a Gateway selecting no gateway pod.
+		f := filepath.Join(t.TempDir(), "mistakes.yaml")
+		os.WriteFile(f, []byte(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: nowhere, namespace: multicluster}
+spec:
+  selector: {istio: ingressgateway-typo}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: multicluster}
+spec:
+  hosts: [profile]
+  http:
+  - timeout: 5 seconds
+    route: [{destination: {host: profile}}]
+`), 0o644)
+		r = isthmus(t, time.Minute, append([]string{"analyze", "-f", f, "--context", "cluster-eks"}, kc...)...)
+		for _, want := range []string{
+			`Error [IST0106] (VirtualService broken.multicluster) Schema validation error: spec.http[0].timeout:`,
+			`Error [IST0101] (Gateway nowhere.multicluster) Referenced selector not found: "istio=ingressgateway-typo"`,
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("analyze -f does not say %q:\n%s", want, r.stdout)
+			}
+		}
+		r = isthmus(t, time.Minute, "analyze", "-f", f, "--use-kube=false")
+		if !strings.Contains(r.stdout, "IST0106") || strings.Contains(r.stdout, "IST0101") {
+			t.Errorf("analyze -f --use-kube=false validates without the clusters:\n%s", r.stdout)
+		}
+	})
+
+	t.Run("validation webhook: what Istio refuses is refused with the field named; the rest passes, unsupported fields with a warning", func(t *testing.T) {
+		vs := func(http string) string {
+			return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: check, namespace: multicluster}\nspec:\n  hosts: [profile]\n  http:\n" + http
+		}
+		ap := func(spec string) string {
+			return "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: check, namespace: multicluster}\nspec:\n" + spec
+		}
+		gw := func(servers string) string {
+			return "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: check, namespace: multicluster}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n" + servers
+		}
+		dr := func(spec string) string {
+			return "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: check, namespace: multicluster}\nspec:\n  host: profile\n" + spec
+		}
+		route := "    route: [{destination: {host: profile}}]\n"
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "--ignore-not-found", "virtualservice/check", "authorizationpolicy/check", "gateway/check", "destinationrule/check")
+		refused := []struct{ doc, field string }{
+			{vs("  - timeout: 5 seconds\n" + route), "timeout"},
+			{vs("  - route: [{destination: {host: profile}, weight: -5}]\n"), "weight"},
+			{vs("  - retries: {attempts: -1}\n" + route), "attempts"},
+			{vs("  - retries: {attempts: 2, retryOn: \"5xx,sometimes\"}\n" + route), "spec.http[0].retries.retryOn"},
+			{vs("  - fault: {abort: {httpStatus: 503, percentage: {value: 140}}}\n" + route), "percentage"},
+			{vs("  - fault: {abort: {httpStatus: 99, percentage: {value: 10}}}\n" + route), "spec.http[0].fault.abort.httpStatus"},
+			{vs("  - match: [{uri: {regex: \"(unclosed\"}}]\n" + route), "spec.http[0].match[0].uri.regex"},
+			{"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: check, namespace: multicluster}\nspec:\n  hosts: [\"*\"]\n  http:\n  - route: [{destination: {host: profile}}]\n", "spec.hosts[0]"},
+			{gw("  - port: {number: 80, name: http, protocol: HTTP}\n"), "hosts"},
+			{gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [shop.example.com]\n"), "spec.servers[0].tls"},
+			{ap("  action: PERMIT\n"), "action"},
+			{ap("  rules:\n  - from: [{source: {ipBlocks: [300.1.2.3]}}]\n"), "ipBlocks"},
+			{ap("  rules:\n  - when: [{key: request.colour, values: [red]}]\n"), "spec.rules[0].when[0].key"},
+			{dr("  subsets: [{name: v1, labels: {version: v1}}, {name: v1, labels: {version: v2}}]\n"), "spec.subsets[1].name"},
+			{dr("  trafficPolicy: {outlierDetection: {maxEjectionPercent: 150}}\n"), "maxEjectionPercent"},
+		}
+		// kubectl apply, stdout and stderr (warnings) together.
+		apply := func(doc string) (string, error) {
+			cmd := exec.Command(e.kubectlBin, "--kubeconfig", e.kubeconfig, "--context", "cluster-eks", "apply", "-f", "-")
+			cmd.Stdin = strings.NewReader(doc)
+			o, err := cmd.CombinedOutput()
+			return string(o), err
+		}
+		for _, c := range refused {
+			var o string
+			var err error
+			eventually(t, "the webhook answers", func() bool {
+				o, err = apply(c.doc)
+				return err != nil && !strings.Contains(o, "failed calling webhook")
+			})
+			if !strings.Contains(o, c.field) {
+				t.Errorf("refusal does not name %s:\n%s\n%s", c.field, c.doc, o)
+			}
+			t.Logf("refused: %s", strings.TrimSpace(o))
+		}
+		// Istio normalizes weights that do not add up to 100: accepted.
+		if o, err := apply(vs("  - route: [{destination: {host: profile}, weight: 30}, {destination: {host: profile}, weight: 30}]\n    timeout: 3s\n")); err != nil {
+			t.Errorf("a valid VirtualService was refused: %v\n%s", err, o)
+		}
+		o, err := apply(vs("  - mirror: {host: profile}\n" + route))
+		if err != nil || !strings.Contains(o, "spec.http[0].mirror: not supported by isthmus") {
+			t.Errorf("an unsupported field is accepted with a warning naming it: %v\n%s", err, o)
 		}
 	})
 

@@ -1,6 +1,7 @@
 // Package config is the control plane's store of Istio configuration
 // (Gateway, VirtualService, DestinationRule, ServiceEntry,
-// PeerAuthentication, AuthorizationPolicy), read from the config cluster
+// PeerAuthentication, AuthorizationPolicy) and the Secrets that gateways
+// name for TLS, read from the config cluster
 // with istio.io/client-go informers. When the CRDs are not installed yet it
 // waits for them instead of failing.
 package config
@@ -17,8 +18,13 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -26,9 +32,13 @@ import (
 type Store struct {
 	Client    istioclient.Interface
 	Discovery discovery.DiscoveryInterface
-	Log       *slog.Logger
+	// Kube reads the Secrets that Gateway servers name (credentialName);
+	// nil leaves HTTPS servers without certificates.
+	Kube kubernetes.Interface
+	Log  *slog.Logger
 
 	factory istioinformers.SharedInformerFactory
+	secrets corelisters.SecretLister
 	synced  atomic.Bool
 
 	mu        sync.Mutex // guards listeners
@@ -86,6 +96,24 @@ func (s *Store) Run(ctx context.Context) error {
 		}
 		synced = append(synced, inf.HasSynced)
 	}
+	if s.Kube != nil {
+		// Service account tokens and Helm releases never hold gateway credentials.
+		kf := informers.NewSharedInformerFactoryWithOptions(s.Kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = "type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1"
+		}))
+		inf := kf.Core().V1().Secrets()
+		if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { s.secretChanged(o) },
+			UpdateFunc: func(_, o any) { s.secretChanged(o) },
+			DeleteFunc: func(o any) { s.secretChanged(o) },
+		}); err != nil {
+			return err
+		}
+		s.secrets = inf.Lister()
+		synced = append(synced, inf.Informer().HasSynced)
+		kf.Start(ctx.Done())
+		defer kf.Shutdown()
+	}
 	s.factory.Start(ctx.Done())
 	defer s.factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
@@ -102,6 +130,36 @@ func (s *Store) changed() {
 	if s.synced.Load() {
 		s.notify()
 	}
+}
+
+// secretChanged pushes when a Secret that can hold a gateway credential
+// changes (a renewed certificate is served without restarting anything).
+func (s *Store) secretChanged(o any) {
+	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = t.Obj
+	}
+	sec, ok := o.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	for _, k := range []string{"tls.crt", "cert", "ca.crt", "cacert"} {
+		if _, ok := sec.Data[k]; ok {
+			s.changed()
+			return
+		}
+	}
+}
+
+// Secret returns a Secret of the config cluster, or nil.
+func (s *Store) Secret(namespace, name string) *corev1.Secret {
+	if !s.synced.Load() || s.secrets == nil {
+		return nil
+	}
+	sec, err := s.secrets.Secrets(namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return sec
 }
 
 func (s *Store) crdsPresent() bool {

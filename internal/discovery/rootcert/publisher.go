@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -24,6 +25,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 )
 
 // Istio's names.
@@ -33,7 +35,10 @@ const (
 	label         = "istio.io/config"
 	// WebhookPrefix names the injector's configurations (istio-sidecar-injector[-<rev>]).
 	WebhookPrefix = "istio-sidecar-injector"
-	webhookKey    = "webhook:"
+	// ValidatorPrefix names the validating configurations (istio-validator-<ns>).
+	ValidatorPrefix = "istio-validator"
+	webhookKey      = "webhook:"
+	validatorKey    = "validator:"
 )
 
 // skipped namespaces hold no workloads, as in istiod.
@@ -51,6 +56,7 @@ type Publisher struct {
 	namespaces corelisters.NamespaceLister
 	configMaps corelisters.ConfigMapLister
 	webhooks   admissionlisters.MutatingWebhookConfigurationLister
+	validators admissionlisters.ValidatingWebhookConfigurationLister
 	ready      chan struct{}
 }
 
@@ -100,6 +106,17 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return err
 	}
 	p.webhooks = hooks.Admissionregistration().V1().MutatingWebhookConfigurations().Lister()
+	enqueueValidator := func(obj any) {
+		if m, err := meta(obj); err == nil && strings.HasPrefix(m.GetName(), ValidatorPrefix) {
+			p.queue.Add(validatorKey + m.GetName())
+		}
+	}
+	if _, err := hooks.Admissionregistration().V1().ValidatingWebhookConfigurations().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueueValidator, UpdateFunc: func(_, o any) { enqueueValidator(o) },
+	}); err != nil {
+		return err
+	}
+	p.validators = hooks.Admissionregistration().V1().ValidatingWebhookConfigurations().Lister()
 	all.Start(ctx.Done())
 	byName.Start(ctx.Done())
 	hooks.Start(ctx.Done())
@@ -120,8 +137,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return nil
 		}
 		reconcile := p.reconcile
-		if strings.HasPrefix(ns, webhookKey) {
+		switch {
+		case strings.HasPrefix(ns, webhookKey):
 			reconcile = p.reconcileWebhook
+		case strings.HasPrefix(ns, validatorKey):
+			reconcile = p.reconcileValidator
 		}
 		if err := reconcile(ctx, ns); err != nil {
 			p.Log.Warn("root certificate not published; retrying", "cluster", p.Cluster, "namespace", ns, "err", err)
@@ -154,6 +174,13 @@ func (p *Publisher) Resync() {
 			}
 		}
 	}
+	if hooks, err := p.validators.List(labels.Everything()); err == nil {
+		for _, h := range hooks {
+			if strings.HasPrefix(h.Name, ValidatorPrefix) {
+				p.queue.Add(validatorKey + h.Name)
+			}
+		}
+	}
 }
 
 // reconcileWebhook sets the bundle as the caBundle of every webhook of one
@@ -182,6 +209,38 @@ func (p *Publisher) reconcileWebhook(ctx context.Context, key string) error {
 	_, err = p.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
 	if err == nil {
 		p.Log.Info("injection webhook caBundle set", "cluster", p.Cluster, "webhook", name)
+	}
+	return err
+}
+
+// reconcileValidator sets the bundle of a validating configuration and
+// turns its failurePolicy to Fail.
+func (p *Publisher) reconcileValidator(ctx context.Context, key string) error {
+	name := strings.TrimPrefix(key, validatorKey)
+	cfg, err := p.validators.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	root := p.Root()
+	changed := false
+	cfg = cfg.DeepCopy()
+	for i := range cfg.Webhooks {
+		// Refuse when the control plane cannot be asked only once it can be.
+		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, root) || ptr.Deref(cfg.Webhooks[i].FailurePolicy, "") != admissionv1.Fail {
+			cfg.Webhooks[i].ClientConfig.CABundle = root
+			cfg.Webhooks[i].FailurePolicy = ptr.To(admissionv1.Fail)
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	_, err = p.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
+	if err == nil {
+		p.Log.Info("validation webhook caBundle set", "cluster", p.Cluster, "webhook", name)
 	}
 	return err
 }

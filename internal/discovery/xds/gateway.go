@@ -3,14 +3,17 @@ package xds
 import (
 	"fmt"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	apinetworking "istio.io/api/networking/v1alpha3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -31,29 +34,56 @@ type Config interface {
 // autoPassthroughALPN is what an AUTO_PASSTHROUGH chain accepts: Istio mTLS only.
 var autoPassthroughALPN = []string{"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}
 
-// routerListeners builds a router's listeners from the Gateways that select
-// it: AUTO_PASSTHROUGH servers route by SNI outbound_.PORT_._.HOST to the
-// SNI-named clusters; PASSTHROUGH servers route by the tls routes of the
-// VirtualServices bound to the Gateway. TLS is never terminated.
-func routerListeners(p *Proxy, cfg Config, services []*registry.Service, drs map[string]*networkingv1.DestinationRule, domain string) []types.Resource {
+// routerConfig builds a router's listeners, routes and TLS secrets from
+// the Gateways that select it. AUTO_PASSTHROUGH servers route by SNI
+// outbound_.PORT_._.HOST to the SNI-named clusters; PASSTHROUGH servers by
+// the tls routes of the VirtualServices bound to the Gateway; HTTP and
+// HTTPS servers (TLS terminated with the credentialName secret) by their
+// http routes. A server port that is a port of the router's Service is
+// served on the Service's target port.
+func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*registry.Service, drs map[string]*networkingv1.DestinationRule, domain string, warn func(string)) (listeners, routes, secrets []types.Resource) {
 	if cfg == nil {
-		return nil
+		return nil, nil, nil
 	}
+	in := &ingress{p: p, cfg: cfg, domain: domain, warn: warn, ports: servicePorts(services),
+		http: map[uint32]*route.RouteConfiguration{}, secrets: map[string]*tlsv3.Secret{}}
+	target := listenPorts(p, reg, services)
 	chains := map[uint32][]*listener.FilterChain{}
-	for _, gw := range cfg.Gateways() {
+	inspect := map[uint32]bool{}
+	for _, gw := range oldestFirst(cfg.Gateways()) {
 		if len(gw.Spec.Selector) == 0 || !labels.SelectorFromSet(gw.Spec.Selector).Matches(labels.Set(p.Labels)) {
 			continue
 		}
 		for _, srv := range gw.Spec.Servers {
-			if srv.GetPort() == nil || srv.GetTls() == nil {
-				continue // HTTP servers: ingress, built elsewhere
+			if srv.GetPort() == nil {
+				continue
 			}
 			port := srv.GetPort().GetNumber()
-			switch srv.GetTls().GetMode() {
-			case apinetworking.ServerTLSSettings_AUTO_PASSTHROUGH:
-				chains[port] = append(chains[port], autoPassthroughChains(srv.GetHosts(), services, drs)...)
-			case apinetworking.ServerTLSSettings_PASSTHROUGH:
-				chains[port] = append(chains[port], passthroughChains(gw, port, cfg.VirtualServices(), domain)...)
+			listen := port
+			if t, ok := target[port]; ok {
+				listen = t
+			}
+			var add []*listener.FilterChain
+			switch {
+			case isHTTPServer(srv) && srv.GetTls() != nil && strings.EqualFold(srv.GetPort().GetProtocol(), "HTTPS"):
+				add = []*listener.FilterChain{in.httpsChain(gw, srv, listen)}
+				inspect[listen] = true
+			case isHTTPServer(srv):
+				add = []*listener.FilterChain{in.httpChain(gw, srv, listen)}
+			case srv.GetTls().GetMode() == apinetworking.ServerTLSSettings_AUTO_PASSTHROUGH:
+				add = autoPassthroughChains(srv.GetHosts(), services, drs)
+				inspect[listen] = true
+			case srv.GetTls() != nil && srv.GetTls().GetMode() == apinetworking.ServerTLSSettings_PASSTHROUGH:
+				add = passthroughChains(gw, port, cfg.VirtualServices(), domain)
+				inspect[listen] = true
+			default:
+				warn(fmt.Sprintf("Gateway %s/%s server %d: protocol %s with tls mode %s is not supported; server skipped",
+					gw.Namespace, gw.Name, port, srv.GetPort().GetProtocol(), srv.GetTls().GetMode()))
+			}
+			for _, c := range add {
+				if c != nil {
+					chains[listen] = append(chains[listen], c)
+				}
 			}
 		}
 	}
@@ -62,20 +92,25 @@ func routerListeners(p *Proxy, cfg Config, services []*registry.Service, drs map
 		ports = append(ports, p)
 	}
 	sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
-	var out []types.Resource
 	for _, port := range ports {
 		if len(chains[port]) == 0 {
 			continue
 		}
-		out = append(out, &listener.Listener{
-			Name:    fmt.Sprintf("0.0.0.0_%d", port),
-			Address: socketAddress("0.0.0.0", port),
-			ListenerFilters: []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
-				ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}}},
+		l := &listener.Listener{
+			Name:         fmt.Sprintf("0.0.0.0_%d", port),
+			Address:      socketAddress("0.0.0.0", port),
 			FilterChains: chains[port],
-		})
+		}
+		if inspect[port] {
+			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
+				ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}}}
+		}
+		listeners = append(listeners, l)
 	}
-	return out
+	for _, rc := range in.routes {
+		routes = append(routes, rc)
+	}
+	return listeners, routes, in.secretResources()
 }
 
 func autoPassthroughChains(hosts []string, services []*registry.Service, drs map[string]*networkingv1.DestinationRule) []*listener.FilterChain {
@@ -156,16 +191,7 @@ func passthroughChains(gw *networkingv1.Gateway, port uint32, vss []*networkingv
 // boundTo reports whether a VirtualService lists the gateway ("name" in its
 // own namespace, or "namespace/name").
 func boundTo(vs *networkingv1.VirtualService, gw *networkingv1.Gateway) bool {
-	for _, g := range vs.Spec.GetGateways() {
-		ns, name, found := strings.Cut(g, "/")
-		if !found {
-			ns, name = vs.Namespace, g
-		}
-		if ns == gw.Namespace && name == gw.Name {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(vs.Spec.GetGateways(), func(g string) bool { return sameGateway(g, vs.Namespace, gw.Namespace+"/"+gw.Name) })
 }
 
 // fqdn expands a short host the way Istio does, from the object's namespace.

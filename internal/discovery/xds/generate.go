@@ -29,6 +29,8 @@ type Generated struct {
 	Endpoints []types.Resource
 	Listeners []types.Resource
 	Routes    []types.Resource
+	// Secrets are TLS credentials of a router's HTTPS servers.
+	Secrets []types.Resource
 }
 
 // Generate builds the resources one proxy receives.
@@ -49,7 +51,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	services := reg.Services()
 	drs := destinationRules(cfg, domain)
 	if p.Type == Router {
-		g.Listeners = routerListeners(p, cfg, services, drs, domain)
+		g.Listeners, g.Routes, g.Secrets = routerConfig(p, reg, cfg, services, drs, domain, warn)
 	} else {
 		var vss []*networkingv1.VirtualService
 		if cfg != nil {

@@ -221,14 +221,16 @@ func newTyped(rs []types.Resource) *typed {
 }
 
 // viewKey is everything shared generation depends on besides the registry
-// and configuration: labels for routers (Gateways select by label).
-type viewKey struct{ typ, network, cluster, requested, generator, labels string }
+// and configuration: for routers also labels (Gateways select by label),
+// namespace (where credentialName secrets live) and address (its Service's
+// target ports).
+type viewKey struct{ typ, network, cluster, requested, generator, labels, namespace, ip string }
 
 func keyOf(p *Proxy) viewKey {
 	// The cluster: DestinationRule failover priorities compare it.
 	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator}
 	if p.Type == Router {
-		k.labels = labels.Set(p.Labels).String()
+		k.labels, k.namespace, k.ip = labels.Set(p.Labels).String(), p.Namespace, p.IP
 	}
 	return k
 }
@@ -364,6 +366,7 @@ func (s *Server) generate(p *Proxy) *shared {
 		types.Endpoint: g.Endpoints,
 		types.Listener: g.Listeners,
 		types.Route:    g.Routes,
+		types.Secret:   g.Secrets,
 	} {
 		t := newTyped(rs)
 		sh.items[typ], sh.versions[typ], sh.hashes[typ] = t.items, t.version, t.hashes
@@ -496,6 +499,8 @@ func shortType(url string) string {
 		return "lds"
 	case resource.RouteType:
 		return "rds"
+	case resource.SecretType:
+		return "sds"
 	}
 	return url
 }

@@ -170,7 +170,7 @@ func SidecarRoutes(namespace string, services []*registry.Service, vss []*networ
 			}
 			var routes []*route.Route
 			if vs := byHost[svc.Hostname]; vs != nil {
-				routes = vsRoutes(vs, svc, port.Port, domain, warn)
+				routes = vsRoutes(vs, meshScope(port.Port), domain, warn)
 			} else {
 				routes = []*route.Route{{
 					Name:  "default",

@@ -21,8 +21,6 @@ import (
 	apinetworking "istio.io/api/networking/v1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
 // faultFilter sits before the router in outbound HTTP managers so that
@@ -90,10 +88,25 @@ func indexByHost[T metav1.Object](objs []T, hosts func(T) []string, domain strin
 	return out
 }
 
+// routeScope is where a VirtualService's http routes are applied: the
+// gateway ("mesh" for sidecars, else namespace/name), the port a match's
+// port field compares with, and the port of a destination that names none.
+type routeScope struct {
+	gateway string
+	port    int32
+	// destPort resolves a destination without port; 0 means unresolved.
+	destPort func(host string) int32
+}
+
+// meshScope is a sidecar's view of one service port.
+func meshScope(port int32) routeScope {
+	return routeScope{gateway: "mesh", port: port, destPort: func(string) int32 { return port }}
+}
+
 // vsRoutes turns a VirtualService's http routes into the routes of one
-// service port's virtual host, in order; requests no route matches get
-// 404, as with Istio. What isthmus does not do is reported through warn.
-func vsRoutes(vs *networkingv1.VirtualService, svc *registry.Service, port int32, domain string, warn func(string)) []*route.Route {
+// virtual host, in order; requests no route matches get 404, as with
+// Istio. What isthmus does not do is reported through warn.
+func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, warn func(string)) []*route.Route {
 	var out []*route.Route
 	where := fmt.Sprintf("VirtualService %s/%s", vs.Namespace, vs.Name)
 	for i, hr := range vs.Spec.GetHttp() {
@@ -108,7 +121,7 @@ func vsRoutes(vs *networkingv1.VirtualService, svc *registry.Service, port int32
 		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 || hr.GetCorsPolicy() != nil || hr.GetHeaders() != nil {
 			warn(where + " http[" + name + "]: mirror, corsPolicy and headers are not supported; ignored")
 		}
-		action := routeAction(hr, svc, port, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
+		action := routeAction(hr, scope, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
 		if action == nil {
 			continue
 		}
@@ -121,7 +134,10 @@ func vsRoutes(vs *networkingv1.VirtualService, svc *registry.Service, port int32
 			matches = []*apinetworking.HTTPMatchRequest{nil}
 		}
 		for j, m := range matches {
-			if m != nil && m.GetPort() != 0 && int32(m.GetPort()) != port {
+			if m != nil && m.GetPort() != 0 && int32(m.GetPort()) != scope.port {
+				continue
+			}
+			if m != nil && len(m.GetGateways()) > 0 && !slices.ContainsFunc(m.GetGateways(), func(g string) bool { return sameGateway(g, vs.Namespace, scope.gateway) }) {
 				continue
 			}
 			rm, ok := routeMatch(m, func(msg string) { warn(where + " http[" + name + "] match " + strconv.Itoa(j) + ": " + msg) })
@@ -151,8 +167,8 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 	if m == nil {
 		return rm, true
 	}
-	if len(m.GetQueryParams()) > 0 || len(m.GetSourceLabels()) > 0 || m.GetAuthority() != nil || m.GetScheme() != nil || m.GetSourceNamespace() != "" || len(m.GetGateways()) > 0 {
-		warn("queryParams, sourceLabels, sourceNamespace, authority, scheme and gateways are not supported; this match never applies")
+	if len(m.GetQueryParams()) > 0 || len(m.GetSourceLabels()) > 0 || m.GetAuthority() != nil || m.GetScheme() != nil || m.GetSourceNamespace() != "" {
+		warn("queryParams, sourceLabels, sourceNamespace, authority and scheme are not supported; this match never applies")
 		return nil, false
 	}
 	switch x := m.GetUri().GetMatchType().(type) {
@@ -198,7 +214,7 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 }
 
 // routeAction: destinations (weighted), timeout, retries and rewrites.
-func routeAction(hr *apinetworking.HTTPRoute, svc *registry.Service, port int32, ns, domain string, warn func(string)) *route.RouteAction {
+func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain string, warn func(string)) *route.RouteAction {
 	a := &route.RouteAction{Timeout: durationpb.New(0)}
 	var weighted []*route.WeightedCluster_ClusterWeight
 	for _, d := range hr.GetRoute() {
@@ -209,7 +225,10 @@ func routeAction(hr *apinetworking.HTTPRoute, svc *registry.Service, port int32,
 		host := Qualify(dst.GetHost(), ns, domain)
 		p := int32(dst.GetPort().GetNumber())
 		if p == 0 {
-			p = port
+			if p = scope.destPort(host); p == 0 {
+				warn("destination " + host + " has no port and the service has none or several; destination skipped")
+				continue
+			}
 		}
 		w := uint32(d.GetWeight())
 		if len(hr.GetRoute()) == 1 {
@@ -265,6 +284,18 @@ func routeAction(hr *apinetworking.HTTPRoute, svc *registry.Service, port int32,
 		}
 	}
 	return a
+}
+
+// sameGateway reports whether a gateway reference written in namespace ns
+// ("mesh", "name" or "namespace/name") names gateway ("mesh" or "namespace/name").
+func sameGateway(ref, ns, gateway string) bool {
+	if ref == "mesh" || gateway == "mesh" {
+		return ref == gateway
+	}
+	if !strings.Contains(ref, "/") {
+		ref = ns + "/" + ref
+	}
+	return ref == gateway
 }
 
 // fault is Istio's HTTPFaultInjection as Envoy's HTTPFault.

@@ -63,22 +63,42 @@ type Certs interface {
 	BundlePEM() []byte
 }
 
-// secrets is the SecretsConfigDump of the workload certificate and root.
-func secrets(c Certs) *adminv3.SecretsConfigDump {
+// secrets is the SecretsConfigDump of the workload certificate and root
+// and of the SDS secrets from the control plane (private keys redacted, as
+// Envoy prints them).
+func secrets(c Certs, sds map[string]*anypb.Any, versions map[string]string) *adminv3.SecretsConfigDump {
 	out := &adminv3.SecretsConfigDump{}
-	add := func(name string, sec *tlsv3.Secret) {
+	add := func(name, version string, sec *tlsv3.Secret) {
 		a, err := anypb.New(sec)
 		if err == nil {
-			out.DynamicActiveSecrets = append(out.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{Name: name, Secret: a})
+			out.DynamicActiveSecrets = append(out.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{Name: name, VersionInfo: version, Secret: a})
 		}
+	}
+	names := make([]string, 0, len(sds))
+	for n := range sds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		var sec tlsv3.Secret
+		if err := sds[n].UnmarshalTo(&sec); err != nil {
+			continue
+		}
+		if tc := sec.GetTlsCertificate(); tc != nil && tc.GetPrivateKey() != nil {
+			tc.PrivateKey = &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: "[redacted]"}}
+		}
+		add(n, versions[n], &sec)
+	}
+	if c == nil {
+		return out
 	}
 	if leaf := c.Leaf(); leaf != nil {
 		chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw})
-		add("default", &tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		add("default", "", &tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: chain}}}}})
 	}
 	if root := c.BundlePEM(); len(root) > 0 {
-		add("ROOTCA", &tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		add("ROOTCA", "", &tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: root}}}}})
 	}
 	return out
@@ -165,8 +185,8 @@ func ConfigDump(st xdsclient.State, versions map[string]map[string]string, certs
 	}
 	dump := &adminv3.ConfigDump{}
 	msgs := []proto.Message{clusters, listeners, routes, endpoints}
-	if certs != nil {
-		msgs = append(msgs, secrets(certs))
+	if certs != nil || len(st[resource.SecretType]) > 0 {
+		msgs = append(msgs, secrets(certs, st[resource.SecretType], versions[resource.SecretType]))
 	}
 	for _, m := range msgs {
 		a, err := anypb.New(m)

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
@@ -51,7 +53,7 @@ func unpack(a *anypb.Any, m proto.Message) error {
 // Build compiles resources into a snapshot and lists the endpoint and route
 // names it needs. The first invalid resource fails the whole build.
 func Build(rs Resources) (*Snapshot, map[string][]string, error) {
-	s := &Snapshot{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}, Routes: map[string]*RouteTable{}}
+	s := &Snapshot{Listeners: map[string]*Listener{}, Clusters: map[string]*Cluster{}, Routes: map[string]*RouteTable{}, Secrets: map[string]*Secret{}}
 	want := map[string][]string{}
 	for name, a := range rs[resource.ClusterType] {
 		var c cluster.Cluster
@@ -103,6 +105,13 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 			if c != nil && c.HTTP != nil && c.HTTP.RouteName != "" {
 				want[resource.RouteType] = append(want[resource.RouteType], c.HTTP.RouteName)
 			}
+			if c != nil && c.TLS != nil {
+				for _, n := range []string{c.TLS.CertSecret, c.TLS.CASecret} {
+					if n != "" {
+						want[resource.SecretType] = append(want[resource.SecretType], n)
+					}
+				}
+			}
 		}
 	}
 	for name, a := range rs[resource.RouteType] {
@@ -115,6 +124,17 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 			return nil, nil, fmt.Errorf("route %q: %w", name, err)
 		}
 		s.Routes[rt.Name] = rt
+	}
+	for name, a := range rs[resource.SecretType] {
+		var sec tlsv3.Secret
+		if err := unpack(a, &sec); err != nil {
+			return nil, nil, fmt.Errorf("secret %q: %w", name, err)
+		}
+		bs, err := buildSecret(&sec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("secret %q: %w", name, err)
+		}
+		s.Secrets[sec.GetName()] = bs
 	}
 	return s, want, nil
 }
@@ -342,7 +362,15 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		if err := unpack(ts.GetTypedConfig(), &ctx); err != nil {
 			return nil, err
 		}
-		c.TLS = &DownstreamTLS{RequireClientCert: ctx.GetRequireClientCertificate().GetValue(), ALPN: ctx.GetCommonTlsContext().GetAlpnProtocols()}
+		common := ctx.GetCommonTlsContext()
+		c.TLS = &DownstreamTLS{RequireClientCert: ctx.GetRequireClientCertificate().GetValue(), ALPN: common.GetAlpnProtocols()}
+		// "default" and "ROOTCA" are the workload's own (Istio's agent names).
+		if cs := common.GetTlsCertificateSdsSecretConfigs(); len(cs) > 0 && cs[0].GetName() != "default" {
+			c.TLS.CertSecret = cs[0].GetName()
+		}
+		if v := common.GetValidationContextSdsSecretConfig(); v != nil && v.GetName() != "ROOTCA" {
+			c.TLS.CASecret = v.GetName()
+		}
 	}
 	filters := fc.GetFilters()
 	if len(filters) == 0 {
@@ -433,10 +461,30 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 	return c, nil
 }
 
+// buildSecret reads an inline certificate and key, or an inline CA bundle.
+func buildSecret(s *tlsv3.Secret) (*Secret, error) {
+	switch {
+	case s.GetTlsCertificate() != nil:
+		tc := s.GetTlsCertificate()
+		cert, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+		if err != nil {
+			return nil, fmt.Errorf("certificate and key (inline_bytes): %w", err)
+		}
+		return &Secret{Cert: &cert}, nil
+	case s.GetValidationContext() != nil:
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(s.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
+			return nil, errors.New("trusted_ca: no PEM certificate in inline_bytes")
+		}
+		return &Secret{CA: pool}, nil
+	}
+	return nil, errors.New("only tls_certificate and validation_context secrets are supported")
+}
+
 func buildRoutes(rc *route.RouteConfiguration) (*RouteTable, error) {
 	t := &RouteTable{Name: rc.GetName(), exact: map[string]*VirtualHost{}}
 	for _, v := range rc.GetVirtualHosts() {
-		vh := &VirtualHost{Name: v.GetName(), Domains: v.GetDomains()}
+		vh := &VirtualHost{Name: v.GetName(), Domains: v.GetDomains(), RequireTLS: v.GetRequireTls() != route.VirtualHost_NONE}
 		for _, r := range v.GetRoutes() {
 			rt, err := buildRoute(r)
 			if err != nil {

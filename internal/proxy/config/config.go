@@ -9,6 +9,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net/netip"
 	"regexp"
@@ -21,6 +23,16 @@ type Snapshot struct {
 	Listeners map[string]*Listener
 	Clusters  map[string]*Cluster
 	Routes    map[string]*RouteTable
+	// Secrets are TLS credentials sent by the control plane (a gateway's
+	// credentialName), by SDS name.
+	Secrets map[string]*Secret
+}
+
+// Secret is an SDS secret: a certificate with its key, or a CA to verify
+// client certificates with.
+type Secret struct {
+	Cert *tls.Certificate
+	CA   *x509.CertPool
 }
 
 // Listener is an Envoy listener.
@@ -62,10 +74,14 @@ type Chain struct {
 	Authz []*rbac.Filter
 }
 
-// DownstreamTLS terminates Istio mTLS with the workload certificate.
+// DownstreamTLS terminates TLS: Istio mTLS with the workload certificate,
+// or, when CertSecret names an SDS secret, a gateway's own certificate
+// (and client certificates verified against CASecret).
 type DownstreamTLS struct {
 	RequireClientCert bool
 	ALPN              []string
+	CertSecret        string
+	CASecret          string
 }
 
 // TCPProxy forwards bytes to a cluster, or to one of weighted clusters
@@ -106,6 +122,8 @@ type VirtualHost struct {
 	Name    string
 	Domains []string
 	Routes  []*Route
+	// RequireTLS redirects plaintext requests to https (Gateway httpsRedirect).
+	RequireTLS bool
 }
 
 // Route is one route: a path match and where to send it.
@@ -171,8 +189,9 @@ func (t *RouteTable) Match(host string) *VirtualHost {
 			return vh
 		}
 	}
+	bare, _, _ := strings.Cut(host, ":")
 	for _, m := range t.suffix {
-		if strings.HasSuffix(host, m.suffix) {
+		if strings.HasSuffix(bare, m.suffix) {
 			return m.vh
 		}
 	}

@@ -27,7 +27,9 @@ import (
 )
 
 // Types the proxy subscribes to, in Istio's push order.
-var Types = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
+// Secrets are the TLS credentials of a gateway's HTTPS servers
+// (credentialName), asked for by name as listeners refer to them.
+var Types = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType, resource.SecretType}
 
 // wildcard types are subscribed without names.
 var wildcard = map[string]bool{resource.ClusterType: true, resource.ListenerType: true}
@@ -302,6 +304,8 @@ func short(t string) string {
 		return "lds"
 	case resource.RouteType:
 		return "rds"
+	case resource.SecretType:
+		return "sds"
 	}
 	return t
 }

@@ -1,0 +1,119 @@
+package config
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"math/big"
+	"slices"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	apinetworking "istio.io/api/networking/v1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+)
+
+type ingressConfig struct{ cert, key []byte }
+
+func (ingressConfig) Gateways() []*networkingv1.Gateway {
+	return []*networkingv1.Gateway{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "istio-system"},
+		Spec: apinetworking.Gateway{Selector: map[string]string{"istio": "ingressgateway"}, Servers: []*apinetworking.Server{
+			{Port: &apinetworking.Port{Number: 80, Name: "http", Protocol: "HTTP"}, Hosts: []string{"shop.example.com"},
+				Tls: &apinetworking.ServerTLSSettings{HttpsRedirect: true}},
+			{Port: &apinetworking.Port{Number: 443, Name: "https", Protocol: "HTTPS"}, Hosts: []string{"shop.example.com"},
+				Tls: &apinetworking.ServerTLSSettings{Mode: apinetworking.ServerTLSSettings_MUTUAL, CredentialName: "shop"}},
+		}}}}
+}
+func (ingressConfig) VirtualServices() []*networkingv1.VirtualService {
+	return []*networkingv1.VirtualService{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Namespace: "istio-system"},
+		Spec: apinetworking.VirtualService{Hosts: []string{"shop.example.com"}, Gateways: []string{"web"}, Http: []*apinetworking.HTTPRoute{{
+			Route: []*apinetworking.HTTPRouteDestination{{Destination: &apinetworking.Destination{Host: "profile.test.svc.cluster.local"}}}}}}}}
+}
+func (ingressConfig) DestinationRules() []*networkingv1.DestinationRule     { return nil }
+func (ingressConfig) PeerAuthentications() []*securityv1.PeerAuthentication { return nil }
+func (ingressConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy {
+	return nil
+}
+func (c ingressConfig) Secret(ns, name string) *corev1.Secret {
+	if ns == "istio-system" && name == "shop" {
+		return &corev1.Secret{Data: map[string][]byte{"tls.crt": c.cert, "tls.key": c.key, "ca.crt": c.cert}}
+	}
+	return nil
+}
+
+// What the control plane sends an ingress gateway (HTTPS with a
+// credentialName, MUTUAL, httpsRedirect) builds: chains name their SDS
+// secrets, which the proxy asks for and loads; the redirect is marked.
+func TestBuildsIngressGateway(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), DNSNames: []string{"shop.example.com"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	kd, _ := x509.MarshalPKCS8PrivateKey(key)
+	cfg := ingressConfig{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})}
+
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	p, err := xds.ParseNode(&core.Node{Id: "router~10.64.0.9~gw-1.istio-system~istio-system.svc.cluster.local",
+		Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Labels = map[string]string{"istio": "ingressgateway"}
+	g := xds.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
+	rs := Resources{}
+	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.ListenerType: g.Listeners,
+		resource.RouteType: g.Routes, resource.SecretType: g.Secrets} {
+		rs[typ] = map[string]*anypb.Any{}
+		for _, it := range items {
+			a, _ := anypb.New(it)
+			rs[typ][cacheName(it)] = a
+		}
+	}
+	snap, want, err := Build(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := want[resource.SecretType]; !slices.Equal(got, []string{"kubernetes://shop", "kubernetes://shop-cacert"}) {
+		t.Fatalf("secrets asked for: %v", got)
+	}
+	l := snap.Listeners["0.0.0.0_443"]
+	if l == nil || !l.InspectTLS || len(l.Chains) != 1 || l.Chains[0].TLS == nil {
+		t.Fatalf("https listener: %+v", l)
+	}
+	if tl := l.Chains[0].TLS; tl.CertSecret != "kubernetes://shop" || tl.CASecret != "kubernetes://shop-cacert" || !tl.RequireClientCert {
+		t.Fatalf("chain TLS: %+v", tl)
+	}
+	if s := snap.Secrets["kubernetes://shop"]; s == nil || s.Cert == nil {
+		t.Fatalf("certificate secret not loaded: %+v", snap.Secrets)
+	}
+	if s := snap.Secrets["kubernetes://shop-cacert"]; s == nil || s.CA == nil {
+		t.Fatalf("CA secret not loaded: %+v", snap.Secrets)
+	}
+	if vh := snap.Routes["http.80"].Match("shop.example.com:80"); vh == nil || !vh.RequireTLS {
+		t.Fatalf("httpsRedirect: %+v", vh)
+	}
+	if vh := snap.Routes["https.443.https.web.istio-system"].Match("shop.example.com"); vh == nil || vh.RequireTLS || len(vh.Routes) != 1 {
+		t.Fatalf("https routes: %+v", vh)
+	}
+	// A broken secret is refused (NACKed), not half-applied.
+	bad, _ := anypb.New(&tlsv3.Secret{Name: "kubernetes://shop", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte("nope")}}}}})
+	rs[resource.SecretType]["kubernetes://shop"] = bad
+	if _, _, err := Build(rs); err == nil {
+		t.Fatal("a secret without a usable certificate was accepted")
+	}
+}

@@ -1,0 +1,163 @@
+package validation
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
+)
+
+// Result is what validation says of one object.
+type Result struct {
+	Kind, Namespace, Name string
+	// Errors refuse the object: each is "spec.path: what is wrong".
+	Errors []string
+	// Warnings accept it: fields isthmus does not act on.
+	Warnings []string
+}
+
+// String names the object as kubectl does: Kind namespace/name.
+func (r Result) String() string {
+	if r.Namespace == "" {
+		return r.Kind + " " + r.Name
+	}
+	return r.Kind + " " + r.Namespace + "/" + r.Name
+}
+
+// kind is one validated Istio kind.
+type kind struct {
+	new   func() proto.Message
+	check func(m proto.Message, c *checker)
+	// supported are the field paths (proto names) isthmus acts on; any
+	// other set field gets a warning.
+	supported []string
+}
+
+var destination = []string{"destination", "destination.host", "destination.subset", "destination.port", "destination.port.number", "weight"}
+
+var trafficPolicy = []string{"load_balancer", "load_balancer.simple",
+	"load_balancer.locality_lb_setting", "load_balancer.locality_lb_setting.enabled", "load_balancer.locality_lb_setting.failover_priority",
+	"connection_pool", "connection_pool.tcp", "connection_pool.tcp.max_connections", "connection_pool.tcp.connect_timeout",
+	"connection_pool.http", "connection_pool.http.http1_max_pending_requests", "connection_pool.http.http2_max_requests", "connection_pool.http.max_retries",
+	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors", "outlier_detection.interval",
+	"outlier_detection.base_ejection_time", "outlier_detection.max_ejection_percent",
+	"tls", "tls.mode"}
+
+var kinds = map[string]kind{
+	"networking.istio.io/Gateway": {new: func() proto.Message { return &networking.Gateway{} }, check: checkGateway, supported: []string{
+		"selector", "servers", "servers.port", "servers.port.number", "servers.port.protocol", "servers.port.name", "servers.hosts", "servers.name",
+		"servers.tls", "servers.tls.mode", "servers.tls.credential_name", "servers.tls.https_redirect"}},
+	"networking.istio.io/VirtualService": {new: func() proto.Message { return &networking.VirtualService{} }, check: checkVirtualService, supported: concat(
+		[]string{"hosts", "gateways", "http", "http.name", "http.match", "http.match.name", "http.match.port", "http.match.gateways", "http.route", "http.timeout",
+			"http.retries", "http.retries.attempts", "http.retries.per_try_timeout", "http.retries.retry_on",
+			"http.fault", "http.fault.delay", "http.fault.delay.fixed_delay", "http.fault.delay.percentage", "http.fault.delay.percentage.value",
+			"http.fault.abort", "http.fault.abort.http_status", "http.fault.abort.percentage", "http.fault.abort.percentage.value",
+			"http.rewrite", "http.rewrite.uri", "http.rewrite.authority",
+			"tcp", "tcp.match", "tcp.match.port", "tcp.route", "tls", "tls.match", "tls.match.sni_hosts", "tls.match.port", "tls.route"},
+		prefixed("http.route.", destination), prefixed("tcp.route.", destination), prefixed("tls.route.", destination),
+		stringMatch("http.match.uri"), stringMatch("http.match.method"), stringMatch("http.match.headers"), stringMatch("http.match.without_headers"))},
+	"networking.istio.io/DestinationRule": {new: func() proto.Message { return &networking.DestinationRule{} }, check: checkDestinationRule, supported: concat(
+		[]string{"host", "subsets", "subsets.name", "subsets.labels", "subsets.traffic_policy", "traffic_policy",
+			"traffic_policy.port_level_settings", "traffic_policy.port_level_settings.port", "traffic_policy.port_level_settings.port.number",
+			"subsets.traffic_policy.port_level_settings", "subsets.traffic_policy.port_level_settings.port", "subsets.traffic_policy.port_level_settings.port.number"},
+		prefixed("traffic_policy.", trafficPolicy), prefixed("traffic_policy.port_level_settings.", trafficPolicy),
+		prefixed("subsets.traffic_policy.", trafficPolicy), prefixed("subsets.traffic_policy.port_level_settings.", trafficPolicy))},
+	"networking.istio.io/ServiceEntry": {new: func() proto.Message { return &networking.ServiceEntry{} }, check: checkServiceEntry},
+	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: []string{
+		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"}},
+	"security.istio.io/AuthorizationPolicy": {new: func() proto.Message { return &security.AuthorizationPolicy{} }, check: checkAuthorizationPolicy, supported: concat(
+		[]string{"selector", "selector.match_labels", "action", "rules", "rules.from", "rules.from.source", "rules.to", "rules.to.operation",
+			"rules.when", "rules.when.key", "rules.when.values", "rules.when.not_values"},
+		prefixed("rules.from.source.", []string{"principals", "not_principals", "namespaces", "not_namespaces", "ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"}),
+		prefixed("rules.to.operation.", []string{"methods", "not_methods", "paths", "not_paths", "ports", "not_ports", "hosts", "not_hosts"}))},
+}
+
+// stringMatch is a StringMatch field and its exact, prefix and regex.
+func stringMatch(f string) []string {
+	return []string{f, f + ".exact", f + ".prefix", f + ".regex"}
+}
+
+func prefixed(p string, fields []string) []string {
+	out := make([]string, len(fields))
+	for i, f := range fields {
+		out[i] = p + f
+	}
+	return out
+}
+
+func concat(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	return out
+}
+
+// Known reports whether objects of an API group and kind are validated.
+func Known(group, kind string) bool {
+	_, ok := kinds[group+"/"+kind]
+	return ok
+}
+
+// Kinds lists the validated group/kind pairs.
+func Kinds() []string {
+	out := make([]string, 0, len(kinds))
+	for k := range kinds {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Object validates one object given as JSON. ok is false for kinds that
+// are not Istio configuration isthmus reads.
+func Object(raw []byte) (r Result, ok bool, err error) {
+	var obj struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name, Namespace string
+		} `json:"metadata"`
+		Spec json.RawMessage `json:"spec"`
+	}
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return r, false, fmt.Errorf("not a Kubernetes object: %w", err)
+	}
+	group, _, _ := strings.Cut(obj.APIVersion, "/")
+	k, ok := kinds[group+"/"+obj.Kind]
+	if !ok {
+		return r, false, nil
+	}
+	r = Result{Kind: obj.Kind, Namespace: obj.Metadata.Namespace, Name: obj.Metadata.Name}
+	spec := []byte(obj.Spec)
+	if len(spec) == 0 || string(spec) == "null" {
+		spec = []byte("{}")
+	}
+	m := k.new()
+	if r.Errors = decode(spec, m); len(r.Errors) > 0 {
+		return r, true, nil
+	}
+	c := &checker{}
+	k.check(m, c)
+	r.Errors = c.errs
+	if k.supported != nil {
+		set := map[string]bool{}
+		for _, f := range k.supported {
+			set[f] = true
+		}
+		for _, p := range unsupported(m.ProtoReflect(), set) {
+			r.Warnings = append(r.Warnings, p+": not supported by isthmus; ignored")
+		}
+	}
+	r.Warnings = append(r.Warnings, unsupportedValues(m)...)
+	return r, true, nil
+}
+
+// checker collects errors by path.
+type checker struct{ errs []string }
+
+func (c *checker) errf(path, format string, args ...any) {
+	c.errs = append(c.errs, path+": "+fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,87 @@
+package validation
+
+import (
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+func validate(t *testing.T, doc string) Result {
+	t.Helper()
+	j, err := yaml.YAMLToJSON([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok, err := Object(j)
+	if err != nil || !ok {
+		t.Fatalf("Object: ok %v, %v", ok, err)
+	}
+	return r
+}
+
+const vsHead = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: ns}\nspec:\n"
+
+// Objects Istio refuses are refused with the field named; objects Istio
+// accepts pass.
+func TestRefusals(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{vsHead + "  hosts: [a]\n  http:\n  - timeout: 2x\n    route: [{destination: {host: a}}]\n", `spec.http[0].timeout: bad Duration: time: unknown unit "x" in duration "2x"`},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}, weight: -10}]\n", "spec.http[0].route[0].weight: weight -10 < 0"},
+		{vsHead + "  hosts: [a]\n  http:\n  - retries: {attempts: -1}\n    route: [{destination: {host: a}}]\n", "spec.http[0].retries.attempts: attempts cannot be negative"},
+		{vsHead + "  hosts: [a]\n  http:\n  - fault: {abort: {httpStatus: 503, percentage: {value: 150}}}\n    route: [{destination: {host: a}}]\n", "spec.http[0].fault.abort.percentage.value: percentage 150 is not in range [0, 100]"},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    timeout: 0.5ms\n", "spec.http[0].timeout: duration 500µs must be at least 1ms"},
+		{vsHead + "  hosts: [\"*\"]\n  http:\n  - route: [{destination: {host: a}}]\n", "wildcard host * is not allowed"},
+		{vsHead + "  hosts: [a]\n", "http, tcp or tls must be provided"},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    retries: {attempts: 2, retryOn: \"5xx,bogus\"}\n", `spec.http[0].retries.retryOn: "bogus" is not a retry condition`},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirorr: {host: b}\n", "spec.http[0].mirorr: unknown field"},
+		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n", "spec.servers[0].hosts: a server must have at least one host"},
+		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n", "spec.servers[0].tls: a server with protocol HTTPS must have TLS settings"},
+		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTPX}\n    hosts: [\"*\"]\n", `spec.servers[0].port.protocol: invalid protocol "HTTPX"`},
+		{"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: ALLOWX\n", `spec.action: unknown value "ALLOWX"; want one of ALLOW, DENY, AUDIT, CUSTOM`},
+		{"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - from: [{source: {ipBlocks: [10.0.0.0/33]}}]\n", `spec.rules[0].from[0].source.ipBlocks[0]: "10.0.0.0/33" is not an IP address or CIDR range`},
+		{"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - when: [{key: request.colour, values: [red]}]\n", `spec.rules[0].when[0].key: unknown attribute "request.colour"`},
+		{"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  mtls: {mode: STRICTER}\n", `spec.mtls.mode: unknown value "STRICTER"`},
+		{"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls: {\"8080\": {mode: DISABLE}}\n", "spec.portLevelMtls: port level mTLS settings need a workload selector"},
+		{"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: a\n  subsets: [{name: v1}, {name: v1}]\n", `spec.subsets[1].name: duplicate subset name "v1"`},
+		{"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: a\n  trafficPolicy: {outlierDetection: {maxEjectionPercent: 120}}\n", "spec.trafficPolicy.outlierDetection.maxEjectionPercent: 120 is not in range [0, 100]"},
+		{"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: a\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}\n", "spec.trafficPolicy.connectionPool.tcp.maxConnections: must not be negative"},
+	} {
+		r := validate(t, c.doc)
+		if !strings.Contains(strings.Join(r.Errors, "\n"), c.want) {
+			t.Errorf("%s: errors %q, want %q", r, r.Errors, c.want)
+		}
+	}
+}
+
+func TestAccepted(t *testing.T) {
+	for _, doc := range []string{
+		// Weights that do not add up to 100 are normalized by Istio, not refused.
+		vsHead + "  hosts: [profile]\n  http:\n  - route:\n    - {destination: {host: profile, subset: v1}, weight: 30}\n    - {destination: {host: profile, subset: v2}, weight: 30}\n    timeout: 500ms\n    retries: {attempts: 3, perTryTimeout: 1s, retryOn: \"5xx,503\"}\n",
+		vsHead + "  hosts: [\"*\"]\n  gateways: [istio-system/web]\n  http:\n  - match: [{uri: {prefix: /dashboard}}]\n    route: [{destination: {host: dashboard}}]\n",
+		"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: eastwestgateway}\n  servers:\n  - port: {number: 15443, name: tls, protocol: TLS}\n    tls: {mode: AUTO_PASSTHROUGH}\n    hosts: [\"*.local\"]\n",
+		"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  selector: {matchLabels: {app: profile}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]\n    to: [{operation: {methods: [GET], ports: [\"8080\"]}}]\n    when: [{key: \"request.headers[x-user]\", values: [a]}]\n",
+		"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n",
+		"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: profile\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}}\n    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s}\n",
+	} {
+		r := validate(t, doc)
+		if len(r.Errors) > 0 || len(r.Warnings) > 0 {
+			t.Errorf("%s: errors %q warnings %q, want none", r, r.Errors, r.Warnings)
+		}
+	}
+}
+
+// Fields isthmus does not act on are accepted with a warning naming them.
+func TestUnsupportedWarnings(t *testing.T) {
+	r := validate(t, vsHead+"  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirror: {host: b}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n")
+	if len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != "spec.http[0].mirror: not supported by isthmus; ignored\nspec.http[0].corsPolicy: not supported by isthmus; ignored" {
+		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: AUDIT\n")
+	if len(r.Errors) > 0 || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "spec.action: AUDIT is not supported") {
+		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	if _, ok, _ := Object([]byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}`)); ok {
+		t.Error("a ConfigMap is not Istio configuration")
+	}
+}

@@ -1,0 +1,62 @@
+package validation
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Handler serves AdmissionReview v1 requests (Istio's /validate): a
+// refused object gets 400 with every error; an accepted one carries the
+// warnings, which kubectl prints.
+func Handler(log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var review admissionv1.AdmissionReview
+		if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+			return
+		}
+		review.Response = Admit(review.Request)
+		if !review.Response.Allowed {
+			log.Info("configuration refused", "kind", review.Request.Kind.Kind, "namespace", review.Request.Namespace, "name", review.Request.Name,
+				"reason", review.Response.Result.Message)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(review)
+	})
+}
+
+// Admit decides one admission request.
+func Admit(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	if req.Operation == admissionv1.Delete || len(req.Object.Raw) == 0 {
+		return resp
+	}
+	res, ok, err := Object(req.Object.Raw)
+	switch {
+	case err != nil:
+		resp.Allowed = false
+		resp.Result = &metav1.Status{Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest, Message: err.Error()}
+	case !ok:
+	case len(res.Errors) > 0:
+		resp.Allowed = false
+		resp.Result = &metav1.Status{Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest,
+			Message: fmt.Sprintf("configuration is invalid: %s: %s", res, strings.Join(res.Errors, "; "))}
+	default:
+		for _, w := range res.Warnings {
+			resp.Warnings = append(resp.Warnings, res.String()+": "+w)
+		}
+	}
+	return resp
+}
