@@ -349,7 +349,17 @@ func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream, filters []*rbac.Fi
 	if ok, by := rbac.Allowed(filters, req); !ok {
 		return by
 	}
+	p.audit(filters, req)
 	return ""
+}
+
+// audit counts and logs what an AUDIT policy matched.
+func (p *Proxy) audit(filters []*rbac.Filter, req *rbac.Request) {
+	if by := rbac.Audited(filters, req); by != "" {
+		p.stats.audited.Inc()
+		p.opts.Log.Info("RBAC audit", "policy", by, "peer", req.Principal, "remote", req.RemoteIP, "port", req.DestPort,
+			"method", req.Headers[":method"], "path", req.Headers[":path"])
+	}
 }
 
 // setXFCC appends the caller's identity as Istio's inbound does:
@@ -510,6 +520,12 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}
 	picker := rc.rt.pickers[rc.cluster]
+	pick := picker.Pick
+	if c.LB == config.RingHash {
+		if h, ok := requestHash(rc.r.Hash, r, rc.d); ok {
+			pick = func(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease) { return picker.PickHash(h, skip) }
+		}
+	}
 	var tried tried
 	skip := p.skipper(c, &tried)
 	var lastErr error = errNoHealthy
@@ -520,12 +536,12 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			addr = rc.d.dst.String()
 		} else {
 			var lease lb.Lease
-			ep, lease = picker.Pick(skip)
+			ep, lease = pick(skip)
 			if ep == nil {
 				// Every endpoint failed once or is ejected: start over
 				// (Envoy's panic mode).
 				tried = tried[:0]
-				ep, lease = picker.Pick(nil)
+				ep, lease = pick(nil)
 				if ep == nil {
 					return nil, lastErr
 				}
@@ -698,4 +714,29 @@ type poolKey struct {
 	cluster string
 	tls     string
 	h2      bool
+}
+
+// requestHash is the request's key for consistent hashing: the first hash
+// policy that finds a value (a header, a cookie, a query parameter, or
+// the client's address). A request none applies to is balanced as usual.
+func requestHash(policies []config.HashPolicy, r *http.Request, d *downstream) (uint64, bool) {
+	for _, hp := range policies {
+		var v string
+		switch {
+		case hp.Header != "":
+			v = r.Header.Get(hp.Header)
+		case hp.Cookie != "":
+			if c, err := r.Cookie(hp.Cookie); err == nil {
+				v = c.Value
+			}
+		case hp.QueryParameter != "":
+			v = r.URL.Query().Get(hp.QueryParameter)
+		case hp.SourceIP:
+			v = remoteIP(d.conn).String()
+		}
+		if v != "" {
+			return lb.Hash(v), true
+		}
+	}
+	return 0, false
 }

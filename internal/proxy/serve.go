@@ -110,6 +110,9 @@ func (p *Proxy) serve(c net.Conn, name string) {
 			d.conn.Close()
 			return
 		}
+		if d.chain.TCP != nil {
+			p.audit(d.chain.Authz, req)
+		}
 	}
 	switch {
 	case d.chain.TCP != nil:
@@ -204,7 +207,11 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 		}
 		defer release()
 	}
-	up, ep, lease, err := p.dialCluster(rt, cl, d.dst, []string{"istio-peer-exchange", "istio"})
+	key := ""
+	if d.chain.TCP.HashSourceIP {
+		key = remoteIP(d.conn).String()
+	}
+	up, ep, lease, err := p.dialCluster(rt, cl, d.dst, []string{"istio-peer-exchange", "istio"}, key)
 	if err != nil {
 		p.stats.upstreamFail.WithLabelValues(cl).Inc()
 		p.opts.Log.Debug("upstream connect failed", "cluster", cl, "err", err)
@@ -261,8 +268,9 @@ func (p *Proxy) tcpEvent(d *downstream, cluster string, ep *config.Endpoint, up 
 }
 
 // dialCluster connects to an endpoint of a cluster, trying up to three
-// endpoints on connect failure. For ORIGINAL_DST clusters it connects to dst.
-func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn []string) (net.Conn, *config.Endpoint, lb.Lease, error) {
+// endpoints on connect failure; a consistent-hash cluster picks by key when
+// one is given. For ORIGINAL_DST clusters it connects to dst.
+func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn []string, key string) (net.Conn, *config.Endpoint, lb.Lease, error) {
 	c := rt.snap.Clusters[name]
 	if c == nil {
 		return nil, nil, lb.Lease{}, fmt.Errorf("no cluster %q", name)
@@ -283,10 +291,15 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 	var tried tried
 	err := fmt.Errorf("cluster %q has no healthy endpoint", name)
 	skip := p.skipper(c, &tried)
+	pick := picker.Pick
+	if key != "" && c.LB == config.RingHash {
+		h := lb.Hash(key)
+		pick = func(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease) { return picker.PickHash(h, skip) }
+	}
 	for range 3 {
-		ep, lease := picker.Pick(skip)
+		ep, lease := pick(skip)
 		if ep == nil && len(tried) == 0 {
-			ep, lease = picker.Pick(nil) // every endpoint ejected: try them anyway, as Envoy's panic mode
+			ep, lease = pick(nil) // every endpoint ejected: try them anyway, as Envoy's panic mode
 		}
 		if ep == nil {
 			break

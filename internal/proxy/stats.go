@@ -17,6 +17,8 @@ type Stats struct {
 	upstreamFail *prometheus.CounterVec
 	// upstreamOverflow counts what circuit breakers refused.
 	upstreamOverflow *prometheus.CounterVec
+	// audited counts requests and connections an AUDIT policy matched.
+	audited prometheus.Counter
 }
 
 func newStats() *Stats {
@@ -31,6 +33,8 @@ func newStats() *Stats {
 	}
 	s.upstreamOverflow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "envoy_cluster_upstream_rq_pending_overflow",
 		Help: "Requests and connections refused by a cluster's circuit breakers."}, []string{"cluster_name"})
-	reg.MustRegister(s.noChain, s.upstreamFail, s.upstreamOverflow, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.audited = prometheus.NewCounter(prometheus.CounterOpts{Name: "envoy_http_rbac_logged_allowed",
+		Help: "Requests and connections matched by an AUDIT AuthorizationPolicy (Envoy's RBAC LOG action)."})
+	reg.MustRegister(s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }

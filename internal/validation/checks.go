@@ -448,7 +448,7 @@ func unsupportedValues(m proto.Message) []string {
 	}
 	var out []string
 	switch ap.GetAction() {
-	case security.AuthorizationPolicy_AUDIT, security.AuthorizationPolicy_CUSTOM:
+	case security.AuthorizationPolicy_CUSTOM:
 		out = append(out, fmt.Sprintf("spec.action: %s is not supported by isthmus; the policy is ignored", ap.GetAction()))
 	}
 	for i, r := range ap.GetRules() {

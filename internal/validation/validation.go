@@ -40,6 +40,11 @@ var destination = []string{"destination", "destination.host", "destination.subse
 
 var trafficPolicy = []string{"load_balancer", "load_balancer.simple",
 	"load_balancer.locality_lb_setting", "load_balancer.locality_lb_setting.enabled", "load_balancer.locality_lb_setting.failover_priority",
+	"load_balancer.locality_lb_setting.failover", "load_balancer.locality_lb_setting.failover.from", "load_balancer.locality_lb_setting.failover.to",
+	"load_balancer.locality_lb_setting.distribute", "load_balancer.locality_lb_setting.distribute.from", "load_balancer.locality_lb_setting.distribute.to",
+	"load_balancer.consistent_hash", "load_balancer.consistent_hash.http_header_name", "load_balancer.consistent_hash.http_cookie",
+	"load_balancer.consistent_hash.http_cookie.name", "load_balancer.consistent_hash.http_cookie.path", "load_balancer.consistent_hash.use_source_ip",
+	"load_balancer.consistent_hash.http_query_parameter_name", "load_balancer.consistent_hash.ring_hash", "load_balancer.consistent_hash.maglev",
 	"connection_pool", "connection_pool.tcp", "connection_pool.tcp.max_connections", "connection_pool.tcp.connect_timeout",
 	"connection_pool.http", "connection_pool.http.http1_max_pending_requests", "connection_pool.http.http2_max_requests", "connection_pool.http.max_retries",
 	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors", "outlier_detection.interval",

@@ -77,8 +77,8 @@ func TestUnsupportedWarnings(t *testing.T) {
 	if len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != "spec.http[0].mirror: not supported by isthmus; ignored\nspec.http[0].corsPolicy: not supported by isthmus; ignored" {
 		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
 	}
-	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: AUDIT\n")
-	if len(r.Errors) > 0 || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "spec.action: AUDIT is not supported") {
+	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: ext-authz}\n")
+	if len(r.Errors) > 0 || len(r.Warnings) != 2 || !strings.Contains(strings.Join(r.Warnings, "\n"), "spec.action: CUSTOM is not supported") {
 		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
 	}
 	if _, ok, _ := Object([]byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}`)); ok {

@@ -224,7 +224,11 @@ func TestWalkthrough(t *testing.T) {
 			return fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata: {name: shop-cert, namespace: istio-system}\ntype: kubernetes.io/tls\ndata: {tls.crt: %s, tls.key: %s}\n",
 				base64.StdEncoding.EncodeToString(certPEM), base64.StdEncoding.EncodeToString(keyPEM))
 		}
-		e.apply("cluster-eks", secret("shop.example.com")+`---
+		// bank.example.com: MUTUAL, clients need a certificate of the same CA.
+		bankCert, bankKey := ca.serving(t, "bank.example.com")
+		bankSecret := fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata: {name: bank-cert, namespace: istio-system}\ntype: Opaque\ndata: {tls.crt: %s, tls.key: %s, ca.crt: %s}\n",
+			base64.StdEncoding.EncodeToString(bankCert), base64.StdEncoding.EncodeToString(bankKey), base64.StdEncoding.EncodeToString(ca.pem))
+		e.apply("cluster-eks", secret("shop.example.com")+"---\n"+bankSecret+`---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: web, namespace: multicluster}
@@ -239,6 +243,9 @@ spec:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [shop.example.com]
     tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 443, name: https-bank, protocol: HTTPS}
+    hosts: [bank.example.com]
+    tls: {mode: MUTUAL, credentialName: bank-cert}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -253,7 +260,7 @@ spec:
     route: [{destination: {host: profile, port: {number: 8080}}}]
 `)
 		defer e.kubectl("cluster-eks", "", "delete", "-n", "multicluster", "gateway/web", "virtualservice/web")
-		defer e.kubectl("cluster-eks", "", "delete", "-n", "istio-system", "secret/shop-cert")
+		defer e.kubectl("cluster-eks", "", "delete", "-n", "istio-system", "secret/shop-cert", "secret/bank-cert")
 		client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 		get := func(c *http.Client, url, host string) (int, string, http.Header) {
 			req, _ := http.NewRequest("GET", url, nil)
@@ -327,6 +334,26 @@ spec:
 		})
 		if code, _, _ := get(httpsClient, "https://shop.example.com/profile?id=4", ""); code != 200 {
 			t.Errorf("after renewal: %d", code)
+		}
+		// MUTUAL: a client certificate of the CA gets in, none does not.
+		mutual := func(cert []tls.Certificate) *http.Client {
+			return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{RootCAs: ca.pool(), Certificates: cert},
+				DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, network, lb+":443")
+				}}}
+		}
+		clientPEM, clientKey := ca.serving(t, "client.example.com")
+		clientCert, err := tls.X509KeyPair(clientPEM, clientKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "https://bank.example.com (MUTUAL) answers a client with a certificate", func() bool {
+			code, body, _ := get(mutual([]tls.Certificate{clientCert}), "https://bank.example.com/dashboard?id=4", "")
+			return code == 200 && strings.Contains(body, demoapp.NameOf(4))
+		})
+		if code, body, _ := get(mutual(nil), "https://bank.example.com/dashboard?id=4", ""); code != 0 {
+			t.Errorf("MUTUAL without a client certificate: %d %s, want the handshake refused", code, body)
 		}
 		after, err := e.clients["cluster-eks"].CoreV1().Pods("istio-system").Get(context.Background(), gwPod.Name, metav1.GetOptions{})
 		if err != nil || after.UID != gwPod.UID || after.Status.ContainerStatuses[0].RestartCount != gwPod.Status.ContainerStatuses[0].RestartCount {
@@ -423,6 +450,32 @@ spec:
 			}
 			return seen["cluster-eks"] && seen["cluster-aks"]
 		})
+		// AUDIT marks dashboard's calls to accounts and refuses nothing.
+		e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "deny-sleep", "profile-readers")
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-accounts, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: accounts}}
+  action: AUDIT
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/dashboard]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "audit-accounts")
+		accounts := e.waitReady("cluster-eks", "multicluster", "app=accounts", 1)[0]
+		logged := func() string {
+			m, _ := e.kubectl("cluster-eks", "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/multicluster/pods/%s:15090/proxy/stats/prometheus", accounts.Name))
+			for _, l := range strings.Split(m, "\n") {
+				if strings.HasPrefix(l, "envoy_http_rbac_logged_allowed ") {
+					return strings.TrimPrefix(l, "envoy_http_rbac_logged_allowed ")
+				}
+			}
+			return ""
+		}
+		eventually(t, "accounts' proxy counts audited calls while answering them", func() bool {
+			return code("http://dashboard:8080/dashboard?id=4") == "200" && logged() != "" && logged() != "0"
+		})
 	})
 
 	t.Run("VirtualService: a timeout cuts a fault delay short; retries hide a fault abort", func(t *testing.T) {
@@ -492,7 +545,7 @@ spec:
 		eventually(t, "the rest answered by v1 in cluster-eks only", func() bool { return served("")["cluster-eks"] == 10 })
 	})
 
-	t.Run("DestinationRule failover: calls stay in cluster-eks, fail over to cluster-aks when profile is gone there, and come back", func(t *testing.T) {
+	t.Run("DestinationRule distribute: 80% of calls stay in us-east-1 (cluster-eks), 20% go to eastus (cluster-aks)", func(t *testing.T) {
 		e.apply("cluster-eks", `
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -501,7 +554,80 @@ spec:
   host: profile
   trafficPolicy:
     loadBalancer:
-      localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}
+      localityLbSetting:
+        distribute:
+        - from: us-east-1/*
+          to: {"us-east-1/*": 80, "eastus/*": 20}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule", "profile")
+		var by map[string]int
+		defer func() { t.Logf("distribute 80/20: %v", by) }()
+		eventually(t, "about 80% of 200 calls answered in cluster-eks", func() bool {
+			by = map[string]int{}
+			for _, a := range answers(sleepExec("for i in $(seq 200); do curl -sS --max-time 5 http://profile:8080/profile?id=4; echo; done")) {
+				by[a.ServedBy.Cluster]++
+			}
+			return by["cluster-eks"] >= 140 && by["cluster-eks"] <= 180 && by["cluster-eks"]+by["cluster-aks"] == 200
+		})
+	})
+
+	t.Run("DestinationRule consistentHash: a user's calls stick to one cluster, users spread over both", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile, namespace: multicluster}
+spec:
+  host: profile
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule", "profile")
+		// Per user: the clusters that answered its 5 calls.
+		users := func() map[string]map[string]bool {
+			o := sleepExec(`for u in $(seq 12); do for i in $(seq 5); do echo "user$u $(curl -sS --max-time 5 -H "x-user: user$u" http://profile:8080/profile?id=4)"; done; done`)
+			by := map[string]map[string]bool{}
+			for _, l := range strings.Split(strings.TrimSpace(o), "\n") {
+				u, rest, _ := strings.Cut(l, " ")
+				if as := answers(rest); len(as) == 1 {
+					if by[u] == nil {
+						by[u] = map[string]bool{}
+					}
+					by[u][as[0].ServedBy.Cluster] = true
+				}
+			}
+			return by
+		}
+		var by map[string]map[string]bool
+		defer func() { t.Logf("consistentHash, clusters by user: %v", by) }()
+		eventually(t, "every user's calls answered by one cluster, both clusters used", func() bool {
+			by = users()
+			seen := map[string]bool{}
+			for _, cs := range by {
+				if len(cs) != 1 {
+					return false
+				}
+				for c := range cs {
+					seen[c] = true
+				}
+			}
+			return len(by) == 12 && seen["cluster-eks"] && seen["cluster-aks"]
+		})
+	})
+
+	t.Run("DestinationRule failover: calls stay in cluster-eks, fail over to cluster-aks when profile is gone there, and come back", func(t *testing.T) {
+		// Istio's locality failover: with outlier detection, the local
+		// region first, then the region the rule names.
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile, namespace: multicluster}
+spec:
+  host: profile
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        failover: [{from: us-east-1, to: eastus}]
     outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s}
 `)
 		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule", "profile")

@@ -115,6 +115,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		if !ok || !c.synced.Load() {
 			return
 		}
+		c.workload(p)
 		svcs, _ := c.services.Services(p.Namespace).List(labels.Everything())
 		for _, s := range svcs {
 			if len(s.Spec.Selector) > 0 && labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(p.Labels)) {
@@ -206,7 +207,34 @@ func (c *Controller) full(ctx context.Context) {
 		gws = append(gws, c.gateways(ctx, s)...)
 	}
 	shard.Gateways = gws
+	shard.Workloads = map[string]registry.Locality{}
+	pods, _ := c.pods.List(labels.Everything())
+	for _, p := range pods {
+		if running(p) {
+			shard.Workloads[p.Status.PodIP] = c.locality(p.Spec.NodeName, p.Labels)
+		}
+	}
 	c.cfg.Registry.ReplaceCluster(c.cfg.ID, shard)
+}
+
+// running: a pod with an address of its own (not the node's).
+func running(p *corev1.Pod) bool {
+	return p.Status.PodIP != "" && !p.Spec.HostNetwork && p.DeletionTimestamp == nil &&
+		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+}
+
+// workload records or forgets where a pod runs; a pod the informer's
+// store no longer has was deleted.
+func (c *Controller) workload(p *corev1.Pod) {
+	if p.Status.PodIP == "" {
+		return
+	}
+	_, err := c.pods.Pods(p.Namespace).Get(p.Name)
+	if err != nil || !running(p) {
+		c.cfg.Registry.SetWorkload(c.cfg.ID, p.Status.PodIP, registry.Locality{}, false)
+		return
+	}
+	c.cfg.Registry.SetWorkload(c.cfg.ID, p.Status.PodIP, c.locality(p.Spec.NodeName, p.Labels), true)
 }
 
 // service recomputes one service (and the cluster's gateways if it is one).

@@ -81,12 +81,17 @@ type Registry struct {
 	mu        sync.RWMutex // guards clusters and listeners
 	clusters  map[string]*shard
 	listeners []func(Event)
+	// workloadListeners hear of pods placed, without a push.
+	workloadListeners []func(cluster, address string)
 }
 
 type shard struct {
 	services  map[string]*Service   // by hostname
 	endpoints map[string][]Endpoint // by hostname
 	gateways  []Gateway
+	// workloads are the localities of the cluster's pods by address:
+	// where a proxy runs when no service selects its pod.
+	workloads map[string]Locality
 }
 
 // New returns an empty registry.
@@ -111,7 +116,7 @@ func (r *Registry) notify(e Event) {
 func (r *Registry) shard(cluster string) *shard {
 	s, ok := r.clusters[cluster]
 	if !ok {
-		s = &shard{services: map[string]*Service{}, endpoints: map[string][]Endpoint{}}
+		s = &shard{services: map[string]*Service{}, endpoints: map[string][]Endpoint{}, workloads: map[string]Locality{}}
 		r.clusters[cluster] = s
 	}
 	return s
@@ -160,13 +165,17 @@ type Shard struct {
 	Services  map[string]*Service
 	Endpoints map[string][]Endpoint
 	Gateways  []Gateway
+	Workloads map[string]Locality
 }
 
 // ReplaceCluster swaps a cluster's whole shard at once, so a resync or a
 // rotated remote secret leaves nothing stale behind.
 func (r *Registry) ReplaceCluster(cluster string, sh Shard) {
 	r.mu.Lock()
-	r.clusters[cluster] = &shard{services: sh.Services, endpoints: sh.Endpoints, gateways: sh.Gateways}
+	if sh.Workloads == nil {
+		sh.Workloads = map[string]Locality{}
+	}
+	r.clusters[cluster] = &shard{services: sh.Services, endpoints: sh.Endpoints, gateways: sh.Gateways, workloads: sh.Workloads}
 	r.mu.Unlock()
 	r.notify(Event{Full: true, Reason: "cluster " + cluster + " synced"})
 }
@@ -180,6 +189,47 @@ func (r *Registry) RemoveCluster(cluster string) {
 	if ok {
 		r.notify(Event{Full: true, Reason: "cluster " + cluster + " removed"})
 	}
+}
+
+// SubscribeWorkloads registers fn for pods placed (SetWorkload); fn must
+// not block for long.
+func (r *Registry) SubscribeWorkloads(fn func(cluster, address string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.workloadListeners = append(r.workloadListeners, fn)
+}
+
+// SetWorkload records where a cluster's pod runs (its address, its node's
+// locality); with ok false it forgets the pod. No push follows: only the
+// proxy of that pod, if connected, cares (SubscribeWorkloads).
+func (r *Registry) SetWorkload(cluster, address string, loc Locality, ok bool) {
+	r.mu.Lock()
+	s := r.shard(cluster)
+	old, had := s.workloads[address]
+	if ok {
+		s.workloads[address] = loc
+	} else {
+		delete(s.workloads, address)
+	}
+	ls := slices.Clone(r.workloadListeners)
+	r.mu.Unlock()
+	if ok && (!had || old != loc) {
+		for _, fn := range ls {
+			fn(cluster, address)
+		}
+	}
+}
+
+// WorkloadLocality says where the pod with this address runs.
+func (r *Registry) WorkloadLocality(cluster, address string) (Locality, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.clusters[cluster]
+	if !ok {
+		return Locality{}, false
+	}
+	l, ok := s.workloads[address]
+	return l, ok
 }
 
 // Services returns every service merged by hostname, sorted. When clusters

@@ -30,3 +30,35 @@ func TestEndpointsMatchPortsByNumber(t *testing.T) {
 		}
 	}
 }
+
+// Where pods run: recorded per cluster, forgotten with the pod or the
+// cluster, announced only when new or moved.
+func TestWorkloads(t *testing.T) {
+	r := New()
+	var heard []string
+	r.SubscribeWorkloads(func(cluster, address string) { heard = append(heard, cluster+"/"+address) })
+	east := Locality{Region: "us-east-1", Zone: "us-east-1a"}
+	r.SetWorkload("c1", "10.0.0.1", east, true)
+	r.SetWorkload("c1", "10.0.0.1", east, true)
+	if l, ok := r.WorkloadLocality("c1", "10.0.0.1"); !ok || l != east {
+		t.Fatalf("locality %v %v", l, ok)
+	}
+	if _, ok := r.WorkloadLocality("c2", "10.0.0.1"); ok {
+		t.Fatal("another cluster's pod")
+	}
+	r.SetWorkload("c1", "10.0.0.1", Locality{}, false)
+	if _, ok := r.WorkloadLocality("c1", "10.0.0.1"); ok {
+		t.Fatal("a deleted pod is still placed")
+	}
+	r.ReplaceCluster("c1", Shard{Workloads: map[string]Locality{"10.0.0.2": east}})
+	if _, ok := r.WorkloadLocality("c1", "10.0.0.2"); !ok {
+		t.Fatal("a full resync's pods are placed")
+	}
+	r.RemoveCluster("c1")
+	if _, ok := r.WorkloadLocality("c1", "10.0.0.2"); ok {
+		t.Fatal("a removed cluster's pods are still placed")
+	}
+	if len(heard) != 1 || heard[0] != "c1/10.0.0.1" {
+		t.Errorf("announced %v, want c1/10.0.0.1 once", heard)
+	}
+}

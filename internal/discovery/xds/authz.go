@@ -31,12 +31,14 @@ type Authz struct {
 	// rules with HTTP fields are dropped from ALLOW (they could never
 	// match) and stripped of those fields in DENY (deny more, not less).
 	HTTPDeny, HTTPAllow, TCPDeny, TCPAllow *rbacv3.RBAC
+	// AUDIT policies: Envoy's RBAC with action LOG, first in the chain.
+	HTTPAudit, TCPAudit *rbacv3.RBAC
 }
 
 // Key identifies the filters, for sharing generated listeners.
 func (a Authz) Key() string {
 	h := sha256.New()
-	for _, r := range []*rbacv3.RBAC{a.HTTPDeny, a.HTTPAllow, a.TCPDeny, a.TCPAllow} {
+	for _, r := range []*rbacv3.RBAC{a.HTTPAudit, a.HTTPDeny, a.HTTPAllow, a.TCPAudit, a.TCPDeny, a.TCPAllow} {
 		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r)
 		h.Write(b)
 		h.Write([]byte{0})
@@ -46,8 +48,8 @@ func (a Authz) Key() string {
 
 // ResolveAuthz picks the AuthorizationPolicies that apply to a workload
 // (its namespace's and the root namespace's, without a selector or with
-// one matching its labels) and translates them. CUSTOM and AUDIT policies
-// are skipped and reported through warn.
+// one matching its labels) and translates them. CUSTOM policies are
+// skipped and reported through warn.
 func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespace string, podLabels map[string]string, warn func(string)) Authz {
 	sorted := make([]*securityv1.AuthorizationPolicy, 0, len(aps))
 	for _, ap := range aps {
@@ -70,13 +72,18 @@ func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespac
 			httpRBAC, tcpRBAC = &a.HTTPAllow, &a.TCPAllow
 		case securitybeta.AuthorizationPolicy_DENY:
 			httpRBAC, tcpRBAC = &a.HTTPDeny, &a.TCPDeny
+		case securitybeta.AuthorizationPolicy_AUDIT:
+			httpRBAC, tcpRBAC = &a.HTTPAudit, &a.TCPAudit
 		default:
 			warn(fmt.Sprintf("AuthorizationPolicy %s/%s: action %s is not supported; skipped", ap.Namespace, ap.Name, ap.Spec.GetAction()))
 			continue
 		}
 		action := rbacv3.RBAC_ALLOW
-		if ap.Spec.GetAction() == securitybeta.AuthorizationPolicy_DENY {
+		switch ap.Spec.GetAction() {
+		case securitybeta.AuthorizationPolicy_DENY:
 			action = rbacv3.RBAC_DENY
+		case securitybeta.AuthorizationPolicy_AUDIT:
+			action = rbacv3.RBAC_LOG
 		}
 		for _, slot := range []**rbacv3.RBAC{httpRBAC, tcpRBAC} {
 			if *slot == nil {
@@ -94,8 +101,8 @@ func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespac
 			}
 			(*httpRBAC).Policies[name] = translateRule(rule, true)
 			tcpRule, httpOnly := l4Only(rule)
-			if httpOnly && action == rbacv3.RBAC_ALLOW {
-				continue // never matches a connection
+			if httpOnly && action != rbacv3.RBAC_DENY {
+				continue // never matches a connection (only DENY errs on the side of more)
 			}
 			(*tcpRBAC).Policies[name] = translateRule(tcpRule, false)
 		}
@@ -357,7 +364,7 @@ func cidrRange(addr string, bits int) *core.CidrRange {
 // httpFilters are the RBAC HTTP filters to put before the router.
 func (a Authz) httpFilters() []*hcm.HttpFilter {
 	var out []*hcm.HttpFilter
-	for _, r := range []*rbacv3.RBAC{a.HTTPDeny, a.HTTPAllow} {
+	for _, r := range []*rbacv3.RBAC{a.HTTPAudit, a.HTTPDeny, a.HTTPAllow} {
 		if r != nil {
 			out = append(out, &hcm.HttpFilter{Name: "envoy.filters.http.rbac", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbachttp.RBAC{Rules: r})}})
 		}
@@ -368,7 +375,7 @@ func (a Authz) httpFilters() []*hcm.HttpFilter {
 // networkFilters are the RBAC network filters to put before tcp_proxy.
 func (a Authz) networkFilters() []*listener.Filter {
 	var out []*listener.Filter
-	for _, r := range []*rbacv3.RBAC{a.TCPDeny, a.TCPAllow} {
+	for _, r := range []*rbacv3.RBAC{a.TCPAudit, a.TCPDeny, a.TCPAllow} {
 		if r != nil {
 			out = append(out, &listener.Filter{Name: "envoy.filters.network.rbac", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&rbacnet.RBAC{Rules: r, StatPrefix: "tcp."})}})
 		}

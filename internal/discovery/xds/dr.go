@@ -2,8 +2,11 @@ package xds
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	apinetworking "istio.io/api/networking/v1"
@@ -31,10 +34,13 @@ func destinationRules(cfg Config, domain string) map[string]*networkingv1.Destin
 // trafficPolicy is a DestinationRule's policy for one port: the top-level
 // one with the port's portLevelSettings over it.
 type trafficPolicy struct {
-	lb       *apinetworking.LoadBalancerSettings
-	outlier  *apinetworking.OutlierDetection
-	pool     *apinetworking.ConnectionPoolSettings
-	failover []string // failoverPriority labels; nil: no locality failover
+	lb      *apinetworking.LoadBalancerSettings
+	outlier *apinetworking.OutlierDetection
+	pool    *apinetworking.ConnectionPoolSettings
+	// locality is the locality load-balancing setting in force: Istio's
+	// is on mesh-wide unless a rule turns it off, and orders endpoints by
+	// proximity only with outlier detection (to tell a failing locality).
+	locality *apinetworking.LocalityLoadBalancerSetting
 }
 
 func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) trafficPolicy {
@@ -65,27 +71,33 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 			tp.pool = pl.GetConnectionPool()
 		}
 	}
-	if tp.lb.GetConsistentHash() != nil {
-		warn(where + ": consistentHash load balancing is not supported; round robin is used")
-	}
-	if ls := tp.lb.GetLocalityLbSetting(); ls != nil && (ls.GetEnabled() == nil || ls.GetEnabled().GetValue()) {
-		if len(ls.GetFailover()) > 0 || len(ls.GetDistribute()) > 0 {
-			warn(where + ": localityLbSetting failover and distribute are not supported (failoverPriority is); ignored")
-		}
-		// As in Istio, locality failover needs outlier detection to tell
-		// a failing locality.
-		if tp.outlier != nil {
-			tp.failover = []string{}
-			for _, l := range ls.GetFailoverPriority() {
-				if l != labelNetwork && l != labelCluster {
-					warn(where + ": failoverPriority label " + l + " is not supported (" + labelNetwork + " and " + labelCluster + " are); ignored")
-					continue
-				}
-				tp.failover = append(tp.failover, l)
-			}
-		}
-	}
+	tp.resolveLocality(where, warn)
 	return tp
+}
+
+// resolveLocality decides the locality setting from the load balancer's,
+// after port and subset settings have been merged.
+func (tp *trafficPolicy) resolveLocality(where string, warn func(string)) {
+	tp.locality = nil
+	if ch := tp.lb.GetConsistentHash(); ch != nil && ch.GetHttpCookie().GetTtl() != nil {
+		warn(where + ": consistentHash.httpCookie.ttl (generating the cookie) is not supported; requests without the cookie are balanced as usual")
+	}
+	ls := tp.lb.GetLocalityLbSetting()
+	if ls != nil && ls.GetEnabled() != nil && !ls.GetEnabled().GetValue() {
+		return
+	}
+	if ls == nil {
+		ls = &apinetworking.LocalityLoadBalancerSetting{}
+	}
+	if len(ls.GetDistribute()) == 0 && tp.outlier == nil {
+		return // failover needs outlier detection, as in Istio
+	}
+	for _, l := range ls.GetFailoverPriority() {
+		if l != labelNetwork && l != labelCluster {
+			warn(where + ": failoverPriority label " + l + " is not supported (" + labelNetwork + " and " + labelCluster + " are); ignored")
+		}
+	}
+	tp.locality = ls
 }
 
 // subset is one DestinationRule subset: the endpoints whose labels match,
@@ -128,6 +140,9 @@ func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy,
 				}
 			}
 		}
+		if ss.GetTrafficPolicy() != nil {
+			tp.resolveLocality(fmt.Sprintf("DestinationRule %s/%s subset %s", dr.Namespace, dr.Name, ss.GetName()), warn)
+		}
 		out = append(out, subset{name: ss.GetName(), labels: ss.GetLabels(), tp: tp})
 	}
 	return out
@@ -150,6 +165,12 @@ func (tp trafficPolicy) apply(c *cluster.Cluster) {
 		c.LbPolicy = cluster.Cluster_LEAST_REQUEST
 	case apinetworking.LoadBalancerSettings_RANDOM:
 		c.LbPolicy = cluster.Cluster_RANDOM
+	}
+	if ch := tp.lb.GetConsistentHash(); ch != nil {
+		c.LbPolicy = cluster.Cluster_RING_HASH
+		if ch.GetMaglev() != nil {
+			c.LbPolicy = cluster.Cluster_MAGLEV
+		}
 	}
 	if p := tp.pool; p != nil {
 		if d := p.GetTcp().GetConnectTimeout(); d != nil {
@@ -198,15 +219,25 @@ func (tp trafficPolicy) apply(c *cluster.Cluster) {
 	}
 }
 
-// priority is an endpoint's failover rank for a proxy, as Istio's
-// failoverPriority: 0 when it matches the proxy on every label, one more
-// for each label (from the last) it does not match.
+// priority is an endpoint's failover rank for a proxy, as Istio ranks
+// them: first by failoverPriority labels (0 when the endpoint matches the
+// proxy on every label, one more for each label, from the last, it does
+// not), then by locality: same subzone, zone, region, a region the
+// rule's failover names for the proxy's region, anywhere else. Ranks are
+// made contiguous by the caller (Envoy's priorities do not skip).
 func (tp trafficPolicy) priority(p *Proxy, e network.LbEndpoint) uint32 {
-	if tp.failover == nil {
+	ls := tp.locality
+	if ls == nil || len(ls.GetDistribute()) > 0 {
 		return 0
 	}
+	var labels []string
+	for _, l := range ls.GetFailoverPriority() {
+		if l == labelNetwork || l == labelCluster {
+			labels = append(labels, l)
+		}
+	}
 	matched := 0
-	for _, l := range tp.failover {
+	for _, l := range labels {
 		ok := e.Network == p.Network
 		if l == labelCluster {
 			ok = e.Cluster == p.ClusterID
@@ -216,5 +247,147 @@ func (tp trafficPolicy) priority(p *Proxy, e network.LbEndpoint) uint32 {
 		}
 		matched++
 	}
-	return uint32(len(tp.failover) - matched)
+	rank := uint32(len(labels)-matched) * 5
+	pl, el := p.Locality, e.Locality
+	switch {
+	case pl.Region == "":
+		// A proxy of unknown locality ranks by labels alone.
+	case el.Region == pl.Region && el.Zone == pl.Zone && el.Subzone == pl.Subzone:
+	case el.Region == pl.Region && el.Zone == pl.Zone:
+		rank++
+	case el.Region == pl.Region:
+		rank += 2
+	case failoverTo(ls, pl.Region, el.Region):
+		rank += 3
+	default:
+		rank += 4
+	}
+	return rank
+}
+
+// failoverTo reports whether the rule sends the traffic of region from to
+// region to when from has no healthy endpoint.
+func failoverTo(ls *apinetworking.LocalityLoadBalancerSetting, from, to string) bool {
+	for _, f := range ls.GetFailover() {
+		if f.GetFrom() == from && f.GetTo() == to {
+			return true
+		}
+	}
+	return false
+}
+
+// distribute applies the first `distribute` rule whose `from` matches the
+// proxy's locality: each endpoint's weight becomes its share of the
+// weight of the first `to` locality pattern it matches, divided among the
+// localities that pattern matches (Envoy's locality-weighted balancing,
+// folded into endpoint weights); endpoints no pattern matches get no
+// traffic.
+func (tp trafficPolicy) distribute(p *Proxy, eps []network.LbEndpoint) []network.LbEndpoint {
+	if tp.locality == nil || len(tp.locality.GetDistribute()) == 0 || p.Locality.Region == "" {
+		return eps
+	}
+	var rule *apinetworking.LocalityLoadBalancerSetting_Distribute
+	for _, d := range tp.locality.GetDistribute() {
+		if localityMatches(d.GetFrom(), p.Locality) {
+			rule = d
+			break
+		}
+	}
+	if rule == nil {
+		return eps
+	}
+	patterns := make([]string, 0, len(rule.GetTo()))
+	for pat := range rule.GetTo() {
+		patterns = append(patterns, pat)
+	}
+	// Most specific first, so "us-east/zone1/*" wins over "us-east/*".
+	sort.Slice(patterns, func(i, j int) bool {
+		if len(patterns[i]) != len(patterns[j]) {
+			return len(patterns[i]) > len(patterns[j])
+		}
+		return patterns[i] < patterns[j]
+	})
+	patternOf := func(l registry.Locality) string {
+		for _, pat := range patterns {
+			if localityMatches(pat, l) {
+				return pat
+			}
+		}
+		return ""
+	}
+	// Endpoint weight totals per locality, and localities per pattern.
+	total := map[registry.Locality]uint32{}
+	localities := map[string]map[registry.Locality]bool{}
+	for _, e := range eps {
+		pat := patternOf(e.Locality)
+		if pat == "" {
+			continue
+		}
+		total[e.Locality] += e.Weight
+		if localities[pat] == nil {
+			localities[pat] = map[registry.Locality]bool{}
+		}
+		localities[pat][e.Locality] = true
+	}
+	var out []network.LbEndpoint
+	for _, e := range eps {
+		pat := patternOf(e.Locality)
+		if pat == "" || rule.GetTo()[pat] == 0 {
+			continue
+		}
+		// The locality's share in thousandths (weights are percentages),
+		// split by endpoint weight.
+		share := float64(rule.GetTo()[pat]) * 10 / float64(len(localities[pat]))
+		e.Weight = max(uint32(share*float64(e.Weight)/float64(total[e.Locality])+0.5), 1)
+		out = append(out, e)
+	}
+	return out
+}
+
+// localityMatches applies Istio's locality pattern region/zone/subzone,
+// where "*" matches anything and missing parts match everything.
+func localityMatches(pattern string, l registry.Locality) bool {
+	parts := strings.SplitN(pattern, "/", 3)
+	have := []string{l.Region, l.Zone, l.Subzone}
+	for i, part := range parts {
+		if part != "*" && part != have[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// hashPolicy is a route's hash policy toward a consistent-hash destination
+// (Envoy's, as Istio sets it from consistentHash); nil for other policies.
+func hashPolicy(lb *apinetworking.LoadBalancerSettings) []*route.RouteAction_HashPolicy {
+	ch := lb.GetConsistentHash()
+	if ch == nil {
+		return nil
+	}
+	var hp *route.RouteAction_HashPolicy
+	switch {
+	case ch.GetHttpHeaderName() != "":
+		hp = &route.RouteAction_HashPolicy{PolicySpecifier: &route.RouteAction_HashPolicy_Header_{Header: &route.RouteAction_HashPolicy_Header{HeaderName: ch.GetHttpHeaderName()}}}
+	case ch.GetHttpCookie() != nil:
+		hp = &route.RouteAction_HashPolicy{PolicySpecifier: &route.RouteAction_HashPolicy_Cookie_{Cookie: &route.RouteAction_HashPolicy_Cookie{
+			Name: ch.GetHttpCookie().GetName(), Path: ch.GetHttpCookie().GetPath()}}}
+	case ch.GetHttpQueryParameterName() != "":
+		hp = &route.RouteAction_HashPolicy{PolicySpecifier: &route.RouteAction_HashPolicy_QueryParameter_{QueryParameter: &route.RouteAction_HashPolicy_QueryParameter{Name: ch.GetHttpQueryParameterName()}}}
+	case ch.GetUseSourceIp():
+		hp = &route.RouteAction_HashPolicy{PolicySpecifier: &route.RouteAction_HashPolicy_ConnectionProperties_{ConnectionProperties: &route.RouteAction_HashPolicy_ConnectionProperties{SourceIp: true}}}
+	default:
+		return nil
+	}
+	return []*route.RouteAction_HashPolicy{hp}
+}
+
+// hashPolicies resolves a destination (host, port) to its hash policy.
+func hashPolicies(drs map[string]*networkingv1.DestinationRule) func(host string, port int32) []*route.RouteAction_HashPolicy {
+	return func(host string, port int32) []*route.RouteAction_HashPolicy {
+		dr := drs[host]
+		if dr == nil {
+			return nil
+		}
+		return hashPolicy(policyFor(dr, port, func(string) {}).lb)
+	}
 }

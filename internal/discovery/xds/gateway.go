@@ -45,7 +45,7 @@ func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*regi
 	if cfg == nil {
 		return nil, nil, nil
 	}
-	in := &ingress{p: p, cfg: cfg, domain: domain, warn: warn, ports: servicePorts(services),
+	in := &ingress{p: p, cfg: cfg, domain: domain, warn: warn, ports: servicePorts(services), hash: hashPolicies(drs),
 		http: map[uint32]*route.RouteConfiguration{}, secrets: map[string]*tlsv3.Secret{}}
 	target := listenPorts(p, reg, services)
 	chains := map[uint32][]*listener.FilterChain{}

@@ -2,6 +2,7 @@ package xds
 
 import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	"slices"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -57,7 +58,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		if cfg != nil {
 			vss = cfg.VirtualServices()
 		}
-		g.Listeners, g.Clusters = sidecarOutbound(services, vss, domain)
+		g.Listeners, g.Clusters = sidecarOutbound(services, vss, drs, domain)
 	}
 	for _, svc := range services {
 		eps := reg.Endpoints(svc.Hostname)
@@ -87,8 +88,8 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 // SNI-named outbound_.PORT_.SUBSET_.HOST with only mTLS endpoints.
 func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port registry.Port, subset string,
 	eps []registry.Endpoint, gws []registry.Gateway, tp trafficPolicy, noGW network.NoGateway) {
-	prio := func(e network.LbEndpoint) uint32 { return tp.priority(p, e) }
-	lb := network.SplitHorizon(view, eps, port.Name, gws, noGW)
+	lb := tp.distribute(p, network.SplitHorizon(view, eps, port.Name, gws, noGW))
+	prio := priorities(lb, func(e network.LbEndpoint) uint32 { return tp.priority(p, e) })
 	sni := SNI(port.Port, subset, svc.Hostname)
 	if p.Type == Router {
 		var mtls []network.LbEndpoint
@@ -114,6 +115,28 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 	tp.apply(c)
 	g.Clusters = append(g.Clusters, c)
 	g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))
+}
+
+// priorities turns ranks into Envoy priorities: the distinct ranks of the
+// endpoints, in order, numbered from 0 without gaps.
+func priorities(eps []network.LbEndpoint, rank func(network.LbEndpoint) uint32) func(network.LbEndpoint) uint32 {
+	seen := map[uint32]bool{}
+	for _, e := range eps {
+		seen[rank(e)] = true
+	}
+	if len(seen) <= 1 {
+		return func(network.LbEndpoint) uint32 { return 0 }
+	}
+	ranks := make([]uint32, 0, len(seen))
+	for r := range seen {
+		ranks = append(ranks, r)
+	}
+	slices.Sort(ranks)
+	index := make(map[uint32]uint32, len(ranks))
+	for i, r := range ranks {
+		index[r] = uint32(i)
+	}
+	return func(e network.LbEndpoint) uint32 { return index[rank(e)] }
 }
 
 func edsCluster(name string, matches []*cluster.Cluster_TransportSocketMatch) *cluster.Cluster {

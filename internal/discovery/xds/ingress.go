@@ -37,6 +37,7 @@ type ingress struct {
 	domain  string
 	warn    func(string)
 	ports   func(host string) []int32
+	hash    func(host string, port int32) []*route.RouteAction_HashPolicy
 	http    map[uint32]*route.RouteConfiguration // plain HTTP route "http.PORT" per listen port
 	routes  []*route.RouteConfiguration
 	secrets map[string]*tlsv3.Secret
@@ -194,7 +195,7 @@ func (in *ingress) addHosts(rc *route.RouteConfiguration, gw *networkingv1.Gatew
 			return ps[0]
 		}
 		return 0
-	}}
+	}, hash: in.hash}
 	for _, vs := range oldestFirst(in.cfg.VirtualServices()) {
 		if !boundTo(vs, gw) || len(vs.Spec.GetHttp()) == 0 {
 			continue

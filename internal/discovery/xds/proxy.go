@@ -12,6 +12,8 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
 // Proxy types, the first field of Istio's node ID.
@@ -37,6 +39,9 @@ type Proxy struct {
 	IstioVersion         string
 	// Generator "grpc" marks a proxyless gRPC client.
 	Generator string
+	// Locality is where the proxy runs: the node's locality if it sends
+	// one, else its pod's, which the control plane looks up by address.
+	Locality registry.Locality
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.
@@ -72,6 +77,9 @@ func ParseNode(n *core.Node) (*Proxy, error) {
 	}
 	if ips := str("INSTANCE_IPS"); ips != "" {
 		p.IP, _, _ = strings.Cut(ips, ",")
+	}
+	if l := n.GetLocality(); l != nil {
+		p.Locality = registry.Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubZone()}
 	}
 	return p, nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"log/slog"
 	"sort"
 	"sync"
@@ -118,6 +117,24 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 		}
 	}
 	reg.Subscribe(func(registry.Event) { s.Trigger() })
+	// A proxy that connected before its pod was seen learns its locality.
+	reg.SubscribeWorkloads(func(cluster, address string) {
+		s.mu.Lock()
+		var ids []string
+		for id, st := range s.proxies {
+			if st.proxy.ClusterID == cluster && st.proxy.IP == address && st.proxy.Locality.Region == "" {
+				ids = append(ids, id)
+			}
+		}
+		s.mu.Unlock()
+		if len(ids) > 0 {
+			go func() {
+				for _, id := range ids {
+					s.update(id)
+				}
+			}()
+		}
+	})
 	return s
 }
 
@@ -200,6 +217,21 @@ type memo struct {
 	inbound InboundIndex
 }
 
+// located returns p with its locality filled in from its pod's node,
+// when the node did not send one (istio-agent usually does not).
+func (s *Server) located(p *Proxy) *Proxy {
+	if p.Locality.Region != "" {
+		return p
+	}
+	l, ok := s.Registry.WorkloadLocality(p.ClusterID, p.IP)
+	if !ok {
+		return p
+	}
+	c := *p
+	c.Locality = l
+	return &c
+}
+
 func newMemo() *memo {
 	return &memo{views: map[viewKey]*shared{}, routes: map[string]*typed{}, snaps: map[string]*cachev3.Snapshot{}}
 }
@@ -221,14 +253,15 @@ func newTyped(rs []types.Resource) *typed {
 }
 
 // viewKey is everything shared generation depends on besides the registry
-// and configuration: for routers also labels (Gateways select by label),
+// and configuration (the locality: DestinationRules' locality failover and
+// distribute); for routers also labels (Gateways select by label),
 // namespace (where credentialName secrets live) and address (its Service's
 // target ports).
-type viewKey struct{ typ, network, cluster, requested, generator, labels, namespace, ip string }
+type viewKey struct{ typ, network, cluster, requested, generator, locality, labels, namespace, ip string }
 
 func keyOf(p *Proxy) viewKey {
 	// The cluster: DestinationRule failover priorities compare it.
-	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator}
+	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator, locality: p.Locality.String()}
 	if p.Type == Router {
 		k.labels, k.namespace, k.ip = labels.Set(p.Labels).String(), p.Namespace, p.IP
 	}
@@ -280,6 +313,7 @@ func (s *Server) updateWith(id string, m *memo) {
 func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	p = s.located(p)
 	sh, ok := m.views[keyOf(p)]
 	if !ok {
 		sh = s.generate(p)
@@ -337,11 +371,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 		add(types.Cluster, cls)
 		rt, ok := m.routes[p.Namespace]
 		if !ok {
-			var vss []*networkingv1.VirtualService
-			if s.Config != nil {
-				vss = s.Config.VirtualServices()
-			}
-			rt = newTyped(SidecarRoutes(p.Namespace, sh.services, vss, s.domainOrDefault(), s.warnOnce))
+			rt = newTyped(SidecarRoutes(p.Namespace, sh.services, s.Config, s.domainOrDefault(), s.warnOnce))
 			m.routes[p.Namespace] = rt
 		}
 		snap.Resources[types.Route] = cachev3.Resources{Version: rt.version, Items: rt.items}

@@ -84,9 +84,10 @@ func routerFilter() *hcm.HttpFilter {
 // destination to per-port listeners (HTTP ports share 0.0.0.0_PORT with RDS
 // route "PORT", see SidecarRoutes; TCP ports get CLUSTERIP_PORT), plus the
 // passthrough and black-hole clusters.
-func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, domain string) (listeners, clusters []types.Resource) {
+func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string) (listeners, clusters []types.Resource) {
 	router := routerFilter()
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTcp()) > 0 })
+	byTLS := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTls()) > 0 })
 	httpPorts := map[int32]bool{}
 	var tcp []types.Resource
 	for _, svc := range services {
@@ -109,10 +110,20 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 				TrafficDirection: core.TrafficDirection_OUTBOUND,
 				FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain)}}},
 			}
+			if dr := drs[svc.Hostname]; dr != nil && policyFor(dr, port.Port, func(string) {}).lb.GetConsistentHash().GetUseSourceIp() {
+				// consistentHash on a TCP port: by the client's address.
+				l.FilterChains[0].Filters[0] = hashBySourceIP(l.FilterChains[0].Filters[0])
+			}
+			if chains := tlsRouteChains(byTLS[svc.Hostname], port.Port, cl, domain); len(chains) > 0 {
+				// TLS routes: by the SNI of the client's ClientHello.
+				l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{Name: "envoy.filters.listener.tls_inspector",
+					ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}})
+				l.FilterChains = append(chains, l.FilterChains...)
+			}
 			if IsAuto(port) {
 				// Sniffed: HTTP goes through the port's routes, the rest is TCP.
 				name := strconv.Itoa(int(port.Port))
-				l.ListenerFilters = []*listener.ListenerFilter{httpInspector()}
+				l.ListenerFilters = append(l.ListenerFilters, httpInspector())
 				l.FilterChains = append([]*listener.FilterChain{{
 					Name:             "http",
 					FilterChainMatch: &listener.FilterChainMatch{ApplicationProtocols: sniffedHTTP},
@@ -157,10 +168,15 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 // a virtual host per service with the routes of the VirtualService that
 // names it (mesh gateway), else one default route with Istio's default
 // retries and no timeout; and allow_any to the passthrough cluster.
-func SidecarRoutes(namespace string, services []*registry.Service, vss []*networkingv1.VirtualService, domain string, warn func(string)) []types.Resource {
+func SidecarRoutes(namespace string, services []*registry.Service, cfg Config, domain string, warn func(string)) []types.Resource {
 	if warn == nil {
 		warn = func(string) {}
 	}
+	var vss []*networkingv1.VirtualService
+	if cfg != nil {
+		vss = cfg.VirtualServices()
+	}
+	hash := hashPolicies(destinationRules(cfg, domain))
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetHttp()) > 0 })
 	vhosts := map[int32][]*route.VirtualHost{}
 	for _, svc := range services {
@@ -170,7 +186,7 @@ func SidecarRoutes(namespace string, services []*registry.Service, vss []*networ
 			}
 			var routes []*route.Route
 			if vs := byHost[svc.Hostname]; vs != nil {
-				routes = vsRoutes(vs, meshScope(port.Port), domain, warn)
+				routes = vsRoutes(vs, meshScope(port.Port, hash), domain, warn)
 			} else {
 				routes = []*route.Route{{
 					Name:  "default",
@@ -179,6 +195,7 @@ func SidecarRoutes(namespace string, services []*registry.Service, vss []*networ
 						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: OutboundCluster(port.Port, "", svc.Hostname)},
 						Timeout:          durationpb.New(0),
 						RetryPolicy:      defaultRetry(),
+						HashPolicy:       hash(svc.Hostname, port.Port),
 					}},
 				}}
 			}

@@ -96,11 +96,13 @@ type routeScope struct {
 	port    int32
 	// destPort resolves a destination without port; 0 means unresolved.
 	destPort func(host string) int32
+	// hash gives a destination's hash policy (consistentHash); may be nil.
+	hash func(host string, port int32) []*route.RouteAction_HashPolicy
 }
 
 // meshScope is a sidecar's view of one service port.
-func meshScope(port int32) routeScope {
-	return routeScope{gateway: "mesh", port: port, destPort: func(string) int32 { return port }}
+func meshScope(port int32, hash func(string, int32) []*route.RouteAction_HashPolicy) routeScope {
+	return routeScope{gateway: "mesh", port: port, destPort: func(string) int32 { return port }, hash: hash}
 }
 
 // vsRoutes turns a VirtualService's http routes into the routes of one
@@ -242,6 +244,15 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		return nil
 	case 1:
 		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: weighted[0].Name}
+		if scope.hash != nil {
+			d := hr.GetRoute()[0].GetDestination()
+			host := Qualify(d.GetHost(), ns, domain)
+			p := int32(d.GetPort().GetNumber())
+			if p == 0 {
+				p = scope.destPort(host)
+			}
+			a.HashPolicy = scope.hash(host, p)
+		}
 	default:
 		a.ClusterSpecifier = &route.RouteAction_WeightedClusters{WeightedClusters: &route.WeightedCluster{Clusters: weighted}}
 	}
@@ -344,24 +355,66 @@ func tcpRouteFilter(vs *networkingv1.VirtualService, port int32, own, domain str
 		if !matched || len(tr.GetRoute()) == 0 {
 			continue
 		}
-		var ws []*tcpproxy.TcpProxy_WeightedCluster_ClusterWeight
-		for _, d := range tr.GetRoute() {
-			p := int32(d.GetDestination().GetPort().GetNumber())
-			if p == 0 {
-				p = port
-			}
-			w := uint32(d.GetWeight())
-			if len(tr.GetRoute()) == 1 {
-				w = 100
-			}
-			ws = append(ws, &tcpproxy.TcpProxy_WeightedCluster_ClusterWeight{
-				Name: OutboundCluster(p, d.GetDestination().GetSubset(), Qualify(d.GetDestination().GetHost(), vs.Namespace, domain)), Weight: w})
-		}
-		if len(ws) == 1 {
-			return tcpProxy(ws[0].Name, ws[0].Name)
-		}
-		return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
-			StatPrefix: own, ClusterSpecifier: &tcpproxy.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxy.TcpProxy_WeightedCluster{Clusters: ws}}})}}
+		return tcpDestinations(tr.GetRoute(), port, vs.Namespace, domain, own)
 	}
 	return tcpProxy(own, own)
+}
+
+// tlsRouteChains are the filter chains of a VirtualService's tls routes
+// for a TCP port: connections whose SNI one of a match's sniHosts names go
+// to the route's destinations; the rest take the port's other chains.
+func tlsRouteChains(vs *networkingv1.VirtualService, port int32, own, domain string) []*listener.FilterChain {
+	if vs == nil {
+		return nil
+	}
+	var out []*listener.FilterChain
+	for i, tr := range vs.Spec.GetTls() {
+		if len(tr.GetRoute()) == 0 {
+			continue
+		}
+		for j, m := range tr.GetMatch() {
+			if (m.GetPort() != 0 && int32(m.GetPort()) != port) || len(m.GetSniHosts()) == 0 {
+				continue
+			}
+			out = append(out, &listener.FilterChain{
+				Name:             fmt.Sprintf("%s/%s/tls[%d]/match[%d]", vs.Namespace, vs.Name, i, j),
+				FilterChainMatch: &listener.FilterChainMatch{ServerNames: m.GetSniHosts(), TransportProtocol: "tls"},
+				Filters:          []*listener.Filter{tcpDestinations(tr.GetRoute(), port, vs.Namespace, domain, own)},
+			})
+		}
+	}
+	return out
+}
+
+// hashBySourceIP adds Envoy's source-IP hash policy to a tcp_proxy filter.
+func hashBySourceIP(f *listener.Filter) *listener.Filter {
+	var t tcpproxy.TcpProxy
+	if err := f.GetTypedConfig().UnmarshalTo(&t); err != nil {
+		return f
+	}
+	t.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
+	return &listener.Filter{Name: f.GetName(), ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&t)}}
+}
+
+// tcpDestinations is a tcp_proxy to one destination, or to weighted ones
+// chosen per connection.
+func tcpDestinations(route []*apinetworking.RouteDestination, port int32, ns, domain, statPrefix string) *listener.Filter {
+	var ws []*tcpproxy.TcpProxy_WeightedCluster_ClusterWeight
+	for _, d := range route {
+		p := int32(d.GetDestination().GetPort().GetNumber())
+		if p == 0 {
+			p = port
+		}
+		w := uint32(d.GetWeight())
+		if len(route) == 1 {
+			w = 100
+		}
+		ws = append(ws, &tcpproxy.TcpProxy_WeightedCluster_ClusterWeight{
+			Name: OutboundCluster(p, d.GetDestination().GetSubset(), Qualify(d.GetDestination().GetHost(), ns, domain)), Weight: w})
+	}
+	if len(ws) == 1 {
+		return tcpProxy(ws[0].Name, ws[0].Name)
+	}
+	return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
+		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxy.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxy.TcpProxy_WeightedCluster{Clusters: ws}}})}}
 }

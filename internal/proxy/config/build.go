@@ -172,6 +172,8 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 		cl.LB = LeastRequest
 	case cluster.Cluster_RANDOM:
 		cl.LB = Random
+	case cluster.Cluster_RING_HASH, cluster.Cluster_MAGLEV:
+		cl.LB = RingHash
 	case cluster.Cluster_CLUSTER_PROVIDED:
 		if cl.Type != OriginalDst {
 			return nil, errors.New("CLUSTER_PROVIDED load balancing needs an ORIGINAL_DST cluster")
@@ -407,6 +409,11 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 			return nil, err
 		}
 		c.TCP = &TCPProxy{StatPrefix: t.GetStatPrefix(), Cluster: t.GetCluster()}
+		for _, h := range t.GetHashPolicy() {
+			if h.GetSourceIp() != nil {
+				c.TCP.HashSourceIP = true
+			}
+		}
 		for _, w := range t.GetWeightedClusters().GetClusters() {
 			c.TCP.Weighted = append(c.TCP.Weighted, WeightedCluster{Name: w.GetName(), Weight: w.GetWeight()})
 		}
@@ -575,6 +582,20 @@ func buildRoute(r *route.Route) (*Route, error) {
 		}
 	default:
 		return nil, errors.New("route without a cluster")
+	}
+	for _, h := range a.GetHashPolicy() {
+		switch {
+		case h.GetHeader() != nil:
+			out.Hash = append(out.Hash, HashPolicy{Header: strings.ToLower(h.GetHeader().GetHeaderName())})
+		case h.GetCookie() != nil:
+			out.Hash = append(out.Hash, HashPolicy{Cookie: h.GetCookie().GetName()})
+		case h.GetQueryParameter() != nil:
+			out.Hash = append(out.Hash, HashPolicy{QueryParameter: h.GetQueryParameter().GetName()})
+		case h.GetConnectionProperties().GetSourceIp():
+			out.Hash = append(out.Hash, HashPolicy{SourceIP: true})
+		default:
+			return nil, errors.New("hash policy: only header, cookie, query_parameter and source_ip are supported")
+		}
 	}
 	out.PrefixRewrite = a.GetPrefixRewrite()
 	out.HostRewrite = a.GetHostRewriteLiteral()

@@ -212,7 +212,7 @@ http:
 		t.Fatal(err)
 	}
 	var warnings []string
-	rs := xds.SidecarRoutes("test", reg.Services(), []*networkingv1.VirtualService{vs}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rs := xds.SidecarRoutes("test", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
 	rt, err := buildRoutes(rs[0].(*routev3.RouteConfiguration))
 	if err != nil {
 		t.Fatal(err)
@@ -377,5 +377,91 @@ tcp:
 	}
 	if seen != 2 {
 		t.Errorf("%d of the two TCP listeners generated", seen)
+	}
+}
+
+// A VirtualService's tls routes on a sidecar: a TLS port's connections go
+// by their SNI, the others keep the service's own cluster.
+func TestTLSRoutes(t *testing.T) {
+	reg := registry.New()
+	for i, name := range []string{"web", "web-v2"} {
+		h := name + ".test.svc.cluster.local"
+		reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: name, Hostname: h, ClusterIP: fmt.Sprintf("10.96.2.%d", i+1),
+			Ports: []registry.Port{{Name: "https", Port: 443, Protocol: "TCP", AppProtocol: "https"}}})
+	}
+	vs := &networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "web"}}
+	j, _ := yaml.YAMLToJSON([]byte(`
+hosts: [web]
+tls:
+- match: [{port: 443, sniHosts: [v2.example.com]}]
+  route: [{destination: {host: web-v2}}]
+`))
+	if err := vs.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := xds.Generate(p, reg, vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(string) {}, nil)
+	for _, r := range g.Listeners {
+		l := r.(*listener.Listener)
+		if l.Name != "10.96.2.1_443" {
+			continue
+		}
+		built, err := buildListener(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !built.InspectTLS {
+			t.Fatal("no TLS inspection on a port with tls routes")
+		}
+		for sni, want := range map[string]string{"v2.example.com": "outbound|443||web-v2.test.svc.cluster.local", "other.example.com": "outbound|443||web.test.svc.cluster.local"} {
+			c := built.Match(Connection{DestPort: 443, Transport: "tls", SNI: sni})
+			if c == nil || c.TCP == nil || c.TCP.Cluster != want {
+				t.Errorf("SNI %s: chain %+v, want %s", sni, c, want)
+			}
+		}
+		return
+	}
+	t.Fatal("no listener 10.96.2.1_443")
+}
+
+// consistentHash: the cluster balances on a ring and the service's routes
+// hash requests by the header.
+func TestConsistentHash(t *testing.T) {
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	dr := &networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "profile"}}
+	j, _ := yaml.YAMLToJSON([]byte("host: profile\ntrafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n"))
+	if err := dr.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := xds.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { t.Errorf("warning: %s", w) })
+	rs := Resources{resource.ClusterType: {}, resource.RouteType: {}}
+	for _, c := range g.Clusters {
+		a, _ := anypb.New(c)
+		rs[resource.ClusterType][cacheName(c)] = a
+	}
+	for _, r := range xds.SidecarRoutes("test", reg.Services(), drConfig{dr}, "cluster.local", nil) {
+		a, _ := anypb.New(r)
+		rs[resource.RouteType][cacheName(r)] = a
+	}
+	snap, _, err := Build(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := snap.Clusters["outbound|8080||"+h]; c == nil || c.LB != RingHash {
+		t.Fatalf("cluster: %+v", c)
+	}
+	vh := snap.Routes["8080"].Match("profile:8080")
+	if vh == nil || len(vh.Routes) != 1 || len(vh.Routes[0].Hash) != 1 || vh.Routes[0].Hash[0].Header != "x-user" {
+		t.Fatalf("route hash policy: %+v", vh)
 	}
 }

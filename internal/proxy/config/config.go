@@ -90,6 +90,8 @@ type TCPProxy struct {
 	StatPrefix string
 	Cluster    string
 	Weighted   []WeightedCluster
+	// HashSourceIP: a consistent-hash cluster is picked by the client's address.
+	HashSourceIP bool
 }
 
 // HTTPManager routes requests.
@@ -144,6 +146,15 @@ type Route struct {
 	// Timeout 0 means none.
 	Timeout time.Duration
 	Retry   *RetryPolicy
+	// Hash is how a request is hashed for consistent-hash clusters: the
+	// first policy that yields a value wins.
+	Hash []HashPolicy
+}
+
+// HashPolicy is one of Envoy's route hash policies (one field set).
+type HashPolicy struct {
+	Header, Cookie, QueryParameter string
+	SourceIP                       bool
 }
 
 // WeightedCluster is one destination of a route.
@@ -255,6 +266,9 @@ const (
 	RoundRobin LBPolicy = iota
 	LeastRequest
 	Random
+	// RingHash is consistent hashing (Envoy's RING_HASH and MAGLEV): a
+	// request's hash, from its route's hash policy, picks the endpoint.
+	RingHash
 )
 
 // Cluster is an upstream.

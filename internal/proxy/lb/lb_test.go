@@ -2,6 +2,7 @@ package lb
 
 import (
 	"net/netip"
+	"strconv"
 	"testing"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
@@ -28,6 +29,31 @@ func TestRoundRobinHonoursWeights(t *testing.T) {
 	}
 	if counts[c.Endpoints[0].Addr] != 100 || counts[c.Endpoints[1].Addr] != 100 || counts[c.Endpoints[2].Addr] != 200 {
 		t.Fatalf("counts %v; want 100/100/200 and nothing for the unhealthy endpoint", counts)
+	}
+}
+
+// Large weights interleave: with 200 and 800 (locality shares), every
+// window of 10 picks has about 2 of the first, never a run of 200.
+func TestRoundRobinInterleaves(t *testing.T) {
+	c := &config.Cluster{Endpoints: endpoints(200, 800)}
+	p := New(c)
+	total := 0
+	for w := range 100 {
+		n := 0
+		for range 10 {
+			e, l := p.Pick(nil)
+			l.Release()
+			if e == c.Endpoints[0] {
+				n++
+			}
+		}
+		if n < 1 || n > 3 {
+			t.Fatalf("window %d: %d of 10 picks to the weight-200 endpoint", w, n)
+		}
+		total += n
+	}
+	if total != 200 {
+		t.Errorf("%d of 1000 picks to the weight-200 endpoint, want 200", total)
 	}
 }
 
@@ -104,5 +130,49 @@ func TestLocalityFailover(t *testing.T) {
 	// A retry that skips the priority-1 endpoint goes on to priority 2.
 	if e, _ := New(c).Pick(func(e *config.Endpoint) bool { return e == eps[1] }); e != eps[2] {
 		t.Fatalf("picked %v, want the priority 2 endpoint", e)
+	}
+}
+
+// Consistent hashing: a key stays on its endpoint; keys spread by weight;
+// losing an endpoint moves only its own keys; skipped endpoints are passed.
+func TestRingHash(t *testing.T) {
+	c := &config.Cluster{LB: config.RingHash, Endpoints: endpoints(1, 1, 2)}
+	p := New(c)
+	owner := map[string]netip.AddrPort{}
+	counts := map[netip.AddrPort]int{}
+	for i := range 4000 {
+		key := "user-" + strconv.Itoa(i)
+		e, l := p.PickHash(Hash(key), nil)
+		l.Release()
+		owner[key] = e.Addr
+		counts[e.Addr]++
+		if again, _ := p.PickHash(Hash(key), nil); again != e {
+			t.Fatalf("%s moved from %s to %s", key, e.Addr, again.Addr)
+		}
+	}
+	// Similar keys spread: of user1..user12 on two equal endpoints, neither gets all.
+	p2eq := New(&config.Cluster{LB: config.RingHash, Endpoints: endpoints(1, 1)})
+	firsts := map[netip.AddrPort]int{}
+	for i := 1; i <= 12; i++ {
+		e, _ := p2eq.PickHash(Hash("user"+strconv.Itoa(i)), nil)
+		firsts[e.Addr]++
+	}
+	if len(firsts) != 2 || firsts[netip.MustParseAddrPort("10.0.0.1:8080")] < 3 || firsts[netip.MustParseAddrPort("10.0.0.2:8080")] < 3 {
+		t.Errorf("user1..user12 on two endpoints: %v", firsts)
+	}
+	if n := counts[c.Endpoints[2].Addr]; n < 1600 || n > 2400 {
+		t.Errorf("the weight-2 endpoint owns %d of 4000 keys, want about 2000 (%v)", n, counts)
+	}
+	gone := c.Endpoints[0]
+	p2 := New(&config.Cluster{LB: config.RingHash, Endpoints: c.Endpoints[1:]})
+	for key, was := range owner {
+		e, _ := p2.PickHash(Hash(key), nil)
+		if was != gone.Addr && e.Addr != was {
+			t.Fatalf("%s moved from %s to %s though its endpoint stayed", key, was, e.Addr)
+		}
+	}
+	e, _ := p.PickHash(Hash("user-1"), func(e *config.Endpoint) bool { return e.Addr == owner["user-1"] })
+	if e == nil || e.Addr == owner["user-1"] {
+		t.Error("a skipped endpoint was picked")
 	}
 }

@@ -1,7 +1,8 @@
 // Package rbac evaluates Envoy's RBAC filter configuration (what Istio's
 // AuthorizationPolicy becomes on the wire) in the proxy: a DENY filter
 // refuses what any of its policies matches, an ALLOW filter refuses what
-// none matches. A policy matches when one of its permissions (what is
+// none matches, a LOG filter (Istio's AUDIT) refuses nothing and only
+// marks what it matches. A policy matches when one of its permissions (what is
 // asked) and one of its principals (who asks, proven by the mTLS peer
 // certificate) match. Rules this package does not know are an error, so the
 // update is NACKed rather than enforced partially.
@@ -32,7 +33,9 @@ type Request struct {
 
 // Filter is one compiled RBAC filter.
 type Filter struct {
-	Deny     bool
+	Deny bool
+	// Log marks a LOG (audit) filter: never refuses.
+	Log      bool
 	policies []policy
 }
 
@@ -55,8 +58,10 @@ func Compile(r *rbacv3.RBAC) (*Filter, error) {
 	case rbacv3.RBAC_ALLOW:
 	case rbacv3.RBAC_DENY:
 		f.Deny = true
+	case rbacv3.RBAC_LOG:
+		f.Log = true
 	default:
-		return nil, fmt.Errorf("RBAC action %s is not supported (ALLOW and DENY are)", r.GetAction())
+		return nil, fmt.Errorf("RBAC action %s is not supported (ALLOW, DENY and LOG are)", r.GetAction())
 	}
 	names := make([]string, 0, len(r.GetPolicies()))
 	for n := range r.GetPolicies() {
@@ -102,7 +107,7 @@ func (f *Filter) Match(r *Request) string {
 // says whether the request passes, and if not, which policy refused it.
 func Allowed(filters []*Filter, r *Request) (bool, string) {
 	for _, f := range filters {
-		if f == nil {
+		if f == nil || f.Log {
 			continue
 		}
 		m := f.Match(r)
@@ -114,6 +119,18 @@ func Allowed(filters []*Filter, r *Request) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// Audited returns the first LOG policy that matches the request, or "".
+func Audited(filters []*Filter, r *Request) string {
+	for _, f := range filters {
+		if f != nil && f.Log {
+			if m := f.Match(r); m != "" {
+				return m
+			}
+		}
+	}
+	return ""
 }
 
 func anyOf(ms []matcher, r *Request) bool {

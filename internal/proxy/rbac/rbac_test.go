@@ -117,3 +117,32 @@ rules:
 		t.Error("TCP: the mesh-wide DENY of DELETE denies every connection")
 	}
 }
+
+// AUDIT: Envoy's LOG action marks what it matches and refuses nothing.
+func TestAudit(t *testing.T) {
+	aps := []*securityv1.AuthorizationPolicy{policy(t, "multicluster", "audit-writes", `
+selector: {matchLabels: {app: accounts}}
+action: AUDIT
+rules:
+- to: [{operation: {methods: [POST]}}]`)}
+	a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": "accounts"}, func(m string) { t.Errorf("warning: %s", m) })
+	f, err := rbac.Compile(a.HTTPAudit)
+	if err != nil || f == nil || !f.Log {
+		t.Fatalf("compile: %v %+v", err, f)
+	}
+	req := func(method string) *rbac.Request {
+		return &rbac.Request{Principal: sleep, HTTP: true, DestPort: 8080, Headers: map[string]string{":method": method, ":path": "/accounts"}}
+	}
+	filters := []*rbac.Filter{f}
+	for _, m := range []string{"POST", "GET"} {
+		if ok, by := rbac.Allowed(filters, req(m)); !ok {
+			t.Errorf("%s refused by an AUDIT policy (%s)", m, by)
+		}
+	}
+	if rbac.Audited(filters, req("POST")) == "" || rbac.Audited(filters, req("GET")) != "" {
+		t.Error("AUDIT marks POST and only POST")
+	}
+	if a.TCPAudit != nil && len(a.TCPAudit.Policies) != 0 {
+		t.Errorf("an HTTP-only AUDIT rule marks no connection: %v", a.TCPAudit)
+	}
+}
