@@ -170,6 +170,12 @@ func TestSandboxNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// kube-proxy programs a Service shortly after its endpoints are
+		// ready, as in any cluster: wait for the first answer.
+		eventually(t, "kube-proxy forwards the Service", func() bool {
+			_, err := curl("http://" + svc.Spec.ClusterIP + ":8080/profile?id=4")
+			return err == nil
+		})
 		seen := map[string]bool{}
 		for i := 0; i < 30 && len(seen) < 2; i++ {
 			for _, url := range []string{"http://profile.default.svc.cluster.local:8080/profile?id=4", "http://profile:8080/profile?id=4", "http://" + svc.Spec.ClusterIP + ":8080/profile?id=4"} {
