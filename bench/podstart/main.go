@@ -40,7 +40,7 @@ func run(kubeconfig, kctx string, n int) error {
 	cs := kubernetes.NewForConfigOrDie(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ns := fmt.Sprintf("podstart-%d", time.Now().Unix())
+	ns := fmt.Sprintf("podstart-%d", time.Now().UnixNano()) // two runs may start within a second
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}

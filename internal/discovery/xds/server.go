@@ -42,7 +42,7 @@ type Server struct {
 	Debounce time.Duration
 	Metrics  prometheus.Registerer
 
-	cache cachev3.SnapshotCache
+	cache *sharedCache
 	push  chan struct{}
 
 	mu      sync.Mutex // guards streams, callers and proxies
@@ -102,7 +102,7 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 		// ads=false: in ADS mode the cache answers only requests that name
 		// every resource of the type, which a gRPC client asking for one
 		// listener never does. Responses are still filtered to what was asked.
-		cache:   cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil),
+		cache:   newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)),
 		push:    make(chan struct{}, 1),
 		streams: map[int64]string{}, callers: map[int64]Identity{}, proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
@@ -196,6 +196,7 @@ func (s *Server) pushAll() {
 	}
 	s.mu.Unlock()
 	// Proxies with the same view share generated resources: once per view.
+	s.cache.rotate()
 	m := newMemo()
 	s.memoMu.Lock()
 	s.current = m

@@ -1,0 +1,60 @@
+package xds
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+)
+
+// Two streams of one view get the very same marshalled resources, and the
+// response is what the snapshot cache would have sent.
+func TestSharedCacheMarshalsOnce(t *testing.T) {
+	c := newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil))
+	snap, err := cachev3.NewSnapshot("v1", map[resource.Type][]types.Resource{
+		resource.ClusterType: {&cluster.Cluster{Name: "a"}, &cluster.Cluster{Name: "b"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*cachev3.PassthroughResponse
+	for _, node := range []string{"n1", "n2"} {
+		if err := c.SetSnapshot(context.Background(), node, snap); err != nil {
+			t.Fatal(err)
+		}
+		req := &cachev3.Request{Node: &core.Node{Id: node}, TypeUrl: resource.ClusterType}
+		out := make(chan cachev3.Response, 1)
+		sub := stream.NewSotwSubscription(nil, true)
+		if _, err := c.CreateWatch(req, sub, out); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-out:
+			p, ok := r.(*cachev3.PassthroughResponse)
+			if !ok {
+				t.Fatalf("%T, want a passthrough response", r)
+			}
+			got = append(got, p)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no response")
+		}
+	}
+	a, b := got[0].DiscoveryResponse, got[1].DiscoveryResponse
+	if a == b || a.VersionInfo != "v1" || len(a.Resources) != 2 || len(b.Resources) != 2 || len(got[0].ReturnedResources) != 2 {
+		t.Fatalf("responses %v %v", a, b)
+	}
+	shared := map[any]bool{a.Resources[0]: true, a.Resources[1]: true}
+	if !shared[b.Resources[0]] || !shared[b.Resources[1]] {
+		t.Error("the second stream's resources were marshalled again")
+	}
+	var cl cluster.Cluster
+	if err := a.Resources[0].UnmarshalTo(&cl); err != nil || (cl.Name != "a" && cl.Name != "b") {
+		t.Errorf("resource %v: %v", cl.Name, err)
+	}
+}
