@@ -9,12 +9,11 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// sharedCache is go-control-plane's snapshot cache with state-of-the-world
-// responses built from resources marshalled once and shared by every
-// stream: proxies of one view get the same resource objects, and the
-// snapshot cache would marshal them again for each stream and response
-// (a thousand sidecars, a thousand copies of every cluster). Delta
-// responses carry only what changed and go through unchanged.
+// sharedCache is go-control-plane's snapshot cache with responses (state
+// of the world and delta) built from resources marshalled once and shared
+// by every stream: proxies of one view get the same resource objects, and
+// the snapshot cache would marshal them again for each stream and response
+// (a thousand sidecars, a thousand copies of every cluster).
 type sharedCache struct {
 	cachev3.SnapshotCache
 
@@ -113,5 +112,72 @@ func (c *sharedCache) share(r cachev3.Response) (cachev3.Response, error) {
 		Request:           raw.Request,
 		DiscoveryResponse: &discovery.DiscoveryResponse{VersionInfo: raw.Version, Resources: anys, TypeUrl: raw.Request.GetTypeUrl()},
 		ReturnedResources: raw.GetReturnedResources(),
+	}, nil
+}
+
+// CreateDeltaWatch does for incremental streams what CreateWatch does.
+func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
+	in := make(chan cachev3.DeltaResponse, 1)
+	cancel, err := c.SnapshotCache.CreateDeltaWatch(req, sub, in)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	var once sync.Once
+	go func() {
+		select {
+		case r := <-in:
+			if shared, err := c.shareDelta(r, sub); err == nil {
+				r = shared
+			}
+			select {
+			case out <- r:
+			case <-done:
+			}
+		case <-done:
+		}
+	}()
+	return func() {
+		once.Do(func() { close(done) })
+		if cancel != nil {
+			cancel()
+		}
+	}, nil
+}
+
+// shareDelta rebuilds a raw delta response from shared Anys: the changed
+// resources at their next versions, and as removed what the client has
+// (of what it subscribes to) that the next state lacks, as the snapshot
+// cache computes it.
+func (c *sharedCache) shareDelta(r cachev3.DeltaResponse, sub cachev3.Subscription) (cachev3.DeltaResponse, error) {
+	raw, ok := r.(*cachev3.RawDeltaResponse)
+	if !ok {
+		return r, nil
+	}
+	next := raw.GetNextVersionMap()
+	rs := raw.GetRawResources()
+	out := make([]*discovery.Resource, 0, len(rs))
+	for _, res := range rs {
+		a, err := c.marshalled(res.Resource)
+		if err != nil {
+			return nil, err
+		}
+		name := cachev3.GetResourceName(res.Resource)
+		out = append(out, &discovery.Resource{Name: name, Version: next[name], Resource: a})
+	}
+	var removed []string
+	for name := range sub.ReturnedResources() {
+		if _, ok := next[name]; ok {
+			continue
+		}
+		if _, subscribed := sub.SubscribedResources()[name]; sub.IsWildcard() || subscribed {
+			removed = append(removed, name)
+		}
+	}
+	return &cachev3.DeltaPassthroughResponse{
+		DeltaRequest:   raw.GetDeltaRequest(),
+		NextVersionMap: next,
+		DeltaDiscoveryResponse: &discovery.DeltaDiscoveryResponse{Resources: out, RemovedResources: removed,
+			TypeUrl: raw.GetDeltaRequest().GetTypeUrl(), SystemVersionInfo: raw.SystemVersionInfo},
 	}, nil
 }

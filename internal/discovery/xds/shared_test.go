@@ -58,3 +58,58 @@ func TestSharedCacheMarshalsOnce(t *testing.T) {
 		t.Errorf("resource %v: %v", cl.Name, err)
 	}
 }
+
+// Delta: shared Anys with the snapshot's versions; what the client has
+// and the new state lacks is removed.
+func TestSharedCacheDelta(t *testing.T) {
+	c := newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil))
+	a, b := &cluster.Cluster{Name: "a"}, &cluster.Cluster{Name: "b"}
+	snap, _ := cachev3.NewSnapshot("v1", map[resource.Type][]types.Resource{resource.ClusterType: {a, b}})
+	watch := func(node string, sub stream.Subscription) *cachev3.DeltaPassthroughResponse {
+		t.Helper()
+		out := make(chan cachev3.DeltaResponse, 1)
+		req := &cachev3.DeltaRequest{Node: &core.Node{Id: node}, TypeUrl: resource.ClusterType}
+		if _, err := c.CreateDeltaWatch(req, sub, out); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-out:
+			p, ok := r.(*cachev3.DeltaPassthroughResponse)
+			if !ok {
+				t.Fatalf("%T, want a passthrough response", r)
+			}
+			return p
+		case <-time.After(5 * time.Second):
+			t.Fatal("no response")
+		}
+		return nil
+	}
+	var first []*cachev3.DeltaPassthroughResponse
+	for _, node := range []string{"n1", "n2"} {
+		if err := c.SetSnapshot(context.Background(), node, snap); err != nil {
+			t.Fatal(err)
+		}
+		first = append(first, watch(node, stream.NewDeltaSubscription(nil, nil, nil, true)))
+	}
+	r1, r2 := first[0].DeltaDiscoveryResponse, first[1].DeltaDiscoveryResponse
+	if len(r1.Resources) != 2 || len(r2.Resources) != 2 || r1.Resources[0].Version == "" {
+		t.Fatalf("responses %v %v", r1, r2)
+	}
+	byName := map[string]any{r1.Resources[0].Name: r1.Resources[0].Resource, r1.Resources[1].Name: r1.Resources[1].Resource}
+	for _, r := range r2.Resources {
+		if byName[r.Name] != any(r.Resource) {
+			t.Errorf("%s was marshalled again for the second stream", r.Name)
+		}
+	}
+	// b goes away: a client that has both is told to remove b, and gets nothing else.
+	snap2, _ := cachev3.NewSnapshot("v2", map[resource.Type][]types.Resource{resource.ClusterType: {a}})
+	if err := c.SetSnapshot(context.Background(), "n1", snap2); err != nil {
+		t.Fatal(err)
+	}
+	sub := stream.NewDeltaSubscription(nil, nil, nil, true)
+	sub.SetReturnedResources(first[0].NextVersionMap)
+	r := watch("n1", sub).DeltaDiscoveryResponse
+	if len(r.Resources) != 0 || len(r.RemovedResources) != 1 || r.RemovedResources[0] != "b" {
+		t.Errorf("after removing b: resources %v, removed %v", r.Resources, r.RemovedResources)
+	}
+}
