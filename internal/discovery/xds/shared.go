@@ -65,8 +65,14 @@ func (c *sharedCache) marshalled(r types.Resource) (*anypb.Any, error) {
 // CreateWatch answers through the snapshot cache and swaps each response
 // for one made of shared Anys.
 func (c *sharedCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
-	in := make(chan cachev3.Response, 1)
-	cancel, err := c.SnapshotCache.CreateWatch(req, sub, in)
+	return relay(func(in chan cachev3.Response) (func(), error) { return c.SnapshotCache.CreateWatch(req, sub, in) }, out, c.share)
+}
+
+// relay opens a watch on a channel of its own and passes its one response
+// on to out through share (or unchanged if share fails), until cancelled.
+func relay[R any](open func(chan R) (func(), error), out chan R, share func(R) (R, error)) (func(), error) {
+	in := make(chan R, 1)
+	cancel, err := open(in)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +81,7 @@ func (c *sharedCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription
 	go func() {
 		select {
 		case r := <-in:
-			if shared, err := c.share(r); err == nil {
+			if shared, err := share(r); err == nil {
 				r = shared
 			}
 			select {
@@ -117,32 +123,8 @@ func (c *sharedCache) share(r cachev3.Response) (cachev3.Response, error) {
 
 // CreateDeltaWatch does for incremental streams what CreateWatch does.
 func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
-	in := make(chan cachev3.DeltaResponse, 1)
-	cancel, err := c.SnapshotCache.CreateDeltaWatch(req, sub, in)
-	if err != nil {
-		return nil, err
-	}
-	done := make(chan struct{})
-	var once sync.Once
-	go func() {
-		select {
-		case r := <-in:
-			if shared, err := c.shareDelta(r, sub); err == nil {
-				r = shared
-			}
-			select {
-			case out <- r:
-			case <-done:
-			}
-		case <-done:
-		}
-	}()
-	return func() {
-		once.Do(func() { close(done) })
-		if cancel != nil {
-			cancel()
-		}
-	}, nil
+	return relay(func(in chan cachev3.DeltaResponse) (func(), error) { return c.SnapshotCache.CreateDeltaWatch(req, sub, in) }, out,
+		func(r cachev3.DeltaResponse) (cachev3.DeltaResponse, error) { return c.shareDelta(r, sub) })
 }
 
 // shareDelta rebuilds a raw delta response from shared Anys: the changed
