@@ -235,6 +235,9 @@ func (c *Cluster) Delete(ctx context.Context, parts []Part, withCRDs bool) error
 // Purge removes every object the installer labelled, whichever file made it.
 func (c *Cluster) Purge(ctx context.Context, withCRDs bool) error {
 	kinds := []schema.GroupVersionResource{
+		// Webhooks first: a validator left behind with failurePolicy Fail
+		// would refuse every Istio object once its control plane is gone.
+		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingwebhookconfigurations"},
 		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "mutatingwebhookconfigurations"},
 		{Group: "apps", Version: "v1", Resource: "deployments"},
 		{Version: "v1", Resource: "services"},
