@@ -17,6 +17,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +103,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Log
+	if limit, ok := memoryLimit(); ok {
+		log.Info("memory limit from the container", "GOMEMLIMIT", limit)
+	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := registry.New()
@@ -338,4 +345,25 @@ func dump(reg *registry.Registry) registryDump {
 		d.Services = append(d.Services, serviceDump{Service: s, Endpoints: reg.Endpoints(s.Hostname)})
 	}
 	return d
+}
+
+// memoryLimit keeps the Go heap under 90% of the container's memory limit
+// (cgroup v2 memory.max), as istiod does, unless GOMEMLIMIT says otherwise:
+// pushes to many proxies allocate in bursts, and without a limit the
+// collector lets the heap double before it runs.
+func memoryLimit() (int64, bool) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+	b, err := os.ReadFile("/sys/fs/cgroup/memory.max")
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, false // "max": no limit
+	}
+	limit := n / 10 * 9
+	debug.SetMemoryLimit(limit)
+	return limit, true
 }

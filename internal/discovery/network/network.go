@@ -128,7 +128,11 @@ func SplitHorizon(v View, eps []registry.Endpoint, portName string, gateways []r
 			g.acc[gw] += share
 		}
 	}
-	var out []LbEndpoint
+	total := 0
+	for _, g := range groups {
+		total += len(g.out) + len(g.acc)
+	}
+	out := make([]LbEndpoint, 0, total)
 	sort.Slice(order, func(i, j int) bool { return order[i].String() < order[j].String() })
 	for _, loc := range order {
 		g := groups[loc]
