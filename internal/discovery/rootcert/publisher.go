@@ -186,61 +186,67 @@ func (p *Publisher) Resync() {
 // reconcileWebhook sets the bundle as the caBundle of every webhook of one
 // injector configuration.
 func (p *Publisher) reconcileWebhook(ctx context.Context, key string) error {
-	name := strings.TrimPrefix(key, webhookKey)
-	cfg, err := p.webhooks.Get(name)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
+	cfg, err := p.webhooks.Get(strings.TrimPrefix(key, webhookKey))
 	if err != nil {
-		return err
+		return ignoreNotFound(err)
 	}
-	root := p.Root()
-	changed := false
 	cfg = cfg.DeepCopy()
+	changed := false
 	for i := range cfg.Webhooks {
-		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, root) {
-			cfg.Webhooks[i].ClientConfig.CABundle = root
-			changed = true
+		changed = setBundle(&cfg.Webhooks[i].ClientConfig, p.Root()) || changed
+	}
+	return p.updated(changed, "injection", cfg.Name, func() error {
+		_, err := p.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// reconcileValidator sets the bundle of a validating configuration and
+// turns its failurePolicy to Fail: refuse when the control plane cannot be
+// asked only once it can be.
+func (p *Publisher) reconcileValidator(ctx context.Context, key string) error {
+	cfg, err := p.validators.Get(strings.TrimPrefix(key, validatorKey))
+	if err != nil {
+		return ignoreNotFound(err)
+	}
+	cfg = cfg.DeepCopy()
+	changed := false
+	for i := range cfg.Webhooks {
+		changed = setBundle(&cfg.Webhooks[i].ClientConfig, p.Root()) || changed
+		if ptr.Deref(cfg.Webhooks[i].FailurePolicy, "") != admissionv1.Fail {
+			cfg.Webhooks[i].FailurePolicy, changed = ptr.To(admissionv1.Fail), true
 		}
 	}
+	return p.updated(changed, "validation", cfg.Name, func() error {
+		_, err := p.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// setBundle points a webhook at root; it reports whether that changed it.
+func setBundle(cc *admissionv1.WebhookClientConfig, root []byte) bool {
+	if bytes.Equal(cc.CABundle, root) {
+		return false
+	}
+	cc.CABundle = root
+	return true
+}
+
+// updated runs update if something changed, and logs it.
+func (p *Publisher) updated(changed bool, kind, name string, update func() error) error {
 	if !changed {
 		return nil
 	}
-	_, err = p.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
+	err := update()
 	if err == nil {
-		p.Log.Info("injection webhook caBundle set", "cluster", p.Cluster, "webhook", name)
+		p.Log.Info(kind+" webhook caBundle set", "cluster", p.Cluster, "webhook", name)
 	}
 	return err
 }
 
-// reconcileValidator sets the bundle of a validating configuration and
-// turns its failurePolicy to Fail.
-func (p *Publisher) reconcileValidator(ctx context.Context, key string) error {
-	name := strings.TrimPrefix(key, validatorKey)
-	cfg, err := p.validators.Get(name)
+func ignoreNotFound(err error) error {
 	if apierrors.IsNotFound(err) {
 		return nil
-	}
-	if err != nil {
-		return err
-	}
-	root := p.Root()
-	changed := false
-	cfg = cfg.DeepCopy()
-	for i := range cfg.Webhooks {
-		// Refuse when the control plane cannot be asked only once it can be.
-		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, root) || ptr.Deref(cfg.Webhooks[i].FailurePolicy, "") != admissionv1.Fail {
-			cfg.Webhooks[i].ClientConfig.CABundle = root
-			cfg.Webhooks[i].FailurePolicy = ptr.To(admissionv1.Fail)
-			changed = true
-		}
-	}
-	if !changed {
-		return nil
-	}
-	_, err = p.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
-	if err == nil {
-		p.Log.Info("validation webhook caBundle set", "cluster", p.Cluster, "webhook", name)
 	}
 	return err
 }

@@ -123,8 +123,11 @@ func (c *sharedCache) share(r cachev3.Response) (cachev3.Response, error) {
 
 // CreateDeltaWatch does for incremental streams what CreateWatch does.
 func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
-	return relay(func(in chan cachev3.DeltaResponse) (func(), error) { return c.SnapshotCache.CreateDeltaWatch(req, sub, in) }, out,
-		func(r cachev3.DeltaResponse) (cachev3.DeltaResponse, error) { return c.shareDelta(r, sub) })
+	open := func(in chan cachev3.DeltaResponse) (func(), error) {
+		return c.SnapshotCache.CreateDeltaWatch(req, sub, in)
+	}
+	share := func(r cachev3.DeltaResponse) (cachev3.DeltaResponse, error) { return c.shareDelta(r, sub) }
+	return relay(open, out, share)
 }
 
 // shareDelta rebuilds a raw delta response from shared Anys: the changed
