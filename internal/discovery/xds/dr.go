@@ -41,6 +41,8 @@ type trafficPolicy struct {
 	// is on mesh-wide unless a rule turns it off, and orders endpoints by
 	// proximity only with outlier detection (to tell a failing locality).
 	locality *apinetworking.LocalityLoadBalancerSetting
+	// failover are its failoverPriority labels isthmus compares.
+	failover []string
 }
 
 func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) trafficPolicy {
@@ -71,14 +73,15 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 			tp.pool = pl.GetConnectionPool()
 		}
 	}
-	tp.resolveLocality(where, warn)
+	tp.resolve(where, warn)
 	return tp
 }
 
-// resolveLocality decides the locality setting from the load balancer's,
-// after port and subset settings have been merged.
-func (tp *trafficPolicy) resolveLocality(where string, warn func(string)) {
-	tp.locality = nil
+// resolve decides what depends on the merged load-balancer settings (after
+// port and subset settings): the locality setting in force, and warnings
+// for what isthmus does not do.
+func (tp *trafficPolicy) resolve(where string, warn func(string)) {
+	tp.locality, tp.failover = nil, nil
 	if ch := tp.lb.GetConsistentHash(); ch != nil && ch.GetHttpCookie().GetTtl() != nil {
 		warn(where + ": consistentHash.httpCookie.ttl (generating the cookie) is not supported; requests without the cookie are balanced as usual")
 	}
@@ -95,7 +98,9 @@ func (tp *trafficPolicy) resolveLocality(where string, warn func(string)) {
 	for _, l := range ls.GetFailoverPriority() {
 		if l != labelNetwork && l != labelCluster {
 			warn(where + ": failoverPriority label " + l + " is not supported (" + labelNetwork + " and " + labelCluster + " are); ignored")
+			continue
 		}
+		tp.failover = append(tp.failover, l)
 	}
 	tp.locality = ls
 }
@@ -141,7 +146,7 @@ func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy,
 			}
 		}
 		if ss.GetTrafficPolicy() != nil {
-			tp.resolveLocality(fmt.Sprintf("DestinationRule %s/%s subset %s", dr.Namespace, dr.Name, ss.GetName()), warn)
+			tp.resolve(fmt.Sprintf("DestinationRule %s/%s subset %s", dr.Namespace, dr.Name, ss.GetName()), warn)
 		}
 		out = append(out, subset{name: ss.GetName(), labels: ss.GetLabels(), tp: tp})
 	}
@@ -230,14 +235,8 @@ func (tp trafficPolicy) priority(p *Proxy, e network.LbEndpoint) uint32 {
 	if ls == nil || len(ls.GetDistribute()) > 0 {
 		return 0
 	}
-	var labels []string
-	for _, l := range ls.GetFailoverPriority() {
-		if l == labelNetwork || l == labelCluster {
-			labels = append(labels, l)
-		}
-	}
 	matched := 0
-	for _, l := range labels {
+	for _, l := range tp.failover {
 		ok := e.Network == p.Network
 		if l == labelCluster {
 			ok = e.Cluster == p.ClusterID
@@ -247,7 +246,7 @@ func (tp trafficPolicy) priority(p *Proxy, e network.LbEndpoint) uint32 {
 		}
 		matched++
 	}
-	rank := uint32(len(labels)-matched) * 5
+	rank := uint32(len(tp.failover)-matched) * 5
 	pl, el := p.Locality, e.Locality
 	switch {
 	case pl.Region == "":

@@ -45,7 +45,7 @@ func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*regi
 	if cfg == nil {
 		return nil, nil, nil
 	}
-	in := &ingress{p: p, cfg: cfg, domain: domain, warn: warn, ports: servicePorts(services), hash: hashPolicies(drs),
+	in := &ingress{p: p, cfg: cfg, vss: oldestFirst(cfg.VirtualServices()), domain: domain, warn: warn, ports: servicePorts(services), hash: hashPolicies(drs),
 		http: map[uint32]*route.RouteConfiguration{}, secrets: map[string]*tlsv3.Secret{}}
 	target := listenPorts(p, reg, services)
 	chains := map[uint32][]*listener.FilterChain{}
@@ -65,7 +65,7 @@ func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*regi
 			}
 			var add []*listener.FilterChain
 			switch {
-			case isHTTPServer(srv) && srv.GetTls() != nil && strings.EqualFold(srv.GetPort().GetProtocol(), "HTTPS"):
+			case isHTTPServer(srv) && strings.EqualFold(srv.GetPort().GetProtocol(), "HTTPS"):
 				add = []*listener.FilterChain{in.httpsChain(gw, srv, listen)}
 				inspect[listen] = true
 			case isHTTPServer(srv):
@@ -204,25 +204,24 @@ func fqdn(host, namespace, domain string) string {
 
 // hostMatches applies Gateway server hosts: "*", "*.local", "ns/*.local", exact names.
 func hostMatches(hosts []string, hostname string) bool {
-	for _, h := range hosts {
+	return slices.ContainsFunc(hosts, func(h string) bool {
 		if _, after, found := strings.Cut(h, "/"); found {
 			h = after
 		}
-		switch {
-		case h == "*" || h == hostname:
-			return true
-		case strings.HasPrefix(h, "*.") && strings.HasSuffix(hostname, h[1:]):
-			return true
-		}
-	}
-	return false
+		return hostCovers(h, hostname)
+	})
 }
 
 func tcpProxy(statPrefix, cluster string) *listener.Filter {
-	return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
-		StatPrefix:       statPrefix,
-		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
-	})}}
+	return tcpFilter(tcpProxyConfig(statPrefix, cluster))
+}
+
+func tcpProxyConfig(statPrefix, cluster string) *tcpproxy.TcpProxy {
+	return &tcpproxy.TcpProxy{StatPrefix: statPrefix, ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster}}
+}
+
+func tcpFilter(t *tcpproxy.TcpProxy) *listener.Filter {
+	return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(t)}}
 }
 
 func socketAddress(addr string, port uint32) *core.Address {

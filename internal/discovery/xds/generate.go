@@ -139,16 +139,18 @@ func priorities(eps []network.LbEndpoint, rank func(network.LbEndpoint) uint32) 
 	return func(e network.LbEndpoint) uint32 { return index[rank(e)] }
 }
 
+// adsSource says a resource comes over the same ADS stream (v3).
+func adsSource() *core.ConfigSource {
+	return &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3}
+}
+
 func edsCluster(name string, matches []*cluster.Cluster_TransportSocketMatch) *cluster.Cluster {
 	return &cluster.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 		EdsClusterConfig: &cluster.Cluster_EdsClusterConfig{
 			ServiceName: name,
-			EdsConfig: &core.ConfigSource{
-				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
-				ResourceApiVersion:    core.ApiVersion_V3,
-			},
+			EdsConfig:   adsSource(),
 		},
 		ConnectTimeout:         durationpb.New(10 * time.Second),
 		LbPolicy:               cluster.Cluster_ROUND_ROBIN,
@@ -160,10 +162,7 @@ func edsCluster(name string, matches []*cluster.Cluster_TransportSocketMatch) *c
 // root come from SDS resources "default" and "ROOTCA", as Istio's agent names them.
 func istioMTLS(sni string) *core.TransportSocket {
 	sds := func(name string) *tlsv3.SdsSecretConfig {
-		return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &core.ConfigSource{
-			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
-			ResourceApiVersion:    core.ApiVersion_V3,
-		}}
+		return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: adsSource()}
 	}
 	ctx := &tlsv3.UpstreamTlsContext{
 		Sni: sni,

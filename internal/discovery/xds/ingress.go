@@ -32,8 +32,10 @@ const SDSPrefix = "kubernetes://"
 
 // ingress accumulates what a router serves of HTTP and HTTPS servers.
 type ingress struct {
-	p       *Proxy
-	cfg     Config
+	p   *Proxy
+	cfg Config
+	// vss are the VirtualServices, oldest first (the oldest wins a host).
+	vss     []*networkingv1.VirtualService
 	domain  string
 	warn    func(string)
 	ports   func(host string) []int32
@@ -100,7 +102,7 @@ func (in *ingress) httpsChain(gw *networkingv1.Gateway, srv *apinetworking.Serve
 	rc := &route.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
 	in.routes = append(in.routes, rc)
 	in.addHosts(rc, gw, srv, false)
-	ads := &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3}
+	ads := adsSource()
 	ctx := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(mutual),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -196,17 +198,21 @@ func (in *ingress) addHosts(rc *route.RouteConfiguration, gw *networkingv1.Gatew
 		}
 		return 0
 	}, hash: in.hash}
-	for _, vs := range oldestFirst(in.cfg.VirtualServices()) {
+	for _, vs := range in.vss {
 		if !boundTo(vs, gw) || len(vs.Spec.GetHttp()) == 0 {
 			continue
 		}
+		var routes []*route.Route // built once per VirtualService, on its first host
 		for _, h := range vs.Spec.GetHosts() {
 			for _, d := range admitted(srv.GetHosts(), gw.Namespace, vs.Namespace, h) {
 				name := fmt.Sprintf("%s:%d", d, port)
 				if slices.ContainsFunc(rc.VirtualHosts, func(v *route.VirtualHost) bool { return v.Name == name }) {
 					continue
 				}
-				vh := &route.VirtualHost{Name: name, Domains: []string{d}, Routes: vsRoutes(vs, scope, in.domain, in.warn)}
+				if routes == nil {
+					routes = vsRoutes(vs, scope, in.domain, in.warn)
+				}
+				vh := &route.VirtualHost{Name: name, Domains: []string{d}, Routes: routes}
 				if redirect {
 					vh.RequireTls = route.VirtualHost_ALL
 				}

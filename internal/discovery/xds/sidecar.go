@@ -64,11 +64,9 @@ func httpInspector() *listener.ListenerFilter {
 // rdsManager is an HTTP connection manager routed by RDS route name.
 func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter) *hcm.HttpConnectionManager {
 	return &hcm.HttpConnectionManager{
-		StatPrefix: statPrefix,
-		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: &core.ConfigSource{
-			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3,
-		}}},
-		HttpFilters: []*hcm.HttpFilter{faultFilter(), router},
+		StatPrefix:     statPrefix,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: adsSource()}},
+		HttpFilters:    []*hcm.HttpFilter{faultFilter(), router},
 	}
 }
 
@@ -108,12 +106,10 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 				Address:          socketAddress(svc.ClusterIP, uint32(port.Port)),
 				BindToPort:       wrapperspb.Bool(false),
 				TrafficDirection: core.TrafficDirection_OUTBOUND,
-				FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain)}}},
 			}
-			if dr := drs[svc.Hostname]; dr != nil && policyFor(dr, port.Port, func(string) {}).lb.GetConsistentHash().GetUseSourceIp() {
-				// consistentHash on a TCP port: by the client's address.
-				l.FilterChains[0].Filters[0] = hashBySourceIP(l.FilterChains[0].Filters[0])
-			}
+			// consistentHash on a TCP port hashes by the client's address.
+			bySource := policyFor(drs[svc.Hostname], port.Port, func(string) {}).lb.GetConsistentHash().GetUseSourceIp()
+			l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain, bySource)}}}
 			if chains := tlsRouteChains(byTLS[svc.Hostname], port.Port, cl, domain); len(chains) > 0 {
 				// TLS routes: by the SNI of the client's ClientHello.
 				l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{Name: "envoy.filters.listener.tls_inspector",
@@ -408,7 +404,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 // istioMTLSServer requires a client certificate from the mesh root, with
 // the workload certificate and root from SDS "default" and "ROOTCA".
 func istioMTLSServer() *core.TransportSocket {
-	ads := &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}, ResourceApiVersion: core.ApiVersion_V3}
+	ads := adsSource()
 	ctx := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{

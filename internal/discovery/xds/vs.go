@@ -219,6 +219,8 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain string, warn func(string)) *route.RouteAction {
 	a := &route.RouteAction{Timeout: durationpb.New(0)}
 	var weighted []*route.WeightedCluster_ClusterWeight
+	var firstHost string // the destination of weighted[0], for its hash policy
+	var firstPort int32
 	for _, d := range hr.GetRoute() {
 		dst := d.GetDestination()
 		if dst == nil {
@@ -236,6 +238,9 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		if len(hr.GetRoute()) == 1 {
 			w = 100
 		}
+		if len(weighted) == 0 {
+			firstHost, firstPort = host, p
+		}
 		weighted = append(weighted, &route.WeightedCluster_ClusterWeight{Name: OutboundCluster(p, dst.GetSubset(), host), Weight: wrapperspb.UInt32(w)})
 	}
 	switch len(weighted) {
@@ -245,13 +250,7 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 	case 1:
 		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: weighted[0].Name}
 		if scope.hash != nil {
-			d := hr.GetRoute()[0].GetDestination()
-			host := Qualify(d.GetHost(), ns, domain)
-			p := int32(d.GetPort().GetNumber())
-			if p == 0 {
-				p = scope.destPort(host)
-			}
-			a.HashPolicy = scope.hash(host, p)
+			a.HashPolicy = scope.hash(firstHost, firstPort)
 		}
 	default:
 		a.ClusterSpecifier = &route.RouteAction_WeightedClusters{WeightedClusters: &route.WeightedCluster{Clusters: weighted}}
@@ -340,24 +339,30 @@ func fault(f *apinetworking.HTTPFaultInjection) *faultv3.HTTPFault {
 
 // tcpRouteFilter is the tcp_proxy of a TCP service port: the first tcp
 // route of the VirtualService that matches the port (weighted
-// destinations), else the service's own cluster.
-func tcpRouteFilter(vs *networkingv1.VirtualService, port int32, own, domain string) *listener.Filter {
-	if vs == nil {
-		return tcpProxy(own, own)
+// destinations), else the service's own cluster; hashSourceIP adds the
+// source-IP hash policy of a consistentHash destination rule.
+func tcpRouteFilter(vs *networkingv1.VirtualService, port int32, own, domain string, hashSourceIP bool) *listener.Filter {
+	t := tcpProxyConfig(own, own)
+	var routes []*apinetworking.TCPRoute
+	if vs != nil {
+		routes = vs.Spec.GetTcp()
 	}
-	for _, tr := range vs.Spec.GetTcp() {
+	for _, tr := range routes {
 		matched := len(tr.GetMatch()) == 0
 		for _, m := range tr.GetMatch() {
 			if m.GetPort() == 0 || int32(m.GetPort()) == port {
 				matched = true
 			}
 		}
-		if !matched || len(tr.GetRoute()) == 0 {
-			continue
+		if matched && len(tr.GetRoute()) > 0 {
+			t = tcpDestinations(tr.GetRoute(), port, vs.Namespace, domain, own)
+			break
 		}
-		return tcpDestinations(tr.GetRoute(), port, vs.Namespace, domain, own)
 	}
-	return tcpProxy(own, own)
+	if hashSourceIP {
+		t.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
+	}
+	return tcpFilter(t)
 }
 
 // tlsRouteChains are the filter chains of a VirtualService's tls routes
@@ -379,26 +384,16 @@ func tlsRouteChains(vs *networkingv1.VirtualService, port int32, own, domain str
 			out = append(out, &listener.FilterChain{
 				Name:             fmt.Sprintf("%s/%s/tls[%d]/match[%d]", vs.Namespace, vs.Name, i, j),
 				FilterChainMatch: &listener.FilterChainMatch{ServerNames: m.GetSniHosts(), TransportProtocol: "tls"},
-				Filters:          []*listener.Filter{tcpDestinations(tr.GetRoute(), port, vs.Namespace, domain, own)},
+				Filters:          []*listener.Filter{tcpFilter(tcpDestinations(tr.GetRoute(), port, vs.Namespace, domain, own))},
 			})
 		}
 	}
 	return out
 }
 
-// hashBySourceIP adds Envoy's source-IP hash policy to a tcp_proxy filter.
-func hashBySourceIP(f *listener.Filter) *listener.Filter {
-	var t tcpproxy.TcpProxy
-	if err := f.GetTypedConfig().UnmarshalTo(&t); err != nil {
-		return f
-	}
-	t.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
-	return &listener.Filter{Name: f.GetName(), ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&t)}}
-}
-
 // tcpDestinations is a tcp_proxy to one destination, or to weighted ones
 // chosen per connection.
-func tcpDestinations(route []*apinetworking.RouteDestination, port int32, ns, domain, statPrefix string) *listener.Filter {
+func tcpDestinations(route []*apinetworking.RouteDestination, port int32, ns, domain, statPrefix string) *tcpproxy.TcpProxy {
 	var ws []*tcpproxy.TcpProxy_WeightedCluster_ClusterWeight
 	for _, d := range route {
 		p := int32(d.GetDestination().GetPort().GetNumber())
@@ -413,8 +408,7 @@ func tcpDestinations(route []*apinetworking.RouteDestination, port int32, ns, do
 			Name: OutboundCluster(p, d.GetDestination().GetSubset(), Qualify(d.GetDestination().GetHost(), ns, domain)), Weight: w})
 	}
 	if len(ws) == 1 {
-		return tcpProxy(ws[0].Name, ws[0].Name)
+		return tcpProxyConfig(ws[0].Name, ws[0].Name)
 	}
-	return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
-		StatPrefix: statPrefix, ClusterSpecifier: &tcpproxy.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxy.TcpProxy_WeightedCluster{Clusters: ws}}})}}
+	return &tcpproxy.TcpProxy{StatPrefix: statPrefix, ClusterSpecifier: &tcpproxy.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxy.TcpProxy_WeightedCluster{Clusters: ws}}}
 }
