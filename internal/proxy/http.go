@@ -169,8 +169,10 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	if table != nil {
 		if vh := table.Match(r.Host); vh != nil {
 			rc.r = vh.Match(r.URL.Path, requestHeader(r))
-			_, secure := d.conn.(*tls.Conn)
-			redirect = vh.RequireTLS && !secure
+			if vh.RequireTLS {
+				_, secure := d.conn.(*tls.Conn)
+				redirect = !secure
+			}
 		}
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
@@ -522,9 +524,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	picker := rc.rt.pickers[rc.cluster]
 	pick := picker.Pick
 	if c.LB == config.RingHash {
-		if h, ok := requestHash(rc.r.Hash, r, rc.d); ok {
-			pick = func(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease) { return picker.PickHash(h, skip) }
-		}
+		pick = picker.Keyed(requestKey(rc.r.Hash, r, rc.d))
 	}
 	var tried tried
 	skip := p.skipper(c, &tried)
@@ -716,10 +716,10 @@ type poolKey struct {
 	h2      bool
 }
 
-// requestHash is the request's key for consistent hashing: the first hash
+// requestKey is the request's key for consistent hashing: the first hash
 // policy that finds a value (a header, a cookie, a query parameter, or
-// the client's address). A request none applies to is balanced as usual.
-func requestHash(policies []config.HashPolicy, r *http.Request, d *downstream) (uint64, bool) {
+// the client's address). A request none applies to ("") is balanced as usual.
+func requestKey(policies []config.HashPolicy, r *http.Request, d *downstream) string {
 	for _, hp := range policies {
 		var v string
 		switch {
@@ -735,8 +735,8 @@ func requestHash(policies []config.HashPolicy, r *http.Request, d *downstream) (
 			v = remoteIP(d.conn).String()
 		}
 		if v != "" {
-			return lb.Hash(v), true
+			return v
 		}
 	}
-	return 0, false
+	return ""
 }

@@ -291,11 +291,7 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 	var tried tried
 	err := fmt.Errorf("cluster %q has no healthy endpoint", name)
 	skip := p.skipper(c, &tried)
-	pick := picker.Pick
-	if key != "" && c.LB == config.RingHash {
-		h := lb.Hash(key)
-		pick = func(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease) { return picker.PickHash(h, skip) }
-	}
+	pick := picker.Keyed(key)
 	for range 3 {
 		ep, lease := pick(skip)
 		if ep == nil && len(tried) == 0 {

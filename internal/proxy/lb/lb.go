@@ -187,10 +187,20 @@ func (p *Picker) PickHash(hash uint64, skip func(*config.Endpoint) bool) (*confi
 				l.active[i].Add(1)
 				return l.eps[i], Lease{l: l, i: i}
 			}
-
 		}
 	}
 	return nil, Lease{}
+}
+
+// Keyed is Pick for one request or connection: by consistent hashing on
+// key when the cluster balances on a ring and there is a key, else as
+// Pick does.
+func (p *Picker) Keyed(key string) func(skip func(*config.Endpoint) bool) (*config.Endpoint, Lease) {
+	if key == "" || p.policy != config.RingHash {
+		return p.Pick
+	}
+	h := Hash(key)
+	return func(skip func(*config.Endpoint) bool) (*config.Endpoint, Lease) { return p.PickHash(h, skip) }
 }
 
 // coprimeNear returns the number closest to want (at least 1) that shares
