@@ -33,7 +33,7 @@ type kind struct {
 	check func(m proto.Message, c *checker)
 	// supported are the field paths (proto names) isthmus acts on; any
 	// other set field gets a warning.
-	supported []string
+	supported map[string]bool
 }
 
 var destination = []string{"destination", "destination.host", "destination.subset", "destination.port", "destination.port.number", "weight"}
@@ -52,10 +52,10 @@ var trafficPolicy = []string{"load_balancer", "load_balancer.simple",
 	"tls", "tls.mode"}
 
 var kinds = map[string]kind{
-	"networking.istio.io/Gateway": {new: func() proto.Message { return &networking.Gateway{} }, check: checkGateway, supported: []string{
+	"networking.istio.io/Gateway": {new: func() proto.Message { return &networking.Gateway{} }, check: checkGateway, supported: fields([]string{
 		"selector", "servers", "servers.port", "servers.port.number", "servers.port.protocol", "servers.port.name", "servers.hosts", "servers.name",
-		"servers.tls", "servers.tls.mode", "servers.tls.credential_name", "servers.tls.https_redirect"}},
-	"networking.istio.io/VirtualService": {new: func() proto.Message { return &networking.VirtualService{} }, check: checkVirtualService, supported: concat(
+		"servers.tls", "servers.tls.mode", "servers.tls.credential_name", "servers.tls.https_redirect"})},
+	"networking.istio.io/VirtualService": {new: func() proto.Message { return &networking.VirtualService{} }, check: checkVirtualService, supported: fields(
 		[]string{"hosts", "gateways", "http", "http.name", "http.match", "http.match.name", "http.match.port", "http.match.gateways", "http.route", "http.timeout",
 			"http.retries", "http.retries.attempts", "http.retries.per_try_timeout", "http.retries.retry_on",
 			"http.fault", "http.fault.delay", "http.fault.delay.fixed_delay", "http.fault.delay.percentage", "http.fault.delay.percentage.value",
@@ -64,16 +64,16 @@ var kinds = map[string]kind{
 			"tcp", "tcp.match", "tcp.match.port", "tcp.route", "tls", "tls.match", "tls.match.sni_hosts", "tls.match.port", "tls.route"},
 		prefixed("http.route.", destination), prefixed("tcp.route.", destination), prefixed("tls.route.", destination),
 		stringMatch("http.match.uri"), stringMatch("http.match.method"), stringMatch("http.match.headers"), stringMatch("http.match.without_headers"))},
-	"networking.istio.io/DestinationRule": {new: func() proto.Message { return &networking.DestinationRule{} }, check: checkDestinationRule, supported: concat(
+	"networking.istio.io/DestinationRule": {new: func() proto.Message { return &networking.DestinationRule{} }, check: checkDestinationRule, supported: fields(
 		[]string{"host", "subsets", "subsets.name", "subsets.labels", "subsets.traffic_policy", "traffic_policy",
 			"traffic_policy.port_level_settings", "traffic_policy.port_level_settings.port", "traffic_policy.port_level_settings.port.number",
 			"subsets.traffic_policy.port_level_settings", "subsets.traffic_policy.port_level_settings.port", "subsets.traffic_policy.port_level_settings.port.number"},
 		prefixed("traffic_policy.", trafficPolicy), prefixed("traffic_policy.port_level_settings.", trafficPolicy),
 		prefixed("subsets.traffic_policy.", trafficPolicy), prefixed("subsets.traffic_policy.port_level_settings.", trafficPolicy))},
 	"networking.istio.io/ServiceEntry": {new: func() proto.Message { return &networking.ServiceEntry{} }, check: checkServiceEntry},
-	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: []string{
-		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"}},
-	"security.istio.io/AuthorizationPolicy": {new: func() proto.Message { return &security.AuthorizationPolicy{} }, check: checkAuthorizationPolicy, supported: concat(
+	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: fields([]string{
+		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"})},
+	"security.istio.io/AuthorizationPolicy": {new: func() proto.Message { return &security.AuthorizationPolicy{} }, check: checkAuthorizationPolicy, supported: fields(
 		[]string{"selector", "selector.match_labels", "action", "rules", "rules.from", "rules.from.source", "rules.to", "rules.to.operation",
 			"rules.when", "rules.when.key", "rules.when.values", "rules.when.not_values"},
 		prefixed("rules.from.source.", []string{"principals", "not_principals", "namespaces", "not_namespaces", "ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"}),
@@ -93,10 +93,13 @@ func prefixed(p string, fields []string) []string {
 	return out
 }
 
-func concat(lists ...[]string) []string {
-	var out []string
+// fields is the set of field paths of the lists, made once per kind.
+func fields(lists ...[]string) map[string]bool {
+	out := map[string]bool{}
 	for _, l := range lists {
-		out = append(out, l...)
+		for _, f := range l {
+			out[f] = true
+		}
 	}
 	return out
 }
@@ -148,11 +151,7 @@ func Object(raw []byte) (r Result, ok bool, err error) {
 	k.check(m, c)
 	r.Errors = c.errs
 	if k.supported != nil {
-		set := map[string]bool{}
-		for _, f := range k.supported {
-			set[f] = true
-		}
-		for _, p := range unsupported(m.ProtoReflect(), set) {
+		for _, p := range unsupported(m.ProtoReflect(), k.supported) {
 			r.Warnings = append(r.Warnings, p+": not supported by isthmus; ignored")
 		}
 	}

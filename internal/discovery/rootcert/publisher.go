@@ -95,28 +95,15 @@ func (p *Publisher) Run(ctx context.Context) error {
 	// Webhook configurations on their own: a cluster where we may not read
 	// them (RBAC) still gets its ConfigMaps.
 	hooks := informers.NewSharedInformerFactory(p.Client, 0)
-	enqueueHook := func(obj any) {
-		if m, err := meta(obj); err == nil && strings.HasPrefix(m.GetName(), WebhookPrefix) {
-			p.queue.Add(webhookKey + m.GetName())
+	mutating, validating := hooks.Admissionregistration().V1().MutatingWebhookConfigurations(), hooks.Admissionregistration().V1().ValidatingWebhookConfigurations()
+	for inf, fn := range map[cache.SharedIndexInformer]func(any){
+		mutating.Informer(): p.enqueueHook(WebhookPrefix, webhookKey), validating.Informer(): p.enqueueHook(ValidatorPrefix, validatorKey),
+	} {
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: fn, UpdateFunc: func(_, o any) { fn(o) }}); err != nil {
+			return err
 		}
 	}
-	if _, err := hooks.Admissionregistration().V1().MutatingWebhookConfigurations().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueueHook, UpdateFunc: func(_, o any) { enqueueHook(o) },
-	}); err != nil {
-		return err
-	}
-	p.webhooks = hooks.Admissionregistration().V1().MutatingWebhookConfigurations().Lister()
-	enqueueValidator := func(obj any) {
-		if m, err := meta(obj); err == nil && strings.HasPrefix(m.GetName(), ValidatorPrefix) {
-			p.queue.Add(validatorKey + m.GetName())
-		}
-	}
-	if _, err := hooks.Admissionregistration().V1().ValidatingWebhookConfigurations().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueueValidator, UpdateFunc: func(_, o any) { enqueueValidator(o) },
-	}); err != nil {
-		return err
-	}
-	p.validators = hooks.Admissionregistration().V1().ValidatingWebhookConfigurations().Lister()
+	p.webhooks, p.validators = mutating.Lister(), validating.Lister()
 	all.Start(ctx.Done())
 	byName.Start(ctx.Done())
 	hooks.Start(ctx.Done())
@@ -168,17 +155,25 @@ func (p *Publisher) Resync() {
 		p.queue.Add(ns.Name)
 	}
 	if hooks, err := p.webhooks.List(labels.Everything()); err == nil {
+		enqueue := p.enqueueHook(WebhookPrefix, webhookKey)
 		for _, h := range hooks {
-			if strings.HasPrefix(h.Name, WebhookPrefix) {
-				p.queue.Add(webhookKey + h.Name)
-			}
+			enqueue(h)
 		}
 	}
 	if hooks, err := p.validators.List(labels.Everything()); err == nil {
+		enqueue := p.enqueueHook(ValidatorPrefix, validatorKey)
 		for _, h := range hooks {
-			if strings.HasPrefix(h.Name, ValidatorPrefix) {
-				p.queue.Add(validatorKey + h.Name)
-			}
+			enqueue(h)
+		}
+	}
+}
+
+// enqueueHook queues the webhook configurations named with prefix (ours),
+// under key.
+func (p *Publisher) enqueueHook(prefix, key string) func(any) {
+	return func(obj any) {
+		if m, err := meta(obj); err == nil && strings.HasPrefix(m.GetName(), prefix) {
+			p.queue.Add(key + m.GetName())
 		}
 	}
 }
