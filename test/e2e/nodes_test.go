@@ -229,9 +229,16 @@ func TestSandboxNodes(t *testing.T) {
 		if !strings.HasPrefix(lb, "198.18.2.") {
 			t.Fatalf("cluster-aks load balancer address %s is not in its pool 198.18.2.0/24", lb)
 		}
-		out, err := curl("http://" + lb + ":8080/profile?id=4")
-		if err != nil || !strings.Contains(out, "cluster-aks-node") {
-			t.Fatalf("cluster-eks pod -> cluster-aks load balancer: %q %v", out, err)
+		// The address is in the Service's status before cluster-aks's
+		// kube-proxy has programmed it (a cloud LB lags the same way):
+		// wait for the first answer, then insist on where it came from.
+		var out string
+		eventually(t, "cluster-aks's kube-proxy forwards its load balancer address", func() bool {
+			out, err = curl("http://" + lb + ":8080/profile?id=4")
+			return err == nil
+		})
+		if !strings.Contains(out, "cluster-aks-node") {
+			t.Fatalf("cluster-eks pod -> cluster-aks load balancer answered from elsewhere: %q", out)
 		}
 		// The host reaches it too, as an operator's laptop reaches a cloud LB.
 		resp, err := http.Get("http://" + lb + ":8080/healthz")
