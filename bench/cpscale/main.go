@@ -43,6 +43,7 @@ var (
 	endpoints  = flag.Int("endpoints", 10, "endpoints per service")
 	delta      = flag.Bool("delta", false, "incremental (delta) ADS clients instead of state-of-the-world")
 	heapFile   = flag.String("heap", "", "write the control plane's heap profile (after the first push) to this file")
+	cpuFile    = flag.String("cpu", "", "write the control plane's CPU profile of the 5 s around the EndpointSlice change to this file")
 )
 
 func main() {
@@ -341,6 +342,21 @@ func run() error {
 	}
 
 	// One EndpointSlice change in the remote API server.
+	var profiled chan struct{}
+	if *cpuFile != "" {
+		profiled = make(chan struct{})
+		go func() {
+			defer close(profiled)
+			resp, err := http.Get("http://127.0.0.1:25014/debug/pprof/profile?seconds=5")
+			if err != nil {
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = os.WriteFile(*cpuFile, b, 0o644)
+		}()
+		time.Sleep(200 * time.Millisecond)
+	}
 	cpu0 := cpuTicks(pid)
 	sl, err := aks.DiscoveryV1().EndpointSlices("scale").Get(ctx, "svc-c1-0", metav1.GetOptions{})
 	if err != nil {
@@ -365,6 +381,9 @@ func run() error {
 	}
 	wg.Wait()
 	cpuPush := float64(cpuTicks(pid)-cpu0) / 100
+	if profiled != nil {
+		<-profiled
+	}
 
 	fmt.Printf("| populate 2 clusters x %d services x %d endpoints through the API servers | %s | - |\n", *perCluster, *endpoints, populateTime.Round(100*time.Millisecond))
 	mode := "SotW"

@@ -68,6 +68,10 @@ type Gateway struct {
 	Port    int32
 }
 
+// ReasonEndpoints marks an Event about endpoints alone: only the load
+// assignments of its Hostnames changed.
+const ReasonEndpoints = "endpoints"
+
 // Event tells listeners what changed: services (hostnames) or, with Full,
 // something global (gateways, a whole cluster) that needs a full push.
 type Event struct {
@@ -145,7 +149,7 @@ func (r *Registry) SetEndpoints(cluster, hostname string, eps []Endpoint) {
 		s.endpoints[hostname] = eps
 	}
 	r.mu.Unlock()
-	r.notify(Event{Hostnames: []string{hostname}, Reason: "endpoints"})
+	r.notify(Event{Hostnames: []string{hostname}, Reason: ReasonEndpoints})
 }
 
 // SetGateways replaces the network gateways a cluster reports.

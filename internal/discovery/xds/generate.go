@@ -61,26 +61,49 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		g.Listeners, g.Clusters = sidecarOutbound(services, vss, drs, domain)
 	}
 	for _, svc := range services {
-		eps := reg.Endpoints(svc.Hostname)
-		for _, port := range svc.Ports {
-			if port.Protocol == "UDP" {
-				continue
-			}
-			dr := drs[svc.Hostname]
-			tp := policyFor(dr, port.Port, warn)
-			g.add(p, view, svc, port, "", eps, gws, tp, noGW)
-			for _, ss := range subsetsOf(dr, port.Port, tp, warn) {
-				var in []registry.Endpoint
-				for _, e := range eps {
-					if ss.matches(e) {
-						in = append(in, e)
-					}
-				}
-				g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW)
-			}
-		}
+		g.addService(p, view, svc, reg.Endpoints(svc.Hostname), gws, drs[svc.Hostname], noGW, warn)
 	}
 	return g
+}
+
+// GenerateEndpoints rebuilds only the load assignments of the named
+// services, for a push caused by endpoint changes alone: clusters,
+// listeners and routes do not depend on endpoints, so the rest of the
+// view stays as generated.
+func GenerateEndpoints(p *Proxy, reg *registry.Registry, cfg Config, domain string, services []*registry.Service, noGW network.NoGateway, warn func(string)) []types.Resource {
+	if warn == nil {
+		warn = func(string) {}
+	}
+	var g Generated
+	gws := reg.Gateways()
+	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
+	drs := destinationRules(cfg, domain)
+	for _, svc := range services {
+		g.addService(p, view, svc, reg.Endpoints(svc.Hostname), gws, drs[svc.Hostname], noGW, warn)
+	}
+	return g.Endpoints
+}
+
+// addService builds the clusters and load assignments of every port of a
+// service and of each of its DestinationRule's subsets.
+func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Service, eps []registry.Endpoint, gws []registry.Gateway,
+	dr *networkingv1.DestinationRule, noGW network.NoGateway, warn func(string)) {
+	for _, port := range svc.Ports {
+		if port.Protocol == "UDP" {
+			continue
+		}
+		tp := policyFor(dr, port.Port, warn)
+		g.add(p, view, svc, port, "", eps, gws, tp, noGW)
+		for _, ss := range subsetsOf(dr, port.Port, tp, warn) {
+			var in []registry.Endpoint
+			for _, e := range eps {
+				if ss.matches(e) {
+					in = append(in, e)
+				}
+			}
+			g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW)
+		}
+	}
 }
 
 // add builds one service port's (or subset's) cluster and endpoints:

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -44,6 +45,12 @@ type Server struct {
 
 	cache *sharedCache
 	push  chan struct{}
+
+	pendMu sync.Mutex // guards pendFull and pendHosts
+	// pendFull asks the next push to regenerate everything; otherwise it
+	// regenerates only the load assignments of pendHosts.
+	pendFull  bool
+	pendHosts map[string]bool
 
 	mu      sync.Mutex // guards streams, callers and proxies
 	streams map[int64]string
@@ -102,8 +109,8 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 		// ads=false: in ADS mode the cache answers only requests that name
 		// every resource of the type, which a gRPC client asking for one
 		// listener never does. Responses are still filtered to what was asked.
-		cache:   newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)),
-		push:    make(chan struct{}, 1),
+		cache: newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)),
+		push:  make(chan struct{}, 1), pendHosts: map[string]bool{},
 		streams: map[int64]string{}, callers: map[int64]Identity{}, proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
@@ -116,7 +123,13 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 			_ = metrics.Register(c)
 		}
 	}
-	reg.Subscribe(func(registry.Event) { s.Trigger() })
+	reg.Subscribe(func(e registry.Event) {
+		if e.Reason == registry.ReasonEndpoints && !e.Full {
+			s.triggerEndpoints(e.Hostnames)
+			return
+		}
+		s.Trigger()
+	})
 	// A proxy that connected before its pod was seen learns its locality.
 	reg.SubscribeWorkloads(func(cluster, address string) {
 		s.mu.Lock()
@@ -144,6 +157,25 @@ func (s *Server) Trigger() {
 	s.memoMu.Lock()
 	s.current = nil
 	s.memoMu.Unlock()
+	s.pendMu.Lock()
+	s.pendFull = true
+	s.pendMu.Unlock()
+	s.signal()
+}
+
+// triggerEndpoints asks for a push of the named services' endpoints only.
+// Until it happens, proxies that connect get the last push's view (and
+// then the push).
+func (s *Server) triggerEndpoints(hosts []string) {
+	s.pendMu.Lock()
+	for _, h := range hosts {
+		s.pendHosts[h] = true
+	}
+	s.pendMu.Unlock()
+	s.signal()
+}
+
+func (s *Server) signal() {
 	select {
 	case s.push <- struct{}{}:
 	default:
@@ -183,12 +215,19 @@ func (s *Server) Run(ctx context.Context) error {
 				break gather
 			}
 		}
-		s.pushAll()
+		s.pendMu.Lock()
+		full, hosts := s.pendFull, s.pendHosts
+		s.pendFull, s.pendHosts = false, map[string]bool{}
+		s.pendMu.Unlock()
+		s.pushAll(full, hosts)
 		s.pushTime.Observe(time.Since(start).Seconds())
 	}
 }
 
-func (s *Server) pushAll() {
+// pushAll updates every proxy: from scratch when full, else by
+// regenerating only the load assignments of hosts in the views the last
+// push generated.
+func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.proxies))
 	for id := range s.proxies {
@@ -197,7 +236,15 @@ func (s *Server) pushAll() {
 	s.mu.Unlock()
 	// Proxies with the same view share generated resources: once per view.
 	s.cache.rotate()
-	m := newMemo()
+	s.memoMu.Lock()
+	base := s.current
+	s.memoMu.Unlock()
+	var m *memo
+	if full || base == nil {
+		m = newMemo()
+	} else {
+		m = s.patched(base, hosts)
+	}
 	s.memoMu.Lock()
 	s.current = m
 	s.memoMu.Unlock()
@@ -216,6 +263,47 @@ type memo struct {
 	// snapshots of sidecars by view, namespace and inbound ports.
 	snaps   map[string]*cachev3.Snapshot
 	inbound InboundIndex
+}
+
+// patched is base with the load assignments of hosts regenerated; routes
+// carry over (they do not depend on endpoints), inbound listeners are
+// rebuilt as proxies ask (a pod's ports come from its endpoints).
+func (s *Server) patched(base *memo, hosts map[string]bool) *memo {
+	base.mu.Lock()
+	defer base.mu.Unlock()
+	m := newMemo()
+	maps.Copy(m.routes, base.routes)
+	for k, sh := range base.views {
+		m.views[k] = s.patchEndpoints(sh, hosts)
+	}
+	return m
+}
+
+// patchEndpoints returns sh with the load assignments of hosts rebuilt
+// (sh itself when it has none of them). Routers and gRPC clients are
+// generated again whole: a router's listeners follow its own endpoints.
+func (s *Server) patchEndpoints(sh *shared, hosts map[string]bool) *shared {
+	if sh.proxy.Type == Router || sh.proxy.Generator == GeneratorGRPC {
+		return s.generate(sh.proxy)
+	}
+	var svcs []*registry.Service
+	for _, svc := range sh.services {
+		if hosts[svc.Hostname] {
+			svcs = append(svcs, svc)
+		}
+	}
+	if len(svcs) == 0 {
+		return sh
+	}
+	cp := *sh
+	items, hashes := maps.Clone(sh.items[types.Endpoint]), maps.Clone(sh.hashes[types.Endpoint])
+	for _, r := range GenerateEndpoints(sh.proxy, s.Registry, s.Config, s.Domain, svcs, s.noGateway, s.warnOnce) {
+		n := cachev3.GetResourceName(r)
+		items[n] = types.ResourceWithTTL{Resource: r}
+		hashes[n] = hashOf(r)
+	}
+	cp.items[types.Endpoint], cp.hashes[types.Endpoint], cp.versions[types.Endpoint] = items, hashes, versionFrom(hashes)
+	return &cp
 }
 
 // located returns p with its locality filled in from its pod's node,
@@ -276,6 +364,8 @@ type shared struct {
 	// hashes per resource, the delta protocol's version map.
 	hashes   [types.UnknownType]map[string]string
 	services []*registry.Service
+	// proxy is the one the view was generated for, to patch it later.
+	proxy *Proxy
 }
 
 // update installs one proxy's snapshot, reusing what was generated since
@@ -391,7 +481,7 @@ func (s *Server) generate(p *Proxy) *shared {
 	} else {
 		g = Generate(p, s.Registry, s.Config, s.Domain, s.noGateway, s.warnOnce)
 	}
-	sh := &shared{services: s.Registry.Services()}
+	sh := &shared{services: s.Registry.Services(), proxy: p}
 	for typ, rs := range map[types.ResponseType][]types.Resource{
 		types.Cluster:  g.Clusters,
 		types.Endpoint: g.Endpoints,
@@ -410,13 +500,24 @@ func (s *Server) generate(p *Proxy) *shared {
 // own hash for delta clients.
 func versionOf(rs []types.Resource) (string, map[string]string) {
 	hashes := make(map[string]string, len(rs))
-	names := make([]string, 0, len(rs))
-	opts := proto.MarshalOptions{Deterministic: true}
 	for _, r := range rs {
-		n := cachev3.GetResourceName(r)
-		b, _ := opts.Marshal(r)
-		sum := sha256.Sum256(b)
-		hashes[n] = hex.EncodeToString(sum[:8])
+		hashes[cachev3.GetResourceName(r)] = hashOf(r)
+	}
+	return versionFrom(hashes), hashes
+}
+
+// hashOf is one resource's content version.
+func hashOf(r types.Resource) string {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// versionFrom is a resource set's version: a hash of its names and
+// content versions.
+func versionFrom(hashes map[string]string) string {
+	names := make([]string, 0, len(hashes))
+	for n := range hashes {
 		names = append(names, n)
 	}
 	sort.Strings(names)
@@ -425,7 +526,7 @@ func versionOf(rs []types.Resource) (string, map[string]string) {
 		h.Write([]byte(n))
 		h.Write([]byte(hashes[n]))
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16], hashes
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 func (s *Server) noGateway(network string) {
