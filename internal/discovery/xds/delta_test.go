@@ -103,3 +103,99 @@ func TestDeltaADS(t *testing.T) {
 	}
 	t.Fatalf("NACK not recorded: %+v", srv.Status())
 }
+
+// TestDeltaSendsOnlyChanges: over a real stream, each change sends only
+// the resources it touched, of the types it touched, again and again;
+// a removed service is removed from clusters and load assignments.
+func TestDeltaSendsOnlyChanges(t *testing.T) {
+	reg := registry.New()
+	hosts := []string{"a.ns.svc.cluster.local", "b.ns.svc.cluster.local", "c.ns.svc.cluster.local"}
+	ep := func(addr string) registry.Endpoint {
+		return registry.Endpoint{Address: addr, Ports: map[string]int32{"http": 8080}, Cluster: "c1", Network: "n1", Ready: true}
+	}
+	for i, h := range hosts {
+		reg.SetService("c1", h, &registry.Service{Namespace: "ns", Name: h[:1], Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}})
+		reg.SetEndpoints("c1", h, []registry.Endpoint{ep("10.0.1." + string(rune('1'+i)))})
+	}
+	_, addr := serve(t, reg)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct{ updated, removed []string }
+	responses := make(chan *discoverygrpc.DeltaDiscoveryResponse, 16)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				close(responses)
+				return
+			}
+			_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
+			responses <- r
+		}
+	}()
+	// next gathers what arrives within a moment of the first response.
+	next := func() map[string]got {
+		t.Helper()
+		out := map[string]got{}
+		add := func(r *discoverygrpc.DeltaDiscoveryResponse) {
+			g := out[r.TypeUrl]
+			for _, res := range r.Resources {
+				g.updated = append(g.updated, res.Name)
+			}
+			g.removed = append(g.removed, r.RemovedResources...)
+			out[r.TypeUrl] = g
+		}
+		select {
+		case r := <-responses:
+			add(r)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no response")
+		}
+		quiet := time.After(300 * time.Millisecond)
+		for {
+			select {
+			case r := <-responses:
+				add(r)
+			case <-quiet:
+				return out
+			}
+		}
+	}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = xds.OutboundCluster(8080, "", h)
+	}
+	if g := next()[resource.ClusterType]; len(g.updated) < 3 {
+		t.Fatalf("first clusters: %v", g.updated)
+	}
+	_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: names})
+	if g := next()[resource.EndpointType]; len(g.updated) != 3 {
+		t.Fatalf("first load assignments: %v", g.updated)
+	}
+	for i, addr := range []string{"10.0.2.1", "10.0.2.2", "10.0.2.3"} {
+		reg.SetEndpoints("c1", hosts[0], []registry.Endpoint{ep("10.0.1.1"), ep(addr)})
+		r := next()
+		if g := r[resource.EndpointType]; len(r) != 1 || len(g.updated) != 1 || g.updated[0] != names[0] || len(g.removed) != 0 {
+			t.Fatalf("change %d of a's endpoints sent %+v, want only a's load assignment", i+1, r)
+		}
+	}
+	reg.SetService("c1", hosts[1], nil)
+	r := next()
+	if g := r[resource.ClusterType]; len(g.updated) != 0 || len(g.removed) != 1 || g.removed[0] != names[1] {
+		t.Errorf("removing b sent clusters %+v, want b removed", g)
+	}
+	if g := r[resource.EndpointType]; len(g.updated) != 0 || len(g.removed) != 1 || g.removed[0] != names[1] {
+		t.Errorf("removing b sent load assignments %+v, want b removed", g)
+	}
+}

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"context"
+	"fmt"
 	"sync"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -21,17 +23,76 @@ type sharedCache struct {
 	// cur and prev map a resource (by identity) to its Any; rotate drops
 	// what two pushes no longer use.
 	cur, prev map[types.Resource]*anypb.Any
+	// vcur and vprev map a type URL and version to the content versions
+	// of its resources, so that a state-of-the-world response of a type
+	// other than Listener and Cluster (which must carry the whole state)
+	// leaves out what the client already has, as the xDS protocol allows:
+	// one changed load assignment is then one resource to every client,
+	// not all of them.
+	vcur, vprev map[string]map[string]string
+
+	dmu   sync.Mutex // guards delta; taken before mu, never after
+	delta deltaState
 }
 
 func newSharedCache(inner cachev3.SnapshotCache) *sharedCache {
-	return &sharedCache{SnapshotCache: inner, cur: map[types.Resource]*anypb.Any{}, prev: map[types.Resource]*anypb.Any{}}
+	return &sharedCache{SnapshotCache: inner, cur: map[types.Resource]*anypb.Any{}, prev: map[types.Resource]*anypb.Any{},
+		vcur: map[string]map[string]string{}, vprev: map[string]map[string]string{}, delta: newDeltaState()}
 }
 
 // rotate starts a push: resources of the push before last are forgotten.
 func (c *sharedCache) rotate() {
 	c.mu.Lock()
 	c.prev, c.cur = c.cur, make(map[types.Resource]*anypb.Any, len(c.cur))
+	c.vprev, c.vcur = c.vcur, make(map[string]map[string]string, len(c.vcur))
 	c.mu.Unlock()
+	c.dmu.Lock()
+	clear(c.delta.diffs)
+	c.dmu.Unlock()
+}
+
+// SetSnapshot remembers the snapshot's per-resource versions, then
+// installs it for state-of-the-world watches (the snapshot cache) and
+// incremental ones (delta.go).
+func (c *sharedCache) SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error {
+	s, ok := snap.(*cachev3.Snapshot)
+	if !ok {
+		return fmt.Errorf("snapshot of node %s is a %T, not a *cachev3.Snapshot", node, snap)
+	}
+	versionMapped(s)
+	c.mu.Lock()
+	for typ := range s.Resources {
+		if url, err := cachev3.GetResponseTypeURL(types.ResponseType(typ)); err == nil {
+			c.vcur[url+" "+s.Resources[typ].Version] = s.VersionMap[url]
+		}
+	}
+	c.mu.Unlock()
+	if err := c.SnapshotCache.SetSnapshot(ctx, node, snap); err != nil {
+		return err
+	}
+	c.setDelta(node, s)
+	return nil
+}
+
+// ClearSnapshot forgets a node in both halves.
+func (c *sharedCache) ClearSnapshot(node string) {
+	c.SnapshotCache.ClearSnapshot(node)
+	c.clearDelta(node)
+}
+
+// hashesAt returns the content versions of a type's resources at a
+// version, if it was set in the last two pushes.
+func (c *sharedCache) hashesAt(url, version string) map[string]string {
+	k := url + " " + version
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	vm, ok := c.vcur[k]
+	if !ok {
+		if vm, ok = c.vprev[k]; ok {
+			c.vcur[k] = vm
+		}
+	}
+	return vm
 }
 
 // marshalled returns the shared Any of a resource.
@@ -65,7 +126,8 @@ func (c *sharedCache) marshalled(r types.Resource) (*anypb.Any, error) {
 // CreateWatch answers through the snapshot cache and swaps each response
 // for one made of shared Anys.
 func (c *sharedCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
-	return relay(func(in chan cachev3.Response) (func(), error) { return c.SnapshotCache.CreateWatch(req, sub, in) }, out, c.share)
+	open := func(in chan cachev3.Response) (func(), error) { return c.SnapshotCache.CreateWatch(req, sub, in) }
+	return relay(open, out, func(r cachev3.Response) (cachev3.Response, error) { return c.share(r, sub) })
 }
 
 // relay opens a watch on a channel of its own and passes its one response
@@ -99,15 +161,36 @@ func relay[R any](open func(chan R) (func(), error), out chan R, share func(R) (
 	}, nil
 }
 
-// share rebuilds a raw response from shared Anys.
-func (c *sharedCache) share(r cachev3.Response) (cachev3.Response, error) {
+// share rebuilds a raw response from shared Anys, without the resources
+// the client already has at their current content where the type allows.
+func (c *sharedCache) share(r cachev3.Response, sub cachev3.Subscription) (cachev3.Response, error) {
 	raw, ok := r.(*cachev3.RawResponse)
 	if !ok || raw.Heartbeat {
 		return r, nil
 	}
+	url := raw.Request.GetTypeUrl()
+	var next map[string]string
+	if !cachev3.ResourceRequiresFullStateInSotw(url) {
+		next = c.hashesAt(url, raw.Version)
+	}
+	returned := sub.ReturnedResources()
+	had := map[string]map[string]string{} // by version the client got it at
 	rs := raw.GetRawResources()
 	anys := make([]*anypb.Any, 0, len(rs))
 	for _, res := range rs {
+		if next != nil {
+			name := cachev3.GetResourceName(res.Resource)
+			if v, ok := returned[name]; ok {
+				old, seen := had[v]
+				if !seen {
+					old = c.hashesAt(url, v)
+					had[v] = old
+				}
+				if h, ok := old[name]; ok && h == next[name] {
+					continue
+				}
+			}
+		}
 		a, err := c.marshalled(res.Resource)
 		if err != nil {
 			return nil, err
@@ -118,51 +201,5 @@ func (c *sharedCache) share(r cachev3.Response) (cachev3.Response, error) {
 		Request:           raw.Request,
 		DiscoveryResponse: &discovery.DiscoveryResponse{VersionInfo: raw.Version, Resources: anys, TypeUrl: raw.Request.GetTypeUrl()},
 		ReturnedResources: raw.GetReturnedResources(),
-	}, nil
-}
-
-// CreateDeltaWatch does for incremental streams what CreateWatch does.
-func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
-	open := func(in chan cachev3.DeltaResponse) (func(), error) {
-		return c.SnapshotCache.CreateDeltaWatch(req, sub, in)
-	}
-	share := func(r cachev3.DeltaResponse) (cachev3.DeltaResponse, error) { return c.shareDelta(r, sub) }
-	return relay(open, out, share)
-}
-
-// shareDelta rebuilds a raw delta response from shared Anys: the changed
-// resources at their next versions, and as removed what the client has
-// (of what it subscribes to) that the next state lacks, as the snapshot
-// cache computes it.
-func (c *sharedCache) shareDelta(r cachev3.DeltaResponse, sub cachev3.Subscription) (cachev3.DeltaResponse, error) {
-	raw, ok := r.(*cachev3.RawDeltaResponse)
-	if !ok {
-		return r, nil
-	}
-	next := raw.GetNextVersionMap()
-	rs := raw.GetRawResources()
-	out := make([]*discovery.Resource, 0, len(rs))
-	for _, res := range rs {
-		a, err := c.marshalled(res.Resource)
-		if err != nil {
-			return nil, err
-		}
-		name := cachev3.GetResourceName(res.Resource)
-		out = append(out, &discovery.Resource{Name: name, Version: next[name], Resource: a})
-	}
-	var removed []string
-	for name := range sub.ReturnedResources() {
-		if _, ok := next[name]; ok {
-			continue
-		}
-		if _, subscribed := sub.SubscribedResources()[name]; sub.IsWildcard() || subscribed {
-			removed = append(removed, name)
-		}
-	}
-	return &cachev3.DeltaPassthroughResponse{
-		DeltaRequest:   raw.GetDeltaRequest(),
-		NextVersionMap: next,
-		DeltaDiscoveryResponse: &discovery.DeltaDiscoveryResponse{Resources: out, RemovedResources: removed,
-			TypeUrl: raw.GetDeltaRequest().GetTypeUrl(), SystemVersionInfo: raw.SystemVersionInfo},
 	}, nil
 }

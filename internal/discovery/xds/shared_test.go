@@ -2,11 +2,13 @@ package xds
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -111,5 +113,98 @@ func TestSharedCacheDelta(t *testing.T) {
 	r := watch("n1", sub).DeltaDiscoveryResponse
 	if len(r.Resources) != 0 || len(r.RemovedResources) != 1 || r.RemovedResources[0] != "b" {
 		t.Errorf("after removing b: resources %v, removed %v", r.Resources, r.RemovedResources)
+	}
+}
+
+// State of the world: a load assignment response leaves out what the
+// client already has at its current content; a cluster response (which
+// must carry the whole state) does not.
+func TestSharedCacheSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
+	c := newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil))
+	cla := func(name, addr string) *endpoint.ClusterLoadAssignment {
+		return &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+			HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{Address: &core.Address_SocketAddress{
+				SocketAddress: &core.SocketAddress{Address: addr}}}}}}}}}}
+	}
+	snapOf := func(rs map[resource.Type][]types.Resource) *cachev3.Snapshot {
+		snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+		for url, items := range rs {
+			version, hashes := versionOf(items)
+			typ := cachev3.GetResponseType(url)
+			snap.Resources[typ] = cachev3.NewResources(version, items)
+			snap.VersionMap[url] = hashes
+		}
+		return snap
+	}
+	a, b := cla("a", "10.0.0.1"), cla("b", "10.0.0.2")
+	ca, cb := &cluster.Cluster{Name: "a"}, &cluster.Cluster{Name: "b"}
+	sotw := func(names []string) *stream.Subscription {
+		s := stream.NewSotwSubscription(names, names == nil)
+		return &s
+	}
+	subs := map[string]*stream.Subscription{resource.EndpointType: sotw([]string{"a", "b"}), resource.ClusterType: sotw(nil)}
+	versions := map[string]string{}
+	watch := func(url string) []string {
+		t.Helper()
+		out := make(chan cachev3.Response, 1)
+		req := &cachev3.Request{Node: &core.Node{Id: "n"}, TypeUrl: url, VersionInfo: versions[url]}
+		if url == resource.EndpointType {
+			req.ResourceNames = []string{"a", "b"}
+		}
+		if _, err := c.CreateWatch(req, subs[url], out); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-out:
+			d, _ := r.GetDiscoveryResponse()
+			versions[url] = d.VersionInfo
+			subs[url].SetReturnedResources(r.GetReturnedResources())
+			var names []string
+			for _, res := range d.Resources {
+				if url == resource.EndpointType {
+					var m endpoint.ClusterLoadAssignment
+					_ = res.UnmarshalTo(&m)
+					names = append(names, m.ClusterName)
+				} else {
+					var m cluster.Cluster
+					_ = res.UnmarshalTo(&m)
+					names = append(names, m.Name)
+				}
+			}
+			slices.Sort(names)
+			return names
+		case <-time.After(5 * time.Second):
+			t.Fatal("no response")
+		}
+		return nil
+	}
+	c.rotate()
+	if err := c.SetSnapshot(context.Background(), "n", snapOf(map[resource.Type][]types.Resource{
+		resource.EndpointType: {a, b}, resource.ClusterType: {ca, cb}})); err != nil {
+		t.Fatal(err)
+	}
+	if got := watch(resource.EndpointType); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("first load assignments %v, want a and b", got)
+	}
+	if got := watch(resource.ClusterType); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("first clusters %v, want a and b", got)
+	}
+	// b's endpoints change, and a new cluster appears.
+	c.rotate()
+	if err := c.SetSnapshot(context.Background(), "n", snapOf(map[resource.Type][]types.Resource{
+		resource.EndpointType: {a, cla("b", "10.0.0.3")}, resource.ClusterType: {ca, cb, &cluster.Cluster{Name: "c"}}})); err != nil {
+		t.Fatal(err)
+	}
+	if got := watch(resource.EndpointType); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("after b changed, load assignments %v, want only b", got)
+	}
+	if got := watch(resource.ClusterType); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Errorf("after c was added, clusters %v, want the whole state", got)
+	}
+	// A client that knows nothing (a reconnect) gets everything.
+	subs[resource.EndpointType] = sotw([]string{"a", "b"})
+	versions[resource.EndpointType] = ""
+	if got := watch(resource.EndpointType); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("a new stream got %v, want a and b", got)
 	}
 }
