@@ -6,6 +6,7 @@
 package registry
 
 import (
+	"reflect"
 	"slices"
 	"sort"
 	"sync"
@@ -126,10 +127,16 @@ func (r *Registry) shard(cluster string) *shard {
 	return s
 }
 
-// SetService records (or, with svc nil, removes) a cluster's service.
+// SetService records (or, with svc nil, removes) a cluster's service;
+// listeners hear of it only if it changed (an EndpointSlice event sets
+// its service again, unchanged, and must not cost a full push).
 func (r *Registry) SetService(cluster, hostname string, svc *Service) {
 	r.mu.Lock()
 	s := r.shard(cluster)
+	if reflect.DeepEqual(s.services[hostname], svc) {
+		r.mu.Unlock()
+		return
+	}
 	if svc == nil {
 		delete(s.services, hostname)
 	} else {
@@ -139,10 +146,15 @@ func (r *Registry) SetService(cluster, hostname string, svc *Service) {
 	r.notify(Event{Hostnames: []string{hostname}, Reason: "service"})
 }
 
-// SetEndpoints replaces a cluster's endpoints of one service.
+// SetEndpoints replaces a cluster's endpoints of one service; listeners
+// hear of it only if they changed.
 func (r *Registry) SetEndpoints(cluster, hostname string, eps []Endpoint) {
 	r.mu.Lock()
 	s := r.shard(cluster)
+	if old := s.endpoints[hostname]; (len(old) == 0 && len(eps) == 0) || reflect.DeepEqual(old, eps) {
+		r.mu.Unlock()
+		return
+	}
 	if len(eps) == 0 {
 		delete(s.endpoints, hostname)
 	} else {

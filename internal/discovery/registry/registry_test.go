@@ -62,3 +62,28 @@ func TestWorkloads(t *testing.T) {
 		t.Errorf("announced %v, want c1/10.0.0.1 once", heard)
 	}
 }
+
+// Informers report objects again unchanged (an EndpointSlice event sets
+// its Service again): only real changes reach listeners, and an endpoint
+// change is marked as one.
+func TestOnlyChangesNotify(t *testing.T) {
+	r := New()
+	var events []Event
+	r.Subscribe(func(e Event) { events = append(events, e) })
+	const host = "a.ns.svc.cluster.local"
+	svc := func() *Service {
+		return &Service{Namespace: "ns", Name: "a", Hostname: host, Ports: []Port{{Name: "http", Port: 80}}, Labels: map[string]string{"app": "a"}}
+	}
+	eps := func(addr string) []Endpoint {
+		return []Endpoint{{Address: addr, Ports: map[string]int32{"http": 8080}, Cluster: "c1", Labels: map[string]string{"app": "a"}}}
+	}
+	r.SetService("c1", host, svc())
+	r.SetEndpoints("c1", host, eps("10.0.0.1"))
+	r.SetService("c1", host, svc())
+	r.SetEndpoints("c1", host, eps("10.0.0.1"))
+	r.SetEndpoints("c1", host, eps("10.0.0.2"))
+	r.SetEndpoints("c1", "none.ns.svc.cluster.local", nil)
+	if len(events) != 3 || events[0].Reason != "service" || events[1].Reason != ReasonEndpoints || events[2].Reason != ReasonEndpoints {
+		t.Fatalf("events %+v, want the service, then two endpoint changes", events)
+	}
+}
