@@ -70,7 +70,7 @@ func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Su
 		if unchanged {
 			w.at = version // an acknowledgement of what is current: nothing to send
 		} else {
-			resp, err := c.respondDelta(node, w, snap, nil)
+			resp, _, err := c.respondDelta(node, w, snap, nil, false)
 			if err != nil {
 				return nil, err
 			}
@@ -121,12 +121,28 @@ func (c *sharedCache) setDelta(node string, snap *cachev3.Snapshot) {
 		if w.at != "" {
 			d = c.diff(url, w.at, snap.GetVersion(url))
 		}
-		resp, err := c.respondDelta(node, w, snap, d)
+		// The stream's state is changed in place (a copy per stream was
+		// most of a push's cost) and handed back with the response; if
+		// the stream cannot take the response at once it is undone and
+		// the response built on a copy, since the watch may be cancelled
+		// before it is delivered.
+		resp, undo, err := c.respondDelta(node, w, snap, d, true)
 		if err != nil || resp == nil {
 			w.at = snap.GetVersion(url)
 			continue
 		}
 		delete(c.delta.watches[node], w)
+		select {
+		case w.out <- resp:
+			continue
+		default:
+		}
+		if undo != nil {
+			undo()
+			if resp, _, err = c.respondDelta(node, w, snap, d, false); err != nil || resp == nil {
+				continue
+			}
+		}
 		c.send(w, resp)
 	}
 }
@@ -177,8 +193,9 @@ func (c *sharedCache) diff(url, from, to string) *versionDiff {
 // respondDelta builds the response that brings the watch's client to the
 // snapshot, or nil if it has everything already. With d, the client is
 // known to hold the version d starts from; without, its whole state is
-// compared, as the snapshot cache does.
-func (c *sharedCache) respondDelta(node string, w *deltaWatch, snap *cachev3.Snapshot, d *versionDiff) (cachev3.DeltaResponse, error) {
+// compared, as the snapshot cache does. With d and inPlace, the stream's
+// state map itself becomes the next state, and undo restores it.
+func (c *sharedCache) respondDelta(node string, w *deltaWatch, snap *cachev3.Snapshot, d *versionDiff, inPlace bool) (resp cachev3.DeltaResponse, undo func(), err error) {
 	url := w.req.GetTypeUrl()
 	items := snap.GetResourcesAndTTL(url)
 	vm := snap.GetVersionMap(url)
@@ -187,20 +204,48 @@ func (c *sharedCache) respondDelta(node string, w *deltaWatch, snap *cachev3.Sna
 	var send, removed []string
 	var next map[string]string
 	if d != nil {
-		next = maps.Clone(returned)
-		if next == nil {
-			next = map[string]string{}
+		type prior struct {
+			name, version string
+			had           bool
+		}
+		var priors []prior
+		if inPlace && returned != nil {
+			next = returned
+		} else {
+			inPlace = false
+			next = maps.Clone(returned)
+			if next == nil {
+				next = map[string]string{}
+			}
 		}
 		for _, n := range d.changed {
 			if _, ok := subscribed[n]; wildcard || ok {
+				if inPlace {
+					v, had := next[n]
+					priors = append(priors, prior{n, v, had})
+				}
 				next[n] = vm[n]
 				send = append(send, n)
 			}
 		}
 		for _, n := range d.removed {
-			if _, ok := next[n]; ok {
+			if v, ok := next[n]; ok {
+				if inPlace {
+					priors = append(priors, prior{n, v, true})
+				}
 				delete(next, n)
 				removed = append(removed, n)
+			}
+		}
+		if inPlace && len(priors) > 0 {
+			undo = func() {
+				for _, p := range priors {
+					if p.had {
+						next[p.name] = p.version
+					} else {
+						delete(next, p.name)
+					}
+				}
 			}
 		}
 	} else if wildcard {
@@ -231,17 +276,20 @@ func (c *sharedCache) respondDelta(node string, w *deltaWatch, snap *cachev3.Sna
 		}
 	}
 	if len(send) == 0 && len(removed) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	rs := make([]*discovery.Resource, 0, len(send))
 	for _, n := range send {
 		a, err := c.marshalled(items[n].Resource)
 		if err != nil {
-			return nil, err
+			if undo != nil {
+				undo()
+			}
+			return nil, nil, err
 		}
 		rs = append(rs, &discovery.Resource{Name: n, Version: vm[n], Resource: a})
 	}
-	return c.deltaResponse(node, w, snap.GetVersion(url), rs, removed, next), nil
+	return c.deltaResponse(node, w, snap.GetVersion(url), rs, removed, next), undo, nil
 }
 
 // deltaResponse wraps a response and remembers what it leaves the
