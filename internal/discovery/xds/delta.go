@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"maps"
 	"reflect"
 
@@ -22,8 +23,11 @@ import (
 type deltaWatch struct {
 	req  *cachev3.DeltaRequest
 	sub  cachev3.Subscription
-	out  chan cachev3.DeltaResponse
-	done chan struct{}
+	out chan cachev3.DeltaResponse
+	// ctx ends when the watch is cancelled: the client sent its next
+	// request for the type, or the stream closed.
+	ctx  context.Context
+	stop context.CancelFunc
 	// at is the version of the type the client's state equals ("" when
 	// not known, e.g. before the node has a snapshot).
 	at string
@@ -59,7 +63,8 @@ func newDeltaState() deltaState {
 // the node's snapshot, else parks the watch until a snapshot changes it.
 func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
 	node, url := req.GetNode().GetId(), req.GetTypeUrl()
-	w := &deltaWatch{req: req, sub: sub, out: out, done: make(chan struct{})}
+	w := &deltaWatch{req: req, sub: sub, out: out}
+	w.ctx, w.stop = context.WithCancel(context.Background())
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if snap, ok := c.delta.snaps[node]; ok {
@@ -98,13 +103,7 @@ func (c *sharedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Su
 	}, nil
 }
 
-func (w *deltaWatch) cancel() {
-	select {
-	case <-w.done:
-	default:
-		close(w.done)
-	}
-}
+func (w *deltaWatch) cancel() { w.stop() }
 
 // setDelta installs a node's snapshot for delta watches and answers the
 // parked ones whose type changed.
@@ -132,10 +131,12 @@ func (c *sharedCache) setDelta(node string, snap *cachev3.Snapshot) {
 			continue
 		}
 		delete(c.delta.watches[node], w)
-		select {
-		case w.out <- resp:
-			continue
-		default:
+		if deltaSize(resp) < largeResponse {
+			select {
+			case w.out <- resp:
+				continue
+			default:
+			}
 		}
 		if undo != nil {
 			undo()
@@ -305,19 +306,35 @@ func (c *sharedCache) deltaResponse(node string, w *deltaWatch, version string, 
 	}
 }
 
-// send hands a response to the stream without blocking the cache.
+// send hands a response to the stream without blocking the cache, once
+// the send budget allows it.
 func (c *sharedCache) send(w *deltaWatch, resp cachev3.DeltaResponse) {
-	select {
-	case w.out <- resp:
-		return
-	default:
-	}
-	go func() {
+	n := deltaSize(resp)
+	if n < largeResponse {
 		select {
 		case w.out <- resp:
-		case <-w.done:
+			return
+		default:
+		}
+	}
+	go func() {
+		if !c.budget.take(w.ctx, n) {
+			return
+		}
+		select {
+		case w.out <- resp:
+		case <-w.ctx.Done():
 		}
 	}()
+}
+
+func deltaSize(resp cachev3.DeltaResponse) int {
+	d, _ := resp.GetDeltaDiscoveryResponse()
+	n := 0
+	for _, r := range d.GetResources() {
+		n += len(r.GetResource().GetValue())
+	}
+	return n
 }
 
 // sameMap tells whether two maps are the same map (not equal contents).

@@ -33,11 +33,13 @@ type sharedCache struct {
 
 	dmu   sync.Mutex // guards delta; taken before mu, never after
 	delta deltaState
+
+	budget *sendBudget
 }
 
 func newSharedCache(inner cachev3.SnapshotCache) *sharedCache {
 	return &sharedCache{SnapshotCache: inner, cur: map[types.Resource]*anypb.Any{}, prev: map[types.Resource]*anypb.Any{},
-		vcur: map[string]map[string]string{}, vprev: map[string]map[string]string{}, delta: newDeltaState()}
+		vcur: map[string]map[string]string{}, vprev: map[string]map[string]string{}, delta: newDeltaState(), budget: newSendBudget(sendBudgetBytes)}
 }
 
 // rotate starts a push: resources of the push before last are forgotten.
@@ -126,35 +128,32 @@ func (c *sharedCache) marshalled(r types.Resource) (*anypb.Any, error) {
 // CreateWatch answers through the snapshot cache and swaps each response
 // for one made of shared Anys.
 func (c *sharedCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
-	open := func(in chan cachev3.Response) (func(), error) { return c.SnapshotCache.CreateWatch(req, sub, in) }
-	return relay(open, out, func(r cachev3.Response) (cachev3.Response, error) { return c.share(r, sub) })
-}
-
-// relay opens a watch on a channel of its own and passes its one response
-// on to out through share (or unchanged if share fails), until cancelled.
-func relay[R any](open func(chan R) (func(), error), out chan R, share func(R) (R, error)) (func(), error) {
-	in := make(chan R, 1)
-	cancel, err := open(in)
+	in := make(chan cachev3.Response, 1)
+	cancel, err := c.SnapshotCache.CreateWatch(req, sub, in)
 	if err != nil {
 		return nil, err
 	}
-	done := make(chan struct{})
-	var once sync.Once
+	// The watch passes its one response on, shared and within the send
+	// budget, until cancelled.
+	ctx, stop := context.WithCancel(context.Background())
 	go func() {
 		select {
 		case r := <-in:
-			if shared, err := share(r); err == nil {
+			if shared, err := c.share(r, sub); err == nil {
 				r = shared
+			}
+			if d, err := r.GetDiscoveryResponse(); err == nil && !c.budget.take(ctx, sizeOf(d.GetResources())) {
+				return
 			}
 			select {
 			case out <- r:
-			case <-done:
+			case <-ctx.Done():
 			}
-		case <-done:
+		case <-ctx.Done():
 		}
 	}()
 	return func() {
-		once.Do(func() { close(done) })
+		stop()
 		if cancel != nil {
 			cancel()
 		}

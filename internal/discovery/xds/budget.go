@@ -1,0 +1,64 @@
+package xds
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// sendBudget bounds the bytes of large responses handed to streams and
+// not yet acknowledged. gRPC keeps a whole encoded message in memory
+// until the client has read it, so a first push of a thousand clusters to
+// a thousand proxies that read slowly held every copy at once (750 MB of
+// send buffers in the scale bench). Small responses, the usual endpoint
+// update, never wait. Istio bounds concurrent pushes for the same reason
+// (PILOT_PUSH_THROTTLE).
+type sendBudget struct {
+	sem *semaphore.Weighted
+	max int64
+}
+
+const (
+	// largeResponse is the size from which a response waits for budget.
+	largeResponse = 64 << 10
+	// sendBudgetBytes is how much large responses may hold at once.
+	sendBudgetBytes = 48 << 20
+	// ackWait is how long a response holds its budget without an
+	// acknowledgement (a stuck client must not stall every push).
+	ackWait = 10 * time.Second
+)
+
+func newSendBudget(max int64) *sendBudget {
+	return &sendBudget{sem: semaphore.NewWeighted(max), max: max}
+}
+
+// take waits until a response of n bytes may be sent on a watch and
+// returns false if the watch ends first. The budget comes back when the
+// watch ends (the client's next request for the type acknowledges the
+// response) or after ackWait.
+func (b *sendBudget) take(watch context.Context, n int) bool {
+	if n < largeResponse {
+		return true
+	}
+	w := min(int64(n), b.max)
+	if err := b.sem.Acquire(watch, w); err != nil {
+		return false
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { b.sem.Release(w) }) }
+	context.AfterFunc(watch, release)
+	time.AfterFunc(ackWait, release)
+	return true
+}
+
+// sizeOf is the payload of a response's resources.
+func sizeOf(anys []*anypb.Any) int {
+	n := 0
+	for _, a := range anys {
+		n += len(a.GetValue())
+	}
+	return n
+}
