@@ -21,8 +21,8 @@ import (
 
 // deltaWatch is one open incremental watch.
 type deltaWatch struct {
-	req  *cachev3.DeltaRequest
-	sub  cachev3.Subscription
+	req *cachev3.DeltaRequest
+	sub cachev3.Subscription
 	out chan cachev3.DeltaResponse
 	// ctx ends when the watch is cancelled: the client sent its next
 	// request for the type, or the stream closed.
