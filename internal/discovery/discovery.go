@@ -187,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			return h(srv, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Namespace: who.Namespace, ServiceAccount: who.ServiceAccount})})
 		}))...)
-	xdsServer.Register(ctx, grpcServer, secureServer)
+	xdsServer.Register(grpcServer, secureServer)
 	certs := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log)
 	if err := certs.Register(secureServer, metrics); err != nil {
 		return err

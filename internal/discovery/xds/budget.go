@@ -35,23 +35,22 @@ func newSendBudget(max int64) *sendBudget {
 	return &sendBudget{sem: semaphore.NewWeighted(max), max: max}
 }
 
-// take waits until a response of n bytes may be sent on a watch and
-// returns false if the watch ends first. The budget comes back when the
-// watch ends (the client's next request for the type acknowledges the
-// response) or after ackWait.
-func (b *sendBudget) take(watch context.Context, n int) bool {
+// take waits until a response of n bytes may be sent on a stream and
+// returns false if the stream ends first. The caller releases the budget
+// when the client acknowledges the response (or the stream ends); it
+// comes back by itself after ackWait.
+func (b *sendBudget) take(stream context.Context, n int) (release func(), ok bool) {
 	if n < largeResponse {
-		return true
+		return func() {}, true
 	}
 	w := min(int64(n), b.max)
-	if err := b.sem.Acquire(watch, w); err != nil {
-		return false
+	if err := b.sem.Acquire(stream, w); err != nil {
+		return nil, false
 	}
 	var once sync.Once
-	release := func() { once.Do(func() { b.sem.Release(w) }) }
-	context.AfterFunc(watch, release)
+	release = func() { once.Do(func() { b.sem.Release(w) }) }
 	time.AfterFunc(ackWait, release)
-	return true
+	return release, true
 }
 
 // sizeOf is the payload of a response's resources.

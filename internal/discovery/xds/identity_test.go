@@ -40,7 +40,7 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 	g := grpc.NewServer(grpc.StreamInterceptor(func(s any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		return h(s, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Namespace: "test", ServiceAccount: "sleep"})})
 	}))
-	srv.Register(ctx, g)
+	srv.Register(g)
 	go g.Serve(l)
 	defer g.Stop()
 	go srv.Run(ctx)

@@ -74,11 +74,11 @@ func snapshots(t *testing.T, s *Server, ids []string) []*cachev3.Snapshot {
 	t.Helper()
 	var out []*cachev3.Snapshot
 	for _, id := range ids {
-		snap, err := s.cache.GetSnapshot(id)
-		if err != nil {
-			t.Fatal(err)
+		snap := s.snapshot(id)
+		if snap == nil {
+			t.Fatalf("no snapshot for %s", id)
 		}
-		out = append(out, snap.(*cachev3.Snapshot))
+		out = append(out, snap)
 	}
 	return out
 }

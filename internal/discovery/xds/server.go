@@ -9,15 +9,14 @@ import (
 	"maps"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -43,8 +42,9 @@ type Server struct {
 	Debounce time.Duration
 	Metrics  prometheus.Registerer
 
-	cache *sharedCache
-	push  chan struct{}
+	anys   *anyCache
+	budget *sendBudget
+	push   chan struct{}
 
 	pendMu sync.Mutex // guards pendFull and pendHosts
 	// pendFull asks the next push to regenerate everything; otherwise it
@@ -52,10 +52,10 @@ type Server struct {
 	pendFull  bool
 	pendHosts map[string]bool
 
-	mu      sync.Mutex // guards streams, callers and proxies
-	streams map[int64]string
-	callers map[int64]Identity
-	proxies map[string]*proxyState
+	streamIDs atomic.Int64
+	mu        sync.Mutex // guards streams and proxies
+	streams   map[int64]string
+	proxies   map[string]*proxyState
 
 	warnedNoGW sync.Map // network -> struct{}
 	warned     sync.Map // message -> struct{}
@@ -72,8 +72,10 @@ type Server struct {
 }
 
 type proxyState struct {
-	proxy   *Proxy
-	streams int
+	proxy *Proxy
+	// snap is the proxy's latest snapshot, handed to its streams.
+	snap    *cachev3.Snapshot
+	conns   map[*adsConn]struct{}
 	sent    map[string]string // type URL -> version or nonce sent
 	acked   map[string]string // type URL -> version or nonce acknowledged
 	nack    map[string]string // type URL -> last error detail
@@ -106,12 +108,9 @@ type ProxyStatus struct {
 // NewServer prepares the cache and metrics; Register and Run start it.
 func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Registerer) *Server {
 	s := &Server{Registry: reg, Log: log, Debounce: 100 * time.Millisecond, Metrics: metrics,
-		// ads=false: in ADS mode the cache answers only requests that name
-		// every resource of the type, which a gRPC client asking for one
-		// listener never does. Responses are still filtered to what was asked.
-		cache: newSharedCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)),
+		anys: newAnyCache(), budget: newSendBudget(sendBudgetBytes),
 		push:  make(chan struct{}, 1), pendHosts: map[string]bool{},
-		streams: map[int64]string{}, callers: map[int64]Identity{}, proxies: map[string]*proxyState{}}
+		streams: map[int64]string{}, proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
 	s.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes", Help: "xDS responses sent, by type."}, []string{"type"})
@@ -182,12 +181,11 @@ func (s *Server) signal() {
 	}
 }
 
-// Register adds the ADS service (and the per-type services) to a gRPC server.
-func (s *Server) Register(ctx context.Context, gs ...*grpc.Server) {
-	// One server for every port: stream IDs must be unique across them.
-	srv := serverv3.NewServer(ctx, s.cache, s.callbacks())
+// Register adds the ADS service to gRPC servers (one Server for every
+// port: stream IDs are unique across them).
+func (s *Server) Register(gs ...*grpc.Server) {
 	for _, g := range gs {
-		discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, srv)
+		discovery.RegisterAggregatedDiscoveryServiceServer(g, s)
 	}
 }
 
@@ -235,7 +233,7 @@ func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	}
 	s.mu.Unlock()
 	// Proxies with the same view share generated resources: once per view.
-	s.cache.rotate()
+	s.anys.rotate()
 	s.memoMu.Lock()
 	base := s.current
 	s.memoMu.Unlock()
@@ -392,9 +390,25 @@ func (s *Server) updateWith(id string, m *memo) {
 	p := st.proxy
 	s.mu.Unlock()
 	snap := s.snapshotFor(p, m)
-	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
-		s.Log.Error("set snapshot", "proxy", id, "err", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok = s.proxies[id]; ok {
+		st.snap = snap
+		for c := range st.conns {
+			c.snap.Store(snap)
+			c.notify()
+		}
 	}
+}
+
+// snapshot returns a proxy's latest snapshot.
+func (s *Server) snapshot(id string) *cachev3.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.proxies[id]; ok {
+		return st.snap
+	}
+	return nil
 }
 
 // snapshotFor assembles a proxy's snapshot from what the push already
@@ -535,16 +549,15 @@ func (s *Server) noGateway(network string) {
 	}
 }
 
-// connect registers a proxy on its first request.
-func (s *Server) connect(stream int64, n *core.Node) error {
-	s.mu.Lock()
-	if _, known := s.streams[stream]; known || n == nil {
-		s.mu.Unlock()
-		return nil
+// connect registers a stream's proxy on its first request; a node that
+// claims another identity than its token proves is refused.
+func (s *Server) connect(c *adsConn, n *core.Node) error {
+	if n == nil {
+		return status.Error(codes.InvalidArgument, "the first request on a stream must carry the node")
 	}
 	p, err := ParseNode(n)
 	if err == nil {
-		if who, ok := s.callers[stream]; ok {
+		if who, ok := c.ctx.Value(identityKey{}).(Identity); ok {
 			switch {
 			case p.Namespace != who.Namespace:
 				err = fmt.Errorf("node %q is in namespace %q but its token is for %s/%s", p.ID, p.Namespace, who.Namespace, who.ServiceAccount)
@@ -557,39 +570,39 @@ func (s *Server) connect(stream int64, n *core.Node) error {
 		}
 	}
 	if err != nil {
-		s.mu.Unlock()
 		s.Log.Warn("xDS client refused", "node", n.GetId(), "err", err)
 		return err
 	}
-	s.streams[stream] = p.ID
+	s.mu.Lock()
+	c.proxy = p.ID
+	s.streams[c.id] = p.ID
 	st, ok := s.proxies[p.ID]
 	if !ok {
-		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
+		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}, conns: map[*adsConn]struct{}{}}
 		s.proxies[p.ID] = st
 	}
 	st.proxy = p
-	st.streams++
+	st.conns[c] = struct{}{}
+	if st.snap != nil {
+		c.snap.Store(st.snap)
+	}
 	s.mu.Unlock()
 	s.Log.Info("proxy connected", "proxy", p.ID, "cluster", p.ClusterID, "network", p.Network)
 	s.update(p.ID)
 	return nil
 }
 
-func (s *Server) disconnect(stream int64) {
+// disconnect forgets a stream, and its proxy with its last stream.
+func (s *Server) disconnect(c *adsConn) {
 	s.mu.Lock()
-	id, ok := s.streams[stream]
-	delete(s.streams, stream)
-	delete(s.callers, stream)
-	if ok {
-		if st := s.proxies[id]; st != nil {
-			st.streams--
-			if st.streams <= 0 {
-				delete(s.proxies, id)
-				s.cache.ClearSnapshot(id)
-			}
+	defer s.mu.Unlock()
+	delete(s.streams, c.id)
+	if st := s.proxies[c.proxy]; st != nil {
+		delete(st.conns, c)
+		if len(st.conns) == 0 {
+			delete(s.proxies, c.proxy)
 		}
 	}
-	s.mu.Unlock()
 }
 
 // record notes what a proxy acknowledged or rejected.
@@ -635,43 +648,6 @@ func shortType(url string) string {
 		return "sds"
 	}
 	return url
-}
-
-func (s *Server) callbacks() serverv3.Callbacks {
-	opened := func(ctx context.Context, id int64) error {
-		if who, ok := ctx.Value(identityKey{}).(Identity); ok {
-			s.mu.Lock()
-			s.callers[id] = who
-			s.mu.Unlock()
-		}
-		return nil
-	}
-	return serverv3.CallbackFuncs{
-		StreamOpenFunc:      func(ctx context.Context, id int64, _ string) error { return opened(ctx, id) },
-		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error { return opened(ctx, id) },
-		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
-			if err := s.connect(id, r.GetNode()); err != nil {
-				return err
-			}
-			s.record(id, r.GetTypeUrl(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage())
-			return nil
-		},
-		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-			s.sent(id, resp.GetTypeUrl(), resp.GetVersionInfo())
-		},
-		StreamClosedFunc: func(id int64, _ *core.Node) { s.disconnect(id) },
-		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
-			if err := s.connect(id, r.GetNode()); err != nil {
-				return err
-			}
-			s.record(id, r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail().GetMessage())
-			return nil
-		},
-		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
-			s.sent(id, resp.GetTypeUrl(), resp.GetNonce())
-		},
-		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { s.disconnect(id) },
-	}
 }
 
 // Status lists every connected proxy with what it was sent and acknowledged.

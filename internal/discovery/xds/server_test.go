@@ -26,7 +26,7 @@ func serve(t *testing.T, reg *registry.Registry) (*xds.Server, string) {
 		t.Fatal(err)
 	}
 	g := grpc.NewServer()
-	srv.Register(ctx, g)
+	srv.Register(g)
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
 	go srv.Run(ctx)

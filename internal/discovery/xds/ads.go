@@ -1,0 +1,455 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"strconv"
+	"sync/atomic"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// The Aggregated Discovery Service, state of the world and incremental,
+// served here rather than by go-control-plane's server and snapshot
+// cache (whose types and resource names are still used), as istiod serves
+// its own. The snapshot cache keeps, for every stream and type, a map of
+// every resource it returned, and diffs each new snapshot against each of
+// them: with a thousand proxies and a thousand load assignments one
+// changed endpoint cost two CPU-seconds of map work, and those maps were
+// a quarter of a gigabyte. Here a stream's watch remembers which snapshot
+// its client holds for the type; a push compares versions (nothing to do
+// when the type did not change) and otherwise sends what changed between
+// the two snapshots, computed once for all streams.
+
+// adsConn is one ADS stream.
+type adsConn struct {
+	id    int64
+	delta bool
+	ctx   context.Context
+	// proxy is the node's ID once its first request arrived.
+	proxy string
+	// snap is the proxy's latest snapshot, set by pushes; wake says so.
+	snap atomic.Pointer[cachev3.Snapshot]
+	wake chan struct{}
+
+	// Only the stream's goroutine touches what follows.
+	watches map[string]*adsWatch
+	nonce   int64
+	// held is the send budget of the last large response, until its
+	// acknowledgement.
+	held      func()
+	heldNonce string
+}
+
+// adsWatch is a stream's subscription to one type.
+type adsWatch struct {
+	wildcard bool
+	names    map[string]struct{}
+	// fresh are names subscribed since the last response.
+	fresh map[string]struct{}
+	// sent is the snapshot whose resources of the type the client holds
+	// (nil: none yet).
+	sent *cachev3.Snapshot
+	// nonce of the last response; waiting until it is acknowledged: a
+	// stream has at most one response of a type in flight.
+	nonce   string
+	waiting bool
+	// first: no response yet; state of the world owes one even if empty.
+	first bool
+	// initial are the versions a reconnecting incremental client says
+	// it has.
+	initial map[string]string
+}
+
+// pushOrder sends clusters before their load assignments and listeners
+// before their routes, as ADS clients expect.
+var pushOrder = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType, resource.SecretType}
+
+func (c *adsConn) notify() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// StreamAggregatedResources serves a state-of-the-world ADS stream.
+func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	c := s.openConn(stream.Context(), false)
+	send := func(url string, w *adsWatch, snap *cachev3.Snapshot, names, _ []string) (string, error) {
+		items := snap.GetResourcesAndTTL(url)
+		anys := make([]*anypb.Any, 0, len(names))
+		for _, n := range names {
+			a, err := s.anys.marshalled(items[n].Resource)
+			if err != nil {
+				return "", err
+			}
+			anys = append(anys, a)
+		}
+		nonce := c.nextNonce()
+		if err := c.budget(s.budget, sizeOf(anys), nonce); err != nil {
+			return "", err
+		}
+		version := snap.GetVersion(url)
+		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
+			return "", err
+		}
+		s.sent(c.id, url, version)
+		return nonce, nil
+	}
+	return serveStream(s, c, stream.Recv, s.sotwRequest, send)
+}
+
+// DeltaAggregatedResources serves an incremental ADS stream.
+func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	c := s.openConn(stream.Context(), true)
+	send := func(url string, w *adsWatch, snap *cachev3.Snapshot, names, removed []string) (string, error) {
+		items, vm := snap.GetResourcesAndTTL(url), snap.GetVersionMap(url)
+		rs := make([]*discovery.Resource, 0, len(names))
+		size := 0
+		for _, n := range names {
+			a, err := s.anys.marshalled(items[n].Resource)
+			if err != nil {
+				return "", err
+			}
+			size += len(a.GetValue())
+			rs = append(rs, &discovery.Resource{Name: n, Version: vm[n], Resource: a})
+		}
+		nonce := c.nextNonce()
+		if err := c.budget(s.budget, size, nonce); err != nil {
+			return "", err
+		}
+		if err := stream.Send(&discovery.DeltaDiscoveryResponse{SystemVersionInfo: snap.GetVersion(url), Resources: rs,
+			RemovedResources: removed, TypeUrl: url, Nonce: nonce}); err != nil {
+			return "", err
+		}
+		s.sent(c.id, url, nonce)
+		return nonce, nil
+	}
+	return serveStream(s, c, stream.Recv, s.deltaRequest, send)
+}
+
+// serveStream runs a stream: requests as they come, and after each (or
+// a push) whatever the stream's client lacks.
+func serveStream[R any](s *Server, c *adsConn, recv func() (R, error), handle func(*adsConn, R) error, send sender) error {
+	defer s.closeConn(c)
+	reqs := make(chan R, 4)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-c.ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return nil
+		case err := <-errc:
+			return streamEnd(err)
+		case r := <-reqs:
+			if err := handle(c, r); err != nil {
+				return err
+			}
+		case <-c.wake:
+		}
+		if err := s.flush(c, send); err != nil {
+			return err
+		}
+	}
+}
+
+func streamEnd(err error) error {
+	if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) openConn(ctx context.Context, delta bool) *adsConn {
+	c := &adsConn{id: s.streamIDs.Add(1), delta: delta, ctx: ctx, wake: make(chan struct{}, 1), watches: map[string]*adsWatch{}}
+	return c
+}
+
+func (s *Server) closeConn(c *adsConn) {
+	if c.held != nil {
+		c.held()
+	}
+	s.disconnect(c)
+}
+
+func (c *adsConn) nextNonce() string {
+	c.nonce++
+	return strconv.FormatInt(c.nonce, 10)
+}
+
+// budget waits for the send budget of a large response; the stream holds
+// at most one, so it never waits while holding budget others wait for.
+func (c *adsConn) budget(b *sendBudget, size int, nonce string) error {
+	if size < largeResponse {
+		return nil
+	}
+	if c.held != nil {
+		c.held()
+		c.held = nil
+	}
+	release, ok := b.take(c.ctx, size)
+	if !ok {
+		return c.ctx.Err()
+	}
+	c.held, c.heldNonce = release, nonce
+	return nil
+}
+
+// acked handles the acknowledgement (or rejection) of a response.
+// A rejection is recorded whatever its nonce: it is news either way.
+func (s *Server) acked(c *adsConn, url string, w *adsWatch, nonce, version, errDetail string) {
+	if errDetail != "" {
+		s.record(c.id, url, version, errDetail)
+	}
+	if !w.waiting || nonce == "" || nonce != w.nonce {
+		return // not for the response in flight (a stale one crossed it)
+	}
+	w.waiting = false
+	if c.held != nil && c.heldNonce == nonce {
+		c.held()
+		c.held = nil
+	}
+	if errDetail == "" {
+		s.record(c.id, url, version, "")
+	}
+}
+
+func (c *adsConn) watch(url string) *adsWatch {
+	w := c.watches[url]
+	if w == nil {
+		w = &adsWatch{first: true, names: map[string]struct{}{}}
+		c.watches[url] = w
+	}
+	return w
+}
+
+// sotwRequest applies a state-of-the-world request: acknowledgement and
+// the (whole) list of names wanted.
+func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
+	if c.proxy == "" {
+		if err := s.connect(c, r.GetNode()); err != nil {
+			return err
+		}
+	}
+	url := r.GetTypeUrl()
+	if url == "" {
+		return status.Error(codes.InvalidArgument, "a request on an aggregated stream must name its type_url")
+	}
+	w := c.watch(url)
+	s.acked(c, url, w, r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage())
+	if r.GetResponseNonce() != "" && r.GetResponseNonce() != w.nonce {
+		return nil // stale: its names predate the last response
+	}
+	names := r.GetResourceNames()
+	wildcard := len(names) == 0
+	if wildcard != w.wildcard {
+		w.wildcard = wildcard
+		w.sent = nil // send the whole subscription again
+	}
+	if !wildcard && !w.same(names) {
+		next := make(map[string]struct{}, len(names))
+		for _, n := range names {
+			next[n] = struct{}{}
+			if _, had := w.names[n]; !had {
+				w.subscribe(n)
+			}
+		}
+		w.names = next
+	}
+	return nil
+}
+
+// same tells whether names are the watch's names: state-of-the-world
+// clients repeat every name in every request, and usually nothing new.
+func (w *adsWatch) same(names []string) bool {
+	if len(names) != len(w.names) {
+		return false
+	}
+	for _, n := range names {
+		if _, ok := w.names[n]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// subscribe marks a name as newly wanted.
+func (w *adsWatch) subscribe(n string) {
+	if w.fresh == nil {
+		w.fresh = map[string]struct{}{}
+	}
+	w.fresh[n] = struct{}{}
+}
+
+// deltaRequest applies an incremental request: acknowledgement and
+// names subscribed or unsubscribed.
+func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) error {
+	if c.proxy == "" {
+		if err := s.connect(c, r.GetNode()); err != nil {
+			return err
+		}
+	}
+	url := r.GetTypeUrl()
+	if url == "" {
+		return status.Error(codes.InvalidArgument, "a request on an aggregated stream must name its type_url")
+	}
+	_, known := c.watches[url]
+	w := c.watch(url)
+	if !known {
+		// Without names, the first request subscribes to everything.
+		w.wildcard = len(r.GetResourceNamesSubscribe()) == 0
+		w.initial = r.GetInitialResourceVersions()
+	}
+	s.acked(c, url, w, r.GetResponseNonce(), r.GetResponseNonce(), r.GetErrorDetail().GetMessage())
+	for _, n := range r.GetResourceNamesSubscribe() {
+		if n == "*" {
+			if !w.wildcard {
+				w.wildcard, w.sent = true, nil
+			}
+			continue
+		}
+		if _, had := w.names[n]; !had {
+			w.names[n] = struct{}{}
+			w.subscribe(n)
+		}
+	}
+	for _, n := range r.GetResourceNamesUnsubscribe() {
+		if n == "*" {
+			w.wildcard = false
+			continue
+		}
+		delete(w.names, n)
+		delete(w.fresh, n)
+	}
+	return nil
+}
+
+// sender sends one response: names of the snapshot's resources of the
+// type and (incremental only) names removed; it returns the nonce.
+type sender func(url string, w *adsWatch, snap *cachev3.Snapshot, names, removed []string) (string, error)
+
+// flush sends each watched type what its client lacks of the proxy's
+// latest snapshot, one response in flight per type.
+func (s *Server) flush(c *adsConn, send sender) error {
+	snap := c.snap.Load()
+	if snap == nil {
+		return nil
+	}
+	for _, url := range c.order() {
+		w := c.watches[url]
+		if w.waiting {
+			continue // the acknowledgement will flush again
+		}
+		same := w.sent != nil && w.sent.GetVersion(url) == snap.GetVersion(url)
+		if same && !w.first && len(w.fresh) == 0 {
+			w.sent = snap
+			continue
+		}
+		names, removed := s.changes(c, url, w, snap)
+		full := !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
+		owed := w.first && (!c.delta || w.wildcard)
+		if len(names) == 0 && len(removed) == 0 && !owed && !(full && !same) {
+			w.sent, w.first, w.fresh = snap, false, nil
+			continue
+		}
+		nonce, err := send(url, w, snap, names, removed)
+		if err != nil {
+			return err
+		}
+		w.sent, w.first, w.nonce, w.waiting, w.initial, w.fresh = snap, false, nonce, true, nil, nil
+	}
+	return nil
+}
+
+// order lists the watched types, known ones in pushOrder.
+func (c *adsConn) order() []string {
+	out := make([]string, 0, len(c.watches))
+	for _, url := range pushOrder {
+		if _, ok := c.watches[url]; ok {
+			out = append(out, url)
+		}
+	}
+	if len(out) < len(c.watches) {
+		var rest []string
+		for url := range c.watches {
+			if !slices.Contains(pushOrder, url) {
+				rest = append(rest, url)
+			}
+		}
+		slices.Sort(rest)
+		out = append(out, rest...)
+	}
+	return out
+}
+
+// changes lists what a watch's client lacks of snap: names to send and,
+// on incremental streams, names to remove.
+func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *cachev3.Snapshot) (names, removed []string) {
+	items := snap.GetResourcesAndTTL(url)
+	wanted := func(n string) bool {
+		if w.wildcard {
+			return true
+		}
+		_, ok := w.names[n]
+		return ok
+	}
+	full := !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
+	if full || w.sent == nil {
+		vm := snap.GetVersionMap(url)
+		for n := range items {
+			if !wanted(n) {
+				continue
+			}
+			if v, ok := w.initial[n]; ok && v == vm[n] && !full {
+				continue // a reconnecting client has it already
+			}
+			names = append(names, n)
+		}
+		for n := range w.initial {
+			if _, ok := items[n]; !ok && wanted(n) {
+				removed = append(removed, n)
+			}
+		}
+		slices.Sort(names)
+		return names, removed
+	}
+	d := s.anys.diff(url, w.sent, snap)
+	for _, n := range d.changed {
+		if wanted(n) {
+			names = append(names, n)
+		}
+	}
+	for n := range w.fresh {
+		if _, ok := items[n]; ok && !slices.Contains(d.changed, n) {
+			names = append(names, n)
+		}
+	}
+	if c.delta {
+		for _, n := range d.removed {
+			if wanted(n) {
+				removed = append(removed, n)
+			}
+		}
+	}
+	return names, removed
+}

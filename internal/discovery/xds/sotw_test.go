@@ -1,0 +1,127 @@
+package xds_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+)
+
+// TestSotwSendsOnlyChangedLoadAssignments: over a state-of-the-world
+// stream, an endpoint change sends only its load assignment (the xDS
+// protocol lets every type but listeners and clusters be partial) and
+// no clusters; a new service sends the whole cluster list.
+func TestSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
+	reg := registry.New()
+	ep := func(addr string) registry.Endpoint {
+		return registry.Endpoint{Address: addr, Ports: map[string]int32{"http": 8080}, Cluster: "c1", Network: "n1", Ready: true}
+	}
+	addService := func(h, addr string) {
+		reg.SetService("c1", h, &registry.Service{Namespace: "ns", Name: h[:1], Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}})
+		reg.SetEndpoints("c1", h, []registry.Endpoint{ep(addr)})
+	}
+	hosts := []string{"a.ns.svc.cluster.local", "b.ns.svc.cluster.local"}
+	addService(hosts[0], "10.0.1.1")
+	addService(hosts[1], "10.0.1.2")
+	_, addr := serve(t, reg)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	responses := make(chan *discoverygrpc.DiscoveryResponse, 16)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				close(responses)
+				return
+			}
+			responses <- r
+		}
+	}()
+	names := func(r *discoverygrpc.DiscoveryResponse) []string {
+		var out []string
+		for _, a := range r.Resources {
+			if r.TypeUrl == resource.EndpointType {
+				var m endpoint.ClusterLoadAssignment
+				_ = a.UnmarshalTo(&m)
+				out = append(out, m.ClusterName)
+			} else {
+				var m cluster.Cluster
+				_ = a.UnmarshalTo(&m)
+				out = append(out, m.Name)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	var watched []string
+	// next acknowledges (asking again for watched load assignments) and
+	// gathers what arrives within a moment.
+	next := func() map[string][]string {
+		t.Helper()
+		out := map[string][]string{}
+		take := func(r *discoverygrpc.DiscoveryResponse) {
+			req := &discoverygrpc.DiscoveryRequest{TypeUrl: r.TypeUrl, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}
+			if r.TypeUrl == resource.EndpointType {
+				req.ResourceNames = watched
+			}
+			_ = stream.Send(req)
+			out[r.TypeUrl] = append(out[r.TypeUrl], names(r)...)
+		}
+		select {
+		case r := <-responses:
+			take(r)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no response")
+		}
+		quiet := time.After(300 * time.Millisecond)
+		for {
+			select {
+			case r := <-responses:
+				take(r)
+			case <-quiet:
+				return out
+			}
+		}
+	}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
+	a, b := xds.OutboundCluster(8080, "", hosts[0]), xds.OutboundCluster(8080, "", hosts[1])
+	if got := next()[resource.ClusterType]; !slices.Contains(got, a) || !slices.Contains(got, b) {
+		t.Fatalf("first clusters %v", got)
+	}
+	watched = []string{a, b}
+	_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: watched})
+	if got := next()[resource.EndpointType]; !slices.Equal(got, []string{a, b}) {
+		t.Fatalf("first load assignments %v, want %s and %s", got, a, b)
+	}
+	for i, addr := range []string{"10.0.2.1", "10.0.2.2"} {
+		reg.SetEndpoints("c1", hosts[1], []registry.Endpoint{ep(addr)})
+		got := next()
+		if len(got) != 1 || !slices.Equal(got[resource.EndpointType], []string{b}) {
+			t.Fatalf("change %d of b's endpoints sent %v, want only b's load assignment", i+1, got)
+		}
+	}
+	addService("c.ns.svc.cluster.local", "10.0.1.3")
+	c := xds.OutboundCluster(8080, "", "c.ns.svc.cluster.local")
+	if got := next()[resource.ClusterType]; !slices.Contains(got, a) || !slices.Contains(got, b) || !slices.Contains(got, c) {
+		t.Errorf("after a new service, clusters %v, want the whole list", got)
+	}
+}
