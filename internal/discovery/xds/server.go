@@ -109,7 +109,7 @@ type ProxyStatus struct {
 func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Registerer) *Server {
 	s := &Server{Registry: reg, Log: log, Debounce: 100 * time.Millisecond, Metrics: metrics,
 		anys: newAnyCache(), budget: newSendBudget(sendBudgetBytes),
-		push:  make(chan struct{}, 1), pendHosts: map[string]bool{},
+		push: make(chan struct{}, 1), pendHosts: map[string]bool{},
 		streams: map[int64]string{}, proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
