@@ -510,7 +510,15 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		retries = rc.r.Retry.NumRetries
 	}
 	var body []byte
-	if retries > 0 && r.Body != nil && r.Body != http.NoBody {
+	direct := false // the synchronous HTTP/1.1 path (h1.go)
+	if !h2 {
+		b, ok, err := syncBody(r)
+		if err != nil {
+			return nil, err
+		}
+		body, direct = b, ok
+	}
+	if retries > 0 && !direct && r.Body != nil && r.Body != http.NoBody {
 		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
 			retries = 0 // streaming or large: not replayable
 		} else {
@@ -575,7 +583,14 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			out = out.WithContext(ctx)
 			perTry = time.AfterFunc(rc.r.Retry.PerTryTimeout, func() { timedOut.Store(true); cancel() })
 		}
-		resp, err := p.transport(c, ep, h2).RoundTrip(out)
+		var resp *http.Response
+		var err error
+		if direct {
+			dial := func(ctx context.Context) (net.Conn, error) { return p.dialFor(ctx, c, ep, addr, []string{"istio-http/1.1"}) }
+			resp, err = p.roundTripH1(out, h1Key{pool: poolKeyFor(c, ep, false), addr: addr}, body, dial)
+		} else {
+			resp, err = p.transport(c, ep, h2).RoundTrip(out)
+		}
 		if perTry != nil {
 			perTry.Stop()
 		}
@@ -664,10 +679,7 @@ func retryableStatus(rp *config.RetryPolicy, resp *http.Response) bool {
 // transport returns the connection pool of a cluster for a protocol;
 // pooled connections are per endpoint address.
 func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.RoundTripper {
-	key := poolKey{cluster: c.Name, h2: h2}
-	if t := c.TransportFor(ep); t != nil {
-		key.tls = t.SNI + "|" + strings.Join(t.SANs, ",")
-	}
+	key := poolKeyFor(c, ep, h2)
 	if v, ok := p.pools.Load(key); ok {
 		return v.(*http.Transport)
 	}
@@ -694,13 +706,11 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.
 				return nil, fmt.Errorf("no cluster %q", rc.cluster)
 			}
 			if cl.Type == config.OriginalDst {
-				return p.opts.Dial(ctx, "tcp", addr)
+				return p.dialFor(ctx, cl, nil, addr, alpn)
 			}
 			for _, e := range cl.Endpoints {
 				if e.Addr.String() == addr {
-					dctx, cancel := context.WithTimeout(ctx, cl.ConnectTimeout)
-					defer cancel()
-					return p.dialEndpoint(dctx, cl, e, alpn)
+					return p.dialFor(ctx, cl, e, addr, alpn)
 				}
 			}
 			return nil, fmt.Errorf("endpoint %s left cluster %q", addr, rc.cluster)
@@ -708,6 +718,27 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.
 	}
 	v, _ := p.pools.LoadOrStore(key, tr)
 	return v.(*http.Transport)
+}
+
+// poolKeyFor names the connection pool of an endpoint: connections are
+// shared by cluster, protocol and TLS identity.
+func poolKeyFor(c *config.Cluster, ep *config.Endpoint, h2 bool) poolKey {
+	key := poolKey{cluster: c.Name, h2: h2}
+	if t := c.TransportFor(ep); t != nil {
+		key.tls = t.SNI + "|" + strings.Join(t.SANs, ",")
+	}
+	return key
+}
+
+// dialFor opens a connection to an endpoint of a cluster (ep nil for an
+// original-destination cluster: addr as the client asked).
+func (p *Proxy) dialFor(ctx context.Context, c *config.Cluster, ep *config.Endpoint, addr string, alpn []string) (net.Conn, error) {
+	if c.Type == config.OriginalDst || ep == nil {
+		return p.opts.Dial(ctx, "tcp", addr)
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
+	defer cancel()
+	return p.dialEndpoint(dctx, c, ep, alpn)
 }
 
 type poolKey struct {

@@ -73,6 +73,7 @@ type Proxy struct {
 	http         *http.Server
 	proxyHandler *httputil.ReverseProxy
 	pools        sync.Map // poolKey -> *http.Transport
+	h1Pools      sync.Map // h1Key -> *h1Idle
 	logMu        sync.Mutex
 }
 
