@@ -586,7 +586,9 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		var resp *http.Response
 		var err error
 		if direct {
-			dial := func(ctx context.Context) (net.Conn, error) { return p.dialFor(ctx, c, ep, addr, []string{"istio-http/1.1"}) }
+			dial := func(ctx context.Context) (net.Conn, error) {
+				return p.dialFor(ctx, c, ep, addr, []string{"istio-http/1.1"})
+			}
 			resp, err = p.roundTripH1(out, h1Key{pool: poolKeyFor(c, ep, false), addr: addr}, body, dial)
 		} else {
 			resp, err = p.transport(c, ep, h2).RoundTrip(out)
