@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
+	"unique"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -111,19 +112,22 @@ func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoverySe
 	c := s.openConn(stream.Context(), true)
 	send := func(url string, w *adsWatch, snap *cachev3.Snapshot, names, removed []string) (string, error) {
 		items, vm := snap.GetResourcesAndTTL(url), snap.GetVersionMap(url)
-		rs := make([]*discovery.Resource, 0, len(names))
-		size := 0
+		anys := make([]*anypb.Any, 0, len(names))
 		for _, n := range names {
 			a, err := s.anys.marshalled(items[n].Resource)
 			if err != nil {
 				return "", err
 			}
-			size += len(a.GetValue())
-			rs = append(rs, &discovery.Resource{Name: n, Version: vm[n], Resource: a})
+			anys = append(anys, a)
 		}
+		// Within budget before the response takes memory of its own.
 		nonce := c.nextNonce()
-		if err := c.budget(s.budget, size, nonce); err != nil {
+		if err := c.budget(s.budget, sizeOf(anys), nonce); err != nil {
 			return "", err
+		}
+		rs := make([]*discovery.Resource, len(names))
+		for i, n := range names {
+			rs[i] = &discovery.Resource{Name: n, Version: vm[n], Resource: anys[i]}
 		}
 		if err := stream.Send(&discovery.DeltaDiscoveryResponse{SystemVersionInfo: snap.GetVersion(url), Resources: rs,
 			RemovedResources: removed, TypeUrl: url, Nonce: nonce}); err != nil {
@@ -269,6 +273,7 @@ func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
 	if !wildcard && !w.same(names) {
 		next := make(map[string]struct{}, len(names))
 		for _, n := range names {
+			n = unique.Make(n).Value()
 			next[n] = struct{}{}
 			if _, had := w.names[n]; !had {
 				w.subscribe(n)
@@ -293,8 +298,12 @@ func (w *adsWatch) same(names []string) bool {
 	return true
 }
 
-// subscribe marks a name as newly wanted.
+// subscribe marks a name as newly wanted (before the first response
+// everything wanted is sent anyway).
 func (w *adsWatch) subscribe(n string) {
+	if w.sent == nil {
+		return
+	}
 	if w.fresh == nil {
 		w.fresh = map[string]struct{}{}
 	}
@@ -329,6 +338,9 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 			continue
 		}
 		if _, had := w.names[n]; !had {
+			// A thousand proxies subscribe to the same thousand names:
+			// keep one copy of each.
+			n = unique.Make(n).Value()
 			w.names[n] = struct{}{}
 			w.subscribe(n)
 		}

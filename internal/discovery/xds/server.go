@@ -259,7 +259,7 @@ type memo struct {
 	views  map[viewKey]*shared
 	routes map[string]*typed // sidecar routes by namespace
 	// snapshots of sidecars by view, namespace and inbound ports.
-	snaps   map[string]*cachev3.Snapshot
+	snaps   map[snapKey]*cachev3.Snapshot
 	inbound InboundIndex
 }
 
@@ -320,7 +320,7 @@ func (s *Server) located(p *Proxy) *Proxy {
 }
 
 func newMemo() *memo {
-	return &memo{views: map[viewKey]*shared{}, routes: map[string]*typed{}, snaps: map[string]*cachev3.Snapshot{}}
+	return &memo{views: map[viewKey]*shared{}, routes: map[string]*typed{}, snaps: map[snapKey]*cachev3.Snapshot{}}
 }
 
 // typed is one type's resources with versions.
@@ -411,6 +411,13 @@ func (s *Server) snapshot(id string) *cachev3.Snapshot {
 	return nil
 }
 
+// snapKey is what a proxy's snapshot depends on: its view and, for
+// sidecars, its namespace (routes), inbound ports and inbound policy.
+type snapKey struct {
+	view                     viewKey
+	namespace, ports, policy string
+}
+
 // snapshotFor assembles a proxy's snapshot from what the push already
 // generated: the view's shared resources, the namespace's routes and, for
 // sidecars, the inbound listener of its port set. Sidecars alike in all
@@ -427,7 +434,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 	sidecar := p.Type == Sidecar && p.Generator != GeneratorGRPC
 	var ports InboundPorts
 	var pol InboundPolicy
-	key := fmt.Sprintf("%v", keyOf(p))
+	key := snapKey{view: keyOf(p)}
 	if sidecar {
 		if m.inbound == nil {
 			m.inbound = NewInboundIndex(s.Registry, sh.services)
@@ -437,7 +444,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 			pol.MTLS = ResolveMTLS(s.Config.PeerAuthentications(), s.RootNamespace, p.Namespace, p.Labels)
 			pol.Authz = ResolveAuthz(s.Config.AuthorizationPolicies(), s.RootNamespace, p.Namespace, p.Labels, s.warnOnce)
 		}
-		key += "|" + p.Namespace + "|" + ports.Key() + "|" + pol.Key()
+		key.namespace, key.ports, key.policy = p.Namespace, ports.Key(), pol.Key()
 	}
 	if snap, ok := m.snaps[key]; ok {
 		return snap
