@@ -94,9 +94,6 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 			anys = append(anys, a)
 		}
 		nonce := c.nextNonce()
-		if err := c.budget(s.budget, sizeOf(anys), nonce); err != nil {
-			return "", err
-		}
 		version := snap.GetVersion(url)
 		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
 			return "", err
@@ -120,11 +117,7 @@ func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoverySe
 			}
 			anys = append(anys, a)
 		}
-		// Within budget before the response takes memory of its own.
 		nonce := c.nextNonce()
-		if err := c.budget(s.budget, sizeOf(anys), nonce); err != nil {
-			return "", err
-		}
 		rs := make([]*discovery.Resource, len(names))
 		for i, n := range names {
 			rs[i] = &discovery.Resource{Name: n, Version: vm[n], Resource: anys[i]}
@@ -201,9 +194,11 @@ func (c *adsConn) nextNonce() string {
 	return strconv.FormatInt(c.nonce, 10)
 }
 
-// budget waits for the send budget of a large response; the stream holds
-// at most one, so it never waits while holding budget others wait for.
-func (c *adsConn) budget(b *sendBudget, size int, nonce string) error {
+// budget waits for the send budget of a response of about size bytes
+// (nothing to wait for when small); the stream holds at most one, so it
+// never waits while holding budget others wait for. The budget is taken
+// before the response is built: building takes memory too.
+func (c *adsConn) budget(b *sendBudget, size int) error {
 	if size < largeResponse {
 		return nil
 	}
@@ -215,7 +210,7 @@ func (c *adsConn) budget(b *sendBudget, size int, nonce string) error {
 	if !ok {
 		return c.ctx.Err()
 	}
-	c.held, c.heldNonce = release, nonce
+	c.held, c.heldNonce = release, ""
 	return nil
 }
 
@@ -377,16 +372,26 @@ func (s *Server) flush(c *adsConn, send sender) error {
 			w.sent = snap
 			continue
 		}
+		if err := c.budget(s.budget, s.estimate(c, url, w, snap)); err != nil {
+			return err
+		}
 		names, removed := s.changes(c, url, w, snap)
 		full := !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
 		owed := w.first && (!c.delta || w.wildcard)
 		if len(names) == 0 && len(removed) == 0 && !owed && !(full && !same) {
 			w.sent, w.first, w.fresh = snap, false, nil
+			if c.held != nil && c.heldNonce == "" {
+				c.held() // taken for a response that is not needed
+				c.held = nil
+			}
 			continue
 		}
 		nonce, err := send(url, w, snap, names, removed)
 		if err != nil {
 			return err
+		}
+		if c.held != nil && c.heldNonce == "" {
+			c.heldNonce = nonce // returned at this response's acknowledgement
 		}
 		w.sent, w.first, w.nonce, w.waiting, w.initial, w.fresh = snap, false, nonce, true, nil, nil
 	}
@@ -412,6 +417,21 @@ func (c *adsConn) order() []string {
 		out = append(out, rest...)
 	}
 	return out
+}
+
+// estimate is about how many bytes the next response of a watch takes,
+// from how many resources it may carry and their average size.
+func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *cachev3.Snapshot) int {
+	var n int
+	if w.sent == nil || (!c.delta && cachev3.ResourceRequiresFullStateInSotw(url)) {
+		n = len(snap.GetResourcesAndTTL(url))
+		if !w.wildcard {
+			n = min(n, len(w.names))
+		}
+	} else {
+		n = len(s.anys.diff(url, w.sent, snap).changed) + len(w.fresh)
+	}
+	return n * s.anys.averageSize(url)
 }
 
 // changes lists what a watch's client lacks of snap: names to send and,

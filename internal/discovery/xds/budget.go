@@ -25,7 +25,7 @@ const (
 	// largeResponse is the size from which a response waits for budget.
 	largeResponse = 64 << 10
 	// sendBudgetBytes is how much large responses may hold at once.
-	sendBudgetBytes = 24 << 20
+	sendBudgetBytes = 8 << 20
 	// ackWait is how long a response holds its budget without an
 	// acknowledgement (a stuck client must not stall every push).
 	ackWait = 10 * time.Second

@@ -20,6 +20,9 @@ type anyCache struct {
 	// in a snapshot, which is what makes identity a safe key.
 	cur, prev map[types.Resource]*anypb.Any
 	diffs     map[versionPair]*versionDiff
+	// sizes are the bytes and count of resources marshalled, by type, for
+	// estimating responses before building them.
+	sizes map[string][2]int
 }
 
 type versionPair struct{ url, from, to string }
@@ -29,7 +32,7 @@ type versionPair struct{ url, from, to string }
 type versionDiff struct{ changed, removed []string }
 
 func newAnyCache() *anyCache {
-	return &anyCache{cur: map[types.Resource]*anypb.Any{}, prev: map[types.Resource]*anypb.Any{}, diffs: map[versionPair]*versionDiff{}}
+	return &anyCache{cur: map[types.Resource]*anypb.Any{}, prev: map[types.Resource]*anypb.Any{}, diffs: map[versionPair]*versionDiff{}, sizes: map[string][2]int{}}
 }
 
 // rotate starts a push: resources of the push before last are forgotten.
@@ -63,9 +66,22 @@ func (c *anyCache) marshalled(r types.Resource) (*anypb.Any, error) {
 		a = prior // another stream marshalled it meanwhile
 	} else {
 		c.cur[r] = a
+		sz := c.sizes[a.TypeUrl]
+		c.sizes[a.TypeUrl] = [2]int{sz[0] + len(b), sz[1] + 1}
 	}
 	c.mu.Unlock()
 	return a, nil
+}
+
+// averageSize is the average marshalled size of a type's resources (a
+// guess before any was marshalled).
+func (c *anyCache) averageSize(url string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sz := c.sizes[url]; sz[1] > 0 {
+		return sz[0] / sz[1]
+	}
+	return 1 << 10
 }
 
 // diff returns what changed in a type from one snapshot to another,
