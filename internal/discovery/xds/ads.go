@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
-	"unique"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -52,7 +51,7 @@ type adsConn struct {
 // adsWatch is a stream's subscription to one type.
 type adsWatch struct {
 	wildcard bool
-	names    map[string]struct{}
+	names    *nameSet // shared: never changed, replaced
 	// fresh are names subscribed since the last response.
 	fresh map[string]struct{}
 	// sent is the snapshot whose resources of the type the client holds
@@ -186,6 +185,9 @@ func (s *Server) closeConn(c *adsConn) {
 	if c.held != nil {
 		c.held()
 	}
+	for _, w := range c.watches {
+		s.sets.release(w.names)
+	}
 	s.disconnect(c)
 }
 
@@ -236,7 +238,7 @@ func (s *Server) acked(c *adsConn, url string, w *adsWatch, nonce, version, errD
 func (c *adsConn) watch(url string) *adsWatch {
 	w := c.watches[url]
 	if w == nil {
-		w = &adsWatch{first: true, names: map[string]struct{}{}}
+		w = &adsWatch{first: true}
 		c.watches[url] = w
 	}
 	return w
@@ -266,15 +268,20 @@ func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
 		w.sent = nil // send the whole subscription again
 	}
 	if !wildcard && !w.same(names) {
-		next := make(map[string]struct{}, len(names))
-		for _, n := range names {
-			n = unique.Make(n).Value()
-			next[n] = struct{}{}
-			if _, had := w.names[n]; !had {
-				w.subscribe(n)
+		// The whole list: what the watch had and the list lacks goes.
+		var gone []string
+		if w.names != nil {
+			want := make(map[string]struct{}, len(names))
+			for _, n := range names {
+				want[n] = struct{}{}
+			}
+			for n := range w.names.m {
+				if _, ok := want[n]; !ok {
+					gone = append(gone, n)
+				}
 			}
 		}
-		w.names = next
+		w.names = s.sets.update(w.names, names, gone, w.subscribe)
 	}
 	return nil
 }
@@ -282,11 +289,11 @@ func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
 // same tells whether names are the watch's names: state-of-the-world
 // clients repeat every name in every request, and usually nothing new.
 func (w *adsWatch) same(names []string) bool {
-	if len(names) != len(w.names) {
+	if len(names) != w.names.len() {
 		return false
 	}
 	for _, n := range names {
-		if _, ok := w.names[n]; !ok {
+		if !w.names.has(n) {
 			return false
 		}
 	}
@@ -325,6 +332,7 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 		w.initial = r.GetInitialResourceVersions()
 	}
 	s.acked(c, url, w, r.GetResponseNonce(), r.GetResponseNonce(), r.GetErrorDetail().GetMessage())
+	var add, remove []string
 	for _, n := range r.GetResourceNamesSubscribe() {
 		if n == "*" {
 			if !w.wildcard {
@@ -332,22 +340,17 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 			}
 			continue
 		}
-		if _, had := w.names[n]; !had {
-			// A thousand proxies subscribe to the same thousand names:
-			// keep one copy of each.
-			n = unique.Make(n).Value()
-			w.names[n] = struct{}{}
-			w.subscribe(n)
-		}
+		add = append(add, n)
 	}
 	for _, n := range r.GetResourceNamesUnsubscribe() {
 		if n == "*" {
 			w.wildcard = false
 			continue
 		}
-		delete(w.names, n)
+		remove = append(remove, n)
 		delete(w.fresh, n)
 	}
+	w.names = s.sets.update(w.names, add, remove, w.subscribe)
 	return nil
 }
 
@@ -426,7 +429,7 @@ func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *cachev3.Sna
 	if w.sent == nil || (!c.delta && cachev3.ResourceRequiresFullStateInSotw(url)) {
 		n = len(snap.GetResourcesAndTTL(url))
 		if !w.wildcard {
-			n = min(n, len(w.names))
+			n = min(n, w.names.len())
 		}
 	} else {
 		n = len(s.anys.diff(url, w.sent, snap).changed) + len(w.fresh)
@@ -442,8 +445,7 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *cachev3.Snap
 		if w.wildcard {
 			return true
 		}
-		_, ok := w.names[n]
-		return ok
+		return w.names.has(n)
 	}
 	full := !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
 	if full || w.sent == nil {

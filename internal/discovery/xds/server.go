@@ -44,6 +44,7 @@ type Server struct {
 
 	anys   *anyCache
 	budget *sendBudget
+	sets   nameSets
 	push   chan struct{}
 
 	pendMu sync.Mutex // guards pendFull and pendHosts

@@ -1,0 +1,35 @@
+package xds
+
+import "testing"
+
+// Streams subscribed to the same names share one set; a change gives the
+// changing stream a set of its own, and the last release drops a set.
+func TestNameSetsShared(t *testing.T) {
+	var sets nameSets
+	var added []string
+	note := func(n string) { added = append(added, n) }
+	a := sets.update(nil, []string{"x", "y"}, nil, note)
+	b := sets.update(nil, []string{"y", "x"}, nil, func(string) {})
+	if a != b || a.refs != 2 {
+		t.Fatalf("equal subscriptions got sets %p and %p (refs %d)", a, b, a.refs)
+	}
+	if len(added) != 2 {
+		t.Fatalf("added %v", added)
+	}
+	if c := sets.update(b, []string{"x"}, nil, note); c != a {
+		t.Error("subscribing again to a name changed the set")
+	}
+	added = nil
+	c := sets.update(b, []string{"z"}, []string{"x"}, note)
+	if c == a || !c.has("y") || !c.has("z") || c.has("x") || len(added) != 1 || added[0] != "z" {
+		t.Fatalf("after +z -x: %v (added %v)", c.m, added)
+	}
+	if !a.has("x") || a.refs != 1 {
+		t.Fatal("the other stream's set changed")
+	}
+	sets.release(a)
+	sets.release(c)
+	if len(sets.byHash) != 0 {
+		t.Errorf("released sets kept: %v", sets.byHash)
+	}
+}
