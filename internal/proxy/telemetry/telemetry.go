@@ -152,6 +152,20 @@ type Metrics struct {
 	tcpRecv   *prometheus.CounterVec
 	reqBytes  *prometheus.HistogramVec
 	respBytes *prometheus.HistogramVec
+
+	// series caches each label set's request series: WithLabelValues
+	// validates and hashes all 21 values on every call, which was a
+	// visible part of every request's cost.
+	mu     sync.RWMutex
+	series map[labelValues]*requestSeries
+}
+
+// labelValues are an Event's values for labels, in order.
+type labelValues [21]string
+
+type requestSeries struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
 }
 
 // New registers the families.
@@ -169,6 +183,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		tcpRecv:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total", Help: "Bytes received during TCP connections."}, labels),
 	}
 	reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.tcpOpen, m.tcpClose, m.tcpSent, m.tcpRecv)
+	m.series = map[labelValues]*requestSeries{}
 	return m
 }
 
@@ -184,7 +199,7 @@ type Event struct {
 	MTLS       bool
 }
 
-func (e *Event) values() []string {
+func (e *Event) values() labelValues {
 	code := "0"
 	if e.Code != 0 {
 		code = strconv.Itoa(e.Code)
@@ -197,7 +212,7 @@ func (e *Event) values() []string {
 	if flags == "" {
 		flags = "-"
 	}
-	return []string{e.Reporter, e.Src.Workload, e.Src.Namespace, e.Src.Principal, e.Src.App, e.Src.Version, e.Src.Cluster,
+	return labelValues{e.Reporter, e.Src.Workload, e.Src.Namespace, e.Src.Principal, e.Src.App, e.Src.Version, e.Src.Cluster,
 		e.Dst.Workload, e.Dst.Namespace, e.Dst.Principal, e.Dst.App, e.Dst.Version,
 		e.Service.Host, e.Service.Name, e.Service.Namespace, e.Dst.Cluster, e.Protocol, code, orDash(e.GRPCStatus), flags, policy}
 }
@@ -211,20 +226,37 @@ func orDash(s string) string {
 
 // Request records one HTTP or gRPC request.
 func (m *Metrics) Request(e *Event, d time.Duration, reqBytes, respBytes int64) {
-	v := e.values()
-	m.requests.WithLabelValues(v...).Inc()
-	m.duration.WithLabelValues(v...).Observe(float64(d.Microseconds()) / 1000)
+	s := m.requestSeries(e.values())
+	s.requests.Inc()
+	s.duration.Observe(float64(d.Microseconds()) / 1000)
 	if reqBytes >= 0 {
-		m.reqBytes.WithLabelValues(v...).Observe(float64(reqBytes))
+		s.reqBytes.Observe(float64(reqBytes))
 	}
 	if respBytes >= 0 {
-		m.respBytes.WithLabelValues(v...).Observe(float64(respBytes))
+		s.respBytes.Observe(float64(respBytes))
 	}
+}
+
+func (m *Metrics) requestSeries(v labelValues) *requestSeries {
+	m.mu.RLock()
+	s, ok := m.series[v]
+	m.mu.RUnlock()
+	if ok {
+		return s
+	}
+	vs := v[:]
+	s = &requestSeries{requests: m.requests.WithLabelValues(vs...), duration: m.duration.WithLabelValues(vs...),
+		reqBytes: m.reqBytes.WithLabelValues(vs...), respBytes: m.respBytes.WithLabelValues(vs...)}
+	m.mu.Lock()
+	m.series[v] = s
+	m.mu.Unlock()
+	return s
 }
 
 // TCPOpened records a connection; call the result when it closes.
 func (m *Metrics) TCPOpened(e *Event) func(sent, received int64) {
-	v := e.values()
+	lv := e.values()
+	v := lv[:]
 	m.tcpOpen.WithLabelValues(v...).Inc()
 	return func(sent, received int64) {
 		m.tcpSent.WithLabelValues(v...).Add(float64(sent))
