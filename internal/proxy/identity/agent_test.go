@@ -21,7 +21,7 @@ import (
 )
 
 // startCA serves the certificate service on loopback.
-func startCA(t *testing.T, auth ca.Authenticator) (string, []byte) {
+func startCA(t testing.TB, auth ca.Authenticator) (string, []byte) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -30,7 +30,7 @@ func startCA(t *testing.T, auth ca.Authenticator) (string, []byte) {
 	return l.Addr().String(), catest.Serve(t, l, "istiod.istio-system.svc", auth)
 }
 
-func startAgent(t *testing.T, addr string, root []byte, token string, ttl time.Duration) *Agent {
+func startAgent(t testing.TB, addr string, root []byte, token string, ttl time.Duration) *Agent {
 	t.Helper()
 	tokenFile := filepath.Join(t.TempDir(), "istio-token")
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
