@@ -82,16 +82,7 @@ func (c *adsConn) notify() {
 // StreamAggregatedResources serves a state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	c := s.openConn(stream.Context(), false)
-	send := func(url string, w *adsWatch, snap *cachev3.Snapshot, names, _ []string) (string, error) {
-		items := snap.GetResourcesAndTTL(url)
-		anys := make([]*anypb.Any, 0, len(names))
-		for _, n := range names {
-			a, err := s.anys.marshalled(items[n].Resource)
-			if err != nil {
-				return "", err
-			}
-			anys = append(anys, a)
-		}
+	send := func(url string, snap *cachev3.Snapshot, _ []string, anys []*anypb.Any, _ []string) (string, error) {
 		nonce := c.nextNonce()
 		version := snap.GetVersion(url)
 		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
@@ -106,16 +97,8 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 // DeltaAggregatedResources serves an incremental ADS stream.
 func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	c := s.openConn(stream.Context(), true)
-	send := func(url string, w *adsWatch, snap *cachev3.Snapshot, names, removed []string) (string, error) {
-		items, vm := snap.GetResourcesAndTTL(url), snap.GetVersionMap(url)
-		anys := make([]*anypb.Any, 0, len(names))
-		for _, n := range names {
-			a, err := s.anys.marshalled(items[n].Resource)
-			if err != nil {
-				return "", err
-			}
-			anys = append(anys, a)
-		}
+	send := func(url string, snap *cachev3.Snapshot, names []string, anys []*anypb.Any, removed []string) (string, error) {
+		vm := snap.GetVersionMap(url)
 		nonce := c.nextNonce()
 		rs := make([]*discovery.Resource, len(names))
 		for i, n := range names {
@@ -354,9 +337,10 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 	return nil
 }
 
-// sender sends one response: names of the snapshot's resources of the
-// type and (incremental only) names removed; it returns the nonce.
-type sender func(url string, w *adsWatch, snap *cachev3.Snapshot, names, removed []string) (string, error)
+// sender sends one response: the snapshot's resources of the type by
+// name, marshalled, and (incremental only) names removed; it returns the
+// nonce.
+type sender func(url string, snap *cachev3.Snapshot, names []string, anys []*anypb.Any, removed []string) (string, error)
 
 // flush sends each watched type what its client lacks of the proxy's
 // latest snapshot, one response in flight per type.
@@ -389,7 +373,16 @@ func (s *Server) flush(c *adsConn, send sender) error {
 			}
 			continue
 		}
-		nonce, err := send(url, w, snap, names, removed)
+		items := snap.GetResourcesAndTTL(url)
+		anys := make([]*anypb.Any, len(names))
+		for i, n := range names {
+			a, err := s.anys.marshalled(items[n].Resource)
+			if err != nil {
+				return err
+			}
+			anys[i] = a
+		}
+		nonce, err := send(url, snap, names, anys, removed)
 		if err != nil {
 			return err
 		}

@@ -45,11 +45,7 @@ func BenchmarkGenerateSidecarView(b *testing.B) {
 func BenchmarkPush1000Proxies(b *testing.B) {
 	reg := benchRegistry()
 	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	for i := range 1000 {
-		id := fmt.Sprintf("sidecar~100.64.%d.%d~p%d.ns~ns.svc.cluster.local", i/250, i%250, i)
-		s.proxies[id] = &proxyState{proxy: &Proxy{ID: id, Type: Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
-			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
-	}
+	connect1000(s)
 	b.ReportAllocs()
 	for b.Loop() {
 		s.pushAll(true, nil)
@@ -61,15 +57,20 @@ func BenchmarkPush1000Proxies(b *testing.B) {
 func BenchmarkPushEndpoints1000Proxies(b *testing.B) {
 	reg := benchRegistry()
 	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	for i := range 1000 {
-		id := fmt.Sprintf("sidecar~100.64.%d.%d~p%d.ns~ns.svc.cluster.local", i/250, i%250, i)
-		s.proxies[id] = &proxyState{proxy: &Proxy{ID: id, Type: Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
-			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
-	}
+	connect1000(s)
 	s.pushAll(true, nil)
 	host := reg.Services()[0].Hostname
 	b.ReportAllocs()
 	for b.Loop() {
 		s.pushAll(false, map[string]bool{host: true})
+	}
+}
+
+// connect1000 registers 1000 sidecars on two networks and 20 namespaces.
+func connect1000(s *Server) {
+	for i := range 1000 {
+		id := fmt.Sprintf("sidecar~100.64.%d.%d~p%d.ns~ns.svc.cluster.local", i/250, i%250, i)
+		s.proxies[id] = &proxyState{proxy: &Proxy{ID: id, Type: Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
+			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
 	}
 }

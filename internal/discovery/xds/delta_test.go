@@ -118,55 +118,26 @@ func TestDeltaSendsOnlyChanges(t *testing.T) {
 		reg.SetEndpoints("c1", h, []registry.Endpoint{ep("10.0.1." + string(rune('1'+i)))})
 	}
 	_, addr := serve(t, reg)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(context.Background())
+	stream, err := adsClient(t, addr).DeltaAggregatedResources(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	type got struct{ updated, removed []string }
-	responses := make(chan *discoverygrpc.DeltaDiscoveryResponse, 16)
-	go func() {
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				close(responses)
-				return
-			}
-			_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
-			responses <- r
-		}
-	}()
-	// next gathers what arrives within a moment of the first response.
+	responses := receive(stream.Recv)
+	// next acknowledges and gathers what arrives within a moment.
 	next := func() map[string]got {
 		t.Helper()
 		out := map[string]got{}
-		add := func(r *discoverygrpc.DeltaDiscoveryResponse) {
+		gather(t, responses, func(r *discoverygrpc.DeltaDiscoveryResponse) {
+			_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
 			g := out[r.TypeUrl]
 			for _, res := range r.Resources {
 				g.updated = append(g.updated, res.Name)
 			}
 			g.removed = append(g.removed, r.RemovedResources...)
 			out[r.TypeUrl] = g
-		}
-		select {
-		case r := <-responses:
-			add(r)
-		case <-time.After(5 * time.Second):
-			t.Fatal("no response")
-		}
-		quiet := time.After(300 * time.Millisecond)
-		for {
-			select {
-			case r := <-responses:
-				add(r)
-			case <-quiet:
-				return out
-			}
-		}
+		})
+		return out
 	}
 	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
 	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {

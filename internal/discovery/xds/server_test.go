@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
@@ -31,4 +33,52 @@ func serve(t *testing.T, reg *registry.Registry) (*xds.Server, string) {
 	t.Cleanup(g.Stop)
 	go srv.Run(ctx)
 	return srv, l.Addr().String()
+}
+
+// adsClient opens a connection to the server for the test.
+func adsClient(t *testing.T, addr string) discoverygrpc.AggregatedDiscoveryServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return discoverygrpc.NewAggregatedDiscoveryServiceClient(conn)
+}
+
+// receive passes a stream's responses on a channel until it ends.
+func receive[R any](recv func() (R, error)) <-chan R {
+	out := make(chan R, 16)
+	go func() {
+		defer close(out)
+		for {
+			r, err := recv()
+			if err != nil {
+				return
+			}
+			out <- r
+		}
+	}()
+	return out
+}
+
+// gather hands take the responses that arrive within a moment of the
+// first one (which must come within 5 s).
+func gather[R any](t *testing.T, responses <-chan R, take func(R)) {
+	t.Helper()
+	select {
+	case r := <-responses:
+		take(r)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no response")
+	}
+	quiet := time.After(300 * time.Millisecond)
+	for {
+		select {
+		case r := <-responses:
+			take(r)
+		case <-quiet:
+			return
+		}
+	}
 }

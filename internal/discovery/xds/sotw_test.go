@@ -4,15 +4,12 @@ import (
 	"context"
 	"slices"
 	"testing"
-	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
@@ -35,26 +32,11 @@ func TestSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
 	addService(hosts[0], "10.0.1.1")
 	addService(hosts[1], "10.0.1.2")
 	_, addr := serve(t, reg)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	stream, err := adsClient(t, addr).StreamAggregatedResources(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	responses := make(chan *discoverygrpc.DiscoveryResponse, 16)
-	go func() {
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				close(responses)
-				return
-			}
-			responses <- r
-		}
-	}()
+	responses := receive(stream.Recv)
 	names := func(r *discoverygrpc.DiscoveryResponse) []string {
 		var out []string
 		for _, a := range r.Resources {
@@ -77,29 +59,15 @@ func TestSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
 	next := func() map[string][]string {
 		t.Helper()
 		out := map[string][]string{}
-		take := func(r *discoverygrpc.DiscoveryResponse) {
+		gather(t, responses, func(r *discoverygrpc.DiscoveryResponse) {
 			req := &discoverygrpc.DiscoveryRequest{TypeUrl: r.TypeUrl, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}
 			if r.TypeUrl == resource.EndpointType {
 				req.ResourceNames = watched
 			}
 			_ = stream.Send(req)
 			out[r.TypeUrl] = append(out[r.TypeUrl], names(r)...)
-		}
-		select {
-		case r := <-responses:
-			take(r)
-		case <-time.After(5 * time.Second):
-			t.Fatal("no response")
-		}
-		quiet := time.After(300 * time.Millisecond)
-		for {
-			select {
-			case r := <-responses:
-				take(r)
-			case <-quiet:
-				return out
-			}
-		}
+		})
+		return out
 	}
 	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
 	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})

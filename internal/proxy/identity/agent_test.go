@@ -36,8 +36,12 @@ func startAgent(t testing.TB, addr string, root []byte, token string, ttl time.D
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	log := slog.Default()
+	if _, ok := t.(*testing.B); ok {
+		log = slog.New(slog.DiscardHandler) // benchmark output must stay parseable
+	}
 	a, err := New(Config{CAAddr: addr, CAServerName: "istiod.istio-system.svc", RootCert: root, TokenFile: tokenFile,
-		ClusterID: "cluster-eks", TTL: ttl, Log: slog.Default()})
+		ClusterID: "cluster-eks", TTL: ttl, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +55,26 @@ func startAgent(t testing.TB, addr string, root []byte, token string, ttl time.D
 		t.Fatal("no certificate within 10 s")
 	}
 	return a
+}
+
+// echoServer serves TLS with cfg on loopback, echoing what it reads.
+func echoServer(t testing.TB, cfg *tls.Config) string {
+	t.Helper()
+	l, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return l.Addr().String()
 }
 
 var workloads = catest.TokenAuth{
@@ -141,22 +165,9 @@ func TestRenewalKeepsConnections(t *testing.T) {
 	const ttl = 3 * time.Second
 	sleep := startAgent(t, addr, root, "sleep-token", ttl)
 	profile := startAgent(t, addr, root, "profile-token", ttl)
-	l, err := tls.Listen("tcp", "127.0.0.1:0", profile.ServerConfig(tlsconfig.AuthorizeAny()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	echo := echoServer(t, profile.ServerConfig(tlsconfig.AuthorizeAny()))
 	dial := func() *tls.Conn {
-		c, err := tls.Dial("tcp", l.Addr().String(), sleep.ClientConfig("x", tlsconfig.AuthorizeAny()))
+		c, err := tls.Dial("tcp", echo, sleep.ClientConfig("x", tlsconfig.AuthorizeAny()))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,21 +17,7 @@ func mtlsPair(b *testing.B) (addr string, client *tls.Config) {
 	profile := startAgent(b, caAddr, root, "profile-token", 0)
 	sleepID := spiffeid.RequireFromString("spiffe://cluster.local/ns/multicluster/sa/sleep")
 	profileID := spiffeid.RequireFromString("spiffe://cluster.local/ns/multicluster/sa/profile")
-	l, err := tls.Listen("tcp", "127.0.0.1:0", profile.ServerConfig(tlsconfig.AuthorizeID(sleepID), "istio-http/1.1"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return l.Addr().String(), sleep.ClientConfig("outbound_.8080_._.profile.multicluster.svc.cluster.local", tlsconfig.AuthorizeID(profileID), "istio-http/1.1")
+	return echoServer(b, profile.ServerConfig(tlsconfig.AuthorizeID(sleepID), "istio-http/1.1")), sleep.ClientConfig("outbound_.8080_._.profile.multicluster.svc.cluster.local", tlsconfig.AuthorizeID(profileID), "istio-http/1.1")
 }
 
 // BenchmarkMTLSHandshake is a new mutual-TLS connection between two
