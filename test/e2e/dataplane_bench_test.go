@@ -57,8 +57,8 @@ func BenchmarkDataPlane(b *testing.B) {
 	reg.SetService("c1", profHost, &registry.Service{Namespace: "test", Name: "profile", Hostname: profHost, Ports: ports, ClusterIP: vipProf})
 	reg.SetEndpoints("c1", profHost, []registry.Endpoint{{Address: ipProfile, Ports: map[string]int32{"http": 8080, "grpc": 8079}, Cluster: "c1", Network: "n1",
 		ServiceAccount: "profile", Namespace: "test", TLSMode: "istio", Ready: true}})
-	reg.SetService("c2", hostX, &registry.Service{Namespace: "test", Name: "profilex", Hostname: hostX, Ports: ports[:1], ClusterIP: vipX})
-	reg.SetEndpoints("c2", hostX, []registry.Endpoint{{Address: ipProfile, Ports: map[string]int32{"http": 8080}, Cluster: "c2", Network: "n2",
+	reg.SetService("c2", hostX, &registry.Service{Namespace: "test", Name: "profilex", Hostname: hostX, Ports: ports, ClusterIP: vipX})
+	reg.SetEndpoints("c2", hostX, []registry.Endpoint{{Address: ipProfile, Ports: map[string]int32{"http": 8080, "grpc": 8079}, Cluster: "c2", Network: "n2",
 		ServiceAccount: "profile", Namespace: "test", TLSMode: "istio", Ready: true}})
 	routerNetwork, proxyFlags = "n2", nil // quiet proxies, as in production
 	defer func() { routerNetwork, proxyFlags = "n1", []string{"-v", "--access-log", "/dev/stdout"} }()
@@ -87,11 +87,18 @@ func BenchmarkDataPlane(b *testing.B) {
 	grpcPaths := []path{
 		{"direct", nsClient, ipServer + ":8079", nil},
 		{"isthmus, two sidecars, mTLS", nsSleep, vipProf + ":8079", sidecars},
+		{"isthmus, two sidecars + east-west gateway", nsSleep, vipX + ":8079", withGW},
+		{"nginx two hops, mTLS", nsClient, "127.0.0.1:18079", nginxPIDs},
 	}
 	// Warm up every path (connections, certificates, pools).
 	for _, p := range paths {
 		if _, err := load(fortio, p.ns, p.url, false, 100, 2*time.Second); err != nil {
 			b.Fatalf("%s: %v", p.name, err)
+		}
+	}
+	for _, p := range grpcPaths {
+		if _, err := load(fortio, p.ns, p.url, true, 100, 2*time.Second); err != nil {
+			b.Fatalf("gRPC %s: %v", p.name, err)
 		}
 	}
 	var md strings.Builder
@@ -118,7 +125,8 @@ func BenchmarkDataPlane(b *testing.B) {
 		}
 		return func() { <-done; <-done }
 	}
-	results := map[string]*fortioResult{} // "qps/path"
+	results := map[string]*fortioResult{} // "grpc/qps/path"
+	cpuPer1000 := map[string]float64{}    // HTTP at 1000 rps: CPU-s per 1000 requests by path
 	section := func(title string, ps []path, grpc bool, qps int, conns int) {
 		w("### %s", title)
 		w("")
@@ -138,9 +146,7 @@ func BenchmarkDataPlane(b *testing.B) {
 				continue
 			}
 			cpu := cpuOf(p.procs) - before
-			if !grpc {
-				results[fmt.Sprintf("%d/%s", qps, p.name)] = r
-			}
+			results[fmt.Sprintf("%t/%d/%s", grpc, qps, p.name)] = r
 			if direct == nil {
 				direct = r
 			}
@@ -151,6 +157,9 @@ func BenchmarkDataPlane(b *testing.B) {
 			cpuPer := "—"
 			if p.procs != nil && r.count > 0 {
 				cpuPer = fmt.Sprintf("%.3f", cpu/float64(r.count)*1000)
+				if qps == 1000 && !grpc {
+					cpuPer1000[p.name] = cpu / float64(r.count) * 1000
+				}
 			}
 			w("| %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s |", p.name, r.qps, r.p50, r.p90, r.p99, added, cpuPer, memOf(p.procs))
 		}
@@ -159,12 +168,15 @@ func BenchmarkDataPlane(b *testing.B) {
 	section("HTTP/1.1 at 1000 rps", paths, false, 1000, 8)
 	section("HTTP/1.1 at full speed", paths, false, 0, 16)
 	section("gRPC (fortio ping) at 1000 rps", grpcPaths, true, 1000, 8)
-	get := func(qps int, p path) *fortioResult {
-		if r := results[fmt.Sprintf("%d/%s", qps, p.name)]; r != nil {
+	section("gRPC (fortio ping) at full speed", grpcPaths, true, 0, 16)
+	result := func(grpc bool, qps int, p path) *fortioResult {
+		if r := results[fmt.Sprintf("%t/%d/%s", grpc, qps, p.name)]; r != nil {
 			return r
 		}
 		return &fortioResult{}
 	}
+	get := func(qps int, p path) *fortioResult { return result(false, qps, p) }
+	grpcGet := func(qps int, p path) *fortioResult { return result(true, qps, p) }
 	direct, mesh, gw, nginx := paths[0], paths[1], paths[2], paths[3]
 	w("### Against the goals")
 	w("")
@@ -172,8 +184,11 @@ func BenchmarkDataPlane(b *testing.B) {
 	w("|---|---|---|---|")
 	w("| two sidecars with mTLS, added p99 at 1000 rps | %.2f ms | <= 1 ms | +2.7 ms p99 (Envoy, 2 sidecars) |", get(1000, mesh).p99-get(1000, direct).p99)
 	w("| max rps through two sidecars / nginx two hops mTLS | %.2f (%.0f / %.0f) | >= 1.0 | - |", get(0, mesh).qps/max(get(0, nginx).qps, 1), get(0, mesh).qps, get(0, nginx).qps)
+	w("| gRPC: two sidecars with mTLS, added p99 at 1000 rps | %.2f ms | <= 1 ms | - |", grpcGet(1000, grpcPaths[1]).p99-grpcGet(1000, grpcPaths[0]).p99)
+	w("| gRPC: max rps through two sidecars / nginx two hops mTLS | %.2f (%.0f / %.0f) | >= 1.0 | - |", grpcGet(0, grpcPaths[1]).qps/max(grpcGet(0, grpcPaths[3]).qps, 1), grpcGet(0, grpcPaths[1]).qps, grpcGet(0, grpcPaths[3]).qps)
 	w("| east-west gateway hop, added p50 at 1000 rps | %.3f ms | <= 0.15 ms | - |", get(1000, gw).p50-get(1000, mesh).p50)
 	w("| sidecar memory at 1000 rps | see RssAnon above (the binary's shared pages are in RSS) | <= 25 MB | 60 MB per 1000 rps |")
+	w("| sidecar CPU at 1000 rps (half the two sidecars' CPU-s per 1000 requests) | %.2f vCPU | - | 0.20 vCPU per 1000 rps |", cpuPer1000[mesh.name]/2)
 	w("")
 	if err := os.WriteFile(out, []byte(md.String()), 0o644); err != nil {
 		b.Fatal(err)
@@ -327,13 +342,22 @@ func startNginx(b *testing.B) map[string]int {
 	serverCert, serverKey := leaf("server.bench", 2)
 	clientCert, clientKey := leaf("client.bench", 3)
 	common := "worker_processes auto; daemon off; pid %s; error_log stderr error;\nevents { worker_connections 4096; }\nhttp { access_log off; %s }\n"
-	client := fmt.Sprintf(`upstream hop { server %s:8443; keepalive 64; }
+	// HTTP/1.1 on 18080 -> 8443 -> the app's 8080; gRPC (HTTP/2) on
+	// 18079 -> 8444 -> the app's 8079.
+	client := fmt.Sprintf(`upstream hop { server %[1]s:8443; keepalive 64; }
+upstream grpchop { server %[1]s:8444; keepalive 64; }
 server { listen 127.0.0.1:18080; location / { proxy_pass https://hop; proxy_http_version 1.1; proxy_set_header Connection "";
-  proxy_ssl_certificate %s; proxy_ssl_certificate_key %s; proxy_ssl_trusted_certificate %s; proxy_ssl_verify on;
-  proxy_ssl_name server.bench; proxy_ssl_session_reuse on; } }`, ipServer, clientCert, clientKey, root)
+  proxy_ssl_certificate %[2]s; proxy_ssl_certificate_key %[3]s; proxy_ssl_trusted_certificate %[4]s; proxy_ssl_verify on;
+  proxy_ssl_name server.bench; proxy_ssl_session_reuse on; } }
+server { listen 127.0.0.1:18079 http2; location / { grpc_pass grpcs://grpchop;
+  grpc_ssl_certificate %[2]s; grpc_ssl_certificate_key %[3]s; grpc_ssl_trusted_certificate %[4]s; grpc_ssl_verify on;
+  grpc_ssl_name server.bench; grpc_ssl_session_reuse on; } }`, ipServer, clientCert, clientKey, root)
 	server := fmt.Sprintf(`upstream app { server 127.0.0.1:8080; keepalive 64; }
-server { listen %s:8443 ssl; ssl_certificate %s; ssl_certificate_key %s; ssl_client_certificate %s; ssl_verify_client on;
-  location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }`, ipServer, serverCert, serverKey, root)
+upstream grpcapp { server 127.0.0.1:8079; keepalive 64; }
+server { listen %[1]s:8443 ssl; ssl_certificate %[2]s; ssl_certificate_key %[3]s; ssl_client_certificate %[4]s; ssl_verify_client on;
+  location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+server { listen %[1]s:8444 ssl http2; ssl_certificate %[2]s; ssl_certificate_key %[3]s; ssl_client_certificate %[4]s; ssl_verify_client on;
+  location / { grpc_pass grpc://grpcapp; } }`, ipServer, serverCert, serverKey, root)
 	procs := map[string]int{}
 	for _, n := range []struct{ name, ns, conf string }{{"client nginx", nsClient, client}, {"server nginx", nsServer, server}} {
 		conf := filepath.Join(dir, strings.ReplaceAll(n.name, " ", "-")+".conf")
