@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -168,5 +169,65 @@ func TestDeltaSendsOnlyChanges(t *testing.T) {
 	}
 	if g := r[resource.EndpointType]; len(g.updated) != 0 || len(g.removed) != 1 || g.removed[0] != names[1] {
 		t.Errorf("removing b sent load assignments %+v, want b removed", g)
+	}
+}
+
+// A delta client that reconnects says what it has (initial resource
+// versions): it is sent only what changed meanwhile, and told what went.
+func TestDeltaReconnectWithInitialVersions(t *testing.T) {
+	reg := registry.New()
+	hosts := []string{"a.ns.svc.cluster.local", "b.ns.svc.cluster.local"}
+	for i, h := range hosts {
+		reg.SetService("c1", h, &registry.Service{Namespace: "ns", Name: h[:1], Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}})
+		reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.0.1." + string(rune('1'+i)), Ports: map[string]int32{"http": 8080}, Cluster: "c1", Network: "n1", Ready: true}})
+	}
+	_, addr := serve(t, reg)
+	client := adsClient(t, addr)
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	first := func(initial map[string]string) *discoverygrpc.DeltaDiscoveryResponse {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		stream, err := client.DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType, InitialResourceVersions: initial}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		return r
+	}
+	had := map[string]string{}
+	for _, r := range first(nil).Resources {
+		had[r.Name] = r.Version
+	}
+	a, b := xds.OutboundCluster(8080, "", hosts[0]), xds.OutboundCluster(8080, "", hosts[1])
+	if had[a] == "" || had[b] == "" {
+		t.Fatalf("first clusters %v lack %s or %s", had, a, b)
+	}
+	reg.SetService("c1", hosts[1], nil)
+	// The push that removes b reaches the server's views first.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := first(had)
+		var sent []string
+		for _, res := range r.Resources {
+			sent = append(sent, res.Name)
+		}
+		if len(r.RemovedResources) == 1 && r.RemovedResources[0] == b {
+			if slices.Contains(sent, a) {
+				t.Errorf("a's unchanged cluster was sent again: %v", sent)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reconnected with %v: sent %v, removed %v; want only %s removed", had, sent, r.RemovedResources, b)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
