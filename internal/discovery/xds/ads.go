@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync/atomic"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -227,17 +228,26 @@ func (c *adsConn) watch(url string) *adsWatch {
 	return w
 }
 
-// sotwRequest applies a state-of-the-world request: acknowledgement and
-// the (whole) list of names wanted.
-func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
+// begin checks a request: the stream's first one registers its proxy;
+// every one names its type.
+func (s *Server) begin(c *adsConn, node *core.Node, url string) error {
 	if c.proxy == "" {
-		if err := s.connect(c, r.GetNode()); err != nil {
+		if err := s.connect(c, node); err != nil {
 			return err
 		}
 	}
-	url := r.GetTypeUrl()
 	if url == "" {
 		return status.Error(codes.InvalidArgument, "a request on an aggregated stream must name its type_url")
+	}
+	return nil
+}
+
+// sotwRequest applies a state-of-the-world request: acknowledgement and
+// the (whole) list of names wanted.
+func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
+	url := r.GetTypeUrl()
+	if err := s.begin(c, r.GetNode(), url); err != nil {
+		return err
 	}
 	w := c.watch(url)
 	s.acked(c, url, w, r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage())
@@ -298,14 +308,9 @@ func (w *adsWatch) subscribe(n string) {
 // deltaRequest applies an incremental request: acknowledgement and
 // names subscribed or unsubscribed.
 func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) error {
-	if c.proxy == "" {
-		if err := s.connect(c, r.GetNode()); err != nil {
-			return err
-		}
-	}
 	url := r.GetTypeUrl()
-	if url == "" {
-		return status.Error(codes.InvalidArgument, "a request on an aggregated stream must name its type_url")
+	if err := s.begin(c, r.GetNode(), url); err != nil {
+		return err
 	}
 	_, known := c.watches[url]
 	w := c.watch(url)
