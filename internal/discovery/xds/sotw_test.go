@@ -4,12 +4,14 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	status "google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
@@ -91,5 +93,55 @@ func TestSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
 	c := xds.OutboundCluster(8080, "", "c.ns.svc.cluster.local")
 	if got := next()[resource.ClusterType]; !slices.Contains(got, a) || !slices.Contains(got, b) || !slices.Contains(got, c) {
 		t.Errorf("after a new service, clusters %v, want the whole list", got)
+	}
+}
+
+// A rejected response is recorded with its reason, a request that
+// crossed a newer response is ignored, and the stream goes on: the next
+// change still arrives.
+func TestSotwRejectionAndStaleRequests(t *testing.T) {
+	reg := registry.New()
+	host := "a.ns.svc.cluster.local"
+	set := func(addr string) {
+		reg.SetService("c1", host, &registry.Service{Namespace: "ns", Name: "a", Hostname: host, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}})
+		reg.SetEndpoints("c1", host, []registry.Endpoint{{Address: addr, Ports: map[string]int32{"http": 8080}, Cluster: "c1", Network: "n1", Ready: true}})
+	}
+	set("10.0.1.1")
+	srv, addr := serve(t, reg)
+	stream, err := adsClient(t, addr).StreamAggregatedResources(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	responses := receive(stream.Recv)
+	recv := func() *discoverygrpc.DiscoveryResponse {
+		t.Helper()
+		var got *discoverygrpc.DiscoveryResponse
+		gather(t, responses, func(r *discoverygrpc.DiscoveryResponse) { got = r })
+		return got
+	}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	name := xds.OutboundCluster(8080, "", host)
+	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.EndpointType, ResourceNames: []string{name}})
+	first := recv()
+	// Reject it.
+	_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: []string{name}, ResponseNonce: first.Nonce,
+		ErrorDetail: &status.Status{Code: 3, Message: "bad endpoint"}})
+	deadline := time.Now().Add(5 * time.Second)
+	for st := srv.Status(); len(st) != 1 || st[0].Nacked["eds"] != "bad endpoint"; st = srv.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("rejection not recorded: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A request with an old nonce and other names is stale: ignored.
+	_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: []string{"outbound|1||nothing"}, ResponseNonce: "0"})
+	set("10.0.1.2")
+	next := recv()
+	var cla endpoint.ClusterLoadAssignment
+	if len(next.Resources) != 1 || next.Resources[0].UnmarshalTo(&cla) != nil || cla.ClusterName != name {
+		t.Fatalf("after a rejection and a stale request the change sent %v, want %s", next.Resources, name)
+	}
+	if a := cla.Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress(); a != "10.0.1.2" {
+		t.Fatalf("endpoint %s, want the new 10.0.1.2", a)
 	}
 }
