@@ -471,9 +471,15 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *cachev3.Snap
 			names = append(names, n)
 		}
 	}
-	for n := range w.fresh {
-		if _, ok := items[n]; ok && !slices.Contains(d.changed, n) {
-			names = append(names, n)
+	if len(w.fresh) > 0 {
+		sent := make(map[string]bool, len(names))
+		for _, n := range names {
+			sent[n] = true
+		}
+		for n := range w.fresh {
+			if _, ok := items[n]; ok && !sent[n] {
+				names = append(names, n)
+			}
 		}
 	}
 	if c.delta {
