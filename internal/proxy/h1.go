@@ -20,8 +20,9 @@ import (
 // every request and response between them over channels; in a sidecar
 // that is two extra wake-ups per request on each side, the largest cost
 // after the system calls in the data-plane profiles. Requests the
-// synchronous path does not take (streamed or large bodies, upgrades,
-// Expect: 100-continue) still go through the Transport.
+// synchronous path does not take (ones that may not be sent twice,
+// streamed or large bodies, upgrades, Expect: 100-continue) still go
+// through the Transport.
 
 // h1Key is one upstream address of one connection pool.
 type h1Key struct {
@@ -46,8 +47,14 @@ type h1Conn struct {
 
 // syncBody tells whether the synchronous path can take a request, and
 // reads its body (small enough to replay on a stale connection).
+//
+// Only requests that may be sent twice take it (net/http's rule: GET,
+// HEAD, OPTIONS, TRACE, or an Idempotency-Key): without a reader watching
+// idle connections, a connection the upstream closed is found only by
+// using it, and the request is then sent again on a new one. Others go
+// through the Transport, which notices idle closes before it writes.
 func syncBody(r *http.Request) (body []byte, ok bool, err error) {
-	if r.Header.Get("Upgrade") != "" || r.Header.Get("Expect") != "" {
+	if r.Header.Get("Upgrade") != "" || r.Header.Get("Expect") != "" || !replayable(r) {
 		return nil, false, nil
 	}
 	if r.Body == nil || r.Body == http.NoBody {
@@ -64,6 +71,15 @@ func syncBody(r *http.Request) (body []byte, ok bool, err error) {
 		return nil, false, fmt.Errorf("request body ended after %d of its %d bytes", len(b), r.ContentLength)
 	}
 	return b, true, nil
+}
+
+// replayable tells whether a request may be sent again.
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
 }
 
 // roundTripH1 sends r to addr over a pooled connection (dialled with

@@ -132,3 +132,21 @@ func TestH1Cancel(t *testing.T) {
 		t.Fatalf("cancelled request: err %v after %s", err, time.Since(start))
 	}
 }
+
+// Only requests that may be sent twice take the synchronous path (a
+// stale connection is found by using it, and the request sent again).
+func TestH1TakesOnlyReplayableRequests(t *testing.T) {
+	for _, tc := range []struct {
+		method, key string
+		want        bool
+	}{{"GET", "", true}, {"HEAD", "", true}, {"POST", "", false}, {"DELETE", "", false}, {"POST", "k1", true}} {
+		r, _ := http.NewRequest(tc.method, "http://a/", strings.NewReader("x"))
+		if tc.key != "" {
+			r.Header.Set("Idempotency-Key", tc.key)
+		}
+		b, ok, err := syncBody(r)
+		if err != nil || ok != tc.want || (ok && string(b) != "x") {
+			t.Errorf("%s (key %q): ok %v body %q err %v, want ok %v", tc.method, tc.key, ok, b, err, tc.want)
+		}
+	}
+}
