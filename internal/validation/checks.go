@@ -390,14 +390,10 @@ func checkAuthorizationPolicy(m proto.Message, c *checker) {
 				c.errf(fp, "`from.source` must not be empty")
 				continue
 			}
-			for field, vals := range map[string][]string{"principals": s.GetPrincipals(), "notPrincipals": s.GetNotPrincipals(),
-				"namespaces": s.GetNamespaces(), "notNamespaces": s.GetNotNamespaces()} {
-				checkValues(c, fp+"."+field, vals, nil)
-			}
-			for field, vals := range map[string][]string{"ipBlocks": s.GetIpBlocks(), "notIpBlocks": s.GetNotIpBlocks(),
-				"remoteIpBlocks": s.GetRemoteIpBlocks(), "notRemoteIpBlocks": s.GetNotRemoteIpBlocks()} {
-				checkValues(c, fp+"."+field, vals, ipOrCIDR)
-			}
+			checkFields(c, fp, nil, listField{"principals", s.GetPrincipals()}, listField{"notPrincipals", s.GetNotPrincipals()},
+				listField{"namespaces", s.GetNamespaces()}, listField{"notNamespaces", s.GetNotNamespaces()})
+			checkFields(c, fp, ipOrCIDR, listField{"ipBlocks", s.GetIpBlocks()}, listField{"notIpBlocks", s.GetNotIpBlocks()},
+				listField{"remoteIpBlocks", s.GetRemoteIpBlocks()}, listField{"notRemoteIpBlocks", s.GetNotRemoteIpBlocks()})
 		}
 		for j, t := range r.GetTo() {
 			tp := fmt.Sprintf("%s.to[%d].operation", p, j)
@@ -406,13 +402,9 @@ func checkAuthorizationPolicy(m proto.Message, c *checker) {
 				c.errf(tp, "`to.operation` must not be empty")
 				continue
 			}
-			for field, vals := range map[string][]string{"methods": o.GetMethods(), "notMethods": o.GetNotMethods(),
-				"paths": o.GetPaths(), "notPaths": o.GetNotPaths(), "hosts": o.GetHosts(), "notHosts": o.GetNotHosts()} {
-				checkValues(c, tp+"."+field, vals, nil)
-			}
-			for field, vals := range map[string][]string{"ports": o.GetPorts(), "notPorts": o.GetNotPorts()} {
-				checkValues(c, tp+"."+field, vals, port)
-			}
+			checkFields(c, tp, nil, listField{"methods", o.GetMethods()}, listField{"notMethods", o.GetNotMethods()},
+				listField{"paths", o.GetPaths()}, listField{"notPaths", o.GetNotPaths()}, listField{"hosts", o.GetHosts()}, listField{"notHosts", o.GetNotHosts()})
+			checkFields(c, tp, port, listField{"ports", o.GetPorts()}, listField{"notPorts", o.GetNotPorts()})
 		}
 		for j, w := range r.GetWhen() {
 			wp := fmt.Sprintf("%s.when[%d]", p, j)
@@ -472,6 +464,21 @@ func knownKey(k string) bool {
 		}
 	}
 	return false
+}
+
+// listField is one list-valued field of a policy and its name.
+type listField struct {
+	name string
+	vals []string
+}
+
+// checkFields runs checkValues over fields in order, so that several
+// errors of one object are reported the same way every time (a map did
+// not).
+func checkFields(c *checker, p string, check func(string) error, fields ...listField) {
+	for _, f := range fields {
+		checkValues(c, p+"."+f.name, f.vals, check)
+	}
 }
 
 func checkValues(c *checker, p string, vals []string, check func(string) error) {
