@@ -1,39 +1,27 @@
 package validation
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/admission"
 )
 
 // Handler serves AdmissionReview v1 requests (Istio's /validate): a
 // refused object gets 400 with every error; an accepted one carries the
 // warnings, which kubectl prints.
 func Handler(log *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
+	return admission.Handler(func(_ *http.Request, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+		resp := Admit(req)
+		if !resp.Allowed {
+			log.Info("configuration refused", "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name, "reason", resp.Result.Message)
 		}
-		var review admissionv1.AdmissionReview
-		if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
-			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
-			return
-		}
-		review.Response = Admit(review.Request)
-		if !review.Response.Allowed {
-			log.Info("configuration refused", "kind", review.Request.Kind.Kind, "namespace", review.Request.Namespace, "name", review.Request.Name,
-				"reason", review.Response.Result.Message)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(review)
+		return resp
 	})
 }
 

@@ -13,17 +13,17 @@ package inject
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
-
-	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/admission"
 )
 
 // Istio's names.
@@ -62,7 +62,7 @@ type Config struct {
 
 // Handler serves AdmissionReview v1 requests.
 func (c *Config) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return admission.Handler(func(r *http.Request, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 		cluster, network := c.ClusterID, c.Network
 		// /inject/cluster/CLUSTER/net/NETWORK
 		if rest, ok := strings.CutPrefix(r.URL.Path, "/inject/"); ok {
@@ -76,32 +76,20 @@ func (c *Config) Handler() http.Handler {
 				}
 			}
 		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		var review admissionv1.AdmissionReview
-		if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
-			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
-			return
-		}
-		resp := &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true}
+		resp := &admissionv1.AdmissionResponse{Allowed: true}
 		var pod corev1.Pod
-		if err := json.Unmarshal(review.Request.Object.Raw, &pod); err != nil {
+		if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 			// Never block a pod over our own problem: allow it unchanged.
 			c.Log.Error("injection: cannot read the pod; admitted without a sidecar", "err", err)
-		} else if patch, why := c.patch(&pod, review.Request.Namespace, cluster, network); patch != nil {
+		} else if patch, why := c.patch(&pod, req.Namespace, cluster, network); patch != nil {
 			b, _ := json.Marshal(patch)
 			pt := admissionv1.PatchTypeJSONPatch
 			resp.Patch, resp.PatchType = b, &pt
-			c.Log.Info("sidecar injected", "namespace", review.Request.Namespace, "pod", podName(&pod), "cluster", cluster, "network", network)
+			c.Log.Info("sidecar injected", "namespace", req.Namespace, "pod", podName(&pod), "cluster", cluster, "network", network)
 		} else {
-			c.Log.Debug("not injected", "namespace", review.Request.Namespace, "pod", podName(&pod), "why", why)
+			c.Log.Debug("not injected", "namespace", req.Namespace, "pod", podName(&pod), "why", why)
 		}
-		review.Response = resp
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(review)
+		return resp
 	})
 }
 
