@@ -31,7 +31,6 @@ import (
 
 // adsConn is one ADS stream.
 type adsConn struct {
-	id    int64
 	delta bool
 	ctx   context.Context
 	// proxy is the node's ID once its first request arrived.
@@ -82,14 +81,14 @@ func (c *adsConn) notify() {
 
 // StreamAggregatedResources serves a state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	c := s.openConn(stream.Context(), false)
+	c := newConn(stream.Context(), false)
 	send := func(url string, snap *cachev3.Snapshot, _ []string, anys []*anypb.Any, _ []string) (string, error) {
 		nonce := c.nextNonce()
 		version := snap.GetVersion(url)
 		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
 			return "", err
 		}
-		s.sent(c.id, url, version)
+		s.sent(c, url, version)
 		return nonce, nil
 	}
 	return serveStream(s, c, stream.Recv, s.sotwRequest, send)
@@ -97,7 +96,7 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 
 // DeltaAggregatedResources serves an incremental ADS stream.
 func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
-	c := s.openConn(stream.Context(), true)
+	c := newConn(stream.Context(), true)
 	send := func(url string, snap *cachev3.Snapshot, names []string, anys []*anypb.Any, removed []string) (string, error) {
 		vm := snap.GetVersionMap(url)
 		nonce := c.nextNonce()
@@ -109,7 +108,7 @@ func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoverySe
 			RemovedResources: removed, TypeUrl: url, Nonce: nonce}); err != nil {
 			return "", err
 		}
-		s.sent(c.id, url, nonce)
+		s.sent(c, url, nonce)
 		return nonce, nil
 	}
 	return serveStream(s, c, stream.Recv, s.deltaRequest, send)
@@ -160,9 +159,8 @@ func streamEnd(err error) error {
 	return err
 }
 
-func (s *Server) openConn(ctx context.Context, delta bool) *adsConn {
-	c := &adsConn{id: s.streamIDs.Add(1), delta: delta, ctx: ctx, wake: make(chan struct{}, 1), watches: map[string]*adsWatch{}}
-	return c
+func newConn(ctx context.Context, delta bool) *adsConn {
+	return &adsConn{delta: delta, ctx: ctx, wake: make(chan struct{}, 1), watches: map[string]*adsWatch{}}
 }
 
 func (s *Server) closeConn(c *adsConn) {
@@ -204,7 +202,7 @@ func (c *adsConn) budget(b *sendBudget, size int) error {
 // A rejection is recorded whatever its nonce: it is news either way.
 func (s *Server) acked(c *adsConn, url string, w *adsWatch, nonce, version, errDetail string) {
 	if errDetail != "" {
-		s.record(c.id, url, version, errDetail)
+		s.record(c, url, version, errDetail)
 	}
 	if !w.waiting || nonce == "" || nonce != w.nonce {
 		return // not for the response in flight (a stale one crossed it)
@@ -215,7 +213,7 @@ func (s *Server) acked(c *adsConn, url string, w *adsWatch, nonce, version, errD
 		c.held = nil
 	}
 	if errDetail == "" {
-		s.record(c.id, url, version, "")
+		s.record(c, url, version, "")
 	}
 }
 

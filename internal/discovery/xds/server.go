@@ -9,7 +9,6 @@ import (
 	"maps"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -53,10 +52,8 @@ type Server struct {
 	pendFull  bool
 	pendHosts map[string]bool
 
-	streamIDs atomic.Int64
-	mu        sync.Mutex // guards streams and proxies
-	streams   map[int64]string
-	proxies   map[string]*proxyState
+	mu      sync.Mutex // guards proxies
+	proxies map[string]*proxyState
 
 	warnedNoGW sync.Map // network -> struct{}
 	warned     sync.Map // message -> struct{}
@@ -111,7 +108,7 @@ func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Regi
 	s := &Server{Registry: reg, Log: log, Debounce: 100 * time.Millisecond, Metrics: metrics,
 		anys: newAnyCache(), budget: newSendBudget(sendBudgetBytes),
 		push: make(chan struct{}, 1), pendHosts: map[string]bool{},
-		streams: map[int64]string{}, proxies: map[string]*proxyState{}}
+		proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
 	s.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes", Help: "xDS responses sent, by type."}, []string{"type"})
@@ -183,7 +180,7 @@ func (s *Server) signal() {
 }
 
 // Register adds the ADS service to gRPC servers (one Server for every
-// port: stream IDs are unique across them).
+// port: a proxy's streams on either port share its state).
 func (s *Server) Register(gs ...*grpc.Server) {
 	for _, g := range gs {
 		discovery.RegisterAggregatedDiscoveryServiceServer(g, s)
@@ -583,7 +580,6 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 	}
 	s.mu.Lock()
 	c.proxy = p.ID
-	s.streams[c.id] = p.ID
 	st, ok := s.proxies[p.ID]
 	if !ok {
 		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}, conns: map[*adsConn]struct{}{}}
@@ -604,7 +600,6 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 func (s *Server) disconnect(c *adsConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.streams, c.id)
 	if st := s.proxies[c.proxy]; st != nil {
 		delete(st.conns, c)
 		if len(st.conns) == 0 {
@@ -613,11 +608,11 @@ func (s *Server) disconnect(c *adsConn) {
 	}
 }
 
-// record notes what a proxy acknowledged or rejected.
-func (s *Server) record(stream int64, typeURL, version string, errDetail string) {
+// record notes what a stream's proxy acknowledged or rejected.
+func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.proxies[s.streams[stream]]
+	st := s.proxies[c.proxy]
 	if st == nil || typeURL == "" {
 		return
 	}
@@ -633,10 +628,10 @@ func (s *Server) record(stream int64, typeURL, version string, errDetail string)
 	}
 }
 
-func (s *Server) sent(stream int64, typeURL, version string) {
+func (s *Server) sent(c *adsConn, typeURL, version string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.proxies[s.streams[stream]]; st != nil {
+	if st := s.proxies[c.proxy]; st != nil {
 		st.sent[typeURL] = version
 	}
 	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
