@@ -164,13 +164,20 @@ func newConn(ctx context.Context, delta bool) *adsConn {
 }
 
 func (s *Server) closeConn(c *adsConn) {
-	if c.held != nil {
-		c.held()
-	}
+	c.release(c.heldNonce)
 	for _, w := range c.watches {
 		s.sets.release(w.names)
 	}
 	s.disconnect(c)
+}
+
+// release returns the send budget the stream holds for the response
+// with nonce ("": taken, not yet sent).
+func (c *adsConn) release(nonce string) {
+	if c.held != nil && c.heldNonce == nonce {
+		c.held()
+		c.held = nil
+	}
 }
 
 func (c *adsConn) nextNonce() string {
@@ -186,10 +193,7 @@ func (c *adsConn) budget(b *sendBudget, size int) error {
 	if size < largeResponse {
 		return nil
 	}
-	if c.held != nil {
-		c.held()
-		c.held = nil
-	}
+	c.release(c.heldNonce)
 	release, ok := b.take(c.ctx, size)
 	if !ok {
 		return c.ctx.Err()
@@ -208,10 +212,7 @@ func (s *Server) acked(c *adsConn, url string, w *adsWatch, nonce, version, errD
 		return // not for the response in flight (a stale one crossed it)
 	}
 	w.waiting = false
-	if c.held != nil && c.heldNonce == nonce {
-		c.held()
-		c.held = nil
-	}
+	c.release(nonce)
 	if errDetail == "" {
 		s.record(c, url, version, "")
 	}
@@ -366,14 +367,11 @@ func (s *Server) flush(c *adsConn, send sender) error {
 			return err
 		}
 		names, removed := s.changes(c, url, w, snap)
-		full := !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
+		full := c.fullState(url)
 		owed := w.first && (!c.delta || w.wildcard)
 		if len(names) == 0 && len(removed) == 0 && !owed && !(full && !same) {
 			w.sent, w.first, w.fresh = snap, false, nil
-			if c.held != nil && c.heldNonce == "" {
-				c.held() // taken for a response that is not needed
-				c.held = nil
-			}
+			c.release("") // taken for a response that is not needed
 			continue
 		}
 		items := snap.GetResourcesAndTTL(url)
@@ -395,6 +393,12 @@ func (s *Server) flush(c *adsConn, send sender) error {
 		w.sent, w.first, w.nonce, w.waiting, w.initial, w.fresh = snap, false, nonce, true, nil, nil
 	}
 	return nil
+}
+
+// fullState tells whether every response of a type carries all the
+// client's resources: Listener and Cluster on state-of-the-world streams.
+func (c *adsConn) fullState(url string) bool {
+	return !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
 }
 
 // order lists the watched types, known ones in pushOrder.
@@ -422,7 +426,7 @@ func (c *adsConn) order() []string {
 // from how many resources it may carry and their average size.
 func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *cachev3.Snapshot) int {
 	var n int
-	if w.sent == nil || (!c.delta && cachev3.ResourceRequiresFullStateInSotw(url)) {
+	if w.sent == nil || c.fullState(url) {
 		n = len(snap.GetResourcesAndTTL(url))
 		if !w.wildcard {
 			n = min(n, w.names.len())
@@ -443,7 +447,7 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *cachev3.Snap
 		}
 		return w.names.has(n)
 	}
-	full := !c.delta && cachev3.ResourceRequiresFullStateInSotw(url)
+	full := c.fullState(url)
 	if full || w.sent == nil {
 		vm := snap.GetVersionMap(url)
 		for n := range items {
