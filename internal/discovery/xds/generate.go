@@ -47,8 +47,6 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		warn = func(string) {}
 	}
 	var g Generated
-	gws := reg.Gateways()
-	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
 	services := reg.Services()
 	drs := destinationRules(cfg, domain)
 	if p.Type == Router {
@@ -60,9 +58,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		}
 		g.Listeners, g.Clusters = sidecarOutbound(services, vss, drs, domain)
 	}
-	for _, svc := range services {
-		g.addService(p, view, svc, reg.Endpoints(svc.Hostname), gws, drs[svc.Hostname], noGW, warn)
-	}
+	g.addServices(p, reg, services, drs, noGW, warn)
 	return g
 }
 
@@ -75,13 +71,19 @@ func GenerateEndpoints(p *Proxy, reg *registry.Registry, cfg Config, domain stri
 		warn = func(string) {}
 	}
 	var g Generated
+	g.addServices(p, reg, services, destinationRules(cfg, domain), noGW, warn)
+	return g.Endpoints
+}
+
+// addServices builds the clusters and load assignments of services as
+// proxy p sees them (its network view of every cluster's endpoints).
+func (g *Generated) addServices(p *Proxy, reg *registry.Registry, services []*registry.Service, drs map[string]*networkingv1.DestinationRule,
+	noGW network.NoGateway, warn func(string)) {
 	gws := reg.Gateways()
 	view := network.View{Network: p.Network, Requested: network.ParseRequested(p.RequestedNetworkView)}
-	drs := destinationRules(cfg, domain)
 	for _, svc := range services {
 		g.addService(p, view, svc, reg.Endpoints(svc.Hostname), gws, drs[svc.Hostname], noGW, warn)
 	}
-	return g.Endpoints
 }
 
 // addService builds the clusters and load assignments of every port of a
