@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // sendBudget bounds the bytes of large responses handed to streams and
@@ -51,13 +50,4 @@ func (b *sendBudget) take(stream context.Context, n int) (release func(), ok boo
 	release = func() { once.Do(func() { b.sem.Release(w) }) }
 	time.AfterFunc(ackWait, release)
 	return release, true
-}
-
-// sizeOf is the payload of a response's resources.
-func sizeOf(anys []*anypb.Any) int {
-	n := 0
-	for _, a := range anys {
-		n += len(a.GetValue())
-	}
-	return n
 }
