@@ -43,6 +43,8 @@ type h1Conn struct {
 	net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+	// deadline: one is set (the downstream loop's timeouts).
+	deadline bool
 }
 
 // syncBody tells whether the synchronous path can take a request, and
@@ -97,7 +99,7 @@ func (p *Proxy) roundTripH1(r *http.Request, key h1Key, body []byte, dial func(c
 			if err != nil {
 				return nil, err
 			}
-			pc = &h1Conn{Conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 8<<10)}
+			pc = newH1Conn(c)
 		}
 		if body != nil {
 			r.Body = io.NopCloser(bytes.NewReader(body))

@@ -101,10 +101,24 @@ func (p *Proxy) httpServer() *http.Server {
 	return p.http
 }
 
+// serveHTTP serves an HTTP chain's connection: HTTP/1.1 in the proxy's own
+// loop (h1serve.go), HTTP/2 negotiated by ALPN with net/http.
 func (p *Proxy) serveHTTP(d *downstream) {
+	if tc, ok := d.conn.(*tls.Conn); ok {
+		if proto := tc.ConnectionState().NegotiatedProtocol; proto == "h2" || proto == "istio-h2" {
+			p.serveStd(d, d.conn)
+			return
+		}
+	}
+	p.serveH1(d)
+}
+
+// serveStd serves conn, the downstream connection or what replays it,
+// with net/http's server and the handler below.
+func (p *Proxy) serveStd(d *downstream, conn net.Conn) {
 	srv := p.httpServer()
 	ln := &oneConn{c: make(chan net.Conn, 1), addr: d.conn.LocalAddr(), done: make(chan struct{})}
-	ln.c <- &trackedConn{Conn: &httpConn{Conn: d.conn, d: d}, ln: ln}
+	ln.c <- &trackedConn{Conn: &httpConn{Conn: conn, d: d}, ln: ln}
 	_ = srv.Serve(ln)
 }
 
@@ -216,27 +230,40 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	dur := time.Since(start)
 	p.stats.istio.Request(ev, dur, r.ContentLength, rec.bytes)
 	if p.opts.AccessLog != nil {
-		p.accessLogHTTP(start, dur, r, rec, rc)
+		a := accessEntry{start: start, dur: dur, method: r.Method, uri: r.URL.RequestURI(), proto: r.Proto, code: rec.code, flags: rc.flags,
+			in: r.ContentLength, out: rec.bytes, xff: r.Header.Get("X-Forwarded-For"), ua: r.UserAgent(), requestID: r.Header.Get("X-Request-Id"),
+			host: r.Host, upstream: rc.upstream, cluster: rc.cluster, d: d}
+		if rc.r != nil {
+			a.route = rc.r.Name
+		}
+		p.accessLog(&a)
 	}
 }
 
-// accessLogHTTP writes Istio's default text access log line.
-func (p *Proxy) accessLogHTTP(start time.Time, dur time.Duration, r *http.Request, rec *statusRecorder, rc *route) {
+// accessEntry is what an HTTP access log line says.
+type accessEntry struct {
+	start                                              time.Time
+	dur                                                time.Duration
+	method, uri, proto                                 string
+	code                                               int
+	flags                                              string
+	in, out                                            int64
+	xff, ua, requestID, host, upstream, cluster, route string
+	d                                                  *downstream
+}
+
+// accessLog writes Istio's default text access log line.
+func (p *Proxy) accessLog(a *accessEntry) {
 	dash := func(s string) string {
 		if s == "" {
 			return "-"
 		}
 		return s
 	}
-	routeName := "-"
-	if rc.r != nil {
-		routeName = dash(rc.r.Name)
-	}
-	in := max(r.ContentLength, 0)
 	line := fmt.Sprintf("[%s] \"%s %s %s\" %d %s - - \"-\" %d %d %d - \"%s\" \"%s\" \"%s\" \"%s\" \"%s\" %s - %s %s - %s\n",
-		start.UTC().Format("2006-01-02T15:04:05.000Z"), r.Method, r.URL.RequestURI(), r.Proto, rec.code, dash(rc.flags),
-		in, rec.bytes, dur.Milliseconds(), dash(r.Header.Get("X-Forwarded-For")), dash(r.UserAgent()), dash(r.Header.Get("X-Request-Id")),
-		r.Host, dash(rc.upstream), dash(rc.cluster), rc.d.dst, rc.d.conn.RemoteAddr(), routeName)
+		a.start.UTC().Format("2006-01-02T15:04:05.000Z"), a.method, a.uri, a.proto, a.code, dash(a.flags),
+		max(a.in, 0), a.out, a.dur.Milliseconds(), dash(a.xff), dash(a.ua), dash(a.requestID),
+		a.host, dash(a.upstream), dash(a.cluster), a.d.dst, a.d.conn.RemoteAddr(), dash(a.route))
 	p.writeAccessLog(line)
 }
 
@@ -337,11 +364,7 @@ func rewrite(rt *config.Route, r *http.Request) {
 // authorizeHTTP runs the chain's RBAC filters on a request and returns
 // what denied it, or "".
 func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream, filters []*rbac.Filter) string {
-	req := &rbac.Request{DestPort: uint32(d.dst.Port()), HTTP: true, RemoteIP: remoteIP(d.conn),
-		Headers: make(map[string]string, len(r.Header)+3)}
-	if !d.peer.IsZero() {
-		req.Principal = d.peer.String()
-	}
+	req := newRBACRequest(d)
 	for k, v := range r.Header {
 		if len(v) > 0 {
 			req.Headers[strings.ToLower(k)] = v[0]
@@ -353,6 +376,15 @@ func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream, filters []*rbac.Fi
 	}
 	p.audit(filters, req)
 	return ""
+}
+
+// newRBACRequest is an HTTP request's RBAC input with what the connection says.
+func newRBACRequest(d *downstream) *rbac.Request {
+	req := &rbac.Request{DestPort: uint32(d.dst.Port()), HTTP: true, RemoteIP: remoteIP(d.conn), Headers: make(map[string]string, 16)}
+	if !d.peer.IsZero() {
+		req.Principal = d.peer.String()
+	}
+	return req
 }
 
 // audit counts and logs what an AUDIT policy matched.
@@ -372,12 +404,17 @@ func (p *Proxy) setXFCC(r *http.Request, d *downstream) {
 		r.Header.Del("X-Forwarded-Client-Cert")
 		return
 	}
-	sum := sha256.Sum256(d.peerCert)
-	v := "By=" + p.opts.Identity.ID().String() + ";Hash=" + hex.EncodeToString(sum[:]) + `;Subject="";URI=` + d.peer.String()
+	v := p.xfcc(d)
 	if old := r.Header.Get("X-Forwarded-Client-Cert"); old != "" {
 		v = old + "," + v
 	}
 	r.Header.Set("X-Forwarded-Client-Cert", v)
+}
+
+// xfcc is the element the inbound proxy adds for a verified caller.
+func (p *Proxy) xfcc(d *downstream) string {
+	sum := sha256.Sum256(d.peerCert)
+	return "By=" + p.opts.Identity.ID().String() + ";Hash=" + hex.EncodeToString(sum[:]) + `;Subject="";URI=` + d.peer.String()
 }
 
 func pickWeighted(cs []config.WeightedCluster) string {
@@ -442,29 +479,32 @@ var errNoHealthy = errors.New("no healthy upstream")
 var errOverflow = errors.New("circuit breaker: too many requests in flight")
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	rc, _ := r.Context().Value(routeKey).(*route)
-	flag := func(f string) {
-		if rc != nil {
-			rc.flags = f
-		}
+	code, flag, text := errorReply(err)
+	if rc, _ := r.Context().Value(routeKey).(*route); rc != nil {
+		rc.flags = flag
 	}
+	if text == "" {
+		w.WriteHeader(code)
+		return
+	}
+	http.Error(w, text, code)
+}
+
+// errorReply is Envoy's answer to a request that got no response: status,
+// response flag and body text.
+func errorReply(err error) (code int, flag, text string) {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
-		flag("UT")
-		http.Error(w, "upstream request timeout", http.StatusGatewayTimeout)
+		return http.StatusGatewayTimeout, "UT", "upstream request timeout"
 	case errors.Is(err, errOverflow):
-		flag("UO")
-		http.Error(w, "upstream connect error or disconnect/reset before headers. reset reason: overflow", http.StatusServiceUnavailable)
+		return http.StatusServiceUnavailable, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 	case errors.Is(err, errNoHealthy):
-		flag("UH")
-		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
+		return http.StatusServiceUnavailable, "UH", "no healthy upstream"
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads the answer.
-		flag("DC")
-		w.WriteHeader(499)
+		return 499, "DC", ""
 	default:
-		flag("UF")
-		http.Error(w, "upstream connect error or disconnect/reset before headers: "+err.Error(), http.StatusServiceUnavailable)
+		return http.StatusServiceUnavailable, "UF", "upstream connect error or disconnect/reset before headers: " + err.Error()
 	}
 }
 
@@ -617,7 +657,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		if perTry != nil {
 			resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 		}
-		if attempt < retries && retryableStatus(rc.r.Retry, resp) {
+		if attempt < retries && retryableStatus(rc.r.Retry, resp.StatusCode, resp.Header.Get("Grpc-Status")) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 			lastErr = fmt.Errorf("upstream answered %d", resp.StatusCode)
@@ -658,11 +698,10 @@ func retryableError(rp *config.RetryPolicy, err error) bool {
 	return rp.On["reset"] || rp.On["5xx"]
 }
 
-func retryableStatus(rp *config.RetryPolicy, resp *http.Response) bool {
+func retryableStatus(rp *config.RetryPolicy, code int, grpcStatus string) bool {
 	if rp == nil {
 		return false
 	}
-	code := resp.StatusCode
 	switch {
 	case rp.On["5xx"] && code >= 500:
 		return true
@@ -670,9 +709,9 @@ func retryableStatus(rp *config.RetryPolicy, resp *http.Response) bool {
 		return true
 	case rp.On["retriable-status-codes"] && rp.StatusCodes[uint32(code)]:
 		return true
-	case rp.On["unavailable"] && resp.Header.Get("Grpc-Status") == "14":
+	case rp.On["unavailable"] && grpcStatus == "14":
 		return true
-	case rp.On["cancelled"] && resp.Header.Get("Grpc-Status") == "1":
+	case rp.On["cancelled"] && grpcStatus == "1":
 		return true
 	}
 	return false

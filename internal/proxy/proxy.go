@@ -74,6 +74,7 @@ type Proxy struct {
 	proxyHandler *httputil.ReverseProxy
 	pools        sync.Map // poolKey -> *http.Transport
 	h1Pools      sync.Map // h1Key -> *h1Idle
+	h1Conns      sync.Map // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
 	logMu        sync.Mutex
 }
 
@@ -193,6 +194,12 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	p.mu.Unlock()
 	// Closes idle keep-alive connections; busy ones finish their request.
 	go func() { _ = p.httpServer().Shutdown(ctx) }()
+	p.h1Conns.Range(func(k, _ any) bool {
+		if c := k.(*h1Down); c.idle.Load() {
+			_ = c.d.conn.SetReadDeadline(time.Now()) // wakes its read; it sees draining
+		}
+		return true
+	})
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for p.conns.Load() > 0 {

@@ -38,6 +38,9 @@ func wrap(c net.Conn, read []byte) *Conn {
 	return &Conn{Conn: c, prefix: read}
 }
 
+// Replay is c with read replayed ahead of what c still has to say.
+func Replay(c net.Conn, read []byte) *Conn { return wrap(c, read) }
+
 // Prefix is what remains to be replayed (for splicing it ahead of the rest).
 func (c *Conn) Prefix() []byte { return c.prefix }
 

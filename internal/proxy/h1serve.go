@@ -1,0 +1,825 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/sniff"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
+)
+
+// HTTP/1.1 from downstream, served by the proxy itself on the connection's
+// goroutine: the request head is parsed in place, routed, written to a
+// pooled upstream connection with the mesh's headers, and the response
+// relayed back as it arrives. net/http's server spends a goroutine per
+// request (its background read), deadlines and a context per request and
+// a full header map twice (server and ReverseProxy); in the data-plane
+// profiles that was most of what an HTTP hop cost beyond the bytes. The
+// same two sidecars relaying the traffic as TCP were four times cheaper.
+//
+// The loop serves requests it is sure of: HTTP/1.1, a plain path, no body
+// or a Content-Length of at most 64 KiB (kept for retries), no Upgrade or
+// Expect, a route without fault injection or consistent hashing, allowed
+// by RBAC. The first request that is not, or an HTTP/2 preface, hands the
+// connection with every byte read so far to net/http (serveStd), which
+// serves it from then on with the full handler. Nothing has been sent
+// upstream or downstream for that request when it is handed over.
+
+// maxH1Head bounds a message head the loop reads; larger go to net/http.
+const maxH1Head = 16 << 10
+
+// idleTimeout is Envoy's default idle timeout for downstream connections.
+const idleTimeout = time.Hour
+
+// errNotFast is a request head the loop leaves to net/http.
+var errNotFast = errors.New("not for the HTTP/1.1 loop")
+
+// h1Down is one downstream connection served by the loop.
+type h1Down struct {
+	p  *Proxy
+	d  *downstream
+	br *bufio.Reader
+	bw *bufio.Writer
+	// head, fields: the request head; out: the upstream request head;
+	// resp, rfields: the response head; body: the request body.
+	head, out, resp, body []byte
+	fields, rfields       []h1Field
+	// idle is set while waiting for a request: Drain wakes it to close.
+	idle        atomic.Bool
+	deadlineSet time.Time
+}
+
+var (
+	downReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	downWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 8<<10) }}
+)
+
+// serveH1 serves a downstream connection of an HTTP chain.
+func (p *Proxy) serveH1(d *downstream) {
+	c := &h1Down{p: p, d: d, br: downReaders.Get().(*bufio.Reader), bw: downWriters.Get().(*bufio.Writer)}
+	c.br.Reset(d.conn)
+	c.bw.Reset(d.conn)
+	p.h1Conns.Store(c, nil)
+	defer p.h1Conns.Delete(c)
+	for {
+		// idle before draining is read, as Drain sets draining before it
+		// looks for idle connections: one of the two sees the other.
+		c.idle.Store(true)
+		if p.draining.Load() {
+			break
+		}
+		err := c.readHead()
+		c.idle.Store(false)
+		if err == nil {
+			var req h1Req
+			var ok bool
+			req, c.fields, ok = parseRequestHead(c.head, c.fields)
+			if ok {
+				switch c.serve(&req) {
+				case keepAlive:
+					continue
+				case closeAfter:
+					err = io.EOF
+				}
+			}
+		}
+		if errors.Is(err, errNotFast) || err == nil {
+			c.handOver()
+			return
+		}
+		break
+	}
+	c.free()
+	d.conn.Close()
+}
+
+// handOver gives the connection to net/http, replaying what was read.
+func (c *h1Down) handOver() {
+	buffered, _ := c.br.Peek(c.br.Buffered())
+	read := make([]byte, 0, len(c.head)+len(buffered))
+	read = append(append(read, c.head...), buffered...)
+	c.free()
+	c.p.serveStd(c.d, sniff.Replay(c.d.conn, read))
+}
+
+func (c *h1Down) free() {
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	downReaders.Put(c.br)
+	downWriters.Put(c.bw)
+	c.br, c.bw = nil, nil
+}
+
+// readHead reads a request head, refreshing the idle deadline now and then
+// (a deadline per request costs timer work on every one).
+func (c *h1Down) readHead() error {
+	if now := time.Now(); now.Sub(c.deadlineSet) > time.Minute {
+		if err := c.d.conn.SetReadDeadline(now.Add(idleTimeout)); err != nil {
+			return err
+		}
+		c.deadlineSet = now
+		if c.p.draining.Load() {
+			return net.ErrClosed // Drain may have just woken the connection
+		}
+	}
+	var err error
+	c.head, err = readHeadInto(c.br, c.head[:0])
+	return err
+}
+
+// readHeadInto appends a message head (through its empty line) to buf.
+// Bare LF line ends and heads over maxH1Head are errNotFast.
+func readHeadInto(br *bufio.Reader, buf []byte) ([]byte, error) {
+	start := len(buf)
+	for {
+		line, err := br.ReadSlice('\n')
+		buf = append(buf, line...)
+		if len(buf) > maxH1Head {
+			return buf, errNotFast
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return buf, err
+		}
+		n := len(buf)
+		if n-start < 2 || buf[n-2] != '\r' {
+			return buf, errNotFast
+		}
+		if n-start == 2 && n == len(line) {
+			return buf, errNotFast // an empty line before the request: rare, net/http skips it
+		}
+		if len(line) == 2 && n > 2 && buf[n-3] == '\n' {
+			return buf, nil
+		}
+	}
+}
+
+type outcome int
+
+const (
+	keepAlive  outcome = iota // answered; the connection carries on
+	closeAfter                // answered or failed; the connection is done
+	notServed                 // not for the loop; nothing was sent
+)
+
+// serve routes one request and proxies it.
+func (c *h1Down) serve(req *h1Req) outcome {
+	p, d := c.p, c.d
+	start := time.Now()
+	rt := p.cur.Load()
+	hm := currentHTTP(rt, d)
+	inbound := d.inbound()
+	table := hm.Inline
+	if table == nil {
+		table = rt.snap.Routes[hm.RouteName]
+	}
+	if table == nil {
+		return notServed
+	}
+	host := string(req.host)
+	vh := table.Match(host)
+	if vh == nil || vh.RequireTLS {
+		return notServed
+	}
+	r := vh.Match(string(req.path), c.header(req, host))
+	if r == nil || len(r.Clusters) == 0 || r.Fault != nil {
+		return notServed
+	}
+	name := pickWeighted(r.Clusters)
+	cl := rt.snap.Clusters[name]
+	if cl != nil && cl.LB == config.RingHash && len(r.Hash) > 0 {
+		return notServed
+	}
+	if inbound && len(hm.Authz) > 0 {
+		rq := newRBACRequest(d)
+		for _, f := range c.fields {
+			k := strings.ToLower(string(f.name))
+			if _, seen := rq.Headers[k]; !seen {
+				rq.Headers[k] = string(f.value)
+			}
+		}
+		rq.Headers[":method"], rq.Headers[":path"], rq.Headers[":authority"] = string(req.method), string(req.target), host
+		if ok, _ := rbac.Allowed(hm.Authz, rq); !ok {
+			return notServed // net/http's handler answers 403 and logs why
+		}
+		p.audit(hm.Authz, rq)
+	}
+
+	// From here on the request is the loop's.
+	if req.length > 0 {
+		c.body = growTo(c.body, int(req.length))
+		if _, err := io.ReadFull(c.br, c.body); err != nil {
+			return closeAfter
+		}
+	} else {
+		c.body = c.body[:0]
+	}
+	ev := telemetry.Event{Protocol: "http", MTLS: d.chain.TLS != nil}
+	var peer telemetry.Peer
+	reqID := c.buildUpstreamHead(req, r, hm, inbound, &peer, &ev)
+	x := h1Exchange{req: req, route: r, cluster: name, c: cl}
+	res := c.forward(rt, &x)
+	if inbound {
+		ev.Reporter, ev.Src, ev.Dst, ev.Service = "destination", peer, p.opts.Self.Peer, telemetry.ServiceOf(host)
+	} else {
+		ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, x.peer, telemetry.ServiceOfCluster(name)
+	}
+	ev.Code, ev.Flags, ev.GRPCStatus = x.code, x.flags, x.grpcStatus
+	dur := time.Since(start)
+	p.stats.istio.Request(&ev, dur, req.length, x.sent)
+	if p.opts.AccessLog != nil {
+		a := accessEntry{start: start, dur: dur, method: string(req.method), uri: string(req.target), proto: "HTTP/1.1",
+			code: x.code, flags: x.flags, in: req.length, out: x.sent, xff: c.get("x-forwarded-for"), ua: c.get("user-agent"),
+			requestID: reqID, host: host, upstream: x.upstream, cluster: name, d: d, route: r.Name}
+		if r.HostRewrite != "" {
+			a.host = r.HostRewrite
+		}
+		p.accessLog(&a)
+	}
+	if res != keepAlive || req.close || p.draining.Load() {
+		_ = c.bw.Flush()
+		return closeAfter
+	}
+	if err := c.bw.Flush(); err != nil {
+		return closeAfter
+	}
+	return keepAlive
+}
+
+// header looks request headers up as route matchers name them (see requestHeader).
+func (c *h1Down) header(req *h1Req, host string) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		switch name {
+		case ":method":
+			return string(req.method), true
+		case ":authority":
+			return host, true
+		case ":path":
+			return string(req.target), true
+		}
+		for _, f := range c.fields {
+			if fieldIs(f.name, name) {
+				return string(f.value), true
+			}
+		}
+		return "", false
+	}
+}
+
+// get is a request header's first value, "" if absent.
+func (c *h1Down) get(lower string) string {
+	for _, f := range c.fields {
+		if fieldIs(f.name, lower) {
+			return string(f.value)
+		}
+	}
+	return ""
+}
+
+func growTo(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
+
+// hopByHop are the headers of one connection, never forwarded.
+func hopByHop(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return fieldIs(name, "te")
+	case 7:
+		return fieldIs(name, "trailer") || fieldIs(name, "upgrade")
+	case 10:
+		return fieldIs(name, "connection") || fieldIs(name, "keep-alive")
+	case 16:
+		return fieldIs(name, "proxy-connection")
+	case 17:
+		return fieldIs(name, "transfer-encoding")
+	case 18:
+		return fieldIs(name, "proxy-authenticate")
+	case 19:
+		return fieldIs(name, "proxy-authorization")
+	}
+	return false
+}
+
+// exchangeHeader tells the metadata exchange's headers.
+func exchangeHeader(name []byte) bool {
+	return fieldIs(name, "x-envoy-peer-metadata") || fieldIs(name, "x-envoy-peer-metadata-id")
+}
+
+// buildUpstreamHead writes the request head for upstreams into c.out
+// (without the final empty line): the route's rewrites, hop-by-hop headers
+// dropped, and the mesh's own headers as handle sets them. It returns the
+// request ID.
+func (c *h1Down) buildUpstreamHead(req *h1Req, r *config.Route, hm *config.HTTPManager, inbound bool, peer *telemetry.Peer, ev *telemetry.Event) (reqID string) {
+	p, d := c.p, c.d
+	out := append(c.out[:0], req.method...)
+	out = append(out, ' ')
+	if r.PrefixRewrite != "" && r.Prefix != "" && strings.HasPrefix(string(req.path), r.Prefix) {
+		out = append(out, r.PrefixRewrite...)
+		out = append(out, req.target[len(r.Prefix):]...)
+	} else {
+		out = append(out, req.target...)
+	}
+	out = append(out, " HTTP/1.1\r\nHost: "...)
+	if r.HostRewrite != "" {
+		out = append(out, r.HostRewrite...)
+	} else {
+		out = append(out, req.host...)
+	}
+	out = append(out, "\r\n"...)
+	*peer = telemetry.Decode("")
+	var xfcc []byte
+	for _, f := range c.fields {
+		switch {
+		case fieldIs(f.name, "host"):
+			continue
+		case hopByHop(f.name):
+			if !fieldIs(f.name, "te") || !fieldIs(f.value, "trailers") {
+				continue
+			}
+		case exchangeHeader(f.name):
+			if inbound && len(f.name) == len(telemetry.HeaderMetadata) {
+				*peer = telemetry.Decode(string(f.value))
+			}
+			continue
+		case fieldIs(f.name, "x-forwarded-client-cert"):
+			if xfcc == nil {
+				xfcc = f.value
+			}
+			continue
+		case fieldIs(f.name, "x-request-id"):
+			if reqID == "" {
+				reqID = string(f.value)
+			}
+		case fieldIs(f.name, "content-type"):
+			if len(f.value) >= 16 && fieldIs(f.value[:16], "application/grpc") {
+				ev.Protocol = "grpc"
+			}
+		}
+		out = appendField(out, f.name, f.value)
+	}
+	if reqID == "" {
+		reqID = requestID()
+		out = appendField(out, []byte("X-Request-Id"), []byte(reqID))
+	}
+	if inbound {
+		if !d.peer.IsZero() {
+			peer.Principal = d.peer.String()
+		}
+		if hm.ForwardClientCert && !d.peer.IsZero() {
+			v := p.xfcc(d)
+			if len(xfcc) > 0 {
+				v = string(xfcc) + "," + v
+			}
+			out = appendField(out, []byte("X-Forwarded-Client-Cert"), []byte(v))
+		}
+	} else {
+		id, md := p.opts.Self.Headers()
+		out = appendField(out, []byte(telemetry.HeaderMetadataID), []byte(id))
+		out = appendField(out, []byte(telemetry.HeaderMetadata), []byte(md))
+	}
+	c.out = out
+	return reqID
+}
+
+func writeField(bw *bufio.Writer, name, value []byte) {
+	_, _ = bw.Write(name)
+	_, _ = bw.WriteString(": ")
+	_, _ = bw.Write(value)
+	_, _ = bw.WriteString("\r\n")
+}
+
+func appendField(b, name, value []byte) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	b = append(b, value...)
+	return append(b, "\r\n"...)
+}
+
+// h1Exchange is one request's way upstream and what came of it.
+type h1Exchange struct {
+	req     *h1Req
+	route   *config.Route
+	cluster string
+	c       *config.Cluster
+	// Set by forward: the answer's status, Envoy's response flags, the
+	// body bytes sent downstream, the last upstream endpoint, and the
+	// destination learned from the metadata exchange.
+	code       int
+	flags      string
+	sent       int64
+	upstream   string
+	peer       telemetry.Peer
+	grpcStatus string
+}
+
+// forward sends the request to the route's cluster, retrying as its policy
+// says, and relays the answer (or an error response) downstream.
+func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
+	p, d, r := c.p, c.d, x.route
+	x.peer = telemetry.Decode("")
+	cl := x.c
+	if cl == nil {
+		return c.fail(x, fmt.Errorf("%w: no cluster %q", errNoHealthy, x.cluster))
+	}
+	if cl.MaxRequests > 0 {
+		release := p.admit("rq|"+cl.Name, cl.MaxRequests)
+		if release == nil {
+			p.stats.upstreamOverflow.WithLabelValues(cl.Name).Inc()
+			return c.fail(x, errOverflow)
+		}
+		defer release()
+	}
+	retries := uint32(0)
+	var perTry time.Duration
+	if r.Retry != nil {
+		retries, perTry = r.Retry.NumRetries, r.Retry.PerTryTimeout
+	}
+	var deadline time.Time // the route's timeout, to the end of the response
+	if r.Timeout > 0 {
+		deadline = time.Now().Add(r.Timeout)
+	}
+	picker := rt.pickers[x.cluster]
+	var tried tried
+	skip := p.skipper(cl, &tried)
+	var lastErr error = errNoHealthy
+	for attempt := uint32(0); attempt <= retries; attempt++ {
+		var ep *config.Endpoint
+		var addr string
+		var lease lb.Lease
+		if cl.Type == config.OriginalDst {
+			addr = d.dst.String()
+		} else {
+			ep, lease = picker.Pick(skip)
+			if ep == nil {
+				tried = tried[:0] // Envoy's panic mode, as RoundTrip
+				ep, lease = picker.Pick(nil)
+				if ep == nil {
+					break
+				}
+			}
+			tried.add(ep)
+			addr = ep.Addr.String()
+			x.upstream = addr
+		}
+		headBy := deadline
+		if perTry > 0 {
+			if t := time.Now().Add(perTry); headBy.IsZero() || t.Before(headBy) {
+				headBy = t
+			}
+		}
+		pc, idle, resp, err := c.attempt(cl, ep, addr, attempt, x.req, headBy, deadline)
+		if ep != nil {
+			if err != nil {
+				p.outliers.Report(cl, ep.Addr, lb.GatewayFailure)
+			} else {
+				p.outliers.Report(cl, ep.Addr, lb.ResultOf(resp.code))
+			}
+		}
+		if err != nil {
+			lease.Release()
+			timedOut := errors.Is(err, os.ErrDeadlineExceeded)
+			if timedOut {
+				err = fmt.Errorf("upstream timeout: %w", context.DeadlineExceeded)
+			}
+			lastErr = err
+			perTryOut := timedOut && (deadline.IsZero() || time.Now().Before(deadline))
+			if !(retryableError(r.Retry, err) && !timedOut || perTryOut && retryableTimeout(r.Retry)) {
+				break
+			}
+			continue
+		}
+		if attempt < retries && retryableStatus(r.Retry, resp.code, string(resp.grpcStatus)) {
+			c.discard(pc, idle, &resp)
+			lease.Release()
+			lastErr = fmt.Errorf("upstream answered %d", resp.code)
+			continue
+		}
+		out := c.relay(pc, idle, &resp, x)
+		lease.Release()
+		return out
+	}
+	return c.fail(x, lastErr)
+}
+
+// attempt writes the request on a pooled or new connection and reads the
+// response head into c.resp. A reused connection the upstream had closed
+// is found by the failure for requests that may be sent twice, and by a
+// peek before writing for the others.
+func (c *h1Down) attempt(cl *config.Cluster, ep *config.Endpoint, addr string, n uint32, req *h1Req, headBy, deadline time.Time) (*h1Conn, *h1Idle, h1Resp, error) {
+	p := c.p
+	key := h1Key{pool: poolKeyFor(cl, ep, false), addr: addr}
+	v, ok := p.h1Pools.Load(key)
+	if !ok {
+		v, _ = p.h1Pools.LoadOrStore(key, &h1Idle{})
+	}
+	idle := v.(*h1Idle)
+	replay := c.replayable(req)
+	for try := 0; ; try++ {
+		pc := idle.get()
+		reused := pc != nil
+		if reused && !replay && !pc.alive() {
+			pc.Close()
+			continue
+		}
+		if pc == nil {
+			conn, err := p.dialFor(context.Background(), cl, ep, addr, []string{"istio-http/1.1"})
+			if err != nil {
+				return nil, nil, h1Resp{}, err
+			}
+			pc = newH1Conn(conn)
+		}
+		if !headBy.IsZero() {
+			_ = pc.SetDeadline(headBy)
+			pc.deadline = true
+		}
+		resp, err := c.roundTrip(pc, n)
+		if err != nil {
+			pc.Close()
+			if reused && try == 0 && replay && stale(err) {
+				continue
+			}
+			return nil, nil, h1Resp{}, err
+		}
+		if headBy != deadline {
+			_ = pc.SetDeadline(deadline)
+		}
+		return pc, idle, resp, nil
+	}
+}
+
+// roundTrip writes the request and reads the response head, skipping
+// interim (1xx) responses.
+func (c *h1Down) roundTrip(pc *h1Conn, n uint32) (h1Resp, error) {
+	bw := pc.bw
+	_, _ = bw.Write(c.out)
+	if n > 0 {
+		_, _ = bw.WriteString("X-Envoy-Attempt-Count: ")
+		_, _ = bw.WriteString(strconv.Itoa(int(n + 1)))
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+	_, _ = bw.Write(c.body)
+	if err := bw.Flush(); err != nil {
+		return h1Resp{}, err
+	}
+	for {
+		var err error
+		c.resp, err = readHeadInto(pc.br, c.resp[:0])
+		if errors.Is(err, errNotFast) {
+			return h1Resp{}, errors.New("malformed or oversized response head")
+		}
+		if err != nil {
+			return h1Resp{}, err
+		}
+		resp, fields, ok := parseResponseHead(c.resp, c.rfields)
+		c.rfields = fields
+		if !ok || resp.code == http.StatusSwitchingProtocols {
+			return h1Resp{}, errors.New("malformed response head")
+		}
+		if resp.code >= 200 {
+			return resp, nil
+		}
+	}
+}
+
+// replayable is net/http's rule for requests that may be sent twice.
+func (c *h1Down) replayable(req *h1Req) bool {
+	switch string(req.method) {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return c.get("idempotency-key") != "" || c.get("x-idempotency-key") != ""
+}
+
+// relay writes the response head and streams the body downstream, then
+// gives the upstream connection back if it can carry another request.
+func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) outcome {
+	inbound := c.d.inbound()
+	bw := c.bw
+	x.code, x.grpcStatus = resp.code, string(resp.grpcStatus)
+	bodyless := noBody(x.req.method, resp.code)
+	closeDown := !bodyless && !resp.chunked && resp.length < 0
+	_, _ = bw.WriteString("HTTP/1.1 ")
+	_, _ = bw.Write(resp.status)
+	_, _ = bw.WriteString("\r\n")
+	for _, f := range c.rfields {
+		switch {
+		case hopByHop(f.name) && !fieldIs(f.name, "trailer"):
+			continue
+		case exchangeHeader(f.name):
+			if !inbound && len(f.name) == len(telemetry.HeaderMetadata) {
+				x.peer = telemetry.Decode(string(f.value))
+			}
+			continue
+		case resp.chunked && fieldIs(f.name, "content-length"):
+			continue
+		}
+		writeField(bw, f.name, f.value)
+	}
+	if inbound {
+		id, md := c.p.opts.Self.Headers()
+		writeField(bw, []byte(telemetry.HeaderMetadataID), []byte(id))
+		writeField(bw, []byte(telemetry.HeaderMetadata), []byte(md))
+	}
+	if resp.chunked && !bodyless {
+		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if closeDown {
+		_, _ = bw.WriteString("Connection: close\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+	var upErr, downErr error
+	switch {
+	case bodyless:
+	case resp.chunked:
+		x.sent, upErr, downErr = c.copyChunked(pc.br)
+	case resp.length >= 0:
+		x.sent, upErr, downErr = c.copyN(pc.br, resp.length)
+	default:
+		x.sent, upErr, downErr = c.copyN(pc.br, -1)
+		if upErr == io.EOF {
+			upErr = nil
+		}
+	}
+	switch {
+	case upErr != nil || downErr != nil:
+		pc.Close()
+		if downErr != nil {
+			x.flags = "DC"
+		} else {
+			x.flags = "UPE" // upstream protocol error or reset mid-body
+		}
+		return closeAfter
+	case resp.keepAlive:
+		idle.putClean(pc)
+	default:
+		pc.Close()
+	}
+	if closeDown {
+		return closeAfter
+	}
+	return keepAlive
+}
+
+// discard reads a response not relayed (it will be retried); its
+// connection is reused if that is cheap.
+func (c *h1Down) discard(pc *h1Conn, idle *h1Idle, resp *h1Resp) {
+	if resp.keepAlive && !resp.chunked && resp.length >= 0 && resp.length <= maxRetryBody {
+		if _, err := pc.br.Discard(int(resp.length)); err == nil {
+			idle.putClean(pc)
+			return
+		}
+	}
+	pc.Close()
+}
+
+// copyN relays n bytes (to EOF if n < 0) from an upstream reader, flushing
+// downstream before it would wait for more, as FlushInterval -1 does.
+func (c *h1Down) copyN(src *bufio.Reader, n int64) (sent int64, upErr, downErr error) {
+	for n < 0 || sent < n {
+		if src.Buffered() == 0 {
+			if err := c.bw.Flush(); err != nil {
+				return sent, nil, err
+			}
+			if _, err := src.Peek(1); err != nil {
+				return sent, err, nil
+			}
+		}
+		k := src.Buffered()
+		if n >= 0 {
+			k = int(min(int64(k), n-sent))
+		}
+		b, _ := src.Peek(k)
+		if _, err := c.bw.Write(b); err != nil {
+			return sent, nil, err
+		}
+		_, _ = src.Discard(k)
+		sent += int64(k)
+	}
+	return sent, nil, nil
+}
+
+// copyChunked relays a chunked body as it is framed, trailers included.
+func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr error) {
+	for {
+		line, err := src.ReadSlice('\n')
+		if err != nil {
+			return sent, err, nil
+		}
+		hex, _, _ := strings.Cut(strings.TrimSpace(string(line)), ";")
+		size, err := strconv.ParseUint(hex, 16, 62)
+		if err != nil {
+			return sent, fmt.Errorf("bad chunk size %q", hex), nil
+		}
+		if _, err := c.bw.Write(line); err != nil {
+			return sent, nil, err
+		}
+		if size == 0 {
+			for { // trailers, up to the empty line
+				line, err := src.ReadSlice('\n')
+				if err != nil {
+					return sent, err, nil
+				}
+				if _, err := c.bw.Write(line); err != nil {
+					return sent, nil, err
+				}
+				if len(line) <= 2 {
+					return sent, nil, nil
+				}
+			}
+		}
+		n, upErr, downErr := c.copyN(src, int64(size)+2) // the data and its CRLF
+		sent += min(n, int64(size))
+		if upErr != nil || downErr != nil {
+			return sent, upErr, downErr
+		}
+	}
+}
+
+// fail answers a request that got no response, as upstreamError does.
+func (c *h1Down) fail(x *h1Exchange, err error) outcome {
+	code, flag, text := errorReply(err)
+	x.code, x.flags = code, flag
+	bw := c.bw
+	_, _ = bw.WriteString("HTTP/1.1 ")
+	_, _ = bw.WriteString(strconv.Itoa(code))
+	_, _ = bw.WriteString(" ")
+	_, _ = bw.WriteString(http.StatusText(code))
+	if text == "" {
+		_, _ = bw.WriteString("\r\nContent-Length: 0\r\n\r\n")
+		return keepAlive
+	}
+	text += "\n"
+	_, _ = bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	_, _ = bw.WriteString(strconv.Itoa(len(text)))
+	_, _ = bw.WriteString("\r\n\r\n")
+	_, _ = bw.WriteString(text)
+	x.sent = int64(len(text))
+	return keepAlive
+}
+
+// newH1Conn wraps an upstream connection for the HTTP/1.1 pools.
+func newH1Conn(c net.Conn) *h1Conn {
+	return &h1Conn{Conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 8<<10)}
+}
+
+// alive tells whether an idle connection is still open: nothing to read
+// yet, not even the end. One non-blocking peek at the socket.
+func (pc *h1Conn) alive() bool {
+	if pc.br.Buffered() > 0 {
+		return false // an idle connection has nothing to say
+	}
+	raw := pc.Conn
+	if nc, ok := raw.(interface{ NetConn() net.Conn }); ok {
+		raw = nc.NetConn()
+	}
+	sc, ok := raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := false
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, errno := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = errno == syscall.EAGAIN
+		return true
+	})
+	return err == nil && open
+}
+
+// putClean pools a connection after clearing any deadline it carried.
+func (i *h1Idle) putClean(pc *h1Conn) {
+	if pc.deadline {
+		if err := pc.SetDeadline(time.Time{}); err != nil {
+			pc.Close()
+			return
+		}
+		pc.deadline = false
+	}
+	i.put(pc)
+}
