@@ -24,10 +24,10 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
 
-func mustAny(b *testing.B, m proto.Message) *anypb.Any {
+func mustAny(tb testing.TB, m proto.Message) *anypb.Any {
 	a, err := anypb.New(m)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return a
 }
@@ -37,6 +37,48 @@ func socket(ap netip.AddrPort) *core.Address {
 		Address: ap.Addr().String(), PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}
 }
 
+// startHTTPProxy runs a proxy with one plaintext HTTP listener whose only
+// route goes to the cluster "up" at upstream; route adjusts the route's
+// action (timeouts, retries). It returns the listener's address.
+func startHTTPProxy(tb testing.TB, upstream string, route func(*routev3.RouteAction)) (*Proxy, string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	front := netip.MustParseAddrPort(l.Addr().String())
+	l.Close()
+	action := &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "up"}}
+	if route != nil {
+		route(action)
+	}
+	manager := &hcm.HttpConnectionManager{StatPrefix: "bench",
+		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "bench", VirtualHosts: []*routev3.VirtualHost{{
+			Name: "up", Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: action}}}}}}},
+		HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(tb, &routerv3.Router{})}}}}
+	st := xdsclient.State{
+		resource.ClusterType: {"up": mustAny(tb, &cluster.Cluster{Name: "up", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+			ConnectTimeout: durationpb.New(1e9), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "up", Endpoints: []*endpoint.LocalityLbEndpoints{{
+				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+					Address: socket(netip.MustParseAddrPort(upstream))}}}}}}}})},
+		resource.ListenerType: {"front": mustAny(tb, &listener.Listener{Name: "front", Address: socket(front), FilterChains: []*listener.FilterChain{{
+			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tb, manager)}}}}}})},
+	}
+	p := New(Options{Log: slog.New(slog.DiscardHandler)})
+	if _, err := p.Apply(st, resource.ListenerType); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, bl := range p.bound {
+			bl.ln.Close()
+		}
+	})
+	return p, front.String()
+}
+
 // BenchmarkHTTPForward is the HTTP hot path on loopback: a keep-alive
 // client, the proxy's listener, route lookup, upstream pool and an
 // upstream answering "ok" (plaintext: the mTLS cost is the data-plane
@@ -44,36 +86,8 @@ func socket(ap netip.AddrPort) *core.Address {
 func BenchmarkHTTPForward(b *testing.B) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
 	defer up.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	front := netip.MustParseAddrPort(l.Addr().String())
-	l.Close()
-	manager := &hcm.HttpConnectionManager{StatPrefix: "bench",
-		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "bench", VirtualHosts: []*routev3.VirtualHost{{
-			Name: "up", Domains: []string{"*"}, Routes: []*routev3.Route{{
-				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "up"}}}}}}}}},
-		HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(b, &routerv3.Router{})}}}}
-	st := xdsclient.State{
-		resource.ClusterType: {"up": mustAny(b, &cluster.Cluster{Name: "up", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-			ConnectTimeout: durationpb.New(1e9), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "up", Endpoints: []*endpoint.LocalityLbEndpoints{{
-				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-					Address: socket(netip.MustParseAddrPort(up.Listener.Addr().String()))}}}}}}}})},
-		resource.ListenerType: {"front": mustAny(b, &listener.Listener{Name: "front", Address: socket(front), FilterChains: []*listener.FilterChain{{
-			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(b, manager)}}}}}})},
-	}
-	p := New(Options{Log: slog.New(slog.DiscardHandler)})
-	if _, err := p.Apply(st, resource.ListenerType); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		for _, bl := range p.bound {
-			bl.ln.Close()
-		}
-	}()
-	get(b, "http://"+front.String()+"/bench")
+	_, front := startHTTPProxy(b, up.Listener.Addr().String(), nil)
+	get(b, "http://"+front+"/bench")
 }
 
 // BenchmarkHTTPDirect is the same client and upstream without the proxy.

@@ -75,7 +75,6 @@ func (p *Proxy) serveH1(d *downstream) {
 	c.br.Reset(d.conn)
 	c.bw.Reset(d.conn)
 	p.h1Conns.Store(c, nil)
-	defer p.h1Conns.Delete(c)
 	for {
 		// idle before draining is read, as Drain sets draining before it
 		// looks for idle connections: one of the two sees the other.
@@ -99,11 +98,13 @@ func (p *Proxy) serveH1(d *downstream) {
 			}
 		}
 		if errors.Is(err, errNotFast) || err == nil {
+			p.h1Conns.Delete(c)
 			c.handOver()
 			return
 		}
 		break
 	}
+	p.h1Conns.Delete(c)
 	c.free()
 	d.conn.Close()
 }
