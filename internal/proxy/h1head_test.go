@@ -20,25 +20,25 @@ func TestParseRequestHead(t *testing.T) {
 		{head: "GET /a/b?x=1 HTTP/1.1\r\nHost: profile:8080\r\nUser-Agent: curl\r\n\r\n", ok: true, path: "/a/b", host: "profile:8080"},
 		{head: "POST /p HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\nConnection: close\r\n\r\n", ok: true, path: "/p", host: "h", length: 5, close: true},
 		{head: "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, TE\r\nTE: trailers\r\n\r\n", ok: true, path: "/", host: "h"},
-		{head: "GET / HTTP/1.0\r\nHost: h\r\n\r\n"},                                      // HTTP/1.0: net/http
-		{head: "PRI * HTTP/2.0\r\n\r\n"},                                                 // an HTTP/2 preface
-		{head: "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n"},                              // absolute form
-		{head: "GET /a%2Fb HTTP/1.1\r\nHost: h\r\n\r\n"},                                 // escapes: routes match the decoded path
-		{head: "CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"},                              //
-		{head: "GET / HTTP/1.1\r\n\r\n"},                                                 // no Host
-		{head: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"},                           // two
-		{head: "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"},       // a streamed body
-		{head: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n"},            // too large to keep for retries
+		{head: "GET / HTTP/1.0\r\nHost: h\r\n\r\n"},                                // HTTP/1.0: net/http
+		{head: "PRI * HTTP/2.0\r\n\r\n"},                                           // an HTTP/2 preface
+		{head: "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n"},                        // absolute form
+		{head: "GET /a%2Fb HTTP/1.1\r\nHost: h\r\n\r\n"},                           // escapes: routes match the decoded path
+		{head: "CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"},                        //
+		{head: "GET / HTTP/1.1\r\n\r\n"},                                           // no Host
+		{head: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"},                     // two
+		{head: "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"}, // a streamed body
+		{head: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n"},      // too large to keep for retries
 		{head: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"},
 		{head: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n"},
 		{head: "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"},
 		{head: "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n"},
-		{head: "GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Secret\r\n\r\n"},              // names another hop-by-hop header
-		{head: "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  folded\r\n\r\n"},                // obsolete folding
-		{head: "GET / HTTP/1.1\r\nHost: h\r\nX A: 1\r\n\r\n"},                            //
-		{head: "GET / HTTP/1.1\r\nHost: h\r\nX-A : 1\r\n\r\n"},                           // space before the colon
-		{head: "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n"},                       //
-		{head: "G(T / HTTP/1.1\r\nHost: h\r\n\r\n"},                                      //
+		{head: "GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Secret\r\n\r\n"}, // names another hop-by-hop header
+		{head: "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  folded\r\n\r\n"},   // obsolete folding
+		{head: "GET / HTTP/1.1\r\nHost: h\r\nX A: 1\r\n\r\n"},               //
+		{head: "GET / HTTP/1.1\r\nHost: h\r\nX-A : 1\r\n\r\n"},              // space before the colon
+		{head: "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n"},          //
+		{head: "G(T / HTTP/1.1\r\nHost: h\r\n\r\n"},                         //
 	} {
 		r, _, ok := parseRequestHead([]byte(tc.head), nil)
 		if ok != tc.ok {
@@ -53,10 +53,10 @@ func TestParseRequestHead(t *testing.T) {
 
 func TestParseResponseHead(t *testing.T) {
 	for _, tc := range []struct {
-		head                     string
-		ok, chunked, keepAlive   bool
-		code                     int
-		length                   int64
+		head                   string
+		ok, chunked, keepAlive bool
+		code                   int
+		length                 int64
 	}{
 		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", true, false, true, 200, 2},
 		{"HTTP/1.1 204\r\n\r\n", true, false, false, 204, -1},
