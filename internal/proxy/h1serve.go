@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,7 +61,10 @@ type h1Down struct {
 	head, out, resp, body []byte
 	fields, rfields       []h1Field
 	// idle is set while waiting for a request: Drain wakes it to close.
-	idle        atomic.Bool
+	idle atomic.Bool
+	// closing: the answer ends the connection (the client asked, or the
+	// proxy drains); it says Connection: close.
+	closing     bool
 	deadlineSet time.Time
 }
 
@@ -75,6 +79,15 @@ func (p *Proxy) serveH1(d *downstream) {
 	c.br.Reset(d.conn)
 	c.bw.Reset(d.conn)
 	p.h1Conns.Store(c, nil)
+	defer func() {
+		// A bug here must cost one connection, not the proxy (net/http's
+		// server recovers its handlers the same way).
+		if v := recover(); v != nil {
+			p.h1Conns.Delete(c)
+			d.conn.Close()
+			p.opts.Log.Error("HTTP/1.1 loop panicked; connection closed", "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
 	for {
 		// idle before draining is read, as Drain sets draining before it
 		// looks for idle connections: one of the two sees the other.
@@ -160,14 +173,13 @@ func readHeadInto(br *bufio.Reader, buf []byte) ([]byte, error) {
 			return buf, err
 		}
 		n := len(buf)
-		if n-start < 2 || buf[n-2] != '\r' {
-			return buf, errNotFast
-		}
-		if n-start == 2 && n == len(line) {
+		switch {
+		case n-start < 2 || buf[n-2] != '\r':
+			return buf, errNotFast // a bare LF
+		case n-start == 2:
 			return buf, errNotFast // an empty line before the request: rare, net/http skips it
-		}
-		if len(line) == 2 && n > 2 && buf[n-3] == '\n' {
-			return buf, nil
+		case buf[n-3] == '\n':
+			return buf, nil // the empty line that ends the head
 		}
 	}
 }
@@ -235,6 +247,7 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	ev := telemetry.Event{Protocol: "http", MTLS: d.chain.TLS != nil}
 	var peer telemetry.Peer
 	reqID := c.buildUpstreamHead(req, r, hm, inbound, &peer, &ev)
+	c.closing = req.close || p.draining.Load()
 	x := h1Exchange{req: req, route: r, cluster: name, c: cl}
 	res := c.forward(rt, &x)
 	if inbound {
@@ -254,7 +267,7 @@ func (c *h1Down) serve(req *h1Req) outcome {
 		}
 		p.accessLog(&a)
 	}
-	if res != keepAlive || req.close || p.draining.Load() {
+	if res != keepAlive || c.closing {
 		_ = c.bw.Flush()
 		return closeAfter
 	}
@@ -620,7 +633,7 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 	bw := c.bw
 	x.code, x.grpcStatus = resp.code, string(resp.grpcStatus)
 	bodyless := noBody(x.req.method, resp.code)
-	closeDown := !bodyless && !resp.chunked && resp.length < 0
+	closeDown := c.closing || !bodyless && !resp.chunked && resp.length < 0
 	_, _ = bw.WriteString("HTTP/1.1 ")
 	_, _ = bw.Write(resp.status)
 	_, _ = bw.WriteString("\r\n")
@@ -767,6 +780,9 @@ func (c *h1Down) fail(x *h1Exchange, err error) outcome {
 	_, _ = bw.WriteString(strconv.Itoa(code))
 	_, _ = bw.WriteString(" ")
 	_, _ = bw.WriteString(http.StatusText(code))
+	if c.closing {
+		_, _ = bw.WriteString("\r\nConnection: close")
+	}
 	if text == "" {
 		_, _ = bw.WriteString("\r\nContent-Length: 0\r\n\r\n")
 		return keepAlive

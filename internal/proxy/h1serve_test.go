@@ -125,6 +125,12 @@ func TestH1LoopServesAKeepAliveConnection(t *testing.T) {
 	if n := inLoop(p); n != 1 {
 		t.Errorf("%d connections in the loop, want 1: every request above is one it serves", n)
 	}
+	if r := c.do("GET /empty HTTP/1.1\r\nHost: profile\r\nConnection: close\r\n\r\n", "GET")[0]; !r.Close {
+		t.Errorf("the answer to Connection: close does not say it closes")
+	}
+	if _, err := c.br.ReadByte(); err != io.EOF {
+		t.Errorf("after Connection: close: %v, want EOF", err)
+	}
 }
 
 // A request the loop does not take (here a chunked upload) is served by
