@@ -142,8 +142,12 @@ func BenchmarkDataPlane(b *testing.B) {
 		for _, p := range ps {
 			before := cpuOf(p.procs)
 			wait := func() {}
-			if p.name == paths[1].name && !grpc {
-				wait = profile(fmt.Sprintf("http-%dqps", qps))
+			if p.name == paths[1].name {
+				kind := "http"
+				if grpc {
+					kind = "grpc"
+				}
+				wait = profile(fmt.Sprintf("%s-%dqps", kind, qps))
 			}
 			r, err := load(fortio, p.ns, p.url, grpc, qps, runFor, conns)
 			wait()
