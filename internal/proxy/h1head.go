@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"strconv"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Parsing HTTP/1.1 message heads in place, for the downstream loop in
@@ -68,7 +70,7 @@ func parseRequestHead(head []byte, fields []h1Field) (r h1Req, _ []h1Field, ok b
 			}
 		}
 	}
-	return r, fields, hosts == 1 && lengths <= 1
+	return r, fields, hosts == 1 && lengths <= 1 && httpguts.ValidHostHeader(string(r.host))
 }
 
 // h1Resp is what the proxy needs of a response head.
@@ -77,8 +79,9 @@ type h1Resp struct {
 	// status is the line's text after the protocol ("200 OK").
 	status []byte
 	length int64 // -1 when not given
-	// chunked: Transfer-Encoding: chunked; keepAlive: the connection may
-	// carry another request.
+	// chunked: Transfer-Encoding: chunked; keepAlive: the upstream lets
+	// the connection carry another request (a body that ends with the
+	// connection does not, see closeDelimited).
 	chunked, keepAlive bool
 	grpcStatus         []byte
 }
@@ -136,10 +139,12 @@ func parseResponseHead(head []byte, fields []h1Field) (r h1Resp, _ []h1Field, ok
 	if r.chunked {
 		r.length = -1 // Transfer-Encoding wins over Content-Length (RFC 9112 6.3)
 	}
-	if !r.chunked && r.length < 0 {
-		r.keepAlive = false // the body ends when the connection does
-	}
 	return r, fields, true
+}
+
+// closeDelimited tells a body that ends when the connection does.
+func (r *h1Resp) closeDelimited(method []byte) bool {
+	return !noBody(method, r.code) && !r.chunked && r.length < 0
 }
 
 // noBody tells the responses that never carry a body.

@@ -524,7 +524,7 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 			continue
 		}
 		if attempt < retries && retryableStatus(r.Retry, resp.code, string(resp.grpcStatus)) {
-			c.discard(pc, idle, &resp)
+			c.discard(pc, idle, &resp, x.req.method)
 			lease.Release()
 			lastErr = fmt.Errorf("upstream answered %d", resp.code)
 			continue
@@ -633,7 +633,7 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 	bw := c.bw
 	x.code, x.grpcStatus = resp.code, string(resp.grpcStatus)
 	bodyless := noBody(x.req.method, resp.code)
-	closeDown := c.closing || !bodyless && !resp.chunked && resp.length < 0
+	closeDown := c.closing || resp.closeDelimited(x.req.method)
 	_, _ = bw.WriteString("HTTP/1.1 ")
 	_, _ = bw.Write(resp.status)
 	_, _ = bw.WriteString("\r\n")
@@ -685,7 +685,7 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 			x.flags = "UPE" // upstream protocol error or reset mid-body
 		}
 		return closeAfter
-	case resp.keepAlive:
+	case resp.keepAlive && !resp.closeDelimited(x.req.method):
 		idle.putClean(pc)
 	default:
 		pc.Close()
@@ -698,9 +698,13 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 
 // discard reads a response not relayed (it will be retried); its
 // connection is reused if that is cheap.
-func (c *h1Down) discard(pc *h1Conn, idle *h1Idle, resp *h1Resp) {
-	if resp.keepAlive && !resp.chunked && resp.length >= 0 && resp.length <= maxRetryBody {
-		if _, err := pc.br.Discard(int(resp.length)); err == nil {
+func (c *h1Down) discard(pc *h1Conn, idle *h1Idle, resp *h1Resp, method []byte) {
+	n := int64(0)
+	if !noBody(method, resp.code) {
+		n = resp.length // -1 when chunked or close-delimited
+	}
+	if resp.keepAlive && n >= 0 && n <= maxRetryBody {
+		if _, err := pc.br.Discard(int(n)); err == nil {
 			idle.putClean(pc)
 			return
 		}
