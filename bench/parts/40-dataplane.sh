@@ -8,8 +8,9 @@ fortio=$cache/bin/fortio
 if [ ! -x "$fortio" ]; then
   GOBIN=$cache/bin timeout 600 go install fortio.org/fortio@v1.66.5 >&2
 fi
-if ! command -v nginx >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) >&2
+# nginx-light and its stream module (the peer's east-west gateway: ssl_preread).
+if ! command -v nginx >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream) >&2
 fi
 out=$(mktemp)
 pprof=${BENCH_PPROF_DIR:-bench/profiles}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -62,6 +63,11 @@ type h1Down struct {
 	fields, rfields       []h1Field
 	// idle is set while waiting for a request: Drain wakes it to close.
 	idle atomic.Bool
+	// series and md/mdPeer: the connection's last metrics series and
+	// decoded peer metadata, which its next request most likely shares.
+	series telemetry.LastSeries
+	md     []byte
+	mdPeer *telemetry.Peer
 	// closing: the answer ends the connection (the client asked, or the
 	// proxy drains); it says Connection: close.
 	closing     bool
@@ -257,7 +263,7 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	}
 	ev.Code, ev.Flags, ev.GRPCStatus = x.code, x.flags, x.grpcStatus
 	dur := time.Since(start)
-	p.stats.istio.Request(&ev, dur, req.length, x.sent)
+	p.stats.istio.RequestOn(&c.series, &ev, dur, req.length, x.sent)
 	if p.opts.AccessLog != nil {
 		a := accessEntry{start: start, dur: dur, method: string(req.method), uri: string(req.target), proto: "HTTP/1.1",
 			code: x.code, flags: x.flags, in: req.length, out: x.sent, xff: c.get("x-forwarded-for"), ua: c.get("user-agent"),
@@ -275,6 +281,16 @@ func (c *h1Down) serve(req *h1Req) outcome {
 		return closeAfter
 	}
 	return keepAlive
+}
+
+// peerOf decodes an x-envoy-peer-metadata value, the connection's last
+// one without decoding (or hashing) it again.
+func (c *h1Down) peerOf(v []byte) telemetry.Peer {
+	if c.mdPeer == nil || !bytes.Equal(v, c.md) {
+		p := telemetry.Decode(string(v))
+		c.md, c.mdPeer = append(c.md[:0], v...), &p
+	}
+	return *c.mdPeer
 }
 
 // header looks request headers up as route matchers name them (see requestHeader).
@@ -373,7 +389,7 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, r *config.Route, hm *config.HTTPM
 			}
 		case exchangeHeader(f.name):
 			if inbound && len(f.name) == len(telemetry.HeaderMetadata) {
-				*peer = telemetry.Decode(string(f.value))
+				*peer = c.peerOf(f.value)
 			}
 			continue
 		case fieldIs(f.name, "x-forwarded-client-cert"):
@@ -643,7 +659,7 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 			continue
 		case exchangeHeader(f.name):
 			if !inbound && len(f.name) == len(telemetry.HeaderMetadata) {
-				x.peer = telemetry.Decode(string(f.value))
+				x.peer = c.peerOf(f.value)
 			}
 			continue
 		case resp.chunked && fieldIs(f.name, "content-length"):

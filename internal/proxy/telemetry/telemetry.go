@@ -226,7 +226,26 @@ func orDash(s string) string {
 
 // Request records one HTTP or gRPC request.
 func (m *Metrics) Request(e *Event, d time.Duration, reqBytes, respBytes int64) {
-	s := m.requestSeries(e.values())
+	m.requestSeries(e.values()).record(d, reqBytes, respBytes)
+}
+
+// LastSeries remembers the series of a connection's last request: the
+// requests of one connection mostly share their labels, and comparing an
+// Event is cheaper than hashing its 21 label values.
+type LastSeries struct {
+	ev Event
+	s  *requestSeries
+}
+
+// RequestOn records one request as Request does, through the connection's last series.
+func (m *Metrics) RequestOn(last *LastSeries, e *Event, d time.Duration, reqBytes, respBytes int64) {
+	if last.s == nil || last.ev != *e {
+		last.ev, last.s = *e, m.requestSeries(e.values())
+	}
+	last.s.record(d, reqBytes, respBytes)
+}
+
+func (s *requestSeries) record(d time.Duration, reqBytes, respBytes int64) {
 	s.requests.Inc()
 	s.duration.Observe(float64(d.Microseconds()) / 1000)
 	if reqBytes >= 0 {

@@ -1,6 +1,11 @@
 package telemetry
 
-import "testing"
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 func TestServiceOfCluster(t *testing.T) {
 	for cluster, want := range map[string]Service{
@@ -12,5 +17,39 @@ func TestServiceOfCluster(t *testing.T) {
 		if got := ServiceOfCluster(cluster); got != want {
 			t.Errorf("%s: %+v, want %+v", cluster, got, want)
 		}
+	}
+}
+
+// A connection's requests recorded through its last series count in the
+// series of their own labels: a changed label is a new series.
+func TestRequestOnFollowsLabels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	var last LastSeries
+	e := &Event{Reporter: "source", Src: unknownPeer, Dst: unknownPeer, Protocol: "http", Code: 200}
+	m.RequestOn(&last, e, time.Millisecond, 0, 2)
+	m.RequestOn(&last, e, time.Millisecond, 0, 2)
+	e.Code = 503
+	m.RequestOn(&last, e, time.Millisecond, 0, 2)
+	m.Request(e, time.Millisecond, 0, 2)
+	got := map[string]float64{}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "istio_requests_total" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "response_code" {
+					got[l.GetValue()] = s.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if got["200"] != 2 || got["503"] != 2 || len(got) != 2 {
+		t.Fatalf("istio_requests_total by response_code: %v, want 200: 2 and 503: 2", got)
 	}
 }
