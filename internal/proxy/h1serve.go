@@ -68,6 +68,7 @@ type h1Down struct {
 	series telemetry.LastSeries
 	md     []byte
 	mdPeer *telemetry.Peer
+	watch  clientWatch
 	// closing: the answer ends the connection (the client asked, or the
 	// proxy drains); it says Connection: close.
 	closing     bool
@@ -526,6 +527,11 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 				p.outliers.Report(cl, ep.Addr, lb.ResultOf(resp.code))
 			}
 		}
+		if errors.Is(err, errClientGone) {
+			lease.Release()
+			x.code, x.flags = 499, "DC" // nobody to answer
+			return closeAfter
+		}
 		if err != nil {
 			lease.Release()
 			timedOut := errors.Is(err, os.ErrDeadlineExceeded)
@@ -583,7 +589,12 @@ func (c *h1Down) attempt(cl *config.Cluster, ep *config.Endpoint, addr string, n
 			_ = pc.SetDeadline(headBy)
 			pc.deadline = true
 		}
+		c.armWatch(pc)
 		resp, err := c.roundTrip(pc, n)
+		if c.disarmWatch() {
+			pc.Close()
+			return nil, nil, h1Resp{}, errClientGone
+		}
 		if err != nil {
 			pc.Close()
 			if reused && try == 0 && replay && stale(err) {
@@ -596,6 +607,86 @@ func (c *h1Down) attempt(cl *config.Cluster, ep *config.Endpoint, addr string, n
 		}
 		return pc, idle, resp, nil
 	}
+}
+
+// watchDelay is how long an upstream may take to answer before the loop
+// watches its client for leaving. The request's goroutine waits on the
+// upstream and cannot read the client meanwhile; a second reader per
+// request is what net/http pays on every one, so it starts only for slow
+// answers. A client gone resets the upstream request, as Envoy does.
+const watchDelay = time.Second
+
+// errClientGone is an exchange abandoned because the client left.
+var errClientGone = errors.New("the client closed its connection")
+
+// clientWatch is the state of a connection's watcher (see watchDelay).
+type clientWatch struct {
+	mu    sync.Mutex
+	t     *time.Timer
+	pc    *h1Conn // the upstream connection to close if the client leaves
+	state int     // watchIdle, watchArmed, watchRunning
+	done  chan struct{}
+	gone  bool
+}
+
+const (
+	watchIdle = iota
+	watchArmed
+	watchRunning
+)
+
+// armWatch starts the delay before the client is watched.
+func (c *h1Down) armWatch(pc *h1Conn) {
+	w := &c.watch
+	w.mu.Lock()
+	w.pc, w.state, w.gone = pc, watchArmed, false
+	w.mu.Unlock()
+	if w.t == nil {
+		w.t = time.AfterFunc(watchDelay, c.watchClient)
+	} else {
+		w.t.Reset(watchDelay)
+	}
+}
+
+// watchClient waits for the client to say something or leave; leaving
+// closes the upstream connection, which ends the exchange.
+func (c *h1Down) watchClient() {
+	w := &c.watch
+	w.mu.Lock()
+	if w.state != watchArmed {
+		w.mu.Unlock()
+		return
+	}
+	w.state, w.done = watchRunning, make(chan struct{})
+	pc, done := w.pc, w.done
+	w.mu.Unlock()
+	defer close(done)
+	// Peek keeps whatever the client sends next (a pipelined request).
+	if _, err := c.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		w.mu.Lock()
+		w.gone = true
+		w.mu.Unlock()
+		pc.Close()
+	}
+}
+
+// disarmWatch ends the watch and gives the client's reader back to the
+// loop; it reports whether the client left.
+func (c *h1Down) disarmWatch() bool {
+	w := &c.watch
+	w.t.Stop()
+	w.mu.Lock()
+	state, done := w.state, w.done
+	w.state = watchIdle
+	w.mu.Unlock()
+	if state == watchRunning {
+		_ = c.d.conn.SetReadDeadline(time.Unix(1, 0)) // wakes the watcher's read
+		<-done
+		_ = c.d.conn.SetReadDeadline(c.deadlineSet.Add(idleTimeout))
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gone
 }
 
 // roundTrip writes the request and reads the response head, skipping

@@ -264,3 +264,54 @@ func TestH1LoopDrainClosesIdleConnections(t *testing.T) {
 		t.Errorf("the idle connection after Drain: %v, want EOF", err)
 	}
 }
+
+// A client that leaves while the upstream thinks resets the upstream
+// request (Envoy's behaviour), instead of holding it until it answers.
+func TestH1LoopResetsTheUpstreamOfAClientGone(t *testing.T) {
+	cancelled := make(chan time.Duration, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		select {
+		case <-r.Context().Done():
+			cancelled <- time.Since(start)
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	defer up.Close()
+	p, front := startHTTPProxy(t, up.Listener.Addr().String(), nil)
+	c := dialRaw(t, front)
+	if _, err := io.WriteString(c.c, "GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := inLoop(p); n != 1 {
+		t.Fatalf("%d connections in the loop, want 1", n)
+	}
+	c.c.Close()
+	select {
+	case d := <-cancelled:
+		if d > 5*time.Second {
+			t.Errorf("upstream request reset after %s", d)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("the upstream request outlived its client")
+	}
+}
+
+// A slow answer on a connection whose client stays is answered as usual,
+// and the connection serves the next request (the watcher gave its reader back).
+func TestH1LoopSlowAnswerKeepsTheConnection(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(watchDelay + 300*time.Millisecond)
+		}
+		_, _ = io.WriteString(w, r.URL.Path)
+	}))
+	defer up.Close()
+	_, front := startHTTPProxy(t, up.Listener.Addr().String(), nil)
+	c := dialRaw(t, front)
+	rs := c.do("GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n", "GET", "GET")
+	if body(rs[0]) != "/slow" || body(rs[1]) != "/next" {
+		t.Errorf("answers: %d %d", rs[0].StatusCode, rs[1].StatusCode)
+	}
+}
