@@ -139,6 +139,9 @@ func BenchmarkDataPlane(b *testing.B) {
 			go func() {
 				body := adminGetTimeout(ns, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(runFor.Seconds())-1), runFor+10*time.Second)
 				_ = os.WriteFile(filepath.Join(dir, tag+"-"+ns+".pprof"), []byte(body), 0o644)
+				// Allocations since the proxy started, sampled (pprof's allocs).
+				allocs := adminGetTimeout(ns, "/debug/pprof/allocs", 10*time.Second)
+				_ = os.WriteFile(filepath.Join(dir, tag+"-"+ns+".allocs.pprof"), []byte(allocs), 0o644)
 				done <- struct{}{}
 			}()
 		}
