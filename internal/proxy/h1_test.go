@@ -68,14 +68,16 @@ func TestH1ReusesConnections(t *testing.T) {
 	}
 }
 
-// An upstream that closes idle connections silently: the request on the
-// dead connection is sent again on a new one.
-func TestH1RetriesAStaleConnection(t *testing.T) {
+// closingUpstream answers one request per connection ("ok") and then
+// closes it without saying so, as an upstream whose idle timeout is
+// shorter than the proxy's. It returns its address and a count of the
+// connections it accepted.
+func closingUpstream(t *testing.T) (string, *atomic.Int32) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	t.Cleanup(func() { l.Close() })
 	var conns atomic.Int32
 	go func() {
 		for {
@@ -86,17 +88,25 @@ func TestH1RetriesAStaleConnection(t *testing.T) {
 			conns.Add(1)
 			go func() {
 				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
+				r, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
 					return
 				}
+				_, _ = io.Copy(io.Discard, r.Body)
 				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			}()
 		}
 	}()
+	return l.Addr().String(), &conns
+}
+
+// An upstream that closes idle connections silently: the request on the
+// dead connection is sent again on a new one.
+func TestH1RetriesAStaleConnection(t *testing.T) {
+	addr, conns := closingUpstream(t)
 	p := &Proxy{}
 	for i := range 2 {
-		resp, err := h1Get(t, p, l.Addr().String(), "/")
+		resp, err := h1Get(t, p, addr, "/")
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}

@@ -501,15 +501,10 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 		if cl.Type == config.OriginalDst {
 			addr = d.dst.String()
 		} else {
-			ep, lease = picker.Pick(skip)
+			ep, lease = nextEndpoint(picker.Pick, skip, &tried)
 			if ep == nil {
-				tried = tried[:0] // Envoy's panic mode, as RoundTrip
-				ep, lease = picker.Pick(nil)
-				if ep == nil {
-					break
-				}
+				break
 			}
-			tried.add(ep)
 			addr = ep.Addr.String()
 			x.upstream = addr
 		}

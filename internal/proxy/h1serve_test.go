@@ -205,31 +205,8 @@ func TestH1LoopRetriesAndTimeouts(t *testing.T) {
 // saying so: a POST (never sent twice) finds out before writing, a GET by
 // the failure, and both are answered.
 func TestH1LoopSurvivesStaleUpstreamConnections(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var conns atomic.Int32
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func() {
-				defer c.Close()
-				r, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, r.Body)
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}()
-		}
-	}()
-	p, front := startHTTPProxy(t, l.Addr().String(), nil)
+	addr, conns := closingUpstream(t)
+	p, front := startHTTPProxy(t, addr, nil)
 	c := dialRaw(t, front)
 	for i, req := range []string{"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx", "GET / HTTP/1.1\r\nHost: h\r\n\r\n"} {
 		method, _, _ := strings.Cut(req, " ")

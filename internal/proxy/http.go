@@ -584,18 +584,11 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			addr = rc.d.dst.String()
 		} else {
 			var lease lb.Lease
-			ep, lease = pick(skip)
+			ep, lease = nextEndpoint(pick, skip, &tried)
 			if ep == nil {
-				// Every endpoint failed once or is ejected: start over
-				// (Envoy's panic mode).
-				tried = tried[:0]
-				ep, lease = pick(nil)
-				if ep == nil {
-					return nil, lastErr
-				}
+				return nil, lastErr
 			}
 			defer lease.Release()
-			tried.add(ep)
 			addr = ep.Addr.String()
 			rc.upstream = addr
 		}
@@ -668,6 +661,21 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	return nil, lastErr
+}
+
+// nextEndpoint picks an attempt's endpoint: one not tried yet (nor
+// ejected), else, when every endpoint failed once or is ejected, any of
+// them again (Envoy's panic mode). nil when the cluster has none.
+func nextEndpoint(pick func(func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease), skip func(*config.Endpoint) bool, tried *tried) (*config.Endpoint, lb.Lease) {
+	ep, lease := pick(skip)
+	if ep == nil {
+		*tried = (*tried)[:0]
+		ep, lease = pick(nil)
+	}
+	if ep != nil {
+		tried.add(ep)
+	}
+	return ep, lease
 }
 
 // retryableTimeout says whether a per-try timeout is retried: Envoy
