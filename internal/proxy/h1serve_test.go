@@ -292,3 +292,22 @@ func TestH1LoopSlowAnswerKeepsTheConnection(t *testing.T) {
 		t.Errorf("answers: %d %d", rs[0].StatusCode, rs[1].StatusCode)
 	}
 }
+
+// A route's prefix and host rewrites reach the upstream; the query stays.
+func TestH1LoopRewrites(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Host+" "+r.URL.RequestURI())
+	}))
+	defer up.Close()
+	p, front := startHTTPProxy(t, up.Listener.Addr().String(), func(a *routev3.RouteAction) {
+		a.PrefixRewrite = "/v2/"
+		a.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "profile-v2"}
+	})
+	c := dialRaw(t, front)
+	if got := body(c.do("GET /profile?id=4 HTTP/1.1\r\nHost: profile\r\n\r\n", "GET")[0]); got != "profile-v2 /v2/profile?id=4" {
+		t.Errorf("upstream saw %q, want \"profile-v2 /v2/profile?id=4\"", got)
+	}
+	if n := inLoop(p); n != 1 {
+		t.Errorf("%d connections in the loop, want 1", n)
+	}
+}
