@@ -69,6 +69,15 @@ type h1Down struct {
 	md     []byte
 	mdPeer *telemetry.Peer
 	watch  clientWatch
+	// last is the upstream endpoint of the last request and its pool:
+	// the next one most likely goes there too (configuration objects are
+	// immutable, so their pointers identify them).
+	last struct {
+		cl   *config.Cluster
+		ep   *config.Endpoint
+		addr string
+		idle *h1Idle
+	}
 	// closing: the answer ends the connection (the client asked, or the
 	// proxy drains); it says Connection: close.
 	closing     bool
@@ -505,7 +514,7 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 			if ep == nil {
 				break
 			}
-			addr = ep.Addr.String()
+			addr = c.addrOf(ep)
 			x.upstream = addr
 		}
 		headBy := deadline
@@ -559,12 +568,7 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 // peek before writing for the others.
 func (c *h1Down) attempt(cl *config.Cluster, ep *config.Endpoint, addr string, n uint32, req *h1Req, headBy, deadline time.Time) (*h1Conn, *h1Idle, h1Resp, error) {
 	p := c.p
-	key := h1Key{pool: poolKeyFor(cl, ep, false), addr: addr}
-	v, ok := p.h1Pools.Load(key)
-	if !ok {
-		v, _ = p.h1Pools.LoadOrStore(key, &h1Idle{})
-	}
-	idle := v.(*h1Idle)
+	idle := c.pool(cl, ep, addr)
 	replay := c.replayable(req)
 	for try := 0; ; try++ {
 		pc := idle.get()
@@ -682,6 +686,28 @@ func (c *h1Down) disarmWatch() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.gone
+}
+
+// addrOf is an endpoint's address as pools and access logs name it.
+func (c *h1Down) addrOf(ep *config.Endpoint) string {
+	if ep == c.last.ep && c.last.idle != nil {
+		return c.last.addr
+	}
+	return ep.Addr.String()
+}
+
+// pool is the idle connections to an upstream address.
+func (c *h1Down) pool(cl *config.Cluster, ep *config.Endpoint, addr string) *h1Idle {
+	if l := &c.last; l.idle != nil && l.cl == cl && l.ep == ep && l.addr == addr {
+		return l.idle
+	}
+	key := h1Key{pool: poolKeyFor(cl, ep, false), addr: addr}
+	v, ok := c.p.h1Pools.Load(key)
+	if !ok {
+		v, _ = c.p.h1Pools.LoadOrStore(key, &h1Idle{})
+	}
+	c.last.cl, c.last.ep, c.last.addr, c.last.idle = cl, ep, addr, v.(*h1Idle)
+	return c.last.idle
 }
 
 // roundTrip writes the request and reads the response head, skipping
