@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"net/http"
+	"regexp"
 	"testing"
 )
 
@@ -106,4 +107,17 @@ func FuzzParseRequestHead(f *testing.F) {
 			}
 		}
 	})
+}
+
+// X-Request-Id is a version 4 UUID, as Envoy generates it.
+func TestRequestIDIsAUUIDv4(t *testing.T) {
+	re := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	seen := map[string]bool{}
+	for range 100 {
+		id := requestID()
+		if !re.MatchString(id) || seen[id] {
+			t.Fatalf("request ID %q: not a fresh UUIDv4", id)
+		}
+		seen[id] = true
+	}
 }

@@ -69,6 +69,16 @@ type h1Down struct {
 	md     []byte
 	mdPeer *telemetry.Peer
 	watch  clientWatch
+	// req and host are the request being served; headerFn looks its
+	// headers up for route matching, and tried/skipFn are its attempts'
+	// endpoints (skipOutlier: the cluster whose ejections skipFn honours).
+	// Kept here, made once, so that a request allocates none of them.
+	req         h1Req
+	host        string
+	headerFn    func(string) (string, bool)
+	tried       tried
+	skipFn      func(*config.Endpoint) bool
+	skipOutlier *config.Cluster
 	// last is the upstream endpoint of the last request and its pool:
 	// the next one most likely goes there too (configuration objects are
 	// immutable, so their pointers identify them).
@@ -114,11 +124,10 @@ func (p *Proxy) serveH1(d *downstream) {
 		err := c.readHead()
 		c.idle.Store(false)
 		if err == nil {
-			var req h1Req
 			var ok bool
-			req, c.fields, ok = parseRequestHead(c.head, c.fields)
+			c.req, c.fields, ok = parseRequestHead(c.head, c.fields)
 			if ok {
-				switch c.serve(&req) {
+				switch c.serve(&c.req) {
 				case keepAlive:
 					continue
 				case closeAfter:
@@ -223,11 +232,15 @@ func (c *h1Down) serve(req *h1Req) outcome {
 		return notServed
 	}
 	host := string(req.host)
+	c.host = host
 	vh := table.Match(host)
 	if vh == nil || vh.RequireTLS {
 		return notServed
 	}
-	r := vh.Match(string(req.path), c.header(req, host))
+	if c.headerFn == nil {
+		c.headerFn = c.header
+	}
+	r := vh.Match(string(req.path), c.headerFn)
 	if r == nil || len(r.Clusters) == 0 || r.Fault != nil {
 		return notServed
 	}
@@ -303,24 +316,29 @@ func (c *h1Down) peerOf(v []byte) telemetry.Peer {
 	return *c.mdPeer
 }
 
-// header looks request headers up as route matchers name them (see requestHeader).
-func (c *h1Down) header(req *h1Req, host string) func(string) (string, bool) {
-	return func(name string) (string, bool) {
-		switch name {
-		case ":method":
-			return string(req.method), true
-		case ":authority":
-			return host, true
-		case ":path":
-			return string(req.target), true
-		}
-		for _, f := range c.fields {
-			if fieldIs(f.name, name) {
-				return string(f.value), true
-			}
-		}
-		return "", false
+// header looks the current request's headers up as route matchers name
+// them (see requestHeader).
+func (c *h1Down) header(name string) (string, bool) {
+	switch name {
+	case ":method":
+		return string(c.req.method), true
+	case ":authority":
+		return c.host, true
+	case ":path":
+		return string(c.req.target), true
 	}
+	for _, f := range c.fields {
+		if fieldIs(f.name, name) {
+			return string(f.value), true
+		}
+	}
+	return "", false
+}
+
+// skip leaves out the endpoints the request tried and those outlier
+// detection ejected (see Proxy.skipper).
+func (c *h1Down) skip(e *config.Endpoint) bool {
+	return c.tried.has(e) || c.skipOutlier != nil && c.p.outliers.Ejected(c.skipOutlier, e.Addr)
 }
 
 // get is a request header's first value, "" if absent.
@@ -500,8 +518,14 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 		deadline = time.Now().Add(r.Timeout)
 	}
 	picker := rt.pickers[x.cluster]
-	var tried tried
-	skip := p.skipper(cl, &tried)
+	c.tried = c.tried[:0]
+	c.skipOutlier = nil
+	if cl.Outlier != nil {
+		c.skipOutlier = cl
+	}
+	if c.skipFn == nil {
+		c.skipFn = c.skip
+	}
 	var lastErr error = errNoHealthy
 	for attempt := uint32(0); attempt <= retries; attempt++ {
 		var ep *config.Endpoint
@@ -510,7 +534,7 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 		if cl.Type == config.OriginalDst {
 			addr = d.dst.String()
 		} else {
-			ep, lease = nextEndpoint(picker.Pick, skip, &tried)
+			ep, lease = nextEndpoint(picker, c.skipFn, &c.tried)
 			if ep == nil {
 				break
 			}
@@ -781,8 +805,12 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 	}
 	if inbound {
 		id, md := c.p.opts.Self.Headers()
-		writeField(bw, []byte(telemetry.HeaderMetadataID), []byte(id))
-		writeField(bw, []byte(telemetry.HeaderMetadata), []byte(md))
+		for _, kv := range [2][2]string{{telemetry.HeaderMetadataID, id}, {telemetry.HeaderMetadata, md}} {
+			_, _ = bw.WriteString(kv[0])
+			_, _ = bw.WriteString(": ")
+			_, _ = bw.WriteString(kv[1])
+			_, _ = bw.WriteString("\r\n")
+		}
 	}
 	if resp.chunked && !bodyless {
 		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")

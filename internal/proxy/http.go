@@ -443,8 +443,14 @@ func requestID() string {
 	_, _ = crand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	hex.Encode(out[9:13], b[4:6])
+	hex.Encode(out[14:18], b[6:8])
+	hex.Encode(out[19:23], b[8:10])
+	hex.Encode(out[24:], b[10:])
+	out[8], out[13], out[18], out[23] = '-', '-', '-', '-'
+	return string(out[:])
 }
 
 type statusRecorder struct {
@@ -569,10 +575,9 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			body = b
 		}
 	}
-	picker := rc.rt.pickers[rc.cluster]
-	pick := picker.Pick
+	var pick picker = rc.rt.pickers[rc.cluster]
 	if c.LB == config.RingHash {
-		pick = picker.Keyed(requestKey(rc.r.Hash, r, rc.d))
+		pick = pickFunc(rc.rt.pickers[rc.cluster].Keyed(requestKey(rc.r.Hash, r, rc.d)))
 	}
 	var tried tried
 	skip := p.skipper(c, &tried)
@@ -663,14 +668,24 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	return nil, lastErr
 }
 
+// picker is lb.Picker's Pick, or a keyed pick (pickFunc).
+type picker interface {
+	Pick(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease)
+}
+
+// pickFunc is a pick function as a picker.
+type pickFunc func(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease)
+
+func (f pickFunc) Pick(skip func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease) { return f(skip) }
+
 // nextEndpoint picks an attempt's endpoint: one not tried yet (nor
 // ejected), else, when every endpoint failed once or is ejected, any of
 // them again (Envoy's panic mode). nil when the cluster has none.
-func nextEndpoint(pick func(func(*config.Endpoint) bool) (*config.Endpoint, lb.Lease), skip func(*config.Endpoint) bool, tried *tried) (*config.Endpoint, lb.Lease) {
-	ep, lease := pick(skip)
+func nextEndpoint(pk picker, skip func(*config.Endpoint) bool, tried *tried) (*config.Endpoint, lb.Lease) {
+	ep, lease := pk.Pick(skip)
 	if ep == nil {
 		*tried = (*tried)[:0]
-		ep, lease = pick(nil)
+		ep, lease = pk.Pick(nil)
 	}
 	if ep != nil {
 		tried.add(ep)

@@ -114,10 +114,10 @@ func ServiceOf(host string) Service {
 	if h, _, ok := strings.Cut(host, ":"); ok {
 		host = h
 	}
-	parts := strings.SplitN(host, ".", 3)
-	s := Service{Host: host, Name: parts[0], Namespace: "unknown"}
-	if len(parts) >= 2 {
-		s.Namespace = parts[1]
+	name, rest, ok := strings.Cut(host, ".")
+	s := Service{Host: host, Name: name, Namespace: "unknown"}
+	if ok {
+		s.Namespace, _, _ = strings.Cut(rest, ".")
 	}
 	return s
 }
