@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -456,10 +457,29 @@ server { listen %s:18443; ssl_preread on; proxy_pass $up; }`, ipServer, ipGW)
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		time.Sleep(500 * time.Millisecond)
+		workers := children(cmd.Process.Pid)
+		b.Cleanup(func() {
+			// SIGTERM: the master stops its workers (a killed master leaves
+			// them running); then make sure of both.
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+			for _, w := range workers {
+				// Only if it still is an nginx (its pid could be reused).
+				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w)); strings.HasPrefix(string(cmdline), "nginx") {
+					_ = syscall.Kill(w, syscall.SIGKILL)
+				}
+			}
+		})
 		// Workers are the master's children; count them all.
-		for i, w := range children(cmd.Process.Pid) {
+		for i, w := range workers {
 			procs[fmt.Sprintf("%s worker %d", n.name, i+1)] = w
 		}
 		procs[n.name+" master"] = cmd.Process.Pid
