@@ -462,15 +462,7 @@ server { listen %s:18443; ssl_preread on; proxy_pass $up; }`, ipServer, ipGW)
 		b.Cleanup(func() {
 			// SIGTERM: the master stops its workers (a killed master leaves
 			// them running); then make sure of both.
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
+			stopProcess(cmd, syscall.SIGTERM, 5*time.Second)
 			for _, w := range workers {
 				// Only if it still is an nginx (its pid could be reused).
 				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w)); strings.HasPrefix(string(cmdline), "nginx") {

@@ -103,6 +103,20 @@ func podNetworks(t testing.TB, pods []pod) {
 	}
 }
 
+// stopProcess asks a started process to stop with sig and waits for it,
+// killing it after grace.
+func stopProcess(cmd *exec.Cmd, sig os.Signal, grace time.Duration) {
+	_ = cmd.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
 // inNS runs the isthmus binary in a namespace, as uid/gid 1337 if proxy.
 func inNS(ns string, asProxy bool, args ...string) *exec.Cmd {
 	a := []string{"--net=/run/netns/" + ns}
@@ -298,15 +312,7 @@ func runProxy(t testing.TB, ns, kind, node, dir, token string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
+		stopProcess(cmd, os.Interrupt, 10*time.Second)
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			t.Logf("%s %s log:\n%s", kind, pod, b)
