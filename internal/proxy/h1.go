@@ -77,11 +77,16 @@ func syncBody(r *http.Request) (body []byte, ok bool, err error) {
 
 // replayable tells whether a request may be sent again.
 func replayable(r *http.Request) bool {
-	switch r.Method {
+	return idempotentMethod(r.Method) || r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
+}
+
+// idempotentMethod is net/http's list of methods a request may be sent twice with.
+func idempotentMethod(method string) bool {
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
 	}
-	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
+	return false
 }
 
 // roundTripH1 sends r to addr over a pooled connection (dialled with

@@ -771,11 +771,7 @@ func (c *h1Down) roundTrip(pc *h1Conn, n uint32) (h1Resp, error) {
 
 // replayable is net/http's rule for requests that may be sent twice.
 func (c *h1Down) replayable(req *h1Req) bool {
-	switch string(req.method) {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return c.get("idempotency-key") != "" || c.get("x-idempotency-key") != ""
+	return idempotentMethod(string(req.method)) || c.get("idempotency-key") != "" || c.get("x-idempotency-key") != ""
 }
 
 // relay writes the response head and streams the body downstream, then
