@@ -147,13 +147,19 @@ func (p *Proxy) serveH1(d *downstream) {
 	d.conn.Close()
 }
 
-// handOver gives the connection to net/http, replaying what was read.
+// handOver gives the connection to net/http, or to the HTTP/2 relay if it
+// began with the HTTP/2 preface, replaying what was read.
 func (c *h1Down) handOver() {
 	buffered, _ := c.br.Peek(c.br.Buffered())
 	read := make([]byte, 0, len(c.head)+len(buffered))
 	read = append(append(read, c.head...), buffered...)
 	c.free()
-	c.p.serveStd(c.d, sniff.Replay(c.d.conn, read))
+	conn := sniff.Replay(c.d.conn, read)
+	if bytes.HasPrefix(read, []byte("PRI * HTTP/2.0\r\n")) {
+		c.p.serveH2(c.d, conn)
+		return
+	}
+	c.p.serveStd(c.d, conn)
 }
 
 func (c *h1Down) free() {

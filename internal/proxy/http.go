@@ -102,11 +102,12 @@ func (p *Proxy) httpServer() *http.Server {
 }
 
 // serveHTTP serves an HTTP chain's connection: HTTP/1.1 in the proxy's own
-// loop (h1serve.go), HTTP/2 negotiated by ALPN with net/http.
+// loop (h1serve.go), HTTP/2 negotiated by ALPN in its relay (h2serve.go);
+// the loop passes HTTP/2 with prior knowledge on to the relay.
 func (p *Proxy) serveHTTP(d *downstream) {
 	if tc, ok := d.conn.(*tls.Conn); ok {
 		if proto := tc.ConnectionState().NegotiatedProtocol; proto == "h2" || proto == "istio-h2" {
-			p.serveStd(d, d.conn)
+			p.serveH2(d, d.conn)
 			return
 		}
 	}

@@ -75,6 +75,8 @@ type Proxy struct {
 	pools        sync.Map // poolKey -> *http.Transport
 	h1Pools      sync.Map // h1Key -> *h1Idle
 	h1Conns      sync.Map // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
+	h2Pools      sync.Map // h1Key -> *h2Pool
+	h2Conns      sync.Map // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
 }
 
@@ -198,6 +200,10 @@ func (p *Proxy) Drain(ctx context.Context) error {
 		if c := k.(*h1Down); c.idle.Load() {
 			_ = c.d.conn.SetReadDeadline(time.Now()) // wakes its read; it sees draining
 		}
+		return true
+	})
+	p.h2Conns.Range(func(k, _ any) bool {
+		k.(*h2Conn).drain()
 		return true
 	})
 	t := time.NewTicker(50 * time.Millisecond)

@@ -1,0 +1,354 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
+)
+
+// h2cServer serves h on loopback with HTTP/2 prior knowledge only, as an
+// app behind a sidecar does for gRPC; it returns the address.
+func h2cServer(t testing.TB, h http.Handler) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: h, Protocols: &protos}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// h2cClient speaks HTTP/2 with prior knowledge, as a gRPC client does.
+func h2cClient() *http.Client {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Protocols: &protos}}
+}
+
+// h2Streams counts the streams the relay has open on its downstream connections.
+func h2Streams(p *Proxy) int {
+	n := 0
+	p.h2Conns.Range(func(k, _ any) bool {
+		c := k.(*h2Conn)
+		c.mu.Lock()
+		n += len(c.streams)
+		c.mu.Unlock()
+		return true
+	})
+	return n
+}
+
+// The relay carries bodies far beyond every flow-control window both
+// ways, trailers, many concurrent streams on one connection (more than an
+// upstream's first stream limit), and the mesh's headers as the HTTP/1.1
+// path sets them.
+func TestH2RelaysStreams(t *testing.T) {
+	var seen sync.Map
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.URL.Path, r.Header.Clone())
+		switch r.URL.Path {
+		case "/echo":
+			w.Header().Set("Trailer", "X-Sum")
+			h := sha256.New()
+			n, _ := io.Copy(io.MultiWriter(w, h), r.Body)
+			w.Header().Set("X-Sum", fmt.Sprintf("%d:%x", n, h.Sum(nil)))
+		case "/big":
+			w.Header().Set(telemetry.HeaderMetadata, "from-the-app")
+			_, _ = w.Write(bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16))
+		case "/slow":
+			time.Sleep(100 * time.Millisecond)
+			_, _ = io.WriteString(w, "slow")
+		default:
+			w.WriteHeader(http.StatusTeapot)
+		}
+	}))
+	p, front := startHTTPProxy(t, up, nil)
+	c := h2cClient()
+
+	body := bytes.Repeat([]byte("x"), 3<<20+17)
+	req, _ := http.NewRequest("POST", "http://"+front+"/echo", bytes.NewReader(body))
+	req.Header.Set("X-Forwarded-Client-Cert", "forged")
+	req.Header.Set(telemetry.HeaderMetadata, "forged")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	sum := sha256.Sum256(body)
+	if err != nil || !bytes.Equal(got, body) || resp.Trailer.Get("X-Sum") != fmt.Sprintf("%d:%x", len(body), sum) || resp.ProtoMajor != 2 {
+		t.Fatalf("echo of %d bytes: %d bytes back, trailer %q, %s, %v", len(body), len(got), resp.Trailer.Get("X-Sum"), resp.Proto, err)
+	}
+	v, _ := seen.Load("/echo")
+	h := v.(http.Header)
+	if h.Get("X-Request-Id") == "" || h.Get("X-Forwarded-Client-Cert") != "" || len(h.Values(telemetry.HeaderMetadataID)) == 0 || h.Get(telemetry.HeaderMetadata) == "forged" {
+		t.Errorf("upstream saw headers %v", h)
+	}
+
+	resp, err = c.Get("http://" + front + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != 4<<20 || resp.Header.Get(telemetry.HeaderMetadata) != "" {
+		t.Fatalf("4 MiB download: %d bytes, %v, metadata header %q", n, err, resp.Header.Get(telemetry.HeaderMetadata))
+	}
+
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range 250 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get("http://" + front + "/slow")
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "slow" {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of 250 concurrent streams failed", n)
+	}
+	if resp, err := c.Get("http://" + front + "/other"); err != nil || resp.StatusCode != http.StatusTeapot {
+		t.Errorf("status relayed: %v %v", resp, err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := h2Streams(p); n != 0 {
+		t.Errorf("%d streams still open after every answer", n)
+	}
+	n = 0
+	p.h2Conns.Range(func(any, any) bool { n++; return true })
+	if n != 1 {
+		t.Errorf("%d HTTP/2 downstream connections in the relay, want the client's one", n)
+	}
+}
+
+// gRPC unary and server-streaming calls through the relay, and the
+// request counted with its gRPC status.
+func TestH2GRPC(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	go func() { _ = gs.Serve(l) }()
+	defer gs.Stop()
+	p, front := startHTTPProxy(t, l.Addr().String(), nil)
+	conn, err := grpc.NewClient(front, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hc := healthpb.NewHealthClient(conn)
+	if r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Check: %v %v", r, err)
+	}
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "unknown"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("Check of an unknown service: %v, want NotFound", err)
+	}
+	w, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := w.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
+		t.Fatalf("Watch: %v %v", r, err)
+	}
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+	if r, err := w.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Watch after a change: %v %v", r, err)
+	}
+	var b strings.Builder
+	mfs, _ := p.stats.Registry.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "istio_requests_total" {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					fmt.Fprintf(&b, "%s=%q ", l.GetName(), l.GetValue())
+				}
+				b.WriteString("\n")
+			}
+		}
+	}
+	if !strings.Contains(b.String(), `grpc_response_status="5"`) || !strings.Contains(b.String(), `request_protocol="grpc"`) {
+		t.Errorf("istio_requests_total series:\n%s", b.String())
+	}
+}
+
+// Retries (a 503, then a gRPC UNAVAILABLE in a trailers-only answer),
+// the route timeout and the per-try timeout.
+func TestH2RetriesAndTimeouts(t *testing.T) {
+	var calls atomic.Int32
+	var attempt atomic.Value
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case "/flaky":
+			if calls.Add(1)%2 == 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			attempt.Store(r.Header.Get("X-Envoy-Attempt-Count"))
+			_, _ = w.Write(b)
+		case "/unavailable":
+			if calls.Add(1)%2 == 1 {
+				w.Header().Set("Content-Type", "application/grpc")
+				w.Header().Set("Grpc-Status", "14")
+				w.WriteHeader(200)
+				return
+			}
+			_, _ = w.Write(b)
+		case "/slow-once":
+			if calls.Add(1)%2 == 1 {
+				time.Sleep(time.Second)
+			}
+			_, _ = io.WriteString(w, "fast")
+		case "/slow":
+			select {
+			case <-time.After(5 * time.Second):
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	_, front := startHTTPProxy(t, up, func(a *routev3.RouteAction) {
+		a.Timeout = durationpb.New(700 * time.Millisecond)
+		a.RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx,unavailable", NumRetries: wrapperspb.UInt32(2), PerTryTimeout: durationpb.New(300 * time.Millisecond)}
+	})
+	c := h2cClient()
+	post := func(path, body string) (int, string) {
+		t.Helper()
+		resp, err := c.Post("http://"+front+path, "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, got := post("/flaky", "again"); code != 200 || got != "again" || attempt.Load() != "2" {
+		t.Errorf("after a 503: %d %q on attempt %v; want 200 and the body replayed on attempt 2", code, got, attempt.Load())
+	}
+	calls.Store(0)
+	if code, got := post("/unavailable", "grpc"); code != 200 || got != "grpc" {
+		t.Errorf("after UNAVAILABLE: %d %q", code, got)
+	}
+	calls.Store(0)
+	start := time.Now()
+	if code, got := post("/slow-once", ""); code != 200 || got != "fast" || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("per-try timeout then a fast attempt: %d %q after %s", code, got, time.Since(start))
+	}
+	start = time.Now()
+	if code, got := post("/slow", ""); code != 504 || !strings.Contains(got, "upstream request timeout") || time.Since(start) > 2*time.Second {
+		t.Errorf("slow upstream: %d %q after %s; want 504 at the 700 ms route timeout", code, got, time.Since(start))
+	}
+}
+
+// A client that resets its stream resets the upstream's; an upstream
+// that is not there is a 503 with Envoy's text.
+func TestH2ResetsAndUpstreamFailures(t *testing.T) {
+	cancelled := make(chan struct{}, 1)
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			cancelled <- struct{}{}
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	p, front := startHTTPProxy(t, up, nil)
+	c := h2cClient()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+front+"/slow", nil)
+	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
+	if _, err := c.Do(req); err == nil {
+		t.Fatal("a cancelled request answered")
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream request outlived its client's stream")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := h2Streams(p); n != 0 {
+		t.Errorf("%d streams open after the reset", n)
+	}
+
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	gone := l.Addr().String()
+	l.Close()
+	_, front = startHTTPProxy(t, gone, nil)
+	resp, err := c.Get("http://" + front + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "upstream connect error") {
+		t.Errorf("no upstream: %d %q", resp.StatusCode, b)
+	}
+}
+
+// Drain says GOAWAY: the stream in flight finishes, then the connection closes.
+func TestH2Drain(t *testing.T) {
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		_, _ = io.WriteString(w, "done")
+	}))
+	p, front := startHTTPProxy(t, up, nil)
+	c := h2cClient()
+	got := make(chan string, 1)
+	go func() {
+		resp, err := c.Get("http://" + front + "/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := p.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-got; g != "done" {
+		t.Errorf("the stream in flight during Drain: %q", g)
+	}
+}
