@@ -190,8 +190,8 @@ type h2Half struct {
 	// passed: the part of them written onward; uncredited: bytes c sent
 	// not yet returned at the connection level.
 	owed, passed, uncredited int32
-	recvEnd      bool // c ended its side
-	sentEnd      bool // we ended ours toward c (END_STREAM or reset)
+	recvEnd                  bool // c ended its side
+	sentEnd                  bool // we ended ours toward c (END_STREAM or reset)
 }
 
 // h2Stream is one request and its answer, relayed between a downstream
@@ -230,15 +230,15 @@ type h2Stream struct {
 	tryTimer, timer  *time.Timer
 	lastErr          error
 
-	started          bool // response headers sent downstream
-	code             int
-	grpcStatus       string
-	flags            string
-	out              int64
-	upstream         string
-	peer             telemetry.Peer // the other side, for the metrics
-	ev               telemetry.Event
-	reqID, xff, ua   string
+	started        bool // response headers sent downstream
+	code           int
+	grpcStatus     string
+	flags          string
+	out            int64
+	upstream       string
+	peer           telemetry.Peer // the other side, for the metrics
+	ev             telemetry.Event
+	reqID, xff, ua string
 }
 
 // half is the side of s on connection c, if any.
