@@ -67,13 +67,12 @@ type trackedConn struct {
 
 func (t *trackedConn) Close() error { t.ln.Close(); return t.Conn.Close() }
 
-// httpServer is shared by every HTTP chain: HTTP/1.1 and, with prior
-// knowledge (h2c, gRPC, or HTTP/2 inside the mTLS tunnel), HTTP/2.
+// httpServer serves the HTTP/1.1 connections the loop hands over
+// (h1serve.go); HTTP/2 has its own relay (h2serve.go).
 func (p *Proxy) httpServer() *http.Server {
 	p.httpOnce.Do(func() {
 		var protos http.Protocols
 		protos.SetHTTP1(true)
-		protos.SetUnencryptedHTTP2(true)
 		p.http = &http.Server{
 			Handler:           http.HandlerFunc(p.handle),
 			Protocols:         &protos,
@@ -551,19 +550,14 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			release()
 		}
 	}()
-	h2 := r.ProtoMajor == 2
 	retries := uint32(0)
 	if rc.r.Retry != nil {
 		retries = rc.r.Retry.NumRetries
 	}
-	var body []byte
-	direct := false // the synchronous HTTP/1.1 path (h1.go)
-	if !h2 {
-		b, ok, err := syncBody(r)
-		if err != nil {
-			return nil, err
-		}
-		body, direct = b, ok
+	// direct: the synchronous HTTP/1.1 path (h1.go) takes it.
+	body, direct, err := syncBody(r)
+	if err != nil {
+		return nil, err
 	}
 	if retries > 0 && !direct && r.Body != nil && r.Body != http.NoBody {
 		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
@@ -628,9 +622,9 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			dial := func(ctx context.Context) (net.Conn, error) {
 				return p.dialFor(ctx, c, ep, addr, []string{"istio-http/1.1"})
 			}
-			resp, err = p.roundTripH1(out, h1Key{pool: poolKeyFor(c, ep, false), addr: addr}, body, dial)
+			resp, err = p.roundTripH1(out, h1Key{pool: poolKeyFor(c, ep), addr: addr}, body, dial)
 		} else {
-			resp, err = p.transport(c, ep, h2).RoundTrip(out)
+			resp, err = p.transport(c, ep).RoundTrip(out)
 		}
 		if perTry != nil {
 			perTry.Stop()
@@ -741,21 +735,17 @@ func retryableStatus(rp *config.RetryPolicy, code int, grpcStatus string) bool {
 	return false
 }
 
-// transport returns the connection pool of a cluster for a protocol;
-// pooled connections are per endpoint address.
-func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.RoundTripper {
-	key := poolKeyFor(c, ep, h2)
+// transport returns the HTTP/1.1 connection pool of a cluster for what
+// the synchronous path (h1.go) does not take; pooled connections are per
+// endpoint address.
+func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint) http.RoundTripper {
+	key := poolKeyFor(c, ep)
 	if v, ok := p.pools.Load(key); ok {
 		return v.(*http.Transport)
 	}
 	alpn := []string{"istio-http/1.1"}
 	var protos http.Protocols
-	if h2 {
-		alpn = []string{"istio-h2"}
-		protos.SetUnencryptedHTTP2(true)
-	} else {
-		protos.SetHTTP1(true)
-	}
+	protos.SetHTTP1(true)
 	tr := &http.Transport{
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 256,
@@ -787,8 +777,8 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.
 
 // poolKeyFor names the connection pool of an endpoint: connections are
 // shared by cluster, protocol and TLS identity.
-func poolKeyFor(c *config.Cluster, ep *config.Endpoint, h2 bool) poolKey {
-	key := poolKey{cluster: c.Name, h2: h2}
+func poolKeyFor(c *config.Cluster, ep *config.Endpoint) poolKey {
+	key := poolKey{cluster: c.Name}
 	if t := c.TransportFor(ep); t != nil {
 		key.tls = t.SNI + "|" + strings.Join(t.SANs, ",")
 	}
@@ -809,7 +799,6 @@ func (p *Proxy) dialFor(ctx context.Context, c *config.Cluster, ep *config.Endpo
 type poolKey struct {
 	cluster string
 	tls     string
-	h2      bool
 }
 
 // requestKey is the request's key for consistent hashing: the first hash
