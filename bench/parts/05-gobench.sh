@@ -10,7 +10,7 @@ fi
 base=${BENCH_BASE:-HEAD~1}
 base_rev=$(git rev-parse --short "$base")
 pkgs="./internal/proxy/ ./internal/proxy/identity/ ./internal/proxy/lb/ ./internal/discovery/network/ ./internal/discovery/xds/"
-filter='HTTPForward|HTTPDirect|MTLSHandshake|MTLSReuse|PickRoundRobin|SplitHorizon|GenerateSidecarView|PushEndpoints1000Proxies'
+filter='HTTPForward|HTTPDirect|GRPCForward|GRPCDirect|MTLSHandshake|MTLSReuse|PickRoundRobin|SplitHorizon|GenerateSidecarView|PushEndpoints1000Proxies'
 work=$(mktemp -d)
 trap 'git worktree remove --force "$work/base" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 run() { # dir out
@@ -23,7 +23,8 @@ echo "## Hot paths: go test -bench, $base_rev (old) against this commit (new)"
 echo
 echo "Each benchmark 6 times per side, compared by benchstat; rows only in \"new\" are benchmarks the base does not have."
 echo "HTTPForward is one HTTP/1.1 request through the proxy on loopback (plaintext, keep-alive) and HTTPDirect the same without it:"
-echo "their difference is what the proxy's HTTP path costs per request, before mTLS. MTLSHandshake is a new mutual-TLS connection"
+echo "their difference is what the proxy's HTTP path costs per request, before mTLS; GRPCForward and GRPCDirect are the same for a unary"
+echo "gRPC call (health Check) on one HTTP/2 connection. MTLSHandshake is a new mutual-TLS connection"
 echo "between two workload identities and MTLSReuse a 256-byte exchange on an established one: what pooled upstream connections save."
 echo "GenerateSidecarView builds one network view (1000 clusters and load assignments, split horizon) and PushEndpoints1000Proxies"
 echo "pushes one service's changed endpoints to 1000 connected sidecars."

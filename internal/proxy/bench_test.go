@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,10 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -110,5 +115,45 @@ func get(b *testing.B, url string) {
 			b.Fatalf("status %d, %v", resp.StatusCode, err)
 		}
 		resp.Body.Close()
+	}
+}
+
+// BenchmarkGRPCForward is one unary gRPC call (health Check) through the
+// proxy on loopback over one HTTP/2 connection, as a sidecar relays its
+// app's calls; compare with BenchmarkGRPCDirect.
+func BenchmarkGRPCForward(b *testing.B) {
+	up := grpcHealthServer(b)
+	_, front := startHTTPProxy(b, up, nil)
+	grpcCheck(b, front)
+}
+
+// BenchmarkGRPCDirect is the same client and server without the proxy.
+func BenchmarkGRPCDirect(b *testing.B) { grpcCheck(b, grpcHealthServer(b)) }
+
+func grpcHealthServer(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go func() { _ = gs.Serve(l) }()
+	b.Cleanup(gs.Stop)
+	return l.Addr().String()
+}
+
+func grpcCheck(b *testing.B, addr string) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
