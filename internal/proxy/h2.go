@@ -587,7 +587,12 @@ func (c *h2Conn) upstreamFrame(fl *h2Flush, f http2.Frame) error {
 	case *http2.GoAwayFrame:
 		c.pool.mu.Lock()
 		c.goaway = true
+		idle := c.active == 0
 		c.pool.mu.Unlock()
+		if idle {
+			c.conn.Close()
+			return nil
+		}
 		// Streams the upstream never saw fail as refused: safe to retry.
 		c.mu.Lock()
 		var refused []*h2Stream

@@ -719,7 +719,9 @@ func (s *h2Stream) writeData(fl *h2Flush, to *h2Half, data []byte, end bool) int
 	n = max(n, 0)
 	if n < int32(len(data)) {
 		end = false
-		c.blocked = append(c.blocked, s)
+		if c.sendWin <= to.win {
+			c.blocked = append(c.blocked, s) // the connection's window is short
+		}
 	}
 	if n == 0 && !end {
 		return 0
@@ -817,7 +819,11 @@ func (s *h2Stream) upstreamHeaders(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		return
 	}
 	if code < 200 {
-		return // interim: not relayed
+		// Interim (100 Continue, 103 Early Hints): relayed as they come.
+		fields := append([]hpack.HeaderField{{Name: ":status", Value: f.PseudoValue("status")}}, f.RegularFields()...)
+		dc := s.down.c
+		dc.write(fl, func() error { return dc.writeHeaders(s.down.id, false, fields) })
+		return
 	}
 	s.gen++ // the per-try timeout covers the time to the response head
 	if s.tryTimer != nil {

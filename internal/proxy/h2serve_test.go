@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -24,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
 
@@ -350,5 +354,130 @@ func TestH2Drain(t *testing.T) {
 	}
 	if g := <-got; g != "done" {
 		t.Errorf("the stream in flight during Drain: %q", g)
+	}
+}
+
+// frontRoute is the one route of startHTTPProxy's listener, for tests that
+// set what the route builder has no helper for (faults).
+func frontRoute(t *testing.T, p *Proxy) *config.Route {
+	t.Helper()
+	for _, c := range p.cur.Load().snap.Listeners["front"].Chains {
+		if c.HTTP != nil && c.HTTP.Inline != nil {
+			return c.HTTP.Inline.VirtualHosts[0].Routes[0]
+		}
+	}
+	t.Fatal("no inline route on the front listener")
+	return nil
+}
+
+// Answers of the proxy's own: a fault's abort and delay, and 404 for a
+// host no virtual host takes, each counted with its response flag.
+func TestH2LocalAnswers(t *testing.T) {
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "up") }))
+	p, front := startHTTPProxy(t, up, nil)
+	r := frontRoute(t, p)
+	c := h2cClient()
+	get := func() (int, string, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		resp, err := c.Get("http://" + front + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), time.Since(start)
+	}
+	r.Fault = &config.Fault{AbortStatus: http.StatusTeapot, AbortShare: 1}
+	if code, body, _ := get(); code != http.StatusTeapot || body != "fault filter abort\n" {
+		t.Errorf("abort: %d %q", code, body)
+	}
+	r.Fault = &config.Fault{Delay: 300 * time.Millisecond, DelayShare: 1}
+	if code, body, took := get(); code != 200 || body != "up" || took < 300*time.Millisecond {
+		t.Errorf("delay: %d %q after %s", code, body, took)
+	}
+	r.Fault = nil
+	req, _ := http.NewRequest("GET", "http://"+front+"/", nil)
+	req.Host = "elsewhere"
+	p.cur.Load().snap.Listeners["front"].Chains[0].HTTP.Inline.VirtualHosts[0].Routes[0] = &config.Route{Prefix: "/nothing-matches"}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("no route: %d", resp.StatusCode)
+	}
+	var flags []string
+	mfs, _ := p.stats.Registry.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "istio_requests_total" {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "response_flags" {
+						flags = append(flags, l.GetValue())
+					}
+				}
+			}
+		}
+	}
+	for _, want := range []string{"FI", "DI", "NR"} {
+		if !slices.Contains(flags, want) {
+			t.Errorf("response flags counted %v, want %s among them", flags, want)
+		}
+	}
+}
+
+// Malformed input costs its stream, not the connection: a header block
+// HTTP/2 forbids is reset, frames of unknown type and on closed streams
+// are ignored, and the next stream on the same connection is answered.
+func TestH2BadFramesCostOnlyTheirStream(t *testing.T) {
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "up") }))
+	_, front := startHTTPProxy(t, up, nil)
+	conn, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(conn, http2.ClientPreface)
+	fr := http2.NewFramer(conn, conn)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	_ = fr.WriteSettings()
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	headers := func(id uint32, fields ...string) {
+		buf.Reset()
+		for i := 0; i < len(fields); i += 2 {
+			_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := []string{":method", "GET", ":scheme", "http", ":authority", "h", ":path", "/"}
+	headers(1, append(get, "Bad-Upper-Case", "x")...)
+	_ = fr.WriteRawFrame(0x42, 0, 0, []byte("an extension frame"))
+	_ = fr.WriteData(1, true, []byte("late"))
+	headers(3, get...)
+	reset, answered := false, false
+	for !answered {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading (reset %v): %v", reset, err)
+		}
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			reset = reset || f.StreamID == 1 && f.ErrCode == http2.ErrCodeProtocol
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == 3 && f.PseudoValue("status") == "200" {
+				answered = true
+			}
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v", f.ErrCode)
+		}
+	}
+	if !reset {
+		t.Error("the malformed stream was not reset")
 	}
 }
