@@ -47,6 +47,12 @@ const (
 	h2AssumedStreams = 100
 )
 
+// h2WriteTimeout bounds a write to a peer that stopped reading (gone
+// without a word, or stuck): readers write to the other side's
+// connections, so such a peer would stall the streams of everyone sharing
+// the reader. It ends that peer's connection instead. (A variable for tests.)
+var h2WriteTimeout = 10 * time.Second
+
 // h2Conn is one HTTP/2 connection, either side.
 type h2Conn struct {
 	p      *Proxy
@@ -64,6 +70,8 @@ type h2Conn struct {
 	enc     *hpack.Encoder
 	encBuf  bytes.Buffer
 	werr    error
+	// wdeadline is when the write deadline was last pushed back.
+	wdeadline time.Time
 	streams map[uint32]*h2Stream
 	nextID  uint32 // client: the next stream ID
 	lastID  uint32 // server: the highest stream ID the peer opened
@@ -127,6 +135,7 @@ func (c *h2Conn) writeLocked(fl *h2Flush, fn func() error) {
 	if c.werr != nil {
 		return
 	}
+	c.armWrite()
 	if err := fn(); err != nil {
 		c.werr = err
 		c.conn.Close()
@@ -164,6 +173,16 @@ func (c *h2Conn) writeHeaders(id uint32, end bool, fields []hpack.HeaderField) e
 		}
 	}
 	return nil
+}
+
+// armWrite keeps the write deadline 90-100% of h2WriteTimeout ahead
+// before a write (the buffer may flush on any): pushing it back now and
+// then costs less than a deadline per write. Held: c.mu.
+func (c *h2Conn) armWrite() {
+	if now := time.Now(); now.Sub(c.wdeadline) > h2WriteTimeout/10 {
+		c.wdeadline = now
+		_ = c.conn.SetWriteDeadline(now.Add(h2WriteTimeout))
+	}
 }
 
 // reset writes RST_STREAM.
@@ -305,6 +324,7 @@ func (f *h2Flush) flush() {
 	for _, c := range f.conns {
 		c.mu.Lock()
 		if c.werr == nil && c.bw.Buffered() > 0 {
+			c.armWrite()
 			if err := c.bw.Flush(); err != nil {
 				c.werr = err
 				c.conn.Close()

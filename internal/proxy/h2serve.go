@@ -82,6 +82,7 @@ func (c *h2Conn) drain() {
 	if !c.goaway {
 		c.goaway = true
 		if c.werr == nil {
+			c.armWrite()
 			_ = c.fr.WriteGoAway(c.lastID, http2.ErrCodeNo, nil)
 			c.werr = c.bw.Flush()
 		}
@@ -612,6 +613,10 @@ func (s *h2Stream) attach(fl *h2Flush, c *h2Conn) {
 // requestData relays a DATA frame of the request.
 func (s *h2Stream) requestData(fl *h2Flush, f *http2.DataFrame, n int32) {
 	data := f.Data()
+	if s.done {
+		s.down.c.dropped(fl, n)
+		return
+	}
 	if s.down.recvEnd {
 		s.down.c.dropped(fl, n)
 		s.down.c.reset(fl, s.down.id, http2.ErrCodeStreamClosed)
@@ -644,6 +649,9 @@ func (s *h2Stream) requestData(fl *h2Flush, f *http2.DataFrame, n int32) {
 
 // requestTrailers relays the client's trailers (they end the request).
 func (s *h2Stream) requestTrailers(fl *h2Flush, f *http2.MetaHeadersFrame) {
+	if s.done {
+		return
+	}
 	if s.down.recvEnd || !f.StreamEnded() {
 		s.down.c.reset(fl, s.down.id, http2.ErrCodeProtocol)
 		s.clientGone(fl)
@@ -1094,6 +1102,7 @@ func (s *h2Stream) finish(fl *h2Flush) {
 	s.down.uncredited = 0
 	closeIt := dc.goaway && len(dc.streams) == 0
 	if closeIt && dc.werr == nil {
+		dc.armWrite()
 		dc.werr = dc.bw.Flush()
 	}
 	dc.mu.Unlock()

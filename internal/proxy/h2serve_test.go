@@ -481,3 +481,66 @@ func TestH2BadFramesCostOnlyTheirStream(t *testing.T) {
 		t.Error("the malformed stream was not reset")
 	}
 }
+
+// A client that stops reading its socket while an answer streams to it
+// costs its own connection, not the streams of others that share the
+// upstream connection with it.
+func TestH2StuckClientDoesNotStallOthers(t *testing.T) {
+	defer func(d time.Duration) { h2WriteTimeout = d }(h2WriteTimeout)
+	h2WriteTimeout = 500 * time.Millisecond
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/flood" {
+			chunk := bytes.Repeat([]byte("f"), 64<<10)
+			for range 1024 {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "pong")
+	}))
+	_, front := startHTTPProxy(t, up, nil)
+	c := h2cClient()
+	if resp, err := c.Get("http://" + front + "/ping"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+
+	// The stuck client grants every window there is, asks for the flood,
+	// and never reads.
+	stuck, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	_ = stuck.(*net.TCPConn).SetReadBuffer(4 << 10)
+	_, _ = io.WriteString(stuck, http2.ClientPreface)
+	fr := http2.NewFramer(stuck, stuck)
+	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	_ = fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "h"}, {":path", "/flood"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true})
+	time.Sleep(300 * time.Millisecond) // the flood fills the socket buffers
+
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+front+"/ping", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("call %d beside the stuck client: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if string(b) != "pong" {
+			t.Fatalf("call %d: %q", i, b)
+		}
+	}
+}
