@@ -65,16 +65,16 @@ type h2Conn struct {
 	d           *downstream
 	deadlineSet time.Time
 
-	mu      sync.Mutex // guards writing and everything below
-	bw      *bufio.Writer
-	enc     *hpack.Encoder
-	encBuf  bytes.Buffer
-	werr    error
+	mu     sync.Mutex // guards writing and everything below
+	bw     *bufio.Writer
+	enc    *hpack.Encoder
+	encBuf bytes.Buffer
+	werr   error
 	// wdeadline is when the write deadline was last pushed back.
 	wdeadline time.Time
-	streams map[uint32]*h2Stream
-	nextID  uint32 // client: the next stream ID
-	lastID  uint32 // server: the highest stream ID the peer opened
+	streams   map[uint32]*h2Stream
+	nextID    uint32 // client: the next stream ID
+	lastID    uint32 // server: the highest stream ID the peer opened
 	// sendWin is the connection window the peer grants us; initWin and
 	// maxFrame are the peer's settings for new streams and frames.
 	sendWin  int32
