@@ -14,6 +14,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -46,6 +47,31 @@ func socket(ap netip.AddrPort) *core.Address {
 // route goes to the cluster "up" at upstream; route adjusts the route's
 // action (timeouts, retries). It returns the listener's address.
 func startHTTPProxy(tb testing.TB, upstream string, route func(*routev3.RouteAction)) (*Proxy, string) {
+	return startProxy(tb, upstream, nil, route)
+}
+
+// upstreamHTTP2 and upstreamAsDownstream set a cluster's upstream protocol
+// as Istio does for http2/grpc ports and for sniffed ones.
+func upstreamHTTP2(c *cluster.Cluster) { setProtocol(c, &httpopts.HttpProtocolOptions{
+	UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
+		ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}}}}})
+}
+
+func upstreamAsDownstream(c *cluster.Cluster) {
+	setProtocol(c, &httpopts.HttpProtocolOptions{UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_UseDownstreamProtocolConfig{
+		UseDownstreamProtocolConfig: &httpopts.HttpProtocolOptions_UseDownstreamHttpConfig{}}})
+}
+
+func setProtocol(c *cluster.Cluster, o *httpopts.HttpProtocolOptions) {
+	a, err := anypb.New(o)
+	if err != nil {
+		panic(err)
+	}
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
+}
+
+// startProxy is startHTTPProxy with the cluster adjusted too.
+func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction)) (*Proxy, string) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -62,11 +88,15 @@ func startHTTPProxy(tb testing.TB, upstream string, route func(*routev3.RouteAct
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &routev3.Route_Route{Route: action}}}}}}},
 		HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(tb, &routerv3.Router{})}}}}
+	up := &cluster.Cluster{Name: "up", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout: durationpb.New(1e9), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "up", Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+				Address: socket(netip.MustParseAddrPort(upstream))}}}}}}}}
+	if adjust != nil {
+		adjust(up)
+	}
 	st := xdsclient.State{
-		resource.ClusterType: {"up": mustAny(tb, &cluster.Cluster{Name: "up", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-			ConnectTimeout: durationpb.New(1e9), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "up", Endpoints: []*endpoint.LocalityLbEndpoints{{
-				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-					Address: socket(netip.MustParseAddrPort(upstream))}}}}}}}})},
+		resource.ClusterType: {"up": mustAny(tb, up)},
 		resource.ListenerType: {"front": mustAny(tb, &listener.Listener{Name: "front", Address: socket(front), FilterChains: []*listener.FilterChain{{
 			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tb, manager)}}}}}})},
 	}
@@ -123,7 +153,7 @@ func get(b *testing.B, url string) {
 // app's calls; compare with BenchmarkGRPCDirect.
 func BenchmarkGRPCForward(b *testing.B) {
 	up := grpcHealthServer(b)
-	_, front := startHTTPProxy(b, up, nil)
+	_, front := startProxy(b, up, upstreamHTTP2, nil)
 	grpcCheck(b, front)
 }
 

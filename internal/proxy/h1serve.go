@@ -36,8 +36,8 @@ import (
 //
 // The loop serves requests it is sure of: HTTP/1.1, a plain path, no body
 // or a Content-Length of at most 64 KiB (kept for retries), no Upgrade or
-// Expect, a route without fault injection or consistent hashing, allowed
-// by RBAC. The first request that is not, or an HTTP/2 preface, hands the
+// Expect, a route without fault injection or consistent hashing to an
+// HTTP/1.1 upstream, allowed by RBAC. The first request that is not, or an HTTP/2 preface, hands the
 // connection with every byte read so far to net/http (serveStd), which
 // serves it from then on with the full handler. Nothing has been sent
 // upstream or downstream for that request when it is handed over.
@@ -252,7 +252,7 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	}
 	name := pickWeighted(r.Clusters)
 	cl := rt.snap.Clusters[name]
-	if cl != nil && cl.LB == config.RingHash && len(r.Hash) > 0 {
+	if cl != nil && (cl.LB == config.RingHash && len(r.Hash) > 0 || cl.Protocol == config.UpstreamHTTP2) {
 		return notServed
 	}
 	if inbound && len(hm.Authz) > 0 {

@@ -240,6 +240,12 @@ type h2Stream struct {
 	peer           telemetry.Peer // the other side, for the metrics
 	ev             telemetry.Event
 	reqID, xff, ua string
+
+	// byHandler: net/http's handler serves the stream (h2handler.go) and
+	// counts it; cancel ends its context, cond wakes its reads and writes.
+	byHandler bool
+	cancel    func()
+	cond      *sync.Cond
 }
 
 // half is the side of s on connection c, if any.
@@ -406,6 +412,10 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 				redirect = !secure
 			}
 		}
+	}
+	if s.route != nil && !redirect && toHTTP1(rt, s.route) {
+		s.serveByHandler(fl, f)
+		return
 	}
 	denied := ""
 	if inbound && len(hm.Authz) > 0 {
@@ -645,6 +655,14 @@ func (s *h2Stream) requestData(fl *h2Flush, f *http2.DataFrame, n int32) {
 		}
 	}
 	s.send(fl, &s.up, data, end)
+	s.wake()
+}
+
+// wake lets a handler serving the stream see what changed.
+func (s *h2Stream) wake() {
+	if s.cond != nil {
+		s.cond.Broadcast()
+	}
 }
 
 // requestTrailers relays the client's trailers (they end the request).
@@ -658,6 +676,7 @@ func (s *h2Stream) requestTrailers(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		return
 	}
 	s.down.recvEnd = true
+	s.wake()
 	s.replay = false // trailers are not kept for a retry
 	s.sendTrailers(fl, &s.up, f.RegularFields())
 }
@@ -697,6 +716,7 @@ func (s *h2Stream) drain(fl *h2Flush, to *h2Half) {
 	n := s.writeData(fl, to, to.pend, end)
 	rest := copy(to.pend, to.pend[n:])
 	to.pend = to.pend[:rest]
+	s.wake()
 	s.credit(fl, s.other(to), int32(n))
 	if rest > 0 {
 		return
@@ -1076,6 +1096,10 @@ func (s *h2Stream) finish(fl *h2Flush) {
 		return
 	}
 	s.done = true
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wake()
 	for _, t := range []*time.Timer{s.timer, s.tryTimer} {
 		if t != nil {
 			t.Stop()
@@ -1109,7 +1133,9 @@ func (s *h2Stream) finish(fl *h2Flush) {
 	if closeIt {
 		dc.conn.Close()
 	}
-	s.record()
+	if !s.byHandler {
+		s.record()
+	}
 }
 
 // record counts the request in Istio's metrics and the access log.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -91,7 +92,7 @@ func TestH2RelaysStreams(t *testing.T) {
 			w.WriteHeader(http.StatusTeapot)
 		}
 	}))
-	p, front := startHTTPProxy(t, up, nil)
+	p, front := startProxy(t, up, upstreamAsDownstream, nil)
 	c := h2cClient()
 
 	body := bytes.Repeat([]byte("x"), 3<<20+17)
@@ -172,7 +173,7 @@ func TestH2GRPC(t *testing.T) {
 	healthpb.RegisterHealthServer(gs, hs)
 	go func() { _ = gs.Serve(l) }()
 	defer gs.Stop()
-	p, front := startHTTPProxy(t, l.Addr().String(), nil)
+	p, front := startProxy(t, l.Addr().String(), upstreamHTTP2, nil)
 	conn, err := grpc.NewClient(front, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -250,7 +251,7 @@ func TestH2RetriesAndTimeouts(t *testing.T) {
 			}
 		}
 	}))
-	_, front := startHTTPProxy(t, up, func(a *routev3.RouteAction) {
+	_, front := startProxy(t, up, upstreamHTTP2, func(a *routev3.RouteAction) {
 		a.Timeout = durationpb.New(700 * time.Millisecond)
 		a.RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx,unavailable", NumRetries: wrapperspb.UInt32(2), PerTryTimeout: durationpb.New(300 * time.Millisecond)}
 	})
@@ -294,7 +295,7 @@ func TestH2ResetsAndUpstreamFailures(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 	}))
-	p, front := startHTTPProxy(t, up, nil)
+	p, front := startProxy(t, up, upstreamHTTP2, nil)
 	c := h2cClient()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+front+"/slow", nil)
@@ -315,7 +316,7 @@ func TestH2ResetsAndUpstreamFailures(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	gone := l.Addr().String()
 	l.Close()
-	_, front = startHTTPProxy(t, gone, nil)
+	_, front = startProxy(t, gone, upstreamHTTP2, nil)
 	resp, err := c.Get("http://" + front + "/")
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +334,7 @@ func TestH2Drain(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		_, _ = io.WriteString(w, "done")
 	}))
-	p, front := startHTTPProxy(t, up, nil)
+	p, front := startProxy(t, up, upstreamHTTP2, nil)
 	c := h2cClient()
 	got := make(chan string, 1)
 	go func() {
@@ -374,7 +375,7 @@ func frontRoute(t *testing.T, p *Proxy) *config.Route {
 // host no virtual host takes, each counted with its response flag.
 func TestH2LocalAnswers(t *testing.T) {
 	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "up") }))
-	p, front := startHTTPProxy(t, up, nil)
+	p, front := startProxy(t, up, upstreamHTTP2, nil)
 	r := frontRoute(t, p)
 	c := h2cClient()
 	get := func() (int, string, time.Duration) {
@@ -433,7 +434,7 @@ func TestH2LocalAnswers(t *testing.T) {
 // are ignored, and the next stream on the same connection is answered.
 func TestH2BadFramesCostOnlyTheirStream(t *testing.T) {
 	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "up") }))
-	_, front := startHTTPProxy(t, up, nil)
+	_, front := startProxy(t, up, upstreamHTTP2, nil)
 	conn, err := net.Dial("tcp", front)
 	if err != nil {
 		t.Fatal(err)
@@ -500,7 +501,7 @@ func TestH2StuckClientDoesNotStallOthers(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "pong")
 	}))
-	_, front := startHTTPProxy(t, up, nil)
+	_, front := startProxy(t, up, upstreamHTTP2, nil)
 	c := h2cClient()
 	if resp, err := c.Get("http://" + front + "/ping"); err != nil {
 		t.Fatal(err)
@@ -542,5 +543,51 @@ func TestH2StuckClientDoesNotStallOthers(t *testing.T) {
 		if string(b) != "pong" {
 			t.Fatalf("call %d: %q", i, b)
 		}
+	}
+}
+
+// An HTTP/2 client of an HTTP/1.1 upstream (Istio's http port; a browser
+// at the ingress gateway, an app behind it) is answered over HTTP/1.1
+// upstream: bodies both ways beyond every window, the upstream's trailers,
+// the mesh's headers; and an HTTP/1.1 client of an HTTP/2 upstream (an
+// http2 or grpc port) reaches it over HTTP/2.
+func TestH2AndHTTP1UpstreamsMeetTheirClients(t *testing.T) {
+	var proto atomic.Value
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proto.Store(r.Proto + " " + r.Header.Get("X-Request-Id"))
+		w.Header().Set("Trailer", "X-Sum")
+		n, _ := io.Copy(w, r.Body)
+		w.Header().Set("X-Sum", fmt.Sprint(n))
+	})
+	h1 := httptest.NewServer(h)
+	defer h1.Close()
+	_, front := startHTTPProxy(t, h1.Listener.Addr().String(), nil)
+	body := bytes.Repeat([]byte("b"), 1<<20+3)
+	resp, err := h2cClient().Post("http://"+front+"/echo", "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.ProtoMajor != 2 || !bytes.Equal(got, body) || resp.Trailer.Get("X-Sum") != fmt.Sprint(len(body)) {
+		t.Fatalf("HTTP/2 client, HTTP/1.1 upstream: %s, %d of %d bytes, trailer %q, %v", resp.Proto, len(got), len(body), resp.Trailer.Get("X-Sum"), err)
+	}
+	if p, _ := proto.Load().(string); !strings.HasPrefix(p, "HTTP/1.1 ") || len(p) < len("HTTP/1.1 ")+36 {
+		t.Errorf("the upstream saw %q, want HTTP/1.1 with an x-request-id", p)
+	}
+
+	h2 := h2cServer(t, h)
+	_, front = startProxy(t, h2, upstreamHTTP2, nil)
+	resp, err = http.Post("http://"+front+"/echo", "text/plain", strings.NewReader("over http/1.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(got) != "over http/1.1" || resp.ProtoMajor != 1 {
+		t.Fatalf("HTTP/1.1 client, HTTP/2 upstream: %s %d %q", resp.Proto, resp.StatusCode, got)
+	}
+	if p, _ := proto.Load().(string); !strings.HasPrefix(p, "HTTP/2.0 ") {
+		t.Errorf("the upstream saw %q, want HTTP/2.0", p)
 	}
 }

@@ -554,10 +554,18 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	if rc.r.Retry != nil {
 		retries = rc.r.Retry.NumRetries
 	}
-	// direct: the synchronous HTTP/1.1 path (h1.go) takes it.
-	body, direct, err := syncBody(r)
-	if err != nil {
-		return nil, err
+	// HTTP/2 upstream when the cluster says so (or the client's own): the
+	// HTTP/1.1 loop hands such requests here, and the HTTP/2 relay hands
+	// over those for HTTP/1.1 upstreams.
+	h2 := c.Protocol == config.UpstreamHTTP2 || c.Protocol == config.UpstreamAsDownstream && r.ProtoMajor == 2
+	var body []byte
+	direct := false // the synchronous HTTP/1.1 path (h1.go)
+	if !h2 {
+		b, ok, err := syncBody(r)
+		if err != nil {
+			return nil, err
+		}
+		body, direct = b, ok
 	}
 	if retries > 0 && !direct && r.Body != nil && r.Body != http.NoBody {
 		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
@@ -624,7 +632,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			}
 			resp, err = p.roundTripH1(out, h1Key{pool: poolKeyFor(c, ep), addr: addr}, body, dial)
 		} else {
-			resp, err = p.transport(c, ep).RoundTrip(out)
+			resp, err = p.transport(c, ep, h2).RoundTrip(out)
 		}
 		if perTry != nil {
 			perTry.Stop()
@@ -735,17 +743,24 @@ func retryableStatus(rp *config.RetryPolicy, code int, grpcStatus string) bool {
 	return false
 }
 
-// transport returns the HTTP/1.1 connection pool of a cluster for what
-// the synchronous path (h1.go) does not take; pooled connections are per
+// transport returns net/http's connection pool of a cluster for a
+// protocol (HTTP/1.1 requests the synchronous path, h1.go, does not take,
+// and HTTP/2 upstreams of HTTP/1.1 clients); pooled connections are per
 // endpoint address.
-func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint) http.RoundTripper {
+func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.RoundTripper {
 	key := poolKeyFor(c, ep)
+	key.h2 = h2
 	if v, ok := p.pools.Load(key); ok {
 		return v.(*http.Transport)
 	}
 	alpn := []string{"istio-http/1.1"}
 	var protos http.Protocols
-	protos.SetHTTP1(true)
+	if h2 {
+		alpn = []string{"istio-h2"}
+		protos.SetUnencryptedHTTP2(true)
+	} else {
+		protos.SetHTTP1(true)
+	}
 	tr := &http.Transport{
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 256,
@@ -799,6 +814,7 @@ func (p *Proxy) dialFor(ctx context.Context, c *config.Cluster, ep *config.Endpo
 type poolKey struct {
 	cluster string
 	tls     string
+	h2      bool // net/http's HTTP/2 Transport (transport)
 }
 
 // requestKey is the request's key for consistent hashing: the first hash

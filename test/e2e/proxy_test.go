@@ -440,13 +440,15 @@ func TestSidecarsAndRouter(t *testing.T) {
 		}
 	})
 
-	t.Run("HTTP/2 (h2c from the app) stays HTTP/2 end to end", func(t *testing.T) {
-		got, err := appCall(true, profileURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got["proto"] != "HTTP/2.0" || !strings.Contains(got["xfcc"], "sa/sleep") {
-			t.Errorf("app saw %v", got)
+	t.Run("HTTP/2 from the app reaches an http port as HTTP/1.1 and a sniffed port as HTTP/2, as in Istio", func(t *testing.T) {
+		for url, want := range map[string]string{profileURL: "HTTP/1.1", fmt.Sprintf("http://%s:8081/", vipProf): "HTTP/2.0"} {
+			got, err := appCall(true, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got["proto"] != want || !strings.Contains(got["xfcc"], "sa/sleep") {
+				t.Errorf("%s: app saw %v, want %s", url, got, want)
+			}
 		}
 	})
 

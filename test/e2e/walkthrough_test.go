@@ -313,8 +313,9 @@ spec:
 			defer conn.Close()
 			return conn.ConnectionState().PeerCertificates[0].SerialNumber, nil
 		}
+		// HTTP/2, as browsers and curl negotiate it; the apps behind speak HTTP/1.1.
 		httpsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: ca.pool()},
+			TLSClientConfig: &tls.Config{RootCAs: ca.pool()}, ForceAttemptHTTP2: true,
 			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 				return (&net.Dialer{}).DialContext(ctx, network, lb+":443")
 			}}}
@@ -322,6 +323,11 @@ spec:
 			code, body, _ := get(httpsClient, "https://shop.example.com/dashboard?id=4", "")
 			return code == 200 && strings.Contains(body, demoapp.NameOf(4))
 		})
+		if resp, err := httpsClient.Get("https://shop.example.com/dashboard?id=4"); err != nil || resp.ProtoMajor != 2 {
+			t.Errorf("the gateway over TLS: %v, %v; want HTTP/2 negotiated", resp, err)
+		} else {
+			resp.Body.Close()
+		}
 		first, err := serial()
 		if err != nil {
 			t.Fatal(err)

@@ -124,6 +124,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 			}
 		}
 		c := edsCluster(sni, nil)
+		setUpstreamProtocol(c, port.AppProtocol)
 		tp.apply(c)
 		g.Clusters = append(g.Clusters, c)
 		g.Endpoints = append(g.Endpoints, loadAssignment(sni, mtls, prio))
@@ -137,6 +138,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		},
 		{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 	})
+	setUpstreamProtocol(c, port.AppProtocol)
 	tp.apply(c)
 	g.Clusters = append(g.Clusters, c)
 	g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))

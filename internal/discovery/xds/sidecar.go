@@ -149,11 +149,13 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 		DefaultFilterChain: &listener.FilterChain{Name: "PassthroughFilterChain",
 			Filters: []*listener.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}},
 	})
-	clusters = append(clusters,
-		&cluster.Cluster{Name: PassthroughCluster, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
-			LbPolicy: cluster.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(10 * time.Second)},
-		&cluster.Cluster{Name: InboundPassthroughCluster, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
-			LbPolicy: cluster.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(10 * time.Second)},
+	passthrough := func(name string) *cluster.Cluster {
+		c := &cluster.Cluster{Name: name, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+			LbPolicy: cluster.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(10 * time.Second)}
+		setUpstreamProtocol(c, "") // the client's own
+		return c
+	}
+	clusters = append(clusters, passthrough(PassthroughCluster), passthrough(InboundPassthroughCluster),
 		&cluster.Cluster{Name: BlackHoleCluster, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}, ConnectTimeout: durationpb.New(10 * time.Second)},
 	)
 	return listeners, clusters
@@ -229,13 +231,14 @@ func sortedPorts(set map[int32]bool) []int32 {
 
 // Inbound protocols of a port.
 const (
-	ProtoTCP  = "tcp"
-	ProtoHTTP = "http"
-	ProtoAuto = "auto" // sniffed
+	ProtoTCP   = "tcp"
+	ProtoHTTP  = "http"
+	ProtoHTTP2 = "http2" // http2, grpc, grpc-web: HTTP/2 to the app
+	ProtoAuto  = "auto"  // sniffed
 )
 
 // InboundPorts maps each port the services of a workload target on it
-// (by endpoint address) to how it is served: http, tcp or auto.
+// (by endpoint address) to how it is served: http, http2, tcp or auto.
 type InboundPorts map[int32]string
 
 // Key names the port set, so sidecars with the same ports share an inbound listener.
@@ -250,6 +253,8 @@ func (ip InboundPorts) Key() string {
 // protocolOf is a service port's inbound protocol.
 func protocolOf(p registry.Port) string {
 	switch {
+	case isHTTP2(p.AppProtocol):
+		return ProtoHTTP2
 	case IsHTTP(p):
 		return ProtoHTTP
 	case IsAuto(p):
@@ -259,9 +264,9 @@ func protocolOf(p registry.Port) string {
 }
 
 // merge keeps the strongest claim when services disagree on a target port:
-// HTTP, then sniffing, then TCP.
+// HTTP/2, HTTP, then sniffing, then TCP.
 func merge(a, b string) string {
-	rank := map[string]int{"": 0, ProtoTCP: 1, ProtoAuto: 2, ProtoHTTP: 3}
+	rank := map[string]int{"": 0, ProtoTCP: 1, ProtoAuto: 2, ProtoHTTP: 3, ProtoHTTP2: 4}
 	if rank[b] > rank[a] {
 		return b
 	}
@@ -324,7 +329,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 	var clusters []types.Resource
 	for _, n := range sortedPorts(ipSet(ports)) {
 		name := InboundCluster(n)
-		clusters = append(clusters, &cluster.Cluster{
+		app := &cluster.Cluster{
 			Name:                 name,
 			ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
 			ConnectTimeout:       durationpb.New(10 * time.Second),
@@ -332,7 +337,14 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
 					Address: socketAddress("127.0.0.1", uint32(n))}}}},
 			}}},
-		})
+		}
+		switch ports[n] {
+		case ProtoHTTP2:
+			setUpstreamProtocol(app, "http2")
+		case ProtoAuto:
+			setUpstreamProtocol(app, "")
+		}
+		clusters = append(clusters, app)
 		httpFilter := httpManager(&hcm.HttpConnectionManager{
 			StatPrefix: fmt.Sprintf("inbound_0.0.0.0_%d", n),
 			RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
@@ -354,9 +366,9 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 		mode := modes.Mode(n)
 		var mtls, plain []*listener.FilterChain
 		switch ports[n] {
-		case ProtoHTTP, ProtoTCP:
+		case ProtoHTTP, ProtoHTTP2, ProtoTCP:
 			filters := tcpFilters
-			if ports[n] == ProtoHTTP {
+			if ports[n] != ProtoTCP {
 				filters = []*listener.Filter{httpFilter}
 			}
 			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: filters}}

@@ -25,11 +25,15 @@ import (
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
+
+// httpProtocolOptions is the extension name of a cluster's HTTP options.
+const httpProtocolOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 // Resources is every accepted resource by type URL and name.
 type Resources map[string]map[string]*anypb.Any
@@ -215,6 +219,28 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 		}
 		if o.Consecutive5xx > 0 || o.ConsecutiveGateway > 0 {
 			cl.Outlier = o
+		}
+	}
+	if c.GetHttp2ProtocolOptions() != nil { // the deprecated field
+		cl.Protocol = UpstreamHTTP2
+	}
+	for name, opts := range c.GetTypedExtensionProtocolOptions() {
+		if name != httpProtocolOptions {
+			return nil, fmt.Errorf("protocol options %q are not supported (%s are)", name, httpProtocolOptions)
+		}
+		var o httpopts.HttpProtocolOptions
+		if err := unpack(opts, &o); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		switch {
+		case o.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil:
+			cl.Protocol = UpstreamHTTP2
+		case o.GetExplicitHttpConfig() != nil:
+			cl.Protocol = UpstreamHTTP1
+		case o.GetUseDownstreamProtocolConfig() != nil, o.GetAutoConfig() != nil:
+			// auto_config picks by ALPN; a plaintext upstream has none, and the
+			// client's protocol is the nearest safe choice.
+			cl.Protocol = UpstreamAsDownstream
 		}
 	}
 	for _, m := range c.GetTransportSocketMatches() {

@@ -27,12 +27,21 @@ import (
 // generated is what isthmus's control plane sends a sidecar of a small
 // mesh: the contract this package must accept.
 func generated(t testing.TB) Resources {
+	return generatedPorts(t, []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}, {Name: "tcp", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"}})
+}
+
+// generatedPorts is generated with the service's ports (each port's
+// target port is its own number).
+func generatedPorts(t testing.TB, ports []registry.Port) Resources {
 	t.Helper()
 	reg := registry.New()
 	h := "profile.test.svc.cluster.local"
-	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10",
-		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}, {Name: "tcp", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"}}})
-	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: map[string]int32{"http": 8080, "tcp": 7070}, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10", Ports: ports})
+	targets := map[string]int32{}
+	for _, p := range ports {
+		targets[p.Name] = p.Port
+	}
+	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: targets, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
 	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.5~profile-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
 	if err != nil {
 		t.Fatal(err)
@@ -463,5 +472,33 @@ func TestConsistentHash(t *testing.T) {
 	vh := snap.Routes["8080"].Match("profile:8080")
 	if vh == nil || len(vh.Routes) != 1 || len(vh.Routes[0].Hash) != 1 || vh.Routes[0].Hash[0].Header != "x-user" {
 		t.Fatalf("route hash policy: %+v", vh)
+	}
+}
+
+// Each cluster's upstreams speak what Istio says they do: HTTP/1.1 for an
+// http port (whatever the client spoke), HTTP/2 for grpc and http2 ports,
+// the client's own for a sniffed port and the passthrough clusters; on the
+// inbound side the same for the app's ports.
+func TestUpstreamProtocolFollowsThePort(t *testing.T) {
+	snap, _, err := Build(generatedPorts(t, []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"},
+		{Name: "grpc", Port: 9090, Protocol: "TCP", AppProtocol: "grpc"}, {Name: "h2", Port: 9091, Protocol: "TCP", AppProtocol: "http2"},
+		{Name: "web", Port: 8081, Protocol: "TCP"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := "profile.test.svc.cluster.local"
+	for name, want := range map[string]UpstreamProtocol{
+		"outbound|8080||" + h: UpstreamHTTP1, "outbound|9090||" + h: UpstreamHTTP2, "outbound|9091||" + h: UpstreamHTTP2, "outbound|8081||" + h: UpstreamAsDownstream,
+		"inbound|8080||": UpstreamHTTP1, "inbound|9090||": UpstreamHTTP2, "inbound|9091||": UpstreamHTTP2, "inbound|8081||": UpstreamAsDownstream,
+		"PassthroughCluster": UpstreamAsDownstream, "InboundPassthroughCluster": UpstreamAsDownstream,
+	} {
+		c := snap.Clusters[name]
+		if c == nil {
+			t.Errorf("no cluster %s", name)
+			continue
+		}
+		if c.Protocol != want {
+			t.Errorf("%s: upstream protocol %d, want %d", name, c.Protocol, want)
+		}
 	}
 }

@@ -290,7 +290,21 @@ type Cluster struct {
 	// MaxConnections its TCP connections (Envoy's circuit breakers); 0 is
 	// no bound. Over the bound a request gets 503 (UO), a connection is closed.
 	MaxRequests, MaxConnections uint32
+	// Protocol is the HTTP version its upstreams speak.
+	Protocol UpstreamProtocol
 }
+
+// UpstreamProtocol is what Envoy's HttpProtocolOptions say a cluster's
+// upstreams speak: HTTP/1.1 unless the cluster says otherwise (Istio says
+// HTTP/2 for http2 and grpc ports, the client's own for sniffed ports and
+// the passthrough clusters).
+type UpstreamProtocol int
+
+const (
+	UpstreamHTTP1 UpstreamProtocol = iota
+	UpstreamHTTP2
+	UpstreamAsDownstream // use_downstream_protocol_config
+)
 
 // Outlier is Envoy's outlier detection (Istio's outlierDetection): an
 // endpoint answering Consecutive5xx 5xx in a row (or ConsecutiveGateway
