@@ -300,6 +300,25 @@ func (c *h2Conn) windowUpdate(fl *h2Flush, f *http2.WindowUpdateFrame) {
 	s.mu.Unlock()
 }
 
+// data counts a DATA frame against the connection window and gives it
+// to its stream (under the stream's lock), or credits it back at once
+// when the stream is gone (answered or reset).
+func (c *h2Conn) data(fl *h2Flush, f *http2.DataFrame, relay func(*h2Stream, int32)) error {
+	n := int32(f.Header().Length)
+	if err := c.received(n); err != nil {
+		return err
+	}
+	s := c.stream(f.StreamID)
+	if s == nil {
+		c.dropped(fl, n)
+		return nil
+	}
+	s.mu.Lock()
+	relay(s, n)
+	s.mu.Unlock()
+	return nil
+}
+
 func (c *h2Conn) stream(id uint32) *h2Stream {
 	c.mu.Lock()
 	s := c.streams[id]
@@ -582,22 +601,13 @@ func (c *h2Conn) upstreamFrame(fl *h2Flush, f http2.Frame) error {
 		}
 		s.mu.Unlock()
 	case *http2.DataFrame:
-		n := int32(f.Header().Length)
-		if err := c.received(n); err != nil {
-			return err
-		}
-		s := c.stream(f.StreamID)
-		if s == nil {
-			c.dropped(fl, n)
-			return nil
-		}
-		s.mu.Lock()
-		if s.up.c == c && s.up.id == f.StreamID {
-			s.relayData(fl, f, n)
-		} else {
-			c.dropped(fl, n)
-		}
-		s.mu.Unlock()
+		return c.data(fl, f, func(s *h2Stream, n int32) {
+			if s.up.c == c && s.up.id == f.StreamID {
+				s.relayData(fl, f, n)
+			} else {
+				c.dropped(fl, n) // an attempt given up
+			}
+		})
 	case *http2.RSTStreamFrame:
 		if s := c.stream(f.StreamID); s != nil {
 			s.mu.Lock()

@@ -139,18 +139,7 @@ func (c *h2Conn) downstreamFrame(fl *h2Flush, f http2.Frame) error {
 		s.begin(fl, f)
 		s.mu.Unlock()
 	case *http2.DataFrame:
-		n := int32(f.Header().Length)
-		if err := c.received(n); err != nil {
-			return err
-		}
-		s := c.stream(f.StreamID)
-		if s == nil {
-			c.dropped(fl, n) // a stream already answered or reset
-			return nil
-		}
-		s.mu.Lock()
-		s.requestData(fl, f, n)
-		s.mu.Unlock()
+		return c.data(fl, f, func(s *h2Stream, n int32) { s.requestData(fl, f, n) })
 	case *http2.RSTStreamFrame:
 		if s := c.stream(f.StreamID); s != nil {
 			s.mu.Lock()
@@ -301,9 +290,7 @@ var (
 )
 
 // h2Hop are connection headers, never relayed (HTTP/2 forbids them).
-var (
-	h2Hop = map[string]bool{"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true, "upgrade": true}
-)
+var h2Hop = map[string]bool{"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true, "upgrade": true}
 
 // begin routes a new stream: the mesh's headers, route, RBAC, faults.
 func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
@@ -622,7 +609,6 @@ func (s *h2Stream) attach(fl *h2Flush, c *h2Conn) {
 
 // requestData relays a DATA frame of the request.
 func (s *h2Stream) requestData(fl *h2Flush, f *http2.DataFrame, n int32) {
-	data := f.Data()
 	if s.done {
 		s.down.c.dropped(fl, n)
 		return
@@ -632,19 +618,11 @@ func (s *h2Stream) requestData(fl *h2Flush, f *http2.DataFrame, n int32) {
 		s.down.c.reset(fl, s.down.id, http2.ErrCodeStreamClosed)
 		return
 	}
-	s.down.owed += n
-	s.down.uncredited += n
+	data, end := s.take(fl, &s.down, f, n)
 	if s.down.owed > h2StreamWindow {
 		s.down.c.reset(fl, s.down.id, http2.ErrCodeFlowControl)
 		s.clientGone(fl)
 		return
-	}
-	if pad := n - int32(len(data)); pad > 0 {
-		s.creditRaw(fl, &s.down, pad)
-	}
-	end := f.StreamEnded()
-	if end {
-		s.down.recvEnd = true
 	}
 	s.in += int64(len(data))
 	if s.replay && s.cl != nil {
@@ -914,18 +892,26 @@ func (s *h2Stream) relayData(fl *h2Flush, f *http2.DataFrame, n int32) {
 		s.upstreamFailed(fl, errors.New("upstream sent DATA before its response head"))
 		return
 	}
-	s.up.owed += n
-	s.up.uncredited += n
+	data, end := s.take(fl, &s.up, f, n)
+	s.out += int64(len(data))
+	s.send(fl, &s.down, data, end)
+}
+
+// take accounts a DATA frame of n flow-controlled bytes from one side:
+// its padding is credited back at once and END_STREAM noted. It returns
+// the payload and whether it ends the side.
+func (s *h2Stream) take(fl *h2Flush, from *h2Half, f *http2.DataFrame, n int32) ([]byte, bool) {
+	from.owed += n
+	from.uncredited += n
 	data := f.Data()
 	if pad := n - int32(len(data)); pad > 0 {
-		s.creditRaw(fl, &s.up, pad)
+		s.creditRaw(fl, from, pad)
 	}
 	end := f.StreamEnded()
 	if end {
-		s.up.recvEnd = true
+		from.recvEnd = true
 	}
-	s.out += int64(len(data))
-	s.send(fl, &s.down, data, end)
+	return data, end
 }
 
 // canRetry: attempts remain and the request can be sent again.
