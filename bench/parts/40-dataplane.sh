@@ -54,6 +54,16 @@ if [ -s "$prof" ]; then
   echo "the answer. What is left is what nginx does too: the system calls and TLS. Before the loop (net/http's server and"
   echo "ReverseProxy; BENCHMARKS.md of 2026-12-01, commit bf9a36e) the same sidecars spent 0.20-0.26 CPU-s per 1000 requests and"
   echo "reached 0.40-0.42x nginx's rate. The row \"as TCP\" (the same HTTP relayed as bytes over mTLS) is the floor for any proxy in Go here."
+  tcpprof=$pprof/tcp-0qps-isthmus-ptest-a.pprof
+  if [ -s "$tcpprof" ]; then
+    echo
+    echo "The same client sidecar relaying the same traffic as TCP (row \"as TCP\", profile \`tcp-0qps\`), for comparison:"
+    echo
+    share_table "$tcpprof" "system calls (read, write)|syscall.RawSyscall6" \
+      "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
+      "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
+      "scheduler (finding work, parking)|runtime.findRunnable"
+  fi
 fi
 prof=$pprof/grpc-0qps-isthmus-ptest-a.pprof
 if [ -s "$prof" ]; then
@@ -82,11 +92,11 @@ fi
 echo
 echo "### Reading the goals"
 echo
-echo "- Max rate against nginx two hops: both are bound by the same system calls and TLS records (half and a third of a sidecar's"
-echo "  CPU above); a sidecar's CPU per request is within about 15% of an nginx hop's, and the same bytes relayed as TCP by the"
-echo "  same sidecars (row \"as TCP\", the floor of any proxy in Go here) is at or above nginx's rate. nginx's own rate moves by up"
-echo "  to 2x between runs on this shared 2-vCPU machine (8,059 and 14,967 rps for HTTP/1.1 in two runs on 2026-12-01), so the"
-echo "  HTTP/1.1 ratio has landed on both sides of 1.0 (0.84 to 1.50 over the runs of 2026-12-01); gRPC, since its relay, above it."
+echo "- Max rate against nginx two hops: both are bound by the kernel. System calls are half or more of a sidecar's CPU and TLS"
+echo "  records a third, as when the same sidecars relay the same traffic as TCP (tables above); a sidecar's CPU per request was"
+echo "  0.97 to 1.14 times an nginx hop's over the harness runs of 2026-12-01. nginx's own rate moves by up to 2x between runs on"
+echo "  this shared 2-vCPU machine (8,059 to 17,509 rps for HTTP/1.1 in those runs), so the HTTP/1.1 ratio lands on either side"
+echo "  of 1.0 (0.84 to 1.50 over those runs); gRPC, since its relay, above it."
 echo "- Added p99 at 1000 rps: fortio, both apps and every proxy share the 2 vCPUs, and the tail is their scheduling: nginx's own"
 echo "  added p99 ranged from 0.8 to 9.8 ms over the same runs, and ours follows it within a few tenths of a millisecond. A sidecar"
 echo "  is busy about 7% of the time at 1000 rps; its median added latency is the figure it controls."
