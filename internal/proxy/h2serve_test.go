@@ -591,3 +591,163 @@ func TestH2AndHTTP1UpstreamsMeetTheirClients(t *testing.T) {
 		t.Errorf("the upstream saw %q, want HTTP/2.0", p)
 	}
 }
+
+// Many clients at once, each mixing uploads, downloads, answers retried
+// after a 503, slow answers cut by the per-try timeout and streams the
+// client cancels midway: every stream ends (none left open), and the
+// relay keeps answering afterwards.
+func TestH2MixedLoadLeavesNothingOpen(t *testing.T) {
+	var n atomic.Int64
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/flaky":
+			if n.Add(1)%3 == 0 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+		case "/slow":
+			select {
+			case <-time.After(time.Duration(n.Add(1)%4) * 150 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		case "/big":
+			_, _ = w.Write(bytes.Repeat([]byte("d"), 512<<10))
+			return
+		}
+		_, _ = io.Copy(w, r.Body)
+	}))
+	p, front := startProxy(t, up, upstreamHTTP2, func(a *routev3.RouteAction) {
+		a.RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx,reset", NumRetries: wrapperspb.UInt32(2), PerTryTimeout: durationpb.New(250 * time.Millisecond)}
+	})
+	var wg sync.WaitGroup
+	var unexpected atomic.Int32
+	for g := range 8 {
+		c := h2cClient() // a connection per client
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				ctx, cancel := context.WithCancel(context.Background())
+				path := []string{"/echo", "/flaky", "/slow", "/big"}[(g+i)%4]
+				body := bytes.Repeat([]byte("u"), (i%5)*40<<10)
+				req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+front+path, bytes.NewReader(body))
+				if i%7 == 3 {
+					time.AfterFunc(time.Duration(i)*time.Millisecond, cancel)
+				}
+				resp, err := c.Do(req)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 && resp.StatusCode != 504 && resp.StatusCode != 503 {
+						unexpected.Add(1)
+					}
+				}
+				if err != nil && ctx.Err() == nil {
+					unexpected.Add(1)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if u := unexpected.Load(); u > 0 {
+		t.Errorf("%d calls failed without being cancelled", u)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for h2Streams(p) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := h2Streams(p); n != 0 {
+		t.Errorf("%d streams still open after every call ended", n)
+	}
+	p.h2Pools.Range(func(_, v any) bool {
+		pl := v.(*h2Pool)
+		pl.mu.Lock()
+		defer pl.mu.Unlock()
+		for _, c := range pl.conns {
+			if c.active != 0 {
+				t.Errorf("an upstream connection still counts %d streams", c.active)
+			}
+		}
+		if len(pl.waiters) != 0 {
+			t.Errorf("%d streams still wait for an upstream connection", len(pl.waiters))
+		}
+		return true
+	})
+	resp, err := h2cClient().Post("http://"+front+"/echo", "text/plain", strings.NewReader("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "after" {
+		t.Errorf("after the load: %d %q", resp.StatusCode, b)
+	}
+}
+
+// The same for streams served by the handler (HTTP/2 clients of an
+// HTTP/1.1 upstream), cancelled ones included.
+func TestH2ToHTTP1UnderLoadLeavesNothingOpen(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		// Read all, then answer: net/http's HTTP/1.1 server discards the
+		// rest of a body once an answer starts (io.Copy would stop at 512).
+		b, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(b)
+	}))
+	defer up.Close()
+	p, front := startHTTPProxy(t, up.Listener.Addr().String(), nil)
+	var wg sync.WaitGroup
+	var unexpected atomic.Int32
+	for g := range 4 {
+		c := h2cClient()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				ctx, cancel := context.WithCancel(context.Background())
+				path := []string{"/echo", "/slow"}[(g+i)%2]
+				body := bytes.Repeat([]byte("u"), (i%4)*100<<10)
+				req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+front+path, bytes.NewReader(body))
+				if i%5 == 2 {
+					time.AfterFunc(time.Duration(i)*3*time.Millisecond, cancel)
+				}
+				resp, err := c.Do(req)
+				if err == nil {
+					var got int64
+					got, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && (resp.StatusCode != 200 || got != int64(len(body))) {
+						if unexpected.Add(1) < 4 {
+							t.Logf("%s with %d bytes: %d, %d bytes back", path, len(body), resp.StatusCode, got)
+						}
+					}
+				}
+				if err != nil && ctx.Err() == nil {
+					if unexpected.Add(1) < 4 {
+						t.Logf("%s with %d bytes: %v", path, len(body), err)
+					}
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if u := unexpected.Load(); u > 0 {
+		t.Errorf("%d calls failed without being cancelled", u)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for h2Streams(p) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := h2Streams(p); n != 0 {
+		t.Errorf("%d streams still open after every call ended", n)
+	}
+}
