@@ -654,27 +654,7 @@ func TestH2MixedLoadLeavesNothingOpen(t *testing.T) {
 	if u := unexpected.Load(); u > 0 {
 		t.Errorf("%d calls failed without being cancelled", u)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for h2Streams(p) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := h2Streams(p); n != 0 {
-		t.Errorf("%d streams still open after every call ended", n)
-	}
-	p.h2Pools.Range(func(_, v any) bool {
-		pl := v.(*h2Pool)
-		pl.mu.Lock()
-		defer pl.mu.Unlock()
-		for _, c := range pl.conns {
-			if c.active != 0 {
-				t.Errorf("an upstream connection still counts %d streams", c.active)
-			}
-		}
-		if len(pl.waiters) != 0 {
-			t.Errorf("%d streams still wait for an upstream connection", len(pl.waiters))
-		}
-		return true
-	})
+	streamsEnd(t, p)
 	resp, err := h2cClient().Post("http://"+front+"/echo", "text/plain", strings.NewReader("after"))
 	if err != nil {
 		t.Fatal(err)
@@ -743,6 +723,13 @@ func TestH2ToHTTP1UnderLoadLeavesNothingOpen(t *testing.T) {
 	if u := unexpected.Load(); u > 0 {
 		t.Errorf("%d calls failed without being cancelled", u)
 	}
+	streamsEnd(t, p)
+}
+
+// streamsEnd checks, once every call ended, that the relay let go of
+// every stream, upstream slot and dial waiter.
+func streamsEnd(t *testing.T, p *Proxy) {
+	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for h2Streams(p) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -750,4 +737,18 @@ func TestH2ToHTTP1UnderLoadLeavesNothingOpen(t *testing.T) {
 	if n := h2Streams(p); n != 0 {
 		t.Errorf("%d streams still open after every call ended", n)
 	}
+	p.h2Pools.Range(func(_, v any) bool {
+		pl := v.(*h2Pool)
+		pl.mu.Lock()
+		defer pl.mu.Unlock()
+		for _, c := range pl.conns {
+			if c.active != 0 {
+				t.Errorf("an upstream connection still counts %d streams", c.active)
+			}
+		}
+		if len(pl.waiters) != 0 {
+			t.Errorf("%d streams still wait for an upstream connection", len(pl.waiters))
+		}
+		return true
+	})
 }
