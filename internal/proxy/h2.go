@@ -190,11 +190,10 @@ func (c *h2Conn) reset(fl *h2Flush, id uint32, code http2.ErrCode) {
 	c.write(fl, func() error { return c.fr.WriteRSTStream(id, code) })
 }
 
-// dropped accounts for connection-level flow control of data nobody
-// relays (its stream is gone): it is credited at once.
+// dropped credits back at once, at the connection level, received data
+// nobody relays (its stream is gone or gave up).
 func (c *h2Conn) dropped(fl *h2Flush, n int32) {
 	c.mu.Lock()
-	c.owed += n
 	c.creditLocked(fl, n)
 	c.mu.Unlock()
 }

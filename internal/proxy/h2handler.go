@@ -93,10 +93,12 @@ func (b h2Body) Read(p []byte) (int, error) {
 	for len(s.up.pend) == 0 && !s.down.recvEnd && !s.done {
 		s.cond.Wait()
 	}
-	if len(s.up.pend) == 0 {
-		if s.done && !s.down.recvEnd {
-			return 0, errClientGone
-		}
+	switch {
+	case s.done:
+		// The stream ended (reset, or answered): what was left is
+		// credited back already.
+		return 0, errClientGone
+	case len(s.up.pend) == 0:
 		return 0, io.EOF
 	}
 	n := copy(p, s.up.pend)

@@ -999,6 +999,15 @@ func (s *h2Stream) peerReset(fl *h2Flush, c *h2Conn, se http2.StreamError) {
 		s.clientGone(fl)
 		return
 	}
+	if se.Code == http2.ErrCodeNo && s.up.recvEnd {
+		// The upstream answered in full and wants no more of the request
+		// (RFC 9113, 8.1): what it would have read is dropped, the answer
+		// still goes out.
+		s.up.sentEnd = true
+		s.credit(fl, &s.down, int32(len(s.up.pend)))
+		s.up.pend, s.up.pendEnd, s.up.pendTrailers = nil, false, nil
+		return
+	}
 	s.up.recvEnd, s.up.sentEnd = true, true // reset: nothing more to say
 	if se.Code == http2.ErrCodeRefusedStream {
 		s.upstreamFailed(fl, errRefusedStream)
