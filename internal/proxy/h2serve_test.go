@@ -771,3 +771,25 @@ func streamsEnd(t *testing.T, p *Proxy) {
 		return true
 	})
 }
+
+// Uploads an upstream answers without reading are dropped by the relay
+// and credited back once: the client's connection keeps its window and
+// carries the next calls (counting them twice once took healthy clients
+// for flow-control violators).
+func TestH2DroppedUploadsKeepTheConnection(t *testing.T) {
+	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "no thanks") }))
+	p, front := startProxy(t, up, upstreamHTTP2, nil)
+	c := h2cClient()
+	for i := range 6 {
+		resp, err := c.Post("http://"+front+"/", "application/octet-stream", bytes.NewReader(bytes.Repeat([]byte("x"), 768<<10)))
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "no thanks" {
+			t.Fatalf("upload %d: %d %q", i, resp.StatusCode, b)
+		}
+	}
+	streamsEnd(t, p)
+}
