@@ -577,6 +577,31 @@ spec:
 		})
 	})
 
+	t.Run("DestinationRule h2UpgradePolicy UPGRADE: the sidecars speak HTTP/2 to each other, calls still reach both clusters", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile, namespace: multicluster}
+spec:
+  host: profile
+  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule", "profile")
+		eventually(t, "sleep's cluster for profile says HTTP/2", func() bool {
+			r := isthmus(t, time.Minute, append([]string{"proxy-config", "clusters", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks",
+				"--fqdn", "profile.multicluster.svc.cluster.local", "-o", "json"}, kc...)...)
+			return r.err == nil && strings.Contains(r.stdout, "http2ProtocolOptions")
+		})
+		by := map[string]int{}
+		for _, a := range answers(sleepExec("for i in $(seq 40); do curl -sS --max-time 5 http://profile:8080/profile?id=4; echo; done")) {
+			by[a.ServedBy.Cluster]++
+		}
+		if by["cluster-eks"]+by["cluster-aks"] != 40 || by["cluster-eks"] == 0 || by["cluster-aks"] == 0 {
+			t.Errorf("40 calls over HTTP/2 between sidecars, answered by cluster: %v", by)
+		}
+	})
+
 	t.Run("DestinationRule consistentHash: a user's calls stick to one cluster, users spread over both", func(t *testing.T) {
 		e.apply("cluster-eks", `
 apiVersion: networking.istio.io/v1

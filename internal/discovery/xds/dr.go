@@ -55,8 +55,8 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 	if top.GetTls() != nil && top.GetTls().GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
 		warn(where + ": tls modes other than ISTIO_MUTUAL are not supported; ignored")
 	}
-	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetHttp().GetIdleTimeout() != nil || cp.GetTcp().GetTcpKeepalive() != nil || cp.GetHttp().GetH2UpgradePolicy() != 0 {
-		warn(where + ": connectionPool maxRequestsPerConnection, idleTimeout, tcpKeepalive and h2UpgradePolicy are not supported; ignored")
+	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetHttp().GetIdleTimeout() != nil || cp.GetTcp().GetTcpKeepalive() != nil {
+		warn(where + ": connectionPool maxRequestsPerConnection, idleTimeout and tcpKeepalive are not supported; ignored")
 	}
 	tp.lb, tp.outlier, tp.pool = top.GetLoadBalancer(), top.GetOutlierDetection(), top.GetConnectionPool()
 	for _, pl := range top.GetPortLevelSettings() {
@@ -161,6 +161,13 @@ func (s subset) matches(e registry.Endpoint) bool {
 		}
 	}
 	return true
+}
+
+// upgradeH2 is Istio's h2UpgradePolicy UPGRADE: an http port's requests
+// go to the service's sidecars over HTTP/2 (its sidecar hands them to the
+// app as HTTP/1.1). The mesh-wide default is DO_NOT_UPGRADE.
+func (tp trafficPolicy) upgradeH2(appProtocol string) bool {
+	return appProtocol == "http" && tp.pool.GetHttp().GetH2UpgradePolicy() == apinetworking.ConnectionPoolSettings_HTTPSettings_UPGRADE
 }
 
 // apply sets the cluster's load balancing and outlier detection.

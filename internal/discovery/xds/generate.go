@@ -139,6 +139,9 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 	})
 	setUpstreamProtocol(c, port.AppProtocol)
+	if tp.upgradeH2(port.AppProtocol) {
+		setUpstreamProtocol(c, "http2")
+	}
 	tp.apply(c)
 	g.Clusters = append(g.Clusters, c)
 	g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))

@@ -286,7 +286,7 @@ trafficPolicy:
     simple: LEAST_REQUEST
     localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}
   outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 15s, maxEjectionPercent: 100}
-  connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}, http: {http1MaxPendingRequests: 1}}
+  connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}, http: {http1MaxPendingRequests: 1, h2UpgradePolicy: UPGRADE}}
 `))
 	if err := dr.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
@@ -315,6 +315,14 @@ trafficPolicy:
 	}
 	if c.MaxConnections != 1 || c.MaxRequests != 2 || c.ConnectTimeout != 2*time.Second {
 		t.Errorf("circuit breakers: %d connections, %d requests (want 1 and 1+1 pending), connect timeout %s", c.MaxConnections, c.MaxRequests, c.ConnectTimeout)
+	}
+	if c.Protocol != UpstreamHTTP2 {
+		t.Errorf("h2UpgradePolicy UPGRADE: upstream protocol %d, want HTTP/2", c.Protocol)
+	}
+	for _, w := range warnings {
+		if strings.Contains(w, "h2UpgradePolicy") {
+			t.Errorf("warning: %s", w)
+		}
 	}
 	prio := map[string]uint32{}
 	for _, e := range c.Endpoints {
