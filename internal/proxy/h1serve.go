@@ -285,11 +285,10 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	c.closing = req.close || p.draining.Load()
 	x := h1Exchange{req: req, route: r, cluster: name, c: cl}
 	res := c.forward(rt, &x)
-	if inbound {
-		ev.Reporter, ev.Src, ev.Dst, ev.Service = "destination", peer, p.opts.Self.Peer, telemetry.ServiceOf(host)
-	} else {
-		ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, x.peer, telemetry.ServiceOfCluster(name)
+	if !inbound {
+		peer = x.peer // the destination, from the answer's metadata
 	}
+	p.sides(&ev, inbound, peer, host, name)
 	ev.Code, ev.Flags, ev.GRPCStatus = x.code, x.flags, x.grpcStatus
 	dur := time.Since(start)
 	p.stats.istio.RequestOn(&c.series, &ev, dur, req.length, x.sent)

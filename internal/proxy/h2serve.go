@@ -1137,11 +1137,7 @@ func (s *h2Stream) finish(fl *h2Flush) {
 func (s *h2Stream) record() {
 	p, d := s.p, s.d
 	ev := &s.ev
-	if d.inbound() {
-		ev.Reporter, ev.Src, ev.Dst, ev.Service = "destination", s.peer, p.opts.Self.Peer, telemetry.ServiceOf(s.host)
-	} else {
-		ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, s.peer, telemetry.ServiceOfCluster(s.cluster)
-	}
+	p.sides(ev, d.inbound(), s.peer, s.host, s.cluster)
 	ev.Code, ev.Flags, ev.GRPCStatus = s.code, s.flags, s.grpcStatus
 	dur := time.Since(s.start)
 	p.stats.istio.Request(ev, dur, s.in, s.out)

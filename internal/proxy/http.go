@@ -222,11 +222,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Code, ev.Flags = rec.code, rc.flags
 	ev.GRPCStatus = rec.Header().Get("Grpc-Status")
-	if inbound {
-		ev.Reporter, ev.Src, ev.Dst, ev.Service = "destination", rc.peer, p.opts.Self.Peer, telemetry.ServiceOf(r.Host)
-	} else {
-		ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, rc.peer, telemetry.ServiceOfCluster(rc.cluster)
-	}
+	p.sides(ev, inbound, rc.peer, r.Host, rc.cluster)
 	dur := time.Since(start)
 	p.stats.istio.Request(ev, dur, r.ContentLength, rec.bytes)
 	if p.opts.AccessLog != nil {
@@ -238,6 +234,17 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		}
 		p.accessLog(&a)
 	}
+}
+
+// sides fills in who reports a request and its two ends: the destination
+// side names the service by the Host it was asked for, the source side by
+// the cluster it chose; peer is the other end (the metadata exchange).
+func (p *Proxy) sides(ev *telemetry.Event, inbound bool, peer telemetry.Peer, host, cluster string) {
+	if inbound {
+		ev.Reporter, ev.Src, ev.Dst, ev.Service = "destination", peer, p.opts.Self.Peer, telemetry.ServiceOf(host)
+		return
+	}
+	ev.Reporter, ev.Src, ev.Dst, ev.Service = "source", p.opts.Self.Peer, peer, telemetry.ServiceOfCluster(cluster)
 }
 
 // accessEntry is what an HTTP access log line says.
