@@ -175,6 +175,11 @@ func (c *h2Conn) writeHeaders(id uint32, end bool, fields []hpack.HeaderField) e
 	return nil
 }
 
+// headers writes a header block on a stream.
+func (c *h2Conn) headers(fl *h2Flush, id uint32, end bool, fields []hpack.HeaderField) {
+	c.write(fl, func() error { return c.writeHeaders(id, end, fields) })
+}
+
 // armWrite keeps the write deadline 90-100% of h2WriteTimeout ahead
 // before a write (the buffer may flush on any): pushing it back now and
 // then costs less than a deadline per write. Held: c.mu.
@@ -523,8 +528,7 @@ func (c *h2Conn) readUpstream() {
 	for _, s := range streams {
 		s.mu.Lock()
 		if s.up.c == c {
-			s.up.recvEnd, s.up.sentEnd = true, true
-			s.upstreamFailed(&fl, fmt.Errorf("upstream connection: %w", err))
+			s.upstreamLost(&fl, fmt.Errorf("upstream connection: %w", err))
 		}
 		s.mu.Unlock()
 	}
@@ -634,8 +638,7 @@ func (c *h2Conn) upstreamFrame(fl *h2Flush, f http2.Frame) error {
 		for _, s := range refused {
 			s.mu.Lock()
 			if s.up.c == c {
-				s.up.recvEnd, s.up.sentEnd = true, true // never seen upstream
-				s.upstreamFailed(fl, errRefusedStream)
+				s.upstreamLost(fl, errRefusedStream) // never seen upstream
 			}
 			s.mu.Unlock()
 		}

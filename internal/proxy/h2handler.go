@@ -138,8 +138,7 @@ func (w *h2Writer) WriteHeader(code int) {
 	s.mu.Lock()
 	if !s.done && !s.started {
 		s.started, s.code = true, code
-		dc := s.down.c
-		dc.write(&fl, func() error { return dc.writeHeaders(s.down.id, false, fields) })
+		s.down.c.headers(&fl, s.down.id, false, fields)
 	}
 	s.mu.Unlock()
 	fl.flush()

@@ -433,15 +433,11 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	case s.route.Fault != nil && s.route.Fault.Delay > 0 && rand.Float64() < s.route.Fault.DelayShare:
 		s.flags = "DI"
 		gen := s.gen
-		s.timer = time.AfterFunc(s.route.Fault.Delay, func() {
-			var fl h2Flush
-			s.mu.Lock()
-			if !s.done && s.gen == gen {
+		s.timer = s.after(s.route.Fault.Delay, func(fl *h2Flush) {
+			if s.gen == gen {
 				s.timer = nil
-				s.afterDelay(&fl)
+				s.afterDelay(fl)
 			}
-			s.mu.Unlock()
-			fl.flush()
 		})
 	default:
 		s.afterDelay(fl)
@@ -491,15 +487,7 @@ func (s *h2Stream) afterDelay(fl *h2Flush) {
 	s.skip = p.skipper(cl, &s.tried)
 	s.lastErr = errNoHealthy
 	if r.Timeout > 0 {
-		s.timer = time.AfterFunc(r.Timeout, func() {
-			var fl h2Flush
-			s.mu.Lock()
-			if !s.done {
-				s.timedOut(&fl)
-			}
-			s.mu.Unlock()
-			fl.flush()
-		})
+		s.timer = s.after(r.Timeout, s.timedOut)
 	}
 	s.try(fl)
 }
@@ -555,21 +543,18 @@ func (s *h2Stream) try(fl *h2Flush) {
 	s.gen++
 	if r.Retry != nil && r.Retry.PerTryTimeout > 0 {
 		gen := s.gen
-		s.tryTimer = time.AfterFunc(r.Retry.PerTryTimeout, func() {
-			var fl h2Flush
-			s.mu.Lock()
-			if !s.done && s.gen == gen && !s.started {
-				s.lastErr = fmt.Errorf("per-try timeout %s: %w", r.Retry.PerTryTimeout, errTimeout)
-				s.abandonAttempt(&fl)
-				if s.canRetry() && retryableTimeout(r.Retry) {
-					s.attempt++
-					s.try(&fl)
-				} else {
-					s.fail(&fl, s.lastErr)
-				}
+		s.tryTimer = s.after(r.Retry.PerTryTimeout, func(fl *h2Flush) {
+			if s.gen != gen || s.started {
+				return
 			}
-			s.mu.Unlock()
-			fl.flush()
+			s.lastErr = fmt.Errorf("per-try timeout %s: %w", r.Retry.PerTryTimeout, errTimeout)
+			s.abandonAttempt(fl)
+			if s.canRetry() && retryableTimeout(r.Retry) {
+				s.attempt++
+				s.try(fl)
+			} else {
+				s.fail(fl, s.lastErr)
+			}
 		})
 	}
 	pl := s.p.h2PoolFor(cl, s.ep, addr)
@@ -578,6 +563,20 @@ func (s *h2Stream) try(fl *h2Flush) {
 	} else {
 		s.pool = pl
 	}
+}
+
+// after runs fn on the stream, under its lock, once d has passed, unless
+// the stream ended by then.
+func (s *h2Stream) after(d time.Duration, fn func(*h2Flush)) *time.Timer {
+	return time.AfterFunc(d, func() {
+		var fl h2Flush
+		s.mu.Lock()
+		if !s.done {
+			fn(&fl)
+		}
+		s.mu.Unlock()
+		fl.flush()
+	})
 }
 
 // errTimeout is errorReply's timeout (504 UT).
@@ -703,7 +702,7 @@ func (s *h2Stream) drain(fl *h2Flush, to *h2Half) {
 	case to.pendTrailers != nil:
 		trailers := to.pendTrailers
 		to.pendTrailers = nil
-		to.c.write(fl, func() error { return to.c.writeHeaders(to.id, true, trailers) })
+		to.c.headers(fl, to.id, true, trailers)
 		to.sentEnd = true
 	case end:
 		to.sentEnd = true
@@ -760,7 +759,7 @@ func (s *h2Stream) sendTrailers(fl *h2Flush, to *h2Half, fields []hpack.HeaderFi
 		to.pendTrailers = fields
 		return
 	}
-	to.c.write(fl, func() error { return to.c.writeHeaders(to.id, true, fields) })
+	to.c.headers(fl, to.id, true, fields)
 	to.sentEnd = true
 	s.ended(fl, to)
 }
@@ -811,10 +810,8 @@ func (s *h2Stream) upstreamHeaders(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		}
 		s.up.recvEnd = true
 		fields := f.RegularFields()
-		for _, hf := range fields {
-			if hf.Name == "grpc-status" {
-				s.grpcStatus = hf.Value
-			}
+		if g := grpcStatusOf(fields); g != "" {
+			s.grpcStatus = g
 		}
 		s.sendTrailers(fl, &s.down, fields)
 		return
@@ -827,8 +824,7 @@ func (s *h2Stream) upstreamHeaders(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	if code < 200 {
 		// Interim (100 Continue, 103 Early Hints): relayed as they come.
 		fields := append([]hpack.HeaderField{{Name: ":status", Value: f.PseudoValue("status")}}, f.RegularFields()...)
-		dc := s.down.c
-		dc.write(fl, func() error { return dc.writeHeaders(s.down.id, false, fields) })
+		s.down.c.headers(fl, s.down.id, false, fields)
 		return
 	}
 	s.gen++ // the per-try timeout covers the time to the response head
@@ -837,12 +833,7 @@ func (s *h2Stream) upstreamHeaders(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		s.tryTimer = nil
 	}
 	regular := f.RegularFields()
-	grpc := ""
-	for _, hf := range regular {
-		if hf.Name == "grpc-status" {
-			grpc = hf.Value
-		}
-	}
+	grpc := grpcStatusOf(regular) // a trailers-only answer carries it here
 	if s.ep != nil {
 		s.p.outliers.Report(s.cl, s.ep.Addr, lb.ResultOf(code))
 	}
@@ -877,12 +868,22 @@ func (s *h2Stream) upstreamHeaders(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	s.started = true
 	end := f.StreamEnded()
 	s.up.recvEnd = end
-	dc := s.down.c
-	dc.write(fl, func() error { return dc.writeHeaders(s.down.id, end, out) })
+	s.down.c.headers(fl, s.down.id, end, out)
 	if end {
 		s.down.sentEnd = true
 		s.finish(fl)
 	}
+}
+
+// grpcStatusOf is a header block's grpc-status ("" without one).
+func grpcStatusOf(fields []hpack.HeaderField) string {
+	v := ""
+	for _, hf := range fields {
+		if hf.Name == "grpc-status" {
+			v = hf.Value
+		}
+	}
+	return v
 }
 
 // relayData relays a DATA frame of the response.
@@ -969,9 +970,7 @@ func (s *h2Stream) upstreamFailed(fl *h2Flush, err error) {
 	if s.started {
 		s.detachUp(fl, http2.ErrCodeCancel)
 		s.flags = "UR"
-		s.down.c.reset(fl, s.down.id, http2.ErrCodeInternal)
-		s.down.sentEnd = true
-		s.finish(fl)
+		s.resetDown(fl, http2.ErrCodeInternal)
 		return
 	}
 	s.lastErr = err
@@ -982,6 +981,20 @@ func (s *h2Stream) upstreamFailed(fl *h2Flush, err error) {
 		return
 	}
 	s.fail(fl, err)
+}
+
+// upstreamLost is upstreamFailed for an attempt whose upstream stream is
+// gone without a word more (reset, refused, its connection lost).
+func (s *h2Stream) upstreamLost(fl *h2Flush, err error) {
+	s.up.recvEnd, s.up.sentEnd = true, true
+	s.upstreamFailed(fl, err)
+}
+
+// resetDown ends an answer already under way with RST_STREAM.
+func (s *h2Stream) resetDown(fl *h2Flush, code http2.ErrCode) {
+	s.down.c.reset(fl, s.down.id, code)
+	s.down.sentEnd = true
+	s.finish(fl)
 }
 
 // dialFailed is upstreamFailed for a stream that waited for a dial.
@@ -1008,12 +1021,11 @@ func (s *h2Stream) peerReset(fl *h2Flush, c *h2Conn, se http2.StreamError) {
 		s.up.pend, s.up.pendEnd, s.up.pendTrailers = nil, false, nil
 		return
 	}
-	s.up.recvEnd, s.up.sentEnd = true, true // reset: nothing more to say
 	if se.Code == http2.ErrCodeRefusedStream {
-		s.upstreamFailed(fl, errRefusedStream)
+		s.upstreamLost(fl, errRefusedStream)
 		return
 	}
-	s.upstreamFailed(fl, fmt.Errorf("upstream reset the stream: %s", se.Code))
+	s.upstreamLost(fl, fmt.Errorf("upstream reset the stream: %s", se.Code))
 }
 
 // clientGone ends a stream the client reset or left.
@@ -1034,9 +1046,7 @@ func (s *h2Stream) clientGone(fl *h2Flush) {
 func (s *h2Stream) timedOut(fl *h2Flush) {
 	if s.started {
 		s.flags = "UT"
-		s.down.c.reset(fl, s.down.id, http2.ErrCodeCancel)
-		s.down.sentEnd = true
-		s.finish(fl)
+		s.resetDown(fl, http2.ErrCodeCancel)
 		return
 	}
 	s.abandonAttempt(fl)
@@ -1071,9 +1081,8 @@ func (s *h2Stream) replyWith(fl *h2Flush, code int, body string, extra ...hpack.
 	fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(body))})
 	s.started, s.code = true, code
 	s.up.pend, s.up.pendEnd, s.up.sentEnd = nil, false, true // the request goes nowhere
-	dc := s.down.c
 	end := body == ""
-	dc.write(fl, func() error { return dc.writeHeaders(s.down.id, end, fields) })
+	s.down.c.headers(fl, s.down.id, end, fields)
 	if end {
 		s.down.sentEnd = true
 		s.finish(fl)
