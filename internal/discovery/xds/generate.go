@@ -138,10 +138,11 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		},
 		{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 	})
-	setUpstreamProtocol(c, port.AppProtocol)
-	if tp.upgradeH2(port.AppProtocol) {
-		setUpstreamProtocol(c, "http2")
+	protocol := port.AppProtocol
+	if tp.upgradeH2(protocol) {
+		protocol = "http2"
 	}
+	setUpstreamProtocol(c, protocol)
 	tp.apply(c)
 	g.Clusters = append(g.Clusters, c)
 	g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))

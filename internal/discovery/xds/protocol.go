@@ -12,8 +12,9 @@ import (
 // and the passthrough clusters; HTTP/1.1 (Envoy's default, nothing said)
 // for http ports, whatever the client spoke.
 
-// httpProtocolOptions is the extension name of a cluster's HTTP options.
-const httpProtocolOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+// httpProtocolOptions is the extension name of a cluster's HTTP options:
+// Envoy names them by their message.
+var httpProtocolOptions = string((&httpopts.HttpProtocolOptions{}).ProtoReflect().Descriptor().FullName())
 
 var (
 	http2Options = mustAny(&httpopts.HttpProtocolOptions{UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{

@@ -32,8 +32,9 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// httpProtocolOptions is the extension name of a cluster's HTTP options.
-const httpProtocolOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+// httpProtocolOptions is the extension name of a cluster's HTTP options:
+// Envoy names them by their message.
+var httpProtocolOptions = string((&httpopts.HttpProtocolOptions{}).ProtoReflect().Descriptor().FullName())
 
 // Resources is every accepted resource by type URL and name.
 type Resources map[string]map[string]*anypb.Any
