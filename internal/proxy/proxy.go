@@ -29,6 +29,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rawtcp"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
@@ -108,6 +109,16 @@ func New(opts Options) *Proxy {
 	if opts.Dial == nil {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		opts.Dial = d.DialContext
+	}
+	// Upstream sockets, as accepted ones, are read and written with raw
+	// system calls (rawtcp: the scheduler need not watch them).
+	dial := opts.Dial
+	opts.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return rawtcp.Wrap(c), nil
 	}
 	if opts.Self == nil {
 		opts.Self = telemetry.NewSelf("", "unknown", "unknown", "unknown", "unknown", nil)
@@ -229,6 +240,7 @@ func (p *Proxy) accept(b *bound) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		c = rawtcp.Wrap(c)
 		p.conns.Add(1)
 		go func() {
 			defer p.conns.Add(-1)

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net"
 	"net/netip"
 	"time"
@@ -18,6 +17,8 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/iptables"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/origdst"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rawtcp"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/sniff"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/tcpproxy"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
@@ -282,7 +283,10 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 			// From 127.0.0.6, which the pod's capture rules let through.
 			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(iptables.InboundPassthroughSource)}}
 			conn, err := d.DialContext(ctx, "tcp", dst.String())
-			return conn, nil, lb.Lease{}, err
+			if err != nil {
+				return nil, nil, lb.Lease{}, err
+			}
+			return rawtcp.Wrap(conn), nil, lb.Lease{}, nil
 		}
 		conn, err := p.opts.Dial(ctx, "tcp", dst.String())
 		return conn, nil, lb.Lease{}, err

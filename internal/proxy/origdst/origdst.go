@@ -16,15 +16,16 @@ const soOriginalDst = 80
 // Get returns the original destination of an accepted TCP connection; for
 // a connection that was not redirected, that is its local address.
 func Get(c net.Conn) (netip.AddrPort, error) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
+	sc, ok := c.(syscall.Conn) // *net.TCPConn, or rawtcp's wrapping of one
+	la, isTCP := c.LocalAddr().(*net.TCPAddr)
+	if !ok || !isTCP {
 		return netip.AddrPort{}, errors.New("not a TCP connection")
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	local := tc.LocalAddr().(*net.TCPAddr).AddrPort()
+	local := la.AddrPort()
 	var out netip.AddrPort
 	var serr error
 	err = raw.Control(func(fd uintptr) {
