@@ -450,7 +450,7 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, r *config.Route, hm *config.HTTPM
 			peer.Principal = d.peer.String()
 		}
 		if hm.ForwardClientCert && !d.peer.IsZero() {
-			v := p.xfcc(d)
+			v := d.xfcc
 			if len(xfcc) > 0 {
 				v = string(xfcc) + "," + v
 			}

@@ -355,7 +355,7 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		if !d.peer.IsZero() {
 			s.peer.Principal = d.peer.String()
 			if hm.ForwardClientCert {
-				v := p.xfcc(d)
+				v := d.xfcc
 				if xfcc != "" {
 					v = xfcc + "," + v
 				}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	crand "crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -411,17 +410,11 @@ func (p *Proxy) setXFCC(r *http.Request, d *downstream) {
 		r.Header.Del("X-Forwarded-Client-Cert")
 		return
 	}
-	v := p.xfcc(d)
+	v := d.xfcc
 	if old := r.Header.Get("X-Forwarded-Client-Cert"); old != "" {
 		v = old + "," + v
 	}
 	r.Header.Set("X-Forwarded-Client-Cert", v)
-}
-
-// xfcc is the element the inbound proxy adds for a verified caller.
-func (p *Proxy) xfcc(d *downstream) string {
-	sum := sha256.Sum256(d.peerCert)
-	return "By=" + p.opts.Identity.ID().String() + ";Hash=" + hex.EncodeToString(sum[:]) + `;Subject="";URI=` + d.peer.String()
 }
 
 func pickWeighted(cs []config.WeightedCluster) string {

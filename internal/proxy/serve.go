@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -36,8 +38,10 @@ type downstream struct {
 	// dst is where the client meant to go (original destination).
 	dst netip.AddrPort
 	// peer is the verified mTLS identity of the client, if any.
-	peer     spiffeid.ID
-	peerCert []byte
+	peer spiffeid.ID
+	// xfcc is the X-Forwarded-Client-Cert element the inbound proxy adds
+	// for that caller, made once per connection: it hashes the certificate.
+	xfcc     string
 	listener *config.Listener
 	chain    *config.Chain
 	// snap is the configuration the connection was accepted under.
@@ -162,11 +166,18 @@ func (p *Proxy) terminateTLS(d *downstream) error {
 	}
 	cs := tc.ConnectionState()
 	d.peer, _ = identity.PeerID(cs)
-	if len(cs.PeerCertificates) > 0 {
-		d.peerCert = cs.PeerCertificates[0].Raw
+	if !d.peer.IsZero() && len(cs.PeerCertificates) > 0 {
+		d.xfcc = p.xfcc(d.peer, cs.PeerCertificates[0].Raw)
 	}
 	d.conn = tc
 	return nil
+}
+
+// xfcc is the element the inbound proxy adds for a verified caller:
+// By=<our identity>;Hash=<sha256 of the client certificate>;Subject="";URI=<caller>.
+func (p *Proxy) xfcc(peer spiffeid.ID, cert []byte) string {
+	sum := sha256.Sum256(cert)
+	return "By=" + p.opts.Identity.ID().String() + ";Hash=" + hex.EncodeToString(sum[:]) + `;Subject="";URI=` + peer.String()
 }
 
 // gatewayTLS is a gateway server's TLS from the SDS secrets of the current
