@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -50,8 +51,13 @@ const (
 // h2WriteTimeout bounds a write to a peer that stopped reading (gone
 // without a word, or stuck): readers write to the other side's
 // connections, so such a peer would stall the streams of everyone sharing
-// the reader. It ends that peer's connection instead. (A variable for tests.)
-var h2WriteTimeout = 10 * time.Second
+// the reader. It ends that peer's connection instead. (Atomic: a test
+// shortens it while connections of earlier tests still run.)
+var h2WriteTimeout = func() *atomic.Int64 {
+	var d atomic.Int64
+	d.Store(int64(10 * time.Second))
+	return &d
+}()
 
 // h2Conn is one HTTP/2 connection, either side.
 type h2Conn struct {
@@ -184,9 +190,10 @@ func (c *h2Conn) headers(fl *h2Flush, id uint32, end bool, fields []hpack.Header
 // before a write (the buffer may flush on any): pushing it back now and
 // then costs less than a deadline per write. Held: c.mu.
 func (c *h2Conn) armWrite() {
-	if now := time.Now(); now.Sub(c.wdeadline) > h2WriteTimeout/10 {
+	timeout := time.Duration(h2WriteTimeout.Load())
+	if now := time.Now(); now.Sub(c.wdeadline) > timeout/10 {
 		c.wdeadline = now
-		_ = c.conn.SetWriteDeadline(now.Add(h2WriteTimeout))
+		_ = c.conn.SetWriteDeadline(now.Add(timeout))
 	}
 }
 

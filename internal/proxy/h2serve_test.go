@@ -487,8 +487,7 @@ func TestH2BadFramesCostOnlyTheirStream(t *testing.T) {
 // costs its own connection, not the streams of others that share the
 // upstream connection with it.
 func TestH2StuckClientDoesNotStallOthers(t *testing.T) {
-	defer func(d time.Duration) { h2WriteTimeout = d }(h2WriteTimeout)
-	h2WriteTimeout = 500 * time.Millisecond
+	defer h2WriteTimeout.Store(h2WriteTimeout.Swap(int64(500 * time.Millisecond)))
 	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/flood" {
 			chunk := bytes.Repeat([]byte("f"), 64<<10)

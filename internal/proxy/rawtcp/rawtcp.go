@@ -18,7 +18,6 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // maxRW caps one system call, as internal/poll does.
@@ -56,7 +55,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 	var errno syscall.Errno
 	err := c.rc.Read(func(fd uintptr) bool {
 		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			r, e := sysRead(fd, b)
 			switch e {
 			case syscall.EINTR:
 				continue
@@ -89,7 +88,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			if len(chunk) > maxRW {
 				chunk = chunk[:maxRW]
 			}
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&chunk[0])), uintptr(len(chunk)))
+			r, e := sysWrite(fd, chunk)
 			switch e {
 			case 0:
 				n += int(r)
