@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
@@ -27,7 +28,19 @@ const maxRW = 1 << 30
 // other method is the TCPConn's.
 type Conn struct {
 	*net.TCPConn
-	rc syscall.RawConn
+	rc     syscall.RawConn
+	rd, wr op
+}
+
+// op is the Read or the Write under way on a connection. Its callback for
+// syscall.RawConn is made once per connection: a closure per call would
+// cost an allocation per read and write.
+type op struct {
+	mu    sync.Mutex // concurrent Reads (or Writes) take turns, as net's do
+	b     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
 }
 
 // Wrap returns c as a Conn if it is a *net.TCPConn, else c itself.
@@ -40,7 +53,9 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &Conn{TCPConn: tc, rc: rc}
+	w := &Conn{TCPConn: tc, rc: rc}
+	w.rd.fn, w.wr.fn = w.rd.read, w.wr.write
+	return w
 }
 
 // Read reads what the socket holds, waiting in the poller if it holds nothing.
@@ -51,21 +66,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) > maxRW {
 		b = b[:maxRW]
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, e := sysRead(fd, b)
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait in the poller, then try again
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	n, errno, err := c.rd.do(c.rc.Read, b)
 	if err != nil {
 		return 0, c.opError("read", err)
 	}
@@ -80,28 +81,10 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 // Write writes all of b, waiting in the poller while the socket's buffer is full.
 func (c *Conn) Write(b []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			chunk := b[n:]
-			if len(chunk) > maxRW {
-				chunk = chunk[:maxRW]
-			}
-			r, e := sysWrite(fd, chunk)
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, errno, err := c.wr.do(c.rc.Write, b)
 	if err != nil {
 		return n, c.opError("write", err)
 	}
@@ -109,6 +92,53 @@ func (c *Conn) Write(b []byte) (int, error) {
 		return n, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return n, nil
+}
+
+// do runs the op over b through RawConn's Read or Write.
+func (o *op) do(raw func(func(uintptr) bool) error, b []byte) (int, syscall.Errno, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.b, o.n, o.errno = b, 0, 0
+	err := raw(o.fn)
+	o.b = nil // the caller's buffer is not ours to keep
+	return o.n, o.errno, err
+}
+
+// read is one read(2); false (nothing yet) makes RawConn wait in the poller.
+func (o *op) read(fd uintptr) bool {
+	for {
+		r, e := sysRead(fd, o.b)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		o.n, o.errno = r, e
+		return true
+	}
+}
+
+// write writes what is left of b; false (socket buffer full) waits.
+func (o *op) write(fd uintptr) bool {
+	for o.n < len(o.b) {
+		chunk := o.b[o.n:]
+		if len(chunk) > maxRW {
+			chunk = chunk[:maxRW]
+		}
+		r, e := sysWrite(fd, chunk)
+		switch e {
+		case 0:
+			o.n += r
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 // ReadFrom copies r into the connection; between two TCP connections the

@@ -174,3 +174,29 @@ func TestWrapLeavesOtherConnections(t *testing.T) {
 		t.Fatal("a connection that is not TCP was wrapped")
 	}
 }
+
+// A read or write on the hot path allocates nothing.
+func TestNoAllocationPerCall(t *testing.T) {
+	if raceEnabled {
+		t.Skip("race builds use syscall.Read and syscall.Write")
+	}
+	c, s := pair(t)
+	in, out := make([]byte, 64), []byte("ping")
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := c.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, in[:len(out)]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, in[:len(out)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per write and read, want 0", allocs)
+	}
+}
