@@ -8,9 +8,10 @@ fortio=$cache/bin/fortio
 if [ ! -x "$fortio" ]; then
   GOBIN=$cache/bin timeout 600 go install fortio.org/fortio@v1.66.5 >&2
 fi
-# nginx-light and its stream module (the peer's east-west gateway: ssl_preread).
-if ! command -v nginx >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream) >&2
+# nginx-light and its stream module (the peer's east-west gateway: ssl_preread),
+# and perf, which counts what each proxy does per request.
+if ! command -v nginx >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ] || ! command -v perf >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream linux-perf) >&2
 fi
 out=$(mktemp)
 pprof=${BENCH_PPROF_DIR:-bench/profiles}
@@ -40,7 +41,7 @@ if [ -s "$prof" ]; then
   echo
   echo "Share of the CPU profile by area, from \`go tool pprof -top -cum\` (a frame's share includes what it calls; areas overlap where one calls another):"
   echo
-  share_table "$prof" "system calls (read, write)|syscall.RawSyscall6" \
+  share_table "$prof" "system calls|internal/runtime/syscall/linux.Syscall6" \
     "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
     "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
     "HTTP/1.1 heads, reading and parsing (h1head.go)|github.com/isthmus-mesh/isthmus/internal/proxy.readHeadInto" \
@@ -59,7 +60,7 @@ if [ -s "$prof" ]; then
     echo
     echo "The same client sidecar relaying the same traffic as TCP (row \"as TCP\", profile \`tcp-0qps\`), for comparison:"
     echo
-    share_table "$tcpprof" "system calls (read, write)|syscall.RawSyscall6" \
+    share_table "$tcpprof" "system calls|internal/runtime/syscall/linux.Syscall6" \
       "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
       "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
       "scheduler (finding work, parking)|runtime.findRunnable"
@@ -70,7 +71,7 @@ if [ -s "$prof" ]; then
   echo
   echo "### Where a sidecar's time goes (client sidecar, gRPC at full speed)"
   echo
-  share_table "$prof" "system calls (read, write)|syscall.RawSyscall6" \
+  share_table "$prof" "system calls|internal/runtime/syscall/linux.Syscall6" \
     "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
     "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
     "writing: flushing what a reader relayed (h2.go)|github.com/isthmus-mesh/isthmus/internal/proxy.(*h2Flush).flush" \

@@ -216,6 +216,8 @@ func BenchmarkDataPlane(b *testing.B) {
 	}
 	section("HTTP/1.1 at 1000 rps", paths, false, 1000, 8)
 	section("HTTP/1.1 at full speed", paths, false, 0, 16)
+	anatomy(b, &md, fortio, runFor, []anatomyPath{{paths[1].name, paths[1].ns, paths[1].url, paths[1].procs, 2},
+		{paths[4].name, paths[4].ns, paths[4].url, paths[4].procs, 2}, {paths[3].name, paths[3].ns, paths[3].url, paths[3].procs, 2}})
 	section("gRPC (fortio ping) at 1000 rps", grpcPaths, true, 1000, 8)
 	section("gRPC (fortio ping) at full speed", grpcPaths, true, 0, 16)
 	result := func(grpc bool, qps int, p path) *fortioResult {
@@ -495,4 +497,90 @@ func children(pid int) []int {
 		}
 	}
 	return out
+}
+
+// anatomyPath is a path whose proxies anatomy counts, with how many hops
+// (proxies a request crosses) share the counts.
+type anatomyPath struct {
+	name, ns, url string
+	procs         map[string]int
+	hops          int
+}
+
+// anatomy writes what one proxy hop does per request at full speed, counted
+// by perf stat over the path's processes: CPU time, system calls by kind
+// and context switches. These runs are extra: tracing every system call
+// slows it, so they are not among the measured rounds.
+func anatomy(b *testing.B, md *strings.Builder, fortio string, runFor time.Duration, ps []anatomyPath) {
+	w := func(format string, a ...any) { fmt.Fprintf(md, format+"\n", a...) }
+	w("### What one proxy hop does per request (HTTP/1.1 at full speed, perf stat)")
+	w("")
+	if _, err := exec.LookPath("perf"); err != nil {
+		w("perf is not installed (Debian: linux-perf): no counts.")
+		w("")
+		return
+	}
+	kinds := []struct{ title, events string }{
+		{"reads", "read,recvfrom,readv,recvmsg"},
+		{"writes", "write,writev,sendto,sendmsg"},
+		{"epoll waits", "epoll_wait,epoll_pwait"},
+		{"futex", "futex"},
+		{"nanosleep", "nanosleep"},
+	}
+	events := []string{"task-clock", "context-switches", "raw_syscalls:sys_enter"}
+	for _, k := range kinds {
+		for _, e := range strings.Split(k.events, ",") {
+			events = append(events, "syscalls:sys_enter_"+e)
+		}
+	}
+	w("A run of %s per path with `perf stat -e %s,... -p <the path's proxies>`; each count divided by the requests fortio completed and by the hops.", runFor, strings.Join(events[:3], ","))
+	w("")
+	head := "| path | CPU µs | system calls |"
+	sep := "|---|---|---|"
+	for _, k := range kinds {
+		head += " " + k.title + " |"
+		sep += "---|"
+	}
+	w("%s context switches |", head)
+	w("%s---|", sep)
+	for _, p := range ps {
+		var pids []string
+		for _, pid := range p.procs {
+			pids = append(pids, strconv.Itoa(pid))
+		}
+		out := filepath.Join(b.TempDir(), "perf.csv")
+		perf := exec.Command("perf", "stat", "-x,", "-o", out, "-e", strings.Join(events, ","), "-p", strings.Join(pids, ","), "--", "sleep", strconv.Itoa(int(runFor.Seconds())))
+		if err := perf.Start(); err != nil {
+			w("| %s | perf: %v |", p.name, err)
+			continue
+		}
+		r, err := load(fortio, p.ns, p.url, false, 0, runFor, 16)
+		perfErr := perf.Wait()
+		if err != nil || perfErr != nil || r.count == 0 {
+			w("| %s | failed: %v %v |", p.name, err, perfErr)
+			continue
+		}
+		counts := map[string]float64{}
+		csv, _ := os.ReadFile(out)
+		for _, line := range strings.Split(string(csv), "\n") {
+			f := strings.Split(line, ",")
+			if len(f) < 3 {
+				continue
+			}
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				counts[f[2]] = v
+			}
+		}
+		per := func(v float64) string { return fmt.Sprintf("%.2f", v/float64(r.count)/float64(p.hops)) }
+		row := fmt.Sprintf("| %s | %.1f | %s |", p.name, counts["task-clock"]*1000/float64(r.count)/float64(p.hops), per(counts["raw_syscalls:sys_enter"]))
+		for _, k := range kinds {
+			var v float64
+			for _, e := range strings.Split(k.events, ",") {
+				v += counts["syscalls:sys_enter_"+e]
+			}
+			row += " " + per(v) + " |"
+		}
+		w("%s %s |", row, per(counts["context-switches"]))
+	}
+	w("")
 }
