@@ -120,7 +120,14 @@ func TestDeadlineCloseAndReset(t *testing.T) {
 }
 
 func TestCopyKeepsBytes(t *testing.T) {
-	// Two wrapped connections: io.Copy hands them to the kernel (splice).
+	// Two wrapped connections: io.Copy reads and writes, no splice.
+	var c net.Conn = &Conn{}
+	if _, ok := c.(io.ReaderFrom); ok {
+		t.Fatal("Conn has ReadFrom: io.Copy would bypass its raw writes")
+	}
+	if _, ok := c.(io.WriterTo); ok {
+		t.Fatal("Conn has WriteTo: io.Copy would bypass its raw reads")
+	}
 	a, aPeer := pair(t)
 	b, bPeer := pair(t)
 	payload := make([]byte, 1<<20)
