@@ -232,7 +232,7 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	}
 	defer lease.Release()
 	down := d.conn
-	// Replay what sniffing read, then let the kernel splice the rest.
+	// Replay what sniffing read, then relay the rest from the socket itself.
 	if sc, ok := down.(*sniff.Conn); ok {
 		if pre := sc.Prefix(); len(pre) > 0 {
 			if _, err := up.Write(pre); err != nil {
