@@ -32,6 +32,7 @@ test: deps kube ## run every test but the benchmarks (needs root for the sandbox
 
 unit: ## run the fast tests only (no sandbox, no root)
 	$(GO) test -race -short -count=1 ./...
+	$(GO) test -short -count=1 ./internal/proxy/ ./internal/proxy/rawtcp/
 
 demo: deps kube ## replay the walkthrough on the sandbox and report what it built
 	$(BIN) sandbox up
