@@ -79,6 +79,15 @@ func TestWalkthrough(t *testing.T) {
 		}
 		return o
 	}
+	// servedBy calls profile n times from sleep (args: curl's extra
+	// arguments) and counts the answers by the cluster that served them.
+	servedBy := func(n int, args string) map[string]int {
+		by := map[string]int{}
+		for _, a := range answers(sleepExec(fmt.Sprintf("for i in $(seq %d); do curl -sS --max-time 5 %s http://profile:8080/profile?id=4; echo; done", n, args))) {
+			by[a.ServedBy.Cluster]++
+		}
+		return by
+	}
 
 	t.Run("every pod of the demo runs with its sidecar, both containers ready", func(t *testing.T) {
 		for cluster, n := range map[string]int{"cluster-eks": 4, "cluster-aks": 1} {
@@ -540,15 +549,8 @@ spec:
   - route: [{destination: {host: profile, subset: v1}}]
 `)
 		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule/profile-versions", "virtualservice/profile")
-		served := func(header string) map[string]int {
-			by := map[string]int{}
-			for _, a := range answers(sleepExec("for i in $(seq 10); do curl -sS --max-time 5 " + header + " http://profile:8080/profile?id=4; echo; done")) {
-				by[a.ServedBy.Cluster]++
-			}
-			return by
-		}
-		eventually(t, "x-canary: yes answered by v2 in cluster-aks only", func() bool { return served("-H 'x-canary: yes'")["cluster-aks"] == 10 })
-		eventually(t, "the rest answered by v1 in cluster-eks only", func() bool { return served("")["cluster-eks"] == 10 })
+		eventually(t, "x-canary: yes answered by v2 in cluster-aks only", func() bool { return servedBy(10, "-H 'x-canary: yes'")["cluster-aks"] == 10 })
+		eventually(t, "the rest answered by v1 in cluster-eks only", func() bool { return servedBy(10, "")["cluster-eks"] == 10 })
 	})
 
 	t.Run("DestinationRule distribute: 80% of calls stay in us-east-1 (cluster-eks), 20% go to eastus (cluster-aks)", func(t *testing.T) {
@@ -569,10 +571,7 @@ spec:
 		var by map[string]int
 		defer func() { t.Logf("distribute 80/20: %v", by) }()
 		eventually(t, "about 80% of 200 calls answered in cluster-eks", func() bool {
-			by = map[string]int{}
-			for _, a := range answers(sleepExec("for i in $(seq 200); do curl -sS --max-time 5 http://profile:8080/profile?id=4; echo; done")) {
-				by[a.ServedBy.Cluster]++
-			}
+			by = servedBy(200, "")
 			return by["cluster-eks"] >= 140 && by["cluster-eks"] <= 180 && by["cluster-eks"]+by["cluster-aks"] == 200
 		})
 	})
@@ -593,10 +592,7 @@ spec:
 				"--fqdn", "profile.multicluster.svc.cluster.local", "-o", "json"}, kc...)...)
 			return r.err == nil && strings.Contains(r.stdout, "http2ProtocolOptions")
 		})
-		by := map[string]int{}
-		for _, a := range answers(sleepExec("for i in $(seq 40); do curl -sS --max-time 5 http://profile:8080/profile?id=4; echo; done")) {
-			by[a.ServedBy.Cluster]++
-		}
+		by := servedBy(40, "")
 		if by["cluster-eks"]+by["cluster-aks"] != 40 || by["cluster-eks"] == 0 || by["cluster-aks"] == 0 {
 			t.Errorf("40 calls over HTTP/2 between sidecars, answered by cluster: %v", by)
 		}
