@@ -34,6 +34,11 @@ share_table() {
     echo "| ${row%%|*} | \`${row#*|}\` | ${v:-below the cut-off} |"
   done
 }
+# Rows every table has: the kernel and TLS first, the scheduler last.
+io_rows=("system calls|internal/runtime/syscall/linux.Syscall6"
+  "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked"
+  "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS")
+sched_row="scheduler (finding work, parking)|runtime.findRunnable"
 prof=$pprof/http-0qps-isthmus-ptest-a.pprof
 if [ -s "$prof" ]; then
   echo
@@ -41,14 +46,12 @@ if [ -s "$prof" ]; then
   echo
   echo "Share of the CPU profile by area, from \`go tool pprof -top -cum\` (a frame's share includes what it calls; areas overlap where one calls another):"
   echo
-  share_table "$prof" "system calls|internal/runtime/syscall/linux.Syscall6" \
-    "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
-    "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
+  share_table "$prof" "${io_rows[@]}" \
     "HTTP/1.1 heads, reading and parsing (h1head.go)|github.com/isthmus-mesh/isthmus/internal/proxy.readHeadInto" \
     "Istio's request metrics|github.com/isthmus-mesh/isthmus/internal/proxy/telemetry.(*Metrics).RequestOn" \
     "memory allocation|runtime.mallocgc" \
     "garbage collection (background mark)|runtime.gcBgMarkWorker" \
-    "scheduler (finding work, parking)|runtime.findRunnable"
+    "$sched_row"
   echo
   echo "HTTP/1.1 runs in the proxy's own loop (internal/proxy/h1serve.go): one goroutine per downstream connection reads a head,"
   echo "parses it in place, writes it with the mesh's headers to a pooled upstream connection on the same goroutine and relays"
@@ -60,10 +63,8 @@ if [ -s "$prof" ]; then
     echo
     echo "The same client sidecar relaying the same traffic as TCP (row \"as TCP\", profile \`tcp-0qps\`), for comparison:"
     echo
-    share_table "$tcpprof" "system calls|internal/runtime/syscall/linux.Syscall6" \
-      "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
-      "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
-      "scheduler (finding work, parking)|runtime.findRunnable"
+    share_table "$tcpprof" "${io_rows[@]}" \
+      "$sched_row"
   fi
 fi
 prof=$pprof/grpc-0qps-isthmus-ptest-a.pprof
@@ -71,9 +72,7 @@ if [ -s "$prof" ]; then
   echo
   echo "### Where a sidecar's time goes (client sidecar, gRPC at full speed)"
   echo
-  share_table "$prof" "system calls|internal/runtime/syscall/linux.Syscall6" \
-    "TLS record layer, writing|crypto/tls.(*Conn).writeRecordLocked" \
-    "TLS record layer, reading|crypto/tls.(*Conn).readRecordOrCCS" \
+  share_table "$prof" "${io_rows[@]}" \
     "writing: flushing what a reader relayed (h2.go)|github.com/isthmus-mesh/isthmus/internal/proxy.(*h2Flush).flush" \
     "frames from clients (h2serve.go)|github.com/isthmus-mesh/isthmus/internal/proxy.(*h2Conn).downstreamFrame" \
     "frames from upstreams (h2.go)|github.com/isthmus-mesh/isthmus/internal/proxy.(*h2Conn).upstreamFrame" \
@@ -81,7 +80,7 @@ if [ -s "$prof" ]; then
     "routing a new stream|github.com/isthmus-mesh/isthmus/internal/proxy.(*h2Stream).begin" \
     "memory allocation|runtime.mallocgc" \
     "garbage collection (background mark)|runtime.gcBgMarkWorker" \
-    "scheduler (finding work, parking)|runtime.findRunnable"
+    "$sched_row"
   echo
   echo "HTTP/2 and gRPC are relayed frame by frame (internal/proxy/h2serve.go, h2.go): each connection's reader decodes a frame"
   echo "with golang.org/x/net/http2's Framer and writes it, under the other connection's lock, to the paired stream there; the"

@@ -89,13 +89,9 @@ func BenchmarkDataPlane(b *testing.B) {
 		}
 	}
 
-	type path struct {
-		name, ns, url string
-		procs         map[string]int
-	}
 	sidecars := map[string]int{"client sidecar": m.procs[nsSleep].Process.Pid, "server sidecar": m.procs[nsProfile].Process.Pid}
 	withGW := map[string]int{"client sidecar": sidecars["client sidecar"], "server sidecar": sidecars["server sidecar"], "gateway": m.procs[nsGW].Process.Pid}
-	paths := []path{
+	paths := []benchPath{
 		{"direct", nsClient, "http://" + ipServer + ":8080/echo", nil},
 		{"isthmus, two sidecars, mTLS", nsSleep, "http://" + vipProf + ":8080/echo", sidecars},
 		{"isthmus, two sidecars + east-west gateway", nsSleep, "http://" + vipX + ":8080/echo", withGW},
@@ -103,7 +99,7 @@ func BenchmarkDataPlane(b *testing.B) {
 		{"isthmus, two sidecars, mTLS, as TCP (no HTTP)", nsSleep, "http://" + vipProf + ":8090/echo", sidecars},
 		{"nginx two hops + nginx SNI gateway (stream, ssl_preread)", nsClient, "http://127.0.0.1:18081/echo", nginxPIDs},
 	}
-	grpcPaths := []path{
+	grpcPaths := []benchPath{
 		{"direct", nsClient, ipServer + ":8079", nil},
 		{"isthmus, two sidecars, mTLS", nsSleep, vipProf + ":8079", sidecars},
 		{"isthmus, two sidecars + east-west gateway", nsSleep, vipX + ":8079", withGW},
@@ -153,7 +149,7 @@ func BenchmarkDataPlane(b *testing.B) {
 	// section runs every path once per round, the paths interleaved, and
 	// reports each figure's median over the rounds (the machine is shared:
 	// one run of a path can land in another tenant's burst).
-	section := func(title string, ps []path, grpc bool, qps int, conns int) {
+	section := func(title string, ps []benchPath, grpc bool, qps int, conns int) {
 		w("### %s", title)
 		w("")
 		w("| path | rps | p50 ms | p90 ms | p99 ms | added p50/p90/p99 ms | proxy CPU-s per 1000 req | proxies RSS / RssAnon MB |")
@@ -216,18 +212,17 @@ func BenchmarkDataPlane(b *testing.B) {
 	}
 	section("HTTP/1.1 at 1000 rps", paths, false, 1000, 8)
 	section("HTTP/1.1 at full speed", paths, false, 0, 16)
-	anatomy(b, &md, fortio, runFor, []anatomyPath{{paths[1].name, paths[1].ns, paths[1].url, paths[1].procs, 2},
-		{paths[4].name, paths[4].ns, paths[4].url, paths[4].procs, 2}, {paths[3].name, paths[3].ns, paths[3].url, paths[3].procs, 2}})
+	anatomy(b, &md, fortio, runFor, []benchPath{paths[1], paths[4], paths[3]})
 	section("gRPC (fortio ping) at 1000 rps", grpcPaths, true, 1000, 8)
 	section("gRPC (fortio ping) at full speed", grpcPaths, true, 0, 16)
-	result := func(grpc bool, qps int, p path) *fortioResult {
+	result := func(grpc bool, qps int, p benchPath) *fortioResult {
 		if r := results[fmt.Sprintf("%t/%d/%s", grpc, qps, p.name)]; r != nil {
 			return r
 		}
 		return &fortioResult{}
 	}
-	get := func(qps int, p path) *fortioResult { return result(false, qps, p) }
-	grpcGet := func(qps int, p path) *fortioResult { return result(true, qps, p) }
+	get := func(qps int, p benchPath) *fortioResult { return result(false, qps, p) }
+	grpcGet := func(qps int, p benchPath) *fortioResult { return result(true, qps, p) }
 	direct, mesh, gw, nginx, l4, nginxGW := paths[0], paths[1], paths[2], paths[3], paths[4], paths[5]
 	w("### Against the goals")
 	w("")
@@ -499,19 +494,19 @@ func children(pid int) []int {
 	return out
 }
 
-// anatomyPath is a path whose proxies anatomy counts, with how many hops
-// (proxies a request crosses) share the counts.
-type anatomyPath struct {
+// benchPath is a way from fortio to its server: the namespace fortio runs
+// in, the URL it calls, and the proxies on the way (name to pid).
+type benchPath struct {
 	name, ns, url string
 	procs         map[string]int
-	hops          int
 }
 
 // anatomy writes what one proxy hop does per request at full speed, counted
-// by perf stat over the path's processes: CPU time, system calls by kind
-// and context switches. These runs are extra: tracing every system call
-// slows it, so they are not among the measured rounds.
-func anatomy(b *testing.B, md *strings.Builder, fortio string, runFor time.Duration, ps []anatomyPath) {
+// by perf stat over the processes of paths of two hops each: CPU time,
+// system calls by kind and context switches. These runs are extra: tracing
+// every system call slows it, so they are not among the measured rounds.
+func anatomy(b *testing.B, md *strings.Builder, fortio string, runFor time.Duration, ps []benchPath) {
+	const hops = 2
 	w := func(format string, a ...any) { fmt.Fprintf(md, format+"\n", a...) }
 	w("### What one proxy hop does per request (HTTP/1.1 at full speed, perf stat)")
 	w("")
@@ -571,8 +566,8 @@ func anatomy(b *testing.B, md *strings.Builder, fortio string, runFor time.Durat
 				counts[f[2]] = v
 			}
 		}
-		per := func(v float64) string { return fmt.Sprintf("%.2f", v/float64(r.count)/float64(p.hops)) }
-		row := fmt.Sprintf("| %s | %.1f | %s |", p.name, counts["task-clock"]*1000/float64(r.count)/float64(p.hops), per(counts["raw_syscalls:sys_enter"]))
+		per := func(v float64) string { return fmt.Sprintf("%.2f", v/float64(r.count)/hops) }
+		row := fmt.Sprintf("| %s | %.1f | %s |", p.name, counts["task-clock"]*1000/float64(r.count)/hops, per(counts["raw_syscalls:sys_enter"]))
 		for _, k := range kinds {
 			var v float64
 			for _, e := range strings.Split(k.events, ",") {
