@@ -37,10 +37,11 @@ import (
 // The loop serves requests it is sure of: HTTP/1.1, a plain path, no body
 // or a Content-Length of at most 64 KiB (kept for retries), no Upgrade or
 // Expect, a route without fault injection or consistent hashing to an
-// HTTP/1.1 upstream, allowed by RBAC. The first request that is not, or an HTTP/2 preface, hands the
-// connection with every byte read so far to net/http (serveStd), which
-// serves it from then on with the full handler. Nothing has been sent
-// upstream or downstream for that request when it is handed over.
+// HTTP/1.1 upstream, allowed by RBAC. The first request that is not, or
+// an HTTP/2 preface, hands the connection with every byte read so far to
+// net/http (serveStd), which serves it from then on with the full
+// handler. Nothing has been sent upstream or downstream for that request
+// when it is handed over.
 
 // maxH1Head bounds a message head the loop reads; larger go to net/http.
 const maxH1Head = 16 << 10

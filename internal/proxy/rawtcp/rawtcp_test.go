@@ -83,7 +83,7 @@ func TestReadWaitsForData(t *testing.T) {
 }
 
 func TestDeadlineCloseAndReset(t *testing.T) {
-	c, s := pair(t)
+	c, _ := pair(t)
 	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	_, err := c.Read(make([]byte, 10))
 	var ne net.Error
@@ -112,7 +112,6 @@ func TestDeadlineCloseAndReset(t *testing.T) {
 	c2, s2 := pair(t)
 	s2.SetLinger(0)
 	s2.Close()
-	_ = s
 	time.Sleep(20 * time.Millisecond)
 	if _, err := c2.Read(make([]byte, 10)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("Read after a reset: %v; want ECONNRESET", err)
