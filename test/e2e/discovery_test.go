@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -380,18 +381,30 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 		if _, err := secrets.Create(context.Background(), secret("istio-remote-secret-broken", "cluster-broken", "this is not a kubeconfig"), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "cluster-broken in error, cluster-aks synced", func() bool {
+		// cluster-aks's own API server, but without verifying its certificate:
+		// refused, as a man in the middle would be believed.
+		aks, _ := os.ReadFile(aksAdmin)
+		insecure := regexp.MustCompile(`(?m)^(\s*)certificate-authority-data: .*$`).ReplaceAllString(string(aks), "${1}insecure-skip-tls-verify: true")
+		if insecure == string(aks) {
+			t.Fatalf("no certificate-authority-data to replace in\n%s", aks)
+		}
+		if _, err := secrets.Create(context.Background(), secret("istio-remote-secret-insecure", "cluster-insecure", insecure), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "cluster-broken and cluster-insecure in error, cluster-aks synced", func() bool {
 			var st []struct{ ID, State, Error string }
 			if json.Unmarshal([]byte(get("/debug/clusterz")), &st) != nil {
 				return false
 			}
 			ok := 0
 			for _, s := range st {
-				if (s.ID == "cluster-broken" && s.State == "error" && strings.Contains(s.Error, "kubeconfig")) || (s.ID == "cluster-aks" && s.State == "synced") {
+				if (s.ID == "cluster-broken" && s.State == "error" && strings.Contains(s.Error, "kubeconfig")) ||
+					(s.ID == "cluster-insecure" && s.State == "error" && strings.Contains(s.Error, "insecure-skip-tls-verify")) ||
+					(s.ID == "cluster-aks" && s.State == "synced") {
 					ok++
 				}
 			}
-			return ok == 2
+			return ok == 3
 		})
 		eventually(t, "metrics reporting the broken cluster", func() bool {
 			return strings.Contains(get("/metrics"), `istiod_remote_cluster_sync_status{cluster="cluster-broken",status="error"} 1`)

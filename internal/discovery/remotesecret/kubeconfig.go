@@ -3,6 +3,7 @@ package remotesecret
 import (
 	"errors"
 	"fmt"
+	"net/url"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -48,6 +49,15 @@ func RESTConfig(kubeconfig []byte) (*rest.Config, error) {
 	rc, err := clientcmd.NewDefaultClientConfig(*cfg, &clientcmd.ConfigOverrides{CurrentContext: ctxName}).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig is invalid: %w", err)
+	}
+	// The control plane sends the reader's token to this server and
+	// trusts what it says about every pod and endpoint: it must be the
+	// cluster's API server, proven by TLS.
+	if rc.Insecure {
+		return nil, errors.New("kubeconfig sets insecure-skip-tls-verify, so anyone on the path could pose as the cluster's API server; embed its certificate-authority-data instead")
+	}
+	if u, err := url.Parse(rc.Host); err == nil && u.Scheme == "http" {
+		return nil, fmt.Errorf("kubeconfig's server %s is plain http; use the API server's https address and certificate-authority-data", rc.Host)
 	}
 	return rc, nil
 }

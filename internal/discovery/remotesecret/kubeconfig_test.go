@@ -6,12 +6,16 @@ import (
 )
 
 func kubeconfig(user string) string {
+	return kubeconfigFor(`{server: "https://198.18.2.1:6443", certificate-authority-data: ""}`, user)
+}
+
+func kubeconfigFor(cluster, user string) string {
 	return `apiVersion: v1
 kind: Config
 current-context: c
 clusters:
 - name: c
-  cluster: {server: "https://198.18.2.1:6443", certificate-authority-data: ""}
+  cluster: ` + cluster + `
 contexts:
 - name: c
   context: {cluster: c, user: u}
@@ -21,7 +25,7 @@ users:
 ` + user
 }
 
-func TestRestConfigRefusesWhatRunsCodeOrReadsFiles(t *testing.T) {
+func TestRestConfigRefusesUnsafeKubeconfigs(t *testing.T) {
 	tests := []struct {
 		name, kubeconfig, wantErr string
 	}{
@@ -32,6 +36,8 @@ func TestRestConfigRefusesWhatRunsCodeOrReadsFiles(t *testing.T) {
 		{"a token file is refused", kubeconfig("    tokenFile: /var/run/secrets/token\n"), "token file"},
 		{"client certificate paths are refused", kubeconfig("    client-certificate: /etc/cert.pem\n    client-key: /etc/key.pem\n"), "client certificate files"},
 		{"an auth provider other than oidc is refused", kubeconfig("    auth-provider: {name: gcp}\n"), `auth provider "gcp"`},
+		{"insecure-skip-tls-verify is refused", kubeconfigFor(`{server: "https://198.18.2.1:6443", insecure-skip-tls-verify: true}`, "    token: abc\n"), "insecure-skip-tls-verify"},
+		{"a plain http server is refused", kubeconfigFor(`{server: "http://198.18.2.1:8080"}`, "    token: abc\n"), "plain http"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
