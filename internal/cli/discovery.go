@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery"
 	"github.com/isthmus-mesh/isthmus/internal/version"
@@ -41,11 +40,11 @@ their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registry
 			if err != nil {
 				return err
 			}
-			rc.QPS, rc.Burst = 100, 200
-			cfg.Client, err = kubernetes.NewForConfig(rc)
+			cfg.Client, cfg.Reviews, err = discovery.Clients(rc)
 			if err != nil {
 				return err
 			}
+			rc.QPS, rc.Burst = 100, 200
 			cfg.IstioClient, err = istioclient.NewForConfig(rc)
 			if err != nil {
 				return err

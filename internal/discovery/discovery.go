@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/config"
@@ -40,6 +41,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/secretaccess"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
@@ -80,8 +82,11 @@ type Config struct {
 	// RemoteSyncTimeout bounds how long an unsynced remote cluster delays readiness.
 	RemoteSyncTimeout time.Duration
 	Client            kubernetes.Interface
-	IstioClient       istioclient.Interface
-	Log               *slog.Logger
+	// Reviews is the local cluster's client for token and access reviews
+	// only (see Clients); nil shares Client.
+	Reviews     kubernetes.Interface
+	IstioClient istioclient.Interface
+	Log         *slog.Logger
 }
 
 // Validate reports the first missing setting.
@@ -138,18 +143,26 @@ func Run(ctx context.Context, cfg Config) error {
 	running := &members{m: map[string]*member{}}
 	authority.Subscribe(func(*ca.Authority) { running.resyncRoots() })
 	root := func() []byte { return authority.Current().RootPEM() }
-	newCluster := func(id string, client kubernetes.Interface, network string) *meshCluster {
+	newCluster := func(id string, client, reviews kubernetes.Interface, network string) *meshCluster {
 		return &meshCluster{
 			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
 				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: log}),
-			id: id, client: client, members: running, roots: rootcert.New(client, id, root, log),
+			id: id, reviews: reviews, members: running, roots: rootcert.New(client, id, root, log),
 		}
 	}
-	local := newCluster(cfg.ClusterID, cfg.Client, cfg.Network)
+	reviews := cfg.Reviews
+	if reviews == nil {
+		reviews = cfg.Client
+	}
+	local := newCluster(cfg.ClusterID, cfg.Client, reviews, cfg.Network)
 	secrets := &remotesecret.Controller{
 		Client: cfg.Client, Namespace: cfg.Namespace, LocalCluster: cfg.ClusterID,
-		NewCluster: func(id string, c kubernetes.Interface) remotesecret.Cluster {
-			return newCluster(id, c, mesh.NetworkOf(id))
+		NewCluster: func(id string, rc *rest.Config) (remotesecret.Cluster, error) {
+			client, reviews, err := Clients(rc)
+			if err != nil {
+				return nil, err
+			}
+			return newCluster(id, client, reviews, mesh.NetworkOf(id)), nil
 		},
 		Remove: reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: log, Metrics: metrics,
 	}
@@ -163,7 +176,10 @@ func Run(ctx context.Context, cfg Config) error {
 	store.Subscribe(xdsServer.Trigger)
 	xdsServer.Config = store
 
-	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.client, Clusters: running.ids}
+	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
+	// Gateways' TLS credentials only to authenticated gateways whose
+	// service account may read them, asked of the gateway's own cluster.
+	xdsServer.Credentials = &secretaccess.Authorizer{Client: running.reviews}
 	serving := &ca.ServingCert{Store: authority, Log: log, DNSNames: []string{
 		"istiod." + cfg.Namespace + ".svc", "istiod." + cfg.Namespace + ".svc." + cfg.Domain,
 		"istiod-remote." + cfg.Namespace + ".svc",
@@ -185,7 +201,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if err != nil {
 				return err
 			}
-			return h(srv, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Namespace: who.Namespace, ServiceAccount: who.ServiceAccount})})
+			return h(srv, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Cluster: who.Cluster, Namespace: who.Namespace, ServiceAccount: who.ServiceAccount})})
 		}))...)
 	xdsServer.Register(grpcServer, secureServer)
 	certs := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log)
@@ -304,6 +320,24 @@ func Run(ctx context.Context, cfg Config) error {
 	secureServer.Stop()
 	_ = httpServer.Close()
 	return first
+}
+
+// Clients makes a cluster's two API clients: one that watches and writes
+// (informers, root certificates) and one only for token and access
+// reviews, each with its own rate limit, so proxies' authentication and
+// certificate renewals never queue behind a burst of other requests.
+func Clients(rc *rest.Config) (client, reviews kubernetes.Interface, err error) {
+	watch := rest.CopyConfig(rc)
+	watch.QPS, watch.Burst = 100, 200
+	if client, err = kubernetes.NewForConfig(watch); err != nil {
+		return nil, nil, err
+	}
+	review := rest.CopyConfig(rc)
+	review.QPS, review.Burst = 50, 100
+	if reviews, err = kubernetes.NewForConfig(review); err != nil {
+		return nil, nil, err
+	}
+	return client, reviews, nil
 }
 
 // identityStream carries the authenticated caller in the stream's context.

@@ -19,18 +19,19 @@ type members struct {
 }
 
 type member struct {
-	client kubernetes.Interface
-	roots  *rootcert.Publisher
+	// reviews asks the cluster's API server about tokens and access.
+	reviews kubernetes.Interface
+	roots   *rootcert.Publisher
 }
 
-func (ms *members) client(id string) (kubernetes.Interface, bool) {
+func (ms *members) reviews(id string) (kubernetes.Interface, bool) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	m, ok := ms.m[id]
 	if !ok {
 		return nil, false
 	}
-	return m.client, true
+	return m.reviews, true
 }
 
 func (ms *members) ids() []string {
@@ -53,19 +54,19 @@ func (ms *members) resyncRoots() {
 }
 
 // meshCluster is one cluster's registry controller plus its membership:
-// while it runs, its client answers token reviews and its namespaces get
-// the root certificate. A rotated remote secret starts the new one before
+// while it runs, its reviews client answers token and access reviews, and
+// its namespaces get the root certificate. A rotated remote secret starts the new one before
 // the old one stops; the old one then leaves without removing the new.
 type meshCluster struct {
 	*kubecluster.Controller
 	id      string
-	client  kubernetes.Interface
+	reviews kubernetes.Interface
 	members *members
 	roots   *rootcert.Publisher
 }
 
 func (c *meshCluster) Run(ctx context.Context) error {
-	me := &member{client: c.client, roots: c.roots}
+	me := &member{reviews: c.reviews, roots: c.roots}
 	c.members.mu.Lock()
 	c.members.m[c.id] = me
 	c.members.mu.Unlock()

@@ -381,6 +381,10 @@ spec:
 		}
 	})
 
+	t.Run("security: a pod of the mesh cannot get the ingress gateway's credential from the control plane, however it asks", func(t *testing.T) {
+		securityBoundary(t, e)
+	})
+
 	t.Run("STRICT mTLS mesh-wide: plaintext from outside the mesh is refused in both clusters; mesh calls and probes go on", func(t *testing.T) {
 		const client = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: curl, namespace: outside}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{name: curl, image: curlimages/curl, command: [sleep, infinity]}]\n"
 		plaintext := func(cluster string) error {

@@ -2,9 +2,16 @@ package ca
 
 import (
 	"context"
+	"crypto/sha256"
+	"net"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/peer"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -34,6 +41,12 @@ func (c Caller) Identity(trustDomain string) string {
 // TokenReview in the cluster the caller says it is in (gRPC metadata
 // `clusterid`, as Istio's agent sends it), so a remote cluster's tokens are
 // reviewed by the remote API server that issued them.
+//
+// Answers are reused briefly (a token accepted for 30 s, refused for 5 s):
+// a proxy's xDS stream and its certificate requests, and the reconnects of
+// many proxies at once, then cost one review per token. Reviews are
+// limited per caller address (ReviewsPerSecond, bursts of ten times that),
+// so one pod sending made-up tokens cannot flood an API server.
 type KubeAuthenticator struct {
 	LocalCluster string
 	// Client returns the API client of a cluster the mesh knows.
@@ -41,6 +54,32 @@ type KubeAuthenticator struct {
 	// Clusters lists the known cluster IDs, for the error message.
 	Clusters  func() []string
 	Audiences []string
+	// ReviewsPerSecond per caller address; zero means 20. Remote proxies
+	// reach the control plane through their east-west gateway and share
+	// its address.
+	ReviewsPerSecond float64
+
+	mu      sync.Mutex
+	answers map[[32]byte]answer
+	callers map[string]*callerLimit
+	pruned  time.Time
+}
+
+// Reuse of a review's answer.
+const (
+	acceptedFor = 30 * time.Second
+	refusedFor  = 5 * time.Second
+)
+
+type answer struct {
+	caller  Caller
+	err     error
+	expires time.Time
+}
+
+type callerLimit struct {
+	*rate.Limiter
+	seen time.Time
 }
 
 // Authenticate reads `authorization: Bearer <token>` and `clusterid`
@@ -64,6 +103,73 @@ func (k *KubeAuthenticator) Authenticate(ctx context.Context) (Caller, error) {
 		sort.Strings(known)
 		return Caller{}, status.Errorf(codes.Unauthenticated, "client claims to be in cluster %q, but this control plane knows only %s (is its remote secret applied?)", cluster, strings.Join(known, ", "))
 	}
+	key := sha256.Sum256([]byte(cluster + "\x00" + token))
+	now := time.Now()
+	k.mu.Lock()
+	if a, ok := k.answers[key]; ok && now.Before(a.expires) {
+		k.mu.Unlock()
+		return a.caller, a.err
+	}
+	allowed := k.limit(ctx, now)
+	k.mu.Unlock()
+	if !allowed {
+		return Caller{}, status.Error(codes.ResourceExhausted, "too many token reviews from this address; retry later")
+	}
+	caller, final, err := k.review(ctx, client, cluster, token)
+	if final {
+		ttl := acceptedFor
+		if err != nil {
+			ttl = refusedFor
+		}
+		k.mu.Lock()
+		k.answers[key] = answer{caller: caller, err: err, expires: now.Add(ttl)}
+		k.mu.Unlock()
+	}
+	return caller, err
+}
+
+// limit takes one review from the caller's budget (k.mu held), and now and
+// then forgets expired answers and callers gone quiet.
+func (k *KubeAuthenticator) limit(ctx context.Context, now time.Time) bool {
+	if k.answers == nil {
+		k.answers, k.callers = map[[32]byte]answer{}, map[string]*callerLimit{}
+	}
+	if now.Sub(k.pruned) > time.Minute {
+		k.pruned = now
+		for key, a := range k.answers {
+			if now.After(a.expires) {
+				delete(k.answers, key)
+			}
+		}
+		for addr, c := range k.callers {
+			if now.Sub(c.seen) > 10*time.Minute {
+				delete(k.callers, addr)
+			}
+		}
+	}
+	addr := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			addr = host
+		}
+	}
+	c := k.callers[addr]
+	if c == nil {
+		per := k.ReviewsPerSecond
+		if per == 0 {
+			per = 20
+		}
+		c = &callerLimit{Limiter: rate.NewLimiter(rate.Limit(per), int(per*10))}
+		k.callers[addr] = c
+	}
+	c.seen = now
+	return c.AllowN(now, 1)
+}
+
+// review asks the cluster about a token; final says the answer is the
+// token's own (worth reusing), not a failure to ask.
+func (k *KubeAuthenticator) review(ctx context.Context, client kubernetes.Interface, cluster, token string) (Caller, bool, error) {
 	auds := k.Audiences
 	if len(auds) == 0 {
 		auds = []string{DefaultAudience}
@@ -72,7 +178,7 @@ func (k *KubeAuthenticator) Authenticate(ctx context.Context) (Caller, error) {
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: auds},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return Caller{}, status.Errorf(codes.Unavailable, "token review in cluster %q failed: %v", cluster, err)
+		return Caller{}, false, status.Errorf(codes.Unavailable, "token review in cluster %q failed: %v", cluster, err)
 	}
 	st := review.Status
 	if !st.Authenticated {
@@ -80,14 +186,14 @@ func (k *KubeAuthenticator) Authenticate(ctx context.Context) (Caller, error) {
 		if why == "" {
 			why = "not authenticated"
 		}
-		return Caller{}, status.Errorf(codes.Unauthenticated, "token rejected by cluster %q: %s (expired, wrong audience, deleted pod, or issued by another cluster?)", cluster, why)
+		return Caller{}, true, status.Errorf(codes.Unauthenticated, "token rejected by cluster %q: %s (expired, wrong audience, deleted pod, or issued by another cluster?)", cluster, why)
 	}
 	if len(st.Audiences) > 0 && !slices.ContainsFunc(st.Audiences, func(a string) bool { return slices.Contains(auds, a) }) {
-		return Caller{}, status.Errorf(codes.Unauthenticated, "token audiences %v do not include %v", st.Audiences, auds)
+		return Caller{}, true, status.Errorf(codes.Unauthenticated, "token audiences %v do not include %v", st.Audiences, auds)
 	}
 	parts := strings.Split(st.User.Username, ":")
 	if len(parts) != 4 || parts[0] != "system" || parts[1] != "serviceaccount" || parts[2] == "" || parts[3] == "" {
-		return Caller{}, status.Errorf(codes.Unauthenticated, "token of %q is not a service account's", st.User.Username)
+		return Caller{}, true, status.Errorf(codes.Unauthenticated, "token of %q is not a service account's", st.User.Username)
 	}
-	return Caller{Cluster: cluster, Namespace: parts[2], ServiceAccount: parts[3]}, nil
+	return Caller{Cluster: cluster, Namespace: parts[2], ServiceAccount: parts[3]}, true, nil
 }

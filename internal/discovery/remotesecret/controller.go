@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -37,8 +38,9 @@ type Cluster interface {
 	Resync()
 }
 
-// Factory builds a Cluster for an ID and a client.
-type Factory func(id string, client kubernetes.Interface) Cluster
+// Factory builds a Cluster for an ID from the remote secret's client
+// configuration (the factory makes its clients: it knows what each is for).
+type Factory func(id string, rc *rest.Config) (Cluster, error)
 
 // Status is one remote cluster as the controller sees it.
 type Status struct {
@@ -203,10 +205,10 @@ func (c *Controller) apply(ctx context.Context, secret, id string, kubeconfig []
 	}
 	rc, err := RESTConfig(kubeconfig)
 	if err == nil {
-		var client kubernetes.Interface
-		client, err = kubernetes.NewForConfig(rc)
+		var cluster Cluster
+		cluster, err = c.NewCluster(id, rc)
 		if err == nil {
-			r := &remote{id: id, secret: secret, hash: h, started: time.Now(), cluster: c.NewCluster(id, client)}
+			r := &remote{id: id, secret: secret, hash: h, started: time.Now(), cluster: cluster}
 			rctx, cancel := context.WithCancel(ctx)
 			r.cancel = cancel
 			go func() {

@@ -43,6 +43,23 @@ type Proxy struct {
 	// Locality is where the proxy runs: the node's locality if it sends
 	// one, else its pod's, which the control plane looks up by address.
 	Locality registry.Locality
+
+	// identity is what the stream's token proved; nil on the plaintext
+	// port. Never read from node metadata.
+	identity *Identity
+	// credentials: the proxy receives its namespace's TLS credentials
+	// (only with an identity, and only when authorized).
+	credentials bool
+}
+
+// key names the proxy's state on the server: streams that proved an
+// identity never share state with a plaintext stream (or another
+// identity) that claims the same node ID.
+func (p *Proxy) key() string {
+	if p.identity == nil {
+		return p.ID
+	}
+	return p.ID + " " + p.identity.String()
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.

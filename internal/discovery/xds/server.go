@@ -40,6 +40,10 @@ type Server struct {
 	// a push never waits more than 10 debounce periods.
 	Debounce time.Duration
 	Metrics  prometheus.Registerer
+	// Credentials decides which authenticated routers receive their
+	// namespace's TLS credentials; nil: none does. Streams without a
+	// proven identity (the plaintext port) never do.
+	Credentials CredentialAuthorizer
 
 	anys   *anyCache
 	budget *sendBudget
@@ -80,8 +84,21 @@ type proxyState struct {
 	version int64
 }
 
-// Identity is who opened a stream, proven by its token on the TLS port.
-type Identity struct{ Namespace, ServiceAccount string }
+// Identity is who opened a stream, proven by its token on the TLS port:
+// the cluster whose API server reviewed the token, and the token's
+// service account.
+type Identity struct{ Cluster, Namespace, ServiceAccount string }
+
+func (id Identity) String() string {
+	return id.Namespace + "/" + id.ServiceAccount + "@" + id.Cluster
+}
+
+// CredentialAuthorizer decides whether a workload may receive the TLS
+// credentials (Secrets named by credentialName) of its own namespace:
+// as in Istio, when its service account may read Secrets there.
+type CredentialAuthorizer interface {
+	AuthorizeCredentials(ctx context.Context, id Identity) error
+}
 
 type identityKey struct{}
 
@@ -224,6 +241,9 @@ func (s *Server) Run(ctx context.Context) error {
 // regenerating only the load assignments of hosts in the views the last
 // push generated.
 func (s *Server) pushAll(full bool, hosts map[string]bool) {
+	if full {
+		s.reauthorize()
+	}
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.proxies))
 	for id := range s.proxies {
@@ -246,6 +266,33 @@ func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	s.memoMu.Unlock()
 	for _, id := range ids {
 		s.updateWith(id, m)
+	}
+}
+
+// reauthorize decides again which gateways may receive their
+// credentials (a Role granted or taken away since they connected; the
+// authorizer caches its answers briefly).
+func (s *Server) reauthorize() {
+	s.mu.Lock()
+	var routers []*Proxy
+	for _, st := range s.proxies {
+		if st.proxy.identity != nil && st.proxy.Type == Router {
+			routers = append(routers, st.proxy)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range routers {
+		ok := s.authorizeCredentials(context.Background(), p)
+		if ok == p.credentials {
+			continue
+		}
+		cp := *p
+		cp.credentials = ok
+		s.mu.Lock()
+		if st := s.proxies[p.key()]; st != nil && st.proxy == p {
+			st.proxy = &cp
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -414,6 +461,7 @@ func (s *Server) snapshot(id string) *cachev3.Snapshot {
 type snapKey struct {
 	view                     viewKey
 	namespace, ports, policy string
+	credentials              bool
 }
 
 // snapshotFor assembles a proxy's snapshot from what the push already
@@ -432,7 +480,7 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 	sidecar := p.Type == Sidecar && p.Generator != GeneratorGRPC
 	var ports InboundPorts
 	var pol InboundPolicy
-	key := snapKey{view: keyOf(p)}
+	key := snapKey{view: keyOf(p), credentials: p.credentials}
 	if sidecar {
 		if m.inbound == nil {
 			m.inbound = NewInboundIndex(s.Registry, sh.services)
@@ -451,6 +499,9 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 	// left nil, the cache would re-hash every resource for every proxy.
 	snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
 	for i := range sh.items {
+		if types.ResponseType(i) == types.Secret && !p.credentials {
+			continue // TLS credentials go only to authorized gateways
+		}
 		snap.Resources[i] = cachev3.Resources{Version: sh.versions[i], Items: sh.items[i]}
 		if url, err := cachev3.GetResponseTypeURL(types.ResponseType(i)); err == nil {
 			snap.VersionMap[url] = sh.hashes[i]
@@ -563,14 +614,9 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 	p, err := ParseNode(n)
 	if err == nil {
 		if who, ok := c.ctx.Value(identityKey{}).(Identity); ok {
-			switch {
-			case p.Namespace != who.Namespace:
-				err = fmt.Errorf("node %q is in namespace %q but its token is for %s/%s", p.ID, p.Namespace, who.Namespace, who.ServiceAccount)
-			case p.ServiceAccount != "" && p.ServiceAccount != who.ServiceAccount:
-				err = fmt.Errorf("node %q claims service account %q but its token is for %s/%s", p.ID, p.ServiceAccount, who.Namespace, who.ServiceAccount)
-			}
-			if err != nil {
-				err = status.Error(codes.PermissionDenied, err.Error())
+			if err = claims(p, who); err == nil {
+				p.identity = &who
+				p.credentials = s.authorizeCredentials(c.ctx, p)
 			}
 		}
 	}
@@ -578,12 +624,13 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 		s.Log.Warn("xDS client refused", "node", n.GetId(), "err", err)
 		return err
 	}
+	key := p.key()
 	s.mu.Lock()
-	c.proxy = p.ID
-	st, ok := s.proxies[p.ID]
+	c.proxy = key
+	st, ok := s.proxies[key]
 	if !ok {
 		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}, conns: map[*adsConn]struct{}{}}
-		s.proxies[p.ID] = st
+		s.proxies[key] = st
 	}
 	st.proxy = p
 	st.conns[c] = struct{}{}
@@ -591,9 +638,49 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 		c.snap.Store(st.snap)
 	}
 	s.mu.Unlock()
-	s.Log.Info("proxy connected", "proxy", p.ID, "cluster", p.ClusterID, "network", p.Network)
-	s.update(p.ID)
+	s.Log.Info("proxy connected", "proxy", p.ID, "cluster", p.ClusterID, "network", p.Network, "authenticated", p.identity != nil)
+	s.update(key)
 	return nil
+}
+
+// claims checks what a node says of itself against what its token
+// proved: namespace, service account (when it names one) and cluster (a
+// node naming none is in the cluster that reviewed its token).
+func claims(p *Proxy, who Identity) error {
+	var err error
+	switch {
+	case p.Namespace != who.Namespace:
+		err = fmt.Errorf("node %q is in namespace %q but its token is for %s/%s", p.ID, p.Namespace, who.Namespace, who.ServiceAccount)
+	case p.ServiceAccount != "" && p.ServiceAccount != who.ServiceAccount:
+		err = fmt.Errorf("node %q claims service account %q but its token is for %s/%s", p.ID, p.ServiceAccount, who.Namespace, who.ServiceAccount)
+	case p.ClusterID != "" && who.Cluster != "" && p.ClusterID != who.Cluster:
+		err = fmt.Errorf("node %q claims cluster %q but its token was reviewed by cluster %q (the clusterid the proxy sends with its token must be its CLUSTER_ID)", p.ID, p.ClusterID, who.Cluster)
+	}
+	if err != nil {
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	if p.ClusterID == "" {
+		p.ClusterID = who.Cluster
+	}
+	return nil
+}
+
+// authorizeCredentials tells whether an authenticated router may receive
+// the TLS credentials of its namespace. Only routers are sent any.
+func (s *Server) authorizeCredentials(ctx context.Context, p *Proxy) bool {
+	if p.identity == nil || p.Type != Router {
+		return false
+	}
+	if s.Credentials == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.Credentials.AuthorizeCredentials(ctx, *p.identity); err != nil {
+		s.warnOnce(fmt.Sprintf("gateway %s gets no TLS credentials (credentialName): %v", p.identity, err))
+		return false
+	}
+	return true
 }
 
 // disconnect forgets a stream, and its proxy with its last stream.
@@ -658,8 +745,8 @@ func (s *Server) Status() []ProxyStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.proxies))
-	for id, st := range s.proxies {
-		ps := ProxyStatus{ID: id, ClusterID: st.proxy.ClusterID, Network: st.proxy.Network, Version: st.proxy.IstioVersion,
+	for _, st := range s.proxies {
+		ps := ProxyStatus{ID: st.proxy.ID, ClusterID: st.proxy.ClusterID, Network: st.proxy.Network, Version: st.proxy.IstioVersion,
 			Sent: map[string]string{}, Acked: map[string]string{}, Nacked: map[string]string{}}
 		for k, v := range st.sent {
 			ps.Sent[shortType(k)] = v

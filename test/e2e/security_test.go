@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	authnv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
+)
+
+// securityBoundary plays the attacker from inside the mesh after the
+// walkthrough: a pod of the mesh (sleep) asks the control plane for the
+// ingress gateway's TLS credential in every way it can, and gets no
+// private key; the gateway itself keeps serving with it.
+func securityBoundary(t *testing.T, e *sandboxEnv) {
+	ctx := context.Background()
+	eks := e.clients["cluster-eks"]
+	gwPod := e.waitReady("cluster-eks", "istio-system", "istio=ingressgateway", 1)[0]
+	sleep := e.waitReady("cluster-eks", "multicluster", "app=sleep", 1)[0]
+	istiod, err := eks.CoreV1().Services("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lb string
+	eventually(t, "istio-ingressgateway has a load-balancer address", func() bool {
+		svc, err := eks.CoreV1().Services("istio-system").Get(ctx, "istio-ingressgateway", metav1.GetOptions{})
+		if err == nil && len(svc.Status.LoadBalancer.Ingress) > 0 {
+			lb = svc.Status.LoadBalancer.Ingress[0].IP
+		}
+		return lb != ""
+	})
+
+	// The credential: the same Secret in istio-system (the gateway's) and
+	// in multicluster (sleep's own namespace), and a Gateway using it.
+	ca := newTestCA(t, "probe-ca", nil)
+	certPEM, keyPEM := ca.serving(t, "probe.example.com")
+	secret := func(ns string) string {
+		return fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata: {name: probe-cert, namespace: %s}\ntype: kubernetes.io/tls\ndata: {tls.crt: %s, tls.key: %s}\n",
+			ns, base64.StdEncoding.EncodeToString(certPEM), base64.StdEncoding.EncodeToString(keyPEM))
+	}
+	e.apply("cluster-eks", secret("istio-system")+"---\n"+secret("multicluster")+`---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: probe, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-probe, protocol: HTTPS}
+    hosts: [probe.example.com]
+    tls: {mode: SIMPLE, credentialName: probe-cert}
+`)
+	t.Cleanup(func() {
+		e.kubectl("cluster-eks", "", "delete", "-n", "istio-system", "gateway/probe", "secret/probe-cert")
+		e.kubectl("cluster-eks", "", "delete", "-n", "multicluster", "secret/probe-cert")
+	})
+	gatewayServes := func() bool {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", lb+":443", &tls.Config{ServerName: "probe.example.com", RootCAs: ca.pool()})
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	}
+	eventually(t, "the ingress gateway serves probe.example.com with the credential", gatewayServes)
+
+	// A token of sleep's service account bound to its pod, audience
+	// istio-ca: what sleep's own proxy presents.
+	exp := int64(3600)
+	tr, err := eks.CoreV1().ServiceAccounts("multicluster").CreateToken(ctx, sleep.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences: []string{"istio-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: sleep.Name, UID: sleep.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleepToken := tr.Status.Token
+	// Connections start inside sleep's network namespace, as a process of
+	// the pod would (its sidecar relays them to istiod).
+	fromSleep := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		return network.Dialer(network.PodNSPrefix+string(sleep.UID))(ctx, "tcp", addr)
+	})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(e.rootOf("cluster-eks"))
+	plaintext := grpc.WithTransportCredentials(insecure.NewCredentials())
+	overTLS := grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod.istio-system.svc"}))
+	router := func(ns, cluster string) *core.Node {
+		labels, _ := structpb.NewStruct(map[string]any{"istio": "ingressgateway"})
+		md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": cluster, "NAMESPACE": ns})
+		md.Fields["LABELS"] = structpb.NewStructValue(labels)
+		return &core.Node{Id: fmt.Sprintf("router~%s~istio-ingressgateway-fake.%s~%s.svc.cluster.local", sleep.Status.PodIP, ns, ns), Metadata: md}
+	}
+	// ask opens an ADS stream to istiod:port and asks for the credential;
+	// it returns the secrets of the first Secret answer (none within 5 s
+	// counts as none), or the stream's error.
+	ask := func(port int, creds grpc.DialOption, token, cluster string, node *core.Node) ([]*tlsv3.Secret, error) {
+		conn, err := grpc.NewClient(fmt.Sprintf("passthrough:///%s:%d", istiod.Spec.ClusterIP, port), creds, fromSleep)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		if token != "" {
+			sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+token, "clusterid", cluster)
+		}
+		stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, url := range []string{resource.ListenerType, resource.SecretType} {
+			if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: url, Node: node,
+				ResourceNames: map[bool][]string{true: {"kubernetes://probe-cert"}}[url == resource.SecretType]}); err != nil && !errors.Is(err, io.EOF) {
+				return nil, err
+			}
+		}
+		deadline := time.AfterFunc(5*time.Second, cancel)
+		defer deadline.Stop()
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				if sctx.Err() != nil {
+					return nil, nil // nothing but silence about the credential
+				}
+				return nil, err
+			}
+			if r.TypeUrl != resource.SecretType {
+				continue
+			}
+			var out []*tlsv3.Secret
+			for _, a := range r.Resources {
+				var s tlsv3.Secret
+				if err := a.UnmarshalTo(&s); err != nil {
+					return nil, err
+				}
+				out = append(out, &s)
+			}
+			return out, nil
+		}
+	}
+	noKey := func(t *testing.T, ss []*tlsv3.Secret, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("the stream failed: %v", err)
+		}
+		for _, s := range ss {
+			if k := s.GetTlsCertificate().GetPrivateKey().GetInlineBytes(); len(k) > 0 {
+				t.Fatalf("sleep received the private key of %s", s.Name)
+			}
+		}
+	}
+
+	t.Run("plaintext 15010: a node claiming to be the ingress gateway gets no credential", func(t *testing.T) {
+		ss, err := ask(15010, plaintext, "", "", router("istio-system", "cluster-eks"))
+		noKey(t, ss, err)
+	})
+	t.Run("15012 with sleep's token: claiming istio-system is refused", func(t *testing.T) {
+		_, err := ask(15012, overTLS, sleepToken, "cluster-eks", router("istio-system", "cluster-eks"))
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("err %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("15012 with sleep's token: a gateway of its own namespace still gets no credential (sleep may not read Secrets)", func(t *testing.T) {
+		ss, err := ask(15012, overTLS, sleepToken, "cluster-eks", router("multicluster", "cluster-eks"))
+		noKey(t, ss, err)
+	})
+	t.Run("15012 with sleep's token: claiming another cluster is refused", func(t *testing.T) {
+		_, err := ask(15012, overTLS, sleepToken, "cluster-eks", router("multicluster", "cluster-aks"))
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "cluster") {
+			t.Fatalf("err %v, want PermissionDenied naming the cluster", err)
+		}
+	})
+	t.Run("the ingress gateway still serves with the credential", func(t *testing.T) {
+		if !gatewayServes() {
+			t.Fatal("the gateway stopped serving probe.example.com")
+		}
+		if p, err := eks.CoreV1().Pods("istio-system").Get(ctx, gwPod.Name, metav1.GetOptions{}); err != nil || p.Status.ContainerStatuses[0].RestartCount != gwPod.Status.ContainerStatuses[0].RestartCount {
+			t.Fatalf("the gateway restarted (%v)", err)
+		}
+	})
+}
