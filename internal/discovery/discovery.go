@@ -144,10 +144,15 @@ func Run(ctx context.Context, cfg Config) error {
 	authority.Subscribe(func(*ca.Authority) { running.resyncRoots() })
 	root := func() []byte { return authority.Current().RootPEM() }
 	newCluster := func(id string, client, reviews kubernetes.Interface, network string) *meshCluster {
+		roots := rootcert.New(client, id, root, log)
+		if id != cfg.ClusterID {
+			// A remote is written to only when it names this cluster.
+			roots.Lead, roots.SystemNamespace = cfg.ClusterID, cfg.Namespace
+		}
 		return &meshCluster{
 			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
 				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: log}),
-			id: id, reviews: reviews, members: running, roots: rootcert.New(client, id, root, log),
+			id: id, reviews: reviews, members: running, roots: roots,
 		}
 	}
 	reviews := cfg.Reviews

@@ -172,7 +172,9 @@ func (r *renderer) pilot() []runtime.Object {
 	role := "istiod-clusterrole-" + ns
 	objs := []runtime.Object{
 		&corev1.ServiceAccount{TypeMeta: typeMeta("ServiceAccount", "v1"), ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}},
-		&rbacv1.ClusterRole{TypeMeta: typeMeta("ClusterRole", "rbac.authorization.k8s.io/v1"), ObjectMeta: metav1.ObjectMeta{Name: role}, Rules: remotesecret.ReaderRules()},
+		&rbacv1.ClusterRole{TypeMeta: typeMeta("ClusterRole", "rbac.authorization.k8s.io/v1"), ObjectMeta: metav1.ObjectMeta{Name: role}, Rules: append(remotesecret.ReaderRules(ns),
+			// Gateways' credentials (credentialName) may live in any namespace, as istiod reads them.
+			rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch"}})},
 		&rbacv1.ClusterRoleBinding{TypeMeta: typeMeta("ClusterRoleBinding", "rbac.authorization.k8s.io/v1"), ObjectMeta: metav1.ObjectMeta{Name: role},
 			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
 			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}},
@@ -433,7 +435,11 @@ func (r *renderer) gateway(gw Gateway) []runtime.Object {
 					ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: podAnnotations},
 					Spec: corev1.PodSpec{
 						ServiceAccountName: sa,
-						Containers:         []corev1.Container{{Name: "istio-proxy", Image: "auto", Env: k8s.Env, Ports: cports}},
+						// No Kubernetes API token in an internet-facing pod: the
+						// gateway's credentials come only over SDS from the control
+						// plane (its istio-token, audience istio-ca, is injected).
+						AutomountServiceAccountToken: ptr.To(false),
+						Containers:                   []corev1.Container{{Name: "istio-proxy", Image: "auto", Env: k8s.Env, Ports: cports}},
 					},
 				},
 			}},

@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -335,6 +336,19 @@ func TestIdentityAcrossClusters(t *testing.T) {
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// Istio's rule: the primary writes to a remote only once the remote's
+		// istio-system names it in topology.istio.io/controlPlaneClusters.
+		eventually(t, "cluster-aks synced", func() bool {
+			var st []struct{ ID, State string }
+			_ = json.Unmarshal([]byte(cp.get("/debug/clusterz")), &st)
+			return slices.ContainsFunc(st, func(s struct{ ID, State string }) bool { return s.ID == "cluster-aks" && s.State == "synced" })
+		})
+		eventually(t, "istio-ca-root-cert in cluster-eks", func() bool { return len(e.rootOf("cluster-eks")) > 0 })
+		time.Sleep(3 * time.Second)
+		if root := e.rootOf("cluster-aks"); root != nil {
+			t.Fatal("the primary wrote istio-ca-root-cert into cluster-aks, whose istio-system does not name it in topology.istio.io/controlPlaneClusters")
+		}
+		e.apply("cluster-aks", "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system, annotations: {topology.istio.io/controlPlaneClusters: cluster-eks}}\n")
 		var root []byte
 		eventually(t, "istio-ca-root-cert in both clusters, the same bundle", func() bool {
 			root = e.rootOf("cluster-eks")

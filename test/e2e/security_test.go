@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
@@ -191,6 +192,9 @@ spec:
 			t.Fatalf("err %v, want PermissionDenied naming the cluster", err)
 		}
 	})
+	t.Run("least privilege: the API servers say what the reader, istiod and the gateways may do", func(t *testing.T) {
+		leastPrivilege(t, e)
+	})
 	t.Run("the ingress gateway still serves with the credential", func(t *testing.T) {
 		if !gatewayServes() {
 			t.Fatal("the gateway stopped serving probe.example.com")
@@ -199,4 +203,73 @@ spec:
 			t.Fatalf("the gateway restarted (%v)", err)
 		}
 	})
+}
+
+// leastPrivilege asks each cluster's API server (SubjectAccessReview, as
+// `kubectl auth can-i`) what the mesh's accounts may do, and checks that
+// gateway pods carry no Kubernetes API token.
+func leastPrivilege(t *testing.T, e *sandboxEnv) {
+	ctx := context.Background()
+	type ask struct {
+		verb, group, resource, ns, name string
+		want                            bool
+	}
+	check := func(cluster, ns, sa string, asks ...ask) {
+		t.Helper()
+		for _, a := range asks {
+			r, err := e.clients[cluster].AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+				User:               "system:serviceaccount:" + ns + ":" + sa,
+				Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+				ResourceAttributes: &authzv1.ResourceAttributes{Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: a.ns, Name: a.name},
+			}}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Status.Allowed != a.want {
+				t.Errorf("%s: %s/%s may %s %s %s/%s: %v, want %v", cluster, ns, sa, a.verb, a.resource, a.ns, a.name, r.Status.Allowed, a.want)
+			}
+		}
+	}
+	// The remote reader: discovery, reviews, and the writes it needs, by name.
+	check("cluster-aks", "istio-system", "istio-reader-service-account",
+		ask{"get", "", "secrets", "istio-system", "", false},
+		ask{"list", "", "secrets", "", "", false},
+		ask{"list", "discovery.k8s.io", "endpointslices", "", "", true},
+		ask{"create", "authentication.k8s.io", "tokenreviews", "", "", true},
+		ask{"create", "authorization.k8s.io", "subjectaccessreviews", "", "", true},
+		ask{"update", "", "configmaps", "multicluster", "istio-ca-root-cert", true},
+		ask{"update", "", "configmaps", "multicluster", "app-settings", false},
+		ask{"update", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "istio-sidecar-injector", true},
+		ask{"update", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "someone-elses-webhook", false},
+		ask{"update", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "someone-elses-webhook", false},
+	)
+	// istiod in its own cluster: gateways' credentials anywhere, but no
+	// one else's webhooks.
+	check("cluster-eks", "istio-system", "istiod",
+		ask{"list", "", "secrets", "multicluster", "", true},
+		ask{"update", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "someone-elses-webhook", false},
+		ask{"update", "", "configmaps", "multicluster", "app-settings", false},
+	)
+	// Gateways: their own namespace's Secrets only (the control plane's
+	// access check relies on it), and no API token in their pods.
+	check("cluster-eks", "istio-system", "istio-ingressgateway-service-account",
+		ask{"list", "", "secrets", "istio-system", "", true},
+		ask{"list", "", "secrets", "multicluster", "", false},
+	)
+	for cluster, selectors := range map[string][]string{"cluster-eks": {"istio=ingressgateway", "istio=eastwestgateway"}, "cluster-aks": {"istio=eastwestgateway"}} {
+		for _, sel := range selectors {
+			for _, p := range e.waitReady(cluster, "istio-system", sel, 1) {
+				for _, v := range p.Spec.Volumes {
+					if v.Projected == nil {
+						continue
+					}
+					for _, src := range v.Projected.Sources {
+						if tok := src.ServiceAccountToken; tok != nil && tok.Audience == "" {
+							t.Errorf("%s: gateway pod %s mounts a Kubernetes API token (volume %s)", cluster, p.Name, v.Name)
+						}
+					}
+				}
+			}
+		}
+	}
 }

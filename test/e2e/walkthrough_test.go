@@ -381,7 +381,7 @@ spec:
 		}
 	})
 
-	t.Run("security: a pod of the mesh cannot get the ingress gateway's credential from the control plane, however it asks", func(t *testing.T) {
+	t.Run("security: the control plane's trust boundary, attacked from sleep's pod and asked of the API servers", func(t *testing.T) {
 		securityBoundary(t, e)
 	})
 

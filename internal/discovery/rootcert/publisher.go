@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -51,6 +52,16 @@ type Publisher struct {
 	// Root returns the current trust bundle.
 	Root func() []byte
 	Log  *slog.Logger
+	// Lead, for a remote cluster, is the control plane's own cluster: the
+	// publisher writes there only while the remote's SystemNamespace
+	// names it (or "*") in topology.istio.io/controlPlaneClusters, as
+	// istiod decides which remotes it manages. Empty: the control plane's
+	// own cluster, always written.
+	Lead            string
+	SystemNamespace string
+
+	managedMu  sync.Mutex
+	wasManaged *bool // the last decision, logged when it changes
 
 	queue      workqueue.TypedRateLimitingInterface[string]
 	namespaces corelisters.NamespaceLister
@@ -80,6 +91,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 	enqueueNS := func(obj any) {
 		if m, err := meta(obj); err == nil {
 			p.queue.Add(m.GetName())
+			if p.Lead != "" && m.GetName() == p.SystemNamespace {
+				p.Resync() // whether we manage the cluster may have changed
+			}
 		}
 	}
 	enqueueCM := func(obj any) {
@@ -125,6 +139,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 		reconcile := p.reconcile
 		switch {
+		case !p.managed():
+			reconcile = func(context.Context, string) error { return nil }
 		case strings.HasPrefix(ns, webhookKey):
 			reconcile = p.reconcileWebhook
 		case strings.HasPrefix(ns, validatorKey):
@@ -166,6 +182,38 @@ func (p *Publisher) Resync() {
 			enqueue(h)
 		}
 	}
+}
+
+// AnnotationControlPlaneClusters on a remote's system namespace names the
+// clusters whose control planes manage it (Istio's annotation).
+const AnnotationControlPlaneClusters = "topology.istio.io/controlPlaneClusters"
+
+// managed tells whether this control plane may write to the cluster.
+func (p *Publisher) managed() bool {
+	if p.Lead == "" {
+		return true
+	}
+	ok := false
+	if ns, err := p.namespaces.Get(p.SystemNamespace); err == nil {
+		for _, c := range strings.Split(ns.Annotations[AnnotationControlPlaneClusters], ",") {
+			if c = strings.TrimSpace(c); c == "*" || c == p.Lead {
+				ok = true
+			}
+		}
+	}
+	p.managedMu.Lock()
+	defer p.managedMu.Unlock()
+	if p.wasManaged == nil || *p.wasManaged != ok {
+		p.wasManaged = &ok
+		if ok {
+			p.Log.Info("managing remote cluster: writing root certificates and webhook bundles", "cluster", p.Cluster)
+		} else {
+			p.Log.Warn("not writing root certificates or webhook bundles to this remote cluster: its namespace "+p.SystemNamespace+
+				" does not name this control plane's cluster in "+AnnotationControlPlaneClusters+"; annotate it to let this control plane manage it",
+				"cluster", p.Cluster, "controlPlane", p.Lead)
+		}
+	}
+	return ok
 }
 
 // enqueueHook queues the webhook configurations named with prefix (ours),
