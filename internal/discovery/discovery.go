@@ -173,6 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	xdsServer := xds.NewServer(reg, log, metrics)
 	xdsServer.Domain = cfg.Domain
+	xdsServer.TrustDomains = append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...)
 	xdsServer.RootNamespace = cfg.Namespace
 	if r := mesh.Config.GetRootNamespace(); r != "" {
 		xdsServer.RootNamespace = r

@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -156,7 +158,7 @@ func (p *Proxy) terminateTLS(d *downstream) error {
 	case p.opts.Identity == nil:
 		return errors.New("a TLS filter chain but no workload identity")
 	default:
-		conf = p.opts.Identity.ServerConfig(tlsconfig.AuthorizeAny(), istioALPN...)
+		conf = p.opts.Identity.ServerConfig(memberOf(d.chain.TLS.PeerTrustDomains), istioALPN...)
 	}
 	tc := tls.Server(d.conn, conf)
 	ctx, cancel := context.WithTimeout(context.Background(), sniffTimeout)
@@ -171,6 +173,20 @@ func (p *Proxy) terminateTLS(d *downstream) error {
 	}
 	d.conn = tc
 	return nil
+}
+
+// memberOf accepts peers of the mesh's trust domains only (any under the
+// mesh's root when none are named).
+func memberOf(trustDomains []string) tlsconfig.Authorizer {
+	if len(trustDomains) == 0 {
+		return tlsconfig.AuthorizeAny()
+	}
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if slices.Contains(trustDomains, id.TrustDomain().Name()) {
+			return nil
+		}
+		return fmt.Errorf("peer %s is not in the mesh's trust domains %v", id, trustDomains)
+	}
 }
 
 // xfcc is the element the inbound proxy adds for a verified caller:

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -220,6 +221,8 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 		t.Fatal(err)
 	}
 	p.Labels = map[string]string{"istio": "eastwestgateway"}
+	// As the control plane sets it: clients pin their servers' accounts.
+	p.TrustDomains = []string{"cluster.local"}
 	g := xds.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {}, nil)
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
 	if p.Type == xds.Sidecar {
@@ -228,7 +231,7 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 		if strict {
 			modes.Default = xds.Strict
 		}
-		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP], xds.InboundPolicy{MTLS: modes})
+		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP], xds.InboundPolicy{MTLS: modes, TrustDomains: p.TrustDomains})
 		rs[resource.ListenerType] = append(rs[resource.ListenerType], in)
 		rs[resource.ClusterType] = append(rs[resource.ClusterType], cls...)
 	}
@@ -587,6 +590,47 @@ func TestSidecarsAndRouter(t *testing.T) {
 			got, err := appCall(false, fmt.Sprintf("http://%s:8080/", vipAcct))
 			return err == nil && strings.Contains(got["xfcc"], "sa/sleep")
 		})
+	})
+
+	t.Run("secure naming: a server that is not one of the service's accounts is refused", func(t *testing.T) {
+		wrong := meshRegistry(true)
+		eps := slices.Clone(wrong.Endpoints(profHost))
+		eps[0].ServiceAccount = "payments" // profile's sidecar answers as test/profile
+		wrong.SetEndpoints("c1", profHost, eps)
+		x.set(sleepNode, snapshot(t, "naming-1", wrong, sleepNode, false, nil))
+		eventually(t, "sleep refuses profile's sidecar where it expects payments", func() bool { _, err := appCall(false, profileURL); return err != nil })
+		x.set(sleepNode, snapshot(t, "naming-2", meshRegistry(true), sleepNode, false, nil))
+		eventually(t, "profile served again once its own account is expected", func() bool { _, err := appCall(false, profileURL); return err == nil })
+	})
+
+	t.Run("inbound mTLS accepts only the mesh's trust domains", func(t *testing.T) {
+		x.set(profileNode, snapshot(t, "td-1", meshRegistry(true), profileNode, false, func(rs map[resource.Type][]types.Resource) {
+			reg := meshRegistry(true)
+			in, _ := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[ipProfile], xds.InboundPolicy{TrustDomains: []string{"other.example"}})
+			for i, l := range rs[resource.ListenerType] {
+				if l.(*listener.Listener).Name == in.Name {
+					rs[resource.ListenerType][i] = in
+				}
+			}
+		}))
+		// Raw TCP: every call is a new mTLS handshake (HTTP reuses its pool).
+		echo := func() error {
+			c, err := network.Dialer(nsSleep)(context.Background(), "tcp", vipProf+":7070")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintln(c, "ping")
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err == nil && line != "ping\n" {
+				err = fmt.Errorf("echo %q", line)
+			}
+			return err
+		}
+		eventually(t, "profile refuses sleep (cluster.local) when only other.example is the mesh's", func() bool { return echo() != nil })
+		x.set(profileNode, snapshot(t, "td-2", meshRegistry(true), profileNode, false, nil))
+		eventually(t, "sleep served again", func() bool { return echo() == nil })
 	})
 
 	t.Run("STRICT refuses the plaintext caller and keeps mTLS", func(t *testing.T) {

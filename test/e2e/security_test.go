@@ -192,6 +192,46 @@ spec:
 			t.Fatalf("err %v, want PermissionDenied naming the cluster", err)
 		}
 	})
+	t.Run("secure naming: an endpoint answering with another service account is refused by the caller's sidecar", func(t *testing.T) {
+		// A Service whose EndpointSlice says its endpoint is profile's pod
+		// (account profile) while the address is dashboard's: dashboard's
+		// sidecar answers with its own identity, which is not profile's.
+		profilePod := e.waitReady("cluster-eks", "multicluster", "app=profile", 1)[0]
+		dashboard := e.waitReady("cluster-eks", "multicluster", "app=dashboard", 1)[0]
+		e.apply("cluster-eks", fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: multicluster}
+spec:
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: payments-1, namespace: multicluster, labels: {kubernetes.io/service-name: payments}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [%s]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: %s, namespace: multicluster}
+`, dashboard.Status.PodIP, profilePod.Name))
+		t.Cleanup(func() {
+			e.kubectl("cluster-eks", "", "delete", "-n", "multicluster", "service/payments", "endpointslice/payments-1")
+		})
+		call := func(url string) string {
+			o, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--",
+				"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url)
+			return strings.TrimSpace(o)
+		}
+		eventually(t, "sleep's sidecar knows payments and refuses its endpoint (503)", func() bool { return call("http://payments:8080/dashboard?id=4") == "503" })
+		for range 5 {
+			if c := call("http://payments:8080/dashboard?id=4"); c != "503" {
+				t.Fatalf("a call to payments answered %s; dashboard's sidecar must not pass for profile", c)
+			}
+		}
+		if c := call("http://dashboard:8080/dashboard?id=4"); c != "200" {
+			t.Fatalf("dashboard itself answered %s, want 200", c)
+		}
+	})
 	t.Run("least privilege: the API servers say what the reader, istiod and the gateways may do", func(t *testing.T) {
 		leastPrivilege(t, e)
 	})

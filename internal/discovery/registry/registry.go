@@ -6,6 +6,7 @@
 package registry
 
 import (
+	"maps"
 	"reflect"
 	"slices"
 	"sort"
@@ -155,13 +156,31 @@ func (r *Registry) SetEndpoints(cluster, hostname string, eps []Endpoint) {
 		r.mu.Unlock()
 		return
 	}
+	accountsChanged := !maps.Equal(accounts(s.endpoints[hostname]), accounts(eps))
 	if len(eps) == 0 {
 		delete(s.endpoints, hostname)
 	} else {
 		s.endpoints[hostname] = eps
 	}
 	r.mu.Unlock()
+	if accountsChanged {
+		// Clients pin the service's accounts in its clusters (secure
+		// naming): those change, not only the load assignments.
+		r.notify(Event{Hostnames: []string{hostname}, Full: true, Reason: "service accounts of " + hostname})
+		return
+	}
 	r.notify(Event{Hostnames: []string{hostname}, Reason: ReasonEndpoints})
+}
+
+// accounts is the set of service accounts behind endpoints.
+func accounts(eps []Endpoint) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range eps {
+		if e.ServiceAccount != "" {
+			out[e.Namespace+"/"+e.ServiceAccount] = true
+		}
+	}
+	return out
 }
 
 // SetGateways replaces the network gateways a cluster reports.

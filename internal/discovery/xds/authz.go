@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,8 +50,11 @@ func (a Authz) Key() string {
 // ResolveAuthz picks the AuthorizationPolicies that apply to a workload
 // (its namespace's and the root namespace's, without a selector or with
 // one matching its labels) and translates them. CUSTOM policies are
-// skipped and reported through warn.
-func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespace string, podLabels map[string]string, warn func(string)) Authz {
+// skipped and reported through warn. Principals in the mesh's trust
+// domains (trustDomains: the trust domain, then its aliases; or
+// cluster.local, which in Istio's policies means the local one) match in
+// each of them.
+func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespace string, podLabels map[string]string, trustDomains []string, warn func(string)) Authz {
 	sorted := make([]*securityv1.AuthorizationPolicy, 0, len(aps))
 	for _, ap := range aps {
 		if ap.Namespace != namespace && ap.Namespace != rootNamespace {
@@ -91,6 +95,7 @@ func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespac
 			}
 		}
 		for i, rule := range ap.Spec.GetRules() {
+			rule = withTrustDomains(rule, trustDomains)
 			name := fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", ap.Namespace, ap.Name, i)
 			if bad := unsupportedKeys(rule); len(bad) > 0 {
 				if action == rbacv3.RBAC_ALLOW {
@@ -108,6 +113,41 @@ func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespac
 		}
 	}
 	return a
+}
+
+// withTrustDomains is r with each principal of the mesh's trust domains
+// (or cluster.local) repeated in every one of them, as Istio reads
+// principals when trust domain aliases are set.
+func withTrustDomains(r *securitybeta.Rule, trustDomains []string) *securitybeta.Rule {
+	if len(trustDomains) == 0 || (len(trustDomains) == 1 && trustDomains[0] == "cluster.local") {
+		return r
+	}
+	expand := func(vals []string) []string {
+		var out []string
+		for _, v := range vals {
+			td, rest, ok := strings.Cut(v, "/")
+			if !ok || strings.HasPrefix(v, "*") || (td != "cluster.local" && !slices.Contains(trustDomains, td)) {
+				out = append(out, v)
+				continue
+			}
+			for _, t := range trustDomains {
+				out = append(out, t+"/"+rest)
+			}
+		}
+		return out
+	}
+	out := proto.Clone(r).(*securitybeta.Rule)
+	for _, f := range out.GetFrom() {
+		if s := f.GetSource(); s != nil {
+			s.Principals, s.NotPrincipals = expand(s.Principals), expand(s.NotPrincipals)
+		}
+	}
+	for _, c := range out.GetWhen() {
+		if c.GetKey() == "source.principal" {
+			c.Values, c.NotValues = expand(c.Values), expand(c.NotValues)
+		}
+	}
+	return out
 }
 
 // l4Only is a rule without its HTTP fields, and whether it had any.

@@ -10,6 +10,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	rawbuffer "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -90,12 +91,13 @@ func (g *Generated) addServices(p *Proxy, reg *registry.Registry, services []*re
 // service and of each of its DestinationRule's subsets.
 func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Service, eps []registry.Endpoint, gws []registry.Gateway,
 	dr *networkingv1.DestinationRule, noGW network.NoGateway, warn func(string)) {
+	sans := serviceSANs(p.TrustDomains, svc, eps)
 	for _, port := range svc.Ports {
 		if port.Protocol == "UDP" {
 			continue
 		}
 		tp := policyFor(dr, port.Port, warn)
-		g.add(p, view, svc, port, "", eps, gws, tp, noGW)
+		g.add(p, view, svc, port, "", eps, gws, tp, noGW, sans)
 		for _, ss := range subsetsOf(dr, port.Port, tp, warn) {
 			var in []registry.Endpoint
 			for _, e := range eps {
@@ -103,7 +105,7 @@ func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Servic
 					in = append(in, e)
 				}
 			}
-			g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW)
+			g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW, sans)
 		}
 	}
 }
@@ -112,7 +114,7 @@ func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Servic
 // outbound|PORT|SUBSET|HOST for sidecars, and for routers also the
 // SNI-named outbound_.PORT_.SUBSET_.HOST with only mTLS endpoints.
 func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port registry.Port, subset string,
-	eps []registry.Endpoint, gws []registry.Gateway, tp trafficPolicy, noGW network.NoGateway) {
+	eps []registry.Endpoint, gws []registry.Gateway, tp trafficPolicy, noGW network.NoGateway, sans []string) {
 	lb := tp.distribute(p, network.SplitHorizon(view, eps, port.Name, gws, noGW))
 	prio := priorities(lb, func(e network.LbEndpoint) uint32 { return tp.priority(p, e) })
 	sni := SNI(port.Port, subset, svc.Hostname)
@@ -134,7 +136,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		{
 			Name:            "tlsMode-istio",
 			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
-			TransportSocket: istioMTLS(sni),
+			TransportSocket: istioMTLS(sni, sans),
 		},
 		{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 	})
@@ -189,22 +191,61 @@ func edsCluster(name string, matches []*cluster.Cluster_TransportSocketMatch) *c
 	}
 }
 
+// serviceSANs are the SPIFFE IDs a service's servers may present (Istio's
+// secure naming): the service accounts of its mTLS endpoints in every
+// cluster (through an east-west gateway the backend's own certificate
+// arrives, so the same list holds), in each trust domain of the mesh.
+// Without trust domains or known accounts it is empty: any workload of
+// the mesh, as in Istio.
+func serviceSANs(trustDomains []string, svc *registry.Service, eps []registry.Endpoint) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range eps {
+		if e.ServiceAccount == "" || e.TLSMode != "istio" {
+			continue
+		}
+		ns := e.Namespace
+		if ns == "" {
+			ns = svc.Namespace
+		}
+		for _, td := range trustDomains {
+			id := "spiffe://" + td + "/ns/" + ns + "/sa/" + e.ServiceAccount
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // istioMTLS is the client side of Istio mTLS: the workload certificate and
-// root come from SDS resources "default" and "ROOTCA", as Istio's agent names them.
-func istioMTLS(sni string) *core.TransportSocket {
+// root come from SDS resources "default" and "ROOTCA", as Istio's agent
+// names them; the server must present one of sans, when any.
+func istioMTLS(sni string, sans []string) *core.TransportSocket {
 	sds := func(name string) *tlsv3.SdsSecretConfig {
 		return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: adsSource()}
 	}
-	ctx := &tlsv3.UpstreamTlsContext{
-		Sni: sni,
-		CommonTlsContext: &tlsv3.CommonTlsContext{
-			AlpnProtocols:                  istioALPN,
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds("default")},
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
-				ValidationContextSdsSecretConfig: sds("ROOTCA"),
-			},
+	common := &tlsv3.CommonTlsContext{
+		AlpnProtocols:                  istioALPN,
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds("default")},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: sds("ROOTCA"),
 		},
 	}
+	if len(sans) > 0 {
+		match := make([]*tlsv3.SubjectAltNameMatcher, len(sans))
+		for i, id := range sans {
+			match[i] = &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI,
+				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}}}
+		}
+		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: match},
+			ValidationContextSdsSecretConfig: sds("ROOTCA"),
+		}}
+	}
+	ctx := &tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: common}
 	return &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)}}
 }
 

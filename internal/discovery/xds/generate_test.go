@@ -4,8 +4,10 @@ import (
 	"slices"
 	"testing"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	apinetworking "istio.io/api/networking/v1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -104,5 +106,57 @@ func TestSubsets(t *testing.T) {
 	}
 	if !slices.Contains(snis, SNI(8080, "v2", h)) || !slices.Contains(snis, SNI(8080, "", h)) {
 		t.Errorf("router SNIs %v", snis)
+	}
+}
+
+// Secure naming: a service's outbound cluster pins the SPIFFE IDs of the
+// accounts behind its mTLS endpoints in every cluster, in the trust domain
+// and its aliases; a registry change of those accounts is a full push
+// (clusters change, not only load assignments).
+func TestOutboundClustersPinTheServiceAccounts(t *testing.T) {
+	reg := registry.New()
+	const host = "profile.shop.svc.cluster.local"
+	var events []registry.Event
+	reg.Subscribe(func(e registry.Event) { events = append(events, e) })
+	reg.SetService("c1", host, &registry.Service{Namespace: "shop", Name: "profile", Hostname: host, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}})
+	ep := func(addr, cluster, sa, tlsMode string) registry.Endpoint {
+		return registry.Endpoint{Address: addr, Ports: map[string]int32{"http": 8080}, Cluster: cluster, Namespace: "shop", ServiceAccount: sa, TLSMode: tlsMode, Ready: true}
+	}
+	reg.SetEndpoints("c1", host, []registry.Endpoint{ep("10.0.0.1", "c1", "profile", "istio"), ep("10.0.0.3", "c1", "legacy", "")})
+	reg.SetEndpoints("c2", host, []registry.Endpoint{ep("10.1.0.1", "c2", "profile-v2", "istio")})
+	p := &Proxy{ID: "sidecar~10.0.0.9~sleep.shop~shop.svc.cluster.local", Type: Sidecar, Namespace: "shop", TrustDomains: []string{"example.org", "old.example.org"}}
+	g := Generate(p, reg, nil, "cluster.local", nil, nil)
+	var sans []string
+	for _, r := range g.Clusters {
+		c := r.(*cluster.Cluster)
+		if c.Name != "outbound|8080||"+host {
+			continue
+		}
+		var ctx tlsv3.UpstreamTlsContext
+		if err := c.TransportSocketMatches[0].TransportSocket.GetTypedConfig().UnmarshalTo(&ctx); err != nil {
+			t.Fatal(err)
+		}
+		vc := ctx.CommonTlsContext.GetCombinedValidationContext()
+		if vc.GetValidationContextSdsSecretConfig().GetName() != "ROOTCA" {
+			t.Fatalf("validation context %v, want ROOTCA and the SANs", vc)
+		}
+		for _, m := range vc.GetDefaultValidationContext().GetMatchTypedSubjectAltNames() {
+			if m.SanType != tlsv3.SubjectAltNameMatcher_URI {
+				t.Fatalf("SAN type %v", m.SanType)
+			}
+			sans = append(sans, m.GetMatcher().GetExact())
+		}
+	}
+	want := []string{"spiffe://example.org/ns/shop/sa/profile", "spiffe://example.org/ns/shop/sa/profile-v2",
+		"spiffe://old.example.org/ns/shop/sa/profile", "spiffe://old.example.org/ns/shop/sa/profile-v2"}
+	if !slices.Equal(sans, want) {
+		t.Fatalf("SANs %q, want %q (the plaintext endpoint's account presents no certificate)", sans, want)
+	}
+
+	events = nil
+	reg.SetEndpoints("c2", host, []registry.Endpoint{ep("10.1.0.1", "c2", "profile-v2", "istio"), ep("10.1.0.2", "c2", "profile-v2", "istio")})
+	reg.SetEndpoints("c2", host, []registry.Endpoint{ep("10.1.0.1", "c2", "profile-v2", "istio"), ep("10.1.0.2", "c2", "intruder", "istio")})
+	if len(events) != 2 || events[0].Full || !events[1].Full {
+		t.Fatalf("events %+v: want an endpoints-only push for a new endpoint of a known account, a full push for a new account", events)
 	}
 }

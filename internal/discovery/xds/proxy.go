@@ -44,6 +44,11 @@ type Proxy struct {
 	// one, else its pod's, which the control plane looks up by address.
 	Locality registry.Locality
 
+	// TrustDomains are the mesh's trust domain and its aliases, set by
+	// the control plane (never from the node): clients pin the servers'
+	// SPIFFE IDs in them.
+	TrustDomains []string
+
 	// identity is what the stream's token proved; nil on the plaintext
 	// port. Never read from node metadata.
 	identity *Identity

@@ -40,6 +40,10 @@ type Server struct {
 	// a push never waits more than 10 debounce periods.
 	Debounce time.Duration
 	Metrics  prometheus.Registerer
+	// TrustDomains are the mesh's trust domain and its aliases
+	// (meshConfig.trustDomainAliases): outbound clusters pin the SPIFFE
+	// IDs of their service's accounts in each (secure naming).
+	TrustDomains []string
 	// Credentials decides which authenticated routers receive their
 	// namespace's TLS credentials; nil: none does. Streams without a
 	// proven identity (the plaintext port) never do.
@@ -488,8 +492,9 @@ func (s *Server) snapshotFor(p *Proxy, m *memo) *cachev3.Snapshot {
 		ports = m.inbound[p.IP]
 		if s.Config != nil {
 			pol.MTLS = ResolveMTLS(s.Config.PeerAuthentications(), s.RootNamespace, p.Namespace, p.Labels)
-			pol.Authz = ResolveAuthz(s.Config.AuthorizationPolicies(), s.RootNamespace, p.Namespace, p.Labels, s.warnOnce)
+			pol.Authz = ResolveAuthz(s.Config.AuthorizationPolicies(), s.RootNamespace, p.Namespace, p.Labels, s.TrustDomains, s.warnOnce)
 		}
+		pol.TrustDomains = s.TrustDomains
 		key.namespace, key.ports, key.policy = p.Namespace, ports.Key(), pol.Key()
 	}
 	if snap, ok := m.snaps[key]; ok {
@@ -624,6 +629,7 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 		s.Log.Warn("xDS client refused", "node", n.GetId(), "err", err)
 		return err
 	}
+	p.TrustDomains = s.TrustDomains
 	key := p.key()
 	s.mu.Lock()
 	c.proxy = key

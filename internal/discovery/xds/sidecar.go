@@ -310,10 +310,15 @@ func NewInboundIndex(reg *registry.Registry, services []*registry.Service) Inbou
 type InboundPolicy struct {
 	MTLS  MTLSModes
 	Authz Authz
+	// TrustDomains are the only ones whose peers mTLS accepts (the mesh's
+	// and its aliases); none: any under the mesh's root.
+	TrustDomains []string
 }
 
 // Key identifies the policy, for sharing generated listeners.
-func (p InboundPolicy) Key() string { return p.MTLS.Key() + "|" + p.Authz.Key() }
+func (p InboundPolicy) Key() string {
+	return p.MTLS.Key() + "|" + p.Authz.Key() + "|" + strings.Join(p.TrustDomains, ",")
+}
 
 // Inbound builds a sidecar's own part: virtualInbound on 15006 with, for
 // each port its services target on the pod, a chain for Istio mTLS unless
@@ -371,15 +376,15 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 			if ports[n] != ProtoTCP {
 				filters = []*listener.Filter{httpFilter}
 			}
-			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: filters}}
+			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(pol.TrustDomains), Filters: filters}}
 			plain = []*listener.FilterChain{{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: filters}}
 		default:
 			// Sniffed: inside mTLS the client's ALPN says HTTP; in
 			// plaintext the first line does (http_inspector).
 			auto = auto || mode != Strict
 			mtls = []*listener.FilterChain{
-				{Name: name + "-mtls-http", FilterChainMatch: match("tls", mtlsHTTP), TransportSocket: istioMTLSServer(), Filters: []*listener.Filter{httpFilter}},
-				{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(), Filters: tcpFilters}}
+				{Name: name + "-mtls-http", FilterChainMatch: match("tls", mtlsHTTP), TransportSocket: istioMTLSServer(pol.TrustDomains), Filters: []*listener.Filter{httpFilter}},
+				{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(pol.TrustDomains), Filters: tcpFilters}}
 			plain = []*listener.FilterChain{
 				{Name: name + "-plaintext-http", FilterChainMatch: match("raw_buffer", sniffedHTTP), Filters: []*listener.Filter{httpFilter}},
 				{Name: name + "-plaintext", FilterChainMatch: match("raw_buffer", nil), Filters: tcpFilters}}
@@ -414,18 +419,27 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 }
 
 // istioMTLSServer requires a client certificate from the mesh root, with
-// the workload certificate and root from SDS "default" and "ROOTCA".
-func istioMTLSServer() *core.TransportSocket {
+// the workload certificate and root from SDS "default" and "ROOTCA"; its
+// SPIFFE ID must be in one of trustDomains (any, when none).
+func istioMTLSServer(trustDomains []string) *core.TransportSocket {
 	ads := adsSource()
+	var sans []*tlsv3.SubjectAltNameMatcher
+	prefix := func(p string) *tlsv3.SubjectAltNameMatcher {
+		return &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: p}}}
+	}
+	for _, td := range trustDomains {
+		sans = append(sans, prefix("spiffe://"+td+"/"))
+	}
+	if len(sans) == 0 {
+		sans = append(sans, prefix("spiffe://"))
+	}
 	ctx := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			AlpnProtocols:                  []string{"h2", "http/1.1"},
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: ads}},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-				DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchSubjectAltNames: []*matcherv3.StringMatcher{{
-					MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://"},
-				}}},
+				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
 				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ROOTCA", SdsConfig: ads},
 			}},
 		},

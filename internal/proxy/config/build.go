@@ -261,6 +261,43 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 	return cl, nil
 }
 
+// peerTrustDomains reads the SAN prefixes a downstream validation context
+// accepts: spiffe://TD/ per trust domain, or spiffe:// for any. Any other
+// matcher is refused rather than ignored (ignoring it would accept all).
+func peerTrustDomains(common *tlsv3.CommonTlsContext) ([]string, error) {
+	vc := common.GetCombinedValidationContext().GetDefaultValidationContext()
+	if vc == nil {
+		vc = common.GetValidationContext()
+	}
+	var prefixes []string
+	for _, m := range vc.GetMatchTypedSubjectAltNames() {
+		if m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI || m.GetMatcher().GetPrefix() == "" {
+			return nil, fmt.Errorf("downstream subject alt name matcher %v is not supported (only URI prefixes spiffe://TRUST_DOMAIN/)", m)
+		}
+		prefixes = append(prefixes, m.GetMatcher().GetPrefix())
+	}
+	for _, m := range vc.GetMatchSubjectAltNames() {
+		if m.GetPrefix() == "" {
+			return nil, fmt.Errorf("downstream subject alt name matcher %v is not supported (only URI prefixes spiffe://TRUST_DOMAIN/)", m)
+		}
+		prefixes = append(prefixes, m.GetPrefix())
+	}
+	var tds []string
+	for _, p := range prefixes {
+		rest, ok := strings.CutPrefix(p, "spiffe://")
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("downstream subject alt name prefix %q is not a SPIFFE trust domain", p)
+		case rest == "":
+			return nil, nil // any trust domain
+		case !strings.HasSuffix(rest, "/") || strings.Count(rest, "/") != 1:
+			return nil, fmt.Errorf("downstream subject alt name prefix %q is not spiffe://TRUST_DOMAIN/", p)
+		}
+		tds = append(tds, strings.TrimSuffix(rest, "/"))
+	}
+	return tds, nil
+}
+
 func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
 	if ts == nil {
 		return nil, nil
@@ -281,15 +318,21 @@ func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
 	if vc == nil {
 		vc = ctx.GetCommonTlsContext().GetValidationContext()
 	}
+	// Only exact URI SANs (SPIFFE IDs) are checked; any other matcher is
+	// refused rather than ignored, which would accept every server.
 	for _, m := range vc.GetMatchTypedSubjectAltNames() {
-		if e := m.GetMatcher().GetExact(); e != "" {
-			t.SANs = append(t.SANs, e)
+		e := m.GetMatcher().GetExact()
+		if e == "" || m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI {
+			return nil, fmt.Errorf("subject alt name matcher %v is not supported (only exact URI SANs)", m)
 		}
+		t.SANs = append(t.SANs, e)
 	}
 	for _, m := range vc.GetMatchSubjectAltNames() {
-		if e := m.GetExact(); e != "" {
-			t.SANs = append(t.SANs, e)
+		e := m.GetExact()
+		if e == "" {
+			return nil, fmt.Errorf("subject alt name matcher %v is not supported (only exact URI SANs)", m)
 		}
+		t.SANs = append(t.SANs, e)
 	}
 	return t, nil
 }
@@ -400,6 +443,11 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		if v := common.GetValidationContextSdsSecretConfig(); v != nil && v.GetName() != "ROOTCA" {
 			c.TLS.CASecret = v.GetName()
 		}
+		tds, err := peerTrustDomains(common)
+		if err != nil {
+			return nil, err
+		}
+		c.TLS.PeerTrustDomains = tds
 	}
 	filters := fc.GetFilters()
 	if len(filters) == 0 {

@@ -82,6 +82,9 @@ type DownstreamTLS struct {
 	ALPN              []string
 	CertSecret        string
 	CASecret          string
+	// PeerTrustDomains are the only trust domains whose workloads Istio
+	// mTLS accepts (URI SAN prefixes spiffe://TD/); empty: any.
+	PeerTrustDomains []string
 }
 
 // TCPProxy forwards bytes to a cluster, or to one of weighted clusters

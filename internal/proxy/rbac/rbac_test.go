@@ -62,7 +62,7 @@ rules:
 			Headers: map[string]string{":method": "GET", ":path": path, ":authority": "profile:8080"}}
 	}
 	compileWith := func(aps []*securityv1.AuthorizationPolicy, app string, http bool) []*rbac.Filter {
-		a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, func(string) {})
+		a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, nil, func(string) {})
 		deny, allow := a.HTTPDeny, a.HTTPAllow
 		if !http {
 			deny, allow = a.TCPDeny, a.TCPAllow
@@ -125,7 +125,7 @@ selector: {matchLabels: {app: accounts}}
 action: AUDIT
 rules:
 - to: [{operation: {methods: [POST]}}]`)}
-	a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": "accounts"}, func(m string) { t.Errorf("warning: %s", m) })
+	a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": "accounts"}, nil, func(m string) { t.Errorf("warning: %s", m) })
 	f, err := rbac.Compile(a.HTTPAudit)
 	if err != nil || f == nil || !f.Log {
 		t.Fatalf("compile: %v %+v", err, f)
