@@ -1,6 +1,9 @@
 package xds
 
 import (
+	"strings"
+	securitybeta "istio.io/api/security/v1beta1"
+	"google.golang.org/protobuf/encoding/prototext"
 	"slices"
 	"testing"
 
@@ -158,5 +161,24 @@ func TestOutboundClustersPinTheServiceAccounts(t *testing.T) {
 	reg.SetEndpoints("c2", host, []registry.Endpoint{ep("10.1.0.1", "c2", "profile-v2", "istio"), ep("10.1.0.2", "c2", "intruder", "istio")})
 	if len(events) != 2 || events[0].Full || !events[1].Full {
 		t.Fatalf("events %+v: want an endpoints-only push for a new endpoint of a known account, a full push for a new account", events)
+	}
+}
+
+// In Istio's policies cluster.local means the local trust domain: with
+// trust domain example.org and alias old.org, a principal of either (or
+// of cluster.local) matches in both; other trust domains stay as written.
+func TestPrincipalsMatchInEveryTrustDomainOfTheMesh(t *testing.T) {
+	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop"},
+		Spec: securitybeta.AuthorizationPolicy{Rules: []*securitybeta.Rule{{From: []*securitybeta.Rule_From{{Source: &securitybeta.Source{
+			Principals: []string{"cluster.local/ns/a/sa/b", "old.org/ns/c/sa/d", "partner.net/ns/e/sa/f"}}}}}}}}
+	a := ResolveAuthz([]*securityv1.AuthorizationPolicy{ap}, "istio-system", "shop", nil, []string{"example.org", "old.org"}, func(string) {})
+	text := prototext.Format(a.HTTPAllow)
+	for _, want := range []string{"spiffe://example.org/ns/a/sa/b", "spiffe://old.org/ns/a/sa/b", "spiffe://example.org/ns/c/sa/d", "spiffe://old.org/ns/c/sa/d", "spiffe://partner.net/ns/e/sa/f"} {
+		if !strings.Contains(text, `"`+want+`"`) {
+			t.Errorf("policy lacks %s:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "spiffe://cluster.local/") {
+		t.Errorf("cluster.local kept as written:\n%s", text)
 	}
 }
