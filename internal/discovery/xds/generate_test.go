@@ -1,10 +1,10 @@
 package xds
 
 import (
-	"strings"
-	securitybeta "istio.io/api/security/v1beta1"
 	"google.golang.org/protobuf/encoding/prototext"
+	securitybeta "istio.io/api/security/v1beta1"
 	"slices"
+	"strings"
 	"testing"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
