@@ -449,6 +449,10 @@ func TestIdentityAcrossClusters(t *testing.T) {
 		})
 
 		t.Run("xDS over TLS wants a token too", func(t *testing.T) {
+			profilePod, err := e.clients["cluster-aks"].CoreV1().Pods("multicluster").Get(context.Background(), "profile", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			ads := func(token string) error {
 				pool := x509.NewCertPool()
 				pool.AppendCertsFromPEM(root)
@@ -467,7 +471,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 					return err
 				}
 				if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType,
-					Node: &core.Node{Id: "sidecar~100.65.0.9~profile.multicluster~multicluster.svc.cluster.local"}}); err != nil && !errors.Is(err, io.EOF) {
+					Node: &core.Node{Id: "sidecar~" + profilePod.Status.PodIP + "~profile.multicluster~multicluster.svc.cluster.local"}}); err != nil && !errors.Is(err, io.EOF) {
 					return err
 				} // on io.EOF the stream's status comes from Recv
 				_, err = stream.Recv()

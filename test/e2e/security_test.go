@@ -106,11 +106,18 @@ spec:
 	pool.AppendCertsFromPEM(e.rootOf("cluster-eks"))
 	plaintext := grpc.WithTransportCredentials(insecure.NewCredentials())
 	overTLS := grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod.istio-system.svc"}))
-	router := func(ns, cluster string) *core.Node {
-		labels, _ := structpb.NewStruct(map[string]any{"istio": "ingressgateway"})
+	// node is what a proxy says of itself: role, pod, namespace, cluster, labels.
+	node := func(role, pod, ns, cluster string, labels map[string]any) *core.Node {
 		md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": cluster, "NAMESPACE": ns})
-		md.Fields["LABELS"] = structpb.NewStructValue(labels)
-		return &core.Node{Id: fmt.Sprintf("router~%s~istio-ingressgateway-fake.%s~%s.svc.cluster.local", sleep.Status.PodIP, ns, ns), Metadata: md}
+		if labels != nil {
+			l, _ := structpb.NewStruct(labels)
+			md.Fields["LABELS"] = structpb.NewStructValue(l)
+		}
+		return &core.Node{Id: fmt.Sprintf("%s~%s~%s.%s~%s.svc.cluster.local", role, sleep.Status.PodIP, pod, ns, ns), Metadata: md}
+	}
+	gatewayLabels := map[string]any{"istio": "ingressgateway"}
+	router := func(ns, cluster string) *core.Node {
+		return node("router", "istio-ingressgateway-fake", ns, cluster, gatewayLabels)
 	}
 	// ask opens an ADS stream to istiod:port and asks for the credential;
 	// it returns the secrets of the first Secret answer (none within 5 s
@@ -182,15 +189,23 @@ spec:
 			t.Fatalf("err %v, want PermissionDenied", err)
 		}
 	})
-	t.Run("15012 with sleep's token: a gateway of its own namespace still gets no credential (sleep may not read Secrets)", func(t *testing.T) {
-		ss, err := ask(15012, overTLS, sleepToken, "cluster-eks", router("multicluster", "cluster-eks"))
-		noKey(t, ss, err)
-	})
-	t.Run("15012 with sleep's token: claiming another cluster is refused", func(t *testing.T) {
-		_, err := ask(15012, overTLS, sleepToken, "cluster-eks", router("multicluster", "cluster-aks"))
-		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "cluster") {
-			t.Fatalf("err %v, want PermissionDenied naming the cluster", err)
+	t.Run("15012 with sleep's token: whatever the node claims that its pod is not, it is refused", func(t *testing.T) {
+		for what, n := range map[string]*core.Node{
+			"a gateway pod of its own namespace":    router("multicluster", "cluster-eks"),
+			"the router role for its own pod":       node("router", sleep.Name, "multicluster", "cluster-eks", nil),
+			"the ingress gateway's labels":          node("sidecar", sleep.Name, "multicluster", "cluster-eks", gatewayLabels),
+			"another cluster than its token's":      node("sidecar", sleep.Name, "multicluster", "cluster-aks", nil),
+			"another pod's name at its own address": node("sidecar", "profile-fake", "multicluster", "cluster-eks", nil),
+		} {
+			_, err := ask(15012, overTLS, sleepToken, "cluster-eks", n)
+			if status.Code(err) != codes.PermissionDenied {
+				t.Errorf("claiming %s: %v, want PermissionDenied", what, err)
+			}
 		}
+	})
+	t.Run("15012 with sleep's token: its own pod, as it is, is served (and gets no credential)", func(t *testing.T) {
+		ss, err := ask(15012, overTLS, sleepToken, "cluster-eks", node("sidecar", sleep.Name, "multicluster", "cluster-eks", map[string]any{"app": "sleep"}))
+		noKey(t, ss, err)
 	})
 	t.Run("secure naming: an endpoint answering with another service account is refused by the caller's sidecar", func(t *testing.T) {
 		// A Service whose EndpointSlice says its endpoint is profile's pod

@@ -207,11 +207,11 @@ func (c *Controller) full(ctx context.Context) {
 		gws = append(gws, c.gateways(ctx, s)...)
 	}
 	shard.Gateways = gws
-	shard.Workloads = map[string]registry.Locality{}
+	shard.Workloads = map[string]registry.Workload{}
 	pods, _ := c.pods.List(labels.Everything())
 	for _, p := range pods {
 		if running(p) {
-			shard.Workloads[p.Status.PodIP] = c.locality(p.Spec.NodeName, p.Labels)
+			shard.Workloads[p.Status.PodIP] = c.workloadOf(p)
 		}
 	}
 	c.cfg.Registry.ReplaceCluster(c.cfg.ID, shard)
@@ -231,10 +231,22 @@ func (c *Controller) workload(p *corev1.Pod) {
 	}
 	_, err := c.pods.Pods(p.Namespace).Get(p.Name)
 	if err != nil || !running(p) {
-		c.cfg.Registry.SetWorkload(c.cfg.ID, p.Status.PodIP, registry.Locality{}, false)
+		c.cfg.Registry.SetWorkload(c.cfg.ID, p.Status.PodIP, registry.Workload{}, false)
 		return
 	}
-	c.cfg.Registry.SetWorkload(c.cfg.ID, p.Status.PodIP, c.locality(p.Spec.NodeName, p.Labels), true)
+	c.cfg.Registry.SetWorkload(c.cfg.ID, p.Status.PodIP, c.workloadOf(p), true)
+}
+
+// workloadOf is what the registry keeps of a running pod.
+func (c *Controller) workloadOf(p *corev1.Pod) registry.Workload {
+	w := registry.Workload{Namespace: p.Namespace, Name: p.Name, ServiceAccount: p.Spec.ServiceAccountName,
+		Labels: p.Labels, Locality: c.locality(p.Spec.NodeName, p.Labels)}
+	for _, ct := range p.Spec.Containers {
+		if ct.Name == "istio-proxy" && len(ct.Args) > 1 && ct.Args[0] == "proxy" && ct.Args[1] == "router" {
+			w.Router = true
+		}
+	}
+	return w
 }
 
 // service recomputes one service (and the cluster's gateways if it is one).

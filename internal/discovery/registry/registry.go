@@ -95,9 +95,21 @@ type shard struct {
 	services  map[string]*Service   // by hostname
 	endpoints map[string][]Endpoint // by hostname
 	gateways  []Gateway
-	// workloads are the localities of the cluster's pods by address:
-	// where a proxy runs when no service selects its pod.
-	workloads map[string]Locality
+	// workloads are the cluster's pods by address: where a proxy runs
+	// when no service selects its pod, and what it may claim to be.
+	workloads map[string]Workload
+}
+
+// Workload is a running pod of a cluster: where it runs, and what a proxy
+// that connects for it may say of itself (the control plane takes a
+// proxy's labels and role from here, not from what the proxy claims).
+type Workload struct {
+	Namespace, Name, ServiceAccount string
+	Labels                          map[string]string
+	Locality                        Locality
+	// Router: the pod runs a gateway (its istio-proxy container runs
+	// `proxy router`).
+	Router bool
 }
 
 // New returns an empty registry.
@@ -122,7 +134,7 @@ func (r *Registry) notify(e Event) {
 func (r *Registry) shard(cluster string) *shard {
 	s, ok := r.clusters[cluster]
 	if !ok {
-		s = &shard{services: map[string]*Service{}, endpoints: map[string][]Endpoint{}, workloads: map[string]Locality{}}
+		s = &shard{services: map[string]*Service{}, endpoints: map[string][]Endpoint{}, workloads: map[string]Workload{}}
 		r.clusters[cluster] = s
 	}
 	return s
@@ -200,7 +212,7 @@ type Shard struct {
 	Services  map[string]*Service
 	Endpoints map[string][]Endpoint
 	Gateways  []Gateway
-	Workloads map[string]Locality
+	Workloads map[string]Workload // by address
 }
 
 // ReplaceCluster swaps a cluster's whole shard at once, so a resync or a
@@ -208,7 +220,7 @@ type Shard struct {
 func (r *Registry) ReplaceCluster(cluster string, sh Shard) {
 	r.mu.Lock()
 	if sh.Workloads == nil {
-		sh.Workloads = map[string]Locality{}
+		sh.Workloads = map[string]Workload{}
 	}
 	r.clusters[cluster] = &shard{services: sh.Services, endpoints: sh.Endpoints, gateways: sh.Gateways, workloads: sh.Workloads}
 	r.mu.Unlock()
@@ -234,37 +246,44 @@ func (r *Registry) SubscribeWorkloads(fn func(cluster, address string)) {
 	r.workloadListeners = append(r.workloadListeners, fn)
 }
 
-// SetWorkload records where a cluster's pod runs (its address, its node's
-// locality); with ok false it forgets the pod. No push follows: only the
-// proxy of that pod, if connected, cares (SubscribeWorkloads).
-func (r *Registry) SetWorkload(cluster, address string, loc Locality, ok bool) {
+// SetWorkload records a cluster's pod by its address; with ok false it
+// forgets the address. No push follows: only the proxy of that pod, if
+// connected, cares where it runs (SubscribeWorkloads hears of new pods
+// and changed localities).
+func (r *Registry) SetWorkload(cluster, address string, w Workload, ok bool) {
 	r.mu.Lock()
 	s := r.shard(cluster)
 	old, had := s.workloads[address]
 	if ok {
-		s.workloads[address] = loc
+		s.workloads[address] = w
 	} else {
 		delete(s.workloads, address)
 	}
 	ls := slices.Clone(r.workloadListeners)
 	r.mu.Unlock()
-	if ok && (!had || old != loc) {
+	if ok && (!had || old.Locality != w.Locality) {
 		for _, fn := range ls {
 			fn(cluster, address)
 		}
 	}
 }
 
-// WorkloadLocality says where the pod with this address runs.
-func (r *Registry) WorkloadLocality(cluster, address string) (Locality, bool) {
+// Workload is the pod with this address in a cluster.
+func (r *Registry) Workload(cluster, address string) (Workload, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	s, ok := r.clusters[cluster]
 	if !ok {
-		return Locality{}, false
+		return Workload{}, false
 	}
-	l, ok := s.workloads[address]
-	return l, ok
+	w, ok := s.workloads[address]
+	return w, ok
+}
+
+// WorkloadLocality says where the pod with this address runs.
+func (r *Registry) WorkloadLocality(cluster, address string) (Locality, bool) {
+	w, ok := r.Workload(cluster, address)
+	return w.Locality, ok
 }
 
 // Services returns every service merged by hostname, sorted. When clusters

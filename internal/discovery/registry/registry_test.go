@@ -38,19 +38,19 @@ func TestWorkloads(t *testing.T) {
 	var heard []string
 	r.SubscribeWorkloads(func(cluster, address string) { heard = append(heard, cluster+"/"+address) })
 	east := Locality{Region: "us-east-1", Zone: "us-east-1a"}
-	r.SetWorkload("c1", "10.0.0.1", east, true)
-	r.SetWorkload("c1", "10.0.0.1", east, true)
+	r.SetWorkload("c1", "10.0.0.1", Workload{Locality: east}, true)
+	r.SetWorkload("c1", "10.0.0.1", Workload{Locality: east}, true)
 	if l, ok := r.WorkloadLocality("c1", "10.0.0.1"); !ok || l != east {
 		t.Fatalf("locality %v %v", l, ok)
 	}
 	if _, ok := r.WorkloadLocality("c2", "10.0.0.1"); ok {
 		t.Fatal("another cluster's pod")
 	}
-	r.SetWorkload("c1", "10.0.0.1", Locality{}, false)
+	r.SetWorkload("c1", "10.0.0.1", Workload{}, false)
 	if _, ok := r.WorkloadLocality("c1", "10.0.0.1"); ok {
 		t.Fatal("a deleted pod is still placed")
 	}
-	r.ReplaceCluster("c1", Shard{Workloads: map[string]Locality{"10.0.0.2": east}})
+	r.ReplaceCluster("c1", Shard{Workloads: map[string]Workload{"10.0.0.2": {Locality: east}}})
 	if _, ok := r.WorkloadLocality("c1", "10.0.0.2"); !ok {
 		t.Fatal("a full resync's pods are placed")
 	}

@@ -55,6 +55,13 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 	reg.SetService("c1", gwHost, &registry.Service{Namespace: "istio-system", Name: "istio-ingressgateway", Hostname: gwHost,
 		Ports: []registry.Port{{Name: "https", Port: 443, Protocol: "TCP"}}})
 	reg.SetEndpoints("c1", gwHost, []registry.Endpoint{{Address: "10.0.0.9", Cluster: "c1", Ports: map[string]int32{"https": 8443}}})
+	gwPod := func(ip, name, sa string) {
+		reg.SetWorkload("c1", ip, registry.Workload{Namespace: "istio-system", Name: name, ServiceAccount: sa,
+			Labels: map[string]string{"istio": "ingressgateway", "app": "istio-ingressgateway"}, Router: true}, true)
+	}
+	gwPod("10.0.0.9", "istio-ingressgateway-1", "istio-ingressgateway-service-account")
+	gwPod("10.0.0.10", "istio-ingressgateway-2", "default")
+	gwPod("10.0.0.11", "istio-ingressgateway-3", "istio-ingressgateway-service-account")
 	certPEM, keyPEM := selfSigned(t, "shop.example.com")
 	cfg := ingressConfig{
 		gws: []*networkingv1.Gateway{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "istio-system"},
@@ -176,7 +183,7 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 		}
 	})
 	t.Run("authenticated, service account without access to Secrets: no credential", func(t *testing.T) {
-		ss, err := askSecret(secureAddr, metadata.Pairs("cluster", "c1", "sa", "default"), node(strings.Replace(gwID, "-1.", "-2.", 1), gwLabels))
+		ss, err := askSecret(secureAddr, metadata.Pairs("cluster", "c1", "sa", "default"), node(strings.NewReplacer("-1.", "-2.", "10.0.0.9", "10.0.0.10").Replace(gwID), gwLabels))
 		if err != nil || len(ss) != 0 {
 			t.Fatalf("got %d secrets (private key: %v), err %v; want an empty answer", len(ss), hasKey(ss), err)
 		}
@@ -188,7 +195,7 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 		}
 	})
 	t.Run("authorized gateway: certificate and key", func(t *testing.T) {
-		ss, err := askSecret(secureAddr, gwMD, node(strings.Replace(gwID, "-1.", "-3.", 1), gwLabels))
+		ss, err := askSecret(secureAddr, gwMD, node(strings.NewReplacer("-1.", "-3.", "10.0.0.9", "10.0.0.11").Replace(gwID), gwLabels))
 		if err != nil || len(ss) != 1 || !hasKey(ss) {
 			t.Fatalf("got %d secrets (private key: %v), err %v", len(ss), hasKey(ss), err)
 		}

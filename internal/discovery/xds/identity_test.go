@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
@@ -27,12 +28,18 @@ type identityStream struct {
 
 func (s identityStream) Context() context.Context { return s.ctx }
 
-// A stream whose token proves test/sleep may only speak for a node of
-// namespace test with that service account.
+// A stream whose token proves test/sleep may only speak for its own pod:
+// namespace, service account, pod, labels and role are the pod's, not
+// what the node says.
 func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv := xds.NewServer(registry.New(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer func(d time.Duration) { xds.PodWait = d }(xds.PodWait)
+	xds.PodWait = 300 * time.Millisecond
+	reg := registry.New()
+	reg.SetWorkload("", "10.0.0.1", registry.Workload{Namespace: "test", Name: "sleep-1", ServiceAccount: "sleep", Labels: map[string]string{"app": "sleep"}}, true)
+	reg.SetWorkload("", "10.0.0.2", registry.Workload{Namespace: "test", Name: "bank-1", ServiceAccount: "bank", Labels: map[string]string{"app": "bank"}}, true)
+	srv := xds.NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -63,15 +70,49 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 	if err := ask("sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", map[string]string{"SERVICE_ACCOUNT": "sleep"}); err != nil {
 		t.Fatalf("matching node refused: %v", err)
 	}
+	labelled := func(kv ...string) *structpb.Struct {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return xds.NodeMetadata(m)
+	}
+	if err := askLabelled(ctx, conn, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("app", "sleep")); err != nil {
+		t.Fatalf("a node claiming its pod's own label refused: %v", err)
+	}
 	for name, tc := range map[string]struct {
 		id string
 		md map[string]string
 	}{
-		"another namespace":       {"sidecar~10.0.0.1~x-1.prod~prod.svc.cluster.local", nil},
-		"another service account": {"sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", map[string]string{"SERVICE_ACCOUNT": "admin"}},
+		"another namespace":                     {"sidecar~10.0.0.1~x-1.prod~prod.svc.cluster.local", nil},
+		"another service account":               {"sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", map[string]string{"SERVICE_ACCOUNT": "admin"}},
+		"another pod's name at its own address": {"sidecar~10.0.0.1~bank-1.test~test.svc.cluster.local", nil},
+		"another pod's address":                 {"sidecar~10.0.0.2~bank-1.test~test.svc.cluster.local", nil},
+		"a router's role":                       {"router~10.0.0.1~sleep-1.test~test.svc.cluster.local", nil},
 	} {
 		if err := ask(tc.id, tc.md); status.Code(err) != codes.PermissionDenied {
 			t.Errorf("%s: %v, want PermissionDenied", name, err)
 		}
 	}
+	if err := askLabelled(ctx, conn, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("istio", "ingressgateway")); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a label its pod lacks: %v, want PermissionDenied", err)
+	}
+	if err := ask("sidecar~10.0.0.9~sleep-9.test~test.svc.cluster.local", nil); status.Code(err) != codes.Unavailable {
+		t.Errorf("no pod at the address: %v, want Unavailable (the proxy retries)", err)
+	}
+}
+
+// askLabelled opens a stream for a node with LABELS and returns the
+// first response's error.
+func askLabelled(ctx context.Context, conn *grpc.ClientConn, id string, labels *structpb.Struct) error {
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	defer scancel()
+	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	if err != nil {
+		return err
+	}
+	_ = s.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, Node: &core.Node{Id: id,
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"LABELS": structpb.NewStructValue(labels)}}}})
+	_, err = s.Recv()
+	return err
 }

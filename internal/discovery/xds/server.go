@@ -620,6 +620,9 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 	if err == nil {
 		if who, ok := c.ctx.Value(identityKey{}).(Identity); ok {
 			if err = claims(p, who); err == nil {
+				err = s.fromPod(c.ctx, p, who)
+			}
+			if err == nil {
 				p.identity = &who
 				p.credentials = s.authorizeCredentials(c.ctx, p)
 			}
@@ -668,6 +671,51 @@ func claims(p *Proxy, who Identity) error {
 	if p.ClusterID == "" {
 		p.ClusterID = who.Cluster
 	}
+	return nil
+}
+
+// PodWait bounds how long an authenticated proxy's connection waits for
+// its pod to reach the registry (a pod just started may be seen by the
+// informers a moment after its proxy dials).
+var PodWait = 10 * time.Second
+
+// fromPod takes an authenticated proxy's labels and role from its pod in
+// the registry (the pod at the node's address in the token's cluster),
+// never from the node: a node naming another pod, or claiming labels or a
+// role its pod does not have, is refused.
+func (s *Server) fromPod(ctx context.Context, p *Proxy, who Identity) error {
+	w, ok := s.Registry.Workload(who.Cluster, p.IP)
+	if !ok {
+		wait, cancel := context.WithTimeout(ctx, PodWait)
+		defer cancel()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for !ok {
+			select {
+			case <-wait.Done():
+				return status.Errorf(codes.Unavailable, "node %q: no running pod at %s in cluster %q is known to the control plane (yet); the proxy retries", p.ID, p.IP, who.Cluster)
+			case <-tick.C:
+			}
+			w, ok = s.Registry.Workload(who.Cluster, p.IP)
+		}
+	}
+	deny := func(format string, args ...any) error {
+		return status.Errorf(codes.PermissionDenied, "node %q: "+format, append([]any{p.ID}, args...)...)
+	}
+	switch {
+	case w.Namespace != who.Namespace || w.ServiceAccount != who.ServiceAccount:
+		return deny("the pod at %s is %s/%s with service account %s, not the token's %s/%s", p.IP, w.Namespace, w.Name, w.ServiceAccount, who.Namespace, who.ServiceAccount)
+	case p.Pod != "" && p.Pod != w.Name:
+		return deny("claims pod %s but the pod at %s is %s", p.Pod, p.IP, w.Name)
+	case (p.Type == Router) != w.Router:
+		return deny("claims to be a %s but its pod %s/%s runs a %s", p.Type, w.Namespace, w.Name, map[bool]string{true: Router, false: Sidecar}[w.Router])
+	}
+	for k, v := range p.Labels {
+		if got, ok := w.Labels[k]; !ok || got != v {
+			return deny("claims label %s=%s that its pod %s/%s does not have", k, v, w.Namespace, w.Name)
+		}
+	}
+	p.Labels = w.Labels
 	return nil
 }
 
