@@ -2,13 +2,18 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +29,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+	pb "istio.io/api/security/v1alpha1"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -206,6 +212,30 @@ spec:
 	t.Run("15012 with sleep's token: its own pod, as it is, is served (and gets no credential)", func(t *testing.T) {
 		ss, err := ask(15012, overTLS, sleepToken, "cluster-eks", node("sidecar", sleep.Name, "multicluster", "cluster-eks", map[string]any{"app": "sleep"}))
 		noKey(t, ss, err)
+	})
+	t.Run("15012 with sleep's token: a certificate for profile's identity is refused, its own is signed", func(t *testing.T) {
+		conn, err := grpc.NewClient(fmt.Sprintf("passthrough:///%s:15012", istiod.Spec.ClusterIP), overTLS, fromSleep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		csr := func(uri string) error {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			u, _ := url.Parse(uri)
+			der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+sleepToken, "clusterid", "cluster-eks")
+			_, err := pb.NewIstioCertificateServiceClient(conn).CreateCertificate(cctx, &pb.IstioCertificateRequest{
+				Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
+			return err
+		}
+		if err := csr(profileID); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("a CSR for %s with sleep's token: %v, want PermissionDenied", profileID, err)
+		}
+		if err := csr(sleepID); err != nil {
+			t.Errorf("a CSR for sleep's own identity: %v", err)
+		}
 	})
 	t.Run("secure naming: an endpoint answering with another service account is refused by the caller's sidecar", func(t *testing.T) {
 		// A Service whose EndpointSlice says its endpoint is profile's pod
