@@ -5,8 +5,10 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
 # Debian packages the sandbox needs on a fresh machine.
 APT_PKGS := iptables conntrack iproute2 util-linux curl
+# staticcheck, pinned (its checks: staticcheck.conf).
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build deps kube test unit demo bench clean
+.PHONY: help build deps kube lint test unit demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -24,8 +26,13 @@ deps: ## install the Debian packages the sandbox needs (root)
 kube: build ## build and cache the Kubernetes binaries (once per machine, ~9 min cold)
 	$(BIN) sandbox prepare
 
-test: deps kube ## run every test but the benchmarks (needs root for the sandbox tests)
+lint: ## gofmt, go vet, staticcheck and the package boundaries (proxy and control plane apart)
+	@out=$$(gofmt -l cmd internal test bench); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) test -count=1 -run TestPackageBoundaries ./test/contract/
+
+test: deps kube lint ## lint, then every test but the benchmarks (needs root for the sandbox tests)
 	$(GO) test -race -count=1 -timeout 50m ./...
 	# Again without -race: race builds read and write sockets through syscall.Read/Write (internal/proxy/rawtcp).
 	$(GO) test -count=1 ./internal/proxy/ ./internal/proxy/rawtcp/

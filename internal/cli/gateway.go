@@ -65,7 +65,7 @@ the load balancer to be provisioned.`,
 				}
 				select {
 				case <-ctx.Done():
-					return fmt.Errorf("Service %s/%s has no load balancer address after %s (is it type LoadBalancer, and does the cluster provision load balancers?)", namespace, name, wait)
+					return fmt.Errorf("the Service %s/%s has no load balancer address after %s (is it type LoadBalancer, and does the cluster provision load balancers?)", namespace, name, wait)
 				case <-time.After(time.Second):
 				}
 			}

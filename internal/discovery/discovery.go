@@ -97,7 +97,7 @@ func (c Config) Validate() error {
 	case c.Namespace == "":
 		return errors.New("namespace is required")
 	case c.Client == nil || c.IstioClient == nil:
-		return errors.New("Kubernetes and Istio clients are required")
+		return errors.New("the Kubernetes and Istio clients are required")
 	}
 	return nil
 }

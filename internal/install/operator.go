@@ -467,10 +467,7 @@ func (l *Loaded) enabled(component string) bool {
 // gateways are the enabled ingress gateways: the profile's, overlaid by
 // name with the file's.
 func (l *Loaded) gateways() []Gateway {
-	var out []Gateway
-	for _, g := range profiles[l.ProfileName()].gateways {
-		out = append(out, g)
-	}
+	out := slices.Clone(profiles[l.ProfileName()].gateways)
 	for _, g := range l.Spec.Components.IngressGateways {
 		i := slices.IndexFunc(out, func(p Gateway) bool { return p.Name == g.Name })
 		if i < 0 {

@@ -529,7 +529,7 @@ func (c *h2Conn) readUpstream() {
 	streams := c.streams
 	c.streams = map[uint32]*h2Stream{}
 	c.mu.Unlock()
-	if err == nil || errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) {
 		err = errors.New("upstream connection closed")
 	}
 	for _, s := range streams {

@@ -9,7 +9,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/admission"
+	"github.com/isthmus-mesh/isthmus/internal/admission"
 )
 
 // Handler serves AdmissionReview v1 requests (Istio's /validate): a

@@ -97,7 +97,7 @@ func (s *Store) Load(ctx context.Context) error {
 		s.set(a)
 		return nil
 	}
-	return fmt.Errorf("Secret %s/%s keeps changing; cannot settle on a root", s.Namespace, SelfSignedSecret)
+	return fmt.Errorf("the Secret %s/%s keeps changing; cannot settle on a root", s.Namespace, SelfSignedSecret)
 }
 
 // Run reloads the plug-in CA when its Secret is created or changes.

@@ -23,7 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/admission"
+	"github.com/isthmus-mesh/isthmus/internal/admission"
 )
 
 // Istio's names.

@@ -1,4 +1,4 @@
-package config
+package contract
 
 import (
 	"crypto/ecdsa"
@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"math/big"
 	"slices"
 	"testing"
@@ -74,7 +75,7 @@ func TestBuildsIngressGateway(t *testing.T) {
 	}
 	p.Labels = map[string]string{"istio": "ingressgateway"}
 	g := xds.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
-	rs := Resources{}
+	rs := config.Resources{}
 	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.ListenerType: g.Listeners,
 		resource.RouteType: g.Routes, resource.SecretType: g.Secrets} {
 		rs[typ] = map[string]*anypb.Any{}
@@ -83,7 +84,7 @@ func TestBuildsIngressGateway(t *testing.T) {
 			rs[typ][cacheName(it)] = a
 		}
 	}
-	snap, want, err := Build(rs)
+	snap, want, err := config.Build(rs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func TestBuildsIngressGateway(t *testing.T) {
 	bad, _ := anypb.New(&tlsv3.Secret{Name: "kubernetes://shop", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 		CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: []byte("nope")}}}}})
 	rs[resource.SecretType]["kubernetes://shop"] = bad
-	if _, _, err := Build(rs); err == nil {
+	if _, _, err := config.Build(rs); err == nil {
 		t.Fatal("a secret without a usable certificate was accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package rbac_test
+package contract
 
 import (
 	"net/netip"

@@ -1,7 +1,8 @@
-package config
+package contract
 
 import (
 	"fmt"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"strings"
 	"testing"
 	"time"
@@ -26,13 +27,13 @@ import (
 
 // generated is what isthmus's control plane sends a sidecar of a small
 // mesh: the contract this package must accept.
-func generated(t testing.TB) Resources {
+func generated(t testing.TB) config.Resources {
 	return generatedPorts(t, []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}, {Name: "tcp", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"}})
 }
 
 // generatedPorts is generated with the service's ports (each port's
 // target port is its own number).
-func generatedPorts(t testing.TB, ports []registry.Port) Resources {
+func generatedPorts(t testing.TB, ports []registry.Port) config.Resources {
 	t.Helper()
 	reg := registry.New()
 	h := "profile.test.svc.cluster.local"
@@ -48,7 +49,7 @@ func generatedPorts(t testing.TB, ports []registry.Port) Resources {
 	}
 	g := xds.Generate(p, reg, nil, "cluster.local", func(string) {}, nil)
 	in, inClusters := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())["10.64.0.5"], xds.InboundPolicy{})
-	rs := Resources{}
+	rs := config.Resources{}
 	add := func(typ string, items []types.Resource) {
 		if rs[typ] == nil {
 			rs[typ] = map[string]*anypb.Any{}
@@ -76,12 +77,12 @@ func cacheName(r types.Resource) string {
 }
 
 func TestBuildsWhatTheControlPlaneSends(t *testing.T) {
-	snap, want, err := Build(generated(t))
+	snap, want, err := config.Build(generated(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := snap.Clusters["outbound|8080||profile.test.svc.cluster.local"]
-	if out == nil || out.Type != EDS || len(out.Endpoints) != 1 {
+	if out == nil || out.Type != config.EDS || len(out.Endpoints) != 1 {
 		t.Fatalf("outbound cluster %+v", out)
 	}
 	if tls := out.TransportFor(out.Endpoints[0]); tls == nil || tls.SNI != "outbound_.8080_._.profile.test.svc.cluster.local" {
@@ -98,9 +99,9 @@ func TestBuildsWhatTheControlPlaneSends(t *testing.T) {
 		t.Fatalf("HTTP listener %+v", l)
 	}
 	vi := snap.Listeners["virtualInbound"]
-	mtls := vi.Match(Connection{DestPort: 8080, Transport: "tls"})
-	plain := vi.Match(Connection{DestPort: 8080, Transport: "raw_buffer"})
-	other := vi.Match(Connection{DestPort: 9999, Transport: "raw_buffer"})
+	mtls := vi.Match(config.Connection{DestPort: 8080, Transport: "tls"})
+	plain := vi.Match(config.Connection{DestPort: 8080, Transport: "raw_buffer"})
+	other := vi.Match(config.Connection{DestPort: 9999, Transport: "raw_buffer"})
 	if mtls == nil || mtls.TLS == nil || !mtls.HTTP.ForwardClientCert || plain == nil || plain.TLS != nil || other != vi.Default {
 		t.Fatalf("inbound chains: mtls %+v plain %+v other %+v", mtls, plain, other)
 	}
@@ -120,24 +121,24 @@ func TestBuildsWhatTheControlPlaneSends(t *testing.T) {
 
 // Each of these is NACKed with a message naming the resource.
 func TestRejectsWhatItCannotServe(t *testing.T) {
-	for name, mutate := range map[string]func(Resources){
-		"listener without an address": func(rs Resources) {
+	for name, mutate := range map[string]func(config.Resources){
+		"listener without an address": func(rs config.Resources) {
 			rs[resource.ListenerType]["virtualOutbound"] = mustAny(&listener.Listener{Name: "virtualOutbound"})
 		},
-		"unknown network filter": func(rs Resources) {
+		"unknown network filter": func(rs config.Resources) {
 			rs[resource.ListenerType]["x"] = mustAny(&listener.Listener{Name: "x", Address: addr("0.0.0.0", 1),
 				FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{Name: "envoy.filters.network.redis_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&structpb.Struct{})}}}}}})
 		},
-		"a resource of another type": func(rs Resources) {
+		"a resource of another type": func(rs config.Resources) {
 			rs[resource.ClusterType]["bogus"] = mustAny(&listener.Listener{Name: "bogus"})
 		},
-		"garbage bytes": func(rs Resources) {
+		"garbage bytes": func(rs config.Resources) {
 			rs[resource.RouteType]["8080"] = &anypb.Any{TypeUrl: resource.RouteType, Value: []byte{0xff, 0xff, 0xff}}
 		},
 	} {
 		rs := generated(t)
 		mutate(rs)
-		if _, _, err := Build(rs); err == nil {
+		if _, _, err := config.Build(rs); err == nil {
 			t.Errorf("%s: accepted", name)
 		} else if !strings.Contains(err.Error(), "\"") {
 			t.Errorf("%s: error %q does not name the resource", name, err)
@@ -157,23 +158,6 @@ func addr(ip string, port uint32) *core.Address {
 	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: ip, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port}}}}
 }
 
-func TestChainMatchPrefersSpecific(t *testing.T) {
-	l := &Listener{Chains: []*Chain{
-		{Name: "any"},
-		{Name: "wild", ServerNames: []string{"*.local"}},
-		{Name: "exact", ServerNames: []string{"a.svc.local"}},
-		{Name: "alpn", ServerNames: []string{"b.svc.local"}, ALPN: []string{"istio"}},
-	}}
-	for sni, want := range map[string]string{"a.svc.local": "exact", "z.local": "wild", "example.com": "any"} {
-		if got := l.Match(Connection{SNI: sni}); got.Name != want {
-			t.Errorf("SNI %s -> %s, want %s", sni, got.Name, want)
-		}
-	}
-	if got := l.Match(Connection{SNI: "b.svc.local", ALPN: []string{"h2"}}); got.Name != "wild" {
-		t.Errorf("ALPN mismatch -> %s, want the wildcard", got.Name)
-	}
-}
-
 // FuzzBuild feeds arbitrary bytes as each resource type: errors are fine,
 // panics are not (a malformed resource must never take the proxy down).
 func FuzzBuild(f *testing.F) {
@@ -185,10 +169,10 @@ func FuzzBuild(f *testing.F) {
 	f.Fuzz(func(t *testing.T, typ string, value []byte) {
 		for _, known := range []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType} {
 			if typ == known {
-				_, _, _ = Build(Resources{typ: {"fuzz": &anypb.Any{TypeUrl: typ, Value: value}}})
+				_, _, _ = config.Build(config.Resources{typ: {"fuzz": &anypb.Any{TypeUrl: typ, Value: value}}})
 			}
 		}
-		_, _, _ = Build(Resources{resource.ListenerType: {"fuzz": &anypb.Any{TypeUrl: resource.ListenerType, Value: value}}})
+		_, _, _ = config.Build(config.Resources{resource.ListenerType: {"fuzz": &anypb.Any{TypeUrl: resource.ListenerType, Value: value}}})
 	})
 }
 
@@ -222,10 +206,12 @@ http:
 	}
 	var warnings []string
 	rs := xds.SidecarRoutes("test", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
-	rt, err := buildRoutes(rs[0].(*routev3.RouteConfiguration))
+	rc := rs[0].(*routev3.RouteConfiguration)
+	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	rt := snap.Routes[rc.Name]
 	if len(warnings) > 0 {
 		t.Errorf("warnings: %v", warnings)
 	}
@@ -297,7 +283,7 @@ trafficPolicy:
 	}
 	var warnings []string
 	g := xds.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { warnings = append(warnings, w) })
-	rs := Resources{}
+	rs := config.Resources{}
 	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints} {
 		rs[typ] = map[string]*anypb.Any{}
 		for _, it := range items {
@@ -305,18 +291,18 @@ trafficPolicy:
 			rs[typ][cacheName(it)] = a
 		}
 	}
-	snap, _, err := Build(rs)
+	snap, _, err := config.Build(rs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := snap.Clusters["outbound|8080||"+h]
-	if c == nil || c.LB != LeastRequest || c.Outlier == nil || c.Outlier.Consecutive5xx != 2 || c.Outlier.BaseEjection != 15*time.Second || c.Outlier.MaxEjectionPercent != 100 {
+	if c == nil || c.LB != config.LeastRequest || c.Outlier == nil || c.Outlier.Consecutive5xx != 2 || c.Outlier.BaseEjection != 15*time.Second || c.Outlier.MaxEjectionPercent != 100 {
 		t.Fatalf("cluster %+v outlier %+v", c, c.Outlier)
 	}
 	if c.MaxConnections != 1 || c.MaxRequests != 2 || c.ConnectTimeout != 2*time.Second {
 		t.Errorf("circuit breakers: %d connections, %d requests (want 1 and 1+1 pending), connect timeout %s", c.MaxConnections, c.MaxRequests, c.ConnectTimeout)
 	}
-	if c.Protocol != UpstreamHTTP2 {
+	if c.Protocol != config.UpstreamHTTP2 {
 		t.Errorf("h2UpgradePolicy UPGRADE: upstream protocol %d, want HTTP/2", c.Protocol)
 	}
 	for _, w := range warnings {
@@ -379,7 +365,7 @@ tcp:
 			continue
 		}
 		seen++
-		built, err := buildListener(l)
+		built, err := listenerOf(l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -426,7 +412,7 @@ tls:
 		if l.Name != "10.96.2.1_443" {
 			continue
 		}
-		built, err := buildListener(l)
+		built, err := listenerOf(l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -434,7 +420,7 @@ tls:
 			t.Fatal("no TLS inspection on a port with tls routes")
 		}
 		for sni, want := range map[string]string{"v2.example.com": "outbound|443||web-v2.test.svc.cluster.local", "other.example.com": "outbound|443||web.test.svc.cluster.local"} {
-			c := built.Match(Connection{DestPort: 443, Transport: "tls", SNI: sni})
+			c := built.Match(config.Connection{DestPort: 443, Transport: "tls", SNI: sni})
 			if c == nil || c.TCP == nil || c.TCP.Cluster != want {
 				t.Errorf("SNI %s: chain %+v, want %s", sni, c, want)
 			}
@@ -461,7 +447,7 @@ func TestConsistentHash(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := xds.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { t.Errorf("warning: %s", w) })
-	rs := Resources{resource.ClusterType: {}, resource.RouteType: {}}
+	rs := config.Resources{resource.ClusterType: {}, resource.RouteType: {}}
 	for _, c := range g.Clusters {
 		a, _ := anypb.New(c)
 		rs[resource.ClusterType][cacheName(c)] = a
@@ -470,11 +456,11 @@ func TestConsistentHash(t *testing.T) {
 		a, _ := anypb.New(r)
 		rs[resource.RouteType][cacheName(r)] = a
 	}
-	snap, _, err := Build(rs)
+	snap, _, err := config.Build(rs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := snap.Clusters["outbound|8080||"+h]; c == nil || c.LB != RingHash {
+	if c := snap.Clusters["outbound|8080||"+h]; c == nil || c.LB != config.RingHash {
 		t.Fatalf("cluster: %+v", c)
 	}
 	vh := snap.Routes["8080"].Match("profile:8080")
@@ -488,17 +474,17 @@ func TestConsistentHash(t *testing.T) {
 // the client's own for a sniffed port and the passthrough clusters; on the
 // inbound side the same for the app's ports.
 func TestUpstreamProtocolFollowsThePort(t *testing.T) {
-	snap, _, err := Build(generatedPorts(t, []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"},
+	snap, _, err := config.Build(generatedPorts(t, []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"},
 		{Name: "grpc", Port: 9090, Protocol: "TCP", AppProtocol: "grpc"}, {Name: "h2", Port: 9091, Protocol: "TCP", AppProtocol: "http2"},
 		{Name: "web", Port: 8081, Protocol: "TCP"}}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := "profile.test.svc.cluster.local"
-	for name, want := range map[string]UpstreamProtocol{
-		"outbound|8080||" + h: UpstreamHTTP1, "outbound|9090||" + h: UpstreamHTTP2, "outbound|9091||" + h: UpstreamHTTP2, "outbound|8081||" + h: UpstreamAsDownstream,
-		"inbound|8080||": UpstreamHTTP1, "inbound|9090||": UpstreamHTTP2, "inbound|9091||": UpstreamHTTP2, "inbound|8081||": UpstreamAsDownstream,
-		"PassthroughCluster": UpstreamAsDownstream, "InboundPassthroughCluster": UpstreamAsDownstream,
+	for name, want := range map[string]config.UpstreamProtocol{
+		"outbound|8080||" + h: config.UpstreamHTTP1, "outbound|9090||" + h: config.UpstreamHTTP2, "outbound|9091||" + h: config.UpstreamHTTP2, "outbound|8081||" + h: config.UpstreamAsDownstream,
+		"inbound|8080||": config.UpstreamHTTP1, "inbound|9090||": config.UpstreamHTTP2, "inbound|9091||": config.UpstreamHTTP2, "inbound|8081||": config.UpstreamAsDownstream,
+		"PassthroughCluster": config.UpstreamAsDownstream, "InboundPassthroughCluster": config.UpstreamAsDownstream,
 	} {
 		c := snap.Clusters[name]
 		if c == nil {
@@ -509,4 +495,13 @@ func TestUpstreamProtocolFollowsThePort(t *testing.T) {
 			t.Errorf("%s: upstream protocol %d, want %d", name, c.Protocol, want)
 		}
 	}
+}
+
+// listenerOf builds one listener as the proxy builds what it receives.
+func listenerOf(l *listener.Listener) (*config.Listener, error) {
+	snap, _, err := config.Build(config.Resources{resource.ListenerType: {l.Name: mustAny(l)}})
+	if err != nil {
+		return nil, err
+	}
+	return snap.Listeners[l.Name], nil
 }

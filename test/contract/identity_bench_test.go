@@ -1,4 +1,4 @@
-package identity
+package contract
 
 import (
 	"crypto/tls"
