@@ -34,8 +34,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/config"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/inject"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/istioconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -178,7 +178,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if r := mesh.Config.GetRootNamespace(); r != "" {
 		xdsServer.RootNamespace = r
 	}
-	store := &config.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Kube: cfg.Client, Log: log}
+	store := &istioconfig.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Kube: cfg.Client, Log: log}
 	store.Subscribe(xdsServer.Trigger)
 	xdsServer.Config = store
 

@@ -24,13 +24,14 @@ import (
 // streamed or large bodies, upgrades, Expect: 100-continue) still go
 // through the Transport.
 
-// h1Key is one upstream address of one connection pool.
-type h1Key struct {
+// upstreamKey is one upstream address of one connection pool: it keys
+// both the HTTP/1.1 idle connections and the HTTP/2 pools.
+type upstreamKey struct {
 	pool poolKey
 	addr string
 }
 
-// h1Idle is the idle connections of one h1Key.
+// h1Idle is the idle connections of one upstreamKey.
 type h1Idle struct {
 	mu    sync.Mutex
 	conns []*h1Conn
@@ -92,7 +93,7 @@ func idempotentMethod(method string) bool {
 // roundTripH1 sends r to addr over a pooled connection (dialled with
 // dial when none is idle) and returns the response; its body hands the
 // connection back once read to the end.
-func (p *Proxy) roundTripH1(r *http.Request, key h1Key, body []byte, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
+func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
 	v, _ := p.h1Pools.LoadOrStore(key, &h1Idle{})
 	idle := v.(*h1Idle)
 	ctx := r.Context()

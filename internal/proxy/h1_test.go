@@ -18,7 +18,7 @@ func h1Get(t *testing.T, p *Proxy, addr, path string) (*http.Response, error) {
 	r, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
 	r.Body = http.NoBody
 	dial := func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) }
-	return p.roundTripH1(r, h1Key{addr: addr}, nil, dial)
+	return p.roundTripH1(r, upstreamKey{addr: addr}, nil, dial)
 }
 
 // Responses read to the end hand their connection back; one abandoned
@@ -137,7 +137,7 @@ func TestH1Cancel(t *testing.T) {
 	r, _ := http.NewRequestWithContext(ctx, http.MethodGet, up.URL, nil)
 	addr := up.Listener.Addr().String()
 	start := time.Now()
-	_, err := p.roundTripH1(r, h1Key{addr: addr}, nil, func(ctx context.Context) (net.Conn, error) { return net.Dial("tcp", addr) })
+	_, err := p.roundTripH1(r, upstreamKey{addr: addr}, nil, func(ctx context.Context) (net.Conn, error) { return net.Dial("tcp", addr) })
 	if err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("cancelled request: err %v after %s", err, time.Since(start))
 	}

@@ -731,7 +731,7 @@ func (c *h1Down) pool(cl *config.Cluster, ep *config.Endpoint, addr string) *h1I
 	if l := &c.last; l.idle != nil && l.cl == cl && l.ep == ep && l.addr == addr {
 		return l.idle
 	}
-	key := h1Key{pool: poolKeyFor(cl, ep), addr: addr}
+	key := upstreamKey{pool: poolKeyFor(cl, ep), addr: addr}
 	v, ok := c.p.h1Pools.Load(key)
 	if !ok {
 		v, _ = c.p.h1Pools.LoadOrStore(key, &h1Idle{})

@@ -375,7 +375,7 @@ type h2Pool struct {
 
 // h2PoolFor is the pool of an endpoint.
 func (p *Proxy) h2PoolFor(cl *config.Cluster, ep *config.Endpoint, addr string) *h2Pool {
-	key := h1Key{pool: poolKeyFor(cl, ep), addr: addr}
+	key := upstreamKey{pool: poolKeyFor(cl, ep), addr: addr}
 	v, ok := p.h2Pools.Load(key)
 	if !ok {
 		v, _ = p.h2Pools.LoadOrStore(key, &h2Pool{})

@@ -630,7 +630,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			dial := func(ctx context.Context) (net.Conn, error) {
 				return p.dialFor(ctx, c, ep, addr, []string{"istio-http/1.1"})
 			}
-			resp, err = p.roundTripH1(out, h1Key{pool: poolKeyFor(c, ep), addr: addr}, body, dial)
+			resp, err = p.roundTripH1(out, upstreamKey{pool: poolKeyFor(c, ep), addr: addr}, body, dial)
 		} else {
 			resp, err = p.transport(c, ep, h2).RoundTrip(out)
 		}

@@ -74,9 +74,9 @@ type Proxy struct {
 	http         *http.Server
 	proxyHandler *httputil.ReverseProxy
 	pools        sync.Map // poolKey -> *http.Transport
-	h1Pools      sync.Map // h1Key -> *h1Idle
+	h1Pools      sync.Map // upstreamKey -> *h1Idle
 	h1Conns      sync.Map // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
-	h2Pools      sync.Map // h1Key -> *h2Pool
+	h2Pools      sync.Map // upstreamKey -> *h2Pool
 	h2Conns      sync.Map // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
 }

@@ -104,21 +104,6 @@ func fields(lists ...[]string) map[string]bool {
 	return out
 }
 
-// Known reports whether objects of an API group and kind are validated.
-func Known(group, kind string) bool {
-	_, ok := kinds[group+"/"+kind]
-	return ok
-}
-
-// Kinds lists the validated group/kind pairs.
-func Kinds() []string {
-	out := make([]string, 0, len(kinds))
-	for k := range kinds {
-		out = append(out, k)
-	}
-	return out
-}
-
 // Object validates one object given as JSON. ok is false for kinds that
 // are not Istio configuration isthmus reads.
 func Object(raw []byte) (r Result, ok bool, err error) {

@@ -1,10 +1,3 @@
-// Package xds serves the mesh's configuration to proxies over Envoy's
-// aggregated discovery service (state-of-the-world and delta), with
-// go-control-plane's types and its own stream handling (ads.go says why).
-// Each proxy gets resources
-// generated for it from its node metadata: its cluster, network and
-// network view decide which endpoints are direct and which go through an
-// east-west gateway.
 package xds
 
 import (

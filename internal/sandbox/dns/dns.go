@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
@@ -193,16 +192,4 @@ func (s *Server) lookup(q dns.Question) ([]dns.RR, bool) {
 		out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: net.ParseIP(ip).To4()})
 	}
 	return out, true
-}
-
-// WaitSynced waits for the informers the server reads.
-func WaitSynced(ctx context.Context, factory informers.SharedInformerFactory) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer for %v did not sync", typ)
-		}
-	}
-	return nil
 }

@@ -1,10 +1,10 @@
-// Package config is the control plane's store of Istio configuration
+// Package istioconfig is the control plane's store of Istio configuration
 // (Gateway, VirtualService, DestinationRule, ServiceEntry,
 // PeerAuthentication, AuthorizationPolicy) and the Secrets that gateways
 // name for TLS, read from the config cluster
 // with istio.io/client-go informers. When the CRDs are not installed yet it
 // waits for them instead of failing.
-package config
+package istioconfig
 
 import (
 	"context"
