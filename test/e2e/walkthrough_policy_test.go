@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// policyArea checks mesh-wide STRICT mTLS and AuthorizationPolicy in
+// both clusters.
+func policyArea(t *testing.T, w *walkthrough) {
+	e := w.e
+	sleepExec := func(script string) string { t.Helper(); return w.sleepExec(t, script) }
+
+	t.Run("STRICT mTLS mesh-wide: plaintext from outside the mesh is refused in both clusters; mesh calls and probes go on", func(t *testing.T) {
+		const client = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: curl, namespace: outside}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{name: curl, image: curlimages/curl, command: [sleep, infinity]}]\n"
+		plaintext := func(cluster string) error {
+			o, err := e.kubectl(cluster, "", "-n", "outside", "exec", "curl", "--", "curl", "-sS", "--max-time", "3", "http://profile.multicluster:8080/profile?id=1")
+			if err == nil && !strings.Contains(o, "servedBy") {
+				return fmt.Errorf("answer %q", o)
+			}
+			return err
+		}
+		for _, c := range []string{"cluster-eks", "cluster-aks"} {
+			e.apply(c, client)
+			e.waitReady(c, "outside", "", 1)
+			if err := plaintext(c); err != nil {
+				t.Fatalf("PERMISSIVE (the default): plaintext from outside the mesh in %s: %v", c, err)
+			}
+		}
+		// In the primary's root namespace: the mesh's config cluster.
+		e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n")
+		defer e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "peerauthentication", "default")
+		for _, c := range []string{"cluster-eks", "cluster-aks"} {
+			eventually(t, "plaintext refused by profile in "+c, func() bool { return plaintext(c) != nil })
+		}
+		seen := map[string]bool{}
+		eventually(t, "sleep still reaches profile in both clusters", func() bool {
+			var a profileAnswer
+			if json.Unmarshal([]byte(sleepExec("curl -sS --max-time 5 http://profile:8080/profile?id=4")), &a) == nil && strings.Contains(a.Caller, sleepID) {
+				seen[a.ServedBy.Cluster] = true
+			}
+			return seen["cluster-eks"] && seen["cluster-aks"]
+		})
+		// Probes are rewritten to the proxy's 15020, so pods stay ready
+		// (unready would show after 3 failed probes, 6 s).
+		time.Sleep(8 * time.Second)
+		for cluster, n := range map[string]int{"cluster-eks": 4, "cluster-aks": 1} {
+			e.waitReady(cluster, "multicluster", "", n)
+		}
+	})
+
+	t.Run("AuthorizationPolicy: DENY sleep to accounts; ALLOW only sleep on profile, enforced in both clusters", func(t *testing.T) {
+		code := func(url string) string {
+			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code}' --max-time 5 " + url))
+		}
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: accounts}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "deny-sleep", "profile-readers")
+		eventually(t, "sleep -> accounts refused with 403", func() bool { return code("http://accounts:8080/accounts?id=4") == "403" })
+		if c := code("http://dashboard:8080/dashboard?id=4"); c != "200" {
+			t.Errorf("dashboard (which calls accounts as its own identity): %s, want 200", c)
+		}
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: profile-readers, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: profile}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/sleep]}}]
+`)
+		var codes []string
+		eventually(t, "dashboard's calls to profile refused in both clusters", func() bool {
+			codes = codes[:0]
+			for range 6 {
+				codes = append(codes, code("http://dashboard:8080/dashboard?id=4"))
+			}
+			return !slices.Contains(codes, "200")
+		})
+		t.Logf("dashboard with profile-readers: %v", codes)
+		seen := map[string]bool{}
+		eventually(t, "sleep still allowed by profile in both clusters", func() bool {
+			var a profileAnswer
+			if json.Unmarshal([]byte(sleepExec("curl -sS --max-time 5 http://profile:8080/profile?id=4")), &a) == nil {
+				seen[a.ServedBy.Cluster] = true
+			}
+			return seen["cluster-eks"] && seen["cluster-aks"]
+		})
+		// AUDIT marks dashboard's calls to accounts and refuses nothing.
+		e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "deny-sleep", "profile-readers")
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-accounts, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: accounts}}
+  action: AUDIT
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/multicluster/sa/dashboard]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "audit-accounts")
+		accounts := e.waitReady("cluster-eks", "multicluster", "app=accounts", 1)[0]
+		logged := func() string {
+			m, _ := e.kubectl("cluster-eks", "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/multicluster/pods/%s:15090/proxy/stats/prometheus", accounts.Name))
+			for _, l := range strings.Split(m, "\n") {
+				if strings.HasPrefix(l, "envoy_http_rbac_logged_allowed ") {
+					return strings.TrimPrefix(l, "envoy_http_rbac_logged_allowed ")
+				}
+			}
+			return ""
+		}
+		eventually(t, "accounts' proxy counts audited calls while answering them", func() bool {
+			return code("http://dashboard:8080/dashboard?id=4") == "200" && logged() != "" && logged() != "0"
+		})
+	})
+}
