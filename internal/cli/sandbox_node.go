@@ -1,12 +1,12 @@
 package cli
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
+
+	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/informers"
@@ -78,21 +78,12 @@ func newSandboxNodeCmd() *cobra.Command {
 			if err := lb.Watch(factory); err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			factory.Start(ctx.Done())
-			errc := make(chan error, 3)
-			go func() { errc <- agent.Run(ctx) }()
-			go func() { errc <- dnsSrv.Start(ctx) }()
-			go func() { errc <- lb.Start(ctx) }()
-			var errs []error
-			for range 3 {
-				if err := <-errc; err != nil {
-					errs = append(errs, err)
-					cancel()
-				}
-			}
-			return errors.Join(errs...)
+			g, gctx := rungroup.New(ctx)
+			factory.Start(gctx.Done())
+			g.Go("node agent", agent.Run)
+			g.Go("cluster DNS", dnsSrv.Run)
+			g.Go("load balancers", lb.Run)
+			return g.Wait()
 		},
 	}
 	f := cmd.Flags()

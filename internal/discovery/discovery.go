@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/version"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -43,6 +44,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/secretaccess"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
+	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
 
@@ -102,7 +104,10 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends. It reads top to bottom: the mesh's settings,
+// the registry, the CA, the clusters, the Istio configuration and the xDS
+// server, the TLS servers and their listeners; then every long-lived part
+// runs in one group until ctx ends or one of them fails.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -113,22 +118,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg := registry.New()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+
+	// The mesh's settings: meshConfig fills what flags left empty.
 	mesh, err := meshconfig.Load(ctx, cfg.Client, cfg.Namespace)
 	if err != nil {
 		return err
 	}
-	if cfg.TrustDomain == "" {
-		cfg.TrustDomain = mesh.Config.GetTrustDomain()
-	}
-	if cfg.TrustDomain == "" {
-		cfg.TrustDomain = "cluster.local"
-	}
-	if cfg.Network == "" {
-		cfg.Network = mesh.NetworkOf(cfg.ClusterID)
-	}
+	cfg = cfg.withMesh(mesh)
+	reg := registry.New()
 	var meshGateways []registry.Gateway
 	for _, g := range mesh.Gateways() {
 		meshGateways = append(meshGateways, registry.Gateway{Network: g.Network, Address: g.Address, Port: int32(g.Port)})
@@ -136,22 +133,107 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(meshGateways) > 0 {
 		reg.SetGateways("meshNetworks", meshGateways)
 	}
+
+	// The CA, and the clusters whose tokens it reviews and whose namespaces
+	// get its root.
 	authority := &ca.Store{Client: cfg.Client, Namespace: cfg.Namespace, TrustDomain: cfg.TrustDomain, Log: log}
 	if err := authority.Load(ctx); err != nil {
 		return err
 	}
 	running := &members{m: map[string]*member{}}
 	authority.Subscribe(func(*ca.Authority) { running.resyncRoots() })
+	local, secrets := clusters(cfg, mesh, reg, authority, running, metrics)
+
+	// What each proxy gets, and who may connect for it.
+	store := &istioconfig.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Kube: cfg.Client, Log: log}
+	rootNamespace := cfg.Namespace
+	if r := mesh.Config.GetRootNamespace(); r != "" {
+		rootNamespace = r
+	}
+	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace,
+		TrustDomains: append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...),
+		// Gateways' TLS credentials only to authenticated gateways whose
+		// service account may read them, asked of the gateway's own cluster.
+		Credentials: &secretaccess.Authorizer{Client: running.reviews},
+		Log:         log, Metrics: metrics})
+	store.Subscribe(xdsServer.Trigger)
+	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
+
+	// The TLS servers: the control plane's own certificate first.
+	serving := &ca.ServingCert{Store: authority, Log: log, DNSNames: []string{
+		"istiod." + cfg.Namespace + ".svc", "istiod." + cfg.Namespace + ".svc." + cfg.Domain,
+		"istiod-remote." + cfg.Namespace + ".svc",
+	}}
+	if err := serving.Issue(); err != nil {
+		return fmt.Errorf("control plane certificate: %w", err)
+	}
+	plainServer, secureServer := grpcServers(serving, auth)
+	xdsServer.Register(plainServer, secureServer)
+	if err := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log).Register(secureServer, metrics); err != nil {
+		return err
+	}
+	monitoring := &http.Server{Handler: monitoringMux(cfg, metrics, reg, local, secrets, xdsServer), ReadHeaderTimeout: 10 * time.Second}
+	var webhooks *http.Server
+	if cfg.WebhookAddr != "" {
+		webhooks = webhookServer(cfg, mesh, serving, log)
+	}
+	ls, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+
+	// Every long-lived part, caches before what serves from them.
+	g, _ := rungroup.New(ctx)
+	g.Go("local cluster", local.Run)
+	g.Go("remote secrets", secrets.Run)
+	g.Go("istio config", store.Run)
+	g.Go("ca", authority.Run)
+	g.Go("control plane certificate", serving.Run)
+	g.Go("xds push", xdsServer.Run)
+	if ls.plain != nil {
+		g.Serve("plaintext xDS server", func() error { return plainServer.Serve(ls.plain) }, plainServer.Stop)
+	}
+	g.Serve("secure xDS and CA server", func() error { return secureServer.Serve(ls.secure) }, secureServer.Stop)
+	if webhooks != nil {
+		g.Serve("webhook server", func() error { return httpServe(webhooks, tls.NewListener(ls.webhook, webhooks.TLSConfig)) }, func() { _ = webhooks.Close() })
+	}
+	g.Serve("monitoring server", func() error { return httpServe(monitoring, ls.monitoring) }, func() { _ = monitoring.Close() })
+	log.Info("control plane serving", "cluster", cfg.ClusterID, "network", cfg.Network, "xds", cfg.XDSAddr,
+		"secure", ls.secure.Addr().String(), "monitoring", ls.monitoring.Addr().String(), "webhook", cfg.WebhookAddr,
+		"ca", authority.Current().Source, "trustDomain", cfg.TrustDomain, "meshID", mesh.MeshID())
+	return g.Wait()
+}
+
+// withMesh fills from meshConfig the settings flags left empty.
+func (c Config) withMesh(mesh *meshconfig.Mesh) Config {
+	if c.TrustDomain == "" {
+		c.TrustDomain = mesh.Config.GetTrustDomain()
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	if c.Network == "" {
+		c.Network = mesh.NetworkOf(c.ClusterID)
+	}
+	if c.SidecarDiscoveryAddress == "" {
+		c.SidecarDiscoveryAddress = "istiod." + c.Namespace + ".svc:15012"
+	}
+	return c
+}
+
+// clusters makes the local cluster's controller and the remote secrets'
+// controller, which makes one per remote cluster.
+func clusters(cfg Config, mesh *meshconfig.Mesh, reg *registry.Registry, authority *ca.Store, running *members, metrics prometheus.Registerer) (*meshCluster, *remotesecret.Controller) {
 	root := func() []byte { return authority.Current().RootPEM() }
 	newCluster := func(id string, client, reviews kubernetes.Interface, network string) *meshCluster {
-		roots := rootcert.New(client, id, root, log)
+		roots := rootcert.New(client, id, root, cfg.Log)
 		if id != cfg.ClusterID {
 			// A remote is written to only when it names this cluster.
 			roots.Lead, roots.SystemNamespace = cfg.ClusterID, cfg.Namespace
 		}
 		return &meshCluster{
 			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
-				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: log}),
+				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: cfg.Log}),
 			id: id, reviews: reviews, members: running, roots: roots,
 		}
 	}
@@ -169,39 +251,22 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			return newCluster(id, client, reviews, mesh.NetworkOf(id)), nil
 		},
-		Remove: reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: log, Metrics: metrics,
+		Remove: reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: cfg.Log, Metrics: metrics,
 	}
-	xdsServer := xds.NewServer(reg, log, metrics)
-	xdsServer.Domain = cfg.Domain
-	xdsServer.TrustDomains = append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...)
-	xdsServer.RootNamespace = cfg.Namespace
-	if r := mesh.Config.GetRootNamespace(); r != "" {
-		xdsServer.RootNamespace = r
-	}
-	store := &istioconfig.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Kube: cfg.Client, Log: log}
-	store.Subscribe(xdsServer.Trigger)
-	xdsServer.Config = store
+	return local, secrets
+}
 
-	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
-	// Gateways' TLS credentials only to authenticated gateways whose
-	// service account may read them, asked of the gateway's own cluster.
-	xdsServer.Credentials = &secretaccess.Authorizer{Client: running.reviews}
-	serving := &ca.ServingCert{Store: authority, Log: log, DNSNames: []string{
-		"istiod." + cfg.Namespace + ".svc", "istiod." + cfg.Namespace + ".svc." + cfg.Domain,
-		"istiod-remote." + cfg.Namespace + ".svc",
-	}}
-	if err := serving.Start(ctx); err != nil {
-		return fmt.Errorf("control plane certificate: %w", err)
-	}
+// grpcServers are the plaintext xDS server (Istio's 15010) and the TLS one
+// for xDS and the CA (15012), where every stream proves who it is with a
+// token, as istiod's XDS_AUTH; xds then holds the node to the token's pod.
+func grpcServers(serving *ca.ServingCert, auth *ca.KubeAuthenticator) (plain, secure *grpc.Server) {
 	keep := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
-	grpcServer := grpc.NewServer(keep...)
-	secureServer := grpc.NewServer(append(keep,
+	plain = grpc.NewServer(keep...)
+	secure = grpc.NewServer(append(keep,
 		grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12})),
-		// Every xDS stream on the TLS port proves who it is, as istiod's XDS_AUTH.
-		// The node a stream then names must be in the token's namespace.
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			who, err := auth.Authenticate(ss.Context())
 			if err != nil {
@@ -209,58 +274,23 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			return h(srv, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Cluster: who.Cluster, Namespace: who.Namespace, ServiceAccount: who.ServiceAccount})})
 		}))...)
-	xdsServer.Register(grpcServer, secureServer)
-	certs := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log)
-	if err := certs.Register(secureServer, metrics); err != nil {
-		return err
-	}
-	var listeners []net.Listener
-	listen := func(what, addr string) (net.Listener, error) {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			for _, o := range listeners {
-				o.Close()
-			}
-			return nil, fmt.Errorf("%s listener: %w", what, err)
-		}
-		listeners = append(listeners, l)
-		return l, nil
-	}
-	var xl net.Listener
-	if cfg.XDSAddr != "" {
-		if xl, err = listen("xDS", cfg.XDSAddr); err != nil {
-			return err
-		}
-	}
-	sl, err := listen("secure xDS and CA", cfg.SecureAddr)
-	if err != nil {
-		return err
-	}
-	ml, err := listen("monitoring", cfg.MonitoringAddr)
-	if err != nil {
-		return err
-	}
-	var webhook *http.Server
-	if cfg.WebhookAddr != "" {
-		wl, err := listen("injection webhook", cfg.WebhookAddr)
-		if err != nil {
-			return err
-		}
-		if cfg.SidecarDiscoveryAddress == "" {
-			cfg.SidecarDiscoveryAddress = "istiod." + cfg.Namespace + ".svc:15012"
-		}
-		injector := &inject.Config{Image: cfg.ProxyImage, Privileged: cfg.ProxyPrivileged, ClusterID: cfg.ClusterID, Network: cfg.Network,
-			DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), Log: log}
-		wmux := http.NewServeMux()
-		wmux.Handle("/inject", injector.Handler())
-		wmux.Handle("/inject/", injector.Handler())
-		wmux.Handle("/validate", validation.Handler(log))
-		webhook = &http.Server{Handler: wmux, ReadHeaderTimeout: 10 * time.Second,
-			TLSConfig: &tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12}}
-		wl = tls.NewListener(wl, webhook.TLSConfig)
-		defer webhook.Close()
-		go func() { _ = webhook.Serve(wl) }()
-	}
+	return plain, secure
+}
+
+// webhookServer serves sidecar injection and configuration validation.
+func webhookServer(cfg Config, mesh *meshconfig.Mesh, serving *ca.ServingCert, log *slog.Logger) *http.Server {
+	injector := &inject.Config{Image: cfg.ProxyImage, Privileged: cfg.ProxyPrivileged, ClusterID: cfg.ClusterID, Network: cfg.Network,
+		DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), Log: log}
+	mux := http.NewServeMux()
+	mux.Handle("/inject", injector.Handler())
+	mux.Handle("/inject/", injector.Handler())
+	mux.Handle("/validate", validation.Handler(log))
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12}}
+}
+
+// monitoringMux is the monitoring port: metrics, readiness, debug views.
+func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Registry, local *meshCluster, secrets *remotesecret.Controller, xdsServer *xds.Server) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	// Go's profiler, as istiod serves it (its monitoring port is cluster-internal).
@@ -287,45 +317,45 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	mux.HandleFunc("/debug/syncz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Status()) })
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })
-	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return mux
+}
 
-	errc := make(chan error, 8)
-	run := func(name string, fn func() error) {
-		go func() {
-			if err := fn(); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-				return
-			}
-			errc <- nil
-		}()
-	}
-	run("local cluster", func() error { return local.Run(ctx) })
-	run("remote secrets", func() error { return secrets.Run(ctx) })
-	run("istio config", func() error { return store.Run(ctx) })
-	run("xds push", func() error { return xdsServer.Run(ctx) })
-	if xl != nil {
-		run("xds server", func() error { return grpcServer.Serve(xl) })
-	}
-	run("secure server", func() error { return secureServer.Serve(sl) })
-	run("ca", func() error { return authority.Run(ctx) })
-	run("monitoring", func() error {
-		if err := httpServer.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
-			return err
+// listeners are the control plane's ports (plain and webhook nil when off).
+type listeners struct{ plain, secure, webhook, monitoring net.Listener }
+
+// listen opens every port, or none: a port taken closes the others.
+func listen(cfg Config) (listeners, error) {
+	var ls listeners
+	var opened []net.Listener
+	for _, p := range []struct {
+		what, addr string
+		into       *net.Listener
+	}{
+		{"xDS", cfg.XDSAddr, &ls.plain}, {"secure xDS and CA", cfg.SecureAddr, &ls.secure},
+		{"injection webhook", cfg.WebhookAddr, &ls.webhook}, {"monitoring", cfg.MonitoringAddr, &ls.monitoring},
+	} {
+		if p.addr == "" && p.into != &ls.secure && p.into != &ls.monitoring {
+			continue // turned off
 		}
-		return nil
-	})
-	log.Info("control plane serving", "cluster", cfg.ClusterID, "network", cfg.Network, "xds", cfg.XDSAddr,
-		"secure", sl.Addr().String(), "monitoring", ml.Addr().String(), "webhook", cfg.WebhookAddr, "ca", authority.Current().Source, "trustDomain", cfg.TrustDomain, "meshID", mesh.MeshID())
-	var first error
-	select {
-	case <-ctx.Done():
-	case first = <-errc:
+		l, err := net.Listen("tcp", p.addr)
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return listeners{}, fmt.Errorf("%s listener: %w", p.what, err)
+		}
+		opened = append(opened, l)
+		*p.into = l
 	}
-	cancel()
-	grpcServer.Stop()
-	secureServer.Stop()
-	_ = httpServer.Close()
-	return first
+	return ls, nil
+}
+
+// httpServe serves until Close, which is a clean stop.
+func httpServe(s *http.Server, l net.Listener) error {
+	if err := s.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 // Clients makes a cluster's two API clients: one that watches and writes

@@ -8,6 +8,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
+	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 )
 
 // members are the clusters of the mesh that are running now, with their
@@ -77,8 +78,8 @@ func (c *meshCluster) Run(ctx context.Context) error {
 		}
 		c.members.mu.Unlock()
 	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() { _ = c.roots.Run(ctx) }()
-	return c.Controller.Run(ctx)
+	g, _ := rungroup.New(ctx)
+	g.Go("cluster "+c.id+" registry", c.Controller.Run)
+	g.Go("cluster "+c.id+" root certificates", c.roots.Run)
+	return g.Wait()
 }

@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
-	"github.com/isthmus-mesh/isthmus/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
+	"github.com/isthmus-mesh/isthmus/internal/version"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,6 +25,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
+	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 )
 
 // Node is who the proxy says it is to the control plane (Istio's node ID
@@ -111,9 +113,23 @@ type RunConfig struct {
 	Log           *slog.Logger
 }
 
-// Run serves until ctx ends, then drains.
+// Run serves until ctx ends (or the admin port's quitquitquit), then
+// drains. The certificate agent starts first: nothing is served before the
+// workload has its certificate. Every part runs in one group, so a failing
+// part is named and stops the proxy; the status and admin ports answer
+// until the drain is over.
 func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Log
+	ctx, quit := context.WithCancel(ctx)
+	defer quit()
+	g, gctx := rungroup.New(ctx)
+	stop := func(err error) error {
+		quit()
+		if werr := g.Wait(); err == nil {
+			err = werr
+		}
+		return err
+	}
 	var agent *identity.Agent
 	if cfg.CAAddr != "" {
 		root, err := os.ReadFile(cfg.RootCertFile)
@@ -125,7 +141,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		if err != nil {
 			return err
 		}
-		go func() { _ = agent.Run(ctx) }()
+		g.Go("certificate agent", agent.Run)
 	}
 	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})}
 	var callCtx func(context.Context) (context.Context, error)
@@ -144,7 +160,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return fmt.Errorf("control plane %s: %w", cfg.DiscoveryAddr, err)
+		return stop(fmt.Errorf("control plane %s: %w", cfg.DiscoveryAddr, err))
 	}
 	defer conn.Close()
 
@@ -152,8 +168,8 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		log.Info("waiting for the workload certificate before serving", "ca", cfg.CAAddr)
 		select {
 		case <-agent.Ready():
-		case <-ctx.Done():
-			return nil
+		case <-gctx.Done():
+			return stop(nil)
 		}
 	}
 	principal := "unknown"
@@ -170,15 +186,13 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	default:
 		f, err := os.OpenFile(cfg.AccessLog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err != nil {
-			return fmt.Errorf("access log: %w", err)
+			return stop(fmt.Errorf("access log: %w", err))
 		}
 		defer f.Close()
 		popts.AccessLog = f
 	}
 	p := New(popts)
 	xc := xdsclient.New(xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log})
-	ctx, quit := context.WithCancel(ctx)
-	defer quit()
 	ready := func() error {
 		select {
 		case <-p.Ready():
@@ -194,20 +208,6 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if agent != nil {
 		adm.Certs = agent
 	}
-	servers := []*http.Server{}
-	serve := func(addr string, h http.Handler) error {
-		if addr == "" {
-			return nil
-		}
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("listen %s: %w", addr, err)
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-		servers = append(servers, srv)
-		go func() { _ = srv.Serve(l) }()
-		return nil
-	}
 	status := http.NewServeMux()
 	status.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if err := ready(); err != nil {
@@ -218,29 +218,39 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	})
 	stats := http.NewServeMux()
 	stats.Handle("/stats/prometheus", promhttp.HandlerFor(p.Metrics(), promhttp.HandlerOpts{}))
+	// When the group stops, the proxy drains; the ports close after it.
+	drained := make(chan struct{})
+	g.Go("drain", func(ctx context.Context) error {
+		<-ctx.Done()
+		defer close(drained)
+		log.Info("draining", "for", cfg.DrainDuration)
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDuration)
+		defer cancel()
+		if err := p.Drain(dctx); err != nil {
+			log.Warn("drain", "err", err)
+		}
+		return nil
+	})
 	for _, s := range []struct {
-		addr string
-		h    http.Handler
-	}{{cfg.AdminAddr, adm.Handler()}, {cfg.StatusAddr, status}, {cfg.StatsAddr, stats}, {cfg.AppHealthAddr, cfg.AppProbers.Handler()}} {
-		if err := serve(s.addr, s.h); err != nil {
-			return err
+		name, addr string
+		h          http.Handler
+	}{{"admin", cfg.AdminAddr, adm.Handler()}, {"status", cfg.StatusAddr, status}, {"stats", cfg.StatsAddr, stats}, {"app health", cfg.AppHealthAddr, cfg.AppProbers.Handler()}} {
+		if s.addr == "" {
+			continue
 		}
+		l, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			return stop(fmt.Errorf("%s port: listen %s: %w", s.name, s.addr, err))
+		}
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		g.Serve(s.name+" port", func() error {
+			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		}, func() { <-drained; _ = srv.Close() })
 	}
-	defer func() {
-		for _, s := range servers {
-			_ = s.Close()
-		}
-	}()
 	log.Info("proxy starting", "node", cfg.Node.ID(), "discovery", cfg.DiscoveryAddr, "plaintext", cfg.Plaintext)
-	xdsDone := make(chan struct{})
-	go func() { _ = xc.Run(ctx); close(xdsDone) }()
-	<-ctx.Done()
-	log.Info("draining", "for", cfg.DrainDuration)
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDuration)
-	defer cancel()
-	if err := p.Drain(dctx); err != nil {
-		log.Warn("drain", "err", err)
-	}
-	<-xdsDone
-	return nil
+	g.Go("xDS client", xc.Run)
+	return g.Wait()
 }

@@ -26,14 +26,18 @@ type ServingCert struct {
 	cur atomic.Pointer[tls.Certificate]
 }
 
-// Start issues the first certificate and keeps it fresh until ctx ends.
-func (c *ServingCert) Start(ctx context.Context) error {
+// Issue makes the first certificate: the TLS ports need it before they
+// accept anyone.
+func (c *ServingCert) Issue() error {
 	if c.TTL == 0 {
 		c.TTL = DefaultWorkloadTTL
 	}
-	if err := c.issue(); err != nil {
-		return err
-	}
+	return c.issue()
+}
+
+// Run keeps the certificate fresh until ctx ends: re-issued at 80% of its
+// life and whenever the authority changes. Issue must have succeeded.
+func (c *ServingCert) Run(ctx context.Context) error {
 	changed := make(chan struct{}, 1)
 	c.Store.Subscribe(func(*Authority) {
 		select {
@@ -41,29 +45,26 @@ func (c *ServingCert) Start(ctx context.Context) error {
 		default:
 		}
 	})
-	go func() {
-		for {
-			leaf := c.cur.Load().Leaf
-			t := time.NewTimer(time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 8 / 10)))
+	for {
+		leaf := c.cur.Load().Leaf
+		t := time.NewTimer(time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 8 / 10)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+		if err := c.issue(); err != nil {
+			c.Log.Error("control plane serving certificate not renewed; retrying in 10 s", "err", err)
 			select {
 			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-changed:
-			case <-t.C:
-			}
-			t.Stop()
-			if err := c.issue(); err != nil {
-				c.Log.Error("control plane serving certificate not renewed; retrying in 10 s", "err", err)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(10 * time.Second):
-				}
+				return nil
+			case <-time.After(10 * time.Second):
 			}
 		}
-	}()
-	return nil
+	}
 }
 
 // GetCertificate is for tls.Config.

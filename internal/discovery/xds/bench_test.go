@@ -2,8 +2,6 @@ package xds
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -33,7 +31,7 @@ func benchRegistry() *registry.Registry {
 // network (shared by all of them), 1000 clusters and load assignments.
 func BenchmarkGenerateSidecarView(b *testing.B) {
 	reg := benchRegistry()
-	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	s := NewServer(ServerConfig{Registry: reg})
 	p := &Proxy{ID: "sidecar~1~a.b~b.svc.cluster.local", Type: Sidecar, Network: "network1"}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -44,7 +42,7 @@ func BenchmarkGenerateSidecarView(b *testing.B) {
 // BenchmarkPush1000Proxies: a registry change pushed to 1000 connected sidecars.
 func BenchmarkPush1000Proxies(b *testing.B) {
 	reg := benchRegistry()
-	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	s := NewServer(ServerConfig{Registry: reg})
 	connect1000(s)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -56,7 +54,7 @@ func BenchmarkPush1000Proxies(b *testing.B) {
 // pushed to 1000 connected sidecars.
 func BenchmarkPushEndpoints1000Proxies(b *testing.B) {
 	reg := benchRegistry()
-	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	s := NewServer(ServerConfig{Registry: reg})
 	connect1000(s)
 	s.pushAll(true, nil)
 	host := reg.Services()[0].Hostname

@@ -3,8 +3,6 @@ package xds
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -71,10 +69,8 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 			}}}},
 		secrets: map[string]*corev1.Secret{"istio-system/shop-cert": {Data: map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM}}},
 	}
-	srv := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	srv.Debounce = 10 * time.Millisecond
-	srv.Config = cfg
-	srv.Credentials = allowSA("istio-ingressgateway-service-account")
+	srv := NewServer(ServerConfig{Registry: reg, Debounce: 10 * time.Millisecond, Config: cfg,
+		Credentials: allowSA("istio-ingressgateway-service-account")})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go srv.Run(ctx)

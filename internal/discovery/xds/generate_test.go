@@ -1,11 +1,12 @@
 package xds
 
 import (
-	"google.golang.org/protobuf/encoding/prototext"
-	securitybeta "istio.io/api/security/v1beta1"
 	"slices"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/encoding/prototext"
+	securitybeta "istio.io/api/security/v1beta1"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"

@@ -2,8 +2,6 @@ package xds_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -39,7 +37,7 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 	reg := registry.New()
 	reg.SetWorkload("", "10.0.0.1", registry.Workload{Namespace: "test", Name: "sleep-1", ServiceAccount: "sleep", Labels: map[string]string{"app": "sleep"}}, true)
 	reg.SetWorkload("", "10.0.0.2", registry.Workload{Namespace: "test", Name: "bank-1", ServiceAccount: "bank", Labels: map[string]string{"app": "bank"}}, true)
-	srv := xds.NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	srv := xds.NewServer(xds.ServerConfig{Registry: reg})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

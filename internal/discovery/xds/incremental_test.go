@@ -1,8 +1,6 @@
 package xds
 
 import (
-	"io"
-	"log/slog"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -16,7 +14,7 @@ import (
 // push would have given it: same resources, versions and version maps.
 func TestEndpointPushEqualsFullPush(t *testing.T) {
 	reg := benchRegistry()
-	s := NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	s := NewServer(ServerConfig{Registry: reg})
 	ids := []string{}
 	// Two networks, and a sidecar whose own pod is an endpoint of the
 	// changed service (its inbound listener follows the endpoints).

@@ -26,8 +26,8 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
-// Server pushes per-proxy snapshots whenever the registry changes.
-type Server struct {
+// ServerConfig is what the xDS server is given at construction.
+type ServerConfig struct {
 	Registry *registry.Registry
 	// Config is the Istio configuration (Gateways, VirtualServices); may be nil.
 	Config Config
@@ -48,6 +48,11 @@ type Server struct {
 	// namespace's TLS credentials; nil: none does. Streams without a
 	// proven identity (the plaintext port) never do.
 	Credentials CredentialAuthorizer
+}
+
+// Server pushes per-proxy snapshots whenever the registry changes.
+type Server struct {
+	ServerConfig
 
 	anys   *anyCache
 	budget *sendBudget
@@ -125,8 +130,15 @@ type ProxyStatus struct {
 }
 
 // NewServer prepares the cache and metrics; Register and Run start it.
-func NewServer(reg *registry.Registry, log *slog.Logger, metrics prometheus.Registerer) *Server {
-	s := &Server{Registry: reg, Log: log, Debounce: 100 * time.Millisecond, Metrics: metrics,
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.Debounce == 0 {
+		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	reg, metrics := cfg.Registry, cfg.Metrics
+	s := &Server{ServerConfig: cfg,
 		anys: newAnyCache(), budget: newSendBudget(sendBudgetBytes),
 		push: make(chan struct{}, 1), pendHosts: map[string]bool{},
 		proxies: map[string]*proxyState{}}

@@ -2,8 +2,6 @@ package xds_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -21,8 +19,7 @@ func serve(t *testing.T, reg *registry.Registry) (*xds.Server, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	srv := xds.NewServer(reg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	srv.Debounce = 10 * time.Millisecond
+	srv := xds.NewServer(xds.ServerConfig{Registry: reg, Debounce: 10 * time.Millisecond})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -49,8 +49,8 @@ func (s *Server) Watch(factory informers.SharedInformerFactory) {
 	s.endpoints = factory.Discovery().V1().EndpointSlices().Lister()
 }
 
-// Start registers the kube-dns Service and serves until ctx ends.
-func (s *Server) Start(ctx context.Context) error {
+// Run registers the kube-dns Service and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
 	if err := s.register(ctx); err != nil {
 		return err
 	}

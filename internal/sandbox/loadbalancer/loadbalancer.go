@@ -51,8 +51,8 @@ func (c *Controller) Watch(factory informers.SharedInformerFactory) error {
 	return err
 }
 
-// Start reconciles Services until ctx ends.
-func (c *Controller) Start(ctx context.Context) error {
+// Run reconciles Services until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
 	defer c.queue.ShutDown()
 	go func() {
 		<-ctx.Done()

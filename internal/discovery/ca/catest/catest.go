@@ -51,9 +51,10 @@ func Serve(t testing.TB, l net.Listener, serverName string, auth ca.Authenticato
 		t.Fatal(err)
 	}
 	serving := &ca.ServingCert{Store: store, DNSNames: []string{serverName}, Log: log}
-	if err := serving.Start(ctx); err != nil {
+	if err := serving.Issue(); err != nil {
 		t.Fatal(err)
 	}
+	go func() { _ = serving.Run(ctx) }()
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: serving.GetCertificate})))
 	if err := ca.NewServer(store, auth, "cluster.local", time.Hour, log).Register(g, nil); err != nil {
 		t.Fatal(err)
