@@ -34,6 +34,7 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	meshca "github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 )
 
@@ -235,6 +236,64 @@ spec:
 		}
 		if err := csr(sleepID); err != nil {
 			t.Errorf("a CSR for sleep's own identity: %v", err)
+		}
+	})
+	t.Run("a certificate of another trust domain under the mesh's own root is refused by profile's sidecar", func(t *testing.T) {
+		// The attacker holds the mesh's root key (the worst case short of
+		// the control plane): it can mint any certificate under the root,
+		// but only the mesh's trust domain is accepted.
+		sec, err := eks.CoreV1().Secrets("istio-system").Get(ctx, meshca.SelfSignedSecret, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		root := sec.Data[meshca.CACertKey]
+		authority, err := meshca.New(root, sec.Data[meshca.CAKeyKey], nil, root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		profilePod := e.waitReady("cluster-eks", "multicluster", "app=profile", 1)[0]
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(root)
+		// call presents a certificate for id to profile's sidecar (from the
+		// node's namespace, where nothing captures it) and asks for a profile.
+		call := func(id string) error {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			u, _ := url.Parse(id)
+			chain, _, err := authority.Sign(meshca.Request{PublicKey: &key.PublicKey, URIs: []*url.URL{u}, TTL: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cert tls.Certificate
+			for _, c := range chain[:len(chain)-1] {
+				blk, _ := pem.Decode([]byte(c))
+				cert.Certificate = append(cert.Certificate, blk.Bytes)
+			}
+			cert.PrivateKey = key
+			raw, err := network.Dialer(network.NodeNS("cluster-eks"))(ctx, "tcp", profilePod.Status.PodIP+":8080")
+			if err != nil {
+				return err
+			}
+			defer raw.Close()
+			_ = raw.SetDeadline(time.Now().Add(5 * time.Second))
+			c := tls.Client(raw, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, InsecureSkipVerify: true, NextProtos: []string{"istio-http/1.1", "istio"}})
+			if err := c.Handshake(); err != nil {
+				return err
+			}
+			fmt.Fprintf(c, "GET /profile?id=4 HTTP/1.1\r\nHost: profile\r\nConnection: close\r\n\r\n")
+			b, err := io.ReadAll(c)
+			if err != nil && len(b) == 0 {
+				return err
+			}
+			if !strings.HasPrefix(string(b), "HTTP/1.1 200") {
+				return fmt.Errorf("answer %.60q", b)
+			}
+			return nil
+		}
+		if err := call(sleepID); err != nil {
+			t.Fatalf("sleep's own identity, minted the same way: %v", err)
+		}
+		if err := call("spiffe://evil.example/ns/multicluster/sa/sleep"); err == nil {
+			t.Fatal("a workload of trust domain evil.example was served")
 		}
 	})
 	t.Run("secure naming: an endpoint answering with another service account is refused by the caller's sidecar", func(t *testing.T) {
