@@ -12,12 +12,12 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // Message is one finding, printed as istioctl prints it.
@@ -81,7 +81,7 @@ func Run(cfg Config, o Options) []Message {
 		}
 	}
 	for _, dr := range cfg.DestinationRules {
-		h := xds.Qualify(dr.Spec.GetHost(), dr.Namespace, o.Domain)
+		h := proxyview.Qualify(dr.Spec.GetHost(), dr.Namespace, o.Domain)
 		for _, ss := range dr.Spec.GetSubsets() {
 			a.subsets[h+"+"+ss.GetName()] = true
 		}
@@ -176,7 +176,7 @@ func (a *analyzer) virtualService(vs *networkingv1.VirtualService) {
 			continue
 		}
 		seen[d] = true
-		h := xds.Qualify(d.host, vs.Namespace, a.o.Domain)
+		h := proxyview.Qualify(d.host, vs.Namespace, a.o.Domain)
 		if a.clustersKnown() && !strings.Contains(h, "*") && !a.hosts[h] {
 			a.add("Error", ReferencedResourceNotFound, "VirtualService", name, fmt.Sprintf("Referenced host not found: %q (no Service %s in any cluster of the mesh)", d.host, h))
 		}
@@ -188,7 +188,7 @@ func (a *analyzer) virtualService(vs *networkingv1.VirtualService) {
 
 func (a *analyzer) destinationRule(dr *networkingv1.DestinationRule) {
 	name := dr.Name + "." + dr.Namespace
-	h := xds.Qualify(dr.Spec.GetHost(), dr.Namespace, a.o.Domain)
+	h := proxyview.Qualify(dr.Spec.GetHost(), dr.Namespace, a.o.Domain)
 	if !a.clustersKnown() {
 		return
 	}

@@ -3,7 +3,8 @@
 // merged registry, and serves per-proxy configuration over xDS.
 //
 // The path of one endpoint: remote EndpointSlice -> kubecluster (opened by
-// remotesecret) -> registry -> network (split horizon) -> xds -> proxy.
+// remotesecret) -> registry -> network (split horizon) -> proxyview
+// (generation) -> xds (delivery) -> proxy.
 package discovery
 
 import (

@@ -2,10 +2,12 @@ package contract
 
 import (
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -22,7 +24,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // generated is what isthmus's control plane sends a sidecar of a small
@@ -43,12 +44,12 @@ func generatedPorts(t testing.TB, ports []registry.Port) config.Resources {
 		targets[p.Name] = p.Port
 	}
 	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: targets, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
-	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.5~profile-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.5~profile-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1"})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := xds.Generate(p, reg, nil, "cluster.local", func(string) {}, nil)
-	in, inClusters := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())["10.64.0.5"], xds.InboundPolicy{})
+	g := proxyview.Generate(p, reg, nil, "cluster.local", func(string) {}, nil)
+	in, inClusters := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())["10.64.0.5"], proxyview.InboundPolicy{})
 	rs := config.Resources{}
 	add := func(typ string, items []types.Resource) {
 		if rs[typ] == nil {
@@ -65,7 +66,7 @@ func generatedPorts(t testing.TB, ports []registry.Port) config.Resources {
 	add(resource.ClusterType, append(g.Clusters, inClusters...))
 	add(resource.EndpointType, g.Endpoints)
 	add(resource.ListenerType, append(g.Listeners, in))
-	add(resource.RouteType, xds.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil))
+	add(resource.RouteType, proxyview.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil))
 	return rs
 }
 
@@ -205,7 +206,7 @@ http:
 		t.Fatal(err)
 	}
 	var warnings []string
-	rs := xds.SidecarRoutes("test", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rs := proxyview.SidecarRoutes("test", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
 	rc := rs[0].(*routev3.RouteConfiguration)
 	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
 	if err != nil {
@@ -277,12 +278,12 @@ trafficPolicy:
 	if err := dr.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
 	}
-	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~sleep-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~sleep-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var warnings []string
-	g := xds.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { warnings = append(warnings, w) })
+	g := proxyview.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { warnings = append(warnings, w) })
 	rs := config.Resources{}
 	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints} {
 		rs[typ] = map[string]*anypb.Any{}
@@ -353,11 +354,11 @@ tcp:
 	if err := vs.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
 	}
-	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1"})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := xds.Generate(p, reg, vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(string) {}, nil)
+	g := proxyview.Generate(p, reg, vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(string) {}, nil)
 	seen := 0
 	for _, r := range g.Listeners {
 		l := r.(*listener.Listener)
@@ -402,11 +403,11 @@ tls:
 	if err := vs.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
 	}
-	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1"})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := xds.Generate(p, reg, vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(string) {}, nil)
+	g := proxyview.Generate(p, reg, vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(string) {}, nil)
 	for _, r := range g.Listeners {
 		l := r.(*listener.Listener)
 		if l.Name != "10.96.2.1_443" {
@@ -442,17 +443,17 @@ func TestConsistentHash(t *testing.T) {
 	if err := dr.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
 	}
-	p, err := xds.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.9~app-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1"})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := xds.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { t.Errorf("warning: %s", w) })
+	g := proxyview.Generate(p, reg, drConfig{dr}, "cluster.local", func(string) {}, func(w string) { t.Errorf("warning: %s", w) })
 	rs := config.Resources{resource.ClusterType: {}, resource.RouteType: {}}
 	for _, c := range g.Clusters {
 		a, _ := anypb.New(c)
 		rs[resource.ClusterType][cacheName(c)] = a
 	}
-	for _, r := range xds.SidecarRoutes("test", reg.Services(), drConfig{dr}, "cluster.local", nil) {
+	for _, r := range proxyview.SidecarRoutes("test", reg.Services(), drConfig{dr}, "cluster.local", nil) {
 		a, _ := anypb.New(r)
 		rs[resource.RouteType][cacheName(r)] = a
 	}

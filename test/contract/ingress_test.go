@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"math/big"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -24,7 +26,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 type ingressConfig struct{ cert, key []byte }
@@ -68,13 +69,13 @@ func TestBuildsIngressGateway(t *testing.T) {
 	reg := registry.New()
 	h := "profile.test.svc.cluster.local"
 	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
-	p, err := xds.ParseNode(&core.Node{Id: "router~10.64.0.9~gw-1.istio-system~istio-system.svc.cluster.local",
-		Metadata: xds.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
+	p, err := proxyview.ParseNode(&core.Node{Id: "router~10.64.0.9~gw-1.istio-system~istio-system.svc.cluster.local",
+		Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Labels = map[string]string{"istio": "ingressgateway"}
-	g := xds.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
+	g := proxyview.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
 	rs := config.Resources{}
 	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.ListenerType: g.Listeners,
 		resource.RouteType: g.Routes, resource.SecretType: g.Secrets} {

@@ -4,12 +4,13 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
 
@@ -62,7 +63,7 @@ rules:
 			Headers: map[string]string{":method": "GET", ":path": path, ":authority": "profile:8080"}}
 	}
 	compileWith := func(aps []*securityv1.AuthorizationPolicy, app string, http bool) []*rbac.Filter {
-		a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, nil, func(string) {})
+		a := proxyview.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, nil, func(string) {})
 		deny, allow := a.HTTPDeny, a.HTTPAllow
 		if !http {
 			deny, allow = a.TCPDeny, a.TCPAllow
@@ -125,7 +126,7 @@ selector: {matchLabels: {app: accounts}}
 action: AUDIT
 rules:
 - to: [{operation: {methods: [POST]}}]`)}
-	a := xds.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": "accounts"}, nil, func(m string) { t.Errorf("warning: %s", m) })
+	a := proxyview.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": "accounts"}, nil, func(m string) { t.Errorf("warning: %s", m) })
 	f, err := rbac.Compile(a.HTTPAudit)
 	if err != nil || f == nil || !f.Log {
 		t.Fatalf("compile: %v %+v", err, f)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -267,7 +269,7 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 	cp := e.startDiscovery(t, "cluster-eks", "network1")
 	xdsAddr, get := cp.xds, cp.get
 
-	profile := xds.OutboundCluster(8080, "", "profile.multicluster.svc.cluster.local")
+	profile := proxyview.OutboundCluster(8080, "", "profile.multicluster.svc.cluster.local")
 	sleep := dialADS(t, xdsAddr, "sidecar~100.64.0.99~sleep-1.multicluster~multicluster.svc.cluster.local",
 		map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
 	want := func(c *adsClient, what string, cond func([]string) bool) {
@@ -351,7 +353,7 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 		gw := dialADS(t, xdsAddr, "router~100.64.0.98~istio-eastwestgateway-1.istio-system~istio-system.svc.cluster.local",
 			map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1", "REQUESTED_NETWORK_VIEW": "network1",
 				"LABELS": map[string]any{"istio": "eastwestgateway", "app": "istio-eastwestgateway"}})
-		sni := xds.SNI(8080, "", "profile.multicluster.svc.cluster.local")
+		sni := proxyview.SNI(8080, "", "profile.multicluster.svc.cluster.local")
 		eventually(t, "SNI cluster with the two local endpoints", func() bool {
 			eps := gw.lbEndpoints(sni)
 			return gw.hasCluster(sni) && len(eps) == 2 && local[eps[0]] && local[eps[1]]

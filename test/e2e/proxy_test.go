@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +18,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -40,7 +42,6 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca/catest"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 )
@@ -216,22 +217,22 @@ func meshRegistry(accounts bool) *registry.Registry {
 // snapshot is what one proxy is sent, built by isthmus's generators.
 func snapshot(t testing.TB, version string, reg *registry.Registry, node string, strict bool, mutate func(map[resource.Type][]types.Resource)) *cachev3.Snapshot {
 	t.Helper()
-	p, err := xds.ParseNode(nodeProto(node))
+	p, err := proxyview.ParseNode(nodeProto(node))
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Labels = map[string]string{"istio": "eastwestgateway"}
 	// As the control plane sets it: clients pin their servers' accounts.
 	p.TrustDomains = []string{"cluster.local"}
-	g := xds.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {}, nil)
+	g := proxyview.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {}, nil)
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
-	if p.Type == xds.Sidecar {
-		rs[resource.RouteType] = xds.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil)
-		modes := xds.MTLSModes{}
+	if p.Type == proxyview.Sidecar {
+		rs[resource.RouteType] = proxyview.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil)
+		modes := proxyview.MTLSModes{}
 		if strict {
-			modes.Default = xds.Strict
+			modes.Default = proxyview.Strict
 		}
-		in, cls := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[p.IP], xds.InboundPolicy{MTLS: modes, TrustDomains: p.TrustDomains})
+		in, cls := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())[p.IP], proxyview.InboundPolicy{MTLS: modes, TrustDomains: p.TrustDomains})
 		rs[resource.ListenerType] = append(rs[resource.ListenerType], in)
 		rs[resource.ClusterType] = append(rs[resource.ClusterType], cls...)
 	}
@@ -549,13 +550,13 @@ func TestSidecarsAndRouter(t *testing.T) {
 		}
 		var out string
 		eventually(t, "the router's 15443 listener", func() bool {
-			out, err = dial(xds.SNI(8080, "", profHost))
+			out, err = dial(proxyview.SNI(8080, "", profHost))
 			return err == nil
 		})
 		if !strings.Contains(out, "200 OK") || !strings.Contains(out, "sa/client") {
 			t.Fatalf("through the router: %s", out)
 		}
-		if out, err := dial(xds.SNI(8080, "", "nope.test.svc.cluster.local")); err == nil {
+		if out, err := dial(proxyview.SNI(8080, "", "nope.test.svc.cluster.local")); err == nil {
 			t.Fatalf("unknown SNI got through: %s", out)
 		}
 	})
@@ -606,7 +607,7 @@ func TestSidecarsAndRouter(t *testing.T) {
 	t.Run("inbound mTLS accepts only the mesh's trust domains", func(t *testing.T) {
 		x.set(profileNode, snapshot(t, "td-1", meshRegistry(true), profileNode, false, func(rs map[resource.Type][]types.Resource) {
 			reg := meshRegistry(true)
-			in, _ := xds.Inbound(xds.NewInboundIndex(reg, reg.Services())[ipProfile], xds.InboundPolicy{TrustDomains: []string{"other.example"}})
+			in, _ := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())[ipProfile], proxyview.InboundPolicy{TrustDomains: []string{"other.example"}})
 			for i, l := range rs[resource.ListenerType] {
 				if l.(*listener.Listener).Name == in.Name {
 					rs[resource.ListenerType][i] = in
@@ -671,7 +672,7 @@ func TestSidecarsAndRouter(t *testing.T) {
 
 	t.Run("the access log has a line per request", func(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(dir, "sleep.log"))
-		if !strings.Contains(string(b), `"GET / HTTP/1.1" 200 - `) || !strings.Contains(string(b), xds.OutboundCluster(8080, "", profHost)) {
+		if !strings.Contains(string(b), `"GET / HTTP/1.1" 200 - `) || !strings.Contains(string(b), proxyview.OutboundCluster(8080, "", profHost)) {
 			t.Errorf("sleep's access log:\n%s", b)
 		}
 	})
@@ -689,7 +690,7 @@ func TestSidecarsAndRouter(t *testing.T) {
 		if dump.Configs[0]["@type"] != "type.googleapis.com/envoy.admin.v3.ClustersConfigDump" {
 			t.Errorf("first config %v", dump.Configs[0]["@type"])
 		}
-		if !strings.Contains(adminGet(nsSleep, "/clusters"), xds.OutboundCluster(8080, "", profHost)+"::"+ipProfile+":8080::health_flags::healthy") {
+		if !strings.Contains(adminGet(nsSleep, "/clusters"), proxyview.OutboundCluster(8080, "", profHost)+"::"+ipProfile+":8080::health_flags::healthy") {
 			t.Errorf("clusters:\n%s", adminGet(nsSleep, "/clusters"))
 		}
 	})
@@ -704,5 +705,5 @@ func nodeProto(id string) *core.Node {
 	if strings.HasPrefix(id, "router~") {
 		md["NETWORK"], md["REQUESTED_NETWORK_VIEW"] = routerNetwork, routerNetwork
 	}
-	return &core.Node{Id: id, Metadata: xds.NodeMetadata(md)}
+	return &core.Node{Id: id, Metadata: proxyview.NodeMetadata(md)}
 }

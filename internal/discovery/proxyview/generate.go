@@ -1,4 +1,4 @@
-package xds
+package proxyview
 
 import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"

@@ -1,4 +1,4 @@
-package xds
+package proxyview
 
 import (
 	"net"

@@ -1,4 +1,4 @@
-package xds
+package proxyview
 
 import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"

@@ -1,4 +1,4 @@
-package xds
+package proxyview
 
 import (
 	"fmt"
@@ -41,23 +41,6 @@ type Proxy struct {
 	// the control plane (never from the node): clients pin the servers'
 	// SPIFFE IDs in them.
 	TrustDomains []string
-
-	// identity is what the stream's token proved; nil on the plaintext
-	// port. Never read from node metadata.
-	identity *Identity
-	// credentials: the proxy receives its namespace's TLS credentials
-	// (only with an identity, and only when authorized).
-	credentials bool
-}
-
-// key names the proxy's state on the server: streams that proved an
-// identity never share state with a plaintext stream (or another
-// identity) that claims the same node ID.
-func (p *Proxy) key() string {
-	if p.identity == nil {
-		return p.ID
-	}
-	return p.ID + " " + p.identity.String()
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.

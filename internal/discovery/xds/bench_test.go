@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
@@ -32,7 +34,7 @@ func benchRegistry() *registry.Registry {
 func BenchmarkGenerateSidecarView(b *testing.B) {
 	reg := benchRegistry()
 	s := NewServer(ServerConfig{Registry: reg})
-	p := &Proxy{ID: "sidecar~1~a.b~b.svc.cluster.local", Type: Sidecar, Network: "network1"}
+	p := &proxyview.Proxy{ID: "sidecar~1~a.b~b.svc.cluster.local", Type: proxyview.Sidecar, Network: "network1"}
 	b.ReportAllocs()
 	for b.Loop() {
 		s.generate(p)
@@ -68,7 +70,7 @@ func BenchmarkPushEndpoints1000Proxies(b *testing.B) {
 func connect1000(s *Server) {
 	for i := range 1000 {
 		id := fmt.Sprintf("sidecar~100.64.%d.%d~p%d.ns~ns.svc.cluster.local", i/250, i%250, i)
-		s.proxies[id] = &proxyState{proxy: &Proxy{ID: id, Type: Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
-			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
+		s.proxies[id] = &proxyState{proxy: &proxy{Proxy: &proxyview.Proxy{ID: id, Type: proxyview.Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
+			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
 	}
 }

@@ -2,11 +2,21 @@ package xds
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -31,7 +41,7 @@ type allowSA string
 
 func (a allowSA) AuthorizeCredentials(_ context.Context, id Identity) error {
 	if id.ServiceAccount != string(a) {
-		return errors.New(id.ServiceAccount + " may not list Secrets")
+		return errors.New(id.ServiceAccount + " may not list proxyview.Secrets")
 	}
 	return nil
 }
@@ -61,7 +71,7 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 	gwPod("10.0.0.10", "istio-ingressgateway-2", "default")
 	gwPod("10.0.0.11", "istio-ingressgateway-3", "istio-ingressgateway-service-account")
 	certPEM, keyPEM := selfSigned(t, "shop.example.com")
-	cfg := ingressConfig{
+	cfg := gatewayConfig{
 		gws: []*networkingv1.Gateway{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "istio-system"},
 			Spec: apinetworking.Gateway{Selector: map[string]string{"istio": "ingressgateway"}, Servers: []*apinetworking.Server{
 				{Port: &apinetworking.Port{Number: 443, Name: "https", Protocol: "HTTPS"}, Hosts: []string{"shop.example.com"},
@@ -104,8 +114,8 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 	const gwID = "router~10.0.0.9~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"
 	gwLabels := map[string]string{"CLUSTER_ID": "c1"}
 	node := func(id string, md map[string]string) *core.Node {
-		n := &core.Node{Id: id, Metadata: NodeMetadata(md)}
-		n.Metadata.Fields["LABELS"] = structpb.NewStructValue(NodeMetadata(map[string]string{"istio": "ingressgateway"}))
+		n := &core.Node{Id: id, Metadata: proxyview.NodeMetadata(md)}
+		n.Metadata.Fields["LABELS"] = structpb.NewStructValue(proxyview.NodeMetadata(map[string]string{"istio": "ingressgateway"}))
 		return n
 	}
 	// askSecret opens a stream and asks for kubernetes://shop-cert; it
@@ -228,4 +238,36 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 			t.Fatalf("the gateway's snapshot lost its credential")
 		}
 	})
+}
+
+// gatewayConfig is Istio configuration of Gateways with their Secrets.
+type gatewayConfig struct {
+	gws     []*networkingv1.Gateway
+	secrets map[string]*corev1.Secret
+}
+
+func (c gatewayConfig) Gateways() []*networkingv1.Gateway                      { return c.gws }
+func (gatewayConfig) VirtualServices() []*networkingv1.VirtualService          { return nil }
+func (gatewayConfig) DestinationRules() []*networkingv1.DestinationRule        { return nil }
+func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication    { return nil }
+func (gatewayConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
+func (c gatewayConfig) Secret(ns, name string) *corev1.Secret                  { return c.secrets[ns+"/"+name] }
+
+// selfSigned is a certificate for host and its key, PEM-encoded.
+func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{host}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }

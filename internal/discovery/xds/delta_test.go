@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -15,7 +17,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // TestDeltaADS: a delta client gets clusters, then only the changed load
@@ -41,7 +42,7 @@ func TestDeltaADS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
 	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +50,7 @@ func TestDeltaADS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := xds.OutboundCluster(8080, "", host)
+	name := proxyview.OutboundCluster(8080, "", host)
 	found := false
 	for _, r := range resp.Resources {
 		found = found || r.Name == name
@@ -140,13 +141,13 @@ func TestDeltaSendsOnlyChanges(t *testing.T) {
 		})
 		return out
 	}
-	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
 	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
 	names := make([]string, len(hosts))
 	for i, h := range hosts {
-		names[i] = xds.OutboundCluster(8080, "", h)
+		names[i] = proxyview.OutboundCluster(8080, "", h)
 	}
 	if g := next()[resource.ClusterType]; len(g.updated) < 3 {
 		t.Fatalf("first clusters: %v", g.updated)
@@ -183,7 +184,7 @@ func TestDeltaReconnectWithInitialVersions(t *testing.T) {
 	}
 	_, addr := serve(t, reg)
 	client := adsClient(t, addr)
-	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
 	first := func(initial map[string]string) *discoverygrpc.DeltaDiscoveryResponse {
 		t.Helper()
 		ctx, cancel := context.WithCancel(context.Background())
@@ -206,7 +207,7 @@ func TestDeltaReconnectWithInitialVersions(t *testing.T) {
 	for _, r := range first(nil).Resources {
 		had[r.Name] = r.Version
 	}
-	a, b := xds.OutboundCluster(8080, "", hosts[0]), xds.OutboundCluster(8080, "", hosts[1])
+	a, b := proxyview.OutboundCluster(8080, "", hosts[0]), proxyview.OutboundCluster(8080, "", hosts[1])
 	if had[a] == "" || had[b] == "" {
 		t.Fatalf("first clusters %v lack %s or %s", had, a, b)
 	}

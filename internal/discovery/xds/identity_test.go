@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -61,7 +63,7 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		_ = s.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, Node: &core.Node{Id: id, Metadata: xds.NodeMetadata(md)}})
+		_ = s.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, Node: &core.Node{Id: id, Metadata: proxyview.NodeMetadata(md)}})
 		_, err = s.Recv()
 		return err
 	}
@@ -73,7 +75,7 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 		for i := 0; i < len(kv); i += 2 {
 			m[kv[i]] = kv[i+1]
 		}
-		return xds.NodeMetadata(m)
+		return proxyview.NodeMetadata(m)
 	}
 	if err := askLabelled(ctx, conn, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("app", "sleep")); err != nil {
 		t.Fatalf("a node claiming its pod's own label refused: %v", err)

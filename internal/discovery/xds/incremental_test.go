@@ -3,6 +3,8 @@ package xds
 import (
 	"testing"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
@@ -18,13 +20,13 @@ func TestEndpointPushEqualsFullPush(t *testing.T) {
 	ids := []string{}
 	// Two networks, and a sidecar whose own pod is an endpoint of the
 	// changed service (its inbound listener follows the endpoints).
-	for i, p := range []*Proxy{
-		{Type: Sidecar, Network: "network1", Namespace: "ns-0", IP: "100.127.0.1"},
-		{Type: Sidecar, Network: "network2", Namespace: "ns-1", IP: "100.127.0.2"},
-		{Type: Sidecar, Network: "network1", Namespace: "ns-0", IP: "100.64.0.250"},
+	for i, p := range []*proxyview.Proxy{
+		{Type: proxyview.Sidecar, Network: "network1", Namespace: "ns-0", IP: "100.127.0.1"},
+		{Type: proxyview.Sidecar, Network: "network2", Namespace: "ns-1", IP: "100.127.0.2"},
+		{Type: proxyview.Sidecar, Network: "network1", Namespace: "ns-0", IP: "100.64.0.250"},
 	} {
 		p.ID = "sidecar~" + p.IP + "~p" + string(rune('a'+i)) + "." + p.Namespace + "~" + p.Namespace + ".svc.cluster.local"
-		s.proxies[p.ID] = &proxyState{proxy: p, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
+		s.proxies[p.ID] = &proxyState{proxy: &proxy{Proxy: p}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
 		ids = append(ids, p.ID)
 	}
 	s.pushAll(true, nil)

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -14,7 +16,6 @@ import (
 	status "google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
-	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
 // TestSotwSendsOnlyChangedLoadAssignments: over a state-of-the-world
@@ -71,9 +72,9 @@ func TestSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
 		})
 		return out
 	}
-	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
 	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
-	a, b := xds.OutboundCluster(8080, "", hosts[0]), xds.OutboundCluster(8080, "", hosts[1])
+	a, b := proxyview.OutboundCluster(8080, "", hosts[0]), proxyview.OutboundCluster(8080, "", hosts[1])
 	if got := next()[resource.ClusterType]; !slices.Contains(got, a) || !slices.Contains(got, b) {
 		t.Fatalf("first clusters %v", got)
 	}
@@ -90,7 +91,7 @@ func TestSotwSendsOnlyChangedLoadAssignments(t *testing.T) {
 		}
 	}
 	addService("c.ns.svc.cluster.local", "10.0.1.3")
-	c := xds.OutboundCluster(8080, "", "c.ns.svc.cluster.local")
+	c := proxyview.OutboundCluster(8080, "", "c.ns.svc.cluster.local")
 	if got := next()[resource.ClusterType]; !slices.Contains(got, a) || !slices.Contains(got, b) || !slices.Contains(got, c) {
 		t.Errorf("after a new service, clusters %v, want the whole list", got)
 	}
@@ -119,8 +120,8 @@ func TestSotwRejectionAndStaleRequests(t *testing.T) {
 		gather(t, responses, func(r *discoverygrpc.DiscoveryResponse) { got = r })
 		return got
 	}
-	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: xds.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
-	name := xds.OutboundCluster(8080, "", host)
+	node := &core.Node{Id: "sidecar~10.0.0.9~sleep.ns~ns.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	name := proxyview.OutboundCluster(8080, "", host)
 	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.EndpointType, ResourceNames: []string{name}})
 	first := recv()
 	// Reject it.
