@@ -2,17 +2,13 @@ package xds
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
@@ -70,7 +66,11 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 	gwPod("10.0.0.9", "istio-ingressgateway-1", "istio-ingressgateway-service-account")
 	gwPod("10.0.0.10", "istio-ingressgateway-2", "default")
 	gwPod("10.0.0.11", "istio-ingressgateway-3", "istio-ingressgateway-service-account")
-	certPEM, keyPEM := selfSigned(t, "shop.example.com")
+	// Any certificate and key do: a self-signed CA's is at hand.
+	_, certPEM, keyPEM, err := ca.NewSelfSigned("cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := gatewayConfig{
 		gws: []*networkingv1.Gateway{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "istio-system"},
 			Spec: apinetworking.Gateway{Selector: map[string]string{"istio": "ingressgateway"}, Servers: []*apinetworking.Server{
@@ -252,22 +252,3 @@ func (gatewayConfig) DestinationRules() []*networkingv1.DestinationRule        {
 func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication    { return nil }
 func (gatewayConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
 func (c gatewayConfig) Secret(ns, name string) *corev1.Secret                  { return c.secrets[ns+"/"+name] }
-
-// selfSigned is a certificate for host and its key, PEM-encoded.
-func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{host}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-}
