@@ -40,6 +40,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/istioconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
@@ -151,8 +152,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if r := mesh.Config.GetRootNamespace(); r != "" {
 		rootNamespace = r
 	}
-	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace,
-		TrustDomains: append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...),
+	generator := &proxyview.Generator{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace,
+		TrustDomains: append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...), Log: log}
+	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.
 		Credentials: &secretaccess.Authorizer{Client: running.reviews},

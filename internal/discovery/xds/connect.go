@@ -90,7 +90,6 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 		s.Log.Warn("xDS client refused", "node", n.GetId(), "err", err)
 		return err
 	}
-	p.TrustDomains = s.TrustDomains
 	key := p.key()
 	s.mu.Lock()
 	c.proxy = key

@@ -79,7 +79,7 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 			}}}},
 		secrets: map[string]*corev1.Secret{"istio-system/shop-cert": {Data: map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM}}},
 	}
-	srv := NewServer(ServerConfig{Registry: reg, Debounce: 10 * time.Millisecond, Config: cfg,
+	srv := NewServer(ServerConfig{Registry: reg, Debounce: 10 * time.Millisecond, Generator: &proxyview.Generator{Registry: reg, Config: cfg},
 		Credentials: allowSA("istio-ingressgateway-service-account")})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -6,9 +6,12 @@ import (
 	"sync"
 	"time"
 
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -16,24 +19,31 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
+// Generator is all that delivery asks of generation
+// (proxyview.Generator): a view's shared resources, its load assignments
+// again, and a sidecar's own part (namespace routes, inbound side).
+type Generator interface {
+	View(p *proxyview.Proxy) proxyview.Generated
+	Endpoints(p *proxyview.Proxy, services []*registry.Service) []types.Resource
+	Routes(namespace string, services []*registry.Service) []types.Resource
+	InboundIndex(services []*registry.Service) proxyview.InboundIndex
+	InboundPolicy(p *proxyview.Proxy) proxyview.InboundPolicy
+	Inbound(ports proxyview.InboundPorts, pol proxyview.InboundPolicy) (*listener.Listener, []types.Resource)
+}
+
 // ServerConfig is what the xDS server is given at construction.
 type ServerConfig struct {
+	// Registry is where the proxies' pods and the services are; pushes
+	// follow its changes.
 	Registry *registry.Registry
-	// Config is the Istio configuration (Gateways, VirtualServices); may be nil.
-	Config proxyview.Config
-	// Domain is the cluster DNS domain, for short hosts in configuration.
-	Domain string
-	// RootNamespace holds mesh-wide policy (meshConfig.rootNamespace).
-	RootNamespace string
-	Log           *slog.Logger
+	// Generator decides what each proxy gets; nil: proxyview's over the
+	// registry alone (no Istio configuration).
+	Generator Generator
+	Log       *slog.Logger
 	// Debounce is the quiet time gathered before a push (default 100 ms);
 	// a push never waits more than 10 debounce periods.
 	Debounce time.Duration
 	Metrics  prometheus.Registerer
-	// TrustDomains are the mesh's trust domain and its aliases
-	// (meshConfig.trustDomainAliases): outbound clusters pin the SPIFFE
-	// IDs of their service's accounts in each (secure naming).
-	TrustDomains []string
 	// Credentials decides which authenticated routers receive their
 	// namespace's TLS credentials; nil: none does. Streams without a
 	// proven identity (the plaintext port) never do.
@@ -58,8 +68,7 @@ type Server struct {
 	mu      sync.Mutex // guards proxies
 	proxies map[string]*proxyState
 
-	warnedNoGW sync.Map // network -> struct{}
-	warned     sync.Map // message -> struct{}
+	warned sync.Map // message -> struct{}
 
 	memoMu sync.Mutex // guards current
 	// current is what was generated since the last change; proxies that
@@ -90,6 +99,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Generator == nil {
+		cfg.Generator = &proxyview.Generator{Registry: cfg.Registry, Log: cfg.Log}
 	}
 	reg, metrics := cfg.Registry, cfg.Metrics
 	s := &Server{ServerConfig: cfg,
@@ -239,22 +251,9 @@ func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	}
 }
 
-func (s *Server) noGateway(network string) {
-	if _, loaded := s.warnedNoGW.LoadOrStore(network, struct{}{}); !loaded {
-		s.Log.Warn("network has no east-west gateway: its endpoints are sent as pod addresses, which other networks cannot reach; install a gateway labelled topology.istio.io/network", "network", network)
-	}
-}
-
 // warnOnce logs a configuration problem the first time it is seen.
 func (s *Server) warnOnce(msg string) {
 	if _, loaded := s.warned.LoadOrStore(msg, struct{}{}); !loaded {
 		s.Log.Warn(msg)
 	}
-}
-
-func (s *Server) domainOrDefault() string {
-	if s.Domain == "" {
-		return "cluster.local"
-	}
-	return s.Domain
 }

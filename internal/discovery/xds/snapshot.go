@@ -64,7 +64,7 @@ func (s *Server) patchEndpoints(sh *shared, hosts map[string]bool) *shared {
 	}
 	cp := *sh
 	items, hashes := maps.Clone(sh.items[types.Endpoint]), maps.Clone(sh.hashes[types.Endpoint])
-	for _, r := range proxyview.GenerateEndpoints(sh.proxy, s.Registry, s.Config, s.Domain, svcs, s.noGateway, s.warnOnce) {
+	for _, r := range s.Generator.Endpoints(sh.proxy, svcs) {
 		n := cachev3.GetResourceName(r)
 		items[n] = types.ResourceWithTTL{Resource: r}
 		hashes[n] = hashOf(r)
@@ -207,14 +207,10 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 	key := snapKey{view: keyOf(p), credentials: conn.credentials}
 	if sidecar {
 		if m.inbound == nil {
-			m.inbound = proxyview.NewInboundIndex(s.Registry, sh.services)
+			m.inbound = s.Generator.InboundIndex(sh.services)
 		}
 		ports = m.inbound[p.IP]
-		if s.Config != nil {
-			pol.MTLS = proxyview.ResolveMTLS(s.Config.PeerAuthentications(), s.RootNamespace, p.Namespace, p.Labels)
-			pol.Authz = proxyview.ResolveAuthz(s.Config.AuthorizationPolicies(), s.RootNamespace, p.Namespace, p.Labels, s.TrustDomains, s.warnOnce)
-		}
-		pol.TrustDomains = s.TrustDomains
+		pol = s.Generator.InboundPolicy(p)
 		key.namespace, key.ports, key.policy = p.Namespace, ports.Key(), pol.Key()
 	}
 	if snap, ok := m.snaps[key]; ok {
@@ -233,7 +229,7 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 		}
 	}
 	if sidecar {
-		l, cls := proxyview.Inbound(ports, pol)
+		l, cls := s.Generator.Inbound(ports, pol)
 		add := func(typ types.ResponseType, rs []types.Resource) {
 			version, hashes := versionOf(rs)
 			items := make(map[string]types.ResourceWithTTL, len(sh.items[typ])+len(rs))
@@ -257,7 +253,7 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 		add(types.Cluster, cls)
 		rt, ok := m.routes[p.Namespace]
 		if !ok {
-			rt = newTyped(proxyview.SidecarRoutes(p.Namespace, sh.services, s.Config, s.domainOrDefault(), s.warnOnce))
+			rt = newTyped(s.Generator.Routes(p.Namespace, sh.services))
 			m.routes[p.Namespace] = rt
 		}
 		snap.Resources[types.Route] = cachev3.Resources{Version: rt.version, Items: rt.items}
@@ -270,12 +266,7 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 
 // generate builds the shared resources of one view.
 func (s *Server) generate(p *proxyview.Proxy) *shared {
-	var g proxyview.Generated
-	if p.Generator == proxyview.GeneratorGRPC {
-		g = proxyview.GenerateGRPC(p, s.Registry, s.noGateway)
-	} else {
-		g = proxyview.Generate(p, s.Registry, s.Config, s.Domain, s.noGateway, s.warnOnce)
-	}
+	g := s.Generator.View(p)
 	sh := &shared{services: s.Registry.Services(), proxy: p}
 	for typ, rs := range map[types.ResponseType][]types.Resource{
 		types.Cluster:  g.Clusters,

@@ -1,0 +1,98 @@
+package proxyview
+
+import (
+	"log/slog"
+	"sync"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+// Generator generates proxies' views from one registry and one Istio
+// configuration, with the mesh's settings: all that delivery (package
+// xds) asks of generation.
+type Generator struct {
+	Registry *registry.Registry
+	// Config is the Istio configuration; may be nil.
+	Config Config
+	// Domain is the cluster DNS domain (default cluster.local).
+	Domain string
+	// RootNamespace holds mesh-wide policy (meshConfig.rootNamespace).
+	RootNamespace string
+	// TrustDomains are the mesh's trust domain and its aliases: clients
+	// pin their servers' SPIFFE IDs in them, servers accept only them.
+	TrustDomains []string
+	Log          *slog.Logger
+
+	warned     sync.Map // message -> struct{}
+	warnedNoGW sync.Map // network -> struct{}
+}
+
+// View is the resources every proxy of p's view shares.
+func (g *Generator) View(p *Proxy) Generated {
+	p = g.withTrust(p)
+	if p.Generator == GeneratorGRPC {
+		return GenerateGRPC(p, g.Registry, g.noGateway)
+	}
+	return Generate(p, g.Registry, g.Config, g.Domain, g.noGateway, g.warn)
+}
+
+// Endpoints is the load assignments of services in p's view again, after
+// only their endpoints changed.
+func (g *Generator) Endpoints(p *Proxy, services []*registry.Service) []types.Resource {
+	return GenerateEndpoints(g.withTrust(p), g.Registry, g.Config, g.Domain, services, g.noGateway, g.warn)
+}
+
+// Routes is the route tables of sidecars in namespace.
+func (g *Generator) Routes(namespace string, services []*registry.Service) []types.Resource {
+	domain := g.Domain
+	if domain == "" {
+		domain = "cluster.local"
+	}
+	return SidecarRoutes(namespace, services, g.Config, domain, g.warn)
+}
+
+// InboundIndex is the ports each pod's services target, by pod address.
+func (g *Generator) InboundIndex(services []*registry.Service) InboundIndex {
+	return NewInboundIndex(g.Registry, services)
+}
+
+// InboundPolicy is what a sidecar's inbound side enforces for its workload.
+func (g *Generator) InboundPolicy(p *Proxy) InboundPolicy {
+	pol := InboundPolicy{TrustDomains: g.TrustDomains}
+	if g.Config != nil {
+		pol.MTLS = ResolveMTLS(g.Config.PeerAuthentications(), g.RootNamespace, p.Namespace, p.Labels)
+		pol.Authz = ResolveAuthz(g.Config.AuthorizationPolicies(), g.RootNamespace, p.Namespace, p.Labels, g.TrustDomains, g.warn)
+	}
+	return pol
+}
+
+// Inbound is a sidecar's own part: virtualInbound and its clusters.
+func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types.Resource) {
+	return Inbound(ports, pol)
+}
+
+// withTrust is p with the mesh's trust domains (never the node's).
+func (g *Generator) withTrust(p *Proxy) *Proxy {
+	if len(g.TrustDomains) == 0 {
+		return p
+	}
+	c := *p
+	c.TrustDomains = g.TrustDomains
+	return &c
+}
+
+// warn logs a configuration problem the first time it is seen.
+func (g *Generator) warn(msg string) {
+	if _, loaded := g.warned.LoadOrStore(msg, struct{}{}); !loaded && g.Log != nil {
+		g.Log.Warn(msg)
+	}
+}
+
+func (g *Generator) noGateway(network string) {
+	if _, loaded := g.warnedNoGW.LoadOrStore(network, struct{}{}); !loaded && g.Log != nil {
+		g.Log.Warn("network has no east-west gateway: its endpoints are sent as pod addresses, which other networks cannot reach; install a gateway labelled topology.istio.io/network", "network", network)
+	}
+}
