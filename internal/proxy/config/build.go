@@ -261,14 +261,20 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 	return cl, nil
 }
 
+// validationContext is a TLS context's certificate checks, whether sent
+// alone or combined with an SDS validation context (as Istio sends them).
+func validationContext(common *tlsv3.CommonTlsContext) *tlsv3.CertificateValidationContext {
+	if vc := common.GetCombinedValidationContext().GetDefaultValidationContext(); vc != nil {
+		return vc
+	}
+	return common.GetValidationContext()
+}
+
 // peerTrustDomains reads the SAN prefixes a downstream validation context
 // accepts: spiffe://TD/ per trust domain, or spiffe:// for any. Any other
 // matcher is refused rather than ignored (ignoring it would accept all).
 func peerTrustDomains(common *tlsv3.CommonTlsContext) ([]string, error) {
-	vc := common.GetCombinedValidationContext().GetDefaultValidationContext()
-	if vc == nil {
-		vc = common.GetValidationContext()
-	}
+	vc := validationContext(common)
 	var prefixes []string
 	for _, m := range vc.GetMatchTypedSubjectAltNames() {
 		if m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI || m.GetMatcher().GetPrefix() == "" {
@@ -314,10 +320,7 @@ func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
 		return nil, err
 	}
 	t := &UpstreamTLS{SNI: ctx.GetSni(), ALPN: ctx.GetCommonTlsContext().GetAlpnProtocols()}
-	vc := ctx.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext()
-	if vc == nil {
-		vc = ctx.GetCommonTlsContext().GetValidationContext()
-	}
+	vc := validationContext(ctx.GetCommonTlsContext())
 	// Only exact URI SANs (SPIFFE IDs) are checked; any other matcher is
 	// refused rather than ignored, which would accept every server.
 	for _, m := range vc.GetMatchTypedSubjectAltNames() {
