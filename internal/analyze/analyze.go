@@ -12,12 +12,12 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 )
 
 // Message is one finding, printed as istioctl prints it.

@@ -6,13 +6,12 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/isthmus-mesh/isthmus/internal/rungroup"
-
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/container"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/dns"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/kubebin"

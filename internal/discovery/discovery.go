@@ -23,8 +23,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/version"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -48,6 +46,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 	"github.com/isthmus-mesh/isthmus/internal/validation"
+	"github.com/isthmus-mesh/isthmus/internal/version"
 )
 
 // Config is the control plane's settings, validated once at start.
@@ -270,13 +269,10 @@ func grpcServers(serving *ca.ServingCert, auth *ca.KubeAuthenticator) (plain, se
 	plain = grpc.NewServer(keep...)
 	secure = grpc.NewServer(append(keep,
 		grpc.Creds(credentials.NewTLS(&tls.Config{GetCertificate: serving.GetCertificate, MinVersion: tls.VersionTLS12})),
-		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			who, err := auth.Authenticate(ss.Context())
-			if err != nil {
-				return err
-			}
-			return h(srv, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Cluster: who.Cluster, Namespace: who.Namespace, ServiceAccount: who.ServiceAccount})})
-		}))...)
+		grpc.StreamInterceptor(xds.Authenticated(func(ctx context.Context) (xds.Identity, error) {
+			who, err := auth.Authenticate(ctx)
+			return xds.Identity{Cluster: who.Cluster, Namespace: who.Namespace, ServiceAccount: who.ServiceAccount}, err
+		})))...)
 	return plain, secure
 }
 
@@ -378,14 +374,6 @@ func Clients(rc *rest.Config) (client, reviews kubernetes.Interface, err error) 
 	}
 	return client, reviews, nil
 }
-
-// identityStream carries the authenticated caller in the stream's context.
-type identityStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s identityStream) Context() context.Context { return s.ctx }
 
 func syncState(ok bool) string {
 	if ok {

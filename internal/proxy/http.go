@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
 

@@ -11,9 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
-	"github.com/isthmus-mesh/isthmus/internal/version"
-
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -22,10 +19,12 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/admin"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
+	"github.com/isthmus-mesh/isthmus/internal/version"
 )
 
 // Node is who the proxy says it is to the control plane (Istio's node ID

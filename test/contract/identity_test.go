@@ -13,13 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
-
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca/catest"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 )
 
 // startCA serves the certificate service on loopback.

@@ -4,13 +4,12 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
 

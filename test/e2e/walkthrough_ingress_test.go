@@ -14,8 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/demoapp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/demoapp"
 )
 
 // ingressArea checks the ingress gateway: HTTP and HTTPS from outside

@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/demoapp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/demoapp"
 )
 
 // meshArea checks the demo on the mesh: injection, calls across both

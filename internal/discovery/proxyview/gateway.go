@@ -2,7 +2,6 @@ package proxyview
 
 import (
 	"fmt"
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"slices"
 	"sort"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	apinetworking "istio.io/api/networking/v1alpha3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"

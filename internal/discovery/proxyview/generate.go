@@ -1,7 +1,6 @@
 package proxyview
 
 import (
-	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"slices"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/network"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"

@@ -2,7 +2,6 @@ package proxyview
 
 import (
 	"fmt"
-	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"net"
 	"slices"
 	"sort"
@@ -25,6 +24,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )

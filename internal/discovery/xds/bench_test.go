@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 

@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 )
 
 // Who a stream is: the node it names, held to what its token proved, and
@@ -33,12 +34,28 @@ type CredentialAuthorizer interface {
 
 type identityKey struct{}
 
-// WithIdentity marks a stream's context with its caller's identity; the
-// server then refuses a node that claims another namespace or service
-// account (istiod's PILOT_ENABLE_XDS_IDENTITY_CHECK).
-func WithIdentity(ctx context.Context, id Identity) context.Context {
-	return context.WithValue(ctx, identityKey{}, id)
+// Authenticated is the stream interceptor of the TLS port, as istiod's
+// XDS_AUTH: authenticate proves who opened each stream (a token review),
+// a stream it refuses never reaches the server, and the server holds the
+// node of every other stream to that identity (istiod's
+// PILOT_ENABLE_XDS_IDENTITY_CHECK, and more: see fromPod).
+func Authenticated(authenticate func(ctx context.Context) (Identity, error)) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		id, err := authenticate(ss.Context())
+		if err != nil {
+			return err
+		}
+		return h(srv, identityStream{ss, context.WithValue(ss.Context(), identityKey{}, id)})
+	}
 }
+
+// identityStream carries the authenticated caller in the stream's context.
+type identityStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s identityStream) Context() context.Context { return s.ctx }
 
 // reauthorize decides again which gateways may receive their
 // credentials (a Role granted or taken away since they connected; the

@@ -8,12 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
-
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
-
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -26,9 +20,12 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	apinetworking "istio.io/api/networking/v1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 
@@ -41,13 +38,6 @@ func (a allowSA) AuthorizeCredentials(_ context.Context, id Identity) error {
 	}
 	return nil
 }
-
-type ctxStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s ctxStream) Context() context.Context { return s.ctx }
 
 // The trust boundary of credentialName Secrets: only an authenticated
 // router whose service account may read Secrets gets the certificate and
@@ -88,12 +78,10 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 	// Two ports as the control plane has them: plaintext, and one whose
 	// streams carry the identity a token proved (here: the test's
 	// "sa" and "cluster" metadata stand for the reviewed token).
-	plain, secure := grpc.NewServer(), grpc.NewServer(grpc.StreamInterceptor(
-		func(s any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			md, _ := metadata.FromIncomingContext(ss.Context())
-			id := Identity{Cluster: md.Get("cluster")[0], Namespace: "istio-system", ServiceAccount: md.Get("sa")[0]}
-			return h(s, ctxStream{ss, WithIdentity(ss.Context(), id)})
-		}))
+	plain, secure := grpc.NewServer(), grpc.NewServer(grpc.StreamInterceptor(Authenticated(func(ctx context.Context) (Identity, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		return Identity{Cluster: md.Get("cluster")[0], Namespace: "istio-system", ServiceAccount: md.Get("sa")[0]}, nil
+	})))
 	srv.Register(plain, secure)
 	addr := func(g *grpc.Server) string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -17,16 +15,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
-
-type identityStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s identityStream) Context() context.Context { return s.ctx }
 
 // A stream whose token proves test/sleep may only speak for its own pod:
 // namespace, service account, pod, labels and role are the pod's, not
@@ -44,9 +36,9 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(grpc.StreamInterceptor(func(s any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		return h(s, identityStream{ss, xds.WithIdentity(ss.Context(), xds.Identity{Namespace: "test", ServiceAccount: "sleep"})})
-	}))
+	g := grpc.NewServer(grpc.StreamInterceptor(xds.Authenticated(func(context.Context) (xds.Identity, error) {
+		return xds.Identity{Namespace: "test", ServiceAccount: "sleep"}, nil
+	})))
 	srv.Register(g)
 	go g.Serve(l)
 	defer g.Stop()

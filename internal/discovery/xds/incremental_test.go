@@ -3,12 +3,11 @@ package xds
 import (
 	"testing"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 

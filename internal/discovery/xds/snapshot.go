@@ -7,13 +7,12 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
-
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
 

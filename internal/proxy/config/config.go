@@ -11,11 +11,12 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"net/netip"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
 
 // Snapshot is one accepted configuration.
