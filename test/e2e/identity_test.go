@@ -151,14 +151,18 @@ const (
 // same name, as the kubelet projects istio-token.
 func (e *sandboxEnv) token(t *testing.T, cluster, sa, audience string) string {
 	t.Helper()
-	c := e.clients[cluster]
-	ctx := context.Background()
-	pod, err := c.CoreV1().Pods("multicluster").Get(ctx, sa, metav1.GetOptions{})
+	pod, err := e.clients[cluster].CoreV1().Pods("multicluster").Get(context.Background(), sa, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e.podToken(t, cluster, pod, audience)
+}
+
+// podToken is a token of pod's service account bound to pod, for an hour.
+func (e *sandboxEnv) podToken(t *testing.T, cluster string, pod *corev1.Pod, audience string) string {
+	t.Helper()
 	exp := int64(3600)
-	tr, err := c.CoreV1().ServiceAccounts("multicluster").CreateToken(ctx, sa, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+	tr, err := e.clients[cluster].CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
 		Audiences: []string{audience}, ExpirationSeconds: &exp,
 		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
 	}}, metav1.CreateOptions{})

@@ -30,7 +30,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
-	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -95,15 +94,7 @@ spec:
 
 	// A token of sleep's service account bound to its pod, audience
 	// istio-ca: what sleep's own proxy presents.
-	exp := int64(3600)
-	tr, err := eks.CoreV1().ServiceAccounts("multicluster").CreateToken(ctx, sleep.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		Audiences: []string{"istio-ca"}, ExpirationSeconds: &exp,
-		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: sleep.Name, UID: sleep.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sleepToken := tr.Status.Token
+	sleepToken := e.podToken(t, "cluster-eks", &sleep, "istio-ca")
 	// Connections start inside sleep's network namespace, as a process of
 	// the pod would (its sidecar relays them to istiod).
 	fromSleep := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
