@@ -329,12 +329,15 @@ func listen(cfg Config) (listeners, error) {
 	for _, p := range []struct {
 		what, addr string
 		into       *net.Listener
+		// optional ports are off without an address; the others then
+		// listen on any free port.
+		optional bool
 	}{
-		{"xDS", cfg.XDSAddr, &ls.plain}, {"secure xDS and CA", cfg.SecureAddr, &ls.secure},
-		{"injection webhook", cfg.WebhookAddr, &ls.webhook}, {"monitoring", cfg.MonitoringAddr, &ls.monitoring},
+		{"xDS", cfg.XDSAddr, &ls.plain, true}, {"secure xDS and CA", cfg.SecureAddr, &ls.secure, false},
+		{"injection webhook", cfg.WebhookAddr, &ls.webhook, true}, {"monitoring", cfg.MonitoringAddr, &ls.monitoring, false},
 	} {
-		if p.addr == "" && p.into != &ls.secure && p.into != &ls.monitoring {
-			continue // turned off
+		if p.addr == "" && p.optional {
+			continue
 		}
 		l, err := net.Listen("tcp", p.addr)
 		if err != nil {
