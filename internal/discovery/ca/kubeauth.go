@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -58,27 +59,22 @@ type KubeAuthenticator struct {
 	// its address.
 	ReviewsPerSecond float64
 
-	mu      sync.Mutex
-	answers map[[32]byte]answer
-	callers map[string]*callerLimit
-	pruned  time.Time
+	mu      sync.Mutex // one limiter per address, made once
+	once    sync.Once
+	answers *cache.LRUExpireCache // sha256(cluster, token) -> answer
+	callers *cache.LRUExpireCache // address -> *rate.Limiter, forgotten when quiet
 }
 
-// Reuse of a review's answer.
+// Reuse of a review's answer, and how long a quiet caller's budget is kept.
 const (
 	acceptedFor = 30 * time.Second
 	refusedFor  = 5 * time.Second
+	callerQuiet = 10 * time.Minute
 )
 
 type answer struct {
-	caller  Caller
-	err     error
-	expires time.Time
-}
-
-type callerLimit struct {
-	*rate.Limiter
-	seen time.Time
+	caller Caller
+	err    error
 }
 
 // Authenticate reads `authorization: Bearer <token>` and `clusterid`
@@ -102,16 +98,12 @@ func (k *KubeAuthenticator) Authenticate(ctx context.Context) (Caller, error) {
 		sort.Strings(known)
 		return Caller{}, status.Errorf(codes.Unauthenticated, "client claims to be in cluster %q, but this control plane knows only %s (is its remote secret applied?)", cluster, strings.Join(known, ", "))
 	}
+	k.once.Do(func() { k.answers, k.callers = cache.NewLRUExpireCache(16384), cache.NewLRUExpireCache(16384) })
 	key := sha256.Sum256([]byte(cluster + "\x00" + token))
-	now := time.Now()
-	k.mu.Lock()
-	if a, ok := k.answers[key]; ok && now.Before(a.expires) {
-		k.mu.Unlock()
-		return a.caller, a.err
+	if a, ok := k.answers.Get(key); ok {
+		return a.(answer).caller, a.(answer).err
 	}
-	allowed := k.limit(ctx, now)
-	k.mu.Unlock()
-	if !allowed {
+	if !k.limiter(ctx).Allow() {
 		return Caller{}, status.Error(codes.ResourceExhausted, "too many token reviews from this address; retry later")
 	}
 	caller, final, err := k.review(ctx, client, cluster, token)
@@ -120,32 +112,14 @@ func (k *KubeAuthenticator) Authenticate(ctx context.Context) (Caller, error) {
 		if err != nil {
 			ttl = refusedFor
 		}
-		k.mu.Lock()
-		k.answers[key] = answer{caller: caller, err: err, expires: now.Add(ttl)}
-		k.mu.Unlock()
+		k.answers.Add(key, answer{caller: caller, err: err}, ttl)
 	}
 	return caller, err
 }
 
-// limit takes one review from the caller's budget (k.mu held), and now and
-// then forgets expired answers and callers gone quiet.
-func (k *KubeAuthenticator) limit(ctx context.Context, now time.Time) bool {
-	if k.answers == nil {
-		k.answers, k.callers = map[[32]byte]answer{}, map[string]*callerLimit{}
-	}
-	if now.Sub(k.pruned) > time.Minute {
-		k.pruned = now
-		for key, a := range k.answers {
-			if now.After(a.expires) {
-				delete(k.answers, key)
-			}
-		}
-		for addr, c := range k.callers {
-			if now.Sub(c.seen) > 10*time.Minute {
-				delete(k.callers, addr)
-			}
-		}
-	}
+// limiter is the review budget of the caller's address, kept while the
+// address keeps asking.
+func (k *KubeAuthenticator) limiter(ctx context.Context) *rate.Limiter {
 	addr := "unknown"
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr = p.Addr.String()
@@ -153,17 +127,18 @@ func (k *KubeAuthenticator) limit(ctx context.Context, now time.Time) bool {
 			addr = host
 		}
 	}
-	c := k.callers[addr]
-	if c == nil {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l, ok := k.callers.Get(addr)
+	if !ok {
 		per := k.ReviewsPerSecond
 		if per == 0 {
 			per = 20
 		}
-		c = &callerLimit{Limiter: rate.NewLimiter(rate.Limit(per), int(per*10))}
-		k.callers[addr] = c
+		l = rate.NewLimiter(rate.Limit(per), int(per*10))
 	}
-	c.seen = now
-	return c.AllowN(now, 1)
+	k.callers.Add(addr, l, callerQuiet)
+	return l.(*rate.Limiter)
 }
 
 // review asks the cluster about a token; final says the answer is the

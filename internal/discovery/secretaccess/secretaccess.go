@@ -14,6 +14,7 @@ import (
 
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
@@ -29,48 +30,27 @@ const CacheTTL = time.Minute
 type Authorizer struct {
 	// Client returns the API client of a cluster the mesh knows.
 	Client func(cluster string) (kubernetes.Interface, bool)
-	// TTL overrides CacheTTL (tests).
-	TTL time.Duration
 
-	mu    sync.Mutex
-	cache map[xds.Identity]answer
+	once    sync.Once
+	answers *cache.LRUExpireCache // xds.Identity -> answer
 }
 
-type answer struct {
-	err     error
-	expires time.Time
-}
+// answer is a review's outcome: nil, or why not.
+type answer struct{ err error }
 
 // AuthorizeCredentials returns nil when id may receive its namespace's
 // credentials, else why not. An API server that cannot be asked means
 // no: credentials never go out on a guess.
 func (a *Authorizer) AuthorizeCredentials(ctx context.Context, id xds.Identity) error {
-	now := time.Now()
-	a.mu.Lock()
-	if got, ok := a.cache[id]; ok && now.Before(got.expires) {
-		a.mu.Unlock()
-		return got.err
+	a.once.Do(func() { a.answers = cache.NewLRUExpireCache(4096) })
+	if got, ok := a.answers.Get(id); ok {
+		return got.(answer).err
 	}
-	a.mu.Unlock()
 	err := a.review(ctx, id)
 	if ctx.Err() != nil && err != nil {
 		return err // the caller gave up: not an answer worth keeping
 	}
-	ttl := a.TTL
-	if ttl == 0 {
-		ttl = CacheTTL
-	}
-	a.mu.Lock()
-	if a.cache == nil {
-		a.cache = map[xds.Identity]answer{}
-	}
-	for k, v := range a.cache {
-		if now.After(v.expires) {
-			delete(a.cache, k)
-		}
-	}
-	a.cache[id] = answer{err: err, expires: now.Add(ttl)}
-	a.mu.Unlock()
+	a.answers.Add(id, answer{err}, CacheTTL)
 	return err
 }
 
