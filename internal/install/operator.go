@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
@@ -51,10 +53,17 @@ type Spec struct {
 // MeshConfig lists the mesh settings the control plane reads; the whole
 // meshConfig still goes to the ConfigMap istio.
 type MeshConfig struct {
-	TrustDomain   string `json:"trustDomain"`
-	DefaultConfig struct {
+	TrustDomain        string   `json:"trustDomain"`
+	TrustDomainAliases []string `json:"trustDomainAliases"`
+	RootNamespace      string   `json:"rootNamespace"`
+	DefaultConfig      struct {
 		MeshID string `json:"meshId"`
 	} `json:"defaultConfig"`
+	// PathNormalization is how proxies normalize request paths before
+	// routing and authorization.
+	PathNormalization struct {
+		Normalization string `json:"normalization"`
+	} `json:"pathNormalization"`
 }
 
 // Components are the parts of an install a profile turns on or off.
@@ -259,6 +268,11 @@ func (l *Loaded) validate() error {
 	p := l.ProfileName()
 	if _, ok := profiles[p]; !ok {
 		return fmt.Errorf("spec.profile %q: isthmus knows the profiles %s", p, strings.Join(ProfileNames(), ", "))
+	}
+	if n := s.MeshConfig.PathNormalization.Normalization; n != "" {
+		if _, ok := meshv1alpha1.MeshConfig_ProxyPathNormalization_NormalizationType_value[n]; !ok {
+			return fmt.Errorf("spec.meshConfig.pathNormalization.normalization %q: want DEFAULT, NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", n)
+		}
 	}
 	if s.Revision != "" {
 		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.revision %q: revisions are not supported; installing the default revision", s.Revision))

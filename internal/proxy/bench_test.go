@@ -71,8 +71,9 @@ func setProtocol(c *cluster.Cluster, o *httpopts.HttpProtocolOptions) {
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
 }
 
-// startProxy is startHTTPProxy with the cluster adjusted too.
-func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction)) (*Proxy, string) {
+// startProxy is startHTTPProxy with the cluster adjusted too (and the
+// connection manager, by the manager functions).
+func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction), manager ...func(*hcm.HttpConnectionManager)) (*Proxy, string) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -83,7 +84,7 @@ func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), r
 	if route != nil {
 		route(action)
 	}
-	manager := &hcm.HttpConnectionManager{StatPrefix: "bench",
+	hcmConfig := &hcm.HttpConnectionManager{StatPrefix: "bench",
 		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "bench", VirtualHosts: []*routev3.VirtualHost{{
 			Name: "up", Domains: []string{"*"}, Routes: []*routev3.Route{{
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
@@ -96,10 +97,13 @@ func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), r
 	if adjust != nil {
 		adjust(up)
 	}
+	for _, m := range manager {
+		m(hcmConfig)
+	}
 	st := xdsclient.State{
 		resource.ClusterType: {"up": mustAny(tb, up)},
 		resource.ListenerType: {"front": mustAny(tb, &listener.Listener{Name: "front", Address: socket(front), FilterChains: []*listener.FilterChain{{
-			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tb, manager)}}}}}})},
+			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tb, hcmConfig)}}}}}})},
 	}
 	p := New(Options{Log: slog.New(slog.DiscardHandler)})
 	if _, err := p.Apply(st, resource.ListenerType); err != nil {

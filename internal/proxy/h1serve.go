@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/sniff"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
@@ -36,12 +36,13 @@ import (
 //
 // The loop serves requests it is sure of: HTTP/1.1, a plain path, no body
 // or a Content-Length of at most 64 KiB (kept for retries), no Upgrade or
-// Expect, a route without fault injection or consistent hashing to an
-// HTTP/1.1 upstream, allowed by RBAC. The first request that is not, or
-// an HTTP/2 preface, hands the connection with every byte read so far to
-// net/http (serveStd), which serves it from then on with the full
-// handler. Nothing has been sent upstream or downstream for that request
-// when it is handed over.
+// Expect, routed to an HTTP/1.1 upstream. What to do with a request is the
+// proxy's one decision (package decision), which the loop carries out,
+// answering refusals, redirects and fault aborts itself. The first request
+// that is not for the loop, or an HTTP/2 preface, hands the connection
+// with every byte read so far to net/http (serveStd), which serves it from
+// then on with the full handler. Nothing has been sent upstream or
+// downstream for that request when it is handed over.
 
 // maxH1Head bounds a message head the loop reads; larger go to net/http.
 const maxH1Head = 16 << 10
@@ -231,44 +232,19 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	rt := p.cur.Load()
 	hm := currentHTTP(rt, d)
 	inbound := d.inbound()
-	table := hm.Inline
-	if table == nil {
-		table = rt.snap.Routes[hm.RouteName]
-	}
-	if table == nil {
-		return notServed
-	}
 	host := string(req.host)
 	c.host = host
-	vh := table.Match(host)
-	if vh == nil || vh.RequireTLS {
-		return notServed
-	}
 	if c.headerFn == nil {
 		c.headerFn = c.header
 	}
-	r := vh.Match(string(req.path), c.headerFn)
-	if r == nil || len(r.Clusters) == 0 || r.Fault != nil {
-		return notServed
-	}
-	name := pickWeighted(r.Clusters)
-	cl := rt.snap.Clusters[name]
-	if cl != nil && (cl.LB == config.RingHash && len(r.Hash) > 0 || cl.Protocol == config.UpstreamHTTP2) {
-		return notServed
-	}
-	if inbound && len(hm.Authz) > 0 {
-		rq := newRBACRequest(d)
-		for _, f := range c.fields {
-			k := strings.ToLower(string(f.name))
-			if _, seen := rq.Headers[k]; !seen {
-				rq.Headers[k] = string(f.value)
-			}
+	dec := p.decide(rt, d, hm, &decision.Request{Method: string(req.method), Target: string(req.target), Host: host, Header: c.headerFn})
+	r, name := dec.Route, dec.Cluster
+	var cl *config.Cluster
+	if dec.Status == 0 {
+		cl = rt.snap.Clusters[name]
+		if cl != nil && cl.Protocol == config.UpstreamHTTP2 {
+			return notServed
 		}
-		rq.Headers[":method"], rq.Headers[":path"], rq.Headers[":authority"] = string(req.method), string(req.target), host
-		if ok, _ := rbac.Allowed(hm.Authz, rq); !ok {
-			return notServed // net/http's handler answers 403 and logs why
-		}
-		p.audit(hm.Authz, rq)
 	}
 
 	// From here on the request is the loop's.
@@ -282,10 +258,24 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	}
 	ev := telemetry.Event{Protocol: "http", MTLS: d.chain.TLS != nil}
 	var peer telemetry.Peer
-	reqID := c.buildUpstreamHead(req, r, hm, inbound, &peer, &ev)
+	reqID := c.buildUpstreamHead(req, &dec, hm, inbound, &peer, &ev)
 	c.closing = req.close || p.draining.Load()
-	x := h1Exchange{req: req, route: r, cluster: name, c: cl}
-	res := c.forward(rt, &x)
+	x := h1Exchange{req: req, route: r, cluster: name, c: cl, flags: dec.Flags}
+	if dec.Delay > 0 {
+		// A fault's delay: the connection's requests are serial, so the
+		// loop waits (a client that leaves meanwhile is found on writing).
+		time.Sleep(dec.Delay)
+	}
+	var res outcome
+	if dec.Status != 0 || dec.Abort != 0 {
+		if dec.Abort != 0 {
+			x.flags = "FI"
+		}
+		code, body := dec.Reply()
+		res = c.reply(&x, code, body, dec.Location)
+	} else {
+		res = c.forward(rt, &x)
+	}
 	if !inbound {
 		peer = x.peer // the destination, from the answer's metadata
 	}
@@ -296,9 +286,9 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	if p.opts.AccessLog != nil {
 		a := accessEntry{start: start, dur: dur, method: string(req.method), uri: string(req.target), proto: "HTTP/1.1",
 			code: x.code, flags: x.flags, in: req.length, out: x.sent, xff: c.get("x-forwarded-for"), ua: c.get("user-agent"),
-			requestID: reqID, host: host, upstream: x.upstream, cluster: name, d: d, route: r.Name}
-		if r.HostRewrite != "" {
-			a.host = r.HostRewrite
+			requestID: reqID, host: dec.Host, upstream: x.upstream, cluster: name, d: d}
+		if r != nil {
+			a.route = r.Name
 		}
 		p.accessLog(&a)
 	}
@@ -333,12 +323,23 @@ func (c *h1Down) header(name string) (string, bool) {
 	case ":path":
 		return string(c.req.target), true
 	}
+	var v []byte
+	n := 0
 	for _, f := range c.fields {
 		if fieldIs(f.name, name) {
-			return string(f.value), true
+			if n == 0 {
+				v = f.value
+			} else {
+				sep := ","
+				if name == "cookie" {
+					sep = "; "
+				}
+				v = append(append(append([]byte(nil), v...), sep...), f.value...)
+			}
+			n++
 		}
 	}
-	return "", false
+	return string(v), n > 0
 }
 
 // skip leaves out the endpoints the request tried and those outlier
@@ -394,22 +395,13 @@ func exchangeHeader(name []byte) bool {
 // (without the final empty line): the route's rewrites, hop-by-hop headers
 // dropped, and the mesh's own headers as handle sets them. It returns the
 // request ID.
-func (c *h1Down) buildUpstreamHead(req *h1Req, r *config.Route, hm *config.HTTPManager, inbound bool, peer *telemetry.Peer, ev *telemetry.Event) (reqID string) {
+func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *config.HTTPManager, inbound bool, peer *telemetry.Peer, ev *telemetry.Event) (reqID string) {
 	p, d := c.p, c.d
 	out := append(c.out[:0], req.method...)
 	out = append(out, ' ')
-	if r.PrefixRewrite != "" && r.Prefix != "" && strings.HasPrefix(string(req.path), r.Prefix) {
-		out = append(out, r.PrefixRewrite...)
-		out = append(out, req.target[len(r.Prefix):]...)
-	} else {
-		out = append(out, req.target...)
-	}
+	out = append(out, dec.Target...)
 	out = append(out, " HTTP/1.1\r\nHost: "...)
-	if r.HostRewrite != "" {
-		out = append(out, r.HostRewrite...)
-	} else {
-		out = append(out, req.host...)
-	}
+	out = append(out, dec.Host...)
 	out = append(out, "\r\n"...)
 	*peer = telemetry.Decode("")
 	var xfcc []byte
@@ -523,7 +515,11 @@ func (c *h1Down) forward(rt *runtime, x *h1Exchange) outcome {
 	if r.Timeout > 0 {
 		deadline = time.Now().Add(r.Timeout)
 	}
-	picker := rt.pickers[x.cluster]
+	var picker picker = rt.pickers[x.cluster]
+	if cl.LB == config.RingHash && len(r.Hash) > 0 {
+		req := decision.Request{Header: c.headerFn, RemoteIP: remoteIP(d.conn)}
+		picker = pickFunc(rt.pickers[x.cluster].Keyed(decision.HashKey(r.Hash, &req, string(x.req.target))))
+	}
 	c.tried = c.tried[:0]
 	c.skipOutlier = nil
 	if cl.Outlier != nil {
@@ -936,7 +932,14 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 // fail answers a request that got no response, as upstreamError does.
 func (c *h1Down) fail(x *h1Exchange, err error) outcome {
 	code, flag, text := errorReply(err)
-	x.code, x.flags = code, flag
+	x.flags = flag
+	return c.reply(x, code, text, "")
+}
+
+// reply answers a request from the proxy: an error, a policy's refusal, a
+// redirect to location.
+func (c *h1Down) reply(x *h1Exchange, code int, text, location string) outcome {
+	x.code = code
 	bw := c.bw
 	_, _ = bw.WriteString("HTTP/1.1 ")
 	_, _ = bw.WriteString(strconv.Itoa(code))
@@ -944,6 +947,10 @@ func (c *h1Down) fail(x *h1Exchange, err error) outcome {
 	_, _ = bw.WriteString(http.StatusText(code))
 	if c.closing {
 		_, _ = bw.WriteString("\r\nConnection: close")
+	}
+	if location != "" {
+		_, _ = bw.WriteString("\r\nLocation: ")
+		_, _ = bw.WriteString(location)
 	}
 	if text == "" {
 		_, _ = bw.WriteString("\r\nContent-Length: 0\r\n\r\n")

@@ -19,7 +19,7 @@ import (
 // ports: a browser at the ingress gateway speaks HTTP/2, the app behind it
 // HTTP/1.1) is served by net/http's handler (handle) on a goroutine of its
 // own, through a request and a ResponseWriter made of the stream's frames.
-// The handler does the routing, policy and telemetry; the relay only moves
+// The handler carries out the stream's decision and does the telemetry; the relay only moves
 // bytes and keeps flow control: the request body is credited back to the
 // client as the handler reads it, and a write waits while the client's
 // window holds the answer back.
@@ -53,7 +53,8 @@ func (s *h2Stream) serveByHandler(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		}
 		h[k] = append(h[k], hf.Value)
 	}
-	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), downstreamKey, s.d))
+	ctx := context.WithValue(context.WithValue(context.Background(), downstreamKey, s.d), decisionKey, &s.dec)
+	ctx, cancel := context.WithCancel(ctx)
 	r := (&http.Request{Method: s.method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: s.host,
 		RemoteAddr: s.d.conn.RemoteAddr().String(), RequestURI: s.uri, ContentLength: -1}).WithContext(ctx)
 	switch {

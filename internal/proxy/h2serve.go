@@ -3,14 +3,11 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -21,8 +18,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
 
@@ -198,7 +195,9 @@ type h2Stream struct {
 	rt      *runtime
 	route   *config.Route
 	cluster string
-	cl      *config.Cluster
+	// dec is the request decision (package decision).
+	dec decision.Decision
+	cl  *config.Cluster
 	// method, uri, host: the request as the client sent it; fields: the
 	// upstream request headers, pseudo-headers first.
 	method, uri, host string
@@ -255,16 +254,6 @@ func (s *h2Stream) other(h *h2Half) *h2Half {
 	return &s.down
 }
 
-// field is a request header's first value (names are lowercase in HTTP/2).
-func (s *h2Stream) field(name string) (string, bool) {
-	for _, f := range s.fields {
-		if f.Name == name {
-			return f.Value, true
-		}
-	}
-	return "", false
-}
-
 // header looks request headers up as route matchers name them.
 func (s *h2Stream) header(name string) (string, bool) {
 	switch name {
@@ -278,7 +267,21 @@ func (s *h2Stream) header(name string) (string, bool) {
 	if strings.HasPrefix(name, ":") {
 		return "", false
 	}
-	return s.field(name)
+	v, n := "", 0
+	for _, f := range s.fields {
+		if f.Name == name {
+			switch {
+			case n == 0:
+				v = f.Value
+			case name == "cookie":
+				v += "; " + f.Value
+			default:
+				v += "," + f.Value
+			}
+			n++
+		}
+	}
+	return v, n > 0
 }
 
 const grpcContentType = "application/grpc"
@@ -380,60 +383,21 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		return
 	}
 
-	table := hm.Inline
-	if table == nil {
-		table = rt.snap.Routes[hm.RouteName]
-	}
-	redirect := false
-	if table != nil {
-		if vh := table.Match(s.host); vh != nil {
-			path, _, _ := strings.Cut(s.uri, "?")
-			if strings.Contains(path, "%") {
-				if u, err := url.PathUnescape(path); err == nil {
-					path = u
-				}
-			}
-			s.route = vh.Match(path, s.header)
-			if vh.RequireTLS {
-				_, secure := d.conn.(*tls.Conn)
-				redirect = !secure
-			}
-		}
-	}
-	if s.route != nil && !redirect && toHTTP1(rt, s.route) {
+	s.dec = p.decide(rt, d, hm, &decision.Request{Method: s.method, Target: s.uri, Host: s.host, Header: s.header})
+	dec := &s.dec
+	s.route, s.flags = dec.Route, dec.Flags
+	if dec.Status == 0 && toHTTP1(rt, s.route) {
 		s.serveByHandler(fl, f)
 		return
 	}
-	denied := ""
-	if inbound && len(hm.Authz) > 0 {
-		rq := newRBACRequest(d)
-		for _, hf := range regular {
-			if _, seen := rq.Headers[hf.Name]; !seen {
-				rq.Headers[hf.Name] = hf.Value
-			}
-		}
-		rq.Headers[":method"], rq.Headers[":path"], rq.Headers[":authority"] = s.method, s.uri, s.host
-		if ok, by := rbac.Allowed(hm.Authz, rq); !ok {
-			denied = by
-		} else {
-			p.audit(hm.Authz, rq)
-		}
-	}
 	switch {
-	case redirect:
-		host, _, _ := strings.Cut(s.host, ":")
-		s.replyWith(fl, http.StatusMovedPermanently, "", hpack.HeaderField{Name: "location", Value: "https://" + host + s.uri})
-	case denied != "":
-		s.flags = "UAEX"
-		p.opts.Log.Debug("request denied", "peer", d.peer.String(), "path", s.uri, "by", denied)
-		s.reply(fl, http.StatusForbidden, "RBAC: access denied")
-	case s.route == nil || len(s.route.Clusters) == 0:
-		s.flags = "NR"
-		s.reply(fl, http.StatusNotFound, "no route")
-	case s.route.Fault != nil && s.route.Fault.Delay > 0 && rand.Float64() < s.route.Fault.DelayShare:
-		s.flags = "DI"
+	case dec.Location != "":
+		s.replyWith(fl, dec.Status, "", hpack.HeaderField{Name: "location", Value: dec.Location})
+	case dec.Status != 0:
+		s.reply(fl, dec.Status, dec.Body)
+	case dec.Delay > 0:
 		gen := s.gen
-		s.timer = s.after(s.route.Fault.Delay, func(fl *h2Flush) {
+		s.timer = s.after(dec.Delay, func(fl *h2Flush) {
 			if s.gen == gen {
 				s.timer = nil
 				s.afterDelay(fl)
@@ -446,20 +410,16 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 
 // afterDelay is the rest of routing once a fault's delay (if any) passed.
 func (s *h2Stream) afterDelay(fl *h2Flush) {
-	r := s.route
-	if f := r.Fault; f != nil && f.AbortStatus > 0 && rand.Float64() < f.AbortShare {
+	r, dec := s.route, &s.dec
+	if dec.Abort != 0 {
 		s.flags = "FI"
-		s.reply(fl, int(f.AbortStatus), "fault filter abort")
+		code, body := dec.Reply()
+		s.reply(fl, code, body)
 		return
 	}
-	if r.PrefixRewrite != "" && r.Prefix != "" && strings.HasPrefix(s.uri, r.Prefix) {
-		s.fields[3].Value = r.PrefixRewrite + s.uri[len(r.Prefix):]
-	}
-	if r.HostRewrite != "" {
-		s.fields[2].Value = r.HostRewrite
-	}
+	s.fields[3].Value, s.fields[2].Value = dec.Target, dec.Host
 	p := s.p
-	s.cluster = pickWeighted(r.Clusters)
+	s.cluster = dec.Cluster
 	s.cl = s.rt.snap.Clusters[s.cluster]
 	cl := s.cl
 	if cl == nil {
@@ -482,7 +442,8 @@ func (s *h2Stream) afterDelay(fl *h2Flush) {
 	}
 	s.pick = s.rt.pickers[s.cluster]
 	if cl.LB == config.RingHash && len(r.Hash) > 0 {
-		s.pick = pickFunc(s.rt.pickers[s.cluster].Keyed(s.hashKey(r.Hash)))
+		req := decision.Request{Header: s.header, RemoteIP: remoteIP(s.d.conn)}
+		s.pick = pickFunc(s.rt.pickers[s.cluster].Keyed(decision.HashKey(r.Hash, &req, s.uri)))
 	}
 	s.skip = p.skipper(cl, &s.tried)
 	s.lastErr = errNoHealthy
@@ -490,38 +451,6 @@ func (s *h2Stream) afterDelay(fl *h2Flush) {
 		s.timer = s.after(r.Timeout, s.timedOut)
 	}
 	s.try(fl)
-}
-
-// hashKey is requestKey for an HTTP/2 request.
-func (s *h2Stream) hashKey(policies []config.HashPolicy) string {
-	for _, hp := range policies {
-		var v string
-		switch {
-		case hp.Header != "":
-			v, _ = s.header(strings.ToLower(hp.Header))
-		case hp.Cookie != "":
-			h := http.Header{}
-			for _, f := range s.fields {
-				if f.Name == "cookie" {
-					h.Add("Cookie", f.Value)
-				}
-			}
-			if c, err := (&http.Request{Header: h}).Cookie(hp.Cookie); err == nil {
-				v = c.Value
-			}
-		case hp.QueryParameter != "":
-			if _, q, ok := strings.Cut(s.uri, "?"); ok {
-				vals, _ := url.ParseQuery(q)
-				v = vals.Get(hp.QueryParameter)
-			}
-		case hp.SourceIP:
-			v = remoteIP(s.d.conn).String()
-		}
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // try starts an attempt on the next endpoint.

@@ -9,10 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 )
 
@@ -36,6 +36,7 @@ type ctxKey int
 const (
 	downstreamKey ctxKey = iota
 	routeKey
+	decisionKey
 )
 
 // oneConn is a listener that yields one connection, so net/http serves a
@@ -174,43 +175,29 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("X-Request-Id") == "" {
 		r.Header.Set("X-Request-Id", requestID())
 	}
-	table := hm.Inline
-	if table == nil {
-		table = rt.snap.Routes[hm.RouteName]
+	// An HTTP/2 stream the relay handed over comes decided.
+	dec, _ := r.Context().Value(decisionKey).(*decision.Decision)
+	if dec == nil {
+		decided := p.decide(rt, d, hm, &decision.Request{Method: r.Method, Target: requestTarget(r), Host: r.Host, Header: requestHeader(r)})
+		dec = &decided
 	}
-	redirect := false
-	if table != nil {
-		if vh := table.Match(r.Host); vh != nil {
-			rc.r = vh.Match(r.URL.Path, requestHeader(r))
-			if vh.RequireTLS {
-				_, secure := d.conn.(*tls.Conn)
-				redirect = !secure
-			}
-		}
-	}
+	rc.r, rc.cluster, rc.flags = dec.Route, dec.Cluster, dec.Flags
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-	denied := ""
-	if inbound && len(hm.Authz) > 0 {
-		denied = p.authorizeHTTP(r, d, hm.Authz)
-	}
 	switch {
-	case redirect:
-		// Envoy's require_tls: 301 to the same URL over https.
-		host, _, _ := strings.Cut(r.Host, ":")
-		http.Redirect(rec, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
-	case denied != "":
-		// Envoy's RBAC filter: 403, body "RBAC: access denied".
-		rc.flags = "UAEX"
-		p.opts.Log.Debug("request denied", "peer", d.peer.String(), "path", r.URL.Path, "by", denied)
-		http.Error(rec, "RBAC: access denied", http.StatusForbidden)
-	case rc.r == nil || len(rc.r.Clusters) == 0:
-		rc.flags = "NR"
-		http.Error(rec, "no route", http.StatusNotFound)
-	case rc.r.Fault != nil && !injectFault(rc.r.Fault, rec, r, rc):
-		// aborted, or the client left during the delay
+	case dec.Location != "":
+		rec.Header().Set("Location", dec.Location)
+		rec.WriteHeader(dec.Status)
+	case dec.Status != 0:
+		http.Error(rec, dec.Body, dec.Status)
+	case dec.Delay > 0 && !delay(dec.Delay, rec, r, rc):
+		// the client left during the delay
+	case dec.Abort != 0:
+		rc.flags = "FI"
+		code, body := dec.Reply()
+		http.Error(rec, body, code)
 	default:
-		rewrite(rc.r, r)
-		rc.cluster = pickWeighted(rc.r.Clusters)
+		setTarget(r, dec.Target)
+		r.Host = dec.Host
 		ctx := context.WithValue(r.Context(), routeKey, rc)
 		if rc.r.Timeout > 0 {
 			var cancel context.CancelFunc
@@ -312,8 +299,9 @@ func currentHTTP(rt *runtime, d *downstream) *config.HTTPManager {
 	return d.chain.HTTP
 }
 
-// requestHeader looks headers up as route matchers name them: lowercase,
-// with the pseudo-headers :method, :authority and :path.
+// requestHeader looks headers up as the request decision names them:
+// lowercase, with the pseudo-headers :method, :authority and :path, and
+// repeated headers joined (see decision.Request).
 func requestHeader(r *http.Request) func(string) (string, bool) {
 	return func(name string) (string, bool) {
 		switch name {
@@ -322,84 +310,94 @@ func requestHeader(r *http.Request) func(string) (string, bool) {
 		case ":authority":
 			return r.Host, true
 		case ":path":
-			return r.URL.RequestURI(), true
+			return requestTarget(r), true
 		}
 		v, ok := r.Header[http.CanonicalHeaderKey(name)]
 		if !ok || len(v) == 0 {
 			return "", false
 		}
-		return v[0], true
+		return joinValues(name, v), true
 	}
 }
 
-// injectFault applies a route's fault: a delay, then maybe an abort. It
-// returns false when the request must not go on (aborted, or the client
-// left while it waited).
-func injectFault(f *config.Fault, w http.ResponseWriter, r *http.Request, rc *route) bool {
-	if f.Delay > 0 && rand.Float64() < f.DelayShare {
-		t := time.NewTimer(f.Delay)
-		select {
-		case <-t.C:
-			rc.flags = "DI"
-		case <-r.Context().Done():
-			t.Stop()
-			rc.flags = "DC"
-			w.WriteHeader(499)
-			return false
-		}
+// joinValues is a repeated header's values as one: joined by commas, or
+// by "; " for cookies.
+func joinValues(name string, v []string) string {
+	if len(v) == 1 {
+		return v[0]
 	}
-	if f.AbortStatus > 0 && rand.Float64() < f.AbortShare {
-		rc.flags = "FI"
-		http.Error(w, "fault filter abort", f.AbortStatus)
+	if name == "cookie" {
+		return strings.Join(v, "; ")
+	}
+	return strings.Join(v, ",")
+}
+
+// requestTarget is the request's target as the client sent it (the path
+// form, for a request in absolute form).
+func requestTarget(r *http.Request) string {
+	if strings.HasPrefix(r.RequestURI, "/") {
+		return r.RequestURI
+	}
+	return r.URL.RequestURI()
+}
+
+// setTarget makes target (path and query) what the request sends
+// upstream, byte for byte: net/http would otherwise write its own
+// escaping of the path (a backslash as %5C).
+func setTarget(r *http.Request, target string) {
+	path, query, _ := strings.Cut(target, "?")
+	r.URL.RawQuery = query
+	if !strings.HasPrefix(path, "//") {
+		r.URL.Opaque = path
+		return
+	}
+	// An opaque "//x" would read as an authority: keep it as the raw path.
+	r.URL.Opaque, r.URL.RawPath = "", path
+	if u, err := url.PathUnescape(path); err == nil {
+		r.URL.Path = u
+	} else {
+		r.URL.Path, r.URL.RawPath = path, ""
+	}
+}
+
+// delay waits out a fault's delay. It returns false when the client left
+// meanwhile (and answers 499 for the log).
+func delay(d time.Duration, w http.ResponseWriter, r *http.Request, rc *route) bool {
+	t := time.NewTimer(d)
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		t.Stop()
+		rc.flags = "DC"
+		w.WriteHeader(499)
 		return false
 	}
-	return true
 }
 
-// rewrite applies a route's prefix and host rewrites.
-func rewrite(rt *config.Route, r *http.Request) {
-	if rt.PrefixRewrite != "" && rt.Prefix != "" && strings.HasPrefix(r.URL.Path, rt.Prefix) {
-		r.URL.Path = rt.PrefixRewrite + strings.TrimPrefix(r.URL.Path, rt.Prefix)
-		r.URL.RawPath = ""
+// decide is the request decision (package decision) for a request on
+// d's chain, with what the connection says; it counts and logs what an
+// AUDIT policy matched and what a policy refused.
+func (p *Proxy) decide(rt *runtime, d *downstream, hm *config.HTTPManager, req *decision.Request) decision.Decision {
+	table := hm.Inline
+	if table == nil {
+		table = rt.snap.Routes[hm.RouteName]
 	}
-	if rt.HostRewrite != "" {
-		r.Host = rt.HostRewrite
-	}
-}
-
-// authorizeHTTP runs the chain's RBAC filters on a request and returns
-// what denied it, or "".
-func (p *Proxy) authorizeHTTP(r *http.Request, d *downstream, filters []*rbac.Filter) string {
-	req := newRBACRequest(d)
-	for k, v := range r.Header {
-		if len(v) > 0 {
-			req.Headers[strings.ToLower(k)] = v[0]
-		}
-	}
-	req.Headers[":method"], req.Headers[":path"], req.Headers[":authority"] = r.Method, r.URL.RequestURI(), r.Host
-	if ok, by := rbac.Allowed(filters, req); !ok {
-		return by
-	}
-	p.audit(filters, req)
-	return ""
-}
-
-// newRBACRequest is an HTTP request's RBAC input with what the connection says.
-func newRBACRequest(d *downstream) *rbac.Request {
-	req := &rbac.Request{DestPort: uint32(d.dst.Port()), HTTP: true, RemoteIP: remoteIP(d.conn), Headers: make(map[string]string, 16)}
-	if !d.peer.IsZero() {
+	_, req.Secure = d.conn.(*tls.Conn)
+	req.RemoteIP, req.DestPort = remoteIP(d.conn), uint32(d.dst.Port())
+	if len(hm.Authz) > 0 && !d.peer.IsZero() {
 		req.Principal = d.peer.String()
 	}
-	return req
-}
-
-// audit counts and logs what an AUDIT policy matched.
-func (p *Proxy) audit(filters []*rbac.Filter, req *rbac.Request) {
-	if by := rbac.Audited(filters, req); by != "" {
+	dec := decision.Decide(hm, table, req)
+	switch {
+	case dec.DeniedBy != "":
+		p.opts.Log.Debug("request denied", "peer", req.Principal, "path", dec.Target, "by", dec.DeniedBy)
+	case dec.Audited != "":
 		p.stats.audited.Inc()
-		p.opts.Log.Info("RBAC audit", "policy", by, "peer", req.Principal, "remote", req.RemoteIP, "port", req.DestPort,
-			"method", req.Headers[":method"], "path", req.Headers[":path"])
+		p.opts.Log.Info("RBAC audit", "policy", dec.Audited, "peer", req.Principal, "remote", req.RemoteIP, "port", req.DestPort,
+			"method", req.Method, "path", dec.Target)
 	}
+	return dec
 }
 
 // setXFCC appends the caller's identity as Istio's inbound does:
@@ -415,27 +413,6 @@ func (p *Proxy) setXFCC(r *http.Request, d *downstream) {
 		v = old + "," + v
 	}
 	r.Header.Set("X-Forwarded-Client-Cert", v)
-}
-
-func pickWeighted(cs []config.WeightedCluster) string {
-	if len(cs) == 1 {
-		return cs[0].Name
-	}
-	var total uint32
-	for _, c := range cs {
-		total += c.Weight
-	}
-	if total == 0 {
-		return cs[0].Name
-	}
-	n := rand.Uint32N(total)
-	for _, c := range cs {
-		if n < c.Weight {
-			return c.Name
-		}
-		n -= c.Weight
-	}
-	return cs[len(cs)-1].Name
 }
 
 func requestID() string {
@@ -580,7 +557,8 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	var pick picker = rc.rt.pickers[rc.cluster]
 	if c.LB == config.RingHash {
-		pick = pickFunc(rc.rt.pickers[rc.cluster].Keyed(requestKey(rc.r.Hash, r, rc.d)))
+		key := decision.HashKey(rc.r.Hash, &decision.Request{Header: requestHeader(r), RemoteIP: remoteIP(rc.d.conn)}, requestTarget(r))
+		pick = pickFunc(rc.rt.pickers[rc.cluster].Keyed(key))
 	}
 	var tried tried
 	skip := p.skipper(c, &tried)
@@ -815,29 +793,4 @@ type poolKey struct {
 	cluster string
 	tls     string
 	h2      bool // net/http's HTTP/2 Transport (transport)
-}
-
-// requestKey is the request's key for consistent hashing: the first hash
-// policy that finds a value (a header, a cookie, a query parameter, or
-// the client's address). A request none applies to ("") is balanced as usual.
-func requestKey(policies []config.HashPolicy, r *http.Request, d *downstream) string {
-	for _, hp := range policies {
-		var v string
-		switch {
-		case hp.Header != "":
-			v = r.Header.Get(hp.Header)
-		case hp.Cookie != "":
-			if c, err := r.Cookie(hp.Cookie); err == nil {
-				v = c.Value
-			}
-		case hp.QueryParameter != "":
-			v = r.URL.Query().Get(hp.QueryParameter)
-		case hp.SourceIP:
-			v = remoteIP(d.conn).String()
-		}
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/iptables"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
@@ -117,8 +118,9 @@ func (p *Proxy) serve(c net.Conn, name string) {
 			d.conn.Close()
 			return
 		}
-		if d.chain.TCP != nil {
-			p.audit(d.chain.Authz, req)
+		if by := rbac.Audited(d.chain.Authz, req); by != "" && d.chain.TCP != nil {
+			p.stats.audited.Inc()
+			p.opts.Log.Info("RBAC audit", "policy", by, "peer", req.Principal, "remote", req.RemoteIP, "port", req.DestPort)
 		}
 	}
 	switch {
@@ -224,7 +226,7 @@ func (d *downstream) inbound() bool { return d.listener.RestoreDst }
 func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	cl := d.chain.TCP.Cluster
 	if len(d.chain.TCP.Weighted) > 0 {
-		cl = pickWeighted(d.chain.TCP.Weighted)
+		cl = decision.PickWeighted(d.chain.TCP.Weighted)
 	}
 	if c := rt.snap.Clusters[cl]; c != nil && c.MaxConnections > 0 {
 		release := p.admit("cx|"+cl, c.MaxConnections)

@@ -57,9 +57,12 @@ action: DENY
 rules:
 - to: [{operation: {methods: [DELETE]}}]`),
 	}
-	get := func(principal, path string) *rbac.Request {
-		return &rbac.Request{Principal: principal, HTTP: true, DestPort: 8080, RemoteIP: netip.MustParseAddr("100.64.0.9"),
-			Headers: map[string]string{":method": "GET", ":path": path, ":authority": "profile:8080"}}
+	get := func(principal, path string, more ...string) *rbac.Request {
+		h := map[string]string{":method": "GET", ":path": path, ":authority": "profile:8080"}
+		for i := 0; i+1 < len(more); i += 2 {
+			h[more[i]] = more[i+1]
+		}
+		return &rbac.Request{Principal: principal, HTTP: true, DestPort: 8080, RemoteIP: netip.MustParseAddr("100.64.0.9"), Header: headers(h)}
 	}
 	compileWith := func(aps []*securityv1.AuthorizationPolicy, app string, http bool) []*rbac.Filter {
 		a := proxyview.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, nil, func(string) {})
@@ -88,12 +91,12 @@ rules:
 	}{
 		{"DENY: sleep to accounts", "accounts", get(sleep, "/accounts?id=4"), false},
 		{"DENY: dashboard to accounts is not denied", "accounts", get(dashboard, "/accounts?id=4"), true},
-		{"mesh-wide DENY of DELETE", "accounts", func() *rbac.Request { r := get(dashboard, "/x"); r.Headers[":method"] = "DELETE"; return r }(), false},
+		{"mesh-wide DENY of DELETE", "accounts", get(dashboard, "/x", ":method", "DELETE"), false},
 		{"ALLOW: sleep GET /profile?id=4", "profile", get(sleep, "/profile?id=4"), true},
 		{"ALLOW: sleep GET /admin is not allowed", "profile", get(sleep, "/admin"), false},
 		{"ALLOW: dashboard is not allowed", "profile", get(dashboard, "/profile"), false},
 		{"ALLOW: plaintext (no principal) is not allowed", "profile", get("", "/profile"), false},
-		{"ALLOW: namespace other with the header", "profile", func() *rbac.Request { r := get(other, "/x"); r.Headers["x-debug"] = "yes"; return r }(), true},
+		{"ALLOW: namespace other with the header", "profile", get(other, "/x", "x-debug", "yes"), true},
 		{"ALLOW: namespace other without the header", "profile", get(other, "/x"), false},
 	} {
 		if ok, by := rbac.Allowed(compile(tc.app, true), tc.req); ok != tc.want {
@@ -131,7 +134,7 @@ rules:
 		t.Fatalf("compile: %v %+v", err, f)
 	}
 	req := func(method string) *rbac.Request {
-		return &rbac.Request{Principal: sleep, HTTP: true, DestPort: 8080, Headers: map[string]string{":method": method, ":path": "/accounts"}}
+		return &rbac.Request{Principal: sleep, HTTP: true, DestPort: 8080, Header: headers(map[string]string{":method": method, ":path": "/accounts"})}
 	}
 	filters := []*rbac.Filter{f}
 	for _, m := range []string{"POST", "GET"} {
@@ -145,4 +148,9 @@ rules:
 	if a.TCPAudit != nil && len(a.TCPAudit.Policies) != 0 {
 		t.Errorf("an HTTP-only AUDIT rule marks no connection: %v", a.TCPAudit)
 	}
+}
+
+// headers looks a request's headers up in a map, as an engine would.
+func headers(m map[string]string) func(string) (string, bool) {
+	return func(name string) (string, bool) { v, ok := m[name]; return v, ok }
 }

@@ -24,7 +24,9 @@ type Generator struct {
 	// TrustDomains are the mesh's trust domain and its aliases: clients
 	// pin their servers' SPIFFE IDs in them, servers accept only them.
 	TrustDomains []string
-	Log          *slog.Logger
+	// Paths is meshConfig pathNormalization (DEFAULT is BASE).
+	Paths PathNormalization
+	Log   *slog.Logger
 
 	warned     sync.Map // message -> struct{}
 	warnedNoGW sync.Map // network -> struct{}
@@ -61,7 +63,7 @@ func (g *Generator) InboundIndex(services []*registry.Service) InboundIndex {
 
 // InboundPolicy is what a sidecar's inbound side enforces for its workload.
 func (g *Generator) InboundPolicy(p *Proxy) InboundPolicy {
-	pol := InboundPolicy{TrustDomains: g.TrustDomains}
+	pol := InboundPolicy{TrustDomains: g.TrustDomains, Paths: g.Paths}
 	if g.Config != nil {
 		pol.MTLS = ResolveMTLS(g.Config.PeerAuthentications(), g.RootNamespace, p.Namespace, p.Labels)
 		pol.Authz = ResolveAuthz(g.Config.AuthorizationPolicies(), g.RootNamespace, p.Namespace, p.Labels, g.TrustDomains, g.warn)
@@ -74,13 +76,11 @@ func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Li
 	return Inbound(ports, pol)
 }
 
-// withTrust is p with the mesh's trust domains (never the node's).
+// withTrust is p with the mesh's trust domains (never the node's) and
+// path normalization.
 func (g *Generator) withTrust(p *Proxy) *Proxy {
-	if len(g.TrustDomains) == 0 {
-		return p
-	}
 	c := *p
-	c.TrustDomains = g.TrustDomains
+	c.TrustDomains, c.Paths = g.TrustDomains, g.Paths
 	return &c
 }
 

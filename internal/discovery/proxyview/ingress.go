@@ -69,7 +69,7 @@ func (in *ingress) httpChain(gw *networkingv1.Gateway, srv *apinetworking.Server
 		in.routes = append(in.routes, rc)
 		chain = &listener.FilterChain{
 			Name:    rc.Name,
-			Filters: []*listener.Filter{httpManager(rdsManager(rc.Name, rc.Name, routerFilter()))},
+			Filters: []*listener.Filter{httpManager(rdsManager(rc.Name, rc.Name, routerFilter(), in.p.Paths))},
 		}
 	}
 	in.addHosts(rc, gw, srv, srv.GetTls().GetHttpsRedirect())
@@ -117,7 +117,7 @@ func (in *ingress) httpsChain(gw *networkingv1.Gateway, srv *apinetworking.Serve
 	chain := &listener.FilterChain{
 		Name:            name,
 		TransportSocket: &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)}},
-		Filters:         []*listener.Filter{httpManager(rdsManager(name, name, routerFilter()))},
+		Filters:         []*listener.Filter{httpManager(rdsManager(name, name, routerFilter(), in.p.Paths))},
 	}
 	var sni []string
 	for _, h := range srv.GetHosts() {

@@ -41,6 +41,9 @@ type Proxy struct {
 	// the control plane (never from the node): clients pin the servers'
 	// SPIFFE IDs in them.
 	TrustDomains []string
+	// Paths is how its HTTP connection managers normalize request paths
+	// (meshConfig pathNormalization), set by the control plane.
+	Paths PathNormalization
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.

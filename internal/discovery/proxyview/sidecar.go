@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -62,12 +64,32 @@ func httpInspector() *listener.ListenerFilter {
 }
 
 // rdsManager is an HTTP connection manager routed by RDS route name.
-func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter) *hcm.HttpConnectionManager {
-	return &hcm.HttpConnectionManager{
+func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter, paths PathNormalization) *hcm.HttpConnectionManager {
+	return withPaths(paths, &hcm.HttpConnectionManager{
 		StatPrefix:     statPrefix,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: adsSource()}},
 		HttpFilters:    []*hcm.HttpFilter{faultFilter(), router},
+	})
+}
+
+// PathNormalization is meshConfig pathNormalization: how request paths are
+// normalized before routing and policy, and as the backend receives them.
+type PathNormalization = meshv1alpha1.MeshConfig_ProxyPathNormalization_NormalizationType
+
+// withPaths writes a normalization option into a connection manager as
+// Istio does.
+func withPaths(n PathNormalization, m *hcm.HttpConnectionManager) *hcm.HttpConnectionManager {
+	switch n {
+	case meshv1alpha1.MeshConfig_ProxyPathNormalization_NONE:
+	case meshv1alpha1.MeshConfig_ProxyPathNormalization_MERGE_SLASHES:
+		m.NormalizePath, m.MergeSlashes = wrapperspb.Bool(true), true
+	case meshv1alpha1.MeshConfig_ProxyPathNormalization_DECODE_AND_MERGE_SLASHES:
+		m.NormalizePath, m.MergeSlashes = wrapperspb.Bool(true), true
+		m.PathWithEscapedSlashesAction = hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD
+	default: // DEFAULT and BASE
+		m.NormalizePath = wrapperspb.Bool(true)
 	}
+	return m
 }
 
 // InboundCluster is Istio's name for the local app behind a sidecar: inbound|PORT||.
@@ -82,7 +104,7 @@ func routerFilter() *hcm.HttpFilter {
 // destination to per-port listeners (HTTP ports share 0.0.0.0_PORT with RDS
 // route "PORT", see SidecarRoutes; TCP ports get CLUSTERIP_PORT), plus the
 // passthrough and black-hole clusters.
-func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string) (listeners, clusters []types.Resource) {
+func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization) (listeners, clusters []types.Resource) {
 	router := routerFilter()
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTcp()) > 0 })
 	byTLS := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTls()) > 0 })
@@ -123,7 +145,7 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 				l.FilterChains = append([]*listener.FilterChain{{
 					Name:             "http",
 					FilterChainMatch: &listener.FilterChainMatch{ApplicationProtocols: sniffedHTTP},
-					Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+svc.ClusterIP+"_"+name, name, router))},
+					Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+svc.ClusterIP+"_"+name, name, router, paths))},
 				}}, l.FilterChains...)
 			}
 			tcp = append(tcp, l)
@@ -131,7 +153,7 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 	}
 	for _, port := range sortedPorts(httpPorts) {
 		name := strconv.Itoa(int(port))
-		manager := rdsManager("outbound_0.0.0.0_"+name, name, router)
+		manager := rdsManager("outbound_0.0.0.0_"+name, name, router, paths)
 		listeners = append(listeners, &listener.Listener{
 			Name:             "0.0.0.0_" + name,
 			Address:          socketAddress("0.0.0.0", uint32(port)),
@@ -313,11 +335,13 @@ type InboundPolicy struct {
 	// TrustDomains are the only ones whose peers mTLS accepts (the mesh's
 	// and its aliases); none: any under the mesh's root.
 	TrustDomains []string
+	// Paths is meshConfig pathNormalization.
+	Paths PathNormalization
 }
 
 // Key identifies the policy, for sharing generated listeners.
 func (p InboundPolicy) Key() string {
-	return p.MTLS.Key() + "|" + p.Authz.Key() + "|" + strings.Join(p.TrustDomains, ",")
+	return p.MTLS.Key() + "|" + p.Authz.Key() + "|" + strings.Join(p.TrustDomains, ",") + "|" + p.Paths.String()
 }
 
 // Inbound builds a sidecar's own part: virtualInbound on 15006 with, for
@@ -350,7 +374,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 			setUpstreamProtocol(app, "")
 		}
 		clusters = append(clusters, app)
-		httpFilter := httpManager(&hcm.HttpConnectionManager{
+		httpFilter := httpManager(withPaths(pol.Paths, &hcm.HttpConnectionManager{
 			StatPrefix: fmt.Sprintf("inbound_0.0.0.0_%d", n),
 			RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
 				Name: name,
@@ -363,7 +387,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 			HttpFilters:                 httpFilters,
 			ForwardClientCertDetails:    hcm.HttpConnectionManager_APPEND_FORWARD,
 			SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
-		})
+		}))
 		tcpFilters := append(slices.Clone(l4), tcpProxy(name, name))
 		match := func(transport string, alpn []string) *listener.FilterChainMatch {
 			return &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(n)), TransportProtocol: transport, ApplicationProtocols: alpn}

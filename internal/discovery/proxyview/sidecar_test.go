@@ -26,7 +26,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	reg.SetEndpoints("c1", host, []registry.Endpoint{{Address: "100.64.0.5", Ports: map[string]int32{"http": 9080}, Cluster: "c1", Ready: true}})
 	services := reg.Services()
 
-	ls, cls := sidecarOutbound(services, nil, nil, "cluster.local")
+	ls, cls := sidecarOutbound(services, nil, nil, "cluster.local", 0)
 	names := map[string]*listener.Listener{}
 	for _, l := range ls {
 		names[l.(*listener.Listener).Name] = l.(*listener.Listener)

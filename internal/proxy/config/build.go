@@ -506,6 +506,21 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		}
 		m := &HTTPManager{StatPrefix: h.GetStatPrefix(),
 			ForwardClientCert: h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_APPEND_FORWARD || h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_SANITIZE_SET}
+		if h.GetNormalizePath().GetValue() {
+			m.Paths.RFC3986 = true
+		}
+		m.Paths.MergeSlashes = h.GetMergeSlashes()
+		switch h.GetPathWithEscapedSlashesAction() {
+		case hcm.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcm.HttpConnectionManager_KEEP_UNCHANGED:
+		case hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+			m.Paths.EscapedSlashes = UnescapeSlashes
+		case hcm.HttpConnectionManager_UNESCAPE_AND_REDIRECT:
+			m.Paths.EscapedSlashes = RedirectUnescaped
+		case hcm.HttpConnectionManager_REJECT_REQUEST:
+			m.Paths.EscapedSlashes = RejectEscapedSlashes
+		default:
+			return nil, fmt.Errorf("path_with_escaped_slashes_action %s is not supported", h.GetPathWithEscapedSlashesAction())
+		}
 		switch {
 		case h.GetRds() != nil:
 			m.RouteName = h.GetRds().GetRouteConfigName()

@@ -108,7 +108,36 @@ type HTTPManager struct {
 	ForwardClientCert bool
 	// Authz are the HTTP RBAC filters, checked for each request.
 	Authz []*rbac.Filter
+	// Paths is how request paths are normalized before routing and
+	// policy (meshConfig pathNormalization, as Envoy's fields say it).
+	Paths PathNormalization
 }
+
+// PathNormalization is the HTTP connection manager's normalize_path,
+// merge_slashes and path_with_escaped_slashes_action.
+type PathNormalization struct {
+	// RFC3986 decodes percent-encoded unreserved characters, turns
+	// backslashes into slashes and resolves dot segments (BASE).
+	RFC3986 bool
+	// MergeSlashes collapses runs of slashes (MERGE_SLASHES).
+	MergeSlashes bool
+	// EscapedSlashes is what %2F and %5C become (DECODE_AND_MERGE_SLASHES
+	// unescapes them).
+	EscapedSlashes EscapedSlashes
+}
+
+// EscapedSlashes is Envoy's path_with_escaped_slashes_action.
+type EscapedSlashes int
+
+const (
+	KeepEscapedSlashes EscapedSlashes = iota
+	// UnescapeSlashes decodes them and forwards the result.
+	UnescapeSlashes
+	// RedirectUnescaped answers with a redirect to the decoded path.
+	RedirectUnescaped
+	// RejectEscapedSlashes answers 400.
+	RejectEscapedSlashes
+)
 
 // RouteTable is a route configuration: virtual hosts chosen by Host.
 type RouteTable struct {

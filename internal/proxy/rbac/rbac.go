@@ -21,14 +21,23 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
 
-// Request is what a decision looks at. Headers hold lowercase names and
-// the pseudo-headers :method, :path and :authority; L4 checks have none.
+// Request is what a decision looks at. Header looks a lowercase header
+// name up (the pseudo-headers :method, :path and :authority included;
+// repeated headers joined by commas); L4 checks have none.
 type Request struct {
 	Principal string // the peer's SPIFFE URI, "" in plaintext
 	RemoteIP  netip.Addr
 	DestPort  uint32
-	Headers   map[string]string
+	Header    func(name string) (string, bool)
 	HTTP      bool
+}
+
+// header is a header's value; none without Header (a connection).
+func (r *Request) header(name string) (string, bool) {
+	if r.Header == nil {
+		return "", false
+	}
+	return r.Header(name)
 }
 
 // Filter is one compiled RBAC filter.
@@ -178,7 +187,8 @@ func permission(p *rbacv3.Permission) (matcher, error) {
 			if !r.HTTP {
 				return false
 			}
-			path, _, _ := strings.Cut(r.Headers[":path"], "?")
+			target, _ := r.header(":path")
+			path, _, _ := strings.Cut(target, "?")
 			return sm(path)
 		}, nil
 	}
@@ -280,7 +290,7 @@ func header(h *route.HeaderMatcher) (matcher, error) {
 	}
 	invert := h.GetInvertMatch()
 	return func(r *Request) bool {
-		v, ok := r.Headers[name]
+		v, ok := r.header(name)
 		if !ok {
 			return invert
 		}

@@ -1,0 +1,212 @@
+// Package decision is the proxy's one decision about an HTTP request,
+// whichever engine carries it (the HTTP/1.1 loop, net/http's handler, the
+// HTTP/2 relay): the method check, path normalization, the virtual host
+// and route, the https redirect, RBAC, fault injection, rewrites, the
+// weighted cluster and the consistent-hash key. An engine only reads its
+// own header form into a Request and carries out the Decision, so the
+// engines cannot disagree about what a policy allows.
+package decision
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
+)
+
+// Request is one request as its engine read it.
+type Request struct {
+	Method string
+	// Target is the request target as received: path and query.
+	Target string
+	// Host is the authority the client asked for.
+	Host string
+	// Header looks a lowercase header name up, repeated headers joined by
+	// commas (cookies by "; "), as Envoy's matchers see them; header names
+	// are case-insensitive.
+	Header func(name string) (string, bool)
+	// Secure: the downstream connection is TLS.
+	Secure bool
+	// Principal is the mTLS peer's SPIFFE URI ("" in plaintext); RemoteIP
+	// and DestPort are the connection's.
+	Principal string
+	RemoteIP  netip.Addr
+	DestPort  uint32
+}
+
+// Decision is what to do with a request.
+type Decision struct {
+	// Status non-zero: answer here with Status and Body (and Location,
+	// for a redirect); Route and Cluster may still be set for telemetry.
+	Status   int
+	Body     string
+	Location string
+	// Flags is Envoy's response flag (NR, UAEX, FI, DI) for the metrics.
+	Flags string
+	// DeniedBy names what refused the request; Audited the AUDIT policy
+	// that matched it.
+	DeniedBy, Audited string
+	Route             *config.Route
+	Cluster           string
+	// Target is the path and query to send upstream: normalized, then
+	// rewritten. Host is the authority to send (rewritten or as asked).
+	Target, Host string
+	// Delay is a fault's delay, to wait before going on; then Abort, if
+	// non-zero, is the status to answer with instead of forwarding.
+	Delay time.Duration
+	Abort int
+}
+
+// Decide decides a request on an HTTP connection manager whose route
+// table is table (nil: no routes).
+func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Decision {
+	d := Decision{Target: req.Target, Host: req.Host}
+	if !validMethod(req.Method) {
+		d.Status, d.Body = http.StatusBadRequest, "invalid method: methods are tokens in upper case"
+		return d
+	}
+	target, status, redirect := normalizeTarget(hm.Paths, req.Target)
+	if status != 0 {
+		d.Status, d.Body = status, "invalid path"
+		return d
+	}
+	if redirect {
+		d.Status, d.Location = http.StatusTemporaryRedirect, target
+		return d
+	}
+	d.Target = target
+	path, _, _ := strings.Cut(target, "?")
+	header := req.Header
+	if target != req.Target {
+		header = func(name string) (string, bool) {
+			if name == ":path" {
+				return target, true
+			}
+			return req.Header(name)
+		}
+	}
+	var vh *config.VirtualHost
+	if table != nil {
+		if vh = table.Match(req.Host); vh != nil {
+			d.Route = vh.Match(path, header)
+		}
+	}
+	if len(hm.Authz) > 0 {
+		rq := &rbac.Request{Principal: req.Principal, RemoteIP: req.RemoteIP, DestPort: req.DestPort, HTTP: true, Header: header}
+		if ok, by := rbac.Allowed(hm.Authz, rq); !ok {
+			// Envoy's RBAC filter: 403, body "RBAC: access denied".
+			d.Status, d.Body, d.Flags, d.DeniedBy = http.StatusForbidden, "RBAC: access denied", "UAEX", by
+			return d
+		}
+		d.Audited = rbac.Audited(hm.Authz, rq)
+	}
+	if vh != nil && vh.RequireTLS && !req.Secure {
+		// Envoy's require_tls: 301 to the same URL over https.
+		host, _, _ := strings.Cut(req.Host, ":")
+		d.Status, d.Location = http.StatusMovedPermanently, "https://"+host+target
+		return d
+	}
+	r := d.Route
+	if r == nil || len(r.Clusters) == 0 {
+		d.Status, d.Body, d.Flags = http.StatusNotFound, "no route", "NR"
+		return d
+	}
+	if f := r.Fault; f != nil {
+		if f.Delay > 0 && rand.Float64() < f.DelayShare {
+			d.Delay, d.Flags = f.Delay, "DI"
+		}
+		if f.AbortStatus > 0 && rand.Float64() < f.AbortShare {
+			d.Abort = f.AbortStatus
+		}
+	}
+	if r.PrefixRewrite != "" && r.Prefix != "" && strings.HasPrefix(d.Target, r.Prefix) {
+		d.Target = r.PrefixRewrite + d.Target[len(r.Prefix):]
+	}
+	if r.HostRewrite != "" {
+		d.Host = r.HostRewrite
+	}
+	d.Cluster = PickWeighted(r.Clusters)
+	return d
+}
+
+// Reply is the local answer a Decision (or its fault abort) gives.
+func (d *Decision) Reply() (status int, body string) {
+	if d.Status != 0 {
+		return d.Status, d.Body
+	}
+	return d.Abort, "fault filter abort"
+}
+
+// HashKey is the request's key for consistent hashing: the first hash
+// policy that finds a value (a header, a cookie, a query parameter, or
+// the client's address). A request none applies to ("") is balanced as
+// usual.
+func HashKey(policies []config.HashPolicy, req *Request, target string) string {
+	for _, hp := range policies {
+		var v string
+		switch {
+		case hp.Header != "":
+			v, _ = req.Header(strings.ToLower(hp.Header))
+		case hp.Cookie != "":
+			if line, ok := req.Header("cookie"); ok {
+				if cs, err := http.ParseCookie(line); err == nil {
+					for _, c := range cs {
+						if c.Name == hp.Cookie {
+							v = c.Value
+							break
+						}
+					}
+				}
+			}
+		case hp.QueryParameter != "":
+			v = queryParam(target, hp.QueryParameter)
+		case hp.SourceIP:
+			v = req.RemoteIP.String()
+		}
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// queryParam is a query parameter's first value in a target.
+func queryParam(target, name string) string {
+	_, q, ok := strings.Cut(target, "?")
+	for ok && q != "" {
+		var kv string
+		kv, q, _ = strings.Cut(q, "&")
+		k, v, _ := strings.Cut(kv, "=")
+		if k == name {
+			return v
+		}
+	}
+	return ""
+}
+
+// PickWeighted picks one of weighted clusters (a route's, or a TCP
+// proxy's per connection) by weight.
+func PickWeighted(cs []config.WeightedCluster) string {
+	if len(cs) == 1 {
+		return cs[0].Name
+	}
+	var total uint32
+	for _, c := range cs {
+		total += c.Weight
+	}
+	if total == 0 {
+		return cs[0].Name
+	}
+	n := rand.Uint32N(total)
+	for _, c := range cs {
+		if n < c.Weight {
+			return c.Name
+		}
+		n -= c.Weight
+	}
+	return cs[len(cs)-1].Name
+}
