@@ -2,7 +2,8 @@
 // istioctl analyze does: references that resolve to nothing (a
 // VirtualService's host, gateway or subset; a DestinationRule's host) and
 // selectors that match no workload in any cluster (Gateway, DestinationRule
-// subset, AuthorizationPolicy, PeerAuthentication). It reads services and
+// subset, AuthorizationPolicy, PeerAuthentication); and, with isthmus's own
+// code, authorization it does not enforce and what it does instead. It reads services and
 // pods of every cluster, so a subset whose pods live only in a remote
 // cluster is not reported.
 package analyze
@@ -39,6 +40,10 @@ const (
 	SchemaValidationError      = "IST0106"
 	NoMatchingWorkloadsFound   = "IST0127"
 )
+
+// NotEnforced is isthmus's own code (Istio has none): a policy part
+// isthmus does not enforce, and what it does instead (it fails closed).
+const NotEnforced = "ISM0001"
 
 // Cluster is what one cluster holds that configuration refers to.
 type Cluster struct {
@@ -106,6 +111,10 @@ func Run(cfg Config, o Options) []Message {
 	}
 	for _, ap := range cfg.AuthorizationPolicies {
 		a.selector("AuthorizationPolicy", ap.Name, ap.Namespace, ap.Spec.GetSelector().GetMatchLabels())
+		for _, m := range proxyview.NotEnforced(ap) {
+			what := strings.TrimLeft(strings.TrimPrefix(m, "AuthorizationPolicy "+ap.Namespace+"/"+ap.Name), ": ")
+			a.add("Warning", NotEnforced, "AuthorizationPolicy", ap.Name+"."+ap.Namespace, what)
+		}
 	}
 	sort.Slice(a.out, func(i, j int) bool { return a.out[i].String() < a.out[j].String() })
 	return a.out

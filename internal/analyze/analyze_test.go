@@ -57,7 +57,11 @@ metadata: {name: ingress, namespace: istio-system}
 spec: {selector: {istio: ingressgateway}}`))},
 		AuthorizationPolicies: []*securityv1.AuthorizationPolicy{ptr(obj[securityv1.AuthorizationPolicy](t, `
 metadata: {name: orphan, namespace: mc}
-spec: {selector: {matchLabels: {app: nobody}}}`))},
+spec: {selector: {matchLabels: {app: nobody}}}`)), ptr(obj[securityv1.AuthorizationPolicy](t, `
+metadata: {name: jwt, namespace: mc}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]`))},
 	}
 	var got []string
 	for _, m := range Run(cfg, Options{Clusters: clusters}) {
@@ -72,18 +76,19 @@ spec: {selector: {matchLabels: {app: nobody}}}`))},
 		`Warning [IST0101] (DestinationRule ghost.mc) Referenced host not found: "ghost"`,
 		`Error [IST0101] (Gateway ingress.istio-system) Referenced selector not found: "istio=ingressgateway"`,
 		`Warning [IST0127] (AuthorizationPolicy orphan.mc) No matching workloads`,
+		`Warning [ISM0001] (AuthorizationPolicy jwt.mc) rule 0: from.source.requestPrincipals not enforced by isthmus; the rule allows nothing (fails closed)`,
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("missing %q in:\n%s", want, all)
 		}
 	}
-	if len(got) != 7 {
-		t.Errorf("%d findings, want 7 (v1 and v2 subsets, the ew gateway and profile+v2 are fine):\n%s", len(got), all)
+	if len(got) != 8 {
+		t.Errorf("%d findings, want 8 (v1 and v2 subsets, the ew gateway and profile+v2 are fine):\n%s", len(got), all)
 	}
 	// Offline: only what the files say about each other.
 	off := Run(cfg, Options{})
-	if len(off) != 2 {
-		t.Errorf("offline findings %v, want the gateway and the subset references", off)
+	if len(off) != 3 {
+		t.Errorf("offline findings %v, want the gateway and the subset references and the policy not enforced", off)
 	}
 }
 

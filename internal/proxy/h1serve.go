@@ -77,6 +77,7 @@ type h1Down struct {
 	// Kept here, made once, so that a request allocates none of them.
 	req         h1Req
 	host        string
+	dreq        decision.Request
 	headerFn    func(string) (string, bool)
 	tried       tried
 	skipFn      func(*config.Endpoint) bool
@@ -237,7 +238,8 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	if c.headerFn == nil {
 		c.headerFn = c.header
 	}
-	dec := p.decide(rt, d, hm, &decision.Request{Method: string(req.method), Target: string(req.target), Host: host, Header: c.headerFn})
+	c.dreq = decision.Request{Method: method(req.method), Target: string(req.target), Host: host, Header: c.headerFn}
+	dec := p.decide(rt, d, hm, &c.dreq)
 	r, name := dec.Route, dec.Cluster
 	var cl *config.Cluster
 	if dec.Status == 0 {
@@ -300,6 +302,28 @@ func (c *h1Down) serve(req *h1Req) outcome {
 		return closeAfter
 	}
 	return keepAlive
+}
+
+// method is a request's method as a string, without allocating for the
+// common ones.
+func method(b []byte) string {
+	switch string(b) {
+	case "GET":
+		return "GET"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "HEAD":
+		return "HEAD"
+	case "DELETE":
+		return "DELETE"
+	case "PATCH":
+		return "PATCH"
+	case "OPTIONS":
+		return "OPTIONS"
+	}
+	return string(b)
 }
 
 // peerOf decodes an x-envoy-peer-metadata value, the connection's last

@@ -195,9 +195,10 @@ type h2Stream struct {
 	rt      *runtime
 	route   *config.Route
 	cluster string
-	// dec is the request decision (package decision).
-	dec decision.Decision
-	cl  *config.Cluster
+	// dec is the request decision (package decision) about dreq.
+	dreq decision.Request
+	dec  decision.Decision
+	cl   *config.Cluster
 	// method, uri, host: the request as the client sent it; fields: the
 	// upstream request headers, pseudo-headers first.
 	method, uri, host string
@@ -383,7 +384,8 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		return
 	}
 
-	s.dec = p.decide(rt, d, hm, &decision.Request{Method: s.method, Target: s.uri, Host: s.host, Header: s.header})
+	s.dreq = decision.Request{Method: s.method, Target: s.uri, Host: s.host, Header: s.header}
+	s.dec = p.decide(rt, d, hm, &s.dreq)
 	dec := &s.dec
 	s.route, s.flags = dec.Route, dec.Flags
 	if dec.Status == 0 && toHTTP1(rt, s.route) {

@@ -365,7 +365,7 @@ func checkPeerAuthentication(m proto.Message, c *checker) {
 // conditionKeys are the `when` keys Istio knows; those isthmus enforces
 // are marked true.
 var conditionKeys = map[string]bool{"source.ip": true, "source.namespace": true, "source.principal": true, "destination.port": true,
-	"remote.ip": false, "request.auth.principal": false, "request.auth.audiences": false, "request.auth.presenter": false,
+	"remote.ip": true, "request.auth.principal": false, "request.auth.audiences": false, "request.auth.presenter": false,
 	"destination.ip": false, "connection.sni": false}
 
 func checkAuthorizationPolicy(m proto.Message, c *checker) {
@@ -441,18 +441,22 @@ func unsupportedValues(m proto.Message) []string {
 	var out []string
 	switch ap.GetAction() {
 	case security.AuthorizationPolicy_CUSTOM:
-		out = append(out, fmt.Sprintf("spec.action: %s is not supported by isthmus; the policy is ignored", ap.GetAction()))
+		out = append(out, "spec.action: CUSTOM has no external authorizer in isthmus; the requests the policy matches are denied")
 	}
 	for i, r := range ap.GetRules() {
 		for j, w := range r.GetWhen() {
 			k := w.GetKey()
 			if knownKey(k) && !conditionKeys[k] && !(strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]")) {
-				out = append(out, fmt.Sprintf("spec.rules[%d].when[%d].key: %s is not supported by isthmus; an ALLOW rule with it matches nothing, a DENY rule applies without it", i, j, k))
+				out = append(out, fmt.Sprintf("spec.rules[%d].when[%d].key: %s %s", i, j, k, failsClosed))
 			}
 		}
 	}
 	return out
 }
+
+// failsClosed is what becomes of a policy rule with a part isthmus does
+// not enforce.
+const failsClosed = "not enforced by isthmus; an ALLOW rule with it allows nothing, a DENY rule denies as if it held"
 
 func knownKey(k string) bool {
 	if _, ok := conditionKeys[k]; ok {

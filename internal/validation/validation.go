@@ -74,9 +74,10 @@ var kinds = map[string]kind{
 	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: fields([]string{
 		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"})},
 	"security.istio.io/AuthorizationPolicy": {new: func() proto.Message { return &security.AuthorizationPolicy{} }, check: checkAuthorizationPolicy, supported: fields(
-		[]string{"selector", "selector.match_labels", "action", "rules", "rules.from", "rules.from.source", "rules.to", "rules.to.operation",
+		[]string{"selector", "selector.match_labels", "action", "provider", "provider.name", "rules", "rules.from", "rules.from.source", "rules.to", "rules.to.operation",
 			"rules.when", "rules.when.key", "rules.when.values", "rules.when.not_values"},
-		prefixed("rules.from.source.", []string{"principals", "not_principals", "namespaces", "not_namespaces", "ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"}),
+		prefixed("rules.from.source.", []string{"principals", "not_principals", "namespaces", "not_namespaces", "service_accounts", "not_service_accounts",
+			"trust_domains", "not_trust_domains", "ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"}),
 		prefixed("rules.to.operation.", []string{"methods", "not_methods", "paths", "not_paths", "ports", "not_ports", "hosts", "not_hosts"}))},
 }
 
@@ -137,6 +138,11 @@ func Object(raw []byte) (r Result, ok bool, err error) {
 	r.Errors = c.errs
 	if k.supported != nil {
 		for _, p := range unsupported(m.ProtoReflect(), k.supported) {
+			if _, ok := m.(*security.AuthorizationPolicy); ok && strings.HasPrefix(p, "spec.rules[") {
+				// Authorization fails closed (see proxyview.ResolveAuthz).
+				r.Warnings = append(r.Warnings, p+": "+failsClosed)
+				continue
+			}
 			r.Warnings = append(r.Warnings, p+": not supported by isthmus; ignored")
 		}
 	}

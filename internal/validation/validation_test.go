@@ -78,7 +78,13 @@ func TestUnsupportedWarnings(t *testing.T) {
 		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
 	}
 	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: ext-authz}\n")
-	if len(r.Errors) > 0 || len(r.Warnings) != 2 || !strings.Contains(strings.Join(r.Warnings, "\n"), "spec.action: CUSTOM is not supported") {
+	if len(r.Errors) > 0 || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "spec.action: CUSTOM has no external authorizer") || !strings.Contains(r.Warnings[0], "denied") {
+		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	// Authorization fails closed, and says so.
+	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n    when: [{key: connection.sni, values: [a]}]\n")
+	if want := "spec.rules[0].from[0].source.requestPrincipals: not enforced by isthmus; an ALLOW rule with it allows nothing, a DENY rule denies as if it held\n" +
+		"spec.rules[0].when[0].key: connection.sni not enforced by isthmus; an ALLOW rule with it allows nothing, a DENY rule denies as if it held"; len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != want {
 		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
 	}
 	if _, ok, _ := Object([]byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}`)); ok {

@@ -154,3 +154,50 @@ rules:
 func headers(m map[string]string) func(string) (string, bool) {
 	return func(name string) (string, bool) { v, ok := m[name]; return v, ok }
 }
+
+// What isthmus does not enforce fails closed: an ALLOW rule needing a JWT
+// allows nobody, a DENY rule needing one denies everybody it otherwise
+// matches, CUSTOM (no external authorizer) denies what it matches; and the
+// parts it learned to enforce (serviceAccounts, trustDomains) match.
+func TestAuthorizationFailsClosed(t *testing.T) {
+	filters := func(spec string) []*rbac.Filter {
+		a := proxyview.ResolveAuthz([]*securityv1.AuthorizationPolicy{policy(t, "multicluster", "p", spec)}, "istio-system", "multicluster",
+			map[string]string{"app": "accounts"}, nil, func(string) {})
+		var out []*rbac.Filter
+		for _, r := range []*rbacv3.RBAC{a.HTTPDeny, a.HTTPAllow} {
+			f, err := rbac.Compile(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f != nil {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	req := func(principal, path string) *rbac.Request {
+		return &rbac.Request{Principal: principal, HTTP: true, DestPort: 8080,
+			Header: headers(map[string]string{":method": "GET", ":path": path, ":authority": "accounts"})}
+	}
+	for _, tc := range []struct {
+		name, spec string
+		req        *rbac.Request
+		want       bool
+	}{
+		{"ALLOW requestPrincipals: a caller without a JWT", "rules: [{from: [{source: {requestPrincipals: ['*']}}]}]", req(sleep, "/accounts"), false},
+		{"ALLOW requestPrincipals and principals: still nobody", "rules: [{from: [{source: {principals: ['cluster.local/ns/multicluster/sa/sleep'], requestPrincipals: ['*']}}]}]", req(sleep, "/accounts"), false},
+		{"ALLOW when request.auth.claims", "rules: [{when: [{key: 'request.auth.claims[group]', values: [admin]}]}]", req(sleep, "/accounts"), false},
+		{"DENY notRequestPrincipals: denies as if no JWT", "action: DENY\nrules: [{from: [{source: {notRequestPrincipals: ['*']}}], to: [{operation: {paths: [/admin]}}]}]", req(sleep, "/admin"), false},
+		{"DENY notRequestPrincipals: other paths pass", "action: DENY\nrules: [{from: [{source: {notRequestPrincipals: ['*']}}], to: [{operation: {paths: [/admin]}}]}]", req(sleep, "/accounts"), true},
+		{"CUSTOM: what it matches is denied", "action: CUSTOM\nprovider: {name: ext-authz}\nrules: [{to: [{operation: {paths: [/admin]}}]}]", req(sleep, "/admin"), false},
+		{"CUSTOM: what it does not match passes", "action: CUSTOM\nprovider: {name: ext-authz}\nrules: [{to: [{operation: {paths: [/admin]}}]}]", req(sleep, "/accounts"), true},
+		{"ALLOW serviceAccounts: sleep", "rules: [{from: [{source: {serviceAccounts: [multicluster/sleep]}}]}]", req(sleep, "/accounts"), true},
+		{"ALLOW serviceAccounts: dashboard is not sleep", "rules: [{from: [{source: {serviceAccounts: [multicluster/sleep]}}]}]", req(dashboard, "/accounts"), false},
+		{"ALLOW trustDomains: another domain", "rules: [{from: [{source: {trustDomains: [example.org]}}]}]", req(sleep, "/accounts"), false},
+		{"ALLOW trustDomains: ours", "rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]", req(sleep, "/accounts"), true},
+	} {
+		if ok, by := rbac.Allowed(filters(tc.spec), tc.req); ok != tc.want {
+			t.Errorf("%s: allowed=%v (%s), want %v", tc.name, ok, by, tc.want)
+		}
+	}
+}

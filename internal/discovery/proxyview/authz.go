@@ -19,6 +19,7 @@ import (
 	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	securitybeta "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -78,13 +79,17 @@ func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespac
 			httpRBAC, tcpRBAC = &a.HTTPDeny, &a.TCPDeny
 		case securitybeta.AuthorizationPolicy_AUDIT:
 			httpRBAC, tcpRBAC = &a.HTTPAudit, &a.TCPAudit
+		case securitybeta.AuthorizationPolicy_CUSTOM:
+			// No external authorizer: what it would be asked about is denied.
+			warn(customDenied(ap))
+			httpRBAC, tcpRBAC = &a.HTTPDeny, &a.TCPDeny
 		default:
 			warn(fmt.Sprintf("AuthorizationPolicy %s/%s: action %s is not supported; skipped", ap.Namespace, ap.Name, ap.Spec.GetAction()))
 			continue
 		}
 		action := rbacv3.RBAC_ALLOW
 		switch ap.Spec.GetAction() {
-		case securitybeta.AuthorizationPolicy_DENY:
+		case securitybeta.AuthorizationPolicy_DENY, securitybeta.AuthorizationPolicy_CUSTOM:
 			action = rbacv3.RBAC_DENY
 		case securitybeta.AuthorizationPolicy_AUDIT:
 			action = rbacv3.RBAC_LOG
@@ -95,15 +100,18 @@ func ResolveAuthz(aps []*securityv1.AuthorizationPolicy, rootNamespace, namespac
 			}
 		}
 		for i, rule := range ap.Spec.GetRules() {
-			rule = withTrustDomains(rule, trustDomains)
 			name := fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", ap.Namespace, ap.Name, i)
-			if bad := unsupportedKeys(rule); len(bad) > 0 {
+			// Fail closed: a rule that needs what isthmus does not enforce
+			// allows nothing, and denies as if that part held.
+			var bad []string
+			rule, bad = enforceable(rule)
+			if len(bad) > 0 {
+				warn(notEnforced(ap, i, bad, action == rbacv3.RBAC_ALLOW))
 				if action == rbacv3.RBAC_ALLOW {
-					warn(fmt.Sprintf("AuthorizationPolicy %s/%s rule %d: condition keys %s are not supported; the rule allows nothing", ap.Namespace, ap.Name, i, strings.Join(bad, ", ")))
 					continue
 				}
-				warn(fmt.Sprintf("AuthorizationPolicy %s/%s rule %d: condition keys %s are not supported; the rule denies without them", ap.Namespace, ap.Name, i, strings.Join(bad, ", ")))
 			}
+			rule = withTrustDomains(rule, trustDomains)
 			(*httpRBAC).Policies[name] = translateRule(rule, true)
 			tcpRule, httpOnly := l4Only(rule)
 			if httpOnly && action != rbacv3.RBAC_DENY {
@@ -176,15 +184,104 @@ func l4Only(r *securitybeta.Rule) (*securitybeta.Rule, bool) {
 	return out, had
 }
 
-// unsupportedKeys are the rule's `when` keys translateRule skips.
-func unsupportedKeys(r *securitybeta.Rule) []string {
-	var out []string
+// enforced are the Source and Operation fields translateRule enforces,
+// and the condition keys (besides request.headers[...]).
+var (
+	enforcedSource = map[string]bool{"principals": true, "not_principals": true, "namespaces": true, "not_namespaces": true,
+		"service_accounts": true, "not_service_accounts": true, "trust_domains": true, "not_trust_domains": true,
+		"ip_blocks": true, "not_ip_blocks": true, "remote_ip_blocks": true, "not_remote_ip_blocks": true}
+	enforcedOperation = map[string]bool{"hosts": true, "not_hosts": true, "ports": true, "not_ports": true,
+		"methods": true, "not_methods": true, "paths": true, "not_paths": true}
+	enforcedKeys = map[string]bool{"source.principal": true, "source.namespace": true, "source.ip": true, "remote.ip": true, "destination.port": true}
+)
+
+// enforceable is a rule without the parts isthmus does not enforce, and
+// those parts by name (empty when it enforces the whole rule).
+func enforceable(r *securitybeta.Rule) (*securitybeta.Rule, []string) {
+	var bad []string
+	out := r
+	clone := func() {
+		if out == r {
+			out = proto.Clone(r).(*securitybeta.Rule)
+		}
+	}
+	strip := func(m protoreflect.Message, enforced map[string]bool, where string) {
+		m.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+			if !enforced[string(fd.Name())] {
+				bad = append(bad, where+"."+fd.JSONName())
+			}
+			return true
+		})
+	}
+	for i := range r.GetFrom() {
+		strip(r.GetFrom()[i].GetSource().ProtoReflect(), enforcedSource, "from.source")
+	}
+	for i := range r.GetTo() {
+		strip(r.GetTo()[i].GetOperation().ProtoReflect(), enforcedOperation, "to.operation")
+	}
 	for _, c := range r.GetWhen() {
-		switch k := c.GetKey(); {
-		case k == "source.principal", k == "source.namespace", k == "source.ip", k == "destination.port":
-		case strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]"):
-		default:
-			out = append(out, k)
+		if k := c.GetKey(); !enforcedKeys[k] && !(strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]")) {
+			bad = append(bad, "when "+k)
+		}
+	}
+	if len(bad) == 0 {
+		return r, nil
+	}
+	clone()
+	for _, f := range out.GetFrom() {
+		clearUnenforced(f.GetSource().ProtoReflect(), enforcedSource)
+	}
+	for _, t := range out.GetTo() {
+		clearUnenforced(t.GetOperation().ProtoReflect(), enforcedOperation)
+	}
+	var when []*securitybeta.Condition
+	for _, c := range out.GetWhen() {
+		if k := c.GetKey(); enforcedKeys[k] || strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]") {
+			when = append(when, c)
+		}
+	}
+	out.When = when
+	slices.Sort(bad)
+	return out, slices.Compact(bad)
+}
+
+func clearUnenforced(m protoreflect.Message, enforced map[string]bool) {
+	if !m.IsValid() {
+		return
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		if !enforced[string(fd.Name())] {
+			m.Clear(fd)
+		}
+		return true
+	})
+}
+
+// notEnforced says what becomes of a rule with parts isthmus does not
+// enforce (the same words at apply time, in analyze and in the log).
+func notEnforced(ap *securityv1.AuthorizationPolicy, rule int, parts []string, allow bool) string {
+	what := "the rule denies as if they held (it denies more, never less)"
+	if allow {
+		what = "the rule allows nothing (fails closed)"
+	}
+	return fmt.Sprintf("AuthorizationPolicy %s/%s rule %d: %s not enforced by isthmus; %s", ap.Namespace, ap.Name, rule, strings.Join(parts, ", "), what)
+}
+
+func customDenied(ap *securityv1.AuthorizationPolicy) string {
+	return fmt.Sprintf("AuthorizationPolicy %s/%s: action CUSTOM (provider %q) has no external authorizer in isthmus; the requests it matches are denied",
+		ap.Namespace, ap.Name, ap.Spec.GetProvider().GetName())
+}
+
+// NotEnforced lists what isthmus does not enforce of a policy and what
+// happens instead, as ResolveAuthz warns it (for analyze).
+func NotEnforced(ap *securityv1.AuthorizationPolicy) []string {
+	var out []string
+	if ap.Spec.GetAction() == securitybeta.AuthorizationPolicy_CUSTOM {
+		out = append(out, customDenied(ap))
+	}
+	for i, rule := range ap.Spec.GetRules() {
+		if _, bad := enforceable(rule); len(bad) > 0 {
+			out = append(out, notEnforced(ap, i, bad, ap.Spec.GetAction() == securitybeta.AuthorizationPolicy_ALLOW))
 		}
 	}
 	return out
@@ -192,8 +289,8 @@ func unsupportedKeys(r *securitybeta.Rule) []string {
 
 // translateRule is one rule as an RBAC policy: any of its `from` sources
 // and all its `when` principal conditions for principals; any of its `to`
-// operations and its request conditions for permissions. Conditions on
-// keys it does not know are skipped (see unsupportedKeys).
+// operations and its request conditions for permissions. The rule holds
+// only what isthmus enforces (see enforceable).
 func translateRule(r *securitybeta.Rule, http bool) *rbacv3.Policy {
 	var who, what []*rbacv3.Principal
 	var perms []*rbacv3.Permission
@@ -218,7 +315,7 @@ func translateRule(r *securitybeta.Rule, http bool) *rbacv3.Policy {
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), principalName))
 		case key == "source.namespace":
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), namespacePrincipal))
-		case key == "source.ip":
+		case key == "source.ip", key == "remote.ip":
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), ipPrincipal))
 		case key == "destination.port":
 			perms = append(perms, rules(c.GetValues(), c.GetNotValues(), portPermission))
@@ -253,6 +350,8 @@ func source(s *securitybeta.Source) *rbacv3.Principal {
 	}
 	add(s.GetPrincipals(), s.GetNotPrincipals(), principalName)
 	add(s.GetNamespaces(), s.GetNotNamespaces(), namespacePrincipal)
+	add(s.GetServiceAccounts(), s.GetNotServiceAccounts(), serviceAccountPrincipal)
+	add(s.GetTrustDomains(), s.GetNotTrustDomains(), trustDomainPrincipal)
 	add(s.GetIpBlocks(), s.GetNotIpBlocks(), ipPrincipal)
 	add(s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ipPrincipal)
 	if len(all) == 0 {
@@ -358,6 +457,21 @@ func namespacePrincipal(ns string) *rbacv3.Principal {
 	}
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{
 		PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}}}}}
+}
+
+// serviceAccountPrincipal matches peers of a service account given as
+// NAMESPACE/NAME, in any trust domain of the mesh.
+func serviceAccountPrincipal(v string) *rbacv3.Principal {
+	ns, sa, _ := strings.Cut(v, "/")
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{
+		PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
+			Regex: "spiffe://[^/]+/ns/" + regexp.QuoteMeta(ns) + "/sa/" + regexp.QuoteMeta(sa)}}}}}}
+}
+
+// trustDomainPrincipal matches peers of a trust domain.
+func trustDomainPrincipal(td string) *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{
+		PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + td + "/"}}}}}
 }
 
 func ipPrincipal(v string) *rbacv3.Principal {
