@@ -152,8 +152,9 @@ func Run(ctx context.Context, cfg Config) error {
 		rootNamespace = r
 	}
 	generator := &proxyview.Generator{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace,
-		TrustDomains: append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...),
-		Paths:        mesh.Config.GetPathNormalization().GetNormalization(), Log: log}
+		TrustDomains:      append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...),
+		Paths:             mesh.Config.GetPathNormalization().GetNormalization(),
+		NumTrustedProxies: mesh.Config.GetDefaultConfig().GetGatewayTopology().GetNumTrustedProxies(), Log: log}
 	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.

@@ -447,6 +447,8 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *confi
 				xfcc = f.value
 			}
 			continue
+		case dec.XFF != "" && fieldIs(f.name, "x-forwarded-for"):
+			continue // replaced below
 		case fieldIs(f.name, "x-request-id"):
 			if reqID == "" {
 				reqID = string(f.value)
@@ -461,6 +463,9 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *confi
 	if reqID == "" {
 		reqID = requestID()
 		out = appendField(out, []byte("X-Request-Id"), []byte(reqID))
+	}
+	if dec.XFF != "" {
+		out = appendField(out, []byte("X-Forwarded-For"), []byte(dec.XFF))
 	}
 	if inbound {
 		if !d.peer.IsZero() {

@@ -198,6 +198,9 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	default:
 		setTarget(r, dec.Target)
 		r.Host = dec.Host
+		if dec.XFF != "" {
+			r.Header.Set("X-Forwarded-For", dec.XFF)
+		}
 		ctx := context.WithValue(r.Context(), routeKey, rc)
 		if rc.r.Timeout > 0 {
 			var cancel context.CancelFunc

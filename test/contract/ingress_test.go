@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"math/big"
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,9 +27,13 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 )
 
-type ingressConfig struct{ cert, key []byte }
+type ingressConfig struct {
+	cert, key []byte
+	aps       []*securityv1.AuthorizationPolicy
+}
 
 func (ingressConfig) Gateways() []*networkingv1.Gateway {
 	return []*networkingv1.Gateway{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "istio-system"},
@@ -45,8 +51,8 @@ func (ingressConfig) VirtualServices() []*networkingv1.VirtualService {
 }
 func (ingressConfig) DestinationRules() []*networkingv1.DestinationRule     { return nil }
 func (ingressConfig) PeerAuthentications() []*securityv1.PeerAuthentication { return nil }
-func (ingressConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy {
-	return nil
+func (c ingressConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy {
+	return c.aps
 }
 func (c ingressConfig) Secret(ns, name string) *corev1.Secret {
 	if ns == "istio-system" && name == "shop" {
@@ -116,5 +122,83 @@ func TestBuildsIngressGateway(t *testing.T) {
 	rs[resource.SecretType]["kubernetes://shop"] = bad
 	if _, _, err := config.Build(rs); err == nil {
 		t.Fatal("a secret without a usable certificate was accepted")
+	}
+}
+
+// AuthorizationPolicies that select a gateway are enforced there, on its
+// HTTP servers (whatever the normalization reads), with remoteIpBlocks
+// matched against the client X-Forwarded-For names through the mesh's
+// trusted proxies, not against what a client claims in front of them.
+func TestGatewayEnforcesItsPolicies(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), DNSNames: []string{"shop.example.com"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	kd, _ := x509.MarshalPKCS8PrivateKey(key)
+	cfg := ingressConfig{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}),
+		aps: []*securityv1.AuthorizationPolicy{
+			policy(t, "istio-system", "no-profile", "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{to: [{operation: {paths: [/profile]}}]}]"),
+			policy(t, "istio-system", "no-doc-net", "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]"),
+			policy(t, "multicluster", "elsewhere", "action: DENY\nrules: [{to: [{operation: {paths: [/shop]}}]}]"),
+		}}
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	p, err := proxyview.ParseNode(&core.Node{Id: "router~10.64.0.9~gw-1.istio-system~istio-system.svc.cluster.local",
+		Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Labels = map[string]string{"istio": "ingressgateway"}
+	p.RootNamespace, p.NumTrustedProxies = "istio-system", 1
+	g := proxyview.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
+	rs := config.Resources{}
+	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.ListenerType: g.Listeners,
+		resource.RouteType: g.Routes, resource.SecretType: g.Secrets} {
+		rs[typ] = map[string]*anypb.Any{}
+		for _, it := range items {
+			a, _ := anypb.New(it)
+			rs[typ][cacheName(it)] = a
+		}
+	}
+	snap, _, err := config.Build(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	https := snap.Listeners["0.0.0.0_443"].Chains[0].HTTP
+	plain := snap.Listeners["0.0.0.0_80"].Chains[0].HTTP
+	if len(https.Authz) == 0 || !https.UseRemoteAddress || https.XFFTrustedHops != 1 || !https.Paths.RFC3986 {
+		t.Fatalf("the HTTPS server's manager: %+v", https)
+	}
+	remote := netip.MustParseAddr("10.0.0.1") // the load balancer in front
+	for _, tc := range []struct {
+		name   string
+		hm     *config.HTTPManager
+		target string
+		xff    string
+		want   int
+	}{
+		{"a denied path", https, "/profile", "", 403},
+		{"a denied path, spelled otherwise", https, "/x/../%70rofile", "", 403},
+		{"a denied path over plain HTTP (before the https redirect)", plain, "/profile", "", 403},
+		{"another path", https, "/shop", "", 0},
+		{"the client the trusted proxy names is in a denied block", https, "/shop", "203.0.113.9", 403},
+		{"a denied client claiming another address in front", https, "/shop", "198.51.100.1, 203.0.113.9", 403},
+		{"an allowed client claiming a denied address in front", https, "/shop", "203.0.113.9, 198.51.100.1", 0},
+	} {
+		table := snap.Routes[https.RouteName]
+		if tc.hm == plain {
+			table = snap.Routes[plain.RouteName]
+		}
+		hdr := map[string]string{":method": "GET", ":path": tc.target, ":authority": "shop.example.com"}
+		if tc.xff != "" {
+			hdr["x-forwarded-for"] = tc.xff
+		}
+		d := decision.Decide(tc.hm, table, &decision.Request{Method: "GET", Target: tc.target, Host: "shop.example.com", Header: headers(hdr), Secure: tc.hm == https, RemoteIP: remote, DestPort: 443})
+		if d.Status != tc.want {
+			t.Errorf("%s: %s from %s (X-Forwarded-For %q): status %d (%s), want %d", tc.name, tc.target, remote, tc.xff, d.Status, d.DeniedBy, tc.want)
+		}
+		if d.Status == 0 && !strings.HasSuffix(d.XFF, "10.0.0.1") {
+			t.Errorf("%s: X-Forwarded-For upstream %q, want the load balancer appended", tc.name, d.XFF)
+		}
 	}
 }

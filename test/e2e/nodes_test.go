@@ -78,6 +78,21 @@ func (e *sandboxEnv) apply(cluster, manifest string) {
 	}
 }
 
+// applyWarned applies a manifest and returns what kubectl printed,
+// warnings from admission included.
+func (e *sandboxEnv) applyWarned(cluster, manifest string) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.kubectlBin, "--kubeconfig", e.kubeconfig, "--context", cluster, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(manifest)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("apply in %s: %v\n%s", cluster, err, out)
+	}
+	return string(out)
+}
+
 func (e *sandboxEnv) waitReady(cluster, ns, selector string, n int) []corev1.Pod {
 	e.t.Helper()
 	var pods []corev1.Pod

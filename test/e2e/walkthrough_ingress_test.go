@@ -123,6 +123,19 @@ spec:
 		if code, _, _ := get(client, "http://"+lb+"/nowhere", ""); code != 404 {
 			t.Errorf("a path no route matches: %d, want 404", code)
 		}
+		// A policy that selects the gateway is enforced there, for every
+		// spelling of the path; the rest of the gateway's routes go on.
+		e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-profile-from-outside, namespace: istio-system}\n"+
+			"spec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/profile]}}]\n")
+		eventually(t, "the ingress gateway refuses /profile", func() bool { code, _, _ := get(client, "http://"+lb+"/profile?id=4", ""); return code == 403 })
+		if code, _, _ := get(client, "http://"+lb+"/%70rofile?id=4", ""); code != 403 {
+			t.Errorf("/%%70rofile through the ingress gateway: %d, want 403", code)
+		}
+		if code, _, _ := get(client, "http://"+lb+"/dashboard?id=4", ""); code != 200 {
+			t.Errorf("/dashboard through the ingress gateway with the policy on /profile: %d, want 200", code)
+		}
+		e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "authorizationpolicy", "no-profile-from-outside")
+		eventually(t, "/profile through the ingress gateway again", func() bool { code, _, _ := get(client, "http://"+lb+"/profile?id=4", ""); return code == 200 })
 
 		serial := func() (*big.Int, error) {
 			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", lb+":443", &tls.Config{ServerName: "shop.example.com", RootCAs: ca.pool()})

@@ -126,4 +126,72 @@ spec:
 			return code("http://dashboard:8080/dashboard?id=4") == "200" && logged() != "" && logged() != "0"
 		})
 	})
+
+	t.Run("a DENY on a path holds however the path is spelled, and the app receives the normalized path, in both clusters", func(t *testing.T) {
+		// --path-as-is: curl would resolve dot segments itself.
+		code := func(path string) string {
+			return strings.TrimSpace(sleepExec("curl -s --path-as-is -o /dev/null -w '%{http_code}' --max-time 5 'http://profile:8080" + path + "'"))
+		}
+		e.apply("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-healthz, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: profile}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/healthz]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "no-healthz")
+		eventually(t, "/healthz refused", func() bool { return code("/healthz") == "403" })
+		for _, spelled := range []string{"/healthz", "/%68ealthz", "/%68%65%61%6C%74%68%7A", "/./healthz", "/x/../healthz", "/%2e%2e/healthz", "/healthz?probe=1"} {
+			var got []string
+			for range 6 { // spread over both clusters' profile
+				got = append(got, code(spelled))
+			}
+			if slices.ContainsFunc(got, func(c string) bool { return c != "403" }) {
+				t.Errorf("%s: %v, want 403 from every profile", spelled, got)
+			}
+		}
+		if c := code("/x%00"); c != "400" {
+			t.Errorf("a path with %%00: %s, want 400", c)
+		}
+		// Normalized, not refused: /%70rofile reaches the app as /profile.
+		seen := map[string]bool{}
+		eventually(t, "/%70rofile?id=4 answered by profile in both clusters", func() bool {
+			var a profileAnswer
+			if json.Unmarshal([]byte(sleepExec("curl -sS --max-time 5 'http://profile:8080/%70rofile?id=4'")), &a) == nil {
+				seen[a.ServedBy.Cluster] = true
+			}
+			return seen["cluster-eks"] && seen["cluster-aks"]
+		})
+	})
+
+	t.Run("authorization fails closed: ALLOW on requestPrincipals (JWT) lets no caller without a token in, in both clusters", func(t *testing.T) {
+		code := func(url string) string {
+			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code}' --max-time 5 " + url))
+		}
+		out := e.applyWarned("cluster-eks", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt-only, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: profile}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "jwt-only")
+		if !strings.Contains(out, "allows nothing") {
+			t.Errorf("the apply did not say what becomes of the rule: %q", out)
+		}
+		var codes []string
+		eventually(t, "every call to profile refused", func() bool {
+			codes = codes[:0]
+			for range 6 {
+				codes = append(codes, code("http://profile:8080/profile?id=4"))
+			}
+			return !slices.ContainsFunc(codes, func(c string) bool { return c != "403" })
+		})
+	})
 }

@@ -315,8 +315,10 @@ func translateRule(r *securitybeta.Rule, http bool) *rbacv3.Policy {
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), principalName))
 		case key == "source.namespace":
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), namespacePrincipal))
-		case key == "source.ip", key == "remote.ip":
+		case key == "source.ip":
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), ipPrincipal))
+		case key == "remote.ip":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), remoteIPPrincipal))
 		case key == "destination.port":
 			perms = append(perms, rules(c.GetValues(), c.GetNotValues(), portPermission))
 		case http && strings.HasPrefix(key, "request.headers[") && strings.HasSuffix(key, "]"):
@@ -353,7 +355,7 @@ func source(s *securitybeta.Source) *rbacv3.Principal {
 	add(s.GetServiceAccounts(), s.GetNotServiceAccounts(), serviceAccountPrincipal)
 	add(s.GetTrustDomains(), s.GetNotTrustDomains(), trustDomainPrincipal)
 	add(s.GetIpBlocks(), s.GetNotIpBlocks(), ipPrincipal)
-	add(s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ipPrincipal)
+	add(s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), remoteIPPrincipal)
 	if len(all) == 0 {
 		return &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}
 	}
@@ -474,7 +476,18 @@ func trustDomainPrincipal(td string) *rbacv3.Principal {
 		PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + td + "/"}}}}}
 }
 
+// ipPrincipal matches the connection's peer address (ipBlocks, source.ip).
 func ipPrincipal(v string) *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: cidrOf(v)}}
+}
+
+// remoteIPPrincipal matches the original client's address, which a
+// gateway takes from X-Forwarded-For (remoteIpBlocks, remote.ip).
+func remoteIPPrincipal(v string) *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_RemoteIp{RemoteIp: cidrOf(v)}}
+}
+
+func cidrOf(v string) *core.CidrRange {
 	addr, bits, ok := strings.Cut(v, "/")
 	n := 32
 	if strings.Contains(addr, ":") {
@@ -483,7 +496,7 @@ func ipPrincipal(v string) *rbacv3.Principal {
 	if ok {
 		n, _ = strconv.Atoi(bits)
 	}
-	return &rbacv3.Principal{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: cidrRange(addr, n)}}
+	return cidrRange(addr, n)
 }
 
 func portPermission(v string) *rbacv3.Permission {

@@ -46,7 +46,8 @@ func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*regi
 		return nil, nil, nil
 	}
 	in := &ingress{p: p, cfg: cfg, vss: oldestFirst(cfg.VirtualServices()), domain: domain, warn: warn, ports: servicePorts(services), hash: hashPolicies(drs),
-		http: map[uint32]*route.RouteConfiguration{}, secrets: map[string]*tlsv3.Secret{}}
+		http: map[uint32]*route.RouteConfiguration{}, secrets: map[string]*tlsv3.Secret{},
+		authz: ResolveAuthz(cfg.AuthorizationPolicies(), p.RootNamespace, p.Namespace, p.Labels, p.TrustDomains, warn)}
 	target := listenPorts(p, reg, services)
 	chains := map[uint32][]*listener.FilterChain{}
 	inspect := map[uint32]bool{}
@@ -75,6 +76,11 @@ func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*regi
 				inspect[listen] = true
 			case srv.GetTls() != nil && srv.GetTls().GetMode() == apinetworking.ServerTLSSettings_PASSTHROUGH:
 				add = passthroughChains(gw, port, cfg.VirtualServices(), domain)
+				for _, c := range add {
+					if c != nil {
+						c.Filters = append(in.authz.networkFilters(), c.Filters...)
+					}
+				}
 				inspect[listen] = true
 			default:
 				warn(fmt.Sprintf("Gateway %s/%s server %d: protocol %s with tls mode %s is not supported; server skipped",

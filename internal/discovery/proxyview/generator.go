@@ -26,7 +26,9 @@ type Generator struct {
 	TrustDomains []string
 	// Paths is meshConfig pathNormalization (DEFAULT is BASE).
 	Paths PathNormalization
-	Log   *slog.Logger
+	// NumTrustedProxies is meshConfig defaultConfig.gatewayTopology.numTrustedProxies.
+	NumTrustedProxies uint32
+	Log               *slog.Logger
 
 	warned     sync.Map // message -> struct{}
 	warnedNoGW sync.Map // network -> struct{}
@@ -34,7 +36,7 @@ type Generator struct {
 
 // View is the resources every proxy of p's view shares.
 func (g *Generator) View(p *Proxy) Generated {
-	p = g.withTrust(p)
+	p = g.withMesh(p)
 	if p.Generator == GeneratorGRPC {
 		return GenerateGRPC(p, g.Registry, g.noGateway)
 	}
@@ -44,7 +46,7 @@ func (g *Generator) View(p *Proxy) Generated {
 // Endpoints is the load assignments of services in p's view again, after
 // only their endpoints changed.
 func (g *Generator) Endpoints(p *Proxy, services []*registry.Service) []types.Resource {
-	return GenerateEndpoints(g.withTrust(p), g.Registry, g.Config, g.Domain, services, g.noGateway, g.warn)
+	return GenerateEndpoints(g.withMesh(p), g.Registry, g.Config, g.Domain, services, g.noGateway, g.warn)
 }
 
 // Routes is the route tables of sidecars in namespace.
@@ -76,11 +78,11 @@ func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Li
 	return Inbound(ports, pol)
 }
 
-// withTrust is p with the mesh's trust domains (never the node's) and
-// path normalization.
-func (g *Generator) withTrust(p *Proxy) *Proxy {
+// withMesh is p with the mesh's settings (never the node's): trust
+// domains, path normalization, root namespace, trusted proxies.
+func (g *Generator) withMesh(p *Proxy) *Proxy {
 	c := *p
-	c.TrustDomains, c.Paths = g.TrustDomains, g.Paths
+	c.TrustDomains, c.Paths, c.RootNamespace, c.NumTrustedProxies = g.TrustDomains, g.Paths, g.RootNamespace, g.NumTrustedProxies
 	return &c
 }
 

@@ -9,6 +9,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -43,6 +44,8 @@ type ingress struct {
 	http    map[uint32]*route.RouteConfiguration // plain HTTP route "http.PORT" per listen port
 	routes  []*route.RouteConfiguration
 	secrets map[string]*tlsv3.Secret
+	// authz are the AuthorizationPolicies that select the gateway.
+	authz Authz
 }
 
 // isHTTPServer tells the servers a router speaks HTTP on: protocol HTTP,
@@ -69,11 +72,22 @@ func (in *ingress) httpChain(gw *networkingv1.Gateway, srv *apinetworking.Server
 		in.routes = append(in.routes, rc)
 		chain = &listener.FilterChain{
 			Name:    rc.Name,
-			Filters: []*listener.Filter{httpManager(rdsManager(rc.Name, rc.Name, routerFilter(), in.p.Paths))},
+			Filters: []*listener.Filter{httpManager(in.manager(rc.Name))},
 		}
 	}
 	in.addHosts(rc, gw, srv, srv.GetTls().GetHttpsRedirect())
 	return chain
+}
+
+// manager is an HTTP server's connection manager: routes by RDS name, the
+// policies that select the gateway, the client's address from the
+// connection (appended to X-Forwarded-For, which is believed about the
+// mesh's trusted proxies), as Istio's gateways do.
+func (in *ingress) manager(routeName string) *hcm.HttpConnectionManager {
+	m := rdsManager(routeName, routeName, routerFilter(), in.p.Paths)
+	m.HttpFilters = append(in.authz.httpFilters(), m.HttpFilters...)
+	m.UseRemoteAddress, m.XffNumTrustedHops = wrapperspb.Bool(true), in.p.NumTrustedProxies
+	return m
 }
 
 // httpsChain terminates TLS with the server's credentialName secret (and,
@@ -117,7 +131,7 @@ func (in *ingress) httpsChain(gw *networkingv1.Gateway, srv *apinetworking.Serve
 	chain := &listener.FilterChain{
 		Name:            name,
 		TransportSocket: &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)}},
-		Filters:         []*listener.Filter{httpManager(rdsManager(name, name, routerFilter(), in.p.Paths))},
+		Filters:         []*listener.Filter{httpManager(in.manager(name))},
 	}
 	var sni []string
 	for _, h := range srv.GetHosts() {

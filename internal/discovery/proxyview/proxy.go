@@ -44,6 +44,12 @@ type Proxy struct {
 	// Paths is how its HTTP connection managers normalize request paths
 	// (meshConfig pathNormalization), set by the control plane.
 	Paths PathNormalization
+	// RootNamespace holds mesh-wide policy; NumTrustedProxies is how many
+	// proxies in front of a gateway its X-Forwarded-For may be believed
+	// about (meshConfig defaultConfig.gatewayTopology). Set by the
+	// control plane.
+	RootNamespace     string
+	NumTrustedProxies uint32
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.

@@ -510,6 +510,7 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 			m.Paths.RFC3986 = true
 		}
 		m.Paths.MergeSlashes = h.GetMergeSlashes()
+		m.UseRemoteAddress, m.XFFTrustedHops = h.GetUseRemoteAddress().GetValue(), h.GetXffNumTrustedHops()
 		switch h.GetPathWithEscapedSlashesAction() {
 		case hcm.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcm.HttpConnectionManager_KEEP_UNCHANGED:
 		case hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD:

@@ -111,6 +111,12 @@ type HTTPManager struct {
 	// Paths is how request paths are normalized before routing and
 	// policy (meshConfig pathNormalization, as Envoy's fields say it).
 	Paths PathNormalization
+	// UseRemoteAddress: the connection's peer is the client (a gateway's
+	// edge), appended to X-Forwarded-For; XFFTrustedHops is how many
+	// proxies in front of it X-Forwarded-For may be believed about
+	// (Envoy's use_remote_address and xff_num_trusted_hops).
+	UseRemoteAddress bool
+	XFFTrustedHops   uint32
 }
 
 // PathNormalization is the HTTP connection manager's normalize_path,

@@ -25,9 +25,10 @@ type Request struct {
 	Target string
 	// Host is the authority the client asked for.
 	Host string
-	// Header looks a lowercase header name up, repeated headers joined by
-	// commas (cookies by "; "), as Envoy's matchers see them; header names
-	// are case-insensitive.
+	// Header looks a lowercase header name up, the pseudo-headers :method,
+	// :path (Target) and :authority (Host) included, repeated headers
+	// joined by commas (cookies by "; "), as Envoy's matchers see them;
+	// header names are case-insensitive.
 	Header func(name string) (string, bool)
 	// Secure: the downstream connection is TLS.
 	Secure bool
@@ -59,6 +60,9 @@ type Decision struct {
 	// non-zero, is the status to answer with instead of forwarding.
 	Delay time.Duration
 	Abort int
+	// XFF, when set, replaces X-Forwarded-For upstream (a gateway's edge
+	// appends the client's address).
+	XFF string
 }
 
 // Decide decides a request on an HTTP connection manager whose route
@@ -95,8 +99,22 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 			d.Route = vh.Match(path, header)
 		}
 	}
+	var xff string
+	var hasXFF bool
+	if hm.UseRemoteAddress || len(hm.Authz) > 0 {
+		xff, hasXFF = req.Header("x-forwarded-for")
+	}
+	if hm.UseRemoteAddress && req.RemoteIP.IsValid() {
+		d.XFF = req.RemoteIP.String()
+		if hasXFF && xff != "" {
+			d.XFF = xff + ", " + d.XFF
+		}
+	}
 	if len(hm.Authz) > 0 {
 		rq := &rbac.Request{Principal: req.Principal, RemoteIP: req.RemoteIP, DestPort: req.DestPort, HTTP: true, Header: header}
+		if hasXFF {
+			rq.ClientIP = clientIP(hm, xff)
+		}
 		if ok, by := rbac.Allowed(hm.Authz, rq); !ok {
 			// Envoy's RBAC filter: 403, body "RBAC: access denied".
 			d.Status, d.Body, d.Flags, d.DeniedBy = http.StatusForbidden, "RBAC: access denied", "UAEX", by
@@ -131,6 +149,31 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 	}
 	d.Cluster = PickWeighted(r.Clusters)
 	return d
+}
+
+// clientIP is the original client's address by Envoy's rules for
+// X-Forwarded-For (xff, before the proxy appends to it): with
+// use_remote_address, the Nth address from the right for N trusted hops
+// (none: the connection's peer); without, the (N+1)th from the right.
+// Invalid when the header says too little: the connection's peer then.
+func clientIP(hm *config.HTTPManager, xff string) netip.Addr {
+	n := int(hm.XFFTrustedHops)
+	if hm.UseRemoteAddress {
+		if n == 0 {
+			return netip.Addr{}
+		}
+		n--
+	}
+	parts := strings.Split(xff, ",")
+	i := len(parts) - 1 - n
+	if i < 0 {
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(strings.TrimSpace(parts[i]))
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
 }
 
 // Reply is the local answer a Decision (or its fault abort) gives.

@@ -26,10 +26,14 @@ import (
 // repeated headers joined by commas); L4 checks have none.
 type Request struct {
 	Principal string // the peer's SPIFFE URI, "" in plaintext
-	RemoteIP  netip.Addr
-	DestPort  uint32
-	Header    func(name string) (string, bool)
-	HTTP      bool
+	// RemoteIP is the connection's peer address (direct_remote_ip);
+	// ClientIP the original client's as X-Forwarded-For says it under
+	// the connection manager's rules (remote_ip), RemoteIP when unset.
+	RemoteIP netip.Addr
+	ClientIP netip.Addr
+	DestPort uint32
+	Header   func(name string) (string, bool)
+	HTTP     bool
 }
 
 // header is a header's value; none without Header (a connection).
@@ -232,7 +236,16 @@ func principal(p *rbacv3.Principal) (matcher, error) {
 	case *rbacv3.Principal_DirectRemoteIp:
 		return cidr(x.DirectRemoteIp.GetAddressPrefix(), x.DirectRemoteIp.GetPrefixLen().GetValue())
 	case *rbacv3.Principal_RemoteIp:
-		return cidr(x.RemoteIp.GetAddressPrefix(), x.RemoteIp.GetPrefixLen().GetValue())
+		m, err := cidr(x.RemoteIp.GetAddressPrefix(), x.RemoteIp.GetPrefixLen().GetValue())
+		if err != nil {
+			return nil, err
+		}
+		return func(r *Request) bool {
+			if r.ClientIP.IsValid() {
+				return m(&Request{RemoteIP: r.ClientIP})
+			}
+			return m(r)
+		}, nil
 	case *rbacv3.Principal_SourceIp:
 		return cidr(x.SourceIp.GetAddressPrefix(), x.SourceIp.GetPrefixLen().GetValue())
 	case *rbacv3.Principal_Header:
