@@ -168,7 +168,14 @@ func (i *h1Idle) get() *h1Conn {
 	return nil
 }
 
+// put pools a connection whose exchange is complete. One that still holds
+// bytes the upstream sent beyond its response is closed instead: they
+// would be read as the next request's answer (response smuggling).
 func (i *h1Idle) put(pc *h1Conn) {
+	if pc.br.Buffered() > 0 {
+		pc.Close()
+		return
+	}
 	i.mu.Lock()
 	if len(i.conns) < maxIdleH1 {
 		i.conns = append(i.conns, pc)

@@ -928,10 +928,13 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 		if err != nil {
 			return sent, err, nil
 		}
+		if !bytes.HasSuffix(line, crlf) {
+			return sent, errBadChunk, nil
+		}
 		hex, _, _ := strings.Cut(strings.TrimSpace(string(line)), ";")
 		size, err := strconv.ParseUint(hex, 16, 62)
 		if err != nil {
-			return sent, fmt.Errorf("bad chunk size %q", hex), nil
+			return sent, fmt.Errorf("%w: size %q", errBadChunk, hex), nil
 		}
 		if _, err := c.bw.Write(line); err != nil {
 			return sent, nil, err
@@ -942,21 +945,40 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 				if err != nil {
 					return sent, err, nil
 				}
+				if !bytes.HasSuffix(line, crlf) {
+					return sent, errBadChunk, nil
+				}
 				if _, err := c.bw.Write(line); err != nil {
 					return sent, nil, err
 				}
-				if len(line) <= 2 {
+				if len(line) == 2 {
 					return sent, nil, nil
 				}
 			}
 		}
-		n, upErr, downErr := c.copyN(src, int64(size)+2) // the data and its CRLF
-		sent += min(n, int64(size))
+		n, upErr, downErr := c.copyN(src, int64(size)) // the data
+		sent += n
 		if upErr != nil || downErr != nil {
 			return sent, upErr, downErr
 		}
+		// Then CRLF, or the upstream's framing is not what it said.
+		end, err := src.Peek(2)
+		if err != nil {
+			return sent, err, nil
+		}
+		if !bytes.Equal(end, crlf) {
+			return sent, errBadChunk, nil
+		}
+		_, _ = src.Discard(2)
+		if _, err := c.bw.Write(crlf); err != nil {
+			return sent, nil, err
+		}
 	}
 }
+
+// errBadChunk is a chunked body that breaks its framing: the upstream's
+// connection is not trusted again, and the client's is closed.
+var errBadChunk = errors.New("malformed chunked body")
 
 // fail answers a request that got no response, as upstreamError does.
 func (c *h1Down) fail(x *h1Exchange, err error) outcome {
