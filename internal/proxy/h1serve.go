@@ -438,7 +438,7 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *confi
 				continue
 			}
 		case exchangeHeader(f.name):
-			if inbound && len(f.name) == len(telemetry.HeaderMetadata) {
+			if inbound && len(f.name) == len(telemetry.HeaderMetadata) && !d.peer.IsZero() { // believed from mTLS callers only
 				*peer = c.peerOf(f.value)
 			}
 			continue

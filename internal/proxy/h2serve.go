@@ -323,7 +323,7 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		case h2Hop[hf.Name], hf.Name == "te" && hf.Value != "trailers":
 			continue
 		case hf.Name == h2Metadata || hf.Name == h2MetadataID:
-			if inbound && hf.Name == h2Metadata {
+			if inbound && hf.Name == h2Metadata && !d.peer.IsZero() { // believed from mTLS callers only
 				s.peer = telemetry.Decode(hf.Value)
 			}
 			continue

@@ -153,8 +153,11 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	inbound := d.inbound()
 	if inbound {
-		// The caller's metadata is for us, not for the app.
-		rc.peer = telemetry.Decode(r.Header.Get(telemetry.HeaderMetadata))
+		// The caller's metadata is for us, not for the app; it is believed
+		// only from a caller that proved its identity.
+		if !d.peer.IsZero() {
+			rc.peer = telemetry.Decode(r.Header.Get(telemetry.HeaderMetadata))
+		}
 		r.Header.Del(telemetry.HeaderMetadata)
 		r.Header.Del(telemetry.HeaderMetadataID)
 		if !d.peer.IsZero() {

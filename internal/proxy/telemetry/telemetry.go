@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+	"k8s.io/utils/lru"
 )
 
 // Headers of Istio's HTTP metadata exchange.
@@ -72,15 +73,16 @@ func orUnknown(s string) string {
 	return s
 }
 
-// peers caches decoded exchange headers: a mesh has few distinct peers.
-var peers sync.Map // header value -> Peer
+// peers caches decoded exchange headers: a mesh has few distinct peers,
+// and a caller sending a new header each time only churns a bounded cache.
+var peers = lru.New(1024) // header value -> Peer
 
 // Decode reads a peer's x-envoy-peer-metadata; unknown fields stay "unknown".
 func Decode(header string) Peer {
 	if header == "" {
 		return unknownPeer
 	}
-	if p, ok := peers.Load(header); ok {
+	if p, ok := peers.Get(header); ok {
 		return p.(Peer)
 	}
 	p := unknownPeer
@@ -98,7 +100,7 @@ func Decode(header string) Peer {
 				Version: orUnknown(first(labels, "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")), Principal: "unknown"}
 		}
 	}
-	peers.Store(header, p)
+	peers.Add(header, p)
 	return p
 }
 
@@ -158,7 +160,13 @@ type Metrics struct {
 	// visible part of every request's cost.
 	mu     sync.RWMutex
 	series map[labelValues]*requestSeries
+	tcp    map[labelValues]bool
 }
+
+// maxSeries bounds the label sets a family keeps: peers' labels come from
+// the metadata they send, so past the bound new label sets are recorded
+// with their peers "unknown" instead of growing memory without end.
+var maxSeries = 10000
 
 // labelValues are an Event's values for labels, in order.
 type labelValues [21]string
@@ -259,9 +267,19 @@ func (s *requestSeries) record(d time.Duration, reqBytes, respBytes int64) {
 func (m *Metrics) requestSeries(v labelValues) *requestSeries {
 	m.mu.RLock()
 	s, ok := m.series[v]
+	full := len(m.series) >= maxSeries
 	m.mu.RUnlock()
 	if ok {
 		return s
+	}
+	if full {
+		v = v.withoutPeers()
+		m.mu.RLock()
+		s, ok = m.series[v]
+		m.mu.RUnlock()
+		if ok {
+			return s
+		}
 	}
 	vs := v[:]
 	s = &requestSeries{requests: m.requests.WithLabelValues(vs...), duration: m.duration.WithLabelValues(vs...),
@@ -272,9 +290,34 @@ func (m *Metrics) requestSeries(v labelValues) *requestSeries {
 	return s
 }
 
+// withoutPeers is a label set with both peers' labels and the service
+// (an inbound request names it by its Host) "unknown"; the reporter,
+// protocol, code, flags and security policy stay.
+func (v labelValues) withoutPeers() labelValues {
+	for _, i := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} {
+		v[i] = "unknown"
+	}
+	return v
+}
+
+// tcpValues are a connection's label values, bounded as requestSeries are.
+func (m *Metrics) tcpValues(e *Event) labelValues {
+	v := e.values()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.tcp == nil {
+		m.tcp = map[labelValues]bool{}
+	}
+	if !m.tcp[v] && len(m.tcp) >= maxSeries {
+		v = v.withoutPeers()
+	}
+	m.tcp[v] = true
+	return v
+}
+
 // TCPOpened records a connection; call the result when it closes.
 func (m *Metrics) TCPOpened(e *Event) func(sent, received int64) {
-	lv := e.values()
+	lv := m.tcpValues(e)
 	v := lv[:]
 	m.tcpOpen.WithLabelValues(v...).Inc()
 	return func(sent, received int64) {

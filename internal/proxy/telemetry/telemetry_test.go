@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -51,5 +52,34 @@ func TestRequestOnFollowsLabels(t *testing.T) {
 	}
 	if got["200"] != 2 || got["503"] != 2 || len(got) != 2 {
 		t.Fatalf("istio_requests_total by response_code: %v, want 200: 2 and 503: 2", got)
+	}
+}
+
+// Callers choose their metadata and Host: a caller sending a new one with
+// every request grows neither the decode cache nor the metric families
+// without bound.
+func TestCallerChosenLabelsAreBounded(t *testing.T) {
+	defer func(n int) { maxSeries = n }(maxSeries)
+	maxSeries = 50
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	for i := range 3000 {
+		self := NewSelf("n", fmt.Sprintf("w%d", i), "ns", "c", "", nil)
+		_, md := self.Headers()
+		e := &Event{Reporter: "destination", Src: Decode(md), Dst: unknownPeer, Service: ServiceOf(fmt.Sprintf("h%d.ns.svc", i)), Protocol: "http", Code: 200}
+		m.Request(e, time.Millisecond, 0, 0)
+		m.TCPOpened(e)(1, 1)
+	}
+	if n := peers.Len(); n > 1024 {
+		t.Errorf("%d decoded peers cached, want at most 1024", n)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if n := len(f.GetMetric()); n > maxSeries+1 {
+			t.Errorf("%s: %d series, want at most %d", f.GetName(), n, maxSeries+1)
+		}
 	}
 }
