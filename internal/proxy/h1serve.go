@@ -12,7 +12,6 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -185,9 +184,33 @@ func (c *h1Down) readHead() error {
 			return net.ErrClosed // Drain may have just woken the connection
 		}
 	}
+	// The idle deadline waits for a request; once one begins, its head
+	// must arrive within the header timeout. Most heads arrive whole in
+	// one read, and those need no deadline of their own.
+	if _, err := c.br.Peek(1); err != nil {
+		return err
+	}
+	slow := !bytes.Contains(c.peekBuffered(), headEnd)
+	if slow {
+		if err := c.d.conn.SetReadDeadline(time.Now().Add(c.p.opts.Limits.HeaderTimeout)); err != nil {
+			return err
+		}
+	}
 	var err error
 	c.head, err = readHeadInto(c.br, c.head[:0])
+	if slow && err == nil {
+		c.deadlineSet = time.Now()
+		err = c.d.conn.SetReadDeadline(c.deadlineSet.Add(idleTimeout))
+	}
 	return err
+}
+
+var headEnd = []byte("\r\n\r\n")
+
+// peekBuffered is what the reader holds, unread.
+func (c *h1Down) peekBuffered() []byte {
+	b, _ := c.br.Peek(c.br.Buffered())
+	return b
 }
 
 // readHeadInto appends a message head (through its empty line) to buf.
@@ -931,10 +954,9 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 		if !bytes.HasSuffix(line, crlf) {
 			return sent, errBadChunk, nil
 		}
-		hex, _, _ := strings.Cut(strings.TrimSpace(string(line)), ";")
-		size, err := strconv.ParseUint(hex, 16, 62)
-		if err != nil {
-			return sent, fmt.Errorf("%w: size %q", errBadChunk, hex), nil
+		size, ok := chunkSize(line)
+		if !ok {
+			return sent, fmt.Errorf("%w: size line %q", errBadChunk, line), nil
 		}
 		if _, err := c.bw.Write(line); err != nil {
 			return sent, nil, err
@@ -974,6 +996,31 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 			return sent, nil, err
 		}
 	}
+}
+
+// chunkSize reads a chunk-size line as net/http does: hex digits, then
+// extensions after ";", trailing whitespace allowed, nothing else.
+func chunkSize(line []byte) (uint64, bool) {
+	hex, _, _ := bytes.Cut(bytes.TrimRight(line[:len(line)-2], " \t"), []byte{';'})
+	if len(hex) == 0 || len(hex) > 15 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range hex {
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | uint64(d)
+	}
+	return n, true
 }
 
 // errBadChunk is a chunked body that breaks its framing: the upstream's

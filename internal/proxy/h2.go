@@ -94,6 +94,12 @@ type h2Conn struct {
 	// goaway: no new streams (either side said GOAWAY, or we drain);
 	// guarded by mu downstream and by pool.mu upstream.
 	goaway bool
+	// Downstream, read by its reader only: the streams the client opened
+	// and those it reset within a second (the rapid reset's mark).
+	opened, premature int
+	// handlers are the streams' handler goroutines still running, reset
+	// or not: new streams are refused while they fill the stream limit.
+	handlers atomic.Int32
 
 	// Upstream connections only, guarded by pool.mu.
 	pool       *h2Pool

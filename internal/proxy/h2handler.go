@@ -69,7 +69,10 @@ func (s *h2Stream) serveByHandler(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	s.byHandler, s.cancel = true, cancel
 	s.cond = sync.NewCond(&s.mu)
 	w := &h2Writer{s: s, h: http.Header{}}
+	c := s.down.c
+	c.handlers.Add(1)
 	go func() {
+		defer c.handlers.Add(-1)
 		defer cancel()
 		defer func() {
 			if v := recover(); v != nil && v != http.ErrAbortHandler {

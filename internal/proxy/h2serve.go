@@ -122,7 +122,7 @@ func (c *h2Conn) downstreamFrame(fl *h2Flush, f http2.Frame) error {
 			return nil
 		}
 		c.lastID = id
-		refuse := len(c.streams) >= h2MaxStreams || c.goaway
+		refuse := len(c.streams) >= h2MaxStreams || c.goaway || c.handlers.Load() >= h2MaxStreams
 		var s *h2Stream
 		if !refuse {
 			s = &h2Stream{p: c.p, d: c.d, down: h2Half{c: c, id: id, win: c.initWin}}
@@ -133,6 +133,7 @@ func (c *h2Conn) downstreamFrame(fl *h2Flush, f http2.Frame) error {
 			c.reset(fl, id, http2.ErrCodeRefusedStream)
 			return nil
 		}
+		c.opened++
 		s.mu.Lock()
 		s.begin(fl, f)
 		s.mu.Unlock()
@@ -140,9 +141,21 @@ func (c *h2Conn) downstreamFrame(fl *h2Flush, f http2.Frame) error {
 		return c.data(fl, f, func(s *h2Stream, n int32) { s.requestData(fl, f, n) })
 	case *http2.RSTStreamFrame:
 		if s := c.stream(f.StreamID); s != nil {
+			c.p.stats.rxReset.Inc()
 			s.mu.Lock()
+			early := time.Since(s.start) < time.Second
 			s.clientGone(fl)
 			s.mu.Unlock()
+			if early {
+				c.premature++
+				if c.premature >= c.p.opts.Limits.PrematureResets && 2*c.premature >= c.opened {
+					// Rapid reset: the client makes work and takes it back.
+					c.p.stats.prematureResets.Inc()
+					c.write(fl, func() error { return c.fr.WriteGoAway(c.lastID, http2.ErrCodeEnhanceYourCalm, nil) })
+					fl.flush()
+					return errRapidReset
+				}
+			}
 		}
 	case *http2.GoAwayFrame:
 		// The client opens no more streams; those open carry on.
@@ -151,6 +164,10 @@ func (c *h2Conn) downstreamFrame(fl *h2Flush, f http2.Frame) error {
 	}
 	return nil
 }
+
+// errRapidReset ends a connection whose client resets streams as fast as
+// it opens them.
+var errRapidReset = errors.New("HTTP/2: too many streams reset early by the client")
 
 // received counts a DATA frame against the connection window we granted.
 func (c *h2Conn) received(n int32) error {

@@ -76,7 +76,7 @@ func (p *Proxy) httpServer() *http.Server {
 		p.http = &http.Server{
 			Handler:           http.HandlerFunc(p.handle),
 			Protocols:         &protos,
-			ReadHeaderTimeout: time.Minute,
+			ReadHeaderTimeout: p.opts.Limits.HeaderTimeout,
 			IdleTimeout:       time.Hour, // Envoy's default idle timeout
 			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 				if tc, ok := c.(*trackedConn); ok {

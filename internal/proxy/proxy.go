@@ -49,7 +49,48 @@ type Options struct {
 	AccessLog io.Writer
 	// Dial reaches upstreams (default: a net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	Log  *slog.Logger
+	// Limits bound what clients may hold of the proxy; zero fields take
+	// DefaultLimits'.
+	Limits Limits
+	Log    *slog.Logger
+}
+
+// Limits bound what one client, or many, can hold of the proxy.
+type Limits struct {
+	// ConnectionsPerListener: a listener's connections beyond are closed
+	// as they are accepted (counted in envoy_listener_downstream_cx_overflow).
+	ConnectionsPerListener int64
+	// HeaderTimeout: once a request head has begun, all of it must arrive
+	// within this (a client dribbling a head holds nothing for long).
+	HeaderTimeout time.Duration
+	// TCPIdleTimeout closes a TCP relay that carried no byte either way
+	// for this long (Envoy's tcp_proxy idle_timeout), unless its route
+	// says otherwise.
+	TCPIdleTimeout time.Duration
+	// PrematureResets: an HTTP/2 connection on which the client reset at
+	// least this many streams within a second of opening them, and at
+	// least half of all its streams so, is closed (CVE-2023-44487, the
+	// rapid reset; Envoy's premature reset rule).
+	PrematureResets int
+}
+
+// DefaultLimits are the limits of a proxy whose Options leave them zero.
+var DefaultLimits = Limits{ConnectionsPerListener: 32768, HeaderTimeout: time.Minute, TCPIdleTimeout: time.Hour, PrematureResets: 250}
+
+func (l Limits) withDefaults() Limits {
+	if l.ConnectionsPerListener == 0 {
+		l.ConnectionsPerListener = DefaultLimits.ConnectionsPerListener
+	}
+	if l.HeaderTimeout == 0 {
+		l.HeaderTimeout = DefaultLimits.HeaderTimeout
+	}
+	if l.TCPIdleTimeout == 0 {
+		l.TCPIdleTimeout = DefaultLimits.TCPIdleTimeout
+	}
+	if l.PrematureResets == 0 {
+		l.PrematureResets = DefaultLimits.PrematureResets
+	}
+	return l
 }
 
 // Proxy is one running data plane.
@@ -99,10 +140,13 @@ type bound struct {
 	name string
 	addr netip.AddrPort
 	ln   net.Listener
+	// open counts its connections being served.
+	open atomic.Int64
 }
 
 // New makes a proxy; Apply gives it configuration, Serve runs it.
 func New(opts Options) *Proxy {
+	opts.Limits = opts.Limits.withDefaults()
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
@@ -240,10 +284,17 @@ func (p *Proxy) accept(b *bound) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		if b.open.Add(1) > p.opts.Limits.ConnectionsPerListener {
+			b.open.Add(-1)
+			p.stats.cxOverflow.WithLabelValues(b.name).Inc()
+			c.Close()
+			continue
+		}
 		c = rawtcp.Wrap(c)
 		p.conns.Add(1)
 		go func() {
 			defer p.conns.Add(-1)
+			defer b.open.Add(-1)
 			p.serve(c, b.name)
 		}()
 	}

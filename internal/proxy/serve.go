@@ -264,7 +264,11 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	}
 	start := time.Now()
 	closed := p.stats.istio.TCPOpened(p.tcpEvent(d, cl, ep, up))
-	sent, recv := tcpproxy.Pipe(down, up)
+	idle := p.opts.Limits.TCPIdleTimeout
+	if d.chain.TCP.IdleTimeout != nil {
+		idle = *d.chain.TCP.IdleTimeout // the route's own; 0 turns it off
+	}
+	sent, recv := tcpproxy.Pipe(down, up, idle)
 	closed(sent, recv)
 	if p.opts.AccessLog != nil {
 		p.writeAccessLog(fmt.Sprintf("[%s] \"- - -\" 0 - - - \"-\" %d %d %d - \"-\" \"-\" \"-\" \"-\" \"%s\" %s - %s %s - -\n",

@@ -19,6 +19,12 @@ type Stats struct {
 	upstreamOverflow *prometheus.CounterVec
 	// audited counts requests and connections an AUDIT policy matched.
 	audited prometheus.Counter
+	// cxOverflow counts connections a listener's limit closed; rxReset
+	// HTTP/2 streams clients reset, and prematureResets the connections
+	// closed for resetting too many too early.
+	cxOverflow      *prometheus.CounterVec
+	rxReset         prometheus.Counter
+	prematureResets prometheus.Counter
 }
 
 func newStats() *Stats {
@@ -35,6 +41,13 @@ func newStats() *Stats {
 		Help: "Requests and connections refused by a cluster's circuit breakers."}, []string{"cluster_name"})
 	s.audited = prometheus.NewCounter(prometheus.CounterOpts{Name: "envoy_http_rbac_logged_allowed",
 		Help: "Requests and connections matched by an AUDIT AuthorizationPolicy (Envoy's RBAC LOG action)."})
-	reg.MustRegister(s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.cxOverflow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "envoy_listener_downstream_cx_overflow",
+		Help: "Connections closed because the listener held its limit of connections."}, []string{"listener"})
+	s.rxReset = prometheus.NewCounter(prometheus.CounterOpts{Name: "envoy_http_downstream_rq_rx_reset",
+		Help: "HTTP/2 streams the client reset."})
+	s.prematureResets = prometheus.NewCounter(prometheus.CounterOpts{Name: "envoy_http_downstream_rq_too_many_premature_resets",
+		Help: "HTTP/2 connections closed because the client reset too many streams early (rapid reset)."})
+	reg.MustRegister(s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, s.cxOverflow, s.rxReset, s.prematureResets,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }

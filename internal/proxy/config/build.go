@@ -488,6 +488,10 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 			return nil, err
 		}
 		c.TCP = &TCPProxy{StatPrefix: t.GetStatPrefix(), Cluster: t.GetCluster()}
+		if t.GetIdleTimeout() != nil {
+			d := t.GetIdleTimeout().AsDuration()
+			c.TCP.IdleTimeout = &d
+		}
 		for _, h := range t.GetHashPolicy() {
 			if h.GetSourceIp() != nil {
 				c.TCP.HashSourceIP = true

@@ -96,6 +96,9 @@ type TCPProxy struct {
 	Weighted   []WeightedCluster
 	// HashSourceIP: a consistent-hash cluster is picked by the client's address.
 	HashSourceIP bool
+	// IdleTimeout is the route's tcp_proxy idle_timeout (0: none); nil
+	// takes the proxy's default.
+	IdleTimeout *time.Duration
 }
 
 // HTTPManager routes requests.
