@@ -327,6 +327,24 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	return keepAlive
 }
 
+// dropped is Decision.Drops for a header name as the client wrote it.
+func dropped(dec *decision.Decision, name []byte) bool {
+	if dec.XFF != "" && fieldIs(name, "x-forwarded-for") {
+		return true
+	}
+	for _, r := range dec.Remove {
+		if fieldIs(name, r) {
+			return true
+		}
+	}
+	for _, s := range dec.Set {
+		if fieldIs(name, s[0]) {
+			return true
+		}
+	}
+	return false
+}
+
 // method is a request's method as a string, without allocating for the
 // common ones.
 func method(b []byte) string {
@@ -470,8 +488,8 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *confi
 				xfcc = f.value
 			}
 			continue
-		case dec.XFF != "" && fieldIs(f.name, "x-forwarded-for"):
-			continue // replaced below
+		case dec.Rewrites() && dropped(dec, f.name):
+			continue // removed, or replaced below
 		case fieldIs(f.name, "x-request-id"):
 			if reqID == "" {
 				reqID = string(f.value)
@@ -486,6 +504,9 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *confi
 	if reqID == "" {
 		reqID = requestID()
 		out = appendField(out, []byte("X-Request-Id"), []byte(reqID))
+	}
+	for _, h := range dec.Set {
+		out = appendField(out, []byte(h[0]), []byte(h[1]))
 	}
 	if dec.XFF != "" {
 		out = appendField(out, []byte("X-Forwarded-For"), []byte(dec.XFF))

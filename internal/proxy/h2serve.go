@@ -406,10 +406,15 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	s.dec = p.decide(rt, d, hm, &s.dreq)
 	dec := &s.dec
 	s.route, s.flags = dec.Route, dec.Flags
-	if dec.XFF != "" {
-		s.fields = slices.DeleteFunc(s.fields, func(f hpack.HeaderField) bool { return f.Name == "x-forwarded-for" })
-		s.fields = append(s.fields, hpack.HeaderField{Name: "x-forwarded-for", Value: dec.XFF})
-		s.xff = dec.XFF
+	if dec.Rewrites() {
+		s.fields = slices.DeleteFunc(s.fields, func(f hpack.HeaderField) bool { return !strings.HasPrefix(f.Name, ":") && dec.Drops(f.Name) })
+		for _, h := range dec.Set {
+			s.fields = append(s.fields, hpack.HeaderField{Name: strings.ToLower(h[0]), Value: h[1]})
+		}
+		if dec.XFF != "" {
+			s.fields = append(s.fields, hpack.HeaderField{Name: "x-forwarded-for", Value: dec.XFF})
+			s.xff = dec.XFF
+		}
 	}
 	if dec.Status == 0 && toHTTP1(rt, s.route) {
 		s.serveByHandler(fl, f)

@@ -201,6 +201,12 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	default:
 		setTarget(r, dec.Target)
 		r.Host = dec.Host
+		for _, h := range dec.Remove {
+			r.Header.Del(h)
+		}
+		for _, h := range dec.Set {
+			r.Header.Set(h[0], h[1])
+		}
 		if dec.XFF != "" {
 			r.Header.Set("X-Forwarded-For", dec.XFF)
 		}

@@ -17,6 +17,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/isthmus-mesh/isthmus/internal/proxy/jwtauthn"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
 
@@ -540,7 +542,18 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		}
 		for _, f := range h.GetHttpFilters() {
 			switch f.GetName() {
-			case "envoy.filters.http.router", "istio.stats", "istio.metadata_exchange", "envoy.filters.http.cors", "envoy.filters.http.fault", "istio.alpn":
+			case "envoy.filters.http.router", "istio.stats", "istio.metadata_exchange", "envoy.filters.http.cors", "envoy.filters.http.fault", "istio.alpn",
+				"istio_authn": // the proxy derives istio_authn's request.auth.* from jwt_authn itself
+			case "envoy.filters.http.jwt_authn":
+				var j jwtv3.JwtAuthentication
+				if err := unpack(f.GetTypedConfig(), &j); err != nil {
+					return nil, err
+				}
+				jf, err := jwtauthn.Compile(&j)
+				if err != nil {
+					return nil, err
+				}
+				m.JWT = jf
 			case "envoy.filters.http.rbac":
 				var r rbachttp.RBAC
 				if err := unpack(f.GetTypedConfig(), &r); err != nil {

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/internal/proxy/jwtauthn"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
 
@@ -111,6 +112,9 @@ type HTTPManager struct {
 	ForwardClientCert bool
 	// Authz are the HTTP RBAC filters, checked for each request.
 	Authz []*rbac.Filter
+	// JWT is the jwt_authn filter (RequestAuthentication), checked before
+	// Authz; nil without one.
+	JWT *jwtauthn.Filter
 	// Paths is how request paths are normalized before routing and
 	// policy (meshConfig pathNormalization, as Envoy's fields say it).
 	Paths PathNormalization

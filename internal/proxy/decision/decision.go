@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/jwtauthn"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
 
@@ -63,6 +64,13 @@ type Decision struct {
 	// XFF, when set, replaces X-Forwarded-For upstream (a gateway's edge
 	// appends the client's address).
 	XFF string
+	// Remove and Set are header operations on the request sent upstream
+	// (names in lower case; Set replaces): a JWT not forwarded, its payload
+	// or claims as headers.
+	Remove []string
+	Set    [][2]string
+	// Auth is the verified JWT the policies saw; nil without one.
+	Auth *rbac.Auth
 }
 
 // Decide decides a request on an HTTP connection manager whose route
@@ -110,8 +118,21 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 			d.XFF = xff + ", " + d.XFF
 		}
 	}
+	if hm.JWT != nil {
+		res := hm.JWT.Verify(&jwtauthn.Request{Header: header, Path: target})
+		if res.Status != 0 {
+			// Envoy's jwt_authn: 401 with what failed.
+			d.Status, d.Body = res.Status, res.Body
+			return d
+		}
+		d.Remove, d.Set = res.Remove, res.Set
+		if len(res.Verified) > 0 {
+			v := res.Verified[0]
+			d.Auth = &rbac.Auth{Principal: v.Principal, Audiences: v.Audiences, Presenter: v.Presenter, Claims: v.Claims}
+		}
+	}
 	if len(hm.Authz) > 0 {
-		rq := &rbac.Request{Principal: req.Principal, RemoteIP: req.RemoteIP, DestPort: req.DestPort, HTTP: true, Header: header}
+		rq := &rbac.Request{Principal: req.Principal, RemoteIP: req.RemoteIP, DestPort: req.DestPort, HTTP: true, Header: header, Auth: d.Auth}
 		if hasXFF {
 			rq.ClientIP = clientIP(hm, xff)
 		}
@@ -174,6 +195,29 @@ func clientIP(hm *config.HTTPManager, xff string) netip.Addr {
 		return netip.Addr{}
 	}
 	return a.Unmap()
+}
+
+// Rewrites says whether the decision changes a request header: the
+// engines look then at each header against it.
+func (d *Decision) Rewrites() bool { return len(d.Remove)+len(d.Set) > 0 || d.XFF != "" }
+
+// Drops says whether a request header (lowercase) is not sent upstream
+// as it came: removed, or replaced by Set or XFF.
+func (d *Decision) Drops(name string) bool {
+	if d.XFF != "" && name == "x-forwarded-for" {
+		return true
+	}
+	for _, r := range d.Remove {
+		if r == name {
+			return true
+		}
+	}
+	for _, s := range d.Set {
+		if strings.EqualFold(s[0], name) {
+			return true
+		}
+	}
+	return false
 }
 
 // Reply is the local answer a Decision (or its fault abort) gives.

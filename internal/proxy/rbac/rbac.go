@@ -34,6 +34,17 @@ type Request struct {
 	DestPort uint32
 	Header   func(name string) (string, bool)
 	HTTP     bool
+	// Auth is the request's verified JWT, as Istio's istio_authn filter
+	// metadata says it; nil without one.
+	Auth *Auth
+}
+
+// Auth is what policies see of a verified JWT (request.auth.*).
+type Auth struct {
+	Principal string // iss/sub
+	Audiences []string
+	Presenter string
+	Claims    map[string]any
 }
 
 // header is a header's value; none without Header (a connection).
@@ -250,6 +261,8 @@ func principal(p *rbacv3.Principal) (matcher, error) {
 		return cidr(x.SourceIp.GetAddressPrefix(), x.SourceIp.GetPrefixLen().GetValue())
 	case *rbacv3.Principal_Header:
 		return header(x.Header)
+	case *rbacv3.Principal_Metadata:
+		return authMetadata(x.Metadata)
 	}
 	return nil, fmt.Errorf("principal %T is not supported", p.GetIdentifier())
 }
@@ -341,4 +354,101 @@ func stringMatcher(m *matcherv3.StringMatcher) (func(string) bool, error) {
 		return re.MatchString, nil
 	}
 	return nil, fmt.Errorf("string match %T is not supported", m.GetMatchPattern())
+}
+
+// authMetadata matches the istio_authn metadata of a request's verified
+// JWT: request.auth.principal, .audiences, .presenter and .claims (nested
+// by path), as Istio's requestPrincipals and request.auth.* conditions
+// become. A request without a verified JWT matches none.
+func authMetadata(m *matcherv3.MetadataMatcher) (matcher, error) {
+	if m.GetFilter() != "istio_authn" {
+		return nil, fmt.Errorf("metadata filter %q is not supported (istio_authn is)", m.GetFilter())
+	}
+	var path []string
+	for _, s := range m.GetPath() {
+		path = append(path, s.GetKey())
+	}
+	if len(path) == 0 {
+		return nil, errors.New("istio_authn metadata without a path")
+	}
+	value, err := valueMatcher(m.GetValue())
+	if err != nil {
+		return nil, fmt.Errorf("istio_authn %s: %w", strings.Join(path, "."), err)
+	}
+	invert := m.GetInvert()
+	var get func(a *Auth) (any, bool)
+	switch path[0] {
+	case "request.auth.principal":
+		get = func(a *Auth) (any, bool) { return a.Principal, true }
+	case "request.auth.presenter":
+		get = func(a *Auth) (any, bool) { return a.Presenter, a.Presenter != "" }
+	case "request.auth.audiences":
+		get = func(a *Auth) (any, bool) {
+			l := make([]any, len(a.Audiences))
+			for i, s := range a.Audiences {
+				l[i] = s
+			}
+			return l, len(l) > 0
+		}
+	case "request.auth.claims":
+		keys := path[1:]
+		if len(keys) == 0 {
+			return nil, errors.New("istio_authn request.auth.claims without a claim")
+		}
+		get = func(a *Auth) (any, bool) {
+			var v any = a.Claims
+			for _, k := range keys {
+				m, ok := v.(map[string]any)
+				if !ok {
+					return nil, false
+				}
+				if v, ok = m[k]; !ok {
+					return nil, false
+				}
+			}
+			return v, true
+		}
+	default:
+		return nil, fmt.Errorf("istio_authn key %q is not supported", path[0])
+	}
+	return func(r *Request) bool {
+		if r.Auth == nil {
+			return invert
+		}
+		v, ok := get(r.Auth)
+		return (ok && value(v)) != invert
+	}, nil
+}
+
+// valueMatcher compiles a metadata ValueMatcher: a string match, presence,
+// or a list match one of whose elements matches.
+func valueMatcher(v *matcherv3.ValueMatcher) (func(any) bool, error) {
+	switch x := v.GetMatchPattern().(type) {
+	case *matcherv3.ValueMatcher_StringMatch:
+		sm, err := stringMatcher(x.StringMatch)
+		if err != nil {
+			return nil, err
+		}
+		return func(v any) bool { s, ok := v.(string); return ok && sm(s) }, nil
+	case *matcherv3.ValueMatcher_PresentMatch:
+		return func(any) bool { return x.PresentMatch }, nil
+	case *matcherv3.ValueMatcher_ListMatch:
+		one, err := valueMatcher(x.ListMatch.GetOneOf())
+		if err != nil {
+			return nil, err
+		}
+		return func(v any) bool {
+			l, ok := v.([]any)
+			if !ok {
+				return one(v) // a single claim value matches as a list of one
+			}
+			for _, e := range l {
+				if one(e) {
+					return true
+				}
+			}
+			return false
+		}, nil
+	}
+	return nil, fmt.Errorf("value match %T is not supported", v.GetMatchPattern())
 }
