@@ -61,7 +61,7 @@ spec: {selector: {matchLabels: {app: nobody}}}`)), ptr(obj[securityv1.Authorizat
 metadata: {name: jwt, namespace: mc}
 spec:
   rules:
-  - from: [{source: {requestPrincipals: ["*"]}}]`))},
+  - when: [{key: connection.sni, values: [a.example]}]`))},
 	}
 	var got []string
 	for _, m := range Run(cfg, Options{Clusters: clusters}) {
@@ -76,7 +76,7 @@ spec:
 		`Warning [IST0101] (DestinationRule ghost.mc) Referenced host not found: "ghost"`,
 		`Error [IST0101] (Gateway ingress.istio-system) Referenced selector not found: "istio=ingressgateway"`,
 		`Warning [IST0127] (AuthorizationPolicy orphan.mc) No matching workloads`,
-		`Warning [ISM0001] (AuthorizationPolicy jwt.mc) rule 0: from.source.requestPrincipals not enforced by isthmus; the rule allows nothing (fails closed)`,
+		`Warning [ISM0001] (AuthorizationPolicy jwt.mc) rule 0: when connection.sni not enforced by isthmus; the rule allows nothing (fails closed)`,
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("missing %q in:\n%s", want, all)

@@ -36,6 +36,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/inject"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/istioconfig"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/jwks"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
@@ -151,7 +152,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if r := mesh.Config.GetRootNamespace(); r != "" {
 		rootNamespace = r
 	}
-	generator := &proxyview.Generator{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace,
+	// RequestAuthentications' jwksUri keys, fetched here and sent inline.
+	keys := &jwks.Resolver{Log: log}
+	generator := &proxyview.Generator{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace, JWKS: keys.Keys,
 		TrustDomains:      append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...),
 		Paths:             mesh.Config.GetPathNormalization().GetNormalization(),
 		NumTrustedProxies: mesh.Config.GetDefaultConfig().GetGatewayTopology().GetNumTrustedProxies(), Log: log}
@@ -161,6 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Credentials: &secretaccess.Authorizer{Client: running.reviews},
 		Log:         log, Metrics: metrics})
 	store.Subscribe(xdsServer.Trigger)
+	keys.OnChange = xdsServer.Trigger
 	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
 
 	// The TLS servers: the control plane's own certificate first.
@@ -191,6 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go("local cluster", local.Run)
 	g.Go("remote secrets", secrets.Run)
 	g.Go("istio config", store.Run)
+	g.Go("jwks", keys.Run)
 	g.Go("ca", authority.Run)
 	g.Go("control plane certificate", serving.Run)
 	g.Go("xds push", xdsServer.Run)

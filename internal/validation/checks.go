@@ -1,8 +1,10 @@
 package validation
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -362,10 +364,42 @@ func checkPeerAuthentication(m proto.Message, c *checker) {
 	checkLabels(c, "spec.selector.matchLabels", pa.GetSelector().GetMatchLabels())
 }
 
+func checkRequestAuthentication(m proto.Message, c *checker) {
+	ra := m.(*security.RequestAuthentication)
+	checkLabels(c, "spec.selector.matchLabels", ra.GetSelector().GetMatchLabels())
+	for i, r := range ra.GetJwtRules() {
+		p := fmt.Sprintf("spec.jwtRules[%d]", i)
+		if r.GetIssuer() == "" {
+			c.errf(p+".issuer", "an issuer is required")
+		}
+		if u := r.GetJwksUri(); u != "" {
+			if pu, err := url.Parse(u); err != nil || pu.Scheme != "http" && pu.Scheme != "https" || pu.Host == "" {
+				c.errf(p+".jwksUri", "%q is not an http or https URL", u)
+			}
+		}
+		if r.GetJwksUri() != "" && r.GetJwks() != "" {
+			c.errf(p, "jwksUri and jwks are exclusive")
+		}
+		if j := r.GetJwks(); j != "" {
+			var set struct {
+				Keys []json.RawMessage `json:"keys"`
+			}
+			if err := json.Unmarshal([]byte(j), &set); err != nil || len(set.Keys) == 0 {
+				c.errf(p+".jwks", "not a JSON Web Key Set with keys")
+			}
+		}
+		for j, h := range r.GetFromHeaders() {
+			if h.GetName() == "" {
+				c.errf(fmt.Sprintf("%s.fromHeaders[%d].name", p, j), "a header name is required")
+			}
+		}
+	}
+}
+
 // conditionKeys are the `when` keys Istio knows; those isthmus enforces
 // are marked true.
 var conditionKeys = map[string]bool{"source.ip": true, "source.namespace": true, "source.principal": true, "destination.port": true,
-	"remote.ip": true, "request.auth.principal": false, "request.auth.audiences": false, "request.auth.presenter": false,
+	"remote.ip": true, "request.auth.principal": true, "request.auth.audiences": true, "request.auth.presenter": true,
 	"destination.ip": false, "connection.sni": false}
 
 func checkAuthorizationPolicy(m proto.Message, c *checker) {
@@ -446,7 +480,7 @@ func unsupportedValues(m proto.Message) []string {
 	for i, r := range ap.GetRules() {
 		for j, w := range r.GetWhen() {
 			k := w.GetKey()
-			if knownKey(k) && !conditionKeys[k] && !(strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]")) {
+			if knownKey(k) && !conditionKeys[k] && !(strings.HasPrefix(k, "request.headers[") || strings.HasPrefix(k, "request.auth.claims[")) {
 				out = append(out, fmt.Sprintf("spec.rules[%d].when[%d].key: %s %s", i, j, k, failsClosed))
 			}
 		}

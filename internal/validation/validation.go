@@ -73,11 +73,17 @@ var kinds = map[string]kind{
 	"networking.istio.io/ServiceEntry": {new: func() proto.Message { return &networking.ServiceEntry{} }, check: checkServiceEntry},
 	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: fields([]string{
 		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"})},
+	"security.istio.io/RequestAuthentication": {new: func() proto.Message { return &security.RequestAuthentication{} }, check: checkRequestAuthentication, supported: fields(
+		[]string{"selector", "selector.match_labels", "jwt_rules"},
+		prefixed("jwt_rules.", []string{"issuer", "audiences", "jwks_uri", "jwks", "from_headers", "from_headers.name", "from_headers.prefix",
+			"from_params", "from_cookies", "output_payload_to_header", "forward_original_token", "output_claim_to_headers",
+			"output_claim_to_headers.header", "output_claim_to_headers.claim"}))},
 	"security.istio.io/AuthorizationPolicy": {new: func() proto.Message { return &security.AuthorizationPolicy{} }, check: checkAuthorizationPolicy, supported: fields(
 		[]string{"selector", "selector.match_labels", "action", "provider", "provider.name", "rules", "rules.from", "rules.from.source", "rules.to", "rules.to.operation",
 			"rules.when", "rules.when.key", "rules.when.values", "rules.when.not_values"},
 		prefixed("rules.from.source.", []string{"principals", "not_principals", "namespaces", "not_namespaces", "service_accounts", "not_service_accounts",
-			"trust_domains", "not_trust_domains", "ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"}),
+			"trust_domains", "not_trust_domains", "ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks",
+			"request_principals", "not_request_principals"}),
 		prefixed("rules.to.operation.", []string{"methods", "not_methods", "paths", "not_paths", "ports", "not_ports", "hosts", "not_hosts"}))},
 }
 

@@ -504,3 +504,7 @@ func listenerOf(l *listener.Listener) (*config.Listener, error) {
 	}
 	return snap.Listeners[l.Name], nil
 }
+
+func (drConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+
+func (vsConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }

@@ -202,3 +202,5 @@ func TestGatewayEnforcesItsPolicies(t *testing.T) {
 		}
 	}
 }
+
+func (ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }

@@ -706,3 +706,5 @@ func nodeProto(id string) *core.Node {
 	}
 	return &core.Node{Id: id, Metadata: proxyview.NodeMetadata(md)}
 }
+
+func (gatewayConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }

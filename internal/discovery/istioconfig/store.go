@@ -90,6 +90,7 @@ func (s *Store) Run(ctx context.Context) error {
 		s.factory.Networking().V1().ServiceEntries().Informer(),
 		s.factory.Security().V1().PeerAuthentications().Informer(),
 		s.factory.Security().V1().AuthorizationPolicies().Informer(),
+		s.factory.Security().V1().RequestAuthentications().Informer(),
 	} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
@@ -217,6 +218,16 @@ func (s *Store) AuthorizationPolicies() []*securityv1.AuthorizationPolicy {
 		return nil
 	}
 	out, _ := s.factory.Security().V1().AuthorizationPolicies().Lister().List(labels.Everything())
+	sortByName(out)
+	return out
+}
+
+// RequestAuthentications lists every RequestAuthentication; nil before sync.
+func (s *Store) RequestAuthentications() []*securityv1.RequestAuthentication {
+	if !s.synced.Load() {
+		return nil
+	}
+	out, _ := s.factory.Security().V1().RequestAuthentications().Lister().List(labels.Everything())
 	sortByName(out)
 	return out
 }

@@ -172,6 +172,12 @@ func l4Only(r *securitybeta.Rule) (*securitybeta.Rule, bool) {
 		}
 		op.Methods, op.NotMethods, op.Paths, op.NotPaths, op.Hosts, op.NotHosts = nil, nil, nil, nil, nil, nil
 	}
+	for _, f := range out.GetFrom() {
+		if s := f.GetSource(); s != nil && len(s.RequestPrincipals)+len(s.NotRequestPrincipals) > 0 {
+			had = true // a JWT is an HTTP thing
+			s.RequestPrincipals, s.NotRequestPrincipals = nil, nil
+		}
+	}
 	var when []*securitybeta.Condition
 	for _, c := range out.GetWhen() {
 		if strings.HasPrefix(c.GetKey(), "request.") {
@@ -189,10 +195,12 @@ func l4Only(r *securitybeta.Rule) (*securitybeta.Rule, bool) {
 var (
 	enforcedSource = map[string]bool{"principals": true, "not_principals": true, "namespaces": true, "not_namespaces": true,
 		"service_accounts": true, "not_service_accounts": true, "trust_domains": true, "not_trust_domains": true,
+		"request_principals": true, "not_request_principals": true,
 		"ip_blocks": true, "not_ip_blocks": true, "remote_ip_blocks": true, "not_remote_ip_blocks": true}
 	enforcedOperation = map[string]bool{"hosts": true, "not_hosts": true, "ports": true, "not_ports": true,
 		"methods": true, "not_methods": true, "paths": true, "not_paths": true}
-	enforcedKeys = map[string]bool{"source.principal": true, "source.namespace": true, "source.ip": true, "remote.ip": true, "destination.port": true}
+	enforcedKeys = map[string]bool{"source.principal": true, "source.namespace": true, "source.ip": true, "remote.ip": true, "destination.port": true,
+		"request.auth.principal": true, "request.auth.audiences": true, "request.auth.presenter": true}
 )
 
 // enforceable is a rule without the parts isthmus does not enforce, and
@@ -220,7 +228,7 @@ func enforceable(r *securitybeta.Rule) (*securitybeta.Rule, []string) {
 		strip(r.GetTo()[i].GetOperation().ProtoReflect(), enforcedOperation, "to.operation")
 	}
 	for _, c := range r.GetWhen() {
-		if k := c.GetKey(); !enforcedKeys[k] && !(strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]")) {
+		if k := c.GetKey(); !enforcedKeys[k] && !bracketed(k) {
 			bad = append(bad, "when "+k)
 		}
 	}
@@ -236,13 +244,35 @@ func enforceable(r *securitybeta.Rule) (*securitybeta.Rule, []string) {
 	}
 	var when []*securitybeta.Condition
 	for _, c := range out.GetWhen() {
-		if k := c.GetKey(); enforcedKeys[k] || strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]") {
+		if k := c.GetKey(); enforcedKeys[k] || bracketed(k) {
 			when = append(when, c)
 		}
 	}
 	out.When = when
 	slices.Sort(bad)
 	return out, slices.Compact(bad)
+}
+
+// bracketed tells the keys with a name in brackets that isthmus enforces:
+// request.headers[NAME] and request.auth.claims[NAME] (nested: [A][B]).
+func bracketed(k string) bool {
+	_, ok := claimPath(k)
+	return ok || strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]") && len(k) > len("request.headers[]")
+}
+
+// claimPath is the claim names of a request.auth.claims[A][B] key.
+func claimPath(k string) ([]string, bool) {
+	rest, ok := strings.CutPrefix(k, "request.auth.claims[")
+	if !ok || !strings.HasSuffix(rest, "]") {
+		return nil, false
+	}
+	parts := strings.Split(strings.TrimSuffix(rest, "]"), "][")
+	for _, p := range parts {
+		if p == "" || strings.ContainsAny(p, "[]") {
+			return nil, false
+		}
+	}
+	return parts, true
 }
 
 func clearUnenforced(m protoreflect.Message, enforced map[string]bool) {
@@ -319,6 +349,17 @@ func translateRule(r *securitybeta.Rule, http bool) *rbacv3.Policy {
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), ipPrincipal))
 		case key == "remote.ip":
 			what = append(what, ids(c.GetValues(), c.GetNotValues(), remoteIPPrincipal))
+		case http && key == "request.auth.principal":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), requestPrincipal))
+		case http && key == "request.auth.presenter":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), func(v string) *rbacv3.Principal { return authMetadata([]string{key}, v, false) }))
+		case http && key == "request.auth.audiences":
+			what = append(what, ids(c.GetValues(), c.GetNotValues(), func(v string) *rbacv3.Principal { return authMetadata([]string{key}, v, true) }))
+		case http && strings.HasPrefix(key, "request.auth.claims["):
+			if names, ok := claimPath(key); ok {
+				path := append([]string{"request.auth.claims"}, names...)
+				what = append(what, ids(c.GetValues(), c.GetNotValues(), func(v string) *rbacv3.Principal { return authMetadata(path, v, true) }))
+			}
 		case key == "destination.port":
 			perms = append(perms, rules(c.GetValues(), c.GetNotValues(), portPermission))
 		case http && strings.HasPrefix(key, "request.headers[") && strings.HasSuffix(key, "]"):
@@ -354,6 +395,7 @@ func source(s *securitybeta.Source) *rbacv3.Principal {
 	add(s.GetNamespaces(), s.GetNotNamespaces(), namespacePrincipal)
 	add(s.GetServiceAccounts(), s.GetNotServiceAccounts(), serviceAccountPrincipal)
 	add(s.GetTrustDomains(), s.GetNotTrustDomains(), trustDomainPrincipal)
+	add(s.GetRequestPrincipals(), s.GetNotRequestPrincipals(), requestPrincipal)
 	add(s.GetIpBlocks(), s.GetNotIpBlocks(), ipPrincipal)
 	add(s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), remoteIPPrincipal)
 	if len(all) == 0 {
@@ -468,6 +510,27 @@ func serviceAccountPrincipal(v string) *rbacv3.Principal {
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{
 		PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
 			Regex: "spiffe://[^/]+/ns/" + regexp.QuoteMeta(ns) + "/sa/" + regexp.QuoteMeta(sa)}}}}}}
+}
+
+// requestPrincipal matches the verified JWT's iss/sub (Istio's
+// requestPrincipals), with Istio's * forms; no JWT matches none.
+func requestPrincipal(v string) *rbacv3.Principal {
+	return authMetadata([]string{"request.auth.principal"}, v, false)
+}
+
+// authMetadata matches a value of Istio's istio_authn metadata (what the
+// request's verified JWT says) at path; list: one of a list's values.
+func authMetadata(path []string, v string, list bool) *rbacv3.Principal {
+	value := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: istioString(v, false)}}
+	if list {
+		value = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
+			MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: value}}}}
+	}
+	var segs []*matcherv3.MetadataMatcher_PathSegment
+	for _, p := range path {
+		segs = append(segs, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: p}})
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Metadata{Metadata: &matcherv3.MetadataMatcher{Filter: "istio_authn", Path: segs, Value: value}}}
 }
 
 // trustDomainPrincipal matches peers of a trust domain.

@@ -29,6 +29,7 @@ type Config interface {
 	DestinationRules() []*networkingv1.DestinationRule
 	PeerAuthentications() []*securityv1.PeerAuthentication
 	AuthorizationPolicies() []*securityv1.AuthorizationPolicy
+	RequestAuthentications() []*securityv1.RequestAuthentication
 }
 
 // autoPassthroughALPN is what an AUTO_PASSTHROUGH chain accepts: Istio mTLS only.
@@ -47,7 +48,8 @@ func routerConfig(p *Proxy, reg *registry.Registry, cfg Config, services []*regi
 	}
 	in := &ingress{p: p, cfg: cfg, vss: oldestFirst(cfg.VirtualServices()), domain: domain, warn: warn, ports: servicePorts(services), hash: hashPolicies(drs),
 		http: map[uint32]*route.RouteConfiguration{}, secrets: map[string]*tlsv3.Secret{},
-		authz: ResolveAuthz(cfg.AuthorizationPolicies(), p.RootNamespace, p.Namespace, p.Labels, p.TrustDomains, warn)}
+		authz: ResolveAuthz(cfg.AuthorizationPolicies(), p.RootNamespace, p.Namespace, p.Labels, p.TrustDomains, warn),
+		jwt:   ResolveJWT(cfg.RequestAuthentications(), p.RootNamespace, p.Namespace, p.Labels, p.JWKS, warn)}
 	target := listenPorts(p, reg, services)
 	chains := map[uint32][]*listener.FilterChain{}
 	inspect := map[uint32]bool{}

@@ -182,3 +182,5 @@ func TestPrincipalsMatchInEveryTrustDomainOfTheMesh(t *testing.T) {
 		t.Errorf("cluster.local kept as written:\n%s", text)
 	}
 }
+
+func (subsetConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }

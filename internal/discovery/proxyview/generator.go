@@ -28,7 +28,10 @@ type Generator struct {
 	Paths PathNormalization
 	// NumTrustedProxies is meshConfig defaultConfig.gatewayTopology.numTrustedProxies.
 	NumTrustedProxies uint32
-	Log               *slog.Logger
+	// JWKS gives the key set of a jwksUri (package jwks); nil refuses
+	// tokens whose keys are only known by URI.
+	JWKS func(uri string) string
+	Log  *slog.Logger
 
 	warned     sync.Map // message -> struct{}
 	warnedNoGW sync.Map // network -> struct{}
@@ -69,6 +72,7 @@ func (g *Generator) InboundPolicy(p *Proxy) InboundPolicy {
 	if g.Config != nil {
 		pol.MTLS = ResolveMTLS(g.Config.PeerAuthentications(), g.RootNamespace, p.Namespace, p.Labels)
 		pol.Authz = ResolveAuthz(g.Config.AuthorizationPolicies(), g.RootNamespace, p.Namespace, p.Labels, g.TrustDomains, g.warn)
+		pol.JWT = ResolveJWT(g.Config.RequestAuthentications(), g.RootNamespace, p.Namespace, p.Labels, g.JWKS, g.warn)
 	}
 	return pol
 }
@@ -82,7 +86,7 @@ func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Li
 // domains, path normalization, root namespace, trusted proxies.
 func (g *Generator) withMesh(p *Proxy) *Proxy {
 	c := *p
-	c.TrustDomains, c.Paths, c.RootNamespace, c.NumTrustedProxies = g.TrustDomains, g.Paths, g.RootNamespace, g.NumTrustedProxies
+	c.TrustDomains, c.Paths, c.RootNamespace, c.NumTrustedProxies, c.JWKS = g.TrustDomains, g.Paths, g.RootNamespace, g.NumTrustedProxies, g.JWKS
 	return &c
 }
 

@@ -9,6 +9,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -44,8 +45,10 @@ type ingress struct {
 	http    map[uint32]*route.RouteConfiguration // plain HTTP route "http.PORT" per listen port
 	routes  []*route.RouteConfiguration
 	secrets map[string]*tlsv3.Secret
-	// authz are the AuthorizationPolicies that select the gateway.
+	// authz and jwt are the AuthorizationPolicies and
+	// RequestAuthentications that select the gateway.
 	authz Authz
+	jwt   *jwtv3.JwtAuthentication
 }
 
 // isHTTPServer tells the servers a router speaks HTTP on: protocol HTTP,
@@ -85,7 +88,7 @@ func (in *ingress) httpChain(gw *networkingv1.Gateway, srv *apinetworking.Server
 // mesh's trusted proxies), as Istio's gateways do.
 func (in *ingress) manager(routeName string) *hcm.HttpConnectionManager {
 	m := rdsManager(routeName, routeName, routerFilter(), in.p.Paths)
-	m.HttpFilters = append(in.authz.httpFilters(), m.HttpFilters...)
+	m.HttpFilters = append(append(jwtFilters(in.jwt), in.authz.httpFilters()...), m.HttpFilters...)
 	m.UseRemoteAddress, m.XffNumTrustedHops = wrapperspb.Bool(true), in.p.NumTrustedProxies
 	return m
 }

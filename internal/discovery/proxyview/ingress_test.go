@@ -158,3 +158,5 @@ func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
+
+func (ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }

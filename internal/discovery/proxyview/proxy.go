@@ -50,6 +50,9 @@ type Proxy struct {
 	// control plane.
 	RootNamespace     string
 	NumTrustedProxies uint32
+	// JWKS gives the key set of a RequestAuthentication's jwksUri (the
+	// control plane's fetcher); nil refuses those tokens.
+	JWKS func(uri string) string
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.

@@ -16,6 +16,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	httpinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	originaldst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -337,11 +338,13 @@ type InboundPolicy struct {
 	TrustDomains []string
 	// Paths is meshConfig pathNormalization.
 	Paths PathNormalization
+	// JWT is the workload's RequestAuthentications; nil without any.
+	JWT *jwtv3.JwtAuthentication
 }
 
 // Key identifies the policy, for sharing generated listeners.
 func (p InboundPolicy) Key() string {
-	return p.MTLS.Key() + "|" + p.Authz.Key() + "|" + strings.Join(p.TrustDomains, ",") + "|" + p.Paths.String()
+	return p.MTLS.Key() + "|" + p.Authz.Key() + "|" + strings.Join(p.TrustDomains, ",") + "|" + p.Paths.String() + "|" + jwtKey(p.JWT)
 }
 
 // Inbound builds a sidecar's own part: virtualInbound on 15006 with, for
@@ -351,7 +354,7 @@ func (p InboundPolicy) Key() string {
 // passed through in plaintext either.
 func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types.Resource) {
 	modes := pol.MTLS
-	httpFilters := append(pol.Authz.httpFilters(), routerFilter())
+	httpFilters := append(append(jwtFilters(pol.JWT), pol.Authz.httpFilters()...), routerFilter())
 	l4 := pol.Authz.networkFilters()
 	auto := false
 	var chains []*listener.FilterChain

@@ -240,3 +240,5 @@ func (gatewayConfig) DestinationRules() []*networkingv1.DestinationRule        {
 func (gatewayConfig) PeerAuthentications() []*securityv1.PeerAuthentication    { return nil }
 func (gatewayConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy { return nil }
 func (c gatewayConfig) Secret(ns, name string) *corev1.Secret                  { return c.secrets[ns+"/"+name] }
+
+func (gatewayConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
