@@ -41,7 +41,14 @@ type Authz struct {
 func (a Authz) Key() string {
 	h := sha256.New()
 	for _, r := range []*rbacv3.RBAC{a.HTTPAudit, a.HTTPDeny, a.HTTPAllow, a.TCPAudit, a.TCPDeny, a.TCPAllow} {
+		if r == nil {
+			// An absent filter is not an ALLOW without policies (which
+			// allows nothing), though both marshal to no bytes.
+			h.Write([]byte{0})
+			continue
+		}
 		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		h.Write([]byte{1})
 		h.Write(b)
 		h.Write([]byte{0})
 	}

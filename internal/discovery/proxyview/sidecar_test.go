@@ -7,6 +7,7 @@ import (
 	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	securitybeta "istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
@@ -133,5 +134,15 @@ func TestPeerAuthentication(t *testing.T) {
 	}
 	if names, pt := chains(MTLSModes{}); len(names) != 6 || !pt {
 		t.Errorf("PERMISSIVE: %v, passthrough %v", names, pt)
+	}
+}
+
+// An ALLOW policy whose rules all allow nothing is not the absence of
+// policy: the listeners they make must not be shared.
+func TestAuthzKeyTellsAllowNothingFromNoPolicy(t *testing.T) {
+	none := Authz{}
+	nothing := Authz{HTTPAllow: &rbacv3.RBAC{}, TCPAllow: &rbacv3.RBAC{}}
+	if none.Key() == nothing.Key() {
+		t.Fatal("an ALLOW without policies has the key of no policy")
 	}
 }
