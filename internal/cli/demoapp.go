@@ -13,7 +13,8 @@ func newDemoAppCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo-app",
 		Short: "Run one service of the walkthrough's demo application",
-		Long: `The demo application of the walkthrough: accounts, dashboard, profile and sleep.
+		Long: `The demo application of the walkthrough: accounts, dashboard, profile and sleep,
+and a JWT issuer for RequestAuthentication.
 Each server answers JSON and says which cluster (env CLUSTER_NAME), pod
 (HOSTNAME) and node (NODE_NAME) served it; /healthz answers ok.`,
 	}
@@ -38,6 +39,20 @@ Each server answers JSON and says which cluster (env CLUSTER_NAME), pod
 			<-c.Context().Done()
 			return nil
 		}}
-	cmd.AddCommand(profile, accounts, dashboard, sleep)
+	var issuerName string
+	issuer := &cobra.Command{Use: "issuer", Short: "GET /jwks.json and /token?sub=NAME&aud=A: a demo JWT issuer for RequestAuthentication", Args: cobra.NoArgs,
+		Long: `A demo JWT issuer, Istio's sample jwt-server in one: /jwks.json is the key set
+a RequestAuthentication's jwksUri names; /token?sub=NAME&aud=A&groups=G&ttl=1h
+mints a token signed with it. It hands tokens to anyone: for trying JWT
+policies, never for guarding anything. The key lives as long as the process.`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			h, err := demoapp.IssuerHandler(issuerName)
+			if err != nil {
+				return err
+			}
+			return demoapp.Serve(c.Context(), addr, h, slog.Default().With("app", "issuer"))
+		}}
+	issuer.Flags().StringVar(&issuerName, "issuer", "https://issuer.demo.isthmus", "the iss claim of the tokens it mints")
+	cmd.AddCommand(profile, accounts, dashboard, sleep, issuer)
 	return cmd
 }

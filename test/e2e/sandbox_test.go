@@ -248,12 +248,19 @@ func TestSandboxControlPlanes(t *testing.T) {
 // eventually polls cond for up to a minute.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
+	if !eventuallyOK(cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// eventuallyOK polls cond for up to a minute and says whether it held.
+func eventuallyOK(cond func() bool) bool {
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		if cond() {
-			return
+			return true
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("timed out waiting for %s", what)
+	return false
 }

@@ -167,21 +167,21 @@ spec:
 		})
 	})
 
-	t.Run("authorization fails closed: ALLOW on requestPrincipals (JWT) lets no caller without a token in, in both clusters", func(t *testing.T) {
+	t.Run("authorization fails closed: an ALLOW rule on what isthmus does not enforce (connection.sni) lets nobody in, in both clusters, and kubectl says so", func(t *testing.T) {
 		code := func(url string) string {
 			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code}' --max-time 5 " + url))
 		}
 		out := e.applyWarned("cluster-eks", `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: jwt-only, namespace: multicluster}
+metadata: {name: sni-only, namespace: multicluster}
 spec:
   selector: {matchLabels: {app: profile}}
   action: ALLOW
   rules:
-  - from: [{source: {requestPrincipals: ["*"]}}]
+  - when: [{key: connection.sni, values: [profile.example]}]
 `)
-		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "jwt-only")
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "sni-only")
 		if !strings.Contains(out, "allows nothing") {
 			t.Errorf("the apply did not say what becomes of the rule: %q", out)
 		}
@@ -193,5 +193,104 @@ spec:
 			}
 			return !slices.ContainsFunc(codes, func(c string) bool { return c != "403" })
 		})
+	})
+
+	t.Run("RequestAuthentication: the control plane fetches the issuer's keys; a valid JWT opens an ALLOW on requestPrincipals in both clusters, a bad one gets 401, none 403", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: issuer, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: issuer}}
+  template:
+    metadata: {labels: {app: issuer}}
+    spec:
+      containers:
+      - name: issuer
+        image: isthmus/isthmus
+        args: [demo-app, issuer, --issuer, https://issuer.demo.isthmus]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: issuer, namespace: multicluster}
+spec:
+  selector: {app: issuer}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: profile-jwt, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: profile}}
+  jwtRules:
+  - issuer: https://issuer.demo.isthmus
+    jwksUri: http://issuer.multicluster.svc.cluster.local:8080/jwks.json
+    audiences: [profile]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: alice-only, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: profile}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: [https://issuer.demo.isthmus/alice]}}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment/issuer", "service/issuer")
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "requestauthentication/profile-jwt", "authorizationpolicy/alice-only")
+		e.waitReady("cluster-eks", "multicluster", "app=issuer", 1)
+		mint := func(query string) string {
+			var tok string
+			ok := eventuallyOK(func() bool {
+				tok = strings.TrimSpace(sleepExec("curl -sS --max-time 5 'http://issuer:8080/token?" + query + "' 2>&1"))
+				return strings.Count(tok, ".") == 2
+			})
+			if !ok {
+				logs, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "logs", "deploy/issuer", "--all-containers")
+				pods, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "get", "pods,endpoints", "-o", "wide")
+				eps := isthmus(t, time.Minute, append([]string{"proxy-config", "endpoints", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks",
+					"--cluster", "outbound|8080||issuer.multicluster.svc.cluster.local"}, w.kc...)...)
+				cls := isthmus(t, time.Minute, append([]string{"proxy-config", "clusters", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks",
+					"--fqdn", "issuer.multicluster.svc.cluster.local", "-o", "json"}, w.kc...)...)
+				t.Fatalf("the issuer minted no token: last answer %q\nissuer logs:\n%s\n%s\nsleep's endpoints: %s %s\nsleep's cluster: %s", tok, logs, pods, eps.stdout, eps.stderr, cls.stdout)
+			}
+			return tok
+		}
+		alice, bob, expired := mint("sub=alice&aud=profile"), mint("sub=bob&aud=profile"), mint("sub=alice&aud=profile&ttl=-1h")
+		code := func(auth string) string {
+			h := ""
+			if auth != "" {
+				h = "-H 'Authorization: Bearer " + auth + "' "
+			}
+			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code}' --max-time 5 " + h + "http://profile:8080/profile?id=4"))
+		}
+		seen := map[string]bool{}
+		last := ""
+		if !eventuallyOK(func() bool {
+			var a profileAnswer
+			last = sleepExec("curl -sS --max-time 5 -H 'Authorization: Bearer " + alice + "' http://profile:8080/profile?id=4")
+			if json.Unmarshal([]byte(last), &a) == nil {
+				seen[a.ServedBy.Cluster] = true
+			}
+			return seen["cluster-eks"] && seen["cluster-aks"]
+		}) {
+			logs, _ := e.kubectl("cluster-eks", "", "-n", "istio-system", "logs", "deploy/istiod", "--tail", "30")
+			t.Fatalf("alice's token was not answered by profile in both clusters (%v); last answer %q\ncontrol plane:\n%s", seen, last, logs)
+		}
+		for _, tc := range []struct{ name, auth, want string }{
+			{"no token", "", "403"},
+			{"bob's token", bob, "403"},
+			{"an expired token", expired, "401"},
+			{"a token signed by nobody known", "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5kZW1vLmlzdGhtdXMiLCJzdWIiOiJhbGljZSJ9.c2ln", "401"},
+		} {
+			var got []string
+			for range 6 {
+				got = append(got, code(tc.auth))
+			}
+			if slices.ContainsFunc(got, func(c string) bool { return c != tc.want }) {
+				t.Errorf("%s: %v, want %s from every profile", tc.name, got, tc.want)
+			}
+		}
 	})
 }

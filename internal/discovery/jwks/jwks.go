@@ -2,7 +2,8 @@
 // name by jwksUri, as istiod does: the control plane fetches them and
 // sends proxies the keys inline, so a proxy never reaches out to an
 // issuer. Keys are refetched every Refresh (istiod's 20 minutes); a failed
-// fetch keeps the last good keys and is retried sooner. Until keys are
+// fetch keeps the last good keys and is retried sooner (after 2 s, then
+// backing off to Retry). Until keys are
 // known, proxies get a key set that verifies nothing: tokens are refused,
 // requests without one pass as Istio's do.
 package jwks
@@ -46,6 +47,7 @@ type entry struct {
 	next     time.Time // when to fetch again
 	used     time.Time
 	fetching bool
+	failures int // in a row: retries back off from 2 s to Retry
 }
 
 // Keys returns the last key set fetched from uri, or None while there is
@@ -72,7 +74,7 @@ func (r *Resolver) Keys(uri string) string {
 // Run fetches again what is due, and forgets uris unused for an hour,
 // until ctx ends.
 func (r *Resolver) Run(ctx context.Context) error {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
@@ -102,10 +104,13 @@ func (r *Resolver) fetch(uri string) {
 	if e != nil {
 		e.fetching = false
 		if err != nil {
-			e.next = time.Now().Add(or(r.Retry, time.Minute))
+			// An issuer applied with its RequestAuthentication is often
+			// not up yet: try again soon, then less often.
+			e.failures++
+			e.next = time.Now().Add(min(2*time.Second<<min(e.failures-1, 10), or(r.Retry, time.Minute)))
 		} else {
 			changed = e.keys != keys
-			e.keys, e.next = keys, time.Now().Add(or(r.Refresh, 20*time.Minute))
+			e.keys, e.next, e.failures = keys, time.Now().Add(or(r.Refresh, 20*time.Minute)), 0
 		}
 	}
 	r.mu.Unlock()
