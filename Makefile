@@ -8,7 +8,7 @@ APT_PKGS := iptables conntrack iproute2 util-linux curl
 # staticcheck, pinned (its checks: staticcheck.conf).
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build deps kube lint test unit demo bench clean
+.PHONY: help build deps kube lint test unit fuzz demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,21 @@ test: deps kube lint ## lint, then every test but the benchmarks (needs root for
 unit: ## run the fast tests only (no sandbox, no root)
 	$(GO) test -race -short -count=1 ./...
 	$(GO) test -short -count=1 ./internal/proxy/ ./internal/proxy/rawtcp/
+
+# make fuzz runs every fuzz target (func Fuzz... in a _test.go file; go test
+# fuzzes one per run) for FUZZTIME each, and fails at the end if any failed.
+# test/e2e is left out: its TestMain starts the sandbox.
+FUZZTIME ?= 10s
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for a longer run)
+	@failed=""; \
+	for file in $$(grep -rl --include='*_test.go' --exclude-dir=e2e '^func Fuzz' cmd internal test bench | sort); do \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			echo "== $$name ./$$(dirname $$file)"; \
+			$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$(dirname $$file)/ || failed="$$failed $$name"; \
+		done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed"; exit 1; fi
 
 demo: deps kube ## replay the walkthrough on the sandbox and report what it built
 	$(BIN) sandbox up

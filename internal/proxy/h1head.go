@@ -109,14 +109,16 @@ func parseResponseHead(head []byte, fields []h1Field) (r h1Resp, _ []h1Field, ok
 	if !ok {
 		return r, fields, false
 	}
+	closing := false
 	for _, f := range fields {
 		switch {
 		case fieldIs(f.name, "content-length"):
-			n, err := strconv.ParseInt(string(f.value), 10, 64)
-			if err != nil || n < 0 || (r.length >= 0 && r.length != n) {
+			// Digits only: a sign ("+2") is not a length.
+			n, err := strconv.ParseUint(string(f.value), 10, 63)
+			if err != nil || (r.length >= 0 && r.length != int64(n)) {
 				return r, fields, false
 			}
-			r.length = n
+			r.length = int64(n)
 		case fieldIs(f.name, "transfer-encoding"):
 			if !fieldIs(f.value, "chunked") {
 				return r, fields, false
@@ -127,7 +129,7 @@ func parseResponseHead(head []byte, fields []h1Field) (r h1Resp, _ []h1Field, ok
 				opt = bytes.Trim(opt, " \t")
 				switch {
 				case fieldIs(opt, "close"):
-					r.keepAlive = false
+					closing = true
 				case fieldIs(opt, "keep-alive"):
 					r.keepAlive = true
 				}
@@ -135,6 +137,14 @@ func parseResponseHead(head []byte, fields []h1Field) (r h1Resp, _ []h1Field, ok
 		case fieldIs(f.name, "grpc-status"):
 			r.grpcStatus = f.value
 		}
+	}
+	if closing {
+		r.keepAlive = false // close wins, wherever it stands
+	}
+	if r.chunked && string(proto) == "HTTP/1.0" {
+		// Transfer-Encoding in an HTTP/1.0 response is faulty framing
+		// (RFC 9112 6.1): the body runs to the close, as net/http reads it.
+		r.chunked, r.keepAlive = false, false
 	}
 	if r.chunked {
 		r.length = -1 // Transfer-Encoding wins over Content-Length (RFC 9112 6.3)

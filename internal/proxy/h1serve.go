@@ -991,6 +991,9 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 				if !bytes.HasSuffix(line, crlf) {
 					return sent, errBadChunk, nil
 				}
+				if len(line) > 2 && !trailerField(line[:len(line)-2]) {
+					return sent, errBadChunk, nil
+				}
 				if _, err := c.bw.Write(line); err != nil {
 					return sent, nil, err
 				}
@@ -1017,6 +1020,13 @@ func (c *h1Down) copyChunked(src *bufio.Reader) (sent int64, upErr, downErr erro
 			return sent, nil, err
 		}
 	}
+}
+
+// trailerField tells a well-formed trailer line: a field name (a token),
+// a colon, a value.
+func trailerField(line []byte) bool {
+	name, _, ok := bytes.Cut(line, []byte{':'})
+	return ok && len(name) > 0 && isToken(name)
 }
 
 // chunkSize reads a chunk-size line as net/http does: hex digits, then

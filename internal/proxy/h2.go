@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -276,22 +277,39 @@ func (c *h2Conn) settings(fl *h2Flush, f *http2.SettingsFrame) error {
 			streams = append(streams, s)
 		}
 		c.mu.Unlock()
+		overflow := false
 		for _, s := range streams {
 			s.mu.Lock()
 			if h := s.half(c); h != nil {
-				h.win += delta
-				s.drain(fl, h)
+				if int64(h.win)+int64(delta) > maxWindow {
+					overflow = true // a stream window past 2^31-1
+				} else {
+					h.win += delta
+					s.drain(fl, h)
+				}
 			}
 			s.mu.Unlock()
+		}
+		if overflow {
+			return c.fail(fl, http2.ErrCodeFlowControl)
 		}
 	}
 	return nil
 }
 
-// windowUpdate adds to a send window and sends what waited for it.
-func (c *h2Conn) windowUpdate(fl *h2Flush, f *http2.WindowUpdateFrame) {
+// maxWindow is the largest flow-control window (RFC 9113 6.9.1).
+const maxWindow = 1<<31 - 1
+
+// windowUpdate adds to a send window and sends what waited for it. A
+// window pushed past 2^31-1 is a flow-control error (of the connection,
+// or of the stream), not a wrap to negative that would stall it for good.
+func (c *h2Conn) windowUpdate(fl *h2Flush, f *http2.WindowUpdateFrame) error {
 	if f.StreamID == 0 {
 		c.mu.Lock()
+		if int64(c.sendWin)+int64(f.Increment) > maxWindow {
+			c.mu.Unlock()
+			return c.fail(fl, http2.ErrCodeFlowControl)
+		}
 		c.sendWin += int32(f.Increment)
 		blocked := c.blocked
 		c.blocked = nil
@@ -303,18 +321,33 @@ func (c *h2Conn) windowUpdate(fl *h2Flush, f *http2.WindowUpdateFrame) {
 			}
 			s.mu.Unlock()
 		}
-		return
+		return nil
 	}
 	s := c.stream(f.StreamID)
 	if s == nil {
-		return
+		return nil
 	}
 	s.mu.Lock()
-	if h := s.half(c); h != nil {
+	h := s.half(c)
+	if h != nil && int64(h.win)+int64(f.Increment) > maxWindow {
+		s.peerReset(fl, c, http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl})
+		s.mu.Unlock()
+		c.reset(fl, f.StreamID, http2.ErrCodeFlowControl)
+		return nil
+	}
+	if h != nil {
 		h.win += int32(f.Increment)
 		s.drain(fl, h)
 	}
 	s.mu.Unlock()
+	return nil
+}
+
+// fail ends the connection with GOAWAY code (a connection error).
+func (c *h2Conn) fail(fl *h2Flush, code http2.ErrCode) error {
+	c.write(fl, func() error { return c.fr.WriteGoAway(c.lastID, code, nil) })
+	fl.flush()
+	return http2.ConnectionError(code)
 }
 
 // data counts a DATA frame against the connection window and gives it
@@ -528,7 +561,16 @@ func (p *Proxy) dialH2(cl *config.Cluster, ep *config.Endpoint, addr string) (*h
 // their downstream streams.
 func (c *h2Conn) readUpstream() {
 	var fl h2Flush
-	err := c.readLoop(&fl, c.upstreamFrame)
+	err := func() (err error) {
+		defer func() {
+			// A bug here must cost one upstream connection, not the proxy.
+			if v := recover(); v != nil {
+				c.p.opts.Log.Error("HTTP/2 upstream reader panicked; connection closed", "panic", v, "stack", string(debug.Stack()))
+				err = fmt.Errorf("panic: %v", v)
+			}
+		}()
+		return c.readLoop(&fl, c.upstreamFrame)
+	}()
 	c.pool.remove(c)
 	c.conn.Close()
 	c.mu.Lock()
@@ -587,7 +629,7 @@ func (c *h2Conn) common(fl *h2Flush, f http2.Frame) (bool, error) {
 	case *http2.SettingsFrame:
 		return true, c.settings(fl, f)
 	case *http2.WindowUpdateFrame:
-		c.windowUpdate(fl, f)
+		return true, c.windowUpdate(fl, f)
 	case *http2.PingFrame:
 		if !f.IsAck() {
 			c.write(fl, func() error { return c.fr.WritePing(true, f.Data) })

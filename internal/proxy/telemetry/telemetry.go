@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -281,7 +282,8 @@ func (m *Metrics) requestSeries(v labelValues) *requestSeries {
 			return s
 		}
 	}
-	vs := v[:]
+	valid := v.valid()
+	vs := valid[:]
 	s = &requestSeries{requests: m.requests.WithLabelValues(vs...), duration: m.duration.WithLabelValues(vs...),
 		reqBytes: m.reqBytes.WithLabelValues(vs...), respBytes: m.respBytes.WithLabelValues(vs...)}
 	m.mu.Lock()
@@ -300,9 +302,21 @@ func (v labelValues) withoutPeers() labelValues {
 	return v
 }
 
+// valid is v with bytes that are not UTF-8 replaced: Prometheus refuses
+// (panics on) such label values, and a caller's Host or an upstream's
+// grpc-status may hold any bytes.
+func (v labelValues) valid() labelValues {
+	for i, s := range v {
+		if !utf8.ValidString(s) {
+			v[i] = strings.ToValidUTF8(s, "\uFFFD")
+		}
+	}
+	return v
+}
+
 // tcpValues are a connection's label values, bounded as requestSeries are.
 func (m *Metrics) tcpValues(e *Event) labelValues {
-	v := e.values()
+	v := e.values().valid()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.tcp == nil {
