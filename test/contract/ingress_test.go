@@ -61,16 +61,21 @@ func (c ingressConfig) Secret(ns, name string) *corev1.Secret {
 	return nil
 }
 
-// What the control plane sends an ingress gateway (HTTPS with a
-// credentialName, MUTUAL, httpsRedirect) builds: chains name their SDS
-// secrets, which the proxy asks for and loads; the redirect is marked.
-func TestBuildsIngressGateway(t *testing.T) {
+// shopConfig is ingressConfig with a self-signed certificate for
+// shop.example.com, and policies.
+func shopConfig(aps ...*securityv1.AuthorizationPolicy) ingressConfig {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), DNSNames: []string{"shop.example.com"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
 	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	kd, _ := x509.MarshalPKCS8PrivateKey(key)
-	cfg := ingressConfig{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})}
+	return ingressConfig{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), aps: aps}
+}
 
+// gatewayResources is what the control plane sends the ingress gateway
+// gw-1 (istio: ingressgateway) of cluster c1 for cfg; mesh adjusts the
+// proxy's mesh settings first.
+func gatewayResources(t *testing.T, cfg ingressConfig, mesh func(*proxyview.Proxy)) config.Resources {
+	t.Helper()
 	reg := registry.New()
 	h := "profile.test.svc.cluster.local"
 	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
@@ -80,6 +85,9 @@ func TestBuildsIngressGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Labels = map[string]string{"istio": "ingressgateway"}
+	if mesh != nil {
+		mesh(p)
+	}
 	g := proxyview.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
 	rs := config.Resources{}
 	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.ListenerType: g.Listeners,
@@ -90,6 +98,14 @@ func TestBuildsIngressGateway(t *testing.T) {
 			rs[typ][cacheName(it)] = a
 		}
 	}
+	return rs
+}
+
+// What the control plane sends an ingress gateway (HTTPS with a
+// credentialName, MUTUAL, httpsRedirect) builds: chains name their SDS
+// secrets, which the proxy asks for and loads; the redirect is marked.
+func TestBuildsIngressGateway(t *testing.T) {
+	rs := gatewayResources(t, shopConfig(), nil)
 	snap, want, err := config.Build(rs)
 	if err != nil {
 		t.Fatal(err)
@@ -130,36 +146,12 @@ func TestBuildsIngressGateway(t *testing.T) {
 // matched against the client X-Forwarded-For names through the mesh's
 // trusted proxies, not against what a client claims in front of them.
 func TestGatewayEnforcesItsPolicies(t *testing.T) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), DNSNames: []string{"shop.example.com"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	kd, _ := x509.MarshalPKCS8PrivateKey(key)
-	cfg := ingressConfig{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}),
-		aps: []*securityv1.AuthorizationPolicy{
-			policy(t, "istio-system", "no-profile", "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{to: [{operation: {paths: [/profile]}}]}]"),
-			policy(t, "istio-system", "no-doc-net", "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]"),
-			policy(t, "multicluster", "elsewhere", "action: DENY\nrules: [{to: [{operation: {paths: [/shop]}}]}]"),
-		}}
-	reg := registry.New()
-	h := "profile.test.svc.cluster.local"
-	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
-	p, err := proxyview.ParseNode(&core.Node{Id: "router~10.64.0.9~gw-1.istio-system~istio-system.svc.cluster.local",
-		Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Labels = map[string]string{"istio": "ingressgateway"}
-	p.RootNamespace, p.NumTrustedProxies = "istio-system", 1
-	g := proxyview.Generate(p, reg, cfg, "cluster.local", func(string) {}, nil)
-	rs := config.Resources{}
-	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.ListenerType: g.Listeners,
-		resource.RouteType: g.Routes, resource.SecretType: g.Secrets} {
-		rs[typ] = map[string]*anypb.Any{}
-		for _, it := range items {
-			a, _ := anypb.New(it)
-			rs[typ][cacheName(it)] = a
-		}
-	}
+	cfg := shopConfig(
+		policy(t, "istio-system", "no-profile", "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{to: [{operation: {paths: [/profile]}}]}]"),
+		policy(t, "istio-system", "no-doc-net", "selector: {matchLabels: {istio: ingressgateway}}\naction: DENY\nrules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]"),
+		policy(t, "multicluster", "elsewhere", "action: DENY\nrules: [{to: [{operation: {paths: [/shop]}}]}]"),
+	)
+	rs := gatewayResources(t, cfg, func(p *proxyview.Proxy) { p.RootNamespace, p.NumTrustedProxies = "istio-system", 1 })
 	snap, _, err := config.Build(rs)
 	if err != nil {
 		t.Fatal(err)

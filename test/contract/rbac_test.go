@@ -66,21 +66,7 @@ rules:
 	}
 	compileWith := func(aps []*securityv1.AuthorizationPolicy, app string, http bool) []*rbac.Filter {
 		a := proxyview.ResolveAuthz(aps, "istio-system", "multicluster", map[string]string{"app": app}, nil, func(string) {})
-		deny, allow := a.HTTPDeny, a.HTTPAllow
-		if !http {
-			deny, allow = a.TCPDeny, a.TCPAllow
-		}
-		var out []*rbac.Filter
-		for _, r := range []*rbacv3.RBAC{deny, allow} {
-			f, err := rbac.Compile(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if f != nil {
-				out = append(out, f)
-			}
-		}
-		return out
+		return compiled(t, a, http)
 	}
 	compile := func(app string, http bool) []*rbac.Filter { return compileWith(aps, app, http) }
 	for _, tc := range []struct {
@@ -163,17 +149,7 @@ func TestAuthorizationFailsClosed(t *testing.T) {
 	filters := func(spec string) []*rbac.Filter {
 		a := proxyview.ResolveAuthz([]*securityv1.AuthorizationPolicy{policy(t, "multicluster", "p", spec)}, "istio-system", "multicluster",
 			map[string]string{"app": "accounts"}, nil, func(string) {})
-		var out []*rbac.Filter
-		for _, r := range []*rbacv3.RBAC{a.HTTPDeny, a.HTTPAllow} {
-			f, err := rbac.Compile(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if f != nil {
-				out = append(out, f)
-			}
-		}
-		return out
+		return compiled(t, a, true)
 	}
 	req := func(principal, path string) *rbac.Request {
 		return &rbac.Request{Principal: principal, HTTP: true, DestPort: 8080,
@@ -200,4 +176,25 @@ func TestAuthorizationFailsClosed(t *testing.T) {
 			t.Errorf("%s: allowed=%v (%s), want %v", tc.name, ok, by, tc.want)
 		}
 	}
+}
+
+// compiled is what the proxy makes of a workload's DENY and ALLOW
+// filters, HTTP or TCP.
+func compiled(t *testing.T, a proxyview.Authz, http bool) []*rbac.Filter {
+	t.Helper()
+	deny, allow := a.HTTPDeny, a.HTTPAllow
+	if !http {
+		deny, allow = a.TCPDeny, a.TCPAllow
+	}
+	var out []*rbac.Filter
+	for _, r := range []*rbacv3.RBAC{deny, allow} {
+		f, err := rbac.Compile(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f != nil {
+			out = append(out, f)
+		}
+	}
+	return out
 }
