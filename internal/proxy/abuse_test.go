@@ -407,3 +407,26 @@ func eventuallyT(t *testing.T, what string, cond func() bool) {
 	}
 	t.Fatalf("timed out waiting: %s", what)
 }
+
+// An HTTP/2 client dribbling a frame is cut off at the header timeout; one
+// idle between frames is not.
+func TestH2FrameTimeout(t *testing.T) {
+	h2 := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	_, front := startLimited(t, Limits{HeaderTimeout: 300 * time.Millisecond}, h2, httpFilter(t), true)
+	c, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	_ = fr.WriteSettings()
+	time.Sleep(500 * time.Millisecond) // idle between frames: fine
+	_, _ = c.Write([]byte{0, 0, 40, 1}) // the first bytes of a HEADERS frame, then nothing
+	if !closedWithin(c, 3*time.Second) {
+		t.Fatal("a dribbled frame was not cut off")
+	}
+	if code, _ := h2Do(t, front, "GET", "/"); code != 200 {
+		t.Errorf("a client sending whole frames: %d", code)
+	}
+}

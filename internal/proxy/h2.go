@@ -597,6 +597,20 @@ func (c *h2Conn) readLoop(fl *h2Flush, frame func(*h2Flush, http2.Frame) error) 
 		if c.br.Buffered() == 0 {
 			fl.flush()
 		}
+		if c.d != nil {
+			// Downstream, a frame must arrive whole within the header
+			// timeout once it has begun (the idle timeout waits for it
+			// to begin); frames that arrive whole need no deadline.
+			if _, err := c.br.Peek(1); err != nil {
+				return err
+			}
+			if !frameBuffered(c.br) {
+				if err := c.conn.SetReadDeadline(time.Now().Add(c.p.opts.Limits.HeaderTimeout)); err != nil {
+					return err
+				}
+				c.deadlineSet = time.Time{} // the idle deadline is set again with the frame
+			}
+		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -620,6 +634,16 @@ func (c *h2Conn) readLoop(fl *h2Flush, frame func(*h2Flush, http2.Frame) error) 
 			return err
 		}
 	}
+}
+
+// frameBuffered tells whether the reader holds a whole frame.
+func frameBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n < 9 {
+		return false
+	}
+	h, _ := br.Peek(9)
+	return n >= 9+int(h[0])<<16|int(h[1])<<8|int(h[2])
 }
 
 // common handles the frames both sides treat alike; it reports whether
