@@ -33,6 +33,7 @@ import (
 type ingressConfig struct {
 	cert, key []byte
 	aps       []*securityv1.AuthorizationPolicy
+	ras       []*securityv1.RequestAuthentication
 }
 
 func (ingressConfig) Gateways() []*networkingv1.Gateway {
@@ -195,4 +196,36 @@ func TestGatewayEnforcesItsPolicies(t *testing.T) {
 	}
 }
 
-func (ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (c ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return c.ras }
+
+// A RequestAuthentication selecting the ingress gateway puts jwt_authn
+// before its policies on every HTTP server: a bad token gets 401 at the
+// edge, and policies there see the verified token.
+func TestGatewayVerifiesTokens(t *testing.T) {
+	cfg := shopConfig(policy(t, "istio-system", "jwt-only", "selector: {matchLabels: {istio: ingressgateway}}\nrules: [{from: [{source: {requestPrincipals: ['*']}}]}]"))
+	cfg.ras = []*securityv1.RequestAuthentication{requestAuthentication(t, "istio-system", "edge", `
+selector: {matchLabels: {istio: ingressgateway}}
+jwtRules: [{issuer: https://issuer.example, jwks: '{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}'}]`)}
+	snap, _, err := config.Build(gatewayResources(t, cfg, func(p *proxyview.Proxy) { p.RootNamespace = "istio-system" }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"0.0.0.0_80", "0.0.0.0_443"} {
+		hm := snap.Listeners[name].Chains[0].HTTP
+		if hm.JWT == nil || len(hm.Authz) == 0 {
+			t.Fatalf("%s: jwt_authn %v, RBAC %d", name, hm.JWT != nil, len(hm.Authz))
+		}
+		table := snap.Routes[hm.RouteName]
+		for auth, want := range map[string]int{"": 403, "Bearer a.b.c": 401} {
+			hdr := map[string]string{":method": "GET", ":path": "/x", ":authority": "shop.example.com"}
+			if auth != "" {
+				hdr["authorization"] = auth
+			}
+			d := decision.Decide(hm, table, &decision.Request{Method: "GET", Target: "/x", Host: "shop.example.com", Header: headers(hdr), Secure: true,
+				RemoteIP: netip.MustParseAddr("10.0.0.1"), DestPort: 443})
+			if d.Status != want {
+				t.Errorf("%s with %q: %d (%s), want %d", name, auth, d.Status, d.Body, want)
+			}
+		}
+	}
+}
