@@ -421,7 +421,7 @@ func TestH2FrameTimeout(t *testing.T) {
 	_, _ = io.WriteString(c, http2.ClientPreface)
 	fr := http2.NewFramer(c, c)
 	_ = fr.WriteSettings()
-	time.Sleep(500 * time.Millisecond) // idle between frames: fine
+	time.Sleep(500 * time.Millisecond)  // idle between frames: fine
 	_, _ = c.Write([]byte{0, 0, 40, 1}) // the first bytes of a HEADERS frame, then nothing
 	if !closedWithin(c, 3*time.Second) {
 		t.Fatal("a dribbled frame was not cut off")

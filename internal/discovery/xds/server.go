@@ -68,7 +68,7 @@ type Server struct {
 
 	warned sync.Map // message -> struct{}
 
-	memoMu sync.Mutex // guards current
+	memoMu sync.Mutex // guards current; taken before mu, never after
 	// current is what was generated since the last change; proxies that
 	// connect in between reuse it instead of generating their view again.
 	current *memo
@@ -224,12 +224,6 @@ func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	if full {
 		s.reauthorize()
 	}
-	s.mu.Lock()
-	ids := make([]string, 0, len(s.proxies))
-	for id := range s.proxies {
-		ids = append(ids, id)
-	}
-	s.mu.Unlock()
 	// Proxies with the same view share generated resources: once per view.
 	s.anys.rotate()
 	s.memoMu.Lock()
@@ -244,8 +238,17 @@ func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	s.memoMu.Lock()
 	s.current = m
 	s.memoMu.Unlock()
+	// Listed once m is current: a proxy that connects later reads m itself.
+	// Listed before, one connecting while base was patched took base's
+	// stale view and missed this push.
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.proxies))
+	for id := range s.proxies {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
 	for _, id := range ids {
-		s.updateWith(id, m)
+		s.updateWith(id, m, false)
 	}
 }
 

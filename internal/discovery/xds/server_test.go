@@ -17,9 +17,15 @@ import (
 // serve runs an xDS server over reg on a loopback port until the test ends.
 func serve(t *testing.T, reg *registry.Registry) (*xds.Server, string) {
 	t.Helper()
+	return serveConfig(t, xds.ServerConfig{Registry: reg, Debounce: 10 * time.Millisecond})
+}
+
+// serveConfig runs an xDS server of cfg on a loopback port until the test ends.
+func serveConfig(t *testing.T, cfg xds.ServerConfig) (*xds.Server, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	srv := xds.NewServer(xds.ServerConfig{Registry: reg, Debounce: 10 * time.Millisecond})
+	srv := xds.NewServer(cfg)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

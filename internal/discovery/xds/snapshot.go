@@ -135,29 +135,44 @@ type shared struct {
 }
 
 // update installs one proxy's snapshot, reusing what was generated since
-// the last change.
+// the last change. It installs only from the memo still current: a push
+// that replaced it meanwhile installed newer, which an older snapshot
+// would undo until the next push.
 func (s *Server) update(id string) {
-	s.memoMu.Lock()
-	if s.current == nil {
-		s.current = newMemo()
+	for {
+		s.memoMu.Lock()
+		if s.current == nil {
+			s.current = newMemo()
+		}
+		m := s.current
+		s.memoMu.Unlock()
+		if s.updateWith(id, m, true) {
+			return
+		}
 	}
-	m := s.current
-	s.memoMu.Unlock()
-	s.updateWith(id, m)
 }
 
-// updateWith installs one proxy's snapshot from m, generating what m lacks.
-func (s *Server) updateWith(id string, m *memo) {
+// updateWith installs one proxy's snapshot from m, generating what m lacks;
+// with onlyCurrent, only if m is still the current memo (it reports whether
+// it did).
+func (s *Server) updateWith(id string, m *memo, onlyCurrent bool) bool {
 	s.mu.Lock()
 	st, ok := s.proxies[id]
 	if !ok {
 		s.mu.Unlock()
-		return
+		return true
 	}
 	st.version++
 	p := st.proxy
 	s.mu.Unlock()
 	snap := s.snapshotFor(p, m)
+	if onlyCurrent {
+		s.memoMu.Lock()
+		defer s.memoMu.Unlock()
+		if s.current != m {
+			return false
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok = s.proxies[id]; ok {
@@ -167,6 +182,7 @@ func (s *Server) updateWith(id string, m *memo) {
 			c.notify()
 		}
 	}
+	return true
 }
 
 // snapshot returns a proxy's latest snapshot.
