@@ -197,9 +197,13 @@ spec:
 
 	t.Run("RequestAuthentication: the control plane fetches the issuer's keys; a valid JWT opens an ALLOW on requestPrincipals in both clusters, a bad one gets 401, none 403", func(t *testing.T) {
 		e.apply("cluster-eks", `
+apiVersion: v1
+kind: Namespace
+metadata: {name: jwt-issuer}
+---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: issuer, namespace: multicluster}
+metadata: {name: issuer, namespace: jwt-issuer}
 spec:
   selector: {matchLabels: {app: issuer}}
   template:
@@ -213,7 +217,7 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: issuer, namespace: multicluster}
+metadata: {name: issuer, namespace: jwt-issuer}
 spec:
   selector: {app: issuer}
   ports: [{name: http, port: 8080}]
@@ -225,7 +229,7 @@ spec:
   selector: {matchLabels: {app: profile}}
   jwtRules:
   - issuer: https://issuer.demo.isthmus
-    jwksUri: http://issuer.multicluster.svc.cluster.local:8080/jwks.json
+    jwksUri: http://issuer.jwt-issuer.svc.cluster.local:8080/jwks.json
     audiences: [profile]
 ---
 apiVersion: security.istio.io/v1
@@ -237,23 +241,23 @@ spec:
   rules:
   - from: [{source: {requestPrincipals: [https://issuer.demo.isthmus/alice]}}]
 `)
-		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment/issuer", "service/issuer")
+		defer e.kubectl("cluster-eks", "", "delete", "namespace", "jwt-issuer")
 		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "requestauthentication/profile-jwt", "authorizationpolicy/alice-only")
-		e.waitReady("cluster-eks", "multicluster", "app=issuer", 1)
+		e.waitReady("cluster-eks", "jwt-issuer", "app=issuer", 1)
 		mint := func(query string) string {
 			var tok string
 			ok := eventuallyOK(func() bool {
-				tok = strings.TrimSpace(sleepExec("curl -sS --max-time 5 'http://issuer:8080/token?" + query + "' 2>&1"))
+				tok = strings.TrimSpace(sleepExec("curl -sS --max-time 5 'http://issuer.jwt-issuer:8080/token?" + query + "' 2>&1"))
 				return strings.Count(tok, ".") == 2
 			})
 			if !ok {
-				logs, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "logs", "deploy/issuer", "--all-containers")
-				pods, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "get", "pods,endpoints", "-o", "wide")
+				logs, _ := e.kubectl("cluster-eks", "", "-n", "istio-system", "logs", "deploy/istiod", "--tail", "40")
+				pods, _ := e.kubectl("cluster-eks", "", "-n", "jwt-issuer", "get", "pods,endpoints", "-o", "wide")
 				eps := isthmus(t, time.Minute, append([]string{"proxy-config", "endpoints", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks",
-					"--cluster", "outbound|8080||issuer.multicluster.svc.cluster.local"}, w.kc...)...)
+					"--cluster", "outbound|8080||issuer.jwt-issuer.svc.cluster.local"}, w.kc...)...)
 				cls := isthmus(t, time.Minute, append([]string{"proxy-config", "clusters", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks",
-					"--fqdn", "issuer.multicluster.svc.cluster.local", "-o", "json"}, w.kc...)...)
-				t.Fatalf("the issuer minted no token: last answer %q\nissuer logs:\n%s\n%s\nsleep's endpoints: %s %s\nsleep's cluster: %s", tok, logs, pods, eps.stdout, eps.stderr, cls.stdout)
+					"--fqdn", "issuer.jwt-issuer.svc.cluster.local"}, w.kc...)...)
+				t.Fatalf("the issuer minted no token: last answer %q\ncontrol plane:\n%s\n%s\nsleep's endpoints: %s %s\nsleep's cluster: %s", tok, logs, pods, eps.stdout, eps.stderr, cls.stdout)
 			}
 			return tok
 		}

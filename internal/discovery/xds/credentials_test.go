@@ -222,7 +222,15 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 			t.Fatalf("proxies named %s: clusters %v, want the gateway's (c1) and the liar's apart", gwID, clusters)
 		}
 		time.Sleep(100 * time.Millisecond) // the push's debounce
-		if snap := srv.snapshot(gwID + " istio-system/istio-ingressgateway-service-account@c1"); snap == nil || len(snap.GetResources(resource.SecretType)) != 1 {
+		gwKey := ""
+		srv.mu.Lock()
+		for k, st := range srv.proxies {
+			if st.proxy.ID == gwID && st.proxy.identity != nil {
+				gwKey = k
+			}
+		}
+		srv.mu.Unlock()
+		if snap := srv.snapshot(gwKey); snap == nil || len(snap.GetResources(resource.SecretType)) != 1 {
 			t.Fatalf("the gateway's snapshot lost its credential")
 		}
 	})

@@ -16,10 +16,15 @@ type proxy struct {
 
 // key names the proxy's state on the server: streams that proved an
 // identity never share state with a plaintext stream (or another
-// identity) that claims the same node ID.
+// identity) that claims the same node ID, and streams that declare
+// another network, network view, generator or locality never share one
+// either: the last to connect would otherwise set what every stream of
+// the node is generated for (a second stream without NETWORK made a
+// sidecar's view drop the endpoints of pods without sidecars).
 func (p *proxy) key() string {
+	k := p.ID + "|" + p.Network + "|" + p.RequestedNetworkView + "|" + p.Generator + "|" + p.Locality.String()
 	if p.identity == nil {
-		return p.ID
+		return k
 	}
-	return p.ID + " " + p.identity.String()
+	return k + " " + p.identity.String()
 }
