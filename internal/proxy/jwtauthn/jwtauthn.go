@@ -384,11 +384,13 @@ func (p *provider) verify(req *Request) outcome {
 	if len(p.audiences) > 0 && !anyAudience(std.Audience, p.audiences) {
 		return fail("Audiences in Jwt are not allowed")
 	}
-	payload, _ := json.Marshal(all)
-	if parts := strings.Split(token, "."); len(parts) == 3 {
-		if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
-			payload = b
-		}
+	// The payload as the issuer wrote it (it parsed as compact JWS above);
+	// claims marshalled again only if that segment will not decode.
+	_, rest, _ := strings.Cut(token, ".")
+	seg, _, _ := strings.Cut(rest, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		payload, _ = json.Marshal(all)
 	}
 	azp, _ := all["azp"].(string)
 	return outcome{st: ok, header: header, payload: payload, verified: Verified{Provider: p.name, Principal: std.Issuer + "/" + std.Subject,
