@@ -7,7 +7,6 @@ package iptables
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os/exec"
 	"strconv"
@@ -47,55 +46,126 @@ func Default() Config {
 		InboundPorts: []string{"*"}, ExcludeInboundPorts: []int{15090, 15021, 15020}, OutboundCIDRs: []string{"*"}}
 }
 
+// rule is one line of the nat table: what both backends write.
+type rule struct {
+	chain    string
+	src      string // CIDR
+	dst      string // CIDR
+	notDst   bool
+	outLo    bool // -o lo
+	tcp      bool
+	dport    string
+	notDport bool
+	owner    string // "uid" or "gid"
+	ownerID  int
+	notOwner bool
+	target   string // a chain, RETURN or REDIRECT
+	toPort   int    // REDIRECT's port
+}
+
+// String is the rule in iptables-restore form.
+func (r rule) String() string {
+	var b strings.Builder
+	b.WriteString("-A " + r.chain)
+	if r.src != "" {
+		b.WriteString(" -s " + r.src)
+	}
+	if r.dst != "" {
+		if r.notDst {
+			b.WriteString(" !")
+		}
+		b.WriteString(" -d " + r.dst)
+	}
+	if r.outLo {
+		b.WriteString(" -o lo")
+	}
+	if r.tcp {
+		b.WriteString(" -p tcp")
+	}
+	if r.dport != "" {
+		if r.notDport {
+			b.WriteString(" !")
+		}
+		b.WriteString(" --dport " + r.dport)
+	}
+	if r.owner != "" {
+		b.WriteString(" -m owner")
+		if r.notOwner {
+			b.WriteString(" !")
+		}
+		fmt.Fprintf(&b, " --%s-owner %d", r.owner, r.ownerID)
+	}
+	b.WriteString(" -j " + r.target)
+	if r.target == "REDIRECT" {
+		fmt.Fprintf(&b, " --to-ports %d", r.toPort)
+	}
+	return b.String()
+}
+
+// chains are Istio's, in the order they are declared.
+var chains = []string{chainInbound, chainInRedirect, chainOutput, chainRedirect}
+
+// rules is Istio's capture for this configuration, in order.
+func (c Config) rules() []rule {
+	var out []rule
+	add := func(r rule) { out = append(out, r) }
+	add(rule{chain: chainInRedirect, tcp: true, target: "REDIRECT", toPort: c.InboundPort})
+	add(rule{chain: chainRedirect, tcp: true, target: "REDIRECT", toPort: c.OutboundPort})
+	// Inbound.
+	add(rule{chain: chainInbound, tcp: true, dport: "15008", target: "RETURN"})
+	for _, p := range c.ExcludeInboundPorts {
+		add(rule{chain: chainInbound, tcp: true, dport: strconv.Itoa(p), target: "RETURN"})
+	}
+	for _, p := range c.InboundPorts {
+		if p == "*" {
+			add(rule{chain: chainInbound, tcp: true, target: chainInRedirect})
+			break
+		}
+		add(rule{chain: chainInbound, tcp: true, dport: p, target: chainInRedirect})
+	}
+	// Outbound.
+	add(rule{chain: chainOutput, src: InboundPassthroughSource + "/32", outLo: true, target: "RETURN"})
+	for _, o := range []struct {
+		kind string
+		id   int
+	}{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} {
+		// The app calling its own pod through a service VIP comes back in.
+		add(rule{chain: chainOutput, dst: "127.0.0.1/32", notDst: true, outLo: true, tcp: true, dport: "15008", notDport: true, owner: o.kind, ownerID: o.id, target: chainInRedirect})
+		add(rule{chain: chainOutput, outLo: true, owner: o.kind, ownerID: o.id, notOwner: true, target: "RETURN"})
+		add(rule{chain: chainOutput, owner: o.kind, ownerID: o.id, target: "RETURN"})
+	}
+	add(rule{chain: chainOutput, dst: "127.0.0.1/32", target: "RETURN"})
+	for _, p := range c.ExcludeOutboundPorts {
+		add(rule{chain: chainOutput, tcp: true, dport: strconv.Itoa(p), target: "RETURN"})
+	}
+	for _, cidr := range c.ExcludeOutboundCIDRs {
+		add(rule{chain: chainOutput, dst: cidr, target: "RETURN"})
+	}
+	for _, p := range c.IncludeOutboundPorts {
+		add(rule{chain: chainOutput, tcp: true, dport: strconv.Itoa(p), target: chainRedirect})
+	}
+	for _, cidr := range c.OutboundCIDRs {
+		if cidr == "*" {
+			add(rule{chain: chainOutput, target: chainRedirect})
+			break
+		}
+		add(rule{chain: chainOutput, dst: cidr, target: chainRedirect})
+	}
+	return out
+}
+
 // Rules renders the nat table in iptables-restore form. Declaring a chain
 // flushes it, so restoring with --noflush replaces exactly Istio's chains.
 func (c Config) Rules() string {
 	var b strings.Builder
-	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
-	w("*nat")
-	for _, ch := range []string{chainInbound, chainInRedirect, chainOutput, chainRedirect} {
-		w(":%s - [0:0]", ch)
+	b.WriteString("*nat\n")
+	for _, ch := range chains {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", ch)
 	}
-	w("-A %s -p tcp -j REDIRECT --to-ports %d", chainInRedirect, c.InboundPort)
-	w("-A %s -p tcp -j REDIRECT --to-ports %d", chainRedirect, c.OutboundPort)
-	// Inbound.
-	w("-A %s -p tcp --dport 15008 -j RETURN", chainInbound)
-	for _, p := range c.ExcludeInboundPorts {
-		w("-A %s -p tcp --dport %d -j RETURN", chainInbound, p)
+	for _, r := range c.rules() {
+		b.WriteString(r.String() + "\n")
 	}
-	for _, p := range c.InboundPorts {
-		if p == "*" {
-			w("-A %s -p tcp -j %s", chainInbound, chainInRedirect)
-			break
-		}
-		w("-A %s -p tcp --dport %s -j %s", chainInbound, p, chainInRedirect)
-	}
-	// Outbound.
-	w("-A %s -s %s/32 -o lo -j RETURN", chainOutput, InboundPassthroughSource)
-	for _, owner := range []string{"--uid-owner " + strconv.Itoa(c.ProxyUID), "--gid-owner " + strconv.Itoa(c.ProxyGID)} {
-		// The app calling its own pod through a service VIP comes back in.
-		w("-A %s ! -d 127.0.0.1/32 -o lo -p tcp ! --dport 15008 -m owner %s -j %s", chainOutput, owner, chainInRedirect)
-		w("-A %s -o lo -m owner ! %s -j RETURN", chainOutput, owner)
-		w("-A %s -m owner %s -j RETURN", chainOutput, owner)
-	}
-	w("-A %s -d 127.0.0.1/32 -j RETURN", chainOutput)
-	for _, p := range c.ExcludeOutboundPorts {
-		w("-A %s -p tcp --dport %d -j RETURN", chainOutput, p)
-	}
-	for _, cidr := range c.ExcludeOutboundCIDRs {
-		w("-A %s -d %s -j RETURN", chainOutput, cidr)
-	}
-	for _, p := range c.IncludeOutboundPorts {
-		w("-A %s -p tcp --dport %d -j %s", chainOutput, p, chainRedirect)
-	}
-	for _, cidr := range c.OutboundCIDRs {
-		if cidr == "*" {
-			w("-A %s -j %s", chainOutput, chainRedirect)
-			break
-		}
-		w("-A %s -d %s -j %s", chainOutput, cidr, chainRedirect)
-	}
-	w("COMMIT")
+	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
@@ -105,10 +175,13 @@ var jumps = [][]string{
 	{"OUTPUT", "-p", "tcp", "-j", chainOutput},
 }
 
-// Apply installs the rules in the current network namespace.
+// Apply installs the rules in the current network namespace: with
+// iptables-restore where the image has it (as Istio's proxyv2 image does),
+// else through nftables' netlink API in table NFTTable, since the isthmus
+// image is the static binary alone.
 func (c Config) Apply() error {
 	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		return errors.New("iptables-restore not found; install the iptables package")
+		return c.applyNFT()
 	}
 	if err := run(strings.NewReader(c.Rules()), "iptables-restore", "--noflush", "--wait"); err != nil {
 		return err
