@@ -29,6 +29,19 @@ type Spec struct {
 	GID      uint32   `json:"gid"`
 	Hostname string   `json:"hostname"`
 	Mounts   []Mount  `json:"mounts"`
+	// Root, when set, is the container's own root filesystem; without it
+	// the container sees the host's (a host program standing in for an
+	// image that cannot be pulled here).
+	Root *Rootfs `json:"root,omitempty"`
+}
+
+// Rootfs is an image's layers stacked by overlayfs under a writable layer
+// that starts empty at every start of the container, as a container's does.
+type Rootfs struct {
+	// Layers are unpacked layer directories, bottom first.
+	Layers []string `json:"layers"`
+	// Dir holds the writable layer, overlayfs's work directory and the mount point.
+	Dir string `json:"dir"`
 }
 
 // Start launches the container process in the pod's network namespace, in
@@ -74,8 +87,21 @@ func Become(specFile string) error {
 			return fmt.Errorf("set hostname: %w", err)
 		}
 	}
+	root := "/"
+	if s.Root != nil {
+		var err error
+		if root, err = s.Root.mount(); err != nil {
+			return err
+		}
+	}
 	for _, m := range s.Mounts {
+		m.Target = filepath.Join(root, m.Target)
 		if err := bind(m); err != nil {
+			return err
+		}
+	}
+	if s.Root != nil {
+		if err := pivot(root); err != nil {
 			return err
 		}
 	}
@@ -103,6 +129,87 @@ func Become(specFile string) error {
 		}
 	}
 	return syscall.Exec(path, s.Argv, s.Env)
+}
+
+// mount stacks the layers at Dir/rootfs with /proc, a minimal /dev and a
+// read-only /sys, and returns the mount point.
+func (r *Rootfs) mount() (string, error) {
+	upper, work, merged := filepath.Join(r.Dir, "upper"), filepath.Join(r.Dir, "work"), filepath.Join(r.Dir, "rootfs")
+	// A restarted container starts from the image again.
+	for _, d := range []string{upper, work} {
+		if err := os.RemoveAll(d); err != nil {
+			return "", err
+		}
+	}
+	for _, d := range []string{upper, work, merged} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	lower := make([]string, len(r.Layers))
+	for i, l := range r.Layers {
+		lower[len(r.Layers)-1-i] = l // overlayfs lists the top layer first
+	}
+	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=" + upper + ",workdir=" + work
+	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		return "", fmt.Errorf("mount the image's layers: %w", err)
+	}
+	mounts := []struct {
+		target, fstype, data string
+		flags                uintptr
+	}{
+		{"proc", "proc", "", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
+		{"dev", "tmpfs", "mode=755,size=65536k", syscall.MS_NOSUID | syscall.MS_STRICTATIME},
+		{"dev/shm", "tmpfs", "mode=1777,size=65536k", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
+		{"sys", "sysfs", "", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC | syscall.MS_RDONLY},
+	}
+	for _, m := range mounts {
+		target := filepath.Join(merged, m.target)
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return "", err
+		}
+		if err := syscall.Mount(m.fstype, target, m.fstype, m.flags, m.data); err != nil {
+			return "", fmt.Errorf("mount %s in the container: %w", m.target, err)
+		}
+	}
+	for _, dev := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+		if err := bind(Mount{Source: "/dev/" + dev, Target: filepath.Join(merged, "dev", dev)}); err != nil {
+			return "", err
+		}
+	}
+	for link, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(target, filepath.Join(merged, "dev", link)); err != nil {
+			return "", err
+		}
+	}
+	return merged, nil
+}
+
+// pivot makes root the process's root and detaches the host's (runc's
+// pivot_root(".", ".") way, which needs no directory for the old root).
+func pivot(root string) error {
+	old, err := syscall.Open("/", syscall.O_DIRECTORY|syscall.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(old)
+	if err := syscall.Chdir(root); err != nil {
+		return err
+	}
+	if err := syscall.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root into the image: %w", err)
+	}
+	if err := syscall.Fchdir(old); err != nil {
+		return err
+	}
+	// The old root's mounts must not propagate their unmount to the host.
+	if err := syscall.Mount("", ".", "", syscall.MS_SLAVE|syscall.MS_REC, ""); err != nil {
+		return err
+	}
+	if err := syscall.Unmount(".", syscall.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the host's root: %w", err)
+	}
+	return syscall.Chdir("/")
 }
 
 func bind(m Mount) error {
