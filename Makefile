@@ -8,7 +8,13 @@ APT_PKGS := iptables conntrack iproute2 util-linux curl
 # staticcheck, pinned (its checks: staticcheck.conf).
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build deps kube lint test unit fuzz demo bench clean
+# Images: HUB and TAG as IstioOperator's hub and tag (install renders HUB/isthmus:TAG).
+HUB       ?= isthmus
+TAG       ?= $(VERSION)
+IMAGE_DIR ?= dist/image
+PLATFORMS := linux/amd64 linux/arm64
+
+.PHONY: help build deps kube lint test unit fuzz demo bench clean image
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -16,12 +22,38 @@ help: ## list targets
 build: ## build bin/isthmus
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/isthmus
 
+# make release: the binary for each of RELEASE_PLATFORMS in dist, and their
+# checksums; the macOS and Windows ones leave out the Linux-only commands.
+RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+
+.PHONY: release
+release: ## cross-build dist/isthmus-VERSION-OS-ARCH for Linux, macOS and Windows, and dist/SHA256SUMS
+	rm -f dist/isthmus-* dist/SHA256SUMS && mkdir -p dist
+	@for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os != windows ] || ext=.exe; \
+		out=dist/isthmus-$(VERSION)-$$os-$$arch$$ext; echo "$$out"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$out ./cmd/isthmus || exit 1; \
+	done
+	cd dist && sha256sum isthmus-* > SHA256SUMS
+
 deps: ## install the Debian packages the sandbox needs (root)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+# make image cross-builds static binaries (no cgo, -trimpath: the same
+# commit gives the same bytes) and assembles the images without a container
+# engine; files and configs are stamped with the commit's time.
+image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI layout and tarballs in IMAGE_DIR)
+	@for p in $(PLATFORMS); do \
+		echo "building isthmus for $$p"; \
+		CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(IMAGE_DIR)/bin/$${p%/*}-$${p#*/}/isthmus ./cmd/isthmus || exit 1; \
+	done
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run ./cmd/isthmus-image \
+		--out $(IMAGE_DIR) --hub $(HUB) --tag $(TAG) --revision "$$(git rev-parse HEAD 2>/dev/null)" \
+		$(foreach p,$(PLATFORMS),--binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus)
 
 kube: build ## build and cache the Kubernetes binaries (once per machine, ~9 min cold)
 	$(BIN) sandbox prepare
@@ -56,8 +88,9 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for 
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed"; exit 1; fi
 
-demo: deps kube ## replay the walkthrough on the sandbox and report what it built
+demo: deps kube image ## build the images, push them into the sandbox's registry, replay the walkthrough on it and report what it built
 	$(BIN) sandbox up
+	$(BIN) sandbox load $(IMAGE_DIR)/oci
 	ISTHMUS=$(CURDIR)/$(BIN) bash examples/primary-remote-multinetwork/replay.sh
 	ISTHMUS=$(CURDIR)/$(BIN) bash examples/primary-remote-multinetwork/report.sh
 	@echo
@@ -71,4 +104,4 @@ bench: deps kube ## measure and write BENCHMARKS.md
 	bash bench/run.sh
 
 clean: ## remove build output (the binary cache stays)
-	rm -rf bin
+	rm -rf bin dist

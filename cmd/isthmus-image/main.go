@@ -2,7 +2,7 @@
 // already cross-built for Linux, without a container engine; `make image`
 // runs it. It writes an OCI image layout holding every image and, per image,
 // a tarball that docker load and ctr import accept, and prints each image's
-// reference and digest.
+// reference and digest. The layout names each image by its tag and latest.
 package main
 
 import (
@@ -66,7 +66,9 @@ func run(out, hub, tag, version, revision, epoch string, bins binaries) error {
 			return err
 		}
 		b := image.Built{Ref: spec.Ref(), Index: idx}
-		built = append(built, b)
+		// The layout also names each image :latest, what a pod naming the
+		// repository alone pulls (the sandbox's demo does).
+		built = append(built, b, image.Built{Ref: spec.Repository + ":latest", Index: idx})
 		tarball := filepath.Join(out, filepath.Base(spec.Repository)+".tar")
 		if err := image.WriteTarball(tarball, b, created); err != nil {
 			return fmt.Errorf("write %s: %w", tarball, err)

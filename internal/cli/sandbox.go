@@ -1,3 +1,5 @@
+//go:build linux
+
 package cli
 
 import (
@@ -62,7 +64,7 @@ module proxy (about 9 minutes on 2 cores) and cached under $ISTHMUS_CACHE
 	}
 	cmd.PersistentFlags().StringVar(&f.stateDir, "state-dir", sandbox.DefaultStateDir, "directory for certificates, data, logs and the kubeconfig")
 	cmd.PersistentFlags().StringVar(&f.config, "config", "", "YAML file listing the clusters (default: cluster-eks/network1 and cluster-aks/network2)")
-	cmd.AddCommand(newSandboxUpCmd(f), newSandboxDownCmd(f), newSandboxStatusCmd(f), newSandboxKubeconfigCmd(f), newSandboxPrepareCmd(), newSandboxNodeCmd(), newSandboxContainerRunCmd())
+	cmd.AddCommand(newSandboxUpCmd(f), newSandboxDownCmd(f), newSandboxStatusCmd(f), newSandboxKubeconfigCmd(f), newSandboxPrepareCmd(), newSandboxNodeCmd(), newSandboxContainerRunCmd(), newSandboxLoadCmd(f), newSandboxRegistryCmd())
 	return cmd
 }
 

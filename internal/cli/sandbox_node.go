@@ -1,3 +1,5 @@
+//go:build linux
+
 package cli
 
 import (
@@ -99,6 +101,8 @@ func newSandboxNodeCmd() *cobra.Command {
 	f.StringVar(&dnsIP, "dns-ip", "", "cluster DNS Service address")
 	f.StringVar(&cfg.APIServiceIP, "api-service-ip", "", "kubernetes Service address")
 	f.StringArrayVar(&labelKV, "label", nil, "node label key=value (repeatable)")
+	f.StringVar(&cfg.ImageDir, "image-dir", "", "image store (empty: containers run as host programs)")
+	f.StringToStringVar(&cfg.Mirrors, "mirror", nil, "registry=host:port the node pulls that registry's images from, over plain HTTP (repeatable)")
 	return cmd
 }
 

@@ -43,6 +43,10 @@ type Spec struct {
 	Binaries map[string]string
 	// Entrypoint is the image's ENTRYPOINT; its first word is BinaryPath.
 	Entrypoint []string
+	// User is the default "uid:gid" (default: the proxy's, 1337:1337). An
+	// application must not run as 1337: the sidecar's capture lets that
+	// user's traffic out uncaptured.
+	User string
 	// Title, Version, Revision and Source become OCI labels.
 	Title, Description, Version, Revision, Source string
 	// Created stamps the configs and every file (SOURCE_DATE_EPOCH: the commit's time).
@@ -122,7 +126,7 @@ func (s Spec) image(plat v1.Platform, bin []byte) (v1.Image, error) {
 	cf.Created = v1.Time{Time: s.Created}
 	cf.Author = "isthmus"
 	cf.Config = v1.Config{
-		User:       fmt.Sprintf("%d:%d", ProxyUID, ProxyUID),
+		User:       s.user(),
 		Entrypoint: s.Entrypoint,
 		WorkingDir: "/",
 		Env: []string{
@@ -132,6 +136,13 @@ func (s Spec) image(plat v1.Platform, bin []byte) (v1.Image, error) {
 		Labels: s.labels(),
 	}
 	return mutate.ConfigFile(img, cf)
+}
+
+func (s Spec) user() string {
+	if s.User != "" {
+		return s.User
+	}
+	return fmt.Sprintf("%d:%d", ProxyUID, ProxyUID)
 }
 
 // labels are the OCI annotation keys, as labels, that registries and
@@ -171,9 +182,9 @@ func (s Spec) rootfs(bin []byte) ([]byte, error) {
 	}
 	entries := []entry{
 		{name: "etc/", mode: 0o755, dir: true},
-		{name: "etc/group", mode: 0o644, body: []byte("root:x:0:\nistio-proxy:x:1337:\nnogroup:x:65534:\n")},
+		{name: "etc/group", mode: 0o644, body: []byte("root:x:0:\nistio-proxy:x:1337:\nnonroot:x:65532:\nnogroup:x:65534:\n")},
 		{name: "etc/nsswitch.conf", mode: 0o644, body: []byte("hosts: files dns\n")},
-		{name: "etc/passwd", mode: 0o644, body: []byte("root:x:0:0:root:/root:/sbin/nologin\nistio-proxy:x:1337:1337:istio-proxy:/home/istio-proxy:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")},
+		{name: "etc/passwd", mode: 0o644, body: []byte("root:x:0:0:root:/root:/sbin/nologin\nistio-proxy:x:1337:1337:istio-proxy:/home/istio-proxy:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")},
 		{name: "etc/ssl/", mode: 0o755, dir: true},
 		{name: "etc/ssl/certs/", mode: 0o755, dir: true},
 		{name: "etc/ssl/certs/ca-certificates.crt", mode: 0o644, body: ca},

@@ -216,3 +216,12 @@ func TestFullName(t *testing.T) {
 		}
 	}
 }
+
+// The demo app must not run as the proxy's uid: the sidecar's capture lets
+// uid 1337's traffic out uncaptured (its calls would bypass the mesh).
+func TestDemoAppIsNotTheProxyUser(t *testing.T) {
+	specs := Mesh("isthmus", "1", "1", "", nil, time.Unix(0, 0))
+	if specs[0].user() != "1337:1337" || specs[1].user() == specs[0].user() || strings.HasPrefix(specs[1].user(), "1337") {
+		t.Errorf("users: mesh %s, demo %s", specs[0].user(), specs[1].user())
+	}
+}

@@ -25,6 +25,8 @@ func Mesh(hub, tag, version, revision string, binaries map[string]string, create
 	mesh.Description = "isthmus: control plane (discovery), sidecar and gateway proxy, installer"
 	demo.Repository = FullName(hub + "/demo-app")
 	demo.Entrypoint = []string{BinaryPath, "demo-app"}
+	// Not the proxy's uid: the sidecar would not capture the app's calls.
+	demo.User = "65532:65532"
 	demo.Title = "isthmus demo-app"
 	demo.Description = "the walkthrough's demo services: profile, accounts, dashboard, sleep, issuer"
 	return []Spec{mesh, demo}

@@ -79,6 +79,7 @@ func (s *Sandbox) clusters(bins kubebin.Set) []*controlplane.Cluster {
 			LBPool:      AddressesOf(i).LBPrefix,
 			PodCIDR:     AddressesOf(i).PodCIDR,
 			ServiceCIDR: AddressesOf(i).Services,
+			Mirrors:     Mirrors(),
 		}
 	}
 	return out
@@ -114,6 +115,10 @@ func (s *Sandbox) Up(ctx context.Context) error {
 		return fmt.Errorf("build networks: %w", err)
 	}
 	if err := s.writeConfig(); err != nil {
+		return err
+	}
+	self, _ := os.Executable()
+	if err := s.upRegistry(ctx, self); err != nil {
 		return err
 	}
 	clusters := s.clusters(bins)
@@ -366,5 +371,19 @@ func (s *Sandbox) status(ctx context.Context, probe bool) []ComponentStatus {
 			out = append(out, st)
 		}
 	}
-	return out
+	self, _ := os.Executable()
+	reg := s.registry(self)
+	st := ComponentStatus{Cluster: "(sandbox)", Network: "internet", Component: reg.Name}
+	if st.PID, st.Running = process.Alive(reg.Spec.PID); !st.Running {
+		st.PID, st.Detail = 0, "not running"
+	} else if probe {
+		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := reg.Health(hctx); err != nil {
+			st.Detail = err.Error()
+		} else {
+			st.Healthy = true
+		}
+		cancel()
+	}
+	return append(out, st)
 }

@@ -18,6 +18,10 @@ import (
 // bin is the isthmus binary built for this test run.
 var bin string
 
+// imageDir holds the images built for this run (make image's IMAGE_DIR):
+// oci/ is loaded into every sandbox, digests.txt names them.
+var imageDir string
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if testing.Short() {
@@ -39,11 +43,18 @@ func TestMain(m *testing.M) {
 	}
 	// Readable by everyone: one test runs the binary as an unprivileged user.
 	os.Chmod(dir, 0o755)
-	bin = filepath.Join(dir, "isthmus")
-	build := exec.Command("go", "build", "-o", bin, "../../cmd/isthmus")
+	// The binary and the images come from one make run, so the version the
+	// installer renders (HUB/isthmus:VERSION) is the tag of the images.
+	imageDir = filepath.Join(dir, "image")
+	build := exec.Command("make", "-C", "../..", "build", "image", "IMAGE_DIR="+imageDir)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: build isthmus:", err)
+		fmt.Fprintln(os.Stderr, "e2e: build isthmus and its images:", err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "isthmus")
+	if b, err := os.ReadFile("../../bin/isthmus"); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		fmt.Fprintln(os.Stderr, "e2e: copy bin/isthmus:", err)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -44,6 +44,9 @@ func upSandbox(t *testing.T) *sandboxEnv {
 	if r := isthmus(t, 10*time.Minute, "sandbox", "--state-dir", state, "up"); r.err != nil {
 		t.Fatalf("sandbox up: %v", r.err)
 	}
+	if r := isthmus(t, 2*time.Minute, "sandbox", "--state-dir", state, "load", filepath.Join(imageDir, "oci")); r.err != nil {
+		t.Fatalf("sandbox load: %v", r.err)
+	}
 	for _, c := range []string{"cluster-eks", "cluster-aks"} {
 		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			&clientcmd.ClientConfigLoadingRules{ExplicitPath: e.kubeconfig},
@@ -365,13 +368,25 @@ metadata: {name: unknown-image, namespace: default}
 spec:
   containers: [{name: main, image: "nginx:1.25"}]
 `)
-		eventually(t, "ErrImagePull naming nginx:1.25", func() bool {
+		eventually(t, "ErrImagePull or ImagePullBackOff naming nginx:1.25", func() bool {
 			p, err := e.clients["cluster-eks"].CoreV1().Pods("default").Get(context.Background(), "unknown-image", metav1.GetOptions{})
 			if err != nil || len(p.Status.ContainerStatuses) == 0 {
 				return false
 			}
 			w := p.Status.ContainerStatuses[0].State.Waiting
-			return w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, "nginx:1.25") && strings.Contains(w.Message, "curlimages/curl")
+			return w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") && strings.Contains(w.Message, "nginx:1.25")
+		})
+		eventually(t, "a Failed event saying what the sandbox can run", func() bool {
+			evs, err := e.clients["cluster-eks"].CoreV1().Events("default").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=unknown-image"})
+			if err != nil {
+				return false
+			}
+			for _, ev := range evs.Items {
+				if ev.Reason == "Failed" && ev.Source.Component == "kubelet" && strings.Contains(ev.Message, "nginx:1.25") && strings.Contains(ev.Message, "not found") && strings.Contains(ev.Message, "curlimages/curl") {
+					return true
+				}
+			}
+			return false
 		})
 	})
 

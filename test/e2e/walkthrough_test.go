@@ -60,6 +60,7 @@ func TestWalkthrough(t *testing.T) {
 	w := &walkthrough{e: e, kc: []string{"--kubeconfig", e.kubeconfig}}
 	// The areas run in this order: each starts from the mesh the ones
 	// before it leave (policies stay applied, for instance).
+	imagesArea(t, w)
 	meshArea(t, w)
 	ingressArea(t, w)
 	t.Run("security: the control plane's trust boundary, attacked from sleep's pod and asked of the API servers", func(t *testing.T) {

@@ -78,20 +78,30 @@ func Command(image string, command, args []string, self string) ([]string, error
 	if !ok {
 		return nil, ErrUnknownImage{Image: image}
 	}
+	argv, err := Argv(img.Entrypoint, img.Cmd, command, args)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", image, err)
+	}
+	if argv[0] == "isthmus" || argv[0] == "/usr/local/bin/isthmus" {
+		argv[0] = self
+	}
+	return argv, nil
+}
+
+// Argv applies Kubernetes' rules: command replaces the image's ENTRYPOINT
+// (and drops its CMD), args replace its CMD.
+func Argv(entrypoint, cmd, command, args []string) ([]string, error) {
 	var argv []string
 	switch {
 	case len(command) > 0:
 		argv = append(append(argv, command...), args...)
 	case len(args) > 0:
-		argv = append(append(argv, img.Entrypoint...), args...)
+		argv = append(append(argv, entrypoint...), args...)
 	default:
-		argv = append(append(argv, img.Entrypoint...), img.Cmd...)
+		argv = append(append(argv, entrypoint...), cmd...)
 	}
 	if len(argv) == 0 {
-		return nil, fmt.Errorf("image %q has no default command; set command in the container spec", image)
-	}
-	if argv[0] == "isthmus" || argv[0] == "/usr/local/bin/isthmus" {
-		argv[0] = self
+		return nil, fmt.Errorf("no command: the image has no ENTRYPOINT or CMD; set command in the container spec")
 	}
 	return argv, nil
 }

@@ -134,6 +134,12 @@ func (c *Cluster) Components() []Component {
 	for _, k := range sortedKeys(c.NodeLabels) {
 		nodeArgs = append(nodeArgs, "--label="+k+"="+c.NodeLabels[k])
 	}
+	if len(c.Mirrors) > 0 {
+		nodeArgs = append(nodeArgs, "--image-dir="+c.path("images"))
+		for _, k := range sortedKeys(c.Mirrors) {
+			nodeArgs = append(nodeArgs, "--mirror="+k+"="+c.Mirrors[k])
+		}
+	}
 	nodeSpec := spec("node", nodeArgs...)
 	nodeSpec.Path = c.Self
 	node := Component{

@@ -47,6 +47,9 @@ type Cluster struct {
 	LBPool netip.Prefix
 	// PodCIDR and ServiceCIDR are the cluster's private ranges.
 	PodCIDR, ServiceCIDR netip.Prefix
+	// Mirrors maps registries to the plain-HTTP registries the node pulls
+	// them from (docker.io: the sandbox's own).
+	Mirrors map[string]string
 
 	ca *pki.CA
 }

@@ -30,8 +30,9 @@ var (
 	Internet = netip.MustParsePrefix("198.18.0.0/15")
 	// HostAddr is the host's own address on the internet segment.
 	HostAddr = netip.MustParseAddr("198.18.0.1")
-	// routerAddr is the internet namespace's address on every link.
-	routerAddr = netip.MustParseAddr("198.18.0.2")
+	// RouterAddr is the internet namespace's address on every link (the
+	// sandbox's registry listens there).
+	RouterAddr = netip.MustParseAddr("198.18.0.2")
 )
 
 // Node is one cluster's node namespace and the addresses it owns.
@@ -85,10 +86,10 @@ func Ensure(nodes []Node) error {
 	if err := ensureVeth(host, HostLink, InternetNS, "host"); err != nil {
 		return err
 	}
-	if err := wire(host, HostLink, HostAddr, routerAddr, Internet); err != nil {
+	if err := wire(host, HostLink, HostAddr, RouterAddr, Internet); err != nil {
 		return fmt.Errorf("wire host link: %w", err)
 	}
-	if err := wire(inet, "host", routerAddr, HostAddr, netip.Prefix{}); err != nil {
+	if err := wire(inet, "host", RouterAddr, HostAddr, netip.Prefix{}); err != nil {
 		return fmt.Errorf("wire internet side of host link: %w", err)
 	}
 	for _, n := range nodes {
@@ -115,20 +116,20 @@ func ensureNode(inet *netlink.Handle, n Node) error {
 	if err := ensureVeth(inet, link, n.NS, uplink); err != nil {
 		return err
 	}
-	if err := wire(inet, link, routerAddr, n.Addr, netip.Prefix{}); err != nil {
+	if err := wire(inet, link, RouterAddr, n.Addr, netip.Prefix{}); err != nil {
 		return err
 	}
 	if err := route(inet, link, n.Owned, n.Addr); err != nil {
 		return err
 	}
-	if err := wire(h, uplink, n.Addr, routerAddr, Internet); err != nil {
+	if err := wire(h, uplink, n.Addr, RouterAddr, Internet); err != nil {
 		return err
 	}
 	// A default route, as a real node has: the API server's calls to
 	// ClusterIPs (admission webhooks) need a route before kube-proxy's
 	// OUTPUT rules rewrite them. The router drops what it does not own,
 	// so clusters stay apart.
-	if err := route(h, uplink, netip.MustParsePrefix("0.0.0.0/0"), routerAddr); err != nil {
+	if err := route(h, uplink, netip.MustParsePrefix("0.0.0.0/0"), RouterAddr); err != nil {
 		return err
 	}
 	return Do(n.NS, func() error { return sysctl("net/ipv4/ip_forward", "1") })

@@ -28,10 +28,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/images"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 )
 
@@ -55,8 +59,15 @@ type Config struct {
 	APIServiceIP string
 	// KubeletVersion is reported in the Node's status.
 	KubeletVersion string
-	// Self is the isthmus binary, for container helpers and isthmus images.
+	// Self is the isthmus binary, for container helpers and the host
+	// programs that stand in for images the sandbox cannot pull.
 	Self string
+	// ImageDir is the node's image store; empty runs every container as a
+	// host program (no registry).
+	ImageDir string
+	// Mirrors maps a registry (docker.io) to the plain-HTTP registry that
+	// serves it, as containerd's hosts.toml mirrors.
+	Mirrors map[string]string
 }
 
 // Agent runs the pods of one node.
@@ -65,7 +76,9 @@ type Agent struct {
 	cs  kubernetes.Interface
 	log *slog.Logger
 
-	ipam *ipam
+	ipam     *ipam
+	images   *images.Store
+	recorder record.EventRecorder
 
 	mu      sync.Mutex // guards workers
 	workers map[types.UID]*podWorker
@@ -86,7 +99,18 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, cs: cs, log: log, workers: map[types.UID]*podWorker{}}, nil
+	a := &Agent{cfg: cfg, cs: cs, log: log, workers: map[types.UID]*podWorker{}}
+	if cfg.ImageDir != "" {
+		a.images = &images.Store{Dir: cfg.ImageDir, Mirrors: cfg.Mirrors}
+	}
+	return a, nil
+}
+
+// event records an event on the pod, from the kubelet as Kubernetes names it.
+func (a *Agent) event(p *corev1.Pod, kind, reason, msg string) {
+	if a.recorder != nil && p != nil {
+		a.recorder.Event(p, kind, reason, msg)
+	}
 }
 
 // Run registers the node and runs pods until ctx ends. Pods keep running
@@ -104,6 +128,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("node firewall: %w", err)
 	}
 	go a.heartbeat(ctx)
+	events := record.NewBroadcaster(record.WithContext(ctx))
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.cs.CoreV1().Events("")})
+	defer events.Shutdown()
+	a.recorder = events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: a.cfg.NodeName})
 
 	factory := informers.NewSharedInformerFactoryWithOptions(a.cs, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()

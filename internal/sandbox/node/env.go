@@ -17,7 +17,8 @@ import (
 
 // env builds a container's environment the way the kubelet does: service
 // variables for the API server, envFrom, then env with $(VAR) expansion.
-func (w *podWorker) env(ctx context.Context, p *corev1.Pod, c corev1.Container) ([]string, error) {
+// imageEnv, the image's ENV, comes first and the container's overrides it.
+func (w *podWorker) env(ctx context.Context, p *corev1.Pod, c corev1.Container, imageEnv []string) ([]string, error) {
 	vars := map[string]string{}
 	var order []string
 	set := func(k, v string) {
@@ -27,6 +28,11 @@ func (w *podWorker) env(ctx context.Context, p *corev1.Pod, c corev1.Container) 
 		vars[k] = v
 	}
 	set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	for _, kv := range imageEnv {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			set(k, v)
+		}
+	}
 	set("HOSTNAME", p.Name)
 	// As container runtimes do for a user without a passwd entry.
 	home := "/root"

@@ -336,6 +336,7 @@ type ctr struct {
 	ready     bool
 	started   bool // startup probe passed (or none)
 	cmd       *exec.Cmd
+	imageID   string        // what the running process was started from
 	exited    chan struct{} // closed when the current process exits
 	probeFail chan struct{} // liveness asks for a restart
 }
@@ -359,17 +360,17 @@ func (c *ctr) setWaiting(reason, msg string) {
 // start launches one process of the container.
 func (c *ctr) start(ctx context.Context) error {
 	p := c.w.snapshot()
-	argv, err := container.Command(c.spec.Image, c.spec.Command, c.spec.Args, c.w.a.cfg.Self)
-	var unknown container.ErrUnknownImage
-	if errors.As(err, &unknown) {
-		c.setWaiting("ErrImagePull", err.Error())
-		return err
-	}
+	proc, err := c.resolveImage(ctx)
 	if err != nil {
-		c.setWaiting("CreateContainerConfigError", err.Error())
+		var unknown container.ErrUnknownImage
+		if errors.As(err, &unknown) {
+			c.setWaiting("ErrImagePull", err.Error())
+		} else if c.waitingReason() == "" {
+			c.setWaiting("CreateContainerConfigError", err.Error())
+		}
 		return err
 	}
-	env, err := c.w.env(ctx, p, c.spec)
+	env, err := c.w.env(ctx, p, c.spec, proc.env)
 	if err != nil {
 		c.setWaiting("CreateContainerConfigError", err.Error())
 		return err
@@ -379,7 +380,13 @@ func (c *ctr) start(ctx context.Context) error {
 		c.setWaiting("CreateContainerConfigError", err.Error())
 		return err
 	}
-	uid, gid := identity(p, c.spec)
+	uid, gid, set := identity(p, c.spec)
+	if !set && proc.root != nil {
+		if uid, gid, err = imageUser(proc.user, proc.root.Layers); err != nil {
+			c.setWaiting("CreateContainerConfigError", err.Error())
+			return err
+		}
+	}
 	c.mu.Lock()
 	restarts := c.restarts
 	c.mu.Unlock()
@@ -391,7 +398,7 @@ func (c *ctr) start(ctx context.Context) error {
 		return err
 	}
 	defer log.Close()
-	spec := container.Spec{Argv: argv, Env: env, Dir: c.spec.WorkingDir, UID: uid, GID: gid, Hostname: p.Name, Mounts: mounts}
+	spec := container.Spec{Argv: proc.argv, Env: env, Dir: proc.dir, UID: uid, GID: gid, Hostname: p.Name, Mounts: mounts, Root: proc.root}
 	cmd, err := container.Start(c.w.a.cfg.Self, c.w.netns(), filepath.Join(c.w.dir, "spec-"+c.spec.Name+".json"), spec, log)
 	if err != nil {
 		c.setWaiting("RunContainerError", err.Error())
@@ -400,6 +407,7 @@ func (c *ctr) start(ctx context.Context) error {
 	exited := make(chan struct{})
 	c.mu.Lock()
 	c.cmd, c.exited = cmd, exited
+	c.imageID = proc.imageID
 	c.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
 	c.started = c.spec.StartupProbe == nil
 	c.ready = c.spec.ReadinessProbe == nil && c.started && !c.init
@@ -561,27 +569,38 @@ func (c *ctr) stop(grace time.Duration) {
 func containerID(pid int) string { return "isthmus://" + strconv.Itoa(pid) }
 
 // identity picks the container's uid and gid: container securityContext
-// over pod securityContext over root.
-func identity(p *corev1.Pod, c corev1.Container) (uint32, uint32) {
-	var uid, gid int64
+// over pod securityContext; set is false when neither names a user (the
+// image's USER then applies).
+func identity(p *corev1.Pod, c corev1.Container) (uid, gid uint32, set bool) {
+	var u, g *int64
 	if sc := p.Spec.SecurityContext; sc != nil {
-		if sc.RunAsUser != nil {
-			uid = *sc.RunAsUser
-		}
-		if sc.RunAsGroup != nil {
-			gid = *sc.RunAsGroup
-		}
+		u, g = sc.RunAsUser, sc.RunAsGroup
 	}
 	if sc := c.SecurityContext; sc != nil {
 		if sc.RunAsUser != nil {
-			uid = *sc.RunAsUser
+			u = sc.RunAsUser
 		}
 		if sc.RunAsGroup != nil {
-			gid = *sc.RunAsGroup
+			g = sc.RunAsGroup
 		}
 	}
-	if gid == 0 && uid != 0 {
+	if u != nil {
+		uid, set = uint32(*u), true
+	}
+	if g != nil {
+		gid = uint32(*g)
+	} else {
 		gid = uid
 	}
-	return uint32(uid), uint32(gid)
+	return uid, gid, set
+}
+
+// waitingReason is the container's current Waiting reason, if any.
+func (c *ctr) waitingReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.Waiting == nil || c.state.Waiting.Reason == "ContainerCreating" {
+		return ""
+	}
+	return c.state.Waiting.Reason
 }

@@ -233,7 +233,8 @@ func (c *ctr) port(p intstr.IntOrString) (int, error) {
 func nsenterArgs(pid int, argv []string) []string {
 	st := strconv.Itoa(pid)
 	uid, gid := procIDs(pid)
-	args := []string{"-t", st, "-m", "-u", "-n", "-S", uid, "-G", gid, "--"}
+	// -r and -w: the container's root and directory, its image's when it has one.
+	args := []string{"-t", st, "-m", "-u", "-n", "-r", "-w", "-S", uid, "-G", gid, "--"}
 	return append(args, argv...)
 }
 

@@ -164,7 +164,7 @@ func (c *ctr) status() corev1.ContainerStatus {
 		Ready:                c.ready,
 		RestartCount:         c.restarts,
 		Image:                c.spec.Image,
-		ImageID:              "isthmus-sandbox://" + c.spec.Image,
+		ImageID:              c.imageID,
 		Started:              &c.started,
 	}
 	if c.cmd != nil && c.cmd.Process != nil {
