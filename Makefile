@@ -100,7 +100,7 @@ demo: deps kube image ## build the images, push them into the sandbox's registry
 	@echo "  $(BIN) proxy-config clusters deployment/sleep.multicluster --context cluster-eks"
 	@echo "and stop it with: $(BIN) sandbox down"
 
-bench: deps kube ## measure and write BENCHMARKS.md
+bench: deps kube image ## measure and write BENCHMARKS.md
 	bash bench/run.sh
 
 clean: ## remove build output (the binary cache stays)

@@ -65,7 +65,7 @@ func run(kubeconfig, kctx string, n int) error {
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{
-				Name: "main", Image: "isthmus/isthmus", Args: []string{"demo-app", "profile"},
+				Name: "main", Image: "isthmus/demo-app", Args: []string{"profile"},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1},
 			}}},
 		}

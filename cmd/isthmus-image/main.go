@@ -31,7 +31,7 @@ func (b binaries) Set(v string) error {
 
 func main() {
 	bins := binaries{}
-	out := flag.String("out", "dist/image", "directory for the OCI layout (oci/), the tarballs and digests.txt")
+	out := flag.String("out", "dist/image", "directory for the OCI layouts (oci/ with every image, NAME/ per image), the tarballs and digests.txt")
 	hub := flag.String("hub", "isthmus", "registry and path of the images, as IstioOperator's hub")
 	tag := flag.String("tag", "dev", "the images' tag, as IstioOperator's tag")
 	version := flag.String("version", "", "version label (default: the tag)")
@@ -69,12 +69,18 @@ func run(out, hub, tag, version, revision, epoch string, bins binaries) error {
 		// The layout also names each image :latest, what a pod naming the
 		// repository alone pulls (the sandbox's demo does).
 		built = append(built, b, image.Built{Ref: spec.Repository + ":latest", Index: idx})
+		// Per image, a layout of its own: `crane push DIR REF` pushes a
+		// single-entry layout's index, both platforms.
+		own := filepath.Join(out, filepath.Base(spec.Repository))
+		if err := image.WriteLayout(own, b); err != nil {
+			return err
+		}
 		tarball := filepath.Join(out, filepath.Base(spec.Repository)+".tar")
 		if err := image.WriteTarball(tarball, b, created); err != nil {
 			return fmt.Errorf("write %s: %w", tarball, err)
 		}
 		fmt.Fprintf(&digests, "%s@%s\n", spec.Ref(), d)
-		fmt.Printf("%s@%s\n  tarball %s\n", spec.Ref(), d, tarball)
+		fmt.Printf("%s@%s\n  layout %s, tarball %s\n", spec.Ref(), d, own, tarball)
 	}
 	layoutDir := filepath.Join(out, "oci")
 	if err := image.WriteLayout(layoutDir, built...); err != nil {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints what the walkthrough built (run after replay.sh): the demo's pods,
-# dashboard?id=4, how 200 calls from sleep to profile split over the two
+# the image digest every container runs, dashboard?id=4, how 200 calls from sleep to profile split over the two
 # clusters, the identities on a cross-cluster call, and the endpoints sleep's
 # sidecar has for profile (the remote ones are the remote gateway's address).
 set -euo pipefail
@@ -12,6 +12,14 @@ for c in "$EKS" "$AKS"; do
 	echo "-- $c"
 	kubectl --context "$c" -n multicluster get pods
 done
+
+echo
+echo "== Images the mesh runs (imageID: the digest each container was pulled at)"
+for c in "$EKS" "$AKS"; do
+	for ns in istio-system multicluster; do
+		kubectl --context "$c" -n "$ns" get pods -o jsonpath='{range .items[*]}{range .status.containerStatuses[*]}'"$c"'{"\t"}{.name}{"\t"}{.imageID}{"\n"}{end}{end}'
+	done
+done | sort | uniq -c | awk '{printf "%-12s %-13s x%-2s %s\n", $2, $3, $1, $4}'
 
 echo
 echo "== curl http://dashboard:8080/dashboard?id=4 (from sleep in $EKS)"

@@ -222,8 +222,8 @@ spec:
     spec:
       containers:
       - name: profile
-        image: isthmus/isthmus
-        args: [demo-app, profile]
+        image: isthmus/demo-app
+        args: [profile]
         readinessProbe: {httpGet: {port: 8080, path: /healthz}, periodSeconds: 1}
 `, network, replicas)
 }

@@ -98,7 +98,7 @@ metadata: {name: istio-eastwestgateway, namespace: istio-system, labels: {istio:
 spec:
   containers:
   - name: istio-proxy
-    image: isthmus/isthmus:dev
+    image: isthmus/isthmus
     args: %[4]s
     env:
     - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}

@@ -129,8 +129,8 @@ spec:
     spec:
       containers:
       - name: profile
-        image: isthmus/isthmus:dev
-        args: [demo-app, profile]
+        image: isthmus/demo-app
+        args: [profile]
         env:
         - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
         ports: [{containerPort: 8080, name: http}]

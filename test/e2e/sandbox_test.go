@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,19 @@ func TestSandboxControlPlanes(t *testing.T) {
 				}
 			}
 		}
+		if !strings.Contains(r.stdout, "(sandbox)") || !regexp.MustCompile(`\(sandbox\)\s+internet\s+registry\s+\d+\s+healthy`).MatchString(r.stdout) {
+			t.Errorf("status has no healthy registry row:\n%s", r.stdout)
+		}
+	})
+
+	t.Run("load pushes the built images into the registry the nodes pull from", func(t *testing.T) {
+		r := sb(2*time.Minute, "load", filepath.Join(imageDir, "oci"))
+		if r.err != nil || !strings.Contains(r.stdout, "docker.io/isthmus/demo-app:latest@sha256:") {
+			t.Fatalf("sandbox load: %v\n%s", r.err, r.stdout)
+		}
+		if r := sb(time.Minute, "load", t.TempDir()); r.err == nil || !strings.Contains(r.stderr, "make image") {
+			t.Errorf("loading a directory that is no layout: %v %s", r.err, r.stderr)
+		}
 	})
 
 	t.Run("kubeconfig names an unknown cluster clearly", func(t *testing.T) {
@@ -137,7 +151,7 @@ func TestSandboxControlPlanes(t *testing.T) {
 					Selector: &metav1.LabelSelector{MatchLabels: labels},
 					Template: corev1.PodTemplateSpec{
 						ObjectMeta: metav1.ObjectMeta{Labels: labels},
-						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "isthmus/isthmus", Args: []string{"demo-app", "sleep"}}}},
+						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "isthmus/demo-app", Args: []string{"sleep"}}}},
 					},
 				},
 			}
@@ -219,8 +233,9 @@ func TestSandboxControlPlanes(t *testing.T) {
 				pids[f[3]] = true
 			}
 		}
-		if len(pids) != 12 {
-			t.Fatalf("expected 12 running components before down, found %d", len(pids))
+		// Six per cluster and the sandbox's registry.
+		if len(pids) != 13 {
+			t.Fatalf("expected 13 running components before down, found %d", len(pids))
 		}
 		if r := sb(2*time.Minute, "down"); r.err != nil {
 			t.Fatalf("down: %v", r.err)

@@ -211,8 +211,8 @@ spec:
     spec:
       containers:
       - name: issuer
-        image: isthmus/isthmus
-        args: [demo-app, issuer, --issuer, https://issuer.demo.isthmus]
+        image: isthmus/demo-app
+        args: [issuer, --issuer, https://issuer.demo.isthmus]
         ports: [{containerPort: 8080}]
 ---
 apiVersion: v1

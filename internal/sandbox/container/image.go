@@ -1,7 +1,8 @@
-// Package container runs one Kubernetes container as a plain process inside
-// its pod's network namespace, with a private mount namespace where the
-// pod's volumes appear at their mountPath, and the container's user. There
-// is no image filesystem: images map to programs on this machine.
+// Package container runs one Kubernetes container as a process inside its
+// pod's network namespace, in a private mount namespace rooted in its
+// image's layers (Rootfs) where the pod's volumes appear at their
+// mountPath, as the container's user. Public images the sandbox cannot pull
+// map to programs of this machine instead (Command).
 package container
 
 import (
@@ -13,15 +14,16 @@ import (
 
 // Image says how an image name becomes a command line.
 type Image struct {
-	// Entrypoint replaces the image's ENTRYPOINT; "isthmus" means this binary.
+	// Entrypoint stands for the image's ENTRYPOINT.
 	Entrypoint []string
 	// Cmd is the image's default CMD.
 	Cmd []string
 }
 
-// images is the sandbox's image table, keyed by repository without registry or tag.
+// images maps well-known public images, which cannot be pulled here, to
+// programs of this machine; keyed by repository without registry or tag.
+// isthmus's own images are not here: they run from the sandbox's registry.
 var images = map[string]Image{
-	"isthmus":         {Entrypoint: []string{"isthmus"}},
 	"curlimages/curl": {Entrypoint: []string{"curl"}},
 	"busybox":         {Cmd: []string{"sh"}},
 	"alpine":          {Cmd: []string{"/bin/sh"}},
@@ -33,7 +35,7 @@ var images = map[string]Image{
 type ErrUnknownImage struct{ Image string }
 
 func (e ErrUnknownImage) Error() string {
-	return fmt.Sprintf("image %q has no mapping in the isthmus sandbox (pods run local programs, not image filesystems); known images: %s, and any image named isthmus or */isthmus",
+	return fmt.Sprintf("image %q is not one the sandbox runs as a program of this machine (%s)",
 		e.Image, strings.Join(KnownImages(), ", "))
 }
 
@@ -66,24 +68,16 @@ func repository(image string) string {
 	return strings.Join(parts, "/")
 }
 
-// Command returns the argv a container runs, following Kubernetes' rules for
-// command (replaces ENTRYPOINT) and args (replaces CMD). self is the path of
-// the isthmus binary.
-func Command(image string, command, args []string, self string) ([]string, error) {
-	repo := repository(image)
-	img, ok := images[repo]
-	if !ok && (strings.HasSuffix(repo, "/isthmus") || strings.HasPrefix(repo, "isthmus/")) {
-		img, ok = images["isthmus"], true
-	}
+// Command returns the host argv that stands in for a well-known public
+// image, following Kubernetes' rules for command and args.
+func Command(image string, command, args []string) ([]string, error) {
+	img, ok := images[repository(image)]
 	if !ok {
 		return nil, ErrUnknownImage{Image: image}
 	}
 	argv, err := Argv(img.Entrypoint, img.Cmd, command, args)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", image, err)
-	}
-	if argv[0] == "isthmus" || argv[0] == "/usr/local/bin/isthmus" {
-		argv[0] = self
 	}
 	return argv, nil
 }

@@ -59,8 +59,8 @@ type Config struct {
 	APIServiceIP string
 	// KubeletVersion is reported in the Node's status.
 	KubeletVersion string
-	// Self is the isthmus binary, for container helpers and the host
-	// programs that stand in for images the sandbox cannot pull.
+	// Self is the isthmus binary, which starts each container
+	// (`sandbox container-run`).
 	Self string
 	// ImageDir is the node's image store; empty runs every container as a
 	// host program (no registry).

@@ -93,7 +93,7 @@ func (c *ctr) resolveImage(ctx context.Context) (*runnable, error) {
 // hostProcess maps the image onto a program of this machine, saying so on
 // the pod; why is the pull's failure, if there was one.
 func (c *ctr) hostProcess(why string) (*runnable, error) {
-	argv, err := container.Command(c.spec.Image, c.spec.Command, c.spec.Args, c.w.a.cfg.Self)
+	argv, err := container.Command(c.spec.Image, c.spec.Command, c.spec.Args)
 	if err != nil {
 		return nil, err
 	}
