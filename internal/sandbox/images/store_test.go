@@ -184,3 +184,36 @@ func TestWhiteouts(t *testing.T) {
 		t.Errorf("whiteout of etc/gone: %v %v", fi, err)
 	}
 }
+
+// FuzzExtract feeds arbitrary layers to the unpacker: it may refuse them,
+// but never panics and never writes outside its directory.
+func FuzzExtract(f *testing.F) {
+	if os.Geteuid() != 0 {
+		f.Skip("unpacking owners and device nodes needs root")
+	}
+	var seed bytes.Buffer
+	tw := tar.NewWriter(&seed)
+	tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "etc/x", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
+	tw.Write([]byte("x"))
+	tw.WriteHeader(&tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/"})
+	tw.WriteHeader(&tar.Header{Name: "l/escaped", Typeflag: tar.TypeReg, Mode: 0o644})
+	tw.WriteHeader(&tar.Header{Name: "etc/.wh.x", Typeflag: tar.TypeReg})
+	tw.Close()
+	f.Add(seed.Bytes())
+	f.Fuzz(func(t *testing.T, layer []byte) {
+		parent := t.TempDir()
+		dir := filepath.Join(parent, "layer")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_ = extract(tar.NewReader(bytes.NewReader(layer)), dir)
+		entries, _ := os.ReadDir(parent)
+		if len(entries) != 1 {
+			t.Fatalf("wrote beside the layer: %v", entries)
+		}
+		if _, err := os.Stat("/escaped"); err == nil {
+			t.Fatal("wrote /escaped on the host")
+		}
+	})
+}
