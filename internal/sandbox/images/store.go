@@ -189,10 +189,27 @@ func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Pods pulling one image at once each write the record: rename makes
+	// every write whole.
 	if err := os.MkdirAll(filepath.Dir(s.refFile(ref)), 0o755); err != nil {
 		return nil, err
 	}
-	return out, os.WriteFile(s.refFile(ref), b, 0o644)
+	f, err := os.CreateTemp(filepath.Dir(s.refFile(ref)), ".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), s.refFile(ref))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return out, nil
 }
 
 func (s *Store) layerLock(key string) *sync.Mutex {

@@ -217,3 +217,38 @@ func FuzzExtract(f *testing.F) {
 		}
 	})
 }
+
+// Many containers pulling one image at once all get it, and the store's
+// record of the reference stays whole.
+func TestConcurrentPullsOfOneImage(t *testing.T) {
+	needRoot(t)
+	host := startRegistry(t, t.TempDir())
+	p := filepath.Join(t.TempDir(), "bin")
+	if err := os.WriteFile(p, []byte("isthmus"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := image.Build(image.Mesh("isthmus", "2.0", "2.0", "", map[string]string{"linux/" + runtime.GOARCH: p}, time.Unix(0, 0))[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := name.NewTag(host+"/isthmus/isthmus:2.0", name.Insecure)
+	if err := remote.WriteIndex(dst, idx); err != nil {
+		t.Fatal(err)
+	}
+	store := &Store{Dir: t.TempDir(), Mirrors: map[string]string{"docker.io": host}}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			_, _, err := store.Pull(context.Background(), "isthmus/isthmus:2.0", true, false)
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := store.cached("isthmus/isthmus:2.0"); err != nil {
+		t.Errorf("the record after concurrent pulls: %v", err)
+	}
+}
