@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -44,45 +43,17 @@ func (s *Sandbox) registry(self string) controlplane.Component {
 			Log:   filepath.Join(s.Layout.Dir, "logs", "registry.log"),
 			PID:   filepath.Join(s.Layout.Dir, "run", "registry.pid"),
 		},
-		Health: func(ctx context.Context) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			if err != nil {
-				return err
-			}
-			resp, err := client.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			_, _ = io.Copy(io.Discard, resp.Body)
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
-			}
-			return nil
-		},
+		Health: func(ctx context.Context) error { return controlplane.HTTPHealth(ctx, client, url, "") },
 	}
 }
 
 // upRegistry starts the registry unless it runs and answers.
 func (s *Sandbox) upRegistry(ctx context.Context, self string) error {
-	comp := s.registry(self)
-	if _, alive := process.Alive(comp.Spec.PID); alive {
-		if err := waitHealthy(ctx, comp, startTimeout); err == nil {
-			return nil
-		}
-		return fmt.Errorf("the registry runs but does not answer (log: %s)", comp.Spec.Log)
+	running, err := ensureRunning(ctx, network.InternetNS, s.registry(self))
+	if err == nil && !running {
+		s.say("registry ready at %s (docker.io's mirror for the nodes)", RegistryAddr)
 	}
-	if err := network.CheckPort(network.InternetNS, int(RegistryAddr.Port())); err != nil {
-		return fmt.Errorf("cannot start the registry: %w", err)
-	}
-	if _, err := process.Start(comp.Spec); err != nil {
-		return err
-	}
-	if err := waitHealthy(ctx, comp, startTimeout); err != nil {
-		return fmt.Errorf("the registry did not become healthy: %w; its log is %s", err, comp.Spec.Log)
-	}
-	s.say("registry ready at %s (docker.io's mirror for the nodes)", RegistryAddr)
-	return nil
+	return err
 }
 
 // Loaded is one image pushed into the sandbox's registry.

@@ -180,31 +180,45 @@ func (s *Sandbox) upCluster(ctx context.Context, c *controlplane.Cluster) error 
 		return fmt.Errorf("%s: %w", c.Name, err)
 	}
 	for _, comp := range c.Components() {
-		if _, alive := process.Alive(comp.Spec.PID); alive {
-			if err := waitHealthy(ctx, comp, startTimeout); err != nil {
-				return fmt.Errorf("%s: %s is running but unhealthy: %w (log: %s)", c.Name, comp.Name, err, comp.Spec.Log)
-			}
-			s.say("%s: %s already running", c.Name, comp.Name)
-			continue
-		}
-		for _, port := range comp.Ports {
-			if err := network.CheckPort(c.NS, port); err != nil {
-				return fmt.Errorf("%s: cannot start %s: %w", c.Name, comp.Name, err)
-			}
-		}
-		if _, err := process.Start(comp.Spec); err != nil {
+		running, err := ensureRunning(ctx, c.NS, comp)
+		if err != nil {
 			return fmt.Errorf("%s: %w", c.Name, err)
 		}
-		if err := waitHealthy(ctx, comp, startTimeout); err != nil {
-			return fmt.Errorf("%s: %s did not become healthy within %s: %w; its log is %s", c.Name, comp.Name, startTimeout, err, comp.Spec.Log)
+		if running {
+			s.say("%s: %s already running", c.Name, comp.Name)
+		} else {
+			s.say("%s: %s ready (%s)", c.Name, comp.Name, time.Since(start).Round(100*time.Millisecond))
 		}
-		s.say("%s: %s ready (%s)", c.Name, comp.Name, time.Since(start).Round(100*time.Millisecond))
 	}
 	if err := waitControllers(ctx, c); err != nil {
 		return fmt.Errorf("%s: %w (logs in %s/logs)", c.Name, err, c.Dir)
 	}
 	s.say("%s: ready at %s (%s)", c.Name, c.APIServerURL(), time.Since(start).Round(100*time.Millisecond))
 	return nil
+}
+
+// ensureRunning starts a component in network namespace ns unless it runs
+// already; either way it returns once the component answers. running says
+// it was up before.
+func ensureRunning(ctx context.Context, ns string, comp controlplane.Component) (running bool, err error) {
+	if _, alive := process.Alive(comp.Spec.PID); alive {
+		if err := waitHealthy(ctx, comp, startTimeout); err != nil {
+			return true, fmt.Errorf("%s is running but unhealthy: %w (log: %s)", comp.Name, err, comp.Spec.Log)
+		}
+		return true, nil
+	}
+	for _, port := range comp.Ports {
+		if err := network.CheckPort(ns, port); err != nil {
+			return false, fmt.Errorf("cannot start %s: %w", comp.Name, err)
+		}
+	}
+	if _, err := process.Start(comp.Spec); err != nil {
+		return false, err
+	}
+	if err := waitHealthy(ctx, comp, startTimeout); err != nil {
+		return false, fmt.Errorf("%s did not become healthy within %s: %w; its log is %s", comp.Name, startTimeout, err, comp.Spec.Log)
+	}
+	return false, nil
 }
 
 func waitHealthy(ctx context.Context, comp controlplane.Component, timeout time.Duration) error {
@@ -353,37 +367,30 @@ func (s *Sandbox) status(ctx context.Context, probe bool) []ComponentStatus {
 	var out []ComponentStatus
 	for i, c := range s.clusters(kubebin.Set{}) {
 		for _, comp := range c.Components() {
-			st := ComponentStatus{Cluster: c.Name, Network: s.Config.Clusters[i].Network, Component: comp.Name}
-			st.PID, st.Running = process.Alive(comp.Spec.PID)
-			switch {
-			case !st.Running:
-				st.Detail = "not running"
-				st.PID = 0
-			case probe:
-				hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-				if err := comp.Health(hctx); err != nil {
-					st.Detail = err.Error()
-				} else {
-					st.Healthy = true
-				}
-				cancel()
-			}
-			out = append(out, st)
+			out = append(out, componentStatus(ctx, c.Name, s.Config.Clusters[i].Network, comp, probe))
 		}
 	}
 	self, _ := os.Executable()
-	reg := s.registry(self)
-	st := ComponentStatus{Cluster: "(sandbox)", Network: "internet", Component: reg.Name}
-	if st.PID, st.Running = process.Alive(reg.Spec.PID); !st.Running {
-		st.PID, st.Detail = 0, "not running"
-	} else if probe {
+	return append(out, componentStatus(ctx, "(sandbox)", "internet", s.registry(self), probe))
+}
+
+// componentStatus is one row: whether the process runs and, when probe
+// is set, whether it answers.
+func componentStatus(ctx context.Context, cluster, net string, comp controlplane.Component, probe bool) ComponentStatus {
+	st := ComponentStatus{Cluster: cluster, Network: net, Component: comp.Name}
+	st.PID, st.Running = process.Alive(comp.Spec.PID)
+	switch {
+	case !st.Running:
+		st.Detail = "not running"
+		st.PID = 0
+	case probe:
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		if err := reg.Health(hctx); err != nil {
+		if err := comp.Health(hctx); err != nil {
 			st.Detail = err.Error()
 		} else {
 			st.Healthy = true
 		}
 		cancel()
 	}
-	return append(out, st)
+	return st
 }

@@ -191,7 +191,7 @@ func (c *Cluster) inNodeHealth(url, want string) func(ctx context.Context) error
 			DisableKeepAlives: true,
 		},
 	}
-	return func(ctx context.Context) error { return get(ctx, client, url, want) }
+	return func(ctx context.Context) error { return HTTPHealth(ctx, client, url, want) }
 }
 
 // apiHealth checks /readyz on the published address, as a user would reach it.
@@ -213,10 +213,12 @@ func (c *Cluster) apiHealth(ctx context.Context) error {
 			DisableKeepAlives: true,
 		},
 	}
-	return get(ctx, client, c.APIServerURL()+"/readyz", "ok")
+	return HTTPHealth(ctx, client, c.APIServerURL()+"/readyz", "ok")
 }
 
-func get(ctx context.Context, client *http.Client, url, want string) error {
+// HTTPHealth GETs url and wants 200 with want in the body (any body when
+// want is empty).
+func HTTPHealth(ctx context.Context, client *http.Client, url, want string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
