@@ -169,10 +169,10 @@ func (c Config) Rules() string {
 	return b.String()
 }
 
-// jumps hook Istio's chains into the built-in ones.
-var jumps = [][]string{
-	{"PREROUTING", "-p", "tcp", "-j", chainInbound},
-	{"OUTPUT", "-p", "tcp", "-j", chainOutput},
+// hooks jump from the built-in chains into Istio's.
+var hooks = []rule{
+	{chain: "PREROUTING", tcp: true, target: chainInbound},
+	{chain: "OUTPUT", tcp: true, target: chainOutput},
 }
 
 // Apply installs the rules in the current network namespace: with
@@ -186,7 +186,8 @@ func (c Config) Apply() error {
 	if err := run(strings.NewReader(c.Rules()), "iptables-restore", "--noflush", "--wait"); err != nil {
 		return err
 	}
-	for _, j := range jumps {
+	for _, h := range hooks {
+		j := strings.Fields(h.String())[1:] // without "-A"
 		check := append([]string{"-t", "nat", "--wait", "-C"}, j...)
 		if run(nil, "iptables", check...) == nil {
 			continue

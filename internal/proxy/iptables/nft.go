@@ -41,23 +41,15 @@ func (c Config) applyNFT() error {
 	for _, name := range chains {
 		byName[name] = conn.AddChain(&nftables.Chain{Name: name, Table: table})
 	}
-	// The base chains hook Istio's chains in, as the jumps do for iptables.
-	tcp := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-	}
-	for _, hook := range []struct {
-		name, to string
-		hook     *nftables.ChainHook
-	}{{"PREROUTING", chainInbound, nftables.ChainHookPrerouting}, {"OUTPUT", chainOutput, nftables.ChainHookOutput}} {
-		base := conn.AddChain(&nftables.Chain{
-			Name: hook.name, Table: table, Type: nftables.ChainTypeNAT,
-			Hooknum: hook.hook, Priority: nftables.ChainPriorityNATDest,
+	// Base chains of the built-in chains' names, hooked where they are,
+	// carry the same hooks as iptables' jumps.
+	for name, hook := range map[string]*nftables.ChainHook{"PREROUTING": nftables.ChainHookPrerouting, "OUTPUT": nftables.ChainHookOutput} {
+		byName[name] = conn.AddChain(&nftables.Chain{
+			Name: name, Table: table, Type: nftables.ChainTypeNAT,
+			Hooknum: hook, Priority: nftables.ChainPriorityNATDest,
 		})
-		conn.AddRule(&nftables.Rule{Table: table, Chain: base, Exprs: append(append([]expr.Any{}, tcp...),
-			&expr.Verdict{Kind: expr.VerdictJump, Chain: hook.to})})
 	}
-	for _, r := range rules {
+	for _, r := range append(hooks, rules...) {
 		exprs, err := r.nft()
 		if err != nil {
 			return fmt.Errorf("rule %q: %w", r.String(), err)
