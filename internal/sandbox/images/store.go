@@ -36,8 +36,6 @@ type Store struct {
 	// serves it; registries not listed are pulled from directly, over plain
 	// HTTP only if they are a mirror themselves.
 	Mirrors map[string]string
-	// Platform is the image to pick from an index (default linux/GOARCH).
-	Platform v1.Platform
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex // per layer digest
@@ -62,15 +60,8 @@ type Image struct {
 // "not found" pull failure).
 var ErrNotFound = errors.New("not found")
 
-// ErrNeverPull is returned for imagePullPolicy Never and an image not present.
-var ErrNeverPull = errors.New("image not present with pull policy of Never")
-
-func (s *Store) platform() v1.Platform {
-	if s.Platform.OS == "" {
-		return v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
-	}
-	return s.Platform
-}
+// ErrNotPresent is wrapped by Present for an image not pulled before.
+var ErrNotPresent = errors.New("not present")
 
 // registryName is the reference's registry as containerd names it
 // (docker.io, not index.docker.io).
@@ -106,28 +97,18 @@ func (s *Store) resolve(ref string) (name.Reference, error) {
 	return name.NewTag(host+"/"+repo+":"+r.Identifier(), name.Insecure)
 }
 
-// refFile records what a reference resolved to, for IfNotPresent and Never.
+// refFile records what a reference resolved to, for Present.
 func (s *Store) refFile(ref string) string {
 	return filepath.Join(s.Dir, "refs", strings.NewReplacer("/", "_", ":", "_", "@", "_").Replace(ref)+".json")
 }
 
-// Pull returns the image, from the registry or, when policy allows and it
-// was pulled before, from the store. pulled says whether the registry was asked.
-func (s *Store) Pull(ctx context.Context, ref string, always, never bool) (img *Image, pulled bool, err error) {
-	if !always {
-		if img, err := s.cached(ref); err == nil {
-			return img, false, nil
-		}
-		if never {
-			return nil, false, ErrNeverPull
-		}
-	}
-	img, err = s.pull(ctx, ref)
-	return img, true, err
-}
-
-func (s *Store) cached(ref string) (*Image, error) {
+// Present is the image as the reference was last pulled, if its layers are
+// still unpacked (imagePullPolicy IfNotPresent and Never ask this first).
+func (s *Store) Present(ref string) (*Image, error) {
 	b, err := os.ReadFile(s.refFile(ref))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", ref, ErrNotPresent)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -137,18 +118,20 @@ func (s *Store) cached(ref string) (*Image, error) {
 	}
 	for _, l := range img.Layers {
 		if _, err := os.Stat(l); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w (layer %s is gone)", ref, ErrNotPresent, l)
 		}
 	}
 	return &img, nil
 }
 
-func (s *Store) pull(ctx context.Context, ref string) (*Image, error) {
+// Pull asks the registry (or its mirror) for the reference, picks the
+// node's platform and unpacks what is not unpacked yet.
+func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
 	r, err := s.resolve(ref)
 	if err != nil {
 		return nil, err
 	}
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithPlatform(s.platform()),
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}),
 		remote.WithTransport(&http.Transport{ResponseHeaderTimeout: 30 * time.Second})}
 	desc, err := remote.Get(r, opts...)
 	if err != nil {

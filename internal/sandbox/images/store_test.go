@@ -71,9 +71,12 @@ func TestPullThroughMirrorAcrossRegistryRestart(t *testing.T) {
 	want, _ := idx.Digest()
 
 	store := &Store{Dir: t.TempDir(), Mirrors: map[string]string{"docker.io": host}}
-	img, pulled, err := store.Pull(context.Background(), "isthmus/isthmus:1.0", false, false)
-	if err != nil || !pulled {
-		t.Fatalf("pull: %v (pulled %v)", err, pulled)
+	if _, err := store.Present("isthmus/isthmus:1.0"); !errors.Is(err, ErrNotPresent) {
+		t.Fatalf("before any pull: %v", err)
+	}
+	img, err := store.Pull(context.Background(), "isthmus/isthmus:1.0")
+	if err != nil {
+		t.Fatalf("pull: %v", err)
 	}
 	if img.ID != "docker.io/isthmus/isthmus@"+want.String() {
 		t.Errorf("image ID %s, want the index digest %s", img.ID, want)
@@ -89,22 +92,22 @@ func TestPullThroughMirrorAcrossRegistryRestart(t *testing.T) {
 		t.Errorf("etc/istio/proxy: %v", err)
 	}
 
-	// IfNotPresent: no second pull.
-	if _, pulled, err := store.Pull(context.Background(), "isthmus/isthmus:1.0", false, false); err != nil || pulled {
-		t.Errorf("second pull: %v (pulled %v)", err, pulled)
+	// IfNotPresent: present after the pull, without asking the registry.
+	if got, err := store.Present("isthmus/isthmus:1.0"); err != nil || got.ID != img.ID {
+		t.Errorf("present after the pull: %v %v", got, err)
 	}
 	// Never, and not present.
-	if _, _, err := store.Pull(context.Background(), "isthmus/other:1.0", false, true); !errors.Is(err, ErrNeverPull) {
-		t.Errorf("never: %v", err)
+	if _, err := store.Present("isthmus/other:1.0"); !errors.Is(err, ErrNotPresent) {
+		t.Errorf("never pulled: %v", err)
 	}
 	// Missing image: not found, as the kubelet reports it.
-	if _, _, err := store.Pull(context.Background(), "curlimages/curl:8.1", true, false); !errors.Is(err, ErrNotFound) {
+	if _, err := store.Pull(context.Background(), "curlimages/curl:8.1"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing image: %v", err)
 	}
 
 	restarted := startRegistry(t, regDir)
 	store2 := &Store{Dir: t.TempDir(), Mirrors: map[string]string{"docker.io": restarted}}
-	img2, _, err := store2.Pull(context.Background(), "isthmus/isthmus:1.0", true, false)
+	img2, err := store2.Pull(context.Background(), "isthmus/isthmus:1.0")
 	if err != nil {
 		t.Fatalf("pull from the restarted registry: %v", err)
 	}
@@ -239,7 +242,7 @@ func TestConcurrentPullsOfOneImage(t *testing.T) {
 	errs := make(chan error, 8)
 	for range 8 {
 		go func() {
-			_, _, err := store.Pull(context.Background(), "isthmus/isthmus:2.0", true, false)
+			_, err := store.Pull(context.Background(), "isthmus/isthmus:2.0")
 			errs <- err
 		}()
 	}
@@ -248,7 +251,7 @@ func TestConcurrentPullsOfOneImage(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if _, err := store.cached("isthmus/isthmus:2.0"); err != nil {
+	if _, err := store.Present("isthmus/isthmus:2.0"); err != nil {
 		t.Errorf("the record after concurrent pulls: %v", err)
 	}
 }

@@ -39,22 +39,24 @@ func (c *ctr) resolveImage(ctx context.Context) (*runnable, error) {
 	if a.images == nil {
 		return c.hostProcess("")
 	}
-	if always {
-		a.event(pod, corev1.EventTypeNormal, "Pulling", fmt.Sprintf("Pulling image %q", ref))
+	var img *images.Image
+	if !always {
+		img, _ = a.images.Present(ref)
 	}
-	start := time.Now()
-	img, pulled, err := a.images.Pull(ctx, ref, always, never)
-	if err != nil && !always && !errors.Is(err, images.ErrNeverPull) {
-		// Pulled only now: say so first, as the kubelet does.
-		a.event(pod, corev1.EventTypeNormal, "Pulling", fmt.Sprintf("Pulling image %q", ref))
-	}
-	switch {
-	case errors.Is(err, images.ErrNeverPull):
+	if img == nil && never {
 		msg := fmt.Sprintf("Container image %q is not present with pull policy of Never", ref)
 		a.event(pod, corev1.EventTypeWarning, "ErrImageNeverPull", msg)
 		c.setWaiting("ErrImageNeverPull", msg)
-		return nil, err
-	case err != nil:
+		return nil, errors.New(msg)
+	}
+	pulled := img == nil
+	var err error
+	start := time.Now()
+	if pulled {
+		a.event(pod, corev1.EventTypeNormal, "Pulling", fmt.Sprintf("Pulling image %q", ref))
+		img, err = a.images.Pull(ctx, ref)
+	}
+	if err != nil {
 		if p, herr := c.hostProcess(err.Error()); herr == nil {
 			return p, nil
 		}
