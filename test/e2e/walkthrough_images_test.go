@@ -11,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/image"
 )
 
 // builtDigests reads make image's digests.txt: repository -> index digest.
@@ -52,13 +54,8 @@ func imagesArea(t *testing.T, w *walkthrough) {
 				for _, p := range pods.Items {
 					statuses := append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
 					for _, s := range statuses {
-						repo := ""
-						for r := range digests {
-							if strings.HasPrefix(s.Image, r+":") || s.Image == strings.TrimPrefix(r, "docker.io/") || strings.HasPrefix(s.Image, strings.TrimPrefix(r, "docker.io/")+":") {
-								repo = r
-							}
-						}
-						if repo == "" {
+						repo, _, _ := strings.Cut(image.FullName(s.Image), ":")
+						if _, built := digests[repo]; !built {
 							continue // sleep's curl: a public image, run from the host
 						}
 						where := cluster + " " + ns + "/" + p.Name + " " + s.Name
