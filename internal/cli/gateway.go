@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,9 +19,11 @@ func newGatewayCmd() *cobra.Command {
 		Use:   "address",
 		Short: "Print the east-west gateway's external address (remotePilotAddress for a remote)",
 		Long: `Print the address a cluster's east-west gateway is reached at from other
-networks: its LoadBalancer IP, or the IPs its LoadBalancer hostname resolves to
-(what the walkthrough copies into remotePilotAddress). Waits up to --wait for
-the load balancer to be provisioned.`,
+networks, what the walkthrough copies into remotePilotAddress: its LoadBalancer
+IP (AKS, GKE), or its LoadBalancer's DNS name where the cloud gives one (EKS).
+Give the name as it is: the addresses behind an EKS load balancer change, and
+the primary's control plane keeps the remote's istiod endpoints at what the
+name resolves to. Waits up to --wait for the load balancer to be provisioned.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rc, err := restConfig(kubeconfig, kubeContext)
@@ -48,13 +49,7 @@ the load balancer to be provisioned.`,
 							return nil
 						}
 						if ing.Hostname != "" {
-							ips, err := net.DefaultResolver.LookupHost(ctx, ing.Hostname)
-							if err != nil {
-								return fmt.Errorf("gateway hostname %s: %w", ing.Hostname, err)
-							}
-							for _, ip := range ips {
-								fmt.Fprintln(cmd.OutOrStdout(), ip)
-							}
+							fmt.Fprintln(cmd.OutOrStdout(), ing.Hostname)
 							return nil
 						}
 					}

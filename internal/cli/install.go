@@ -72,6 +72,12 @@ the reader account create-remote-secret uses) and empty (only what the file
 turns on, such as an east-west gateway). Every profile but empty also installs
 Istio's CRDs.
 
+remotePilotAddress is the primary's east-west gateway: an IP, or a load
+balancer's DNS name (EKS). For a name, the primary's control plane resolves it
+every 30 s and rewrites the remote's istiod endpoints (the reader account may
+update that one EndpointSlice), so the remote follows the load balancer's
+addresses as they change.
+
 Read: meshConfig; values.global.meshID, multiCluster.clusterName, network,
 remotePilotAddress, proxy.privileged, hub, tag, meshNetworks;
 values.istiodRemote.injectionPath (or injectionURL);
@@ -85,7 +91,7 @@ Objects are applied with server-side apply (field manager isthmus-installer),
 so running it again is safe; it waits until each component is ready.`,
 		Example: `  isthmus install -f cluster-eks-primary.yaml --context cluster-eks -y
   isthmus install -f east-west-gateway-cluster-eks.yaml --context cluster-eks -y
-  isthmus install -f cluster-aks-remote.yaml --set values.global.remotePilotAddress=198.18.1.10 --context cluster-aks`,
+  isthmus install -f cluster-aks-remote.yaml --set values.global.remotePilotAddress=$(isthmus gateway address --context cluster-eks) --context cluster-aks`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, parts, err := f.render(cmd.ErrOrStderr())

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -41,6 +42,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/remoteistiod"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/secretaccess"
@@ -236,14 +238,17 @@ func clusters(cfg Config, mesh *meshconfig.Mesh, reg *registry.Registry, authori
 	root := func() []byte { return authority.Current().RootPEM() }
 	newCluster := func(id string, client, reviews kubernetes.Interface, network string) *meshCluster {
 		roots := rootcert.New(client, id, root, cfg.Log)
+		var follower *remoteistiod.Follower
 		if id != cfg.ClusterID {
 			// A remote is written to only when it names this cluster.
 			roots.Lead, roots.SystemNamespace = cfg.ClusterID, cfg.Namespace
+			follower = &remoteistiod.Follower{Client: client, Cluster: id, Namespace: cfg.Namespace, Log: cfg.Log,
+				Managed: func(ns *corev1.Namespace) bool { return rootcert.Manages(ns, cfg.ClusterID) }}
 		}
 		return &meshCluster{
 			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
 				DefaultNetwork: network, Domain: cfg.Domain, Registry: reg, Log: cfg.Log}),
-			id: id, reviews: reviews, members: running, roots: roots,
+			id: id, reviews: reviews, members: running, roots: roots, follower: follower,
 		}
 	}
 	reviews := cfg.Reviews

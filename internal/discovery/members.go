@@ -7,6 +7,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/remoteistiod"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 )
@@ -64,6 +65,9 @@ type meshCluster struct {
 	reviews kubernetes.Interface
 	members *members
 	roots   *rootcert.Publisher
+	// follower, for a remote, keeps its istiod endpoints at its
+	// remotePilotAddress when that is a DNS name.
+	follower *remoteistiod.Follower
 }
 
 func (c *meshCluster) Run(ctx context.Context) error {
@@ -81,5 +85,8 @@ func (c *meshCluster) Run(ctx context.Context) error {
 	g, _ := rungroup.New(ctx)
 	g.Go("cluster "+c.id+" registry", c.Controller.Run)
 	g.Go("cluster "+c.id+" root certificates", c.roots.Run)
+	if c.follower != nil {
+		g.Go("cluster "+c.id+" istiod endpoints", c.follower.Run)
+	}
 	return g.Wait()
 }

@@ -121,6 +121,29 @@ func TestSeedFilesRender(t *testing.T) {
 	if s := toString(objs["EndpointSlice istio-system/istiod"].Object); !strings.Contains(s, "198.18.1.10") || !strings.Contains(s, "15017") {
 		t.Errorf("istiod endpoints: %s", s)
 	}
+	if objs["Role istio-system/istio-reader-istiod-endpoints"] != nil {
+		t.Error("with an IP remotePilotAddress the primary needs no right to rewrite the remote's istiod endpoints")
+	}
+
+	// A load balancer's DNS name (EKS): the slice carries the name and no
+	// endpoints (the primary's control plane writes them), and the reader
+	// account may update that one slice.
+	byName := objects(t, load(t, []string{"values.global.remotePilotAddress=a1b2-eks.elb.example.com"}, "cluster-aks-remote.yaml"))
+	slice := byName["EndpointSlice istio-system/istiod"]
+	if _, has := slice.Object["endpoints"]; has || slice.GetAnnotations()["isthmus.io/remote-pilot-address"] != "a1b2-eks.elb.example.com" {
+		t.Errorf("istiod endpoints for a DNS name: %s", toString(slice.Object))
+	}
+	role := byName["Role istio-system/istio-reader-istiod-endpoints"]
+	binding := byName["RoleBinding istio-system/istio-reader-istiod-endpoints"]
+	if role == nil || binding == nil {
+		t.Fatalf("no Role and RoleBinding letting the primary follow the name: %v", byName)
+	}
+	if s := toString(role.Object["rules"]); s != `[{"apiGroups":["discovery.k8s.io"],"resourceNames":["istiod"],"resources":["endpointslices"],"verbs":["update","patch"]}]` {
+		t.Errorf("the Role grants %s", s)
+	}
+	if s := toString(binding.Object["subjects"]); !strings.Contains(s, "istio-reader-service-account") {
+		t.Errorf("the RoleBinding binds %s", s)
+	}
 	hooks, _, _ := unstructured.NestedSlice(objs["MutatingWebhookConfiguration istio-sidecar-injector"].Object, "webhooks")
 	if s := toString(hooks); !strings.Contains(s, `"path":"/inject/cluster/cluster-aks/net/network2"`) || !strings.Contains(s, `"name":"istiod"`) || strings.Contains(s, "caBundle") {
 		t.Errorf("remote webhook: %s", s)
@@ -158,7 +181,7 @@ func TestBadInput(t *testing.T) {
 		{head + "spec:\n  components:\n    ingressGateways:\n    - name: gw\n      enabled: maybe\n", "spec.components.ingressGateways[0].enabled: want true or false"},
 		{head + "spec:\n  values:\n    global:\n      meshID: [a]\n", "spec.values.global.meshID: want a string"},
 		{head + "spec:\n  profile: remote\n", "needs spec.values.global.remotePilotAddress"},
-		{head + "spec:\n  profile: remote\n  values:\n    global:\n      remotePilotAddress: gw.example.com\n", "want an IP address"},
+		{head + "spec:\n  profile: remote\n  values:\n    global:\n      remotePilotAddress: https://gw.example.com:15012\n", "want an IP address or a DNS name"},
 		{head + "spec:\n  profile: demo\n", `spec.profile "demo": isthmus knows the profiles default, empty, minimal, remote`},
 		{"apiVersion: v1\nkind: ConfigMap\n", "want install.istio.io/v1alpha1"},
 		{head + "spec:\n  values:\n    global:\n      multiCluster: {clusterName: Cluster_EKS}\n", "clusterName \"Cluster_EKS\""},

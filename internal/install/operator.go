@@ -288,10 +288,10 @@ func (l *Loaded) validate() error {
 	remote := l.enabled("istiodRemote")
 	if a := s.Values.Global.RemotePilotAddress; remote && s.Values.IstiodRemote.InjectionURL == "" {
 		if a == "" || strings.Contains(a, "<") {
-			return fmt.Errorf("profile %s needs spec.values.global.remotePilotAddress: the IP address of the primary cluster's east-west gateway (print it with `isthmus gateway address --context PRIMARY`)", p)
+			return fmt.Errorf("profile %s needs spec.values.global.remotePilotAddress: the address of the primary cluster's east-west gateway, an IP or the load balancer's DNS name (print it with `isthmus gateway address --context PRIMARY`)", p)
 		}
-		if net.ParseIP(a) == nil {
-			return fmt.Errorf("spec.values.global.remotePilotAddress %q: want an IP address (resolve the gateway's hostname and give its IP, as the remote's istiod endpoint is an IP)", a)
+		if net.ParseIP(a) == nil && len(validation.IsDNS1123Subdomain(a)) > 0 {
+			return fmt.Errorf("spec.values.global.remotePilotAddress %q: want an IP address or a DNS name such as the load balancer's hostname (no scheme, no port)", a)
 		}
 	} else if a != "" && !remote {
 		l.Warnings = append(l.Warnings, "spec.values.global.remotePilotAddress is used only by the remote profile (istiodRemote); ignored here")

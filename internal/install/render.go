@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/isthmus-mesh/isthmus/internal/discovery/remoteistiod"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 	"github.com/isthmus-mesh/isthmus/internal/version"
@@ -113,6 +114,11 @@ func (r *renderer) unstructured(o runtime.Object) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: m}
 	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
 	unstructured.RemoveNestedField(u.Object, "status")
+	if v, ok := u.Object["endpoints"]; ok && v == nil {
+		// An EndpointSlice whose endpoints someone else writes: applying
+		// null would claim the field and clear it on every install.
+		delete(u.Object, "endpoints")
+	}
 	if spec, ok := u.Object["spec"].(map[string]any); ok {
 		if tmpl, ok := spec["template"].(map[string]any); ok {
 			unstructured.RemoveNestedField(tmpl, "metadata", "creationTimestamp")
@@ -327,7 +333,10 @@ func (r *renderer) injector(cc admissionv1.WebhookClientConfig) *admissionv1.Mut
 // remote: a cluster whose control plane is elsewhere. Its istiod Service
 // has no pods: the EndpointSlice points at remotePilotAddress (the
 // primary's east-west gateway), so sidecars reach istiod.istio-system.svc
-// and the API server reaches the webhook through it, as in Istio.
+// and the API server reaches the webhook through it, as in Istio. A DNS
+// name is followed by the primary's control plane (package remoteistiod)
+// where Istio would render an ExternalName Service, which the API server
+// cannot call the webhook through.
 func (r *renderer) remote() []runtime.Object {
 	l, ns := r.l, r.ns
 	g := l.Spec.Values.Global
@@ -342,9 +351,25 @@ func (r *renderer) remote() []runtime.Object {
 			}
 		}
 		cc = admissionv1.WebhookClientConfig{Service: &admissionv1.ServiceReference{Name: "istiod", Namespace: ns, Port: ptr.To[int32](443), Path: ptr.To(path)}}
-		family := discoveryv1.AddressTypeIPv4
-		if net.ParseIP(g.RemotePilotAddress).To4() == nil {
-			family = discoveryv1.AddressTypeIPv6
+		slice := &discoveryv1.EndpointSlice{TypeMeta: typeMeta("EndpointSlice", "discovery.k8s.io/v1"),
+			ObjectMeta:  metav1.ObjectMeta{Name: "istiod", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "istiod"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports: []discoveryv1.EndpointPort{{Name: ptr.To("tcp-istiod"), Port: ptr.To[int32](15012), Protocol: ptr.To(corev1.ProtocolTCP)},
+				{Name: ptr.To("tcp-webhook"), Port: ptr.To[int32](15017), Protocol: ptr.To(corev1.ProtocolTCP)}}}
+		var follow []runtime.Object
+		if ip := net.ParseIP(g.RemotePilotAddress); ip != nil {
+			if ip.To4() == nil {
+				slice.AddressType = discoveryv1.AddressTypeIPv6
+			}
+			slice.Endpoints = []discoveryv1.Endpoint{{Addresses: []string{g.RemotePilotAddress}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}}
+		} else {
+			// A DNS name: the primary's control plane writes the endpoints
+			// (remoteistiod), so the installer leaves them out of what it
+			// applies and owns.
+			slice.Annotations = map[string]string{remoteistiod.AnnotationAddress: g.RemotePilotAddress}
+			slice.Labels[discoveryv1.LabelManagedBy] = remoteistiod.ManagedBy
+			role, binding := remoteistiod.Role(ns, remotesecret.ReaderServiceAccount)
+			follow = append(follow, role, binding)
 		}
 		objs = append(objs,
 			&corev1.Service{TypeMeta: typeMeta("Service", "v1"), ObjectMeta: metav1.ObjectMeta{Name: "istiod", Namespace: ns, Labels: map[string]string{"app": "istiod", "istio": "pilot"}},
@@ -352,13 +377,9 @@ func (r *renderer) remote() []runtime.Object {
 					{Name: "tcp-istiod", Port: 15012, TargetPort: intstr.FromInt32(15012), Protocol: corev1.ProtocolTCP},
 					{Name: "tcp-webhook", Port: 443, TargetPort: intstr.FromInt32(15017), Protocol: corev1.ProtocolTCP},
 				}}},
-			&discoveryv1.EndpointSlice{TypeMeta: typeMeta("EndpointSlice", "discovery.k8s.io/v1"),
-				ObjectMeta:  metav1.ObjectMeta{Name: "istiod", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "istiod"}},
-				AddressType: family,
-				Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{g.RemotePilotAddress}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
-				Ports: []discoveryv1.EndpointPort{{Name: ptr.To("tcp-istiod"), Port: ptr.To[int32](15012), Protocol: ptr.To(corev1.ProtocolTCP)},
-					{Name: ptr.To("tcp-webhook"), Port: ptr.To[int32](15017), Protocol: ptr.To(corev1.ProtocolTCP)}}},
+			slice,
 		)
+		objs = append(objs, follow...)
 	}
 	return append(objs, r.injector(cc))
 }

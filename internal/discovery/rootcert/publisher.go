@@ -188,19 +188,25 @@ func (p *Publisher) Resync() {
 // clusters whose control planes manage it (Istio's annotation).
 const AnnotationControlPlaneClusters = "topology.istio.io/controlPlaneClusters"
 
+// Manages reports whether a remote's system namespace names the cluster
+// lead (or "*") in AnnotationControlPlaneClusters: only then does lead's
+// control plane write to the remote.
+func Manages(systemNamespace *corev1.Namespace, lead string) bool {
+	for _, c := range strings.Split(systemNamespace.Annotations[AnnotationControlPlaneClusters], ",") {
+		if c = strings.TrimSpace(c); c == "*" || c == lead {
+			return true
+		}
+	}
+	return false
+}
+
 // managed tells whether this control plane may write to the cluster.
 func (p *Publisher) managed() bool {
 	if p.Lead == "" {
 		return true
 	}
-	ok := false
-	if ns, err := p.namespaces.Get(p.SystemNamespace); err == nil {
-		for _, c := range strings.Split(ns.Annotations[AnnotationControlPlaneClusters], ",") {
-			if c = strings.TrimSpace(c); c == "*" || c == p.Lead {
-				ok = true
-			}
-		}
-	}
+	ns, err := p.namespaces.Get(p.SystemNamespace)
+	ok := err == nil && Manages(ns, p.Lead)
 	p.managedMu.Lock()
 	defer p.managedMu.Unlock()
 	if p.wasManaged == nil || *p.wasManaged != ok {
