@@ -84,7 +84,8 @@ values.istiodRemote.injectionPath (or injectionURL);
 values.gateways.istio-ingressgateway.injectionTemplate, serviceAnnotations, type;
 components.base/pilot/istiodRemote.enabled, components.pilot.k8s.env;
 components.ingressGateways[] (name, namespace, enabled, label, k8s.env,
-k8s.replicaCount, k8s.podAnnotations, k8s.serviceAnnotations, k8s.service).
+k8s.replicaCount, k8s.podAnnotations, k8s.serviceAnnotations, k8s.service: type,
+ports, loadBalancerSourceRanges, externalTrafficPolicy).
 Any other field is named in a warning and ignored; a wrong type is an error.
 
 Objects are applied with server-side apply (field manager isthmus-installer),

@@ -97,6 +97,23 @@ func TestSeedFilesRender(t *testing.T) {
 	if typ, _, _ := unstructured.NestedString(svc.Object, "spec", "type"); typ != "LoadBalancer" {
 		t.Errorf("service type %s", typ)
 	}
+	if _, has := svc.Object["spec"].(map[string]any)["loadBalancerSourceRanges"]; has {
+		t.Errorf("source ranges nobody asked for: %v", svc.Object["spec"])
+	}
+	// Who may reach the gateway: the cloud turns the ranges into firewall rules.
+	seed, err := os.ReadFile(filepath.Join(examples, "east-west-gateway-cluster-eks.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fenced, err := Load([]string{writeFile(t, strings.Replace(string(seed), "          service:\n",
+		"          service:\n            loadBalancerSourceRanges: [198.18.2.1/32]\n            externalTrafficPolicy: Local\n", 1))}, nil)
+	if err != nil || len(fenced.Warnings) > 0 {
+		t.Fatalf("%v %v", err, fenced.Warnings)
+	}
+	spec := objects(t, fenced)["Service istio-system/istio-eastwestgateway"].Object["spec"].(map[string]any)
+	if s := toString(spec); !strings.Contains(s, `"loadBalancerSourceRanges":["198.18.2.1/32"]`) || !strings.Contains(s, `"externalTrafficPolicy":"Local"`) || !strings.Contains(s, "15443") {
+		t.Errorf("gateway Service spec: %s", s)
+	}
 	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
 	if len(ports) != 4 || !strings.Contains(toString(ports), "15443") {
 		t.Errorf("ports %v", ports)
@@ -153,14 +170,18 @@ func TestSeedFilesRender(t *testing.T) {
 // toString is v as compact JSON, to look for fields in.
 func toString(v any) string { b, _ := json.Marshal(v); return string(b) }
 
-func TestBadInput(t *testing.T) {
-	write := func(s string) string {
-		p := filepath.Join(t.TempDir(), "op.yaml")
-		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
+// writeFile puts an IstioOperator file in t's temporary directory.
+func writeFile(t *testing.T, s string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "op.yaml")
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
 	}
+	return p
+}
+
+func TestBadInput(t *testing.T) {
+	write := func(s string) string { return writeFile(t, s) }
 	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n"
 
 	l, err := Load([]string{write(head + "spec:\n  profile: minimal\n  meshConfig:\n    enableTracing: true\n  values:\n    global:\n      network: n1\n      logging: {level: debug}\n    pilot:\n      autoscaleEnabled: false\n")}, nil)
@@ -184,6 +205,8 @@ func TestBadInput(t *testing.T) {
 		{head + "spec:\n  profile: remote\n  values:\n    global:\n      remotePilotAddress: https://gw.example.com:15012\n", "want an IP address or a DNS name"},
 		{head + "spec:\n  profile: demo\n", `spec.profile "demo": isthmus knows the profiles default, empty, minimal, remote`},
 		{"apiVersion: v1\nkind: ConfigMap\n", "want install.istio.io/v1alpha1"},
+		{head + "spec:\n  components:\n    ingressGateways:\n    - name: gw\n      k8s: {service: {loadBalancerSourceRanges: [10.1.2.3]}}\n", `loadBalancerSourceRanges: "10.1.2.3" is not a CIDR`},
+		{head + "spec:\n  components:\n    ingressGateways:\n    - name: gw\n      k8s: {service: {externalTrafficPolicy: local}}\n", `externalTrafficPolicy "local": want Cluster or Local`},
 		{head + "spec:\n  values:\n    global:\n      multiCluster: {clusterName: Cluster_EKS}\n", "clusterName \"Cluster_EKS\""},
 	} {
 		_, err := Load([]string{write(tc.doc)}, nil)

@@ -100,10 +100,16 @@ type K8s struct {
 	Service            *ServiceSpec      `json:"service"`
 }
 
-// ServiceSpec is a gateway Service's ports and type.
+// ServiceSpec is the supported part of a gateway Service's spec.
 type ServiceSpec struct {
 	Type  corev1.ServiceType   `json:"type"`
 	Ports []corev1.ServicePort `json:"ports"`
+	// LoadBalancerSourceRanges are the only clients the load balancer
+	// admits: clouds write them into its security group or network
+	// security group, so an east-west gateway opens to the other
+	// clusters' egress addresses only.
+	LoadBalancerSourceRanges []string                            `json:"loadBalancerSourceRanges"`
+	ExternalTrafficPolicy    corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy"`
 }
 
 // Values are the Helm values isthmus reads.
@@ -313,6 +319,17 @@ func (l *Loaded) validate() error {
 		}
 		if errs := validation.IsDNS1123Label(g.Name); len(errs) > 0 {
 			return fmt.Errorf("spec.components.ingressGateways[%d].name %q: %s", i, g.Name, strings.Join(errs, "; "))
+		}
+		if g.K8s == nil || g.K8s.Service == nil {
+			continue
+		}
+		for _, r := range g.K8s.Service.LoadBalancerSourceRanges {
+			if _, _, err := net.ParseCIDR(r); err != nil {
+				return fmt.Errorf("spec.components.ingressGateways[%d].k8s.service.loadBalancerSourceRanges: %q is not a CIDR such as 203.0.113.0/24", i, r)
+			}
+		}
+		if p := g.K8s.Service.ExternalTrafficPolicy; p != "" && p != corev1.ServiceExternalTrafficPolicyCluster && p != corev1.ServiceExternalTrafficPolicyLocal {
+			return fmt.Errorf("spec.components.ingressGateways[%d].k8s.service.externalTrafficPolicy %q: want Cluster or Local", i, p)
 		}
 	}
 	if t := s.Values.Gateways.IngressGateway.InjectionTemplate; t != "" && t != "gateway" {

@@ -401,11 +401,13 @@ func (r *renderer) gateway(gw Gateway) []runtime.Object {
 	vals := l.Spec.Values.Gateways.IngressGateway
 	svcType := corev1.ServiceTypeLoadBalancer
 	var ports []corev1.ServicePort
+	var spec corev1.ServiceSpec
 	if k8s.Service != nil {
 		ports = k8s.Service.Ports
 		if k8s.Service.Type != "" {
 			svcType = k8s.Service.Type
 		}
+		spec.LoadBalancerSourceRanges, spec.ExternalTrafficPolicy = k8s.Service.LoadBalancerSourceRanges, k8s.Service.ExternalTrafficPolicy
 	}
 	if len(ports) == 0 {
 		ports = ingressGateway.K8s.Service.Ports
@@ -465,7 +467,8 @@ func (r *renderer) gateway(gw Gateway) []runtime.Object {
 				},
 			}},
 		&corev1.Service{TypeMeta: typeMeta("Service", "v1"), ObjectMeta: metav1.ObjectMeta{Name: gw.Name, Namespace: ns, Labels: labels, Annotations: annotations},
-			Spec: corev1.ServiceSpec{Type: svcType, Selector: labels, Ports: ports}},
+			Spec: corev1.ServiceSpec{Type: svcType, Selector: labels, Ports: ports,
+				LoadBalancerSourceRanges: spec.LoadBalancerSourceRanges, ExternalTrafficPolicy: spec.ExternalTrafficPolicy}},
 	}
 }
 
