@@ -231,4 +231,14 @@ func TestOverlaysAndSet(t *testing.T) {
 	if _, err := Load([]string{filepath.Join(examples, "cluster-eks-primary.yaml")}, []string{"components.ingressGateways[3].enabled=false"}); err == nil {
 		t.Error("--set of a list element that does not exist must fail")
 	}
+	// One past the end appends, as in Helm: the guide opens a gateway to
+	// another cluster's egress ranges this way.
+	fenced := load(t, []string{"components.ingressGateways[0].k8s.service.loadBalancerSourceRanges[0]=198.18.2.0/24",
+		"components.ingressGateways[0].k8s.service.loadBalancerSourceRanges[1]=203.0.113.7/32"}, "east-west-gateway-cluster-eks.yaml")
+	if svc := fenced.gateways()[0].K8s.Service; !slices.Equal(svc.LoadBalancerSourceRanges, []string{"198.18.2.0/24", "203.0.113.7/32"}) || len(svc.Ports) != 4 {
+		t.Errorf("--set appended %+v", svc)
+	}
+	if _, err := Load([]string{filepath.Join(examples, "east-west-gateway-cluster-eks.yaml")}, []string{"components.ingressGateways[0].k8s.service.loadBalancerSourceRanges[1]=198.18.2.0/24"}); err == nil {
+		t.Error("--set two past the end must fail")
+	}
 }

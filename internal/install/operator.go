@@ -410,40 +410,53 @@ func splitPath(p string) []string {
 }
 
 // setPath sets a value at a path of map keys and [index] list elements,
-// making maps on the way.
+// making maps on the way. As in Helm, [n] one past the end of a list (or
+// [0] where there is none yet) appends, so --set can add the first
+// loadBalancerSourceRanges of a gateway.
 func setPath(m map[string]any, path []string, v any) error {
-	var cur any = m
-	for i, k := range path {
-		last := i == len(path)-1
-		if strings.HasPrefix(k, "[") {
-			n, err := strconv.Atoi(strings.Trim(k, "[]"))
-			l, ok := cur.([]any)
-			if err != nil || !ok || n < 0 || n >= len(l) {
-				return fmt.Errorf("%s: no list element %s there", strings.Join(path[:i], "."), k)
-			}
-			if last {
-				l[n] = v
-				return nil
-			}
-			cur = l[n]
-			continue
-		}
-		cm, ok := cur.(map[string]any)
-		if !ok {
-			return fmt.Errorf("%s is not an object", strings.Join(path[:i], "."))
-		}
-		if last {
-			cm[k] = v
-			return nil
-		}
-		next, ok := cm[k]
-		if !ok {
-			next = map[string]any{}
-			cm[k] = next
-		}
-		cur = next
+	_, err := setIn(m, path, 0, v)
+	return err
+}
+
+// setIn sets path[i:] under cur and returns cur, or the list that
+// replaces it when an element was appended.
+func setIn(cur any, path []string, i int, v any) (any, error) {
+	if i == len(path) {
+		return v, nil
 	}
-	return nil
+	k := path[i]
+	if strings.HasPrefix(k, "[") {
+		n, err := strconv.Atoi(strings.Trim(k, "[]"))
+		l, ok := cur.([]any)
+		if cur == nil {
+			ok = true
+		}
+		if err != nil || !ok || n < 0 || n > len(l) {
+			return nil, fmt.Errorf("%s: no list element %s there", strings.Join(path[:i], "."), k)
+		}
+		if n == len(l) {
+			l = append(l, nil)
+		}
+		next, err := setIn(l[n], path, i+1, v)
+		if err != nil {
+			return nil, err
+		}
+		l[n] = next
+		return l, nil
+	}
+	if cur == nil {
+		cur = map[string]any{}
+	}
+	cm, ok := cur.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("%s is not an object", strings.Join(path[:i], "."))
+	}
+	next, err := setIn(cm[k], path, i+1, v)
+	if err != nil {
+		return nil, err
+	}
+	cm[k] = next
+	return cm, nil
 }
 
 // scalar types a --set value as Helm does: booleans and numbers, else a string.
