@@ -38,3 +38,31 @@ func TestCommandSet(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownCommandsFail: a word a command group does not know is an
+// error (cobra alone prints help and exits 0), and proxy-config's views
+// answer to istioctl's names.
+func TestUnknownCommandsFail(t *testing.T) {
+	for _, args := range [][]string{{"nope"}, {"x", "nope"}, {"proxy-config", "bootstrapp", "pod"}, {"gateway", "addr"}} {
+		var stderr bytes.Buffer
+		code := Execute(context.Background(), args, io.Discard, &stderr)
+		if code == 0 || !strings.Contains(stderr.String(), `unknown command "`+args[len(args)-1]) && !strings.Contains(stderr.String(), `unknown command "`+args[1]) {
+			t.Errorf("isthmus %s: exit %d, %q", strings.Join(args, " "), code, stderr.String())
+		}
+	}
+	var stderr bytes.Buffer
+	if code := Execute(context.Background(), []string{"gateway", "addr"}, io.Discard, &stderr); code == 0 || !strings.Contains(stderr.String(), `did you mean "address"`) {
+		t.Errorf("gateway addr: exit %d, %q", code, stderr.String())
+	}
+	if code := Execute(context.Background(), []string{"proxy-config"}, io.Discard, io.Discard); code != 0 {
+		t.Errorf("proxy-config alone prints its help: exit %d", code)
+	}
+	root := newRoot(io.Discard, io.Discard)
+	for alias, view := range map[string]string{"cluster": "clusters", "c": "clusters", "listener": "listeners", "l": "listeners",
+		"route": "routes", "r": "routes", "endpoint": "endpoints", "ep": "endpoints", "s": "secret"} {
+		c, _, err := root.Find([]string{"pc", alias, "pod"})
+		if err != nil || c.Name() != view {
+			t.Errorf("proxy-config %s finds %v (%v), want %s", alias, c.Name(), err, view)
+		}
+	}
+}

@@ -53,9 +53,12 @@ the Envoy resources themselves.`,
 	}
 	cf.add(cmd)
 	cmd.PersistentFlags().StringVarP(&output, "output", "o", "short", "short (a table), json or yaml")
+	// Each view also answers to istioctl's singular and short names.
+	aliases := map[string][]string{"clusters": {"cluster", "c"}, "listeners": {"listener", "l"}, "routes": {"route", "r"},
+		"endpoints": {"endpoint", "ep"}, "secret": {"s"}}
 	sub := func(use, short string, run func(w io.Writer, c *inspect.Cluster, pod string) error) *cobra.Command {
 		return &cobra.Command{
-			Use: use + " POD", Short: short, Args: cobra.ExactArgs(1),
+			Use: use + " POD", Short: short, Args: cobra.ExactArgs(1), Aliases: aliases[use],
 			RunE: func(cmd *cobra.Command, args []string) error {
 				switch output {
 				case "short", "json", "yaml":

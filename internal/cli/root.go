@@ -58,5 +58,30 @@ DestinationRule, PeerAuthentication, AuthorizationPolicy, remote secrets).`,
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail")
 	root.AddCommand(newVersionCmd(), newDiscoveryCmd(), newCreateRemoteSecretCmd(), newExperimentalCmd(), newGatewayCmd(), newInstallCmd(), newAnalyzeCmd(), newProxyConfigCmd(), newProxyStatusCmd(), newUninstallCmd(), newManifestCmd(), newDemoAppCmd())
 	root.AddCommand(linuxCommands()...)
+	refuseUnknown(root)
 	return root
+}
+
+// refuseUnknown makes every command that only groups others fail on a
+// word it does not know, as istioctl does: cobra would print the group's
+// help and exit 0, so a script's typo (or istioctl's spelling of a command
+// isthmus lacks) passed for success.
+func refuseUnknown(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		refuseUnknown(c)
+	}
+	if !cmd.HasSubCommands() || cmd.Runnable() {
+		return
+	}
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf("; did you mean %q?", s[0])
+		}
+		return fmt.Errorf("%s (run '%s --help' for its commands)", msg, cmd.CommandPath())
+	}
 }
