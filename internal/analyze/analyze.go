@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
+	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
 
 // Message is one finding, printed as istioctl prints it.
@@ -41,9 +42,38 @@ const (
 	NoMatchingWorkloadsFound   = "IST0127"
 )
 
-// NotEnforced is isthmus's own code (Istio has none): a policy part
-// isthmus does not enforce, and what it does instead (it fails closed).
-const NotEnforced = "ISM0001"
+// isthmus's own codes (Istio has none for these).
+const (
+	// NotEnforced: a policy part isthmus does not enforce, and what it
+	// does instead (it fails closed).
+	NotEnforced = "ISM0001"
+	// NotActedOn: a kind or field isthmus does not act on, and what
+	// happens instead; the validation webhook says the same at apply time.
+	NotActedOn = "ISM0002"
+)
+
+// Validated is what the admission webhook said of one object, as
+// findings: its errors (IST0106, the object would be refused) and what it
+// does not act on (ISM0002). Authorization rules it does not enforce are
+// left to Run, which reports them as ISM0001.
+func Validated(res validation.Result) []Message {
+	ns := res.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	name := res.Name + "." + ns
+	var out []Message
+	for _, e := range res.Errors {
+		out = append(out, Message{Level: "Error", Code: SchemaValidationError, Kind: res.Kind, Name: name, Message: "Schema validation error: " + e})
+	}
+	for _, w := range res.Warnings {
+		if res.Kind == "AuthorizationPolicy" && strings.HasSuffix(w, validation.FailsClosed) {
+			continue
+		}
+		out = append(out, Message{Level: "Warning", Code: NotActedOn, Kind: res.Kind, Name: name, Message: w})
+	}
+	return out
+}
 
 // Cluster is what one cluster holds that configuration refers to.
 type Cluster struct {

@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
 
 func obj[T any](t *testing.T, y string) T {
@@ -93,3 +95,32 @@ spec:
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestValidated: what the webhook says becomes findings; rules that fail
+// closed are Run's to report (ISM0001), not twice.
+func TestValidated(t *testing.T) {
+	var got []string
+	for _, doc := range []string{
+		"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: mc}\nspec: {}\n",
+		"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a]\n  http:\n  - mirror: {host: a}\n    route: [{destination: {host: a}}]\n",
+		"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: w}\nspec:\n  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    timeout: 5s0\n",
+		"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: mc}\nspec:\n  rules:\n  - when: [{key: connection.sni, values: [a]}]\n",
+	} {
+		j, _ := yaml.YAMLToJSON([]byte(doc))
+		res, ok, err := validation.Object(j)
+		if !ok || err != nil {
+			t.Fatalf("%v %v", ok, err)
+		}
+		for _, m := range Validated(res) {
+			got = append(got, m.String())
+		}
+	}
+	want := []string{
+		"Warning [ISM0002] (EnvoyFilter f.mc) isthmus's proxy is not Envoy and applies no EnvoyFilter patches",
+		"Warning [ISM0002] (VirtualService v.default) spec.http[0].mirror: not supported by isthmus; ignored",
+		`Error [IST0106] (VirtualService w.default) Schema validation error: spec.http[0].timeout: bad Duration: time: missing unit in duration "5s0"`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

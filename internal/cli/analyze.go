@@ -13,12 +13,15 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
 	"github.com/isthmus-mesh/isthmus/internal/analyze"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
+	"github.com/isthmus-mesh/isthmus/internal/istiocrd"
 	"github.com/isthmus-mesh/isthmus/internal/validation"
 )
 
@@ -43,15 +46,18 @@ IST0101); a DestinationRule for a host that exists nowhere (Warning IST0101)
 or with a subset no pod of any cluster matches (Warning IST0127); a Gateway
 whose selector matches no pod in any cluster (Error IST0101); an
 AuthorizationPolicy or PeerAuthentication selecting no workload (Warning
-IST0127). Files given with -f are first validated as the control plane's
-admission webhook validates them (IST0106: an Error refuses the object, a
-Warning names a field isthmus ignores), then analyzed with (and over) what
-the cluster holds; --use-kube=false analyzes the files alone. Exit code 79
-when an error is found.`,
+IST0127). Every Istio object in the cluster, and files given with -f, are
+validated as the control plane's admission webhook validates them: an Error
+IST0106 would be refused, a Warning ISM0002 names a kind or field isthmus
+does not act on and what happens instead, a Warning ISM0001 an authorization
+rule part it cannot enforce. Files are then analyzed with (and over) what the
+cluster holds; --use-kube=false analyzes the files alone. Exit code 79 when
+an error is found.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			var cfg analyze.Config
+			var msgs []analyze.Message
 			opts := analyze.Options{RootNamespace: istioNS}
 			scope := "the files"
 			if useKube {
@@ -70,6 +76,15 @@ when an error is found.`,
 				if cfg, err = istioConfig(ctx, ic); err != nil {
 					return err
 				}
+				dyn, err := dynamic.NewForConfig(rc)
+				if err != nil {
+					return err
+				}
+				found, err := clusterObjects(ctx, dyn, files)
+				if err != nil {
+					return err
+				}
+				msgs = append(msgs, found...)
 				name := kubeContext
 				if name == "" {
 					name = "the current context"
@@ -90,7 +105,6 @@ when an error is found.`,
 				}
 				scope = "clusters " + strings.Join(names, ", ")
 			}
-			var msgs []analyze.Message
 			for _, f := range files {
 				found, err := addFile(&cfg, f)
 				if err != nil {
@@ -122,6 +136,61 @@ when an error is found.`,
 	f.StringArrayVarP(&files, "filename", "f", nil, "Istio configuration files to analyze (with the cluster's unless --use-kube=false)")
 	f.BoolVar(&useKube, "use-kube", true, "read configuration, services and pods from the clusters")
 	return cmd
+}
+
+// clusterObjects validates every object of Istio's kinds in the cluster as
+// the admission webhook does (objects applied before it ran, or while it
+// was down, or of kinds it did not cover, were never warned about), except
+// those the files replace.
+func clusterObjects(ctx context.Context, dyn dynamic.Interface, files []string) ([]analyze.Message, error) {
+	kinds, err := istiocrd.Kinds()
+	if err != nil {
+		return nil, err
+	}
+	replaced := map[string]bool{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, doc := range bytes.Split(b, []byte("\n---")) {
+			var o struct {
+				Kind     string
+				Metadata struct{ Name, Namespace string }
+			}
+			if yaml.Unmarshal(doc, &o) == nil && o.Kind != "" {
+				if o.Metadata.Namespace == "" {
+					o.Metadata.Namespace = "default"
+				}
+				replaced[o.Kind+" "+o.Metadata.Namespace+"/"+o.Metadata.Name] = true
+			}
+		}
+	}
+	var out []analyze.Message
+	for _, k := range kinds {
+		list, err := dyn.Resource(k.Resource).List(ctx, metav1.ListOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // the CRD is not installed: nothing of this kind
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", k.Resource.GroupResource(), err)
+		}
+		for _, o := range list.Items {
+			if replaced[o.GetKind()+" "+o.GetNamespace()+"/"+o.GetName()] {
+				continue
+			}
+			j, err := o.MarshalJSON()
+			if err != nil {
+				return nil, err
+			}
+			res, ok, err := validation.Object(j)
+			if err != nil || !ok {
+				continue
+			}
+			out = append(out, analyze.Validated(res)...)
+		}
+	}
+	return out, nil
 }
 
 // istioConfig lists the configuration the control plane reads.
@@ -232,12 +301,7 @@ func addFile(cfg *analyze.Config, path string) ([]analyze.Message, error) {
 			res.Namespace = "default"
 		}
 		name := res.Name + "." + res.Namespace
-		for _, e := range res.Errors {
-			msgs = append(msgs, analyze.Message{Level: "Error", Code: analyze.SchemaValidationError, Kind: res.Kind, Name: name, Message: "Schema validation error: " + e})
-		}
-		for _, w := range res.Warnings {
-			msgs = append(msgs, analyze.Message{Level: "Warning", Code: analyze.SchemaValidationError, Kind: res.Kind, Name: name, Message: "Schema validation warning: " + w})
-		}
+		msgs = append(msgs, analyze.Validated(res)...)
 		if len(res.Errors) > 0 {
 			continue
 		}

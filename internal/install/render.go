@@ -246,8 +246,9 @@ func (r *renderer) pilot() []runtime.Object {
 	return objs
 }
 
-// validator is Istio's istio-validator-<ns>: creates and updates of the
-// Istio configuration the mesh reads go to the control plane's /validate;
+// validator is Istio's istio-validator-<ns>: creates and updates of
+// Istio's configuration (every group, kinds isthmus does not act on too,
+// so they are warned about) go to the control plane's /validate;
 // nothing else does, so a down control plane blocks no other object. It
 // starts with failurePolicy Ignore; the control plane sets Fail together
 // with the caBundle, once it can be called (as istiod does).
@@ -258,7 +259,7 @@ func validator(ns string, cc admissionv1.WebhookClientConfig) *admissionv1.Valid
 		Webhooks: []admissionv1.ValidatingWebhook{{
 			Name: "rev.validation.istio.io", ClientConfig: cc,
 			Rules: []admissionv1.RuleWithOperations{{Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
-				Rule: admissionv1.Rule{APIGroups: []string{"networking.istio.io", "security.istio.io"}, APIVersions: []string{"*"}, Resources: []string{"*"}}}},
+				Rule: admissionv1.Rule{APIGroups: []string{"networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io"}, APIVersions: []string{"*"}, Resources: []string{"*"}}}},
 			FailurePolicy: ptr.To(admissionv1.Ignore), SideEffects: ptr.To(admissionv1.SideEffectClassNone),
 			AdmissionReviewVersions: []string{"v1"}, TimeoutSeconds: ptr.To[int32](10),
 		}},

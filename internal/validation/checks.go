@@ -481,16 +481,16 @@ func unsupportedValues(m proto.Message) []string {
 		for j, w := range r.GetWhen() {
 			k := w.GetKey()
 			if knownKey(k) && !conditionKeys[k] && !(strings.HasPrefix(k, "request.headers[") || strings.HasPrefix(k, "request.auth.claims[")) {
-				out = append(out, fmt.Sprintf("spec.rules[%d].when[%d].key: %s %s", i, j, k, failsClosed))
+				out = append(out, fmt.Sprintf("spec.rules[%d].when[%d].key: %s %s", i, j, k, FailsClosed))
 			}
 		}
 	}
 	return out
 }
 
-// failsClosed is what becomes of a policy rule with a part isthmus does
+// FailsClosed is what becomes of a policy rule with a part isthmus does
 // not enforce.
-const failsClosed = "not enforced by isthmus; an ALLOW rule with it allows nothing, a DENY rule denies as if it held"
+const FailsClosed = "not enforced by isthmus; an ALLOW rule with it allows nothing, a DENY rule denies as if it held"
 
 func knownKey(k string) bool {
 	if _, ok := conditionKeys[k]; ok {

@@ -87,6 +87,21 @@ var kinds = map[string]kind{
 		prefixed("rules.to.operation.", []string{"methods", "not_methods", "paths", "not_paths", "ports", "not_ports", "hosts", "not_hosts"}))},
 }
 
+// notActedOn are Istio's kinds isthmus admits but does not act on, and
+// what happens instead: every object of them is warned about when it is
+// applied and by analyze, so nobody believes it took effect.
+var notActedOn = map[string]string{
+	"networking.istio.io/ServiceEntry":     "isthmus does not read ServiceEntry yet: its hosts are not added to the mesh, so calls to them leave as they would without it",
+	"networking.istio.io/Sidecar":          "isthmus does not read Sidecar yet: every proxy keeps the configuration of every service, and egress and ingress listeners are not applied",
+	"networking.istio.io/WorkloadEntry":    "isthmus does not read WorkloadEntry yet: the workload is not an endpoint of any service",
+	"networking.istio.io/WorkloadGroup":    "isthmus does not read WorkloadGroup yet: no WorkloadEntry is made from it",
+	"networking.istio.io/EnvoyFilter":      "isthmus's proxy is not Envoy and applies no EnvoyFilter patches",
+	"networking.istio.io/ProxyConfig":      "isthmus does not read ProxyConfig: proxies take their settings from meshConfig.defaultConfig only",
+	"telemetry.istio.io/Telemetry":         "isthmus does not read Telemetry: proxies always report Istio's standard metrics, and access logs and tracing are not configured by it",
+	"extensions.istio.io/WasmPlugin":       "isthmus's proxy runs no Wasm plugins",
+	"extensions.istio.io/TrafficExtension": "isthmus's proxy runs no traffic extensions",
+}
+
 // stringMatch is a StringMatch field and its exact, prefix and regex.
 func stringMatch(f string) []string {
 	return []string{f, f + ".exact", f + ".prefix", f + ".regex"}
@@ -127,10 +142,17 @@ func Object(raw []byte) (r Result, ok bool, err error) {
 	}
 	group, _, _ := strings.Cut(obj.APIVersion, "/")
 	k, ok := kinds[group+"/"+obj.Kind]
-	if !ok {
+	ignored, isIgnored := notActedOn[group+"/"+obj.Kind]
+	if !ok && !isIgnored {
 		return r, false, nil
 	}
 	r = Result{Kind: obj.Kind, Namespace: obj.Metadata.Namespace, Name: obj.Metadata.Name}
+	if isIgnored {
+		r.Warnings = append(r.Warnings, ignored)
+	}
+	if !ok {
+		return r, true, nil
+	}
 	spec := []byte(obj.Spec)
 	if len(spec) == 0 || string(spec) == "null" {
 		spec = []byte("{}")
@@ -146,7 +168,7 @@ func Object(raw []byte) (r Result, ok bool, err error) {
 		for _, p := range unsupported(m.ProtoReflect(), k.supported) {
 			if _, ok := m.(*security.AuthorizationPolicy); ok && strings.HasPrefix(p, "spec.rules[") {
 				// Authorization fails closed (see proxyview.ResolveAuthz).
-				r.Warnings = append(r.Warnings, p+": "+failsClosed)
+				r.Warnings = append(r.Warnings, p+": "+FailsClosed)
 				continue
 			}
 			r.Warnings = append(r.Warnings, p+": not supported by isthmus; ignored")

@@ -90,3 +90,25 @@ func TestUnsupportedWarnings(t *testing.T) {
 		t.Error("a ConfigMap is not Istio configuration")
 	}
 }
+
+// Kinds isthmus does not act on are admitted with a warning saying so:
+// nobody should believe an EnvoyFilter or a ServiceEntry took effect.
+func TestKindsNotActedOnAreWarned(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: ns}\nspec:\n  configPatches: []\n", "applies no EnvoyFilter patches"},
+		{"apiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  accessLogging: [{providers: [{name: envoy}]}]\n", "does not read Telemetry"},
+		{"apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n", "does not read Sidecar"},
+		{"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n", "does not read ServiceEntry"},
+		{"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: ns}\nspec:\n  address: 10.0.0.9\n", "not an endpoint of any service"},
+		{"apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w, namespace: ns}\nspec:\n  url: oci://example/plugin\n", "runs no Wasm"},
+	} {
+		r := validate(t, c.doc)
+		if len(r.Errors) > 0 || !strings.Contains(strings.Join(r.Warnings, "\n"), c.want) {
+			t.Errorf("%s: errors %q warnings %q, want a warning saying %q", r, r.Errors, r.Warnings, c.want)
+		}
+	}
+	// The Kubernetes kinds are not Istio's business.
+	if _, ok, err := Object([]byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}`)); ok || err != nil {
+		t.Errorf("a ConfigMap: ok %v, %v", ok, err)
+	}
+}

@@ -156,6 +156,21 @@ spec:
 		if err != nil || !strings.Contains(o, "spec.http[0].mirror: not supported by isthmus") {
 			t.Errorf("an unsupported field is accepted with a warning naming it: %v\n%s", err, o)
 		}
+		// A kind isthmus does not act on: admitted, and said so at apply
+		// time and by analyze (which reads it from the cluster).
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "--ignore-not-found", "envoyfilter/check", "telemetry/check")
+		o, err = apply("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: check, namespace: multicluster}\nspec:\n  configPatches: []\n" +
+			"---\napiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: check, namespace: multicluster}\nspec:\n  accessLogging: [{providers: [{name: envoy}]}]\n")
+		if err != nil || !strings.Contains(o, "EnvoyFilter multicluster/check: isthmus's proxy is not Envoy and applies no EnvoyFilter patches") ||
+			!strings.Contains(o, "Telemetry multicluster/check: isthmus does not read Telemetry") {
+			t.Errorf("kinds isthmus does not act on are admitted with a warning saying so: %v\n%s", err, o)
+		}
+		r := isthmus(t, time.Minute, append([]string{"analyze", "--context", "cluster-eks"}, w.kc...)...)
+		for _, want := range []string{"Warning [ISM0002] (EnvoyFilter check.multicluster) isthmus's proxy is not Envoy", "Warning [ISM0002] (Telemetry check.multicluster) isthmus does not read Telemetry"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("analyze does not say %q:\n%s", want, r.stdout)
+			}
+		}
 	})
 
 	t.Run("bad install input is refused or warned about, by name", func(t *testing.T) {
