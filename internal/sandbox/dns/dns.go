@@ -1,7 +1,11 @@
 // Package dns is the sandbox's cluster DNS: it answers the Kubernetes DNS
 // names of Services (A records for ClusterIPs, ready endpoint addresses for
-// headless Services, CNAMEs for ExternalName) from informers, and says
-// NXDOMAIN for everything else, since the sandbox has no outside world.
+// headless Services, CNAMEs for ExternalName) from informers, and forwards
+// names outside the cluster domain to the sandbox's internet DNS, as
+// CoreDNS forwards to the cloud's resolver: that is how pods resolve the
+// hostnames of EKS-like load balancers. Names under the cluster domain
+// that do not exist are NXDOMAIN at once, never forwarded, so the search
+// list a pod's resolver walks stays fast.
 package dns
 
 import (
@@ -11,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
@@ -36,8 +41,10 @@ type Server struct {
 	Listen netip.AddrPort
 	// ServiceIP is the kube-dns ClusterIP pods use.
 	ServiceIP string
-	Client    kubernetes.Interface
-	Log       *slog.Logger
+	// Upstream answers names outside Domain; unset, they are NXDOMAIN.
+	Upstream netip.AddrPort
+	Client   kubernetes.Interface
+	Log      *slog.Logger
 
 	services  corelisters.ServiceLister
 	endpoints discoverylisters.EndpointSliceLister
@@ -136,12 +143,40 @@ func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	q := req.Question[0]
+	if s.Upstream.IsValid() && !dns.IsSubDomain(dns.Fqdn(s.Domain), q.Name) {
+		s.forward(w, req)
+		return
+	}
 	answers, found := s.lookup(q)
 	m.Answer = answers
 	if !found {
 		m.Rcode = dns.RcodeNameError
 	}
 	_ = w.WriteMsg(m)
+}
+
+// forwardTimeout bounds one question to the upstream; a pod's resolver
+// asks again after its own timeout (5 s by default).
+const forwardTimeout = 2 * time.Second
+
+// forward relays the query to the upstream over the transport it came on
+// (a truncated UDP answer reaches the client as such, which then asks over
+// TCP), and answers SERVFAIL when the upstream does not answer.
+func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg) {
+	client := &dns.Client{Net: "udp", Timeout: forwardTimeout}
+	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+		client.Net = "tcp"
+	}
+	resp, _, err := client.Exchange(req, s.Upstream.String())
+	if err != nil {
+		s.Log.Debug("cluster DNS: upstream did not answer", "name", req.Question[0].Name, "upstream", s.Upstream, "err", err)
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeServerFailure)
+		_ = w.WriteMsg(m)
+		return
+	}
+	resp.Id = req.Id
+	_ = w.WriteMsg(resp)
 }
 
 // lookup answers one question; found is false for names that do not exist.
