@@ -57,6 +57,10 @@ clusters: cluster-eks on network1 and cluster-aks on network2.
 Each cluster's API server is published on the sandbox's internet segment
 (198.18.0.0/15), which the host reaches through the veth isthmus0; cluster N
 owns 198.18.N.0/24 and its API server is https://198.18.N.1:6443.
+LoadBalancer Services get addresses of that /24; a cluster configured with
+loadBalancer: hostname (cluster-eks by default, as EKS) publishes them by a
+name under elb.isthmus.test only, which the sandbox's DNS at 198.18.0.2
+answers (dig @198.18.0.2 NAME).
 
 Needs root. Kubernetes binaries are built once per machine from the Go
 module proxy (about 9 minutes on 2 cores) and cached under $ISTHMUS_CACHE
@@ -64,7 +68,7 @@ module proxy (about 9 minutes on 2 cores) and cached under $ISTHMUS_CACHE
 	}
 	cmd.PersistentFlags().StringVar(&f.stateDir, "state-dir", sandbox.DefaultStateDir, "directory for certificates, data, logs and the kubeconfig")
 	cmd.PersistentFlags().StringVar(&f.config, "config", "", "YAML file listing the clusters (default: cluster-eks/network1 and cluster-aks/network2)")
-	cmd.AddCommand(newSandboxUpCmd(f), newSandboxDownCmd(f), newSandboxStatusCmd(f), newSandboxKubeconfigCmd(f), newSandboxPrepareCmd(), newSandboxNodeCmd(), newSandboxContainerRunCmd(), newSandboxLoadCmd(f), newSandboxRegistryCmd())
+	cmd.AddCommand(newSandboxUpCmd(f), newSandboxDownCmd(f), newSandboxStatusCmd(f), newSandboxKubeconfigCmd(f), newSandboxPrepareCmd(), newSandboxNodeCmd(), newSandboxContainerRunCmd(), newSandboxLoadCmd(f), newSandboxRegistryCmd(), newSandboxCloudCmd(f))
 	return cmd
 }
 

@@ -29,6 +29,7 @@ func newSandboxNodeCmd() *cobra.Command {
 		cfg                  node.Config
 		controllerKubeconfig string
 		address, pool, dnsIP string
+		lbMode, dnsUpstream  string
 		labelKV              []string
 	)
 	cmd := &cobra.Command{
@@ -46,6 +47,15 @@ func newSandboxNodeCmd() *cobra.Command {
 			lbPool, err := netip.ParsePrefix(pool)
 			if err != nil {
 				return fmt.Errorf("--lb-pool: %w", err)
+			}
+			if lbMode != "ip" && lbMode != "hostname" {
+				return fmt.Errorf("--lb-mode %q: want ip or hostname", lbMode)
+			}
+			var upstream netip.AddrPort
+			if dnsUpstream != "" {
+				if upstream, err = netip.ParseAddrPort(dnsUpstream); err != nil {
+					return fmt.Errorf("--dns-upstream: %w", err)
+				}
 			}
 			cfg.Address = addr
 			cfg.Labels = map[string]string{}
@@ -73,17 +83,21 @@ func newSandboxNodeCmd() *cobra.Command {
 				return err
 			}
 			factory := informers.NewSharedInformerFactory(cs, 0)
-			dnsSrv := &dns.Server{Domain: "cluster.local", Listen: netip.AddrPortFrom(addr, 53), ServiceIP: dnsIP, Client: cs, Log: log}
-			lb := &loadbalancer.Controller{Pool: lbPool, Client: cs, Log: log}
+			dnsSrv := &dns.Server{Domain: "cluster.local", Listen: netip.AddrPortFrom(addr, 53), ServiceIP: dnsIP, Upstream: upstream, Client: cs, Log: log}
 			dnsSrv.Watch(factory)
-			if err := lb.Watch(factory); err != nil {
-				return err
-			}
 			g, gctx := rungroup.New(ctx)
+			// Hostname load balancers are the sandbox's cloud's, as EKS's
+			// are AWS's: this node leaves them alone.
+			if lbMode == "ip" {
+				lb := &loadbalancer.Controller{Pool: lbPool, Client: cs, Log: log}
+				if err := lb.Watch(factory); err != nil {
+					return err
+				}
+				g.Go("load balancers", lb.Run)
+			}
 			factory.Start(gctx.Done())
 			g.Go("node agent", agent.Run)
 			g.Go("cluster DNS", dnsSrv.Run)
-			g.Go("load balancers", lb.Run)
 			return g.Wait()
 		},
 	}
@@ -98,6 +112,8 @@ func newSandboxNodeCmd() *cobra.Command {
 	f.StringVar(&cfg.ServingKey, "serving-key", "", "kubelet API key")
 	f.StringVar(&cfg.ClientCA, "client-ca", "", "CA of kubelet API clients")
 	f.StringVar(&pool, "lb-pool", "", "LoadBalancer address pool")
+	f.StringVar(&lbMode, "lb-mode", "ip", "ip: give LoadBalancer Services addresses here; hostname: the sandbox's cloud does (EKS-like)")
+	f.StringVar(&dnsUpstream, "dns-upstream", "", "DNS server for names outside cluster.local (empty: NXDOMAIN)")
 	f.StringVar(&dnsIP, "dns-ip", "", "cluster DNS Service address")
 	f.StringVar(&cfg.APIServiceIP, "api-service-ip", "", "kubernetes Service address")
 	f.StringArrayVar(&labelKV, "label", nil, "node label key=value (repeatable)")

@@ -34,14 +34,31 @@ type ClusterConfig struct {
 	// which the mesh reads as locality; optional.
 	Region string `json:"region,omitempty"`
 	Zone   string `json:"zone,omitempty"`
+	// LoadBalancer is how the cluster publishes `type: LoadBalancer`
+	// Services, as its cloud would: "ip" (the default, like AKS and GKE:
+	// status.loadBalancer.ingress[].ip) or "hostname" (like EKS's load
+	// balancers: only a DNS name under elb.isthmus.test, which the
+	// sandbox's internet DNS at 198.18.0.2 answers).
+	LoadBalancer string `json:"loadBalancer,omitempty"`
 }
 
+// Load balancer kinds of ClusterConfig.LoadBalancer.
+const (
+	LoadBalancerIP       = "ip"
+	LoadBalancerHostname = "hostname"
+)
+
+// Hostnames reports whether the cluster's load balancers are known by name only.
+func (c ClusterConfig) Hostnames() bool { return c.LoadBalancer == LoadBalancerHostname }
+
 // DefaultConfig is the seed walkthrough's pair: cluster-eks on network1
-// (the primary) and cluster-aks on network2 (the remote).
+// (the primary) and cluster-aks on network2 (the remote). cluster-eks's
+// load balancers have hostnames, as the seed's EKS network load balancers
+// do (it resolves the east-west gateway's name to get an address).
 func DefaultConfig() Config {
 	return Config{Clusters: []ClusterConfig{
-		{Name: "cluster-eks", Network: "network1", Region: "us-east-1", Zone: "us-east-1a"},
-		{Name: "cluster-aks", Network: "network2", Region: "eastus", Zone: "eastus-1"},
+		{Name: "cluster-eks", Network: "network1", Region: "us-east-1", Zone: "us-east-1a", LoadBalancer: LoadBalancerHostname},
+		{Name: "cluster-aks", Network: "network2", Region: "eastus", Zone: "eastus-1", LoadBalancer: LoadBalancerIP},
 	}}
 }
 
@@ -96,6 +113,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("clusters[%d].network %q: already used by cluster %q; each sandbox cluster has its own network", i, cl.Network, other)
 		}
 		networks[cl.Network] = cl.Name
+		switch cl.LoadBalancer {
+		case "", LoadBalancerIP, LoadBalancerHostname:
+		default:
+			return fmt.Errorf("clusters[%d].loadBalancer %q: want %q (addresses in the Service's status, like AKS; the default) or %q (a DNS name only, like EKS)", i, cl.LoadBalancer, LoadBalancerIP, LoadBalancerHostname)
+		}
 	}
 	return nil
 }

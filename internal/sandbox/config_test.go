@@ -19,6 +19,8 @@ func TestConfigValidate(t *testing.T) {
 		{"duplicate names are refused", Config{Clusters: []ClusterConfig{{Name: "a", Network: "n1"}, {Name: "a", Network: "n2"}}}, "duplicate cluster name"},
 		{"a missing network is refused with an example", Config{Clusters: []ClusterConfig{{Name: "a"}}}, "required (for example network1)"},
 		{"two clusters on one network are refused", Config{Clusters: []ClusterConfig{{Name: "a", Network: "n1"}, {Name: "b", Network: "n1"}}}, `already used by cluster "a"`},
+		{"both load balancer kinds are valid", Config{Clusters: []ClusterConfig{{Name: "a", Network: "n1", LoadBalancer: "hostname"}, {Name: "b", Network: "n2", LoadBalancer: "ip"}}}, ""},
+		{"an unknown load balancer kind is refused with the valid ones", Config{Clusters: []ClusterConfig{{Name: "a", Network: "n1", LoadBalancer: "dns"}}}, `clusters[0].loadBalancer "dns": want "ip"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +49,14 @@ func TestLoadConfig(t *testing.T) {
 	if len(cfg.Clusters) != 3 || cfg.Clusters[2].Name != "c3" {
 		t.Fatalf("got %+v", cfg)
 	}
+	if cfg.Clusters[0].Hostnames() {
+		t.Fatal("a cluster that names no load balancer kind has hostname load balancers; the default is ip")
+	}
+	lb := filepath.Join(dir, "lb.yaml")
+	os.WriteFile(lb, []byte("clusters:\n- name: c1\n  network: n1\n  loadBalancer: hostname\n"), 0o644)
+	if cfg, err := LoadConfig(lb); err != nil || !cfg.Clusters[0].Hostnames() {
+		t.Fatalf("loadBalancer: hostname: %+v %v", cfg, err)
+	}
 	typo := filepath.Join(dir, "typo.yaml")
 	os.WriteFile(typo, []byte("clusters:\n- name: c1\n  netwrk: n1\n"), 0o644)
 	if _, err := LoadConfig(typo); err == nil || !strings.Contains(err.Error(), "netwrk") {
@@ -54,6 +64,13 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if _, _, err := cfg.Cluster("c9"); err == nil || !strings.Contains(err.Error(), `unknown cluster "c9"`) {
 		t.Fatalf("unknown cluster error: %v", err)
+	}
+}
+
+func TestDefaultConfigPlaysEKSAndAKS(t *testing.T) {
+	c := DefaultConfig()
+	if !c.Clusters[0].Hostnames() || c.Clusters[1].Hostnames() {
+		t.Fatalf("cluster-eks must have hostname load balancers and cluster-aks IP ones: %+v", c.Clusters)
 	}
 }
 

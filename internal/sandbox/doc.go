@@ -5,5 +5,6 @@
 // Sub-packages: kubebin builds and caches the Kubernetes binaries, pki makes
 // cluster certificates, network builds the namespaces and links, process
 // runs detached components, controlplane describes each cluster's
-// etcd/apiserver/controller-manager/scheduler.
+// etcd/apiserver/controller-manager/scheduler, cloud plays the provider
+// around the clusters (hostname load balancers and the internet's DNS).
 package sandbox

@@ -77,6 +77,8 @@ func (s *Sandbox) clusters(bins kubebin.Set) []*controlplane.Cluster {
 			Self:        self,
 			NodeLabels:  labels,
 			LBPool:      AddressesOf(i).LBPrefix,
+			LBHostnames: cc.Hostnames(),
+			DNSUpstream: DNSAddr,
 			PodCIDR:     AddressesOf(i).PodCIDR,
 			ServiceCIDR: AddressesOf(i).Services,
 			Mirrors:     Mirrors(),
@@ -134,6 +136,9 @@ func (s *Sandbox) Up(ctx context.Context) error {
 	if err := s.writeKubeconfig(clusters); err != nil {
 		return err
 	}
+	if err := s.upCloud(ctx, self); err != nil {
+		return err
+	}
 	s.say("sandbox ready in %s: %d clusters; kubeconfig %s", time.Since(start).Round(100*time.Millisecond), len(clusters), s.Layout.Kubeconfig())
 	return nil
 }
@@ -156,7 +161,7 @@ func (s *Sandbox) adoptState(ctx context.Context) error {
 	prev := &Sandbox{Layout: s.Layout, Config: old, CacheDir: s.CacheDir, Progress: s.Progress}
 	for _, st := range prev.status(ctx, false) {
 		if st.Running {
-			return fmt.Errorf("a sandbox with other clusters (%s) is running from %s; run `isthmus sandbox down` first", old.names(), s.Layout.Dir)
+			return fmt.Errorf("a sandbox with other settings (clusters %s) is running from %s; run `isthmus sandbox down` first", old.names(), s.Layout.Dir)
 		}
 	}
 	s.say("cleaning leftovers of an earlier sandbox (%s)", old.names())
@@ -371,7 +376,9 @@ func (s *Sandbox) status(ctx context.Context, probe bool) []ComponentStatus {
 		}
 	}
 	self, _ := os.Executable()
-	return append(out, componentStatus(ctx, "(sandbox)", "internet", s.registry(self), probe))
+	return append(out,
+		componentStatus(ctx, "(sandbox)", "internet", s.registry(self), probe),
+		componentStatus(ctx, "(sandbox)", "internet", s.cloudComponent(self), probe))
 }
 
 // componentStatus is one row: whether the process runs and, when probe

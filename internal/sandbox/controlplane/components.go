@@ -131,6 +131,12 @@ func (c *Cluster) Components() []Component {
 		"--dns-ip=" + c.DNSServiceIP().String(),
 		"--api-service-ip=" + c.APIServiceIP().String(),
 	}
+	if c.LBHostnames {
+		nodeArgs = append(nodeArgs, "--lb-mode=hostname")
+	}
+	if c.DNSUpstream.IsValid() {
+		nodeArgs = append(nodeArgs, "--dns-upstream="+c.DNSUpstream.String())
+	}
 	for _, k := range sortedKeys(c.NodeLabels) {
 		nodeArgs = append(nodeArgs, "--label="+k+"="+c.NodeLabels[k])
 	}

@@ -45,6 +45,13 @@ type Cluster struct {
 	NodeLabels map[string]string
 	// LBPool is where LoadBalancer addresses come from.
 	LBPool netip.Prefix
+	// LBHostnames leaves the cluster's load balancers to the sandbox's
+	// cloud, which publishes them by hostname, as EKS does; the node then
+	// runs no load-balancer controller.
+	LBHostnames bool
+	// DNSUpstream answers the cluster DNS's names outside cluster.local
+	// (the sandbox's internet DNS).
+	DNSUpstream netip.AddrPort
 	// PodCIDR and ServiceCIDR are the cluster's private ranges.
 	PodCIDR, ServiceCIDR netip.Prefix
 	// Mirrors maps registries to the plain-HTTP registries the node pulls
@@ -81,6 +88,11 @@ func (c *Cluster) pkiDir() string { return filepath.Join(c.Dir, "pki") }
 func (c *Cluster) path(parts ...string) string {
 	return filepath.Join(append([]string{c.Dir}, parts...)...)
 }
+
+// CloudKubeconfig is the sandbox controllers' credentials with the API
+// server's published address: the sandbox's cloud reaches the cluster
+// from the internet namespace, as a cloud's controllers reach EKS.
+func (c *Cluster) CloudKubeconfig() string { return c.path("cloud.kubeconfig") }
 
 // APIServerURL is the published address of the API server.
 func (c *Cluster) APIServerURL() string {
@@ -133,6 +145,11 @@ func (c *Cluster) Prepare() error {
 		}
 		if cl.name == "admin" || cl.name == "apiserver-kubelet-client" {
 			continue
+		}
+		if cl.name == "sandbox-controller" {
+			if err := c.writeKubeconfig(c.CloudKubeconfig(), c.APIServerURL(), pair); err != nil {
+				return err
+			}
 		}
 		if err := c.writeKubeconfig(c.path(cl.name+".kubeconfig"), "https://127.0.0.1:6443", pair); err != nil {
 			return err

@@ -11,7 +11,10 @@ import (
 // traffic leaving for the internet segment is masqueraded to the node address
 // (pod ranges overlap between clusters, as a cloud NAT gateway would hide
 // them), and from the internet only the API server port and replies come in;
-// LoadBalancer traffic is forwarded to pods, not delivered to the node.
+// LoadBalancer traffic is forwarded to pods, not delivered to the node: to
+// its address, or (hostname load balancers, which the internet namespace
+// forwards) to the node's NodePorts, kube-proxy rewrites it in PREROUTING,
+// before INPUT could drop it.
 func ConfigureNode(nodeNS string, apiPort int) error {
 	rules := []struct {
 		table, chain string
