@@ -515,14 +515,7 @@ func TestIdentityAcrossClusters(t *testing.T) {
 			e.installIstioCRDs(t, "cluster-eks")
 			e.apply("cluster-eks", example(t, "expose-istiod.yaml"))
 			e.waitReady("cluster-eks", "istio-system", "istio=eastwestgateway", 1)
-			var gw string
-			eventually(t, "the gateway's load balancer address", func() bool {
-				s, err := e.clients["cluster-eks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-eastwestgateway", metav1.GetOptions{})
-				if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
-					gw = s.Status.LoadBalancer.Ingress[0].IP
-				}
-				return gw != ""
-			})
+			gw := e.lbAddress(t, "cluster-eks", "istio-system", "istio-eastwestgateway")
 			// A cluster-aks workload asks for its certificate at the gateway
 			// address, as remotePilotAddress makes it; TLS passes through.
 			token := e.token(t, "cluster-aks", "profile", "istio-ca")

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,12 +19,16 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/isthmus-mesh/isthmus/internal/demoapp"
+	"github.com/isthmus-mesh/isthmus/internal/sandbox"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/kubebin"
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 )
 
 // sandboxEnv is a running sandbox and the means to drive it like a user.
@@ -57,6 +64,43 @@ func upSandbox(t *testing.T) *sandboxEnv {
 		e.clients[c] = kubernetes.NewForConfigOrDie(cfg)
 	}
 	return e
+}
+
+// sandboxDNS resolves through the sandbox's internet DNS, as a cloud user's
+// resolver would; the host's own resolver does not know the sandbox.
+var sandboxDNS = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+	return (&net.Dialer{}).DialContext(ctx, network, sandbox.DNSAddr.String())
+}}
+
+// lbAddress waits for a LoadBalancer Service's address and returns it: the
+// IP in its status, or what its hostname resolves to now through the
+// sandbox's DNS (cluster-eks's load balancers have names only, as EKS's).
+func (e *sandboxEnv) lbAddress(t *testing.T, cluster, ns, name string) string {
+	t.Helper()
+	var addr string
+	eventually(t, fmt.Sprintf("a load balancer address for %s/%s in %s", ns, name, cluster), func() bool {
+		svc, err := e.clients[cluster].CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil || len(svc.Status.LoadBalancer.Ingress) == 0 {
+			return false
+		}
+		in := svc.Status.LoadBalancer.Ingress[0]
+		if in.IP != "" {
+			addr = in.IP
+			return true
+		}
+		if in.Hostname == "" {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		ips, err := sandboxDNS.LookupNetIP(ctx, "ip4", in.Hostname)
+		if err != nil || len(ips) == 0 {
+			return false
+		}
+		addr = ips[0].String()
+		return true
+	})
+	return addr
 }
 
 // kubectl runs the sandbox's kubectl against a cluster.
@@ -236,14 +280,7 @@ func TestSandboxNodes(t *testing.T) {
 				t.Errorf("cluster-eks reached cluster-aks's private address %s: %s", url, out)
 			}
 		}
-		var lb string
-		eventually(t, "a LoadBalancer address for profile in cluster-aks", func() bool {
-			s, err := e.clients["cluster-aks"].CoreV1().Services("default").Get(context.Background(), "profile", metav1.GetOptions{})
-			if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
-				lb = s.Status.LoadBalancer.Ingress[0].IP
-			}
-			return lb != ""
-		})
+		lb := e.lbAddress(t, "cluster-aks", "default", "profile")
 		if !strings.HasPrefix(lb, "198.18.2.") {
 			t.Fatalf("cluster-aks load balancer address %s is not in its pool 198.18.2.0/24", lb)
 		}
@@ -485,4 +522,214 @@ spec:
 			t.Error("iptables rules left in the host namespace")
 		}
 	})
+}
+
+// TestSandboxHostnameLoadBalancers plays EKS's load balancers: cluster-eks
+// publishes a LoadBalancer Service under a DNS name only, the sandbox's
+// internet DNS answers it, the address serves every port from the host,
+// the internet and the other cluster's pods (through their cluster DNS),
+// and when the address changes under the name, everyone follows and the
+// old address stops serving. cluster-aks keeps IP load balancers (AKS).
+func TestSandboxHostnameLoadBalancers(t *testing.T) {
+	e := upSandbox(t)
+	ctx := context.Background()
+	e.apply("cluster-eks", `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: isthmus/demo-app
+        args: [profile]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {port: http, path: /healthz}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: alt, port: 8080, targetPort: 8080}]
+`)
+	clientPod := `
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {app: client}}
+spec:
+  containers: [{name: client, image: curlimages/curl, command: [sleep, "3650d"]}]
+`
+	e.apply("cluster-aks", clientPod+`---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: default}
+spec:
+  type: LoadBalancer
+  ports: [{port: 80}]
+`)
+	e.apply("cluster-eks", clientPod)
+	e.waitReady("cluster-eks", "default", "app=web", 1)
+	e.waitReady("cluster-eks", "default", "app=client", 1)
+	e.waitReady("cluster-aks", "default", "app=client", 1)
+
+	var host string
+	eventually(t, "web in cluster-eks published", func() bool {
+		svc, err := e.clients["cluster-eks"].CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
+		if err == nil && len(svc.Status.LoadBalancer.Ingress) > 0 {
+			host = svc.Status.LoadBalancer.Ingress[0].Hostname
+		}
+		return host != ""
+	})
+	published := func(t *testing.T) {
+		t.Helper()
+		svc, err := e.clients["cluster-eks"].CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid := strings.ReplaceAll(string(svc.UID), "-", "")[:8]
+		want := []corev1.LoadBalancerIngress{{Hostname: "web-default-" + uid + ".cluster-eks.elb.isthmus.test"}}
+		if !equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, want) {
+			t.Fatalf("web is published as %+v, want the name only: %+v", svc.Status.LoadBalancer.Ingress, want)
+		}
+	}
+	resolve := func() string {
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		ips, err := sandboxDNS.LookupNetIP(ctx, "ip4", host)
+		if err != nil || len(ips) != 1 {
+			return fmt.Sprintf("%v %v", ips, err)
+		}
+		return ips[0].String()
+	}
+	hostClient := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	inetClient := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: network.Dialer(network.InternetNS), DisableKeepAlives: true}}
+	answers := func(c *http.Client, addr, port string) error {
+		resp, err := c.Get("http://" + net.JoinHostPort(addr, port) + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return nil
+	}
+	var addr string
+
+	t.Run("cluster-eks publishes a name and no address; cluster-aks an address", func(t *testing.T) {
+		published(t)
+		eventually(t, "plain in cluster-aks gets an address", func() bool {
+			svc, err := e.clients["cluster-aks"].CoreV1().Services("default").Get(ctx, "plain", metav1.GetOptions{})
+			return err == nil && len(svc.Status.LoadBalancer.Ingress) > 0
+		})
+		svc, _ := e.clients["cluster-aks"].CoreV1().Services("default").Get(ctx, "plain", metav1.GetOptions{})
+		if in := svc.Status.LoadBalancer.Ingress; len(in) != 1 || !strings.HasPrefix(in[0].IP, "198.18.2.") || in[0].Hostname != "" {
+			t.Fatalf("cluster-aks's load balancer is published as %+v, want an address of 198.18.2.0/24", in)
+		}
+	})
+
+	t.Run("from the host, the name resolves through 198.18.0.2 and every port answers", func(t *testing.T) {
+		addr = e.lbAddress(t, "cluster-eks", "default", "web")
+		if !netip.MustParsePrefix("198.18.1.0/24").Contains(netip.MustParseAddr(addr)) {
+			t.Fatalf("%s resolves to %s, outside cluster-eks's pool", host, addr)
+		}
+		for _, port := range []string{"80", "8080"} {
+			eventually(t, "the host reaches "+addr+":"+port, func() bool { return answers(hostClient, addr, port) == nil })
+		}
+		if _, err := sandboxDNS.LookupNetIP(ctx, "ip4", "nothing-default-00000000.cluster-eks.elb.isthmus.test"); !isNotFound(err) {
+			t.Errorf("an unknown name in the zone: %v, want not found", err)
+		}
+	})
+
+	t.Run("from the internet namespace, the address answers", func(t *testing.T) {
+		if err := answers(inetClient, addr, "80"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// podReaches resolves the name in a pod through its cluster DNS and
+	// calls the load balancer by it.
+	podReaches := func(cluster, want string) error {
+		out, err := e.kubectl(cluster, "", "exec", "client", "--", "getent", "hosts", host)
+		if err != nil {
+			return err
+		}
+		if f := strings.Fields(out); len(f) == 0 || f[0] != want {
+			return fmt.Errorf("getent hosts %s in %s: %q, want %s", host, cluster, out, want)
+		}
+		_, err = e.kubectl(cluster, "", "exec", "client", "--", "curl", "-sS", "--fail", "--connect-timeout", "2", "-m", "5", "http://"+host+"/healthz")
+		return err
+	}
+
+	t.Run("a pod in cluster-aks resolves the name through its cluster DNS and reaches it", func(t *testing.T) {
+		if err := podReaches("cluster-aks", addr); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a pod in cluster-eks reaches its own cluster's load balancer by name", func(t *testing.T) {
+		if err := podReaches("cluster-eks", addr); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("spec.loadBalancerIP moves the address under the same name; the old one stops serving", func(t *testing.T) {
+		moved := "198.18.1.200"
+		if moved == addr {
+			moved = "198.18.1.201"
+		}
+		if _, err := e.clients["cluster-eks"].CoreV1().Services("default").Patch(ctx, "web", types.MergePatchType,
+			[]byte(fmt.Sprintf(`{"spec":{"loadBalancerIP":%q}}`, moved)), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var last string
+		for {
+			got := resolve()
+			newErr := answers(hostClient, moved, "80")
+			c, oldErr := net.DialTimeout("tcp", net.JoinHostPort(addr, "80"), 2*time.Second)
+			if c != nil {
+				c.Close()
+			}
+			if got == moved && newErr == nil && oldErr != nil {
+				break
+			}
+			last = fmt.Sprintf("the name resolves to %s, %s:80 answers %v, %s:80 dials %v", got, moved, newErr, addr, oldErr)
+			if time.Since(start) > 15*time.Second {
+				t.Fatalf("15 s after the move from %s to %s: %s", addr, moved, last)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("the name, the new address and the old one followed the move in %s", time.Since(start).Round(10*time.Millisecond))
+		published(t)
+		if err := answers(hostClient, moved, "8080"); err != nil {
+			t.Errorf("port 8080 at the new address: %v", err)
+		}
+		if err := answers(inetClient, addr, "80"); err == nil {
+			t.Errorf("the old address still answers from the internet namespace")
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			err := podReaches("cluster-aks", moved)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster-aks's pod 15 s after the move: %v", err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+}
+
+// isNotFound reports whether a lookup failed because the name does not exist.
+func isNotFound(err error) bool {
+	var dnsErr *net.DNSError
+	return errors.As(err, &dnsErr) && dnsErr.IsNotFound
 }

@@ -93,8 +93,10 @@ func TestSandboxControlPlanes(t *testing.T) {
 				}
 			}
 		}
-		if !strings.Contains(r.stdout, "(sandbox)") || !regexp.MustCompile(`\(sandbox\)\s+internet\s+registry\s+\d+\s+healthy`).MatchString(r.stdout) {
-			t.Errorf("status has no healthy registry row:\n%s", r.stdout)
+		for _, comp := range []string{"registry", "cloud"} {
+			if !regexp.MustCompile(`\(sandbox\)\s+internet\s+` + comp + `\s+\d+\s+healthy`).MatchString(r.stdout) {
+				t.Errorf("status has no healthy %s row:\n%s", comp, r.stdout)
+			}
 		}
 	})
 
@@ -233,9 +235,9 @@ func TestSandboxControlPlanes(t *testing.T) {
 				pids[f[3]] = true
 			}
 		}
-		// Six per cluster and the sandbox's registry.
-		if len(pids) != 13 {
-			t.Fatalf("expected 13 running components before down, found %d", len(pids))
+		// Six per cluster, the sandbox's registry and its cloud.
+		if len(pids) != 14 {
+			t.Fatalf("expected 14 running components before down, found %d", len(pids))
 		}
 		if r := sb(2*time.Minute, "down"); r.err != nil {
 			t.Fatalf("down: %v", r.err)

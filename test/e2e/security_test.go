@@ -50,14 +50,7 @@ func securityBoundary(t *testing.T, e *sandboxEnv) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lb string
-	eventually(t, "istio-ingressgateway has a load-balancer address", func() bool {
-		svc, err := eks.CoreV1().Services("istio-system").Get(ctx, "istio-ingressgateway", metav1.GetOptions{})
-		if err == nil && len(svc.Status.LoadBalancer.Ingress) > 0 {
-			lb = svc.Status.LoadBalancer.Ingress[0].IP
-		}
-		return lb != ""
-	})
+	lb := e.lbAddress(t, "cluster-eks", "istio-system", "istio-ingressgateway")
 
 	// The credential: the same Secret in istio-system (the gateway's) and
 	// in multicluster (sleep's own namespace), and a Gateway using it.

@@ -29,14 +29,7 @@ func ingressArea(t *testing.T, w *walkthrough) {
 		if args := strings.Join(gwPod.Spec.Containers[0].Args, " "); args != "proxy router" {
 			t.Fatalf("the ingress gateway runs %q", args)
 		}
-		var lb string
-		eventually(t, "istio-ingressgateway has a load-balancer address", func() bool {
-			svc, err := e.clients["cluster-eks"].CoreV1().Services("istio-system").Get(context.Background(), "istio-ingressgateway", metav1.GetOptions{})
-			if err == nil && len(svc.Status.LoadBalancer.Ingress) > 0 {
-				lb = svc.Status.LoadBalancer.Ingress[0].IP
-			}
-			return lb != ""
-		})
+		lb := e.lbAddress(t, "cluster-eks", "istio-system", "istio-ingressgateway")
 		ca := newTestCA(t, "shop-ca", nil)
 		secret := func(host string) string {
 			certPEM, keyPEM := ca.serving(t, host)
