@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 const examples = "../../examples/primary-remote-multinetwork"
@@ -149,6 +150,11 @@ func TestSeedFilesRender(t *testing.T) {
 	slice := byName["EndpointSlice istio-system/istiod"]
 	if _, has := slice.Object["endpoints"]; has || slice.GetAnnotations()["isthmus.io/remote-pilot-address"] != "a1b2-eks.elb.example.com" {
 		t.Errorf("istiod endpoints for a DNS name: %s", toString(slice.Object))
+	}
+	for k, v := range slice.GetLabels() {
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			t.Errorf("label %s=%s: %v", k, v, errs)
+		}
 	}
 	role := byName["Role istio-system/istio-reader-istiod-endpoints"]
 	binding := byName["RoleBinding istio-system/istio-reader-istiod-endpoints"]

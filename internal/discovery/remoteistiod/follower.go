@@ -39,7 +39,7 @@ const (
 	// Name of the remote's istiod Service and EndpointSlice.
 	Name = "istiod"
 	// ManagedBy is the slice's endpointslice.kubernetes.io/managed-by.
-	ManagedBy = "isthmus.io/control-plane"
+	ManagedBy = "control-plane.isthmus.io"
 	// RoleName names the Role that lets the reader account rewrite the
 	// slice (and nothing else).
 	RoleName = "istio-reader-istiod-endpoints"
