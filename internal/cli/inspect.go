@@ -178,6 +178,34 @@ sent nothing of that type (NOT SENT). Run it against the primary cluster.`,
 	return cmd
 }
 
+func newRemoteClustersCmd() *cobra.Command {
+	var cf clusterFlags
+	var istioNS string
+	cmd := &cobra.Command{
+		Use:   "remote-clusters",
+		Short: "List the clusters the control plane watches and whether each is synced",
+		Long: `List every cluster the control plane watches, as istioctl remote-clusters does:
+its own and one per remote secret, with the secret, the state (syncing, synced,
+timeout: not synced in time and served with what it has, error: with why) and
+the control plane pod that says so. Run it against the primary cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.cluster()
+			if err != nil {
+				return err
+			}
+			list, err := c.RemoteClusters(cmd.Context(), istioNS)
+			if err != nil {
+				return err
+			}
+			return inspect.WriteRemoteClusters(cmd.OutOrStdout(), list)
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().StringVarP(&istioNS, "istioNamespace", "i", "istio-system", "namespace of the control plane")
+	return cmd
+}
+
 // writeMeshVersions prints the control plane's and the proxies' versions.
 func writeMeshVersions(cmd *cobra.Command, cf *clusterFlags, istioNS string) error {
 	c, err := cf.cluster()

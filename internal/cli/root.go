@@ -56,7 +56,7 @@ DestinationRule, PeerAuthentication, AuthorizationPolicy, remote secrets).`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail")
-	root.AddCommand(newVersionCmd(), newDiscoveryCmd(), newCreateRemoteSecretCmd(), newExperimentalCmd(), newGatewayCmd(), newInstallCmd(), newAnalyzeCmd(), newProxyConfigCmd(), newProxyStatusCmd(), newUninstallCmd(), newManifestCmd(), newDemoAppCmd())
+	root.AddCommand(newVersionCmd(), newDiscoveryCmd(), newCreateRemoteSecretCmd(), newExperimentalCmd(), newGatewayCmd(), newInstallCmd(), newAnalyzeCmd(), newProxyConfigCmd(), newProxyStatusCmd(), newRemoteClustersCmd(), newUninstallCmd(), newManifestCmd(), newDemoAppCmd())
 	root.AddCommand(linuxCommands()...)
 	refuseUnknown(root)
 	return root

@@ -321,7 +321,7 @@ func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Regis
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/debug/clusterz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, append([]remotesecret.Status{{ID: cfg.ClusterID, State: syncState(local.Synced()), Secret: "(local)"}}, secrets.Statuses()...))
+		writeJSON(w, append([]remotesecret.Status{{ID: cfg.ClusterID, State: syncState(local.Synced())}}, secrets.Statuses()...))
 	})
 	mux.HandleFunc("/version", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, map[string]string{"version": version.String(), "cluster": cfg.ClusterID})
