@@ -35,7 +35,7 @@ echo
 echo "== Identities on a call answered by $AKS (the server's view of the client, from XFCC)"
 for _ in $(seq 20); do
 	answer=$(sleep_sh 'curl -sS --max-time 5 http://profile:8080/profile?id=4')
-	if [[ $answer == *"\"cluster\":\"$AKS\""* ]]; then
+	if [[ $answer == *"\"cluster\":\"cluster-aks\""* ]]; then
 		echo "$answer" | sed -n 's/.*"callerXFCC":"\(.*\)".*/\1/p' | tr ';' '\n' | sed -n 's/^By=/server: /p; s/^URI=/client: /p'
 		break
 	fi

@@ -15,10 +15,10 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/image"
 )
 
-// builtDigests reads make image's digests.txt: repository -> index digest.
-func builtDigests(t *testing.T) map[string]string {
+// builtDigests reads make image's digests.txt in dir: repository -> index digest.
+func builtDigests(t *testing.T, dir string) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(imageDir, "digests.txt"))
+	b, err := os.ReadFile(filepath.Join(dir, "digests.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func builtDigests(t *testing.T) map[string]string {
 // and the sandbox's registry served: istiod, the gateways, every sidecar
 // and init container, and the demo app.
 func imagesArea(t *testing.T, w *walkthrough) {
-	digests := builtDigests(t)
+	digests := builtDigests(t, w.images)
 	t.Run("every mesh pod runs the pulled image: its digest in the status, its root the unpacked image", func(t *testing.T) {
 		hostRoot, err := os.Stat("/")
 		if err != nil {
@@ -54,11 +54,18 @@ func imagesArea(t *testing.T, w *walkthrough) {
 				for _, p := range pods.Items {
 					statuses := append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
 					for _, s := range statuses {
-						repo, _, _ := strings.Cut(image.FullName(s.Image), ":")
+						repo := s.Image // REPO[:TAG], the registry's port aside
+						if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+							repo = repo[:i]
+						}
+						repo = image.FullName(repo)
+						where := cluster + " " + ns + "/" + p.Name + " " + s.Name
 						if _, built := digests[repo]; !built {
+							if name := filepath.Base(repo); name == "isthmus" || name == "demo-app" {
+								t.Errorf("%s runs %s, not the image the walkthrough pushed to %s", where, s.Image, walkthroughHub)
+							}
 							continue // sleep's curl: a public image, run from the host
 						}
-						where := cluster + " " + ns + "/" + p.Name + " " + s.Name
 						if want := repo + "@" + digests[repo]; s.ImageID != want {
 							t.Errorf("%s: imageID %q, want %q", where, s.ImageID, want)
 						}

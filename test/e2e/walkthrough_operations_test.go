@@ -19,6 +19,24 @@ func operationsArea(t *testing.T, w *walkthrough) {
 	e := w.e
 	kc := w.kc
 
+	t.Run("remote-clusters: the control plane's own cluster and cluster-aks, each synced", func(t *testing.T) {
+		r := isthmus(t, time.Minute, append([]string{"remote-clusters", "--context", "cluster-eks"}, kc...)...)
+		if r.err != nil {
+			t.Fatalf("%v\n%s", r.err, r.stderr)
+		}
+		rows := map[string][]string{}
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n")[1:] {
+			f := strings.Fields(l)
+			rows[f[0]] = f
+		}
+		if f := rows["cluster-eks"]; len(f) != 3 || f[1] != "synced" || !strings.HasPrefix(f[2], "istiod-") {
+			t.Errorf("cluster-eks row %q:\n%s", f, r.stdout)
+		}
+		if f := rows["cluster-aks"]; len(f) != 4 || !strings.HasSuffix(f[1], "istio-remote-secret-cluster-aks") || f[2] != "synced" {
+			t.Errorf("cluster-aks row %q:\n%s", f, r.stdout)
+		}
+	})
+
 	t.Run("analyze: references across both clusters, findings named the Istio way", func(t *testing.T) {
 		r := isthmus(t, time.Minute, append([]string{"analyze", "--context", "cluster-eks"}, kc...)...)
 		if r.err != nil || !strings.Contains(r.stdout, "No validation issues found") || !strings.Contains(r.stdout, "cluster-aks") {

@@ -35,40 +35,85 @@ func answers(out string) []profileAnswer {
 	return as
 }
 
+// guideScript is every ```sh block of a markdown file, in order: what a
+// reader runs (```shell blocks need a real cloud and are left out).
+func guideScript(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var script strings.Builder
+	in := false
+	for line := range strings.Lines(string(b)) {
+		switch {
+		case !in && strings.TrimSpace(line) == "```sh":
+			in = true
+		case in && strings.TrimSpace(line) == "```":
+			in = false
+		case in:
+			script.WriteString(line)
+		}
+	}
+	if script.Len() == 0 {
+		t.Fatalf("%s has no sh blocks", path)
+	}
+	return script.String()
+}
+
 // TestWalkthrough replays the seed's walkthrough on the sandbox with the
-// seed's files (examples/primary-remote-multinetwork/replay.sh), then
-// checks what the user of the seed checks, and more.
+// seed's files as the real-cluster guide says
+// (examples/primary-remote-multinetwork/real-clusters.md: build and push
+// the images to a registry of one's own, replay.sh with that hub, each
+// east-west gateway fenced to the other cluster), then checks what the
+// user of the seed checks, and more.
 func TestWalkthrough(t *testing.T) {
 	e := upSandbox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	replay := exec.CommandContext(ctx, "bash", filepath.Join(examples, "replay.sh"))
-	replay.Env = append(os.Environ(), "ISTHMUS="+bin, "KUBECONFIG="+e.kubeconfig, "KUBECTL="+e.kubectlBin, "WORK="+t.TempDir())
+	work := t.TempDir()
+	images := filepath.Join(work, "image")
+	// The sandbox's registry under a name of its own (not docker.io, which
+	// it also stands in for); crane talks plain HTTP to it.
+	prelude := `set -euo pipefail
+isthmus() { "$ISTHMUS" "$@"; }
+kubectl() { "$KUBECTL" "$@"; }
+crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --insecure "$@"; }
+`
+	guide := exec.CommandContext(ctx, "bash", "-c", prelude+guideScript(t, filepath.Join(examples, "real-clusters.md")))
+	guide.Dir = "../.."
+	guide.Env = append(os.Environ(), "ISTHMUS="+bin, "KUBECONFIG="+e.kubeconfig, "KUBECTL="+e.kubectlBin, "WORK="+work,
+		"HUB="+walkthroughHub, "TAG=e2e", "IMAGE_DIR="+images, "PRIMARY=cluster-eks", "REMOTE=cluster-aks",
+		// Each cluster's egress is its node address (198.18.N.1).
+		"EKS_GATEWAY_FROM=198.18.2.1/32", "AKS_GATEWAY_FROM=198.18.1.1/32")
 	var out bytes.Buffer
-	replay.Stdout, replay.Stderr = &out, &out
+	guide.Stdout, guide.Stderr = &out, &out
 	start := time.Now()
-	err := replay.Run()
-	t.Logf("replay.sh (%s):\n%s", time.Since(start).Round(time.Second), out.String())
+	err := guide.Run()
+	t.Logf("real-clusters.md's commands (%s):\n%s", time.Since(start).Round(time.Second), out.String())
 	if err != nil {
-		t.Fatalf("replay.sh: %v", err)
+		t.Fatalf("real-clusters.md's commands: %v", err)
 	}
 	for _, step := range []string{"1.1", "1.2", "1.3", "1.4", "2.1", "2.2", "3.1", "3.2", "3.3", "4"} {
 		if !strings.Contains(out.String(), "== Step "+step+":") {
 			t.Errorf("replay.sh did not run step %s", step)
 		}
 	}
-	w := &walkthrough{e: e, kc: []string{"--kubeconfig", e.kubeconfig}}
+	w := &walkthrough{e: e, kc: []string{"--kubeconfig", e.kubeconfig}, images: images}
 	// The areas run in this order: each starts from the mesh the ones
 	// before it leave (policies stay applied, for instance).
 	imagesArea(t, w)
 	meshArea(t, w)
+	fenceArea(t, w)
 	ingressArea(t, w)
 	t.Run("security: the control plane's trust boundary, attacked from sleep's pod and asked of the API servers", func(t *testing.T) {
 		securityBoundary(t, e)
 	})
 	policyArea(t, w)
 	trafficArea(t, w)
+	kindsArea(t, w)
 	operationsArea(t, w)
+	cloudArea(t, w)
 }
 
 // walkthrough is the replayed walkthrough the areas share.
@@ -76,7 +121,14 @@ type walkthrough struct {
 	e *sandboxEnv
 	// kc points isthmus's own commands at the sandbox.
 	kc []string
+	// images is the make image output the mesh was installed from.
+	images string
 }
+
+// walkthroughHub is where the walkthrough's images are pushed and pulled
+// from: the sandbox's registry under a name of its own, as a platform
+// team's registry would be.
+const walkthroughHub = "198.18.0.2:5000/mesh"
 
 // sleepExec runs a shell script in sleep's container in cluster-eks.
 func (w *walkthrough) sleepExec(t *testing.T, script string) string {
