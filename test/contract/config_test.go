@@ -64,7 +64,7 @@ func generatedPorts(t testing.TB, ports []registry.Port) config.Resources {
 	add(resource.ClusterType, append(g.Clusters, inClusters...))
 	add(resource.EndpointType, g.Endpoints)
 	add(resource.ListenerType, append(g.Listeners, in))
-	add(resource.RouteType, proxyview.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil))
+	add(resource.RouteType, proxyview.SidecarRoutes("test", "", reg.Services(), nil, "cluster.local", nil))
 	return rs
 }
 
@@ -204,7 +204,7 @@ http:
 		t.Fatal(err)
 	}
 	var warnings []string
-	rs := proxyview.SidecarRoutes("test", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rs := proxyview.SidecarRoutes("test", "", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
 	rc := rs[0].(*routev3.RouteConfiguration)
 	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
 	if err != nil {
@@ -451,7 +451,7 @@ func TestConsistentHash(t *testing.T) {
 		a, _ := anypb.New(c)
 		rs[resource.ClusterType][cacheName(c)] = a
 	}
-	for _, r := range proxyview.SidecarRoutes("test", reg.Services(), drConfig{dr}, "cluster.local", nil) {
+	for _, r := range proxyview.SidecarRoutes("test", "", reg.Services(), drConfig{dr}, "cluster.local", nil) {
 		a, _ := anypb.New(r)
 		rs[resource.RouteType][cacheName(r)] = a
 	}

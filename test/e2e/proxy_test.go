@@ -226,7 +226,7 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 	g := proxyview.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {}, nil)
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
 	if p.Type == proxyview.Sidecar {
-		rs[resource.RouteType] = proxyview.SidecarRoutes("test", reg.Services(), nil, "cluster.local", nil)
+		rs[resource.RouteType] = proxyview.SidecarRoutes("test", "", reg.Services(), nil, "cluster.local", nil)
 		modes := proxyview.MTLSModes{}
 		if strict {
 			modes.Default = proxyview.Strict

@@ -36,6 +36,7 @@ const (
 	// (the default) and gateway.
 	AnnotationTemplates = "inject.istio.io/templates"
 	LabelTLSMode        = "security.istio.io/tlsMode"
+	LabelNetwork        = "topology.istio.io/network"
 	ProxyName           = "istio-proxy"
 	InitName            = "istio-init"
 	// Traffic annotations passed to `isthmus proxy init`.
@@ -139,6 +140,11 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 		op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"]}`})
 	if pod.Labels["service.istio.io/canonical-name"] == "" {
 		ops = append(ops, op{"add", "/metadata/labels/" + escape("service.istio.io/canonical-name"), canonicalName(pod)})
+	}
+	if network != "" && pod.Labels[LabelNetwork] == "" {
+		// As Istio's template: the pod says its network, which the control
+		// plane reads first (before the system namespace's label).
+		ops = append(ops, op{"add", "/metadata/labels/" + escape(LabelNetwork), network})
 	}
 	if pod.Spec.InitContainers == nil {
 		ops = append(ops, op{"add", "/spec/initContainers", []corev1.Container{}})

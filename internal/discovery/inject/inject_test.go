@@ -84,8 +84,14 @@ func TestInjectsTheSidecar(t *testing.T) {
 			t.Errorf("%s=%q, want %q", name, got, want)
 		}
 	}
-	if pod.Labels[LabelTLSMode] != "istio" || pod.Annotations[AnnotationStatus] == "" {
+	if pod.Labels[LabelTLSMode] != "istio" || pod.Labels[LabelNetwork] != "network2" || pod.Annotations[AnnotationStatus] == "" {
 		t.Errorf("labels %v annotations %v", pod.Labels, pod.Annotations)
+	}
+	// A pod that says its network keeps it.
+	own := appPod()
+	own.Labels[LabelNetwork] = "vpc-a"
+	if got := review(t, "/inject/cluster/cluster-aks/net/network2", own).Labels[LabelNetwork]; got != "vpc-a" {
+		t.Errorf("the pod's own network label became %q", got)
 	}
 	tok := pod.Spec.Volumes[0].Projected.Sources[0].ServiceAccountToken
 	if tok.Audience != "istio-ca" || tok.Path != "istio-token" {

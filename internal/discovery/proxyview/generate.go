@@ -57,7 +57,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		if cfg != nil {
 			vss = cfg.VirtualServices()
 		}
-		g.Listeners, g.Clusters = sidecarOutbound(services, vss, drs, domain, p.Paths)
+		g.Listeners, g.Clusters = sidecarOutbound(services, p.ClusterID, vss, drs, domain, p.Paths)
 	}
 	g.addServices(p, reg, services, drs, noGW, warn)
 	return g

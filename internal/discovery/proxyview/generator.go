@@ -52,13 +52,13 @@ func (g *Generator) Endpoints(p *Proxy, services []*registry.Service) []types.Re
 	return GenerateEndpoints(g.withMesh(p), g.Registry, g.Config, g.Domain, services, g.noGateway, g.warn)
 }
 
-// Routes is the route tables of sidecars in namespace.
-func (g *Generator) Routes(namespace string, services []*registry.Service) []types.Resource {
+// Routes is the route tables of sidecars in namespace of cluster.
+func (g *Generator) Routes(namespace, cluster string, services []*registry.Service) []types.Resource {
 	domain := g.Domain
 	if domain == "" {
 		domain = "cluster.local"
 	}
-	return SidecarRoutes(namespace, services, g.Config, domain, g.warn)
+	return SidecarRoutes(namespace, cluster, services, g.Config, domain, g.warn)
 }
 
 // InboundIndex is the ports each pod's services target, by pod address.

@@ -110,7 +110,7 @@ func FuzzParseNode(f *testing.F) {
 
 		view := g.View(p)
 		for _, rs := range [][]types.Resource{view.Clusters, view.Endpoints, view.Listeners, view.Routes, view.Secrets,
-			g.Endpoints(p, reg.Services()), g.Routes(p.Namespace, reg.Services())} {
+			g.Endpoints(p, reg.Services()), g.Routes(p.Namespace, p.ClusterID, reg.Services())} {
 			for _, r := range rs {
 				if err := r.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
 					t.Fatalf("node %v: %T breaks Envoy's rules: %v", n, r, err)

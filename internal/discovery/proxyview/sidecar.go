@@ -104,8 +104,9 @@ func routerFilter() *hcm.HttpFilter {
 // (Istio's shapes): virtualOutbound on 15001 dispatches by original
 // destination to per-port listeners (HTTP ports share 0.0.0.0_PORT with RDS
 // route "PORT", see SidecarRoutes; TCP ports get CLUSTERIP_PORT), plus the
-// passthrough and black-hole clusters.
-func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization) (listeners, clusters []types.Resource) {
+// passthrough and black-hole clusters. A TCP port's listener sits on the
+// service's ClusterIP in the proxy's cluster (clusterID).
+func sidecarOutbound(services []*registry.Service, clusterID string, vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization) (listeners, clusters []types.Resource) {
 	router := routerFilter()
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTcp()) > 0 })
 	byTLS := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTls()) > 0 })
@@ -120,13 +121,14 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 				httpPorts[port.Port] = true
 				continue
 			}
-			if svc.ClusterIP == "" {
+			vip := svc.AddressFor(clusterID)
+			if vip == "" {
 				continue // headless TCP: reached through the passthrough chain
 			}
 			cl := OutboundCluster(port.Port, "", svc.Hostname)
 			l := &listener.Listener{
-				Name:             fmt.Sprintf("%s_%d", svc.ClusterIP, port.Port),
-				Address:          socketAddress(svc.ClusterIP, uint32(port.Port)),
+				Name:             fmt.Sprintf("%s_%d", vip, port.Port),
+				Address:          socketAddress(vip, uint32(port.Port)),
 				BindToPort:       wrapperspb.Bool(false),
 				TrafficDirection: core.TrafficDirection_OUTBOUND,
 			}
@@ -146,7 +148,7 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 				l.FilterChains = append([]*listener.FilterChain{{
 					Name:             "http",
 					FilterChainMatch: &listener.FilterChainMatch{ApplicationProtocols: sniffedHTTP},
-					Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+svc.ClusterIP+"_"+name, name, router, paths))},
+					Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+vip+"_"+name, name, router, paths))},
 				}}, l.FilterChains...)
 			}
 			tcp = append(tcp, l)
@@ -188,8 +190,9 @@ func sidecarOutbound(services []*registry.Service, vss []*networkingv1.VirtualSe
 // of one namespace (which decides the short names a service answers to):
 // a virtual host per service with the routes of the VirtualService that
 // names it (mesh gateway), else one default route with Istio's default
-// retries and no timeout; and allow_any to the passthrough cluster.
-func SidecarRoutes(namespace string, services []*registry.Service, cfg Config, domain string, warn func(string)) []types.Resource {
+// retries and no timeout; and allow_any to the passthrough cluster. The
+// services' addresses are those of cluster, the sidecars'.
+func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg Config, domain string, warn func(string)) []types.Resource {
 	if warn == nil {
 		warn = func(string) {}
 	}
@@ -222,7 +225,7 @@ func SidecarRoutes(namespace string, services []*registry.Service, cfg Config, d
 			}
 			vhosts[port.Port] = append(vhosts[port.Port], &route.VirtualHost{
 				Name:    fmt.Sprintf("%s:%d", svc.Hostname, port.Port),
-				Domains: domains(svc, port.Port, namespace),
+				Domains: domains(svc, port.Port, namespace, cluster),
 				Routes:  routes,
 			})
 		}
@@ -489,9 +492,11 @@ func defaultRetry() *route.RetryPolicy {
 }
 
 // domains lists the names a service is called by: FQDN and its shorter
-// forms (the bare name only from the same namespace), and its ClusterIP,
-// each with and without the port.
-func domains(svc *registry.Service, port int32, fromNamespace string) []string {
+// forms (the bare name only from the same namespace), and its ClusterIP in
+// the caller's cluster, each with and without the port. Only that one:
+// clusters' service ranges may overlap, and a domain twice in a route
+// table is refused.
+func domains(svc *registry.Service, port int32, fromNamespace, cluster string) []string {
 	names := []string{svc.Hostname}
 	parts := strings.Split(svc.Hostname, ".")
 	if len(parts) >= 3 {
@@ -500,8 +505,8 @@ func domains(svc *registry.Service, port int32, fromNamespace string) []string {
 			names = append(names, parts[0])
 		}
 	}
-	if svc.ClusterIP != "" {
-		names = append(names, svc.ClusterIP)
+	if vip := svc.AddressFor(cluster); vip != "" {
+		names = append(names, vip)
 	}
 	var out []string
 	for _, n := range names {

@@ -27,7 +27,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	reg.SetEndpoints("c1", host, []registry.Endpoint{{Address: "100.64.0.5", Ports: map[string]int32{"http": 9080}, Cluster: "c1", Ready: true}})
 	services := reg.Services()
 
-	ls, cls := sidecarOutbound(services, nil, nil, "cluster.local", 0)
+	ls, cls := sidecarOutbound(services, "c1", nil, nil, "cluster.local", 0)
 	names := map[string]*listener.Listener{}
 	for _, l := range ls {
 		names[l.(*listener.Listener).Name] = l.(*listener.Listener)
@@ -44,7 +44,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 		t.Errorf("special clusters: %d", len(cls))
 	}
 
-	rs := SidecarRoutes("multicluster", services, nil, "cluster.local", nil)
+	rs := SidecarRoutes("multicluster", "c1", services, nil, "cluster.local", nil)
 	if len(rs) != 1 || rs[0].(*route.RouteConfiguration).Name != "8080" {
 		t.Fatalf("routes %v", rs)
 	}
@@ -54,7 +54,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 			t.Errorf("virtual host lacks domain %s: %v", d, vh.Domains)
 		}
 	}
-	if other := SidecarRoutes("default", services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]; slices.Contains(other.Domains, "profile") {
+	if other := SidecarRoutes("default", "c1", services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]; slices.Contains(other.Domains, "profile") {
 		t.Error("the bare name must only resolve from the service's own namespace")
 	}
 	if got := vh.Routes[0].GetRoute().GetCluster(); got != OutboundCluster(8080, "", host) {
@@ -144,5 +144,41 @@ func TestAuthzKeyTellsAllowNothingFromNoPolicy(t *testing.T) {
 	nothing := Authz{HTTPAllow: &rbacv3.RBAC{}, TCPAllow: &rbacv3.RBAC{}}
 	if none.Key() == nothing.Key() {
 		t.Fatal("an ALLOW without policies has the key of no policy")
+	}
+}
+
+// A service in two clusters has a ClusterIP in each: a sidecar's TCP
+// listener and its routes' domains use its own cluster's (pods call the
+// ClusterIP their DNS gives them); a cluster without the service uses
+// the other's.
+func TestEachClusterItsOwnClusterIP(t *testing.T) {
+	reg := registry.New()
+	host := "profile-tcp.multicluster.svc.cluster.local"
+	for cluster, ip := range map[string]string{"cluster-aks": "100.97.0.9", "cluster-eks": "100.96.0.9"} {
+		reg.SetService(cluster, host, &registry.Service{Namespace: "multicluster", Name: "profile-tcp", Hostname: host, ClusterIP: ip,
+			Ports: []registry.Port{{Name: "tcp-web", Port: 9080, Protocol: "TCP", AppProtocol: "tcp"}, {Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	}
+	services := reg.Services()
+	for cluster, want := range map[string]string{"cluster-eks": "100.96.0.9", "cluster-aks": "100.97.0.9", "cluster-gke": "100.97.0.9"} {
+		ls, _ := sidecarOutbound(services, cluster, nil, nil, "cluster.local", 0)
+		var tcp []string
+		for _, l := range ls {
+			if n := l.(*listener.Listener).Name; strings.HasSuffix(n, "_9080") {
+				tcp = append(tcp, n)
+			}
+		}
+		if !slices.Equal(tcp, []string{want + "_9080"}) {
+			t.Errorf("%s: TCP listeners %v, want %s_9080", cluster, tcp, want)
+		}
+		vh := SidecarRoutes("multicluster", cluster, services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
+		var vips []string
+		for _, d := range vh.Domains {
+			if strings.HasPrefix(d, "100.") {
+				vips = append(vips, d)
+			}
+		}
+		if !slices.Equal(vips, []string{want, want + ":8080"}) {
+			t.Errorf("%s: route domains by address %v, want %s", cluster, vips, want)
+		}
 	}
 }

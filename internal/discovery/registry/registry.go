@@ -29,10 +29,25 @@ type Service struct {
 	// Hostname is name.namespace.svc.<domain>.
 	Hostname string
 	Ports    []Port
-	// ClusterIP is this cluster's virtual address ("" for headless).
+	// ClusterIP is this cluster's virtual address ("" for headless); in
+	// a merged service, the first cluster's (by name).
 	ClusterIP string
+	// ClusterIPs is, in a merged service, each cluster's ClusterIP by
+	// cluster ID: a proxy reaches the service at its own cluster's.
+	ClusterIPs map[string]string
 	// Labels of the Service object (used for network gateways).
 	Labels map[string]string
+}
+
+// AddressFor is the service's virtual address for a proxy of cluster: that
+// cluster's ClusterIP where the service exists there ("" where it is
+// headless), else the merged default, as Istio's GetAddressForProxy. A
+// service in two clusters has two ClusterIPs, and a pod calls its own.
+func (s *Service) AddressFor(cluster string) string {
+	if ip, ok := s.ClusterIPs[cluster]; ok {
+		return ip
+	}
+	return s.ClusterIP
 }
 
 // Locality places an endpoint for locality-aware load balancing.
@@ -298,9 +313,11 @@ func (r *Registry) Services() []*Service {
 			if !ok {
 				c := *svc
 				c.Ports = slices.Clone(svc.Ports)
+				c.ClusterIPs = map[string]string{name: svc.ClusterIP}
 				merged[h] = &c
 				continue
 			}
+			m.ClusterIPs[name] = svc.ClusterIP
 			for _, p := range svc.Ports {
 				if !slices.ContainsFunc(m.Ports, func(q Port) bool { return q.Port == p.Port }) {
 					m.Ports = append(m.Ports, p)

@@ -23,7 +23,7 @@ import (
 type Generator interface {
 	View(p *proxyview.Proxy) proxyview.Generated
 	Endpoints(p *proxyview.Proxy, services []*registry.Service) []types.Resource
-	Routes(namespace string, services []*registry.Service) []types.Resource
+	Routes(namespace, cluster string, services []*registry.Service) []types.Resource
 	InboundIndex(services []*registry.Service) proxyview.InboundIndex
 	InboundPolicy(p *proxyview.Proxy) proxyview.InboundPolicy
 	Inbound(ports proxyview.InboundPorts, pol proxyview.InboundPolicy) (*listener.Listener, []types.Resource)

@@ -266,10 +266,12 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 		}
 		add(types.Listener, []types.Resource{l})
 		add(types.Cluster, cls)
-		rt, ok := m.routes[p.Namespace]
+		// Per namespace (short names) and cluster (ClusterIPs).
+		rk := p.Namespace + "/" + p.ClusterID
+		rt, ok := m.routes[rk]
 		if !ok {
-			rt = newTyped(s.Generator.Routes(p.Namespace, sh.services))
-			m.routes[p.Namespace] = rt
+			rt = newTyped(s.Generator.Routes(p.Namespace, p.ClusterID, sh.services))
+			m.routes[rk] = rt
 		}
 		snap.Resources[types.Route] = cachev3.Resources{Version: rt.version, Items: rt.items}
 		url, _ := cachev3.GetResponseTypeURL(types.Route)
