@@ -112,6 +112,21 @@ func checkVirtualService(m proto.Message, c *checker) {
 			c.errf(p, "an http route needs route, redirect, directResponse or delegate")
 		case len(hr.GetRoute()) > 0 && hr.GetRedirect() != nil:
 			c.errf(p, "an http route cannot have both route and redirect")
+		case hr.GetDirectResponse() != nil && (len(hr.GetRoute()) > 0 || hr.GetRedirect() != nil):
+			c.errf(p, "an http route with directResponse cannot have route or redirect")
+		}
+		if rd := hr.GetRedirect(); rd != nil {
+			if code := rd.GetRedirectCode(); code != 0 && (code < 300 || code > 399) {
+				c.errf(p+".redirect.redirectCode", "%d is not a redirect code (3xx)", code)
+			}
+		}
+		if dr := hr.GetDirectResponse(); dr != nil && (dr.GetStatus() < 200 || dr.GetStatus() > 599) {
+			c.errf(p+".directResponse.status", "%d is not in the range 200..599", dr.GetStatus())
+		}
+		if rr := hr.GetRewrite().GetUriRegexRewrite(); rr != nil {
+			if _, err := regexp.Compile(rr.GetMatch()); err != nil {
+				c.errf(p+".rewrite.uriRegexRewrite.match", "%v", err)
+			}
 		}
 		for j, mr := range hr.GetMatch() {
 			mp := fmt.Sprintf("%s.match[%d]", p, j)

@@ -112,3 +112,25 @@ func TestKindsNotActedOnAreWarned(t *testing.T) {
 		t.Errorf("a ConfigMap: ok %v, %v", ok, err)
 	}
 }
+
+// Redirects, direct responses and regex rewrites are acted on: no warning;
+// what Envoy could not do is refused.
+func TestVirtualServiceAnswersItself(t *testing.T) {
+	r := validate(t, vsHead+"  hosts: [a]\n  http:\n  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, authority: b, port: 8443, scheme: https, redirectCode: 302}\n"+
+		"  - match: [{uri: {exact: /gone}}]\n    directResponse: {status: 410, body: {string: gone}}\n"+
+		"  - rewrite: {uriRegexRewrite: {match: \"^/v1/(.*)\", rewrite: \"/\\\\1\"}}\n    route: [{destination: {host: a}}]\n")
+	if len(r.Errors)+len(r.Warnings) > 0 {
+		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	for _, c := range []struct{ http, want string }{
+		{"  - directResponse: {status: 700}\n", "spec.http[0].directResponse.status: 700 is not in the range 200..599"},
+		{"  - redirect: {uri: /x, redirectCode: 200}\n", "spec.http[0].redirect.redirectCode: 200 is not a redirect code"},
+		{"  - directResponse: {status: 200}\n    route: [{destination: {host: a}}]\n", "cannot have route or redirect"},
+		{"  - rewrite: {uriRegexRewrite: {match: \"(\", rewrite: /}}\n    route: [{destination: {host: a}}]\n", "spec.http[0].rewrite.uriRegexRewrite.match"},
+	} {
+		r := validate(t, vsHead+"  hosts: [a]\n  http:\n"+c.http)
+		if !strings.Contains(strings.Join(r.Errors, "\n"), c.want) {
+			t.Errorf("%q: errors %q, want %q", c.http, r.Errors, c.want)
+		}
+	}
+}

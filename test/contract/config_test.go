@@ -22,6 +22,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 )
 
 // generated is what isthmus's control plane sends a sidecar of a small
@@ -235,6 +236,76 @@ http:
 	if def == nil || len(def.Clusters) != 2 || def.Clusters[0].Weight != 80 || def.Retry.NumRetries != 3 || def.Retry.PerTryTimeout != time.Second ||
 		!def.Retry.On["5xx"] || !def.Retry.StatusCodes[503] || def.Timeout != 0 {
 		t.Errorf("default route %+v retry %+v", def, def.Retry)
+	}
+}
+
+// A route that redirects, answers directly or rewrites the path by regex,
+// from the VirtualService to what the proxy decides for a request.
+func TestVirtualServiceAnswers(t *testing.T) {
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	vs := &networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "profile"}}
+	j, _ := yaml.YAMLToJSON([]byte(`
+hosts: [profile]
+http:
+- name: moved
+  match: [{uri: {prefix: /old}}]
+  redirect: {uri: /new, authority: profile.example.com, redirectCode: 308}
+- name: tls
+  match: [{uri: {prefix: /secure}}]
+  redirect: {scheme: https, port: 443}
+- name: gone
+  match: [{uri: {exact: /gone}}]
+  directResponse: {status: 410, body: {string: "no longer here"}}
+- name: versioned
+  match: [{uri: {prefix: /v1/}}]
+  rewrite: {uriRegexRewrite: {match: "^/v1/([^/]+)/(.*)$", rewrite: "/\\2/\\1"}}
+  route: [{destination: {host: profile}}]
+`))
+	if err := vs.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rc := rs[0].(*routev3.RouteConfiguration)
+	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings: %v", warnings)
+	}
+	decide := func(target string) decision.Decision {
+		return decision.Decide(&config.HTTPManager{}, snap.Routes[rc.Name], &decision.Request{Method: "GET", Target: target, Host: "profile:8080",
+			Header: func(n string) (string, bool) {
+				switch n {
+				case ":path":
+					return target, true
+				case ":method":
+					return "GET", true
+				}
+				return "", false
+			}})
+	}
+	for _, c := range []struct {
+		target, status, location, body, upstream string
+	}{
+		{target: "/old/page?x=1", status: "308", location: "http://profile.example.com/new?x=1"},
+		{target: "/secure/a", status: "301", location: "https://profile/secure/a"},
+		{target: "/gone", status: "410", body: "no longer here"},
+		{target: "/v1/alice/photos?size=2", status: "0", upstream: "/photos/alice?size=2"},
+	} {
+		d := decide(c.target)
+		got := fmt.Sprintf("%d %s %s", d.Status, d.Location, d.Body)
+		want := c.status + " " + c.location + " " + c.body
+		if c.upstream != "" {
+			got, want = fmt.Sprintf("%d %s %s", d.Status, d.Cluster, d.Target), "0 outbound|8080||"+h+" "+c.upstream
+		}
+		if got != want {
+			t.Errorf("GET %s: %q, want %q", c.target, got, want)
+		}
 	}
 }
 

@@ -50,6 +50,34 @@ func trafficArea(t *testing.T, w *walkthrough) {
 		t.Logf("successes of 100: %d without retries, %d with 4 retries", without, with)
 	})
 
+	t.Run("VirtualService: a redirect, a direct response and a regex rewrite, decided by sleep's sidecar", func(t *testing.T) {
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "virtualservice", "profile-answers")
+		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: profile-answers, namespace: multicluster}
+spec:
+  hosts: [profile]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /profile, redirectCode: 308}
+  - match: [{uri: {exact: /gone}}]
+    directResponse: {status: 410, body: {string: "profile moved away"}}
+  - match: [{uri: {prefix: /api/}}]
+    rewrite: {uriRegexRewrite: {match: "^/api/([a-z]+)$", rewrite: "/\\1"}}
+    route: [{destination: {host: profile}}]
+  - route: [{destination: {host: profile}}]
+`)
+		eventually(t, "the redirect", func() bool {
+			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://profile:8080/old?id=4")) == "308 http://profile:8080/profile?id=4"
+		})
+		if got := sleepExec("curl -s -w ' %{http_code}' http://profile:8080/gone"); strings.TrimSpace(got) != "profile moved away\n 410" && strings.TrimSpace(got) != "profile moved away 410" {
+			t.Errorf("direct response: %q", got)
+		}
+		if as := answers(sleepExec("curl -sS http://profile:8080/api/profile?id=4")); len(as) != 1 {
+			t.Errorf("/api/profile rewritten to /profile is answered by profile: %v", as)
+		}
+	})
+
 	t.Run("subsets: a header sends calls to v2 (cluster-aks's profile), the rest to v1", func(t *testing.T) {
 		e.apply("cluster-eks", `
 apiVersion: networking.istio.io/v1

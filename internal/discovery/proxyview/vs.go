@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
@@ -98,6 +99,8 @@ type routeScope struct {
 	destPort func(host string) int32
 	// hash gives a destination's hash policy (consistentHash); may be nil.
 	hash func(host string, port int32) []*route.RouteAction_HashPolicy
+	// tls: the port serves HTTPS (a gateway's TLS server).
+	tls bool
 }
 
 // meshScope is a sidecar's view of one service port.
@@ -116,16 +119,33 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 		if name == "" {
 			name = strconv.Itoa(i)
 		}
-		if hr.GetRedirect() != nil || hr.GetDirectResponse() != nil || hr.GetDelegate() != nil {
-			warn(where + " http[" + name + "]: redirect, directResponse and delegate are not supported; route skipped")
+		if hr.GetDelegate() != nil {
+			warn(where + " http[" + name + "]: delegate is not supported; route skipped")
 			continue
 		}
 		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 || hr.GetCorsPolicy() != nil || hr.GetHeaders() != nil {
 			warn(where + " http[" + name + "]: mirror, corsPolicy and headers are not supported; ignored")
 		}
-		action := routeAction(hr, scope, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
-		if action == nil {
-			continue
+		// What the route does: a redirect or a direct answer (Istio ignores
+		// the destinations then), else forward.
+		var act func() *route.Route
+		switch {
+		case hr.GetRedirect() != nil:
+			rd := redirectAction(hr.GetRedirect(), scope.tls)
+			if rd == nil {
+				warn(where + " http[" + name + "]: redirectCode " + strconv.Itoa(int(hr.GetRedirect().GetRedirectCode())) + " is not one of 301, 302, 303, 307, 308; route skipped")
+				continue
+			}
+			act = func() *route.Route { return &route.Route{Action: &route.Route_Redirect{Redirect: rd}} }
+		case hr.GetDirectResponse() != nil:
+			dr := directResponse(hr.GetDirectResponse())
+			act = func() *route.Route { return &route.Route{Action: &route.Route_DirectResponse{DirectResponse: dr}} }
+		default:
+			action := routeAction(hr, scope, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
+			if action == nil {
+				continue
+			}
+			act = func() *route.Route { return &route.Route{Action: &route.Route_Route{Route: action}} }
 		}
 		var perFilter map[string]*anypb.Any
 		if f := fault(hr.GetFault()); f != nil {
@@ -146,7 +166,9 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			if !ok {
 				continue
 			}
-			out = append(out, &route.Route{Name: name, Match: rm, Action: &route.Route_Route{Route: action}, TypedPerFilterConfig: perFilter})
+			r := act()
+			r.Name, r.Match, r.TypedPerFilterConfig = name, rm, perFilter
+			out = append(out, r)
 		}
 	}
 	return out
@@ -289,9 +311,60 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		if rw.GetAuthority() != "" {
 			a.HostRewriteSpecifier = &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: rw.GetAuthority()}
 		}
-		if rw.GetUriRegexRewrite() != nil {
-			warn("rewrite.uriRegexRewrite is not supported; ignored")
+		if rr := rw.GetUriRegexRewrite(); rr != nil {
+			a.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rr.GetMatch()}, Substitution: rr.GetRewrite()}
 		}
+	}
+	return a
+}
+
+// redirectAction is Istio's HTTPRedirect as Envoy's RedirectAction (nil for a
+// code Envoy has no name for). tls: the port the route serves is TLS, for
+// derivePort FROM_PROTOCOL_DEFAULT.
+func redirectAction(r *apinetworking.HTTPRedirect, tls bool) *route.RedirectAction {
+	a := &route.RedirectAction{HostRedirect: r.GetAuthority()}
+	if r.GetUri() != "" {
+		a.PathRewriteSpecifier = &route.RedirectAction_PathRedirect{PathRedirect: r.GetUri()}
+	}
+	if r.GetScheme() != "" {
+		a.SchemeRewriteSpecifier = &route.RedirectAction_SchemeRedirect{SchemeRedirect: r.GetScheme()}
+	}
+	switch p := r.GetRedirectPort().(type) {
+	case *apinetworking.HTTPRedirect_Port:
+		a.PortRedirect = p.Port
+	case *apinetworking.HTTPRedirect_DerivePort:
+		if p.DerivePort == apinetworking.HTTPRedirect_FROM_PROTOCOL_DEFAULT {
+			a.PortRedirect = 80
+			if tls {
+				a.PortRedirect = 443
+			}
+		}
+	}
+	switch r.GetRedirectCode() {
+	case 0, 301:
+		a.ResponseCode = route.RedirectAction_MOVED_PERMANENTLY
+	case 302:
+		a.ResponseCode = route.RedirectAction_FOUND
+	case 303:
+		a.ResponseCode = route.RedirectAction_SEE_OTHER
+	case 307:
+		a.ResponseCode = route.RedirectAction_TEMPORARY_REDIRECT
+	case 308:
+		a.ResponseCode = route.RedirectAction_PERMANENT_REDIRECT
+	default:
+		return nil
+	}
+	return a
+}
+
+// directResponse is Istio's HTTPDirectResponse as Envoy's.
+func directResponse(d *apinetworking.HTTPDirectResponse) *route.DirectResponseAction {
+	a := &route.DirectResponseAction{Status: d.GetStatus()}
+	switch {
+	case d.GetBody().GetString_() != "":
+		a.Body = &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: d.GetBody().GetString_()}}
+	case len(d.GetBody().GetBytes()) > 0:
+		a.Body = &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: d.GetBody().GetBytes()}}
 	}
 	return a
 }

@@ -632,6 +632,33 @@ func buildRoutes(rc *route.RouteConfiguration) (*RouteTable, error) {
 	return t, nil
 }
 
+// redirectCodes are Envoy's redirect response codes.
+var redirectCodes = map[route.RedirectAction_RedirectResponseCode]int{
+	route.RedirectAction_MOVED_PERMANENTLY: 301, route.RedirectAction_FOUND: 302, route.RedirectAction_SEE_OTHER: 303,
+	route.RedirectAction_TEMPORARY_REDIRECT: 307, route.RedirectAction_PERMANENT_REDIRECT: 308,
+}
+
+// goSubstitution turns Envoy's (RE2's) \1 group references into Go's
+// ${1}, and a literal $ into $$.
+func goSubstitution(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '$':
+			b.WriteString("$$")
+		case s[i] == '\\' && i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '9':
+			b.WriteString("${" + string(s[i+1]) + "}")
+			i++
+		case s[i] == '\\' && i+1 < len(s) && s[i+1] == '\\':
+			b.WriteByte('\\')
+			i++
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
+}
+
 func buildRoute(r *route.Route) (*Route, error) {
 	out := &Route{Name: r.GetName()}
 	m := r.GetMatch()
@@ -681,9 +708,36 @@ func buildRoute(r *route.Route) (*Route, error) {
 			out.Fault.AbortStatus, out.Fault.AbortShare = int(a.GetHttpStatus()), share(a.GetPercentage())
 		}
 	}
+	if rd := r.GetRedirect(); rd != nil {
+		if rd.GetPrefixRewrite() != "" || rd.GetRegexRewrite() != nil || rd.GetStripQuery() {
+			return nil, errors.New("redirect: prefix_rewrite, regex_rewrite and strip_query are not supported")
+		}
+		out.Redirect = &Redirect{Scheme: rd.GetSchemeRedirect(), Host: rd.GetHostRedirect(), Path: rd.GetPathRedirect(), Port: rd.GetPortRedirect(),
+			Code: redirectCodes[rd.GetResponseCode()]}
+		if rd.GetHttpsRedirect() {
+			out.Redirect.Scheme = "https"
+		}
+		return out, nil
+	}
+	if dr := r.GetDirectResponse(); dr != nil {
+		if dr.GetStatus() < 200 || dr.GetStatus() > 599 {
+			return nil, fmt.Errorf("direct response status %d is not in 200..599", dr.GetStatus())
+		}
+		out.Direct = &DirectResponse{Status: int(dr.GetStatus())}
+		switch b := dr.GetBody(); {
+		case b == nil:
+		case b.GetInlineString() != "":
+			out.Direct.Body = b.GetInlineString()
+		case b.GetInlineBytes() != nil:
+			out.Direct.Body = string(b.GetInlineBytes())
+		default:
+			return nil, errors.New("direct response body: only inline_string and inline_bytes are supported")
+		}
+		return out, nil
+	}
 	a := r.GetRoute()
 	if a == nil {
-		return nil, errors.New("only route actions are supported (no redirect or direct response)")
+		return nil, errors.New("route without an action (route, redirect or direct_response)")
 	}
 	switch {
 	case a.GetCluster() != "":
@@ -711,6 +765,13 @@ func buildRoute(r *route.Route) (*Route, error) {
 	}
 	out.PrefixRewrite = a.GetPrefixRewrite()
 	out.HostRewrite = a.GetHostRewriteLiteral()
+	if rr := a.GetRegexRewrite(); rr != nil {
+		re, err := regexp.Compile(rr.GetPattern().GetRegex())
+		if err != nil {
+			return nil, fmt.Errorf("regex_rewrite: %w", err)
+		}
+		out.RegexRewrite, out.RegexSubstitution = re, goSubstitution(rr.GetSubstitution())
+	}
 	if a.GetTimeout() != nil {
 		out.Timeout = a.GetTimeout().AsDuration()
 	} else {

@@ -187,6 +187,13 @@ type Route struct {
 	Fault *Fault
 	// PrefixRewrite replaces the matched prefix; HostRewrite the Host.
 	PrefixRewrite, HostRewrite string
+	// RegexRewrite replaces what it matches in the path with
+	// RegexSubstitution (Go's ${1} form).
+	RegexRewrite      *regexp.Regexp
+	RegexSubstitution string
+	// Redirect or Direct: the route answers itself (no Clusters).
+	Redirect *Redirect
+	Direct   *DirectResponse
 	// Clusters with weights; one entry for a plain cluster route.
 	Clusters []WeightedCluster
 	// Timeout 0 means none.
@@ -195,6 +202,20 @@ type Route struct {
 	// Hash is how a request is hashed for consistent-hash clusters: the
 	// first policy that yields a value wins.
 	Hash []HashPolicy
+}
+
+// Redirect is Envoy's redirect action: each empty field keeps the
+// request's part.
+type Redirect struct {
+	Scheme, Host, Path string
+	Port               uint32
+	Code               int
+}
+
+// DirectResponse is Envoy's direct response action.
+type DirectResponse struct {
+	Status int
+	Body   string
 }
 
 // HashPolicy is one of Envoy's route hash policies (one field set).

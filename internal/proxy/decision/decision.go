@@ -9,8 +9,10 @@ package decision
 
 import (
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -150,7 +152,7 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 		return d
 	}
 	r := d.Route
-	if r == nil || len(r.Clusters) == 0 {
+	if r == nil || (len(r.Clusters) == 0 && r.Redirect == nil && r.Direct == nil) {
 		d.Status, d.Body, d.Flags = http.StatusNotFound, "no route", "NR"
 		return d
 	}
@@ -162,14 +164,66 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 			d.Abort = f.AbortStatus
 		}
 	}
+	if r.Redirect != nil || r.Direct != nil {
+		// The route answers itself, unless a fault aborts first (Envoy's
+		// fault filter runs before the router).
+		switch {
+		case d.Abort != 0:
+		case r.Redirect != nil:
+			d.Status, d.Location = r.Redirect.Code, location(r.Redirect, req.Secure, req.Host, d.Target)
+		default:
+			d.Status, d.Body = r.Direct.Status, r.Direct.Body
+		}
+		return d
+	}
 	if r.PrefixRewrite != "" && r.Prefix != "" && strings.HasPrefix(d.Target, r.Prefix) {
 		d.Target = r.PrefixRewrite + d.Target[len(r.Prefix):]
+	}
+	if r.RegexRewrite != nil {
+		// Envoy rewrites the path; the query stays.
+		path, query, hasQuery := strings.Cut(d.Target, "?")
+		d.Target = r.RegexRewrite.ReplaceAllString(path, r.RegexSubstitution)
+		if hasQuery {
+			d.Target += "?" + query
+		}
 	}
 	if r.HostRewrite != "" {
 		d.Host = r.HostRewrite
 	}
 	d.Cluster = PickWeighted(r.Clusters)
 	return d
+}
+
+// location is where a redirect sends the client, as Envoy builds it: each
+// part the redirect does not set is the request's; a path without a query
+// keeps the request's query; the scheme's default port is left out.
+func location(rd *config.Redirect, secure bool, host, target string) string {
+	scheme := "http"
+	if secure {
+		scheme = "https"
+	}
+	if rd.Scheme != "" {
+		scheme = rd.Scheme
+	}
+	if rd.Host != "" {
+		host = rd.Host
+	}
+	if rd.Port != 0 {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if port := strconv.Itoa(int(rd.Port)); !(scheme == "http" && port == "80" || scheme == "https" && port == "443") {
+			host = net.JoinHostPort(host, port)
+		}
+	}
+	if rd.Path != "" {
+		_, query, hasQuery := strings.Cut(target, "?")
+		target = rd.Path
+		if hasQuery && !strings.Contains(rd.Path, "?") {
+			target += "?" + query
+		}
+	}
+	return scheme + "://" + host + target
 }
 
 // clientIP is the original client's address by Envoy's rules for
