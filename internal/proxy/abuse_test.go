@@ -79,10 +79,10 @@ func TestUpstreamConnectionWithUnreadBytesIsNotReused(t *testing.T) {
 	for _, e := range []engine{engines[0], engines[1]} { // the loop and net/http
 		conns.Store(0)
 		_, front := startHTTPProxy(t, up, nil)
-		if code, body := e.do(t, front, "GET", "/a"); code != 200 || body != "ok" {
+		if code, body, _ := e.do(t, front, "GET", "/a"); code != 200 || body != "ok" {
 			t.Fatalf("%s: first answer %d %q", e.name, code, body)
 		}
-		if code, body := e.do(t, front, "GET", "/b"); code != 200 || body != "fine" {
+		if code, body, _ := e.do(t, front, "GET", "/b"); code != 200 || body != "fine" {
 			t.Errorf("%s: second answer %d %q, want 200 \"fine\" from a new connection", e.name, code, body)
 		}
 		if n := conns.Load(); n != 2 {
@@ -119,7 +119,7 @@ func TestMalformedChunkedResponseIsNotRelayedAsValid(t *testing.T) {
 	if _, err := io.ReadAll(c.br); err != nil {
 		t.Fatalf("the client's connection stayed open after a malformed response: %v", err)
 	}
-	if code, body := engines[0].do(t, front, "GET", "/b"); code != 200 || body != "fine" || conns.Load() != 2 {
+	if code, body, _ := engines[0].do(t, front, "GET", "/b"); code != 200 || body != "fine" || conns.Load() != 2 {
 		t.Errorf("the next request: %d %q over %d upstream connections, want \"fine\" over a new one", code, body, conns.Load())
 	}
 }
@@ -392,7 +392,7 @@ func TestH2RapidResetClosesTheConnection(t *testing.T) {
 	if n := started.Load(); n > 200 {
 		t.Errorf("%d upstream requests started by a client that reset them all, want the work bounded", n)
 	}
-	if code, _ := h2Do(t, front, "GET", "/"); code != 200 {
+	if code, _, _ := h2Do(t, front, "GET", "/"); code != 200 {
 		t.Errorf("another client after the attack: %d", code)
 	}
 }
@@ -426,7 +426,7 @@ func TestH2FrameTimeout(t *testing.T) {
 	if !closedWithin(c, 3*time.Second) {
 		t.Fatal("a dribbled frame was not cut off")
 	}
-	if code, _ := h2Do(t, front, "GET", "/"); code != 200 {
+	if code, _, _ := h2Do(t, front, "GET", "/"); code != 200 {
 		t.Errorf("a client sending whole frames: %d", code)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -21,29 +22,30 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// engine sends one GET with a raw request target and says what came back.
+// engine sends one request with a raw request target (and the header
+// X-Client-Token: secret) and says what came back.
 type engine struct {
 	name string
 	// h2: the proxy's cluster speaks HTTP/2 (the relay) rather than
 	// HTTP/1.1; do sends the request.
 	h2 bool
-	do func(t *testing.T, addr, method, target string) (int, string)
+	do func(t *testing.T, addr, method, target string) (int, string, http.Header)
 }
 
 var engines = []engine{
-	{name: "HTTP/1.1 loop", do: func(t *testing.T, addr, method, target string) (int, string) {
-		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\n\r\n")
+	{name: "HTTP/1.1 loop", do: func(t *testing.T, addr, method, target string) (int, string, http.Header) {
+		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nX-Client-Token: secret\r\n\r\n")
 	}},
 	// A chunked request is not for the loop: net/http serves it.
-	{name: "net/http", do: func(t *testing.T, addr, method, target string) (int, string) {
-		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	{name: "net/http", do: func(t *testing.T, addr, method, target string) (int, string, http.Header) {
+		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nX-Client-Token: secret\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
 	}},
 	{name: "HTTP/2 relay", h2: true, do: h2Do},
 	// HTTP/2 to an HTTP/1.1 upstream: the relay hands the stream to net/http's handler.
 	{name: "HTTP/2 to HTTP/1.1", do: h2Do},
 }
 
-func h1Do(t *testing.T, addr, raw string) (int, string) {
+func h1Do(t *testing.T, addr, raw string) (int, string, http.Header) {
 	t.Helper()
 	c := dialRaw(t, addr)
 	if _, err := io.WriteString(c.c, raw); err != nil {
@@ -54,12 +56,12 @@ func h1Do(t *testing.T, addr, raw string) (int, string) {
 		t.Fatalf("reading the answer to %q: %v", raw, err)
 	}
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 // h2Do sends one request with prior knowledge, writing the frames itself so
 // that :method and :path go as given.
-func h2Do(t *testing.T, addr, method, target string) (int, string) {
+func h2Do(t *testing.T, addr, method, target string) (int, string, http.Header) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -74,7 +76,7 @@ func h2Do(t *testing.T, addr, method, target string) (int, string) {
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", method}, {":scheme", "http"}, {":authority", "profile"}, {":path", target}} {
+	for _, f := range [][2]string{{":method", method}, {":scheme", "http"}, {":authority", "profile"}, {":path", target}, {"x-client-token", "secret"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	if err := fr.WriteSettings(); err != nil {
@@ -83,7 +85,7 @@ func h2Do(t *testing.T, addr, method, target string) (int, string) {
 	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
 		t.Fatal(err)
 	}
-	status, body := 0, ""
+	status, body, header := 0, "", http.Header{}
 	for {
 		f, err := fr.ReadFrame()
 		if err != nil {
@@ -98,13 +100,16 @@ func h2Do(t *testing.T, addr, method, target string) (int, string) {
 			if s := f.PseudoValue("status"); s != "" {
 				status, _ = strconv.Atoi(s)
 			}
+			for _, hf := range f.RegularFields() {
+				header.Add(hf.Name, hf.Value)
+			}
 			if f.StreamEnded() {
-				return status, body
+				return status, body, header
 			}
 		case *http2.DataFrame:
 			body += string(f.Data())
 			if f.StreamEnded() {
-				return status, body
+				return status, body, header
 			}
 		case *http2.RSTStreamFrame:
 			t.Fatalf("%s %s over HTTP/2: stream reset (%v)", method, target, f.ErrCode)
@@ -189,7 +194,7 @@ func TestEnginesAgreeOnNormalizedPaths(t *testing.T) {
 				}
 				for _, c := range cases {
 					want := map[string]string{"BASE": c.base, "MERGE_SLASHES": c.merge, "DECODE_AND_MERGE_SLASHES": c.decode, "NONE": c.none}[option]
-					code, body := e.do(t, front, "GET", c.target)
+					code, body, _ := e.do(t, front, "GET", c.target)
 					got := body
 					switch code {
 					case http.StatusOK:
@@ -223,11 +228,51 @@ func TestEnginesRefuseMethodsNotInUpperCase(t *testing.T) {
 		if e.h2 {
 			front = front2
 		}
-		if code, body := e.do(t, front, "get", "/profile"); code != http.StatusBadRequest {
+		if code, body, _ := e.do(t, front, "get", "/profile"); code != http.StatusBadRequest {
 			t.Errorf("%s: get /profile: %d %q, want 400", e.name, code, strings.TrimSpace(body))
 		}
-		if code, body := e.do(t, front, "GET", "/profile"); code != http.StatusOK || body != "GET" {
+		if code, body, _ := e.do(t, front, "GET", "/profile"); code != http.StatusOK || body != "GET" {
 			t.Errorf("%s: GET /profile: %d %q", e.name, code, body)
+		}
+	}
+}
+
+// A route's header operations (a VirtualService's headers) on the request
+// and on the answer, carried out alike by every engine.
+func TestEnginesAgreeOnHeaderOperations(t *testing.T) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Backend-Secret", "internal")
+		w.Header().Set("X-Served-By", "backend")
+		_, _ = io.WriteString(w, strings.Join([]string{r.Header.Get("X-Set"), strings.Join(r.Header.Values("X-Add"), "+"), r.Header.Get("X-Client-Token") + "."}, ","))
+	})
+	h1 := httptest.NewServer(echo)
+	defer h1.Close()
+	h2 := h2cServer(t, echo)
+	opt := func(k, v string, action corev3.HeaderValueOption_HeaderAppendAction) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: action}
+	}
+	ops := func(m *hcm.HttpConnectionManager) {
+		r := m.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()[0]
+		r.RequestHeadersToAdd = []*corev3.HeaderValueOption{opt("x-set", "from-route", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD),
+			opt("x-add", "more", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD)}
+		r.RequestHeadersToRemove = []string{"x-client-token"}
+		r.ResponseHeadersToAdd = []*corev3.HeaderValueOption{opt("x-served-by", "mesh", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD),
+			opt("x-policy", "100%% checked", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD)}
+		r.ResponseHeadersToRemove = []string{"X-Backend-Secret"}
+	}
+	_, front1 := startProxy(t, h1.Listener.Addr().String(), nil, nil, ops)
+	_, front2 := startProxy(t, h2, upstreamHTTP2, nil, ops)
+	for _, e := range engines {
+		front := front1
+		if e.h2 {
+			front = front2
+		}
+		code, body, h := e.do(t, front, "GET", "/profile")
+		if code != http.StatusOK || body != "from-route,more,." {
+			t.Errorf("%s: the backend saw %d %q, want x-set replaced, x-add added, x-client-token removed", e.name, code, body)
+		}
+		if h.Get("X-Backend-Secret") != "" || h.Get("X-Served-By") != "mesh" || h.Get("X-Policy") != "100% checked" {
+			t.Errorf("%s: answer headers %v", e.name, h)
 		}
 	}
 }

@@ -285,7 +285,7 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	var peer telemetry.Peer
 	reqID := c.buildUpstreamHead(req, &dec, hm, inbound, &peer, &ev)
 	c.closing = req.close || p.draining.Load()
-	x := h1Exchange{req: req, route: r, cluster: name, c: cl, flags: dec.Flags}
+	x := h1Exchange{req: req, route: r, cluster: name, c: cl, flags: dec.Flags, respOps: dec.Response}
 	if dec.Delay > 0 {
 		// A fault's delay: the connection's requests are serial, so the
 		// loop waits (a client that leaves meanwhile is found on writing).
@@ -338,6 +338,21 @@ func dropped(dec *decision.Decision, name []byte) bool {
 		}
 	}
 	for _, s := range dec.Set {
+		if fieldIs(name, s[0]) {
+			return true
+		}
+	}
+	return false
+}
+
+// opsDrop is HeaderOps.Drops for a header name as the peer wrote it.
+func opsDrop(ops *config.HeaderOps, name []byte) bool {
+	for _, r := range ops.Remove {
+		if fieldIs(name, r) {
+			return true
+		}
+	}
+	for _, s := range ops.Set {
 		if fieldIs(name, s[0]) {
 			return true
 		}
@@ -508,6 +523,9 @@ func (c *h1Down) buildUpstreamHead(req *h1Req, dec *decision.Decision, hm *confi
 	for _, h := range dec.Set {
 		out = appendField(out, []byte(h[0]), []byte(h[1]))
 	}
+	for _, h := range dec.Add {
+		out = appendField(out, []byte(h[0]), []byte(h[1]))
+	}
 	if dec.XFF != "" {
 		out = appendField(out, []byte("X-Forwarded-For"), []byte(dec.XFF))
 	}
@@ -560,6 +578,8 @@ type h1Exchange struct {
 	upstream   string
 	peer       telemetry.Peer
 	grpcStatus string
+	// respOps are the route's operations on the answer's headers.
+	respOps config.HeaderOps
 }
 
 // forward sends the request to the route's cluster, retrying as its policy
@@ -871,8 +891,16 @@ func (c *h1Down) relay(pc *h1Conn, idle *h1Idle, resp *h1Resp, x *h1Exchange) ou
 			continue
 		case resp.chunked && fieldIs(f.name, "content-length"):
 			continue
+		case !x.respOps.Empty() && opsDrop(&x.respOps, f.name):
+			continue
 		}
 		writeField(bw, f.name, f.value)
+	}
+	for _, h := range x.respOps.Set {
+		writeField(bw, []byte(h[0]), []byte(h[1]))
+	}
+	for _, h := range x.respOps.Add {
+		writeField(bw, []byte(h[0]), []byte(h[1]))
 	}
 	if inbound {
 		id, md := c.p.opts.Self.Headers()

@@ -411,6 +411,9 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		for _, h := range dec.Set {
 			s.fields = append(s.fields, hpack.HeaderField{Name: strings.ToLower(h[0]), Value: h[1]})
 		}
+		for _, h := range dec.Add {
+			s.fields = append(s.fields, hpack.HeaderField{Name: strings.ToLower(h[0]), Value: h[1]})
+		}
 		if dec.XFF != "" {
 			s.fields = append(s.fields, hpack.HeaderField{Name: "x-forwarded-for", Value: dec.XFF})
 			s.xff = dec.XFF
@@ -817,8 +820,16 @@ func (s *h2Stream) upstreamHeaders(fl *h2Flush, f *http2.MetaHeadersFrame) {
 				s.peer = telemetry.Decode(hf.Value)
 			}
 			continue
+		case s.dec.Response.Drops(hf.Name):
+			continue
 		}
 		out = append(out, hf)
+	}
+	for _, h := range s.dec.Response.Set {
+		out = append(out, hpack.HeaderField{Name: h[0], Value: h[1]})
+	}
+	for _, h := range s.dec.Response.Add {
+		out = append(out, hpack.HeaderField{Name: h[0], Value: h[1]})
 	}
 	if inbound {
 		id, md := s.p.opts.Self.Headers()

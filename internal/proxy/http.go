@@ -134,6 +134,8 @@ type route struct {
 	peer telemetry.Peer
 	// upstream is the endpoint of the last attempt.
 	upstream string
+	// respOps are the route's operations on the answer's headers.
+	respOps config.HeaderOps
 }
 
 // handle routes one request: route table -> virtual host by Host -> route
@@ -184,7 +186,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		decided := p.decide(rt, d, hm, &decision.Request{Method: r.Method, Target: requestTarget(r), Host: r.Host, Header: requestHeader(r)})
 		dec = &decided
 	}
-	rc.r, rc.cluster, rc.flags = dec.Route, dec.Cluster, dec.Flags
+	rc.r, rc.cluster, rc.flags, rc.respOps = dec.Route, dec.Cluster, dec.Flags, dec.Response
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 	switch {
 	case dec.Location != "":
@@ -206,6 +208,9 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, h := range dec.Set {
 			r.Header.Set(h[0], h[1])
+		}
+		for _, h := range dec.Add {
+			r.Header.Add(h[0], h[1])
 		}
 		if dec.XFF != "" {
 			r.Header.Set("X-Forwarded-For", dec.XFF)
@@ -279,6 +284,15 @@ func (p *Proxy) exchange(resp *http.Response) error {
 	rc, _ := resp.Request.Context().Value(routeKey).(*route)
 	if rc == nil {
 		return nil
+	}
+	for _, h := range rc.respOps.Remove {
+		resp.Header.Del(h)
+	}
+	for _, h := range rc.respOps.Set {
+		resp.Header.Set(h[0], h[1])
+	}
+	for _, h := range rc.respOps.Add {
+		resp.Header.Add(h[0], h[1])
 	}
 	if rc.d.inbound() {
 		id, md := p.opts.Self.Headers()

@@ -123,6 +123,10 @@ func checkVirtualService(m proto.Message, c *checker) {
 		if dr := hr.GetDirectResponse(); dr != nil && (dr.GetStatus() < 200 || dr.GetStatus() > 599) {
 			c.errf(p+".directResponse.status", "%d is not in the range 200..599", dr.GetStatus())
 		}
+		checkHeaderOps(c, p+".headers", hr.GetHeaders())
+		for j, d := range hr.GetRoute() {
+			checkHeaderOps(c, fmt.Sprintf("%s.route[%d].headers", p, j), d.GetHeaders())
+		}
 		if rr := hr.GetRewrite().GetUriRegexRewrite(); rr != nil {
 			if _, err := regexp.Compile(rr.GetMatch()); err != nil {
 				c.errf(p+".rewrite.uriRegexRewrite.match", "%v", err)
@@ -573,6 +577,27 @@ func checkLabels(c *checker, p string, labels map[string]string) {
 		}
 		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
 			c.errf(p+"["+k+"]", "label value %q: %s", v, errs[0])
+		}
+	}
+}
+
+// checkHeaderOps refuses what Istio refuses of header operations: names
+// that are empty, pseudo-headers or Host (rewrite.authority sets it).
+func checkHeaderOps(c *checker, p string, h *networking.Headers) {
+	for dir, ops := range map[string]*networking.Headers_HeaderOperations{"request": h.GetRequest(), "response": h.GetResponse()} {
+		var names []string
+		for n := range ops.GetSet() {
+			names = append(names, n)
+		}
+		for n := range ops.GetAdd() {
+			names = append(names, n)
+		}
+		names = append(names, ops.GetRemove()...)
+		slices.Sort(names)
+		for _, n := range names {
+			if l := strings.ToLower(n); l == "" || strings.HasPrefix(l, ":") || l == "host" {
+				c.errf(p+"."+dir, "header %q cannot be changed (pseudo-headers and Host are the proxy's; use rewrite.authority)", n)
+			}
 		}
 	}
 }

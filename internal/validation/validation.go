@@ -64,6 +64,8 @@ var kinds = map[string]kind{
 			"http.rewrite.uri_regex_rewrite", "http.rewrite.uri_regex_rewrite.match", "http.rewrite.uri_regex_rewrite.rewrite",
 			"http.redirect", "http.redirect.uri", "http.redirect.authority", "http.redirect.port", "http.redirect.derive_port", "http.redirect.scheme", "http.redirect.redirect_code",
 			"http.direct_response", "http.direct_response.status", "http.direct_response.body", "http.direct_response.body.string", "http.direct_response.body.bytes",
+			"http.headers", "http.route.headers"},
+		headerOps("http.headers"), headerOps("http.route.headers"), []string{
 			"tcp", "tcp.match", "tcp.match.port", "tcp.route", "tls", "tls.match", "tls.match.sni_hosts", "tls.match.port", "tls.route"},
 		prefixed("http.route.", destination), prefixed("tcp.route.", destination), prefixed("tls.route.", destination),
 		stringMatch("http.match.uri"), stringMatch("http.match.method"), stringMatch("http.match.headers"), stringMatch("http.match.without_headers"))},
@@ -103,6 +105,15 @@ var notActedOn = map[string]string{
 	"telemetry.istio.io/Telemetry":         "isthmus does not read Telemetry: proxies always report Istio's standard metrics, and access logs and tracing are not configured by it",
 	"extensions.istio.io/WasmPlugin":       "isthmus's proxy runs no Wasm plugins",
 	"extensions.istio.io/TrafficExtension": "isthmus's proxy runs no traffic extensions",
+}
+
+// headerOps are a Headers field's request and response set, add, remove.
+func headerOps(f string) []string {
+	var out []string
+	for _, dir := range []string{".request", ".response"} {
+		out = append(out, f+dir, f+dir+".set", f+dir+".add", f+dir+".remove")
+	}
+	return out
 }
 
 // stringMatch is a StringMatch field and its exact, prefix and regex.

@@ -134,3 +134,15 @@ func TestVirtualServiceAnswersItself(t *testing.T) {
 		}
 	}
 }
+
+func TestHeaderOperations(t *testing.T) {
+	r := validate(t, vsHead+"  hosts: [a]\n  http:\n  - headers: {request: {set: {x-a: \"1\"}, add: {x-b: \"2\"}, remove: [x-c]}, response: {set: {x-d: \"3\"}, remove: [server]}}\n"+
+		"    route: [{destination: {host: a}, headers: {response: {add: {x-served-by: a}}}}]\n")
+	if len(r.Errors)+len(r.Warnings) > 0 {
+		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	r = validate(t, vsHead+"  hosts: [a]\n  http:\n  - headers: {request: {set: {Host: b}}}\n    route: [{destination: {host: a}, headers: {request: {remove: [\":path\"]}}}]\n")
+	if got := strings.Join(r.Errors, "\n"); !strings.Contains(got, `spec.http[0].headers.request: header "Host" cannot be changed`) || !strings.Contains(got, `spec.http[0].route[0].headers.request: header ":path"`) {
+		t.Errorf("errors %q", r.Errors)
+	}
+}

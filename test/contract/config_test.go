@@ -263,6 +263,12 @@ http:
   match: [{uri: {prefix: /v1/}}]
   rewrite: {uriRegexRewrite: {match: "^/v1/([^/]+)/(.*)$", rewrite: "/\\2/\\1"}}
   route: [{destination: {host: profile}}]
+- name: headers
+  match: [{uri: {prefix: /h}}]
+  headers:
+    request: {set: {x-route: r, x-both: route}, add: {x-trace: t1}, remove: [X-Internal]}
+    response: {set: {cache-control: no-store}, remove: [server]}
+  route: [{destination: {host: profile}, headers: {request: {set: {x-both: destination, x-dest: d}}, response: {add: {x-served-by: profile}}}}]
 `))
 	if err := vs.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
@@ -288,6 +294,11 @@ http:
 				}
 				return "", false
 			}})
+	}
+	hd := decide("/h")
+	if got := fmt.Sprintf("set %v add %v remove %v response %+v", hd.Set, hd.Add, hd.Remove, hd.Response); got !=
+		"set [[x-route r] [x-both destination] [x-dest d]] add [[x-trace t1]] remove [x-internal] response {Set:[[cache-control no-store]] Add:[[x-served-by profile]] Remove:[server]}" {
+		t.Errorf("header operations: %s", got)
 	}
 	for _, c := range []struct {
 		target, status, location, body, upstream string

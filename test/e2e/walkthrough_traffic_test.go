@@ -50,7 +50,7 @@ func trafficArea(t *testing.T, w *walkthrough) {
 		t.Logf("successes of 100: %d without retries, %d with 4 retries", without, with)
 	})
 
-	t.Run("VirtualService: a redirect, a direct response and a regex rewrite, decided by sleep's sidecar", func(t *testing.T) {
+	t.Run("VirtualService: a redirect, a direct response, a regex rewrite and header operations, carried out by sleep's sidecar", func(t *testing.T) {
 		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "virtualservice", "profile-answers")
 		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -65,7 +65,8 @@ spec:
   - match: [{uri: {prefix: /api/}}]
     rewrite: {uriRegexRewrite: {match: "^/api/([a-z]+)$", rewrite: "/\\1"}}
     route: [{destination: {host: profile}}]
-  - route: [{destination: {host: profile}}]
+  - headers: {response: {set: {x-mesh: isthmus}, remove: [x-envoy-upstream-service-time]}}
+    route: [{destination: {host: profile}, headers: {response: {add: {x-destination: profile}}}}]
 `)
 		eventually(t, "the redirect", func() bool {
 			return strings.TrimSpace(sleepExec("curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://profile:8080/old?id=4")) == "308 http://profile:8080/profile?id=4"
@@ -75,6 +76,9 @@ spec:
 		}
 		if as := answers(sleepExec("curl -sS http://profile:8080/api/profile?id=4")); len(as) != 1 {
 			t.Errorf("/api/profile rewritten to /profile is answered by profile: %v", as)
+		}
+		if h := strings.ToLower(sleepExec("curl -sS -o /dev/null -D - http://profile:8080/profile?id=4")); !strings.Contains(h, "x-mesh: isthmus") || !strings.Contains(h, "x-destination: profile") {
+			t.Errorf("the route's and the destination's response headers are not in the answer:\n%s", h)
 		}
 	})
 

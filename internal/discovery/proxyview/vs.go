@@ -123,9 +123,10 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			warn(where + " http[" + name + "]: delegate is not supported; route skipped")
 			continue
 		}
-		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 || hr.GetCorsPolicy() != nil || hr.GetHeaders() != nil {
-			warn(where + " http[" + name + "]: mirror, corsPolicy and headers are not supported; ignored")
+		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 || hr.GetCorsPolicy() != nil {
+			warn(where + " http[" + name + "]: mirror and corsPolicy are not supported; ignored")
 		}
+		hwarn := func(m string) { warn(where + " http[" + name + "] headers: " + m) }
 		// What the route does: a redirect or a direct answer (Istio ignores
 		// the destinations then), else forward.
 		var act func() *route.Route
@@ -141,11 +142,18 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			dr := directResponse(hr.GetDirectResponse())
 			act = func() *route.Route { return &route.Route{Action: &route.Route_DirectResponse{DirectResponse: dr}} }
 		default:
-			action := routeAction(hr, scope, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
+			action, one := routeAction(hr, scope, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
 			if action == nil {
 				continue
 			}
-			act = func() *route.Route { return &route.Route{Action: &route.Route_Route{Route: action}} }
+			act = func() *route.Route {
+				r := &route.Route{Action: &route.Route_Route{Route: action}}
+				if one != nil {
+					r.RequestHeadersToAdd, r.RequestHeadersToRemove = one.RequestHeadersToAdd, one.RequestHeadersToRemove
+					r.ResponseHeadersToAdd, r.ResponseHeadersToRemove = one.ResponseHeadersToAdd, one.ResponseHeadersToRemove
+				}
+				return r
+			}
 		}
 		var perFilter map[string]*anypb.Any
 		if f := fault(hr.GetFault()); f != nil {
@@ -168,6 +176,10 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			}
 			r := act()
 			r.Name, r.Match, r.TypedPerFilterConfig = name, rm, perFilter
+			r.RequestHeadersToAdd = append(headersToAdd(hr.GetHeaders().GetRequest(), hwarn), r.RequestHeadersToAdd...)
+			r.RequestHeadersToRemove = append(headersToRemove(hr.GetHeaders().GetRequest(), hwarn), r.RequestHeadersToRemove...)
+			r.ResponseHeadersToAdd = append(headersToAdd(hr.GetHeaders().GetResponse(), hwarn), r.ResponseHeadersToAdd...)
+			r.ResponseHeadersToRemove = append(headersToRemove(hr.GetHeaders().GetResponse(), hwarn), r.ResponseHeadersToRemove...)
 			out = append(out, r)
 		}
 	}
@@ -237,9 +249,11 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 	return rm, true
 }
 
-// routeAction: destinations (weighted), timeout, retries and rewrites.
-func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain string, warn func(string)) *route.RouteAction {
-	a := &route.RouteAction{Timeout: durationpb.New(0)}
+// routeAction: destinations (weighted), timeout, retries and rewrites; one,
+// when the route has a single destination, carries that destination's
+// header operations for the route to append to its own.
+func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain string, warn func(string)) (a *route.RouteAction, one *route.WeightedCluster_ClusterWeight) {
+	a = &route.RouteAction{Timeout: durationpb.New(0)}
 	var weighted []*route.WeightedCluster_ClusterWeight
 	var firstHost string // the destination of weighted[0], for its hash policy
 	var firstPort int32
@@ -263,14 +277,19 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		if len(weighted) == 0 {
 			firstHost, firstPort = host, p
 		}
-		weighted = append(weighted, &route.WeightedCluster_ClusterWeight{Name: OutboundCluster(p, dst.GetSubset(), host), Weight: wrapperspb.UInt32(w)})
+		hwarn := func(m string) { warn("destination " + host + " headers: " + m) }
+		weighted = append(weighted, &route.WeightedCluster_ClusterWeight{Name: OutboundCluster(p, dst.GetSubset(), host), Weight: wrapperspb.UInt32(w),
+			RequestHeadersToAdd: headersToAdd(d.GetHeaders().GetRequest(), hwarn), RequestHeadersToRemove: headersToRemove(d.GetHeaders().GetRequest(), hwarn),
+			ResponseHeadersToAdd: headersToAdd(d.GetHeaders().GetResponse(), hwarn), ResponseHeadersToRemove: headersToRemove(d.GetHeaders().GetResponse(), hwarn)})
 	}
 	switch len(weighted) {
 	case 0:
 		warn("no destination; route skipped")
-		return nil
+		return nil, nil
 	case 1:
 		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: weighted[0].Name}
+		// As Istio: one destination's headers follow the route's own.
+		one = weighted[0]
 		if scope.hash != nil {
 			a.HashPolicy = scope.hash(firstHost, firstPort)
 		}
@@ -315,7 +334,50 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 			a.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rr.GetMatch()}, Substitution: rr.GetRewrite()}
 		}
 	}
-	return a
+	return a, one
+}
+
+// headersToAdd is Istio's set and add as Envoy's headers to add (set
+// overwrites, add appends), in name order. A value with an Envoy
+// %VARIABLE% is left out with a warning: isthmus's proxy does not
+// evaluate them, and would refuse the whole route table.
+func headersToAdd(ops *apinetworking.Headers_HeaderOperations, warn func(string)) []*core.HeaderValueOption {
+	var out []*core.HeaderValueOption
+	for _, kv := range []struct {
+		m      map[string]string
+		action core.HeaderValueOption_HeaderAppendAction
+	}{{ops.GetSet(), core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}, {ops.GetAdd(), core.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD}} {
+		names := make([]string, 0, len(kv.m))
+		for n := range kv.m {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			if l := strings.ToLower(n); strings.HasPrefix(l, ":") || l == "host" {
+				warn(n + ": pseudo-headers and Host cannot be set (use rewrite.authority); header left out")
+				continue
+			}
+			if strings.Contains(strings.ReplaceAll(kv.m[n], "%%", ""), "%") {
+				warn(n + ": the value has an Envoy %VARIABLE%, which isthmus does not evaluate; header left out")
+				continue
+			}
+			out = append(out, &core.HeaderValueOption{Header: &core.HeaderValue{Key: n, Value: kv.m[n]}, AppendAction: kv.action})
+		}
+	}
+	return out
+}
+
+// headersToRemove is Istio's remove, without pseudo-headers and Host.
+func headersToRemove(ops *apinetworking.Headers_HeaderOperations, warn func(string)) []string {
+	var out []string
+	for _, n := range ops.GetRemove() {
+		if l := strings.ToLower(n); strings.HasPrefix(l, ":") || l == "host" {
+			warn(n + ": pseudo-headers and Host cannot be removed; left alone")
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // redirectAction is Istio's HTTPRedirect as Envoy's RedirectAction (nil for a

@@ -632,6 +632,42 @@ func buildRoutes(rc *route.RouteConfiguration) (*RouteTable, error) {
 	return t, nil
 }
 
+// headerOps compiles Envoy's headers to add and remove. Values are
+// literal (%% is a %): Envoy's %VARIABLE% substitutions are refused, not
+// passed on as text; pseudo-headers and the Host are refused, as Envoy
+// refuses them.
+func headerOps(add []*core.HeaderValueOption, remove []string) (HeaderOps, error) {
+	var out HeaderOps
+	for _, r := range remove {
+		out.Remove = append(out.Remove, strings.ToLower(r))
+	}
+	for _, o := range add {
+		name, value := strings.ToLower(o.GetHeader().GetKey()), o.GetHeader().GetValue()
+		if name == "" || strings.HasPrefix(name, ":") || name == "host" {
+			return out, fmt.Errorf("header %q cannot be set", name)
+		}
+		if strings.Contains(strings.ReplaceAll(value, "%%", ""), "%") {
+			return out, fmt.Errorf("header %s: value %q has a %%VARIABLE%% substitution, which the proxy does not evaluate", name, value)
+		}
+		value = strings.ReplaceAll(value, "%%", "%")
+		kv := [2]string{name, value}
+		switch o.GetAppendAction() {
+		case core.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+			if o.GetAppend() != nil && !o.GetAppend().GetValue() {
+				out = out.Then(HeaderOps{Set: [][2]string{kv}}) // the deprecated append: false
+				continue
+			}
+			out.Add = append(out.Add, kv)
+		case core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+			// Envoy applies the list in order: this replaces what came before.
+			out = out.Then(HeaderOps{Set: [][2]string{kv}})
+		default:
+			return out, fmt.Errorf("header %s: append action %s is not supported", name, o.GetAppendAction())
+		}
+	}
+	return out, nil
+}
+
 // redirectCodes are Envoy's redirect response codes.
 var redirectCodes = map[route.RedirectAction_RedirectResponseCode]int{
 	route.RedirectAction_MOVED_PERMANENTLY: 301, route.RedirectAction_FOUND: 302, route.RedirectAction_SEE_OTHER: 303,
@@ -708,6 +744,13 @@ func buildRoute(r *route.Route) (*Route, error) {
 			out.Fault.AbortStatus, out.Fault.AbortShare = int(a.GetHttpStatus()), share(a.GetPercentage())
 		}
 	}
+	var err error
+	if out.RequestHeaders, err = headerOps(r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove()); err != nil {
+		return nil, fmt.Errorf("request headers: %w", err)
+	}
+	if out.ResponseHeaders, err = headerOps(r.GetResponseHeadersToAdd(), r.GetResponseHeadersToRemove()); err != nil {
+		return nil, fmt.Errorf("response headers: %w", err)
+	}
 	if rd := r.GetRedirect(); rd != nil {
 		if rd.GetPrefixRewrite() != "" || rd.GetRegexRewrite() != nil || rd.GetStripQuery() {
 			return nil, errors.New("redirect: prefix_rewrite, regex_rewrite and strip_query are not supported")
@@ -744,7 +787,15 @@ func buildRoute(r *route.Route) (*Route, error) {
 		out.Clusters = []WeightedCluster{{Name: a.GetCluster(), Weight: 1}}
 	case a.GetWeightedClusters() != nil:
 		for _, w := range a.GetWeightedClusters().GetClusters() {
-			out.Clusters = append(out.Clusters, WeightedCluster{Name: w.GetName(), Weight: w.GetWeight().GetValue()})
+			wc := WeightedCluster{Name: w.GetName(), Weight: w.GetWeight().GetValue()}
+			var err error
+			if wc.RequestHeaders, err = headerOps(w.GetRequestHeadersToAdd(), w.GetRequestHeadersToRemove()); err != nil {
+				return nil, fmt.Errorf("cluster %s request headers: %w", w.GetName(), err)
+			}
+			if wc.ResponseHeaders, err = headerOps(w.GetResponseHeadersToAdd(), w.GetResponseHeadersToRemove()); err != nil {
+				return nil, fmt.Errorf("cluster %s response headers: %w", w.GetName(), err)
+			}
+			out.Clusters = append(out.Clusters, wc)
 		}
 	default:
 		return nil, errors.New("route without a cluster")

@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -194,6 +195,9 @@ type Route struct {
 	// Redirect or Direct: the route answers itself (no Clusters).
 	Redirect *Redirect
 	Direct   *DirectResponse
+	// RequestHeaders and ResponseHeaders are the route's header
+	// operations (a destination's come first, as in Envoy).
+	RequestHeaders, ResponseHeaders HeaderOps
 	// Clusters with weights; one entry for a plain cluster route.
 	Clusters []WeightedCluster
 	// Timeout 0 means none.
@@ -228,6 +232,59 @@ type HashPolicy struct {
 type WeightedCluster struct {
 	Name   string
 	Weight uint32
+	// RequestHeaders and ResponseHeaders apply when this destination is picked.
+	RequestHeaders, ResponseHeaders HeaderOps
+}
+
+// HeaderOps are Envoy's header operations on a request or response, names
+// in lower case: Remove first, then Set (replacing) and Add (appending).
+type HeaderOps struct {
+	Set, Add [][2]string
+	Remove   []string
+}
+
+// Empty says there is nothing to do.
+func (h *HeaderOps) Empty() bool { return len(h.Set)+len(h.Add)+len(h.Remove) == 0 }
+
+// Drops says whether a header (lower case) is not passed on as it came:
+// removed, or replaced by Set.
+func (h *HeaderOps) Drops(name string) bool {
+	for _, r := range h.Remove {
+		if r == name {
+			return true
+		}
+	}
+	for _, s := range h.Set {
+		if s[0] == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Then is h followed by next: next's Set of a name replaces what h sets
+// or adds of it.
+func (h HeaderOps) Then(next HeaderOps) HeaderOps {
+	if h.Empty() {
+		return next
+	}
+	replaced := func(kv [2]string) bool {
+		return slices.ContainsFunc(next.Set, func(n [2]string) bool { return n[0] == kv[0] })
+	}
+	out := HeaderOps{Remove: append(append([]string(nil), h.Remove...), next.Remove...)}
+	for _, s := range h.Set {
+		if !replaced(s) {
+			out.Set = append(out.Set, s)
+		}
+	}
+	for _, a := range h.Add {
+		if !replaced(a) {
+			out.Add = append(out.Add, a)
+		}
+	}
+	out.Set = append(out.Set, next.Set...)
+	out.Add = append(out.Add, next.Add...)
+	return out
 }
 
 // RetryPolicy is Envoy's, reduced to what the proxy acts on.

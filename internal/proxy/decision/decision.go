@@ -66,11 +66,13 @@ type Decision struct {
 	// XFF, when set, replaces X-Forwarded-For upstream (a gateway's edge
 	// appends the client's address).
 	XFF string
-	// Remove and Set are header operations on the request sent upstream
-	// (names in lower case; Set replaces): a JWT not forwarded, its payload
-	// or claims as headers.
-	Remove []string
-	Set    [][2]string
+	// Remove, Set and Add are header operations on the request sent
+	// upstream (names in lower case; Set replaces, Add appends): a JWT not
+	// forwarded, its payload or claims as headers, a route's headers.
+	Remove   []string
+	Set, Add [][2]string
+	// Response is the route's operations on the upstream's answer.
+	Response config.HeaderOps
 	// Auth is the verified JWT the policies saw; nil without one.
 	Auth *rbac.Auth
 }
@@ -190,7 +192,15 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 	if r.HostRewrite != "" {
 		d.Host = r.HostRewrite
 	}
-	d.Cluster = PickWeighted(r.Clusters)
+	var picked *config.WeightedCluster
+	d.Cluster, picked = pickWeighted(r.Clusters)
+	req2 := picked.RequestHeaders.Then(r.RequestHeaders)
+	if !req2.Empty() {
+		// The JWT filter's operations came first; the router's follow.
+		ops := config.HeaderOps{Set: d.Set, Remove: d.Remove}.Then(req2)
+		d.Set, d.Add, d.Remove = ops.Set, ops.Add, ops.Remove
+	}
+	d.Response = picked.ResponseHeaders.Then(r.ResponseHeaders)
 	return d
 }
 
@@ -253,7 +263,7 @@ func clientIP(hm *config.HTTPManager, xff string) netip.Addr {
 
 // Rewrites says whether the decision changes a request header: the
 // engines look then at each header against it.
-func (d *Decision) Rewrites() bool { return len(d.Remove)+len(d.Set) > 0 || d.XFF != "" }
+func (d *Decision) Rewrites() bool { return len(d.Remove)+len(d.Set)+len(d.Add) > 0 || d.XFF != "" }
 
 // Drops says whether a request header (lowercase) is not sent upstream
 // as it came: removed, or replaced by Set or XFF.
@@ -332,22 +342,27 @@ func queryParam(target, name string) string {
 // PickWeighted picks one of weighted clusters (a route's, or a TCP
 // proxy's per connection) by weight.
 func PickWeighted(cs []config.WeightedCluster) string {
+	name, _ := pickWeighted(cs)
+	return name
+}
+
+func pickWeighted(cs []config.WeightedCluster) (string, *config.WeightedCluster) {
 	if len(cs) == 1 {
-		return cs[0].Name
+		return cs[0].Name, &cs[0]
 	}
 	var total uint32
 	for _, c := range cs {
 		total += c.Weight
 	}
 	if total == 0 {
-		return cs[0].Name
+		return cs[0].Name, &cs[0]
 	}
 	n := rand.Uint32N(total)
-	for _, c := range cs {
-		if n < c.Weight {
-			return c.Name
+	for i := range cs {
+		if n < cs[i].Weight {
+			return cs[i].Name, &cs[i]
 		}
-		n -= c.Weight
+		n -= cs[i].Weight
 	}
-	return cs[len(cs)-1].Name
+	return cs[len(cs)-1].Name, &cs[len(cs)-1]
 }
