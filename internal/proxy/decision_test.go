@@ -12,18 +12,23 @@ import (
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// engine sends one request with a raw request target (and the header
-// X-Client-Token: secret) and says what came back.
+// engine sends one request with a raw request target (and the headers
+// X-Client-Token: secret, Origin: https://app.example and
+// Access-Control-Request-Method: PUT, which make an OPTIONS a CORS
+// preflight) and says what came back.
 type engine struct {
 	name string
 	// h2: the proxy's cluster speaks HTTP/2 (the relay) rather than
@@ -34,11 +39,11 @@ type engine struct {
 
 var engines = []engine{
 	{name: "HTTP/1.1 loop", do: func(t *testing.T, addr, method, target string) (int, string, http.Header) {
-		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nX-Client-Token: secret\r\n\r\n")
+		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nX-Client-Token: secret\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: PUT\r\n\r\n")
 	}},
 	// A chunked request is not for the loop: net/http serves it.
 	{name: "net/http", do: func(t *testing.T, addr, method, target string) (int, string, http.Header) {
-		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nX-Client-Token: secret\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+		return h1Do(t, addr, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nX-Client-Token: secret\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: PUT\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
 	}},
 	{name: "HTTP/2 relay", h2: true, do: h2Do},
 	// HTTP/2 to an HTTP/1.1 upstream: the relay hands the stream to net/http's handler.
@@ -76,7 +81,8 @@ func h2Do(t *testing.T, addr, method, target string) (int, string, http.Header) 
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", method}, {":scheme", "http"}, {":authority", "profile"}, {":path", target}, {"x-client-token", "secret"}} {
+	for _, f := range [][2]string{{":method", method}, {":scheme", "http"}, {":authority", "profile"}, {":path", target}, {"x-client-token", "secret"},
+		{"origin", "https://app.example"}, {"access-control-request-method", "PUT"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	if err := fr.WriteSettings(); err != nil {
@@ -273,6 +279,48 @@ func TestEnginesAgreeOnHeaderOperations(t *testing.T) {
 		}
 		if h.Get("X-Backend-Secret") != "" || h.Get("X-Served-By") != "mesh" || h.Get("X-Policy") != "100% checked" {
 			t.Errorf("%s: answer headers %v", e.name, h)
+		}
+	}
+}
+
+// A route's CORS policy (a VirtualService's corsPolicy): every engine
+// answers an allowed preflight itself and adds the CORS headers to the
+// answer of an allowed origin's request; another origin gets none.
+func TestEnginesAgreeOnCORS(t *testing.T) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "backend "+r.Method) })
+	h1 := httptest.NewServer(echo)
+	defer h1.Close()
+	h2 := h2cServer(t, echo)
+	policy := func(origin string) func(*hcm.HttpConnectionManager) {
+		return func(m *hcm.HttpConnectionManager) {
+			r := m.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()[0]
+			c, _ := anypb.New(&corsv3.CorsPolicy{AllowOriginStringMatch: []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: origin}}},
+				AllowMethods: "GET,PUT", AllowHeaders: "x-token", ExposeHeaders: "x-served-by", MaxAge: "600", AllowCredentials: wrapperspb.Bool(true)})
+			r.TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.cors": c}
+		}
+	}
+	for _, e := range engines {
+		for origin, allowed := range map[string]bool{"https://app.example": true, "https://other.example": false} {
+			upstream := h1.Listener.Addr().String()
+			var adjust func(*cluster.Cluster)
+			if e.h2 {
+				upstream, adjust = h2, upstreamHTTP2
+			}
+			_, front := startProxy(t, upstream, adjust, nil, policy(origin))
+			code, body, h := e.do(t, front, "OPTIONS", "/profile")
+			preflight := fmt.Sprintf("%d %q %s|%s|%s|%s|%s", code, body, h.Get("Access-Control-Allow-Origin"), h.Get("Access-Control-Allow-Methods"),
+				h.Get("Access-Control-Allow-Headers"), h.Get("Access-Control-Max-Age"), h.Get("Access-Control-Allow-Credentials"))
+			code, body, h = e.do(t, front, "GET", "/profile")
+			request := fmt.Sprintf("%d %q %s|%s|%s", code, body, h.Get("Access-Control-Allow-Origin"), h.Get("Access-Control-Expose-Headers"), h.Get("Access-Control-Allow-Credentials"))
+			wantPre, wantReq := `200 "" https://app.example|GET,PUT|x-token|600|true`, `200 "backend GET" https://app.example|x-served-by|true`
+			if !allowed {
+				// Not this origin: the preflight goes upstream (unmatched
+				// preflights are forwarded), and no CORS headers anywhere.
+				wantPre, wantReq = `200 "backend OPTIONS" ||||`, `200 "backend GET" ||`
+			}
+			if preflight != wantPre || request != wantReq {
+				t.Errorf("%s, policy for %s: preflight %s (want %s); request %s (want %s)", e.name, origin, preflight, wantPre, request, wantReq)
+			}
 		}
 	}
 }

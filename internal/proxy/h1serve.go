@@ -297,7 +297,7 @@ func (c *h1Down) serve(req *h1Req) outcome {
 			x.flags = "FI"
 		}
 		code, body := dec.Reply()
-		res = c.reply(&x, code, body, dec.Location)
+		res = c.reply(&x, code, body, dec.Location, dec.ReplyHeaders...)
 	} else {
 		res = c.forward(rt, &x)
 	}
@@ -1094,8 +1094,8 @@ func (c *h1Down) fail(x *h1Exchange, err error) outcome {
 }
 
 // reply answers a request from the proxy: an error, a policy's refusal, a
-// redirect to location.
-func (c *h1Down) reply(x *h1Exchange, code int, text, location string) outcome {
+// redirect to location, a CORS preflight (its headers in extra).
+func (c *h1Down) reply(x *h1Exchange, code int, text, location string, extra ...[2]string) outcome {
 	x.code = code
 	bw := c.bw
 	_, _ = bw.WriteString("HTTP/1.1 ")
@@ -1108,6 +1108,12 @@ func (c *h1Down) reply(x *h1Exchange, code int, text, location string) outcome {
 	if location != "" {
 		_, _ = bw.WriteString("\r\nLocation: ")
 		_, _ = bw.WriteString(location)
+	}
+	for _, h := range extra {
+		_, _ = bw.WriteString("\r\n")
+		_, _ = bw.WriteString(h[0])
+		_, _ = bw.WriteString(": ")
+		_, _ = bw.WriteString(h[1])
 	}
 	if text == "" {
 		_, _ = bw.WriteString("\r\nContent-Length: 0\r\n\r\n")

@@ -426,6 +426,12 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	switch {
 	case dec.Location != "":
 		s.replyWith(fl, dec.Status, "", hpack.HeaderField{Name: "location", Value: dec.Location})
+	case len(dec.ReplyHeaders) > 0:
+		extra := make([]hpack.HeaderField, 0, len(dec.ReplyHeaders))
+		for _, h := range dec.ReplyHeaders {
+			extra = append(extra, hpack.HeaderField{Name: h[0], Value: h[1]})
+		}
+		s.replyWith(fl, dec.Status, dec.Body, extra...)
 	case dec.Status != 0:
 		s.reply(fl, dec.Status, dec.Body)
 	case dec.Delay > 0:

@@ -192,6 +192,12 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	case dec.Location != "":
 		rec.Header().Set("Location", dec.Location)
 		rec.WriteHeader(dec.Status)
+	case len(dec.ReplyHeaders) > 0:
+		for _, h := range dec.ReplyHeaders {
+			rec.Header().Set(h[0], h[1])
+		}
+		rec.WriteHeader(dec.Status)
+		_, _ = io.WriteString(rec, dec.Body)
 	case dec.Status != 0:
 		http.Error(rec, dec.Body, dec.Status)
 	case dec.Delay > 0 && !delay(dec.Delay, rec, r, rc):

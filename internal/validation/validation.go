@@ -64,7 +64,10 @@ var kinds = map[string]kind{
 			"http.rewrite.uri_regex_rewrite", "http.rewrite.uri_regex_rewrite.match", "http.rewrite.uri_regex_rewrite.rewrite",
 			"http.redirect", "http.redirect.uri", "http.redirect.authority", "http.redirect.port", "http.redirect.derive_port", "http.redirect.scheme", "http.redirect.redirect_code",
 			"http.direct_response", "http.direct_response.status", "http.direct_response.body", "http.direct_response.body.string", "http.direct_response.body.bytes",
-			"http.headers", "http.route.headers"},
+			"http.headers", "http.route.headers",
+			"http.cors_policy", "http.cors_policy.allow_origin", "http.cors_policy.allow_methods", "http.cors_policy.allow_headers",
+			"http.cors_policy.expose_headers", "http.cors_policy.max_age", "http.cors_policy.allow_credentials", "http.cors_policy.unmatched_preflights"},
+		stringMatch("http.cors_policy.allow_origins"),
 		headerOps("http.headers"), headerOps("http.route.headers"), []string{
 			"tcp", "tcp.match", "tcp.match.port", "tcp.route", "tls", "tls.match", "tls.match.sni_hosts", "tls.match.port", "tls.route"},
 		prefixed("http.route.", destination), prefixed("tcp.route.", destination), prefixed("tls.route.", destination),

@@ -73,8 +73,8 @@ func TestAccepted(t *testing.T) {
 
 // Fields isthmus does not act on are accepted with a warning naming them.
 func TestUnsupportedWarnings(t *testing.T) {
-	r := validate(t, vsHead+"  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirror: {host: b}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n")
-	if len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != "spec.http[0].mirror: not supported by isthmus; ignored\nspec.http[0].corsPolicy: not supported by isthmus; ignored" {
+	r := validate(t, vsHead+"  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirror: {host: b}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n    delegate: {name: d}\n")
+	if len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != "spec.http[0].delegate: not supported by isthmus; ignored\nspec.http[0].mirror: not supported by isthmus; ignored" {
 		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
 	}
 	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: ext-authz}\n")

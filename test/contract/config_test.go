@@ -263,6 +263,10 @@ http:
   match: [{uri: {prefix: /v1/}}]
   rewrite: {uriRegexRewrite: {match: "^/v1/([^/]+)/(.*)$", rewrite: "/\\2/\\1"}}
   route: [{destination: {host: profile}}]
+- name: cors
+  match: [{uri: {prefix: /c}}]
+  corsPolicy: {allowOrigins: [{exact: "https://app.example"}, {regex: "https://.*[.]shop[.]example"}], allowMethods: [GET, POST], maxAge: 1h, allowCredentials: true}
+  route: [{destination: {host: profile}}]
 - name: headers
   match: [{uri: {prefix: /h}}]
   headers:
@@ -294,6 +298,11 @@ http:
 				}
 				return "", false
 			}})
+	}
+	if c := snap.Routes[rc.Name].Match("profile:8080").Match("/c", func(string) (string, bool) { return "", false }).CORS; c == nil ||
+		len(c.Origins) != 2 || !c.Origins[1]("https://eu.shop.example") || c.Origins[1]("https://evil.example") || c.AllowMethods != "GET,POST" ||
+		c.MaxAge != "3600" || !c.AllowCredentials || !c.ForwardUnmatched {
+		t.Errorf("cors policy %+v", c)
 	}
 	hd := decide("/h")
 	if got := fmt.Sprintf("set %v add %v remove %v response %+v", hd.Set, hd.Add, hd.Remove, hd.Response); got !=

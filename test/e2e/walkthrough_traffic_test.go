@@ -50,7 +50,7 @@ func trafficArea(t *testing.T, w *walkthrough) {
 		t.Logf("successes of 100: %d without retries, %d with 4 retries", without, with)
 	})
 
-	t.Run("VirtualService: a redirect, a direct response, a regex rewrite and header operations, carried out by sleep's sidecar", func(t *testing.T) {
+	t.Run("VirtualService: a redirect, a direct response, a regex rewrite, header operations and CORS, carried out by sleep's sidecar", func(t *testing.T) {
 		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "virtualservice", "profile-answers")
 		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -66,6 +66,7 @@ spec:
     rewrite: {uriRegexRewrite: {match: "^/api/([a-z]+)$", rewrite: "/\\1"}}
     route: [{destination: {host: profile}}]
   - headers: {response: {set: {x-mesh: isthmus}, remove: [x-envoy-upstream-service-time]}}
+    corsPolicy: {allowOrigins: [{exact: "https://app.example"}], allowMethods: [GET], maxAge: 10m}
     route: [{destination: {host: profile}, headers: {response: {add: {x-destination: profile}}}}]
 `)
 		eventually(t, "the redirect", func() bool {
@@ -79,6 +80,10 @@ spec:
 		}
 		if h := strings.ToLower(sleepExec("curl -sS -o /dev/null -D - http://profile:8080/profile?id=4")); !strings.Contains(h, "x-mesh: isthmus") || !strings.Contains(h, "x-destination: profile") {
 			t.Errorf("the route's and the destination's response headers are not in the answer:\n%s", h)
+		}
+		pre := strings.ToLower(sleepExec("curl -sS -o /dev/null -D - -X OPTIONS -H 'Origin: https://app.example' -H 'Access-Control-Request-Method: GET' http://profile:8080/profile"))
+		if !strings.HasPrefix(pre, "http/1.1 200") || !strings.Contains(pre, "access-control-allow-origin: https://app.example") || !strings.Contains(pre, "access-control-max-age: 600") {
+			t.Errorf("the CORS preflight is not answered by sleep's sidecar:\n%s", pre)
 		}
 	})
 

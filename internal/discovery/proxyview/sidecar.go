@@ -69,7 +69,7 @@ func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter, paths Path
 	return withPaths(paths, &hcm.HttpConnectionManager{
 		StatPrefix:     statPrefix,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: adsSource()}},
-		HttpFilters:    []*hcm.HttpFilter{faultFilter(), router},
+		HttpFilters:    []*hcm.HttpFilter{corsFilter(), faultFilter(), router},
 	})
 }
 

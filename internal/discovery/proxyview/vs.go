@@ -11,6 +11,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -23,6 +24,41 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// corsFilterName is Envoy's CORS filter, first in outbound HTTP managers
+// as in Istio's; routes carry their corsPolicy as its per-route config.
+const corsFilterName = "envoy.filters.http.cors"
+
+func corsFilter() *hcm.HttpFilter {
+	return &hcm.HttpFilter{Name: corsFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&corsv3.Cors{})}}
+}
+
+// corsPolicy is Istio's CorsPolicy as Envoy's per-route one, as Istio
+// translates it (allowOrigins, else the deprecated allowOrigin as exact
+// origins; lists joined by commas; maxAge in seconds; unmatchedPreflights
+// FORWARD, the default, forwards preflights of other origins).
+func corsPolicy(in *apinetworking.CorsPolicy) *corsv3.CorsPolicy {
+	if in == nil {
+		return nil
+	}
+	out := &corsv3.CorsPolicy{AllowMethods: strings.Join(in.GetAllowMethods(), ","), AllowHeaders: strings.Join(in.GetAllowHeaders(), ","),
+		ExposeHeaders: strings.Join(in.GetExposeHeaders(), ","), AllowCredentials: in.GetAllowCredentials(),
+		ForwardNotMatchingPreflights: wrapperspb.Bool(in.GetUnmatchedPreflights() != apinetworking.CorsPolicy_IGNORE)}
+	for _, o := range in.GetAllowOrigins() {
+		if sm := stringMatch(o); sm != nil {
+			out.AllowOriginStringMatch = append(out.AllowOriginStringMatch, sm)
+		}
+	}
+	if len(in.GetAllowOrigins()) == 0 {
+		for _, o := range in.GetAllowOrigin() {
+			out.AllowOriginStringMatch = append(out.AllowOriginStringMatch, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o}})
+		}
+	}
+	if in.GetMaxAge() != nil {
+		out.MaxAge = strconv.FormatInt(in.GetMaxAge().GetSeconds(), 10)
+	}
+	return out
+}
 
 // faultFilter sits before the router in outbound HTTP managers so that
 // routes can carry a fault (Envoy applies per-route fault config only
@@ -123,8 +159,8 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			warn(where + " http[" + name + "]: delegate is not supported; route skipped")
 			continue
 		}
-		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 || hr.GetCorsPolicy() != nil {
-			warn(where + " http[" + name + "]: mirror and corsPolicy are not supported; ignored")
+		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 {
+			warn(where + " http[" + name + "]: mirror is not supported; ignored")
 		}
 		hwarn := func(m string) { warn(where + " http[" + name + "] headers: " + m) }
 		// What the route does: a redirect or a direct answer (Istio ignores
@@ -158,6 +194,12 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 		var perFilter map[string]*anypb.Any
 		if f := fault(hr.GetFault()); f != nil {
 			perFilter = map[string]*anypb.Any{"envoy.filters.http.fault": mustAny(f)}
+		}
+		if c := corsPolicy(hr.GetCorsPolicy()); c != nil {
+			if perFilter == nil {
+				perFilter = map[string]*anypb.Any{}
+			}
+			perFilter[corsFilterName] = mustAny(c)
 		}
 		matches := hr.GetMatch()
 		if len(matches) == 0 {

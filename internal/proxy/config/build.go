@@ -16,6 +16,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
@@ -726,6 +727,23 @@ func buildRoute(r *route.Route) (*Route, error) {
 		out.Headers = append(out.Headers, hm)
 	}
 	for name, cfg := range r.GetTypedPerFilterConfig() {
+		if name == "envoy.filters.http.cors" {
+			var c corsv3.CorsPolicy
+			if err := unpack(cfg, &c); err != nil {
+				return nil, err
+			}
+			out.CORS = &CORS{AllowMethods: c.GetAllowMethods(), AllowHeaders: c.GetAllowHeaders(), ExposeHeaders: c.GetExposeHeaders(),
+				MaxAge: c.GetMaxAge(), AllowCredentials: c.GetAllowCredentials().GetValue(),
+				ForwardUnmatched: c.GetForwardNotMatchingPreflights() == nil || c.GetForwardNotMatchingPreflights().GetValue()}
+			for _, o := range c.GetAllowOriginStringMatch() {
+				hm, err := headerMatch(&route.HeaderMatcher{Name: "origin", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: o}})
+				if err != nil {
+					return nil, fmt.Errorf("cors allow_origin_string_match: %w", err)
+				}
+				out.CORS.Origins = append(out.CORS.Origins, hm.Match)
+			}
+			continue
+		}
 		if name != "envoy.filters.http.fault" {
 			return nil, fmt.Errorf("per-route config of %q is not supported", name)
 		}

@@ -198,6 +198,8 @@ type Route struct {
 	// RequestHeaders and ResponseHeaders are the route's header
 	// operations (a destination's come first, as in Envoy).
 	RequestHeaders, ResponseHeaders HeaderOps
+	// CORS is the route's CORS policy (Envoy's cors filter); nil: none.
+	CORS *CORS
 	// Clusters with weights; one entry for a plain cluster route.
 	Clusters []WeightedCluster
 	// Timeout 0 means none.
@@ -206,6 +208,17 @@ type Route struct {
 	// Hash is how a request is hashed for consistent-hash clusters: the
 	// first policy that yields a value wins.
 	Hash []HashPolicy
+}
+
+// CORS is Envoy's per-route CORS policy.
+type CORS struct {
+	// Origins match the Origin header; one match allows it.
+	Origins                                           []func(string) bool
+	AllowMethods, AllowHeaders, ExposeHeaders, MaxAge string
+	AllowCredentials                                  bool
+	// ForwardUnmatched: a preflight from an origin not allowed goes
+	// upstream; else it is answered here, without CORS headers.
+	ForwardUnmatched bool
 }
 
 // Redirect is Envoy's redirect action: each empty field keeps the

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,8 @@ type Decision struct {
 	Status   int
 	Body     string
 	Location string
+	// ReplyHeaders go with an answer given here (a CORS preflight's).
+	ReplyHeaders [][2]string
 	// Flags is Envoy's response flag (NR, UAEX, FI, DI) for the metrics.
 	Flags string
 	// DeniedBy names what refused the request; Audited the AUDIT policy
@@ -158,6 +161,24 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 		d.Status, d.Body, d.Flags = http.StatusNotFound, "no route", "NR"
 		return d
 	}
+	var corsOps config.HeaderOps
+	if c := r.CORS; c != nil {
+		if origin, ok := header("origin"); ok && origin != "" {
+			allowed := slices.ContainsFunc(c.Origins, func(m func(string) bool) bool { return m(origin) })
+			_, asks := header("access-control-request-method")
+			switch {
+			case req.Method == http.MethodOptions && asks && allowed:
+				// Envoy's CORS filter answers an allowed preflight itself.
+				d.Status, d.ReplyHeaders = http.StatusOK, corsHeaders(c, origin, true)
+				return d
+			case req.Method == http.MethodOptions && asks && !c.ForwardUnmatched:
+				d.Status = http.StatusOK
+				return d
+			case allowed:
+				corsOps.Set = corsHeaders(c, origin, false)
+			}
+		}
+	}
 	if f := r.Fault; f != nil {
 		if f.Delay > 0 && rand.Float64() < f.DelayShare {
 			d.Delay, d.Flags = f.Delay, "DI"
@@ -200,8 +221,29 @@ func Decide(hm *config.HTTPManager, table *config.RouteTable, req *Request) Deci
 		ops := config.HeaderOps{Set: d.Set, Remove: d.Remove}.Then(req2)
 		d.Set, d.Add, d.Remove = ops.Set, ops.Add, ops.Remove
 	}
-	d.Response = picked.ResponseHeaders.Then(r.ResponseHeaders)
+	d.Response = picked.ResponseHeaders.Then(r.ResponseHeaders).Then(corsOps)
 	return d
+}
+
+// corsHeaders are what Envoy's CORS filter adds for an allowed origin: to
+// a preflight's answer, or to the upstream's answer of a request.
+func corsHeaders(c *config.CORS, origin string, preflight bool) [][2]string {
+	out := [][2]string{{"access-control-allow-origin", origin}}
+	if c.AllowCredentials {
+		out = append(out, [2]string{"access-control-allow-credentials", "true"})
+	}
+	if !preflight {
+		if c.ExposeHeaders != "" {
+			out = append(out, [2]string{"access-control-expose-headers", c.ExposeHeaders})
+		}
+		return out
+	}
+	for _, h := range [][2]string{{"access-control-allow-methods", c.AllowMethods}, {"access-control-allow-headers", c.AllowHeaders}, {"access-control-max-age", c.MaxAge}} {
+		if h[1] != "" {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // location is where a redirect sends the client, as Envoy builds it: each
