@@ -2,8 +2,6 @@ package inspect
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
@@ -19,25 +17,14 @@ type RemoteCluster struct {
 // RemoteClusters asks every control plane pod which clusters it watches
 // and whether each is synced (istioctl remote-clusters).
 func (c *Cluster) RemoteClusters(ctx context.Context, namespace string) ([]RemoteCluster, error) {
-	pods, err := c.ControlPlanes(ctx, namespace)
-	if err != nil {
-		return nil, err
-	}
+	answers, pods, err := askControlPlanes[[]remotesecret.Status](ctx, c, namespace, "/debug/clusterz")
 	var out []RemoteCluster
-	for i := range pods {
-		b, err := c.Get(ctx, &pods[i], MonitoringPort, "/debug/clusterz")
-		if err != nil {
-			return nil, err
-		}
-		var list []remotesecret.Status
-		if err := json.Unmarshal(b, &list); err != nil {
-			return nil, fmt.Errorf("%s: /debug/clusterz: %w", pods[i].Name, err)
-		}
+	for i, list := range answers {
 		for _, s := range list {
-			out = append(out, RemoteCluster{Status: s, Istiod: pods[i].Name})
+			out = append(out, RemoteCluster{Status: s, Istiod: pods[i]})
 		}
 	}
-	return out, nil
+	return out, err
 }
 
 // WriteRemoteClusters prints istioctl's remote-clusters table (the

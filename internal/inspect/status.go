@@ -132,21 +132,30 @@ type ControlPlaneVersion struct {
 
 // Versions asks every control plane pod for its version.
 func (c *Cluster) Versions(ctx context.Context, namespace string) ([]ControlPlaneVersion, error) {
-	pods, err := c.ControlPlanes(ctx, namespace)
+	answers, pods, err := askControlPlanes[ControlPlaneVersion](ctx, c, namespace, "/version")
+	for i := range answers {
+		answers[i].Pod = pods[i]
+	}
+	return answers, err
+}
+
+// askControlPlanes GETs path from every control plane pod's monitoring
+// port and decodes each answer; pods names the pod of each.
+func askControlPlanes[T any](ctx context.Context, c *Cluster, namespace, path string) (answers []T, pods []string, err error) {
+	running, err := c.ControlPlanes(ctx, namespace)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []ControlPlaneVersion
-	for i := range pods {
-		b, err := c.Get(ctx, &pods[i], MonitoringPort, "/version")
+	for i := range running {
+		b, err := c.Get(ctx, &running[i], MonitoringPort, path)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		v := ControlPlaneVersion{Pod: pods[i].Name}
+		var v T
 		if err := json.Unmarshal(b, &v); err != nil {
-			return nil, fmt.Errorf("%s: /version: %w", pods[i].Name, err)
+			return nil, nil, fmt.Errorf("%s: %s: %w", running[i].Name, path, err)
 		}
-		out = append(out, v)
+		answers, pods = append(answers, v), append(pods, running[i].Name)
 	}
-	return out, nil
+	return answers, pods, nil
 }

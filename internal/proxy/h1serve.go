@@ -332,17 +332,7 @@ func dropped(dec *decision.Decision, name []byte) bool {
 	if dec.XFF != "" && fieldIs(name, "x-forwarded-for") {
 		return true
 	}
-	for _, r := range dec.Remove {
-		if fieldIs(name, r) {
-			return true
-		}
-	}
-	for _, s := range dec.Set {
-		if fieldIs(name, s[0]) {
-			return true
-		}
-	}
-	return false
+	return opsDrop(&config.HeaderOps{Remove: dec.Remove, Set: dec.Set}, name)
 }
 
 // opsDrop is HeaderOps.Drops for a header name as the peer wrote it.
