@@ -1105,7 +1105,9 @@ func (c *h1Down) reply(x *h1Exchange, code int, text, location string, extra ...
 		_, _ = bw.WriteString(": ")
 		_, _ = bw.WriteString(h[1])
 	}
-	if text == "" {
+	if text == "" || noBody(x.req.method, code) {
+		// A HEAD, 1xx, 204 or 304 answer has no content: a body would be
+		// read as the start of the next answer on this connection.
 		_, _ = bw.WriteString("\r\nContent-Length: 0\r\n\r\n")
 		return keepAlive
 	}

@@ -1053,6 +1053,9 @@ func (s *h2Stream) replyWith(fl *h2Flush, code int, body string, extra ...hpack.
 	if s.started || s.down.sentEnd {
 		return
 	}
+	if s.method == "HEAD" || code < 200 || code == 204 || code == 304 {
+		body = "" // such answers have no content
+	}
 	fields := append([]hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(code)}}, extra...)
 	fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(body))})
 	s.started, s.code = true, code

@@ -3,6 +3,7 @@ package validation
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
 	"regexp"
@@ -16,6 +17,8 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/isthmus-mesh/isthmus/internal/httpfield"
 )
 
 // Istio's rules below follow pkg/config/validation of istio/istio for the
@@ -124,6 +127,9 @@ func checkVirtualService(m proto.Message, c *checker) {
 			c.errf(p+".directResponse.status", "%d is not in the range 200..599", dr.GetStatus())
 		}
 		checkHeaderOps(c, p+".headers", hr.GetHeaders())
+		if cp := hr.GetCorsPolicy(); cp != nil {
+			checkCORS(c, p+".corsPolicy", cp)
+		}
 		for j, d := range hr.GetRoute() {
 			checkHeaderOps(c, fmt.Sprintf("%s.route[%d].headers", p, j), d.GetHeaders())
 		}
@@ -581,24 +587,53 @@ func checkLabels(c *checker, p string, labels map[string]string) {
 	}
 }
 
-// checkHeaderOps refuses what Istio refuses of header operations: names
-// that are empty, pseudo-headers or Host (rewrite.authority sets it).
+// checkHeaderOps refuses header operations on names that are not tokens,
+// pseudo-headers, the Host (rewrite.authority sets it) or framing fields
+// (Content-Length, Transfer-Encoding, Connection...: a route must not
+// reframe messages on shared connections), and values with control
+// characters.
 func checkHeaderOps(c *checker, p string, h *networking.Headers) {
-	for dir, ops := range map[string]*networking.Headers_HeaderOperations{"request": h.GetRequest(), "response": h.GetResponse()} {
-		var names []string
-		for n := range ops.GetSet() {
-			names = append(names, n)
+	for _, dir := range []string{"request", "response"} {
+		ops := h.GetRequest()
+		if dir == "response" {
+			ops = h.GetResponse()
 		}
-		for n := range ops.GetAdd() {
-			names = append(names, n)
+		values := map[string]string{}
+		for n, v := range ops.GetSet() {
+			values[n] = v
 		}
-		names = append(names, ops.GetRemove()...)
-		slices.Sort(names)
-		for _, n := range names {
-			if l := strings.ToLower(n); l == "" || strings.HasPrefix(l, ":") || l == "host" {
-				c.errf(p+"."+dir, "header %q cannot be changed (pseudo-headers and Host are the proxy's; use rewrite.authority)", n)
+		for n, v := range ops.GetAdd() {
+			values[n] = v
+		}
+		names := slices.Sorted(maps.Keys(values))
+		for _, n := range append(names, ops.GetRemove()...) {
+			if err := httpfield.Settable(n); err != nil {
+				c.errf(p+"."+dir, "%v", err)
 			}
 		}
+		for _, n := range names {
+			if err := httpfield.ValidValue(values[n]); err != nil {
+				c.errf(p+"."+dir, "%s: %v", n, err)
+			}
+		}
+	}
+}
+
+// checkCORS refuses what cannot go into the CORS headers: methods and
+// header names that are not tokens.
+func checkCORS(c *checker, p string, cp *networking.CorsPolicy) {
+	for _, l := range []struct {
+		field string
+		list  []string
+	}{{"allowMethods", cp.GetAllowMethods()}, {"allowHeaders", cp.GetAllowHeaders()}, {"exposeHeaders", cp.GetExposeHeaders()}} {
+		for i, t := range l.list {
+			if !httpfield.IsToken(t) && t != "*" {
+				c.errf(fmt.Sprintf("%s.%s[%d]", p, l.field, i), "%q is not an HTTP token", t)
+			}
+		}
+	}
+	if cp.GetMaxAge() != nil {
+		checkDuration(c, p+".maxAge", cp.GetMaxAge())
 	}
 }
 

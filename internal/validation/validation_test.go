@@ -146,3 +146,19 @@ func TestHeaderOperations(t *testing.T) {
 		t.Errorf("errors %q", r.Errors)
 	}
 }
+
+// A route must not reframe messages or split them: framing fields, CR/LF
+// in values and non-token CORS lists are refused.
+func TestHeaderOperationsThatWouldSmuggle(t *testing.T) {
+	for _, c := range []struct{ http, want string }{
+		{"  - headers: {request: {set: {content-length: \"0\"}}}\n    route: [{destination: {host: a}}]\n", `header "content-length" cannot be changed: it frames the message`},
+		{"  - headers: {response: {remove: [Transfer-Encoding]}}\n    route: [{destination: {host: a}}]\n", `header "Transfer-Encoding" cannot be changed`},
+		{"  - headers: {response: {set: {x-a: \"b\\r\\nSet-Cookie: s=1\"}}}\n    route: [{destination: {host: a}}]\n", "x-a: header value"},
+		{"  - corsPolicy: {allowOrigins: [{exact: o}], allowMethods: [\"GET\\r\\nSet-Cookie: s=1\"]}\n    route: [{destination: {host: a}}]\n", `spec.http[0].corsPolicy.allowMethods[0]`},
+	} {
+		r := validate(t, vsHead+"  hosts: [a]\n  http:\n"+c.http)
+		if !strings.Contains(strings.Join(r.Errors, "\n"), c.want) {
+			t.Errorf("%q: errors %q, want %q", c.http, r.Errors, c.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -134,6 +135,17 @@ func TestRejectsWhatItCannotServe(t *testing.T) {
 		},
 		"garbage bytes": func(rs config.Resources) {
 			rs[resource.RouteType]["8080"] = &anypb.Any{TypeUrl: resource.RouteType, Value: []byte{0xff, 0xff, 0xff}}
+		},
+		// A route must not reframe what it forwards, nor split an answer.
+		"a route setting Content-Length": func(rs config.Resources) {
+			rs[resource.RouteType]["bad"] = mustAny(&routev3.RouteConfiguration{Name: "bad", VirtualHosts: []*routev3.VirtualHost{{Name: "v", Domains: []string{"*"},
+				Routes: []*routev3.Route{{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}, Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}}},
+					RequestHeadersToAdd: []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "content-length", Value: "0"}, AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}}}}}})
+		},
+		"a CORS policy with a CR/LF": func(rs config.Resources) {
+			rs[resource.RouteType]["bad"] = mustAny(&routev3.RouteConfiguration{Name: "bad", VirtualHosts: []*routev3.VirtualHost{{Name: "v", Domains: []string{"*"},
+				Routes: []*routev3.Route{{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}, Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}}},
+					TypedPerFilterConfig: map[string]*anypb.Any{"envoy.filters.http.cors": mustAny(&corsv3.CorsPolicy{AllowMethods: "GET\r\nSet-Cookie: s=1"})}}}}}})
 		},
 	} {
 		rs := generated(t)

@@ -214,7 +214,7 @@ func (in *ingress) addHosts(rc *route.RouteConfiguration, gw *networkingv1.Gatew
 			return ps[0]
 		}
 		return 0
-	}, hash: in.hash, tls: srv.GetTls() != nil}
+	}, hash: in.hash}
 	for _, vs := range in.vss {
 		if !boundTo(vs, gw) || len(vs.Spec.GetHttp()) == 0 {
 			continue

@@ -23,6 +23,8 @@ import (
 	apinetworking "istio.io/api/networking/v1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/httpfield"
 )
 
 // corsFilterName is Envoy's CORS filter, first in outbound HTTP managers
@@ -37,12 +39,23 @@ func corsFilter() *hcm.HttpFilter {
 // translates it (allowOrigins, else the deprecated allowOrigin as exact
 // origins; lists joined by commas; maxAge in seconds; unmatchedPreflights
 // FORWARD, the default, forwards preflights of other origins).
-func corsPolicy(in *apinetworking.CorsPolicy) *corsv3.CorsPolicy {
+func corsPolicy(in *apinetworking.CorsPolicy, warn func(string)) *corsv3.CorsPolicy {
 	if in == nil {
 		return nil
 	}
-	out := &corsv3.CorsPolicy{AllowMethods: strings.Join(in.GetAllowMethods(), ","), AllowHeaders: strings.Join(in.GetAllowHeaders(), ","),
-		ExposeHeaders: strings.Join(in.GetExposeHeaders(), ","), AllowCredentials: in.GetAllowCredentials(),
+	tokens := func(what string, l []string) string {
+		var ok []string
+		for _, t := range l {
+			if httpfield.IsToken(t) || t == "*" {
+				ok = append(ok, t)
+			} else {
+				warn(fmt.Sprintf("corsPolicy.%s: %q is not an HTTP token; left out", what, t))
+			}
+		}
+		return strings.Join(ok, ",")
+	}
+	out := &corsv3.CorsPolicy{AllowMethods: tokens("allowMethods", in.GetAllowMethods()), AllowHeaders: tokens("allowHeaders", in.GetAllowHeaders()),
+		ExposeHeaders: tokens("exposeHeaders", in.GetExposeHeaders()), AllowCredentials: in.GetAllowCredentials(),
 		ForwardNotMatchingPreflights: wrapperspb.Bool(in.GetUnmatchedPreflights() != apinetworking.CorsPolicy_IGNORE)}
 	for _, o := range in.GetAllowOrigins() {
 		if sm := stringMatch(o); sm != nil {
@@ -135,8 +148,6 @@ type routeScope struct {
 	destPort func(host string) int32
 	// hash gives a destination's hash policy (consistentHash); may be nil.
 	hash func(host string, port int32) []*route.RouteAction_HashPolicy
-	// tls: the port serves HTTPS (a gateway's TLS server).
-	tls bool
 }
 
 // meshScope is a sidecar's view of one service port.
@@ -168,7 +179,7 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 		var act func() *route.Route
 		switch {
 		case hr.GetRedirect() != nil:
-			rd := redirectAction(hr.GetRedirect(), scope.tls)
+			rd := redirectAction(hr.GetRedirect(), scope.port)
 			if rd == nil {
 				warn(where + " http[" + name + "]: redirectCode " + strconv.Itoa(int(hr.GetRedirect().GetRedirectCode())) + " is not one of 301, 302, 303, 307, 308; route skipped")
 				continue
@@ -195,7 +206,7 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 		if f := fault(hr.GetFault()); f != nil {
 			perFilter = map[string]*anypb.Any{"envoy.filters.http.fault": mustAny(f)}
 		}
-		if c := corsPolicy(hr.GetCorsPolicy()); c != nil {
+		if c := corsPolicy(hr.GetCorsPolicy(), func(m string) { warn(where + " http[" + name + "]: " + m) }); c != nil {
 			if perFilter == nil {
 				perFilter = map[string]*anypb.Any{}
 			}
@@ -395,8 +406,12 @@ func headersToAdd(ops *apinetworking.Headers_HeaderOperations, warn func(string)
 		}
 		sort.Strings(names)
 		for _, n := range names {
-			if l := strings.ToLower(n); strings.HasPrefix(l, ":") || l == "host" {
-				warn(n + ": pseudo-headers and Host cannot be set (use rewrite.authority); header left out")
+			if err := httpfield.Settable(n); err != nil {
+				warn(err.Error() + "; header left out")
+				continue
+			}
+			if err := httpfield.ValidValue(kv.m[n]); err != nil {
+				warn(n + ": " + err.Error() + "; header left out")
 				continue
 			}
 			if strings.Contains(strings.ReplaceAll(kv.m[n], "%%", ""), "%") {
@@ -413,8 +428,8 @@ func headersToAdd(ops *apinetworking.Headers_HeaderOperations, warn func(string)
 func headersToRemove(ops *apinetworking.Headers_HeaderOperations, warn func(string)) []string {
 	var out []string
 	for _, n := range ops.GetRemove() {
-		if l := strings.ToLower(n); strings.HasPrefix(l, ":") || l == "host" {
-			warn(n + ": pseudo-headers and Host cannot be removed; left alone")
+		if err := httpfield.Settable(n); err != nil {
+			warn(err.Error() + "; left alone")
 			continue
 		}
 		out = append(out, n)
@@ -423,9 +438,8 @@ func headersToRemove(ops *apinetworking.Headers_HeaderOperations, warn func(stri
 }
 
 // redirectAction is Istio's HTTPRedirect as Envoy's RedirectAction (nil for a
-// code Envoy has no name for). tls: the port the route serves is TLS, for
-// derivePort FROM_PROTOCOL_DEFAULT.
-func redirectAction(r *apinetworking.HTTPRedirect, tls bool) *route.RedirectAction {
+// code Envoy has no name for); port is the one the route serves.
+func redirectAction(r *apinetworking.HTTPRedirect, port int32) *route.RedirectAction {
 	a := &route.RedirectAction{HostRedirect: r.GetAuthority()}
 	if r.GetUri() != "" {
 		a.PathRewriteSpecifier = &route.RedirectAction_PathRedirect{PathRedirect: r.GetUri()}
@@ -437,11 +451,10 @@ func redirectAction(r *apinetworking.HTTPRedirect, tls bool) *route.RedirectActi
 	case *apinetworking.HTTPRedirect_Port:
 		a.PortRedirect = p.Port
 	case *apinetworking.HTTPRedirect_DerivePort:
-		if p.DerivePort == apinetworking.HTTPRedirect_FROM_PROTOCOL_DEFAULT {
-			a.PortRedirect = 80
-			if tls {
-				a.PortRedirect = 443
-			}
+		// As Istio: the scheme's default port is Envoy's own (none in the
+		// Location); the request's port is the listener's.
+		if p.DerivePort == apinetworking.HTTPRedirect_FROM_REQUEST_PORT {
+			a.PortRedirect = uint32(port)
 		}
 	}
 	switch r.GetRedirectCode() {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/isthmus-mesh/isthmus/internal/httpfield"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/jwtauthn"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
 )
@@ -640,12 +642,18 @@ func buildRoutes(rc *route.RouteConfiguration) (*RouteTable, error) {
 func headerOps(add []*core.HeaderValueOption, remove []string) (HeaderOps, error) {
 	var out HeaderOps
 	for _, r := range remove {
+		if err := httpfield.Settable(r); err != nil {
+			return out, err
+		}
 		out.Remove = append(out.Remove, strings.ToLower(r))
 	}
 	for _, o := range add {
 		name, value := strings.ToLower(o.GetHeader().GetKey()), o.GetHeader().GetValue()
-		if name == "" || strings.HasPrefix(name, ":") || name == "host" {
-			return out, fmt.Errorf("header %q cannot be set", name)
+		if err := httpfield.Settable(name); err != nil {
+			return out, err
+		}
+		if err := httpfield.ValidValue(value); err != nil {
+			return out, fmt.Errorf("header %s: %w", name, err)
 		}
 		if strings.Contains(strings.ReplaceAll(value, "%%", ""), "%") {
 			return out, fmt.Errorf("header %s: value %q has a %%VARIABLE%% substitution, which the proxy does not evaluate", name, value)
@@ -731,6 +739,14 @@ func buildRoute(r *route.Route) (*Route, error) {
 			var c corsv3.CorsPolicy
 			if err := unpack(cfg, &c); err != nil {
 				return nil, err
+			}
+			for _, l := range []string{c.GetAllowMethods(), c.GetAllowHeaders(), c.GetExposeHeaders()} {
+				if err := httpfield.TokenList(l); err != nil {
+					return nil, fmt.Errorf("cors: %w", err)
+				}
+			}
+			if _, err := strconv.ParseUint(c.GetMaxAge(), 10, 32); c.GetMaxAge() != "" && err != nil {
+				return nil, fmt.Errorf("cors max_age %q is not a number of seconds", c.GetMaxAge())
 			}
 			out.CORS = &CORS{AllowMethods: c.GetAllowMethods(), AllowHeaders: c.GetAllowHeaders(), ExposeHeaders: c.GetExposeHeaders(),
 				MaxAge: c.GetMaxAge(), AllowCredentials: c.GetAllowCredentials().GetValue(),

@@ -260,13 +260,23 @@ func location(rd *config.Redirect, secure bool, host, target string) string {
 	if rd.Host != "" {
 		host = rd.Host
 	}
-	if rd.Port != 0 {
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
+	name, port, err := net.SplitHostPort(host)
+	if err != nil {
+		name, port = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), ""
+	}
+	switch {
+	case rd.Port != 0:
+		port = strconv.Itoa(int(rd.Port))
+	case rd.Scheme != "" && (port == "80" || port == "443"):
+		port = "" // Envoy drops the old scheme's default port on a scheme change
+	}
+	if port == "" || scheme == "http" && port == "80" || scheme == "https" && port == "443" {
+		host = name
+		if strings.Contains(name, ":") {
+			host = "[" + name + "]"
 		}
-		if port := strconv.Itoa(int(rd.Port)); !(scheme == "http" && port == "80" || scheme == "https" && port == "443") {
-			host = net.JoinHostPort(host, port)
-		}
+	} else {
+		host = net.JoinHostPort(name, port)
 	}
 	if rd.Path != "" {
 		_, query, hasQuery := strings.Cut(target, "?")

@@ -45,3 +45,24 @@ func TestNormalizeTargetPlainPathAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations", a)
 	}
 }
+
+// location builds a redirect's Location as Envoy does.
+func TestLocation(t *testing.T) {
+	for _, c := range []struct {
+		rd                 config.Redirect
+		secure             bool
+		host, target, want string
+	}{
+		{config.Redirect{Scheme: "https"}, false, "example.com:80", "/p?q=1", "https://example.com/p?q=1"},
+		{config.Redirect{Scheme: "https"}, false, "example.com:8080", "/p", "https://example.com:8080/p"},
+		{config.Redirect{Port: 8443}, false, "[::1]", "/p", "http://[::1]:8443/p"},
+		{config.Redirect{Port: 8443}, false, "[::1]:80", "/p", "http://[::1]:8443/p"},
+		{config.Redirect{Scheme: "https", Port: 443}, false, "a:8080", "/p", "https://a/p"},
+		{config.Redirect{Host: "b.example", Path: "/new"}, true, "a", "/old?x=1", "https://b.example/new?x=1"},
+		{config.Redirect{Path: "/new?y=2"}, false, "a", "/old?x=1", "http://a/new?y=2"},
+	} {
+		if got := location(&c.rd, c.secure, c.host, c.target); got != c.want {
+			t.Errorf("%+v from %s%s: %s, want %s", c.rd, c.host, c.target, got, c.want)
+		}
+	}
+}
