@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -243,7 +244,10 @@ func clusters(cfg Config, mesh *meshconfig.Mesh, reg *registry.Registry, authori
 			// A remote is written to only when it names this cluster.
 			roots.Lead, roots.SystemNamespace = cfg.ClusterID, cfg.Namespace
 			follower = &remoteistiod.Follower{Client: client, Cluster: id, Namespace: cfg.Namespace, Log: cfg.Log,
-				Managed: func(ns *corev1.Namespace) bool { return rootcert.Manages(ns, cfg.ClusterID) }}
+				Managed: func(ns *corev1.Namespace) bool { return rootcert.Manages(ns, cfg.ClusterID) },
+				Known: func(ctx context.Context, name string) error {
+					return ownLoadBalancer(ctx, cfg.Client, cfg.Namespace, cfg.ClusterID, name)
+				}}
 		}
 		return &meshCluster{
 			Controller: kubecluster.New(kubecluster.Config{ID: id, Client: client, SystemNamespace: cfg.Namespace,
@@ -268,6 +272,24 @@ func clusters(cfg Config, mesh *meshconfig.Mesh, reg *registry.Registry, authori
 		Remove: reg.RemoveCluster, SyncTimeout: cfg.RemoteSyncTimeout, Log: cfg.Log, Metrics: metrics,
 	}
 	return local, secrets
+}
+
+// ownLoadBalancer says whether name is the load balancer hostname of a
+// Service in the control plane's own namespace (its east-west gateway's):
+// the only names the control plane resolves on a remote's behalf.
+func ownLoadBalancer(ctx context.Context, client kubernetes.Interface, namespace, cluster, name string) error {
+	svcs, err := client.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, s := range svcs.Items {
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			if in.Hostname != "" && strings.EqualFold(in.Hostname, name) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("it is not the load balancer hostname of a Service in %s's %s (set it to what `isthmus gateway address --context %s` prints)", cluster, namespace, cluster)
 }
 
 // grpcServers are the plaintext xDS server (Istio's 15010) and the TLS one

@@ -167,6 +167,16 @@ func TestSeedFilesRender(t *testing.T) {
 	if s := toString(binding.Object["subjects"]); !strings.Contains(s, "istio-reader-service-account") {
 		t.Errorf("the RoleBinding binds %s", s)
 	}
+	// The Role's update is narrowed to the endpoints: relabelling the
+	// slice would make its addresses another Service's.
+	vap := byName["ValidatingAdmissionPolicy istio-reader-istiod-endpoints-istio-system"]
+	if vap == nil || byName["ValidatingAdmissionPolicyBinding istio-reader-istiod-endpoints-istio-system"] == nil {
+		t.Fatalf("no admission policy narrowing the Role: %v", byName)
+	}
+	if s := toString(vap.Object["spec"]); !strings.Contains(s, "system:serviceaccount:istio-system:istio-reader-service-account") ||
+		!strings.Contains(s, "object.metadata.labels == oldObject.metadata.labels") || !strings.Contains(s, `"failurePolicy":"Fail"`) {
+		t.Errorf("policy %s", s)
+	}
 	hooks, _, _ := unstructured.NestedSlice(objs["MutatingWebhookConfiguration istio-sidecar-injector"].Object, "webhooks")
 	if s := toString(hooks); !strings.Contains(s, `"path":"/inject/cluster/cluster-aks/net/network2"`) || !strings.Contains(s, `"name":"istiod"`) || strings.Contains(s, "caBundle") {
 		t.Errorf("remote webhook: %s", s)

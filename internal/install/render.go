@@ -370,7 +370,8 @@ func (r *renderer) remote() []runtime.Object {
 			slice.Annotations = map[string]string{remoteistiod.AnnotationAddress: g.RemotePilotAddress}
 			slice.Labels[discoveryv1.LabelManagedBy] = remoteistiod.ManagedBy
 			role, binding := remoteistiod.Role(ns, remotesecret.ReaderServiceAccount)
-			follow = append(follow, role, binding)
+			policy, pbinding := remoteistiod.Policy(ns, remotesecret.ReaderServiceAccount)
+			follow = append(follow, role, binding, policy, pbinding)
 		}
 		objs = append(objs,
 			&corev1.Service{TypeMeta: typeMeta("Service", "v1"), ObjectMeta: metav1.ObjectMeta{Name: "istiod", Namespace: ns, Labels: map[string]string{"app": "istiod", "istio": "pilot"}},

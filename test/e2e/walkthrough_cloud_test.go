@@ -11,9 +11,14 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 )
 
 // fenceArea: cluster-aks's east-west gateway admits only cluster-eks
@@ -103,6 +108,43 @@ func cloudArea(t *testing.T, w *walkthrough) {
 		}
 		if len(istiodAddresses()) == 0 {
 			t.Error("the endpoints are gone")
+		}
+	})
+
+	t.Run("the remote secret's account may change the istiod slice's endpoints and nothing else of it", func(t *testing.T) {
+		tr, err := aks.CoreV1().ServiceAccounts("istio-system").CreateToken(ctx, "istio-reader-service-account",
+			&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600)}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(&clientcmd.ClientConfigLoadingRules{ExplicitPath: e.kubeconfig},
+			&clientcmd.ConfigOverrides{CurrentContext: "cluster-aks"}).ClientConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader := rest.AnonymousClientConfig(rc)
+		reader.BearerToken = tr.Status.Token
+		asReader := kubernetes.NewForConfigOrDie(reader)
+		slices := asReader.DiscoveryV1().EndpointSlices("istio-system")
+		s, err := slices.Get(ctx, "istiod", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Relabelled, the slice's addresses would serve another Service.
+		hijack := s.DeepCopy()
+		hijack.Labels["kubernetes.io/service-name"] = "istio-eastwestgateway"
+		if _, err := slices.Update(ctx, hijack, metav1.UpdateOptions{}); err == nil || !strings.Contains(err.Error(), "may change only the endpoints") {
+			t.Errorf("relabelling the istiod slice as the reader: %v", err)
+		}
+		ports := s.DeepCopy()
+		ports.Ports[0].Port = ptr.To[int32](8443)
+		if _, err := slices.Update(ctx, ports, metav1.UpdateOptions{}); err == nil {
+			t.Error("the reader changed the istiod slice's ports")
+		}
+		// The endpoints themselves: what the control plane does.
+		same := s.DeepCopy()
+		if _, err := slices.Update(ctx, same, metav1.UpdateOptions{}); err != nil {
+			t.Errorf("the reader may not update the endpoints it follows: %v", err)
 		}
 	})
 

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -61,7 +62,11 @@ type Follower struct {
 	Namespace string
 	// Managed reports whether this control plane may write to the remote
 	// (its system namespace names it in topology.istio.io/controlPlaneClusters).
-	Managed  func(ns *corev1.Namespace) bool
+	Managed func(ns *corev1.Namespace) bool
+	// Known says whether the name is one this control plane may resolve
+	// for the remote (nil error): the remote's admin writes the name, and
+	// must not make the primary resolve its internal names for them.
+	Known    func(ctx context.Context, name string) error
 	Resolver Resolver
 	Log      *slog.Logger
 
@@ -128,6 +133,11 @@ func (f *Follower) follow(ctx context.Context, slice *discoveryv1.EndpointSlice)
 		f.say("") // the root certificate publisher says why it does not manage the cluster
 		return nil
 	}
+	if f.Known != nil {
+		if err := f.Known(ctx, host); err != nil {
+			return fmt.Errorf("cluster %s: remotePilotAddress %s is not followed: %w", f.Cluster, host, err)
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	family := "ip4"
@@ -189,12 +199,14 @@ func addresses(s *discoveryv1.EndpointSlice) []string {
 	return out
 }
 
-// Role lets the reader account (the remote secret's) rewrite the istiod
-// EndpointSlice of the remote's system namespace and no other object. It
-// widens what a primary may do to a remote, consciously: the primary's
-// control plane already decides every proxy's configuration there, and
-// the proxies verify its certificate wherever the slice points them, so
-// the most a wrong address can do is cut them off.
+// Role lets the reader account (the remote secret's) update the istiod
+// EndpointSlice of the remote's system namespace and no other object;
+// Policy narrows that to the slice's endpoints. It widens what the holder
+// of the remote secret may do to the remote, consciously: that holder can
+// already rewrite the injector's webhook configuration, so pointing the
+// remote's control-plane address elsewhere adds no new power, while
+// relabelling the slice (to serve another Service) or changing its ports
+// would, and the policy refuses it.
 func Role(ns, serviceAccount string) (*rbacv1.Role, *rbacv1.RoleBinding) {
 	meta := metav1.ObjectMeta{Name: RoleName, Namespace: ns}
 	return &rbacv1.Role{TypeMeta: metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"}, ObjectMeta: meta,
@@ -202,4 +214,33 @@ func Role(ns, serviceAccount string) (*rbacv1.Role, *rbacv1.RoleBinding) {
 		&rbacv1.RoleBinding{TypeMeta: metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"}, ObjectMeta: meta,
 			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: RoleName},
 			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: serviceAccount, Namespace: ns}}}
+}
+
+// Policy is the ValidatingAdmissionPolicy (and its binding) that lets the
+// reader account change nothing of the slice but its endpoints: not its
+// labels (kubernetes.io/service-name would make its addresses another
+// Service's), annotations (the name followed), ports or address type.
+func Policy(ns, serviceAccount string) (*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding) {
+	same := func(field string) admissionv1.Validation {
+		return admissionv1.Validation{Expression: "object." + field + " == oldObject." + field,
+			Message: "the remote secret's account may change only the endpoints of EndpointSlice " + ns + "/" + Name + " (" + field + " is fixed)"}
+	}
+	return &admissionv1.ValidatingAdmissionPolicy{TypeMeta: metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingAdmissionPolicy"},
+			ObjectMeta: metav1.ObjectMeta{Name: RoleName + "-" + ns},
+			Spec: admissionv1.ValidatingAdmissionPolicySpec{
+				FailurePolicy: ptr.To(admissionv1.Fail),
+				MatchConstraints: &admissionv1.MatchResources{ResourceRules: []admissionv1.NamedRuleWithOperations{{RuleWithOperations: admissionv1.RuleWithOperations{
+					Operations: []admissionv1.OperationType{admissionv1.Update, admissionv1.Create, admissionv1.Delete},
+					Rule:       admissionv1.Rule{APIGroups: []string{"discovery.k8s.io"}, APIVersions: []string{"*"}, Resources: []string{"endpointslices"}}}}}},
+				MatchConditions: []admissionv1.MatchCondition{{Name: "the-reader-account",
+					Expression: "request.userInfo.username == 'system:serviceaccount:" + ns + ":" + serviceAccount + "'"}},
+				Validations: []admissionv1.Validation{
+					{Expression: "request.operation == 'UPDATE' && request.namespace == '" + ns + "' && request.name == '" + Name + "'",
+						Message: "the remote secret's account may only update EndpointSlice " + ns + "/" + Name},
+					same("metadata.labels"), same("metadata.annotations"), same("ports"), same("addressType"),
+				},
+			}},
+		&admissionv1.ValidatingAdmissionPolicyBinding{TypeMeta: metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingAdmissionPolicyBinding"},
+			ObjectMeta: metav1.ObjectMeta{Name: RoleName + "-" + ns},
+			Spec:       admissionv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: RoleName + "-" + ns, ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny}}}
 }

@@ -182,3 +182,25 @@ func TestRunFillsANewSlice(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A name the primary does not know as its own load balancer's is not
+// resolved: the remote's admin writes the annotation.
+func TestFollowsOnlyKnownNames(t *testing.T) {
+	slice := named("postgres.prod.svc.cluster.local")
+	c := remote("cluster-eks", slice)
+	dns := &dnsAnswers{}
+	dns.set(nil, "10.0.0.5")
+	f := follower(c, dns)
+	f.Known = func(_ context.Context, name string) error {
+		if name != "gw.elb.example.test" {
+			return errors.New("not ours")
+		}
+		return nil
+	}
+	if err := f.follow(context.Background(), slice); err == nil || !strings.Contains(err.Error(), "not followed: not ours") {
+		t.Errorf("got %v", err)
+	}
+	if len(dns.asked) > 0 || endpointsOf(t, c) != "" {
+		t.Errorf("resolved %v, endpoints %q", dns.asked, endpointsOf(t, c))
+	}
+}

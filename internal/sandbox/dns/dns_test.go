@@ -27,14 +27,22 @@ type upstream struct {
 func startUpstream(t *testing.T) *upstream {
 	t.Helper()
 	u := &upstream{}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.addr = netip.MustParseAddrPort(pc.LocalAddr().String())
-	l, err := net.Listen("tcp", u.addr.String())
-	if err != nil {
-		t.Fatal(err)
+	// One port for UDP and TCP: the UDP port's TCP twin may be taken by
+	// someone else's connection, so try a few.
+	var pc net.PacketConn
+	var l net.Listener
+	for try := 0; l == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		u.addr = netip.MustParseAddrPort(pc.LocalAddr().String())
+		if l, err = net.Listen("tcp", u.addr.String()); err != nil {
+			pc.Close()
+			if try == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
 		u.asked.Add(1)
