@@ -76,7 +76,8 @@ remotePilotAddress is the primary's east-west gateway: an IP, or a load
 balancer's DNS name (EKS). For a name, the primary's control plane resolves it
 every 30 s and rewrites the remote's istiod endpoints (the reader account may
 update that one EndpointSlice), so the remote follows the load balancer's
-addresses as they change.
+addresses as they change (a ValidatingAdmissionPolicy keeps the rest of the
+slice fixed; the name must be the primary's own load balancer's).
 
 Read: meshConfig; values.global.meshID, multiCluster.clusterName, network,
 remotePilotAddress, proxy.privileged, hub, tag, meshNetworks;
