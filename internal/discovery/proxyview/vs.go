@@ -173,7 +173,12 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 {
 			warn(where + " http[" + name + "]: mirror is not supported; ignored")
 		}
-		hwarn := func(m string) { warn(where + " http[" + name + "] headers: " + m) }
+		rwarn := func(m string) { warn(where + " http[" + name + "]: " + m) }
+		hwarn := func(m string) { rwarn("headers: " + m) }
+		// The route's header operations, the same for each of its matches.
+		req, resp := hr.GetHeaders().GetRequest(), hr.GetHeaders().GetResponse()
+		reqAdd, reqRemove := headersToAdd(req, hwarn), headersToRemove(req, hwarn)
+		respAdd, respRemove := headersToAdd(resp, hwarn), headersToRemove(resp, hwarn)
 		// What the route does: a redirect or a direct answer (Istio ignores
 		// the destinations then), else forward.
 		var act func() *route.Route
@@ -181,7 +186,7 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 		case hr.GetRedirect() != nil:
 			rd := redirectAction(hr.GetRedirect(), scope.port)
 			if rd == nil {
-				warn(where + " http[" + name + "]: redirectCode " + strconv.Itoa(int(hr.GetRedirect().GetRedirectCode())) + " is not one of 301, 302, 303, 307, 308; route skipped")
+				rwarn("redirectCode " + strconv.Itoa(int(hr.GetRedirect().GetRedirectCode())) + " is not one of 301, 302, 303, 307, 308; route skipped")
 				continue
 			}
 			act = func() *route.Route { return &route.Route{Action: &route.Route_Redirect{Redirect: rd}} }
@@ -189,24 +194,22 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			dr := directResponse(hr.GetDirectResponse())
 			act = func() *route.Route { return &route.Route{Action: &route.Route_DirectResponse{DirectResponse: dr}} }
 		default:
-			action, one := routeAction(hr, scope, vs.Namespace, domain, func(m string) { warn(where + " http[" + name + "]: " + m) })
+			action, one := routeAction(hr, scope, vs.Namespace, domain, rwarn)
 			if action == nil {
 				continue
 			}
-			act = func() *route.Route {
-				r := &route.Route{Action: &route.Route_Route{Route: action}}
-				if one != nil {
-					r.RequestHeadersToAdd, r.RequestHeadersToRemove = one.RequestHeadersToAdd, one.RequestHeadersToRemove
-					r.ResponseHeadersToAdd, r.ResponseHeadersToRemove = one.ResponseHeadersToAdd, one.ResponseHeadersToRemove
-				}
-				return r
+			if one != nil {
+				// As Istio: one destination's headers follow the route's own.
+				reqAdd, reqRemove = append(reqAdd, one.RequestHeadersToAdd...), append(reqRemove, one.RequestHeadersToRemove...)
+				respAdd, respRemove = append(respAdd, one.ResponseHeadersToAdd...), append(respRemove, one.ResponseHeadersToRemove...)
 			}
+			act = func() *route.Route { return &route.Route{Action: &route.Route_Route{Route: action}} }
 		}
 		var perFilter map[string]*anypb.Any
 		if f := fault(hr.GetFault()); f != nil {
 			perFilter = map[string]*anypb.Any{"envoy.filters.http.fault": mustAny(f)}
 		}
-		if c := corsPolicy(hr.GetCorsPolicy(), func(m string) { warn(where + " http[" + name + "]: " + m) }); c != nil {
+		if c := corsPolicy(hr.GetCorsPolicy(), rwarn); c != nil {
 			if perFilter == nil {
 				perFilter = map[string]*anypb.Any{}
 			}
@@ -229,10 +232,8 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			}
 			r := act()
 			r.Name, r.Match, r.TypedPerFilterConfig = name, rm, perFilter
-			r.RequestHeadersToAdd = append(headersToAdd(hr.GetHeaders().GetRequest(), hwarn), r.RequestHeadersToAdd...)
-			r.RequestHeadersToRemove = append(headersToRemove(hr.GetHeaders().GetRequest(), hwarn), r.RequestHeadersToRemove...)
-			r.ResponseHeadersToAdd = append(headersToAdd(hr.GetHeaders().GetResponse(), hwarn), r.ResponseHeadersToAdd...)
-			r.ResponseHeadersToRemove = append(headersToRemove(hr.GetHeaders().GetResponse(), hwarn), r.ResponseHeadersToRemove...)
+			r.RequestHeadersToAdd, r.RequestHeadersToRemove = reqAdd, reqRemove
+			r.ResponseHeadersToAdd, r.ResponseHeadersToRemove = respAdd, respRemove
 			out = append(out, r)
 		}
 	}
@@ -341,7 +342,6 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		return nil, nil
 	case 1:
 		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: weighted[0].Name}
-		// As Istio: one destination's headers follow the route's own.
 		one = weighted[0]
 		if scope.hash != nil {
 			a.HashPolicy = scope.hash(firstHost, firstPort)
