@@ -813,11 +813,11 @@ func poolKeyFor(c *config.Cluster, ep *config.Endpoint) poolKey {
 // dialFor opens a connection to an endpoint of a cluster (ep nil for an
 // original-destination cluster: addr as the client asked).
 func (p *Proxy) dialFor(ctx context.Context, c *config.Cluster, ep *config.Endpoint, addr string, alpn []string) (net.Conn, error) {
-	if c.Type == config.OriginalDst || ep == nil {
-		return p.opts.Dial(ctx, "tcp", addr)
-	}
 	dctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
 	defer cancel()
+	if c.Type == config.OriginalDst || ep == nil {
+		return p.dialTransport(dctx, addr, c.TLS, alpn)
+	}
 	return p.dialEndpoint(dctx, c, ep, alpn)
 }
 

@@ -321,7 +321,7 @@ func (p *Proxy) dialCluster(rt *runtime, name string, dst netip.AddrPort, alpn [
 			}
 			return rawtcp.Wrap(conn), nil, lb.Lease{}, nil
 		}
-		conn, err := p.opts.Dial(ctx, "tcp", dst.String())
+		conn, err := p.dialTransport(ctx, dst.String(), c.TLS, alpn)
 		return conn, nil, lb.Lease{}, err
 	}
 	picker := rt.pickers[name]
@@ -375,11 +375,18 @@ func (t tried) has(e *config.Endpoint) bool {
 // dialEndpoint opens the transport the endpoint's metadata calls for:
 // Istio mTLS (SNI outbound_.PORT_._.HOST, the given ALPN) or plaintext.
 func (p *Proxy) dialEndpoint(ctx context.Context, c *config.Cluster, ep *config.Endpoint, alpn []string) (net.Conn, error) {
-	raw, err := p.opts.Dial(ctx, "tcp", ep.Addr.String())
+	return p.dialTransport(ctx, ep.Addr.String(), c.TransportFor(ep), alpn)
+}
+
+// dialTransport connects to addr and, with t, originates Istio mTLS over
+// it. An original-destination cluster (a headless service's) has one
+// transport for every address, as Istio sends it: no endpoint metadata
+// exists to choose by.
+func (p *Proxy) dialTransport(ctx context.Context, addr string, t *config.UpstreamTLS, alpn []string) (net.Conn, error) {
+	raw, err := p.opts.Dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	t := c.TransportFor(ep)
 	if t == nil {
 		return raw, nil
 	}

@@ -45,7 +45,9 @@ func ToService(s *corev1.Service, domain string) *registry.Service {
 		Hostname:  s.Name + "." + s.Namespace + ".svc." + domain,
 		Labels:    s.Labels,
 	}
-	if s.Spec.ClusterIP != corev1.ClusterIPNone {
+	if s.Spec.ClusterIP == corev1.ClusterIPNone {
+		out.Headless = true
+	} else {
 		out.ClusterIP = s.Spec.ClusterIP
 	}
 	for _, p := range s.Spec.Ports {

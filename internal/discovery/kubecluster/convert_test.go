@@ -146,3 +146,22 @@ func (f fakeNamespaces) Get(name string) (*corev1.Namespace, error) {
 	}
 	return nil, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
 }
+
+// clusterIP None is headless; an ExternalName service has no ClusterIP
+// either, and is not.
+func TestHeadlessIsClusterIPNone(t *testing.T) {
+	for _, tc := range []struct {
+		spec     corev1.ServiceSpec
+		headless bool
+		ip       string
+	}{
+		{corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone}, true, ""},
+		{corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"}, false, ""},
+		{corev1.ServiceSpec{ClusterIP: "100.96.0.7"}, false, "100.96.0.7"},
+	} {
+		s := ToService(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "data"}, Spec: tc.spec}, "cluster.local")
+		if s.Headless != tc.headless || s.ClusterIP != tc.ip {
+			t.Errorf("%+v: headless %v, ClusterIP %q; want %v, %q", tc.spec, s.Headless, s.ClusterIP, tc.headless, tc.ip)
+		}
+	}
+}

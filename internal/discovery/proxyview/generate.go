@@ -20,6 +20,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/network"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/nds"
 )
 
 // Istio's ALPN on mTLS between proxies, so protocols survive a gateway.
@@ -33,6 +34,8 @@ type Generated struct {
 	Routes    []types.Resource
 	// Secrets are TLS credentials of a router's HTTPS servers.
 	Secrets []types.Resource
+	// Names is a sidecar's DNS name table (NDS).
+	Names nds.Table
 }
 
 // Generate builds the resources one proxy receives.
@@ -57,10 +60,33 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		if cfg != nil {
 			vss = cfg.VirtualServices()
 		}
-		g.Listeners, g.Clusters = sidecarOutbound(services, p.ClusterID, vss, drs, domain, p.Paths)
+		g.Listeners, g.Clusters = sidecarOutbound(services, p.ClusterID, func(svc *registry.Service, port registry.Port) []string {
+			return podAddresses(p, reg.Endpoints(svc.Hostname), port)
+		}, vss, drs, domain, p.Paths)
+		g.Names = NameTable(p, reg, services)
 	}
 	g.addServices(p, reg, services, drs, noGW, warn)
 	return g
+}
+
+// podAddresses are the addresses of a headless service's pods that a
+// proxy dials directly on a port: those of its own network (or of no
+// known one). A pod of another network is reached only through its
+// gateway, which routes by service, not by pod, so its address gets no
+// listener (Istio's listener there would dial an unroutable address).
+func podAddresses(p *Proxy, eps []registry.Endpoint, port registry.Port) []string {
+	var out []string
+	for _, e := range eps {
+		if _, ok := e.Ports[port.Name]; !ok {
+			continue
+		}
+		if p.Network != "" && e.Network != "" && e.Network != p.Network {
+			continue
+		}
+		out = append(out, e.Address)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // GenerateEndpoints rebuilds only the load assignments of the named
@@ -132,14 +158,20 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		g.Endpoints = append(g.Endpoints, loadAssignment(sni, mtls, prio))
 	}
 	name := OutboundCluster(port.Port, subset, svc.Hostname)
-	c := edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
-		{
-			Name:            "tlsMode-istio",
-			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
-			TransportSocket: istioMTLS(sni, sans),
-		},
-		{Name: "tlsMode-disabled", TransportSocket: plaintext()},
-	})
+	headless := svc.HeadlessFor(p.ClusterID)
+	var c *cluster.Cluster
+	if headless {
+		c = originalDstCluster(name, headlessTransport(sni, sans, eps))
+	} else {
+		c = edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
+			{
+				Name:            "tlsMode-istio",
+				Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+				TransportSocket: istioMTLS(sni, sans),
+			},
+			{Name: "tlsMode-disabled", TransportSocket: plaintext()},
+		})
+	}
 	protocol := port.AppProtocol
 	if tp.upgradeH2(protocol) {
 		protocol = "http2"
@@ -147,7 +179,35 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 	setUpstreamProtocol(c, protocol)
 	tp.apply(c)
 	g.Clusters = append(g.Clusters, c)
+	if headless {
+		c.LbPolicy = cluster.Cluster_CLUSTER_PROVIDED // the client picked the pod
+		return
+	}
 	g.Endpoints = append(g.Endpoints, loadAssignment(name, lb, prio))
+}
+
+// originalDstCluster is a headless service port's cluster, as Istio's: it
+// connects where the client did (a pod address from DNS), with one
+// transport for all, since no endpoint metadata chooses per address.
+func originalDstCluster(name string, ts *core.TransportSocket) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+		ConnectTimeout:       durationpb.New(10 * time.Second),
+		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
+		TransportSocket:      ts,
+	}
+}
+
+// headlessTransport is Istio mTLS to a headless service's pods, as Istio
+// sends it, unless none of the service's known pods has a sidecar: then
+// plaintext (where Istio would still send mTLS and fail, as a user of a
+// headless service in front of pods outside the mesh finds).
+func headlessTransport(sni string, sans []string, eps []registry.Endpoint) *core.TransportSocket {
+	if len(eps) > 0 && !slices.ContainsFunc(eps, func(e registry.Endpoint) bool { return e.TLSMode == "istio" }) {
+		return nil
+	}
+	return istioMTLS(sni, sans)
 }
 
 // priorities turns ranks into Envoy priorities: the distinct ranks of the

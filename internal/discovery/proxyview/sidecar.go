@@ -105,14 +105,18 @@ func routerFilter() *hcm.HttpFilter {
 // destination to per-port listeners (HTTP ports share 0.0.0.0_PORT with RDS
 // route "PORT", see SidecarRoutes; TCP ports get CLUSTERIP_PORT), plus the
 // passthrough and black-hole clusters. A TCP port's listener sits on the
-// service's ClusterIP in the proxy's cluster (clusterID).
-func sidecarOutbound(services []*registry.Service, clusterID string, vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization) (listeners, clusters []types.Resource) {
+// service's ClusterIP in the proxy's cluster (clusterID); a headless
+// service has none, and gets one listener per pod address (podAddrs) as
+// Istio builds them, whose connections keep their destination.
+func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs func(*registry.Service, registry.Port) []string,
+	vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization) (listeners, clusters []types.Resource) {
 	router := routerFilter()
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTcp()) > 0 })
 	byTLS := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTls()) > 0 })
 	httpPorts := map[int32]bool{}
 	var tcp []types.Resource
-	for _, svc := range services {
+	taken := map[string]bool{}
+	for _, svc := range ownFirst(services, clusterID) {
 		for _, port := range svc.Ports {
 			if port.Protocol == "UDP" {
 				continue
@@ -121,37 +125,19 @@ func sidecarOutbound(services []*registry.Service, clusterID string, vss []*netw
 				httpPorts[port.Port] = true
 				continue
 			}
-			vip := svc.AddressFor(clusterID)
-			if vip == "" {
-				continue // headless TCP: reached through the passthrough chain
+			addrs := []string{svc.AddressFor(clusterID)}
+			if svc.HeadlessFor(clusterID) && podAddrs != nil {
+				addrs = podAddrs(svc, port)
 			}
-			cl := OutboundCluster(port.Port, "", svc.Hostname)
-			l := &listener.Listener{
-				Name:             fmt.Sprintf("%s_%d", vip, port.Port),
-				Address:          socketAddress(vip, uint32(port.Port)),
-				BindToPort:       wrapperspb.Bool(false),
-				TrafficDirection: core.TrafficDirection_OUTBOUND,
+			for _, vip := range addrs {
+				// One listener per address and port: the first service
+				// keeps it (see ownFirst; a pod behind two headless
+				// services is reached through the first's).
+				if name := fmt.Sprintf("%s_%d", vip, port.Port); vip != "" && !taken[name] {
+					taken[name] = true
+					tcp = append(tcp, tcpListener(svc, port, vip, byHost, byTLS, drs, domain, router, paths))
+				}
 			}
-			// consistentHash on a TCP port hashes by the client's address.
-			bySource := policyFor(drs[svc.Hostname], port.Port, func(string) {}).lb.GetConsistentHash().GetUseSourceIp()
-			l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain, bySource)}}}
-			if chains := tlsRouteChains(byTLS[svc.Hostname], port.Port, cl, domain); len(chains) > 0 {
-				// TLS routes: by the SNI of the client's ClientHello.
-				l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{Name: "envoy.filters.listener.tls_inspector",
-					ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}})
-				l.FilterChains = append(chains, l.FilterChains...)
-			}
-			if IsAuto(port) {
-				// Sniffed: HTTP goes through the port's routes, the rest is TCP.
-				name := strconv.Itoa(int(port.Port))
-				l.ListenerFilters = append(l.ListenerFilters, httpInspector())
-				l.FilterChains = append([]*listener.FilterChain{{
-					Name:             "http",
-					FilterChainMatch: &listener.FilterChainMatch{ApplicationProtocols: sniffedHTTP},
-					Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+vip+"_"+name, name, router, paths))},
-				}}, l.FilterChains...)
-			}
-			tcp = append(tcp, l)
 		}
 	}
 	for _, port := range sortedPorts(httpPorts) {
@@ -186,6 +172,58 @@ func sidecarOutbound(services []*registry.Service, clusterID string, vss []*netw
 	return listeners, clusters
 }
 
+// ownFirst orders services present in the proxy's cluster before those
+// known only from other clusters, whose ClusterIPs (from another
+// cluster's service range) may equal a local service's: the local one
+// keeps that address's listener and route domain.
+func ownFirst(services []*registry.Service, cluster string) []*registry.Service {
+	out := make([]*registry.Service, 0, len(services))
+	var foreign []*registry.Service
+	for _, s := range services {
+		if _, ok := s.ClusterIPs[cluster]; ok || len(s.ClusterIPs) == 0 {
+			out = append(out, s)
+		} else {
+			foreign = append(foreign, s)
+		}
+	}
+	return append(out, foreign...)
+}
+
+// tcpListener is a TCP or sniffed port's outbound listener on one address
+// (a ClusterIP, or a headless service's pod): VirtualService TCP and TLS
+// routes, else the port's cluster; on a sniffed port, HTTP through the
+// port's routes.
+func tcpListener(svc *registry.Service, port registry.Port, vip string, byHost, byTLS map[string]*networkingv1.VirtualService,
+	drs map[string]*networkingv1.DestinationRule, domain string, router *hcm.HttpFilter, paths PathNormalization) *listener.Listener {
+	cl := OutboundCluster(port.Port, "", svc.Hostname)
+	l := &listener.Listener{
+		Name:             fmt.Sprintf("%s_%d", vip, port.Port),
+		Address:          socketAddress(vip, uint32(port.Port)),
+		BindToPort:       wrapperspb.Bool(false),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
+	}
+	// consistentHash on a TCP port hashes by the client's address.
+	bySource := policyFor(drs[svc.Hostname], port.Port, func(string) {}).lb.GetConsistentHash().GetUseSourceIp()
+	l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain, bySource)}}}
+	if chains := tlsRouteChains(byTLS[svc.Hostname], port.Port, cl, domain); len(chains) > 0 {
+		// TLS routes: by the SNI of the client's ClientHello.
+		l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{Name: "envoy.filters.listener.tls_inspector",
+			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}})
+		l.FilterChains = append(chains, l.FilterChains...)
+	}
+	if IsAuto(port) {
+		// Sniffed: HTTP goes through the port's routes, the rest is TCP.
+		name := strconv.Itoa(int(port.Port))
+		l.ListenerFilters = append(l.ListenerFilters, httpInspector())
+		l.FilterChains = append([]*listener.FilterChain{{
+			Name:             "http",
+			FilterChainMatch: &listener.FilterChainMatch{ApplicationProtocols: sniffedHTTP},
+			Filters:          []*listener.Filter{httpManager(rdsManager("outbound_"+vip+"_"+name, name, router, paths))},
+		}}, l.FilterChains...)
+	}
+	return l
+}
+
 // SidecarRoutes builds the RDS route "PORT" of every HTTP port for sidecars
 // of one namespace (which decides the short names a service answers to):
 // a virtual host per service with the routes of the VirtualService that
@@ -203,7 +241,11 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 	hash := hashPolicies(destinationRules(cfg, domain))
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetHttp()) > 0 })
 	vhosts := map[int32][]*route.VirtualHost{}
-	for _, svc := range services {
+	// A domain twice in one route table is refused: the first service
+	// keeps it (ownFirst: a local service's ClusterIP over a foreign
+	// service's equal one).
+	taken := map[int32]map[string]bool{}
+	for _, svc := range ownFirst(services, cluster) {
 		for _, port := range svc.Ports {
 			if port.Protocol == "UDP" || !(IsHTTP(port) || IsAuto(port)) {
 				continue
@@ -223,9 +265,19 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 					}},
 				}}
 			}
+			if taken[port.Port] == nil {
+				taken[port.Port] = map[string]bool{}
+			}
+			var ds []string
+			for _, d := range domains(svc, port.Port, namespace, cluster) {
+				if !taken[port.Port][d] {
+					taken[port.Port][d] = true
+					ds = append(ds, d)
+				}
+			}
 			vhosts[port.Port] = append(vhosts[port.Port], &route.VirtualHost{
 				Name:    fmt.Sprintf("%s:%d", svc.Hostname, port.Port),
-				Domains: domains(svc, port.Port, namespace, cluster),
+				Domains: ds,
 				Routes:  routes,
 			})
 		}
@@ -493,7 +545,8 @@ func defaultRetry() *route.RetryPolicy {
 
 // domains lists the names a service is called by: FQDN and its shorter
 // forms (the bare name only from the same namespace), and its ClusterIP in
-// the caller's cluster, each with and without the port. Only that one:
+// the caller's cluster (a headless service's pods' names instead), each
+// with and without the port. Only that one:
 // clusters' service ranges may overlap, and a domain twice in a route
 // table is refused.
 func domains(svc *registry.Service, port int32, fromNamespace, cluster string) []string {
@@ -505,7 +558,13 @@ func domains(svc *registry.Service, port int32, fromNamespace, cluster string) [
 			names = append(names, parts[0])
 		}
 	}
-	if vip := svc.AddressFor(cluster); vip != "" {
+	if svc.HeadlessFor(cluster) {
+		// Headless: a pod is also called by its own name under the
+		// service's (a StatefulSet's web-0.web...), as Istio's *.NAME.
+		for _, n := range names {
+			names = append(names, "*."+n)
+		}
+	} else if vip := svc.AddressFor(cluster); vip != "" {
 		names = append(names, vip)
 	}
 	var out []string

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -27,7 +29,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	reg.SetEndpoints("c1", host, []registry.Endpoint{{Address: "100.64.0.5", Ports: map[string]int32{"http": 9080}, Cluster: "c1", Ready: true}})
 	services := reg.Services()
 
-	ls, cls := sidecarOutbound(services, "c1", nil, nil, "cluster.local", 0)
+	ls, cls := sidecarOutbound(services, "c1", nil, nil, nil, "cluster.local", 0)
 	names := map[string]*listener.Listener{}
 	for _, l := range ls {
 		names[l.(*listener.Listener).Name] = l.(*listener.Listener)
@@ -160,7 +162,7 @@ func TestEachClusterItsOwnClusterIP(t *testing.T) {
 	}
 	services := reg.Services()
 	for cluster, want := range map[string]string{"cluster-eks": "100.96.0.9", "cluster-aks": "100.97.0.9", "cluster-gke": "100.97.0.9"} {
-		ls, _ := sidecarOutbound(services, cluster, nil, nil, "cluster.local", 0)
+		ls, _ := sidecarOutbound(services, cluster, nil, nil, nil, "cluster.local", 0)
 		var tcp []string
 		for _, l := range ls {
 			if n := l.(*listener.Listener).Name; strings.HasSuffix(n, "_9080") {
@@ -179,6 +181,109 @@ func TestEachClusterItsOwnClusterIP(t *testing.T) {
 		}
 		if !slices.Equal(vips, []string{want, want + ":8080"}) {
 			t.Errorf("%s: route domains by address %v, want %s", cluster, vips, want)
+		}
+	}
+}
+
+// A service known only from another cluster keeps that cluster's
+// ClusterIP, which may be a local service's too (service ranges overlap
+// between clusters): the local service keeps the listener and the route
+// domain, and no route table names a domain twice.
+func TestLocalServiceKeepsAClusterIPAForeignOneShares(t *testing.T) {
+	reg := registry.New()
+	local, foreign := "cart.shop.svc.cluster.local", "audit.ops.svc.cluster.local"
+	ports := []registry.Port{{Name: "tcp-x", Port: 9090, Protocol: "TCP", AppProtocol: "tcp"}, {Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}
+	// "audit" sorts first: only the ordering by cluster can save cart.
+	reg.SetService("cluster-aks", foreign, &registry.Service{Namespace: "ops", Name: "audit", Hostname: foreign, ClusterIP: "100.96.0.9", Ports: ports})
+	reg.SetService("cluster-eks", local, &registry.Service{Namespace: "shop", Name: "cart", Hostname: local, ClusterIP: "100.96.0.9", Ports: ports})
+	services := reg.Services()
+	ls, _ := sidecarOutbound(services, "cluster-eks", nil, nil, nil, "cluster.local", 0)
+	var got *listener.Listener
+	for _, l := range ls {
+		if l := l.(*listener.Listener); l.Name == "100.96.0.9_9090" {
+			if got != nil {
+				t.Fatal("two listeners 100.96.0.9_9090")
+			}
+			got = l
+		}
+	}
+	if got == nil || !strings.Contains(got.String(), OutboundCluster(9090, "", local)) {
+		t.Fatalf("100.96.0.9_9090 does not go to the local service: %v", got)
+	}
+	seen := map[string]string{}
+	for _, vh := range SidecarRoutes("shop", "cluster-eks", services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts {
+		for _, d := range vh.Domains {
+			if other, dup := seen[d]; dup {
+				t.Errorf("domain %s in both %s and %s", d, other, vh.Name)
+			}
+			seen[d] = vh.Name
+		}
+	}
+	if seen["100.96.0.9:8080"] != local+":8080" {
+		t.Errorf("100.96.0.9:8080 routes to %q, want the local service", seen["100.96.0.9:8080"])
+	}
+}
+
+// A headless service (a StatefulSet's) has no ClusterIP: each of its pods
+// on the proxy's network gets a listener of its own, whose cluster
+// connects to the pod the client chose, over Istio mTLS when its pods
+// have sidecars; a pod of another network gets none (its address is not
+// reachable from here). HTTP routes also answer to the pods' own names.
+func TestHeadlessServiceListensPerPod(t *testing.T) {
+	reg := registry.New()
+	host := "db.data.svc.cluster.local"
+	reg.SetService("cluster-eks", host, &registry.Service{Namespace: "data", Name: "db", Hostname: host, Headless: true,
+		Ports: []registry.Port{{Name: "tcp-db", Port: 5432, Protocol: "TCP", AppProtocol: "tcp"}, {Name: "web", Port: 8080, Protocol: "TCP"}}})
+	pod := func(addr, network, tlsMode string) registry.Endpoint {
+		return registry.Endpoint{Address: addr, Ports: map[string]int32{"tcp-db": 5432, "web": 8080}, Network: network, TLSMode: tlsMode,
+			ServiceAccount: "db", Namespace: "data", Ready: true}
+	}
+	reg.SetEndpoints("cluster-eks", host, []registry.Endpoint{pod("100.64.0.11", "network1", "istio"), pod("100.64.0.10", "network1", "istio")})
+	reg.SetService("cluster-aks", host, &registry.Service{Namespace: "data", Name: "db", Hostname: host, Headless: true,
+		Ports: []registry.Port{{Name: "tcp-db", Port: 5432, Protocol: "TCP", AppProtocol: "tcp"}, {Name: "web", Port: 8080, Protocol: "TCP"}}})
+	reg.SetEndpoints("cluster-aks", host, []registry.Endpoint{pod("100.65.0.10", "network2", "istio")})
+
+	p := &Proxy{Type: Sidecar, ClusterID: "cluster-eks", Network: "network1", TrustDomains: []string{"cluster.local"}}
+	g := Generate(p, reg, nil, "cluster.local", nil, nil)
+	var names []string
+	for _, l := range g.Listeners {
+		if n := l.(*listener.Listener).Name; strings.HasPrefix(n, "100.") {
+			names = append(names, n)
+		}
+	}
+	if want := []string{"100.64.0.10_5432", "100.64.0.11_5432", "100.64.0.10_8080", "100.64.0.11_8080"}; !slices.Equal(names, want) {
+		t.Errorf("per-pod listeners %v, want %v", names, want)
+	}
+	for _, r := range g.Clusters {
+		c := r.(*cluster.Cluster)
+		if c.Name != OutboundCluster(5432, "", host) {
+			continue
+		}
+		if c.GetType() != cluster.Cluster_ORIGINAL_DST || c.GetLbPolicy() != cluster.Cluster_CLUSTER_PROVIDED {
+			t.Errorf("%s: type %s, lb %s; want ORIGINAL_DST, CLUSTER_PROVIDED", c.Name, c.GetType(), c.GetLbPolicy())
+		}
+		if !strings.Contains(c.GetTransportSocket().String(), "spiffe://cluster.local/ns/data/sa/db") {
+			t.Errorf("%s: not Istio mTLS pinned to the pods' account: %v", c.Name, c.GetTransportSocket())
+		}
+	}
+	for _, r := range g.Endpoints {
+		if n := r.(*endpoint.ClusterLoadAssignment).ClusterName; strings.HasPrefix(n, "outbound|") {
+			t.Errorf("load assignment %s for an original-destination cluster", n)
+		}
+	}
+	vh := SidecarRoutes("data", "cluster-eks", reg.Services(), nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
+	for _, d := range []string{"*.db.data.svc.cluster.local", "*.db:8080", "db"} {
+		if !slices.Contains(vh.Domains, d) {
+			t.Errorf("headless virtual host lacks %s: %v", d, vh.Domains)
+		}
+	}
+
+	// Pods without sidecars are called in plaintext.
+	reg.SetEndpoints("cluster-eks", host, []registry.Endpoint{pod("100.64.0.10", "network1", "")})
+	reg.SetEndpoints("cluster-aks", host, nil)
+	for _, r := range Generate(p, reg, nil, "cluster.local", nil, nil).Clusters {
+		if c := r.(*cluster.Cluster); c.Name == OutboundCluster(5432, "", host) && c.GetTransportSocket() != nil {
+			t.Errorf("mTLS to a headless service without sidecars: %v", c.GetTransportSocket())
 		}
 	}
 }

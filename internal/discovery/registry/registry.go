@@ -37,6 +37,20 @@ type Service struct {
 	ClusterIPs map[string]string
 	// Labels of the Service object (used for network gateways).
 	Labels map[string]string
+	// Headless: clusterIP None, its pods are called by their addresses
+	// (an ExternalName service has no ClusterIP either, and is not).
+	Headless bool
+	// headlessIn is, in a merged service, whether each cluster's is.
+	headlessIn map[string]bool
+}
+
+// HeadlessFor says whether the service is headless for a proxy of
+// cluster: as that cluster declares it, else as the merged default.
+func (s *Service) HeadlessFor(cluster string) bool {
+	if h, ok := s.headlessIn[cluster]; ok {
+		return h
+	}
+	return s.Headless
 }
 
 // AddressFor is the service's virtual address for a proxy of cluster: that
@@ -184,27 +198,34 @@ func (r *Registry) SetEndpoints(cluster, hostname string, eps []Endpoint) {
 		return
 	}
 	accountsChanged := !maps.Equal(accounts(s.endpoints[hostname]), accounts(eps))
+	headless := s.services[hostname] != nil && s.services[hostname].Headless
 	if len(eps) == 0 {
 		delete(s.endpoints, hostname)
 	} else {
 		s.endpoints[hostname] = eps
 	}
 	r.mu.Unlock()
-	if accountsChanged {
+	switch {
+	case accountsChanged:
 		// Clients pin the service's accounts in its clusters (secure
 		// naming): those change, not only the load assignments.
 		r.notify(Event{Hostnames: []string{hostname}, Full: true, Reason: "service accounts of " + hostname})
+		return
+	case headless:
+		// A headless service's pods are listeners, not load assignments.
+		r.notify(Event{Hostnames: []string{hostname}, Full: true, Reason: "pods of headless " + hostname})
 		return
 	}
 	r.notify(Event{Hostnames: []string{hostname}, Reason: ReasonEndpoints})
 }
 
-// accounts is the set of service accounts behind endpoints.
+// accounts is the set of service accounts behind endpoints, with whether
+// each speaks mTLS (only those are pinned).
 func accounts(eps []Endpoint) map[string]bool {
 	out := map[string]bool{}
 	for _, e := range eps {
 		if e.ServiceAccount != "" {
-			out[e.Namespace+"/"+e.ServiceAccount] = true
+			out[e.Namespace+"/"+e.ServiceAccount+"/"+e.TLSMode] = true
 		}
 	}
 	return out
@@ -314,10 +335,12 @@ func (r *Registry) Services() []*Service {
 				c := *svc
 				c.Ports = slices.Clone(svc.Ports)
 				c.ClusterIPs = map[string]string{name: svc.ClusterIP}
+				c.headlessIn = map[string]bool{name: svc.Headless}
 				merged[h] = &c
 				continue
 			}
 			m.ClusterIPs[name] = svc.ClusterIP
+			m.headlessIn[name] = svc.Headless
 			for _, p := range svc.Ports {
 				if !slices.ContainsFunc(m.Ports, func(q Port) bool { return q.Port == p.Port }) {
 					m.Ports = append(m.Ports, p)

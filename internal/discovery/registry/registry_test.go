@@ -1,6 +1,9 @@
 package registry
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // A remote's istiod Service names its ports differently from the
 // primary's; endpoints of both clusters still belong to the same port.
@@ -85,5 +88,28 @@ func TestOnlyChangesNotify(t *testing.T) {
 	r.SetEndpoints("c1", "none.ns.svc.cluster.local", nil)
 	if len(events) != 3 || events[0].Reason != "service" || events[1].Reason != ReasonEndpoints || events[2].Reason != ReasonEndpoints {
 		t.Fatalf("events %+v, want the service, then two endpoint changes", events)
+	}
+}
+
+// An endpoint change is a load-assignment push, except where clusters
+// and listeners depend on the endpoints: a headless service's pods are
+// listeners, and a service's mTLS accounts are pinned by its clients.
+func TestEndpointChangesThatNeedAFullPush(t *testing.T) {
+	r := New()
+	var full []bool
+	r.Subscribe(func(e Event) { full = append(full, e.Full) })
+	ep := func(addr, tlsMode string) []Endpoint {
+		return []Endpoint{{Address: addr, Namespace: "data", ServiceAccount: "db", TLSMode: tlsMode, Ready: true}}
+	}
+	r.SetService("c1", "web", &Service{Name: "web", ClusterIP: "100.96.0.1"})
+	r.SetService("c1", "db", &Service{Name: "db", Headless: true})
+	full = nil
+	r.SetEndpoints("c1", "web", ep("100.64.0.1", "istio"))
+	r.SetEndpoints("c1", "web", ep("100.64.0.2", "istio")) // same account: endpoints only
+	r.SetEndpoints("c1", "web", ep("100.64.0.2", ""))      // lost its sidecar
+	r.SetEndpoints("c1", "db", ep("100.64.0.9", "istio"))
+	r.SetEndpoints("c1", "db", ep("100.64.0.8", "istio"))
+	if want := []bool{true, false, true, true, true}; !slices.Equal(full, want) {
+		t.Errorf("full pushes %v, want %v", full, want)
 	}
 }

@@ -473,6 +473,9 @@ type UpstreamTLS struct {
 
 // TransportFor picks the TLS of an endpoint; nil means plaintext.
 func (c *Cluster) TransportFor(e *Endpoint) *UpstreamTLS {
+	if e == nil { // an original destination: no metadata to match
+		return c.TLS
+	}
 	for _, m := range c.TLSMatches {
 		ok := true
 		for k, v := range m.Match {
