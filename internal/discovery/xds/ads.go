@@ -36,7 +36,7 @@ type adsConn struct {
 	// proxy is the node's ID once its first request arrived.
 	proxy string
 	// snap is the proxy's latest snapshot, set by pushes; wake says so.
-	snap atomic.Pointer[cachev3.Snapshot]
+	snap atomic.Pointer[snapshot]
 	wake chan struct{}
 
 	// Only the stream's goroutine touches what follows.
@@ -56,7 +56,7 @@ type adsWatch struct {
 	fresh map[string]struct{}
 	// sent is the snapshot whose resources of the type the client holds
 	// (nil: none yet).
-	sent *cachev3.Snapshot
+	sent *snapshot
 	// nonce of the last response; waiting until it is acknowledged: a
 	// stream has at most one response of a type in flight.
 	nonce   string
@@ -82,7 +82,7 @@ func (c *adsConn) notify() {
 // StreamAggregatedResources serves a state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	c := newConn(stream.Context(), false)
-	send := func(url string, snap *cachev3.Snapshot, _ []string, anys []*anypb.Any, _ []string) (string, error) {
+	send := func(url string, snap *snapshot, _ []string, anys []*anypb.Any, _ []string) (string, error) {
 		nonce := c.nextNonce()
 		version := snap.GetVersion(url)
 		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
@@ -97,7 +97,7 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 // DeltaAggregatedResources serves an incremental ADS stream.
 func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	c := newConn(stream.Context(), true)
-	send := func(url string, snap *cachev3.Snapshot, names []string, anys []*anypb.Any, removed []string) (string, error) {
+	send := func(url string, snap *snapshot, names []string, anys []*anypb.Any, removed []string) (string, error) {
 		vm := snap.GetVersionMap(url)
 		nonce := c.nextNonce()
 		rs := make([]*discovery.Resource, len(names))
@@ -344,7 +344,7 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 // sender sends one response: the snapshot's resources of the type by
 // name, marshalled, and (incremental only) names removed; it returns the
 // nonce.
-type sender func(url string, snap *cachev3.Snapshot, names []string, anys []*anypb.Any, removed []string) (string, error)
+type sender func(url string, snap *snapshot, names []string, anys []*anypb.Any, removed []string) (string, error)
 
 // flush sends each watched type what its client lacks of the proxy's
 // latest snapshot, one response in flight per type.
@@ -424,7 +424,7 @@ func (c *adsConn) order() []string {
 
 // estimate is about how many bytes the next response of a watch takes,
 // from how many resources it may carry and their average size.
-func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *cachev3.Snapshot) int {
+func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *snapshot) int {
 	var n int
 	if w.sent == nil || c.fullState(url) {
 		n = len(snap.GetResourcesAndTTL(url))
@@ -439,7 +439,7 @@ func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *cachev3.Sna
 
 // changes lists what a watch's client lacks of snap: names to send and,
 // on incremental streams, names to remove.
-func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *cachev3.Snapshot) (names, removed []string) {
+func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (names, removed []string) {
 	items := snap.GetResourcesAndTTL(url)
 	wanted := func(n string) bool {
 		if w.wildcard {

@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
@@ -69,9 +68,9 @@ func TestEndpointPushEqualsFullPush(t *testing.T) {
 	}
 }
 
-func snapshots(t *testing.T, s *Server, ids []string) []*cachev3.Snapshot {
+func snapshots(t *testing.T, s *Server, ids []string) []*snapshot {
 	t.Helper()
-	var out []*cachev3.Snapshot
+	var out []*snapshot
 	for _, id := range ids {
 		snap := s.snapshot(id)
 		if snap == nil {

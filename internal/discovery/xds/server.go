@@ -9,7 +9,6 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
@@ -82,7 +81,7 @@ type Server struct {
 type proxyState struct {
 	proxy *proxy
 	// snap is the proxy's latest snapshot, handed to its streams.
-	snap    *cachev3.Snapshot
+	snap    *snapshot
 	conns   map[*adsConn]struct{}
 	sent    map[string]string // type URL -> version or nonce sent
 	acked   map[string]string // type URL -> version or nonce acknowledged

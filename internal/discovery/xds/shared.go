@@ -86,7 +86,7 @@ func (c *anyCache) averageSize(url string) int {
 
 // diff returns what changed in a type from one snapshot to another,
 // computed once per push for every stream that moves between them.
-func (c *anyCache) diff(url string, from, to *cachev3.Snapshot) *versionDiff {
+func (c *anyCache) diff(url string, from, to *snapshot) *versionDiff {
 	k := versionPair{url, from.GetVersion(url), to.GetVersion(url)}
 	c.mu.Lock()
 	d, ok := c.diffs[k]

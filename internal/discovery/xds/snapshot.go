@@ -14,6 +14,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/nds"
 )
 
 // A proxy's snapshot: the views generated once per push and shared by
@@ -27,7 +28,7 @@ type memo struct {
 	views  map[viewKey]*shared
 	routes map[string]*typed // sidecar routes by namespace
 	// snapshots of sidecars by view, namespace and inbound ports.
-	snaps   map[snapKey]*cachev3.Snapshot
+	snaps   map[snapKey]*snapshot
 	inbound proxyview.InboundIndex
 }
 
@@ -88,7 +89,7 @@ func (s *Server) located(p *proxyview.Proxy) *proxyview.Proxy {
 }
 
 func newMemo() *memo {
-	return &memo{views: map[viewKey]*shared{}, routes: map[string]*typed{}, snaps: map[snapKey]*cachev3.Snapshot{}}
+	return &memo{views: map[viewKey]*shared{}, routes: map[string]*typed{}, snaps: map[snapKey]*snapshot{}}
 }
 
 // typed is one type's resources with versions.
@@ -123,6 +124,30 @@ func keyOf(p *proxyview.Proxy) viewKey {
 	return k
 }
 
+// snapshot is what one proxy may watch: Envoy's types in go-control-plane's
+// Snapshot, and beside them Istio's name table (NDS), which that Snapshot
+// has no place for.
+type snapshot struct {
+	cachev3.Snapshot
+	names cachev3.Resources
+}
+
+// GetVersion is the version of a type's resources.
+func (s *snapshot) GetVersion(url string) string {
+	if url == nds.TypeURL {
+		return s.names.Version
+	}
+	return s.Snapshot.GetVersion(url)
+}
+
+// GetResourcesAndTTL is a type's resources by name.
+func (s *snapshot) GetResourcesAndTTL(url string) map[string]types.ResourceWithTTL {
+	if url == nds.TypeURL {
+		return s.names.Items
+	}
+	return s.Snapshot.GetResourcesAndTTL(url)
+}
+
 // shared is one view's generated resources by type, with content versions.
 type shared struct {
 	items    [types.UnknownType]map[string]types.ResourceWithTTL
@@ -130,6 +155,8 @@ type shared struct {
 	// hashes per resource, the delta protocol's version map.
 	hashes   [types.UnknownType]map[string]string
 	services []*registry.Service
+	// names is a sidecar view's name table (NDS); nil for others.
+	names *typed
 	// proxy is the one the view was generated for, to patch it later.
 	proxy *proxyview.Proxy
 }
@@ -186,7 +213,7 @@ func (s *Server) updateWith(id string, m *memo, onlyCurrent bool) bool {
 }
 
 // snapshot returns a proxy's latest snapshot.
-func (s *Server) snapshot(id string) *cachev3.Snapshot {
+func (s *Server) snapshot(id string) *snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok := s.proxies[id]; ok {
@@ -207,7 +234,7 @@ type snapKey struct {
 // generated: the view's shared resources, the namespace's routes and, for
 // sidecars, the inbound listener of its port set. Sidecars alike in all
 // three share one snapshot.
-func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
+func (s *Server) snapshotFor(conn *proxy, m *memo) *snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := s.located(conn.Proxy)
@@ -233,7 +260,7 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 	}
 	// The version map is filled here from hashes computed once per view;
 	// left nil, the cache would re-hash every resource for every proxy.
-	snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+	snap := &snapshot{Snapshot: cachev3.Snapshot{VersionMap: map[string]map[string]string{}}}
 	for i := range sh.items {
 		if types.ResponseType(i) == types.Secret && !conn.credentials {
 			continue // TLS credentials go only to authorized gateways
@@ -242,6 +269,10 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *cachev3.Snapshot {
 		if url, err := cachev3.GetResponseTypeURL(types.ResponseType(i)); err == nil {
 			snap.VersionMap[url] = sh.hashes[i]
 		}
+	}
+	if sh.names != nil {
+		snap.names = cachev3.Resources{Version: sh.names.version, Items: sh.names.items}
+		snap.VersionMap[nds.TypeURL] = sh.names.hashes
 	}
 	if sidecar {
 		l, cls := s.Generator.Inbound(ports, pol)
@@ -294,6 +325,10 @@ func (s *Server) generate(p *proxyview.Proxy) *shared {
 	} {
 		t := newTyped(rs)
 		sh.items[typ], sh.versions[typ], sh.hashes[typ] = t.items, t.version, t.hashes
+	}
+	if g.Names != nil {
+		// One resource without a name, as istiod sends the table.
+		sh.names = newTyped([]types.Resource{g.Names.Message()})
 	}
 	return sh
 }

@@ -1,0 +1,38 @@
+package proxyview
+
+import (
+	"net/netip"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/nds"
+)
+
+// NameTable is what a sidecar's DNS answers for mesh services (Istio's
+// NDS): each service at its ClusterIP in the proxy's cluster, or in
+// another cluster's where the proxy's has none, so a service that exists
+// only in another cluster resolves to an address the sidecar has a
+// listener or route for; a headless service at the ready pods of the
+// proxy's network (another network's pod addresses are not reachable).
+func NameTable(p *Proxy, reg *registry.Registry, services []*registry.Service) nds.Table {
+	t := nds.Table{}
+	for _, svc := range services {
+		var ips []netip.Addr
+		if svc.HeadlessFor(p.ClusterID) {
+			for _, e := range reg.Endpoints(svc.Hostname) {
+				if !e.Ready || (p.Network != "" && e.Network != "" && e.Network != p.Network) {
+					continue
+				}
+				if ip, err := netip.ParseAddr(e.Address); err == nil {
+					ips = append(ips, ip)
+				}
+			}
+		} else if ip, err := netip.ParseAddr(svc.AddressFor(p.ClusterID)); err == nil {
+			ips = append(ips, ip)
+		}
+		if len(ips) == 0 {
+			continue // an ExternalName service, or a headless one without pods here: the cluster's DNS answers
+		}
+		t[svc.Hostname] = nds.Name{IPs: ips, Registry: "Kubernetes", Shortname: svc.Name, Namespace: svc.Namespace}
+	}
+	return t
+}
