@@ -19,6 +19,7 @@ const (
 	chainInRedirect = "ISTIO_IN_REDIRECT"
 	chainOutput     = "ISTIO_OUTPUT"
 	chainRedirect   = "ISTIO_REDIRECT"
+	chainOutputDNS  = "ISTIO_OUTPUT_DNS"
 	// InboundPassthroughSource is the address the proxy dials the app from
 	// for inbound passthrough, so that its own connection is not captured.
 	InboundPassthroughSource = "127.0.0.6"
@@ -37,6 +38,11 @@ type Config struct {
 	ExcludeOutboundCIDRs []string
 	ExcludeOutboundPorts []int
 	IncludeOutboundPorts []int
+	// DNSServers are the pod's resolvers (resolv.conf nameservers): DNS to
+	// them, UDP and TCP port 53, goes to the proxy's DNS on DNSPort
+	// (ISTIO_META_DNS_CAPTURE); none, no DNS capture.
+	DNSServers []string
+	DNSPort    int // 15053
 }
 
 // Default is Istio's: capture everything but the proxy's own ports
@@ -54,6 +60,7 @@ type rule struct {
 	notDst   bool
 	outLo    bool // -o lo
 	tcp      bool
+	udp      bool
 	dport    string
 	notDport bool
 	owner    string // "uid" or "gid"
@@ -82,6 +89,9 @@ func (r rule) String() string {
 	if r.tcp {
 		b.WriteString(" -p tcp")
 	}
+	if r.udp {
+		b.WriteString(" -p udp")
+	}
 	if r.dport != "" {
 		if r.notDport {
 			b.WriteString(" !")
@@ -103,7 +113,31 @@ func (r rule) String() string {
 }
 
 // chains are Istio's, in the order they are declared.
-var chains = []string{chainInbound, chainInRedirect, chainOutput, chainRedirect}
+func (c Config) chains() []string {
+	out := []string{chainInbound, chainInRedirect, chainOutput, chainRedirect}
+	if len(c.DNSServers) > 0 {
+		out = append(out, chainOutputDNS)
+	}
+	return out
+}
+
+// dnsRules send the app's queries to its resolvers to the proxy's DNS:
+// UDP from a chain of its own (the outbound TCP chain sees only TCP),
+// TCP in ISTIO_OUTPUT after the proxy's own traffic has returned. The
+// proxy's own queries (uid and gid 1337) go to the resolvers as sent.
+func (c Config) dnsRules() []rule {
+	var out []rule
+	for _, o := range []struct {
+		kind string
+		id   int
+	}{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} {
+		out = append(out, rule{chain: chainOutputDNS, udp: true, dport: "53", owner: o.kind, ownerID: o.id, target: "RETURN"})
+	}
+	for _, ns := range c.DNSServers {
+		out = append(out, rule{chain: chainOutputDNS, dst: ns + "/32", udp: true, dport: "53", target: "REDIRECT", toPort: c.DNSPort})
+	}
+	return out
+}
 
 // rules is Istio's capture for this configuration, in order.
 func (c Config) rules() []rule {
@@ -134,6 +168,9 @@ func (c Config) rules() []rule {
 		add(rule{chain: chainOutput, outLo: true, owner: o.kind, ownerID: o.id, notOwner: true, target: "RETURN"})
 		add(rule{chain: chainOutput, owner: o.kind, ownerID: o.id, target: "RETURN"})
 	}
+	for _, ns := range c.DNSServers {
+		add(rule{chain: chainOutput, dst: ns + "/32", tcp: true, dport: "53", target: "REDIRECT", toPort: c.DNSPort})
+	}
 	add(rule{chain: chainOutput, dst: "127.0.0.1/32", target: "RETURN"})
 	for _, p := range c.ExcludeOutboundPorts {
 		add(rule{chain: chainOutput, tcp: true, dport: strconv.Itoa(p), target: "RETURN"})
@@ -151,6 +188,9 @@ func (c Config) rules() []rule {
 		}
 		add(rule{chain: chainOutput, dst: cidr, target: chainRedirect})
 	}
+	if len(c.DNSServers) > 0 {
+		out = append(out, c.dnsRules()...)
+	}
 	return out
 }
 
@@ -159,7 +199,7 @@ func (c Config) rules() []rule {
 func (c Config) Rules() string {
 	var b strings.Builder
 	b.WriteString("*nat\n")
-	for _, ch := range chains {
+	for _, ch := range c.chains() {
 		fmt.Fprintf(&b, ":%s - [0:0]\n", ch)
 	}
 	for _, r := range c.rules() {
@@ -170,9 +210,15 @@ func (c Config) Rules() string {
 }
 
 // hooks jump from the built-in chains into Istio's.
-var hooks = []rule{
-	{chain: "PREROUTING", tcp: true, target: chainInbound},
-	{chain: "OUTPUT", tcp: true, target: chainOutput},
+func (c Config) hooks() []rule {
+	out := []rule{
+		{chain: "PREROUTING", tcp: true, target: chainInbound},
+		{chain: "OUTPUT", tcp: true, target: chainOutput},
+	}
+	if len(c.DNSServers) > 0 {
+		out = append(out, rule{chain: "OUTPUT", udp: true, target: chainOutputDNS})
+	}
+	return out
 }
 
 // Apply installs the rules in the current network namespace: with
@@ -186,7 +232,7 @@ func (c Config) Apply() error {
 	if err := run(strings.NewReader(c.Rules()), "iptables-restore", "--noflush", "--wait"); err != nil {
 		return err
 	}
-	for _, h := range hooks {
+	for _, h := range c.hooks() {
 		j := strings.Fields(h.String())[1:] // without "-A"
 		check := append([]string{"-t", "nat", "--wait", "-C"}, j...)
 		if run(nil, "iptables", check...) == nil {

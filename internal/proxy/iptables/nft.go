@@ -38,7 +38,7 @@ func (c Config) applyNFT() error {
 	}
 	conn.AddTable(table)
 	byName := map[string]*nftables.Chain{}
-	for _, name := range chains {
+	for _, name := range c.chains() {
 		byName[name] = conn.AddChain(&nftables.Chain{Name: name, Table: table})
 	}
 	// Base chains of the built-in chains' names, hooked where they are,
@@ -49,7 +49,7 @@ func (c Config) applyNFT() error {
 			Hooknum: hook, Priority: nftables.ChainPriorityNATDest,
 		})
 	}
-	for _, r := range append(hooks, rules...) {
+	for _, r := range append(c.hooks(), rules...) {
 		exprs, err := r.nft()
 		if err != nil {
 			return fmt.Errorf("rule %q: %w", r.String(), err)
@@ -117,7 +117,10 @@ func (r rule) nft() ([]expr.Any, error) {
 		copy(name, "lo")
 		out = append(out, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, cmp(false, name))
 	}
-	if r.tcp || r.dport != "" {
+	switch {
+	case r.udp:
+		out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmp(false, []byte{unix.IPPROTO_UDP}))
+	case r.tcp || r.dport != "":
 		out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmp(false, []byte{unix.IPPROTO_TCP}))
 	}
 	if r.dport != "" {
