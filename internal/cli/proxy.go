@@ -6,12 +6,14 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 
 	"github.com/spf13/cobra"
 
@@ -33,7 +35,8 @@ func newProxyInitCmd() *cobra.Command {
 	cfg := iptables.Default()
 	var inbound, outbound, excludeCIDRs string
 	var excludeIn, excludeOut, includeOut string
-	var dryRun bool
+	var dryRun, redirectDNS bool
+	resolvConf := "/etc/resolv.conf"
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Redirect the pod's TCP traffic through its sidecar (istio-init's role)",
@@ -41,7 +44,12 @@ func newProxyInitCmd() *cobra.Command {
 sidecar's 15006, outbound TCP to its 15001; the proxy's own traffic (uid and
 gid 1337), loopback, and excluded ports and ranges are left alone. Run it in
 the pod's network namespace (an init container with NET_ADMIN and NET_RAW).
-Running it again gives the same rules.`,
+Running it again gives the same rules.
+
+With --redirect-dns (the injector adds it when proxyMetadata sets
+ISTIO_META_DNS_CAPTURE=true) the app's DNS queries to the resolvers of the
+pod's resolv.conf, UDP and TCP, go to the sidecar's DNS on 15053, which
+answers for mesh services and forwards the rest.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -56,6 +64,12 @@ Running it again gives the same rules.`,
 			}
 			if cfg.IncludeOutboundPorts, err = ports(splitList(includeOut)); err != nil {
 				return fmt.Errorf("--include-outbound-ports: %w", err)
+			}
+			if redirectDNS {
+				if cfg.DNSServers, err = nameservers(resolvConf); err != nil {
+					return fmt.Errorf("--redirect-dns: %w", err)
+				}
+				cfg.DNSPort = 15053
 			}
 			if dryRun {
 				fmt.Fprint(cmd.OutOrStdout(), cfg.Rules())
@@ -74,7 +88,31 @@ Running it again gives the same rules.`,
 	f.IntVarP(&cfg.ProxyUID, "proxy-uid", "u", 1337, "uid of the proxy, whose traffic is not captured")
 	f.IntVarP(&cfg.ProxyGID, "proxy-gid", "g", 1337, "gid of the proxy")
 	f.BoolVar(&dryRun, "dry-run", false, "print the rules (iptables-restore format) instead of applying them")
+	f.BoolVar(&redirectDNS, "redirect-dns", false, "send the app's DNS queries (to the resolv.conf nameservers) to the sidecar's DNS on 15053")
+	f.StringVar(&resolvConf, "resolv-conf", resolvConf, "where --redirect-dns reads the pod's nameservers")
 	return cmd
+}
+
+// nameservers are the IPv4 resolvers of a resolv.conf: the addresses the
+// pod's DNS queries go to.
+func nameservers(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if ip, err := netip.ParseAddr(f[1]); err == nil && ip.Is4() {
+				out = append(out, ip.String())
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s names no IPv4 nameserver", path)
+	}
+	return out, nil
 }
 
 func splitList(s string) []string {
@@ -117,7 +155,10 @@ listeners, routes, clusters and endpoints it is sent. Node identity comes from
 the environment the injector sets, as for Istio's proxy: POD_NAME,
 POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT, and every ISTIO_META_* variable
 as node metadata (ISTIO_META_CLUSTER_ID, ISTIO_META_NETWORK,
-ISTIO_META_REQUESTED_NETWORK_VIEW, ...).
+ISTIO_META_REQUESTED_NETWORK_VIEW, ...). With ISTIO_META_DNS_CAPTURE=true a
+sidecar answers the app's DNS on 127.0.0.1:15053 (where proxy init
+--redirect-dns sends it) from the control plane's name table: mesh services,
+in every cluster, resolve; other names go to the pod's resolvers.
 
 Ports: admin 127.0.0.1:15000 (/config_dump, /clusters, /listeners, /stats,
 /ready), readiness 15021 /healthz/ready, Prometheus 15090 /stats/prometheus,
@@ -145,6 +186,9 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 			}
 			if cfg.CAAddr == "" && !cfg.Plaintext {
 				cfg.CAAddr = cfg.DiscoveryAddr
+			}
+			if kind == "sidecar" && cfg.Node.Metadata["DNS_CAPTURE"] == "true" {
+				cfg.DNSAddr = "127.0.0.1:15053"
 			}
 			cfg.Log = slog.Default()
 			return proxy.Run(cmd.Context(), cfg)

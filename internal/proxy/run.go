@@ -18,8 +18,10 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/isthmus-mesh/isthmus/internal/nds"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/admin"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/dnsproxy"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
@@ -109,7 +111,11 @@ type RunConfig struct {
 	AccessLog string
 	// DrainDuration is how long open connections get after SIGTERM.
 	DrainDuration time.Duration
-	Log           *slog.Logger
+	// DNSAddr is where the sidecar answers the app's DNS from the control
+	// plane's name table (ISTIO_META_DNS_CAPTURE: Istio's 127.0.0.1:15053,
+	// where proxy init --redirect-dns sends it); empty: no DNS proxy.
+	DNSAddr string
+	Log     *slog.Logger
 }
 
 // Run serves until ctx ends (or the admin port's quitquitquit), then
@@ -191,7 +197,24 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		popts.AccessLog = f
 	}
 	p := New(popts)
-	xc := xdsclient.New(xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log})
+	xcfg := xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log}
+	if cfg.DNSAddr != "" {
+		// Before the first table, queries go to the cluster's DNS: the
+		// app may start before the control plane answered.
+		dns, err := dnsproxy.New(dnsproxy.Options{Namespace: cfg.Node.Namespace, Domain: cfg.Node.Namespace + ".svc." + cfg.Node.Domain,
+			ForwardBeforeSync: true, Registerer: p.Metrics()})
+		if err != nil {
+			return stop(fmt.Errorf("DNS proxy: %w", err))
+		}
+		if _, err := dns.Listen(cfg.DNSAddr); err != nil {
+			return stop(fmt.Errorf("DNS proxy: %w", err))
+		}
+		g.Go("DNS proxy", dns.Run)
+		xcfg.Applier = &NamesApplier{Next: p, DNS: dns}
+		xcfg.Extra = []string{nds.TypeURL}
+		log.Info("answering DNS from the control plane's name table", "addr", cfg.DNSAddr, "upstreams", dns.Upstreams())
+	}
+	xc := xdsclient.New(xcfg)
 	ready := func() error {
 		select {
 		case <-p.Ready():

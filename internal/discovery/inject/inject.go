@@ -14,14 +14,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/isthmus-mesh/isthmus/internal/admission"
 )
@@ -35,10 +38,13 @@ const (
 	// AnnotationTemplates picks injection templates; isthmus has sidecar
 	// (the default) and gateway.
 	AnnotationTemplates = "inject.istio.io/templates"
-	LabelTLSMode        = "security.istio.io/tlsMode"
-	LabelNetwork        = "topology.istio.io/network"
-	ProxyName           = "istio-proxy"
-	InitName            = "istio-init"
+	// AnnotationProxyConfig is a pod's ProxyConfig over the mesh's
+	// defaultConfig; isthmus reads its proxyMetadata.
+	AnnotationProxyConfig = "proxy.istio.io/config"
+	LabelTLSMode          = "security.istio.io/tlsMode"
+	LabelNetwork          = "topology.istio.io/network"
+	ProxyName             = "istio-proxy"
+	InitName              = "istio-init"
 	// Traffic annotations passed to `isthmus proxy init`.
 	annIncludeInbound  = "traffic.sidecar.istio.io/includeInboundPorts"
 	annExcludeInbound  = "traffic.sidecar.istio.io/excludeInboundPorts"
@@ -58,7 +64,12 @@ type Config struct {
 	MeshID           string
 	// Privileged runs istio-proxy privileged (values.global.proxy.privileged).
 	Privileged bool
-	Log        *slog.Logger
+	// ProxyMetadata is meshConfig.defaultConfig.proxyMetadata: environment
+	// of every sidecar, as Istio's template writes it
+	// (ISTIO_META_DNS_CAPTURE=true also makes the init container send the
+	// app's DNS to the sidecar).
+	ProxyMetadata map[string]string
+	Log           *slog.Logger
 }
 
 // Handler serves AdmissionReview v1 requests.
@@ -83,6 +94,13 @@ func (c *Config) Handler() http.Handler {
 			// Never block a pod over our own problem: allow it unchanged.
 			c.Log.Error("injection: cannot read the pod; admitted without a sidecar", "err", err)
 		} else if patch, why := c.patch(&pod, req.Namespace, cluster, network); patch != nil {
+			if err := c.checkProxyConfig(&pod); err != nil {
+				// The pod's own annotation is wrong: refused, as Istio's
+				// injector refuses it, rather than run without what it asked.
+				resp.Allowed = false
+				resp.Result = &metav1.Status{Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest, Message: err.Error()}
+				return resp
+			}
 			b, _ := json.Marshal(patch)
 			pt := admissionv1.PatchTypeJSONPatch
 			resp.Patch, resp.PatchType = b, &pt
@@ -199,6 +217,52 @@ func volumes() []op {
 	return ops
 }
 
+// podProxyConfig reads the pod's proxy.istio.io/config: its proxyMetadata,
+// and the other ProxyConfig fields it sets (which isthmus does not apply).
+func podProxyConfig(pod *corev1.Pod) (md map[string]string, others []string, err error) {
+	v, ok := pod.Annotations[AnnotationProxyConfig]
+	if !ok {
+		return nil, nil, nil
+	}
+	var pc map[string]json.RawMessage
+	if err := yaml.Unmarshal([]byte(v), &pc); err != nil {
+		return nil, nil, fmt.Errorf("annotation %s is not a ProxyConfig: %w", AnnotationProxyConfig, err)
+	}
+	for k, raw := range pc {
+		if k != "proxyMetadata" {
+			others = append(others, k)
+			continue
+		}
+		if err := json.Unmarshal(raw, &md); err != nil {
+			return nil, nil, fmt.Errorf("annotation %s: proxyMetadata must map names to strings: %w", AnnotationProxyConfig, err)
+		}
+	}
+	slices.Sort(others)
+	return md, others, nil
+}
+
+// checkProxyConfig refuses a pod whose proxy.istio.io/config does not
+// parse, and says which of its fields are not applied.
+func (c *Config) checkProxyConfig(pod *corev1.Pod) error {
+	_, others, err := podProxyConfig(pod)
+	if err == nil && len(others) > 0 {
+		c.Log.Warn("injection: proxy.istio.io/config fields other than proxyMetadata are not applied", "pod", podName(pod), "fields", others)
+	}
+	return err
+}
+
+// proxyMetadata is the mesh's proxyMetadata with the pod's annotation's over it.
+func (c *Config) proxyMetadata(pod *corev1.Pod) map[string]string {
+	out := maps.Clone(c.ProxyMetadata)
+	if md, _, err := podProxyConfig(pod); err == nil && len(md) > 0 {
+		if out == nil {
+			out = map[string]string{}
+		}
+		maps.Copy(out, md)
+	}
+	return out
+}
+
 // escape is JSON Pointer escaping for a map key.
 func escape(k string) string { return strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1") }
 
@@ -226,6 +290,9 @@ func (c *Config) initContainer(pod *corev1.Pod) corev1.Container {
 			args = append(args, flag, v)
 		}
 	}
+	if c.proxyMetadata(pod)["ISTIO_META_DNS_CAPTURE"] == "true" {
+		args = append(args, "--redirect-dns")
+	}
 	return corev1.Container{
 		Name: InitName, Image: c.Image, Args: args,
 		SecurityContext: &corev1.SecurityContext{
@@ -250,6 +317,15 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 	}
 	if labels, err := json.Marshal(pod.Labels); err == nil && len(pod.Labels) > 0 {
 		env = append(env, corev1.EnvVar{Name: "ISTIO_METAJSON_LABELS", Value: string(labels)})
+	}
+	// The mesh's proxyMetadata under the pod's, except what the injector
+	// says of the pod itself (its cluster, network and identity are not
+	// configuration).
+	md := c.proxyMetadata(pod)
+	for _, k := range slices.Sorted(maps.Keys(md)) {
+		if !slices.ContainsFunc(env, func(e corev1.EnvVar) bool { return e.Name == k }) {
+			env = append(env, corev1.EnvVar{Name: k, Value: md[k]})
+		}
 	}
 	return corev1.Container{
 		Name: ProxyName, Image: c.Image, Args: []string{"proxy", "sidecar"}, Env: env,

@@ -198,3 +198,64 @@ func TestRewritesProbes(t *testing.T) {
 		t.Error("rewriteAppHTTPProbers=false ignored")
 	}
 }
+
+// meshConfig.defaultConfig.proxyMetadata becomes the sidecar's environment;
+// DNS capture also redirects the app's DNS in the init container. What
+// the injector says of the pod (its cluster) is not overridden.
+func TestProxyMetadata(t *testing.T) {
+	saved := cfg.ProxyMetadata
+	defer func() { cfg.ProxyMetadata = saved }()
+	cfg.ProxyMetadata = map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_META_DNS_AUTO_ALLOCATE": "true", "ISTIO_META_CLUSTER_ID": "forged"}
+	pod := review(t, "/inject/cluster/cluster-aks/net/network2", appPod())
+	proxy := pod.Spec.Containers[1]
+	for name, want := range map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_META_DNS_AUTO_ALLOCATE": "true", "ISTIO_META_CLUSTER_ID": "cluster-aks"} {
+		if got := env(proxy, name); got != want {
+			t.Errorf("%s=%q, want %q", name, got, want)
+		}
+	}
+	n := 0
+	for _, e := range proxy.Env {
+		if e.Name == "ISTIO_META_CLUSTER_ID" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("ISTIO_META_CLUSTER_ID set %d times", n)
+	}
+	if args := strings.Join(pod.Spec.InitContainers[0].Args, " "); !strings.Contains(args, "--redirect-dns") {
+		t.Errorf("init args %q lack --redirect-dns", args)
+	}
+	cfg.ProxyMetadata = nil
+	if args := strings.Join(review(t, "/inject", appPod()).Spec.InitContainers[0].Args, " "); strings.Contains(args, "--redirect-dns") {
+		t.Errorf("DNS redirected without DNS capture: %q", args)
+	}
+}
+
+// A pod's proxy.istio.io/config proxyMetadata is over the mesh's (Istio's
+// per-workload DNS capture); an annotation that does not parse refuses
+// the pod with the reason.
+func TestPodProxyConfig(t *testing.T) {
+	pod := appPod()
+	pod.Annotations = map[string]string{AnnotationProxyConfig: "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\nholdApplicationUntilProxyStarts: true\n"}
+	out := review(t, "/inject", pod)
+	if got := env(out.Spec.Containers[1], "ISTIO_META_DNS_CAPTURE"); got != "true" {
+		t.Errorf("ISTIO_META_DNS_CAPTURE=%q from the pod's annotation", got)
+	}
+	if args := strings.Join(out.Spec.InitContainers[0].Args, " "); !strings.Contains(args, "--redirect-dns") {
+		t.Errorf("init args %q lack --redirect-dns", args)
+	}
+	bad := appPod()
+	bad.Annotations = map[string]string{AnnotationProxyConfig: "proxyMetadata: [not, a, map]"}
+	raw, _ := json.Marshal(bad)
+	in, _ := json.Marshal(admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: "u2", Namespace: "multicluster", Object: runtime.RawExtension{Raw: raw}}})
+	rec := httptest.NewRecorder()
+	cfg.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/inject", bytes.NewReader(in)))
+	var res admissionv1.AdmissionReview
+	if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil || res.Response == nil {
+		t.Fatalf("response %s: %v", rec.Body.String(), err)
+	}
+	if res.Response.Allowed || !strings.Contains(res.Response.Result.Message, AnnotationProxyConfig) {
+		t.Errorf("a pod with a broken %s: allowed %v, %v", AnnotationProxyConfig, res.Response.Allowed, res.Response.Result)
+	}
+}

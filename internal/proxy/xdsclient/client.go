@@ -64,6 +64,9 @@ type Config struct {
 	CallContext func(context.Context) (context.Context, error)
 	Applier     Applier
 	Log         *slog.Logger
+	// Extra are more types subscribed without names, after Types (Istio's
+	// name table, NDS, when the sidecar answers DNS).
+	Extra []string
 }
 
 // Client keeps one ADS stream alive.
@@ -164,12 +167,12 @@ func (c *Client) stream(ctx context.Context) error {
 	}()
 	c.mu.Lock()
 	// (Re)subscribe to everything, telling the server what we already have.
-	for i, t := range Types {
+	for i, t := range append(slices.Clone(Types), c.cfg.Extra...) {
 		req := &discoverygrpc.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: copyVersions(c.versions[t])}
 		if i == 0 {
 			req.Node = c.cfg.Node
 		}
-		if !wildcard[t] {
+		if !wildcard[t] && !slices.Contains(c.cfg.Extra, t) {
 			req.ResourceNamesSubscribe = slices.Clone(c.want[t])
 			if len(req.ResourceNamesSubscribe) == 0 {
 				continue
