@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -160,7 +162,8 @@ func Run(ctx context.Context, cfg Config) error {
 	generator := &proxyview.Generator{Registry: reg, Config: store, Domain: cfg.Domain, RootNamespace: rootNamespace, JWKS: keys.Keys,
 		TrustDomains:      append([]string{cfg.TrustDomain}, mesh.Config.GetTrustDomainAliases()...),
 		Paths:             mesh.Config.GetPathNormalization().GetNormalization(),
-		NumTrustedProxies: mesh.Config.GetDefaultConfig().GetGatewayTopology().GetNumTrustedProxies(), Log: log}
+		NumTrustedProxies: mesh.Config.GetDefaultConfig().GetGatewayTopology().GetNumTrustedProxies(),
+		RegistryOnly:      mesh.Config.GetOutboundTrafficPolicy().GetMode() == meshv1alpha1.MeshConfig_OutboundTrafficPolicy_REGISTRY_ONLY, Log: log}
 	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.

@@ -62,7 +62,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		}
 		g.Listeners, g.Clusters = sidecarOutbound(services, p.ClusterID, func(svc *registry.Service, port registry.Port) []string {
 			return podAddresses(p, reg.Endpoints(svc.Hostname), port)
-		}, vss, drs, domain, p.Paths)
+		}, vss, drs, domain, p.Paths, p.RegistryOnly)
 		g.Names = NameTable(p, reg, services)
 	}
 	g.addServices(p, reg, services, drs, noGW, warn)

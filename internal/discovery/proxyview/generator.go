@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -31,7 +32,9 @@ type Generator struct {
 	// JWKS gives the key set of a jwksUri (package jwks); nil refuses
 	// tokens whose keys are only known by URI.
 	JWKS func(uri string) string
-	Log  *slog.Logger
+	// RegistryOnly is meshConfig outboundTrafficPolicy REGISTRY_ONLY.
+	RegistryOnly bool
+	Log          *slog.Logger
 
 	warned     sync.Map // message -> struct{}
 	warnedNoGW sync.Map // network -> struct{}
@@ -58,7 +61,27 @@ func (g *Generator) Routes(namespace, cluster string, services []*registry.Servi
 	if domain == "" {
 		domain = "cluster.local"
 	}
-	return SidecarRoutes(namespace, cluster, services, g.Config, domain, g.warn)
+	rs := SidecarRoutes(namespace, cluster, services, g.Config, domain, g.warn)
+	if g.RegistryOnly {
+		for _, r := range rs {
+			blockAll(r.(*route.RouteConfiguration))
+		}
+	}
+	return rs
+}
+
+// blockAll turns a route table's allow_any into Istio's block_all under
+// REGISTRY_ONLY: a request for no known service is answered 502.
+func blockAll(rc *route.RouteConfiguration) {
+	for i, vh := range rc.VirtualHosts {
+		if vh.Name == "allow_any" {
+			rc.VirtualHosts[i] = &route.VirtualHost{Name: "block_all", Domains: []string{"*"}, Routes: []*route.Route{{
+				Name:   "block_all",
+				Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{Status: 502}},
+			}}}
+		}
+	}
 }
 
 // InboundIndex is the ports each pod's services target, by pod address.
@@ -87,6 +110,7 @@ func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Li
 func (g *Generator) withMesh(p *Proxy) *Proxy {
 	c := *p
 	c.TrustDomains, c.Paths, c.RootNamespace, c.NumTrustedProxies, c.JWKS = g.TrustDomains, g.Paths, g.RootNamespace, g.NumTrustedProxies, g.JWKS
+	c.RegistryOnly = g.RegistryOnly
 	return &c
 }
 

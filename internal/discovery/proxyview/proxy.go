@@ -53,6 +53,9 @@ type Proxy struct {
 	// JWKS gives the key set of a RequestAuthentication's jwksUri (the
 	// control plane's fetcher); nil refuses those tokens.
 	JWKS func(uri string) string
+	// RegistryOnly is meshConfig outboundTrafficPolicy REGISTRY_ONLY:
+	// what is not a known service is refused, not passed through.
+	RegistryOnly bool
 }
 
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.

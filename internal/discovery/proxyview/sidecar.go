@@ -109,7 +109,7 @@ func routerFilter() *hcm.HttpFilter {
 // service has none, and gets one listener per pod address (podAddrs) as
 // Istio builds them, whose connections keep their destination.
 func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs func(*registry.Service, registry.Port) []string,
-	vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization) (listeners, clusters []types.Resource) {
+	vss []*networkingv1.VirtualService, drs map[string]*networkingv1.DestinationRule, domain string, paths PathNormalization, registryOnly bool) (listeners, clusters []types.Resource) {
 	router := routerFilter()
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTcp()) > 0 })
 	byTLS := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetTls()) > 0 })
@@ -152,13 +152,18 @@ func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs fu
 		})
 	}
 	listeners = append(listeners, tcp...)
+	// What matches no service: out as dialled (ALLOW_ANY), or nowhere
+	// (REGISTRY_ONLY), as Istio names them.
+	unknown := &listener.FilterChain{Name: "PassthroughFilterChain", Filters: []*listener.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}}
+	if registryOnly {
+		unknown = &listener.FilterChain{Name: "BlackHoleFilterChain", Filters: []*listener.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)}}
+	}
 	listeners = append(listeners, &listener.Listener{
-		Name:             "virtualOutbound",
-		Address:          socketAddress("0.0.0.0", OutboundPort),
-		UseOriginalDst:   wrapperspb.Bool(true),
-		TrafficDirection: core.TrafficDirection_OUTBOUND,
-		DefaultFilterChain: &listener.FilterChain{Name: "PassthroughFilterChain",
-			Filters: []*listener.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}},
+		Name:               "virtualOutbound",
+		Address:            socketAddress("0.0.0.0", OutboundPort),
+		UseOriginalDst:     wrapperspb.Bool(true),
+		TrafficDirection:   core.TrafficDirection_OUTBOUND,
+		DefaultFilterChain: unknown,
 	})
 	passthrough := func(name string) *cluster.Cluster {
 		c := &cluster.Cluster{Name: name, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},

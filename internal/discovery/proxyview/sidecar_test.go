@@ -29,7 +29,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	reg.SetEndpoints("c1", host, []registry.Endpoint{{Address: "100.64.0.5", Ports: map[string]int32{"http": 9080}, Cluster: "c1", Ready: true}})
 	services := reg.Services()
 
-	ls, cls := sidecarOutbound(services, "c1", nil, nil, nil, "cluster.local", 0)
+	ls, cls := sidecarOutbound(services, "c1", nil, nil, nil, "cluster.local", 0, false)
 	names := map[string]*listener.Listener{}
 	for _, l := range ls {
 		names[l.(*listener.Listener).Name] = l.(*listener.Listener)
@@ -162,7 +162,7 @@ func TestEachClusterItsOwnClusterIP(t *testing.T) {
 	}
 	services := reg.Services()
 	for cluster, want := range map[string]string{"cluster-eks": "100.96.0.9", "cluster-aks": "100.97.0.9", "cluster-gke": "100.97.0.9"} {
-		ls, _ := sidecarOutbound(services, cluster, nil, nil, nil, "cluster.local", 0)
+		ls, _ := sidecarOutbound(services, cluster, nil, nil, nil, "cluster.local", 0, false)
 		var tcp []string
 		for _, l := range ls {
 			if n := l.(*listener.Listener).Name; strings.HasSuffix(n, "_9080") {
@@ -197,7 +197,7 @@ func TestLocalServiceKeepsAClusterIPAForeignOneShares(t *testing.T) {
 	reg.SetService("cluster-aks", foreign, &registry.Service{Namespace: "ops", Name: "audit", Hostname: foreign, ClusterIP: "100.96.0.9", Ports: ports})
 	reg.SetService("cluster-eks", local, &registry.Service{Namespace: "shop", Name: "cart", Hostname: local, ClusterIP: "100.96.0.9", Ports: ports})
 	services := reg.Services()
-	ls, _ := sidecarOutbound(services, "cluster-eks", nil, nil, nil, "cluster.local", 0)
+	ls, _ := sidecarOutbound(services, "cluster-eks", nil, nil, nil, "cluster.local", 0, false)
 	var got *listener.Listener
 	for _, l := range ls {
 		if l := l.(*listener.Listener); l.Name == "100.96.0.9_9090" {
@@ -284,6 +284,34 @@ func TestHeadlessServiceListensPerPod(t *testing.T) {
 	for _, r := range Generate(p, reg, nil, "cluster.local", nil, nil).Clusters {
 		if c := r.(*cluster.Cluster); c.Name == OutboundCluster(5432, "", host) && c.GetTransportSocket() != nil {
 			t.Errorf("mTLS to a headless service without sidecars: %v", c.GetTransportSocket())
+		}
+	}
+}
+
+// meshConfig outboundTrafficPolicy REGISTRY_ONLY: a connection to no known
+// service goes to the black hole, a request to no known host is answered
+// 502 (Istio's block_all), instead of passing through.
+func TestRegistryOnly(t *testing.T) {
+	reg := registry.New()
+	host := "profile.multicluster.svc.cluster.local"
+	reg.SetService("c1", host, &registry.Service{Namespace: "multicluster", Name: "profile", Hostname: host, ClusterIP: "100.96.0.20",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	for _, only := range []bool{false, true} {
+		g := &Generator{Registry: reg, RegistryOnly: only}
+		var chain string
+		for _, l := range g.View(&Proxy{Type: Sidecar, ClusterID: "c1"}).Listeners {
+			if l := l.(*listener.Listener); l.Name == "virtualOutbound" {
+				chain = l.GetDefaultFilterChain().GetName()
+			}
+		}
+		rc := g.Routes("multicluster", "c1", reg.Services())[0].(*route.RouteConfiguration)
+		last := rc.VirtualHosts[len(rc.VirtualHosts)-1]
+		if only {
+			if chain != "BlackHoleFilterChain" || last.Name != "block_all" || last.Routes[0].GetDirectResponse().GetStatus() != 502 {
+				t.Errorf("REGISTRY_ONLY: fallthrough chain %s, last virtual host %v", chain, last)
+			}
+		} else if chain != "PassthroughFilterChain" || last.Name != "allow_any" {
+			t.Errorf("ALLOW_ANY: fallthrough chain %s, last virtual host %s", chain, last.Name)
 		}
 	}
 }
