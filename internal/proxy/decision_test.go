@@ -15,6 +15,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -320,6 +321,45 @@ func TestEnginesAgreeOnCORS(t *testing.T) {
 			}
 			if preflight != wantPre || request != wantReq {
 				t.Errorf("%s, policy for %s: preflight %s (want %s); request %s (want %s)", e.name, origin, preflight, wantPre, request, wantReq)
+			}
+		}
+	}
+}
+
+// Route matches on query parameters and :scheme read the same in every
+// engine: a route for ?beta=1 over plaintext (scheme http) answers 418,
+// one for https never matches here, the rest reaches the backend.
+func TestEnginesAgreeOnQueryAndSchemeMatches(t *testing.T) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "backend") })
+	h1 := httptest.NewServer(echo)
+	defer h1.Close()
+	h2 := h2cServer(t, echo)
+	direct := func(name string, status uint32, m *routev3.RouteMatch) *routev3.Route {
+		return &routev3.Route{Name: name, Match: m, Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: status}}}
+	}
+	exact := func(s string) *matcherv3.StringMatcher {
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+	}
+	routes := func(m *hcm.HttpConnectionManager) {
+		vh := m.GetRouteConfig().GetVirtualHosts()[0]
+		vh.Routes = append([]*routev3.Route{
+			direct("https-only", 403, &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+				Headers: []*routev3.HeaderMatcher{{Name: ":scheme", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact("https")}}}}),
+			direct("beta", 418, &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+				Headers:         []*routev3.HeaderMatcher{{Name: ":scheme", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact("http")}}},
+				QueryParameters: []*routev3.QueryParameterMatcher{{Name: "beta", QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_StringMatch{StringMatch: exact("1")}}}}),
+		}, vh.Routes...)
+	}
+	_, front1 := startProxy(t, h1.Listener.Addr().String(), nil, nil, routes)
+	_, front2 := startProxy(t, h2, upstreamHTTP2, nil, routes)
+	for _, e := range engines {
+		front := front1
+		if e.h2 {
+			front = front2
+		}
+		for target, want := range map[string]int{"/p?beta=1": 418, "/p?x=2&beta=1": 418, "/p?beta=10": 200, "/p": 200} {
+			if code, _, _ := e.do(t, front, "GET", target); code != want {
+				t.Errorf("%s: GET %s answered %d, want %d", e.name, target, code, want)
 			}
 		}
 	}

@@ -392,6 +392,12 @@ func (c *h1Down) header(name string) (string, bool) {
 		return c.host, true
 	case ":path":
 		return string(c.req.target), true
+	case ":scheme":
+		// As Envoy for HTTP/1.1: the downstream connection's.
+		if c.d.chain.TLS != nil {
+			return "https", true
+		}
+		return "http", true
 	}
 	var v []byte
 	n := 0

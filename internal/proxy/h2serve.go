@@ -220,6 +220,8 @@ type h2Stream struct {
 	// method, uri, host: the request as the client sent it; fields: the
 	// upstream request headers, pseudo-headers first.
 	method, uri, host string
+	// scheme is the request's :scheme (route matches read it).
+	scheme string
 	fields            []hpack.HeaderField
 	// body is the request body so far, kept for retries while replay.
 	body         []byte
@@ -282,6 +284,8 @@ func (s *h2Stream) header(name string) (string, bool) {
 		return s.host, true
 	case ":path":
 		return s.uri, true
+	case ":scheme":
+		return s.scheme, s.scheme != ""
 	}
 	if strings.HasPrefix(name, ":") {
 		return "", false
@@ -323,6 +327,7 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	hm := currentHTTP(rt, d)
 	inbound := d.inbound()
 	s.method, s.uri, s.host = f.PseudoValue("method"), f.PseudoValue("path"), f.PseudoValue("authority")
+	s.scheme = f.PseudoValue("scheme")
 	s.down.recvEnd = f.StreamEnded()
 	s.up.pendEnd = s.down.recvEnd
 	s.ev = telemetry.Event{Protocol: "http", MTLS: d.chain.TLS != nil}

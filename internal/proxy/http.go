@@ -343,6 +343,11 @@ func requestHeader(r *http.Request) func(string) (string, bool) {
 			return r.Host, true
 		case ":path":
 			return requestTarget(r), true
+		case ":scheme":
+			if r.TLS != nil {
+				return "https", true
+			}
+			return "http", true
 		}
 		v, ok := r.Header[http.CanonicalHeaderKey(name)]
 		if !ok || len(v) == 0 {

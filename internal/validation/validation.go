@@ -71,7 +71,8 @@ var kinds = map[string]kind{
 		headerOps("http.headers"), headerOps("http.route.headers"), []string{
 			"tcp", "tcp.match", "tcp.match.port", "tcp.route", "tls", "tls.match", "tls.match.sni_hosts", "tls.match.port", "tls.route"},
 		prefixed("http.route.", destination), prefixed("tcp.route.", destination), prefixed("tls.route.", destination),
-		stringMatch("http.match.uri"), stringMatch("http.match.method"), stringMatch("http.match.headers"), stringMatch("http.match.without_headers"))},
+		stringMatch("http.match.uri"), stringMatch("http.match.method"), stringMatch("http.match.headers"), stringMatch("http.match.without_headers"),
+		stringMatch("http.match.authority"), stringMatch("http.match.scheme"), stringMatch("http.match.query_params"))},
 	"networking.istio.io/DestinationRule": {new: func() proto.Message { return &networking.DestinationRule{} }, check: checkDestinationRule, supported: fields(
 		[]string{"host", "subsets", "subsets.name", "subsets.labels", "subsets.traffic_policy", "traffic_policy",
 			"traffic_policy.port_level_settings", "traffic_policy.port_level_settings.port", "traffic_policy.port_level_settings.port.number",

@@ -611,3 +611,66 @@ func listenerOf(l *listener.Listener) (*config.Listener, error) {
 func (drConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
 
 func (vsConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+
+// Matches on query parameters, authority and scheme, from the
+// VirtualService to the route the proxy picks (Istio's translation:
+// pseudo-header matches, and query_parameters on the raw values).
+func TestVirtualServiceQueryAuthoritySchemeMatches(t *testing.T) {
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10",
+		Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	vs := &networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: "test", Name: "profile"}}
+	j, _ := yaml.YAMLToJSON([]byte(`
+hosts: [profile]
+http:
+- name: beta
+  match: [{queryParams: {beta: {exact: "1"}, user: {regex: "*"}}}]
+  route: [{destination: {host: profile}}]
+- name: prefixed
+  match: [{queryParams: {id: {prefix: "a-"}}}]
+  route: [{destination: {host: profile}}]
+- name: by-authority
+  match: [{authority: {prefix: "profile.test"}}]
+  route: [{destination: {host: profile}}]
+- name: tls-only
+  match: [{scheme: {exact: https}}]
+  route: [{destination: {host: profile}}]
+- name: default
+  route: [{destination: {host: profile}}]
+`))
+	if err := vs.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rc := rs[0].(*routev3.RouteConfiguration)
+	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings: %v", warnings)
+	}
+	vh := snap.Routes[rc.Name].Match(h)
+	for _, tc := range []struct {
+		path, authority, scheme, want string
+	}{
+		{"/p?beta=1&user=ann", "profile", "http", "beta"},
+		{"/p?user=&beta=1", "profile", "http", "beta"}, // present, even empty
+		{"/p?beta=1", "profile", "http", "default"},    // user missing
+		{"/p?beta=10&user=x", "profile", "http", "default"},
+		{"/p?id=a-7", "profile", "http", "prefixed"},
+		{"/p?id=b-7", "profile", "http", "default"},
+		{"/p", "profile.test:8080", "http", "by-authority"},
+		{"/p", "profile", "https", "tls-only"},
+		{"/p", "profile", "http", "default"},
+	} {
+		hdr := map[string]string{":path": tc.path, ":authority": tc.authority, ":scheme": tc.scheme, ":method": "GET"}
+		path, _, _ := strings.Cut(tc.path, "?")
+		r := vh.Match(path, func(n string) (string, bool) { v, ok := hdr[n]; return v, ok })
+		if r == nil || r.Name != tc.want {
+			t.Errorf("%s (authority %s, %s): route %v, want %s", tc.path, tc.authority, tc.scheme, r, tc.want)
+		}
+	}
+}

@@ -257,8 +257,8 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 	if m == nil {
 		return rm, true
 	}
-	if len(m.GetQueryParams()) > 0 || len(m.GetSourceLabels()) > 0 || m.GetAuthority() != nil || m.GetScheme() != nil || m.GetSourceNamespace() != "" {
-		warn("queryParams, sourceLabels, sourceNamespace, authority and scheme are not supported; this match never applies")
+	if len(m.GetSourceLabels()) > 0 || m.GetSourceNamespace() != "" {
+		warn("sourceLabels and sourceNamespace are not supported; this match never applies")
 		return nil, false
 	}
 	switch x := m.GetUri().GetMatchType().(type) {
@@ -269,8 +269,29 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 	case *apinetworking.StringMatch_Regex:
 		rm.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: x.Regex}}
 	}
-	if sm := stringMatch(m.GetMethod()); sm != nil {
-		rm.Headers = append(rm.Headers, &route.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: sm}})
+	// Istio's: method, authority and scheme are pseudo-header matches.
+	for _, h := range []struct {
+		name string
+		m    *apinetworking.StringMatch
+	}{{":method", m.GetMethod()}, {":authority", m.GetAuthority()}, {":scheme", m.GetScheme()}} {
+		if sm := stringMatch(h.m); sm != nil {
+			rm.Headers = append(rm.Headers, &route.HeaderMatcher{Name: h.name, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: sm}})
+		}
+	}
+	params := make([]string, 0, len(m.GetQueryParams()))
+	for n := range m.GetQueryParams() {
+		params = append(params, n)
+	}
+	sort.Strings(params)
+	for _, n := range params {
+		q := &route.QueryParameterMatcher{Name: n}
+		// As Istio: no match type, or the regex "*", means present.
+		if v := m.GetQueryParams()[n]; v.GetMatchType() == nil || v.GetRegex() == "*" {
+			q.QueryParameterMatchSpecifier = &route.QueryParameterMatcher_PresentMatch{PresentMatch: true}
+		} else {
+			q.QueryParameterMatchSpecifier = &route.QueryParameterMatcher_StringMatch{StringMatch: stringMatch(v)}
+		}
+		rm.QueryParameters = append(rm.QueryParameters, q)
 	}
 	names := make([]string, 0, len(m.GetHeaders()))
 	for n := range m.GetHeaders() {

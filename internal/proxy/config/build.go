@@ -724,8 +724,21 @@ func buildRoute(r *route.Route) (*Route, error) {
 		}
 		out.Prefix = m.GetPrefix()
 	}
-	if len(m.GetQueryParameters()) > 0 {
-		return nil, errors.New("query parameter matches are not supported yet")
+	for _, q := range m.GetQueryParameters() {
+		qm := HeaderMatch{Name: q.GetName()}
+		switch x := q.GetQueryParameterMatchSpecifier().(type) {
+		case *route.QueryParameterMatcher_PresentMatch:
+			qm.Present = x.PresentMatch
+		case *route.QueryParameterMatcher_StringMatch:
+			hm, err := headerMatch(&route.HeaderMatcher{Name: q.GetName(), HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: x.StringMatch}})
+			if err != nil {
+				return nil, fmt.Errorf("query parameter %q: %w", q.GetName(), err)
+			}
+			qm.Match = hm.Match
+		default:
+			return nil, fmt.Errorf("query parameter %q: match %T is not supported (present_match and string_match are)", q.GetName(), x)
+		}
+		out.Query = append(out.Query, qm)
 	}
 	for _, h := range m.GetHeaders() {
 		hm, err := headerMatch(h)

@@ -182,8 +182,12 @@ type Route struct {
 	Path   string
 	// Regex matches the whole path (Envoy's safe_regex).
 	Regex *regexp.Regexp
-	// Headers must all match; :method and :authority are headers too.
+	// Headers must all match; :method, :authority and :scheme are
+	// headers too.
 	Headers []HeaderMatch
+	// Query are query parameter conditions, all of which must match
+	// (Envoy's query_parameters, on the parameters' raw values).
+	Query []HeaderMatch
 	// Fault delays or aborts a share of requests (Envoy's fault filter).
 	Fault *Fault
 	// PrefixRewrite replaces the matched prefix; HostRewrite the Host.
@@ -311,7 +315,7 @@ type RetryPolicy struct {
 
 // HeaderMatch is one header condition of a route.
 type HeaderMatch struct {
-	Name   string // lowercase; ":method", ":authority" and ":path" included
+	Name   string // lowercase; ":method", ":authority", ":scheme" and ":path" included
 	Match  func(string) bool
 	Invert bool
 	// Present matches on presence alone when Match is nil.
@@ -363,11 +367,46 @@ func (vh *VirtualHost) Match(path string, header func(string) (string, bool)) *R
 		case !strings.HasPrefix(path, r.Prefix):
 			continue
 		}
-		if r.headersMatch(header) {
+		if r.headersMatch(header) && r.queryMatch(header) {
 			return r
 		}
 	}
 	return nil
+}
+
+// queryMatch checks the query conditions against the request target's
+// query string: a parameter's first value, undecoded, as Envoy matches.
+func (r *Route) queryMatch(header func(string) (string, bool)) bool {
+	if len(r.Query) == 0 {
+		return true
+	}
+	target, _ := header(":path")
+	_, query, _ := strings.Cut(target, "?")
+	query, _, _ = strings.Cut(query, "#")
+	for _, q := range r.Query {
+		v, ok := queryParam(query, q.Name)
+		matched := ok && (q.Match == nil || q.Match(v))
+		if q.Match == nil && !q.Present {
+			matched = !ok
+		}
+		if matched == q.Invert {
+			return false
+		}
+	}
+	return true
+}
+
+// queryParam is the first value of a query parameter ("" for a bare name).
+func queryParam(query, name string) (string, bool) {
+	for query != "" {
+		var kv string
+		kv, query, _ = strings.Cut(query, "&")
+		k, v, _ := strings.Cut(kv, "=")
+		if k == name {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 func (r *Route) headersMatch(header func(string) (string, bool)) bool {
