@@ -222,7 +222,7 @@ type h2Stream struct {
 	method, uri, host string
 	// scheme is the request's :scheme (route matches read it).
 	scheme string
-	fields            []hpack.HeaderField
+	fields []hpack.HeaderField
 	// body is the request body so far, kept for retries while replay.
 	body         []byte
 	replay       bool
