@@ -199,6 +199,14 @@ func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, networ
 	if pod.Annotations == nil {
 		ops = append(ops, op{"add", "/metadata/annotations", map[string]string{}})
 	}
+	if network != "" && pod.Labels[LabelNetwork] == "" {
+		// As for sidecars (Istio labels every template's pods): a
+		// gateway's endpoints are on its network, which peers read.
+		if pod.Labels == nil {
+			ops = append(ops, op{"add", "/metadata/labels", map[string]string{}})
+		}
+		ops = append(ops, op{"add", "/metadata/labels/" + escape(LabelNetwork), network})
+	}
 	ops = append(ops, op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"]}`})
 	if pod.Spec.Volumes == nil {
 		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})

@@ -154,7 +154,7 @@ func TestGatewayTemplate(t *testing.T) {
 			t.Errorf("%s=%q, want %q", name, got, want)
 		}
 	}
-	if c.Ports[0].ContainerPort != 15443 || pod.Labels[LabelTLSMode] != "" {
+	if c.Ports[0].ContainerPort != 15443 || pod.Labels[LabelTLSMode] != "" || pod.Labels[LabelNetwork] != "network2" {
 		t.Errorf("ports %v, labels %v", c.Ports, pod.Labels)
 	}
 	if again := review(t, "/inject", pod); strings.Join(again.Spec.Containers[0].Args, " ") != "proxy router" || len(again.Spec.Volumes) != 2 {

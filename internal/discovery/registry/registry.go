@@ -322,8 +322,20 @@ func (r *Registry) WorkloadLocality(cluster, address string) (Locality, bool) {
 	return w.Locality, ok
 }
 
+// samePort: clusters' ports are the same port when number and protocol
+// are (kube-dns has 53 twice, UDP "dns" and TCP "dns-tcp").
+func samePort(a, b Port) bool { return a.Port == b.Port && protocolOf(a) == protocolOf(b) }
+
+// protocolOf is a port's protocol, TCP when unset as in Kubernetes.
+func protocolOf(p Port) string {
+	if p.Protocol == "" {
+		return "TCP"
+	}
+	return p.Protocol
+}
+
 // Services returns every service merged by hostname, sorted. When clusters
-// disagree on ports, the union by port number is kept.
+// disagree on ports, the union by port number and protocol is kept.
 func (r *Registry) Services() []*Service {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -342,7 +354,7 @@ func (r *Registry) Services() []*Service {
 			m.ClusterIPs[name] = svc.ClusterIP
 			m.headlessIn[name] = svc.Headless
 			for _, p := range svc.Ports {
-				if !slices.ContainsFunc(m.Ports, func(q Port) bool { return q.Port == p.Port }) {
+				if !slices.ContainsFunc(m.Ports, func(q Port) bool { return samePort(p, q) }) {
 					m.Ports = append(m.Ports, p)
 				}
 			}
@@ -360,17 +372,22 @@ func (r *Registry) Services() []*Service {
 // Endpoints returns every cluster's endpoints of a service. Their ports
 // carry the merged service's port names: clusters may name the same port
 // differently (a remote's istiod Service says tcp-istiod where the
-// primary's says https-dns), and the port number is what they share.
+// primary's says https-dns), and the port number and protocol are what
+// they share.
 func (r *Registry) Endpoints(hostname string) []Endpoint {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var out []Endpoint
-	merged := map[int32]string{}
+	type key struct {
+		port     int32
+		protocol string
+	}
+	merged := map[key]string{}
 	for _, name := range r.clusterNames() {
 		if svc := r.clusters[name].services[hostname]; svc != nil {
 			for _, p := range svc.Ports {
-				if _, ok := merged[p.Port]; !ok {
-					merged[p.Port] = p.Name
+				if _, ok := merged[key{p.Port, protocolOf(p)}]; !ok {
+					merged[key{p.Port, protocolOf(p)}] = p.Name
 				}
 			}
 		}
@@ -381,7 +398,7 @@ func (r *Registry) Endpoints(hostname string) []Endpoint {
 		var rename map[string]string
 		if svc := sh.services[hostname]; svc != nil {
 			for _, p := range svc.Ports {
-				if m := merged[p.Port]; m != p.Name {
+				if m := merged[key{p.Port, protocolOf(p)}]; m != p.Name {
 					if rename == nil {
 						rename = map[string]string{}
 					}

@@ -113,3 +113,24 @@ func TestEndpointChangesThatNeedAFullPush(t *testing.T) {
 		t.Errorf("full pushes %v, want %v", full, want)
 	}
 }
+
+// kube-dns has port 53 twice, UDP "dns" and TCP "dns-tcp": both stay
+// ports of the merged service, and endpoints keep both names (merged by
+// number alone, the TCP port's endpoints were lost).
+func TestPortsMergeByNumberAndProtocol(t *testing.T) {
+	r := New()
+	const host = "kube-dns.kube-system.svc.cluster.local"
+	for _, c := range []string{"cluster-aks", "cluster-eks"} {
+		r.SetService(c, host, &Service{Namespace: "kube-system", Name: "kube-dns", Hostname: host, ClusterIP: "100.96.0.10",
+			Ports: []Port{{Name: "dns", Port: 53, Protocol: "UDP"}, {Name: "dns-tcp", Port: 53, Protocol: "TCP"}}})
+		r.SetEndpoints(c, host, []Endpoint{{Address: "198.18.1.1", Cluster: c, Ports: map[string]int32{"dns": 53, "dns-tcp": 53}, Ready: true}})
+	}
+	if ports := r.Services()[0].Ports; len(ports) != 2 {
+		t.Errorf("merged ports %v, want dns/UDP and dns-tcp/TCP", ports)
+	}
+	for _, e := range r.Endpoints(host) {
+		if e.Ports["dns-tcp"] != 53 || e.Ports["dns"] != 53 {
+			t.Errorf("%s endpoint ports %v", e.Cluster, e.Ports)
+		}
+	}
+}
