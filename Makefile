@@ -14,7 +14,7 @@ TAG       ?= $(VERSION)
 IMAGE_DIR ?= dist/image
 PLATFORMS := linux/amd64 linux/arm64
 
-.PHONY: help build deps kube lint test unit fuzz demo bench clean image
+.PHONY: help build deps kube istiod lint test unit fuzz demo bench clean image
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -58,13 +58,18 @@ image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI l
 kube: build ## build and cache the Kubernetes binaries (once per machine, ~9 min cold)
 	$(BIN) sandbox prepare
 
+# The walkthrough's differential test runs Istio's own istiod beside isthmus
+# and compares their EDS; its binary is cached as the Kubernetes ones are.
+istiod: ## build and cache Istio's pilot-discovery for the differential EDS test (once per machine, ~8 min cold)
+	$(GO) run ./test/istiod
+
 lint: ## gofmt, go vet, staticcheck and the package boundaries (proxy and control plane apart)
 	@out=$$(gofmt -l cmd internal test bench); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) test -count=1 -run TestPackageBoundaries ./test/contract/
 
-test: deps kube lint ## lint, then every test but the benchmarks (needs root for the sandbox tests)
+test: deps kube istiod lint ## lint, then every test but the benchmarks (needs root for the sandbox tests)
 	$(GO) test -race -count=1 -timeout 50m $$($(GO) list ./... | grep -v /test/release)
 	# Again without -race: race builds read and write sockets through syscall.Read/Write (internal/proxy/rawtcp).
 	$(GO) test -count=1 ./internal/proxy/ ./internal/proxy/rawtcp/

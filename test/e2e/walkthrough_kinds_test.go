@@ -2,15 +2,58 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 )
 
 // kindsArea: services that are not the walkthrough's HTTP ones, present in
-// both clusters, under STRICT mTLS mesh-wide.
+// both clusters, called from a sleep in each cluster under STRICT mTLS
+// mesh-wide (STRICT refuses plaintext, so every answer came over mTLS).
 func kindsArea(t *testing.T, w *walkthrough) {
 	e := w.e
-	t.Run("a TCP port and a port named without a protocol (sniffed) of a service in both clusters are answered by both clusters under STRICT", func(t *testing.T) {
-		svc := `apiVersion: v1
+	// A second sleep, in cluster-aks, as the walkthrough's in cluster-eks.
+	e.apply("cluster-aks", `apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sleep, namespace: multicluster}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: sleep}}
+  template:
+    metadata: {labels: {app: sleep}}
+    spec:
+      serviceAccountName: sleep
+      terminationGracePeriodSeconds: 0
+      containers:
+      - {name: sleep, image: curlimages/curl, command: [sleep, infinity]}
+`)
+	defer e.kubectl("cluster-aks", "", "-n", "multicluster", "delete", "deployment/sleep", "serviceaccount/sleep")
+	if out, err := e.kubectl("cluster-aks", "", "-n", "multicluster", "rollout", "status", "deployment/sleep", "--timeout=120s"); err != nil {
+		t.Fatalf("sleep in cluster-aks: %v\n%s", err, out)
+	}
+	e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n")
+	defer e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "peerauthentication", "default")
+	clients := []string{"cluster-eks", "cluster-aks"}
+	// calls counts the answers to n calls of url from sleep in a cluster
+	// by the cluster that served them.
+	calls := func(t *testing.T, from, url string, n int) map[string]int {
+		by := map[string]int{}
+		out, err := e.kubectl(from, "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c",
+			fmt.Sprintf("for i in $(seq %d); do curl -sS --max-time 5 %s; echo; done", n, url))
+		if err != nil {
+			t.Logf("from %s: %v\n%s", from, err, out)
+		}
+		for _, a := range answers(out) {
+			by[a.ServedBy.Cluster]++
+		}
+		return by
+	}
+
+	t.Run("a TCP port, a port named without a protocol and an unnamed port (both sniffed) of a service in both clusters are answered by both clusters, from each", func(t *testing.T) {
+		svcs := `apiVersion: v1
 kind: Service
 metadata: {name: profile-tcp, namespace: multicluster}
 spec:
@@ -18,25 +61,134 @@ spec:
   ports:
   - {name: tcp-web, port: 9080, targetPort: 8080}
   - {name: web, port: 9081, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: profile-unnamed, namespace: multicluster}
+spec:
+  selector: {app: profile}
+  ports:
+  - {port: 9082, targetPort: 8080}
 `
-		for _, c := range []string{"cluster-eks", "cluster-aks"} {
-			e.apply(c, svc)
-			defer e.kubectl(c, "", "-n", "multicluster", "delete", "service", "profile-tcp")
+		for _, c := range clients {
+			e.apply(c, svcs)
+			defer e.kubectl(c, "", "-n", "multicluster", "delete", "service", "profile-tcp", "profile-unnamed")
 		}
-		e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n")
-		defer e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "peerauthentication", "default")
-		for _, port := range []int{9080, 9081} {
-			var by map[string]int
-			// Each sidecar listens on its own cluster's ClusterIP of the
-			// service (sleep's DNS gives it cluster-eks's).
-			eventually(t, fmt.Sprintf("profile-tcp:%d answered by both clusters", port), func() bool {
-				by = map[string]int{}
-				for _, a := range answers(w.sleepExec(t, fmt.Sprintf("for i in $(seq 40); do curl -sS --max-time 5 http://profile-tcp:%d/profile?id=4; echo; done", port))) {
-					by[a.ServedBy.Cluster]++
-				}
-				return by["cluster-eks"] > 0 && by["cluster-aks"] > 0
-			})
-			t.Logf("port %d: %v", port, by)
+		for _, from := range clients {
+			for _, url := range []string{"http://profile-tcp:9080/profile?id=4", "http://profile-tcp:9081/profile?id=4", "http://profile-unnamed:9082/profile?id=4"} {
+				var by map[string]int
+				// Each sidecar listens on its own cluster's ClusterIP of
+				// the service (the pod's DNS gives it its cluster's).
+				eventually(t, fmt.Sprintf("%s answered by both clusters from %s", url, from), func() bool {
+					by = calls(t, from, url, 40)
+					return by["cluster-eks"] > 0 && by["cluster-aks"] > 0
+				})
+				t.Logf("from %s, %s: %v", from, url, by)
+			}
 		}
 	})
+
+	t.Run("with DNS capture a service that exists only in the other cluster resolves and answers, from each cluster; without it the name does not resolve", func(t *testing.T) {
+		for _, c := range []struct{ from, to string }{{"cluster-eks", "cluster-aks"}, {"cluster-aks", "cluster-eks"}} {
+			only := "profile-only-" + strings.TrimPrefix(c.to, "cluster-")
+			e.apply(c.to, fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: multicluster}
+spec:
+  selector: {app: profile}
+  ports:
+  - {name: http, port: 8080}
+`, only))
+			defer e.kubectl(c.to, "", "-n", "multicluster", "delete", "service", only)
+			// Istio's per-workload switch: proxyMetadata in proxy.istio.io/config.
+			e.apply(c.from, `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep-dns, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: sleep-dns}}
+  template:
+    metadata:
+      labels: {app: sleep-dns}
+      annotations:
+        proxy.istio.io/config: |
+          proxyMetadata:
+            ISTIO_META_DNS_CAPTURE: "true"
+    spec:
+      serviceAccountName: sleep
+      terminationGracePeriodSeconds: 0
+      containers:
+      - {name: sleep, image: curlimages/curl, command: [sleep, infinity]}
+`)
+			defer e.kubectl(c.from, "", "-n", "multicluster", "delete", "deployment/sleep-dns")
+			if out, err := e.kubectl(c.from, "", "-n", "multicluster", "rollout", "status", "deployment/sleep-dns", "--timeout=120s"); err != nil {
+				t.Fatalf("sleep-dns in %s: %v\n%s", c.from, err, out)
+			}
+			exec := func(deploy, script string) (string, error) {
+				return e.kubectl(c.from, "", "-n", "multicluster", "exec", "deploy/"+deploy, "-c", "sleep", "--", "sh", "-c", script)
+			}
+			var by map[string]int
+			eventually(t, fmt.Sprintf("%s answered from sleep-dns in %s", only, c.from), func() bool {
+				out, _ := exec("sleep-dns", fmt.Sprintf("for i in $(seq 5); do curl -sS --max-time 5 http://%s:8080/profile?id=4; echo; done", only))
+				by = map[string]int{}
+				for _, a := range answers(out) {
+					by[a.ServedBy.Cluster]++
+				}
+				return by[c.to] == 5
+			})
+			t.Logf("%s from %s: %v", only, c.from, by)
+			// A service of both clusters, by its full name, resolves as before.
+			if out, err := exec("sleep-dns", "curl -sS -o /dev/null -w '%{http_code}' --max-time 5 http://profile.multicluster.svc.cluster.local:8080/profile?id=4"); err != nil || out != "200" {
+				t.Errorf("profile by its full name from sleep-dns in %s: %v %q", c.from, err, out)
+			}
+			if out, err := exec("sleep", fmt.Sprintf("curl -sS --max-time 5 http://%s:8080/profile?id=4", only)); err == nil || !strings.Contains(fmt.Sprint(err)+out, "Could not resolve") {
+				t.Errorf("without DNS capture %s should not resolve in %s: %v %q", only, c.from, err, out)
+			}
+		}
+	})
+
+	// A headless service's name resolves, in each cluster, to that
+	// cluster's pods: each sidecar has a listener per pod of its network
+	// and connects to the pod the client chose, over mTLS. The other
+	// network's pods are not reachable by address (Istio the same).
+	for _, tc := range []struct{ kind, port string }{
+		{"TCP", "tcp-web"},
+		{"HTTP", "http-web"},
+	} {
+		t.Run(fmt.Sprintf("a headless service with an %s port in both clusters answers from each cluster by that cluster's pods", tc.kind), func(t *testing.T) {
+			svc := fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: profile-headless, namespace: multicluster}
+spec:
+  clusterIP: None
+  selector: {app: profile}
+  ports:
+  - {name: %s, port: 8080}
+`, tc.port)
+			for _, c := range clients {
+				e.apply(c, svc)
+			}
+			defer func() {
+				for _, c := range clients {
+					e.kubectl(c, "", "-n", "multicluster", "delete", "service", "profile-headless", "--wait")
+				}
+			}()
+			for _, from := range clients {
+				var by map[string]int
+				eventually(t, fmt.Sprintf("profile-headless (%s) answered from %s by its own pods", tc.kind, from), func() bool {
+					by = calls(t, from, "http://profile-headless:8080/profile?id=4", 10)
+					return by[from] == 10
+				})
+				t.Logf("from %s: %v", from, by)
+			}
+			if tc.kind == "TCP" {
+				out, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "get", "pods", "-l", "app=profile", "-o", "jsonpath={.items[*].status.podIP}")
+				r := isthmus(t, time.Minute, append([]string{"proxy-config", "listeners", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks"}, w.kc...)...)
+				for _, ip := range strings.Fields(out) {
+					if !strings.Contains(r.stdout, ip) {
+						t.Errorf("sleep's sidecar has no listener on profile pod %s:\n%s", ip, r.stdout)
+					}
+				}
+			}
+		})
+	}
 }

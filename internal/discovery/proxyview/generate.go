@@ -158,7 +158,9 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		g.Endpoints = append(g.Endpoints, loadAssignment(sni, mtls, prio))
 	}
 	name := OutboundCluster(port.Port, subset, svc.Hostname)
-	headless := svc.HeadlessFor(p.ClusterID)
+	// A gateway has no per-pod listeners: it balances a headless
+	// service's pods as any service's (Istio's routers get EDS too).
+	headless := svc.HeadlessFor(p.ClusterID) && p.Type != Router
 	var c *cluster.Cluster
 	if headless {
 		c = originalDstCluster(name, headlessTransport(sni, sans, eps))

@@ -278,6 +278,15 @@ func TestHeadlessServiceListensPerPod(t *testing.T) {
 		}
 	}
 
+	// A gateway has no per-pod listeners: it balances the pods (EDS), as
+	// Istio's routers do.
+	gw := &Proxy{Type: Router, ClusterID: "cluster-eks", Network: "network1"}
+	for _, r := range Generate(gw, reg, nil, "cluster.local", nil, nil).Clusters {
+		if c := r.(*cluster.Cluster); c.Name == OutboundCluster(5432, "", host) && c.GetType() != cluster.Cluster_EDS {
+			t.Errorf("a gateway's %s is %s, want EDS", c.Name, c.GetType())
+		}
+	}
+
 	// Pods without sidecars are called in plaintext.
 	reg.SetEndpoints("cluster-eks", host, []registry.Endpoint{pod("100.64.0.10", "network1", "")})
 	reg.SetEndpoints("cluster-aks", host, nil)
