@@ -110,6 +110,7 @@ func endpointsOf(cluster string, svc *registry.Service, slices []*discoveryv1.En
 					Labels:         w.labels,
 					TLSMode:        w.labels[LabelTLSMode],
 					Ready:          ready,
+					Hostname:       ptrValue(e.Hostname),
 				})
 			}
 		}
@@ -174,4 +175,11 @@ func gatewaysOf(ctx context.Context, cluster string, s *corev1.Service, res Reso
 		return nil, "gateway of " + network + " has no address yet (no load balancer ingress or external IP)"
 	}
 	return out, ""
+}
+
+func ptrValue(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

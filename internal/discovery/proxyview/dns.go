@@ -15,6 +15,7 @@ import (
 // proxy's network (another network's pod addresses are not reachable).
 func NameTable(p *Proxy, reg *registry.Registry, services []*registry.Service) nds.Table {
 	t := nds.Table{}
+	podLocal := map[string]bool{} // pod names of the proxy's cluster
 	for _, svc := range services {
 		var ips []netip.Addr
 		if svc.HeadlessFor(p.ClusterID) {
@@ -22,8 +23,26 @@ func NameTable(p *Proxy, reg *registry.Registry, services []*registry.Service) n
 				if !e.Ready || (p.Network != "" && e.Network != "" && e.Network != p.Network) {
 					continue
 				}
-				if ip, err := netip.ParseAddr(e.Address); err == nil {
-					ips = append(ips, ip)
+				ip, err := netip.ParseAddr(e.Address)
+				if err != nil {
+					continue
+				}
+				ips = append(ips, ip)
+				if e.Hostname != "" {
+					// A StatefulSet pod by its own name, as Istio's table:
+					// web-0.web.ns.svc.cluster.local, the proxy's own
+					// cluster's pod first.
+					host := e.Hostname + "." + svc.Hostname
+					local := e.Cluster == p.ClusterID
+					if n, ok := t[host]; ok && !(local && !podLocal[host]) {
+						if local == podLocal[host] {
+							n.IPs = append(n.IPs, ip)
+							t[host] = n
+						}
+						continue
+					}
+					podLocal[host] = local
+					t[host] = nds.Name{IPs: []netip.Addr{ip}, Registry: "Kubernetes", Shortname: e.Hostname + "." + svc.Name, Namespace: svc.Namespace}
 				}
 			}
 		} else if ip, err := netip.ParseAddr(svc.AddressFor(p.ClusterID)); err == nil {

@@ -1,6 +1,7 @@
 package proxyview
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -322,5 +323,49 @@ func TestRegistryOnly(t *testing.T) {
 		} else if chain != "PassthroughFilterChain" || last.Name != "allow_any" {
 			t.Errorf("ALLOW_ANY: fallthrough chain %s, last virtual host %s", chain, last.Name)
 		}
+	}
+}
+
+// The name table: a service at the proxy's cluster's ClusterIP, one only
+// in another cluster at that cluster's, a headless one at its ready pods
+// of the proxy's network, and a StatefulSet pod by its own name (the
+// proxy's own cluster's pod over another cluster's of the same name).
+func TestNameTable(t *testing.T) {
+	reg := registry.New()
+	svc := func(name, ip string, headless bool) *registry.Service {
+		return &registry.Service{Namespace: "ns", Name: name, Hostname: name + ".ns.svc.cluster.local", ClusterIP: ip, Headless: headless,
+			Ports: []registry.Port{{Name: "tcp", Port: 5432, Protocol: "TCP"}}}
+	}
+	reg.SetService("c1", "web.ns.svc.cluster.local", svc("web", "100.96.0.5", false))
+	reg.SetService("c2", "web.ns.svc.cluster.local", svc("web", "100.97.0.5", false))
+	reg.SetService("c2", "only.ns.svc.cluster.local", svc("only", "100.97.0.9", false))
+	for _, c := range []string{"c1", "c2"} {
+		reg.SetService(c, "db.ns.svc.cluster.local", svc("db", "", true))
+	}
+	pod := func(addr, cluster, network, hostname string, ready bool) registry.Endpoint {
+		return registry.Endpoint{Address: addr, Cluster: cluster, Network: network, Hostname: hostname, Ready: ready, Ports: map[string]int32{"tcp": 5432}}
+	}
+	reg.SetEndpoints("c1", "db.ns.svc.cluster.local", []registry.Endpoint{pod("100.64.0.1", "c1", "n1", "db-0", true), pod("100.64.0.2", "c1", "n1", "db-1", false)})
+	reg.SetEndpoints("c2", "db.ns.svc.cluster.local", []registry.Endpoint{pod("100.65.0.1", "c2", "n1", "db-0", true), pod("100.66.0.1", "c2", "n2", "db-2", true)})
+	tb := NameTable(&Proxy{ClusterID: "c1", Network: "n1"}, reg, reg.Services())
+	got := map[string]string{}
+	for h, n := range tb {
+		var ips []string
+		for _, ip := range n.IPs {
+			ips = append(ips, ip.String())
+		}
+		got[h] = strings.Join(ips, ",")
+	}
+	want := map[string]string{
+		"web.ns.svc.cluster.local":     "100.96.0.5",
+		"only.ns.svc.cluster.local":    "100.97.0.9",
+		"db.ns.svc.cluster.local":      "100.64.0.1,100.65.0.1",
+		"db-0.db.ns.svc.cluster.local": "100.64.0.1",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("name table %v, want %v", got, want)
+	}
+	if n := tb["db-0.db.ns.svc.cluster.local"]; n.Shortname != "db-0.db" || n.Namespace != "ns" || n.Registry != "Kubernetes" {
+		t.Errorf("pod entry %+v", n)
 	}
 }

@@ -89,6 +89,9 @@ type Endpoint struct {
 	// TLSMode is "istio" when the workload has a sidecar that accepts mTLS.
 	TLSMode string
 	Ready   bool
+	// Hostname is the pod's own DNS label under a headless service (a
+	// StatefulSet's web-0 in web-0.web.ns.svc), from its EndpointSlice.
+	Hostname string
 }
 
 // Gateway is a network's east-west gateway as one cluster reports it.
