@@ -66,8 +66,11 @@ answers for mesh services and forwards the rest.`,
 				return fmt.Errorf("--include-outbound-ports: %w", err)
 			}
 			if redirectDNS {
+				// Without an IPv4 resolver (IPv4 capture only) the pod
+				// starts, its DNS not captured: a failing init container
+				// would keep every pod of the mesh from starting.
 				if cfg.DNSServers, err = nameservers(resolvConf); err != nil {
-					return fmt.Errorf("--redirect-dns: %w", err)
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: --redirect-dns: %v; DNS is not captured\n", err)
 				}
 				cfg.DNSPort = 15053
 			}
@@ -110,7 +113,7 @@ func nameservers(path string) ([]string, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s names no IPv4 nameserver", path)
+		return nil, fmt.Errorf("%s names no IPv4 nameserver (IPv6 resolvers are not captured yet)", path)
 	}
 	return out, nil
 }

@@ -49,6 +49,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/remotesecret"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/secretaccess"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/serviceentry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 	"github.com/isthmus-mesh/isthmus/internal/validation"
@@ -170,6 +171,9 @@ func Run(ctx context.Context, cfg Config) error {
 		Credentials: &secretaccess.Authorizer{Client: running.reviews},
 		Log:         log, Metrics: metrics})
 	store.Subscribe(xdsServer.Trigger)
+	// ServiceEntries become registry services (their own shard).
+	entries := &serviceentry.Source{Registry: reg, Entries: store.ServiceEntries, Resolver: net.DefaultResolver, Log: log}
+	store.Subscribe(entries.Changed)
 	keys.OnChange = xdsServer.Trigger
 	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
 
@@ -201,6 +205,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go("local cluster", local.Run)
 	g.Go("remote secrets", secrets.Run)
 	g.Go("istio config", store.Run)
+	g.Go("service entries", entries.Run)
 	g.Go("jwks", keys.Run)
 	g.Go("ca", authority.Run)
 	g.Go("control plane certificate", serving.Run)

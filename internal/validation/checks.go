@@ -491,8 +491,22 @@ func checkAuthorizationPolicy(m proto.Message, c *checker) {
 }
 
 // Unsupported says which accepted values isthmus does not act on, beyond
-// fields: actions and condition keys.
+// fields: actions and condition keys, ServiceEntry hosts.
 func unsupportedValues(m proto.Message) []string {
+	if se, ok := m.(*networking.ServiceEntry); ok {
+		var out []string
+		for i, h := range se.GetHosts() {
+			if strings.HasPrefix(h, "*") {
+				out = append(out, fmt.Sprintf("spec.hosts[%d]: wildcard host %s: not supported by isthmus; ignored", i, h))
+			}
+		}
+		for i, a := range se.GetAddresses() {
+			if strings.Contains(a, "/") {
+				out = append(out, fmt.Sprintf("spec.addresses[%d]: CIDR %s: not supported by isthmus (single addresses are); ignored", i, a))
+			}
+		}
+		return out
+	}
 	ap, ok := m.(*security.AuthorizationPolicy)
 	if !ok {
 		return nil

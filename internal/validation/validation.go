@@ -79,7 +79,10 @@ var kinds = map[string]kind{
 			"subsets.traffic_policy.port_level_settings", "subsets.traffic_policy.port_level_settings.port", "subsets.traffic_policy.port_level_settings.port.number"},
 		prefixed("traffic_policy.", trafficPolicy), prefixed("traffic_policy.port_level_settings.", trafficPolicy),
 		prefixed("subsets.traffic_policy.", trafficPolicy), prefixed("subsets.traffic_policy.port_level_settings.", trafficPolicy))},
-	"networking.istio.io/ServiceEntry": {new: func() proto.Message { return &networking.ServiceEntry{} }, check: checkServiceEntry},
+	"networking.istio.io/ServiceEntry": {new: func() proto.Message { return &networking.ServiceEntry{} }, check: checkServiceEntry, supported: fields([]string{
+		"hosts", "addresses", "ports", "ports.number", "ports.protocol", "ports.name", "ports.target_port", "location", "resolution",
+		"endpoints", "endpoints.address", "endpoints.ports", "endpoints.labels", "endpoints.network", "endpoints.locality", "endpoints.weight",
+		"endpoints.service_account"})},
 	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: fields([]string{
 		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"})},
 	"security.istio.io/RequestAuthentication": {new: func() proto.Message { return &security.RequestAuthentication{} }, check: checkRequestAuthentication, supported: fields(
@@ -100,7 +103,6 @@ var kinds = map[string]kind{
 // what happens instead: every object of them is warned about when it is
 // applied and by analyze, so nobody believes it took effect.
 var notActedOn = map[string]string{
-	"networking.istio.io/ServiceEntry":     "isthmus does not read ServiceEntry yet: its hosts are not added to the mesh, so calls to them leave as they would without it",
 	"networking.istio.io/Sidecar":          "isthmus does not read Sidecar yet: every proxy keeps the configuration of every service, and egress and ingress listeners are not applied",
 	"networking.istio.io/WorkloadEntry":    "isthmus does not read WorkloadEntry yet: the workload is not an endpoint of any service",
 	"networking.istio.io/WorkloadGroup":    "isthmus does not read WorkloadGroup yet: no WorkloadEntry is made from it",

@@ -98,7 +98,6 @@ func TestKindsNotActedOnAreWarned(t *testing.T) {
 		{"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: ns}\nspec:\n  configPatches: []\n", "applies no EnvoyFilter patches"},
 		{"apiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  accessLogging: [{providers: [{name: envoy}]}]\n", "does not read Telemetry"},
 		{"apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n", "does not read Sidecar"},
-		{"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n", "does not read ServiceEntry"},
 		{"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: ns}\nspec:\n  address: 10.0.0.9\n", "not an endpoint of any service"},
 		{"apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w, namespace: ns}\nspec:\n  url: oci://example/plugin\n", "runs no Wasm"},
 	} {
@@ -159,6 +158,21 @@ func TestHeaderOperationsThatWouldSmuggle(t *testing.T) {
 		r := validate(t, vsHead+"  hosts: [a]\n  http:\n"+c.http)
 		if !strings.Contains(strings.Join(r.Errors, "\n"), c.want) {
 			t.Errorf("%q: errors %q, want %q", c.http, r.Errors, c.want)
+		}
+	}
+}
+
+// A ServiceEntry is acted on; what isthmus does not do of it is named.
+func TestServiceEntryWarnings(t *testing.T) {
+	r := validate(t, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n")
+	if len(r.Errors) > 0 || len(r.Warnings) > 0 {
+		t.Errorf("a plain ServiceEntry: errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: ['*.example.com']\n  addresses: [10.0.0.0/24]\n  exportTo: ['.']\n  workloadSelector: {labels: {app: vm}}\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: NONE\n")
+	all := strings.Join(r.Warnings, "\n")
+	for _, want := range []string{"spec.hosts[0]: wildcard host", "spec.addresses[0]: CIDR", "spec.exportTo: not supported", "spec.workloadSelector: not supported"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no warning %q in:\n%s", want, all)
 		}
 	}
 }

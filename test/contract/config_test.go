@@ -674,3 +674,47 @@ http:
 		}
 	}
 }
+
+// The proxy takes what a ServiceEntry and a headless service become: a
+// TLS port routed by SNI (0.0.0.0_443), an original-destination cluster
+// with Istio mTLS, per-pod listeners.
+func TestBuildsServiceEntriesAndHeadless(t *testing.T) {
+	reg := registry.New()
+	se, db := "api.example.com", "db.test.svc.cluster.local"
+	reg.ReplaceCluster("ServiceEntry", registry.Shard{
+		Services: map[string]*registry.Service{se: {Namespace: "test", Name: se, Hostname: se, ClusterIP: "240.240.0.7", FromServiceEntry: true, MeshExternal: true,
+			Ports: []registry.Port{{Name: "tls", Port: 443, Protocol: "TCP", AppProtocol: "tls"}}}},
+		Endpoints: map[string][]registry.Endpoint{se: {{Address: "198.51.100.7", Ports: map[string]int32{"tls": 443}, Ready: true}}},
+	})
+	reg.SetService("c1", db, &registry.Service{Namespace: "test", Name: "db", Hostname: db, Headless: true, Ports: []registry.Port{{Name: "tcp", Port: 5432, Protocol: "TCP", AppProtocol: "tcp"}}})
+	reg.SetEndpoints("c1", db, []registry.Endpoint{{Address: "10.64.0.9", Ports: map[string]int32{"tcp": 5432}, Cluster: "c1", Network: "n1", TLSMode: "istio", ServiceAccount: "db", Namespace: "test", Ready: true}})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.5~sleep-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1", "CLUSTER_ID": "c1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.TrustDomains = []string{"cluster.local"}
+	g := proxyview.Generate(p, reg, nil, "cluster.local", func(string) {}, nil)
+	rs := config.Resources{resource.ClusterType: {}, resource.EndpointType: {}, resource.ListenerType: {}}
+	for typ, items := range map[string][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners} {
+		for _, it := range items {
+			rs[typ][cacheName(it)] = mustAny(it)
+		}
+	}
+	snap, _, err := config.Build(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := snap.Listeners["0.0.0.0_443"]; l == nil || !l.InspectTLS || l.Match(config.Connection{DestPort: 443, Transport: "tls", SNI: se}).TCP.Cluster != "outbound|443||"+se {
+		t.Errorf("SNI listener %+v", l)
+	}
+	if l := snap.Listeners["0.0.0.0_443"]; l.Match(config.Connection{DestPort: 443, Transport: "tls", SNI: "other.example"}).TCP.Cluster != "PassthroughCluster" {
+		t.Error("another name on 443 is not passed through")
+	}
+	c := snap.Clusters["outbound|5432||"+db]
+	if c == nil || c.Type != config.OriginalDst || c.TLS == nil || c.TransportFor(nil) == nil || c.TLS.SANs[0] != "spiffe://cluster.local/ns/test/sa/db" {
+		t.Errorf("headless cluster %+v", c)
+	}
+	if snap.Listeners["10.64.0.9_5432"] == nil {
+		t.Error("no per-pod listener")
+	}
+}

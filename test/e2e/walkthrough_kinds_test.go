@@ -88,7 +88,21 @@ spec:
 		}
 	})
 
-	t.Run("with DNS capture a service that exists only in the other cluster resolves and answers, from each cluster; without it the name does not resolve", func(t *testing.T) {
+	t.Run("with DNS capture a service that exists only in the other cluster, and a ServiceEntry host outside the mesh, resolve and answer, from each cluster; without it the names do not resolve", func(t *testing.T) {
+		// Outside the mesh: the sandbox's registry on the internet segment,
+		// under a name of the ServiceEntry's; the control plane gives it an
+		// address of its own (240.240/16) for the name table.
+		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: registry, namespace: multicluster}
+spec:
+  hosts: [registry.example.test]
+  location: MESH_EXTERNAL
+  ports: [{number: 5000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 198.18.0.2}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "serviceentry", "registry")
 		for _, c := range []struct{ from, to string }{{"cluster-eks", "cluster-aks"}, {"cluster-aks", "cluster-eks"}} {
 			only := "profile-only-" + strings.TrimPrefix(c.to, "cluster-")
 			e.apply(c.to, fmt.Sprintf(`apiVersion: v1
@@ -142,6 +156,15 @@ spec:
 			}
 			if out, err := exec("sleep", fmt.Sprintf("curl -sS --max-time 5 http://%s:8080/profile?id=4", only)); err == nil || !strings.Contains(fmt.Sprint(err)+out, "Could not resolve") {
 				t.Errorf("without DNS capture %s should not resolve in %s: %v %q", only, c.from, err, out)
+			}
+			var code string
+			eventually(t, "registry.example.test (a ServiceEntry) answered from sleep-dns in "+c.from, func() bool {
+				code, _ = exec("sleep-dns", "curl -sS -o /dev/null -w '%{http_code}' --max-time 5 http://registry.example.test:5000/v2/")
+				return code == "200"
+			})
+			addr, _ := exec("sleep-dns", "getent hosts registry.example.test || nslookup registry.example.test")
+			if !strings.Contains(addr, "240.240.") {
+				t.Errorf("registry.example.test resolved to %q in %s, want the address the control plane allocated (240.240/16)", addr, c.from)
 			}
 		}
 	})

@@ -225,6 +225,15 @@ func volumes() []op {
 	return ops
 }
 
+// injectorOwned are the sidecar's variables that say what the injector
+// knows of the pod (some set only sometimes: labels, rewritten probes);
+// proxyMetadata never sets them.
+var injectorOwned = map[string]bool{
+	"POD_NAME": true, "POD_NAMESPACE": true, "INSTANCE_IP": true, "SERVICE_ACCOUNT": true, "DISCOVERY_ADDRESS": true, "CA_ADDR": true,
+	"ISTIO_META_CLUSTER_ID": true, "ISTIO_META_NETWORK": true, "ISTIO_META_WORKLOAD_NAME": true, "ISTIO_META_MESH_ID": true,
+	"ISTIO_METAJSON_LABELS": true, "ISTIO_KUBE_APP_PROBERS": true,
+}
+
 // podProxyConfig reads the pod's proxy.istio.io/config: its proxyMetadata,
 // and the other ProxyConfig fields it sets (which isthmus does not apply).
 func podProxyConfig(pod *corev1.Pod) (md map[string]string, others []string, err error) {
@@ -331,7 +340,7 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 	// configuration).
 	md := c.proxyMetadata(pod)
 	for _, k := range slices.Sorted(maps.Keys(md)) {
-		if !slices.ContainsFunc(env, func(e corev1.EnvVar) bool { return e.Name == k }) {
+		if !injectorOwned[k] && !slices.ContainsFunc(env, func(e corev1.EnvVar) bool { return e.Name == k }) {
 			env = append(env, corev1.EnvVar{Name: k, Value: md[k]})
 		}
 	}

@@ -205,7 +205,8 @@ func TestRewritesProbes(t *testing.T) {
 func TestProxyMetadata(t *testing.T) {
 	saved := cfg.ProxyMetadata
 	defer func() { cfg.ProxyMetadata = saved }()
-	cfg.ProxyMetadata = map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_META_DNS_AUTO_ALLOCATE": "true", "ISTIO_META_CLUSTER_ID": "forged"}
+	cfg.ProxyMetadata = map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_META_DNS_AUTO_ALLOCATE": "true", "ISTIO_META_CLUSTER_ID": "forged",
+		"ISTIO_METAJSON_LABELS": `{"app":"forged"}`, "CA_ADDR": "evil:15012"}
 	pod := review(t, "/inject/cluster/cluster-aks/net/network2", appPod())
 	proxy := pod.Spec.Containers[1]
 	for name, want := range map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_META_DNS_AUTO_ALLOCATE": "true", "ISTIO_META_CLUSTER_ID": "cluster-aks"} {
@@ -221,6 +222,10 @@ func TestProxyMetadata(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("ISTIO_META_CLUSTER_ID set %d times", n)
+	}
+	// appPod has labels: the injector's own labels variable, not the forged one.
+	if got := env(proxy, "ISTIO_METAJSON_LABELS"); strings.Contains(got, "forged") || env(proxy, "CA_ADDR") != "" {
+		t.Errorf("proxyMetadata set injector-owned variables: labels %q, CA_ADDR %q", got, env(proxy, "CA_ADDR"))
 	}
 	if args := strings.Join(pod.Spec.InitContainers[0].Args, " "); !strings.Contains(args, "--redirect-dns") {
 		t.Errorf("init args %q lack --redirect-dns", args)

@@ -192,6 +192,16 @@ func (s *Store) VirtualServices() []*networkingv1.VirtualService {
 	return out
 }
 
+// ServiceEntries lists every ServiceEntry; nil before sync.
+func (s *Store) ServiceEntries() []*networkingv1.ServiceEntry {
+	if !s.synced.Load() {
+		return nil
+	}
+	out, _ := s.factory.Networking().V1().ServiceEntries().Lister().List(labels.Everything())
+	sortByName(out)
+	return out
+}
+
 // DestinationRules lists every DestinationRule; nil before sync.
 func (s *Store) DestinationRules() []*networkingv1.DestinationRule {
 	if !s.synced.Load() {

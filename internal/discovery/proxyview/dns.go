@@ -16,6 +16,16 @@ import (
 func NameTable(p *Proxy, reg *registry.Registry, services []*registry.Service) nds.Table {
 	t := nds.Table{}
 	podLocal := map[string]bool{} // pod names of the proxy's cluster
+	// A service known only from another cluster has that cluster's
+	// ClusterIP, which a local service may have too (service ranges
+	// overlap): the local one keeps the address's listener (ownFirst),
+	// so the other name must not lead there.
+	own := map[string]bool{}
+	for _, svc := range services {
+		if ip, ok := svc.ClusterIPs[p.ClusterID]; ok && ip != "" {
+			own[ip] = true
+		}
+	}
 	for _, svc := range services {
 		var ips []netip.Addr
 		if svc.HeadlessFor(p.ClusterID) {
@@ -46,10 +56,16 @@ func NameTable(p *Proxy, reg *registry.Registry, services []*registry.Service) n
 				}
 			}
 		} else if ip, err := netip.ParseAddr(svc.AddressFor(p.ClusterID)); err == nil {
-			ips = append(ips, ip)
+			if _, local := svc.ClusterIPs[p.ClusterID]; local || !own[ip.String()] {
+				ips = append(ips, ip)
+			}
 		}
 		if len(ips) == 0 {
 			continue // an ExternalName service, or a headless one without pods here: the cluster's DNS answers
+		}
+		if svc.FromServiceEntry {
+			t[svc.Hostname] = nds.Name{IPs: ips, Registry: "External"} // its name alone, as Istio's
+			continue
 		}
 		t[svc.Hostname] = nds.Name{IPs: ips, Registry: "Kubernetes", Shortname: svc.Name, Namespace: svc.Namespace}
 	}

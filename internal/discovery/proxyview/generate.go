@@ -163,7 +163,11 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 	headless := svc.HeadlessFor(p.ClusterID) && p.Type != Router
 	var c *cluster.Cluster
 	if headless {
-		c = originalDstCluster(name, headlessTransport(sni, sans, eps))
+		var ts *core.TransportSocket
+		if !svc.MeshExternal {
+			ts = headlessTransport(sni, sans, eps, p.RegistryOnly)
+		}
+		c = originalDstCluster(name, ts)
 	} else {
 		c = edsCluster(name, []*cluster.Cluster_TransportSocketMatch{
 			{
@@ -204,9 +208,12 @@ func originalDstCluster(name string, ts *core.TransportSocket) *cluster.Cluster 
 // headlessTransport is Istio mTLS to a headless service's pods, as Istio
 // sends it, unless none of the service's known pods has a sidecar: then
 // plaintext (where Istio would still send mTLS and fail, as a user of a
-// headless service in front of pods outside the mesh finds).
-func headlessTransport(sni string, sans []string, eps []registry.Endpoint) *core.TransportSocket {
-	if len(eps) > 0 && !slices.ContainsFunc(eps, func(e registry.Endpoint) bool { return e.TLSMode == "istio" }) {
+// headless service in front of pods outside the mesh finds). Not under
+// REGISTRY_ONLY: the cluster dials wherever the client did (a request
+// with Host: x.NAME to any address routes here), and plaintext would
+// let anything out; mTLS reaches only the service's own accounts.
+func headlessTransport(sni string, sans []string, eps []registry.Endpoint, registryOnly bool) *core.TransportSocket {
+	if !registryOnly && len(eps) > 0 && !slices.ContainsFunc(eps, func(e registry.Endpoint) bool { return e.TLSMode == "istio" }) {
 		return nil
 	}
 	return istioMTLS(sni, sans)

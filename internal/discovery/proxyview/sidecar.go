@@ -116,6 +116,10 @@ func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs fu
 	httpPorts := map[int32]bool{}
 	var tcp []types.Resource
 	taken := map[string]bool{}
+	// TLS ports of ServiceEntry hosts by SNI: an app that resolved the
+	// host's real address (no DNS proxying) is still routed by the name
+	// in its ClientHello, as Istio's 0.0.0.0_PORT chains do.
+	bySNI := map[int32][]*listener.FilterChain{}
 	for _, svc := range ownFirst(services, clusterID) {
 		for _, port := range svc.Ports {
 			if port.Protocol == "UDP" {
@@ -124,6 +128,12 @@ func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs fu
 			if IsHTTP(port) {
 				httpPorts[port.Port] = true
 				continue
+			}
+			if svc.FromServiceEntry && (port.AppProtocol == "tls" || port.AppProtocol == "https") {
+				cl := OutboundCluster(port.Port, "", svc.Hostname)
+				bySNI[port.Port] = append(bySNI[port.Port], &listener.FilterChain{Name: svc.Hostname,
+					FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{svc.Hostname}, TransportProtocol: "tls"},
+					Filters:          []*listener.Filter{tcpProxy(cl, cl)}})
 			}
 			addrs := []string{svc.AddressFor(clusterID)}
 			if svc.HeadlessFor(clusterID) && podAddrs != nil {
@@ -157,6 +167,21 @@ func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs fu
 	unknown := &listener.FilterChain{Name: "PassthroughFilterChain", Filters: []*listener.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)}}
 	if registryOnly {
 		unknown = &listener.FilterChain{Name: "BlackHoleFilterChain", Filters: []*listener.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)}}
+	}
+	for _, port := range sortedPorts(setOf(bySNI)) {
+		if httpPorts[port] {
+			continue // an HTTP port's listener is there already (TLS to it passes through)
+		}
+		listeners = append(listeners, &listener.Listener{
+			Name:             fmt.Sprintf("0.0.0.0_%d", port),
+			Address:          socketAddress("0.0.0.0", uint32(port)),
+			BindToPort:       wrapperspb.Bool(false),
+			TrafficDirection: core.TrafficDirection_OUTBOUND,
+			ListenerFilters: []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
+				ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}}},
+			FilterChains:       bySNI[port],
+			DefaultFilterChain: unknown,
+		})
 	}
 	listeners = append(listeners, &listener.Listener{
 		Name:               "virtualOutbound",
@@ -301,6 +326,14 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 		routes = append(routes, &route.RouteConfiguration{Name: strconv.Itoa(int(port)), VirtualHosts: vh, ValidateClusters: wrapperspb.Bool(false)})
 	}
 	return routes
+}
+
+func setOf[V any](m map[int32]V) map[int32]bool {
+	out := make(map[int32]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
 }
 
 func sortedPorts(set map[int32]bool) []int32 {
@@ -557,13 +590,13 @@ func defaultRetry() *route.RetryPolicy {
 func domains(svc *registry.Service, port int32, fromNamespace, cluster string) []string {
 	names := []string{svc.Hostname}
 	parts := strings.Split(svc.Hostname, ".")
-	if len(parts) >= 3 {
+	if len(parts) >= 3 && !svc.FromServiceEntry {
 		names = append(names, parts[0]+"."+parts[1], parts[0]+"."+parts[1]+".svc")
 		if fromNamespace == svc.Namespace {
 			names = append(names, parts[0])
 		}
 	}
-	if svc.HeadlessFor(cluster) {
+	if svc.HeadlessFor(cluster) && !svc.FromServiceEntry {
 		// Headless: a pod is also called by its own name under the
 		// service's (a StatefulSet's web-0.web...), as Istio's *.NAME.
 		for _, n := range names {

@@ -296,6 +296,15 @@ func TestHeadlessServiceListensPerPod(t *testing.T) {
 			t.Errorf("mTLS to a headless service without sidecars: %v", c.GetTransportSocket())
 		}
 	}
+	// Except under REGISTRY_ONLY: the cluster dials wherever the client
+	// did (Host: x.db... to any address), and plaintext would let it out.
+	only := *p
+	only.RegistryOnly = true
+	for _, r := range Generate(&only, reg, nil, "cluster.local", nil, nil).Clusters {
+		if c := r.(*cluster.Cluster); c.Name == OutboundCluster(5432, "", host) && c.GetTransportSocket() == nil {
+			t.Error("REGISTRY_ONLY: a headless service's original-destination cluster is plaintext")
+		}
+	}
 }
 
 // meshConfig outboundTrafficPolicy REGISTRY_ONLY: a connection to no known
@@ -367,5 +376,65 @@ func TestNameTable(t *testing.T) {
 	}
 	if n := tb["db-0.db.ns.svc.cluster.local"]; n.Shortname != "db-0.db" || n.Namespace != "ns" || n.Registry != "Kubernetes" {
 		t.Errorf("pod entry %+v", n)
+	}
+	// A service only in c2 whose ClusterIP a c1 service has too: the
+	// local one keeps the address, the other name gets none.
+	reg.SetService("c2", "audit.ns.svc.cluster.local", svc("audit", "100.96.0.5", false))
+	tb = NameTable(&Proxy{ClusterID: "c1", Network: "n1"}, reg, reg.Services())
+	if n, ok := tb["audit.ns.svc.cluster.local"]; ok {
+		t.Errorf("audit (c2 only) resolves to %v, the address of c1's web", n.IPs)
+	}
+	if n := tb["web.ns.svc.cluster.local"]; len(n.IPs) != 1 || n.IPs[0].String() != "100.96.0.5" {
+		t.Errorf("web lost its address: %+v", n)
+	}
+}
+
+// A MESH_EXTERNAL ServiceEntry host: its cluster calls its endpoints in
+// plaintext, its routes answer to the host alone (no Kubernetes short
+// names) and its address, a TCP port listens on its address, and the
+// name table gives the address under the "External" registry.
+func TestServiceEntryService(t *testing.T) {
+	reg := registry.New()
+	host := "registry.example.test"
+	reg.ReplaceCluster("ServiceEntry", registry.Shard{
+		Services: map[string]*registry.Service{host: {Namespace: "shop", Name: host, Hostname: host, ClusterIP: "240.240.0.9", FromServiceEntry: true, MeshExternal: true,
+			Ports: []registry.Port{{Name: "http", Port: 5000, Protocol: "TCP", AppProtocol: "http"}, {Name: "tls", Port: 443, Protocol: "TCP", AppProtocol: "tls"}}}},
+		Endpoints: map[string][]registry.Endpoint{host: {{Address: "198.18.0.2", Ports: map[string]int32{"http": 5000, "tls": 443}, Ready: true}}},
+	})
+	p := &Proxy{Type: Sidecar, ClusterID: "cluster-eks", Network: "network1", TrustDomains: []string{"cluster.local"}}
+	g := Generate(p, reg, nil, "cluster.local", nil, nil)
+	found := false
+	for _, l := range g.Listeners {
+		found = found || l.(*listener.Listener).Name == "240.240.0.9_443"
+	}
+	if !found {
+		t.Error("no listener on the entry's address for its TLS port")
+	}
+	// Without DNS proxying the app dials the host's real address: its
+	// TLS port is routed by SNI on 0.0.0.0_443, the rest passes through.
+	var sni *listener.Listener
+	for _, l := range g.Listeners {
+		if l := l.(*listener.Listener); l.Name == "0.0.0.0_443" {
+			sni = l
+		}
+	}
+	if sni == nil || len(sni.FilterChains) != 1 || !slices.Equal(sni.FilterChains[0].GetFilterChainMatch().GetServerNames(), []string{host}) ||
+		sni.GetDefaultFilterChain().GetName() != "PassthroughFilterChain" {
+		t.Errorf("0.0.0.0_443: %v", sni)
+	}
+	for _, r := range g.Endpoints {
+		if cla := r.(*endpoint.ClusterLoadAssignment); cla.ClusterName == OutboundCluster(5000, "", host) {
+			md := cla.Endpoints[0].LbEndpoints[0].GetMetadata().GetFilterMetadata()
+			if _, mtls := md["envoy.transport_socket_match"]; mtls {
+				t.Error("an external endpoint matches the mTLS transport")
+			}
+		}
+	}
+	vh := SidecarRoutes("shop", "cluster-eks", reg.Services(), nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
+	if want := []string{host, host + ":5000", "240.240.0.9", "240.240.0.9:5000"}; !slices.Equal(vh.Domains, want) {
+		t.Errorf("domains %v, want %v", vh.Domains, want)
+	}
+	if n := NameTable(p, reg, reg.Services())[host]; n.Registry != "External" || n.Shortname != "" || len(n.IPs) != 1 || n.IPs[0].String() != "240.240.0.9" {
+		t.Errorf("name table entry %+v", n)
 	}
 }

@@ -38,8 +38,13 @@ type Service struct {
 	// Labels of the Service object (used for network gateways).
 	Labels map[string]string
 	// Headless: clusterIP None, its pods are called by their addresses
-	// (an ExternalName service has no ClusterIP either, and is not).
+	// (an ExternalName service has no ClusterIP either, and is not); a
+	// ServiceEntry of resolution NONE too.
 	Headless bool
+	// FromServiceEntry: a ServiceEntry host, which answers to its name
+	// alone (no Kubernetes short names); MeshExternal: outside the mesh
+	// (MESH_EXTERNAL), never called with Istio mTLS.
+	FromServiceEntry, MeshExternal bool
 	// headlessIn is, in a merged service, whether each cluster's is.
 	headlessIn map[string]bool
 }
@@ -201,7 +206,13 @@ func (r *Registry) SetEndpoints(cluster, hostname string, eps []Endpoint) {
 		return
 	}
 	accountsChanged := !maps.Equal(accounts(s.endpoints[hostname]), accounts(eps))
-	headless := s.services[hostname] != nil && s.services[hostname].Headless
+	// Headless in any cluster: some proxies list its pods as listeners.
+	headless := false
+	for _, sh := range r.clusters {
+		if svc := sh.services[hostname]; svc != nil && svc.Headless {
+			headless = true
+		}
+	}
 	if len(eps) == 0 {
 		delete(s.endpoints, hostname)
 	} else {

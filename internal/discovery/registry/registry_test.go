@@ -112,6 +112,15 @@ func TestEndpointChangesThatNeedAFullPush(t *testing.T) {
 	if want := []bool{true, false, true, true, true}; !slices.Equal(full, want) {
 		t.Errorf("full pushes %v, want %v", full, want)
 	}
+	// Headless in one cluster, not in another: the other's pods are
+	// listeners of the first cluster's proxies.
+	r.SetService("c2", "db", &Service{Name: "db", ClusterIP: "100.97.0.3"})
+	r.SetEndpoints("c2", "db", ep("100.65.0.1", "istio"))
+	full = nil
+	r.SetEndpoints("c2", "db", ep("100.65.0.2", "istio"))
+	if !slices.Equal(full, []bool{true}) {
+		t.Errorf("endpoints of a service headless elsewhere: full %v", full)
+	}
 }
 
 // kube-dns has port 53 twice, UDP "dns" and TCP "dns-tcp": both stay

@@ -381,8 +381,7 @@ func (r *Route) queryMatch(header func(string) (string, bool)) bool {
 		return true
 	}
 	target, _ := header(":path")
-	_, query, _ := strings.Cut(target, "?")
-	query, _, _ = strings.Cut(query, "#")
+	_, query, _ := strings.Cut(target, "?") // a fragment is refused before routing
 	for _, q := range r.Query {
 		v, ok := queryParam(query, q.Name)
 		matched := ok && (q.Match == nil || q.Match(v))

@@ -22,8 +22,13 @@ import (
 // the configuration rejects, and redirect set when it asks to redirect to
 // the decoded path.
 func normalizeTarget(n config.PathNormalization, target string) (out string, status int, redirect bool) {
+	// A fragment anywhere (the query too: route matches read it) is not
+	// for a server, as Envoy refuses it.
+	if strings.IndexByte(target, '#') >= 0 {
+		return target, http.StatusBadRequest, false
+	}
 	path, query, hasQuery := strings.Cut(target, "?")
-	if strings.IndexByte(path, '#') >= 0 || strings.IndexByte(path, 0) >= 0 {
+	if strings.IndexByte(path, 0) >= 0 {
 		return target, http.StatusBadRequest, false
 	}
 	if !needsWork(n, path) {

@@ -24,6 +24,8 @@ func TestNormalizeTarget(t *testing.T) {
 		{base, "/%zz%4", "/%zz%4", 0, false}, // not escapes: kept
 		{base, "/%2fa", "/%2Fa", 0, false},
 		{base, "/a#frag", "", 400, false},
+		{base, "/a?beta=1#x", "", 400, false}, // route matches read the query
+		{config.PathNormalization{}, "/a?q=1#x", "", 400, false},
 		{base, "/a%00", "", 400, false},
 		{merge, "///a//b/", "/a/b/", 0, false},
 		{config.PathNormalization{RFC3986: true, MergeSlashes: true, EscapedSlashes: config.RejectEscapedSlashes}, "/a%2Fb", "", 400, false},

@@ -81,6 +81,9 @@ type Server struct {
 	m         metrics
 
 	table atomic.Pointer[table]
+	// forwarding bounds the queries waiting on upstreams (each may wait
+	// seconds): a flood from the app gets SERVFAIL, not a goroutine each.
+	forwarding chan struct{}
 
 	mu        sync.Mutex
 	listeners []listener
@@ -106,6 +109,8 @@ func New(opts Options) (*Server, error) {
 		parallel:  opts.Parallel,
 		before:    opts.ForwardBeforeSync,
 		dialer:    opts.Dialer,
+
+		forwarding: make(chan struct{}, maxForwarding),
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultUpstreamTimeout
@@ -313,7 +318,7 @@ func (s *Server) resolve(ctx context.Context, proto string, req *dns.Msg) *dns.M
 		if !s.before {
 			return failure(req)
 		}
-		return s.forward(ctx, proto, req)
+		return s.forwardBounded(ctx, proto, req)
 	}
 	q := req.Question[0]
 	// Only addresses come from the table; other types of a known name go
@@ -323,7 +328,21 @@ func (s *Server) resolve(ctx context.Context, proto string, req *dns.Msg) *dns.M
 			return answer(req, q, e)
 		}
 	}
-	return s.forward(ctx, proto, req)
+	return s.forwardBounded(ctx, proto, req)
+}
+
+// maxForwarding is how many queries may wait on upstreams at once.
+const maxForwarding = 512
+
+// forwardBounded forwards unless maxForwarding queries already wait.
+func (s *Server) forwardBounded(ctx context.Context, proto string, req *dns.Msg) *dns.Msg {
+	select {
+	case s.forwarding <- struct{}{}:
+		defer func() { <-s.forwarding }()
+		return s.forward(ctx, proto, req)
+	default:
+		return failure(req)
+	}
 }
 
 // answer is authoritative and NOERROR even without a record of the asked

@@ -660,3 +660,20 @@ func TestServeIPv6(t *testing.T) {
 		t.Fatalf("over ::1: %v %v", err, r)
 	}
 }
+
+// With maxForwarding queries already waiting on upstreams, the next miss
+// gets SERVFAIL at once instead of another wait; table hits still answer.
+func TestForwardingIsBounded(t *testing.T) {
+	u := startUpstream(t)
+	s, addr := start(t, Options{Upstreams: []string{u.addr}}, demoNames())
+	for range maxForwarding {
+		s.forwarding <- struct{}{}
+	}
+	if r := query(t, "udp", addr, "example.org.", dns.TypeA); r.Rcode != dns.RcodeServerFailure || len(u.asked()) != 0 {
+		t.Errorf("a miss beyond the bound: rcode %s, upstream asked %v", dns.RcodeToString[r.Rcode], u.asked())
+	}
+	<-s.forwarding
+	if r := query(t, "udp", addr, "example.org.", dns.TypeA); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("a miss within the bound: rcode %s", dns.RcodeToString[r.Rcode])
+	}
+}

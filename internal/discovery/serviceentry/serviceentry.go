@@ -1,0 +1,269 @@
+// Package serviceentry turns Istio ServiceEntries into registry services,
+// as Istio's "External" registry does: each host a service with its
+// ports, its addresses (or one allocated from 240.240.0.0/16 when it has
+// none, as Istio's auto-allocation), and its endpoints: the entry's own
+// (STATIC), its hosts or endpoints resolved by DNS (DNS,
+// DNS_ROUND_ROBIN), or none, the client's destination kept (NONE).
+// MESH_EXTERNAL services are called without mTLS; MESH_INTERNAL
+// endpoints labelled security.istio.io/tlsMode=istio with it.
+//
+// The entries live in the registry as a shard of their own, Shard, which
+// no Kubernetes cluster has.
+package serviceentry
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	apinetworking "istio.io/api/networking/v1alpha3"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+// Shard is the registry shard of ServiceEntry services.
+const Shard = "ServiceEntry"
+
+// resolveEvery is how often DNS entries are resolved again (Envoy's
+// STRICT_DNS refreshes every 5 s; the control plane resolves for every
+// proxy, so less often).
+const resolveEvery = 30 * time.Second
+
+// Resolver looks hostnames up.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Source keeps the registry's ServiceEntry shard up to date.
+type Source struct {
+	Registry *registry.Registry
+	// Entries lists the ServiceEntries (the Istio config store's).
+	Entries  func() []*networkingv1.ServiceEntry
+	Resolver Resolver
+	Log      *slog.Logger
+
+	mu     sync.Mutex
+	warned map[string]bool
+	kick   chan struct{}
+	// last is the shard the registry has: an unchanged one (most
+	// re-resolutions) costs no push.
+	last *registry.Shard
+}
+
+// Changed tells the source that the entries changed (the config store's
+// subscription).
+func (s *Source) Changed() {
+	s.mu.Lock()
+	if s.kick == nil {
+		s.kick = make(chan struct{}, 1)
+	}
+	k := s.kick
+	s.mu.Unlock()
+	select {
+	case k <- struct{}{}:
+	default:
+	}
+}
+
+// Run rebuilds the shard when entries change and every resolveEvery (DNS
+// answers change), until ctx ends.
+func (s *Source) Run(ctx context.Context) error {
+	s.Changed()
+	s.mu.Lock()
+	k := s.kick
+	s.mu.Unlock()
+	t := time.NewTicker(resolveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-k:
+		case <-t.C:
+		}
+		sh := Build(ctx, s.Entries(), s.Resolver, s.warn)
+		if s.last != nil && reflect.DeepEqual(*s.last, sh) {
+			continue
+		}
+		s.last = &sh
+		s.Registry.ReplaceCluster(Shard, sh)
+	}
+}
+
+func (s *Source) warn(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.warned == nil {
+		s.warned = map[string]bool{}
+	}
+	if !s.warned[msg] && s.Log != nil {
+		s.warned[msg] = true
+		s.Log.Warn(msg)
+	}
+}
+
+// Build is the shard of a set of ServiceEntries. The oldest entry wins a
+// host another entry also declares.
+func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, res Resolver, warn func(string)) registry.Shard {
+	sh := registry.Shard{Services: map[string]*registry.Service{}, Endpoints: map[string][]registry.Endpoint{}}
+	entries = slices.Clone(entries)
+	sort.SliceStable(entries, func(i, j int) bool {
+		a, b := entries[i], entries[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	})
+	taken := map[netip.Addr]bool{}
+	for _, se := range entries {
+		for _, a := range se.Spec.GetAddresses() {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				taken[ip] = true
+			}
+		}
+	}
+	for _, se := range entries {
+		where := fmt.Sprintf("ServiceEntry %s/%s", se.Namespace, se.Name)
+		spec := &se.Spec
+		if spec.GetWorkloadSelector() != nil {
+			warn(where + ": workloadSelector is not supported yet; its hosts have only the entry's own endpoints")
+		}
+		external := spec.GetLocation() != apinetworking.ServiceEntry_MESH_INTERNAL
+		var ports []registry.Port
+		for _, p := range spec.GetPorts() {
+			ports = append(ports, registry.Port{Name: p.GetName(), Port: int32(p.GetNumber()), Protocol: "TCP", AppProtocol: appProtocol(p.GetProtocol())})
+		}
+		for _, host := range spec.GetHosts() {
+			if strings.HasPrefix(host, "*") {
+				warn(where + ": wildcard host " + host + " is not supported yet; ignored")
+				continue
+			}
+			if _, dup := sh.Services[host]; dup {
+				warn(where + ": host " + host + " is declared by an older ServiceEntry; ignored here")
+				continue
+			}
+			svc := &registry.Service{Namespace: se.Namespace, Name: host, Hostname: host, Ports: ports,
+				FromServiceEntry: true, MeshExternal: external}
+			for _, a := range spec.GetAddresses() {
+				if _, err := netip.ParseAddr(a); err == nil {
+					svc.ClusterIP = a
+					break
+				}
+			}
+			if spec.GetResolution() == apinetworking.ServiceEntry_NONE {
+				// The client's destination is kept: Istio's ORIGINAL_DST.
+				svc.Headless = true
+			} else if svc.ClusterIP == "" {
+				svc.ClusterIP = allocate(se.Namespace+"/"+host, taken).String()
+			}
+			sh.Services[host] = svc
+			sh.Endpoints[host] = endpoints(ctx, spec, host, ports, external, res, func(m string) { warn(where + ": " + m) })
+		}
+	}
+	return sh
+}
+
+// appProtocol is a ServiceEntry port protocol as the registry names it.
+func appProtocol(p string) string {
+	switch p = strings.ToLower(p); p {
+	case "http", "http2", "grpc", "grpc-web", "https", "tls", "tcp", "mongo", "redis", "mysql":
+		return p
+	}
+	return "" // sniffed
+}
+
+// endpoints are a host's endpoints as the entry's resolution says.
+func endpoints(ctx context.Context, spec *apinetworking.ServiceEntry, host string, ports []registry.Port, external bool, res Resolver, warn func(string)) []registry.Endpoint {
+	portsOf := func(we *apinetworking.WorkloadEntry) map[string]int32 {
+		out := map[string]int32{}
+		for _, p := range spec.GetPorts() {
+			n := int32(p.GetNumber())
+			if p.GetTargetPort() != 0 {
+				n = int32(p.GetTargetPort())
+			}
+			if v, ok := we.GetPorts()[p.GetName()]; ok {
+				n = int32(v)
+			}
+			out[p.GetName()] = n
+		}
+		return out
+	}
+	endpoint := func(we *apinetworking.WorkloadEntry, addr string) registry.Endpoint {
+		e := registry.Endpoint{Address: addr, Ports: portsOf(we), Network: we.GetNetwork(), Labels: we.GetLabels(),
+			ServiceAccount: we.GetServiceAccount(), Ready: true}
+		if l := strings.Split(we.GetLocality(), "/"); we.GetLocality() != "" {
+			e.Locality.Region = l[0]
+			if len(l) > 1 {
+				e.Locality.Zone = l[1]
+			}
+			if len(l) > 2 {
+				e.Locality.Subzone = l[2]
+			}
+		}
+		if !external {
+			e.TLSMode = we.GetLabels()["security.istio.io/tlsMode"]
+		}
+		return e
+	}
+	var out []registry.Endpoint
+	switch spec.GetResolution() {
+	case apinetworking.ServiceEntry_STATIC, apinetworking.ServiceEntry_NONE:
+		for _, we := range spec.GetEndpoints() {
+			if _, err := netip.ParseAddr(we.GetAddress()); err != nil {
+				warn("endpoint " + we.GetAddress() + " is not an IP address (resolution " + spec.GetResolution().String() + "); skipped")
+				continue
+			}
+			out = append(out, endpoint(we, we.GetAddress()))
+		}
+	default: // DNS, DNS_ROUND_ROBIN: resolved here, for every proxy
+		wes := spec.GetEndpoints()
+		if len(wes) == 0 {
+			wes = []*apinetworking.WorkloadEntry{{Address: host}}
+		}
+		for _, we := range wes {
+			if res == nil {
+				break
+			}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			ips, err := res.LookupNetIP(rctx, "ip4", we.GetAddress())
+			cancel()
+			if err != nil {
+				warn("cannot resolve " + we.GetAddress() + ": " + err.Error())
+				continue
+			}
+			slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
+			for _, ip := range slices.Compact(ips) {
+				out = append(out, endpoint(we, ip.String()))
+			}
+		}
+	}
+	return out
+}
+
+// allocate gives a host a stable address in 240.240.0.0/16 (Istio's
+// auto-allocation range), by hash, the next free one on a collision.
+func allocate(key string, taken map[netip.Addr]bool) netip.Addr {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	n := h.Sum32() % 65534
+	for {
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], 240<<24|240<<16|(n+1))
+		ip := netip.AddrFrom4(b)
+		if !taken[ip] {
+			taken[ip] = true
+			return ip
+		}
+		n = (n + 1) % 65534
+	}
+}

@@ -1,0 +1,143 @@
+package serviceentry
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+)
+
+type fakeDNS map[string][]netip.Addr
+
+func (f fakeDNS) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if ips, ok := f[host]; ok {
+		return ips, nil
+	}
+	return nil, errors.New("no such host")
+}
+
+func entry(t *testing.T, ns, name string, age int, spec string) *networkingv1.ServiceEntry {
+	t.Helper()
+	se := &networkingv1.ServiceEntry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+		CreationTimestamp: metav1.NewTime(time.Unix(int64(1000-age), 0))}}
+	j, err := yaml.YAMLToJSON([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := se.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	return se
+}
+
+func TestBuild(t *testing.T) {
+	dns := fakeDNS{"api.example.com": {netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.6")},
+		"db.internal": {netip.MustParseAddr("10.9.0.5")}}
+	var warnings []string
+	sh := Build(context.Background(), []*networkingv1.ServiceEntry{
+		entry(t, "shop", "api", 3, "hosts: [api.example.com]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS\n"),
+		entry(t, "shop", "registry", 2, "hosts: [registry.example.test]\naddresses: [192.0.2.10]\nports: [{number: 5000, name: http, protocol: HTTP, targetPort: 5001}]\n"+
+			"resolution: STATIC\nendpoints: [{address: 198.18.0.2}, {address: vm.example, ports: {http: 9000}}]\n"),
+		entry(t, "shop", "vm", 1, "hosts: [vm.shop.mesh]\nlocation: MESH_INTERNAL\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: DNS\n"+
+			"endpoints: [{address: db.internal, labels: {security.istio.io/tlsMode: istio}, serviceAccount: vm, network: vm-net, locality: us-east-1/a}]\n"),
+		entry(t, "shop", "any", 0, "hosts: [passthrough.example]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: NONE\n"),
+		entry(t, "other", "dup", 0, "hosts: [api.example.com, '*.wild.example']\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS\n"),
+		entry(t, "other", "sel", 0, "hosts: [sel.example]\nworkloadSelector: {labels: {app: vm}}\nports: [{number: 80, name: http, protocol: HTTP}]\n"),
+	}, dns, func(w string) { warnings = append(warnings, w) })
+
+	api := sh.Services["api.example.com"]
+	if api == nil || !api.MeshExternal || !api.FromServiceEntry || api.Headless || !strings.HasPrefix(api.ClusterIP, "240.240.") || api.Ports[0].AppProtocol != "tls" {
+		t.Fatalf("api.example.com: %+v", api)
+	}
+	if eps := sh.Endpoints["api.example.com"]; len(eps) != 2 || eps[0].Address != "198.51.100.6" || eps[0].Ports["tls"] != 443 || eps[0].TLSMode != "" {
+		t.Errorf("api.example.com endpoints (DNS, sorted): %+v", eps)
+	}
+	reg := sh.Services["registry.example.test"]
+	if reg.ClusterIP != "192.0.2.10" {
+		t.Errorf("registry.example.test keeps its address: %q", reg.ClusterIP)
+	}
+	if eps := sh.Endpoints["registry.example.test"]; len(eps) != 1 || eps[0].Address != "198.18.0.2" || eps[0].Ports["http"] != 5001 {
+		t.Errorf("registry.example.test endpoints (STATIC, targetPort; the hostname skipped): %+v", eps)
+	}
+	vm := sh.Endpoints["vm.shop.mesh"]
+	if sh.Services["vm.shop.mesh"].MeshExternal || len(vm) != 1 || vm[0].TLSMode != "istio" || vm[0].ServiceAccount != "vm" || vm[0].Network != "vm-net" || vm[0].Locality.Zone != "a" {
+		t.Errorf("MESH_INTERNAL endpoint: %+v", vm)
+	}
+	if p := sh.Services["passthrough.example"]; !p.Headless || p.ClusterIP != "" {
+		t.Errorf("resolution NONE: %+v", p)
+	}
+	if sh.Services["*.wild.example"] != nil {
+		t.Error("a wildcard host is in the registry")
+	}
+	if sh.Services["sel.example"] == nil || len(sh.Endpoints["sel.example"]) != 0 {
+		t.Error("a workloadSelector entry: its host should be there, without endpoints")
+	}
+	if sh.Services["api.example.com"].Namespace != "shop" {
+		t.Error("the newer entry took api.example.com")
+	}
+	all := strings.Join(warnings, "\n")
+	for _, want := range []string{"vm.example is not an IP address", "wildcard host *.wild.example", "workloadSelector is not supported", "declared by an older ServiceEntry"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no warning %q in:\n%s", want, all)
+		}
+	}
+}
+
+// Allocated addresses are stable for a host and never shared.
+func TestAllocate(t *testing.T) {
+	taken := map[netip.Addr]bool{}
+	seen := map[netip.Addr]string{}
+	for i := range 2000 {
+		key := "ns/host-" + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
+		ip := allocate(key, taken)
+		if other, dup := seen[ip]; dup {
+			t.Fatalf("%s and %s share %s", key, other, ip)
+		}
+		seen[ip] = key
+		if !netip.MustParsePrefix("240.240.0.0/16").Contains(ip) || ip == netip.MustParseAddr("240.240.0.0") {
+			t.Fatalf("%s outside 240.240.0.0/16 hosts", ip)
+		}
+	}
+	if a, b := allocate("ns/h", map[netip.Addr]bool{}), allocate("ns/h", map[netip.Addr]bool{}); a != b {
+		t.Errorf("unstable: %s then %s", a, b)
+	}
+}
+
+// The source replaces the registry's shard when entries change, and
+// not when a re-resolution changes nothing.
+func TestSourceSkipsUnchanged(t *testing.T) {
+	reg := registry.New()
+	var full int
+	reg.Subscribe(func(e registry.Event) {
+		if e.Full {
+			full++
+		}
+	})
+	entries := []*networkingv1.ServiceEntry{entry(t, "shop", "api", 1, "hosts: [api.example.com]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: DNS\n")}
+	s := &Source{Registry: reg, Entries: func() []*networkingv1.ServiceEntry { return entries }, Resolver: fakeDNS{"api.example.com": {netip.MustParseAddr("198.51.100.7")}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(reg.Endpoints("api.example.com")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(reg.Endpoints("api.example.com")) != 1 {
+		t.Fatal("the entry never reached the registry")
+	}
+	for range 3 {
+		s.Changed()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if full != 1 {
+		t.Errorf("%d full pushes for one change", full)
+	}
+}
