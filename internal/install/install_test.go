@@ -258,3 +258,22 @@ func TestOverlaysAndSet(t *testing.T) {
 		t.Error("--set two past the end must fail")
 	}
 }
+
+// The control plane reads the mesh config when it starts: its pods carry
+// a digest of it, so an install that changes meshConfig rolls them and
+// one that changes nothing does not.
+func TestMeshConfigChangeRollsTheControlPlane(t *testing.T) {
+	digest := func(sets ...string) string {
+		d := objects(t, load(t, sets, "cluster-eks-primary.yaml"))["Deployment istio-system/istiod"]
+		if d == nil {
+			t.Fatal("no istiod Deployment")
+		}
+		v, _, _ := unstructured.NestedString(d.Object, "spec", "template", "metadata", "annotations", AnnotationMeshConfig)
+		return v
+	}
+	a, b := digest(), digest()
+	c := digest("meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY")
+	if a == "" || a != b || a == c {
+		t.Errorf("mesh config digests: %q, again %q, REGISTRY_ONLY %q", a, b, c)
+	}
+}

@@ -2,6 +2,8 @@ package install
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"net"
@@ -31,6 +33,10 @@ const (
 	LabelComponent = "operator.istio.io/component"
 	LabelOwner     = "install.operator.istio.io/owning-resource"
 )
+
+// AnnotationMeshConfig on the control plane's pods is a digest of the
+// mesh config it was started with.
+const AnnotationMeshConfig = "isthmus.io/mesh-config"
 
 // Components in install order, under Istio's names.
 const (
@@ -193,6 +199,9 @@ func (r *renderer) pilot() []runtime.Object {
 		&corev1.ConfigMap{TypeMeta: typeMeta("ConfigMap", "v1"), ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: ns},
 			Data: map[string]string{"mesh": r.meshConfigYAML(), "meshNetworks": r.meshNetworksYAML()}},
 	}
+	// The control plane reads the mesh config when it starts: a changed one
+	// rolls it, so an install that changes meshConfig takes effect.
+	meshSum := sha256.Sum256([]byte(r.meshConfigYAML() + "\x00" + r.meshNetworksYAML()))
 	field := func(n, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: n, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 	}
@@ -221,7 +230,7 @@ func (r *renderer) pilot() []runtime.Object {
 				Replicas: ptr.To[int32](1),
 				Selector: &metav1.LabelSelector{MatchLabels: IstiodLabels},
 				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+					ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: map[string]string{AnnotationMeshConfig: hex.EncodeToString(meshSum[:8])}},
 					Spec: corev1.PodSpec{
 						ServiceAccountName: name,
 						Containers: []corev1.Container{{

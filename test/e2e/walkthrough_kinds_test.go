@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -214,4 +215,55 @@ spec:
 			}
 		})
 	}
+
+	t.Run("REGISTRY_ONLY (an install that changes meshConfig rolls the control plane): a request for a host the mesh does not know gets 502, one for a ServiceEntry host is answered; ALLOW_ANY again after", func(t *testing.T) {
+		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: registry, namespace: multicluster}
+spec:
+  hosts: [registry.example.test]
+  ports: [{number: 5000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 198.18.0.2}]
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "serviceentry", "registry")
+		install := func(sets ...string) {
+			t.Helper()
+			args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml"), "--set", "hub=" + walkthroughHub, "--set", "tag=e2e"}
+			for _, s := range sets {
+				args = append(args, "--set", s)
+			}
+			if r := isthmus(t, 5*time.Minute, append(append(args, "--context", "cluster-eks", "-y"), w.kc...)...); r.err != nil {
+				t.Fatalf("install %v: %v\n%s", sets, r.err, r.stderr)
+			}
+		}
+		code := func(from, args string) string {
+			out, _ := e.kubectl(from, "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c",
+				"curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "+args)
+			return out
+		}
+		const unknown = "http://198.18.0.2:5000/v2/"                                     // the registry by address: no service has that name
+		const known = "-H 'Host: registry.example.test:5000' http://198.18.0.2:5000/v2/" // the ServiceEntry's host
+		for _, from := range clients {
+			eventually(t, "ALLOW_ANY: an unknown host passes through from "+from, func() bool { return code(from, unknown) == "200" })
+		}
+		install("meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY")
+		restored := false
+		defer func() {
+			if !restored {
+				install()
+			}
+		}()
+		for _, from := range clients {
+			eventually(t, "REGISTRY_ONLY: 502 for an unknown host from "+from, func() bool { return code(from, unknown) == "502" })
+			if got := code(from, known); got != "200" {
+				t.Errorf("REGISTRY_ONLY: the ServiceEntry host from %s: %s, want 200", from, got)
+			}
+		}
+		install()
+		restored = true
+		for _, from := range clients {
+			eventually(t, "ALLOW_ANY again from "+from, func() bool { return code(from, unknown) == "200" })
+		}
+	})
 }

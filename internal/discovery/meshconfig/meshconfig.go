@@ -32,6 +32,7 @@ func Load(ctx context.Context, client kubernetes.Interface, namespace string) (*
 	m := &Mesh{Config: &meshv1alpha1.MeshConfig{}, Networks: &meshv1alpha1.MeshNetworks{}}
 	cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
+		withDefaults("", m.Config)
 		return m, nil
 	}
 	if err != nil {
@@ -40,10 +41,27 @@ func Load(ctx context.Context, client kubernetes.Interface, namespace string) (*
 	if err := parse(cm.Data["mesh"], m.Config); err != nil {
 		return nil, fmt.Errorf("ConfigMap %s/%s key mesh: %w", namespace, ConfigMapName, err)
 	}
+	withDefaults(cm.Data["mesh"], m.Config)
 	if err := parse(cm.Data["meshNetworks"], m.Networks); err != nil {
 		return nil, fmt.Errorf("ConfigMap %s/%s key meshNetworks: %w", namespace, ConfigMapName, err)
 	}
 	return m, nil
+}
+
+// withDefaults sets Istio's defaults where they are not the proto's zero
+// value and the file does not say: outboundTrafficPolicy's mode is
+// ALLOW_ANY unless set (its zero value is REGISTRY_ONLY, which would
+// refuse every destination outside the registry).
+func withDefaults(y string, c *meshv1alpha1.MeshConfig) {
+	var raw struct {
+		OutboundTrafficPolicy struct {
+			Mode *string `json:"mode"`
+		} `json:"outboundTrafficPolicy"`
+	}
+	_ = yaml.Unmarshal([]byte(y), &raw) // parse already refused what does not parse
+	if raw.OutboundTrafficPolicy.Mode == nil {
+		c.OutboundTrafficPolicy = &meshv1alpha1.MeshConfig_OutboundTrafficPolicy{Mode: meshv1alpha1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY}
+	}
 }
 
 func parse(y string, into proto.Message) error {

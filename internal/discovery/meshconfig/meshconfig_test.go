@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -66,5 +67,27 @@ func TestMissingAndBroken(t *testing.T) {
 		Data: map[string]string{"mesh": "trustDomain: [not a string"}})
 	if _, err := Load(context.Background(), c, "istio-system"); err == nil || !strings.Contains(err.Error(), "key mesh") {
 		t.Fatalf("broken mesh: %v", err)
+	}
+}
+
+// outboundTrafficPolicy is ALLOW_ANY unless the file says REGISTRY_ONLY:
+// the proto's zero value is REGISTRY_ONLY, which must not be what a mesh
+// config without the field gets.
+func TestOutboundTrafficPolicyDefault(t *testing.T) {
+	for y, want := range map[string]meshv1alpha1.MeshConfig_OutboundTrafficPolicy_Mode{
+		mesh:                          meshv1alpha1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY,
+		"outboundTrafficPolicy: {}\n": meshv1alpha1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY,
+		"outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n": meshv1alpha1.MeshConfig_OutboundTrafficPolicy_REGISTRY_ONLY,
+		"outboundTrafficPolicy: {mode: ALLOW_ANY}\n":     meshv1alpha1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY,
+	} {
+		c := fake.NewClientset(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": y}})
+		m, err := Load(context.Background(), c, "istio-system")
+		if err != nil || m.Config.GetOutboundTrafficPolicy().GetMode() != want {
+			t.Errorf("%q: mode %v (%v), want %v", y, m.Config.GetOutboundTrafficPolicy().GetMode(), err, want)
+		}
+	}
+	m, _ := Load(context.Background(), fake.NewClientset(), "istio-system")
+	if m.Config.GetOutboundTrafficPolicy().GetMode() != meshv1alpha1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY {
+		t.Error("no ConfigMap: not ALLOW_ANY")
 	}
 }
