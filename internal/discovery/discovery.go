@@ -206,6 +206,19 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go("remote secrets", secrets.Run)
 	g.Go("istio config", store.Run)
 	g.Go("service entries", entries.Run)
+	staleMesh := prometheus.NewGauge(prometheus.GaugeOpts{Name: "isthmus_mesh_config_stale",
+		Help: "1 when ConfigMap istio differs from the mesh config the control plane started with (it applies at the next start)"})
+	metrics.MustRegister(staleMesh)
+	g.Go("mesh config", func(ctx context.Context) error {
+		warned := false
+		return mesh.Stale(ctx, cfg.Client, cfg.Namespace, 30*time.Second, func(stale bool) {
+			if stale && !warned {
+				log.Warn("ConfigMap istio changed since the control plane started; it applies at the next start: re-run isthmus install (which rolls the control plane) or kubectl rollout restart deployment/istiod")
+			}
+			warned = stale
+			staleMesh.Set(map[bool]float64{true: 1}[stale])
+		})
+	})
 	g.Go("jwks", keys.Run)
 	g.Go("ca", authority.Run)
 	g.Go("control plane certificate", serving.Run)

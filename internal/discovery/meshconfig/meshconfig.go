@@ -7,6 +7,7 @@ package meshconfig
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -24,6 +25,35 @@ const ConfigMapName = "istio"
 type Mesh struct {
 	Config   *meshv1alpha1.MeshConfig
 	Networks *meshv1alpha1.MeshNetworks
+	// raw is the ConfigMap's data as loaded, to tell when it changed.
+	raw map[string]string
+}
+
+// Stale watches the ConfigMap until ctx ends and reports, through
+// changed, whether it differs from what was loaded: the control plane
+// applies the mesh config when it starts (an install that changes it
+// rolls the control plane), so an edit of the ConfigMap alone must be
+// said, not silently left waiting.
+func (m *Mesh) Stale(ctx context.Context, client kubernetes.Interface, namespace string, every time.Duration, changed func(stale bool)) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
+		var data map[string]string
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			continue // a failed read says nothing
+		default:
+			data = cm.Data
+		}
+		changed(data["mesh"] != m.raw["mesh"] || data["meshNetworks"] != m.raw["meshNetworks"])
+	}
 }
 
 // Load reads the ConfigMap; a missing one gives empty settings, a broken
@@ -38,6 +68,7 @@ func Load(ctx context.Context, client kubernetes.Interface, namespace string) (*
 	if err != nil {
 		return nil, fmt.Errorf("read ConfigMap %s/%s: %w", namespace, ConfigMapName, err)
 	}
+	m.raw = cm.Data
 	if err := parse(cm.Data["mesh"], m.Config); err != nil {
 		return nil, fmt.Errorf("ConfigMap %s/%s key mesh: %w", namespace, ConfigMapName, err)
 	}

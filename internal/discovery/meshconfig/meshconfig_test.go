@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
@@ -90,4 +91,44 @@ func TestOutboundTrafficPolicyDefault(t *testing.T) {
 	if m.Config.GetOutboundTrafficPolicy().GetMode() != meshv1alpha1.MeshConfig_OutboundTrafficPolicy_ALLOW_ANY {
 		t.Error("no ConfigMap: not ALLOW_ANY")
 	}
+}
+
+// An edit of the ConfigMap after the start is reported as stale, and an
+// edit back as not.
+func TestStale(t *testing.T) {
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": mesh}}
+	c := fake.NewClientset(cm)
+	m, err := Load(context.Background(), c, "istio-system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan bool, 100)
+	go func() { _ = m.Stale(ctx, c, "istio-system", 5*time.Millisecond, func(s bool) { seen <- s }) }()
+	wait := func(want bool) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case s := <-seen:
+				if s == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("never reported stale=%v", want)
+			}
+		}
+	}
+	wait(false)
+	edited := cm.DeepCopy()
+	edited.Data["mesh"] = "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"
+	if _, err := c.CoreV1().ConfigMaps("istio-system").Update(ctx, edited, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait(true)
+	if _, err := c.CoreV1().ConfigMaps("istio-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait(false)
 }
