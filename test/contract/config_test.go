@@ -289,18 +289,9 @@ http:
 	if err := vs.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
 	}
-	var warnings []string
-	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
-	rc := rs[0].(*routev3.RouteConfiguration)
-	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(warnings) > 0 {
-		t.Errorf("warnings: %v", warnings)
-	}
+	rt := routeTable(t, reg, vs)
 	decide := func(target string) decision.Decision {
-		return decision.Decide(&config.HTTPManager{}, snap.Routes[rc.Name], &decision.Request{Method: "GET", Target: target, Host: "profile:8080",
+		return decision.Decide(&config.HTTPManager{}, rt, &decision.Request{Method: "GET", Target: target, Host: "profile:8080",
 			Header: func(n string) (string, bool) {
 				switch n {
 				case ":path":
@@ -311,7 +302,7 @@ http:
 				return "", false
 			}})
 	}
-	if c := snap.Routes[rc.Name].Match("profile:8080").Match("/c", func(string) (string, bool) { return "", false }).CORS; c == nil ||
+	if c := rt.Match("profile:8080").Match("/c", func(string) (string, bool) { return "", false }).CORS; c == nil ||
 		len(c.Origins) != 2 || !c.Origins[1]("https://eu.shop.example") || c.Origins[1]("https://evil.example") || c.AllowMethods != "GET,POST" ||
 		c.MaxAge != "3600" || !c.AllowCredentials || !c.ForwardUnmatched {
 		t.Errorf("cors policy %+v", c)
@@ -642,17 +633,7 @@ http:
 	if err := vs.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
 	}
-	var warnings []string
-	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
-	rc := rs[0].(*routev3.RouteConfiguration)
-	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(warnings) > 0 {
-		t.Errorf("warnings: %v", warnings)
-	}
-	vh := snap.Routes[rc.Name].Match(h)
+	vh := routeTable(t, reg, vs).Match(h)
 	for _, tc := range []struct {
 		path, authority, scheme, want string
 	}{
@@ -717,4 +698,22 @@ func TestBuildsServiceEntriesAndHeadless(t *testing.T) {
 	if snap.Listeners["10.64.0.9_5432"] == nil {
 		t.Error("no per-pod listener")
 	}
+}
+
+// routeTable is what the proxy makes of the sidecar route table (of the
+// services' first port) a VirtualService gives in cluster c1; it fails
+// the test on a warning.
+func routeTable(t *testing.T, reg *registry.Registry, vs *networkingv1.VirtualService) *config.RouteTable {
+	t.Helper()
+	var warnings []string
+	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rc := rs[0].(*routev3.RouteConfiguration)
+	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings: %v", warnings)
+	}
+	return snap.Routes[rc.Name]
 }
