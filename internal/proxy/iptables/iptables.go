@@ -61,13 +61,15 @@ type rule struct {
 	outLo    bool // -o lo
 	tcp      bool
 	udp      bool
+	sport    string
 	dport    string
 	notDport bool
 	owner    string // "uid" or "gid"
 	ownerID  int
 	notOwner bool
-	target   string // a chain, RETURN or REDIRECT
+	target   string // a chain, RETURN, REDIRECT or CT
 	toPort   int    // REDIRECT's port
+	zone     int    // CT's conntrack zone
 }
 
 // String is the rule in iptables-restore form.
@@ -92,6 +94,9 @@ func (r rule) String() string {
 	if r.udp {
 		b.WriteString(" -p udp")
 	}
+	if r.sport != "" {
+		b.WriteString(" --sport " + r.sport)
+	}
 	if r.dport != "" {
 		if r.notDport {
 			b.WriteString(" !")
@@ -106,8 +111,11 @@ func (r rule) String() string {
 		fmt.Fprintf(&b, " --%s-owner %d", r.owner, r.ownerID)
 	}
 	b.WriteString(" -j " + r.target)
-	if r.target == "REDIRECT" {
+	switch r.target {
+	case "REDIRECT":
 		fmt.Fprintf(&b, " --to-ports %d", r.toPort)
+	case "CT":
+		fmt.Fprintf(&b, " --zone %d", r.zone)
 	}
 	return b.String()
 }
@@ -194,8 +202,37 @@ func (c Config) rules() []rule {
 	return out
 }
 
-// Rules renders the nat table in iptables-restore form. Declaring a chain
-// flushes it, so restoring with --noflush replaces exactly Istio's chains.
+// rawRules put UDP DNS in two conntrack zones, as Istio does: the
+// proxy's queries to the resolvers and their answers in zone 1, the
+// app's queries (redirected to the proxy) and the proxy's answers in
+// zone 2. In one zone, an app's and the proxy's flows to the resolver
+// with the same source port would race for one conntrack entry.
+func (c Config) rawRules() []rule {
+	var out []rule
+	for _, o := range []struct {
+		kind string
+		id   int
+	}{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} {
+		out = append(out,
+			rule{chain: chainOutputDNS, udp: true, dport: "53", owner: o.kind, ownerID: o.id, target: "CT", zone: 1},
+			rule{chain: chainOutputDNS, udp: true, sport: strconv.Itoa(c.DNSPort), owner: o.kind, ownerID: o.id, target: "CT", zone: 2})
+	}
+	for _, ns := range c.DNSServers {
+		out = append(out,
+			rule{chain: chainOutputDNS, dst: ns + "/32", udp: true, dport: "53", target: "CT", zone: 2},
+			rule{chain: chainInbound, src: ns + "/32", udp: true, sport: "53", target: "CT", zone: 1})
+	}
+	return out
+}
+
+// rawHooks jump into the raw table's chains (DNS capture only).
+func (c Config) rawHooks() []rule {
+	return []rule{{chain: "OUTPUT", udp: true, target: chainOutputDNS}, {chain: "PREROUTING", udp: true, target: chainInbound}}
+}
+
+// Rules renders the nat table (and with DNS capture the raw table) in
+// iptables-restore form. Declaring a chain flushes it, so restoring with
+// --noflush replaces exactly Istio's chains.
 func (c Config) Rules() string {
 	var b strings.Builder
 	b.WriteString("*nat\n")
@@ -206,6 +243,16 @@ func (c Config) Rules() string {
 		b.WriteString(r.String() + "\n")
 	}
 	b.WriteString("COMMIT\n")
+	if len(c.DNSServers) > 0 {
+		b.WriteString("*raw\n")
+		for _, ch := range []string{chainInbound, chainOutputDNS} {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", ch)
+		}
+		for _, r := range c.rawRules() {
+			b.WriteString(r.String() + "\n")
+		}
+		b.WriteString("COMMIT\n")
+	}
 	return b.String()
 }
 
@@ -232,14 +279,20 @@ func (c Config) Apply() error {
 	if err := run(strings.NewReader(c.Rules()), "iptables-restore", "--noflush", "--wait"); err != nil {
 		return err
 	}
-	for _, h := range c.hooks() {
-		j := strings.Fields(h.String())[1:] // without "-A"
-		check := append([]string{"-t", "nat", "--wait", "-C"}, j...)
-		if run(nil, "iptables", check...) == nil {
-			continue
-		}
-		if err := run(nil, "iptables", append([]string{"-t", "nat", "--wait", "-A"}, j...)...); err != nil {
-			return err
+	hooks := map[string][]rule{"nat": c.hooks()}
+	if len(c.DNSServers) > 0 {
+		hooks["raw"] = c.rawHooks()
+	}
+	for _, table := range []string{"nat", "raw"} {
+		for _, h := range hooks[table] {
+			j := strings.Fields(h.String())[1:] // without "-A"
+			check := append([]string{"-t", table, "--wait", "-C"}, j...)
+			if run(nil, "iptables", check...) == nil {
+				continue
+			}
+			if err := run(nil, "iptables", append([]string{"-t", table, "--wait", "-A"}, j...)...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

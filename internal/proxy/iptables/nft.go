@@ -56,6 +56,28 @@ func (c Config) applyNFT() error {
 		}
 		conn.AddRule(&nftables.Rule{Table: table, Chain: byName[r.chain], Exprs: exprs})
 	}
+	if len(c.DNSServers) > 0 {
+		// The raw table's chains, as iptables' raw table holds them: one
+		// nftables table cannot have two chains of a name, so "raw_".
+		raw := map[string]*nftables.Chain{}
+		for _, name := range []string{chainInbound, chainOutputDNS} {
+			raw[name] = conn.AddChain(&nftables.Chain{Name: "raw_" + name, Table: table})
+		}
+		for name, hook := range map[string]*nftables.ChainHook{"PREROUTING": nftables.ChainHookPrerouting, "OUTPUT": nftables.ChainHookOutput} {
+			raw[name] = conn.AddChain(&nftables.Chain{Name: "raw_" + name, Table: table, Type: nftables.ChainTypeFilter,
+				Hooknum: hook, Priority: nftables.ChainPriorityRaw})
+		}
+		for _, r := range append(c.rawHooks(), c.rawRules()...) {
+			if r.target == chainInbound || r.target == chainOutputDNS {
+				r.target = "raw_" + r.target
+			}
+			exprs, err := r.nft()
+			if err != nil {
+				return fmt.Errorf("rule %q: %w", r.String(), err)
+			}
+			conn.AddRule(&nftables.Rule{Table: table, Chain: raw[r.chain], Exprs: exprs})
+		}
+	}
 	if err := conn.Flush(); err != nil {
 		return nftErr(err)
 	}
@@ -123,14 +145,21 @@ func (r rule) nft() ([]expr.Any, error) {
 	case r.tcp || r.dport != "":
 		out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmp(false, []byte{unix.IPPROTO_TCP}))
 	}
-	if r.dport != "" {
-		port, err := strconv.ParseUint(r.dport, 10, 16)
+	for _, p := range []struct {
+		port   string
+		offset uint32
+		neg    bool
+	}{{r.sport, 0, false}, {r.dport, 2, r.notDport}} {
+		if p.port == "" {
+			continue
+		}
+		port, err := strconv.ParseUint(p.port, 10, 16)
 		if err != nil || port == 0 {
-			return nil, fmt.Errorf("port %q is not a port number", r.dport)
+			return nil, fmt.Errorf("port %q is not a port number", p.port)
 		}
 		out = append(out,
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			cmp(r.notDport, binary.BigEndian.AppendUint16(nil, uint16(port))))
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: p.offset, Len: 2},
+			cmp(p.neg, binary.BigEndian.AppendUint16(nil, uint16(port))))
 	}
 	if r.owner != "" {
 		key := expr.MetaKeySKUID
@@ -146,6 +175,10 @@ func (r rule) nft() ([]expr.Any, error) {
 		out = append(out,
 			&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, uint16(r.toPort))},
 			&expr.Redir{RegisterProtoMin: 1})
+	case "CT":
+		out = append(out,
+			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint16(nil, uint16(r.zone))},
+			&expr.Ct{Key: expr.CtKeyZONE, Register: 1, SourceRegister: true})
 	default:
 		out = append(out, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.target})
 	}
