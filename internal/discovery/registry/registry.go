@@ -367,6 +367,12 @@ func (r *Registry) Services() []*Service {
 			}
 			m.ClusterIPs[name] = svc.ClusterIP
 			m.headlessIn[name] = svc.Headless
+			if m.FromServiceEntry && !svc.FromServiceEntry {
+				// A Kubernetes Service wins a host a ServiceEntry also
+				// names, as in Istio: its address, names and kind.
+				m.Namespace, m.Name, m.ClusterIP, m.Labels, m.Headless = svc.Namespace, svc.Name, svc.ClusterIP, svc.Labels, svc.Headless
+				m.FromServiceEntry, m.MeshExternal = false, false
+			}
 			for _, p := range svc.Ports {
 				if !slices.ContainsFunc(m.Ports, func(q Port) bool { return samePort(p, q) }) {
 					m.Ports = append(m.Ports, p)

@@ -143,3 +143,17 @@ func TestPortsMergeByNumberAndProtocol(t *testing.T) {
 		}
 	}
 }
+
+// A ServiceEntry naming a Kubernetes Service's host does not make it an
+// external service: the Kubernetes one wins its address and kind, as in
+// Istio, whichever shard sorts first.
+func TestKubernetesWinsAHostAServiceEntryNames(t *testing.T) {
+	r := New()
+	const host = "db.data.svc.cluster.local"
+	r.SetService("ServiceEntry", host, &Service{Namespace: "ops", Name: host, Hostname: host, ClusterIP: "240.240.0.3", FromServiceEntry: true, MeshExternal: true})
+	r.SetService("cluster-eks", host, &Service{Namespace: "data", Name: "db", Hostname: host, ClusterIP: "100.96.0.3"})
+	s := r.Services()[0]
+	if s.FromServiceEntry || s.MeshExternal || s.Name != "db" || s.AddressFor("cluster-eks") != "100.96.0.3" || s.AddressFor("cluster-gke") != "100.96.0.3" {
+		t.Errorf("merged %+v", s)
+	}
+}
