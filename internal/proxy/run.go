@@ -198,6 +198,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	p := New(popts)
 	xcfg := xdsclient.Config{Node: cfg.Node.proto(), Conn: conn, CallContext: callCtx, Applier: p, Log: log}
+	var names *dnsproxy.Server
 	if cfg.DNSAddr != "" {
 		// Before the first table, queries go to the cluster's DNS: the
 		// app may start before the control plane answered.
@@ -211,6 +212,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		}
 		g.Go("DNS proxy", dns.Run)
 		xcfg.Applier = &NamesApplier{Next: p, DNS: dns}
+		names = dns
 		xcfg.Extra = []string{nds.TypeURL}
 		log.Info("answering DNS from the control plane's name table", "addr", cfg.DNSAddr, "upstreams", dns.Upstreams())
 	}
@@ -223,6 +225,11 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		}
 		if p.Draining() {
 			return errors.New("draining")
+		}
+		// As Istio's agent: with DNS capture, not ready before the name
+		// table, or a mesh name the app asks for could go unanswered.
+		if names != nil && !names.Ready() {
+			return errors.New("no DNS name table from the control plane yet")
 		}
 		return nil
 	}
