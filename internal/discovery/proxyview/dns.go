@@ -30,7 +30,7 @@ func NameTable(p *Proxy, reg *registry.Registry, services []*registry.Service) n
 		var ips []netip.Addr
 		if svc.HeadlessFor(p.ClusterID) {
 			for _, e := range reg.Endpoints(svc.Hostname) {
-				if !e.Ready || (p.Network != "" && e.Network != "" && e.Network != p.Network) {
+				if !e.Ready || !p.Reaches(e.Network) {
 					continue
 				}
 				ip, err := netip.ParseAddr(e.Address)

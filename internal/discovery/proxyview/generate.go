@@ -70,17 +70,15 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 }
 
 // podAddresses are the addresses of a headless service's pods that a
-// proxy dials directly on a port: those of its own network (or of no
-// known one). A pod of another network is reached only through its
-// gateway, which routes by service, not by pod, so its address gets no
-// listener (Istio's listener there would dial an unroutable address).
+// proxy dials directly on a port (Proxy.Reaches); another network's get
+// no listener (Istio's listener there would dial an unroutable address).
 func podAddresses(p *Proxy, eps []registry.Endpoint, port registry.Port) []string {
 	var out []string
 	for _, e := range eps {
 		if _, ok := e.Ports[port.Name]; !ok {
 			continue
 		}
-		if p.Network != "" && e.Network != "" && e.Network != p.Network {
+		if !p.Reaches(e.Network) {
 			continue
 		}
 		out = append(out, e.Address)

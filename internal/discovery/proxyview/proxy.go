@@ -58,6 +58,14 @@ type Proxy struct {
 	RegistryOnly bool
 }
 
+// Reaches says whether the proxy dials an address of network n itself:
+// its own network, or either is unknown. Another network's pod addresses
+// are reached only through that network's gateway, which routes by
+// service, not by pod.
+func (p *Proxy) Reaches(n string) bool {
+	return p.Network == "" || n == "" || n == p.Network
+}
+
 // ParseNode reads Istio's node ID `type~ip~pod.ns~ns.svc.domain` and metadata.
 func ParseNode(n *core.Node) (*Proxy, error) {
 	if n == nil {

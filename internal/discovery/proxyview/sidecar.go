@@ -2,9 +2,9 @@ package proxyview
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +62,13 @@ var (
 func httpInspector() *listener.ListenerFilter {
 	return &listener.ListenerFilter{Name: "envoy.filters.listener.http_inspector",
 		ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspector.HttpInspector{})}}
+}
+
+// tlsInspector reads a connection's ClientHello (SNI, ALPN) for chains
+// to match on.
+func tlsInspector() *listener.ListenerFilter {
+	return &listener.ListenerFilter{Name: "envoy.filters.listener.tls_inspector",
+		ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}}
 }
 
 // rdsManager is an HTTP connection manager routed by RDS route name.
@@ -168,17 +175,16 @@ func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs fu
 	if registryOnly {
 		unknown = &listener.FilterChain{Name: "BlackHoleFilterChain", Filters: []*listener.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)}}
 	}
-	for _, port := range sortedPorts(setOf(bySNI)) {
+	for _, port := range sortedPorts(bySNI) {
 		if httpPorts[port] {
 			continue // an HTTP port's listener is there already (TLS to it passes through)
 		}
 		listeners = append(listeners, &listener.Listener{
-			Name:             fmt.Sprintf("0.0.0.0_%d", port),
-			Address:          socketAddress("0.0.0.0", uint32(port)),
-			BindToPort:       wrapperspb.Bool(false),
-			TrafficDirection: core.TrafficDirection_OUTBOUND,
-			ListenerFilters: []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
-				ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}}},
+			Name:               fmt.Sprintf("0.0.0.0_%d", port),
+			Address:            socketAddress("0.0.0.0", uint32(port)),
+			BindToPort:         wrapperspb.Bool(false),
+			TrafficDirection:   core.TrafficDirection_OUTBOUND,
+			ListenerFilters:    []*listener.ListenerFilter{tlsInspector()},
 			FilterChains:       bySNI[port],
 			DefaultFilterChain: unknown,
 		})
@@ -237,8 +243,7 @@ func tcpListener(svc *registry.Service, port registry.Port, vip string, byHost, 
 	l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{tcpRouteFilter(byHost[svc.Hostname], port.Port, cl, domain, bySource)}}}
 	if chains := tlsRouteChains(byTLS[svc.Hostname], port.Port, cl, domain); len(chains) > 0 {
 		// TLS routes: by the SNI of the client's ClientHello.
-		l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{Name: "envoy.filters.listener.tls_inspector",
-			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}})
+		l.ListenerFilters = append(l.ListenerFilters, tlsInspector())
 		l.FilterChains = append(chains, l.FilterChains...)
 	}
 	if IsAuto(port) {
@@ -328,21 +333,9 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 	return routes
 }
 
-func setOf[V any](m map[int32]V) map[int32]bool {
-	out := make(map[int32]bool, len(m))
-	for k := range m {
-		out[k] = true
-	}
-	return out
-}
-
-func sortedPorts(set map[int32]bool) []int32 {
-	out := make([]int32, 0, len(set))
-	for p := range set {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
+// sortedPorts are a map's port keys in order.
+func sortedPorts[V any](m map[int32]V) []int32 {
+	return slices.Sorted(maps.Keys(m))
 }
 
 // Inbound protocols of a port.
@@ -360,7 +353,7 @@ type InboundPorts map[int32]string
 // Key names the port set, so sidecars with the same ports share an inbound listener.
 func (ip InboundPorts) Key() string {
 	var b strings.Builder
-	for _, p := range sortedPorts(ipSet(ip)) {
+	for _, p := range sortedPorts(ip) {
 		fmt.Fprintf(&b, "%d:%s,", p, ip[p])
 	}
 	return b.String()
@@ -387,14 +380,6 @@ func merge(a, b string) string {
 		return b
 	}
 	return a
-}
-
-func ipSet(ip InboundPorts) map[int32]bool {
-	out := make(map[int32]bool, len(ip))
-	for p := range ip {
-		out[p] = true
-	}
-	return out
 }
 
 // InboundIndex finds the inbound ports of workloads by address.
@@ -452,7 +437,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 	auto := false
 	var chains []*listener.FilterChain
 	var clusters []types.Resource
-	for _, n := range sortedPorts(ipSet(ports)) {
+	for _, n := range sortedPorts(ports) {
 		name := InboundCluster(n)
 		app := &cluster.Cluster{
 			Name:                 name,
@@ -518,7 +503,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 	}
 	filters := []*listener.ListenerFilter{
 		{Name: "envoy.filters.listener.original_dst", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldst.OriginalDst{})}},
-		{Name: "envoy.filters.listener.tls_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspector.TlsInspector{})}},
+		tlsInspector(),
 	}
 	if auto {
 		filters = append(filters, httpInspector())
