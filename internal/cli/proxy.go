@@ -15,6 +15,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 
+	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy"
@@ -99,17 +100,14 @@ answers for mesh services and forwards the rest.`,
 // nameservers are the IPv4 resolvers of a resolv.conf: the addresses the
 // pod's DNS queries go to.
 func nameservers(path string) ([]string, error) {
-	b, err := os.ReadFile(path)
+	rc, err := dns.ClientConfigFromFile(path)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "nameserver" {
-			if ip, err := netip.ParseAddr(f[1]); err == nil && ip.Is4() {
-				out = append(out, ip.String())
-			}
+	for _, s := range rc.Servers {
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
+			out = append(out, ip.String())
 		}
 	}
 	if len(out) == 0 {

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
 )
@@ -110,7 +111,7 @@ func endpointsOf(cluster string, svc *registry.Service, slices []*discoveryv1.En
 					Labels:         w.labels,
 					TLSMode:        w.labels[LabelTLSMode],
 					Ready:          ready,
-					Hostname:       ptrValue(e.Hostname),
+					Hostname:       ptr.Deref(e.Hostname, ""),
 				})
 			}
 		}
@@ -175,11 +176,4 @@ func gatewaysOf(ctx context.Context, cluster string, s *corev1.Service, res Reso
 		return nil, "gateway of " + network + " has no address yet (no load balancer ingress or external IP)"
 	}
 	return out, ""
-}
-
-func ptrValue(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
