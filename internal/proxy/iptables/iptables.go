@@ -120,6 +120,15 @@ func (r rule) String() string {
 	return b.String()
 }
 
+// owner is a match on the socket's uid or gid.
+type owner struct {
+	kind string // "uid" or "gid"
+	id   int
+}
+
+// owners are the proxy's uid and gid, whose traffic is the proxy's own.
+func (c Config) owners() []owner { return []owner{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} }
+
 // chains are Istio's, in the order they are declared.
 func (c Config) chains() []string {
 	out := []string{chainInbound, chainInRedirect, chainOutput, chainRedirect}
@@ -135,10 +144,7 @@ func (c Config) chains() []string {
 // proxy's own queries (uid and gid 1337) go to the resolvers as sent.
 func (c Config) dnsRules() []rule {
 	var out []rule
-	for _, o := range []struct {
-		kind string
-		id   int
-	}{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} {
+	for _, o := range c.owners() {
 		out = append(out, rule{chain: chainOutputDNS, udp: true, dport: "53", owner: o.kind, ownerID: o.id, target: "RETURN"})
 	}
 	for _, ns := range c.DNSServers {
@@ -167,10 +173,7 @@ func (c Config) rules() []rule {
 	}
 	// Outbound.
 	add(rule{chain: chainOutput, src: InboundPassthroughSource + "/32", outLo: true, target: "RETURN"})
-	for _, o := range []struct {
-		kind string
-		id   int
-	}{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} {
+	for _, o := range c.owners() {
 		// The app calling its own pod through a service VIP comes back in.
 		add(rule{chain: chainOutput, dst: "127.0.0.1/32", notDst: true, outLo: true, tcp: true, dport: "15008", notDport: true, owner: o.kind, ownerID: o.id, target: chainInRedirect})
 		add(rule{chain: chainOutput, outLo: true, owner: o.kind, ownerID: o.id, notOwner: true, target: "RETURN"})
@@ -209,10 +212,7 @@ func (c Config) rules() []rule {
 // with the same source port would race for one conntrack entry.
 func (c Config) rawRules() []rule {
 	var out []rule
-	for _, o := range []struct {
-		kind string
-		id   int
-	}{{"uid", c.ProxyUID}, {"gid", c.ProxyGID}} {
+	for _, o := range c.owners() {
 		out = append(out,
 			rule{chain: chainOutputDNS, udp: true, dport: "53", owner: o.kind, ownerID: o.id, target: "CT", zone: 1},
 			rule{chain: chainOutputDNS, udp: true, sport: strconv.Itoa(c.DNSPort), owner: o.kind, ownerID: o.id, target: "CT", zone: 2})
