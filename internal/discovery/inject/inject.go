@@ -93,14 +93,12 @@ func (c *Config) Handler() http.Handler {
 		if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 			// Never block a pod over our own problem: allow it unchanged.
 			c.Log.Error("injection: cannot read the pod; admitted without a sidecar", "err", err)
-		} else if patch, why := c.patch(&pod, req.Namespace, cluster, network); patch != nil {
-			if err := c.checkProxyConfig(&pod); err != nil {
-				// The pod's own annotation is wrong: refused, as Istio's
-				// injector refuses it, rather than run without what it asked.
-				resp.Allowed = false
-				resp.Result = &metav1.Status{Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest, Message: err.Error()}
-				return resp
-			}
+		} else if patch, why, err := c.patch(&pod, req.Namespace, cluster, network); err != nil {
+			// The pod's own annotation is wrong: refused, as Istio's
+			// injector refuses it, rather than run without what it asked.
+			resp.Allowed = false
+			resp.Result = &metav1.Status{Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest, Message: err.Error()}
+		} else if patch != nil {
 			b, _ := json.Marshal(patch)
 			pt := admissionv1.PatchTypeJSONPatch
 			resp.Patch, resp.PatchType = b, &pt
@@ -126,13 +124,14 @@ type op struct {
 	Value any    `json:"value,omitempty"`
 }
 
-// patch returns the operations that inject a pod, or nil and why not.
-func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]op, string) {
+// patch returns the operations that inject a pod, or nil and why not; an
+// error when the pod to inject asks what cannot be read.
+func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]op, string, error) {
 	if v, ok := pod.Annotations[AnnotationInject]; ok && (v == "false" || v == "n" || v == "no") {
-		return nil, "opted out by annotation"
+		return nil, "opted out by annotation", nil
 	}
 	if pod.Spec.HostNetwork {
-		return nil, "host network"
+		return nil, "host network", nil
 	}
 	if namespace == "" {
 		namespace = pod.Namespace
@@ -142,9 +141,17 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 			continue
 		}
 		if ctr.Image == "auto" && slices.Contains(strings.Split(pod.Annotations[AnnotationTemplates], ","), "gateway") {
-			return c.gatewayPatch(pod, i, namespace, cluster, network), ""
+			md, err := c.proxyMetadata(pod)
+			if err != nil {
+				return nil, "", err
+			}
+			return c.gatewayPatch(pod, i, namespace, cluster, network, md), "", nil
 		}
-		return nil, "already injected" // re-invocation adds nothing
+		return nil, "already injected", nil // re-invocation adds nothing
+	}
+	md, err := c.proxyMetadata(pod)
+	if err != nil {
+		return nil, "", err
 	}
 	var ops []op
 	if pod.Labels == nil {
@@ -167,8 +174,8 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 	if pod.Spec.InitContainers == nil {
 		ops = append(ops, op{"add", "/spec/initContainers", []corev1.Container{}})
 	}
-	ops = append(ops, op{"add", "/spec/initContainers/-", c.initContainer(pod)})
-	proxy := c.proxyContainer(pod, namespace, cluster, network)
+	ops = append(ops, op{"add", "/spec/initContainers/-", c.initContainer(pod, md)})
+	proxy := c.proxyContainer(pod, namespace, cluster, network, md)
 	if pod.Annotations[AnnotationRewriteProbes] != "false" {
 		probeOps, probers := rewriteProbes(pod)
 		ops = append(ops, probeOps...)
@@ -181,16 +188,16 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 	if pod.Spec.Volumes == nil {
 		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})
 	}
-	return append(ops, volumes()...), ""
+	return append(ops, volumes()...), "", nil
 }
 
 // gatewayPatch is Istio's gateway template: the pod's own istio-proxy
 // container (image "auto") becomes `isthmus proxy router` with the pod's
 // identity; its env (ISTIO_META_REQUESTED_NETWORK_VIEW, ...) and ports are
 // kept. No init container: a gateway's traffic is addressed to it.
-func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, network string) []op {
+func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, network string, md map[string]string) []op {
 	own := pod.Spec.Containers[i]
-	ctr := c.proxyContainer(pod, namespace, cluster, network)
+	ctr := c.proxyContainer(pod, namespace, cluster, network, md)
 	ctr.Args = []string{"proxy", "router"}
 	ctr.Env = append(ctr.Env, own.Env...)
 	ctr.Ports = append(own.Ports, ctr.Ports...)
@@ -258,26 +265,25 @@ func podProxyConfig(pod *corev1.Pod) (md map[string]string, others []string, err
 	return md, others, nil
 }
 
-// checkProxyConfig refuses a pod whose proxy.istio.io/config does not
-// parse, and says which of its fields are not applied.
-func (c *Config) checkProxyConfig(pod *corev1.Pod) error {
-	_, others, err := podProxyConfig(pod)
-	if err == nil && len(others) > 0 {
+// proxyMetadata is the mesh's proxyMetadata with the pod's annotation's
+// over it; an error when the annotation does not parse. The annotation's
+// other fields are said not to be applied.
+func (c *Config) proxyMetadata(pod *corev1.Pod) (map[string]string, error) {
+	md, others, err := podProxyConfig(pod)
+	if err != nil {
+		return nil, err
+	}
+	if len(others) > 0 {
 		c.Log.Warn("injection: proxy.istio.io/config fields other than proxyMetadata are not applied", "pod", podName(pod), "fields", others)
 	}
-	return err
-}
-
-// proxyMetadata is the mesh's proxyMetadata with the pod's annotation's over it.
-func (c *Config) proxyMetadata(pod *corev1.Pod) map[string]string {
 	out := maps.Clone(c.ProxyMetadata)
-	if md, _, err := podProxyConfig(pod); err == nil && len(md) > 0 {
+	if len(md) > 0 {
 		if out == nil {
 			out = map[string]string{}
 		}
 		maps.Copy(out, md)
 	}
-	return out
+	return out, nil
 }
 
 // escape is JSON Pointer escaping for a map key.
@@ -300,14 +306,14 @@ func canonicalName(p *corev1.Pod) string {
 	return p.Name
 }
 
-func (c *Config) initContainer(pod *corev1.Pod) corev1.Container {
+func (c *Config) initContainer(pod *corev1.Pod, md map[string]string) corev1.Container {
 	args := []string{"proxy", "init"}
 	for ann, flag := range map[string]string{annIncludeInbound: "-b", annExcludeInbound: "-d", annIncludeOutbound: "-i", annExcludeOutbound: "-x", annExcludeOutPorts: "-o"} {
 		if v, ok := pod.Annotations[ann]; ok {
 			args = append(args, flag, v)
 		}
 	}
-	if c.proxyMetadata(pod)["ISTIO_META_DNS_CAPTURE"] == "true" {
+	if md["ISTIO_META_DNS_CAPTURE"] == "true" {
 		args = append(args, "--redirect-dns")
 	}
 	return corev1.Container{
@@ -319,7 +325,7 @@ func (c *Config) initContainer(pod *corev1.Pod) corev1.Container {
 	}
 }
 
-func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network string) corev1.Container {
+func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network string, md map[string]string) corev1.Container {
 	field := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 	}
@@ -338,7 +344,6 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 	// The mesh's proxyMetadata under the pod's, except what the injector
 	// says of the pod itself (its cluster, network and identity are not
 	// configuration).
-	md := c.proxyMetadata(pod)
 	for _, k := range slices.Sorted(maps.Keys(md)) {
 		if !injectorOwned[k] && !slices.ContainsFunc(env, func(e corev1.EnvVar) bool { return e.Name == k }) {
 			env = append(env, corev1.EnvVar{Name: k, Value: md[k]})
