@@ -655,6 +655,7 @@ func TestServeIPv6(t *testing.T) {
 		if r, _, err = c.Exchange(m, addr); err == nil {
 			break
 		}
+		time.Sleep(20 * time.Millisecond) // refused at once until Serve has bound
 	}
 	if err != nil || len(r.Answer) != 1 {
 		t.Fatalf("over ::1: %v %v", err, r)
