@@ -58,6 +58,11 @@ type Source struct {
 	// last is the shard the registry has: an unchanged one (most
 	// re-resolutions) costs no push.
 	last *registry.Shard
+	// lastEntries names the entries it was built from (namespace, name
+	// and resource version): the store says "changed" for every Istio
+	// kind, and unchanged entries need no rebuild (and no DNS lookups)
+	// before the next re-resolution.
+	lastEntries string
 }
 
 // Changed tells the source that the entries changed (the config store's
@@ -85,19 +90,35 @@ func (s *Source) Run(ctx context.Context) error {
 	t := time.NewTicker(resolveEvery)
 	defer t.Stop()
 	for {
+		var entries []*networkingv1.ServiceEntry
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-k:
+			entries = s.Entries()
+			if s.last != nil && versions(entries) == s.lastEntries {
+				continue
+			}
 		case <-t.C:
+			entries = s.Entries()
 		}
-		sh := Build(ctx, s.Entries(), s.Resolver, s.warn)
+		s.lastEntries = versions(entries)
+		sh := Build(ctx, entries, s.Resolver, s.warn)
 		if s.last != nil && reflect.DeepEqual(*s.last, sh) {
 			continue
 		}
 		s.last = &sh
 		s.Registry.ReplaceCluster(Shard, sh)
 	}
+}
+
+// versions names a set of entries by namespace, name and resource version.
+func versions(entries []*networkingv1.ServiceEntry) string {
+	var b strings.Builder
+	for _, se := range entries {
+		b.WriteString(se.Namespace + "/" + se.Name + "@" + se.ResourceVersion + "\n")
+	}
+	return b.String()
 }
 
 func (s *Source) warn(msg string) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,7 +123,8 @@ func TestSourceSkipsUnchanged(t *testing.T) {
 		}
 	})
 	entries := []*networkingv1.ServiceEntry{entry(t, "shop", "api", 1, "hosts: [api.example.com]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: DNS\n")}
-	s := &Source{Registry: reg, Entries: func() []*networkingv1.ServiceEntry { return entries }, Resolver: fakeDNS{"api.example.com": {netip.MustParseAddr("198.51.100.7")}}}
+	dns := &countingDNS{fakeDNS: fakeDNS{"api.example.com": {netip.MustParseAddr("198.51.100.7")}}}
+	s := &Source{Registry: reg, Entries: func() []*networkingv1.ServiceEntry { return entries }, Resolver: dns}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = s.Run(ctx) }()
@@ -140,4 +142,19 @@ func TestSourceSkipsUnchanged(t *testing.T) {
 	if full != 1 {
 		t.Errorf("%d full pushes for one change", full)
 	}
+	// The store says "changed" for any Istio kind: unchanged entries are
+	// not looked up again before the next re-resolution.
+	if n := dns.lookups.Load(); n != 1 {
+		t.Errorf("%d DNS lookups for unchanged entries, want 1", n)
+	}
+}
+
+type countingDNS struct {
+	fakeDNS
+	lookups atomic.Int32
+}
+
+func (c *countingDNS) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	c.lookups.Add(1)
+	return c.fakeDNS.LookupNetIP(ctx, network, host)
 }
