@@ -68,7 +68,7 @@ module proxy (about 9 minutes on 2 cores) and cached under $ISTHMUS_CACHE
 	}
 	cmd.PersistentFlags().StringVar(&f.stateDir, "state-dir", sandbox.DefaultStateDir, "directory for certificates, data, logs and the kubeconfig")
 	cmd.PersistentFlags().StringVar(&f.config, "config", "", "YAML file listing the clusters (default: cluster-eks/network1 and cluster-aks/network2)")
-	cmd.AddCommand(newSandboxUpCmd(f), newSandboxDownCmd(f), newSandboxStatusCmd(f), newSandboxKubeconfigCmd(f), newSandboxPrepareCmd(), newSandboxNodeCmd(), newSandboxContainerRunCmd(), newSandboxLoadCmd(f), newSandboxRegistryCmd(), newSandboxCloudCmd(f))
+	cmd.AddCommand(newSandboxUpCmd(f), newSandboxDownCmd(f), newSandboxStatusCmd(f), newSandboxKubeconfigCmd(f), newSandboxPrepareCmd(), newSandboxNodeCmd(), newSandboxContainerRunCmd(), newSandboxLoadCmd(f), newSandboxRegistryCmd(), newSandboxCloudCmd(f), newSandboxHostCmd())
 	return cmd
 }
 

@@ -50,6 +50,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/secretaccess"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/serviceentry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/workloadentry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
 	"github.com/isthmus-mesh/isthmus/internal/validation"
@@ -168,12 +169,17 @@ func Run(ctx context.Context, cfg Config) error {
 	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.
-		Credentials: &secretaccess.Authorizer{Client: running.reviews},
-		Log:         log, Metrics: metrics})
+		Credentials:   &secretaccess.Authorizer{Client: running.reviews},
+		ConfigCluster: cfg.ClusterID,
+		Log:           log, Metrics: metrics})
 	store.Subscribe(xdsServer.Trigger)
 	// ServiceEntries become registry services (their own shard).
-	entries := &serviceentry.Source{Registry: reg, Entries: store.ServiceEntries, Resolver: net.DefaultResolver, Log: log}
+	entries := &serviceentry.Source{Registry: reg, Entries: store.ServiceEntries, Workloads: store.WorkloadEntries, Resolver: net.DefaultResolver, Log: log}
 	store.Subscribe(entries.Changed)
+	// WorkloadEntries: endpoints of the config cluster's Services, and
+	// workloads their proxies connect as.
+	workloads := &workloadentry.Source{Registry: reg, Cluster: cfg.ClusterID, Entries: store.WorkloadEntries, Log: log}
+	store.Subscribe(workloads.Changed)
 	keys.OnChange = xdsServer.Trigger
 	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
 
@@ -206,6 +212,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go("remote secrets", secrets.Run)
 	g.Go("istio config", store.Run)
 	g.Go("service entries", entries.Run)
+	g.Go("workload entries", workloads.Run)
 	staleMesh := prometheus.NewGauge(prometheus.GaugeOpts{Name: "isthmus_mesh_config_stale",
 		Help: "1 when ConfigMap istio differs from the mesh config the control plane started with (it applies at the next start)"})
 	metrics.MustRegister(staleMesh)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
@@ -378,6 +379,38 @@ func checkServiceEntry(m proto.Message, c *checker) {
 	}
 }
 
+func checkSidecar(m proto.Message, c *checker) {
+	sc := m.(*networking.Sidecar)
+	checkLabels(c, "spec.workloadSelector.labels", sc.GetWorkloadSelector().GetLabels())
+	for i, l := range sc.GetEgress() {
+		p := fmt.Sprintf("spec.egress[%d]", i)
+		if len(l.GetHosts()) == 0 {
+			c.errf(p+".hosts", "an egress listener needs at least one host")
+		}
+		for j, h := range l.GetHosts() {
+			ns, host, ok := strings.Cut(h, "/")
+			if !ok || ns == "" || host == "" {
+				c.errf(fmt.Sprintf("%s.hosts[%d]", p, j), "%q is not namespace/dnsName (./*, */*, istio-system/*, ns/host.example.com)", h)
+				continue
+			}
+			if err := wildcardHost(host); err != nil {
+				c.errf(fmt.Sprintf("%s.hosts[%d]", p, j), "%v", err)
+			}
+		}
+	}
+}
+
+func checkWorkloadEntry(m proto.Message, c *checker) {
+	we := m.(*networking.WorkloadEntry)
+	if we.GetAddress() == "" && we.GetNetwork() == "" {
+		c.errf("spec.address", "an address is required (Istio allows none only with a network, reached through its gateway)")
+	}
+	for name, p := range we.GetPorts() {
+		checkPortNumber(c, "spec.ports["+name+"]", p)
+	}
+	checkLabels(c, "spec.labels", we.GetLabels())
+}
+
 func checkPeerAuthentication(m proto.Message, c *checker) {
 	pa := m.(*security.PeerAuthentication)
 	if len(pa.GetPortLevelMtls()) > 0 && len(pa.GetSelector().GetMatchLabels()) == 0 {
@@ -505,7 +538,18 @@ func unsupportedValues(m proto.Message) []string {
 				out = append(out, fmt.Sprintf("spec.addresses[%d]: CIDR %s: not supported by isthmus (single addresses are); ignored", i, a))
 			}
 		}
+		if se.GetWorkloadSelector() != nil {
+			out = append(out, "spec.workloadSelector: selects WorkloadEntries only in isthmus; pods it selects are not endpoints")
+		}
 		return out
+	}
+	if we, ok := m.(*networking.WorkloadEntry); ok {
+		if we.GetAddress() != "" && net.ParseIP(we.GetAddress()) == nil {
+			return []string{"spec.address: " + we.GetAddress() + " is not an IP address: isthmus uses such entries only as endpoints of DNS ServiceEntries (no Kubernetes Service selects it, no proxy connects as it)"}
+		}
+		if we.GetAddress() == "" {
+			return []string{"spec.address: an entry without an address is not supported by isthmus; ignored"}
+		}
 	}
 	ap, ok := m.(*security.AuthorizationPolicy)
 	if !ok {

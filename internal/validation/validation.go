@@ -81,8 +81,12 @@ var kinds = map[string]kind{
 		prefixed("subsets.traffic_policy.", trafficPolicy), prefixed("subsets.traffic_policy.port_level_settings.", trafficPolicy))},
 	"networking.istio.io/ServiceEntry": {new: func() proto.Message { return &networking.ServiceEntry{} }, check: checkServiceEntry, supported: fields([]string{
 		"hosts", "addresses", "ports", "ports.number", "ports.protocol", "ports.name", "ports.target_port", "location", "resolution",
-		"endpoints", "endpoints.address", "endpoints.ports", "endpoints.labels", "endpoints.network", "endpoints.locality", "endpoints.weight",
-		"endpoints.service_account"})},
+		"endpoints", "endpoints.address", "endpoints.ports", "endpoints.labels", "endpoints.network", "endpoints.locality",
+		"endpoints.service_account", "workload_selector", "workload_selector.labels"})},
+	"networking.istio.io/Sidecar": {new: func() proto.Message { return &networking.Sidecar{} }, check: checkSidecar, supported: fields([]string{
+		"workload_selector", "workload_selector.labels", "egress", "egress.hosts", "outbound_traffic_policy", "outbound_traffic_policy.mode"})},
+	"networking.istio.io/WorkloadEntry": {new: func() proto.Message { return &networking.WorkloadEntry{} }, check: checkWorkloadEntry, supported: fields([]string{
+		"address", "ports", "labels", "network", "locality", "service_account"})},
 	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: fields([]string{
 		"selector", "selector.match_labels", "mtls", "mtls.mode", "port_level_mtls", "port_level_mtls.mode"})},
 	"security.istio.io/RequestAuthentication": {new: func() proto.Message { return &security.RequestAuthentication{} }, check: checkRequestAuthentication, supported: fields(
@@ -103,8 +107,6 @@ var kinds = map[string]kind{
 // what happens instead: every object of them is warned about when it is
 // applied and by analyze, so nobody believes it took effect.
 var notActedOn = map[string]string{
-	"networking.istio.io/Sidecar":          "isthmus does not read Sidecar yet: every proxy keeps the configuration of every service, and egress and ingress listeners are not applied",
-	"networking.istio.io/WorkloadEntry":    "isthmus does not read WorkloadEntry yet: the workload is not an endpoint of any service",
 	"networking.istio.io/WorkloadGroup":    "isthmus does not read WorkloadGroup yet: no WorkloadEntry is made from it",
 	"networking.istio.io/EnvoyFilter":      "isthmus's proxy is not Envoy and applies no EnvoyFilter patches",
 	"networking.istio.io/ProxyConfig":      "isthmus does not read ProxyConfig: proxies take their settings from meshConfig.defaultConfig only",

@@ -97,8 +97,7 @@ func TestKindsNotActedOnAreWarned(t *testing.T) {
 	for _, c := range []struct{ doc, want string }{
 		{"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: ns}\nspec:\n  configPatches: []\n", "applies no EnvoyFilter patches"},
 		{"apiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  accessLogging: [{providers: [{name: envoy}]}]\n", "does not read Telemetry"},
-		{"apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n", "does not read Sidecar"},
-		{"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: ns}\nspec:\n  address: 10.0.0.9\n", "not an endpoint of any service"},
+		{"apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: vm, namespace: ns}\nspec:\n  template: {serviceAccount: vm}\n", "does not read WorkloadGroup"},
 		{"apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w, namespace: ns}\nspec:\n  url: oci://example/plugin\n", "runs no Wasm"},
 	} {
 		r := validate(t, c.doc)
@@ -162,6 +161,46 @@ func TestHeaderOperationsThatWouldSmuggle(t *testing.T) {
 	}
 }
 
+// A Sidecar's egress hosts and outbound policy are acted on; its ingress
+// and per-port egress listeners are named; hosts not namespace/dnsName
+// are refused.
+func TestSidecar(t *testing.T) {
+	r := validate(t, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{hosts: ['./*', 'istio-system/*', '*/*.example.com']}]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n")
+	if len(r.Errors) > 0 || len(r.Warnings) > 0 {
+		t.Errorf("a plain Sidecar: errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{port: {number: 80, protocol: HTTP, name: http}, hosts: [profile]}]\n  ingress: [{port: {number: 80, protocol: HTTP, name: h}, defaultEndpoint: '127.0.0.1:8080'}]\n")
+	if e := strings.Join(r.Errors, "\n"); !strings.Contains(e, `"profile" is not namespace/dnsName`) {
+		t.Errorf("a host without a namespace: errors %q", r.Errors)
+	}
+	all := strings.Join(r.Warnings, "\n")
+	for _, want := range []string{"spec.ingress: not supported", "spec.egress[0].port: not supported"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no warning %q in:\n%s", want, all)
+		}
+	}
+}
+
+// A WorkloadEntry is acted on; its weight and a DNS-name address are
+// named, an entry without address or network refused.
+func TestWorkloadEntry(t *testing.T) {
+	r := validate(t, "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: ns}\nspec:\n  address: 10.0.0.9\n  labels: {app: vm}\n  serviceAccount: vm\n  network: vm-net\n  locality: r/z\n  ports: {http: 8080}\n")
+	if len(r.Errors) > 0 || len(r.Warnings) > 0 {
+		t.Errorf("a plain WorkloadEntry: errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: ns}\nspec:\n  address: vm.example.com\n  weight: 3\n")
+	all := strings.Join(r.Warnings, "\n")
+	for _, want := range []string{"spec.weight: not supported", "spec.address: vm.example.com is not an IP address"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no warning %q in:\n%s", want, all)
+		}
+	}
+	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, namespace: ns}\nspec:\n  labels: {app: vm}\n  ports: {http: 0}\n")
+	if e := strings.Join(r.Errors, "\n"); !strings.Contains(e, "an address is required") || !strings.Contains(e, "spec.ports[http]") {
+		t.Errorf("no address, port 0: errors %q", r.Errors)
+	}
+}
+
 // A ServiceEntry is acted on; what isthmus does not do of it is named.
 func TestServiceEntryWarnings(t *testing.T) {
 	r := validate(t, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n")
@@ -170,7 +209,7 @@ func TestServiceEntryWarnings(t *testing.T) {
 	}
 	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: ['*.example.com']\n  addresses: [10.0.0.0/24]\n  exportTo: ['.']\n  workloadSelector: {labels: {app: vm}}\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: NONE\n")
 	all := strings.Join(r.Warnings, "\n")
-	for _, want := range []string{"spec.hosts[0]: wildcard host", "spec.addresses[0]: CIDR", "spec.exportTo: not supported", "spec.workloadSelector: not supported"} {
+	for _, want := range []string{"spec.hosts[0]: wildcard host", "spec.addresses[0]: CIDR", "spec.exportTo: not supported", "spec.workloadSelector: selects WorkloadEntries only"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}

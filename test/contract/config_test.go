@@ -600,8 +600,10 @@ func listenerOf(l *listener.Listener) (*config.Listener, error) {
 }
 
 func (drConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (drConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }
 
 func (vsConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (vsConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }
 
 // Matches on query parameters, authority and scheme, from the
 // VirtualService to the route the proxy picks (Istio's translation:

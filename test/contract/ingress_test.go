@@ -197,6 +197,7 @@ func TestGatewayEnforcesItsPolicies(t *testing.T) {
 }
 
 func (c ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return c.ras }
+func (c ingressConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }
 
 // A RequestAuthentication selecting the ingress gateway puts jwt_authn
 // before its policies on every HTTP server: a bad token gets 401 at the

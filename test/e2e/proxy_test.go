@@ -708,3 +708,4 @@ func nodeProto(id string) *core.Node {
 }
 
 func (gatewayConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (gatewayConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }

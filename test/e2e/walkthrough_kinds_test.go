@@ -8,12 +8,11 @@ import (
 	"time"
 )
 
-// kindsArea: services that are not the walkthrough's HTTP ones, present in
-// both clusters, called from a sleep in each cluster under STRICT mTLS
-// mesh-wide (STRICT refuses plaintext, so every answer came over mTLS).
-func kindsArea(t *testing.T, w *walkthrough) {
+// strictWithSleeps makes mTLS STRICT mesh-wide and adds a sleep in
+// cluster-aks, as the walkthrough's in cluster-eks; the function it
+// returns undoes both.
+func (w *walkthrough) strictWithSleeps(t *testing.T) func() {
 	e := w.e
-	// A second sleep, in cluster-aks, as the walkthrough's in cluster-eks.
 	e.apply("cluster-aks", `apiVersion: v1
 kind: ServiceAccount
 metadata: {name: sleep, namespace: multicluster}
@@ -31,23 +30,39 @@ spec:
       containers:
       - {name: sleep, image: curlimages/curl, command: [sleep, infinity]}
 `)
-	defer e.kubectl("cluster-aks", "", "-n", "multicluster", "delete", "deployment/sleep", "serviceaccount/sleep")
 	if out, err := e.kubectl("cluster-aks", "", "-n", "multicluster", "rollout", "status", "deployment/sleep", "--timeout=120s"); err != nil {
 		t.Fatalf("sleep in cluster-aks: %v\n%s", err, out)
 	}
 	e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n")
-	defer e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "peerauthentication", "default")
+	return func() {
+		e.kubectl("cluster-eks", "", "-n", "istio-system", "delete", "peerauthentication", "default")
+		e.kubectl("cluster-aks", "", "-n", "multicluster", "delete", "deployment/sleep", "serviceaccount/sleep")
+	}
+}
+
+// sleepCalls calls url n times from sleep in a cluster and returns the
+// demo app's answers.
+func (w *walkthrough) sleepCalls(t *testing.T, from, url string, n int) []profileAnswer {
+	out, err := w.e.kubectl(from, "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c",
+		fmt.Sprintf("for i in $(seq %d); do curl -sS --max-time 5 %s; echo; done", n, url))
+	if err != nil {
+		t.Logf("from %s: %v\n%s", from, err, out)
+	}
+	return answers(out)
+}
+
+// kindsArea: services that are not the walkthrough's HTTP ones, present in
+// both clusters, called from a sleep in each cluster under STRICT mTLS
+// mesh-wide (STRICT refuses plaintext, so every answer came over mTLS).
+func kindsArea(t *testing.T, w *walkthrough) {
+	e := w.e
+	defer w.strictWithSleeps(t)()
 	clients := []string{"cluster-eks", "cluster-aks"}
 	// calls counts the answers to n calls of url from sleep in a cluster
 	// by the cluster that served them.
 	calls := func(t *testing.T, from, url string, n int) map[string]int {
 		by := map[string]int{}
-		out, err := e.kubectl(from, "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c",
-			fmt.Sprintf("for i in $(seq %d); do curl -sS --max-time 5 %s; echo; done", n, url))
-		if err != nil {
-			t.Logf("from %s: %v\n%s", from, err, out)
-		}
-		for _, a := range answers(out) {
+		for _, a := range w.sleepCalls(t, from, url, n) {
 			by[a.ServedBy.Cluster]++
 		}
 		return by

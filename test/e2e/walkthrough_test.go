@@ -112,6 +112,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	policyArea(t, w)
 	trafficArea(t, w)
 	kindsArea(t, w)
+	vmArea(t, w)
 	istiodArea(t, w)
 	operationsArea(t, w)
 	cloudArea(t, w)

@@ -1,5 +1,5 @@
 // Package istioconfig is the control plane's store of Istio configuration
-// (Gateway, VirtualService, DestinationRule, ServiceEntry,
+// (Gateway, VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Sidecar,
 // PeerAuthentication, AuthorizationPolicy) and the Secrets that gateways
 // name for TLS, read from the config cluster
 // with istio.io/client-go informers. When the CRDs are not installed yet it
@@ -88,6 +88,8 @@ func (s *Store) Run(ctx context.Context) error {
 		s.factory.Networking().V1().VirtualServices().Informer(),
 		s.factory.Networking().V1().DestinationRules().Informer(),
 		s.factory.Networking().V1().ServiceEntries().Informer(),
+		s.factory.Networking().V1().WorkloadEntries().Informer(),
+		s.factory.Networking().V1().Sidecars().Informer(),
 		s.factory.Security().V1().PeerAuthentications().Informer(),
 		s.factory.Security().V1().AuthorizationPolicies().Informer(),
 		s.factory.Security().V1().RequestAuthentications().Informer(),
@@ -198,6 +200,26 @@ func (s *Store) ServiceEntries() []*networkingv1.ServiceEntry {
 		return nil
 	}
 	out, _ := s.factory.Networking().V1().ServiceEntries().Lister().List(labels.Everything())
+	sortByName(out)
+	return out
+}
+
+// WorkloadEntries lists every WorkloadEntry; nil before sync.
+func (s *Store) WorkloadEntries() []*networkingv1.WorkloadEntry {
+	if !s.synced.Load() {
+		return nil
+	}
+	out, _ := s.factory.Networking().V1().WorkloadEntries().Lister().List(labels.Everything())
+	sortByName(out)
+	return out
+}
+
+// Sidecars lists every Sidecar; nil before sync.
+func (s *Store) Sidecars() []*networkingv1.Sidecar {
+	if !s.synced.Load() {
+		return nil
+	}
+	out, _ := s.factory.Networking().V1().Sidecars().Lister().List(labels.Everything())
 	sortByName(out)
 	return out
 }

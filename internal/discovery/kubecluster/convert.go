@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -45,6 +46,7 @@ func ToService(s *corev1.Service, domain string) *registry.Service {
 		Name:      s.Name,
 		Hostname:  s.Name + "." + s.Namespace + ".svc." + domain,
 		Labels:    s.Labels,
+		Selector:  s.Spec.Selector,
 	}
 	if s.Spec.ClusterIP == corev1.ClusterIPNone {
 		out.Headless = true
@@ -52,7 +54,13 @@ func ToService(s *corev1.Service, domain string) *registry.Service {
 		out.ClusterIP = s.Spec.ClusterIP
 	}
 	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, registry.Port{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol), AppProtocol: appProtocol(p)})
+		port := registry.Port{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol), AppProtocol: appProtocol(p)}
+		if p.TargetPort.Type == intstr.String {
+			port.TargetPortName = p.TargetPort.StrVal
+		} else {
+			port.TargetPort = p.TargetPort.IntVal
+		}
+		out.Ports = append(out.Ports, port)
 	}
 	return out
 }

@@ -29,6 +29,7 @@ type Config interface {
 	PeerAuthentications() []*securityv1.PeerAuthentication
 	AuthorizationPolicies() []*securityv1.AuthorizationPolicy
 	RequestAuthentications() []*securityv1.RequestAuthentication
+	Sidecars() []*networkingv1.Sidecar
 }
 
 // autoPassthroughALPN is what an AUTO_PASSTHROUGH chain accepts: Istio mTLS only.

@@ -60,6 +60,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		if cfg != nil {
 			vss = cfg.VirtualServices()
 		}
+		services = p.Scope.Services(services, vss, domain)
 		g.Listeners, g.Clusters = sidecarOutbound(services, p.ClusterID, func(svc *registry.Service, port registry.Port) []string {
 			return podAddresses(p, reg.Endpoints(svc.Hostname), port)
 		}, vss, drs, domain, p.Paths, p.RegistryOnly)
@@ -96,6 +97,9 @@ func GenerateEndpoints(p *Proxy, reg *registry.Registry, cfg Config, domain stri
 		warn = func(string) {}
 	}
 	var g Generated
+	if p.Scope != nil && cfg != nil {
+		services = p.Scope.Services(services, cfg.VirtualServices(), domain)
+	}
 	g.addServices(p, reg, services, destinationRules(cfg, domain), noGW, warn)
 	return g.Endpoints
 }

@@ -184,3 +184,4 @@ func TestPrincipalsMatchInEveryTrustDomainOfTheMesh(t *testing.T) {
 }
 
 func (subsetConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (subsetConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }

@@ -55,14 +55,19 @@ func (g *Generator) Endpoints(p *Proxy, services []*registry.Service) []types.Re
 	return GenerateEndpoints(g.withMesh(p), g.Registry, g.Config, g.Domain, services, g.noGateway, g.warn)
 }
 
-// Routes is the route tables of sidecars in namespace of cluster.
-func (g *Generator) Routes(namespace, cluster string, services []*registry.Service) []types.Resource {
+// Routes is the route tables of sidecars of p's namespace, cluster and
+// scope.
+func (g *Generator) Routes(p *Proxy, services []*registry.Service) []types.Resource {
 	domain := g.Domain
 	if domain == "" {
 		domain = "cluster.local"
 	}
-	rs := SidecarRoutes(namespace, cluster, services, g.Config, domain, g.warn)
-	if g.RegistryOnly {
+	p = g.withMesh(p)
+	if p.Scope != nil && g.Config != nil {
+		services = p.Scope.Services(services, g.Config.VirtualServices(), domain)
+	}
+	rs := SidecarRoutes(p.Namespace, p.ClusterID, services, g.Config, domain, g.warn)
+	if p.RegistryOnly {
 		for _, r := range rs {
 			blockAll(r.(*route.RouteConfiguration))
 		}
@@ -105,12 +110,32 @@ func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Li
 	return Inbound(ports, pol)
 }
 
+// Scope is p with the Sidecar resource that applies to it (sidecars
+// only; gateways and proxyless clients have none): what it is given, and
+// so which proxies share generated resources.
+func (g *Generator) Scope(p *Proxy) *Proxy {
+	if p.Type != Sidecar || p.Generator == GeneratorGRPC || g.Config == nil {
+		return p
+	}
+	s := ResolveScope(g.Config.Sidecars(), g.RootNamespace, p.Namespace, p.Labels, g.warn)
+	if s == nil && p.Scope == nil {
+		return p
+	}
+	c := *p
+	c.Scope = s
+	return &c
+}
+
 // withMesh is p with the mesh's settings (never the node's): trust
-// domains, path normalization, root namespace, trusted proxies.
+// domains, path normalization, root namespace, trusted proxies,
+// outbound traffic policy (its Sidecar's, else meshConfig's).
 func (g *Generator) withMesh(p *Proxy) *Proxy {
 	c := *p
 	c.TrustDomains, c.Paths, c.RootNamespace, c.NumTrustedProxies, c.JWKS = g.TrustDomains, g.Paths, g.RootNamespace, g.NumTrustedProxies, g.JWKS
 	c.RegistryOnly = g.RegistryOnly
+	if p.Scope != nil && p.Scope.RegistryOnly != nil {
+		c.RegistryOnly = *p.Scope.RegistryOnly
+	}
 	return &c
 }
 

@@ -160,3 +160,4 @@ func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
 }
 
 func (ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (ingressConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }

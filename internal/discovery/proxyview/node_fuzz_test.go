@@ -35,6 +35,7 @@ func (nodeConfig) DestinationRules() []*networkingv1.DestinationRule {
 func (nodeConfig) PeerAuthentications() []*securityv1.PeerAuthentication       { return nil }
 func (nodeConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy    { return nil }
 func (nodeConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (nodeConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }
 
 // FuzzParseNode gives the control plane the node a proxy sends on its
 // first xDS request: an ID, metadata (a protobuf Struct, here its wire
@@ -110,7 +111,7 @@ func FuzzParseNode(f *testing.F) {
 
 		view := g.View(p)
 		for _, rs := range [][]types.Resource{view.Clusters, view.Endpoints, view.Listeners, view.Routes, view.Secrets,
-			g.Endpoints(p, reg.Services()), g.Routes(p.Namespace, p.ClusterID, reg.Services())} {
+			g.Endpoints(p, reg.Services()), g.Routes(p, reg.Services())} {
 			for _, r := range rs {
 				if err := r.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
 					t.Fatalf("node %v: %T breaks Envoy's rules: %v", n, r, err)

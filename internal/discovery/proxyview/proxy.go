@@ -56,6 +56,9 @@ type Proxy struct {
 	// RegistryOnly is meshConfig outboundTrafficPolicy REGISTRY_ONLY:
 	// what is not a known service is refused, not passed through.
 	RegistryOnly bool
+	// Scope is the Sidecar resource that applies to a sidecar (nil: none),
+	// set by the control plane.
+	Scope *Scope
 }
 
 // Reaches says whether the proxy dials an address of network n itself:

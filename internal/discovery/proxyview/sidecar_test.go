@@ -323,7 +323,7 @@ func TestRegistryOnly(t *testing.T) {
 				chain = l.GetDefaultFilterChain().GetName()
 			}
 		}
-		rc := g.Routes("multicluster", "c1", reg.Services())[0].(*route.RouteConfiguration)
+		rc := g.Routes(&Proxy{Type: Sidecar, Namespace: "multicluster", ClusterID: "c1"}, reg.Services())[0].(*route.RouteConfiguration)
 		last := rc.VirtualHosts[len(rc.VirtualHosts)-1]
 		if only {
 			if chain != "BlackHoleFilterChain" || last.Name != "block_all" || last.Routes[0].GetDirectResponse().GetStatus() != 502 {

@@ -21,6 +21,11 @@ type Port struct {
 	// AppProtocol is the declared application protocol (http, http2, grpc,
 	// tcp...), from appProtocol or the Istio port-name prefix.
 	AppProtocol string
+	// TargetPort is the workload's port by number, or TargetPortName by
+	// name (a Kubernetes Service's targetPort): what a WorkloadEntry the
+	// service selects is called on.
+	TargetPort     int32
+	TargetPortName string
 }
 
 // Service is one service as one cluster declares it.
@@ -37,6 +42,9 @@ type Service struct {
 	ClusterIPs map[string]string
 	// Labels of the Service object (used for network gateways).
 	Labels map[string]string
+	// Selector is a Kubernetes Service's pod selector (nil: none); it
+	// selects WorkloadEntries of its namespace too.
+	Selector map[string]string
 	// Headless: clusterIP None, its pods are called by their addresses
 	// (an ExternalName service has no ClusterIP either, and is not); a
 	// ServiceEntry of resolution NONE too.
@@ -330,12 +338,6 @@ func (r *Registry) Workload(cluster, address string) (Workload, bool) {
 	return w, ok
 }
 
-// WorkloadLocality says where the pod with this address runs.
-func (r *Registry) WorkloadLocality(cluster, address string) (Locality, bool) {
-	w, ok := r.Workload(cluster, address)
-	return w.Locality, ok
-}
-
 // samePort: clusters' ports are the same port when number and protocol
 // are (kube-dns has 53 twice, UDP "dns" and TCP "dns-tcp").
 func samePort(a, b Port) bool { return a.Port == b.Port && protocolOf(a) == protocolOf(b) }
@@ -346,6 +348,20 @@ func protocolOf(p Port) string {
 		return "TCP"
 	}
 	return p.Protocol
+}
+
+// ClusterServices returns one cluster's (or shard's) own services, sorted
+// by hostname, as that cluster declares them.
+func (r *Registry) ClusterServices(cluster string) []*Service {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	sh := r.clusters[cluster]
+	if sh == nil {
+		return nil
+	}
+	out := slices.Collect(maps.Values(sh.services))
+	sort.Slice(out, func(i, j int) bool { return out[i].Hostname < out[j].Hostname })
+	return out
 }
 
 // Services returns every service merged by hostname, sorted. When clusters

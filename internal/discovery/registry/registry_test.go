@@ -43,22 +43,22 @@ func TestWorkloads(t *testing.T) {
 	east := Locality{Region: "us-east-1", Zone: "us-east-1a"}
 	r.SetWorkload("c1", "10.0.0.1", Workload{Locality: east}, true)
 	r.SetWorkload("c1", "10.0.0.1", Workload{Locality: east}, true)
-	if l, ok := r.WorkloadLocality("c1", "10.0.0.1"); !ok || l != east {
-		t.Fatalf("locality %v %v", l, ok)
+	if w, ok := r.Workload("c1", "10.0.0.1"); !ok || w.Locality != east {
+		t.Fatalf("locality %v %v", w.Locality, ok)
 	}
-	if _, ok := r.WorkloadLocality("c2", "10.0.0.1"); ok {
+	if _, ok := r.Workload("c2", "10.0.0.1"); ok {
 		t.Fatal("another cluster's pod")
 	}
 	r.SetWorkload("c1", "10.0.0.1", Workload{}, false)
-	if _, ok := r.WorkloadLocality("c1", "10.0.0.1"); ok {
+	if _, ok := r.Workload("c1", "10.0.0.1"); ok {
 		t.Fatal("a deleted pod is still placed")
 	}
 	r.ReplaceCluster("c1", Shard{Workloads: map[string]Workload{"10.0.0.2": {Locality: east}}})
-	if _, ok := r.WorkloadLocality("c1", "10.0.0.2"); !ok {
+	if _, ok := r.Workload("c1", "10.0.0.2"); !ok {
 		t.Fatal("a full resync's pods are placed")
 	}
 	r.RemoveCluster("c1")
-	if _, ok := r.WorkloadLocality("c1", "10.0.0.2"); ok {
+	if _, ok := r.Workload("c1", "10.0.0.2"); ok {
 		t.Fatal("a removed cluster's pods are still placed")
 	}
 	if len(heard) != 1 || heard[0] != "c1/10.0.0.1" {

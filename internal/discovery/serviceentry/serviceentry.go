@@ -29,6 +29,7 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/workloadentry"
 )
 
 // Shard is the registry shard of ServiceEntry services.
@@ -48,9 +49,12 @@ type Resolver interface {
 type Source struct {
 	Registry *registry.Registry
 	// Entries lists the ServiceEntries (the Istio config store's).
-	Entries  func() []*networkingv1.ServiceEntry
-	Resolver Resolver
-	Log      *slog.Logger
+	Entries func() []*networkingv1.ServiceEntry
+	// Workloads lists the WorkloadEntries that entries' workloadSelector
+	// picks from (nil: none).
+	Workloads func() []*networkingv1.WorkloadEntry
+	Resolver  Resolver
+	Log       *slog.Logger
 
 	mu     sync.Mutex
 	warned map[string]bool
@@ -91,19 +95,26 @@ func (s *Source) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		var entries []*networkingv1.ServiceEntry
+		var workloads []*networkingv1.WorkloadEntry
+		read := func() {
+			entries = s.Entries()
+			if s.Workloads != nil {
+				workloads = s.Workloads()
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-k:
-			entries = s.Entries()
-			if s.last != nil && versions(entries) == s.lastEntries {
+			read()
+			if s.last != nil && versions(entries, workloads) == s.lastEntries {
 				continue
 			}
 		case <-t.C:
-			entries = s.Entries()
+			read()
 		}
-		s.lastEntries = versions(entries)
-		sh := Build(ctx, entries, s.Resolver, s.warn)
+		s.lastEntries = versions(entries, workloads)
+		sh := Build(ctx, entries, workloads, s.Resolver, s.warn)
 		if s.last != nil && reflect.DeepEqual(*s.last, sh) {
 			continue
 		}
@@ -113,10 +124,13 @@ func (s *Source) Run(ctx context.Context) error {
 }
 
 // versions names a set of entries by namespace, name and resource version.
-func versions(entries []*networkingv1.ServiceEntry) string {
+func versions(entries []*networkingv1.ServiceEntry, workloads []*networkingv1.WorkloadEntry) string {
 	var b strings.Builder
 	for _, se := range entries {
-		b.WriteString(se.Namespace + "/" + se.Name + "@" + se.ResourceVersion + "\n")
+		b.WriteString("se " + se.Namespace + "/" + se.Name + "@" + se.ResourceVersion + "\n")
+	}
+	for _, we := range workloads {
+		b.WriteString("we " + we.Namespace + "/" + we.Name + "@" + we.ResourceVersion + "\n")
 	}
 	return b.String()
 }
@@ -133,9 +147,11 @@ func (s *Source) warn(msg string) {
 	}
 }
 
-// Build is the shard of a set of ServiceEntries. The oldest entry wins a
-// host another entry also declares.
-func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, res Resolver, warn func(string)) registry.Shard {
+// Build is the shard of a set of ServiceEntries; an entry with a
+// workloadSelector has the WorkloadEntries of its namespace that it
+// selects as endpoints. The oldest entry wins a host another entry also
+// declares.
+func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, workloads []*networkingv1.WorkloadEntry, res Resolver, warn func(string)) registry.Shard {
 	sh := registry.Shard{Services: map[string]*registry.Service{}, Endpoints: map[string][]registry.Endpoint{}}
 	entries = slices.Clone(entries)
 	sort.SliceStable(entries, func(i, j int) bool {
@@ -156,8 +172,17 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, res Resolv
 	for _, se := range entries {
 		where := fmt.Sprintf("ServiceEntry %s/%s", se.Namespace, se.Name)
 		spec := &se.Spec
-		if spec.GetWorkloadSelector() != nil {
-			warn(where + ": workloadSelector is not supported yet; its hosts have only the entry's own endpoints")
+		var selected []*apinetworking.WorkloadEntry
+		if sel := spec.GetWorkloadSelector().GetLabels(); sel != nil {
+			warn(where + ": workloadSelector picks WorkloadEntries only; pods it selects are not endpoints yet")
+			if len(spec.GetEndpoints()) > 0 {
+				warn(where + ": endpoints and workloadSelector together are invalid in Istio; the endpoints are ignored")
+			}
+			for _, we := range workloads {
+				if we.Namespace == se.Namespace && workloadentry.Selects(sel, &we.Spec) {
+					selected = append(selected, &we.Spec)
+				}
+			}
 		}
 		external := spec.GetLocation() != apinetworking.ServiceEntry_MESH_INTERNAL
 		var ports []registry.Port
@@ -188,7 +213,7 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, res Resolv
 				svc.ClusterIP = allocate(se.Namespace+"/"+host, taken).String()
 			}
 			sh.Services[host] = svc
-			sh.Endpoints[host] = endpoints(ctx, spec, host, ports, external, res, func(m string) { warn(where + ": " + m) })
+			sh.Endpoints[host] = endpoints(ctx, spec, selected, se.Namespace, host, external, res, func(m string) { warn(where + ": " + m) })
 		}
 	}
 	return sh
@@ -203,8 +228,10 @@ func appProtocol(p string) string {
 	return "" // sniffed
 }
 
-// endpoints are a host's endpoints as the entry's resolution says.
-func endpoints(ctx context.Context, spec *apinetworking.ServiceEntry, host string, ports []registry.Port, external bool, res Resolver, warn func(string)) []registry.Endpoint {
+// endpoints are a host's endpoints as the entry's resolution says: its
+// own, or the WorkloadEntries its workloadSelector picked (selected, nil
+// without a selector).
+func endpoints(ctx context.Context, spec *apinetworking.ServiceEntry, selected []*apinetworking.WorkloadEntry, namespace, host string, external bool, res Resolver, warn func(string)) []registry.Endpoint {
 	portsOf := func(we *apinetworking.WorkloadEntry) map[string]int32 {
 		out := map[string]int32{}
 		for _, p := range spec.GetPorts() {
@@ -220,26 +247,21 @@ func endpoints(ctx context.Context, spec *apinetworking.ServiceEntry, host strin
 		return out
 	}
 	endpoint := func(we *apinetworking.WorkloadEntry, addr string) registry.Endpoint {
-		e := registry.Endpoint{Address: addr, Ports: portsOf(we), Network: we.GetNetwork(), Labels: we.GetLabels(),
-			ServiceAccount: we.GetServiceAccount(), Ready: true}
-		if l := strings.Split(we.GetLocality(), "/"); we.GetLocality() != "" {
-			e.Locality.Region = l[0]
-			if len(l) > 1 {
-				e.Locality.Zone = l[1]
-			}
-			if len(l) > 2 {
-				e.Locality.Subzone = l[2]
-			}
-		}
-		if !external {
-			e.TLSMode = we.GetLabels()["security.istio.io/tlsMode"]
+		e := workloadentry.Endpoint(we, namespace, addr)
+		e.Ports = portsOf(we)
+		if external {
+			e.TLSMode = "" // never Istio mTLS
 		}
 		return e
+	}
+	own := spec.GetEndpoints()
+	if selected != nil || spec.GetWorkloadSelector() != nil {
+		own = selected
 	}
 	var out []registry.Endpoint
 	switch spec.GetResolution() {
 	case apinetworking.ServiceEntry_STATIC, apinetworking.ServiceEntry_NONE:
-		for _, we := range spec.GetEndpoints() {
+		for _, we := range own {
 			if _, err := netip.ParseAddr(we.GetAddress()); err != nil {
 				warn("endpoint " + we.GetAddress() + " is not an IP address (resolution " + spec.GetResolution().String() + "); skipped")
 				continue
@@ -247,8 +269,8 @@ func endpoints(ctx context.Context, spec *apinetworking.ServiceEntry, host strin
 			out = append(out, endpoint(we, we.GetAddress()))
 		}
 	default: // DNS, DNS_ROUND_ROBIN: resolved here, for every proxy
-		wes := spec.GetEndpoints()
-		if len(wes) == 0 {
+		wes := own
+		if len(wes) == 0 && spec.GetWorkloadSelector() == nil {
 			wes = []*apinetworking.WorkloadEntry{{Address: host}}
 		}
 		for _, we := range wes {

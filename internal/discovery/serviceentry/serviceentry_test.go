@@ -39,6 +39,19 @@ func entry(t *testing.T, ns, name string, age int, spec string) *networkingv1.Se
 	return se
 }
 
+func workload(t *testing.T, ns, name, spec string) *networkingv1.WorkloadEntry {
+	t.Helper()
+	we := &networkingv1.WorkloadEntry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	j, err := yaml.YAMLToJSON([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := we.Spec.UnmarshalJSON(j); err != nil {
+		t.Fatal(err)
+	}
+	return we
+}
+
 func TestBuild(t *testing.T) {
 	dns := fakeDNS{"api.example.com": {netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.6")},
 		"db.internal": {netip.MustParseAddr("10.9.0.5")}}
@@ -51,7 +64,11 @@ func TestBuild(t *testing.T) {
 			"endpoints: [{address: db.internal, labels: {security.istio.io/tlsMode: istio}, serviceAccount: vm, network: vm-net, locality: us-east-1/a}]\n"),
 		entry(t, "shop", "any", 0, "hosts: [passthrough.example]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: NONE\n"),
 		entry(t, "other", "dup", 0, "hosts: [api.example.com, '*.wild.example']\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS\n"),
-		entry(t, "other", "sel", 0, "hosts: [sel.example]\nworkloadSelector: {labels: {app: vm}}\nports: [{number: 80, name: http, protocol: HTTP}]\n"),
+		entry(t, "other", "sel", 0, "hosts: [sel.example]\nlocation: MESH_INTERNAL\nworkloadSelector: {labels: {app: vm}}\nports: [{number: 80, name: http, protocol: HTTP}]\n"),
+	}, []*networkingv1.WorkloadEntry{
+		workload(t, "other", "vm-1", "address: 10.0.0.9\nlabels: {app: vm}\nports: {http: 8081}\nserviceAccount: vm\nnetwork: vm-net\n"),
+		workload(t, "other", "db-1", "address: 10.0.0.10\nlabels: {app: db}\n"),
+		workload(t, "shop", "vm-2", "address: 10.0.0.11\nlabels: {app: vm}\n"),
 	}, dns, func(w string) { warnings = append(warnings, w) })
 
 	api := sh.Services["api.example.com"]
@@ -78,14 +95,17 @@ func TestBuild(t *testing.T) {
 	if sh.Services["*.wild.example"] != nil {
 		t.Error("a wildcard host is in the registry")
 	}
-	if sh.Services["sel.example"] == nil || len(sh.Endpoints["sel.example"]) != 0 {
-		t.Error("a workloadSelector entry: its host should be there, without endpoints")
+	// workloadSelector: the WorkloadEntries of the entry's namespace it
+	// selects, on their own port, with mTLS (they name a service account).
+	if sel := sh.Endpoints["sel.example"]; len(sel) != 1 || sel[0].Address != "10.0.0.9" || sel[0].Ports["http"] != 8081 ||
+		sel[0].TLSMode != "istio" || sel[0].Namespace != "other" || sel[0].Network != "vm-net" {
+		t.Errorf("workloadSelector endpoints: %+v", sel)
 	}
 	if sh.Services["api.example.com"].Namespace != "shop" {
 		t.Error("the newer entry took api.example.com")
 	}
 	all := strings.Join(warnings, "\n")
-	for _, want := range []string{"vm.example is not an IP address", "wildcard host *.wild.example", "workloadSelector is not supported", "declared by an older ServiceEntry"} {
+	for _, want := range []string{"vm.example is not an IP address", "wildcard host *.wild.example", "workloadSelector picks WorkloadEntries only", "declared by an older ServiceEntry"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}

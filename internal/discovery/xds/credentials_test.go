@@ -250,3 +250,4 @@ func (gatewayConfig) AuthorizationPolicies() []*securityv1.AuthorizationPolicy {
 func (c gatewayConfig) Secret(ns, name string) *corev1.Secret                  { return c.secrets[ns+"/"+name] }
 
 func (gatewayConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
+func (gatewayConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }

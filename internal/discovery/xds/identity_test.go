@@ -12,11 +12,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/workloadentry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 )
 
@@ -107,4 +109,53 @@ func askLabelled(ctx context.Context, conn *grpc.ClientConn, id string, labels *
 		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"LABELS": structpb.NewStructValue(labels)}}}})
 	_, err = s.Recv()
 	return err
+}
+
+// A proxy outside Kubernetes connects as the WorkloadEntry at its address
+// when the config cluster reviewed its token; a pod keeps its address
+// against an entry of another namespace, and another cluster's token
+// cannot use an entry.
+func TestWorkloadEntryIdentity(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer func(d time.Duration) { xds.PodWait = d }(xds.PodWait)
+	xds.PodWait = 300 * time.Millisecond
+	reg := registry.New()
+	reg.SetWorkload("c1", "10.0.0.1", registry.Workload{Namespace: "prod", Name: "bank-1", ServiceAccount: "bank"}, true)
+	reg.ReplaceCluster(workloadentry.Shard, registry.Shard{Workloads: map[string]registry.Workload{
+		"198.19.1.10": {Namespace: "vm", Name: "vm-1", ServiceAccount: "vm", Labels: map[string]string{"app": "vmapp"}},
+		"10.0.0.1":    {Namespace: "vm", Name: "squat", ServiceAccount: "vm"}, // a pod's address
+	}})
+	srv := xds.NewServer(xds.ServerConfig{Registry: reg, ConfigCluster: "c1"})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.StreamInterceptor(xds.Authenticated(func(ctx context.Context) (xds.Identity, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		return xds.Identity{Cluster: md.Get("clusterid")[0], Namespace: "vm", ServiceAccount: "vm"}, nil
+	})))
+	srv.Register(g)
+	go g.Serve(l)
+	defer g.Stop()
+	go srv.Run(ctx)
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ask := func(cluster, id string) error {
+		sctx, scancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "clusterid", cluster), 10*time.Second)
+		defer scancel()
+		return askLabelled(sctx, conn, id, proxyview.NodeMetadata(map[string]string{"app": "vmapp"}))
+	}
+	if err := ask("c1", "sidecar~198.19.1.10~vm-1.vm~vm.svc.cluster.local"); err != nil {
+		t.Fatalf("the entry's own proxy refused: %v", err)
+	}
+	if err := ask("c2", "sidecar~198.19.1.10~vm-1.vm~vm.svc.cluster.local"); status.Code(err) != codes.Unavailable {
+		t.Errorf("a token of another cluster than the config cluster: %v, want Unavailable (no workload there)", err)
+	}
+	if err := ask("c1", "sidecar~10.0.0.1~squat.vm~vm.svc.cluster.local"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("an entry at a pod's address: %v, want PermissionDenied (the pod is prod/bank-1)", err)
+	}
 }

@@ -22,7 +22,9 @@ import (
 type Generator interface {
 	View(p *proxyview.Proxy) proxyview.Generated
 	Endpoints(p *proxyview.Proxy, services []*registry.Service) []types.Resource
-	Routes(namespace, cluster string, services []*registry.Service) []types.Resource
+	Routes(p *proxyview.Proxy, services []*registry.Service) []types.Resource
+	// Scope is p with the Sidecar resource that applies to it.
+	Scope(p *proxyview.Proxy) *proxyview.Proxy
 	InboundIndex(services []*registry.Service) proxyview.InboundIndex
 	InboundPolicy(p *proxyview.Proxy) proxyview.InboundPolicy
 	Inbound(ports proxyview.InboundPorts, pol proxyview.InboundPolicy) (*listener.Listener, []types.Resource)
@@ -45,6 +47,10 @@ type ServerConfig struct {
 	// namespace's TLS credentials; nil: none does. Streams without a
 	// proven identity (the plaintext port) never do.
 	Credentials CredentialAuthorizer
+	// ConfigCluster is the cluster whose WorkloadEntries the registry
+	// holds (workloadentry.Shard): a proxy whose token that cluster
+	// reviewed may connect as an entry where no pod has its address.
+	ConfigCluster string
 }
 
 // Server pushes per-proxy snapshots whenever the registry changes.

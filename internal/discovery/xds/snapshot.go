@@ -79,12 +79,12 @@ func (s *Server) located(p *proxyview.Proxy) *proxyview.Proxy {
 	if p.Locality.Region != "" {
 		return p
 	}
-	l, ok := s.Registry.WorkloadLocality(p.ClusterID, p.IP)
+	w, ok := s.workload(p.ClusterID, p.IP)
 	if !ok {
 		return p
 	}
 	c := *p
-	c.Locality = l
+	c.Locality = w.Locality
 	return &c
 }
 
@@ -113,11 +113,12 @@ func newTyped(rs []types.Resource) *typed {
 // distribute); for routers also labels (Gateways select by label),
 // namespace (where credentialName secrets live) and address (its Service's
 // target ports).
-type viewKey struct{ typ, network, cluster, requested, generator, locality, labels, namespace, ip string }
+type viewKey struct{ typ, network, cluster, requested, generator, locality, labels, namespace, ip, scope string }
 
 func keyOf(p *proxyview.Proxy) viewKey {
 	// The cluster: DestinationRule failover priorities compare it.
-	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator, locality: p.Locality.String()}
+	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator, locality: p.Locality.String(),
+		scope: p.Scope.Key()}
 	if p.Type == proxyview.Router {
 		k.labels, k.namespace, k.ip = labels.Set(p.Labels).String(), p.Namespace, p.IP
 	}
@@ -237,7 +238,7 @@ type snapKey struct {
 func (s *Server) snapshotFor(conn *proxy, m *memo) *snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := s.located(conn.Proxy)
+	p := s.Generator.Scope(s.located(conn.Proxy))
 	sh, ok := m.views[keyOf(p)]
 	if !ok {
 		sh = s.generate(p)
@@ -297,11 +298,11 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *snapshot {
 		}
 		add(types.Listener, []types.Resource{l})
 		add(types.Cluster, cls)
-		// Per namespace (short names) and cluster (ClusterIPs).
-		rk := p.Namespace + "/" + p.ClusterID
+		// Per namespace (short names), cluster (ClusterIPs) and scope.
+		rk := p.Namespace + "/" + p.ClusterID + "/" + p.Scope.Key()
 		rt, ok := m.routes[rk]
 		if !ok {
-			rt = newTyped(s.Generator.Routes(p.Namespace, p.ClusterID, sh.services))
+			rt = newTyped(s.Generator.Routes(p, sh.services))
 			m.routes[rk] = rt
 		}
 		snap.Resources[types.Route] = cachev3.Resources{Version: rt.version, Items: rt.items}

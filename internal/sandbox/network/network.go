@@ -33,7 +33,62 @@ var (
 	// RouterAddr is the internet namespace's address on every link (the
 	// sandbox's registry listens there).
 	RouterAddr = netip.MustParseAddr("198.18.0.2")
+	// Hosts is where machines outside every cluster (VMs) get addresses:
+	// no cluster's range or load-balancer pool.
+	Hosts = netip.MustParsePrefix("198.19.0.0/16")
 )
+
+// HostNSPrefix starts the namespace name of a machine outside the clusters.
+const HostNSPrefix = "isthmus-host-"
+
+// EnsureHost gives a machine outside every cluster (a VM) its network
+// namespace HostNSPrefix+name on the internet segment at addr (in Hosts),
+// with a default route through the internet namespace: it reaches the
+// clusters' load balancers and the sandbox's DNS and registry, and pods
+// reach it through their node's NAT, as a VM in a cloud network. Its
+// resolver is the sandbox's DNS, in /etc/netns/NS/resolv.conf, which
+// `ip netns exec` puts in place of /etc/resolv.conf.
+func EnsureHost(name string, addr netip.Addr) error {
+	if !Hosts.Contains(addr) {
+		return fmt.Errorf("host address %s is not in %s", addr, Hosts)
+	}
+	ns := HostNSPrefix + name
+	if _, err := ensureNS(ns); err != nil {
+		return err
+	}
+	etc := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+RouterAddr.String()+"\n"), 0o644); err != nil {
+		return err
+	}
+	inet, err := handle(InternetNS)
+	if err != nil {
+		return fmt.Errorf("%w (is the sandbox up?)", err)
+	}
+	defer inet.Close()
+	h, err := handle(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if err := setUp(h, "lo"); err != nil {
+		return err
+	}
+	b := addr.As4()
+	link := fmt.Sprintf("h%02x%02x", b[2], b[3])
+	if err := ensureVeth(inet, link, ns, "eth0"); err != nil {
+		return err
+	}
+	if err := wire(inet, link, RouterAddr, addr, netip.Prefix{}); err != nil {
+		return err
+	}
+	if err := wire(h, "eth0", addr, RouterAddr, Internet); err != nil {
+		return err
+	}
+	return route(h, "eth0", netip.MustParsePrefix("0.0.0.0/0"), RouterAddr)
+}
 
 // Node is one cluster's node namespace and the addresses it owns.
 type Node struct {
@@ -139,8 +194,12 @@ func ensureNode(inet *netlink.Handle, n Node) error {
 // namespace and the host link. Processes still inside a namespace keep it
 // alive, so stop them first.
 func TeardownAll(nodeNS []string) error {
+	var err error
+	for _, ns := range withPrefix(HostNSPrefix) {
+		err = errors.Join(err, RemoveHost(strings.TrimPrefix(ns, HostNSPrefix)))
+	}
 	all := append(PodNamespaces(), nodeNS...)
-	err := Teardown(all, InternetNS)
+	err = errors.Join(err, Teardown(all, InternetNS))
 	if l, lerr := netlink.LinkByName(HostLink); lerr == nil {
 		// Deleting the internet namespace takes its veth peer, and the
 		// kernel removes the host end on its own, maybe right now.
@@ -151,12 +210,21 @@ func TeardownAll(nodeNS []string) error {
 	return err
 }
 
+// RemoveHost deletes a host's namespace and resolver (EnsureHost); its
+// programs should be stopped first.
+func RemoveHost(name string) error {
+	ns := HostNSPrefix + name
+	return errors.Join(Teardown([]string{ns}), os.RemoveAll(filepath.Join("/etc/netns", ns)))
+}
+
 // PodNamespaces lists the pod network namespaces present on the machine.
-func PodNamespaces() []string {
+func PodNamespaces() []string { return withPrefix(PodNSPrefix) }
+
+func withPrefix(prefix string) []string {
 	entries, _ := os.ReadDir("/run/netns")
 	var out []string
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), PodNSPrefix) {
+		if strings.HasPrefix(e.Name(), prefix) {
 			out = append(out, e.Name())
 		}
 	}
