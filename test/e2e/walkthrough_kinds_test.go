@@ -231,6 +231,56 @@ spec:
 		})
 	}
 
+	t.Run("a Sidecar scopes sleep's sidecar to its egress hosts and makes it REGISTRY_ONLY: the API server (default namespace) and an address outside the mesh are refused, profile answers, kube-dns's cluster is gone; deleted, all is back", func(t *testing.T) {
+		// code is the HTTP status of a call from sleep in cluster-eks
+		// (000: no HTTP answer).
+		code := func(url string) string {
+			out, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url)
+			return strings.TrimSpace(out)
+		}
+		clusters := func() string {
+			return isthmus(t, time.Minute, append([]string{"proxy-config", "clusters", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks"}, w.kc...)...).stdout
+		}
+		api := "https://kubernetes.default.svc/version"
+		const unknown = "http://198.18.0.2:5000/v2/" // the registry by address: no service has it
+		if c := code(api); c == "000" {
+			t.Fatalf("the API server from sleep before any Sidecar: %s, want an HTTP answer", c)
+		}
+		if c := code(unknown); c != "200" {
+			t.Fatalf("an address outside the mesh from sleep before any Sidecar: %s, want 200 (ALLOW_ANY)", c)
+		}
+		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: sleep, namespace: multicluster}
+spec:
+  workloadSelector: {labels: {app: sleep}}
+  egress: [{hosts: ["./*", "istio-system/*"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+`)
+		deleted := false
+		defer func() {
+			if !deleted {
+				e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "sidecar", "sleep")
+			}
+		}()
+		eventually(t, "the API server refused from sleep (out of its Sidecar's scope, REGISTRY_ONLY)", func() bool { return code(api) == "000" })
+		if c := code("http://profile:8080/profile?id=4"); c != "200" {
+			t.Errorf("profile (in scope) from sleep: %s, want 200", c)
+		}
+		if c := code(unknown); c != "000" {
+			t.Errorf("an address outside the mesh from sleep with its Sidecar: %s, want no answer (REGISTRY_ONLY: BlackHoleCluster)", c)
+		}
+		if out := clusters(); strings.Contains(out, "kube-dns.kube-system") || !strings.Contains(out, "profile.multicluster") {
+			t.Errorf("sleep's clusters with its Sidecar (no kube-dns, profile there):\n%s", out)
+		}
+		e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "sidecar", "sleep")
+		deleted = true
+		eventually(t, "the API server answering sleep again without the Sidecar", func() bool { return code(api) != "000" })
+		if out := clusters(); !strings.Contains(out, "kube-dns.kube-system") {
+			t.Errorf("sleep's clusters without its Sidecar have no kube-dns:\n%s", out)
+		}
+	})
+
 	t.Run("REGISTRY_ONLY (an install that changes meshConfig rolls the control plane): a request for a host the mesh does not know gets 502, one for a ServiceEntry host is answered; ALLOW_ANY again after", func(t *testing.T) {
 		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
