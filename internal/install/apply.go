@@ -49,7 +49,7 @@ func NewCluster(rc *rest.Config, out io.Writer, timeout time.Duration) (*Cluster
 }
 
 var componentTitle = map[string]string{
-	ComponentBase: "Istio core", ComponentPilot: "Istiod", ComponentRemote: "Istiod remote", ComponentGateways: "Ingress gateways",
+	ComponentBase: "Istio core", ComponentPilot: "Istiod", ComponentRemote: "Istiod remote", ComponentGateways: "Ingress gateways", ComponentEgressGateways: "Egress gateways",
 }
 
 // Install applies parts in order; after each it waits until the

@@ -277,3 +277,33 @@ func TestMeshConfigChangeRollsTheControlPlane(t *testing.T) {
 		t.Errorf("mesh config digests: %q, again %q, REGISTRY_ONLY %q", a, b, c)
 	}
 }
+
+// An egress gateway, as Istio's egress-gateway task installs it: a
+// ClusterIP Service on Istio's ports, labels istio=egressgateway, the
+// gateway template; a bad name refused under its own field.
+func TestEgressGateway(t *testing.T) {
+	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: empty\n  components:\n    egressGateways:\n"
+	l, err := Load([]string{writeFile(t, head+"    - name: istio-egressgateway\n      enabled: true\n")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Warnings) > 0 {
+		t.Errorf("warnings for an egress gateway: %q", l.Warnings)
+	}
+	objs := objects(t, l)
+	has(t, objs, "Deployment istio-system/istio-egressgateway", "Service istio-system/istio-egressgateway", "ServiceAccount istio-system/istio-egressgateway-service-account")
+	svc := objs["Service istio-system/istio-egressgateway"]
+	if typ, _, _ := unstructured.NestedString(svc.Object, "spec", "type"); typ != "ClusterIP" {
+		t.Errorf("egress gateway Service type %q, want ClusterIP", typ)
+	}
+	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	if len(ports) != 2 || ports[0].(map[string]any)["name"] != "http2" || ports[1].(map[string]any)["targetPort"] != int64(8443) {
+		t.Errorf("egress gateway ports %v", ports)
+	}
+	if sel, _, _ := unstructured.NestedStringMap(svc.Object, "spec", "selector"); sel["istio"] != "egressgateway" {
+		t.Errorf("egress gateway selector %v", sel)
+	}
+	if _, err := Load([]string{writeFile(t, head+"    - name: Egress_GW\n")}, nil); err == nil || !strings.Contains(err.Error(), "spec.components.egressGateways[0].name") {
+		t.Errorf("a bad egress gateway name: %v", err)
+	}
+}

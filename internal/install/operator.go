@@ -313,35 +313,41 @@ func (l *Loaded) validate() error {
 			l.Warnings = append(l.Warnings, "spec.values.global.proxy.privileged in a remote profile: this cluster's sidecars are injected by the primary's control plane, with the primary's setting")
 		}
 	}
-	for i, g := range l.gateways() {
+	if err := checkGateways("ingressGateways", l.gateways()); err != nil {
+		return err
+	}
+	if err := checkGateways("egressGateways", l.egressGateways()); err != nil {
+		return err
+	}
+	if t := s.Values.Gateways.IngressGateway.InjectionTemplate; t != "" && t != "gateway" {
+		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.values.gateways.istio-ingressgateway.injectionTemplate %q: isthmus has the template gateway only; using it", t))
+	}
+	if c := s.Components.Cni; c != nil && c.Enabled != nil && *c.Enabled {
+		l.Warnings = append(l.Warnings, "spec.components.cni: the CNI plugin is not supported; pods get the istio-init container")
+	}
+	return nil
+}
+
+// checkGateways refuses what a gateway list (spec.components.FIELD) cannot be.
+func checkGateways(field string, gws []Gateway) error {
+	for i, g := range gws {
 		if g.Name == "" {
-			return fmt.Errorf("spec.components.ingressGateways[%d].name: a gateway needs a name", i)
+			return fmt.Errorf("spec.components.%s[%d].name: a gateway needs a name", field, i)
 		}
 		if errs := validation.IsDNS1123Label(g.Name); len(errs) > 0 {
-			return fmt.Errorf("spec.components.ingressGateways[%d].name %q: %s", i, g.Name, strings.Join(errs, "; "))
+			return fmt.Errorf("spec.components.%s[%d].name %q: %s", field, i, g.Name, strings.Join(errs, "; "))
 		}
 		if g.K8s == nil || g.K8s.Service == nil {
 			continue
 		}
 		for _, r := range g.K8s.Service.LoadBalancerSourceRanges {
 			if _, _, err := net.ParseCIDR(r); err != nil {
-				return fmt.Errorf("spec.components.ingressGateways[%d].k8s.service.loadBalancerSourceRanges: %q is not a CIDR such as 203.0.113.0/24", i, r)
+				return fmt.Errorf("spec.components.%s[%d].k8s.service.loadBalancerSourceRanges: %q is not a CIDR such as 203.0.113.0/24", field, i, r)
 			}
 		}
 		if p := g.K8s.Service.ExternalTrafficPolicy; p != "" && p != corev1.ServiceExternalTrafficPolicyCluster && p != corev1.ServiceExternalTrafficPolicyLocal {
-			return fmt.Errorf("spec.components.ingressGateways[%d].k8s.service.externalTrafficPolicy %q: want Cluster or Local", i, p)
+			return fmt.Errorf("spec.components.%s[%d].k8s.service.externalTrafficPolicy %q: want Cluster or Local", field, i, p)
 		}
-	}
-	if t := s.Values.Gateways.IngressGateway.InjectionTemplate; t != "" && t != "gateway" {
-		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.values.gateways.istio-ingressgateway.injectionTemplate %q: isthmus has the template gateway only; using it", t))
-	}
-	for i, g := range s.Components.EgressGateways {
-		if g.Enabled == nil || *g.Enabled {
-			l.Warnings = append(l.Warnings, fmt.Sprintf("spec.components.egressGateways[%d] (%s): egress gateways are not supported; not installed", i, g.Name))
-		}
-	}
-	if c := s.Components.Cni; c != nil && c.Enabled != nil && *c.Enabled {
-		l.Warnings = append(l.Warnings, "spec.components.cni: the CNI plugin is not supported; pods get the istio-init container")
 	}
 	return nil
 }
@@ -506,6 +512,12 @@ func (l *Loaded) enabled(component string) bool {
 		return *c.Enabled
 	}
 	return slices.Contains(profiles[l.ProfileName()].components, component)
+}
+
+// egressGateways are the file's enabled egress gateways (no profile of
+// isthmus has one; Istio's demo profile does).
+func (l *Loaded) egressGateways() []Gateway {
+	return slices.DeleteFunc(slices.Clone(l.Spec.Components.EgressGateways), func(g Gateway) bool { return g.Enabled != nil && !*g.Enabled })
 }
 
 // gateways are the enabled ingress gateways: the profile's, overlaid by

@@ -25,6 +25,12 @@ var ingressGateway = Gateway{
 	}}},
 }
 
+// egressGateway's ports are Istio's egress gateway's.
+var egressGateway = Gateway{K8s: &K8s{Service: &ServiceSpec{Ports: []corev1.ServicePort{
+	{Name: "http2", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP},
+	{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443), Protocol: corev1.ProtocolTCP},
+}}}}
+
 var profiles = map[string]profile{
 	// default: the control plane and an ingress gateway (production).
 	"default": {components: []string{"base", "pilot"}, gateways: []Gateway{ingressGateway}},

@@ -44,6 +44,9 @@ const (
 	ComponentPilot    = "Pilot"
 	ComponentRemote   = "IstiodRemote"
 	ComponentGateways = "IngressGateways"
+	// ComponentEgressGateways: what calls out of the mesh may be sent
+	// through (a ClusterIP Service by default).
+	ComponentEgressGateways = "EgressGateways"
 )
 
 // Part is one component's objects, applied and awaited together.
@@ -101,11 +104,15 @@ func (r *renderer) render() ([]Part, error) {
 	if r.l.enabled("istiodRemote") {
 		add(ComponentRemote, r.remote())
 	}
-	var gws []runtime.Object
+	var gws, egws []runtime.Object
 	for _, g := range r.l.gateways() {
-		gws = append(gws, r.gateway(g)...)
+		gws = append(gws, r.gateway(g, false)...)
 	}
 	add(ComponentGateways, gws)
+	for _, g := range r.l.egressGateways() {
+		egws = append(egws, r.gateway(g, true)...)
+	}
+	add(ComponentEgressGateways, egws)
 	return parts, r.err
 }
 
@@ -397,8 +404,9 @@ func (r *renderer) remote() []runtime.Object {
 
 // gateway: a Deployment whose istio-proxy container the injection webhook
 // turns into `isthmus proxy router` (Istio's gateway injection template),
-// its LoadBalancer Service, account and SDS role.
-func (r *renderer) gateway(gw Gateway) []runtime.Object {
+// its Service (LoadBalancer for ingress, ClusterIP for egress, as Istio's
+// defaults), account and SDS role.
+func (r *renderer) gateway(gw Gateway, egress bool) []runtime.Object {
 	l := r.l
 	ns := first(gw.Namespace, r.ns)
 	labels := gw.Label
@@ -410,7 +418,10 @@ func (r *renderer) gateway(gw Gateway) []runtime.Object {
 		k8s = &K8s{}
 	}
 	vals := l.Spec.Values.Gateways.IngressGateway
-	svcType := corev1.ServiceTypeLoadBalancer
+	svcType, defaults := corev1.ServiceTypeLoadBalancer, ingressGateway.K8s.Service.Ports
+	if egress {
+		vals, svcType, defaults = GatewayValues{}, corev1.ServiceTypeClusterIP, egressGateway.K8s.Service.Ports
+	}
 	var ports []corev1.ServicePort
 	var spec corev1.ServiceSpec
 	if k8s.Service != nil {
@@ -421,7 +432,7 @@ func (r *renderer) gateway(gw Gateway) []runtime.Object {
 		spec.LoadBalancerSourceRanges, spec.ExternalTrafficPolicy = k8s.Service.LoadBalancerSourceRanges, k8s.Service.ExternalTrafficPolicy
 	}
 	if len(ports) == 0 {
-		ports = ingressGateway.K8s.Service.Ports
+		ports = defaults
 	}
 	if vals.Type != "" && (k8s.Service == nil || k8s.Service.Type == "") {
 		svcType = vals.Type

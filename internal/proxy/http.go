@@ -811,6 +811,9 @@ func poolKeyFor(c *config.Cluster, ep *config.Endpoint) poolKey {
 	key := poolKey{cluster: c.Name}
 	if t := c.TransportFor(ep); t != nil {
 		key.tls = t.SNI + "|" + strings.Join(t.SANs, ",")
+		if o := t.Originate; o != nil {
+			key.tls += "|" + o.CASecret + "|" + o.CAFile + "|" + o.CertSecret + "|" + o.Secrets + "|" + strconv.FormatBool(o.Insecure)
+		}
 	}
 	return key
 }

@@ -382,6 +382,7 @@ func checkServiceEntry(m proto.Message, c *checker) {
 func checkSidecar(m proto.Message, c *checker) {
 	sc := m.(*networking.Sidecar)
 	checkLabels(c, "spec.workloadSelector.labels", sc.GetWorkloadSelector().GetLabels())
+	checkSidecarIngress(c, sc)
 	for i, l := range sc.GetEgress() {
 		p := fmt.Sprintf("spec.egress[%d]", i)
 		if len(l.GetHosts()) == 0 {
@@ -396,6 +397,23 @@ func checkSidecar(m proto.Message, c *checker) {
 			if err := wildcardHost(host); err != nil {
 				c.errf(fmt.Sprintf("%s.hosts[%d]", p, j), "%v", err)
 			}
+		}
+	}
+}
+
+// checkSidecarIngress refuses an ingress defaultEndpoint that is none of
+// Istio's forms: 127.0.0.1:PORT, 0.0.0.0:PORT, unix://PATH.
+func checkSidecarIngress(c *checker, sc *networking.Sidecar) {
+	for i, in := range sc.GetIngress() {
+		p := fmt.Sprintf("spec.ingress[%d]", i)
+		checkPortNumber(c, p+".port.number", in.GetPort().GetNumber())
+		ep := in.GetDefaultEndpoint()
+		if ep == "" || strings.HasPrefix(ep, "unix://") {
+			continue
+		}
+		host, port, ok := strings.Cut(ep, ":")
+		if n, err := strconv.Atoi(port); !ok || (host != "127.0.0.1" && host != "0.0.0.0") || err != nil || n < 1 || n > 65535 {
+			c.errf(p+".defaultEndpoint", "%q is not 127.0.0.1:PORT, 0.0.0.0:PORT or unix://PATH", ep)
 		}
 	}
 }
@@ -540,6 +558,15 @@ func unsupportedValues(m proto.Message) []string {
 		}
 		if se.GetWorkloadSelector() != nil {
 			out = append(out, "spec.workloadSelector: selects WorkloadEntries only in isthmus; pods it selects are not endpoints")
+		}
+		return out
+	}
+	if sc, ok := m.(*networking.Sidecar); ok {
+		var out []string
+		for i, in := range sc.GetIngress() {
+			if strings.HasPrefix(in.GetDefaultEndpoint(), "unix://") {
+				out = append(out, fmt.Sprintf("spec.ingress[%d].defaultEndpoint: a unix socket is not supported by isthmus; the listener is not built", i))
+			}
 		}
 		return out
 	}

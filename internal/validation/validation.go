@@ -49,7 +49,7 @@ var trafficPolicy = []string{"load_balancer", "load_balancer.simple",
 	"connection_pool.http", "connection_pool.http.http1_max_pending_requests", "connection_pool.http.http2_max_requests", "connection_pool.http.max_retries",
 	"outlier_detection", "outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors", "outlier_detection.interval",
 	"outlier_detection.base_ejection_time", "outlier_detection.max_ejection_percent",
-	"tls", "tls.mode"}
+	"tls", "tls.mode", "tls.sni", "tls.subject_alt_names", "tls.credential_name", "tls.ca_certificates", "tls.insecure_skip_verify"}
 
 var kinds = map[string]kind{
 	"networking.istio.io/Gateway": {new: func() proto.Message { return &networking.Gateway{} }, check: checkGateway, supported: fields([]string{
@@ -84,7 +84,8 @@ var kinds = map[string]kind{
 		"endpoints", "endpoints.address", "endpoints.ports", "endpoints.labels", "endpoints.network", "endpoints.locality",
 		"endpoints.service_account", "workload_selector", "workload_selector.labels"})},
 	"networking.istio.io/Sidecar": {new: func() proto.Message { return &networking.Sidecar{} }, check: checkSidecar, supported: fields([]string{
-		"workload_selector", "workload_selector.labels", "egress", "egress.hosts", "outbound_traffic_policy", "outbound_traffic_policy.mode"})},
+		"workload_selector", "workload_selector.labels", "egress", "egress.hosts", "outbound_traffic_policy", "outbound_traffic_policy.mode",
+		"ingress", "ingress.port", "ingress.port.number", "ingress.port.protocol", "ingress.port.name", "ingress.default_endpoint"})},
 	"networking.istio.io/WorkloadEntry": {new: func() proto.Message { return &networking.WorkloadEntry{} }, check: checkWorkloadEntry, supported: fields([]string{
 		"address", "ports", "labels", "network", "locality", "service_account"})},
 	"security.istio.io/PeerAuthentication": {new: func() proto.Message { return &security.PeerAuthentication{} }, check: checkPeerAuthentication, supported: fields([]string{

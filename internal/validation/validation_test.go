@@ -169,12 +169,12 @@ func TestSidecar(t *testing.T) {
 	if len(r.Errors) > 0 || len(r.Warnings) > 0 {
 		t.Errorf("a plain Sidecar: errors %q warnings %q", r.Errors, r.Warnings)
 	}
-	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{port: {number: 80, protocol: HTTP, name: http}, hosts: [profile]}]\n  ingress: [{port: {number: 80, protocol: HTTP, name: h}, defaultEndpoint: '127.0.0.1:8080'}]\n")
-	if e := strings.Join(r.Errors, "\n"); !strings.Contains(e, `"profile" is not namespace/dnsName`) {
+	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{port: {number: 80, protocol: HTTP, name: http}, hosts: [profile]}]\n  ingress: [{port: {number: 80, protocol: HTTP, name: h}, defaultEndpoint: '127.0.0.1:8080', tls: {mode: SIMPLE}}, {port: {number: 81, protocol: HTTP, name: i}, defaultEndpoint: 'localhost:80'}]\n")
+	if e := strings.Join(r.Errors, "\n"); !strings.Contains(e, `"profile" is not namespace/dnsName`) || !strings.Contains(e, `spec.ingress[1].defaultEndpoint: "localhost:80"`) {
 		t.Errorf("a host without a namespace: errors %q", r.Errors)
 	}
 	all := strings.Join(r.Warnings, "\n")
-	for _, want := range []string{"spec.ingress: not supported", "spec.egress[0].port: not supported"} {
+	for _, want := range []string{"spec.ingress[0].tls: not supported", "spec.egress[0].port: not supported"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}

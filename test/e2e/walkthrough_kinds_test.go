@@ -231,24 +231,27 @@ spec:
 		})
 	}
 
-	t.Run("a Sidecar scopes sleep's sidecar to its egress hosts and makes it REGISTRY_ONLY: the API server (default namespace) and an address outside the mesh are refused, profile answers, kube-dns's cluster is gone; deleted, all is back", func(t *testing.T) {
-		// code is the HTTP status of a call from sleep in cluster-eks
-		// (000: no HTTP answer).
-		code := func(url string) string {
-			out, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url)
+	t.Run("a Sidecar scopes sleep's sidecar in each cluster to its egress hosts and makes it REGISTRY_ONLY: the API server (default namespace) and an address outside the mesh are refused, profile answers, kube-dns's cluster is gone; deleted, all is back", func(t *testing.T) {
+		// code is the HTTP status of a call from sleep in a cluster (000:
+		// no HTTP answer).
+		code := func(from, url string) string {
+			out, _ := e.kubectl(from, "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url)
 			return strings.TrimSpace(out)
 		}
-		clusters := func() string {
-			return isthmus(t, time.Minute, append([]string{"proxy-config", "clusters", "deployment/sleep", "-n", "multicluster", "--context", "cluster-eks"}, w.kc...)...).stdout
+		clusters := func(from string) string {
+			return isthmus(t, time.Minute, append([]string{"proxy-config", "clusters", "deployment/sleep", "-n", "multicluster", "--context", from}, w.kc...)...).stdout
 		}
 		api := "https://kubernetes.default.svc/version"
 		const unknown = "http://198.18.0.2:5000/v2/" // the registry by address: no service has it
-		if c := code(api); c == "000" {
-			t.Fatalf("the API server from sleep before any Sidecar: %s, want an HTTP answer", c)
+		for _, from := range clients {
+			if c := code(from, api); c == "000" {
+				t.Fatalf("the API server from sleep in %s before any Sidecar: %s, want an HTTP answer", from, c)
+			}
+			if c := code(from, unknown); c != "200" {
+				t.Fatalf("an address outside the mesh from sleep in %s before any Sidecar: %s, want 200 (ALLOW_ANY)", from, c)
+			}
 		}
-		if c := code(unknown); c != "200" {
-			t.Fatalf("an address outside the mesh from sleep before any Sidecar: %s, want 200 (ALLOW_ANY)", c)
-		}
+		// In the primary, for the namespace in every cluster, as Istio.
 		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: sleep, namespace: multicluster}
@@ -263,21 +266,55 @@ spec:
 				e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "sidecar", "sleep")
 			}
 		}()
-		eventually(t, "the API server refused from sleep (out of its Sidecar's scope, REGISTRY_ONLY)", func() bool { return code(api) == "000" })
-		if c := code("http://profile:8080/profile?id=4"); c != "200" {
-			t.Errorf("profile (in scope) from sleep: %s, want 200", c)
-		}
-		if c := code(unknown); c != "000" {
-			t.Errorf("an address outside the mesh from sleep with its Sidecar: %s, want no answer (REGISTRY_ONLY: BlackHoleCluster)", c)
-		}
-		if out := clusters(); strings.Contains(out, "kube-dns.kube-system") || !strings.Contains(out, "profile.multicluster") {
-			t.Errorf("sleep's clusters with its Sidecar (no kube-dns, profile there):\n%s", out)
+		for _, from := range clients {
+			eventually(t, "the API server refused from sleep in "+from+" (out of its Sidecar's scope, REGISTRY_ONLY)", func() bool { return code(from, api) == "000" })
+			if c := code(from, "http://profile:8080/profile?id=4"); c != "200" {
+				t.Errorf("profile (in scope) from sleep in %s: %s, want 200", from, c)
+			}
+			if c := code(from, unknown); c != "000" {
+				t.Errorf("an address outside the mesh from sleep in %s with its Sidecar: %s, want no answer (REGISTRY_ONLY: BlackHoleCluster)", from, c)
+			}
+			if out := clusters(from); strings.Contains(out, "kube-dns.kube-system") || !strings.Contains(out, "profile.multicluster") {
+				t.Errorf("sleep's clusters in %s with its Sidecar (no kube-dns, profile there):\n%s", from, out)
+			}
 		}
 		e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "sidecar", "sleep")
 		deleted = true
-		eventually(t, "the API server answering sleep again without the Sidecar", func() bool { return code(api) != "000" })
-		if out := clusters(); !strings.Contains(out, "kube-dns.kube-system") {
-			t.Errorf("sleep's clusters without its Sidecar have no kube-dns:\n%s", out)
+		for _, from := range clients {
+			eventually(t, "the API server answering sleep in "+from+" again without the Sidecar", func() bool { return code(from, api) != "000" })
+			if out := clusters(from); !strings.Contains(out, "kube-dns.kube-system") {
+				t.Errorf("sleep's clusters in %s without its Sidecar have no kube-dns:\n%s", from, out)
+			}
+		}
+	})
+
+	t.Run("a Sidecar's ingress listener serves a port no container listens on, forwarding to its defaultEndpoint, in both clusters", func(t *testing.T) {
+		svc := "apiVersion: v1\nkind: Service\nmetadata: {name: profile-ingress, namespace: multicluster}\nspec:\n  selector: {app: profile}\n  ports: [{name: http, port: 9999}]\n"
+		for _, c := range clients {
+			e.apply(c, svc)
+			defer e.kubectl(c, "", "-n", "multicluster", "delete", "service", "profile-ingress")
+		}
+		// Without the Sidecar, 9999 goes to 127.0.0.1:9999, where nothing listens.
+		if by := calls(t, "cluster-eks", "http://profile-ingress:9999/profile?id=4", 4); len(by) != 0 {
+			t.Fatalf("profile-ingress answered before any Sidecar: %v", by)
+		}
+		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: profile, namespace: multicluster}
+spec:
+  workloadSelector: {labels: {app: profile}}
+  ingress:
+  - {port: {number: 9999, protocol: HTTP, name: http-alt}, defaultEndpoint: "127.0.0.1:8080"}
+  - {port: {number: 8080, protocol: HTTP, name: http}, defaultEndpoint: "127.0.0.1:8080"}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "sidecar", "profile")
+		for _, from := range clients {
+			var by map[string]int
+			eventually(t, "profile-ingress:9999 answered by both clusters from "+from, func() bool {
+				by = calls(t, from, "http://profile-ingress:9999/profile?id=4", 20)
+				return by["cluster-eks"] > 0 && by["cluster-aks"] > 0
+			})
+			t.Logf("from %s: %v", from, by)
 		}
 	})
 

@@ -113,6 +113,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	trafficArea(t, w)
 	kindsArea(t, w)
 	vmArea(t, w)
+	egressArea(t, w)
 	istiodArea(t, w)
 	operationsArea(t, w)
 	cloudArea(t, w)

@@ -43,6 +43,8 @@ type trafficPolicy struct {
 	locality *apinetworking.LocalityLoadBalancerSetting
 	// failover are its failoverPriority labels isthmus compares.
 	failover []string
+	// tls is the rule's client TLS (nil: Istio's auto mTLS).
+	tls *apinetworking.ClientTLSSettings
 }
 
 func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) trafficPolicy {
@@ -52,9 +54,7 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 	}
 	where := fmt.Sprintf("DestinationRule %s/%s", dr.Namespace, dr.Name)
 	top := dr.Spec.GetTrafficPolicy()
-	if top.GetTls() != nil && top.GetTls().GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
-		warn(where + ": tls modes other than ISTIO_MUTUAL are not supported; ignored")
-	}
+	tp.tls = top.GetTls()
 	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetHttp().GetIdleTimeout() != nil || cp.GetTcp().GetTcpKeepalive() != nil {
 		warn(where + ": connectionPool maxRequestsPerConnection, idleTimeout and tcpKeepalive are not supported; ignored")
 	}
@@ -71,6 +71,9 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 		}
 		if pl.GetConnectionPool() != nil {
 			tp.pool = pl.GetConnectionPool()
+		}
+		if pl.GetTls() != nil {
+			tp.tls = pl.GetTls()
 		}
 	}
 	tp.resolve(where, warn)
@@ -134,6 +137,9 @@ func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy,
 			if stp.GetConnectionPool() != nil {
 				tp.pool = stp.GetConnectionPool()
 			}
+			if stp.GetTls() != nil {
+				tp.tls = stp.GetTls()
+			}
 			for _, pl := range stp.GetPortLevelSettings() {
 				if int32(pl.GetPort().GetNumber()) == port {
 					if pl.GetLoadBalancer() != nil {
@@ -141,6 +147,9 @@ func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy,
 					}
 					if pl.GetOutlierDetection() != nil {
 						tp.outlier = pl.GetOutlierDetection()
+					}
+					if pl.GetTls() != nil {
+						tp.tls = pl.GetTls()
 					}
 				}
 			}

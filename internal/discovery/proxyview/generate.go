@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	apinetworking "istio.io/api/networking/v1alpha3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/network"
@@ -36,6 +37,9 @@ type Generated struct {
 	Secrets []types.Resource
 	// Names is a sidecar's DNS name table (NDS).
 	Names nds.Table
+	// credentials are the DestinationRule credentialNames a router's
+	// clusters verify servers with (and, true, present for MUTUAL).
+	credentials map[string]bool
 }
 
 // Generate builds the resources one proxy receives.
@@ -67,6 +71,15 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 		g.Names = NameTable(p, reg, services)
 	}
 	g.addServices(p, reg, services, drs, noGW, warn)
+	if p.Type == Router {
+		// The credentials its DestinationRules' TLS verifies servers with
+		// (egress gateways), beside those of its Gateway servers.
+		for _, sec := range credentialSecrets(p, cfg, g.credentials, warn) {
+			if !slices.ContainsFunc(g.Secrets, func(r types.Resource) bool { return r.(*tlsv3.Secret).Name == sec.(*tlsv3.Secret).Name }) {
+				g.Secrets = append(g.Secrets, sec)
+			}
+		}
+	}
 	return g
 }
 
@@ -125,7 +138,7 @@ func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Servic
 			continue
 		}
 		tp := policyFor(dr, port.Port, warn)
-		g.add(p, view, svc, port, "", eps, gws, tp, noGW, sans)
+		g.add(p, view, svc, port, "", eps, gws, tp, noGW, sans, warn)
 		for _, ss := range subsetsOf(dr, port.Port, tp, warn) {
 			var in []registry.Endpoint
 			for _, e := range eps {
@@ -133,7 +146,7 @@ func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Servic
 					in = append(in, e)
 				}
 			}
-			g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW, sans)
+			g.add(p, view, svc, port, ss.name, in, gws, ss.tp, noGW, sans, warn)
 		}
 	}
 }
@@ -142,7 +155,7 @@ func (g *Generated) addService(p *Proxy, view network.View, svc *registry.Servic
 // outbound|PORT|SUBSET|HOST for sidecars, and for routers also the
 // SNI-named outbound_.PORT_.SUBSET_.HOST with only mTLS endpoints.
 func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port registry.Port, subset string,
-	eps []registry.Endpoint, gws []registry.Gateway, tp trafficPolicy, noGW network.NoGateway, sans []string) {
+	eps []registry.Endpoint, gws []registry.Gateway, tp trafficPolicy, noGW network.NoGateway, sans []string, warn func(string)) {
 	lb := tp.distribute(p, network.SplitHorizon(view, eps, port.Name, gws, noGW))
 	prio := priorities(lb, func(e network.LbEndpoint) uint32 { return tp.priority(p, e) })
 	sni := SNI(port.Port, subset, svc.Hostname)
@@ -179,6 +192,18 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 			},
 			{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 		})
+	}
+	if tp.tls != nil {
+		// The rule's TLS replaces Istio's auto mTLS for every endpoint.
+		var credential string
+		c.TransportSocketMatches = nil
+		c.TransportSocket, credential = clientTLS(tp.tls, p, svc.Hostname, sni, sans, warn)
+		if credential != "" {
+			if g.credentials == nil {
+				g.credentials = map[string]bool{}
+			}
+			g.credentials[credential] = tp.tls.GetMode() == apinetworking.ClientTLSSettings_MUTUAL
+		}
 	}
 	protocol := port.AppProtocol
 	if tp.upgradeH2(protocol) {

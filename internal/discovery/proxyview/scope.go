@@ -2,6 +2,7 @@ package proxyview
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	apinetworking "istio.io/api/networking/v1alpha3"
@@ -24,6 +25,19 @@ type Scope struct {
 	hosts     []egressHost
 	// RegistryOnly overrides meshConfig's outboundTrafficPolicy when set.
 	RegistryOnly *bool
+	// ingress are its ingress listeners' ports (nil: none; the services'
+	// target ports are served).
+	ingress InboundPorts
+}
+
+// InboundPorts are the ports a sidecar of this scope serves: its
+// Sidecar's ingress listeners where it has any (as Istio: then only
+// those), else the ports its services target (fromServices).
+func (s *Scope) InboundPorts(fromServices InboundPorts) InboundPorts {
+	if s == nil || s.ingress == nil {
+		return fromServices
+	}
+	return s.ingress
 }
 
 // egressHost is one "namespace/dnsName" of a Sidecar's egress hosts.
@@ -88,8 +102,36 @@ func newScope(sc *networkingv1.Sidecar, warn func(string)) *Scope {
 		// Istio: a Sidecar without egress listeners imports everything.
 		s.hosts = []egressHost{{ns: "*", host: "*"}}
 	}
-	if len(sc.Spec.GetIngress()) > 0 {
-		warn(where + ": ingress listeners are not built; the workload's inbound side follows its services' ports")
+	for i, in := range sc.Spec.GetIngress() {
+		p := in.GetPort()
+		at := fmt.Sprintf("%s: ingress[%d]", where, i)
+		if p.GetNumber() == 0 || p.GetNumber() > 65535 {
+			warn(at + ": no port number; skipped")
+			continue
+		}
+		if in.GetTls() != nil || in.GetBind() != "" || in.GetCaptureMode() != apinetworking.CaptureMode_DEFAULT || in.GetConnectionPool() != nil {
+			warn(at + ": tls, bind, captureMode and connectionPool are not supported; the port is served with the mesh's mTLS to defaultEndpoint")
+		}
+		ap := AppPort{Protocol: protocolOf(registry.Port{AppProtocol: strings.ToLower(p.GetProtocol())})}
+		switch ep := in.GetDefaultEndpoint(); {
+		case ep == "":
+		case strings.HasPrefix(ep, "unix://"):
+			warn(at + ": a unix socket defaultEndpoint is not supported; skipped")
+			continue
+		default:
+			host, port, ok := strings.Cut(ep, ":")
+			if n, err := strconv.Atoi(port); !ok || (host != "127.0.0.1" && host != "0.0.0.0") || err != nil || n < 1 || n > 65535 {
+				warn(at + ": defaultEndpoint " + ep + " is not 127.0.0.1:PORT or 0.0.0.0:PORT; skipped")
+				continue
+			}
+			// 0.0.0.0 is the workload's own address, reached on loopback
+			// by an app listening on every address.
+			ap.Endpoint = "127.0.0.1:" + port
+		}
+		if s.ingress == nil {
+			s.ingress = InboundPorts{}
+		}
+		s.ingress[int32(p.GetNumber())] = ap
 	}
 	if p := sc.Spec.GetOutboundTrafficPolicy(); p != nil {
 		only := p.GetMode() == apinetworking.OutboundTrafficPolicy_REGISTRY_ONLY

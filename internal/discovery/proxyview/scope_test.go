@@ -121,7 +121,20 @@ func TestScopeServices(t *testing.T) {
 	var warnings []string
 	ResolveScope(cfg.sidecars, "istio-system", "shop", nil, func(w string) { warnings = append(warnings, w) })
 	all := strings.Join(warnings, "\n")
-	if !strings.Contains(all, "ingress listeners are not built") || !strings.Contains(all, "egress listeners of their own") {
+	if !strings.Contains(all, "egress listeners of their own") {
 		t.Errorf("warnings: %q", warnings)
+	}
+	// Its ingress listener is the sidecar's only inbound port, to the
+	// app's defaultEndpoint.
+	ports := p.Scope.InboundPorts(InboundPorts{9080: {Protocol: ProtoTCP}})
+	if len(ports) != 1 || ports[80] != (AppPort{Protocol: ProtoHTTP, Endpoint: "127.0.0.1:8080"}) {
+		t.Errorf("inbound ports with the Sidecar's ingress: %v", ports)
+	}
+	_, cls := Inbound(ports, InboundPolicy{})
+	if ep := cls[0].(*cluster.Cluster).GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); ep.GetAddress() != "127.0.0.1" || ep.GetPortValue() != 8080 {
+		t.Errorf("inbound|80|| goes to %v, want 127.0.0.1:8080", ep)
+	}
+	if q.Scope.InboundPorts(InboundPorts{9080: {Protocol: ProtoTCP}})[9080].Protocol != ProtoTCP {
+		t.Error("without a Sidecar the services' ports are served")
 	}
 }

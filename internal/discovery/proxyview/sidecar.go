@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -347,14 +348,20 @@ const (
 )
 
 // InboundPorts maps each port the services of a workload target on it
-// (by endpoint address) to how it is served: http, http2, tcp or auto.
-type InboundPorts map[int32]string
+// (by endpoint address), or its Sidecar's ingress listeners name, to how
+// it is served.
+type InboundPorts map[int32]AppPort
+
+// AppPort is how one inbound port is served: its protocol (http, http2,
+// tcp or auto) and where the app is ("": 127.0.0.1 on the same port; a
+// Sidecar's ingress defaultEndpoint otherwise).
+type AppPort struct{ Protocol, Endpoint string }
 
 // Key names the port set, so sidecars with the same ports share an inbound listener.
 func (ip InboundPorts) Key() string {
 	var b strings.Builder
 	for _, p := range sortedPorts(ip) {
-		fmt.Fprintf(&b, "%d:%s,", p, ip[p])
+		fmt.Fprintf(&b, "%d:%s>%s,", p, ip[p].Protocol, ip[p].Endpoint)
 	}
 	return b.String()
 }
@@ -400,7 +407,7 @@ func NewInboundIndex(reg *registry.Registry, services []*registry.Service) Inbou
 					ports = InboundPorts{}
 					idx[e.Address] = ports
 				}
-				ports[tp] = merge(ports[tp], protocolOf(sp))
+				ports[tp] = AppPort{Protocol: merge(ports[tp].Protocol, protocolOf(sp))}
 			}
 		}
 	}
@@ -439,16 +446,20 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 	var clusters []types.Resource
 	for _, n := range sortedPorts(ports) {
 		name := InboundCluster(n)
+		host, port := "127.0.0.1", uint32(n)
+		if ep, err := netip.ParseAddrPort(ports[n].Endpoint); err == nil {
+			host, port = ep.Addr().String(), uint32(ep.Port())
+		}
 		app := &cluster.Cluster{
 			Name:                 name,
 			ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
 			ConnectTimeout:       durationpb.New(10 * time.Second),
 			LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
 				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-					Address: socketAddress("127.0.0.1", uint32(n))}}}},
+					Address: socketAddress(host, port)}}}},
 			}}},
 		}
-		switch ports[n] {
+		switch ports[n].Protocol {
 		case ProtoHTTP2:
 			setUpstreamProtocol(app, "http2")
 		case ProtoAuto:
@@ -475,10 +486,10 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 		}
 		mode := modes.Mode(n)
 		var mtls, plain []*listener.FilterChain
-		switch ports[n] {
+		switch ports[n].Protocol {
 		case ProtoHTTP, ProtoHTTP2, ProtoTCP:
 			filters := tcpFilters
-			if ports[n] != ProtoTCP {
+			if ports[n].Protocol != ProtoTCP {
 				filters = []*listener.Filter{httpFilter}
 			}
 			mtls = []*listener.FilterChain{{Name: name + "-mtls", FilterChainMatch: match("tls", nil), TransportSocket: istioMTLSServer(pol.TrustDomains), Filters: filters}}

@@ -119,7 +119,7 @@ func TestPeerAuthentication(t *testing.T) {
 		}
 	}
 
-	ports := InboundPorts{8080: ProtoHTTP, 9090: ProtoAuto}
+	ports := InboundPorts{8080: {Protocol: ProtoHTTP}, 9090: {Protocol: ProtoAuto}}
 	chains := func(m MTLSModes) (names []string, passthrough bool) {
 		l, _ := Inbound(ports, InboundPolicy{MTLS: m})
 		for _, fc := range l.FilterChains {

@@ -252,7 +252,7 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *snapshot {
 		if m.inbound == nil {
 			m.inbound = s.Generator.InboundIndex(sh.services)
 		}
-		ports = m.inbound[p.IP]
+		ports = p.Scope.InboundPorts(m.inbound[p.IP])
 		pol = s.Generator.InboundPolicy(p)
 		key.namespace, key.ports, key.policy = p.Namespace, ports.Key(), pol.Key()
 	}

@@ -1,12 +1,15 @@
 package config
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -79,6 +82,17 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 		if cl.Type == EDS {
 			want[resource.EndpointType] = append(want[resource.EndpointType], cl.EDSName)
 		}
+		// TLS of its own (a DestinationRule's SIMPLE or MUTUAL) names
+		// its CA and client certificate by SDS, as a server's chain does.
+		for _, t := range append([]*UpstreamTLS{cl.TLS}, matchTLS(cl.TLSMatches)...) {
+			if o := t.originating(); o != nil {
+				for _, n := range []string{o.CASecret, o.CertSecret} {
+					if n != "" && !slices.Contains(want[resource.SecretType], n) {
+						want[resource.SecretType] = append(want[resource.SecretType], n)
+					}
+				}
+			}
+		}
 	}
 	cla := map[string]*endpoint.ClusterLoadAssignment{}
 	for name, a := range rs[resource.EndpointType] {
@@ -136,6 +150,7 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 		}
 		s.Routes[rt.Name] = rt
 	}
+	versions := map[string]string{}
 	for name, a := range rs[resource.SecretType] {
 		var sec tlsv3.Secret
 		if err := unpack(a, &sec); err != nil {
@@ -146,6 +161,17 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 			return nil, nil, fmt.Errorf("secret %q: %w", name, err)
 		}
 		s.Secrets[sec.GetName()] = bs
+		sum := sha256.Sum256(a.GetValue())
+		versions[sec.GetName()] = hex.EncodeToString(sum[:8])
+	}
+	// Connections a cluster originated with an old CA or certificate are
+	// not reused: its pools are named by the secrets' contents.
+	for _, cl := range s.Clusters {
+		for _, t := range append([]*UpstreamTLS{cl.TLS}, matchTLS(cl.TLSMatches)...) {
+			if o := t.originating(); o != nil {
+				o.Secrets = versions[o.CASecret] + "/" + versions[o.CertSecret]
+			}
+		}
 	}
 	return s, want, nil
 }
@@ -325,8 +351,17 @@ func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
 	if err := unpack(ts.GetTypedConfig(), &ctx); err != nil {
 		return nil, err
 	}
-	t := &UpstreamTLS{SNI: ctx.GetSni(), ALPN: ctx.GetCommonTlsContext().GetAlpnProtocols()}
-	vc := validationContext(ctx.GetCommonTlsContext())
+	common := ctx.GetCommonTlsContext()
+	t := &UpstreamTLS{SNI: ctx.GetSni(), ALPN: common.GetAlpnProtocols()}
+	vc := validationContext(common)
+	certs := common.GetTlsCertificateSdsSecretConfigs()
+	caSDS := common.GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName()
+	if caSDS == "" {
+		caSDS = common.GetValidationContextSdsSecretConfig().GetName()
+	}
+	if len(certs) != 1 || certs[0].GetName() != "default" || caSDS != "ROOTCA" {
+		return originate(t, common, vc, caSDS)
+	}
 	// Only exact URI SANs (SPIFFE IDs) are checked; any other matcher is
 	// refused rather than ignored, which would accept every server.
 	for _, m := range vc.GetMatchTypedSubjectAltNames() {
@@ -343,6 +378,63 @@ func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
 		}
 		t.SANs = append(t.SANs, e)
 	}
+	return t, nil
+}
+
+func matchTLS(ms []TLSMatch) []*UpstreamTLS {
+	out := make([]*UpstreamTLS, len(ms))
+	for i, m := range ms {
+		out[i] = m.TLS
+	}
+	return out
+}
+
+// originating is t's TLS of the proxy's own, if it is that.
+func (t *UpstreamTLS) originating() *Originate {
+	if t == nil {
+		return nil
+	}
+	return t.Originate
+}
+
+// originate reads TLS of the proxy's own (a DestinationRule's SIMPLE or
+// MUTUAL, as istiod sends it): the client certificate and the CA by SDS
+// name, or the CA from a file; no CA at all means no verification
+// (Envoy's semantics for insecureSkipVerify). The server's SANs are
+// exact DNS names or URIs; any other matcher is refused.
+func originate(t *UpstreamTLS, common *tlsv3.CommonTlsContext, vc *tlsv3.CertificateValidationContext, caSDS string) (*UpstreamTLS, error) {
+	o := &Originate{CASecret: caSDS}
+	switch certs := common.GetTlsCertificateSdsSecretConfigs(); {
+	case len(certs) > 1:
+		return nil, fmt.Errorf("%d client certificates: one is supported", len(certs))
+	case len(certs) == 1:
+		o.CertSecret = certs[0].GetName()
+	}
+	if len(common.GetTlsCertificates()) > 0 {
+		return nil, errors.New("inline client certificates are not supported (use an SDS secret)")
+	}
+	switch ca := vc.GetTrustedCa(); {
+	case ca == nil:
+	case ca.GetFilename() != "":
+		o.CAFile = ca.GetFilename()
+	default:
+		return nil, errors.New("trusted CA other than a file name is not supported")
+	}
+	o.Insecure = o.CASecret == "" && o.CAFile == ""
+	for _, m := range vc.GetMatchTypedSubjectAltNames() {
+		e := m.GetMatcher().GetExact()
+		if e == "" || (m.GetSanType() != tlsv3.SubjectAltNameMatcher_DNS && m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI) {
+			return nil, fmt.Errorf("subject alt name matcher %v is not supported (exact DNS names and URIs)", m)
+		}
+		t.SANs = append(t.SANs, e)
+	}
+	if len(vc.GetMatchSubjectAltNames()) > 0 {
+		return nil, errors.New("match_subject_alt_names is not supported when originating TLS (use match_typed_subject_alt_names)")
+	}
+	if !o.Insecure && t.SNI == "" && len(t.SANs) == 0 {
+		return nil, errors.New("TLS to a server verified against a CA needs an SNI or subject alt names to check its certificate against")
+	}
+	t.Originate = o
 	return t, nil
 }
 

@@ -501,12 +501,30 @@ type TLSMatch struct {
 	TLS *UpstreamTLS
 }
 
-// UpstreamTLS originates Istio mTLS.
+// UpstreamTLS is the TLS a proxy originates: Istio mTLS (the workload
+// certificate, the mesh root, peers' SPIFFE IDs) or, with Originate, TLS
+// of its own to a server outside the mesh.
 type UpstreamTLS struct {
 	SNI  string
 	ALPN []string
-	// SANs the server must present (any mesh identity when empty).
-	SANs []string
+	// SANs the server must present, any of them: SPIFFE IDs for Istio mTLS
+	// (any mesh identity when empty); DNS names or URIs when originating
+	// (the SNI name when empty).
+	SANs      []string
+	Originate *Originate
+}
+
+// Originate is a DestinationRule's tls SIMPLE or MUTUAL: the server is
+// verified against the CA of an SDS secret (CASecret) or of a PEM file on
+// the proxy (CAFile, the system's trust store for instance), or not at
+// all (Insecure, insecureSkipVerify); CertSecret is the client
+// certificate of MUTUAL.
+type Originate struct {
+	CASecret, CAFile, CertSecret string
+	Insecure                     bool
+	// Secrets names the contents of the SDS secrets it was built with:
+	// connections made with other contents are not reused.
+	Secrets string
 }
 
 // TransportFor picks the TLS of an endpoint; nil means plaintext.
