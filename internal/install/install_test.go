@@ -306,4 +306,8 @@ func TestEgressGateway(t *testing.T) {
 	if _, err := Load([]string{writeFile(t, head+"    - name: Egress_GW\n")}, nil); err == nil || !strings.Contains(err.Error(), "spec.components.egressGateways[0].name") {
 		t.Errorf("a bad egress gateway name: %v", err)
 	}
+	both := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: empty\n  components:\n    ingressGateways: [{name: gw}]\n    egressGateways: [{name: gw}]\n"
+	if _, err := Load([]string{writeFile(t, both)}, nil); err == nil || !strings.Contains(err.Error(), "an ingress gateway has that name") {
+		t.Errorf("an egress gateway named as an ingress gateway: %v", err)
+	}
 }

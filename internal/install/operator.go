@@ -319,6 +319,11 @@ func (l *Loaded) validate() error {
 	if err := checkGateways("egressGateways", l.egressGateways()); err != nil {
 		return err
 	}
+	for i, e := range l.egressGateways() {
+		if slices.ContainsFunc(l.gateways(), func(g Gateway) bool { return g.Name == e.Name && first(g.Namespace, "") == first(e.Namespace, "") }) {
+			return fmt.Errorf("spec.components.egressGateways[%d].name %q: an ingress gateway has that name; their Deployments and Services would overwrite each other", i, e.Name)
+		}
+	}
 	if t := s.Values.Gateways.IngressGateway.InjectionTemplate; t != "" && t != "gateway" {
 		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.values.gateways.istio-ingressgateway.injectionTemplate %q: isthmus has the template gateway only; using it", t))
 	}

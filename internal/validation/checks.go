@@ -288,6 +288,7 @@ func checkTrafficPolicy(c *checker, p string, tp *networking.TrafficPolicy) {
 		return
 	}
 	checkSettings(c, p, tp.GetLoadBalancer(), tp.GetConnectionPool(), tp.GetOutlierDetection())
+	checkClientTLS(c, p+".tls", tp.GetTls())
 	ports := map[uint32]bool{}
 	for i, pl := range tp.GetPortLevelSettings() {
 		pp := fmt.Sprintf("%s.portLevelSettings[%d]", p, i)
@@ -301,6 +302,26 @@ func checkTrafficPolicy(c *checker, p string, tp *networking.TrafficPolicy) {
 			ports[pl.GetPort().GetNumber()] = true
 		}
 		checkSettings(c, pp, pl.GetLoadBalancer(), pl.GetConnectionPool(), pl.GetOutlierDetection())
+		checkClientTLS(c, pp+".tls", pl.GetTls())
+	}
+}
+
+// checkClientTLS refuses what no proxy could originate TLS with, as
+// Istio's validation does.
+func checkClientTLS(c *checker, p string, t *networking.ClientTLSSettings) {
+	if t == nil {
+		return
+	}
+	if len(t.GetSni()) > 255 || strings.ContainsAny(t.GetSni(), " \t\r\n") {
+		c.errf(p+".sni", "%q is not a server name", t.GetSni())
+	}
+	for i, san := range t.GetSubjectAltNames() {
+		if san == "" {
+			c.errf(fmt.Sprintf("%s.subjectAltNames[%d]", p, i), "a subject alt name cannot be empty")
+		}
+	}
+	if t.GetCredentialName() != "" && (t.GetClientCertificate() != "" || t.GetPrivateKey() != "" || t.GetCaCertificates() != "") {
+		c.errf(p, "credentialName excludes clientCertificate, privateKey and caCertificates")
 	}
 }
 

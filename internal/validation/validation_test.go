@@ -181,6 +181,24 @@ func TestSidecar(t *testing.T) {
 	}
 }
 
+// A DestinationRule's client TLS is checked as Istio does.
+func TestDestinationRuleTLS(t *testing.T) {
+	r := validate(t, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: ns}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {mode: SIMPLE, sni: api.example.com, subjectAltNames: [api.example.com], credentialName: ca}\n")
+	if len(r.Errors) > 0 || len(r.Warnings) > 0 {
+		t.Errorf("SIMPLE with credentialName: errors %q warnings %q", r.Errors, r.Warnings)
+	}
+	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: ns}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    portLevelSettings: [{port: {number: 443}, tls: {mode: MUTUAL, sni: 'a b', subjectAltNames: [''], credentialName: c, clientCertificate: /c.pem}}]\n")
+	e := strings.Join(r.Errors, "\n")
+	for _, want := range []string{"tls.sni", "subjectAltNames[0]", "credentialName excludes"} {
+		if !strings.Contains(e, want) {
+			t.Errorf("no error about %s in %q", want, r.Errors)
+		}
+	}
+	if !strings.Contains(strings.Join(r.Warnings, "\n"), "tls.clientCertificate: not supported") {
+		t.Errorf("clientCertificate not warned: %q", r.Warnings)
+	}
+}
+
 // A WorkloadEntry is acted on; its weight and a DNS-name address are
 // named, an entry without address or network refused.
 func TestWorkloadEntry(t *testing.T) {

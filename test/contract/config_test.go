@@ -49,7 +49,7 @@ func generatedPorts(t testing.TB, ports []registry.Port) config.Resources {
 		t.Fatal(err)
 	}
 	g := proxyview.Generate(p, reg, nil, "cluster.local", func(string) {}, nil)
-	in, inClusters := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())["10.64.0.5"], proxyview.InboundPolicy{})
+	in, inClusters := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services()).For("test", "10.64.0.5"), proxyview.InboundPolicy{})
 	rs := config.Resources{}
 	add := func(typ string, items []types.Resource) {
 		if rs[typ] == nil {
@@ -66,7 +66,7 @@ func generatedPorts(t testing.TB, ports []registry.Port) config.Resources {
 	add(resource.ClusterType, append(g.Clusters, inClusters...))
 	add(resource.EndpointType, g.Endpoints)
 	add(resource.ListenerType, append(g.Listeners, in))
-	add(resource.RouteType, proxyview.SidecarRoutes("test", "", reg.Services(), nil, "cluster.local", nil))
+	add(resource.RouteType, proxyview.SidecarRoutes("test", "", reg.Services(), nil, "istio-system", "cluster.local", nil))
 	return rs
 }
 
@@ -217,7 +217,7 @@ http:
 		t.Fatal(err)
 	}
 	var warnings []string
-	rs := proxyview.SidecarRoutes("test", "", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rs := proxyview.SidecarRoutes("test", "", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "istio-system", "cluster.local", func(w string) { warnings = append(warnings, w) })
 	rc := rs[0].(*routev3.RouteConfiguration)
 	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
 	if err != nil {
@@ -545,7 +545,7 @@ func TestConsistentHash(t *testing.T) {
 		a, _ := anypb.New(c)
 		rs[resource.ClusterType][cacheName(c)] = a
 	}
-	for _, r := range proxyview.SidecarRoutes("test", "", reg.Services(), drConfig{dr}, "cluster.local", nil) {
+	for _, r := range proxyview.SidecarRoutes("test", "", reg.Services(), drConfig{dr}, "istio-system", "cluster.local", nil) {
 		a, _ := anypb.New(r)
 		rs[resource.RouteType][cacheName(r)] = a
 	}
@@ -708,7 +708,7 @@ func TestBuildsServiceEntriesAndHeadless(t *testing.T) {
 func routeTable(t *testing.T, reg *registry.Registry, vs *networkingv1.VirtualService) *config.RouteTable {
 	t.Helper()
 	var warnings []string
-	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "cluster.local", func(w string) { warnings = append(warnings, w) })
+	rs := proxyview.SidecarRoutes("test", "c1", reg.Services(), vsConfig{[]*networkingv1.VirtualService{vs}}, "istio-system", "cluster.local", func(w string) { warnings = append(warnings, w) })
 	rc := rs[0].(*routev3.RouteConfiguration)
 	snap, _, err := config.Build(config.Resources{resource.RouteType: {rc.Name: mustAny(rc)}})
 	if err != nil {

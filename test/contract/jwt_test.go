@@ -82,7 +82,7 @@ rules:
 	h := "profile.test.svc.cluster.local"
 	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
 	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: map[string]int32{"http": 8080}, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
-	in, _ := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())["10.64.0.5"], pol)
+	in, _ := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services()).For("test", "10.64.0.5"), pol)
 	rs := config.Resources{"type.googleapis.com/envoy.config.listener.v3.Listener": {in.Name: mustAny(in)}}
 	snap, _, err := config.Build(rs)
 	if err != nil {

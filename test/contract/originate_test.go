@@ -2,6 +2,7 @@ package contract
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -121,6 +122,18 @@ func TestDestinationRuleTLSOrigination(t *testing.T) {
 	sc, _ = build("sidecar", egressConfig{dr: dr("host: " + host + "\ntrafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n")})
 	if tls := sc.Clusters[name].TLS; tls == nil || tls.Originate != nil || len(tls.SANs) != 0 {
 		t.Errorf("ISTIO_MUTUAL without accounts: %+v", tls)
+	}
+	// Values no proxy could take (past the webhook) do not break the
+	// whole configuration: dropped, the host's name verified instead.
+	sc, _ = build("sidecar", egressConfig{dr: dr("host: " + host + "\ntrafficPolicy: {tls: {mode: SIMPLE, sni: '" + strings.Repeat("a", 300) + "', subjectAltNames: ['']}}\n")})
+	if tls := sc.Clusters[name].TLS; tls == nil || tls.Originate == nil || tls.SNI != host || len(tls.SANs) != 0 {
+		t.Errorf("a bad sni and an empty SAN: %+v", tls)
+	}
+	// Port-level settings replace the rule's wholesale (Istio's
+	// MergeTrafficPolicy): a port entry without tls is auto mTLS.
+	sc, _ = build("sidecar", egressConfig{dr: dr("host: " + host + "\ntrafficPolicy: {tls: {mode: SIMPLE}, portLevelSettings: [{port: {number: 443}, connectionPool: {tcp: {maxConnections: 5}}}]}\n")})
+	if c := sc.Clusters[name]; c.TLS != nil && c.TLS.Originate != nil {
+		t.Errorf("a port-level entry without tls kept the rule's SIMPLE: %+v", c.TLS)
 	}
 	sc, _ = build("sidecar", egressConfig{dr: dr("host: " + host + "\ntrafficPolicy: {tls: {mode: DISABLE}}\n")})
 	if c := sc.Clusters[name]; c.TLS != nil || len(c.TLSMatches) != 0 {

@@ -226,12 +226,12 @@ func snapshot(t testing.TB, version string, reg *registry.Registry, node string,
 	g := proxyview.Generate(p, reg, gatewayConfig{}, "cluster.local", func(string) {}, nil)
 	rs := map[resource.Type][]types.Resource{resource.ClusterType: g.Clusters, resource.EndpointType: g.Endpoints, resource.ListenerType: g.Listeners}
 	if p.Type == proxyview.Sidecar {
-		rs[resource.RouteType] = proxyview.SidecarRoutes("test", "", reg.Services(), nil, "cluster.local", nil)
+		rs[resource.RouteType] = proxyview.SidecarRoutes("test", "", reg.Services(), nil, "istio-system", "cluster.local", nil)
 		modes := proxyview.MTLSModes{}
 		if strict {
 			modes.Default = proxyview.Strict
 		}
-		in, cls := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())[p.IP], proxyview.InboundPolicy{MTLS: modes, TrustDomains: p.TrustDomains})
+		in, cls := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services()).For(p.Namespace, p.IP), proxyview.InboundPolicy{MTLS: modes, TrustDomains: p.TrustDomains})
 		rs[resource.ListenerType] = append(rs[resource.ListenerType], in)
 		rs[resource.ClusterType] = append(rs[resource.ClusterType], cls...)
 	}
@@ -606,7 +606,7 @@ func TestSidecarsAndRouter(t *testing.T) {
 	t.Run("inbound mTLS accepts only the mesh's trust domains", func(t *testing.T) {
 		x.set(profileNode, snapshot(t, "td-1", meshRegistry(true), profileNode, false, func(rs map[resource.Type][]types.Resource) {
 			reg := meshRegistry(true)
-			in, _ := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services())[ipProfile], proxyview.InboundPolicy{TrustDomains: []string{"other.example"}})
+			in, _ := proxyview.Inbound(proxyview.NewInboundIndex(reg, reg.Services()).For("test", ipProfile), proxyview.InboundPolicy{TrustDomains: []string{"other.example"}})
 			for i, l := range rs[resource.ListenerType] {
 				if l.(*listener.Listener).Name == in.Name {
 					rs[resource.ListenerType][i] = in

@@ -34,15 +34,38 @@ func clientTLS(s *apinetworking.ClientTLSSettings, p *Proxy, host, sni string, s
 	case apinetworking.ClientTLSSettings_DISABLE:
 		return nil, ""
 	case apinetworking.ClientTLSSettings_ISTIO_MUTUAL:
+		// The rule's sni and SPIFFE subjectAltNames over the defaults.
+		if s.GetSni() != "" && len(s.GetSni()) <= 255 && !strings.ContainsAny(s.GetSni(), " \t\r\n\x00") {
+			sni = s.GetSni()
+		}
+		var ids []string
+		for _, san := range s.GetSubjectAltNames() {
+			if !strings.HasPrefix(san, "spiffe://") {
+				warn("DestinationRule tls for " + host + ": ISTIO_MUTUAL subjectAltName " + san + " is not a SPIFFE ID; ignored")
+				continue
+			}
+			ids = append(ids, san)
+		}
+		if len(ids) > 0 {
+			sans = ids
+		}
 		return istioMTLS(sni, sans), ""
 	}
 	where := "DestinationRule tls for " + host
 	ctx := &tlsv3.UpstreamTlsContext{Sni: s.GetSni(), CommonTlsContext: &tlsv3.CommonTlsContext{}}
+	if len(ctx.Sni) > 255 || strings.ContainsAny(ctx.Sni, " \t\r\n\x00") {
+		warn(where + ": sni is not a server name; the host's name is sent instead")
+		ctx.Sni = ""
+	}
 	if ctx.Sni == "" && !strings.HasPrefix(host, "*") {
 		ctx.Sni = host
 	}
 	vc := &tlsv3.CertificateValidationContext{}
 	for _, san := range s.GetSubjectAltNames() {
+		if san == "" {
+			warn(where + ": an empty subjectAltName is ignored")
+			continue
+		}
 		typ := tlsv3.SubjectAltNameMatcher_DNS
 		if strings.Contains(san, "://") {
 			typ = tlsv3.SubjectAltNameMatcher_URI
@@ -83,6 +106,14 @@ func clientTLS(s *apinetworking.ClientTLSSettings, p *Proxy, host, sni string, s
 		}
 	}
 	if p.Type != Router {
+		cred = ""
+	}
+	if err := ctx.ValidateAll(); err != nil {
+		// A value Envoy's rules refuse would make every proxy refuse the
+		// whole configuration: TLS verified by the host's name instead.
+		warn(fmt.Sprintf("%s: %v; TLS is originated to the host's name with the system's roots instead", where, err))
+		ctx = &tlsv3.UpstreamTlsContext{Sni: host, CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
+			ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: SystemRoots}}}}}}
 		cred = ""
 	}
 	typed, _ := anypb.New(ctx)

@@ -22,13 +22,43 @@ const (
 	labelCluster = "topology.istio.io/cluster"
 )
 
-// destinationRules indexes DestinationRules by the service host they name
-// (short hosts resolve in the rule's namespace); the oldest wins a host.
-func destinationRules(cfg Config, domain string) map[string]*networkingv1.DestinationRule {
+// destinationRules indexes the DestinationRules that apply to services by
+// the host they name (short hosts resolve in the rule's namespace), as
+// Istio decides for a proxy outside the rule's namespace: a rule of the
+// service's own namespace, else one of the root namespace; the oldest
+// wins. A rule in a third namespace applies in Istio to that namespace's
+// proxies alone; isthmus shares one view across namespaces and applies
+// it to none (warned), so no namespace can set another's TLS or load
+// balancing.
+func destinationRules(cfg Config, domain, root string, services []*registry.Service, warn func(string)) map[string]*networkingv1.DestinationRule {
+	out := map[string]*networkingv1.DestinationRule{}
 	if cfg == nil {
-		return map[string]*networkingv1.DestinationRule{}
+		return out
 	}
-	return indexByHost(cfg.DestinationRules(), func(dr *networkingv1.DestinationRule) []string { return []string{dr.Spec.GetHost()} }, domain)
+	owner := make(map[string]string, len(services))
+	for _, svc := range services {
+		owner[svc.Hostname] = svc.Namespace
+	}
+	rules := oldestFirst(cfg.DestinationRules())
+	for _, fromRoot := range []bool{false, true} {
+		for _, dr := range rules {
+			host := Qualify(dr.Spec.GetHost(), dr.Namespace, domain)
+			ns, known := owner[host]
+			if !known {
+				continue
+			}
+			_, taken := out[host]
+			switch {
+			case taken:
+			case dr.Namespace == ns && !fromRoot, dr.Namespace == root && fromRoot:
+				out[host] = dr
+			}
+			if dr.Namespace != ns && dr.Namespace != root && fromRoot && warn != nil {
+				warn(fmt.Sprintf("DestinationRule %s/%s for %s: a rule outside the service's namespace (%s) and the root namespace applies in Istio only to its own namespace's proxies; isthmus does not apply it", dr.Namespace, dr.Name, host, ns))
+			}
+		}
+	}
+	return out
 }
 
 // trafficPolicy is a DestinationRule's policy for one port: the top-level
@@ -60,24 +90,19 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 	}
 	tp.lb, tp.outlier, tp.pool = top.GetLoadBalancer(), top.GetOutlierDetection(), top.GetConnectionPool()
 	for _, pl := range top.GetPortLevelSettings() {
-		if int32(pl.GetPort().GetNumber()) != port {
-			continue
-		}
-		if pl.GetLoadBalancer() != nil {
-			tp.lb = pl.GetLoadBalancer()
-		}
-		if pl.GetOutlierDetection() != nil {
-			tp.outlier = pl.GetOutlierDetection()
-		}
-		if pl.GetConnectionPool() != nil {
-			tp.pool = pl.GetConnectionPool()
-		}
-		if pl.GetTls() != nil {
-			tp.tls = pl.GetTls()
+		if int32(pl.GetPort().GetNumber()) == port {
+			tp.portLevel(pl)
 		}
 	}
 	tp.resolve(where, warn)
 	return tp
+}
+
+// portLevel applies a port's settings as Istio's MergeTrafficPolicy: they
+// replace the rule's wholesale, so a field the port omits is the default
+// (auto mTLS, round robin), not the rule's.
+func (tp *trafficPolicy) portLevel(pl *apinetworking.TrafficPolicy_PortTrafficPolicy) {
+	tp.lb, tp.outlier, tp.pool, tp.tls = pl.GetLoadBalancer(), pl.GetOutlierDetection(), pl.GetConnectionPool(), pl.GetTls()
 }
 
 // resolve decides what depends on the merged load-balancer settings (after
@@ -142,15 +167,7 @@ func subsetsOf(dr *networkingv1.DestinationRule, port int32, base trafficPolicy,
 			}
 			for _, pl := range stp.GetPortLevelSettings() {
 				if int32(pl.GetPort().GetNumber()) == port {
-					if pl.GetLoadBalancer() != nil {
-						tp.lb = pl.GetLoadBalancer()
-					}
-					if pl.GetOutlierDetection() != nil {
-						tp.outlier = pl.GetOutlierDetection()
-					}
-					if pl.GetTls() != nil {
-						tp.tls = pl.GetTls()
-					}
+					tp.portLevel(pl)
 				}
 			}
 		}

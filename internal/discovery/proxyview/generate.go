@@ -56,7 +56,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	}
 	var g Generated
 	services := reg.Services()
-	drs := destinationRules(cfg, domain)
+	drs := destinationRules(cfg, domain, p.RootNamespace, services, warn)
 	if p.Type == Router {
 		g.Listeners, g.Routes, g.Secrets = routerConfig(p, reg, cfg, services, drs, domain, warn)
 	} else {
@@ -113,7 +113,7 @@ func GenerateEndpoints(p *Proxy, reg *registry.Registry, cfg Config, domain stri
 	if p.Scope != nil && cfg != nil {
 		services = p.Scope.Services(services, cfg.VirtualServices(), domain)
 	}
-	g.addServices(p, reg, services, destinationRules(cfg, domain), noGW, warn)
+	g.addServices(p, reg, services, destinationRules(cfg, domain, p.RootNamespace, services, warn), noGW, warn)
 	return g.Endpoints
 }
 
@@ -193,7 +193,11 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 			{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 		})
 	}
-	if tp.tls != nil {
+	if tp.tls != nil && headless && p.RegistryOnly && !svc.MeshExternal && tp.tls.GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
+		// The cluster dials wherever the client did: only mTLS keeps
+		// REGISTRY_ONLY (see headlessTransport).
+		warn("DestinationRule tls " + tp.tls.GetMode().String() + " for headless " + svc.Hostname + " is not applied under REGISTRY_ONLY: its pods are called with Istio mTLS")
+	} else if tp.tls != nil {
 		// The rule's TLS replaces Istio's auto mTLS for every endpoint.
 		var credential string
 		c.TransportSocketMatches = nil
@@ -202,7 +206,8 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 			if g.credentials == nil {
 				g.credentials = map[string]bool{}
 			}
-			g.credentials[credential] = tp.tls.GetMode() == apinetworking.ClientTLSSettings_MUTUAL
+			// MUTUAL anywhere needs the certificate, whoever else uses the name.
+			g.credentials[credential] = g.credentials[credential] || tp.tls.GetMode() == apinetworking.ClientTLSSettings_MUTUAL
 		}
 	}
 	protocol := port.AppProtocol

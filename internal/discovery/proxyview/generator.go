@@ -66,7 +66,7 @@ func (g *Generator) Routes(p *Proxy, services []*registry.Service) []types.Resou
 	if p.Scope != nil && g.Config != nil {
 		services = p.Scope.Services(services, g.Config.VirtualServices(), domain)
 	}
-	rs := SidecarRoutes(p.Namespace, p.ClusterID, services, g.Config, domain, g.warn)
+	rs := SidecarRoutes(p.Namespace, p.ClusterID, services, g.Config, p.RootNamespace, domain, g.warn)
 	if p.RegistryOnly {
 		for _, r := range rs {
 			blockAll(r.(*route.RouteConfiguration))

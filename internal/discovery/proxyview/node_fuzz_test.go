@@ -122,7 +122,7 @@ func FuzzParseNode(f *testing.F) {
 			}
 		}
 		if p.Type == Sidecar {
-			l, _ := g.Inbound(index[p.IP], g.InboundPolicy(p))
+			l, _ := g.Inbound(index.For(p.Namespace, p.IP), g.InboundPolicy(p))
 			if err := l.ValidateAll(); err != nil {
 				t.Fatalf("node %v: the inbound listener breaks Envoy's rules: %v", n, err)
 			}

@@ -20,7 +20,8 @@ type Scope struct {
 	// Name is the Sidecar's namespace/name@resourceVersion: sidecars of
 	// the same scope share generated resources.
 	Name string
-	// namespace is the Sidecar's, which "." in its hosts means.
+	// namespace is the proxy's, which "." in the hosts means (also in
+	// the root namespace's default Sidecar, as Istio).
 	namespace string
 	hosts     []egressHost
 	// RegistryOnly overrides meshConfig's outboundTrafficPolicy when set.
@@ -58,9 +59,12 @@ func (s *Scope) Key() string {
 func ResolveScope(sidecars []*networkingv1.Sidecar, root, ns string, lbls map[string]string, warn func(string)) *Scope {
 	var selected, nsDefault, meshDefault *networkingv1.Sidecar
 	for _, sc := range oldestFirst(sidecars) {
-		sel := sc.Spec.GetWorkloadSelector().GetLabels()
+		// A selector, even an empty one (every workload), takes
+		// precedence over the namespace's default, as in Istio.
+		ws := sc.Spec.GetWorkloadSelector()
+		sel := ws.GetLabels()
 		switch {
-		case sc.Namespace == ns && len(sel) > 0:
+		case sc.Namespace == ns && ws != nil:
 			if selected == nil && labels.SelectorFromSet(sel).Matches(labels.Set(lbls)) {
 				selected = sc
 			}
@@ -68,7 +72,7 @@ func ResolveScope(sidecars []*networkingv1.Sidecar, root, ns string, lbls map[st
 			if nsDefault == nil {
 				nsDefault = sc
 			}
-		case sc.Namespace == root && len(sel) == 0:
+		case sc.Namespace == root && ws == nil:
 			if meshDefault == nil {
 				meshDefault = sc
 			}
@@ -76,14 +80,17 @@ func ResolveScope(sidecars []*networkingv1.Sidecar, root, ns string, lbls map[st
 	}
 	for _, sc := range []*networkingv1.Sidecar{selected, nsDefault, meshDefault} {
 		if sc != nil {
-			return newScope(sc, warn)
+			return newScope(sc, ns, warn)
 		}
 	}
 	return nil
 }
 
-func newScope(sc *networkingv1.Sidecar, warn func(string)) *Scope {
-	s := &Scope{Name: sc.Namespace + "/" + sc.Name + "@" + sc.ResourceVersion, namespace: sc.Namespace}
+func newScope(sc *networkingv1.Sidecar, ns string, warn func(string)) *Scope {
+	s := &Scope{Name: sc.Namespace + "/" + sc.Name + "@" + sc.ResourceVersion, namespace: ns}
+	if ns != sc.Namespace {
+		s.Name += " for " + ns // the root's default: "." differs per namespace
+	}
 	where := fmt.Sprintf("Sidecar %s/%s", sc.Namespace, sc.Name)
 	for _, l := range sc.Spec.GetEgress() {
 		if l.GetPort() != nil || l.GetBind() != "" || l.GetCaptureMode() != apinetworking.CaptureMode_DEFAULT {

@@ -60,7 +60,7 @@ func TestResolveScope(t *testing.T) {
 	}{
 		{"shop", map[string]string{"app": "cart"}, "shop/cart@1"},
 		{"shop", map[string]string{"app": "web"}, "shop/default-old@1"},
-		{"other", map[string]string{"app": "cart"}, "istio-system/mesh@1"},
+		{"other", map[string]string{"app": "cart"}, "istio-system/mesh@1 for other"},
 	} {
 		if got := ResolveScope(scs, "istio-system", c.ns, c.lbls, func(string) {}).Key(); got != c.want {
 			t.Errorf("%s %v: %q, want %q", c.ns, c.lbls, got, c.want)
@@ -68,6 +68,12 @@ func TestResolveScope(t *testing.T) {
 	}
 	if s := ResolveScope(scs[1:4], "istio-system", "other", nil, func(string) {}); s != nil {
 		t.Errorf("no Sidecar applies, got %s", s.Key())
+	}
+	// "." in the root namespace's default is the proxy's namespace.
+	root := ResolveScope([]*networkingv1.Sidecar{sidecarOf(t, "istio-system", "default", 0, "egress: [{hosts: ['./*']}]\n")}, "istio-system", "pay", nil, func(string) {})
+	got := root.Services([]*registry.Service{{Namespace: "pay", Hostname: "bank.pay.svc.cluster.local"}, {Namespace: "istio-system", Hostname: "istiod.istio-system.svc.cluster.local"}}, nil, "cluster.local")
+	if len(got) != 1 || got[0].Hostname != "bank.pay.svc.cluster.local" {
+		t.Errorf("the root's ./* for a proxy of pay imports %v", got)
 	}
 }
 

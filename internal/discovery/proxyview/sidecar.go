@@ -266,7 +266,7 @@ func tcpListener(svc *registry.Service, port registry.Port, vip string, byHost, 
 // names it (mesh gateway), else one default route with Istio's default
 // retries and no timeout; and allow_any to the passthrough cluster. The
 // services' addresses are those of cluster, the sidecars'.
-func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg Config, domain string, warn func(string)) []types.Resource {
+func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg Config, root, domain string, warn func(string)) []types.Resource {
 	if warn == nil {
 		warn = func(string) {}
 	}
@@ -274,7 +274,7 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 	if cfg != nil {
 		vss = cfg.VirtualServices()
 	}
-	hash := hashPolicies(destinationRules(cfg, domain))
+	hash := hashPolicies(destinationRules(cfg, domain, root, services, warn))
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetHttp()) > 0 })
 	vhosts := map[int32][]*route.VirtualHost{}
 	// A domain twice in one route table is refused: the first service
@@ -389,23 +389,38 @@ func merge(a, b string) string {
 	return a
 }
 
-// InboundIndex finds the inbound ports of workloads by address.
+// InboundIndex finds the inbound ports of workloads by namespace and
+// address.
 type InboundIndex map[string]InboundPorts
 
-// NewInboundIndex indexes every endpoint of every service by address.
+// For is the inbound ports of the workload of a namespace at an address:
+// only its own namespace's services count, so a Service or WorkloadEntry
+// of another namespace naming its address cannot change how its ports
+// are served.
+func (idx InboundIndex) For(namespace, address string) InboundPorts {
+	return idx[namespace+"/"+address]
+}
+
+// NewInboundIndex indexes every endpoint of every service by namespace
+// and address.
 func NewInboundIndex(reg *registry.Registry, services []*registry.Service) InboundIndex {
 	idx := InboundIndex{}
 	for _, svc := range services {
 		for _, e := range reg.Endpoints(svc.Hostname) {
+			ns := e.Namespace
+			if ns == "" {
+				ns = svc.Namespace
+			}
+			key := ns + "/" + e.Address
 			for _, sp := range svc.Ports {
 				tp, ok := e.Ports[sp.Name]
 				if !ok || sp.Protocol == "UDP" {
 					continue
 				}
-				ports := idx[e.Address]
+				ports := idx[key]
 				if ports == nil {
 					ports = InboundPorts{}
-					idx[e.Address] = ports
+					idx[key] = ports
 				}
 				ports[tp] = AppPort{Protocol: merge(ports[tp].Protocol, protocolOf(sp))}
 			}

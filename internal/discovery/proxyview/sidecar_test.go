@@ -47,7 +47,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 		t.Errorf("special clusters: %d", len(cls))
 	}
 
-	rs := SidecarRoutes("multicluster", "c1", services, nil, "cluster.local", nil)
+	rs := SidecarRoutes("multicluster", "c1", services, nil, "istio-system", "cluster.local", nil)
 	if len(rs) != 1 || rs[0].(*route.RouteConfiguration).Name != "8080" {
 		t.Fatalf("routes %v", rs)
 	}
@@ -57,7 +57,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 			t.Errorf("virtual host lacks domain %s: %v", d, vh.Domains)
 		}
 	}
-	if other := SidecarRoutes("default", "c1", services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]; slices.Contains(other.Domains, "profile") {
+	if other := SidecarRoutes("default", "c1", services, nil, "istio-system", "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]; slices.Contains(other.Domains, "profile") {
 		t.Error("the bare name must only resolve from the service's own namespace")
 	}
 	if got := vh.Routes[0].GetRoute().GetCluster(); got != OutboundCluster(8080, "", host) {
@@ -65,7 +65,7 @@ func TestSidecarListenersAndRoutes(t *testing.T) {
 	}
 
 	idx := NewInboundIndex(reg, services)
-	in, inCls := Inbound(idx["100.64.0.5"], InboundPolicy{})
+	in, inCls := Inbound(idx.For("multicluster", "100.64.0.5"), InboundPolicy{})
 	if len(in.FilterChains) != 2 || in.FilterChains[0].FilterChainMatch.GetDestinationPort().GetValue() != 9080 {
 		t.Fatalf("inbound chains %v", in.FilterChains)
 	}
@@ -173,7 +173,7 @@ func TestEachClusterItsOwnClusterIP(t *testing.T) {
 		if !slices.Equal(tcp, []string{want + "_9080"}) {
 			t.Errorf("%s: TCP listeners %v, want %s_9080", cluster, tcp, want)
 		}
-		vh := SidecarRoutes("multicluster", cluster, services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
+		vh := SidecarRoutes("multicluster", cluster, services, nil, "istio-system", "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
 		var vips []string
 		for _, d := range vh.Domains {
 			if strings.HasPrefix(d, "100.") {
@@ -212,7 +212,7 @@ func TestLocalServiceKeepsAClusterIPAForeignOneShares(t *testing.T) {
 		t.Fatalf("100.96.0.9_9090 does not go to the local service: %v", got)
 	}
 	seen := map[string]string{}
-	for _, vh := range SidecarRoutes("shop", "cluster-eks", services, nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts {
+	for _, vh := range SidecarRoutes("shop", "cluster-eks", services, nil, "istio-system", "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts {
 		for _, d := range vh.Domains {
 			if other, dup := seen[d]; dup {
 				t.Errorf("domain %s in both %s and %s", d, other, vh.Name)
@@ -272,7 +272,7 @@ func TestHeadlessServiceListensPerPod(t *testing.T) {
 			t.Errorf("load assignment %s for an original-destination cluster", n)
 		}
 	}
-	vh := SidecarRoutes("data", "cluster-eks", reg.Services(), nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
+	vh := SidecarRoutes("data", "cluster-eks", reg.Services(), nil, "istio-system", "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
 	for _, d := range []string{"*.db.data.svc.cluster.local", "*.db:8080", "db"} {
 		if !slices.Contains(vh.Domains, d) {
 			t.Errorf("headless virtual host lacks %s: %v", d, vh.Domains)
@@ -430,11 +430,28 @@ func TestServiceEntryService(t *testing.T) {
 			}
 		}
 	}
-	vh := SidecarRoutes("shop", "cluster-eks", reg.Services(), nil, "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
+	vh := SidecarRoutes("shop", "cluster-eks", reg.Services(), nil, "istio-system", "cluster.local", nil)[0].(*route.RouteConfiguration).VirtualHosts[0]
 	if want := []string{host, host + ":5000", "240.240.0.9", "240.240.0.9:5000"}; !slices.Equal(vh.Domains, want) {
 		t.Errorf("domains %v, want %v", vh.Domains, want)
 	}
 	if n := NameTable(p, reg, reg.Services())[host]; n.Registry != "External" || n.Shortname != "" || len(n.IPs) != 1 || n.IPs[0].String() != "240.240.0.9" {
 		t.Errorf("name table entry %+v", n)
+	}
+}
+
+// Another namespace's service naming a pod's address (a hand-made
+// EndpointSlice, a WorkloadEntry) does not change how that pod's ports
+// are served.
+func TestInboundIndexByNamespace(t *testing.T) {
+	reg := registry.New()
+	for _, s := range []struct{ ns, port string }{{"prod", "tcp-db"}, {"evil", "http-db"}} {
+		h := "db." + s.ns + ".svc.cluster.local"
+		reg.SetService("c1", h, &registry.Service{Namespace: s.ns, Name: "db", Hostname: h, ClusterIP: "10.96.0.1",
+			Ports: []registry.Port{{Name: s.port, Port: 5432, Protocol: "TCP", AppProtocol: strings.SplitN(s.port, "-", 2)[0]}}})
+		reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.0.0.7", Ports: map[string]int32{s.port: 5432}, Namespace: s.ns, Ready: true}})
+	}
+	idx := NewInboundIndex(reg, reg.Services())
+	if got := idx.For("prod", "10.0.0.7")[5432].Protocol; got != ProtoTCP {
+		t.Errorf("prod's database port is served as %q, want tcp (evil's http service must not count)", got)
 	}
 }

@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
+
 	apinetworking "istio.io/api/networking/v1alpha3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
@@ -173,13 +175,15 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, workloads 
 		where := fmt.Sprintf("ServiceEntry %s/%s", se.Namespace, se.Name)
 		spec := &se.Spec
 		var selected []*apinetworking.WorkloadEntry
-		if sel := spec.GetWorkloadSelector().GetLabels(); sel != nil {
+		if ws := spec.GetWorkloadSelector(); ws != nil {
+			// An empty selector picks every entry of the namespace (Istio).
+			sel := labels.SelectorFromSet(ws.GetLabels())
 			warn(where + ": workloadSelector picks WorkloadEntries only; pods it selects are not endpoints yet")
 			if len(spec.GetEndpoints()) > 0 {
 				warn(where + ": endpoints and workloadSelector together are invalid in Istio; the endpoints are ignored")
 			}
 			for _, we := range workloads {
-				if we.Namespace == se.Namespace && workloadentry.Selects(sel, &we.Spec) {
+				if we.Namespace == se.Namespace && sel.Matches(labels.Set(we.Spec.GetLabels())) {
 					selected = append(selected, &we.Spec)
 				}
 			}

@@ -32,6 +32,11 @@ import (
 // Shard is the registry shard of WorkloadEntry endpoints and workloads.
 const Shard = "WorkloadEntry"
 
+// Key is how the shard's workloads are keyed: by namespace and address,
+// so an entry of one namespace claiming another's address takes nothing
+// from it (a proxy connects as the entry of its token's namespace).
+func Key(namespace, address string) string { return namespace + "/" + address }
+
 // LabelTLSMode is Istio's label saying whether a workload accepts Istio mTLS.
 const LabelTLSMode = "security.istio.io/tlsMode"
 
@@ -153,10 +158,10 @@ func (s *Source) warn(msg string) {
 }
 
 // Build is the shard of a set of entries: each an endpoint of the
-// config cluster's Services (own) that select it, under the merged
-// services' port names (merged), and a workload by address. Entries
-// come sorted by namespace and name; the first keeps an address two
-// entries claim.
+// config cluster's Services (own) of its namespace that select it, under
+// the merged services' port names (merged), and a workload by namespace
+// and address (Key). Entries come sorted by namespace and name; the first
+// of a namespace keeps an address two of its entries claim.
 func Build(entries []*networkingv1.WorkloadEntry, own, merged []*registry.Service, cluster string, warn func(string)) registry.Shard {
 	sh := registry.Shard{Endpoints: map[string][]registry.Endpoint{}, Workloads: map[string]registry.Workload{}}
 	names := map[string]*registry.Service{}
@@ -178,12 +183,13 @@ func Build(entries []*networkingv1.WorkloadEntry, own, merged []*registry.Servic
 			warn(where + ": weight is not applied; the entry gets an equal share")
 		}
 		a := addr.String()
-		if first, dup := owner[a]; dup {
+		k := Key(we.Namespace, a)
+		if first, dup := owner[k]; dup {
 			warn(where + ": address " + a + " is already " + first + "'s; ignored")
 			continue
 		}
-		owner[a] = we.Namespace + "/" + we.Name
-		sh.Workloads[a] = registry.Workload{Namespace: we.Namespace, Name: we.Name, ServiceAccount: spec.GetServiceAccount(),
+		owner[k] = we.Namespace + "/" + we.Name
+		sh.Workloads[k] = registry.Workload{Namespace: we.Namespace, Name: we.Name, ServiceAccount: spec.GetServiceAccount(),
 			Labels: spec.GetLabels(), Locality: Locality(spec.GetLocality())}
 		for _, svc := range own {
 			if svc.Namespace != we.Namespace || svc.FromServiceEntry || svc.Headless || !Selects(svc.Selector, spec) {

@@ -50,6 +50,7 @@ func TestBuild(t *testing.T) {
 		entry(t, "demo", "vm-2", "address: 198.19.1.11\nlabels: {app: vmapp}\nports: {grpc-port: 9090}\n"),
 		entry(t, "demo", "vm-3", "address: 198.19.1.10\nlabels: {app: vmapp}\n"),
 		entry(t, "demo", "vm-dns", "address: vm.example.com\nlabels: {app: vmapp}\n"),
+		entry(t, "aa-other", "squat", "address: 198.19.1.10\nlabels: {app: vmapp}\nserviceAccount: vm\n"),
 	}, own, merged, "cluster-eks", func(w string) { warnings = append(warnings, w) })
 
 	eps := sh.Endpoints["vmapp.demo.svc.cluster.local"]
@@ -69,7 +70,10 @@ func TestBuild(t *testing.T) {
 	if len(sh.Endpoints["vmapp.other.svc.cluster.local"]) != 0 || len(sh.Endpoints["noselector.demo.svc.cluster.local"]) != 0 {
 		t.Error("another namespace's service, or one without a selector, selected an entry")
 	}
-	if w := sh.Workloads["198.19.1.10"]; w.Name != "vm-1" || w.ServiceAccount != "vm" || w.Labels["version"] != "v1" || w.Router {
+	if w := sh.Workloads[Key("aa-other", "198.19.1.10")]; w.Name != "squat" {
+		t.Errorf("another namespace's entry at the same address is its own workload: %+v", w)
+	}
+	if w := sh.Workloads[Key("demo", "198.19.1.10")]; w.Name != "vm-1" || w.ServiceAccount != "vm" || w.Labels["version"] != "v1" || w.Router {
 		t.Errorf("workload at 198.19.1.10 (the first entry keeps it): %+v", w)
 	}
 	all := strings.Join(warnings, "\n")
@@ -98,7 +102,7 @@ func TestSource(t *testing.T) {
 			}
 		}
 	}
-	waitFor("the entry never became a workload", func() bool { _, ok := reg.Workload(Shard, "198.19.1.10"); return ok })
+	waitFor("the entry never became a workload", func() bool { _, ok := reg.Workload(Shard, Key("demo", "198.19.1.10")); return ok })
 	reg.SetService("cluster-aks", "vmapp.demo.svc.cluster.local", &registry.Service{Namespace: "demo", Name: "vmapp", Hostname: "vmapp.demo.svc.cluster.local",
 		Selector: map[string]string{"app": "vmapp"}, Ports: []registry.Port{{Name: "http", Port: 80, Protocol: "TCP", TargetPort: 8080}}})
 	time.Sleep(100 * time.Millisecond)
@@ -120,5 +124,5 @@ func TestSource(t *testing.T) {
 	}
 	entries.Store(&[]*networkingv1.WorkloadEntry{})
 	s.Changed()
-	waitFor("a deleted entry stayed", func() bool { _, ok := reg.Workload(Shard, "198.19.1.10"); return !ok })
+	waitFor("a deleted entry stayed", func() bool { _, ok := reg.Workload(Shard, Key("demo", "198.19.1.10")); return !ok })
 }

@@ -160,7 +160,7 @@ var PodWait = 10 * time.Second
 // never from the node: a node naming another pod, or claiming labels or a
 // role its pod does not have, is refused.
 func (s *Server) fromPod(ctx context.Context, p *proxyview.Proxy, who Identity) error {
-	w, ok := s.workload(who.Cluster, p.IP)
+	w, ok := s.workload(who.Cluster, who.Namespace, p.IP)
 	if !ok {
 		wait, cancel := context.WithTimeout(ctx, PodWait)
 		defer cancel()
@@ -172,7 +172,7 @@ func (s *Server) fromPod(ctx context.Context, p *proxyview.Proxy, who Identity) 
 				return status.Errorf(codes.Unavailable, "node %q: no running pod at %s in cluster %q is known to the control plane (yet); the proxy retries", p.ID, p.IP, who.Cluster)
 			case <-tick.C:
 			}
-			w, ok = s.workload(who.Cluster, p.IP)
+			w, ok = s.workload(who.Cluster, who.Namespace, p.IP)
 		}
 	}
 	deny := func(format string, args ...any) error {
@@ -196,15 +196,16 @@ func (s *Server) fromPod(ctx context.Context, p *proxyview.Proxy, who Identity) 
 }
 
 // workload is the pod at an address in a cluster or, in the config
-// cluster where no pod has it, the WorkloadEntry there: a pod always wins
-// its address, so an entry (which any namespace may write) cannot stand
-// in for another namespace's pod.
-func (s *Server) workload(cluster, address string) (registry.Workload, bool) {
+// cluster where no pod has it, the WorkloadEntry of namespace there: a
+// pod always wins its address, so an entry (which any namespace may
+// write) cannot stand in for another namespace's pod, and entries are
+// found in the proxy's own namespace only.
+func (s *Server) workload(cluster, namespace, address string) (registry.Workload, bool) {
 	if w, ok := s.Registry.Workload(cluster, address); ok {
 		return w, true
 	}
 	if cluster != "" && cluster == s.ConfigCluster {
-		return s.Registry.Workload(workloadentry.Shard, address)
+		return s.Registry.Workload(workloadentry.Shard, workloadentry.Key(namespace, address))
 	}
 	return registry.Workload{}, false
 }

@@ -123,8 +123,9 @@ func TestWorkloadEntryIdentity(t *testing.T) {
 	reg := registry.New()
 	reg.SetWorkload("c1", "10.0.0.1", registry.Workload{Namespace: "prod", Name: "bank-1", ServiceAccount: "bank"}, true)
 	reg.ReplaceCluster(workloadentry.Shard, registry.Shard{Workloads: map[string]registry.Workload{
-		"198.19.1.10": {Namespace: "vm", Name: "vm-1", ServiceAccount: "vm", Labels: map[string]string{"app": "vmapp"}},
-		"10.0.0.1":    {Namespace: "vm", Name: "squat", ServiceAccount: "vm"}, // a pod's address
+		workloadentry.Key("vm", "198.19.1.10"):   {Namespace: "vm", Name: "vm-1", ServiceAccount: "vm", Labels: map[string]string{"app": "vmapp"}},
+		workloadentry.Key("vm", "10.0.0.1"):      {Namespace: "vm", Name: "squat", ServiceAccount: "vm"}, // a pod's address
+		workloadentry.Key("evil", "198.19.1.11"): {Namespace: "evil", Name: "squat", ServiceAccount: "vm"},
 	}})
 	srv := xds.NewServer(xds.ServerConfig{Registry: reg, ConfigCluster: "c1"})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -154,6 +155,9 @@ func TestWorkloadEntryIdentity(t *testing.T) {
 	}
 	if err := ask("c2", "sidecar~198.19.1.10~vm-1.vm~vm.svc.cluster.local"); status.Code(err) != codes.Unavailable {
 		t.Errorf("a token of another cluster than the config cluster: %v, want Unavailable (no workload there)", err)
+	}
+	if err := ask("c1", "sidecar~198.19.1.11~squat.vm~vm.svc.cluster.local"); status.Code(err) != codes.Unavailable {
+		t.Errorf("another namespace's entry at the address: %v, want Unavailable (no entry of the token's namespace there)", err)
 	}
 	if err := ask("c1", "sidecar~10.0.0.1~squat.vm~vm.svc.cluster.local"); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("an entry at a pod's address: %v, want PermissionDenied (the pod is prod/bank-1)", err)

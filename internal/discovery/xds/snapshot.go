@@ -79,7 +79,7 @@ func (s *Server) located(p *proxyview.Proxy) *proxyview.Proxy {
 	if p.Locality.Region != "" {
 		return p
 	}
-	w, ok := s.workload(p.ClusterID, p.IP)
+	w, ok := s.workload(p.ClusterID, p.Namespace, p.IP)
 	if !ok {
 		return p
 	}
@@ -252,7 +252,7 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *snapshot {
 		if m.inbound == nil {
 			m.inbound = s.Generator.InboundIndex(sh.services)
 		}
-		ports = p.Scope.InboundPorts(m.inbound[p.IP])
+		ports = p.Scope.InboundPorts(m.inbound.For(p.Namespace, p.IP))
 		pol = s.Generator.InboundPolicy(p)
 		key.namespace, key.ports, key.policy = p.Namespace, ports.Key(), pol.Key()
 	}

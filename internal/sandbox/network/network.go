@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -49,6 +51,9 @@ const HostNSPrefix = "isthmus-host-"
 // resolver is the sandbox's DNS, in /etc/netns/NS/resolv.conf, which
 // `ip netns exec` puts in place of /etc/resolv.conf.
 func EnsureHost(name string, addr netip.Addr) error {
+	if err := hostName(name); err != nil {
+		return err
+	}
 	if !Hosts.Contains(addr) {
 		return fmt.Errorf("host address %s is not in %s", addr, Hosts)
 	}
@@ -210,10 +215,25 @@ func TeardownAll(nodeNS []string) error {
 	return err
 }
 
+// hostName refuses a host name that is not a short DNS label: it names
+// files under /run/netns and /etc/netns.
+func hostName(name string) error {
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 || len(name) > 32 {
+		return fmt.Errorf("host name %q: want a DNS label of at most 32 characters (a-z, 0-9, -)", name)
+	}
+	return nil
+}
+
 // RemoveHost deletes a host's namespace and resolver (EnsureHost); its
 // programs should be stopped first.
 func RemoveHost(name string) error {
+	if err := hostName(name); err != nil {
+		return err
+	}
 	ns := HostNSPrefix + name
+	if !Exists(ns) {
+		return fmt.Errorf("no host %s (no network namespace %s)", name, ns)
+	}
 	return errors.Join(Teardown([]string{ns}), os.RemoveAll(filepath.Join("/etc/netns", ns)))
 }
 
