@@ -174,7 +174,8 @@ func Run(ctx context.Context, cfg Config) error {
 		Log:           log, Metrics: metrics})
 	store.Subscribe(xdsServer.Trigger)
 	// ServiceEntries become registry services (their own shard).
-	entries := &serviceentry.Source{Registry: reg, Entries: store.ServiceEntries, Workloads: store.WorkloadEntries, Resolver: net.DefaultResolver, Log: log}
+	entries := &serviceentry.Source{Registry: reg, Entries: store.ServiceEntries, Workloads: store.WorkloadEntries, Cluster: cfg.ClusterID,
+		Resolver: net.DefaultResolver, Log: log}
 	store.Subscribe(entries.Changed)
 	// WorkloadEntries: endpoints of the config cluster's Services, and
 	// workloads their proxies connect as.

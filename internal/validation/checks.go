@@ -577,9 +577,6 @@ func unsupportedValues(m proto.Message) []string {
 				out = append(out, fmt.Sprintf("spec.addresses[%d]: CIDR %s: not supported by isthmus (single addresses are); ignored", i, a))
 			}
 		}
-		if se.GetWorkloadSelector() != nil {
-			out = append(out, "spec.workloadSelector: selects WorkloadEntries only in isthmus; pods it selects are not endpoints")
-		}
 		return out
 	}
 	if sc, ok := m.(*networking.Sidecar); ok {

@@ -227,7 +227,7 @@ func TestServiceEntryWarnings(t *testing.T) {
 	}
 	r = validate(t, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: ns}\nspec:\n  hosts: ['*.example.com']\n  addresses: [10.0.0.0/24]\n  exportTo: ['.']\n  workloadSelector: {labels: {app: vm}}\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: NONE\n")
 	all := strings.Join(r.Warnings, "\n")
-	for _, want := range []string{"spec.hosts[0]: wildcard host", "spec.addresses[0]: CIDR", "spec.exportTo: not supported", "spec.workloadSelector: selects WorkloadEntries only"} {
+	for _, want := range []string{"spec.hosts[0]: wildcard host", "spec.addresses[0]: CIDR", "spec.exportTo: not supported"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}

@@ -201,6 +201,46 @@ spec:
 		t.Logf("from the VM: %v", by)
 	})
 
+	t.Run("ServiceEntries' workloadSelector: the VM's entry from each cluster, the primary's pods (the config cluster's, as Istio)", func(t *testing.T) {
+		e.apply("cluster-eks", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm-mesh, namespace: multicluster}
+spec:
+  hosts: [vm.mesh.example]
+  addresses: [240.240.9.9]
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: vmapp}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: profile-mesh, namespace: multicluster}
+spec:
+  hosts: [profile.mesh.example]
+  addresses: [240.240.9.10]
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: profile}}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "serviceentry", "vm-mesh", "profile-mesh")
+		for _, from := range []string{"cluster-eks", "cluster-aks"} {
+			eventually(t, "vm.mesh.example answered by the VM from "+from, func() bool {
+				got := w.sleepCalls(t, from, "--resolve vm.mesh.example:8080:240.240.9.9 http://vm.mesh.example:8080/profile?id=4", 3)
+				return len(got) == 3 && got[0].ServedBy.Cluster == "vm" && got[2].ServedBy.Cluster == "vm"
+			})
+		}
+		var by map[string]int
+		eventually(t, "profile.mesh.example answered by the primary's profile pods from cluster-eks", func() bool {
+			by = map[string]int{}
+			for _, a := range w.sleepCalls(t, "cluster-eks", "--resolve profile.mesh.example:8080:240.240.9.10 http://profile.mesh.example:8080/profile?id=4", 10) {
+				by[a.ServedBy.Cluster]++
+			}
+			return by["cluster-eks"] == 10
+		})
+	})
+
 	t.Run("without mTLS the VM's app is refused (STRICT)", func(t *testing.T) {
 		c := http.Client{Timeout: 5 * time.Second}
 		if resp, err := c.Get("http://" + addr.String() + ":8080/profile?id=4"); err == nil {

@@ -240,7 +240,7 @@ func (c *Controller) workload(p *corev1.Pod) {
 // workloadOf is what the registry keeps of a running pod.
 func (c *Controller) workloadOf(p *corev1.Pod) registry.Workload {
 	w := registry.Workload{Namespace: p.Namespace, Name: p.Name, ServiceAccount: p.Spec.ServiceAccountName,
-		Labels: p.Labels, Locality: c.locality(p.Spec.NodeName, p.Labels)}
+		Labels: p.Labels, Locality: c.locality(p.Spec.NodeName, p.Labels), Network: c.network(p.Labels)}
 	for _, ct := range p.Spec.Containers {
 		if ct.Name == "istio-proxy" && len(ct.Args) > 1 && ct.Args[0] == "proxy" && ct.Args[1] == "router" {
 			w.Router = true

@@ -152,6 +152,8 @@ type Workload struct {
 	Namespace, Name, ServiceAccount string
 	Labels                          map[string]string
 	Locality                        Locality
+	// Network is the pod's network (its label, else its cluster's).
+	Network string
 	// Router: the pod runs a gateway (its istio-proxy container runs
 	// `proxy router`).
 	Router bool
@@ -324,6 +326,17 @@ func (r *Registry) SetWorkload(cluster, address string, w Workload, ok bool) {
 			fn(cluster, address)
 		}
 	}
+}
+
+// ClusterWorkloads returns a copy of a cluster's (or shard's) pods by
+// address.
+func (r *Registry) ClusterWorkloads(cluster string) map[string]Workload {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if sh := r.clusters[cluster]; sh != nil {
+		return maps.Clone(sh.workloads)
+	}
+	return nil
 }
 
 // Workload is the pod with this address in a cluster.

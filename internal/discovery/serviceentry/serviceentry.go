@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -55,8 +56,11 @@ type Source struct {
 	// Workloads lists the WorkloadEntries that entries' workloadSelector
 	// picks from (nil: none).
 	Workloads func() []*networkingv1.WorkloadEntry
-	Resolver  Resolver
-	Log       *slog.Logger
+	// Cluster is the config cluster, whose pods (in Registry) a
+	// workloadSelector picks too, as Istio's.
+	Cluster  string
+	Resolver Resolver
+	Log      *slog.Logger
 
 	mu     sync.Mutex
 	warned map[string]bool
@@ -93,6 +97,17 @@ func (s *Source) Run(ctx context.Context) error {
 	s.mu.Lock()
 	k := s.kick
 	s.mu.Unlock()
+	// A new pod of the config cluster may be a workloadSelector's
+	// (pods gone or relabelled are seen at the next re-resolution).
+	pods := make(chan struct{}, 1)
+	s.Registry.SubscribeWorkloads(func(cluster, _ string) {
+		if cluster == s.Cluster {
+			select {
+			case pods <- struct{}{}:
+			default:
+			}
+		}
+	})
 	t := time.NewTicker(resolveEvery)
 	defer t.Stop()
 	for {
@@ -112,11 +127,16 @@ func (s *Source) Run(ctx context.Context) error {
 			if s.last != nil && versions(entries, workloads) == s.lastEntries {
 				continue
 			}
+		case <-pods:
+			read()
+			if !slices.ContainsFunc(entries, func(se *networkingv1.ServiceEntry) bool { return se.Spec.GetWorkloadSelector() != nil }) {
+				continue
+			}
 		case <-t.C:
 			read()
 		}
 		s.lastEntries = versions(entries, workloads)
-		sh := Build(ctx, entries, workloads, s.Resolver, s.warn)
+		sh := Build(ctx, entries, Selectable{Entries: workloads, Pods: s.Registry.ClusterWorkloads(s.Cluster), Cluster: s.Cluster}, s.Resolver, s.warn)
 		if s.last != nil && reflect.DeepEqual(*s.last, sh) {
 			continue
 		}
@@ -149,11 +169,19 @@ func (s *Source) warn(msg string) {
 	}
 }
 
+// Selectable is what a workloadSelector picks from: WorkloadEntries and
+// the config cluster's pods (by address), as Istio's.
+type Selectable struct {
+	Entries []*networkingv1.WorkloadEntry
+	Pods    map[string]registry.Workload
+	Cluster string
+}
+
 // Build is the shard of a set of ServiceEntries; an entry with a
-// workloadSelector has the WorkloadEntries of its namespace that it
-// selects as endpoints. The oldest entry wins a host another entry also
-// declares.
-func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, workloads []*networkingv1.WorkloadEntry, res Resolver, warn func(string)) registry.Shard {
+// workloadSelector has the WorkloadEntries and the config cluster's pods
+// of its namespace that it selects as endpoints. The oldest entry wins a
+// host another entry also declares.
+func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, from Selectable, res Resolver, warn func(string)) registry.Shard {
 	sh := registry.Shard{Services: map[string]*registry.Service{}, Endpoints: map[string][]registry.Endpoint{}}
 	entries = slices.Clone(entries)
 	sort.SliceStable(entries, func(i, j int) bool {
@@ -178,13 +206,18 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, workloads 
 		if ws := spec.GetWorkloadSelector(); ws != nil {
 			// An empty selector picks every entry of the namespace (Istio).
 			sel := labels.SelectorFromSet(ws.GetLabels())
-			warn(where + ": workloadSelector picks WorkloadEntries only; pods it selects are not endpoints yet")
 			if len(spec.GetEndpoints()) > 0 {
 				warn(where + ": endpoints and workloadSelector together are invalid in Istio; the endpoints are ignored")
 			}
-			for _, we := range workloads {
+			for _, we := range from.Entries {
 				if we.Namespace == se.Namespace && sel.Matches(labels.Set(we.Spec.GetLabels())) {
 					selected = append(selected, &we.Spec)
+				}
+			}
+			addrs := slices.Sorted(maps.Keys(from.Pods))
+			for _, a := range addrs {
+				if w := from.Pods[a]; w.Namespace == se.Namespace && !w.Router && sel.Matches(labels.Set(w.Labels)) {
+					selected = append(selected, podEntry(a, w))
 				}
 			}
 		}
@@ -217,10 +250,30 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, workloads 
 				svc.ClusterIP = allocate(se.Namespace+"/"+host, taken).String()
 			}
 			sh.Services[host] = svc
-			sh.Endpoints[host] = endpoints(ctx, spec, selected, se.Namespace, host, external, res, func(m string) { warn(where + ": " + m) })
+			eps := endpoints(ctx, spec, selected, se.Namespace, host, external, res, func(m string) { warn(where + ": " + m) })
+			if selected != nil {
+				for i := range eps {
+					eps[i].Cluster = from.Cluster // the config cluster's entries and pods
+				}
+			}
+			sh.Endpoints[host] = eps
 		}
 	}
 	return sh
+}
+
+// podEntry is a selected pod as a WorkloadEntry: its mTLS mode is its
+// tlsMode label alone (a pod without a sidecar has an account too).
+func podEntry(addr string, w registry.Workload) *apinetworking.WorkloadEntry {
+	l := maps.Clone(w.Labels)
+	if l == nil {
+		l = map[string]string{}
+	}
+	if _, ok := l[workloadentry.LabelTLSMode]; !ok {
+		l[workloadentry.LabelTLSMode] = "disabled"
+	}
+	loc := w.Locality.String()
+	return &apinetworking.WorkloadEntry{Address: addr, Labels: l, ServiceAccount: w.ServiceAccount, Network: w.Network, Locality: loc}
 }
 
 // appProtocol is a ServiceEntry port protocol as the registry names it.

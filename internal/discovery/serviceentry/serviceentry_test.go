@@ -65,11 +65,16 @@ func TestBuild(t *testing.T) {
 		entry(t, "shop", "any", 0, "hosts: [passthrough.example]\nports: [{number: 80, name: http, protocol: HTTP}]\nresolution: NONE\n"),
 		entry(t, "other", "dup", 0, "hosts: [api.example.com, '*.wild.example']\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS\n"),
 		entry(t, "other", "sel", 0, "hosts: [sel.example]\nlocation: MESH_INTERNAL\nworkloadSelector: {labels: {app: vm}}\nports: [{number: 80, name: http, protocol: HTTP}]\n"),
-	}, []*networkingv1.WorkloadEntry{
+	}, Selectable{Entries: []*networkingv1.WorkloadEntry{
 		workload(t, "other", "vm-1", "address: 10.0.0.9\nlabels: {app: vm}\nports: {http: 8081}\nserviceAccount: vm\nnetwork: vm-net\n"),
 		workload(t, "other", "db-1", "address: 10.0.0.10\nlabels: {app: db}\n"),
 		workload(t, "shop", "vm-2", "address: 10.0.0.11\nlabels: {app: vm}\n"),
-	}, dns, func(w string) { warnings = append(warnings, w) })
+	}, Pods: map[string]registry.Workload{
+		"10.1.0.5": {Namespace: "other", Name: "vm-pod", ServiceAccount: "vm", Labels: map[string]string{"app": "vm", "security.istio.io/tlsMode": "istio"}, Network: "n1"},
+		"10.1.0.6": {Namespace: "other", Name: "plain", ServiceAccount: "default", Labels: map[string]string{"app": "vm"}, Network: "n1"},
+		"10.1.0.7": {Namespace: "other", Name: "gw", Labels: map[string]string{"app": "vm"}, Router: true},
+		"10.1.0.8": {Namespace: "shop", Name: "vm-pod", Labels: map[string]string{"app": "vm"}},
+	}, Cluster: "c1"}, dns, func(w string) { warnings = append(warnings, w) })
 
 	api := sh.Services["api.example.com"]
 	if api == nil || !api.MeshExternal || !api.FromServiceEntry || api.Headless || !strings.HasPrefix(api.ClusterIP, "240.240.") || api.Ports[0].AppProtocol != "tls" {
@@ -97,15 +102,24 @@ func TestBuild(t *testing.T) {
 	}
 	// workloadSelector: the WorkloadEntries of the entry's namespace it
 	// selects, on their own port, with mTLS (they name a service account).
-	if sel := sh.Endpoints["sel.example"]; len(sel) != 1 || sel[0].Address != "10.0.0.9" || sel[0].Ports["http"] != 8081 ||
-		sel[0].TLSMode != "istio" || sel[0].Namespace != "other" || sel[0].Network != "vm-net" {
-		t.Errorf("workloadSelector endpoints: %+v", sel)
+	sel := sh.Endpoints["sel.example"]
+	if len(sel) != 3 || sel[0].Address != "10.0.0.9" || sel[0].Ports["http"] != 8081 ||
+		sel[0].TLSMode != "istio" || sel[0].Namespace != "other" || sel[0].Network != "vm-net" || sel[0].Cluster != "c1" {
+		t.Fatalf("workloadSelector endpoints (the entry, then the pods): %+v", sel)
+	}
+	// The config cluster's pods too (not a gateway's, not another
+	// namespace's), mTLS by their tlsMode label alone.
+	if p := sel[1]; p.Address != "10.1.0.5" || p.Ports["http"] != 80 || p.TLSMode != "istio" || p.Network != "n1" || p.Cluster != "c1" || p.ServiceAccount != "vm" {
+		t.Errorf("a selected pod with a sidecar: %+v", p)
+	}
+	if p := sel[2]; p.Address != "10.1.0.6" || p.TLSMode == "istio" {
+		t.Errorf("a selected pod without a sidecar: %+v", p)
 	}
 	if sh.Services["api.example.com"].Namespace != "shop" {
 		t.Error("the newer entry took api.example.com")
 	}
 	all := strings.Join(warnings, "\n")
-	for _, want := range []string{"vm.example is not an IP address", "wildcard host *.wild.example", "workloadSelector picks WorkloadEntries only", "declared by an older ServiceEntry"} {
+	for _, want := range []string{"vm.example is not an IP address", "wildcard host *.wild.example", "declared by an older ServiceEntry"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no warning %q in:\n%s", want, all)
 		}
