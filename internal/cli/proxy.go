@@ -182,6 +182,9 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 			if cfg.AppProbers, err = apphealth.Parse(os.Getenv("ISTIO_KUBE_APP_PROBERS")); err != nil {
 				return err
 			}
+			if cfg.AccessLogEncoding != "TEXT" && cfg.AccessLogEncoding != "JSON" {
+				return fmt.Errorf("--access-log-encoding %q: want TEXT or JSON", cfg.AccessLogEncoding)
+			}
 			if cfg.Node.IP == "" || cfg.Node.Pod == "" || cfg.Node.Namespace == "" {
 				return fmt.Errorf("the proxy needs its pod IP, name and namespace (env INSTANCE_IP, POD_NAME, POD_NAMESPACE, or --ip --pod --namespace)")
 			}
@@ -212,7 +215,8 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 	f.StringVar(&cfg.StatusAddr, "status-addr", ":15021", "readiness (/healthz/ready)")
 	f.StringVar(&cfg.StatsAddr, "stats-addr", ":15090", "Prometheus metrics (/stats/prometheus)")
 	f.StringVar(&cfg.AppHealthAddr, "app-health-addr", ":15020", "the application's rewritten kubelet probes (/app-health/...); empty turns it off")
-	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("ACCESS_LOG_FILE"), "write a line per request or connection (Istio's text format) to this file, /dev/stdout for the log stream")
+	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("ACCESS_LOG_FILE"), "write a line per request or connection (Istio's text format) to this file, /dev/stdout for the log stream (env ACCESS_LOG_FILE, from meshConfig.accessLogFile)")
+	f.StringVar(&cfg.AccessLogEncoding, "access-log-encoding", envOr("ACCESS_LOG_ENCODING", "TEXT"), "TEXT (Istio's default line) or JSON (Istio's JSON keys) (env ACCESS_LOG_ENCODING, from meshConfig.accessLogEncoding)")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long open connections get after SIGTERM (terminationDrainDuration)")
 	return cmd
 }

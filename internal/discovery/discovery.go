@@ -342,7 +342,8 @@ func grpcServers(serving *ca.ServingCert, auth *ca.KubeAuthenticator) (plain, se
 // webhookServer serves sidecar injection and configuration validation.
 func webhookServer(cfg Config, mesh *meshconfig.Mesh, serving *ca.ServingCert, log *slog.Logger) *http.Server {
 	injector := &inject.Config{Image: cfg.ProxyImage, Privileged: cfg.ProxyPrivileged, ClusterID: cfg.ClusterID, Network: cfg.Network,
-		DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), ProxyMetadata: mesh.Config.GetDefaultConfig().GetProxyMetadata(), Log: log}
+		DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), ProxyMetadata: mesh.Config.GetDefaultConfig().GetProxyMetadata(),
+		AccessLogFile: mesh.Config.GetAccessLogFile(), AccessLogEncoding: mesh.Config.GetAccessLogEncoding().String(), Log: log}
 	mux := http.NewServeMux()
 	mux.Handle("/inject", injector.Handler())
 	mux.Handle("/inject/", injector.Handler())

@@ -224,6 +224,8 @@ func TestBadInput(t *testing.T) {
 		{head + "spec:\n  components:\n    ingressGateways:\n    - name: gw\n      k8s: {service: {loadBalancerSourceRanges: [10.1.2.3]}}\n", `loadBalancerSourceRanges: "10.1.2.3" is not a CIDR`},
 		{head + "spec:\n  components:\n    ingressGateways:\n    - name: gw\n      k8s: {service: {externalTrafficPolicy: local}}\n", `externalTrafficPolicy "local": want Cluster or Local`},
 		{head + "spec:\n  values:\n    global:\n      multiCluster: {clusterName: Cluster_EKS}\n", "clusterName \"Cluster_EKS\""},
+		{head + "spec:\n  meshConfig:\n    accessLogEncoding: YAML\n", `accessLogEncoding "YAML": want TEXT or JSON`},
+		{head + "spec:\n  meshConfig:\n    outboundTrafficPolicy: {mode: DENY}\n", `outboundTrafficPolicy.mode "DENY"`},
 	} {
 		_, err := Load([]string{write(tc.doc)}, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.says) {
@@ -309,5 +311,18 @@ func TestEgressGateway(t *testing.T) {
 	both := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: empty\n  components:\n    ingressGateways: [{name: gw}]\n    egressGateways: [{name: gw}]\n"
 	if _, err := Load([]string{writeFile(t, both)}, nil); err == nil || !strings.Contains(err.Error(), "an ingress gateway has that name") {
 		t.Errorf("an egress gateway named as an ingress gateway: %v", err)
+	}
+}
+
+// The meshConfig fields the control plane acts on are not warned about.
+func TestMeshConfigActedOn(t *testing.T) {
+	l, err := Load([]string{writeFile(t, "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  meshConfig:\n"+
+		"    outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n    accessLogFile: /dev/stdout\n    accessLogEncoding: JSON\n"+
+		"    defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}, gatewayTopology: {numTrustedProxies: 1}}\n")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Warnings) > 0 {
+		t.Errorf("warnings for fields the control plane reads: %q", l.Warnings)
 	}
 }

@@ -58,12 +58,24 @@ type MeshConfig struct {
 	RootNamespace      string   `json:"rootNamespace"`
 	DefaultConfig      struct {
 		MeshID string `json:"meshId"`
+		// ProxyMetadata is every sidecar's environment (DNS capture).
+		ProxyMetadata   map[string]string `json:"proxyMetadata"`
+		GatewayTopology struct {
+			NumTrustedProxies *uint32 `json:"numTrustedProxies"`
+		} `json:"gatewayTopology"`
 	} `json:"defaultConfig"`
 	// PathNormalization is how proxies normalize request paths before
 	// routing and authorization.
 	PathNormalization struct {
 		Normalization string `json:"normalization"`
 	} `json:"pathNormalization"`
+	OutboundTrafficPolicy struct {
+		Mode string `json:"mode"`
+	} `json:"outboundTrafficPolicy"`
+	// AccessLogFile and AccessLogEncoding reach every proxy injected after
+	// the control plane read them.
+	AccessLogFile     string `json:"accessLogFile"`
+	AccessLogEncoding string `json:"accessLogEncoding"`
 }
 
 // Components are the parts of an install a profile turns on or off.
@@ -274,6 +286,12 @@ func (l *Loaded) validate() error {
 	p := l.ProfileName()
 	if _, ok := profiles[p]; !ok {
 		return fmt.Errorf("spec.profile %q: isthmus knows the profiles %s", p, strings.Join(ProfileNames(), ", "))
+	}
+	if m := s.MeshConfig.OutboundTrafficPolicy.Mode; m != "" && m != "ALLOW_ANY" && m != "REGISTRY_ONLY" {
+		return fmt.Errorf("spec.meshConfig.outboundTrafficPolicy.mode %q: want ALLOW_ANY or REGISTRY_ONLY", m)
+	}
+	if e := s.MeshConfig.AccessLogEncoding; e != "" && e != "TEXT" && e != "JSON" {
+		return fmt.Errorf("spec.meshConfig.accessLogEncoding %q: want TEXT or JSON", e)
 	}
 	if n := s.MeshConfig.PathNormalization.Normalization; n != "" {
 		if _, ok := meshv1alpha1.MeshConfig_ProxyPathNormalization_NormalizationType_value[n]; !ok {

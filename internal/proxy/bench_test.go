@@ -74,12 +74,18 @@ func setProtocol(c *cluster.Cluster, o *httpopts.HttpProtocolOptions) {
 // startProxy is startHTTPProxy with the cluster adjusted too (and the
 // connection manager, by the manager functions).
 func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction), manager ...func(*hcm.HttpConnectionManager)) (*Proxy, string) {
-	return startProxyState(tb, upstream, adjust, route, nil, manager...)
+	return startProxyWith(tb, upstream, adjust, route, proxySetup{}, manager...)
 }
 
-// startProxyState is startProxy with more resources (SDS secrets) added
-// to the state it applies.
-func startProxyState(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction), more xdsclient.State, manager ...func(*hcm.HttpConnectionManager)) (*Proxy, string) {
+// proxySetup is what startProxyWith adds: resources (SDS secrets) to the
+// state it applies, and the proxy's options.
+type proxySetup struct {
+	more xdsclient.State
+	opts Options
+}
+
+// startProxyWith is startProxy with a setup.
+func startProxyWith(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction), setup proxySetup, manager ...func(*hcm.HttpConnectionManager)) (*Proxy, string) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -111,10 +117,12 @@ func startProxyState(tb testing.TB, upstream string, adjust func(*cluster.Cluste
 		resource.ListenerType: {"front": mustAny(tb, &listener.Listener{Name: "front", Address: socket(front), FilterChains: []*listener.FilterChain{{
 			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tb, hcmConfig)}}}}}})},
 	}
-	for typ, rs := range more {
+	for typ, rs := range setup.more {
 		st[typ] = rs
 	}
-	p := New(Options{Log: slog.New(slog.DiscardHandler)})
+	opts := setup.opts
+	opts.Log = slog.New(slog.DiscardHandler)
+	p := New(opts)
 	if _, err := p.Apply(st, resource.ListenerType); err != nil {
 		tb.Fatal(err)
 	}

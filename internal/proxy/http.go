@@ -6,6 +6,7 @@ import (
 	crand "crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -268,19 +269,51 @@ type accessEntry struct {
 	d                                                  *downstream
 }
 
-// accessLog writes Istio's default text access log line.
+// accessLog writes Istio's default text access log line, or its JSON.
 func (p *Proxy) accessLog(a *accessEntry) {
-	dash := func(s string) string {
-		if s == "" {
-			return "-"
-		}
-		return s
+	if p.opts.AccessLogJSON {
+		p.writeAccessLog(accessJSON(map[string]any{
+			"start_time": a.start.UTC().Format("2006-01-02T15:04:05.000Z"), "method": a.method, "path": a.uri, "protocol": a.proto,
+			"response_code": a.code, "response_flags": orDash(a.flags), "bytes_received": max(a.in, 0), "bytes_sent": a.out,
+			"duration": a.dur.Milliseconds(), "x_forwarded_for": orNil(a.xff), "user_agent": orNil(a.ua), "request_id": orNil(a.requestID),
+			"authority": a.host, "upstream_host": orNil(a.upstream), "upstream_cluster": orNil(a.cluster), "route_name": orNil(a.route),
+			"downstream_local_address": a.d.dst.String(), "downstream_remote_address": a.d.conn.RemoteAddr().String(),
+		}))
+		return
 	}
+	dash := orDash
 	line := fmt.Sprintf("[%s] \"%s %s %s\" %d %s - - \"-\" %d %d %d - \"%s\" \"%s\" \"%s\" \"%s\" \"%s\" %s - %s %s - %s\n",
 		a.start.UTC().Format("2006-01-02T15:04:05.000Z"), a.method, a.uri, a.proto, a.code, dash(a.flags),
 		max(a.in, 0), a.out, a.dur.Milliseconds(), dash(a.xff), dash(a.ua), dash(a.requestID),
 		a.host, dash(a.upstream), dash(a.cluster), a.d.dst, a.d.conn.RemoteAddr(), dash(a.route))
 	p.writeAccessLog(line)
+}
+
+// accessJSON is one JSON access log line with Istio's default keys; the
+// keys it has no value for are null, as Envoy writes them.
+func accessJSON(fields map[string]any) string {
+	for _, k := range []string{"response_code_details", "connection_termination_details", "upstream_transport_failure_reason",
+		"upstream_service_time", "upstream_local_address", "requested_server_name"} {
+		if _, ok := fields[k]; !ok {
+			fields[k] = nil
+		}
+	}
+	b, _ := json.Marshal(fields)
+	return string(b) + "\n"
+}
+
+func orNil(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // exchange handles the metadata exchange on the way back: an outbound

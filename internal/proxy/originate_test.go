@@ -69,9 +69,9 @@ func TestOriginateTLS(t *testing.T) {
 				more = xdsclient.State{resource.SecretType: {"kubernetes://ext-cacert": mustAny(t, &tlsv3.Secret{Name: "kubernetes://ext-cacert",
 					Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: caPEM}}}}})}}
 			}
-			_, front := startProxyState(t, up.Listener.Addr().String(), func(cl *cluster.Cluster) {
+			_, front := startProxyWith(t, up.Listener.Addr().String(), func(cl *cluster.Cluster) {
 				cl.TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(t, c.ctx)}}
-			}, nil, more)
+			}, nil, proxySetup{more: more})
 			resp, err := http.Get("http://" + front + "/")
 			if err != nil {
 				t.Fatal(err)

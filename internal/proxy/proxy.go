@@ -47,6 +47,9 @@ type Options struct {
 	// AccessLog receives one line per request or connection (Istio's
 	// default text format); nil logs nothing.
 	AccessLog io.Writer
+	// AccessLogJSON writes Istio's JSON access log instead of its text
+	// (meshConfig accessLogEncoding JSON).
+	AccessLogJSON bool
 	// Dial reaches upstreams (default: a net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Limits bound what clients may hold of the proxy; zero fields take

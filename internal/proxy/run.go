@@ -109,6 +109,8 @@ type RunConfig struct {
 	// AccessLog is where request lines go ("" for none, /dev/stdout as
 	// meshConfig.accessLogFile usually says).
 	AccessLog string
+	// AccessLogEncoding is TEXT (Istio's default line) or JSON.
+	AccessLogEncoding string
 	// DrainDuration is how long open connections get after SIGTERM.
 	DrainDuration time.Duration
 	// DNSAddr is where the sidecar answers the app's DNS from the control
@@ -183,7 +185,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	md := cfg.Node.Metadata
 	self := telemetry.NewSelf(cfg.Node.ID(), workloadName(md["WORKLOAD_NAME"], cfg.Node.Pod), cfg.Node.Namespace, md["CLUSTER_ID"], principal, cfg.Node.Labels)
-	popts := Options{Identity: agent, Self: self, Log: log}
+	popts := Options{Identity: agent, Self: self, Log: log, AccessLogJSON: cfg.AccessLogEncoding == "JSON"}
 	switch cfg.AccessLog {
 	case "":
 	case "/dev/stdout", "-":

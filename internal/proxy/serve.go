@@ -272,7 +272,12 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	}
 	sent, recv := tcpproxy.Pipe(down, up, idle)
 	closed(sent, recv)
-	if p.opts.AccessLog != nil {
+	if p.opts.AccessLog != nil && p.opts.AccessLogJSON {
+		p.writeAccessLog(accessJSON(map[string]any{"start_time": start.UTC().Format("2006-01-02T15:04:05.000Z"), "method": nil, "path": nil, "protocol": nil,
+			"response_code": 0, "response_flags": "-", "bytes_received": sent, "bytes_sent": recv, "duration": time.Since(start).Milliseconds(),
+			"upstream_host": up.RemoteAddr().String(), "upstream_cluster": cl, "downstream_local_address": d.dst.String(),
+			"downstream_remote_address": d.conn.RemoteAddr().String(), "x_forwarded_for": nil, "user_agent": nil, "request_id": nil, "authority": nil, "route_name": nil}))
+	} else if p.opts.AccessLog != nil {
 		p.writeAccessLog(fmt.Sprintf("[%s] \"- - -\" 0 - - - \"-\" %d %d %d - \"-\" \"-\" \"-\" \"-\" \"%s\" %s - %s %s - -\n",
 			start.UTC().Format("2006-01-02T15:04:05.000Z"), sent, recv, time.Since(start).Milliseconds(), up.RemoteAddr(), cl, d.dst, d.conn.RemoteAddr()))
 	}

@@ -69,7 +69,10 @@ type Config struct {
 	// (ISTIO_META_DNS_CAPTURE=true also makes the init container send the
 	// app's DNS to the sidecar).
 	ProxyMetadata map[string]string
-	Log           *slog.Logger
+	// AccessLogFile and AccessLogEncoding are meshConfig's: every proxy
+	// writes its access log there (ACCESS_LOG_FILE, ACCESS_LOG_ENCODING).
+	AccessLogFile, AccessLogEncoding string
+	Log                              *slog.Logger
 }
 
 // Handler serves AdmissionReview v1 requests.
@@ -340,6 +343,12 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 	}
 	if labels, err := json.Marshal(pod.Labels); err == nil && len(pod.Labels) > 0 {
 		env = append(env, corev1.EnvVar{Name: "ISTIO_METAJSON_LABELS", Value: string(labels)})
+	}
+	if c.AccessLogFile != "" {
+		env = append(env, corev1.EnvVar{Name: "ACCESS_LOG_FILE", Value: c.AccessLogFile})
+		if c.AccessLogEncoding != "" {
+			env = append(env, corev1.EnvVar{Name: "ACCESS_LOG_ENCODING", Value: c.AccessLogEncoding})
+		}
 	}
 	// The mesh's proxyMetadata under the pod's, except what the injector
 	// says of the pod itself (its cluster, network and identity are not

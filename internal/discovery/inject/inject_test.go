@@ -264,3 +264,17 @@ func TestPodProxyConfig(t *testing.T) {
 		t.Errorf("a pod with a broken %s: allowed %v, %v", AnnotationProxyConfig, res.Response.Allowed, res.Response.Result)
 	}
 }
+
+// meshConfig accessLogFile and accessLogEncoding reach every proxy, over
+// a pod's proxyMetadata; without them no access log is asked for.
+func TestAccessLogSettings(t *testing.T) {
+	defer func(f, e string) { cfg.AccessLogFile, cfg.AccessLogEncoding = f, e }(cfg.AccessLogFile, cfg.AccessLogEncoding)
+	if got := env(review(t, "/inject", appPod()).Spec.Containers[1], "ACCESS_LOG_FILE"); got != "" {
+		t.Errorf("ACCESS_LOG_FILE=%q without meshConfig.accessLogFile", got)
+	}
+	cfg.AccessLogFile, cfg.AccessLogEncoding = "/dev/stdout", "JSON"
+	proxy := review(t, "/inject", appPod()).Spec.Containers[1]
+	if env(proxy, "ACCESS_LOG_FILE") != "/dev/stdout" || env(proxy, "ACCESS_LOG_ENCODING") != "JSON" {
+		t.Errorf("access log env: file %q encoding %q", env(proxy, "ACCESS_LOG_FILE"), env(proxy, "ACCESS_LOG_ENCODING"))
+	}
+}
