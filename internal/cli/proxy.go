@@ -182,6 +182,7 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 			if cfg.AppProbers, err = apphealth.Parse(os.Getenv("ISTIO_KUBE_APP_PROBERS")); err != nil {
 				return err
 			}
+			cfg.AccessLogEncoding = strings.ToUpper(cfg.AccessLogEncoding)
 			if cfg.AccessLogEncoding != "TEXT" && cfg.AccessLogEncoding != "JSON" {
 				return fmt.Errorf("--access-log-encoding %q: want TEXT or JSON", cfg.AccessLogEncoding)
 			}

@@ -338,7 +338,9 @@ func (l *Loaded) validate() error {
 		return err
 	}
 	for i, e := range l.egressGateways() {
-		if slices.ContainsFunc(l.gateways(), func(g Gateway) bool { return g.Name == e.Name && first(g.Namespace, "") == first(e.Namespace, "") }) {
+		if slices.ContainsFunc(l.gateways(), func(g Gateway) bool {
+			return g.Name == e.Name && first(g.Namespace, l.Namespace()) == first(e.Namespace, l.Namespace())
+		}) {
 			return fmt.Errorf("spec.components.egressGateways[%d].name %q: an ingress gateway has that name; their Deployments and Services would overwrite each other", i, e.Name)
 		}
 	}

@@ -320,7 +320,9 @@ func checkClientTLS(c *checker, p string, t *networking.ClientTLSSettings) {
 			c.errf(fmt.Sprintf("%s.subjectAltNames[%d]", p, i), "a subject alt name cannot be empty")
 		}
 	}
-	if t.GetCredentialName() != "" && (t.GetClientCertificate() != "" || t.GetPrivateKey() != "" || t.GetCaCertificates() != "") {
+	mode := t.GetMode()
+	if (mode == networking.ClientTLSSettings_SIMPLE || mode == networking.ClientTLSSettings_MUTUAL) &&
+		t.GetCredentialName() != "" && (t.GetClientCertificate() != "" || t.GetPrivateKey() != "" || t.GetCaCertificates() != "") {
 		c.errf(p, "credentialName excludes clientCertificate, privateKey and caCertificates")
 	}
 }

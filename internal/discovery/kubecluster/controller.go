@@ -241,6 +241,11 @@ func (c *Controller) workload(p *corev1.Pod) {
 func (c *Controller) workloadOf(p *corev1.Pod) registry.Workload {
 	w := registry.Workload{Namespace: p.Namespace, Name: p.Name, ServiceAccount: p.Spec.ServiceAccountName,
 		Labels: p.Labels, Locality: c.locality(p.Spec.NodeName, p.Labels), Network: c.network(p.Labels)}
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			w.Ready = cond.Status == corev1.ConditionTrue
+		}
+	}
 	for _, ct := range p.Spec.Containers {
 		if ct.Name == "istio-proxy" && len(ct.Args) > 1 && ct.Args[0] == "proxy" && ct.Args[1] == "router" {
 			w.Router = true

@@ -22,15 +22,15 @@ const (
 	labelCluster = "topology.istio.io/cluster"
 )
 
-// destinationRules indexes the DestinationRules that apply to services by
-// the host they name (short hosts resolve in the rule's namespace), as
-// Istio decides for a proxy outside the rule's namespace: a rule of the
-// service's own namespace, else one of the root namespace; the oldest
-// wins. A rule in a third namespace applies in Istio to that namespace's
-// proxies alone; isthmus shares one view across namespaces and applies
-// it to none (warned), so no namespace can set another's TLS or load
-// balancing.
-func destinationRules(cfg Config, domain, root string, services []*registry.Service, warn func(string)) map[string]*networkingv1.DestinationRule {
+// destinationRules indexes the DestinationRules that apply to services,
+// for a proxy of namespace client ("" when its namespace has no rule for
+// another namespace's host: see ForeignRules), by the host they name
+// (short hosts resolve in the rule's namespace), in Istio's order: a rule
+// of the proxy's namespace, else of the service's namespace, else of the
+// root namespace; the oldest of each wins. A rule of a third namespace
+// applies to its own namespace's proxies alone, so no namespace sets
+// another's TLS or load balancing.
+func destinationRules(cfg Config, domain, root, client string, services []*registry.Service) map[string]*networkingv1.DestinationRule {
 	out := map[string]*networkingv1.DestinationRule{}
 	if cfg == nil {
 		return out
@@ -40,25 +40,39 @@ func destinationRules(cfg Config, domain, root string, services []*registry.Serv
 		owner[svc.Hostname] = svc.Namespace
 	}
 	rules := oldestFirst(cfg.DestinationRules())
-	for _, fromRoot := range []bool{false, true} {
+	for pass := range 3 {
 		for _, dr := range rules {
 			host := Qualify(dr.Spec.GetHost(), dr.Namespace, domain)
 			ns, known := owner[host]
-			if !known {
+			if _, taken := out[host]; taken || !known {
 				continue
 			}
-			_, taken := out[host]
-			switch {
-			case taken:
-			case dr.Namespace == ns && !fromRoot, dr.Namespace == root && fromRoot:
+			if pass == 0 && client != "" && dr.Namespace == client || pass == 1 && dr.Namespace == ns || pass == 2 && dr.Namespace == root {
 				out[host] = dr
-			}
-			if dr.Namespace != ns && dr.Namespace != root && fromRoot && warn != nil {
-				warn(fmt.Sprintf("DestinationRule %s/%s for %s: a rule outside the service's namespace (%s) and the root namespace applies in Istio only to its own namespace's proxies; isthmus does not apply it", dr.Namespace, dr.Name, host, ns))
 			}
 		}
 	}
 	return out
+}
+
+// ForeignRules says whether a namespace has DestinationRules for hosts of
+// other namespaces (Istio's egress tasks put one for the egress gateway
+// in the client's namespace): its proxies then see rules others do not,
+// and get views of their own.
+func ForeignRules(cfg Config, ns, domain string) bool {
+	if cfg == nil {
+		return false
+	}
+	for _, dr := range cfg.DestinationRules() {
+		if dr.Namespace != ns {
+			continue
+		}
+		host := Qualify(dr.Spec.GetHost(), dr.Namespace, domain)
+		if !strings.HasSuffix(host, "."+ns+".svc."+domain) {
+			return true
+		}
+	}
+	return false
 }
 
 // trafficPolicy is a DestinationRule's policy for one port: the top-level

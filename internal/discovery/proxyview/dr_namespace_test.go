@@ -1,7 +1,6 @@
 package proxyview
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -33,21 +32,28 @@ func TestDestinationRuleNamespaces(t *testing.T) {
 		{Namespace: "prod", Name: "pay", Hostname: "pay.prod.svc.cluster.local"},
 		{Namespace: "shop", Name: "web", Hostname: "web.shop.svc.cluster.local"},
 	}
-	var warnings []string
-	got := destinationRules(drsConfig{drs: []*networkingv1.DestinationRule{
+	cfg := drsConfig{drs: []*networkingv1.DestinationRule{
 		dr("evil", "steal", 9, `{"host":"pay.prod.svc.cluster.local","trafficPolicy":{"tls":{"mode":"DISABLE"}}}`),
 		dr("istio-system", "mesh-pay", 5, `{"host":"pay.prod.svc.cluster.local"}`),
 		dr("prod", "pay", 0, `{"host":"pay"}`),
 		dr("istio-system", "mesh-web", 0, `{"host":"web.shop.svc.cluster.local"}`),
 		dr("evil", "web", 9, `{"host":"web.shop.svc.cluster.local"}`),
-	}}, "cluster.local", "istio-system", services, func(w string) { warnings = append(warnings, w) })
+	}}
+	got := destinationRules(cfg, "cluster.local", "istio-system", "", services)
 	if d := got["pay.prod.svc.cluster.local"]; d == nil || d.Namespace != "prod" {
 		t.Errorf("pay: %v, want the rule of its own namespace", d)
 	}
 	if d := got["web.shop.svc.cluster.local"]; d == nil || d.Name != "mesh-web" {
 		t.Errorf("web: %v, want the root namespace's rule", d)
 	}
-	if w := strings.Join(warnings, "\n"); !strings.Contains(w, "DestinationRule evil/steal") || !strings.Contains(w, "DestinationRule evil/web") {
-		t.Errorf("the other namespace's rules are not named: %q", warnings)
+	// A namespace's own rules come first for its own proxies (Istio's
+	// egress tasks put the egress gateway's rule in the client's
+	// namespace), and for nobody else's.
+	evil := destinationRules(cfg, "cluster.local", "istio-system", "evil", services)
+	if d := evil["pay.prod.svc.cluster.local"]; d == nil || d.Name != "steal" {
+		t.Errorf("evil's proxies: %v, want evil's own rule", d)
+	}
+	if !ForeignRules(cfg, "evil", "cluster.local") || ForeignRules(cfg, "prod", "cluster.local") {
+		t.Error("ForeignRules: evil has rules for other namespaces' hosts, prod does not")
 	}
 }

@@ -56,7 +56,7 @@ func Generate(p *Proxy, reg *registry.Registry, cfg Config, domain string, noGW 
 	}
 	var g Generated
 	services := reg.Services()
-	drs := destinationRules(cfg, domain, p.RootNamespace, services, warn)
+	drs := destinationRules(cfg, domain, p.RootNamespace, p.rulesNamespace(), services)
 	if p.Type == Router {
 		g.Listeners, g.Routes, g.Secrets = routerConfig(p, reg, cfg, services, drs, domain, warn)
 	} else {
@@ -113,7 +113,7 @@ func GenerateEndpoints(p *Proxy, reg *registry.Registry, cfg Config, domain stri
 	if p.Scope != nil && cfg != nil {
 		services = p.Scope.Services(services, cfg.VirtualServices(), domain)
 	}
-	g.addServices(p, reg, services, destinationRules(cfg, domain, p.RootNamespace, services, warn), noGW, warn)
+	g.addServices(p, reg, services, destinationRules(cfg, domain, p.RootNamespace, p.rulesNamespace(), services), noGW, warn)
 	return g.Endpoints
 }
 
@@ -193,9 +193,10 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 			{Name: "tlsMode-disabled", TransportSocket: plaintext()},
 		})
 	}
-	if tp.tls != nil && headless && p.RegistryOnly && !svc.MeshExternal && tp.tls.GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
-		// The cluster dials wherever the client did: only mTLS keeps
-		// REGISTRY_ONLY (see headlessTransport).
+	if tp.tls != nil && headless && p.RegistryOnly && !svc.MeshExternal && (IsHTTP(port) || IsAuto(port)) && tp.tls.GetMode() != apinetworking.ClientTLSSettings_ISTIO_MUTUAL {
+		// An HTTP port's cluster dials wherever the client did (Host
+		// x.NAME to any address): only mTLS keeps REGISTRY_ONLY (see
+		// headlessTransport). A TCP port's listeners are its pods' own.
 		warn("DestinationRule tls " + tp.tls.GetMode().String() + " for headless " + svc.Hostname + " is not applied under REGISTRY_ONLY: its pods are called with Istio mTLS")
 	} else if tp.tls != nil {
 		// The rule's TLS replaces Istio's auto mTLS for every endpoint.

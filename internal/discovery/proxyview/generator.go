@@ -117,12 +117,20 @@ func (g *Generator) Scope(p *Proxy) *Proxy {
 	if p.Type != Sidecar || p.Generator == GeneratorGRPC || g.Config == nil {
 		return p
 	}
+	domain := g.Domain
+	if domain == "" {
+		domain = "cluster.local"
+	}
 	s := ResolveScope(g.Config.Sidecars(), g.RootNamespace, p.Namespace, p.Labels, g.warn)
-	if s == nil && p.Scope == nil {
+	rules := ""
+	if ForeignRules(g.Config, p.Namespace, domain) {
+		rules = p.Namespace
+	}
+	if s == nil && p.Scope == nil && rules == p.RulesNamespace {
 		return p
 	}
 	c := *p
-	c.Scope = s
+	c.Scope, c.RulesNamespace = s, rules
 	return &c
 }
 

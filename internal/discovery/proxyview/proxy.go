@@ -59,6 +59,20 @@ type Proxy struct {
 	// Scope is the Sidecar resource that applies to a sidecar (nil: none),
 	// set by the control plane.
 	Scope *Scope
+	// RulesNamespace is the proxy's namespace when that namespace has
+	// DestinationRules for other namespaces' hosts (ForeignRules), which
+	// only its proxies see; "" otherwise. Set by the control plane.
+	RulesNamespace string
+}
+
+// rulesNamespace is the namespace whose own DestinationRules come first
+// for this proxy: a router's always (its view is its own), a sidecar's
+// when it has rules for other namespaces' hosts.
+func (p *Proxy) rulesNamespace() string {
+	if p.Type == Router {
+		return p.Namespace
+	}
+	return p.RulesNamespace
 }
 
 // Reaches says whether the proxy dials an address of network n itself:

@@ -274,7 +274,7 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 	if cfg != nil {
 		vss = cfg.VirtualServices()
 	}
-	hash := hashPolicies(destinationRules(cfg, domain, root, services, warn))
+	hash := hashPolicies(destinationRules(cfg, domain, root, namespace, services))
 	byHost := meshVirtualServices(vss, domain, func(vs *networkingv1.VirtualService) bool { return len(vs.Spec.GetHttp()) > 0 })
 	vhosts := map[int32][]*route.VirtualHost{}
 	// A domain twice in one route table is refused: the first service

@@ -154,6 +154,9 @@ type Workload struct {
 	Locality                        Locality
 	// Network is the pod's network (its label, else its cluster's).
 	Network string
+	// Ready: the pod's Ready condition (a ServiceEntry's workloadSelector
+	// picks ready pods only).
+	Ready bool
 	// Router: the pod runs a gateway (its istio-proxy container runs
 	// `proxy router`).
 	Router bool
@@ -298,8 +301,8 @@ func (r *Registry) RemoveCluster(cluster string) {
 	}
 }
 
-// SubscribeWorkloads registers fn for pods placed (SetWorkload); fn must
-// not block for long.
+// SubscribeWorkloads registers fn for pods placed, changed or removed
+// (SetWorkload); fn must not block for long.
 func (r *Registry) SubscribeWorkloads(fn func(cluster, address string)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -321,7 +324,7 @@ func (r *Registry) SetWorkload(cluster, address string, w Workload, ok bool) {
 	}
 	ls := slices.Clone(r.workloadListeners)
 	r.mu.Unlock()
-	if ok && (!had || old.Locality != w.Locality) {
+	if ok != had || ok && !reflect.DeepEqual(old, w) {
 		for _, fn := range ls {
 			fn(cluster, address)
 		}

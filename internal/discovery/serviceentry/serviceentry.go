@@ -97,15 +97,24 @@ func (s *Source) Run(ctx context.Context) error {
 	s.mu.Lock()
 	k := s.kick
 	s.mu.Unlock()
-	// A new pod of the config cluster may be a workloadSelector's
-	// (pods gone or relabelled are seen at the next re-resolution).
+	// A pod of the config cluster placed, changed or gone may be a
+	// workloadSelector's.
 	pods := make(chan struct{}, 1)
+	podsChanged := func() {
+		select {
+		case pods <- struct{}{}:
+		default:
+		}
+	}
 	s.Registry.SubscribeWorkloads(func(cluster, _ string) {
 		if cluster == s.Cluster {
-			select {
-			case pods <- struct{}{}:
-			default:
-			}
+			podsChanged()
+		}
+	})
+	// A resync replaces the cluster's pods without announcing each.
+	s.Registry.Subscribe(func(e registry.Event) {
+		if e.Full && e.Reason == "cluster "+s.Cluster+" synced" {
+			podsChanged()
 		}
 	})
 	t := time.NewTicker(resolveEvery)
@@ -216,7 +225,7 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, from Selec
 			}
 			addrs := slices.Sorted(maps.Keys(from.Pods))
 			for _, a := range addrs {
-				if w := from.Pods[a]; w.Namespace == se.Namespace && !w.Router && sel.Matches(labels.Set(w.Labels)) {
+				if w := from.Pods[a]; w.Namespace == se.Namespace && w.Ready && !w.Router && sel.Matches(labels.Set(w.Labels)) {
 					selected = append(selected, podEntry(a, w))
 				}
 			}

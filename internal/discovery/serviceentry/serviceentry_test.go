@@ -70,10 +70,11 @@ func TestBuild(t *testing.T) {
 		workload(t, "other", "db-1", "address: 10.0.0.10\nlabels: {app: db}\n"),
 		workload(t, "shop", "vm-2", "address: 10.0.0.11\nlabels: {app: vm}\n"),
 	}, Pods: map[string]registry.Workload{
-		"10.1.0.5": {Namespace: "other", Name: "vm-pod", ServiceAccount: "vm", Labels: map[string]string{"app": "vm", "security.istio.io/tlsMode": "istio"}, Network: "n1"},
-		"10.1.0.6": {Namespace: "other", Name: "plain", ServiceAccount: "default", Labels: map[string]string{"app": "vm"}, Network: "n1"},
-		"10.1.0.7": {Namespace: "other", Name: "gw", Labels: map[string]string{"app": "vm"}, Router: true},
-		"10.1.0.8": {Namespace: "shop", Name: "vm-pod", Labels: map[string]string{"app": "vm"}},
+		"10.1.0.5": {Namespace: "other", Name: "vm-pod", ServiceAccount: "vm", Labels: map[string]string{"app": "vm", "security.istio.io/tlsMode": "istio"}, Network: "n1", Ready: true},
+		"10.1.0.6": {Namespace: "other", Name: "plain", ServiceAccount: "default", Labels: map[string]string{"app": "vm"}, Network: "n1", Ready: true},
+		"10.1.0.7": {Namespace: "other", Name: "gw", Labels: map[string]string{"app": "vm"}, Router: true, Ready: true},
+		"10.1.0.8": {Namespace: "shop", Name: "vm-pod", Labels: map[string]string{"app": "vm"}, Ready: true},
+		"10.1.0.9": {Namespace: "other", Name: "starting", Labels: map[string]string{"app": "vm"}},
 	}, Cluster: "c1"}, dns, func(w string) { warnings = append(warnings, w) })
 
 	api := sh.Services["api.example.com"]
@@ -107,8 +108,8 @@ func TestBuild(t *testing.T) {
 		sel[0].TLSMode != "istio" || sel[0].Namespace != "other" || sel[0].Network != "vm-net" || sel[0].Cluster != "c1" {
 		t.Fatalf("workloadSelector endpoints (the entry, then the pods): %+v", sel)
 	}
-	// The config cluster's pods too (not a gateway's, not another
-	// namespace's), mTLS by their tlsMode label alone.
+	// The config cluster's ready pods too (not a gateway's, not another
+	// namespace's, not one starting), mTLS by their tlsMode label alone.
 	if p := sel[1]; p.Address != "10.1.0.5" || p.Ports["http"] != 80 || p.TLSMode != "istio" || p.Network != "n1" || p.Cluster != "c1" || p.ServiceAccount != "vm" {
 		t.Errorf("a selected pod with a sidecar: %+v", p)
 	}

@@ -113,12 +113,12 @@ func newTyped(rs []types.Resource) *typed {
 // distribute); for routers also labels (Gateways select by label),
 // namespace (where credentialName secrets live) and address (its Service's
 // target ports).
-type viewKey struct{ typ, network, cluster, requested, generator, locality, labels, namespace, ip, scope string }
+type viewKey struct{ typ, network, cluster, requested, generator, locality, labels, namespace, ip, scope, rules string }
 
 func keyOf(p *proxyview.Proxy) viewKey {
 	// The cluster: DestinationRule failover priorities compare it.
 	k := viewKey{typ: p.Type, network: p.Network, cluster: p.ClusterID, requested: p.RequestedNetworkView, generator: p.Generator, locality: p.Locality.String(),
-		scope: p.Scope.Key()}
+		scope: p.Scope.Key(), rules: p.RulesNamespace}
 	if p.Type == proxyview.Router {
 		k.labels, k.namespace, k.ip = labels.Set(p.Labels).String(), p.Namespace, p.IP
 	}

@@ -201,7 +201,8 @@ func ensureNode(inet *netlink.Handle, n Node) error {
 func TeardownAll(nodeNS []string) error {
 	var err error
 	for _, ns := range withPrefix(HostNSPrefix) {
-		err = errors.Join(err, RemoveHost(strings.TrimPrefix(ns, HostNSPrefix)))
+		// Names found on the machine, not given: no validation to fail.
+		err = errors.Join(err, Teardown([]string{ns}), os.RemoveAll(filepath.Join("/etc/netns", ns)))
 	}
 	all := append(PodNamespaces(), nodeNS...)
 	err = errors.Join(err, Teardown(all, InternetNS))
