@@ -273,7 +273,7 @@ type accessEntry struct {
 func (p *Proxy) accessLog(a *accessEntry) {
 	if p.opts.AccessLogJSON {
 		p.writeAccessLog(accessJSON(map[string]any{
-			"start_time": a.start.UTC().Format("2006-01-02T15:04:05.000Z"), "method": a.method, "path": a.uri, "protocol": a.proto,
+			"start_time": a.start.UTC().Format(accessTime), "method": a.method, "path": a.uri, "protocol": a.proto,
 			"response_code": a.code, "response_flags": orDash(a.flags), "bytes_received": max(a.in, 0), "bytes_sent": a.out,
 			"duration": a.dur.Milliseconds(), "x_forwarded_for": orNil(a.xff), "user_agent": orNil(a.ua), "request_id": orNil(a.requestID),
 			"authority": a.host, "upstream_host": orNil(a.upstream), "upstream_cluster": orNil(a.cluster), "route_name": orNil(a.route),
@@ -281,19 +281,25 @@ func (p *Proxy) accessLog(a *accessEntry) {
 		}))
 		return
 	}
-	dash := orDash
 	line := fmt.Sprintf("[%s] \"%s %s %s\" %d %s - - \"-\" %d %d %d - \"%s\" \"%s\" \"%s\" \"%s\" \"%s\" %s - %s %s - %s\n",
-		a.start.UTC().Format("2006-01-02T15:04:05.000Z"), a.method, a.uri, a.proto, a.code, dash(a.flags),
-		max(a.in, 0), a.out, a.dur.Milliseconds(), dash(a.xff), dash(a.ua), dash(a.requestID),
-		a.host, dash(a.upstream), dash(a.cluster), a.d.dst, a.d.conn.RemoteAddr(), dash(a.route))
+		a.start.UTC().Format(accessTime), a.method, a.uri, a.proto, a.code, orDash(a.flags),
+		max(a.in, 0), a.out, a.dur.Milliseconds(), orDash(a.xff), orDash(a.ua), orDash(a.requestID),
+		a.host, orDash(a.upstream), orDash(a.cluster), a.d.dst, a.d.conn.RemoteAddr(), orDash(a.route))
 	p.writeAccessLog(line)
 }
+
+// accessTime is how access log lines write their start time (Envoy's
+// %START_TIME%).
+const accessTime = "2006-01-02T15:04:05.000Z"
 
 // accessJSON is one JSON access log line with Istio's default keys; the
 // keys it has no value for are null, as Envoy writes them.
 func accessJSON(fields map[string]any) string {
-	for _, k := range []string{"response_code_details", "connection_termination_details", "upstream_transport_failure_reason",
-		"upstream_service_time", "upstream_local_address", "requested_server_name"} {
+	for _, k := range []string{"start_time", "route_name", "method", "path", "protocol", "response_code", "response_flags",
+		"response_code_details", "connection_termination_details", "upstream_transport_failure_reason", "bytes_received",
+		"bytes_sent", "duration", "upstream_service_time", "x_forwarded_for", "user_agent", "request_id", "authority",
+		"upstream_host", "upstream_cluster", "upstream_local_address", "downstream_local_address", "downstream_remote_address",
+		"requested_server_name"} {
 		if _, ok := fields[k]; !ok {
 			fields[k] = nil
 		}

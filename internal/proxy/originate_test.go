@@ -87,3 +87,34 @@ func TestOriginateTLS(t *testing.T) {
 		})
 	}
 }
+
+// A CA file is parsed once, and again when it changes.
+func TestCAPoolFollowsTheFile(t *testing.T) {
+	up := httptest.NewTLSServer(http.NotFoundHandler())
+	defer up.Close()
+	f := filepath.Join(t.TempDir(), "ca.pem")
+	one := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw})
+	if err := os.WriteFile(f, one, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := New(Options{})
+	a, err := p.caPool(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := p.caPool(f); b != a {
+		t.Error("an unchanged file was parsed again")
+	}
+	if err := os.WriteFile(f, append(one, one...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := p.caPool(f); c == a {
+		t.Error("a changed file was not read again")
+	}
+	if err := os.WriteFile(f, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.caPool(f); err == nil {
+		t.Error("a file without certificates gave a pool")
+	}
+}

@@ -121,6 +121,7 @@ type Proxy struct {
 	h1Pools      sync.Map // upstreamKey -> *h1Idle
 	h1Conns      sync.Map // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
 	h2Pools      sync.Map // upstreamKey -> *h2Pool
+	caFiles      sync.Map // path -> *caFile: trust bundles TLS origination reads
 	h2Conns      sync.Map // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
 }

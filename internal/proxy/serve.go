@@ -273,13 +273,13 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	sent, recv := tcpproxy.Pipe(down, up, idle)
 	closed(sent, recv)
 	if p.opts.AccessLog != nil && p.opts.AccessLogJSON {
-		p.writeAccessLog(accessJSON(map[string]any{"start_time": start.UTC().Format("2006-01-02T15:04:05.000Z"), "method": nil, "path": nil, "protocol": nil,
+		p.writeAccessLog(accessJSON(map[string]any{"start_time": start.UTC().Format(accessTime),
 			"response_code": 0, "response_flags": "-", "bytes_received": sent, "bytes_sent": recv, "duration": time.Since(start).Milliseconds(),
 			"upstream_host": up.RemoteAddr().String(), "upstream_cluster": cl, "downstream_local_address": d.dst.String(),
-			"downstream_remote_address": d.conn.RemoteAddr().String(), "x_forwarded_for": nil, "user_agent": nil, "request_id": nil, "authority": nil, "route_name": nil}))
+			"downstream_remote_address": d.conn.RemoteAddr().String()}))
 	} else if p.opts.AccessLog != nil {
 		p.writeAccessLog(fmt.Sprintf("[%s] \"- - -\" 0 - - - \"-\" %d %d %d - \"-\" \"-\" \"-\" \"-\" \"%s\" %s - %s %s - -\n",
-			start.UTC().Format("2006-01-02T15:04:05.000Z"), sent, recv, time.Since(start).Milliseconds(), up.RemoteAddr(), cl, d.dst, d.conn.RemoteAddr()))
+			start.UTC().Format(accessTime), sent, recv, time.Since(start).Milliseconds(), up.RemoteAddr(), cl, d.dst, d.conn.RemoteAddr()))
 	}
 }
 
@@ -462,14 +462,11 @@ func (p *Proxy) originate(ctx context.Context, raw net.Conn, t *config.UpstreamT
 		}
 		cfg.RootCAs = s.CA
 	default:
-		pem, err := os.ReadFile(o.CAFile)
+		pool, err := p.caPool(o.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("TLS origination: %w", err)
 		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("TLS origination: no PEM certificate in %s", o.CAFile)
-		}
+		cfg.RootCAs = pool
 	}
 	if o.CertSecret != "" {
 		s := secret(o.CertSecret)
@@ -507,6 +504,39 @@ func (p *Proxy) originate(ctx context.Context, raw net.Conn, t *config.UpstreamT
 		return nil, fmt.Errorf("TLS origination to %s (%s): %w", raw.RemoteAddr(), t.SNI, err)
 	}
 	return tc, nil
+}
+
+// caFile is a trust bundle read from a file, kept while the file is
+// unchanged.
+type caFile struct {
+	mod  time.Time
+	size int64
+	pool *x509.CertPool
+}
+
+// caPool is the certificates of a PEM file, parsed again only when the
+// file changes: the system's bundle has some hundred and fifty, too many
+// to parse for every connection.
+func (p *Proxy) caPool(path string) (*x509.CertPool, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok := p.caFiles.Load(path); ok {
+		if c := v.(*caFile); c.mod.Equal(fi.ModTime()) && c.size == fi.Size() {
+			return c.pool, nil
+		}
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificate in %s", path)
+	}
+	p.caFiles.Store(path, &caFile{mod: fi.ModTime(), size: fi.Size(), pool: pool})
+	return pool, nil
 }
 
 // remoteIP is the client's address on the downstream connection.

@@ -84,12 +84,10 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 		}
 		// TLS of its own (a DestinationRule's SIMPLE or MUTUAL) names
 		// its CA and client certificate by SDS, as a server's chain does.
-		for _, t := range append([]*UpstreamTLS{cl.TLS}, matchTLS(cl.TLSMatches)...) {
-			if o := t.originating(); o != nil {
-				for _, n := range []string{o.CASecret, o.CertSecret} {
-					if n != "" && !slices.Contains(want[resource.SecretType], n) {
-						want[resource.SecretType] = append(want[resource.SecretType], n)
-					}
+		for _, o := range cl.originations() {
+			for _, n := range []string{o.CASecret, o.CertSecret} {
+				if n != "" && !slices.Contains(want[resource.SecretType], n) {
+					want[resource.SecretType] = append(want[resource.SecretType], n)
 				}
 			}
 		}
@@ -167,10 +165,8 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 	// Connections a cluster originated with an old CA or certificate are
 	// not reused: its pools are named by the secrets' contents.
 	for _, cl := range s.Clusters {
-		for _, t := range append([]*UpstreamTLS{cl.TLS}, matchTLS(cl.TLSMatches)...) {
-			if o := t.originating(); o != nil {
-				o.Secrets = versions[o.CASecret] + "/" + versions[o.CertSecret]
-			}
+		for _, o := range cl.originations() {
+			o.Secrets = versions[o.CASecret] + "/" + versions[o.CertSecret]
 		}
 	}
 	return s, want, nil
@@ -381,20 +377,19 @@ func upstreamTLS(ts *core.TransportSocket) (*UpstreamTLS, error) {
 	return t, nil
 }
 
-func matchTLS(ms []TLSMatch) []*UpstreamTLS {
-	out := make([]*UpstreamTLS, len(ms))
-	for i, m := range ms {
-		out[i] = m.TLS
+// originations are a cluster's TLS of the proxy's own (DestinationRule
+// SIMPLE or MUTUAL): its transport's and its transport matches'.
+func (c *Cluster) originations() []*Originate {
+	var out []*Originate
+	if c.TLS != nil && c.TLS.Originate != nil {
+		out = append(out, c.TLS.Originate)
+	}
+	for _, m := range c.TLSMatches {
+		if m.TLS != nil && m.TLS.Originate != nil {
+			out = append(out, m.TLS.Originate)
+		}
 	}
 	return out
-}
-
-// originating is t's TLS of the proxy's own, if it is that.
-func (t *UpstreamTLS) originating() *Originate {
-	if t == nil {
-		return nil
-	}
-	return t.Originate
 }
 
 // originate reads TLS of the proxy's own (a DestinationRule's SIMPLE or
