@@ -1,8 +1,8 @@
 package proxyview
 
 import (
-	"crypto/tls"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -131,42 +131,23 @@ func credentialSecrets(p *Proxy, cfg Config, names map[string]bool, warn func(st
 		return nil
 	}
 	var out []types.Resource
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	slices.Sort(sorted)
-	for _, name := range sorted {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		where := fmt.Sprintf("DestinationRule credentialName %q", name)
 		sec := src.Secret(p.Namespace, name)
-		var ca []byte
-		if sec != nil {
-			ca = first2(sec.Data, "ca.crt", "cacert")
-		}
-		if len(ca) == 0 {
-			if s := src.Secret(p.Namespace, name+"-cacert"); s != nil {
-				ca = first2(s.Data, "ca.crt", "cacert")
-			}
-		}
-		if len(ca) == 0 {
+		if ca := caSecret(src, p.Namespace, name, sec); ca == nil {
 			warn(fmt.Sprintf("%s: no CA (ca.crt or cacert) in Secret %s/%s or %s-cacert; TLS to its servers fails until there is", where, p.Namespace, name, name))
 		} else {
-			out = append(out, &tlsv3.Secret{Name: SDSPrefix + name + "-cacert", Type: &tlsv3.Secret_ValidationContext{
-				ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(ca)}}})
+			out = append(out, ca)
 		}
 		if !names[name] {
 			continue
 		}
-		var cert, key []byte
-		if sec != nil {
-			cert, key = first2(sec.Data, "tls.crt", "cert"), first2(sec.Data, "tls.key", "key")
-		}
-		if _, err := tls.X509KeyPair(cert, key); err != nil {
+		cs, err := certSecret(name, sec)
+		if err != nil {
 			warn(fmt.Sprintf("%s: MUTUAL needs a client certificate and key in Secret %s/%s (tls.crt and tls.key): %v", where, p.Namespace, name, err))
 			continue
 		}
-		out = append(out, &tlsv3.Secret{Name: SDSPrefix + name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inline(cert), PrivateKey: inline(key)}}})
+		out = append(out, cs)
 	}
 	return out
 }

@@ -58,10 +58,7 @@ func (g *Generator) Endpoints(p *Proxy, services []*registry.Service) []types.Re
 // Routes is the route tables of sidecars of p's namespace, cluster and
 // scope.
 func (g *Generator) Routes(p *Proxy, services []*registry.Service) []types.Resource {
-	domain := g.Domain
-	if domain == "" {
-		domain = "cluster.local"
-	}
+	domain := g.domain()
 	p = g.withMesh(p)
 	if p.Scope != nil && g.Config != nil {
 		services = p.Scope.Services(services, g.Config.VirtualServices(), domain)
@@ -117,10 +114,7 @@ func (g *Generator) Scope(p *Proxy) *Proxy {
 	if p.Type != Sidecar || p.Generator == GeneratorGRPC || g.Config == nil {
 		return p
 	}
-	domain := g.Domain
-	if domain == "" {
-		domain = "cluster.local"
-	}
+	domain := g.domain()
 	s := ResolveScope(g.Config.Sidecars(), g.RootNamespace, p.Namespace, p.Labels, g.warn)
 	rules := ""
 	if ForeignRules(g.Config, p.Namespace, domain) {
@@ -132,6 +126,14 @@ func (g *Generator) Scope(p *Proxy) *Proxy {
 	c := *p
 	c.Scope, c.RulesNamespace = s, rules
 	return &c
+}
+
+// domain is the cluster DNS domain, cluster.local unless set.
+func (g *Generator) domain() string {
+	if g.Domain == "" {
+		return "cluster.local"
+	}
+	return g.Domain
 }
 
 // withMesh is p with the mesh's settings (never the node's): trust

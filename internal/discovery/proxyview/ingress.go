@@ -168,29 +168,57 @@ func (in *ingress) credential(where, name string, mutual bool) bool {
 		in.warn(fmt.Sprintf("%s: credentialName %q: no such Secret in namespace %s (the gateway's own namespace); server skipped until it exists", where, name, in.p.Namespace))
 		return false
 	}
-	cert, key := first2(sec.Data, "tls.crt", "cert"), first2(sec.Data, "tls.key", "key")
-	if _, err := tls.X509KeyPair(cert, key); err != nil {
+	cs, err := certSecret(name, sec)
+	if err != nil {
 		in.warn(fmt.Sprintf("%s: Secret %s/%s: want a certificate and key in tls.crt and tls.key (or cert and key): %v; server skipped", where, in.p.Namespace, name, err))
 		return false
 	}
-	in.secrets[SDSPrefix+name] = &tlsv3.Secret{Name: SDSPrefix + name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: inline(cert), PrivateKey: inline(key)}}}
+	in.secrets[cs.Name] = cs
 	if !mutual {
 		return true
 	}
-	ca := first2(sec.Data, "ca.crt", "cacert")
+	ca := caSecret(src, in.p.Namespace, name, sec)
+	if ca == nil {
+		in.warn(fmt.Sprintf("%s: tls.mode MUTUAL needs a CA: ca.crt (or cacert) in Secret %s/%s or in Secret %s-cacert; server skipped", where, in.p.Namespace, name, name))
+		return false
+	}
+	in.secrets[ca.Name] = ca
+	return true
+}
+
+// certSecret is a credential's certificate and key as an SDS secret,
+// kubernetes://NAME: tls.crt and tls.key (or cert and key) of its Secret,
+// which must pair.
+func certSecret(name string, sec *corev1.Secret) (*tlsv3.Secret, error) {
+	var cert, key []byte
+	if sec != nil {
+		cert, key = first2(sec.Data, "tls.crt", "cert"), first2(sec.Data, "tls.key", "key")
+	}
+	if _, err := tls.X509KeyPair(cert, key); err != nil {
+		return nil, err
+	}
+	return &tlsv3.Secret{Name: SDSPrefix + name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: inline(cert), PrivateKey: inline(key)}}}, nil
+}
+
+// caSecret is a credential's CA as an SDS secret, kubernetes://NAME-cacert,
+// as Istio reads it: ca.crt (or cacert) of its Secret sec (nil: none),
+// else of Secret NAME-cacert; nil without one.
+func caSecret(src Secrets, ns, name string, sec *corev1.Secret) *tlsv3.Secret {
+	var ca []byte
+	if sec != nil {
+		ca = first2(sec.Data, "ca.crt", "cacert")
+	}
 	if len(ca) == 0 {
-		if s := src.Secret(in.p.Namespace, name+"-cacert"); s != nil {
+		if s := src.Secret(ns, name+"-cacert"); s != nil {
 			ca = first2(s.Data, "ca.crt", "cacert")
 		}
 	}
 	if len(ca) == 0 {
-		in.warn(fmt.Sprintf("%s: tls.mode MUTUAL needs a CA: ca.crt (or cacert) in Secret %s/%s or in Secret %s-cacert; server skipped", where, in.p.Namespace, name, name))
-		return false
+		return nil
 	}
-	in.secrets[SDSPrefix+name+"-cacert"] = &tlsv3.Secret{Name: SDSPrefix + name + "-cacert", Type: &tlsv3.Secret_ValidationContext{
+	return &tlsv3.Secret{Name: SDSPrefix + name + "-cacert", Type: &tlsv3.Secret_ValidationContext{
 		ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(ca)}}}
-	return true
 }
 
 func first2(data map[string][]byte, a, b string) []byte {

@@ -200,6 +200,7 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, from Selec
 		}
 		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 	})
+	pods := slices.Sorted(maps.Keys(from.Pods))
 	taken := map[netip.Addr]bool{}
 	for _, se := range entries {
 		for _, a := range se.Spec.GetAddresses() {
@@ -223,8 +224,7 @@ func Build(ctx context.Context, entries []*networkingv1.ServiceEntry, from Selec
 					selected = append(selected, &we.Spec)
 				}
 			}
-			addrs := slices.Sorted(maps.Keys(from.Pods))
-			for _, a := range addrs {
+			for _, a := range pods {
 				if w := from.Pods[a]; w.Namespace == se.Namespace && w.Ready && !w.Router && sel.Matches(labels.Set(w.Labels)) {
 					selected = append(selected, podEntry(a, w))
 				}
