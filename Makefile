@@ -59,9 +59,10 @@ kube: build ## build and cache the Kubernetes binaries (once per machine, ~9 min
 	$(BIN) sandbox prepare
 
 # The walkthrough's differential test runs Istio's own istiod beside isthmus
-# and compares their EDS; its binary is cached as the Kubernetes ones are.
-istiod: ## build and cache Istio's pilot-discovery for the differential EDS test (once per machine, ~8 min cold)
-	$(GO) run ./test/istiod
+# and compares their EDS, and points Istio's own istioctl at the mesh; both
+# binaries are cached as the Kubernetes ones are.
+istiod: ## build and cache Istio's pilot-discovery and istioctl for the walkthrough's tests (once per machine, ~12 min cold)
+	$(GO) run ./test/istiod pilot-discovery istioctl
 
 lint: ## gofmt, go vet, staticcheck and the package boundaries (proxy and control plane apart)
 	@out=$$(gofmt -l cmd internal test bench); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi

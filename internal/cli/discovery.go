@@ -50,6 +50,9 @@ their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registry
 				return err
 			}
 			cfg.Log = slog.Default()
+			if cfg.Instance = os.Getenv("POD_NAME"); cfg.Instance == "" {
+				cfg.Instance, _ = os.Hostname()
+			}
 			return discovery.Run(cmd.Context(), cfg)
 		},
 	}

@@ -3,9 +3,12 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/isthmus-mesh/isthmus/internal/inspect"
@@ -43,7 +46,7 @@ func newProxyConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "proxy-config",
 		Aliases: []string{"pc"},
-		Short:   "Show a proxy's configuration (clusters, listeners, routes, endpoints, secret)",
+		Short:   "Show a proxy's configuration (clusters, listeners, routes, endpoints, secret, bootstrap, log)",
 		Long: `Show the configuration a sidecar or gateway runs, read from its admin interface
 (port 15000, reached through a Kubernetes port-forward) as istioctl does.
 POD is POD, POD.NAMESPACE or deployment/NAME[.NAMESPACE]. -o json or yaml prints
@@ -145,7 +148,57 @@ the Envoy resources themselves.`,
 		}
 		return d.WriteSecrets(w)
 	})
-	cmd.AddCommand(clusters, listeners, routes, endpoints, secret)
+	var bootstrap *cobra.Command
+	bootstrap = sub("bootstrap", "How a proxy started: its node and control plane (Envoy's bootstrap)", func(w io.Writer, c *inspect.Cluster, ref string) error {
+		d, err := dump(bootstrap, c, ref)
+		if err != nil {
+			return err
+		}
+		if d.Bootstrap == nil {
+			return fmt.Errorf("%s's config_dump has no bootstrap section", ref)
+		}
+		format := output
+		if format == "short" {
+			format = "json" // istioctl's default too: a bootstrap has no table
+		}
+		return inspect.Marshal(w, format, []*bootstrapv3.Bootstrap{d.Bootstrap})
+	})
+	var level string
+	logCmd := &cobra.Command{
+		Use:   "log POD",
+		Short: "A proxy's log level, and with --level a new one",
+		Long: `Show a proxy's loggers and their levels, read from its admin interface's
+/logging as istioctl does; --level sets them (trace, debug, info, warning, error,
+critical, off), or one logger with NAME:LEVEL. An isthmus proxy has one logger,
+isthmus: Envoy's per-component names (http, upstream, ...) are refused.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.cluster()
+			if err != nil {
+				return err
+			}
+			pod, err := c.Pod(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			path := "/logging"
+			if level != "" {
+				name, lv, ok := strings.Cut(level, ":")
+				if !ok {
+					name, lv = "level", level
+				}
+				path += "?" + url.Values{name: {lv}}.Encode()
+			}
+			b, err := c.Do(cmd.Context(), pod, adminPort, http.MethodPost, path)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+	logCmd.Flags().StringVar(&level, "level", "", "new level: LEVEL for every logger, or NAME:LEVEL")
+	cmd.AddCommand(clusters, listeners, routes, endpoints, secret, bootstrap, logCmd)
 	return cmd
 }
 
@@ -226,7 +279,7 @@ func writeMeshVersions(cmd *cobra.Command, cf *clusterFlags, istioNS string) err
 	}
 	count := map[string]int{}
 	for _, p := range list {
-		count[p.Version]++
+		count[p.IstioVersion]++
 	}
 	var vs []string
 	for v, n := range count {

@@ -195,7 +195,7 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 			if kind == "sidecar" && cfg.Node.Metadata["DNS_CAPTURE"] == "true" {
 				cfg.DNSAddr = "127.0.0.1:15053"
 			}
-			cfg.Log = slog.Default()
+			cfg.Log, cfg.LogLevel = slog.Default(), logLevel
 			return proxy.Run(cmd.Context(), cfg)
 		},
 	}

@@ -32,6 +32,10 @@ type exitCodeError struct{ code int }
 
 func (e exitCodeError) Error() string { return fmt.Sprintf("exit code %d", e.code) }
 
+// logLevel is the process's log level; a proxy's admin port changes it
+// (/logging).
+var logLevel = new(slog.LevelVar)
+
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	var verbose bool
 	root := &cobra.Command{
@@ -46,11 +50,11 @@ DestinationRule, PeerAuthentication, AuthorizationPolicy, remote secrets).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
-			level := slog.LevelInfo
+			logLevel.Set(slog.LevelInfo)
 			if verbose {
-				level = slog.LevelDebug
+				logLevel.Set(slog.LevelDebug)
 			}
-			slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
+			slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel})))
 		},
 	}
 	root.SetOut(stdout)

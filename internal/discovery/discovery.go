@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -98,6 +99,8 @@ type Config struct {
 	Reviews     kubernetes.Interface
 	IstioClient istioclient.Interface
 	Log         *slog.Logger
+	// Instance names this replica (its pod) to Istio's istioctl.
+	Instance string
 }
 
 // Validate reports the first missing setting.
@@ -170,8 +173,8 @@ func Run(ctx context.Context, cfg Config) error {
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.
 		Credentials:   &secretaccess.Authorizer{Client: running.reviews},
-		ConfigCluster: cfg.ClusterID,
-		Log:           log, Metrics: metrics})
+		ConfigCluster: cfg.ClusterID, SystemNamespace: rootNamespace, Instance: instance(cfg),
+		Log: log, Metrics: metrics})
 	store.Subscribe(xdsServer.Trigger)
 	// ServiceEntries become registry services (their own shard).
 	entries := &serviceentry.Source{Registry: reg, Entries: store.ServiceEntries, Workloads: store.WorkloadEntries, Cluster: cfg.ClusterID,
@@ -376,9 +379,11 @@ func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Regis
 		writeJSON(w, append([]remotesecret.Status{{ID: cfg.ClusterID, State: syncState(local.Synced())}}, secrets.Statuses()...))
 	})
 	mux.HandleFunc("/version", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, map[string]string{"version": version.String(), "cluster": cfg.ClusterID})
+		// clientVersion is Istio's version.Version, which istioctl version reads.
+		writeJSON(w, map[string]any{"version": version.String(), "cluster": cfg.ClusterID,
+			"clientVersion": map[string]string{"version": version.String(), "revision": version.String(), "golang_version": runtime.Version(), "status": "Clean", "tag": version.String()}})
 	})
-	mux.HandleFunc("/debug/syncz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Status()) })
+	mux.HandleFunc("/debug/syncz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Syncz()) })
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })
 	return mux
 }
@@ -494,4 +499,12 @@ func memoryLimit() (int64, bool) {
 	limit := n / 10 * 9
 	debug.SetMemoryLimit(limit)
 	return limit, true
+}
+
+// instance is how this replica names itself in istioctl's debug answers
+// (istiod's IstioControlPlaneInstance).
+func instance(cfg Config) xds.ControlPlane {
+	cp := xds.ControlPlane{Component: "istiod", ID: cfg.Instance}
+	cp.Info.Version = version.String()
+	return cp
 }

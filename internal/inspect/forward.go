@@ -86,6 +86,12 @@ func (c *Cluster) runningPod(ctx context.Context, ns string, sel labels.Selector
 // Get fetches path from a port of a pod through a port-forward, as
 // istioctl reaches a proxy's localhost-only admin port.
 func (c *Cluster) Get(ctx context.Context, pod *corev1.Pod, port int, path string) ([]byte, error) {
+	return c.Do(ctx, pod, port, http.MethodGet, path)
+}
+
+// Do sends a request without a body to a port of a pod through a
+// port-forward and returns the answer of a 200.
+func (c *Cluster) Do(ctx context.Context, pod *corev1.Pod, port int, method, path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	req := c.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).SubResource("portforward")
@@ -114,7 +120,7 @@ func (c *Cluster) Get(ctx context.Context, pod *corev1.Pod, port int, path strin
 	if err != nil || len(ports) == 0 {
 		return nil, errors.Join(errors.New("port-forward opened no local port"), err)
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", ports[0].Local, path), nil)
+	hreq, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("http://127.0.0.1:%d%s", ports[0].Local, path), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -22,9 +22,8 @@ func TestClusterName(t *testing.T) {
 }
 
 func TestSyncStates(t *testing.T) {
-	p := ProxyStatus{ProxyStatus: xds.ProxyStatus{ID: "sidecar~100.64.0.7~sleep-1.multicluster~multicluster.svc.cluster.local",
-		Sent:   map[string]string{"cds": "3", "lds": "2", "eds": "5"},
-		Acked:  map[string]string{"cds": "3", "lds": "1"},
+	p := ProxyStatus{SyncStatus: xds.SyncStatus{ProxyID: "sleep-1.multicluster",
+		ClusterSent: "3", ClusterAcked: "3", ListenerSent: "2", ListenerAcked: "1", EndpointSent: "5",
 		Nacked: map[string]string{}}}
 	for typ, want := range map[string]string{"cds": "SYNCED", "lds": "STALE", "eds": "STALE (Never Acknowledged)", "rds": "NOT SENT"} {
 		if got := p.Sync(typ); got != want {
@@ -34,7 +33,7 @@ func TestSyncStates(t *testing.T) {
 	if p.Synced() || p.Name() != "sleep-1.multicluster" {
 		t.Errorf("synced %v name %s", p.Synced(), p.Name())
 	}
-	p.Acked["lds"], p.Acked["eds"] = "2", "5"
+	p.ListenerAcked, p.EndpointAcked = "2", "5"
 	p.Nacked["rds"] = "bad route"
 	if p.Sync("rds") != "NACKED" || p.Synced() {
 		t.Error("a NACK must show")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -39,6 +40,8 @@ type Dump struct {
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
 	Secrets   []*adminv3.SecretsConfigDump_DynamicSecret
+	// Bootstrap is how the proxy started (nil: the dump has none).
+	Bootstrap *bootstrapv3.Bootstrap
 }
 
 // ParseDump decodes /config_dump output.
@@ -79,6 +82,8 @@ func ParseDump(b []byte) (*Dump, error) {
 			}
 		case *adminv3.SecretsConfigDump:
 			d.Secrets = append(d.Secrets, x.GetDynamicActiveSecrets()...)
+		case *adminv3.BootstrapConfigDump:
+			d.Bootstrap = x.GetBootstrap()
 		}
 	}
 	return d, nil
@@ -128,10 +133,10 @@ func (d *Dump) WriteClusters(w io.Writer, fqdn string, port int) error {
 		if c.GetClusterType() != nil {
 			typ = c.GetClusterType().GetName()
 		}
-		rows = append(rows, []string{h, p, dash(subset), dir, typ})
+		rows = append(rows, []string{h, p, dash(subset), dir, typ, istioConfig(c.GetMetadata(), "destination-rule")})
 	}
 	sort.Slice(rows, func(i, j int) bool { return strings.Join(rows[i], " ") < strings.Join(rows[j], " ") })
-	return table(w, "SERVICE FQDN\tPORT\tSUBSET\tDIRECTION\tTYPE", rows)
+	return table(w, "SERVICE FQDN\tPORT\tSUBSET\tDIRECTION\tTYPE\tDESTINATION RULE", rows)
 }
 
 func dash(s string) string {
@@ -231,11 +236,11 @@ func (d *Dump) WriteRoutes(w io.Writer, name string) error {
 				}
 			}
 			for _, r := range vh.GetRoutes() {
-				rows = append(rows, []string{rc.GetName(), vh.GetName(), domain, routeMatch(r.GetMatch()), routeTarget(r)})
+				rows = append(rows, []string{rc.GetName(), vh.GetName(), domain, routeMatch(r.GetMatch()), routeTarget(r), istioConfig(r.GetMetadata(), "virtual-service")})
 			}
 		}
 	}
-	return table(w, "NAME\tVHOST NAME\tDOMAINS\tMATCH\tDESTINATION", rows)
+	return table(w, "NAME\tVHOST NAME\tDOMAINS\tMATCH\tDESTINATION\tVIRTUAL SERVICE", rows)
 }
 
 func routeMatch(m *routev3.RouteMatch) string {
@@ -367,4 +372,17 @@ func Marshal[T proto.Message](w io.Writer, format string, items []T) error {
 	}
 	_, err = w.Write(append(b, '\n'))
 	return err
+}
+
+// istioConfig is NAME.NAMESPACE of the Istio object of a kind that made a
+// cluster or route (Istio's filter_metadata.istio.config path), as
+// istioctl's DESTINATION RULE and VIRTUAL SERVICE columns; "" for none.
+func istioConfig(md *core.Metadata, kind string) string {
+	path := md.GetFilterMetadata()["istio"].GetFields()["config"].GetStringValue()
+	parts := strings.Split(path, "/")
+	// /apis/GROUP/VERSION/namespaces/NS/KIND/NAME
+	if len(parts) != 8 || parts[4] != "namespaces" || parts[6] != kind {
+		return ""
+	}
+	return parts[7] + "." + parts[5]
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,24 +18,29 @@ import (
 const MonitoringPort = 15014
 
 // ProxyStatus is one proxy as the control plane's /debug/syncz reports
-// it, and the control plane pod that serves it.
+// it (istiod's JSON), and the control plane pod that serves it.
 type ProxyStatus struct {
-	xds.ProxyStatus
+	xds.SyncStatus
 	Istiod string `json:"istiod"`
 }
 
-// Name is istioctl's pod.namespace form of a node ID type~ip~pod.ns~...
-func (p ProxyStatus) Name() string {
-	if parts := strings.Split(p.ID, "~"); len(p.ID) > 0 && len(parts) == 4 {
-		return parts[2]
-	}
-	return p.ID
-}
+// Name is istioctl's POD.NAMESPACE.
+func (p ProxyStatus) Name() string { return p.ProxyID }
 
-// Sync is the state of one xDS type: SYNCED when the proxy acknowledged
-// what it was last sent.
+// Sync is the state of one xDS type (cds, lds, eds, rds): SYNCED when
+// the proxy acknowledged what it was last sent.
 func (p ProxyStatus) Sync(typ string) string {
-	sent, acked := p.Sent[typ], p.Acked[typ]
+	var sent, acked string
+	switch typ {
+	case "cds":
+		sent, acked = p.ClusterSent, p.ClusterAcked
+	case "lds":
+		sent, acked = p.ListenerSent, p.ListenerAcked
+	case "eds":
+		sent, acked = p.EndpointSent, p.EndpointAcked
+	case "rds":
+		sent, acked = p.RouteSent, p.RouteAcked
+	}
 	switch {
 	case p.Nacked[typ] != "":
 		return "NACKED"
@@ -118,7 +122,7 @@ func (c *Cluster) Status(ctx context.Context, namespace string) ([]ProxyStatus, 
 func WriteStatus(w io.Writer, list []ProxyStatus) error {
 	rows := make([][]string, 0, len(list))
 	for _, p := range list {
-		rows = append(rows, []string{p.Name(), p.ClusterID, p.Sync("cds"), p.Sync("lds"), p.Sync("eds"), p.Sync("rds"), p.Istiod, dash(p.Version)})
+		rows = append(rows, []string{p.Name(), p.ClusterID, p.Sync("cds"), p.Sync("lds"), p.Sync("eds"), p.Sync("rds"), p.Istiod, dash(p.IstioVersion)})
 	}
 	return table(w, "NAME\tCLUSTER\tCDS\tLDS\tEDS\tRDS\tISTIOD\tVERSION", rows)
 }

@@ -231,6 +231,9 @@ func (r *renderer) pilot() []runtime.Object {
 	}
 	podLabels := maps.Clone(IstiodLabels)
 	podLabels["sidecar.istio.io/inject"] = "false"
+	// Istio's chart labels istiod's pods with their revision; istioctl
+	// (version, proxy-status) finds the control plane by it.
+	podLabels["istio.io/rev"] = "default"
 	objs = append(objs,
 		&appsv1.Deployment{TypeMeta: typeMeta("Deployment", "apps/v1"), ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: IstiodLabels},
 			Spec: appsv1.DeploymentSpec{

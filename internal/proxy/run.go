@@ -8,9 +8,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -118,6 +120,8 @@ type RunConfig struct {
 	// where proxy init --redirect-dns sends it); empty: no DNS proxy.
 	DNSAddr string
 	Log     *slog.Logger
+	// LogLevel is Log's level, which the admin port's /logging changes.
+	LogLevel *slog.LevelVar
 }
 
 // Run serves until ctx ends (or the admin port's quitquitquit), then
@@ -235,7 +239,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		}
 		return nil
 	}
-	adm := &admin.Server{Proxy: p, XDS: xc, Ready: ready, Quit: quit}
+	adm := &admin.Server{Proxy: p, XDS: xc, Ready: ready, Quit: quit, Bootstrap: cfg.bootstrap(), Level: cfg.LogLevel}
 	if agent != nil {
 		adm.Certs = agent
 	}
@@ -284,4 +288,23 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	log.Info("proxy starting", "node", cfg.Node.ID(), "discovery", cfg.DiscoveryAddr, "plaintext", cfg.Plaintext)
 	g.Go("xDS client", xc.Run)
 	return g.Wait()
+}
+
+// bootstrap is the proxy's start as Envoy's bootstrap would say it: its
+// node, its admin address, and its control plane as the one ADS source
+// (incremental, as the proxy asks).
+func (cfg RunConfig) bootstrap() *bootstrapv3.Bootstrap {
+	ads := &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3, ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}
+	b := &bootstrapv3.Bootstrap{Node: cfg.Node.proto(),
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{CdsConfig: ads, LdsConfig: ads,
+			AdsConfig: &core.ApiConfigSource{ApiType: core.ApiConfigSource_DELTA_GRPC, TransportApiVersion: core.ApiVersion_V3,
+				GrpcServices: []*core.GrpcService{{TargetSpecifier: &core.GrpcService_GoogleGrpc_{GoogleGrpc: &core.GrpcService_GoogleGrpc{
+					TargetUri: cfg.DiscoveryAddr, StatPrefix: "xds-grpc"}}}}}}}
+	if host, port, err := net.SplitHostPort(cfg.AdminAddr); err == nil {
+		if p, err := strconv.Atoi(port); err == nil {
+			b.Admin = &bootstrapv3.Admin{Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+				Address: host, PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(p)}}}}}
+		}
+	}
+	return b
 }

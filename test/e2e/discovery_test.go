@@ -417,12 +417,12 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 
 	t.Run("proxy status shows what each proxy acknowledged", func(t *testing.T) {
 		eventually(t, "the sidecar acked cds and eds", func() bool {
-			var st []xds.ProxyStatus
+			var st []xds.SyncStatus
 			if json.Unmarshal([]byte(get("/debug/syncz")), &st) != nil {
 				return false
 			}
 			for _, s := range st {
-				if strings.HasPrefix(s.ID, "sidecar~") && s.Acked["cds"] != "" && s.Acked["cds"] == s.Sent["cds"] && s.Acked["eds"] == s.Sent["eds"] {
+				if s.ProxyType == "sidecar" && s.ClusterAcked != "" && s.ClusterAcked == s.ClusterSent && s.EndpointAcked == s.EndpointSent {
 					return true
 				}
 			}

@@ -115,6 +115,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	vmArea(t, w)
 	egressArea(t, w)
 	istiodArea(t, w)
+	istioctlArea(t, w)
 	operationsArea(t, w)
 	cloudArea(t, w)
 }

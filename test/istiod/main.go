@@ -1,8 +1,11 @@
-// Command istiod builds Istio's own control plane, pilot-discovery, from the
-// istio.io/istio Go module and caches it outside any checkout, as the
-// sandbox caches the Kubernetes binaries: the walkthrough's differential
-// test (test/e2e/walkthrough_istiod_test.go) runs it beside isthmus and
-// compares their EDS. It prints the binary's path.
+// Command istiod builds Istio's own binaries from the istio.io/istio Go
+// module and caches them outside any checkout, as the sandbox caches the
+// Kubernetes binaries: the walkthrough's differential test
+// (test/e2e/walkthrough_istiod_test.go) runs pilot-discovery beside
+// isthmus and compares their EDS, and its istioctl test
+// (walkthrough_istioctl_test.go) points Istio's own istioctl at the
+// mesh. Its arguments name the binaries (default pilot-discovery); it
+// prints their paths, one per line.
 //
 // istio.io/istio is only ever a build of this cached binary, never a
 // dependency of isthmus's go.mod. `go install pkg@version` refuses a module
@@ -26,17 +29,32 @@ import (
 // here (no tagged release is served).
 const Version = "v0.0.0-20260827124520-eed52ebb66ad"
 
-const pkg = "istio.io/istio/pilot/cmd/pilot-discovery"
+// packages are the binaries it builds, by name.
+var packages = map[string]string{
+	"pilot-discovery": "istio.io/istio/pilot/cmd/pilot-discovery",
+	"istioctl":        "istio.io/istio/istioctl/cmd/istioctl",
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	path, err := ensure(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "istiod:", err)
-		os.Exit(1)
+	names := os.Args[1:]
+	if len(names) == 0 {
+		names = []string{"pilot-discovery"}
 	}
-	fmt.Println(path)
+	for _, name := range names {
+		pkg, ok := packages[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "istiod: unknown binary %q (pilot-discovery or istioctl)\n", name)
+			os.Exit(2)
+		}
+		path, err := ensure(ctx, name, pkg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "istiod:", err)
+			os.Exit(1)
+		}
+		fmt.Println(path)
+	}
 }
 
 // cacheRoot is ISTHMUS_CACHE, else the sandbox's default cache.
@@ -49,9 +67,9 @@ func cacheRoot() string {
 
 // ensure returns the cached binary, building it first if it is missing.
 // A file lock keeps two builds (make test's and a test's) from racing.
-func ensure(ctx context.Context) (string, error) {
+func ensure(ctx context.Context, name, pkg string) (string, error) {
 	dir := filepath.Join(cacheRoot(), "istio", Version)
-	bin := filepath.Join(dir, "pilot-discovery")
+	bin := filepath.Join(dir, name)
 	if executable(bin) {
 		return bin, nil
 	}
@@ -76,13 +94,13 @@ func ensure(ctx context.Context) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	logPath := filepath.Join(dir, "build.log")
+	logPath := filepath.Join(dir, name+".build.log")
 	log, err := os.Create(logPath)
 	if err != nil {
 		return "", err
 	}
 	defer log.Close()
-	fmt.Fprintf(os.Stderr, "building Istio's pilot-discovery %s (first run on this machine, ~8 min on 2 cores; log: %s)\n", Version, logPath)
+	fmt.Fprintf(os.Stderr, "building Istio's %s %s (first run on this machine, ~4-8 min on 2 cores; log: %s)\n", name, Version, logPath)
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "go", "install", pkg+"@"+Version)
 	// Outside any module: @version ignores the current one anyway, and
@@ -93,10 +111,10 @@ func ensure(ctx context.Context) (string, error) {
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("go install %s@%s: %v (log: %s)", pkg, Version, err, logPath)
 	}
-	if err := os.Rename(filepath.Join(tmp, "pilot-discovery"), bin); err != nil {
+	if err := os.Rename(filepath.Join(tmp, name), bin); err != nil {
 		return "", err
 	}
-	fmt.Fprintf(os.Stderr, "built pilot-discovery in %s\n", time.Since(start).Round(time.Second))
+	fmt.Fprintf(os.Stderr, "built %s in %s\n", name, time.Since(start).Round(time.Second))
 	return bin, nil
 }
 

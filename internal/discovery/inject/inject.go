@@ -165,7 +165,7 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 	}
 	ops = append(ops,
 		op{"add", "/metadata/labels/" + escape(LabelTLSMode), "istio"},
-		op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"]}`})
+		op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`})
 	if pod.Labels["service.istio.io/canonical-name"] == "" {
 		ops = append(ops, op{"add", "/metadata/labels/" + escape("service.istio.io/canonical-name"), canonicalName(pod)})
 	}
@@ -217,7 +217,7 @@ func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, networ
 		}
 		ops = append(ops, op{"add", "/metadata/labels/" + escape(LabelNetwork), network})
 	}
-	ops = append(ops, op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"]}`})
+	ops = append(ops, op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`})
 	if pod.Spec.Volumes == nil {
 		ops = append(ops, op{"add", "/spec/volumes", []corev1.Volume{}})
 	}

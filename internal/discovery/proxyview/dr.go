@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -89,6 +90,8 @@ type trafficPolicy struct {
 	failover []string
 	// tls is the rule's client TLS (nil: Istio's auto mTLS).
 	tls *apinetworking.ClientTLSSettings
+	// rule names the DestinationRule in the cluster's metadata (nil: none).
+	rule *core.Metadata
 }
 
 func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) trafficPolicy {
@@ -97,6 +100,7 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 		return tp
 	}
 	where := fmt.Sprintf("DestinationRule %s/%s", dr.Namespace, dr.Name)
+	tp.rule = configMetadata("destination-rule", dr.Namespace, dr.Name)
 	top := dr.Spec.GetTrafficPolicy()
 	tp.tls = top.GetTls()
 	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetHttp().GetIdleTimeout() != nil || cp.GetTcp().GetTcpKeepalive() != nil {

@@ -167,6 +167,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 			}
 		}
 		c := edsCluster(sni, nil)
+		c.Metadata = tp.rule
 		setUpstreamProtocol(c, port.AppProtocol)
 		tp.apply(c)
 		g.Clusters = append(g.Clusters, c)
@@ -217,6 +218,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 	}
 	setUpstreamProtocol(c, protocol)
 	tp.apply(c)
+	c.Metadata = tp.rule
 	g.Clusters = append(g.Clusters, c)
 	if headless {
 		c.LbPolicy = cluster.Cluster_CLUSTER_PROVIDED // the client picked the pod
@@ -402,6 +404,14 @@ func loadAssignment(name string, eps []network.LbEndpoint, priority func(network
 		l.LoadBalancingWeight = wrapperspb.UInt32(l.GetLoadBalancingWeight().GetValue() + e.Weight)
 	}
 	return cla
+}
+
+// configMetadata is Istio's breadcrumb on a cluster or route:
+// filter_metadata.istio.config, the path of the Istio object that made it,
+// which istioctl proxy-config and x describe show.
+func configMetadata(kind, namespace, name string) *core.Metadata {
+	return &core.Metadata{FilterMetadata: map[string]*structpb.Struct{"istio": {Fields: map[string]*structpb.Value{
+		"config": structpb.NewStringValue("/apis/networking.istio.io/v1/namespaces/" + namespace + "/" + kind + "/" + name)}}}}
 }
 
 func mustAny(m proto.Message) *anypb.Any {

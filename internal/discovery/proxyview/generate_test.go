@@ -98,8 +98,31 @@ func TestSubsets(t *testing.T) {
 			t.Errorf("%s: %v, want %v", name, got, want)
 		}
 	}
+	// Istio's breadcrumb: the rule that made each cluster (proxy-config's
+	// DESTINATION RULE column, x describe).
+	const rule = "/apis/networking.istio.io/v1/namespaces/ns/destination-rule/profile"
+	ruleOf := func(g Generated, name string) string {
+		for _, r := range g.Clusters {
+			if c := r.(*cluster.Cluster); c.Name == name {
+				return c.GetMetadata().GetFilterMetadata()["istio"].GetFields()["config"].GetStringValue()
+			}
+		}
+		return "no cluster " + name
+	}
+	for _, name := range []string{OutboundCluster(8080, "", h), OutboundCluster(8080, "v1", h)} {
+		if got := ruleOf(g, name); got != rule {
+			t.Errorf("%s names %q, want %q", name, got, rule)
+		}
+	}
+	other := &networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "other"}, Spec: apinetworking.DestinationRule{Host: "other"}}
+	if got := ruleOf(Generate(sidecar, reg, subsetConfig{other}, "cluster.local", func(string) {}, nil), OutboundCluster(8080, "", h)); got != "" {
+		t.Errorf("without a rule the cluster names %q", got)
+	}
 	router := &Proxy{ID: "r", Type: Router, Network: "n2", ClusterID: "c2", RequestedNetworkView: "n2", Labels: map[string]string{"istio": "eastwestgateway"}}
 	g = Generate(router, reg, subsetConfig{dr}, "cluster.local", func(string) {}, nil)
+	if got := ruleOf(g, SNI(8080, "v2", h)); got != rule {
+		t.Errorf("router's SNI cluster names %q", got)
+	}
 	if got := endpointsOf(g, SNI(8080, "v2", h)); !slices.Equal(got, []string{"10.1.0.1"}) {
 		t.Errorf("router's v2 SNI cluster: %v", got)
 	}

@@ -111,6 +111,10 @@ func TestIngressGateway(t *testing.T) {
 	if vh.Name != "*:80" || vh.Routes[0].GetRoute().GetCluster() != "outbound|8000||"+dash {
 		t.Fatalf("virtual host %v", vh)
 	}
+	// Istio's breadcrumb, which x describe follows to the VirtualService.
+	if got := vh.Routes[0].GetMetadata().GetFilterMetadata()["istio"].GetFields()["config"].GetStringValue(); got != "/apis/networking.istio.io/v1/namespaces/multicluster/virtual-service/dashboard" {
+		t.Errorf("route metadata names %q", got)
+	}
 
 	// httpsRedirect on the HTTP server.
 	cfg.gws[0].Spec.Servers[0].Tls = &apinetworking.ServerTLSSettings{HttpsRedirect: true}

@@ -161,6 +161,7 @@ func meshScope(port int32, hash func(string, int32) []*route.RouteAction_HashPol
 func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, warn func(string)) []*route.Route {
 	var out []*route.Route
 	where := fmt.Sprintf("VirtualService %s/%s", vs.Namespace, vs.Name)
+	md := configMetadata("virtual-service", vs.Namespace, vs.Name)
 	for i, hr := range vs.Spec.GetHttp() {
 		name := hr.GetName()
 		if name == "" {
@@ -231,7 +232,7 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 				continue
 			}
 			r := act()
-			r.Name, r.Match, r.TypedPerFilterConfig = name, rm, perFilter
+			r.Name, r.Match, r.TypedPerFilterConfig, r.Metadata = name, rm, perFilter, md
 			r.RequestHeadersToAdd, r.RequestHeadersToRemove = reqAdd, reqRemove
 			r.ResponseHeadersToAdd, r.ResponseHeadersToRemove = respAdd, respRemove
 			out = append(out, r)

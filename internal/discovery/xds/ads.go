@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -81,6 +82,20 @@ func (c *adsConn) notify() {
 
 // StreamAggregatedResources serves a state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return streamEnd(err)
+	}
+	if strings.HasPrefix(first.GetTypeUrl(), debugPrefix) {
+		return s.serveDebug(stream, first)
+	}
+	recv := func() (*discovery.DiscoveryRequest, error) {
+		if r := first; r != nil {
+			first = nil
+			return r, nil
+		}
+		return stream.Recv()
+	}
 	c := newConn(stream.Context(), false)
 	send := func(url string, snap *snapshot, _ []string, anys []*anypb.Any, _ []string) (string, error) {
 		nonce := c.nextNonce()
@@ -91,7 +106,7 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 		s.sent(c, url, version)
 		return nonce, nil
 	}
-	return serveStream(s, c, stream.Recv, s.sotwRequest, send)
+	return serveStream(s, c, recv, s.sotwRequest, send)
 }
 
 // DeltaAggregatedResources serves an incremental ADS stream.
@@ -370,6 +385,10 @@ func (s *Server) flush(c *adsConn, send sender) error {
 		full := c.fullState(url)
 		owed := w.first && (!c.delta || w.wildcard)
 		if len(names) == 0 && len(removed) == 0 && !owed && !(full && !same) {
+			if w.first {
+				// A reconnecting client that already holds all of it.
+				s.upToDate(c, url, snap.GetVersion(url))
+			}
 			w.sent, w.first, w.fresh = snap, false, nil
 			c.release("") // taken for a response that is not needed
 			continue

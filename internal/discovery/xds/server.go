@@ -51,6 +51,11 @@ type ServerConfig struct {
 	// holds (workloadentry.Shard): a proxy whose token that cluster
 	// reviewed may connect as an entry where no pod has its address.
 	ConfigCluster string
+	// SystemNamespace is istiod's: tokens of its service accounts see
+	// every proxy in the debug types (others, their namespace's only).
+	SystemNamespace string
+	// Instance names this control plane in debug answers.
+	Instance ControlPlane
 }
 
 // Server pushes per-proxy snapshots whenever the registry changes.
@@ -92,6 +97,7 @@ type proxyState struct {
 	sent    map[string]string // type URL -> version or nonce sent
 	acked   map[string]string // type URL -> version or nonce acknowledged
 	nack    map[string]string // type URL -> last error detail
+	sentAt  map[string]time.Time
 	version int64
 }
 

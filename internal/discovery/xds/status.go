@@ -2,6 +2,7 @@ package xds
 
 import (
 	"sort"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
@@ -44,8 +45,27 @@ func (s *Server) sent(c *adsConn, typeURL, version string) {
 	defer s.mu.Unlock()
 	if st := s.proxies[c.proxy]; st != nil {
 		st.sent[typeURL] = version
+		if st.sentAt == nil {
+			st.sentAt = map[string]time.Time{}
+		}
+		st.sentAt[typeURL] = time.Now()
 	}
 	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
+}
+
+// upToDate notes that a stream's proxy holds a type's current resources
+// without a response: it said so when it reconnected (incremental
+// initial versions).
+func (s *Server) upToDate(c *adsConn, typeURL, version string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.proxies[c.proxy]; st != nil {
+		st.sent[typeURL], st.acked[typeURL] = version, version
+		if st.sentAt == nil {
+			st.sentAt = map[string]time.Time{}
+		}
+		st.sentAt[typeURL] = time.Now()
+	}
 }
 
 func shortType(url string) string {
@@ -84,5 +104,54 @@ func (s *Server) Status() []ProxyStatus {
 		out = append(out, ps)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// SyncStatus is one proxy of /debug/syncz on the monitoring port, in
+// istiod's JSON (pilot's xds.SyncStatus: what Istio's istioctl version
+// reads); Network and Nacked are isthmus's additions.
+type SyncStatus struct {
+	ClusterID     string            `json:"cluster_id,omitempty"`
+	ProxyID       string            `json:"proxy,omitempty"`
+	ProxyType     string            `json:"proxy_type,omitempty"`
+	IstioVersion  string            `json:"istio_version,omitempty"`
+	ClusterSent   string            `json:"cluster_sent,omitempty"`
+	ClusterAcked  string            `json:"cluster_acked,omitempty"`
+	ListenerSent  string            `json:"listener_sent,omitempty"`
+	ListenerAcked string            `json:"listener_acked,omitempty"`
+	RouteSent     string            `json:"route_sent,omitempty"`
+	RouteAcked    string            `json:"route_acked,omitempty"`
+	EndpointSent  string            `json:"endpoint_sent,omitempty"`
+	EndpointAcked string            `json:"endpoint_acked,omitempty"`
+	Network       string            `json:"network,omitempty"`
+	Nacked        map[string]string `json:"nacked,omitempty"`
+}
+
+// Syncz is Status in istiod's /debug/syncz form.
+func (s *Server) Syncz() []SyncStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]SyncStatus, 0, len(s.proxies))
+	for _, st := range s.proxies {
+		ss := SyncStatus{ClusterID: st.proxy.ClusterID, ProxyID: istioID(st.proxy), ProxyType: st.proxy.Type, IstioVersion: st.proxy.IstioVersion,
+			ClusterSent: st.sent[resource.ClusterType], ClusterAcked: st.acked[resource.ClusterType],
+			ListenerSent: st.sent[resource.ListenerType], ListenerAcked: st.acked[resource.ListenerType],
+			RouteSent: st.sent[resource.RouteType], RouteAcked: st.acked[resource.RouteType],
+			EndpointSent: st.sent[resource.EndpointType], EndpointAcked: st.acked[resource.EndpointType],
+			Network: st.proxy.Network}
+		for k, v := range st.nack {
+			if ss.Nacked == nil {
+				ss.Nacked = map[string]string{}
+			}
+			ss.Nacked[shortType(k)] = v
+		}
+		out = append(out, ss)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ClusterID != out[j].ClusterID {
+			return out[i].ClusterID < out[j].ClusterID
+		}
+		return out[i].ProxyID < out[j].ProxyID
+	})
 	return out
 }

@@ -11,14 +11,18 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +59,12 @@ type Server struct {
 	// Certs is the workload identity, nil without mTLS; config_dump shows
 	// it as Envoy's SDS secrets "default" and "ROOTCA" (proxy-config secret).
 	Certs Certs
+	// Bootstrap is how the proxy started (its node and control plane), as
+	// Envoy's bootstrap: config_dump's first section (proxy-config bootstrap).
+	Bootstrap *bootstrapv3.Bootstrap
+	// Level is the proxy's log level, which /logging reads and sets
+	// (istioctl proxy-config log); nil: /logging is not served.
+	Level *slog.LevelVar
 }
 
 // Certs is what the identity agent holds.
@@ -114,6 +124,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/clusters", s.clusters)
 	mux.HandleFunc("/listeners", s.listeners)
 	mux.HandleFunc("/ready", s.ready)
+	if s.Level != nil {
+		mux.HandleFunc("/logging", s.logging)
+	}
 	mux.Handle("/stats/prometheus", promhttp.HandlerFor(s.Proxy.Metrics(), promhttp.HandlerOpts{}))
 	mux.HandleFunc("/stats", s.stats)
 	mux.HandleFunc("/xds", func(w http.ResponseWriter, _ *http.Request) {
@@ -156,7 +169,7 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 }
 
 // ConfigDump is Envoy's ConfigDump of the accepted resources.
-func ConfigDump(st xdsclient.State, versions map[string]map[string]string, certs Certs) *adminv3.ConfigDump {
+func ConfigDump(boot *bootstrapv3.Bootstrap, st xdsclient.State, versions map[string]map[string]string, certs Certs) *adminv3.ConfigDump {
 	names := func(t string) []string {
 		var out []string
 		for n := range st[t] {
@@ -184,7 +197,13 @@ func ConfigDump(st xdsclient.State, versions map[string]map[string]string, certs
 		endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{VersionInfo: ver(resource.EndpointType, n), EndpointConfig: st[resource.EndpointType][n]})
 	}
 	dump := &adminv3.ConfigDump{}
-	msgs := []proto.Message{clusters, listeners, routes, endpoints}
+	var msgs []proto.Message
+	if boot != nil {
+		msgs = append(msgs, &adminv3.BootstrapConfigDump{Bootstrap: boot})
+	}
+	// No extension is configured by discovery (ECDS): an empty section,
+	// so proxy-config ecds says so rather than fail.
+	msgs = append(msgs, clusters, &adminv3.EcdsConfigDump{}, listeners, routes, endpoints)
 	if certs != nil || len(st[resource.SecretType]) > 0 {
 		msgs = append(msgs, secrets(certs, st[resource.SecretType], versions[resource.SecretType]))
 	}
@@ -199,7 +218,7 @@ func ConfigDump(st xdsclient.State, versions map[string]map[string]string, certs
 
 func (s *Server) configDump(w http.ResponseWriter, _ *http.Request) {
 	st, versions := s.XDS.Resources()
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(ConfigDump(st, versions, s.Certs))
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(ConfigDump(s.Bootstrap, st, versions, s.Certs))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -289,4 +308,48 @@ func (s *Server) stats(w http.ResponseWriter, _ *http.Request) {
 			fmt.Fprintf(w, "%s{%s}: %g\n", f.GetName(), strings.Join(labels, ","), v)
 		}
 	}
+}
+
+// Envoy's log levels as the proxy's slog levels: trace below debug,
+// critical above error, off above everything the proxy logs.
+type envoyLevel struct {
+	name  string
+	level slog.Level
+}
+
+var levels = []envoyLevel{{"trace", slog.LevelDebug - 4}, {"debug", slog.LevelDebug}, {"info", slog.LevelInfo}, {"warning", slog.LevelWarn},
+	{"error", slog.LevelError}, {"critical", slog.LevelError + 4}, {"off", slog.LevelError + 8}}
+
+// loggerName is the proxy's one logger: every part of it logs through it.
+const loggerName = "isthmus"
+
+// logging is Envoy's /logging: POST lists the loggers and their levels;
+// POST ?level=L sets every logger, ?NAME=L one (the proxy has one,
+// isthmus). An unknown logger or level changes nothing and is a 404, as
+// in Envoy.
+func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "this endpoint changes state; use POST", http.StatusMethodNotAllowed)
+		return
+	}
+	for k, v := range r.URL.Query() {
+		if k != "level" && k != loggerName {
+			http.Error(w, fmt.Sprintf("error: unknown logger name %q (the proxy has one logger, %s)", k, loggerName), http.StatusNotFound)
+			return
+		}
+		i := slices.IndexFunc(levels, func(l envoyLevel) bool { return l.name == v[len(v)-1] })
+		if i < 0 {
+			http.Error(w, fmt.Sprintf("error: unknown logger level %q", v[len(v)-1]), http.StatusNotFound)
+			return
+		}
+		s.Level.Set(levels[i].level)
+	}
+	name := "off"
+	for _, l := range levels {
+		if s.Level.Level() <= l.level {
+			name = l.name
+			break
+		}
+	}
+	fmt.Fprintf(w, "active loggers:\n  %s: %s\n", loggerName, name)
 }

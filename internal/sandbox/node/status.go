@@ -72,7 +72,10 @@ func (w *podWorker) status(old corev1.PodStatus) corev1.PodStatus {
 	w.mu.Unlock()
 
 	for _, c := range w.inits {
-		st.InitContainerStatuses = append(st.InitContainerStatuses, c.status())
+		cs := c.status()
+		// The kubelet's reading: an init container that completed is ready.
+		cs.Ready = cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0
+		st.InitContainerStatuses = append(st.InitContainerStatuses, cs)
 	}
 	allReady, allDone, anyFailed, anyRunning := true, true, false, false
 	for _, c := range w.ctrs {

@@ -1,0 +1,238 @@
+package xds
+
+import (
+	"encoding/json"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// istiod's debug types on the ADS stream, which Istio's own istioctl
+// asks over a port-forward to 15012 with a token of istio-system's
+// default service account: proxy-status and version read syncz, and
+// proxy-status POD compares config_dump with the proxy's own.
+
+const (
+	debugPrefix = "istio.io/debug/"
+	// TypeDebugSyncz lists every proxy's sync state (envoy.service.status.v3.ClientConfig).
+	TypeDebugSyncz = debugPrefix + "syncz"
+	// TypeDebugConfigDump is what one proxy (named pod.namespace) was sent,
+	// as the clusters, listeners and routes of Envoy's config dump.
+	TypeDebugConfigDump = debugPrefix + "config_dump"
+)
+
+// ControlPlane is how this control plane names itself in debug answers
+// (istiod's IstioControlPlaneInstance, in each response's control_plane).
+type ControlPlane struct {
+	Component string `json:"Component"`
+	ID        string `json:"ID"`
+	Info      struct {
+		Version string `json:"version"`
+	} `json:"info"`
+}
+
+// serveDebug answers a stream whose first request asked a debug type.
+// It never registers a proxy: the caller is a tool, not a workload. Only
+// a token proves who asks (no answer on the plaintext port), and a
+// caller outside the system namespace sees its own namespace's proxies
+// only, as istiod with its default ENABLE_DEBUG_ENDPOINT_AUTH.
+func (s *Server) serveDebug(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, first *discovery.DiscoveryRequest) error {
+	who, ok := stream.Context().Value(identityKey{}).(Identity)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "debug types are served on the TLS port (15012) to a caller with a service account token")
+	}
+	scope := who.Namespace
+	if s.SystemNamespace != "" && who.Namespace == s.SystemNamespace {
+		scope = ""
+	}
+	s.Log.Info("debug client connected", "caller", who.String(), "type", first.GetTypeUrl())
+	cp, _ := json.Marshal(s.Instance)
+	var sent []string
+	for r := first; ; {
+		url := r.GetTypeUrl()
+		if !strings.HasPrefix(url, debugPrefix) {
+			return status.Errorf(codes.InvalidArgument, "a debug stream serves %s* only, not %q", debugPrefix, url)
+		}
+		// An acknowledgement of an answer asks nothing new.
+		if n := r.GetResponseNonce(); n == "" || !contains(sent, n) {
+			nonce := strconv.Itoa(len(sent) + 1)
+			res, err := s.debug(url, r.GetResourceNames(), scope)
+			if err != nil {
+				return err
+			}
+			if err := stream.Send(&discovery.DiscoveryResponse{TypeUrl: url, VersionInfo: time.Now().UTC().Format(time.RFC3339Nano),
+				Nonce: nonce, Resources: res, ControlPlane: &core.ControlPlane{Identifier: string(cp)}}); err != nil {
+				return err
+			}
+			sent = append(sent, nonce)
+		}
+		var err error
+		if r, err = stream.Recv(); err != nil {
+			return streamEnd(err)
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// debug is the answer to one debug request; scope "" sees every proxy.
+func (s *Server) debug(url string, names []string, scope string) ([]*anypb.Any, error) {
+	switch url {
+	case TypeDebugSyncz:
+		return s.syncz(scope)
+	case TypeDebugConfigDump:
+		if len(names) != 1 {
+			return nil, status.Errorf(codes.InvalidArgument, "%s names exactly one proxy (POD.NAMESPACE), not %d", url, len(names))
+		}
+		// Like istiod: an unknown proxy (or one of another namespace) is an
+		// empty answer, the client says it found no config dump.
+		return s.configDump(names[0], scope), nil
+	}
+	return nil, status.Errorf(codes.Unimplemented, "debug type %q is not served (syncz and config_dump are)", url)
+}
+
+// istioID is istiod's proxy ID: POD.NAMESPACE.
+func istioID(p *proxy) string {
+	if p.Pod == "" {
+		return p.ID
+	}
+	return p.Pod + "." + p.Namespace
+}
+
+// syncz is every proxy in scope as Envoy's CSDS ClientConfig, the node
+// carrying istiod's metadata keys.
+func (s *Server) syncz(scope string) ([]*anypb.Any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.proxies))
+	for k, st := range s.proxies {
+		if scope == "" || st.proxy.Namespace == scope {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	out := make([]*anypb.Any, 0, len(keys))
+	for _, k := range keys {
+		st := s.proxies[k]
+		md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": st.proxy.ClusterID, "NAMESPACE": st.proxy.Namespace, "ISTIO_VERSION": st.proxy.IstioVersion})
+		cc := &statusv3.ClientConfig{Node: &core.Node{Id: istioID(st.proxy), Metadata: md}}
+		urls := make([]string, 0, len(st.sent))
+		for u := range st.sent {
+			urls = append(urls, u)
+		}
+		sort.Strings(urls)
+		for _, u := range urls {
+			x := &statusv3.ClientConfig_GenericXdsConfig{TypeUrl: u, ConfigStatus: st.configStatus(u)}
+			if t, ok := st.sentAt[u]; ok {
+				x.LastUpdated = timestamppb.New(t)
+			}
+			if e := st.nack[u]; e != "" {
+				x.ErrorState = &adminv3.UpdateFailureState{Details: e}
+			}
+			cc.GenericXdsConfigs = append(cc.GenericXdsConfigs, x)
+		}
+		a, err := anypb.New(cc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// configStatus is istiod's reading of a type's state for a proxy.
+func (st *proxyState) configStatus(url string) statusv3.ConfigStatus {
+	switch {
+	case st.nack[url] != "":
+		return statusv3.ConfigStatus_ERROR
+	case st.sent[url] == "":
+		return statusv3.ConfigStatus_NOT_SENT
+	case st.acked[url] == st.sent[url]:
+		return statusv3.ConfigStatus_SYNCED
+	}
+	return statusv3.ConfigStatus_STALE
+}
+
+// configDump is the clusters, listeners and routes of the snapshot the
+// named proxy was last given, as the dynamic sections of Envoy's config
+// dump (the proxy's /config_dump shows the same when it is in sync).
+// Secrets and endpoints are left out: istioctl compares neither, and a
+// gateway's secrets hold private keys.
+func (s *Server) configDump(name, scope string) []*anypb.Any {
+	s.mu.Lock()
+	var snap *snapshot
+	keys := make([]string, 0, len(s.proxies))
+	for k, st := range s.proxies {
+		if istioID(st.proxy) == name && (scope == "" || st.proxy.Namespace == scope) && st.snap != nil {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys) // the same proxy in two clusters: the first, always
+	if len(keys) > 0 {
+		snap = s.proxies[keys[0]].snap
+	}
+	s.mu.Unlock()
+	if snap == nil {
+		return nil
+	}
+	sorted := func(url string) ([]string, map[string]*anypb.Any) {
+		rs := snap.GetResourcesAndTTL(url)
+		names := make([]string, 0, len(rs))
+		anys := make(map[string]*anypb.Any, len(rs))
+		for n, r := range rs {
+			a, err := s.anys.marshalled(r.Resource)
+			if err != nil {
+				continue
+			}
+			names = append(names, n)
+			anys[n] = a
+		}
+		sort.Strings(names)
+		return names, anys
+	}
+	clusters := &adminv3.ClustersConfigDump{VersionInfo: snap.GetVersion(resource.ClusterType)}
+	names, anys := sorted(resource.ClusterType)
+	for _, n := range names {
+		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters,
+			&adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: snap.GetVersion(resource.ClusterType), Cluster: anys[n]})
+	}
+	listeners := &adminv3.ListenersConfigDump{VersionInfo: snap.GetVersion(resource.ListenerType)}
+	names, anys = sorted(resource.ListenerType)
+	for _, n := range names {
+		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{Name: n,
+			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: snap.GetVersion(resource.ListenerType), Listener: anys[n]}})
+	}
+	routes := &adminv3.RoutesConfigDump{}
+	names, anys = sorted(resource.RouteType)
+	for _, n := range names {
+		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs,
+			&adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: snap.GetVersion(resource.RouteType), RouteConfig: anys[n]})
+	}
+	var out []*anypb.Any
+	for _, m := range []proto.Message{clusters, listeners, routes} {
+		if a, err := anypb.New(m); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
