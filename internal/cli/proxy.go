@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/mergedmetrics"
 
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
@@ -182,6 +183,9 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 			if cfg.AppProbers, err = apphealth.Parse(os.Getenv("ISTIO_KUBE_APP_PROBERS")); err != nil {
 				return err
 			}
+			if cfg.AppMetrics, err = mergedmetrics.Parse(os.Getenv("ISTIO_PROMETHEUS_ANNOTATIONS")); err != nil {
+				return err
+			}
 			cfg.AccessLogEncoding = strings.ToUpper(cfg.AccessLogEncoding)
 			if cfg.AccessLogEncoding != "TEXT" && cfg.AccessLogEncoding != "JSON" {
 				return fmt.Errorf("--access-log-encoding %q: want TEXT or JSON", cfg.AccessLogEncoding)
@@ -215,9 +219,9 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin interface")
 	f.StringVar(&cfg.StatusAddr, "status-addr", ":15021", "readiness (/healthz/ready)")
 	f.StringVar(&cfg.StatsAddr, "stats-addr", ":15090", "Prometheus metrics (/stats/prometheus)")
-	f.StringVar(&cfg.AppHealthAddr, "app-health-addr", ":15020", "the application's rewritten kubelet probes (/app-health/...); empty turns it off")
-	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("ACCESS_LOG_FILE"), "write a line per request or connection (Istio's text format) to this file, /dev/stdout for the log stream (env ACCESS_LOG_FILE, from meshConfig.accessLogFile)")
-	f.StringVar(&cfg.AccessLogEncoding, "access-log-encoding", envOr("ACCESS_LOG_ENCODING", "TEXT"), "TEXT (Istio's default line) or JSON (Istio's JSON keys) (env ACCESS_LOG_ENCODING, from meshConfig.accessLogEncoding)")
+	f.StringVar(&cfg.AppHealthAddr, "app-health-addr", ":15020", "the application's rewritten kubelet probes (/app-health/...) and the merged metrics (/stats/prometheus: the proxy's and, from env ISTIO_PROMETHEUS_ANNOTATIONS, the app's); empty turns it off")
+	f.StringVar(&cfg.AccessLog, "access-log", os.Getenv("ACCESS_LOG_FILE"), "write a line per request or connection (Istio's text format) to this file, /dev/stdout for the log stream (env ACCESS_LOG_FILE); a listener's access_log from the control plane (meshConfig.accessLogFile) takes precedence")
+	f.StringVar(&cfg.AccessLogEncoding, "access-log-encoding", envOr("ACCESS_LOG_ENCODING", "TEXT"), "TEXT (Istio's default line) or JSON (Istio's JSON keys) (env ACCESS_LOG_ENCODING)")
 	f.DurationVar(&cfg.DrainDuration, "drain-duration", 5*time.Second, "how long open connections get after SIGTERM (terminationDrainDuration)")
 	return cmd
 }

@@ -16,6 +16,10 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Origin identifies who answered, so a caller can see load balancing.
@@ -173,10 +177,28 @@ func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
 	return json.Unmarshal(body, v)
 }
 
+// The demo app's own metrics, on /metrics: what a Prometheus scrape of
+// its pod finds beside the proxy's when the proxy merges them (15020).
+var (
+	appMetrics = prometheus.NewRegistry()
+	answered   = promauto.With(appMetrics).NewCounter(prometheus.CounterOpts{Name: "demoapp_requests_total", Help: "Requests the demo app answered (not /healthz or /metrics)."})
+)
+
 func baseMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(appMetrics, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// counted counts the requests h answers, but for health and metrics.
+func counted(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/metrics" {
+			answered.Inc()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Serve runs h on addr until ctx ends, then drains for up to 5 s.
@@ -185,7 +207,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: counted(h), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("serving", "addr", l.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()

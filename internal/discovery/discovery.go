@@ -169,6 +169,9 @@ func Run(ctx context.Context, cfg Config) error {
 		Paths:             mesh.Config.GetPathNormalization().GetNormalization(),
 		NumTrustedProxies: mesh.Config.GetDefaultConfig().GetGatewayTopology().GetNumTrustedProxies(),
 		RegistryOnly:      mesh.Config.GetOutboundTrafficPolicy().GetMode() == meshv1alpha1.MeshConfig_OutboundTrafficPolicy_REGISTRY_ONLY, Log: log}
+	if f := mesh.Config.GetAccessLogFile(); f != "" {
+		generator.AccessLog = &proxyview.AccessLog{Path: f, JSON: mesh.Config.GetAccessLogEncoding() == meshv1alpha1.MeshConfig_JSON}
+	}
 	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.
@@ -346,7 +349,7 @@ func grpcServers(serving *ca.ServingCert, auth *ca.KubeAuthenticator) (plain, se
 func webhookServer(cfg Config, mesh *meshconfig.Mesh, serving *ca.ServingCert, log *slog.Logger) *http.Server {
 	injector := &inject.Config{Image: cfg.ProxyImage, Privileged: cfg.ProxyPrivileged, ClusterID: cfg.ClusterID, Network: cfg.Network,
 		DiscoveryAddress: cfg.SidecarDiscoveryAddress, MeshID: mesh.MeshID(), ProxyMetadata: mesh.Config.GetDefaultConfig().GetProxyMetadata(),
-		AccessLogFile: mesh.Config.GetAccessLogFile(), AccessLogEncoding: mesh.Config.GetAccessLogEncoding().String(), Log: log}
+		PrometheusMerge: mesh.Config.GetEnablePrometheusMerge() == nil || mesh.Config.GetEnablePrometheusMerge().GetValue(), Log: log}
 	mux := http.NewServeMux()
 	mux.Handle("/inject", injector.Handler())
 	mux.Handle("/inject/", injector.Handler())

@@ -76,6 +76,9 @@ type MeshConfig struct {
 	// the control plane read them.
 	AccessLogFile     string `json:"accessLogFile"`
 	AccessLogEncoding string `json:"accessLogEncoding"`
+	// EnablePrometheusMerge (default on) points pods' prometheus.io
+	// annotations at the proxy's 15020, which serves the app's metrics too.
+	EnablePrometheusMerge *bool `json:"enablePrometheusMerge"`
 }
 
 // Components are the parts of an install a profile turns on or off.

@@ -1134,7 +1134,7 @@ func (s *h2Stream) record() {
 	ev.Code, ev.Flags, ev.GRPCStatus = s.code, s.flags, s.grpcStatus
 	dur := time.Since(s.start)
 	p.stats.istio.Request(ev, dur, s.in, s.out)
-	if p.opts.AccessLog != nil {
+	if w, js := p.accessLogOf(d.chain); w != nil {
 		a := accessEntry{start: s.start, dur: dur, method: s.method, uri: s.uri, proto: "HTTP/2", code: s.code, flags: s.flags,
 			in: s.in, out: s.out, xff: s.xff, ua: s.ua, requestID: s.reqID, host: s.host, upstream: s.upstream, cluster: s.cluster, d: d}
 		if s.route != nil {
@@ -1143,6 +1143,6 @@ func (s *h2Stream) record() {
 				a.host = s.route.HostRewrite
 			}
 		}
-		p.accessLog(&a)
+		p.accessLog(w, js, &a)
 	}
 }

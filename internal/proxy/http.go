@@ -235,14 +235,14 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	p.sides(ev, inbound, rc.peer, r.Host, rc.cluster)
 	dur := time.Since(start)
 	p.stats.istio.Request(ev, dur, r.ContentLength, rec.bytes)
-	if p.opts.AccessLog != nil {
+	if w, js := p.accessLogOf(d.chain); w != nil {
 		a := accessEntry{start: start, dur: dur, method: r.Method, uri: r.URL.RequestURI(), proto: r.Proto, code: rec.code, flags: rc.flags,
 			in: r.ContentLength, out: rec.bytes, xff: r.Header.Get("X-Forwarded-For"), ua: r.UserAgent(), requestID: r.Header.Get("X-Request-Id"),
 			host: r.Host, upstream: rc.upstream, cluster: rc.cluster, d: d}
 		if rc.r != nil {
 			a.route = rc.r.Name
 		}
-		p.accessLog(&a)
+		p.accessLog(w, js, &a)
 	}
 }
 
@@ -270,9 +270,9 @@ type accessEntry struct {
 }
 
 // accessLog writes Istio's default text access log line, or its JSON.
-func (p *Proxy) accessLog(a *accessEntry) {
-	if p.opts.AccessLogJSON {
-		p.writeAccessLog(accessJSON(map[string]any{
+func (p *Proxy) accessLog(w io.Writer, js bool, a *accessEntry) {
+	if js {
+		p.writeAccessLog(w, accessJSON(map[string]any{
 			"start_time": a.start.UTC().Format(accessTime), "method": a.method, "path": a.uri, "protocol": a.proto,
 			"response_code": a.code, "response_flags": orDash(a.flags), "bytes_received": max(a.in, 0), "bytes_sent": a.out,
 			"duration": a.dur.Milliseconds(), "x_forwarded_for": orNil(a.xff), "user_agent": orNil(a.ua), "request_id": orNil(a.requestID),
@@ -285,7 +285,7 @@ func (p *Proxy) accessLog(a *accessEntry) {
 		a.start.UTC().Format(accessTime), a.method, a.uri, a.proto, a.code, orDash(a.flags),
 		max(a.in, 0), a.out, a.dur.Milliseconds(), orDash(a.xff), orDash(a.ua), orDash(a.requestID),
 		a.host, orDash(a.upstream), orDash(a.cluster), a.d.dst, a.d.conn.RemoteAddr(), orDash(a.route))
-	p.writeAccessLog(line)
+	p.writeAccessLog(w, line)
 }
 
 // accessTime is how access log lines write their start time (Envoy's

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,13 +125,58 @@ type Proxy struct {
 	caFiles      sync.Map // path -> *caFile: trust bundles TLS origination reads
 	h2Conns      sync.Map // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
+	logFiles     sync.Map // path -> io.Writer: access logs the control plane named
 }
 
 // writeAccessLog writes one line; concurrent requests do not interleave.
-func (p *Proxy) writeAccessLog(line string) {
+func (p *Proxy) writeAccessLog(w io.Writer, line string) {
 	p.logMu.Lock()
-	_, _ = io.WriteString(p.opts.AccessLog, line)
+	_, _ = io.WriteString(w, line)
 	p.logMu.Unlock()
+}
+
+// accessLogOf is where a chain's requests or connections are logged and
+// whether as JSON: the chain's own access log (meshConfig's, through the
+// control plane, so a change reaches running proxies), else as the proxy
+// was started (--access-log); nil: not logged.
+func (p *Proxy) accessLogOf(c *config.Chain) (io.Writer, bool) {
+	var al *config.AccessLog
+	switch {
+	case c == nil:
+	case c.HTTP != nil:
+		al = c.HTTP.AccessLog
+	case c.TCP != nil:
+		al = c.TCP.AccessLog
+	}
+	if al == nil {
+		return p.opts.AccessLog, p.opts.AccessLogJSON
+	}
+	return p.logFile(al.Path), al.JSON
+}
+
+// logFile opens an access log once (stdout and stderr are the process's);
+// a path that cannot be opened is written nowhere, said once.
+func (p *Proxy) logFile(path string) io.Writer {
+	if w, ok := p.logFiles.Load(path); ok {
+		return w.(io.Writer)
+	}
+	var w io.Writer
+	switch path {
+	case "/dev/stdout":
+		w = os.Stdout
+	case "/dev/stderr":
+		w = os.Stderr
+	default:
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			p.opts.Log.Warn("access log not written", "path", path, "err", err)
+			w = io.Discard
+		} else {
+			w = f
+		}
+	}
+	actual, _ := p.logFiles.LoadOrStore(path, w)
+	return actual.(io.Writer)
 }
 
 // runtime is a snapshot plus what the data path derives from it.

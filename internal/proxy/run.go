@@ -25,6 +25,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/dnsproxy"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/mergedmetrics"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
@@ -108,6 +109,10 @@ type RunConfig struct {
 	// (Istio's 15020 /app-health/...) from AppProbers.
 	AppHealthAddr string
 	AppProbers    apphealth.Probers
+	// AppMetrics is where the application serves its metrics, which the
+	// app health port's /stats/prometheus merges with the proxy's (nil:
+	// the proxy's alone).
+	AppMetrics *mergedmetrics.App
 	// AccessLog is where request lines go ("" for none, /dev/stdout as
 	// meshConfig.accessLogFile usually says).
 	AccessLog string
@@ -253,6 +258,11 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	})
 	stats := http.NewServeMux()
 	stats.Handle("/stats/prometheus", promhttp.HandlerFor(p.Metrics(), promhttp.HandlerOpts{}))
+	// 15020: the app's rewritten probes, and the merged metrics the pod's
+	// prometheus.io annotations point at.
+	appPort := http.NewServeMux()
+	appPort.Handle(mergedmetrics.Path, mergedmetrics.Handler(p.Metrics(), cfg.AppMetrics, p.Metrics(), log))
+	appPort.Handle("/", cfg.AppProbers.Handler())
 	// When the group stops, the proxy drains; the ports close after it.
 	drained := make(chan struct{})
 	g.Go("drain", func(ctx context.Context) error {
@@ -269,7 +279,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	for _, s := range []struct {
 		name, addr string
 		h          http.Handler
-	}{{"admin", cfg.AdminAddr, adm.Handler()}, {"status", cfg.StatusAddr, status}, {"stats", cfg.StatsAddr, stats}, {"app health", cfg.AppHealthAddr, cfg.AppProbers.Handler()}} {
+	}{{"admin", cfg.AdminAddr, adm.Handler()}, {"status", cfg.StatusAddr, status}, {"stats", cfg.StatsAddr, stats}, {"app health", cfg.AppHealthAddr, appPort}} {
 		if s.addr == "" {
 			continue
 		}

@@ -272,13 +272,13 @@ func (p *Proxy) proxyTCP(rt *runtime, d *downstream) {
 	}
 	sent, recv := tcpproxy.Pipe(down, up, idle)
 	closed(sent, recv)
-	if p.opts.AccessLog != nil && p.opts.AccessLogJSON {
-		p.writeAccessLog(accessJSON(map[string]any{"start_time": start.UTC().Format(accessTime),
+	if w, js := p.accessLogOf(d.chain); w != nil && js {
+		p.writeAccessLog(w, accessJSON(map[string]any{"start_time": start.UTC().Format(accessTime),
 			"response_code": 0, "response_flags": "-", "bytes_received": sent, "bytes_sent": recv, "duration": time.Since(start).Milliseconds(),
 			"upstream_host": up.RemoteAddr().String(), "upstream_cluster": cl, "downstream_local_address": d.dst.String(),
 			"downstream_remote_address": d.conn.RemoteAddr().String()}))
-	} else if p.opts.AccessLog != nil {
-		p.writeAccessLog(fmt.Sprintf("[%s] \"- - -\" 0 - - - \"-\" %d %d %d - \"-\" \"-\" \"-\" \"-\" \"%s\" %s - %s %s - -\n",
+	} else if w != nil {
+		p.writeAccessLog(w, fmt.Sprintf("[%s] \"- - -\" 0 - - - \"-\" %d %d %d - \"-\" \"-\" \"-\" \"-\" \"%s\" %s - %s %s - -\n",
 			start.UTC().Format(accessTime), sent, recv, time.Since(start).Milliseconds(), up.RemoteAddr(), cl, d.dst, d.conn.RemoteAddr()))
 	}
 }

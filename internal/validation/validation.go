@@ -56,7 +56,7 @@ var kinds = map[string]kind{
 		"selector", "servers", "servers.port", "servers.port.number", "servers.port.protocol", "servers.port.name", "servers.hosts", "servers.name",
 		"servers.tls", "servers.tls.mode", "servers.tls.credential_name", "servers.tls.https_redirect"})},
 	"networking.istio.io/VirtualService": {new: func() proto.Message { return &networking.VirtualService{} }, check: checkVirtualService, supported: fields(
-		[]string{"hosts", "gateways", "http", "http.name", "http.match", "http.match.name", "http.match.port", "http.match.gateways", "http.route", "http.timeout",
+		[]string{"hosts", "gateways", "http", "http.name", "http.match", "http.match.name", "http.match.port", "http.match.gateways", "http.match.source_namespace", "http.route", "http.timeout",
 			"http.retries", "http.retries.attempts", "http.retries.per_try_timeout", "http.retries.retry_on",
 			"http.fault", "http.fault.delay", "http.fault.delay.fixed_delay", "http.fault.delay.percentage", "http.fault.delay.percentage.value",
 			"http.fault.abort", "http.fault.abort.http_status", "http.fault.abort.percentage", "http.fault.abort.percentage.value",

@@ -2,6 +2,7 @@ package contract
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -718,4 +719,59 @@ func routeTable(t *testing.T, reg *registry.Registry, vs *networkingv1.VirtualSe
 		t.Errorf("warnings: %v", warnings)
 	}
 	return snap.Routes[rc.Name]
+}
+
+// meshConfig's access log reaches every chain the control plane sends,
+// HTTP and TCP, outbound and inbound, as the file and format the proxy
+// writes; without one, chains name none (the proxy's own flag decides).
+func TestAccessLogOnEveryChain(t *testing.T) {
+	reg := registry.New()
+	h := "profile.test.svc.cluster.local"
+	ports := []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}, {Name: "tcp", Port: 7070, Protocol: "TCP", AppProtocol: "tcp"}}
+	reg.SetService("c1", h, &registry.Service{Namespace: "test", Name: "profile", Hostname: h, ClusterIP: "10.96.0.10", Ports: ports})
+	reg.SetEndpoints("c1", h, []registry.Endpoint{{Address: "10.64.0.5", Ports: map[string]int32{"http": 8080, "tcp": 7070}, Cluster: "c1", Network: "n1", TLSMode: "istio", Ready: true}})
+	p, err := proxyview.ParseNode(&core.Node{Id: "sidecar~10.64.0.5~profile-1.test~test.svc.cluster.local", Metadata: proxyview.NodeMetadata(map[string]string{"NETWORK": "n1"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []*config.AccessLog{nil, {Path: "/dev/stdout", JSON: true}, {Path: "/var/log/mesh.log"}} {
+		g := &proxyview.Generator{Registry: reg}
+		if want != nil {
+			g.AccessLog = &proxyview.AccessLog{Path: want.Path, JSON: want.JSON}
+		}
+		gen := g.View(p)
+		in, _ := g.Inbound(g.InboundIndex(reg.Services()).For("test", "10.64.0.5"), proxyview.InboundPolicy{})
+		rs := config.Resources{resource.ListenerType: {}}
+		for _, l := range append(gen.Listeners, in) {
+			rs[resource.ListenerType][cacheName(l)] = mustAny(l.(proto.Message))
+		}
+		snap, _, err := config.Build(rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chains := 0
+		for name, l := range snap.Listeners {
+			for _, c := range append(slices.Clone(l.Chains), l.Default) {
+				if c == nil {
+					continue
+				}
+				var got *config.AccessLog
+				switch {
+				case c.HTTP != nil:
+					got = c.HTTP.AccessLog
+				case c.TCP != nil:
+					got = c.TCP.AccessLog
+				default:
+					continue
+				}
+				chains++
+				if (got == nil) != (want == nil) || (got != nil && *got != *want) {
+					t.Errorf("access log %+v: listener %s chain has %+v", want, name, got)
+				}
+			}
+		}
+		if chains < 4 {
+			t.Errorf("only %d chains checked", chains)
+		}
+	}
 }

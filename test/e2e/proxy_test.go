@@ -680,14 +680,14 @@ func TestSidecarsAndRouter(t *testing.T) {
 		var dump struct {
 			Configs []map[string]any `json:"configs"`
 		}
-		if err := json.Unmarshal([]byte(adminGet(nsSleep, "/config_dump")), &dump); err != nil || len(dump.Configs) != 5 {
-			t.Fatalf("config_dump: %v %d sections, want clusters, listeners, routes, endpoints and secrets", err, len(dump.Configs))
+		if err := json.Unmarshal([]byte(adminGet(nsSleep, "/config_dump")), &dump); err != nil || len(dump.Configs) != 7 {
+			t.Fatalf("config_dump: %v %d sections, want bootstrap, clusters, ECDS, listeners, routes, endpoints and secrets", err, len(dump.Configs))
 		}
-		if dump.Configs[4]["@type"] != "type.googleapis.com/envoy.admin.v3.SecretsConfigDump" {
-			t.Errorf("last config %v, want the SDS secrets", dump.Configs[4]["@type"])
-		}
-		if dump.Configs[0]["@type"] != "type.googleapis.com/envoy.admin.v3.ClustersConfigDump" {
-			t.Errorf("first config %v", dump.Configs[0]["@type"])
+		// Envoy's order of sections.
+		for i, typ := range []string{"Bootstrap", "Clusters", "Ecds", "Listeners", "Routes", "Endpoints", "Secrets"} {
+			if got := dump.Configs[i]["@type"]; got != "type.googleapis.com/envoy.admin.v3."+typ+"ConfigDump" {
+				t.Errorf("config %d is %v, want %sConfigDump", i, got, typ)
+			}
 		}
 		if !strings.Contains(adminGet(nsSleep, "/clusters"), proxyview.OutboundCluster(8080, "", profHost)+"::"+ipProfile+":8080::health_flags::healthy") {
 			t.Errorf("clusters:\n%s", adminGet(nsSleep, "/clusters"))

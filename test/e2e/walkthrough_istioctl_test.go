@@ -82,7 +82,7 @@ spec:
 		ok := eventuallyOK(func() bool {
 			out = run(t, "proxy-status")
 			return strings.Contains(out, "ISTIOD") &&
-				regexp.MustCompile(sleep+`\.multicluster\s+cluster-eks\s+`+istiod+`\s+\S+\s+4 \(CDS,LDS,EDS,RDS\)`).MatchString(out) &&
+				regexp.MustCompile(sleep+`\.multicluster\s+cluster-eks\s+`+istiod+`\s+\S+\s+\d \(CDS,LDS,EDS,RDS[,A-Z]*\)`).MatchString(out) &&
 				regexp.MustCompile(aksProfile+`\.multicluster\s+cluster-aks\s+`+istiod).MatchString(out) &&
 				regexp.MustCompile(`istio-eastwestgateway-\S+\.istio-system\s+cluster-aks`).MatchString(out)
 		})

@@ -51,6 +51,20 @@ func (w *walkthrough) sleepCalls(t *testing.T, from, url string, n int) []profil
 	return answers(out)
 }
 
+// installPrimary installs cluster-eks again as the walkthrough did, with
+// --set values (none: back to the walkthrough's own); the control plane
+// restarts with a changed mesh config.
+func (w *walkthrough) installPrimary(t *testing.T, sets ...string) {
+	t.Helper()
+	args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml"), "--set", "hub=" + walkthroughHub, "--set", "tag=e2e"}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	if r := isthmus(t, 5*time.Minute, append(append(args, "--context", "cluster-eks", "-y"), w.kc...)...); r.err != nil {
+		t.Fatalf("install %v: %v\n%s", sets, r.err, r.stderr)
+	}
+}
+
 // kindsArea: services that are not the walkthrough's HTTP ones, present in
 // both clusters, called from a sleep in each cluster under STRICT mTLS
 // mesh-wide (STRICT refuses plaintext, so every answer came over mTLS).
@@ -329,16 +343,7 @@ spec:
   endpoints: [{address: 198.18.0.2}]
 `)
 		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "serviceentry", "registry")
-		install := func(sets ...string) {
-			t.Helper()
-			args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml"), "--set", "hub=" + walkthroughHub, "--set", "tag=e2e"}
-			for _, s := range sets {
-				args = append(args, "--set", s)
-			}
-			if r := isthmus(t, 5*time.Minute, append(append(args, "--context", "cluster-eks", "-y"), w.kc...)...); r.err != nil {
-				t.Fatalf("install %v: %v\n%s", sets, r.err, r.stderr)
-			}
-		}
+		install := func(sets ...string) { w.installPrimary(t, sets...) }
 		code := func(from, args string) string {
 			out, _ := e.kubectl(from, "", "-n", "multicluster", "exec", "deploy/sleep", "-c", "sleep", "--", "sh", "-c",
 				"curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "+args)

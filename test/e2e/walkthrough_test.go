@@ -116,6 +116,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	egressArea(t, w)
 	istiodArea(t, w)
 	istioctlArea(t, w)
+	telemetryArea(t, w)
 	operationsArea(t, w)
 	cloudArea(t, w)
 }

@@ -69,10 +69,11 @@ type Config struct {
 	// (ISTIO_META_DNS_CAPTURE=true also makes the init container send the
 	// app's DNS to the sidecar).
 	ProxyMetadata map[string]string
-	// AccessLogFile and AccessLogEncoding are meshConfig's: every proxy
-	// writes its access log there (ACCESS_LOG_FILE, ACCESS_LOG_ENCODING).
-	AccessLogFile, AccessLogEncoding string
-	Log                              *slog.Logger
+	// PrometheusMerge is meshConfig.enablePrometheusMerge (Istio's default
+	// on): pods are scraped at the proxy's 15020, which serves the app's
+	// metrics with its own.
+	PrometheusMerge bool
+	Log             *slog.Logger
 }
 
 // Handler serves AdmissionReview v1 requests.
@@ -166,8 +167,11 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 	ops = append(ops,
 		op{"add", "/metadata/labels/" + escape(LabelTLSMode), "istio"},
 		op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`})
-	if pod.Labels["service.istio.io/canonical-name"] == "" {
-		ops = append(ops, op{"add", "/metadata/labels/" + escape("service.istio.io/canonical-name"), canonicalName(pod)})
+	ops = append(ops, canonicalLabels(pod)...)
+	if c.mergeMetrics(pod) {
+		for k, v := range map[string]string{annScrape: "true", annPort: "15020", annPath: "/stats/prometheus"} {
+			ops = append(ops, op{"add", "/metadata/annotations/" + escape(k), v})
+		}
 	}
 	if network != "" && pod.Labels[LabelNetwork] == "" {
 		// As Istio's template: the pod says its network, which the control
@@ -209,12 +213,13 @@ func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, networ
 	if pod.Annotations == nil {
 		ops = append(ops, op{"add", "/metadata/annotations", map[string]string{}})
 	}
+	if pod.Labels == nil {
+		ops = append(ops, op{"add", "/metadata/labels", map[string]string{}})
+	}
+	// As for sidecars (Istio labels every template's pods): the gateway's
+	// name and revision in metrics, and its network, which peers read.
+	ops = append(ops, canonicalLabels(pod)...)
 	if network != "" && pod.Labels[LabelNetwork] == "" {
-		// As for sidecars (Istio labels every template's pods): a
-		// gateway's endpoints are on its network, which peers read.
-		if pod.Labels == nil {
-			ops = append(ops, op{"add", "/metadata/labels", map[string]string{}})
-		}
 		ops = append(ops, op{"add", "/metadata/labels/" + escape(LabelNetwork), network})
 	}
 	ops = append(ops, op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`})
@@ -241,7 +246,7 @@ func volumes() []op {
 var injectorOwned = map[string]bool{
 	"POD_NAME": true, "POD_NAMESPACE": true, "INSTANCE_IP": true, "SERVICE_ACCOUNT": true, "DISCOVERY_ADDRESS": true, "CA_ADDR": true,
 	"ISTIO_META_CLUSTER_ID": true, "ISTIO_META_NETWORK": true, "ISTIO_META_WORKLOAD_NAME": true, "ISTIO_META_MESH_ID": true,
-	"ISTIO_METAJSON_LABELS": true, "ISTIO_KUBE_APP_PROBERS": true,
+	"ISTIO_METAJSON_LABELS": true, "ISTIO_KUBE_APP_PROBERS": true, "ISTIO_PROMETHEUS_ANNOTATIONS": true,
 }
 
 // podProxyConfig reads the pod's proxy.istio.io/config: its proxyMetadata,
@@ -291,6 +296,41 @@ func (c *Config) proxyMetadata(pod *corev1.Pod) (map[string]string, error) {
 
 // escape is JSON Pointer escaping for a map key.
 func escape(k string) string { return strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1") }
+
+// Prometheus's pod annotations.
+const (
+	annScrape = "prometheus.io/scrape"
+	annPort   = "prometheus.io/port"
+	annPath   = "prometheus.io/path"
+)
+
+// mergeMetrics: Istio merges unless the mesh turned it off or the pod
+// said it is not to be scraped (prometheus.io/scrape: "false"), which
+// stays as it is.
+func (c *Config) mergeMetrics(pod *corev1.Pod) bool {
+	return c.PrometheusMerge && pod.Annotations[annScrape] != "false"
+}
+
+// canonicalLabels are Istio's service.istio.io/canonical-name and
+// canonical-revision where the pod has none: what metrics and Kiali group
+// workloads by (source_canonical_service, ..._canonical_revision).
+func canonicalLabels(pod *corev1.Pod) []op {
+	var ops []op
+	if pod.Labels["service.istio.io/canonical-name"] == "" {
+		ops = append(ops, op{"add", "/metadata/labels/" + escape("service.istio.io/canonical-name"), canonicalName(pod)})
+	}
+	if pod.Labels["service.istio.io/canonical-revision"] == "" {
+		rev := "latest"
+		for _, k := range []string{"app.kubernetes.io/version", "version"} {
+			if v := pod.Labels[k]; v != "" {
+				rev = v
+				break
+			}
+		}
+		ops = append(ops, op{"add", "/metadata/labels/" + escape("service.istio.io/canonical-revision"), rev})
+	}
+	return ops
+}
 
 // canonicalName is the app's name for metrics: the app label, else the pod's owner name.
 func canonicalName(p *corev1.Pod) string {
@@ -344,10 +384,18 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 	if labels, err := json.Marshal(pod.Labels); err == nil && len(pod.Labels) > 0 {
 		env = append(env, corev1.EnvVar{Name: "ISTIO_METAJSON_LABELS", Value: string(labels)})
 	}
-	if c.AccessLogFile != "" {
-		env = append(env, corev1.EnvVar{Name: "ACCESS_LOG_FILE", Value: c.AccessLogFile})
-		if c.AccessLogEncoding != "" {
-			env = append(env, corev1.EnvVar{Name: "ACCESS_LOG_ENCODING", Value: c.AccessLogEncoding})
+	if c.mergeMetrics(pod) {
+		// Where the app said it serves metrics, before the annotations
+		// are pointed at the proxy.
+		own := map[string]string{}
+		for k, short := range map[string]string{annScrape: "scrape", annPort: "port", annPath: "path"} {
+			if v, ok := pod.Annotations[k]; ok {
+				own[short] = v
+			}
+		}
+		if len(own) > 0 {
+			b, _ := json.Marshal(own)
+			env = append(env, corev1.EnvVar{Name: "ISTIO_PROMETHEUS_ANNOTATIONS", Value: string(b)})
 		}
 	}
 	// The mesh's proxyMetadata under the pod's, except what the injector

@@ -267,14 +267,42 @@ func TestPodProxyConfig(t *testing.T) {
 
 // meshConfig accessLogFile and accessLogEncoding reach every proxy, over
 // a pod's proxyMetadata; without them no access log is asked for.
-func TestAccessLogSettings(t *testing.T) {
-	defer func(f, e string) { cfg.AccessLogFile, cfg.AccessLogEncoding = f, e }(cfg.AccessLogFile, cfg.AccessLogEncoding)
-	if got := env(review(t, "/inject", appPod()).Spec.Containers[1], "ACCESS_LOG_FILE"); got != "" {
-		t.Errorf("ACCESS_LOG_FILE=%q without meshConfig.accessLogFile", got)
+// enablePrometheusMerge: the pod is scraped at the proxy's 15020, and the
+// proxy learns where the app serves its own metrics; a pod not to be
+// scraped is left alone. Kiali's canonical labels are set either way.
+func TestPrometheusMergeAndCanonicalLabels(t *testing.T) {
+	defer func(m bool) { cfg.PrometheusMerge = m }(cfg.PrometheusMerge)
+	cfg.PrometheusMerge = true
+	pod := appPod()
+	pod.Labels["version"] = "v2"
+	pod.Annotations = map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "9090"}
+	got := review(t, "/inject", pod)
+	for k, want := range map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus"} {
+		if got.Annotations[k] != want {
+			t.Errorf("%s=%q, want %q", k, got.Annotations[k], want)
+		}
 	}
-	cfg.AccessLogFile, cfg.AccessLogEncoding = "/dev/stdout", "JSON"
-	proxy := review(t, "/inject", appPod()).Spec.Containers[1]
-	if env(proxy, "ACCESS_LOG_FILE") != "/dev/stdout" || env(proxy, "ACCESS_LOG_ENCODING") != "JSON" {
-		t.Errorf("access log env: file %q encoding %q", env(proxy, "ACCESS_LOG_FILE"), env(proxy, "ACCESS_LOG_ENCODING"))
+	if e := env(got.Spec.Containers[1], "ISTIO_PROMETHEUS_ANNOTATIONS"); e != `{"port":"9090","scrape":"true"}` {
+		t.Errorf("ISTIO_PROMETHEUS_ANNOTATIONS=%q", e)
+	}
+	if got.Labels["service.istio.io/canonical-name"] != "profile" || got.Labels["service.istio.io/canonical-revision"] != "v2" {
+		t.Errorf("canonical labels %v", got.Labels)
+	}
+	// Without annotations of its own: scraped at 15020, nothing to merge.
+	plain := review(t, "/inject", appPod())
+	if plain.Annotations["prometheus.io/port"] != "15020" || env(plain.Spec.Containers[1], "ISTIO_PROMETHEUS_ANNOTATIONS") != "" {
+		t.Errorf("annotations %v, env %q", plain.Annotations, env(plain.Spec.Containers[1], "ISTIO_PROMETHEUS_ANNOTATIONS"))
+	}
+	if plain.Labels["service.istio.io/canonical-revision"] != "latest" {
+		t.Errorf("canonical revision %q, want latest", plain.Labels["service.istio.io/canonical-revision"])
+	}
+	off := appPod()
+	off.Annotations = map[string]string{"prometheus.io/scrape": "false"}
+	if got := review(t, "/inject", off); got.Annotations["prometheus.io/port"] != "" || env(got.Spec.Containers[1], "ISTIO_PROMETHEUS_ANNOTATIONS") != "" {
+		t.Errorf("a pod not to be scraped: %v", got.Annotations)
+	}
+	cfg.PrometheusMerge = false
+	if got := review(t, "/inject", appPod()); got.Annotations["prometheus.io/scrape"] != "" {
+		t.Errorf("merge off: %v", got.Annotations)
 	}
 }

@@ -34,7 +34,10 @@ type Generator struct {
 	JWKS func(uri string) string
 	// RegistryOnly is meshConfig outboundTrafficPolicy REGISTRY_ONLY.
 	RegistryOnly bool
-	Log          *slog.Logger
+	// AccessLog is meshConfig accessLogFile and accessLogEncoding (nil:
+	// none), on every listener's filters.
+	AccessLog *AccessLog
+	Log       *slog.Logger
 
 	warned     sync.Map // message -> struct{}
 	warnedNoGW sync.Map // network -> struct{}
@@ -46,7 +49,9 @@ func (g *Generator) View(p *Proxy) Generated {
 	if p.Generator == GeneratorGRPC {
 		return GenerateGRPC(p, g.Registry, g.noGateway)
 	}
-	return Generate(p, g.Registry, g.Config, g.Domain, g.noGateway, g.warn)
+	gen := Generate(p, g.Registry, g.Config, g.Domain, g.noGateway, g.warn)
+	withAccessLog(g.AccessLog, gen.Listeners)
+	return gen
 }
 
 // Endpoints is the load assignments of services in p's view again, after
@@ -104,7 +109,9 @@ func (g *Generator) InboundPolicy(p *Proxy) InboundPolicy {
 
 // Inbound is a sidecar's own part: virtualInbound and its clusters.
 func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types.Resource) {
-	return Inbound(ports, pol)
+	l, clusters := Inbound(ports, pol)
+	withAccessLog(g.AccessLog, []types.Resource{l})
+	return l, clusters
 }
 
 // Scope is p with the Sidecar resource that applies to it (sidecars

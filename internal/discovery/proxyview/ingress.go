@@ -237,7 +237,7 @@ func inline(b []byte) *core.DataSource {
 // a host), with its http routes.
 func (in *ingress) addHosts(rc *route.RouteConfiguration, gw *networkingv1.Gateway, srv *apinetworking.Server, redirect bool) {
 	port := srv.GetPort().GetNumber()
-	scope := routeScope{gateway: gw.Namespace + "/" + gw.Name, port: int32(port), destPort: func(host string) int32 {
+	scope := routeScope{gateway: gw.Namespace + "/" + gw.Name, namespace: in.p.Namespace, port: int32(port), destPort: func(host string) int32 {
 		if ps := in.ports(host); len(ps) == 1 {
 			return ps[0]
 		}

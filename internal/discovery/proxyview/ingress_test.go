@@ -165,3 +165,36 @@ func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
 
 func (ingressConfig) RequestAuthentications() []*securityv1.RequestAuthentication { return nil }
 func (ingressConfig) Sidecars() []*networkingv1.Sidecar                           { return nil }
+
+// A match's sourceNamespace: the route is in the route tables of that
+// namespace's sidecars only, as Istio generates it.
+func TestSourceNamespace(t *testing.T) {
+	reg := registry.New()
+	h := "profile.shop.svc.cluster.local"
+	reg.SetService("c1", h, &registry.Service{Namespace: "shop", Name: "profile", Hostname: h, Ports: []registry.Port{{Name: "http", Port: 8080, Protocol: "TCP", AppProtocol: "http"}}})
+	cfg := ingressConfig{vss: []*networkingv1.VirtualService{{ObjectMeta: metav1.ObjectMeta{Name: "profile", Namespace: "shop"},
+		Spec: apinetworking.VirtualService{Hosts: []string{"profile"}, Http: []*apinetworking.HTTPRoute{
+			{Name: "from-web", Match: []*apinetworking.HTTPMatchRequest{{SourceNamespace: "web"}}, Route: []*apinetworking.HTTPRouteDestination{{Destination: &apinetworking.Destination{Host: "profile"}}},
+				Fault: &apinetworking.HTTPFaultInjection{Abort: &apinetworking.HTTPFaultInjection_Abort{ErrorType: &apinetworking.HTTPFaultInjection_Abort_HttpStatus{HttpStatus: 418}, Percentage: &apinetworking.Percent{Value: 100}}}},
+			{Name: "rest", Route: []*apinetworking.HTTPRouteDestination{{Destination: &apinetworking.Destination{Host: "profile"}}}},
+		}}}}}
+	names := func(ns string) []string {
+		var out []string
+		for _, r := range SidecarRoutes(ns, "c1", reg.Services(), cfg, "istio-system", "cluster.local", func(string) {}) {
+			for _, vh := range r.(*route.RouteConfiguration).VirtualHosts {
+				if vh.Name == h+":8080" {
+					for _, rt := range vh.Routes {
+						out = append(out, rt.Name)
+					}
+				}
+			}
+		}
+		return out
+	}
+	if got := names("web"); !slices.Equal(got, []string{"from-web", "rest"}) {
+		t.Errorf("namespace web's routes: %v", got)
+	}
+	if got := names("shop"); !slices.Equal(got, []string{"rest"}) {
+		t.Errorf("namespace shop's routes: %v, want only rest", got)
+	}
+}

@@ -288,7 +288,7 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 			}
 			var routes []*route.Route
 			if vs := byHost[svc.Hostname]; vs != nil {
-				routes = vsRoutes(vs, meshScope(port.Port, hash), domain, warn)
+				routes = vsRoutes(vs, meshScope(namespace, port.Port, hash), domain, warn)
 			} else {
 				routes = []*route.Route{{
 					Name:  "default",

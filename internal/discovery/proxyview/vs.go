@@ -143,7 +143,10 @@ func indexByHost[T metav1.Object](objs []T, hosts func(T) []string, domain strin
 // port field compares with, and the port of a destination that names none.
 type routeScope struct {
 	gateway string
-	port    int32
+	// namespace is the proxies' the routes are for (a match's
+	// sourceNamespace).
+	namespace string
+	port      int32
 	// destPort resolves a destination without port; 0 means unresolved.
 	destPort func(host string) int32
 	// hash gives a destination's hash policy (consistentHash); may be nil.
@@ -151,8 +154,8 @@ type routeScope struct {
 }
 
 // meshScope is a sidecar's view of one service port.
-func meshScope(port int32, hash func(string, int32) []*route.RouteAction_HashPolicy) routeScope {
-	return routeScope{gateway: "mesh", port: port, destPort: func(string) int32 { return port }, hash: hash}
+func meshScope(namespace string, port int32, hash func(string, int32) []*route.RouteAction_HashPolicy) routeScope {
+	return routeScope{gateway: "mesh", namespace: namespace, port: port, destPort: func(string) int32 { return port }, hash: hash}
 }
 
 // vsRoutes turns a VirtualService's http routes into the routes of one
@@ -227,6 +230,11 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			if m != nil && len(m.GetGateways()) > 0 && !slices.ContainsFunc(m.GetGateways(), func(g string) bool { return sameGateway(g, vs.Namespace, scope.gateway) }) {
 				continue
 			}
+			// As Istio: a match for another source namespace is no route of
+			// these proxies.
+			if m != nil && m.GetSourceNamespace() != "" && m.GetSourceNamespace() != scope.namespace {
+				continue
+			}
 			rm, ok := routeMatch(m, func(msg string) { warn(where + " http[" + name + "] match " + strconv.Itoa(j) + ": " + msg) })
 			if !ok {
 				continue
@@ -258,8 +266,8 @@ func routeMatch(m *apinetworking.HTTPMatchRequest, warn func(string)) (*route.Ro
 	if m == nil {
 		return rm, true
 	}
-	if len(m.GetSourceLabels()) > 0 || m.GetSourceNamespace() != "" {
-		warn("sourceLabels and sourceNamespace are not supported; this match never applies")
+	if len(m.GetSourceLabels()) > 0 {
+		warn("sourceLabels is not supported; this match never applies")
 		return nil, false
 	}
 	switch x := m.GetUri().GetMatchType().(type) {

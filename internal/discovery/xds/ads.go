@@ -293,6 +293,24 @@ func (s *Server) sotwRequest(c *adsConn, r *discovery.DiscoveryRequest) error {
 	return nil
 }
 
+// holdsAll tells whether a reconnecting incremental client said it has
+// every name it wants (nothing to send then means it is up to date, not
+// that it waits for names that do not exist yet).
+func (w *adsWatch) holdsAll() bool {
+	if len(w.initial) == 0 {
+		return false
+	}
+	if w.names == nil {
+		return w.wildcard
+	}
+	for n := range w.names.m {
+		if _, ok := w.initial[n]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // same tells whether names are the watch's names: state-of-the-world
 // clients repeat every name in every request, and usually nothing new.
 func (w *adsWatch) same(names []string) bool {
@@ -385,8 +403,8 @@ func (s *Server) flush(c *adsConn, send sender) error {
 		full := c.fullState(url)
 		owed := w.first && (!c.delta || w.wildcard)
 		if len(names) == 0 && len(removed) == 0 && !owed && !(full && !same) {
-			if w.first {
-				// A reconnecting client that already holds all of it.
+			if w.first && w.holdsAll() && slices.Contains(pushOrder, url) {
+				// A reconnecting client that already holds all it wants.
 				s.upToDate(c, url, snap.GetVersion(url))
 			}
 			w.sent, w.first, w.fresh = snap, false, nil

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"encoding/json"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,40 +61,51 @@ func (s *Server) serveDebug(stream discovery.AggregatedDiscoveryService_StreamAg
 	}
 	s.Log.Info("debug client connected", "caller", who.String(), "type", first.GetTypeUrl())
 	cp, _ := json.Marshal(s.Instance)
-	var sent []string
+	var (
+		answered  int    // nonces are 1..answered
+		lastURL   string // what the last answer answered
+		lastNames []string
+		next      time.Time
+	)
 	for r := first; ; {
 		url := r.GetTypeUrl()
 		if !strings.HasPrefix(url, debugPrefix) {
 			return status.Errorf(codes.InvalidArgument, "a debug stream serves %s* only, not %q", debugPrefix, url)
 		}
-		// An acknowledgement of an answer asks nothing new.
-		if n := r.GetResponseNonce(); n == "" || !contains(sent, n) {
-			nonce := strconv.Itoa(len(sent) + 1)
+		// The acknowledgement of an answer (its nonce, the same question)
+		// asks nothing new.
+		n, err := strconv.Atoi(r.GetResponseNonce())
+		ack := err == nil && n >= 1 && n <= answered && url == lastURL && slices.Equal(r.GetResourceNames(), lastNames)
+		if !ack {
+			// One answer at a time, at most debugRate a second: each walks
+			// every proxy or marshals one's whole configuration.
+			if wait := time.Until(next); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-stream.Context().Done():
+					return nil
+				}
+			}
+			next = time.Now().Add(time.Second / debugRate)
 			res, err := s.debug(url, r.GetResourceNames(), scope)
 			if err != nil {
 				return err
 			}
+			answered++
 			if err := stream.Send(&discovery.DiscoveryResponse{TypeUrl: url, VersionInfo: time.Now().UTC().Format(time.RFC3339Nano),
-				Nonce: nonce, Resources: res, ControlPlane: &core.ControlPlane{Identifier: string(cp)}}); err != nil {
+				Nonce: strconv.Itoa(answered), Resources: res, ControlPlane: &core.ControlPlane{Identifier: string(cp)}}); err != nil {
 				return err
 			}
-			sent = append(sent, nonce)
+			lastURL, lastNames = url, slices.Clone(r.GetResourceNames())
 		}
-		var err error
 		if r, err = stream.Recv(); err != nil {
 			return streamEnd(err)
 		}
 	}
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
+// debugRate bounds the answers of one debug stream per second.
+const debugRate = 10
 
 // debug is the answer to one debug request; scope "" sees every proxy.
 func (s *Server) debug(url string, names []string, scope string) ([]*anypb.Any, error) {
@@ -120,18 +132,18 @@ func istioID(p *proxy) string {
 }
 
 // syncz is every proxy in scope as Envoy's CSDS ClientConfig, the node
-// carrying istiod's metadata keys.
+// carrying istiod's metadata keys. Only proxies that proved who they are
+// (the TLS port): on 15010 a node could pose as any pod.
 func (s *Server) syncz(scope string) ([]*anypb.Any, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	keys := make([]string, 0, len(s.proxies))
 	for k, st := range s.proxies {
-		if scope == "" || st.proxy.Namespace == scope {
+		if st.proxy.identity != nil && (scope == "" || st.proxy.Namespace == scope) {
 			keys = append(keys, k)
 		}
 	}
 	sort.Strings(keys)
-	out := make([]*anypb.Any, 0, len(keys))
+	ccs := make([]*statusv3.ClientConfig, 0, len(keys))
 	for _, k := range keys {
 		st := s.proxies[k]
 		md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": st.proxy.ClusterID, "NAMESPACE": st.proxy.Namespace, "ISTIO_VERSION": st.proxy.IstioVersion})
@@ -151,6 +163,11 @@ func (s *Server) syncz(scope string) ([]*anypb.Any, error) {
 			}
 			cc.GenericXdsConfigs = append(cc.GenericXdsConfigs, x)
 		}
+		ccs = append(ccs, cc)
+	}
+	s.mu.Unlock()
+	out := make([]*anypb.Any, 0, len(ccs))
+	for _, cc := range ccs {
 		a, err := anypb.New(cc)
 		if err != nil {
 			return nil, err
@@ -174,7 +191,7 @@ func (st *proxyState) configStatus(url string) statusv3.ConfigStatus {
 }
 
 // configDump is the clusters, listeners and routes of the snapshot the
-// named proxy was last given, as the dynamic sections of Envoy's config
+// named (authenticated) proxy was last given, as the dynamic sections of Envoy's config
 // dump (the proxy's /config_dump shows the same when it is in sync).
 // Secrets and endpoints are left out: istioctl compares neither, and a
 // gateway's secrets hold private keys.
@@ -183,7 +200,7 @@ func (s *Server) configDump(name, scope string) []*anypb.Any {
 	var snap *snapshot
 	keys := make([]string, 0, len(s.proxies))
 	for k, st := range s.proxies {
-		if istioID(st.proxy) == name && (scope == "" || st.proxy.Namespace == scope) && st.snap != nil {
+		if st.proxy.identity != nil && istioID(st.proxy) == name && (scope == "" || st.proxy.Namespace == scope) && st.snap != nil {
 			keys = append(keys, k)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,6 +89,20 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 		_ = s.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
 	}
 
+	// An impostor on the plaintext port names sleep's pod as a router: it
+	// gets configuration (as on Istio's 15010) but is no proxy of the debug
+	// answers, which it would otherwise shadow.
+	imp, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(plainConn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := imp.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, Node: &core.Node{Id: "router~10.0.0.1~sleep-1.test~test.svc.cluster.local"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := imp.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
 	// debug asks one debug request as a caller and returns its answer.
 	debug := func(conn *grpc.ClientConn, ctx context.Context, url string, names ...string) (*discoverygrpc.DiscoveryResponse, error) {
 		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
@@ -118,6 +133,9 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 			cc := &statusv3.ClientConfig{}
 			if err := a.UnmarshalTo(cc); err != nil {
 				t.Fatal(err)
+			}
+			if out[cc.GetNode().GetId()] != nil {
+				t.Errorf("syncz names %s twice", cc.GetNode().GetId())
 			}
 			out[cc.GetNode().GetId()] = cc
 		}
@@ -163,7 +181,7 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 	}
 	cd := dump(as("istio-system", "default"))
 	if cd == nil || !slices.ContainsFunc(cd.DynamicActiveClusters, func(c *adminv3.ClustersConfigDump_DynamicCluster) bool {
-		return c.GetCluster().GetTypeUrl() == resource.ClusterType
+		return strings.Contains(string(c.GetCluster().GetValue()), "outbound|8080||profile.test.svc.cluster.local")
 	}) {
 		t.Errorf("config_dump of sleep-1.test: %v, want its clusters", cd)
 	}

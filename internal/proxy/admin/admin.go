@@ -332,6 +332,8 @@ func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this endpoint changes state; use POST", http.StatusMethodNotAllowed)
 		return
 	}
+	// Every name and level is checked before any is set.
+	set := -1
 	for k, v := range r.URL.Query() {
 		if k != "level" && k != loggerName {
 			http.Error(w, fmt.Sprintf("error: unknown logger name %q (the proxy has one logger, %s)", k, loggerName), http.StatusNotFound)
@@ -342,7 +344,10 @@ func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, fmt.Sprintf("error: unknown logger level %q", v[len(v)-1]), http.StatusNotFound)
 			return
 		}
-		s.Level.Set(levels[i].level)
+		set = i
+	}
+	if set >= 0 {
+		s.Level.Set(levels[set].level)
 	}
 	name := "off"
 	for _, l := range levels {

@@ -30,7 +30,7 @@ func TestLoggingAsEnvoysAdmin(t *testing.T) {
 	if code, body := do(http.MethodPost, "/logging?isthmus=warning"); code != 200 || level.Level() != slog.LevelWarn || !strings.Contains(body, "isthmus: warning") {
 		t.Errorf("isthmus=warning: %d %q", code, body)
 	}
-	for _, q := range []string{"http=debug", "level=loud"} {
+	for _, q := range []string{"http=debug", "level=loud", "level=trace&http=debug", "isthmus=trace&level=loud"} {
 		if code, _ := do(http.MethodPost, "/logging?"+q); code != http.StatusNotFound || level.Level() != slog.LevelWarn {
 			t.Errorf("%s: %d, level %v; want 404 and no change", q, code, level.Level())
 		}

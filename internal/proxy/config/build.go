@@ -15,11 +15,14 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	filelogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	streamlogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
@@ -579,7 +582,11 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		if err := unpack(last.GetTypedConfig(), &t); err != nil {
 			return nil, err
 		}
-		c.TCP = &TCPProxy{StatPrefix: t.GetStatPrefix(), Cluster: t.GetCluster()}
+		al, err := buildAccessLog(t.GetAccessLog())
+		if err != nil {
+			return nil, err
+		}
+		c.TCP = &TCPProxy{StatPrefix: t.GetStatPrefix(), Cluster: t.GetCluster(), AccessLog: al}
 		if t.GetIdleTimeout() != nil {
 			d := t.GetIdleTimeout().AsDuration()
 			c.TCP.IdleTimeout = &d
@@ -600,7 +607,11 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		if err := unpack(last.GetTypedConfig(), &h); err != nil {
 			return nil, err
 		}
-		m := &HTTPManager{StatPrefix: h.GetStatPrefix(),
+		al, err := buildAccessLog(h.GetAccessLog())
+		if err != nil {
+			return nil, err
+		}
+		m := &HTTPManager{StatPrefix: h.GetStatPrefix(), AccessLog: al,
 			ForwardClientCert: h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_APPEND_FORWARD || h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_SANITIZE_SET}
 		if h.GetNormalizePath().GetValue() {
 			m.Paths.RFC3986 = true
@@ -668,6 +679,49 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		return nil, fmt.Errorf("network filter %q is not supported (tcp_proxy and http_connection_manager are)", last.GetName())
 	}
 	return c, nil
+}
+
+// buildAccessLog reads a filter's access_log: one file or stdout logger,
+// its format JSON or text. Anything else is refused, never dropped: a log
+// someone relies on is not silently missing.
+func buildAccessLog(logs []*accesslogv3.AccessLog) (*AccessLog, error) {
+	switch len(logs) {
+	case 0:
+		return nil, nil
+	case 1:
+	default:
+		return nil, fmt.Errorf("%d access logs: one is supported", len(logs))
+	}
+	l := logs[0]
+	if l.GetFilter() != nil {
+		return nil, fmt.Errorf("access log %q: filters are not supported", l.GetName())
+	}
+	var format *core.SubstitutionFormatString
+	al := &AccessLog{}
+	switch l.GetTypedConfig().GetTypeUrl() {
+	case "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog":
+		var f filelogv3.FileAccessLog
+		if err := unpack(l.GetTypedConfig(), &f); err != nil {
+			return nil, err
+		}
+		if f.GetJsonFormat() != nil || f.GetFormat() != "" {
+			return nil, fmt.Errorf("access log %q: json_format and format are deprecated; use log_format", f.GetPath())
+		}
+		al.Path, format = f.GetPath(), f.GetLogFormat()
+	case "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":
+		var f streamlogv3.StdoutAccessLog
+		if err := unpack(l.GetTypedConfig(), &f); err != nil {
+			return nil, err
+		}
+		al.Path, format = "/dev/stdout", f.GetLogFormat()
+	default:
+		return nil, fmt.Errorf("access logger %q (%s) is not supported (file and stdout are)", l.GetName(), l.GetTypedConfig().GetTypeUrl())
+	}
+	if al.Path == "" {
+		return nil, errors.New("file access log without a path")
+	}
+	al.JSON = format.GetJsonFormat() != nil
+	return al, nil
 }
 
 // buildSecret reads an inline certificate and key, or an inline CA bundle.

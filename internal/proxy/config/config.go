@@ -94,8 +94,11 @@ type DownstreamTLS struct {
 // chosen per connection (a VirtualService's tcp route).
 type TCPProxy struct {
 	StatPrefix string
-	Cluster    string
-	Weighted   []WeightedCluster
+	// AccessLog is where the chain's connections are logged (nil: as the
+	// proxy was started, --access-log).
+	AccessLog *AccessLog
+	Cluster   string
+	Weighted  []WeightedCluster
 	// HashSourceIP: a consistent-hash cluster is picked by the client's address.
 	HashSourceIP bool
 	// IdleTimeout is the route's tcp_proxy idle_timeout (0: none); nil
@@ -106,6 +109,9 @@ type TCPProxy struct {
 // HTTPManager routes requests.
 type HTTPManager struct {
 	StatPrefix string
+	// AccessLog is where the chain's requests are logged (nil: as the
+	// proxy was started, --access-log).
+	AccessLog *AccessLog
 	// RouteName is an RDS route; Inline is a route table sent in the listener.
 	RouteName string
 	Inline    *RouteTable
@@ -648,4 +654,12 @@ func (ch *Chain) score(c Connection) ([4]int, bool) {
 		s[3] = 1
 	}
 	return s, true
+}
+
+// AccessLog is an Envoy file (or stdout) access log: a path, and Istio's
+// JSON keys or its text line (the proxy writes Istio's default formats;
+// the format's own fields are not read).
+type AccessLog struct {
+	Path string
+	JSON bool
 }

@@ -27,7 +27,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(base64.StdEncoding.EncodeToString(b), "a.b", "ns-2", "cluster-2", "app.kubernetes.io", "\u00e9")
 	f.Fuzz(func(t *testing.T, header, workload, namespace, cluster, app, version string) {
 		p := Decode(header)
-		for _, v := range []string{p.Workload, p.Namespace, p.App, p.Version, p.Cluster, p.Principal} {
+		for _, v := range []string{p.Workload, p.Namespace, p.App, p.Version, p.Cluster, p.Principal, p.CanonicalService, p.CanonicalRevision} {
 			if v == "" {
 				t.Fatalf("Decode(%q) = %+v: an empty label", header, p)
 			}
@@ -44,8 +44,15 @@ func FuzzDecode(f *testing.F) {
 		self := NewSelf("id", workload, namespace, cluster, "spiffe://td/ns/n/sa/s", map[string]string{"app": app, "version": version})
 		_, md := self.Headers()
 		got := Decode(md)
+		canonical, revision := app, version
+		if canonical == "" {
+			canonical = workload
+		}
+		if revision == "" {
+			revision = "latest"
+		}
 		want := Peer{Workload: orUnknown(workload), Namespace: orUnknown(namespace), Cluster: orUnknown(cluster),
-			App: orUnknown(app), Version: orUnknown(version), Principal: "unknown"}
+			App: orUnknown(app), Version: orUnknown(version), Principal: "unknown", CanonicalService: orUnknown(canonical), CanonicalRevision: revision}
 		if got != want {
 			t.Fatalf("NewSelf(%q, %q, %q, app %q, version %q) sends %q, read back as %+v", workload, namespace, cluster, app, version, md, got)
 		}

@@ -29,9 +29,31 @@ const (
 // Peer is one side of a request.
 type Peer struct {
 	Workload, Namespace, App, Version, Cluster, Principal string
+	// CanonicalService and CanonicalRevision are what Kiali and Istio's
+	// dashboards group workloads by: the pod's service.istio.io/canonical-*
+	// labels (which the injector sets), else its app name and version,
+	// else the workload and "latest".
+	CanonicalService, CanonicalRevision string
 }
 
-var unknownPeer = Peer{"unknown", "unknown", "unknown", "unknown", "unknown", "unknown"}
+var unknownPeer = Peer{"unknown", "unknown", "unknown", "unknown", "unknown", "unknown", "unknown", "unknown"}
+
+// peerOf reads a workload's labels as Istio's proxies do: app and version
+// from app.kubernetes.io/name|version, else app and version.
+func peerOf(workload, namespace, cluster, principal string, labels map[string]string) Peer {
+	app := first(labels, "app.kubernetes.io/name", "app")
+	version := first(labels, "app.kubernetes.io/version", "version")
+	canonical := first(labels, "service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
+	if canonical == "" {
+		canonical = workload
+	}
+	revision := first(labels, "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
+	if revision == "" {
+		revision = "latest"
+	}
+	return Peer{Workload: orUnknown(workload), Namespace: orUnknown(namespace), App: orUnknown(app), Version: orUnknown(version),
+		Cluster: orUnknown(cluster), Principal: orUnknown(principal), CanonicalService: orUnknown(canonical), CanonicalRevision: revision}
+}
 
 // Self is the proxy's own workload and its exchange headers.
 type Self struct {
@@ -42,9 +64,7 @@ type Self struct {
 // NewSelf describes the local workload from node metadata (Istio's keys:
 // WORKLOAD_NAME, NAMESPACE, CLUSTER_ID, and the pod labels).
 func NewSelf(nodeID, workload, namespace, cluster, principal string, labels map[string]string) *Self {
-	app := first(labels, "service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
-	version := first(labels, "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
-	s := &Self{Peer: Peer{Workload: workload, Namespace: namespace, App: orUnknown(app), Version: orUnknown(version), Cluster: cluster, Principal: principal}, id: nodeID}
+	s := &Self{Peer: peerOf(workload, namespace, cluster, principal, labels), id: nodeID}
 	lv := map[string]any{}
 	for k, v := range labels {
 		lv[k] = v
@@ -91,14 +111,11 @@ func Decode(header string) Peer {
 		var md structpb.Struct
 		if proto.Unmarshal(b, &md) == nil {
 			f := md.GetFields()
-			str := func(k string) string { return orUnknown(f[k].GetStringValue()) }
 			labels := map[string]string{}
 			for k, v := range f["LABELS"].GetStructValue().GetFields() {
 				labels[k] = v.GetStringValue()
 			}
-			p = Peer{Workload: str("WORKLOAD_NAME"), Namespace: str("NAMESPACE"), Cluster: str("CLUSTER_ID"),
-				App:     orUnknown(first(labels, "service.istio.io/canonical-name", "app.kubernetes.io/name", "app")),
-				Version: orUnknown(first(labels, "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")), Principal: "unknown"}
+			p = peerOf(f["WORKLOAD_NAME"].GetStringValue(), f["NAMESPACE"].GetStringValue(), f["CLUSTER_ID"].GetStringValue(), "", labels)
 		}
 	}
 	peers.Add(header, p)
@@ -140,9 +157,11 @@ func ServiceOfCluster(cluster string) Service {
 }
 
 // labels of Istio's standard metrics, in Istio's order.
-var labels = []string{"reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version", "source_cluster",
+var labels = []string{"reporter", "source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace",
+	"source_principal", "source_app", "source_version", "source_cluster",
 	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
-	"destination_service", "destination_service_name", "destination_service_namespace", "destination_cluster",
+	"destination_service", "destination_canonical_service", "destination_canonical_revision", "destination_service_name",
+	"destination_service_namespace", "destination_cluster",
 	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"}
 
 // Metrics are the standard metric families.
@@ -157,7 +176,7 @@ type Metrics struct {
 	respBytes *prometheus.HistogramVec
 
 	// series caches each label set's request series: WithLabelValues
-	// validates and hashes all 21 values on every call, which was a
+	// validates and hashes all 25 values on every call, which was a
 	// visible part of every request's cost.
 	mu     sync.RWMutex
 	series map[labelValues]*requestSeries
@@ -170,7 +189,7 @@ type Metrics struct {
 var maxSeries = 10000
 
 // labelValues are an Event's values for labels, in order.
-type labelValues [21]string
+type labelValues [25]string
 
 type requestSeries struct {
 	requests                      prometheus.Counter
@@ -221,9 +240,11 @@ func (e *Event) values() labelValues {
 	if flags == "" {
 		flags = "-"
 	}
-	return labelValues{e.Reporter, e.Src.Workload, e.Src.Namespace, e.Src.Principal, e.Src.App, e.Src.Version, e.Src.Cluster,
+	return labelValues{e.Reporter, e.Src.Workload, e.Src.CanonicalService, e.Src.CanonicalRevision, e.Src.Namespace,
+		e.Src.Principal, e.Src.App, e.Src.Version, e.Src.Cluster,
 		e.Dst.Workload, e.Dst.Namespace, e.Dst.Principal, e.Dst.App, e.Dst.Version,
-		e.Service.Host, e.Service.Name, e.Service.Namespace, e.Dst.Cluster, e.Protocol, code, orDash(e.GRPCStatus), flags, policy}
+		e.Service.Host, e.Dst.CanonicalService, e.Dst.CanonicalRevision, e.Service.Name,
+		e.Service.Namespace, e.Dst.Cluster, e.Protocol, code, orDash(e.GRPCStatus), flags, policy}
 }
 
 func orDash(s string) string {
@@ -240,7 +261,7 @@ func (m *Metrics) Request(e *Event, d time.Duration, reqBytes, respBytes int64) 
 
 // LastSeries remembers the series of a connection's last request: the
 // requests of one connection mostly share their labels, and comparing an
-// Event is cheaper than hashing its 21 label values.
+// Event is cheaper than hashing its 25 label values.
 type LastSeries struct {
 	ev Event
 	s  *requestSeries
@@ -296,7 +317,7 @@ func (m *Metrics) requestSeries(v labelValues) *requestSeries {
 // (an inbound request names it by its Host) "unknown"; the reporter,
 // protocol, code, flags and security policy stay.
 func (v labelValues) withoutPeers() labelValues {
-	for _, i := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} {
+	for i := 1; i <= 19; i++ { // source_workload .. destination_cluster
 		v[i] = "unknown"
 	}
 	return v

@@ -83,3 +83,47 @@ func TestCallerChosenLabelsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// Kiali groups by canonical service and revision: the injector's labels
+// first, then the app's name and version, then the workload and latest;
+// each side's reach the metric, the peer's through the metadata exchange.
+func TestCanonicalLabels(t *testing.T) {
+	for _, tc := range []struct {
+		labels            map[string]string
+		service, revision string
+		app, version      string
+	}{
+		{map[string]string{"service.istio.io/canonical-name": "shop", "service.istio.io/canonical-revision": "v3", "app": "web", "version": "v1"}, "shop", "v3", "web", "v1"},
+		{map[string]string{"app.kubernetes.io/name": "shop", "app": "web", "app.kubernetes.io/version": "2"}, "shop", "2", "shop", "2"},
+		{map[string]string{}, "profile", "latest", "unknown", "unknown"},
+	} {
+		_, md := NewSelf("id", "profile", "ns", "c1", "", tc.labels).Headers()
+		p := Decode(md)
+		if p.CanonicalService != tc.service || p.CanonicalRevision != tc.revision || p.App != tc.app || p.Version != tc.version {
+			t.Errorf("%v: %+v, want canonical %s/%s app %s/%s", tc.labels, p, tc.service, tc.revision, tc.app, tc.version)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	src := NewSelf("id", "sleep", "ns", "c1", "", map[string]string{"app": "sleep"}).Peer
+	_, md := NewSelf("id", "profile", "ns", "c2", "", map[string]string{"app": "profile", "version": "v1"}).Headers()
+	m.Request(&Event{Reporter: "source", Src: src, Dst: Decode(md), Service: ServiceOf("profile.ns.svc.cluster.local"), Protocol: "http", Code: 200}, time.Millisecond, 0, 0)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range families {
+		if f.GetName() == "istio_requests_total" {
+			for _, l := range f.GetMetric()[0].GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+		}
+	}
+	for k, v := range map[string]string{"source_canonical_service": "sleep", "source_canonical_revision": "latest",
+		"destination_canonical_service": "profile", "destination_canonical_revision": "v1", "destination_cluster": "c2"} {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q (labels %v)", k, got[k], v, got)
+		}
+	}
+}

@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// telemetryArea reads the mesh as Kiali and Prometheus do, from the
+// metrics alone: the sidecars of both clusters, scraped through the API
+// server as Prometheus scrapes pods, give the sleep -> profile edges by
+// canonical service, one per cluster that served; and a pod whose
+// prometheus.io annotations name its app's metrics is scraped at the
+// proxy's 15020, which serves both.
+func telemetryArea(t *testing.T, w *walkthrough) {
+	e := w.e
+	scrape := func(t *testing.T, cluster, pod string, port int, path string) string {
+		t.Helper()
+		out, err := e.kubectl(cluster, "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/multicluster/pods/%s:%d/proxy%s", pod, port, path))
+		if err != nil {
+			t.Fatalf("scrape %s/%s:%d%s: %v\n%.500s", cluster, pod, port, path, err, out)
+		}
+		return out
+	}
+	pods := func(t *testing.T, cluster, app string) []string {
+		t.Helper()
+		o, err := e.kubectl(cluster, "", "-n", "multicluster", "get", "pods", "-l", "app="+app, "--field-selector=status.phase=Running",
+			"-o", "jsonpath={.items[*].metadata.name}")
+		if err != nil || o == "" {
+			t.Fatalf("%s pods in %s: %v %s", app, cluster, err, o)
+		}
+		return strings.Fields(o)
+	}
+
+	t.Run("Kiali's edges from the metrics alone: sleep -> profile by canonical service, one per cluster that served", func(t *testing.T) {
+		by := w.servedBy(t, 30, "")
+		if by["cluster-eks"] == 0 || by["cluster-aks"] == 0 {
+			t.Fatalf("answers by cluster %v: want both clusters", by)
+		}
+		// The client's side (reporter source): sleep's sidecar names each
+		// destination cluster.
+		edges := map[string]float64{}
+		revisions := map[string]string{} // destination cluster -> profile's revision there
+		for _, pod := range pods(t, "cluster-eks", "sleep") {
+			for _, s := range series(scrape(t, "cluster-eks", pod, 15090, "/stats/prometheus"), "istio_requests_total") {
+				l := s.labels
+				if l["reporter"] == "source" && l["destination_canonical_service"] == "profile" {
+					edges[l["source_canonical_service"]+"/"+l["source_canonical_revision"]+" -> profile @ "+l["destination_cluster"]] += s.value
+					revisions[l["destination_cluster"]] = l["destination_canonical_revision"]
+				}
+			}
+		}
+		// The seed's profile is v1 in cluster-eks and v2 in cluster-aks;
+		// sleep has no version (latest).
+		for c, rev := range map[string]string{"cluster-eks": "v1", "cluster-aks": "v2"} {
+			if edges["sleep/latest -> profile @ "+c] == 0 || revisions[c] != rev {
+				t.Errorf("no sleep -> profile %s edge to %s in sleep's metrics: %v (revisions %v)", rev, c, edges, revisions)
+			}
+		}
+		// The server's side (reporter destination): each cluster's profile
+		// saw sleep of cluster-eks.
+		for _, c := range []string{"cluster-eks", "cluster-aks"} {
+			seen := 0.0
+			for _, pod := range pods(t, c, "profile") {
+				for _, s := range series(scrape(t, c, pod, 15090, "/stats/prometheus"), "istio_requests_total") {
+					l := s.labels
+					if l["reporter"] == "destination" && l["source_canonical_service"] == "sleep" && l["source_cluster"] == "cluster-eks" &&
+						l["destination_canonical_service"] == "profile" && l["destination_cluster"] == c && l["connection_security_policy"] == "mutual_tls" {
+						seen += s.value
+					}
+				}
+			}
+			if seen == 0 {
+				t.Errorf("profile in %s reports no mTLS request from sleep of cluster-eks by canonical service", c)
+			}
+		}
+	})
+
+	t.Run("meshConfig.accessLogFile reaches running sidecars through the control plane, and leaves them when unset", func(t *testing.T) {
+		install := func(sets ...string) { w.installPrimary(t, sets...) }
+		sleepPod := pods(t, "cluster-eks", "sleep")[0]
+		logged := func(id string) bool {
+			out, _ := e.kubectl("cluster-eks", "", "-n", "multicluster", "logs", sleepPod, "-c", "istio-proxy", "--since=10m")
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, `"request_id":"`+id+`"`) && strings.Contains(line, `"upstream_cluster":"outbound|8080||profile.multicluster.svc.cluster.local"`) {
+					return true
+				}
+			}
+			return false
+		}
+		call := func(id string) {
+			w.sleepExec(t, "curl -sS -o /dev/null --max-time 5 -H 'x-request-id: "+id+"' http://profile:8080/profile?id=1")
+		}
+		install("meshConfig.accessLogFile=/dev/stdout", "meshConfig.accessLogEncoding=JSON")
+		defer install()
+		n := 0
+		if !eventuallyOK(func() bool { n++; id := fmt.Sprintf("access-on-%d", n); call(id); return logged(id) }) {
+			t.Fatalf("sleep's sidecar wrote no JSON access log line for its request after meshConfig.accessLogFile was set")
+		}
+		install()
+		// Once the control plane is back without it, new requests are not logged.
+		n = 0
+		if !eventuallyOK(func() bool {
+			n++
+			id := fmt.Sprintf("access-off-%d", n)
+			call(id)
+			time.Sleep(time.Second)
+			return !logged(id)
+		}) {
+			t.Errorf("requests are still logged after meshConfig.accessLogFile was unset")
+		}
+		if now := pods(t, "cluster-eks", "sleep")[0]; now != sleepPod {
+			t.Errorf("sleep's pod changed (%s -> %s): the setting must reach the running sidecar", sleepPod, now)
+		}
+	})
+
+	t.Run("a pod's prometheus.io annotations point at the proxy's 15020, which serves the app's metrics with its own", func(t *testing.T) {
+		e.apply("cluster-eks", `apiVersion: v1
+kind: Service
+metadata: {name: metrics-demo, namespace: multicluster}
+spec:
+  selector: {app: metrics-demo}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: metrics-demo, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: metrics-demo}}
+  template:
+    metadata:
+      labels: {app: metrics-demo}
+      annotations: {prometheus.io/scrape: "true", prometheus.io/port: "8080", prometheus.io/path: /metrics}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: app
+        image: `+walkthroughHub+`/demo-app:e2e
+        args: [profile]
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment,service", "metrics-demo")
+		if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "rollout", "status", "deployment/metrics-demo", "--timeout=120s"); err != nil {
+			t.Fatalf("metrics-demo: %v\n%s", err, out)
+		}
+		pod := pods(t, "cluster-eks", "metrics-demo")[0]
+		ann, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "get", "pod", pod, "-o", `jsonpath={.metadata.annotations.prometheus\.io/port} {.metadata.annotations.prometheus\.io/path}`)
+		if err != nil || ann != "15020 /stats/prometheus" {
+			t.Fatalf("metrics-demo's prometheus.io port and path: %q (%v), want 15020 /stats/prometheus", ann, err)
+		}
+		w.sleepExec(t, "for i in 1 2 3; do curl -sS --max-time 5 http://metrics-demo:8080/profile?id=1; echo; done")
+		merged := scrape(t, "cluster-eks", pod, 15020, "/stats/prometheus")
+		app, proxy := false, false
+		for _, s := range series(merged, "demoapp_requests_total") {
+			app = s.value >= 3
+		}
+		for _, s := range series(merged, "istio_requests_total") {
+			if s.labels["reporter"] == "destination" && s.labels["source_canonical_service"] == "sleep" {
+				proxy = true
+			}
+		}
+		if !app || !proxy {
+			t.Errorf("15020/stats/prometheus of %s: app's demoapp_requests_total >= 3 %v, proxy's istio_requests_total from sleep %v:\n%.3000s", pod, app, proxy, merged)
+		}
+	})
+}
+
+// sample is one series of a Prometheus text exposition.
+type sample struct {
+	labels map[string]string
+	value  float64
+}
+
+var sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)`)
+var labelPair = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+
+// series are the samples of one metric name in a text exposition.
+func series(text, name string) []sample {
+	var out []sample
+	for _, line := range strings.Split(text, "\n") {
+		m := sampleLine.FindStringSubmatch(line)
+		if m == nil || m[1] != name {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			continue
+		}
+		s := sample{labels: map[string]string{}, value: v}
+		for _, p := range labelPair.FindAllStringSubmatch(m[2], -1) {
+			s.labels[p[1]] = p[2]
+		}
+		out = append(out, s)
+	}
+	return out
+}
