@@ -184,7 +184,8 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 				return err
 			}
 			if cfg.AppMetrics, err = mergedmetrics.Parse(os.Getenv("ISTIO_PROMETHEUS_ANNOTATIONS")); err != nil {
-				return err
+				// The app's metrics are not merged; the proxy serves.
+				slog.Warn("application metrics not merged on 15020", "err", err)
 			}
 			cfg.AccessLogEncoding = strings.ToUpper(cfg.AccessLogEncoding)
 			if cfg.AccessLogEncoding != "TEXT" && cfg.AccessLogEncoding != "JSON" {

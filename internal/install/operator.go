@@ -72,8 +72,8 @@ type MeshConfig struct {
 	OutboundTrafficPolicy struct {
 		Mode string `json:"mode"`
 	} `json:"outboundTrafficPolicy"`
-	// AccessLogFile and AccessLogEncoding reach every proxy injected after
-	// the control plane read them.
+	// AccessLogFile and AccessLogEncoding reach every proxy as an access
+	// log on the listeners the control plane sends.
 	AccessLogFile     string `json:"accessLogFile"`
 	AccessLogEncoding string `json:"accessLogEncoding"`
 	// EnablePrometheusMerge (default on) points pods' prometheus.io

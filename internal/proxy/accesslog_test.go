@@ -1,66 +1,64 @@
 package proxy
 
 import (
-	"bytes"
-	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	filelogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
 
-// syncBuffer is a bytes.Buffer safe for the proxy's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// meshConfig accessLogEncoding JSON: one JSON object per request, with
-// Istio's default keys.
-func TestAccessLogJSON(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
+// The access log a listener's connection manager names (meshConfig's,
+// from the control plane) is where its requests go, in its format; one
+// the proxy cannot open refuses the configuration.
+func TestAccessLogFromTheListener(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
 	defer up.Close()
-	var log syncBuffer
-	_, front := startProxyWith(t, up.Listener.Addr().String(), nil, nil, proxySetup{opts: Options{AccessLog: &log, AccessLogJSON: true}})
-	req, _ := http.NewRequest("GET", "http://"+front+"/shop?x=1", nil)
-	req.Host = "shop.example"
-	req.Header.Set("User-Agent", "test-agent")
+	path := filepath.Join(t.TempDir(), "access.log")
+	js, _ := structpb.NewStruct(map[string]any{"code": "%RESPONSE_CODE%"})
+	logTo := func(path string) func(*hcm.HttpConnectionManager) {
+		return func(m *hcm.HttpConnectionManager) {
+			m.AccessLog = []*accesslogv3.AccessLog{{Name: "envoy.access_loggers.file", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(t,
+				&filelogv3.FileAccessLog{Path: path, AccessLogFormat: &filelogv3.FileAccessLog_LogFormat{LogFormat: &core.SubstitutionFormatString{
+					Format: &core.SubstitutionFormatString_JsonFormat{JsonFormat: js}}}})}}}
+		}
+	}
+	_, front := startProxy(t, strings.TrimPrefix(up.URL, "http://"), nil, nil, logTo(path))
+	req, _ := http.NewRequest("GET", "http://"+front+"/hello", nil)
+	req.Header.Set("X-Request-Id", "req-42")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	var line map[string]any
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && log.String() == ""; time.Sleep(10 * time.Millisecond) {
+	b, _ := os.ReadFile(path)
+	if !strings.Contains(string(b), `"request_id":"req-42"`) || !strings.Contains(string(b), `"path":"/hello"`) {
+		t.Errorf("access log %s:\n%s", path, b)
 	}
-	if err := json.Unmarshal([]byte(strings.TrimSpace(log.String())), &line); err != nil {
-		t.Fatalf("not one JSON object: %q: %v", log.String(), err)
-	}
-	for k, want := range map[string]any{"method": "GET", "path": "/shop?x=1", "response_code": float64(200), "authority": "shop.example",
-		"user_agent": "test-agent", "upstream_cluster": "up", "bytes_sent": float64(2)} {
-		if line[k] != want {
-			t.Errorf("%s = %v, want %v (line %v)", k, line[k], want, line)
-		}
-	}
-	for _, k := range []string{"start_time", "duration", "downstream_remote_address", "requested_server_name", "x_forwarded_for"} {
-		if _, ok := line[k]; !ok {
-			t.Errorf("no key %s in %v", k, line)
-		}
+
+	// A path the proxy cannot write: NACK, the running configuration stays.
+	m := &hcm.HttpConnectionManager{StatPrefix: "x", RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "x"}},
+		HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}}}}
+	logTo(filepath.Join(t.TempDir(), "missing-dir", "access.log"))(m)
+	st := xdsclient.State{resource.ListenerType: {"x": mustAny(t, &listener.Listener{Name: "x", Address: socket(netip.MustParseAddrPort("127.0.0.1:1")), FilterChains: []*listener.FilterChain{{
+		Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(t, m)}}}}}})}}
+	if _, err := New(Options{Log: slog.New(slog.DiscardHandler)}).Apply(st, resource.ListenerType); err == nil || !strings.Contains(err.Error(), "access log") {
+		t.Errorf("an access log that cannot be opened: %v, want a refusal", err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,7 +126,7 @@ type Proxy struct {
 	caFiles      sync.Map // path -> *caFile: trust bundles TLS origination reads
 	h2Conns      sync.Map // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
-	logFiles     sync.Map // path -> io.Writer: access logs the control plane named
+	logFiles     sync.Map // path -> io.Writer: access logs the control plane named (never closed: few paths)
 }
 
 // writeAccessLog writes one line; concurrent requests do not interleave.
@@ -151,14 +152,17 @@ func (p *Proxy) accessLogOf(c *config.Chain) (io.Writer, bool) {
 	if al == nil {
 		return p.opts.AccessLog, p.opts.AccessLogJSON
 	}
-	return p.logFile(al.Path), al.JSON
+	w, err := p.openLog(al.Path)
+	if err != nil {
+		return nil, false // Apply refused the configuration that named it
+	}
+	return w, al.JSON
 }
 
-// logFile opens an access log once (stdout and stderr are the process's);
-// a path that cannot be opened is written nowhere, said once.
-func (p *Proxy) logFile(path string) io.Writer {
+// openLog opens an access log once (stdout and stderr are the process's).
+func (p *Proxy) openLog(path string) (io.Writer, error) {
 	if w, ok := p.logFiles.Load(path); ok {
-		return w.(io.Writer)
+		return w.(io.Writer), nil
 	}
 	var w io.Writer
 	switch path {
@@ -169,14 +173,51 @@ func (p *Proxy) logFile(path string) io.Writer {
 	default:
 		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err != nil {
-			p.opts.Log.Warn("access log not written", "path", path, "err", err)
-			w = io.Discard
-		} else {
-			w = f
+			return nil, err
+		}
+		w = f
+	}
+	actual, loaded := p.logFiles.LoadOrStore(path, w)
+	if f, ok := w.(*os.File); loaded && ok && f != os.Stdout && f != os.Stderr {
+		f.Close() // another request opened it first
+	}
+	return actual.(io.Writer), nil
+}
+
+// openLogs opens the access logs a snapshot's chains name: one that
+// cannot be written refuses the configuration (a NACK), rather than
+// requests going unlogged.
+func (p *Proxy) openLogs(snap *config.Snapshot) error {
+	for name, l := range snap.Listeners {
+		for _, c := range append(slices.Clone(l.Chains), l.Default) {
+			if c == nil {
+				continue
+			}
+			for _, al := range []*config.AccessLog{httpLog(c), tcpLog(c)} {
+				if al == nil {
+					continue
+				}
+				if _, err := p.openLog(al.Path); err != nil {
+					return fmt.Errorf("listener %q: access log: %w", name, err)
+				}
+			}
 		}
 	}
-	actual, _ := p.logFiles.LoadOrStore(path, w)
-	return actual.(io.Writer)
+	return nil
+}
+
+func httpLog(c *config.Chain) *config.AccessLog {
+	if c.HTTP == nil {
+		return nil
+	}
+	return c.HTTP.AccessLog
+}
+
+func tcpLog(c *config.Chain) *config.AccessLog {
+	if c.TCP == nil {
+		return nil
+	}
+	return c.TCP.AccessLog
 }
 
 // runtime is a snapshot plus what the data path derives from it.
@@ -230,6 +271,9 @@ var _ xdsclient.Applier = (*Proxy)(nil)
 func (p *Proxy) Apply(st xdsclient.State, changed string) (map[string][]string, error) {
 	snap, want, err := config.Build(config.Resources(st))
 	if err != nil {
+		return nil, err
+	}
+	if err := p.openLogs(snap); err != nil {
 		return nil, err
 	}
 	rt := &runtime{snap: snap, pickers: make(map[string]*lb.Picker, len(snap.Clusters))}

@@ -10,7 +10,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"google.golang.org/protobuf/types/known/anypb"
 	apinetworking "istio.io/api/networking/v1alpha3"
 )
 
@@ -116,7 +115,7 @@ func clientTLS(s *apinetworking.ClientTLSSettings, p *Proxy, host, sni string, s
 			ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: SystemRoots}}}}}}
 		cred = ""
 	}
-	typed, _ := anypb.New(ctx)
+	typed := mustAny(ctx)
 	return &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: typed}}, cred
 }
 

@@ -414,10 +414,13 @@ func configMetadata(kind, namespace, name string) *core.Metadata {
 		"config": structpb.NewStringValue("/apis/networking.istio.io/v1/namespaces/" + namespace + "/" + kind + "/" + name)}}}}
 }
 
+// mustAny packs m with map keys in order (RBAC policies, metadata, a
+// JSON access log format are maps): bytes that changed with each
+// generation would make every listener a new version at every push.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
-		panic(err) // only for types linked into this binary
+		panic(err) // generated messages always marshal
 	}
-	return a
+	return &anypb.Any{TypeUrl: "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName()), Value: b}
 }

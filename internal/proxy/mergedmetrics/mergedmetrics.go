@@ -6,7 +6,6 @@
 package mergedmetrics
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,12 +13,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Path is where the merged metrics are served.
@@ -31,10 +34,14 @@ type App struct {
 	Path string
 }
 
+// proxyPorts are the proxy's own: an app "served" there would make each
+// scrape fetch itself (15020) or the proxy's metrics twice.
+var proxyPorts = []int{15000, 15001, 15004, 15006, 15020, 15021, 15053, 15090}
+
 // Parse reads ISTIO_PROMETHEUS_ANNOTATIONS, the pod's own prometheus.io
 // annotations as the injector kept them ({"scrape":"true","port":"9090",
-// "path":"/metrics"}); no annotations or scrape other than "true" is no
-// application to scrape.
+// "path":"/metrics"}). As Istio: merged unless scrape is "false"; no
+// port is Prometheus's 80, no path /metrics.
 func Parse(env string) (*App, error) {
 	if env == "" {
 		return nil, nil
@@ -43,15 +50,18 @@ func Parse(env string) (*App, error) {
 	if err := json.Unmarshal([]byte(env), &a); err != nil {
 		return nil, fmt.Errorf("ISTIO_PROMETHEUS_ANNOTATIONS %q: %w", env, err)
 	}
-	if a.Scrape != "true" {
+	if a.Scrape == "false" {
 		return nil, nil
 	}
 	port, err := strconv.Atoi(a.Port)
 	if a.Port == "" {
-		port, err = 80, nil // Prometheus's default for a pod without prometheus.io/port
+		port, err = 80, nil
 	}
 	if err != nil || port < 1 || port > 65535 {
 		return nil, fmt.Errorf("ISTIO_PROMETHEUS_ANNOTATIONS: port %q is not a port number", a.Port)
+	}
+	if slices.Contains(proxyPorts, port) {
+		return nil, fmt.Errorf("ISTIO_PROMETHEUS_ANNOTATIONS: port %d is the proxy's own, not the application's", port)
 	}
 	path := a.Path
 	if path == "" {
@@ -63,13 +73,25 @@ func Parse(env string) (*App, error) {
 	return &App{Port: port, Path: path}, nil
 }
 
-// maxApp bounds what is read of the application's answer.
-const maxApp = 32 << 20
+const (
+	// maxApp bounds what is read of the application's answer.
+	maxApp = 32 << 20
+	// guard marks the proxy's own fetch: a request that carries it (an app
+	// that forwards to 15020) is answered without fetching again.
+	guard = "X-Isthmus-Merged-Scrape"
+	// concurrent scrapes at most; more wait for their turn.
+	concurrent = 2
+)
 
-// Handler serves the proxy's metrics (text format) followed by the
-// application's as it answered them. An application that does not answer
-// costs its own metrics only: the proxy's are served and the failure is
-// counted in istio_agent_scrape_failures_total, as Istio's agent does.
+// Handler serves the proxy's metrics followed by the application's, as
+// one valid text exposition: the proxy's Go runtime families (go_*,
+// process_*) are left to its 15090 so the app's own keep their names, and
+// the app's families that the proxy has or that claim Istio's or Envoy's
+// names (istio_*, envoy_*) are dropped, so no app can forge the mesh's
+// metrics. An application that does not answer (or answers what is not
+// Prometheus's text format) costs its own metrics only, counted in
+// istio_agent_scrape_failures_total (seen from the next scrape), as
+// Istio's agent does.
 func Handler(own prometheus.Gatherer, app *App, reg prometheus.Registerer, log *slog.Logger) http.Handler {
 	failures := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_agent_scrape_failures_total", Help: "Failed scrapes of the application's metrics, by what failed."}, []string{"type"})
 	if reg != nil {
@@ -79,46 +101,71 @@ func Handler(own prometheus.Gatherer, app *App, reg prometheus.Registerer, log *
 			}
 		}
 	}
-	client := &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}}
+	client := &http.Client{
+		Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext},
+		// A redirect is the app's answer, not somewhere the proxy goes.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	turns := make(chan struct{}, concurrent)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var out bytes.Buffer
+		select {
+		case turns <- struct{}{}:
+			defer func() { <-turns }()
+		case <-r.Context().Done():
+			return
+		}
 		families, err := own.Gather()
 		if err != nil {
 			log.Warn("gather the proxy's metrics", "err", err)
 		}
-		enc := expfmt.NewEncoder(&out, expfmt.NewFormat(expfmt.TypeTextPlain))
+		mine := map[string]bool{}
+		var out []*dto.MetricFamily
 		for _, f := range families {
-			if err := enc.Encode(f); err != nil {
-				failures.WithLabelValues("envoy").Inc()
-				break
+			if strings.HasPrefix(f.GetName(), "go_") || strings.HasPrefix(f.GetName(), "process_") {
+				continue
 			}
+			mine[f.GetName()] = true
+			out = append(out, f)
 		}
-		if app != nil {
-			b, err := scrape(r.Context(), client, app)
+		if app != nil && r.Header.Get(guard) == "" {
+			theirs, err := scrape(r.Context(), client, app)
 			if err != nil {
 				failures.WithLabelValues("application").Inc()
 				log.Debug("scrape the application's metrics", "port", app.Port, "path", app.Path, "err", err)
-			} else {
-				if out.Len() > 0 && len(b) > 0 {
-					out.WriteByte('\n')
+			}
+			names := make([]string, 0, len(theirs))
+			for n := range theirs {
+				if !mine[n] && !strings.HasPrefix(n, "istio_") && !strings.HasPrefix(n, "envoy_") {
+					names = append(names, n)
 				}
-				out.Write(b)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				out = append(out, theirs[n])
 			}
 		}
-		w.Header().Set("Content-Type", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
-		_, _ = w.Write(out.Bytes())
+		format := expfmt.NewFormat(expfmt.TypeTextPlain)
+		w.Header().Set("Content-Type", string(format))
+		enc := expfmt.NewEncoder(w, format)
+		for _, f := range out {
+			if err := enc.Encode(f); err != nil {
+				return // the scraper went away
+			}
+		}
 	})
 }
 
-// scrape fetches the application's metrics from the pod's loopback.
-func scrape(ctx context.Context, client *http.Client, app *App) ([]byte, error) {
+// scrape fetches and parses the application's metrics from the pod's
+// loopback.
+func scrape(ctx context.Context, client *http.Client, app *App) (map[string]*dto.MetricFamily, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(app.Port))+app.Path, nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "text/plain")
+	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	req.Header.Set(guard, "1")
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
@@ -127,15 +174,26 @@ func scrape(ctx context.Context, client *http.Client, app *App) ([]byte, error) 
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("status %s", resp.Status)
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxApp+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxApp {
+	body := io.LimitReader(resp.Body, maxApp+1)
+	counted := &countingReader{r: body}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(counted)
+	if counted.n > maxApp {
 		return nil, fmt.Errorf("more than %d bytes", maxApp)
 	}
-	if len(b) > 0 && b[len(b)-1] != '\n' {
-		b = append(b, '\n')
+	if err != nil {
+		return nil, fmt.Errorf("not Prometheus's text format: %w", err)
 	}
-	return b, nil
+	return families, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
