@@ -165,10 +165,16 @@ spec:
 		own("log", ref, "--level", "info")
 	})
 
-	t.Run("istioctl x describe pod names the pod's service, route, rule and mTLS mode", func(t *testing.T) {
+	t.Run("istioctl x describe pod names the pod's service, route, rule, authorization policy and mTLS mode", func(t *testing.T) {
+		// A policy that allows everything: named in the pod's inbound RBAC
+		// filter, as Istio names it, and no change for anyone.
+		e.apply("cluster-eks", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: accounts-istioctl, namespace: multicluster}\n"+
+			"spec:\n  selector: {matchLabels: {app: accounts}}\n  action: ALLOW\n  rules: [{}]\n")
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "authorizationpolicy", "accounts-istioctl")
 		var out string
 		want := []string{`Pod Revision: default`, `Service: accounts`, `DestinationRule: accounts-istioctl for "accounts"`,
-			`VirtualService: accounts-istioctl\s+1 HTTP route`, `Workload mTLS mode: \S+`}
+			`VirtualService: accounts-istioctl\s+1 HTTP route`, `RBAC policies: ns\[multicluster\]-policy\[accounts-istioctl\]-rule\[0\]`,
+			`Workload mTLS mode: \S+`}
 		ok := eventuallyOK(func() bool {
 			out = run(t, "x", "describe", "pod", accounts, "-n", "multicluster")
 			for _, w := range want {
