@@ -140,6 +140,25 @@ spec:
 		check("all", run(t, "proxy-config", "all", ref), `profile\.multicluster\.svc\.cluster\.local\s+8080`, `Route: 8080`, `ROOTCA`)
 	})
 
+	t.Run("istioctl analyze reads both clusters' Istio configuration and finds no error in what isthmus installed", func(t *testing.T) {
+		// --remote-contexts: the remote secret's reader may not list
+		// Secrets, which istioctl's multicluster analysis would. Exit 79
+		// means errors were found: the areas before this one leave test
+		// objects behind, so only errors about the mesh's own
+		// (istio-system) objects fail the test.
+		cmd := exec.Command(istioctl, "analyze", "-A", "--remote-contexts", "cluster-aks", "--context", "cluster-eks")
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+e.kubeconfig)
+		b, err := cmd.CombinedOutput()
+		out := string(b)
+		if ee, ok := err.(*exec.ExitError); err != nil && !(ok && ee.ExitCode() == 79) {
+			t.Fatalf("istioctl analyze: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "[cluster-cluster-aks]") || regexp.MustCompile(`(?m)^Error \[.*istio-system/`).MatchString(out) {
+			t.Errorf("istioctl analyze -A --remote-contexts cluster-aks:\n%s\nwant messages of cluster-aks and no Error about istio-system's objects", out)
+		}
+		t.Logf("istioctl analyze:\n%s", out)
+	})
+
 	t.Run("isthmus's own proxy-config shows the same rule and route, the bootstrap, and sets the log level", func(t *testing.T) {
 		ref := sleep + ".multicluster"
 		own := func(args ...string) string {
