@@ -141,14 +141,7 @@ func (p *Proxy) writeAccessLog(w io.Writer, line string) {
 // control plane, so a change reaches running proxies), else as the proxy
 // was started (--access-log); nil: not logged.
 func (p *Proxy) accessLogOf(c *config.Chain) (io.Writer, bool) {
-	var al *config.AccessLog
-	switch {
-	case c == nil:
-	case c.HTTP != nil:
-		al = c.HTTP.AccessLog
-	case c.TCP != nil:
-		al = c.TCP.AccessLog
-	}
+	al := chainLog(c)
 	if al == nil {
 		return p.opts.AccessLog, p.opts.AccessLogJSON
 	}
@@ -159,26 +152,43 @@ func (p *Proxy) accessLogOf(c *config.Chain) (io.Writer, bool) {
 	return w, al.JSON
 }
 
-// openLog opens an access log once (stdout and stderr are the process's).
+// chainLog is a chain's own access log (nil: none).
+func chainLog(c *config.Chain) *config.AccessLog {
+	switch {
+	case c == nil:
+	case c.HTTP != nil:
+		return c.HTTP.AccessLog
+	case c.TCP != nil:
+		return c.TCP.AccessLog
+	}
+	return nil
+}
+
+// openAccessLog opens an access log for appending: /dev/stdout (or -) and
+// /dev/stderr are the process's own streams, which the caller does not
+// own (close).
+func openAccessLog(path string) (f *os.File, own bool, err error) {
+	switch path {
+	case "/dev/stdout", "-":
+		return os.Stdout, false, nil
+	case "/dev/stderr":
+		return os.Stderr, false, nil
+	}
+	f, err = os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	return f, err == nil, err
+}
+
+// openLog opens an access log the control plane named, once.
 func (p *Proxy) openLog(path string) (io.Writer, error) {
 	if w, ok := p.logFiles.Load(path); ok {
 		return w.(io.Writer), nil
 	}
-	var w io.Writer
-	switch path {
-	case "/dev/stdout":
-		w = os.Stdout
-	case "/dev/stderr":
-		w = os.Stderr
-	default:
-		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			return nil, err
-		}
-		w = f
+	f, own, err := openAccessLog(path)
+	if err != nil {
+		return nil, err
 	}
-	actual, loaded := p.logFiles.LoadOrStore(path, w)
-	if f, ok := w.(*os.File); loaded && ok && f != os.Stdout && f != os.Stderr {
+	actual, loaded := p.logFiles.LoadOrStore(path, f)
+	if loaded && own {
 		f.Close() // another request opened it first
 	}
 	return actual.(io.Writer), nil
@@ -190,13 +200,7 @@ func (p *Proxy) openLog(path string) (io.Writer, error) {
 func (p *Proxy) openLogs(snap *config.Snapshot) error {
 	for name, l := range snap.Listeners {
 		for _, c := range append(slices.Clone(l.Chains), l.Default) {
-			if c == nil {
-				continue
-			}
-			for _, al := range []*config.AccessLog{httpLog(c), tcpLog(c)} {
-				if al == nil {
-					continue
-				}
+			if al := chainLog(c); al != nil {
 				if _, err := p.openLog(al.Path); err != nil {
 					return fmt.Errorf("listener %q: access log: %w", name, err)
 				}
@@ -204,20 +208,6 @@ func (p *Proxy) openLogs(snap *config.Snapshot) error {
 		}
 	}
 	return nil
-}
-
-func httpLog(c *config.Chain) *config.AccessLog {
-	if c.HTTP == nil {
-		return nil
-	}
-	return c.HTTP.AccessLog
-}
-
-func tcpLog(c *config.Chain) *config.AccessLog {
-	if c.TCP == nil {
-		return nil
-	}
-	return c.TCP.AccessLog
 }
 
 // runtime is a snapshot plus what the data path derives from it.

@@ -195,16 +195,14 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	md := cfg.Node.Metadata
 	self := telemetry.NewSelf(cfg.Node.ID(), workloadName(md["WORKLOAD_NAME"], cfg.Node.Pod), cfg.Node.Namespace, md["CLUSTER_ID"], principal, cfg.Node.Labels)
 	popts := Options{Identity: agent, Self: self, Log: log, AccessLogJSON: cfg.AccessLogEncoding == "JSON"}
-	switch cfg.AccessLog {
-	case "":
-	case "/dev/stdout", "-":
-		popts.AccessLog = os.Stdout
-	default:
-		f, err := os.OpenFile(cfg.AccessLog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if cfg.AccessLog != "" {
+		f, own, err := openAccessLog(cfg.AccessLog)
 		if err != nil {
 			return stop(fmt.Errorf("access log: %w", err))
 		}
-		defer f.Close()
+		if own {
+			defer f.Close()
+		}
 		popts.AccessLog = f
 	}
 	p := New(popts)

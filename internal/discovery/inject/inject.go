@@ -169,9 +169,9 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 		op{"add", "/metadata/annotations/" + escape(AnnotationStatus), `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`})
 	ops = append(ops, canonicalLabels(pod)...)
 	if c.mergeMetrics(pod) {
-		for k, v := range map[string]string{annScrape: "true", annPort: "15020", annPath: "/stats/prometheus"} {
-			ops = append(ops, op{"add", "/metadata/annotations/" + escape(k), v})
-		}
+		ops = append(ops, op{"add", "/metadata/annotations/" + escape(annScrape), "true"},
+			op{"add", "/metadata/annotations/" + escape(annPort), "15020"},
+			op{"add", "/metadata/annotations/" + escape(annPath), "/stats/prometheus"})
 	}
 	if network != "" && pod.Labels[LabelNetwork] == "" {
 		// As Istio's template: the pod says its network, which the control

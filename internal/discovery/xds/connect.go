@@ -114,7 +114,7 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 	c.proxy = key
 	st, ok := s.proxies[key]
 	if !ok {
-		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}, sentAt: map[string]time.Time{}, conns: map[*adsConn]struct{}{}}
+		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}, conns: map[*adsConn]struct{}{}}
 		s.proxies[key] = st
 	}
 	st.proxy = p

@@ -213,8 +213,8 @@ func TestCredentialsOnlyToAuthorizedGateways(t *testing.T) {
 		}
 		srv.Trigger() // a push: every connected proxy's view is generated again
 		clusters := map[string]bool{}
-		for _, st := range srv.Status() {
-			if st.ID == gwID {
+		for _, st := range srv.Syncz() {
+			if st.ProxyID == "istio-ingressgateway-1.istio-system" { // gwID's POD.NAMESPACE
 				clusters[st.ClusterID] = true
 			}
 		}

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -120,7 +121,7 @@ func (s *Server) debug(url string, names []string, scope string) ([]*anypb.Any, 
 		// empty answer, the client says it found no config dump.
 		return s.configDump(names[0], scope), nil
 	}
-	return nil, status.Errorf(codes.Unimplemented, "debug type %q is not served (syncz and config_dump are)", url)
+	return nil, status.Errorf(codes.InvalidArgument, "unknown debug type %q: the debug types are %s and %s", url, TypeDebugSyncz, TypeDebugConfigDump)
 }
 
 // istioID is istiod's proxy ID: POD.NAMESPACE.
@@ -198,52 +199,43 @@ func (st *proxyState) configStatus(url string) statusv3.ConfigStatus {
 func (s *Server) configDump(name, scope string) []*anypb.Any {
 	s.mu.Lock()
 	var snap *snapshot
-	keys := make([]string, 0, len(s.proxies))
+	first := "" // the same proxy in two clusters: the first key, always
 	for k, st := range s.proxies {
-		if st.proxy.identity != nil && istioID(st.proxy) == name && (scope == "" || st.proxy.Namespace == scope) && st.snap != nil {
-			keys = append(keys, k)
+		if st.proxy.identity != nil && istioID(st.proxy) == name && (scope == "" || st.proxy.Namespace == scope) && st.snap != nil && (first == "" || k < first) {
+			first, snap = k, st.snap
 		}
-	}
-	sort.Strings(keys) // the same proxy in two clusters: the first, always
-	if len(keys) > 0 {
-		snap = s.proxies[keys[0]].snap
 	}
 	s.mu.Unlock()
 	if snap == nil {
 		return nil
 	}
-	sorted := func(url string) ([]string, map[string]*anypb.Any) {
+	// ordered is a type's resources of the snapshot, by name as the
+	// proxy's own dump lists them.
+	ordered := func(url string) (names []string, anys []*anypb.Any) {
 		rs := snap.GetResourcesAndTTL(url)
-		names := make([]string, 0, len(rs))
-		anys := make(map[string]*anypb.Any, len(rs))
-		for n, r := range rs {
-			a, err := s.anys.marshalled(r.Resource)
-			if err != nil {
-				continue
+		for _, n := range slices.Sorted(maps.Keys(rs)) {
+			if a, err := s.anys.marshalled(rs[n].Resource); err == nil {
+				names, anys = append(names, n), append(anys, a)
 			}
-			names = append(names, n)
-			anys[n] = a
 		}
-		sort.Strings(names)
 		return names, anys
 	}
-	clusters := &adminv3.ClustersConfigDump{VersionInfo: snap.GetVersion(resource.ClusterType)}
-	names, anys := sorted(resource.ClusterType)
-	for _, n := range names {
-		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters,
-			&adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: snap.GetVersion(resource.ClusterType), Cluster: anys[n]})
+	cv, lv, rv := snap.GetVersion(resource.ClusterType), snap.GetVersion(resource.ListenerType), snap.GetVersion(resource.RouteType)
+	clusters := &adminv3.ClustersConfigDump{VersionInfo: cv}
+	_, anys := ordered(resource.ClusterType)
+	for _, a := range anys {
+		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: cv, Cluster: a})
 	}
-	listeners := &adminv3.ListenersConfigDump{VersionInfo: snap.GetVersion(resource.ListenerType)}
-	names, anys = sorted(resource.ListenerType)
-	for _, n := range names {
-		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{Name: n,
-			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: snap.GetVersion(resource.ListenerType), Listener: anys[n]}})
+	listeners := &adminv3.ListenersConfigDump{VersionInfo: lv}
+	names, anys := ordered(resource.ListenerType)
+	for i, a := range anys {
+		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{Name: names[i],
+			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: lv, Listener: a}})
 	}
 	routes := &adminv3.RoutesConfigDump{}
-	names, anys = sorted(resource.RouteType)
-	for _, n := range names {
-		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs,
-			&adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: snap.GetVersion(resource.RouteType), RouteConfig: anys[n]})
+	_, anys = ordered(resource.RouteType)
+	for _, a := range anys {
+		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: rv, RouteConfig: a})
 	}
 	var out []*anypb.Any
 	for _, m := range []proto.Message{clusters, listeners, routes} {

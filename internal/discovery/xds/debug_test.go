@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -49,21 +47,7 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 	})))
 	plain := grpc.NewServer()
 	srv.Register(secure, plain)
-	dial := func(g *grpc.Server) *grpc.ClientConn {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go g.Serve(l)
-		t.Cleanup(g.Stop)
-		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
-	secureConn, plainConn := dial(secure), dial(plain)
+	secureADS, plainADS := adsClient(t, listen(t, secure)), adsClient(t, listen(t, plain))
 	go srv.Run(ctx)
 	as := func(ns, sa string) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, "ns", ns, "sa", sa)
@@ -74,7 +58,7 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 		{"test", "sleep", "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local"},
 		{"prod", "bank", "sidecar~10.0.0.2~bank-1.prod~prod.svc.cluster.local"},
 	} {
-		s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(secureConn).StreamAggregatedResources(as(p.ns, p.sa))
+		s, err := secureADS.StreamAggregatedResources(as(p.ns, p.sa))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,7 +76,7 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 	// An impostor on the plaintext port names sleep's pod as a router: it
 	// gets configuration (as on Istio's 15010) but is no proxy of the debug
 	// answers, which it would otherwise shadow.
-	imp, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(plainConn).StreamAggregatedResources(ctx)
+	imp, err := plainADS.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,10 +88,10 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 	}
 
 	// debug asks one debug request as a caller and returns its answer.
-	debug := func(conn *grpc.ClientConn, ctx context.Context, url string, names ...string) (*discoverygrpc.DiscoveryResponse, error) {
+	debug := func(ads discoverygrpc.AggregatedDiscoveryServiceClient, ctx context.Context, url string, names ...string) (*discoverygrpc.DiscoveryResponse, error) {
 		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 		defer scancel()
-		s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+		s, err := ads.StreamAggregatedResources(sctx)
 		if err != nil {
 			return nil, err
 		}
@@ -120,7 +104,7 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 	}
 	syncz := func(ctx context.Context) map[string]*statusv3.ClientConfig {
 		t.Helper()
-		r, err := debug(secureConn, ctx, xds.TypeDebugSyncz)
+		r, err := debug(secureADS, ctx, xds.TypeDebugSyncz)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +151,7 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 
 	dump := func(ctx context.Context) *adminv3.ClustersConfigDump {
 		t.Helper()
-		r, err := debug(secureConn, ctx, xds.TypeDebugConfigDump, "sleep-1.test")
+		r, err := debug(secureADS, ctx, xds.TypeDebugConfigDump, "sleep-1.test")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,11 +173,11 @@ func TestDebugTypesAnswerIstioctlWithinTheCallersScope(t *testing.T) {
 		t.Errorf("another namespace got sleep-1.test's config: %v", cd)
 	}
 
-	if _, err := debug(plainConn, ctx, xds.TypeDebugSyncz); status.Code(err) != codes.Unauthenticated {
+	if _, err := debug(plainADS, ctx, xds.TypeDebugSyncz); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("syncz on the plaintext port: %v, want Unauthenticated", err)
 	}
 	// A debug stream serves debug types only: it is no proxy.
-	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(secureConn).StreamAggregatedResources(as("istio-system", "default"))
+	s, err := secureADS.StreamAggregatedResources(as("istio-system", "default"))
 	if err != nil {
 		t.Fatal(err)
 	}

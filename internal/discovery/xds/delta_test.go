@@ -88,8 +88,8 @@ func TestDeltaADS(t *testing.T) {
 	if n := count(); n != 2 {
 		t.Fatalf("EDS after a new endpoint has %d endpoints", n)
 	}
-	st := srv.Status()
-	if len(st) != 1 || st[0].Acked["cds"] == "" {
+	st := srv.Syncz()
+	if len(st) != 1 || st[0].ClusterAcked == "" {
 		t.Fatalf("status after delta ACKs: %+v", st)
 	}
 	// A rejection is recorded with its detail.
@@ -97,12 +97,12 @@ func TestDeltaADS(t *testing.T) {
 		ErrorDetail: &status.Status{Code: 3, Message: "bad cluster"}})
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if st := srv.Status(); len(st) == 1 && st[0].Nacked["cds"] == "bad cluster" {
+		if st := srv.Syncz(); len(st) == 1 && st[0].Nacked["cds"] == "bad cluster" {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("NACK not recorded: %+v", srv.Status())
+	t.Fatalf("NACK not recorded: %+v", srv.Syncz())
 }
 
 // TestDeltaSendsOnlyChanges: over a real stream, each change sends only

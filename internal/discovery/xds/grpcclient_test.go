@@ -54,7 +54,7 @@ func TestGRPCGoClient(t *testing.T) {
 	defer ccancel()
 	resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
 	if err != nil {
-		t.Fatalf("call via xDS: %v\nproxies: %+v", err, srv.Status())
+		t.Fatalf("call via xDS: %v\nproxies: %+v", err, srv.Syncz())
 	}
 	if resp.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("status %v", resp.Status)

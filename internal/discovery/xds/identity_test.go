@@ -2,7 +2,6 @@ package xds_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -11,7 +10,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -34,26 +32,16 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 	reg.SetWorkload("", "10.0.0.1", registry.Workload{Namespace: "test", Name: "sleep-1", ServiceAccount: "sleep", Labels: map[string]string{"app": "sleep"}}, true)
 	reg.SetWorkload("", "10.0.0.2", registry.Workload{Namespace: "test", Name: "bank-1", ServiceAccount: "bank", Labels: map[string]string{"app": "bank"}}, true)
 	srv := xds.NewServer(xds.ServerConfig{Registry: reg})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	g := grpc.NewServer(grpc.StreamInterceptor(xds.Authenticated(func(context.Context) (xds.Identity, error) {
 		return xds.Identity{Namespace: "test", ServiceAccount: "sleep"}, nil
 	})))
 	srv.Register(g)
-	go g.Serve(l)
-	defer g.Stop()
+	ads := adsClient(t, listen(t, g))
 	go srv.Run(ctx)
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ask := func(id string, md map[string]string) error {
 		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 		defer scancel()
-		s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+		s, err := ads.StreamAggregatedResources(sctx)
 		if err != nil {
 			return err
 		}
@@ -71,7 +59,7 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 		}
 		return proxyview.NodeMetadata(m)
 	}
-	if err := askLabelled(ctx, conn, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("app", "sleep")); err != nil {
+	if err := askLabelled(ctx, ads, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("app", "sleep")); err != nil {
 		t.Fatalf("a node claiming its pod's own label refused: %v", err)
 	}
 	for name, tc := range map[string]struct {
@@ -88,7 +76,7 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 			t.Errorf("%s: %v, want PermissionDenied", name, err)
 		}
 	}
-	if err := askLabelled(ctx, conn, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("istio", "ingressgateway")); status.Code(err) != codes.PermissionDenied {
+	if err := askLabelled(ctx, ads, "sidecar~10.0.0.1~sleep-1.test~test.svc.cluster.local", labelled("istio", "ingressgateway")); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("a label its pod lacks: %v, want PermissionDenied", err)
 	}
 	if err := ask("sidecar~10.0.0.9~sleep-9.test~test.svc.cluster.local", nil); status.Code(err) != codes.Unavailable {
@@ -98,10 +86,10 @@ func TestNodeMustMatchTheCallersIdentity(t *testing.T) {
 
 // askLabelled opens a stream for a node with LABELS and returns the
 // first response's error.
-func askLabelled(ctx context.Context, conn *grpc.ClientConn, id string, labels *structpb.Struct) error {
+func askLabelled(ctx context.Context, ads discoverygrpc.AggregatedDiscoveryServiceClient, id string, labels *structpb.Struct) error {
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
-	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	s, err := ads.StreamAggregatedResources(sctx)
 	if err != nil {
 		return err
 	}
@@ -128,27 +116,17 @@ func TestWorkloadEntryIdentity(t *testing.T) {
 		workloadentry.Key("evil", "198.19.1.11"): {Namespace: "evil", Name: "squat", ServiceAccount: "vm"},
 	}})
 	srv := xds.NewServer(xds.ServerConfig{Registry: reg, ConfigCluster: "c1"})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	g := grpc.NewServer(grpc.StreamInterceptor(xds.Authenticated(func(ctx context.Context) (xds.Identity, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		return xds.Identity{Cluster: md.Get("clusterid")[0], Namespace: "vm", ServiceAccount: "vm"}, nil
 	})))
 	srv.Register(g)
-	go g.Serve(l)
-	defer g.Stop()
+	ads := adsClient(t, listen(t, g))
 	go srv.Run(ctx)
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ask := func(cluster, id string) error {
 		sctx, scancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "clusterid", cluster), 10*time.Second)
 		defer scancel()
-		return askLabelled(sctx, conn, id, proxyview.NodeMetadata(map[string]string{"app": "vmapp"}))
+		return askLabelled(sctx, ads, id, proxyview.NodeMetadata(map[string]string{"app": "vmapp"}))
 	}
 	if err := ask("c1", "sidecar~198.19.1.10~vm-1.vm~vm.svc.cluster.local"); err != nil {
 		t.Fatalf("the entry's own proxy refused: %v", err)

@@ -94,7 +94,7 @@ func TestEndpointsSurvivePushRaces(t *testing.T) {
 		setEndpoints(reg)
 		wait(t, patching, "the endpoints push")
 		sleep := connectSidecar(t, addr, "10.0.0.9", "ns")
-		eventually(t, "sleep connected", func() bool { return len(srv.Status()) == 2 })
+		eventually(t, "sleep connected", func() bool { return len(srv.Syncz()) == 2 })
 		time.Sleep(50 * time.Millisecond) // its snapshot waits for the memo being patched
 		close(release)
 		eventually(t, "sleep's endpoint of "+host, func() bool { return sleep.endpoints(name) == 1 })

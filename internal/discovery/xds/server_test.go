@@ -26,16 +26,23 @@ func serveConfig(t *testing.T, cfg xds.ServerConfig) (*xds.Server, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	srv := xds.NewServer(cfg)
+	g := grpc.NewServer()
+	srv.Register(g)
+	go srv.Run(ctx)
+	return srv, listen(t, g)
+}
+
+// listen serves g on a loopback port until the test ends and returns
+// its address.
+func listen(t *testing.T, g *grpc.Server) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	srv.Register(g)
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
-	go srv.Run(ctx)
-	return srv, l.Addr().String()
+	return l.Addr().String()
 }
 
 // adsClient opens a connection to the server for the test.

@@ -127,7 +127,7 @@ func TestSotwRejectionAndStaleRequests(t *testing.T) {
 	_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: []string{name}, ResponseNonce: first.Nonce,
 		ErrorDetail: &status.Status{Code: 3, Message: "bad endpoint"}})
 	deadline := time.Now().Add(5 * time.Second)
-	for st := srv.Status(); len(st) != 1 || st[0].Nacked["eds"] != "bad endpoint"; st = srv.Status() {
+	for st := srv.Syncz(); len(st) != 1 || st[0].Nacked["eds"] != "bad endpoint"; st = srv.Syncz() {
 		if time.Now().After(deadline) {
 			t.Fatalf("rejection not recorded: %+v", st)
 		}

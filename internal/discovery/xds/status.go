@@ -9,17 +9,6 @@ import (
 
 // What each proxy was sent and acknowledged: proxy-status's view.
 
-// ProxyStatus is one proxy's sync state, what proxy-status prints.
-type ProxyStatus struct {
-	ID        string            `json:"id"`
-	ClusterID string            `json:"clusterID"`
-	Network   string            `json:"network"`
-	Version   string            `json:"istioVersion,omitempty"`
-	Sent      map[string]string `json:"sent"`
-	Acked     map[string]string `json:"acked"`
-	Nacked    map[string]string `json:"nacked,omitempty"`
-}
-
 // record notes what a stream's proxy acknowledged or rejected.
 func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
 	s.mu.Lock()
@@ -44,13 +33,18 @@ func (s *Server) sent(c *adsConn, typeURL, version string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.proxies[c.proxy]; st != nil {
-		st.sent[typeURL] = version
-		if st.sentAt == nil {
-			st.sentAt = map[string]time.Time{}
-		}
-		st.sentAt[typeURL] = time.Now()
+		st.markSent(typeURL, version)
 	}
 	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
+}
+
+// markSent notes a type's version (or nonce) as sent now.
+func (st *proxyState) markSent(typeURL, version string) {
+	st.sent[typeURL] = version
+	if st.sentAt == nil {
+		st.sentAt = map[string]time.Time{}
+	}
+	st.sentAt[typeURL] = time.Now()
 }
 
 // upToDate notes that a stream's proxy holds a type's current resources
@@ -60,11 +54,8 @@ func (s *Server) upToDate(c *adsConn, typeURL, version string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.proxies[c.proxy]; st != nil {
-		st.sent[typeURL], st.acked[typeURL] = version, version
-		if st.sentAt == nil {
-			st.sentAt = map[string]time.Time{}
-		}
-		st.sentAt[typeURL] = time.Now()
+		st.markSent(typeURL, version)
+		st.acked[typeURL] = version
 	}
 }
 
@@ -82,29 +73,6 @@ func shortType(url string) string {
 		return "sds"
 	}
 	return url
-}
-
-// Status lists every connected proxy with what it was sent and acknowledged.
-func (s *Server) Status() []ProxyStatus {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]ProxyStatus, 0, len(s.proxies))
-	for _, st := range s.proxies {
-		ps := ProxyStatus{ID: st.proxy.ID, ClusterID: st.proxy.ClusterID, Network: st.proxy.Network, Version: st.proxy.IstioVersion,
-			Sent: map[string]string{}, Acked: map[string]string{}, Nacked: map[string]string{}}
-		for k, v := range st.sent {
-			ps.Sent[shortType(k)] = v
-		}
-		for k, v := range st.acked {
-			ps.Acked[shortType(k)] = v
-		}
-		for k, v := range st.nack {
-			ps.Nacked[shortType(k)] = v
-		}
-		out = append(out, ps)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
 }
 
 // SyncStatus is one proxy of /debug/syncz on the monitoring port, in
@@ -127,7 +95,8 @@ type SyncStatus struct {
 	Nacked        map[string]string `json:"nacked,omitempty"`
 }
 
-// Syncz is Status in istiod's /debug/syncz form.
+// Syncz lists every connected proxy with what it was sent and
+// acknowledged, in istiod's /debug/syncz form.
 func (s *Server) Syncz() []SyncStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
