@@ -102,7 +102,7 @@ func TestValidated(t *testing.T) {
 	var got []string
 	for _, doc := range []string{
 		"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: mc}\nspec: {}\n",
-		"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a]\n  http:\n  - mirror: {host: a}\n    route: [{destination: {host: a}}]\n",
+		"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a]\n  http:\n  - delegate: {name: d}\n",
 		"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: w}\nspec:\n  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    timeout: 5s0\n",
 		"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: mc}\nspec:\n  rules:\n  - when: [{key: connection.sni, values: [a]}]\n",
 	} {
@@ -117,7 +117,7 @@ func TestValidated(t *testing.T) {
 	}
 	want := []string{
 		"Warning [ISM0002] (EnvoyFilter f.mc) isthmus's proxy is not Envoy and applies no EnvoyFilter patches",
-		"Warning [ISM0002] (VirtualService v.default) spec.http[0].mirror: not supported by isthmus; ignored",
+		"Warning [ISM0002] (VirtualService v.default) spec.http[0].delegate: not supported by isthmus; ignored",
 		`Error [IST0106] (VirtualService w.default) Schema validation error: spec.http[0].timeout: bad Duration: time: missing unit in duration "5s0"`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -118,7 +119,10 @@ func startProxyWith(tb testing.TB, upstream string, adjust func(*cluster.Cluster
 			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tb, hcmConfig)}}}}}})},
 	}
 	for typ, rs := range setup.more {
-		st[typ] = rs
+		if st[typ] == nil {
+			st[typ] = map[string]*anypb.Any{}
+		}
+		maps.Copy(st[typ], rs)
 	}
 	opts := setup.opts
 	opts.Log = slog.New(slog.DiscardHandler)

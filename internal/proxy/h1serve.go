@@ -35,7 +35,7 @@ import (
 //
 // The loop serves requests it is sure of: HTTP/1.1, a plain path, no body
 // or a Content-Length of at most 64 KiB (kept for retries), no Upgrade or
-// Expect, routed to an HTTP/1.1 upstream. What to do with a request is the
+// Expect, routed to an HTTP/1.1 upstream without mirrors. What to do with a request is the
 // proxy's one decision (package decision), which the loop carries out,
 // answering refusals, redirects and fault aborts itself. The first request
 // that is not for the loop, or an HTTP/2 preface, hands the connection
@@ -267,7 +267,8 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	var cl *config.Cluster
 	if dec.Status == 0 {
 		cl = rt.snap.Clusters[name]
-		if cl != nil && cl.Protocol == config.UpstreamHTTP2 {
+		// HTTP/2 upstreams and mirrors are net/http's handler's.
+		if cl != nil && cl.Protocol == config.UpstreamHTTP2 || r != nil && len(r.Mirrors) > 0 {
 			return notServed
 		}
 	}

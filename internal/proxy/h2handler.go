@@ -22,13 +22,18 @@ import (
 // The handler carries out the stream's decision and does the telemetry; the relay only moves
 // bytes and keeps flow control: the request body is credited back to the
 // client as the handler reads it, and a write waits while the client's
-// window holds the answer back.
+// window holds the answer back. A route with mirrors goes the same way:
+// the handler is the one place that copies a request (mirror.go).
 
 // h2MaxPending bounds the answer a handler may have waiting for window.
 const h2MaxPending = 64 << 10
 
-// toHTTP1 tells whether a route sends to HTTP/1.1 upstreams.
-func toHTTP1(rt *runtime, r *config.Route) bool {
+// forHandler tells whether a route's requests are the handler's: it
+// sends to HTTP/1.1 upstreams, or mirrors.
+func forHandler(rt *runtime, r *config.Route) bool {
+	if len(r.Mirrors) > 0 {
+		return true
+	}
 	for _, wc := range r.Clusters {
 		if c := rt.snap.Clusters[wc.Name]; c != nil && c.Protocol == config.UpstreamHTTP1 {
 			return true

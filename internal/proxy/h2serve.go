@@ -424,7 +424,7 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 			s.xff = dec.XFF
 		}
 	}
-	if dec.Status == 0 && toHTTP1(rt, s.route) {
+	if dec.Status == 0 && forHandler(rt, s.route) {
 		s.serveByHandler(fl, f)
 		return
 	}

@@ -222,6 +222,9 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		if dec.XFF != "" {
 			r.Header.Set("X-Forwarded-For", dec.XFF)
 		}
+		if len(rc.r.Mirrors) > 0 {
+			p.mirror(rc, r)
+		}
 		ctx := context.WithValue(r.Context(), routeKey, rc)
 		if rc.r.Timeout > 0 {
 			var cancel context.CancelFunc

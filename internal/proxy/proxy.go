@@ -115,6 +115,8 @@ type Proxy struct {
 	// inflight counts requests and TCP connections per cluster name, for
 	// the circuit breakers; it outlives configuration swaps.
 	inflight sync.Map // string -> *atomic.Int64
+	// mirrorSlots holds one token per mirrored copy in flight (mirror.go).
+	mirrorSlots chan struct{}
 
 	httpOnce     sync.Once
 	http         *http.Server
@@ -248,7 +250,8 @@ func New(opts Options) *Proxy {
 	if opts.Self == nil {
 		opts.Self = telemetry.NewSelf("", "unknown", "unknown", "unknown", "unknown", nil)
 	}
-	p := &Proxy{opts: opts, bound: map[string]*bound{}, ready: make(chan struct{}), stats: newStats(), outliers: lb.NewOutliers()}
+	p := &Proxy{opts: opts, bound: map[string]*bound{}, ready: make(chan struct{}), stats: newStats(), outliers: lb.NewOutliers(),
+		mirrorSlots: make(chan struct{}, maxMirrors)}
 	p.cur.Store(&runtime{snap: &config.Snapshot{Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Routes: map[string]*config.RouteTable{}}, pickers: map[string]*lb.Picker{}})
 	return p
 }

@@ -25,6 +25,9 @@ type Stats struct {
 	cxOverflow      *prometheus.CounterVec
 	rxReset         prometheus.Counter
 	prematureResets prometheus.Counter
+	// mirrors counts mirrored copies by cluster and result (sent,
+	// failed, dropped).
+	mirrors *prometheus.CounterVec
 }
 
 func newStats() *Stats {
@@ -47,7 +50,9 @@ func newStats() *Stats {
 		Help: "HTTP/2 streams the client reset."})
 	s.prematureResets = prometheus.NewCounter(prometheus.CounterOpts{Name: "envoy_http_downstream_rq_too_many_premature_resets",
 		Help: "HTTP/2 connections closed because the client reset too many streams early (rapid reset)."})
-	reg.MustRegister(s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, s.cxOverflow, s.rxReset, s.prematureResets,
+	s.mirrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "isthmus_mirror_requests_total",
+		Help: "Copies of requests for a route's mirrors: sent (answered), failed (no answer) or dropped (not sent: body over 64 KiB, an upgrade, or too many in flight)."}, []string{"cluster_name", "result"})
+	reg.MustRegister(s.mirrors, s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, s.cxOverflow, s.rxReset, s.prematureResets,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }

@@ -127,6 +127,7 @@ func checkVirtualService(m proto.Message, c *checker) {
 		if dr := hr.GetDirectResponse(); dr != nil && (dr.GetStatus() < 200 || dr.GetStatus() > 599) {
 			c.errf(p+".directResponse.status", "%d is not in the range 200..599", dr.GetStatus())
 		}
+		checkMirrors(c, p, hr)
 		checkHeaderOps(c, p+".headers", hr.GetHeaders())
 		if cp := hr.GetCorsPolicy(); cp != nil {
 			checkCORS(c, p+".corsPolicy", cp)
@@ -560,6 +561,36 @@ func checkAuthorizationPolicy(m proto.Message, c *checker) {
 			}
 			checkValues(c, wp+".values", w.GetValues(), check)
 			checkValues(c, wp+".notValues", w.GetNotValues(), check)
+		}
+	}
+}
+
+// checkMirrors is Istio's validation of mirror, its percentages and mirrors.
+func checkMirrors(c *checker, p string, hr *networking.HTTPRoute) {
+	percent := func(path string, v float64) {
+		if v < 0 || v > 100 {
+			c.errf(path, "%g is not a percentage (0..100)", v)
+		}
+	}
+	if hr.GetMirror() != nil && len(hr.GetMirrors()) > 0 {
+		c.errf(p, "an http route cannot have both mirror and mirrors")
+	}
+	if m := hr.GetMirror(); m != nil && m.GetHost() == "" {
+		c.errf(p+".mirror.host", "a mirror needs a host")
+	}
+	if mp := hr.GetMirrorPercentage(); mp != nil {
+		percent(p+".mirrorPercentage.value", mp.GetValue())
+	}
+	if v := hr.GetMirrorPercent().GetValue(); v > 100 { //nolint:staticcheck // Istio still reads the deprecated field
+		c.errf(p+".mirrorPercent", "%d is more than 100", v)
+	}
+	for i, m := range hr.GetMirrors() {
+		mp := fmt.Sprintf("%s.mirrors[%d]", p, i)
+		if m.GetDestination().GetHost() == "" {
+			c.errf(mp+".destination.host", "a mirror needs a destination host")
+		}
+		if m.GetPercentage() != nil {
+			percent(mp+".percentage.value", m.GetPercentage().GetValue())
 		}
 	}
 }

@@ -66,7 +66,10 @@ var kinds = map[string]kind{
 			"http.direct_response", "http.direct_response.status", "http.direct_response.body", "http.direct_response.body.string", "http.direct_response.body.bytes",
 			"http.headers", "http.route.headers",
 			"http.cors_policy", "http.cors_policy.allow_origin", "http.cors_policy.allow_methods", "http.cors_policy.allow_headers",
-			"http.cors_policy.expose_headers", "http.cors_policy.max_age", "http.cors_policy.allow_credentials", "http.cors_policy.unmatched_preflights"},
+			"http.cors_policy.expose_headers", "http.cors_policy.max_age", "http.cors_policy.allow_credentials", "http.cors_policy.unmatched_preflights",
+			"http.mirror", "http.mirror.host", "http.mirror.subset", "http.mirror.port", "http.mirror.port.number",
+			"http.mirror_percentage", "http.mirror_percentage.value", "http.mirror_percent", "http.mirrors", "http.mirrors.percentage", "http.mirrors.percentage.value"},
+		prefixed("http.mirrors.", destination[:5]),
 		stringMatch("http.cors_policy.allow_origins"),
 		headerOps("http.headers"), headerOps("http.route.headers"), []string{
 			"tcp", "tcp.match", "tcp.match.port", "tcp.route", "tls", "tls.match", "tls.match.sni_hosts", "tls.match.port", "tls.route"},

@@ -35,6 +35,9 @@ func TestRefusals(t *testing.T) {
 		{vsHead + "  hosts: [a]\n", "http, tcp or tls must be provided"},
 		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    retries: {attempts: 2, retryOn: \"5xx,bogus\"}\n", `spec.http[0].retries.retryOn: "bogus" is not a retry condition`},
 		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirorr: {host: b}\n", "spec.http[0].mirorr: unknown field"},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirror: {host: b}\n    mirrorPercentage: {value: 101}\n", "spec.http[0].mirrorPercentage.value: 101 is not a percentage (0..100)"},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirror: {host: b}\n    mirrors: [{destination: {host: c}}]\n", "spec.http[0]: an http route cannot have both mirror and mirrors"},
+		{vsHead + "  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirrors: [{destination: {host: c}, percentage: {value: -1}}]\n", "spec.http[0].mirrors[0].percentage.value: -1 is not a percentage (0..100)"},
 		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n", "spec.servers[0].hosts: a server must have at least one host"},
 		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n", "spec.servers[0].tls: a server with protocol HTTPS must have TLS settings"},
 		{"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTPX}\n    hosts: [\"*\"]\n", `spec.servers[0].port.protocol: invalid protocol "HTTPX"`},
@@ -74,7 +77,7 @@ func TestAccepted(t *testing.T) {
 // Fields isthmus does not act on are accepted with a warning naming them.
 func TestUnsupportedWarnings(t *testing.T) {
 	r := validate(t, vsHead+"  hosts: [a]\n  http:\n  - route: [{destination: {host: a}}]\n    mirror: {host: b}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n    delegate: {name: d}\n")
-	if len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != "spec.http[0].delegate: not supported by isthmus; ignored\nspec.http[0].mirror: not supported by isthmus; ignored" {
+	if len(r.Errors) > 0 || strings.Join(r.Warnings, "\n") != "spec.http[0].delegate: not supported by isthmus; ignored" {
 		t.Errorf("errors %q warnings %q", r.Errors, r.Warnings)
 	}
 	r = validate(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n  provider: {name: ext-authz}\n")

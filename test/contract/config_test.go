@@ -286,6 +286,15 @@ http:
     request: {set: {x-route: r, x-both: route}, add: {x-trace: t1}, remove: [X-Internal]}
     response: {set: {cache-control: no-store}, remove: [server]}
   route: [{destination: {host: profile}, headers: {request: {set: {x-both: destination, x-dest: d}}, response: {add: {x-served-by: profile}}}}]
+- name: mirrored
+  match: [{uri: {prefix: /m}}]
+  route: [{destination: {host: profile}}]
+  mirror: {host: profile, subset: v2}
+  mirrorPercentage: {value: 12.5}
+- name: mirrors
+  match: [{uri: {prefix: /two}}]
+  route: [{destination: {host: profile}}]
+  mirrors: [{destination: {host: profile, port: {number: 9090}}}, {destination: {host: profile}, percentage: {value: 0}}]
 `))
 	if err := vs.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
@@ -307,6 +316,14 @@ http:
 		len(c.Origins) != 2 || !c.Origins[1]("https://eu.shop.example") || c.Origins[1]("https://evil.example") || c.AllowMethods != "GET,POST" ||
 		c.MaxAge != "3600" || !c.AllowCredentials || !c.ForwardUnmatched {
 		t.Errorf("cors policy %+v", c)
+	}
+	// mirror at 12.5%, mirrors at their default of 100% (a share of 0
+	// is none), as Istio renders them.
+	if got := fmt.Sprintf("%+v", decide("/m").Route.Mirrors); got != "[{Cluster:outbound|8080|v2|"+h+" Share:0.125 KeepHost:false}]" {
+		t.Errorf("mirror: %s", got)
+	}
+	if got := fmt.Sprintf("%+v", decide("/two").Route.Mirrors); got != "[{Cluster:outbound|9090||"+h+" Share:1 KeepHost:false}]" {
+		t.Errorf("mirrors: %s", got)
 	}
 	hd := decide("/h")
 	if got := fmt.Sprintf("set %v add %v remove %v response %+v", hd.Set, hd.Add, hd.Remove, hd.Response); got !=

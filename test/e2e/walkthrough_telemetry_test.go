@@ -17,23 +17,7 @@ import (
 // proxy's 15020, which serves both.
 func telemetryArea(t *testing.T, w *walkthrough) {
 	e := w.e
-	scrape := func(t *testing.T, cluster, pod string, port int, path string) string {
-		t.Helper()
-		out, err := e.kubectl(cluster, "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/multicluster/pods/%s:%d/proxy%s", pod, port, path))
-		if err != nil {
-			t.Fatalf("scrape %s/%s:%d%s: %v\n%.500s", cluster, pod, port, path, err, out)
-		}
-		return out
-	}
-	pods := func(t *testing.T, cluster, app string) []string {
-		t.Helper()
-		o, err := e.kubectl(cluster, "", "-n", "multicluster", "get", "pods", "-l", "app="+app, "--field-selector=status.phase=Running",
-			"-o", "jsonpath={.items[*].metadata.name}")
-		if err != nil || o == "" {
-			t.Fatalf("%s pods in %s: %v %s", app, cluster, err, o)
-		}
-		return strings.Fields(o)
-	}
+	scrape, pods := w.scrape, w.pods
 
 	t.Run("Kiali's edges from the metrics alone: sleep -> profile by canonical service, one per cluster that served", func(t *testing.T) {
 		by := w.servedBy(t, 30, "")
@@ -166,6 +150,28 @@ spec:
 			t.Errorf("15020/stats/prometheus of %s: app's demoapp_requests_total >= 3 %v, proxy's istio_requests_total from sleep %v:\n%.3000s", pod, app, proxy, merged)
 		}
 	})
+}
+
+// scrape GETs path on a multicluster pod's port through its cluster's API
+// server.
+func (w *walkthrough) scrape(t *testing.T, cluster, pod string, port int, path string) string {
+	t.Helper()
+	out, err := w.e.kubectl(cluster, "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/multicluster/pods/%s:%d/proxy%s", pod, port, path))
+	if err != nil {
+		t.Fatalf("scrape %s/%s:%d%s: %v\n%.500s", cluster, pod, port, path, err, out)
+	}
+	return out
+}
+
+// pods are the running multicluster pods of an app in a cluster.
+func (w *walkthrough) pods(t *testing.T, cluster, app string) []string {
+	t.Helper()
+	o, err := w.e.kubectl(cluster, "", "-n", "multicluster", "get", "pods", "-l", "app="+app, "--field-selector=status.phase=Running",
+		"-o", "jsonpath={.items[*].metadata.name}")
+	if err != nil || o == "" {
+		t.Fatalf("%s pods in %s: %v %s", app, cluster, err, o)
+	}
+	return strings.Fields(o)
 }
 
 // sample is one series of a Prometheus text exposition.

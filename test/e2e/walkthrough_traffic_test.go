@@ -113,6 +113,53 @@ spec:
 		eventually(t, "the rest answered by v1 in cluster-eks only", func() bool { return servedBy(10, "")["cluster-eks"] == 10 })
 	})
 
+	t.Run("VirtualService mirror: v1 in cluster-eks answers, v2 in cluster-aks gets a copy of each call through the east-west gateway", func(t *testing.T) {
+		e.apply("cluster-eks", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile-versions, namespace: multicluster}
+spec:
+  host: profile
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: profile, namespace: multicluster}
+spec:
+  hosts: [profile]
+  http:
+  - route: [{destination: {host: profile, subset: v1}}]
+    mirror: {host: profile, subset: v2}
+    mirrorPercentage: {value: 100}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "destinationrule/profile-versions", "virtualservice/profile")
+		eventually(t, "answered by v1 in cluster-eks only", func() bool { return servedBy(10, "")["cluster-eks"] == 10 })
+		// The copies reach profile's sidecar in cluster-aks as sleep's
+		// calls (its inbound metrics); nothing else calls it meanwhile.
+		pod := w.pods(t, "cluster-aks", "profile")[0]
+		fromSleep := func() float64 {
+			n := 0.0
+			for _, s := range series(w.scrape(t, "cluster-aks", pod, 15090, "/stats/prometheus"), "istio_requests_total") {
+				if s.labels["reporter"] == "destination" && s.labels["source_canonical_service"] == "sleep" {
+					n += s.value
+				}
+			}
+			return n
+		}
+		time.Sleep(time.Second) // the copies of the calls above
+		before := fromSleep()
+		if by := servedBy(20, ""); by["cluster-eks"] != 20 {
+			t.Fatalf("answers by cluster %v: want cluster-eks's v1 only", by)
+		}
+		var got float64
+		eventually(t, "20 copies in cluster-aks", func() bool { got = fromSleep() - before; return got >= 20 })
+		if got != 20 {
+			t.Errorf("cluster-aks's profile got %v copies of 20 calls", got)
+		}
+	})
+
 	t.Run("DestinationRule distribute: 80% of calls stay in us-east-1 (cluster-eks), 20% go to eastus (cluster-aks)", func(t *testing.T) {
 		e.apply("cluster-eks", `
 apiVersion: networking.istio.io/v1

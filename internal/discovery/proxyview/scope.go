@@ -220,6 +220,9 @@ func vsDestinations(vs *apinetworking.VirtualService) []string {
 		if m := r.GetMirror(); m != nil {
 			out = append(out, m.GetHost())
 		}
+		for _, m := range r.GetMirrors() {
+			out = append(out, m.GetDestination().GetHost())
+		}
 	}
 	for _, r := range vs.GetTcp() {
 		for _, d := range r.GetRoute() {

@@ -174,9 +174,6 @@ func vsRoutes(vs *networkingv1.VirtualService, scope routeScope, domain string, 
 			warn(where + " http[" + name + "]: delegate is not supported; route skipped")
 			continue
 		}
-		if hr.GetMirror() != nil || len(hr.GetMirrors()) > 0 {
-			warn(where + " http[" + name + "]: mirror is not supported; ignored")
-		}
 		rwarn := func(m string) { warn(where + " http[" + name + "]: " + m) }
 		hwarn := func(m string) { rwarn("headers: " + m) }
 		// The route's header operations, the same for each of its matches.
@@ -408,6 +405,7 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		}
 		a.RetryPolicy = rp
 	}
+	a.RequestMirrorPolicies = mirrorPolicies(hr, scope, ns, domain, warn)
 	if rw := hr.GetRewrite(); rw != nil {
 		a.PrefixRewrite = rw.GetUri()
 		if rw.GetAuthority() != "" {
@@ -418,6 +416,56 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		}
 	}
 	return a, one
+}
+
+// mirrorPolicies are a route's mirror (mirrorPercentage, or the older
+// mirrorPercent) and mirrors as Istio renders them: a share of 0 is no
+// mirror, none given is 100%.
+func mirrorPolicies(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain string, warn func(string)) []*route.RouteAction_RequestMirrorPolicy {
+	var out []*route.RouteAction_RequestMirrorPolicy
+	add := func(dst *apinetworking.Destination, percent *typev3.FractionalPercent) {
+		if dst == nil || percent == nil {
+			return
+		}
+		host := Qualify(dst.GetHost(), ns, domain)
+		p := int32(dst.GetPort().GetNumber())
+		if p == 0 {
+			if p = scope.destPort(host); p == 0 {
+				warn("mirror " + host + " has no port and the service has none or several; not mirrored")
+				return
+			}
+		}
+		out = append(out, &route.RouteAction_RequestMirrorPolicy{Cluster: OutboundCluster(p, dst.GetSubset(), host),
+			RuntimeFraction: &core.RuntimeFractionalPercent{DefaultValue: percent}, TraceSampled: wrapperspb.Bool(false)})
+	}
+	if m := hr.GetMirror(); m != nil {
+		switch {
+		case hr.GetMirrorPercentage() != nil:
+			add(m, millionths(hr.GetMirrorPercentage().GetValue()))
+		case hr.GetMirrorPercent() != nil: //nolint:staticcheck // Istio still reads the deprecated field
+			if v := hr.GetMirrorPercent().GetValue(); v > 0 { //nolint:staticcheck
+				add(m, &typev3.FractionalPercent{Numerator: v, Denominator: typev3.FractionalPercent_HUNDRED})
+			}
+		default:
+			add(m, millionths(100))
+		}
+	}
+	for _, m := range hr.GetMirrors() {
+		if m.GetPercentage() != nil {
+			add(m.GetDestination(), millionths(m.GetPercentage().GetValue()))
+		} else {
+			add(m.GetDestination(), millionths(100))
+		}
+	}
+	return out
+}
+
+// millionths is a percentage as Envoy's FractionalPercent; nil for none.
+func millionths(percent float64) *typev3.FractionalPercent {
+	if percent <= 0 {
+		return nil
+	}
+	return &typev3.FractionalPercent{Numerator: uint32(min(percent, 100) * 10000), Denominator: typev3.FractionalPercent_MILLION}
 }
 
 // headersToAdd is Istio's set and add as Envoy's headers to add (set

@@ -1011,6 +1011,17 @@ func buildRoute(r *route.Route) (*Route, error) {
 		}
 		out.RegexRewrite, out.RegexSubstitution = re, goSubstitution(rr.GetSubstitution())
 	}
+	for _, m := range a.GetRequestMirrorPolicies() {
+		if m.GetCluster() == "" {
+			return nil, errors.New("request mirror policy: only a cluster is supported (cluster_header is not)")
+		}
+		// A runtime key has no runtime here to read: its default holds.
+		mirror := Mirror{Cluster: m.GetCluster(), Share: 1, KeepHost: m.GetDisableShadowHostSuffixAppend()}
+		if f := m.GetRuntimeFraction(); f != nil {
+			mirror.Share = share(f.GetDefaultValue())
+		}
+		out.Mirrors = append(out.Mirrors, mirror)
+	}
 	if a.GetTimeout() != nil {
 		out.Timeout = a.GetTimeout().AsDuration()
 	} else {

@@ -218,6 +218,18 @@ type Route struct {
 	// Hash is how a request is hashed for consistent-hash clusters: the
 	// first policy that yields a value wins.
 	Hash []HashPolicy
+	// Mirrors get a copy of a share of the requests (Envoy's
+	// request_mirror_policies); their answers are dropped.
+	Mirrors []Mirror
+}
+
+// Mirror is one of Envoy's request mirror policies: a cluster that gets a
+// copy of Share (0..1) of the route's requests, its Host ending in
+// "-shadow" unless KeepHost.
+type Mirror struct {
+	Cluster  string
+	Share    float64
+	KeepHost bool
 }
 
 // CORS is Envoy's per-route CORS policy.
