@@ -14,7 +14,7 @@ func newDemoAppCmd() *cobra.Command {
 		Use:   "demo-app",
 		Short: "Run one service of the walkthrough's demo application",
 		Long: `The demo application of the walkthrough: accounts, dashboard, profile and sleep,
-and a JWT issuer for RequestAuthentication.
+a JWT issuer for RequestAuthentication and a trace collector.
 Each server answers JSON and says which cluster (env CLUSTER_NAME), pod
 (HOSTNAME) and node (NODE_NAME) served it; /healthz answers ok.`,
 	}
@@ -53,6 +53,16 @@ policies, never for guarding anything. The key lives as long as the process.`,
 			return demoapp.Serve(c.Context(), addr, h, slog.Default().With("app", "issuer"))
 		}}
 	issuer.Flags().StringVar(&issuerName, "issuer", "https://issuer.demo.isthmus", "the iss claim of the tokens it mints")
-	cmd.AddCommand(profile, accounts, dashboard, sleep, issuer)
+	collector := &cobra.Command{Use: "collector", Short: "A demo trace collector: OTLP over gRPC in, GET /spans?trace=ID out", Args: cobra.NoArgs,
+		Long: `A demo trace collector, to see the mesh's traces without a tracing backend:
+it takes spans as OTLP over gRPC (h2c, on --listen) from the proxies of a
+mesh whose meshConfig names it as an opentelemetry extension provider, and
+shows the last 5000 on GET /spans as JSON (?trace=ID for one trace).
+Deploy it without a sidecar, as a tracing backend is: the proxies' exports
+are not traced then.`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return demoapp.Serve(c.Context(), addr, demoapp.CollectorHandler(), slog.Default().With("app", "collector"))
+		}}
+	cmd.AddCommand(profile, accounts, dashboard, sleep, issuer, collector)
 	return cmd
 }

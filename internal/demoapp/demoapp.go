@@ -146,12 +146,12 @@ func DashboardHandler(profileURL, accountsURL string) http.Handler {
 			return
 		}
 		var p Profile
-		if err := getJSON(r.Context(), client, fmt.Sprintf("%s/profile?id=%d", profileURL, id), &p); err != nil {
+		if err := getJSON(r, client, fmt.Sprintf("%s/profile?id=%d", profileURL, id), &p); err != nil {
 			fail(w, http.StatusBadGateway, fmt.Errorf("profile: %w", err))
 			return
 		}
 		var a Account
-		if err := getJSON(r.Context(), client, fmt.Sprintf("%s/accounts?id=%d", accountsURL, id), &a); err != nil {
+		if err := getJSON(r, client, fmt.Sprintf("%s/accounts?id=%d", accountsURL, id), &a); err != nil {
 			fail(w, http.StatusBadGateway, fmt.Errorf("accounts: %w", err))
 			return
 		}
@@ -160,10 +160,16 @@ func DashboardHandler(profileURL, accountsURL string) http.Handler {
 	return mux
 }
 
-func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// getJSON GETs url on behalf of in, carrying in's trace context on.
+func getJSON(in *http.Request, c *http.Client, url string, v any) error {
+	req, err := http.NewRequestWithContext(in.Context(), http.MethodGet, url, nil)
 	if err != nil {
 		return err
+	}
+	for _, h := range traceHeaders {
+		if v := in.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -207,7 +213,11 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: counted(h), ReadHeaderTimeout: 10 * time.Second}
+	// HTTP/2 without TLS too: the trace collector takes gRPC.
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: counted(h), ReadHeaderTimeout: 10 * time.Second, Protocols: &protos}
 	log.Info("serving", "addr", l.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()

@@ -172,6 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if f := mesh.Config.GetAccessLogFile(); f != "" {
 		generator.AccessLog = &proxyview.AccessLog{Path: f, JSON: mesh.Config.GetAccessLogEncoding() == meshv1alpha1.MeshConfig_JSON}
 	}
+	generator.Tracing = proxyview.TracingOf(mesh.Config)
 	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.

@@ -200,17 +200,17 @@ func TestBadInput(t *testing.T) {
 	write := func(s string) string { return writeFile(t, s) }
 	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n"
 
-	l, err := Load([]string{write(head + "spec:\n  profile: minimal\n  meshConfig:\n    enableTracing: true\n  values:\n    global:\n      network: n1\n      logging: {level: debug}\n    pilot:\n      autoscaleEnabled: false\n")}, nil)
+	l, err := Load([]string{write(head + "spec:\n  profile: minimal\n  meshConfig:\n    enableStatusMessage: true\n  values:\n    global:\n      network: n1\n      logging: {level: debug}\n    pilot:\n      autoscaleEnabled: false\n")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"spec.meshConfig.enableTracing", "spec.values.global.logging", "spec.values.pilot"} {
+	for _, want := range []string{"spec.meshConfig.enableStatusMessage", "spec.values.global.logging", "spec.values.pilot"} {
 		if !slices.ContainsFunc(l.Warnings, func(w string) bool { return strings.HasPrefix(w, want+":") }) {
 			t.Errorf("no warning naming %s in %q", want, l.Warnings)
 		}
 	}
 	mesh := objects(t, l)["ConfigMap istio-system/istio"]
-	if s, _, _ := unstructured.NestedString(mesh.Object, "data", "mesh"); !strings.Contains(s, "enableTracing: true") {
+	if s, _, _ := unstructured.NestedString(mesh.Object, "data", "mesh"); !strings.Contains(s, "enableStatusMessage: true") {
 		t.Errorf("unsupported meshConfig fields must still reach the ConfigMap:\n%s", s)
 	}
 
@@ -324,5 +324,32 @@ func TestMeshConfigActedOn(t *testing.T) {
 	}
 	if len(l.Warnings) > 0 {
 		t.Errorf("warnings for fields the control plane reads: %q", l.Warnings)
+	}
+}
+
+// A tracing provider isthmus's proxies can export to is taken; one they
+// cannot is warned about, and naming it as the default is refused.
+func TestTracingProviders(t *testing.T) {
+	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: minimal\n  values: {global: {network: n1}}\n  meshConfig:\n"
+	l, err := Load([]string{writeFile(t, head+`    defaultConfig: {tracing: {sampling: 100}}
+    extensionProviders:
+    - {name: otel, opentelemetry: {service: collector.observability.svc.cluster.local, port: 4317, grpc: {timeout: 3s}}}
+    - {name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}
+    defaultProviders: {tracing: [otel]}
+`)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(l.Warnings, func(w string) bool { return strings.HasPrefix(w, "spec.meshConfig.extensionProviders[1].zipkin:") }) || len(l.Warnings) != 1 {
+		t.Errorf("warnings %q: want the zipkin provider named, alone", l.Warnings)
+	}
+	for doc, want := range map[string]string{
+		"    extensionProviders: [{name: z, zipkin: {service: z, port: 9411}}]\n    defaultProviders: {tracing: [z]}\n": `defaultProviders.tracing[0] "z": no opentelemetry extension provider`,
+		"    extensionProviders: [{name: o, opentelemetry: {service: c}}]\n":                                            "opentelemetry needs a service and a port",
+		"    defaultConfig: {tracing: {sampling: 150}}\n":                                                               "sampling 150: want a percentage",
+	} {
+		if _, err := Load([]string{writeFile(t, head+doc)}, nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", doc, err, want)
+		}
 	}
 }

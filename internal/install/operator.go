@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 
@@ -63,7 +64,18 @@ type MeshConfig struct {
 		GatewayTopology struct {
 			NumTrustedProxies *uint32 `json:"numTrustedProxies"`
 		} `json:"gatewayTopology"`
+		// Tracing.Sampling is the percentage of new traces sampled (Istio's 1 unset).
+		Tracing struct {
+			Sampling *float64 `json:"sampling"`
+		} `json:"tracing"`
 	} `json:"defaultConfig"`
+	// EnableTracing, ExtensionProviders and DefaultProviders.Tracing: the
+	// proxies send spans to the opentelemetry provider named.
+	EnableTracing      *bool               `json:"enableTracing"`
+	ExtensionProviders []ExtensionProvider `json:"extensionProviders"`
+	DefaultProviders   struct {
+		Tracing []string `json:"tracing"`
+	} `json:"defaultProviders"`
 	// PathNormalization is how proxies normalize request paths before
 	// routing and authorization.
 	PathNormalization struct {
@@ -79,6 +91,21 @@ type MeshConfig struct {
 	// EnablePrometheusMerge (default on) points pods' prometheus.io
 	// annotations at the proxy's 15020, which serves the app's metrics too.
 	EnablePrometheusMerge *bool `json:"enablePrometheusMerge"`
+}
+
+// ExtensionProvider is a meshConfig extension provider isthmus acts on:
+// an OpenTelemetry tracing collector, exported to over gRPC. Other kinds
+// (zipkin, envoyExtAuthz..., OTLP over http) are warned about by name.
+type ExtensionProvider struct {
+	Name          string `json:"name"`
+	OpenTelemetry *struct {
+		Service      string `json:"service"`
+		Port         uint32 `json:"port"`
+		MaxTagLength uint32 `json:"maxTagLength"`
+		Grpc         *struct {
+			Timeout string `json:"timeout"`
+		} `json:"grpc"`
+	} `json:"opentelemetry"`
 }
 
 // Components are the parts of an install a profile turns on or off.
@@ -292,6 +319,9 @@ func (l *Loaded) validate() error {
 	}
 	if m := s.MeshConfig.OutboundTrafficPolicy.Mode; m != "" && m != "ALLOW_ANY" && m != "REGISTRY_ONLY" {
 		return fmt.Errorf("spec.meshConfig.outboundTrafficPolicy.mode %q: want ALLOW_ANY or REGISTRY_ONLY", m)
+	}
+	if err := checkTracing(&s.MeshConfig); err != nil {
+		return err
 	}
 	if e := s.MeshConfig.AccessLogEncoding; e != "" && e != "TEXT" && e != "JSON" {
 		return fmt.Errorf("spec.meshConfig.accessLogEncoding %q: want TEXT or JSON", e)
@@ -574,4 +604,36 @@ func (l *Loaded) gateways() []Gateway {
 		out[i] = p
 	}
 	return slices.DeleteFunc(out, func(g Gateway) bool { return g.Enabled != nil && !*g.Enabled })
+}
+
+// checkTracing refuses a tracing setup that cannot work: a provider
+// without a name, service or port, a default tracing provider that is
+// not an opentelemetry one, a sampling outside 0..100.
+func checkTracing(m *MeshConfig) error {
+	otel := map[string]bool{}
+	for i, p := range m.ExtensionProviders {
+		if p.Name == "" {
+			return fmt.Errorf("spec.meshConfig.extensionProviders[%d]: a provider needs a name", i)
+		}
+		if o := p.OpenTelemetry; o != nil {
+			if o.Service == "" || o.Port == 0 || o.Port > 65535 {
+				return fmt.Errorf("spec.meshConfig.extensionProviders[%d] (%s): opentelemetry needs a service and a port", i, p.Name)
+			}
+			if o.Grpc != nil && o.Grpc.Timeout != "" {
+				if _, err := time.ParseDuration(o.Grpc.Timeout); err != nil {
+					return fmt.Errorf("spec.meshConfig.extensionProviders[%d] (%s): opentelemetry.grpc.timeout: %v", i, p.Name, err)
+				}
+			}
+			otel[p.Name] = true
+		}
+	}
+	for i, name := range m.DefaultProviders.Tracing {
+		if !otel[name] {
+			return fmt.Errorf("spec.meshConfig.defaultProviders.tracing[%d] %q: no opentelemetry extension provider of that name (isthmus's proxies export spans as OTLP over gRPC)", i, name)
+		}
+	}
+	if v := m.DefaultConfig.Tracing.Sampling; v != nil && (*v < 0 || *v > 100) {
+		return fmt.Errorf("spec.meshConfig.defaultConfig.tracing.sampling %g: want a percentage, 0 to 100", *v)
+	}
+	return nil
 }

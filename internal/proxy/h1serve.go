@@ -309,14 +309,17 @@ func (c *h1Down) serve(req *h1Req) outcome {
 	ev.Code, ev.Flags, ev.GRPCStatus = x.code, x.flags, x.grpcStatus
 	dur := time.Since(start)
 	p.stats.istio.RequestOn(&c.series, &ev, dur, req.length, x.sent)
-	if w, js := p.accessLogOf(d.chain); w != nil {
+	if w, js := p.accessLogOf(d.chain); w != nil || dec.Span != nil {
 		a := accessEntry{start: start, dur: dur, method: string(req.method), uri: string(req.target), proto: "HTTP/1.1",
 			code: x.code, flags: x.flags, in: req.length, out: x.sent, xff: c.get("x-forwarded-for"), ua: c.get("user-agent"),
 			requestID: reqID, host: dec.Host, upstream: x.upstream, cluster: name, d: d}
 		if r != nil {
 			a.route = r.Name
 		}
-		p.accessLog(w, js, &a)
+		if w != nil {
+			p.accessLog(w, js, &a)
+		}
+		p.endSpan(&dec, &a)
 	}
 	if res != keepAlive || c.closing {
 		_ = c.bw.Flush()

@@ -1134,7 +1134,7 @@ func (s *h2Stream) record() {
 	ev.Code, ev.Flags, ev.GRPCStatus = s.code, s.flags, s.grpcStatus
 	dur := time.Since(s.start)
 	p.stats.istio.Request(ev, dur, s.in, s.out)
-	if w, js := p.accessLogOf(d.chain); w != nil {
+	if w, js := p.accessLogOf(d.chain); w != nil || s.dec.Span != nil {
 		a := accessEntry{start: s.start, dur: dur, method: s.method, uri: s.uri, proto: "HTTP/2", code: s.code, flags: s.flags,
 			in: s.in, out: s.out, xff: s.xff, ua: s.ua, requestID: s.reqID, host: s.host, upstream: s.upstream, cluster: s.cluster, d: d}
 		if s.route != nil {
@@ -1143,6 +1143,9 @@ func (s *h2Stream) record() {
 				a.host = s.route.HostRewrite
 			}
 		}
-		p.accessLog(w, js, &a)
+		if w != nil {
+			p.accessLog(w, js, &a)
+		}
+		p.endSpan(&s.dec, &a)
 	}
 }

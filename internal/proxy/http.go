@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -137,6 +138,17 @@ type route struct {
 	upstream string
 	// respOps are the route's operations on the answer's headers.
 	respOps config.HeaderOps
+	// h2: HTTP/2 upstream whatever the cluster says (a gRPC export).
+	h2 bool
+}
+
+// remoteIP is the downstream client's address; none for the proxy's own
+// requests (span exports).
+func (rc *route) remoteIP() netip.Addr {
+	if rc.d == nil || rc.d.conn == nil {
+		return netip.Addr{}
+	}
+	return remoteIP(rc.d.conn)
 }
 
 // handle routes one request: route table -> virtual host by Host -> route
@@ -238,14 +250,17 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	p.sides(ev, inbound, rc.peer, r.Host, rc.cluster)
 	dur := time.Since(start)
 	p.stats.istio.Request(ev, dur, r.ContentLength, rec.bytes)
-	if w, js := p.accessLogOf(d.chain); w != nil {
+	if w, js := p.accessLogOf(d.chain); w != nil || dec.Span != nil {
 		a := accessEntry{start: start, dur: dur, method: r.Method, uri: r.URL.RequestURI(), proto: r.Proto, code: rec.code, flags: rc.flags,
 			in: r.ContentLength, out: rec.bytes, xff: r.Header.Get("X-Forwarded-For"), ua: r.UserAgent(), requestID: r.Header.Get("X-Request-Id"),
 			host: r.Host, upstream: rc.upstream, cluster: rc.cluster, d: d}
 		if rc.r != nil {
 			a.route = rc.r.Name
 		}
-		p.accessLog(w, js, &a)
+		if w != nil {
+			p.accessLog(w, js, &a)
+		}
+		p.endSpan(dec, &a)
 	}
 }
 
@@ -468,6 +483,7 @@ func (p *Proxy) decide(rt *runtime, d *downstream, hm *config.HTTPManager, req *
 		req.Principal = d.peer.String()
 	}
 	dec := decision.Decide(hm, table, req)
+	p.trace(d, hm, req, &dec)
 	switch {
 	case dec.DeniedBy != "":
 		p.opts.Log.Debug("request denied", "peer", req.Principal, "path", dec.Target, "by", dec.DeniedBy)
@@ -613,7 +629,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	// HTTP/2 upstream when the cluster says so (or the client's own): the
 	// HTTP/1.1 loop hands such requests here, and the HTTP/2 relay hands
 	// over those for HTTP/1.1 upstreams.
-	h2 := c.Protocol == config.UpstreamHTTP2 || c.Protocol == config.UpstreamAsDownstream && r.ProtoMajor == 2
+	h2 := rc.h2 || c.Protocol == config.UpstreamHTTP2 || c.Protocol == config.UpstreamAsDownstream && r.ProtoMajor == 2
 	var body []byte
 	direct := false // the synchronous HTTP/1.1 path (h1.go)
 	if !h2 {
@@ -636,7 +652,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	var pick picker = rc.rt.pickers[rc.cluster]
 	if c.LB == config.RingHash {
-		key := decision.HashKey(rc.r.Hash, &decision.Request{Header: requestHeader(r), RemoteIP: remoteIP(rc.d.conn)}, requestTarget(r))
+		key := decision.HashKey(rc.r.Hash, &decision.Request{Header: requestHeader(r), RemoteIP: rc.remoteIP()}, requestTarget(r))
 		pick = pickFunc(rc.rt.pickers[rc.cluster].Keyed(key))
 	}
 	var tried tried
@@ -646,6 +662,9 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		var ep *config.Endpoint
 		var addr string
 		if c.Type == config.OriginalDst {
+			if rc.d == nil {
+				return nil, fmt.Errorf("%w: %q is an original destination cluster, and the proxy's own request has none", errNoHealthy, c.Name)
+			}
 			addr = rc.d.dst.String()
 		} else {
 			var lease lb.Lease

@@ -117,6 +117,8 @@ type Proxy struct {
 	inflight sync.Map // string -> *atomic.Int64
 	// mirrorSlots holds one token per mirrored copy in flight (mirror.go).
 	mirrorSlots chan struct{}
+	// spans sends ended spans to the tracing provider (trace.go).
+	spans spanExporter
 
 	httpOnce     sync.Once
 	http         *http.Server

@@ -28,6 +28,9 @@ type Stats struct {
 	// mirrors counts mirrored copies by cluster and result (sent,
 	// failed, dropped).
 	mirrors *prometheus.CounterVec
+	// spans counts ended sampled spans by result (exported, failed,
+	// dropped).
+	spans *prometheus.CounterVec
 }
 
 func newStats() *Stats {
@@ -52,7 +55,9 @@ func newStats() *Stats {
 		Help: "HTTP/2 connections closed because the client reset too many streams early (rapid reset)."})
 	s.mirrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "isthmus_mirror_requests_total",
 		Help: "Copies of requests for a route's mirrors: sent (answered), failed (no answer) or dropped (not sent: body over 64 KiB, an upgrade, or too many in flight)."}, []string{"cluster_name", "result"})
-	reg.MustRegister(s.mirrors, s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, s.cxOverflow, s.rxReset, s.prematureResets,
+	s.spans = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "isthmus_spans_total",
+		Help: "Sampled spans: exported to the tracing provider, failed (its collector did not take them) or dropped (the queue was full)."}, []string{"result"})
+	reg.MustRegister(s.spans, s.mirrors, s.noChain, s.upstreamFail, s.upstreamOverflow, s.audited, s.cxOverflow, s.rxReset, s.prematureResets,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }

@@ -114,7 +114,7 @@ var notActedOn = map[string]string{
 	"networking.istio.io/WorkloadGroup":    "isthmus does not read WorkloadGroup yet: no WorkloadEntry is made from it",
 	"networking.istio.io/EnvoyFilter":      "isthmus's proxy is not Envoy and applies no EnvoyFilter patches",
 	"networking.istio.io/ProxyConfig":      "isthmus does not read ProxyConfig: proxies take their settings from meshConfig.defaultConfig only",
-	"telemetry.istio.io/Telemetry":         "isthmus does not read Telemetry: proxies always report Istio's standard metrics, and access logs and tracing are not configured by it",
+	"telemetry.istio.io/Telemetry":         "isthmus does not read Telemetry: proxies always report Istio's standard metrics; access logs come from meshConfig accessLogFile, tracing from meshConfig defaultProviders.tracing",
 	"extensions.istio.io/WasmPlugin":       "isthmus's proxy runs no Wasm plugins",
 	"extensions.istio.io/TrafficExtension": "isthmus's proxy runs no traffic extensions",
 }

@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/isthmus-mesh/isthmus/internal/demoapp"
 )
 
 // telemetryArea reads the mesh as Kiali and Prometheus do, from the
@@ -148,6 +153,140 @@ spec:
 		}
 		if !app || !proxy {
 			t.Errorf("15020/stats/prometheus of %s: app's demoapp_requests_total >= 3 %v, proxy's istio_requests_total from sleep %v:\n%.3000s", pod, app, proxy, merged)
+		}
+	})
+}
+
+// tracingArea: meshConfig names the demo's trace collector as its
+// opentelemetry provider; a call from sleep through dashboard to profile
+// and accounts is one trace with a span per hop, each the child of the
+// hop before, and a B3-only caller's trace goes on too.
+func tracingArea(t *testing.T, w *walkthrough) {
+	e := w.e
+	t.Run("tracing: one trace, a span per hop, sleep -> dashboard -> accounts and profile, exported as OTLP to meshConfig's opentelemetry provider", func(t *testing.T) {
+		e.apply("cluster-eks", `apiVersion: v1
+kind: Service
+metadata: {name: collector, namespace: multicluster}
+spec:
+  selector: {app: collector}
+  ports:
+  - {name: grpc-otlp, port: 4317, targetPort: 8080}
+  - {name: http, port: 8080}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: collector, namespace: multicluster}
+spec:
+  selector: {matchLabels: {app: collector}}
+  template:
+    metadata:
+      labels: {app: collector}
+      annotations: {sidecar.istio.io/inject: "false"}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: collector
+        image: `+walkthroughHub+`/demo-app:e2e
+        args: [collector]
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}
+`)
+		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment,service", "collector")
+		if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "rollout", "status", "deployment/collector", "--timeout=120s"); err != nil {
+			t.Fatalf("collector: %v\n%s", err, out)
+		}
+		overlay := filepath.Join(t.TempDir(), "tracing.yaml")
+		if err := os.WriteFile(overlay, []byte(`apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+spec:
+  meshConfig:
+    defaultConfig:
+      tracing: {sampling: 100}
+    extensionProviders:
+    - name: otel
+      opentelemetry: {service: collector.multicluster.svc.cluster.local, port: 4317}
+    defaultProviders:
+      tracing: [otel]
+`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml"), "-f", overlay, "--set", "hub=" + walkthroughHub, "--set", "tag=e2e",
+			"--context", "cluster-eks", "-y"}
+		if r := isthmus(t, 5*time.Minute, append(args, w.kc...)...); r.err != nil {
+			t.Fatalf("install with tracing: %v\n%s", r.err, r.stderr)
+		}
+		defer w.installPrimary(t)
+		collector := w.pods(t, "cluster-eks", "collector")[0]
+		spansOf := func(trace string) []demoapp.Span {
+			var spans []demoapp.Span
+			_ = json.Unmarshal([]byte(w.scrape(t, "cluster-eks", collector, 8080, "/spans?trace="+trace)), &spans)
+			return spans
+		}
+		const parent = "00f067aa0ba902b7"
+		var spans []demoapp.Span
+		var trace string
+		// lookup finds the span of a service, kind and parent whose name
+		// has name in it.
+		lookup := func(service, kind, parentID, name string) *demoapp.Span {
+			for i, s := range spans {
+				if s.Service == service && s.Kind == kind && s.Parent == parentID && strings.Contains(s.Name, name) {
+					return &spans[i]
+				}
+			}
+			return nil
+		}
+		// hops are the five spans, each the child of the one before
+		// (proxies get the new configuration one by one: until each has
+		// it, some hops are missing).
+		hops := func() (out, in, toAccounts, toProfile, accounts *demoapp.Span) {
+			none := &demoapp.Span{ID: "none"}
+			or := func(s *demoapp.Span) *demoapp.Span {
+				if s == nil {
+					return none
+				}
+				return s
+			}
+			out = or(lookup("sleep.multicluster", "SPAN_KIND_CLIENT", parent, "dashboard"))
+			in = or(lookup("dashboard.multicluster", "SPAN_KIND_SERVER", out.ID, "dashboard"))
+			toAccounts = or(lookup("dashboard.multicluster", "SPAN_KIND_CLIENT", in.ID, "accounts"))
+			toProfile = or(lookup("dashboard.multicluster", "SPAN_KIND_CLIENT", in.ID, "profile"))
+			accounts = or(lookup("accounts.multicluster", "SPAN_KIND_SERVER", toAccounts.ID, "accounts"))
+			return
+		}
+		n := 0
+		if !eventuallyOK(func() bool {
+			n++
+			trace = fmt.Sprintf("4bf92f3577b34da6a3ce929d%08x", n)
+			w.sleepExec(t, "curl -sS -o /dev/null --max-time 5 -H 'traceparent: 00-"+trace+"-"+parent+"-01' http://dashboard:8080/dashboard?id=4")
+			time.Sleep(2 * time.Second) // the proxies export every second
+			spans = spansOf(trace)
+			_, _, _, _, accounts := hops()
+			return accounts.ID != "none"
+		}) {
+			t.Fatalf("trace %s: sleep -> dashboard -> accounts is not a chain of spans: %+v", trace, spans)
+		}
+		out, _, _, toProfile, _ := hops()
+		if toProfile.ID == "none" {
+			t.Errorf("trace %s: no span of dashboard's call to profile: %+v", trace, spans)
+		}
+		if out.Attributes["http.status_code"] != "200" || out.Attributes["istio.canonical_service"] != "sleep" {
+			t.Errorf("sleep's span attributes: %v", out.Attributes)
+		}
+		t.Logf("trace %s: %d spans", trace, len(spans))
+
+		// A caller that speaks B3 only: its 64-bit trace goes on.
+		if !eventuallyOK(func() bool {
+			n++
+			id := fmt.Sprintf("a3ce929d%08x", n)
+			w.sleepExec(t, "curl -sS -o /dev/null --max-time 5 -H 'x-b3-traceid: "+id+"' -H 'x-b3-spanid: "+parent+"' -H 'x-b3-sampled: 1' http://profile:8080/profile?id=1")
+			time.Sleep(2 * time.Second)
+			for _, s := range spansOf("0000000000000000" + id) {
+				if s.Service == "sleep.multicluster" && s.Parent == parent {
+					return true
+				}
+			}
+			return false
+		}) {
+			t.Errorf("a B3 caller's trace did not go on in sleep's span")
 		}
 	})
 }

@@ -117,6 +117,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	istiodArea(t, w)
 	istioctlArea(t, w)
 	telemetryArea(t, w)
+	tracingArea(t, w)
 	operationsArea(t, w)
 	cloudArea(t, w)
 }

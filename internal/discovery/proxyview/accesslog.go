@@ -55,14 +55,22 @@ func (a *AccessLog) envoy() []*accesslogv3.AccessLog {
 	return []*accesslogv3.AccessLog{{Name: "envoy.access_loggers.file", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(f)}}}
 }
 
-// withAccessLog gives every HTTP connection manager and TCP proxy of the
-// listeners the access log (nothing without one). The listeners are the
-// ones just generated, changed in place.
-func withAccessLog(a *AccessLog, listeners []types.Resource) {
-	if a == nil || a.Path == "" {
+// withFilters gives every HTTP connection manager and TCP proxy of the
+// listeners the access log, and every HTTP connection manager the
+// tracing (nothing without either). The listeners are the ones just
+// generated, changed in place.
+func withFilters(a *AccessLog, t *Tracing, listeners []types.Resource) {
+	var logs []*accesslogv3.AccessLog
+	if a != nil && a.Path != "" {
+		logs = a.envoy()
+	}
+	if logs == nil && t == nil {
 		return
 	}
-	logs := a.envoy()
+	var tracing *hcm.HttpConnectionManager_Tracing
+	if t != nil {
+		tracing = t.envoy()
+	}
 	for _, r := range listeners {
 		l, ok := r.(*listener.Listener)
 		if !ok {
@@ -78,10 +86,13 @@ func withAccessLog(a *AccessLog, listeners []types.Resource) {
 				case "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
 					var m hcm.HttpConnectionManager
 					if f.GetTypedConfig().UnmarshalTo(&m) == nil {
-						m.AccessLog = logs
+						m.AccessLog, m.Tracing = logs, tracing
 						f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: mustAny(&m)}
 					}
 				case "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
+					if logs == nil {
+						continue
+					}
 					var t tcpproxy.TcpProxy
 					if f.GetTypedConfig().UnmarshalTo(&t) == nil {
 						t.AccessLog = logs

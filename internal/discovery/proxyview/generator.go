@@ -37,7 +37,10 @@ type Generator struct {
 	// AccessLog is meshConfig accessLogFile and accessLogEncoding (nil:
 	// none), on every listener's filters.
 	AccessLog *AccessLog
-	Log       *slog.Logger
+	// Tracing is meshConfig's tracing provider (nil: none), on every
+	// HTTP connection manager.
+	Tracing *Tracing
+	Log     *slog.Logger
 
 	warned     sync.Map // message -> struct{}
 	warnedNoGW sync.Map // network -> struct{}
@@ -50,7 +53,7 @@ func (g *Generator) View(p *Proxy) Generated {
 		return GenerateGRPC(p, g.Registry, g.noGateway)
 	}
 	gen := Generate(p, g.Registry, g.Config, g.Domain, g.noGateway, g.warn)
-	withAccessLog(g.AccessLog, gen.Listeners)
+	withFilters(g.AccessLog, g.Tracing, gen.Listeners)
 	return gen
 }
 
@@ -110,7 +113,7 @@ func (g *Generator) InboundPolicy(p *Proxy) InboundPolicy {
 // Inbound is a sidecar's own part: virtualInbound and its clusters.
 func (g *Generator) Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types.Resource) {
 	l, clusters := Inbound(ports, pol)
-	withAccessLog(g.AccessLog, []types.Resource{l})
+	withFilters(g.AccessLog, g.Tracing, []types.Resource{l})
 	return l, clusters
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +22,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	filelogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	streamlogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
@@ -611,7 +613,11 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 		if err != nil {
 			return nil, err
 		}
-		m := &HTTPManager{StatPrefix: h.GetStatPrefix(), AccessLog: al,
+		tr, err := buildTracing(h.GetTracing())
+		if err != nil {
+			return nil, fmt.Errorf("tracing: %w", err)
+		}
+		m := &HTTPManager{StatPrefix: h.GetStatPrefix(), AccessLog: al, Tracing: tr,
 			ForwardClientCert: h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_APPEND_FORWARD || h.GetForwardClientCertDetails() == hcm.HttpConnectionManager_SANITIZE_SET}
 		if h.GetNormalizePath().GetValue() {
 			m.Paths.RFC3986 = true
@@ -722,6 +728,61 @@ func buildAccessLog(logs []*accesslogv3.AccessLog) (*AccessLog, error) {
 	}
 	al.JSON = format.GetJsonFormat() != nil
 	return al, nil
+}
+
+// buildTracing reads a connection manager's tracing: Envoy's
+// OpenTelemetry tracer exporting over gRPC to a cluster. Tracing without a
+// provider is Envoy's bootstrap tracer, which this proxy has none of:
+// none, as with Envoy. Other tracers and OTLP over HTTP are refused.
+func buildTracing(t *hcm.HttpConnectionManager_Tracing) (*Tracing, error) {
+	if t == nil || t.GetProvider() == nil {
+		return nil, nil
+	}
+	if name, url := t.GetProvider().GetName(), t.GetProvider().GetTypedConfig().GetTypeUrl(); url != "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig" {
+		return nil, fmt.Errorf("tracer %q (%s) is not supported (envoy.tracers.opentelemetry is)", name, url)
+	}
+	var oc tracev3.OpenTelemetryConfig
+	if err := unpack(t.GetProvider().GetTypedConfig(), &oc); err != nil {
+		return nil, err
+	}
+	g := oc.GetGrpcService().GetEnvoyGrpc()
+	switch {
+	case oc.GetHttpService() != nil || oc.GetExporter() != nil:
+		return nil, errors.New("OpenTelemetry: only export over gRPC (grpc_service) is supported")
+	case g.GetClusterName() == "":
+		return nil, errors.New("OpenTelemetry: grpc_service needs envoy_grpc with a cluster_name")
+	case oc.GetSampler() != nil:
+		return nil, fmt.Errorf("OpenTelemetry: sampler %q is not supported", oc.GetSampler().GetName())
+	}
+	tr := &Tracing{Cluster: g.GetClusterName(), Authority: g.GetAuthority(), Service: oc.GetServiceName(),
+		Timeout: oc.GetGrpcService().GetTimeout().AsDuration(), Sampling: 1, MaxPathTag: 256}
+	if tr.Authority == "" {
+		tr.Authority = tr.Cluster
+	}
+	if rs := t.GetRandomSampling(); rs != nil {
+		tr.Sampling = min(max(rs.GetValue()/100, 0), 1)
+	}
+	if n := t.GetMaxPathTagLength(); n != nil {
+		tr.MaxPathTag = int(n.GetValue())
+	}
+	for _, tag := range t.GetCustomTags() {
+		switch {
+		case tag.GetLiteral() != nil:
+			tr.Tags = append(tr.Tags, [2]string{tag.GetTag(), tag.GetLiteral().GetValue()})
+		case tag.GetRequestHeader() != nil:
+			tr.HeaderTags = append(tr.HeaderTags, [2]string{tag.GetTag(), strings.ToLower(tag.GetRequestHeader().GetName())})
+		case tag.GetEnvironment() != nil:
+			v, ok := os.LookupEnv(tag.GetEnvironment().GetName())
+			if !ok {
+				v = tag.GetEnvironment().GetDefaultValue()
+			}
+			tr.Tags = append(tr.Tags, [2]string{tag.GetTag(), v})
+		default:
+			// Metadata tags (Istio's dry-run policy names) read Envoy's
+			// dynamic metadata, which this proxy does not keep.
+		}
+	}
+	return tr, nil
 }
 
 // buildSecret reads an inline certificate and key, or an inline CA bundle.
@@ -846,7 +907,7 @@ func goSubstitution(s string) string {
 }
 
 func buildRoute(r *route.Route) (*Route, error) {
-	out := &Route{Name: r.GetName()}
+	out := &Route{Name: r.GetName(), Operation: r.GetDecorator().GetOperation()}
 	m := r.GetMatch()
 	switch {
 	case m.GetPath() != "":

@@ -131,6 +131,23 @@ type HTTPManager struct {
 	// (Envoy's use_remote_address and xff_num_trusted_hops).
 	UseRemoteAddress bool
 	XFFTrustedHops   uint32
+	// Tracing makes a span of each request; nil: none.
+	Tracing *Tracing
+}
+
+// Tracing is a connection manager's tracing with Envoy's OpenTelemetry
+// tracer over gRPC: spans of Service go to Cluster (Authority as the
+// :authority); a request that comes without a sampling decision starts a
+// sampled trace with the probability Sampling (0..1). Tags are literal
+// span attributes (Istio's istio.canonical_service and the like) and
+// HeaderTags attributes from request headers (tag, header).
+type Tracing struct {
+	Cluster, Authority, Service string
+	Timeout                     time.Duration
+	Sampling                    float64
+	Tags, HeaderTags            [][2]string
+	// MaxPathTag bounds the http.url attribute (Envoy's default 256).
+	MaxPathTag int
 }
 
 // PathNormalization is the HTTP connection manager's normalize_path,
@@ -183,9 +200,11 @@ type VirtualHost struct {
 
 // Route is one route: a path match and where to send it.
 type Route struct {
-	Name   string
-	Prefix string
-	Path   string
+	Name string
+	// Operation names the route's spans (Envoy's decorator).
+	Operation string
+	Prefix    string
+	Path      string
 	// Regex matches the whole path (Envoy's safe_regex).
 	Regex *regexp.Regexp
 	// Headers must all match; :method, :authority and :scheme are

@@ -20,6 +20,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/config"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/jwtauthn"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/rbac"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/tracing"
 )
 
 // Request is one request as its engine read it.
@@ -76,6 +77,10 @@ type Decision struct {
 	Set, Add [][2]string
 	// Response is the route's operations on the upstream's answer.
 	Response config.HeaderOps
+	// Span is the request's span when its chain traces (Tracing its
+	// configuration); the engine ends it with the answer.
+	Span    *tracing.Span
+	Tracing *config.Tracing
 	// Auth is the verified JWT the policies saw; nil without one.
 	Auth *rbac.Auth
 }

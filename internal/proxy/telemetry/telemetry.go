@@ -75,6 +75,9 @@ func NewSelf(nodeID, workload, namespace, cluster, principal string, labels map[
 	return s
 }
 
+// ID is the proxy's node ID.
+func (s *Self) ID() string { return s.id }
+
 // Headers are the exchange headers to send.
 func (s *Self) Headers() (id, metadata string) { return s.id, s.header }
 
