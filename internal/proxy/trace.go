@@ -36,7 +36,9 @@ const (
 	exportTimeout = 5 * time.Second
 )
 
-// trace starts the span of a request on a chain that traces.
+// trace starts the span of a request on a chain that traces: its context
+// goes upstream either way; the decision keeps it (Span) only when
+// sampled, so requests that are not pay nothing more.
 func (p *Proxy) trace(d *downstream, hm *config.HTTPManager, req *decision.Request, dec *decision.Decision) {
 	t := hm.Tracing
 	if t == nil {
@@ -46,18 +48,20 @@ func (p *Proxy) trace(d *downstream, hm *config.HTTPManager, req *decision.Reque
 	if d.inbound() || d.listener.Bind && !d.listener.UseOriginalDst { // a sidecar's inbound side, a gateway
 		kind = tracing.Server
 	}
-	name := operation(req.Host, dec)
-	s := tracing.Start(req.Header, kind, name, t.Sampling, rand.Float64)
-	if s.Sampled {
-		for _, h := range t.HeaderTags {
-			if v, ok := req.Header(h[1]); ok {
-				s.Attrs = append(s.Attrs, tracing.Attr{Key: h[0], Value: v})
-			}
-		}
-	}
+	s := tracing.Start(req.Header, kind, t.Sampling, rand.Float64)
 	set, remove := s.Headers()
 	dec.Set = append(dec.Set, set...)
 	dec.Remove = append(dec.Remove, remove...)
+	if !s.Sampled {
+		// Its context goes on; nothing else of it is kept or ended.
+		return
+	}
+	s.Name = operation(req.Host, dec)
+	for _, h := range t.HeaderTags {
+		if v, ok := req.Header(h[1]); ok {
+			s.Attrs = append(s.Attrs, tracing.Attr{Key: h[0], Value: v})
+		}
+	}
 	dec.Span, dec.Tracing = s, t
 }
 
@@ -78,7 +82,7 @@ func operation(host string, dec *decision.Decision) string {
 // endSpan ends a request's span with what its access log line says.
 func (p *Proxy) endSpan(dec *decision.Decision, a *accessEntry) {
 	s, t := dec.Span, dec.Tracing
-	if s == nil || !s.Sampled {
+	if s == nil {
 		return
 	}
 	url := "http://" + a.host + a.uri
@@ -113,7 +117,7 @@ func (p *Proxy) endSpan(dec *decision.Decision, a *accessEntry) {
 		attrs = append(attrs, tracing.Attr{Key: "istio.canonical_service", Value: self.CanonicalService},
 			tracing.Attr{Key: "istio.canonical_revision", Value: self.CanonicalRevision},
 			tracing.Attr{Key: "istio.namespace", Value: self.Namespace}, tracing.Attr{Key: "istio.cluster_id", Value: self.Cluster},
-			tracing.Attr{Key: "node_id", Value: p.opts.Self.ID()})
+			tracing.Attr{Key: "node_id", Value: self.ID()})
 	}
 	sp := s.Proto(a.start.Add(a.dur), a.code, attrs)
 	p.spans.add(p, t, service, sp)

@@ -77,8 +77,8 @@ type Decision struct {
 	Set, Add [][2]string
 	// Response is the route's operations on the upstream's answer.
 	Response config.HeaderOps
-	// Span is the request's span when its chain traces (Tracing its
-	// configuration); the engine ends it with the answer.
+	// Span is the request's span when its chain traces and it is sampled
+	// (Tracing its configuration); the engine ends it with the answer.
 	Span    *tracing.Span
 	Tracing *config.Tracing
 	// Auth is the verified JWT the policies saw; nil without one.

@@ -129,8 +129,9 @@ type Span struct {
 	Context
 	Parent [8]byte // zero for a trace's root
 	Kind   Kind
-	Name   string
-	Start  time.Time
+	// Name is set by the caller, for a sampled span.
+	Name  string
+	Start time.Time
 	// Attrs are attributes known at the start (header tags).
 	Attrs []Attr
 }
@@ -138,8 +139,8 @@ type Span struct {
 // Start begins a request's span: a child of the incoming context, keeping
 // its sampling decision, else the root of a new trace sampled with the
 // probability sampling (0..1).
-func Start(header func(string) (string, bool), kind Kind, name string, sampling float64, roll func() float64) *Span {
-	s := &Span{Kind: kind, Name: name, Start: time.Now()}
+func Start(header func(string) (string, bool), kind Kind, sampling float64, roll func() float64) *Span {
+	s := &Span{Kind: kind, Start: time.Now()}
 	if parent, ok := Extract(header); ok {
 		s.Trace, s.Parent, s.Sampled = parent.Trace, parent.Span, parent.Sampled
 	} else {
