@@ -153,6 +153,16 @@ type routeScope struct {
 	hash func(host string, port int32) []*route.RouteAction_HashPolicy
 }
 
+// resolve is a destination's qualified host and its port: its own, else
+// the service's (0: unresolved).
+func (s routeScope) resolve(dst *apinetworking.Destination, ns, domain string) (string, int32) {
+	host := Qualify(dst.GetHost(), ns, domain)
+	if p := int32(dst.GetPort().GetNumber()); p != 0 {
+		return host, p
+	}
+	return host, s.destPort(host)
+}
+
 // meshScope is a sidecar's view of one service port.
 func meshScope(namespace string, port int32, hash func(string, int32) []*route.RouteAction_HashPolicy) routeScope {
 	return routeScope{gateway: "mesh", namespace: namespace, port: port, destPort: func(string) int32 { return port }, hash: hash}
@@ -343,13 +353,10 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		if dst == nil {
 			continue
 		}
-		host := Qualify(dst.GetHost(), ns, domain)
-		p := int32(dst.GetPort().GetNumber())
+		host, p := scope.resolve(dst, ns, domain)
 		if p == 0 {
-			if p = scope.destPort(host); p == 0 {
-				warn("destination " + host + " has no port and the service has none or several; destination skipped")
-				continue
-			}
+			warn("destination " + host + " has no port and the service has none or several; destination skipped")
+			continue
 		}
 		w := uint32(d.GetWeight())
 		if len(hr.GetRoute()) == 1 {
@@ -427,13 +434,10 @@ func mirrorPolicies(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain st
 		if dst == nil || percent == nil {
 			return
 		}
-		host := Qualify(dst.GetHost(), ns, domain)
-		p := int32(dst.GetPort().GetNumber())
+		host, p := scope.resolve(dst, ns, domain)
 		if p == 0 {
-			if p = scope.destPort(host); p == 0 {
-				warn("mirror " + host + " has no port and the service has none or several; not mirrored")
-				return
-			}
+			warn("mirror " + host + " has no port and the service has none or several; not mirrored")
+			return
 		}
 		out = append(out, &route.RouteAction_RequestMirrorPolicy{Cluster: OutboundCluster(p, dst.GetSubset(), host),
 			RuntimeFraction: &core.RuntimeFractionalPercent{DefaultValue: percent}, TraceSampled: wrapperspb.Bool(false)})
