@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -72,6 +73,14 @@ func setProtocol(c *cluster.Cluster, o *httpopts.HttpProtocolOptions) {
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
 }
 
+// staticCluster is a cluster of one endpoint at addr, as a test's upstream.
+func staticCluster(name, addr string) *cluster.Cluster {
+	return &cluster.Cluster{Name: name, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout: durationpb.New(time.Second), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+				Address: socket(netip.MustParseAddrPort(addr))}}}}}}}}
+}
+
 // startProxy is startHTTPProxy with the cluster adjusted too (and the
 // connection manager, by the manager functions).
 func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), route func(*routev3.RouteAction), manager ...func(*hcm.HttpConnectionManager)) (*Proxy, string) {
@@ -103,10 +112,7 @@ func startProxyWith(tb testing.TB, upstream string, adjust func(*cluster.Cluster
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &routev3.Route_Route{Route: action}}}}}}},
 		HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(tb, &routerv3.Router{})}}}}
-	up := &cluster.Cluster{Name: "up", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-		ConnectTimeout: durationpb.New(1e9), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "up", Endpoints: []*endpoint.LocalityLbEndpoints{{
-			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-				Address: socket(netip.MustParseAddrPort(upstream))}}}}}}}}
+	up := staticCluster("up", upstream)
 	if adjust != nil {
 		adjust(up)
 	}

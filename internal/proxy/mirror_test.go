@@ -8,20 +8,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
@@ -46,10 +42,7 @@ func startMirror(t *testing.T, wait time.Duration) (string, chan mirrored) {
 // withMirror is a route mirroring to the cluster "shadow" (at addr) at
 // numerator/100 percent, and the state that defines "shadow".
 func withMirror(t *testing.T, addr string, percent uint32) (func(*routev3.RouteAction), proxySetup) {
-	shadow := &cluster.Cluster{Name: "shadow", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-		ConnectTimeout: durationpb.New(time.Second), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "shadow", Endpoints: []*endpoint.LocalityLbEndpoints{{
-			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-				Address: socket(netip.MustParseAddrPort(addr))}}}}}}}}
+	shadow := staticCluster("shadow", addr)
 	route := func(a *routev3.RouteAction) {
 		a.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "shadow",
 			RuntimeFraction: &core.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: percent * 10000, Denominator: typev3.FractionalPercent_MILLION}}}}

@@ -6,20 +6,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/demoapp"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
@@ -66,10 +62,7 @@ func TestTracing(t *testing.T) {
 	}))
 	defer up.Close()
 	collector := startCollector(t)
-	coll := &cluster.Cluster{Name: "collector", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-		ConnectTimeout: durationpb.New(time.Second), LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "collector", Endpoints: []*endpoint.LocalityLbEndpoints{{
-			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-				Address: socket(netip.MustParseAddrPort(collector))}}}}}}}}
+	coll := staticCluster("collector", collector)
 	otel := &tracev3.OpenTelemetryConfig{ServiceName: "sleep.test", GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{
 		EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: "collector", Authority: "collector.test"}}}}
 	trace := func(sampling float64) func(*hcm.HttpConnectionManager) {

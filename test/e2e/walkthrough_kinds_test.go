@@ -56,12 +56,23 @@ func (w *walkthrough) sleepCalls(t *testing.T, from, url string, n int) []profil
 // restarts with a changed mesh config.
 func (w *walkthrough) installPrimary(t *testing.T, sets ...string) {
 	t.Helper()
-	args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml"), "--set", "hub=" + walkthroughHub, "--set", "tag=e2e"}
+	w.installPrimaryWith(t, nil, sets...)
+}
+
+// installPrimaryWith is installPrimary with more IstioOperator files
+// over the walkthrough's.
+func (w *walkthrough) installPrimaryWith(t *testing.T, files []string, sets ...string) {
+	t.Helper()
+	args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml")}
+	for _, f := range files {
+		args = append(args, "-f", f)
+	}
+	args = append(args, "--set", "hub="+walkthroughHub, "--set", "tag=e2e")
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}
 	if r := isthmus(t, 5*time.Minute, append(append(args, "--context", "cluster-eks", "-y"), w.kc...)...); r.err != nil {
-		t.Fatalf("install %v: %v\n%s", sets, r.err, r.stderr)
+		t.Fatalf("install %v %v: %v\n%s", files, sets, r.err, r.stderr)
 	}
 }
 

@@ -131,10 +131,7 @@ spec:
         args: [profile]
         readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}
 `)
-		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment,service", "metrics-demo")
-		if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "rollout", "status", "deployment/metrics-demo", "--timeout=120s"); err != nil {
-			t.Fatalf("metrics-demo: %v\n%s", err, out)
-		}
+		defer w.rolledOut(t, "metrics-demo")()
 		pod := pods(t, "cluster-eks", "metrics-demo")[0]
 		ann, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "get", "pod", pod, "-o", `jsonpath={.metadata.annotations.prometheus\.io/port} {.metadata.annotations.prometheus\.io/path}`)
 		if err != nil || ann != "15020 /stats/prometheus" {
@@ -190,10 +187,7 @@ spec:
         args: [collector]
         readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}
 `)
-		defer e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment,service", "collector")
-		if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "rollout", "status", "deployment/collector", "--timeout=120s"); err != nil {
-			t.Fatalf("collector: %v\n%s", err, out)
-		}
+		defer w.rolledOut(t, "collector")()
 		overlay := filepath.Join(t.TempDir(), "tracing.yaml")
 		if err := os.WriteFile(overlay, []byte(`apiVersion: install.istio.io/v1alpha1
 kind: IstioOperator
@@ -209,11 +203,7 @@ spec:
 `), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		args := []string{"install", "-f", filepath.Join(examples, "cluster-eks-primary.yaml"), "-f", overlay, "--set", "hub=" + walkthroughHub, "--set", "tag=e2e",
-			"--context", "cluster-eks", "-y"}
-		if r := isthmus(t, 5*time.Minute, append(args, w.kc...)...); r.err != nil {
-			t.Fatalf("install with tracing: %v\n%s", r.err, r.stderr)
-		}
+		w.installPrimaryWith(t, []string{overlay})
 		defer w.installPrimary(t)
 		collector := w.pods(t, "cluster-eks", "collector")[0]
 		spansOf := func(trace string) []demoapp.Span {
@@ -289,6 +279,21 @@ spec:
 			t.Errorf("a B3 caller's trace did not go on in sleep's span")
 		}
 	})
+}
+
+// rolledOut waits for a multicluster Deployment of cluster-eks to roll
+// out; what it returns deletes the Deployment and its Service.
+func (w *walkthrough) rolledOut(t *testing.T, name string) func() {
+	t.Helper()
+	e := w.e
+	gone := func() {
+		_, _ = e.kubectl("cluster-eks", "", "-n", "multicluster", "delete", "deployment,service", name)
+	}
+	if out, err := e.kubectl("cluster-eks", "", "-n", "multicluster", "rollout", "status", "deployment/"+name, "--timeout=120s"); err != nil {
+		gone()
+		t.Fatalf("%s: %v\n%s", name, err, out)
+	}
+	return gone
 }
 
 // scrape GETs path on a multicluster pod's port through its cluster's API

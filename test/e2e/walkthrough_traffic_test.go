@@ -8,6 +8,19 @@ import (
 	"time"
 )
 
+// profileVersions are profile's subsets: v1 answers in cluster-eks, v2
+// in cluster-aks.
+const profileVersions = `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: profile-versions, namespace: multicluster}
+spec:
+  host: profile
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---`
+
 // trafficArea checks VirtualService and DestinationRule across clusters:
 // timeouts, retries, subsets, locality, hashing, failover, connection pools.
 func trafficArea(t *testing.T, w *walkthrough) {
@@ -88,16 +101,7 @@ spec:
 	})
 
 	t.Run("subsets: a header sends calls to v2 (cluster-aks's profile), the rest to v1", func(t *testing.T) {
-		e.apply("cluster-eks", `
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: profile-versions, namespace: multicluster}
-spec:
-  host: profile
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
+		e.apply("cluster-eks", profileVersions+`
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: profile, namespace: multicluster}
@@ -114,16 +118,7 @@ spec:
 	})
 
 	t.Run("VirtualService mirror: v1 in cluster-eks answers, v2 in cluster-aks gets a copy of each call through the east-west gateway", func(t *testing.T) {
-		e.apply("cluster-eks", `
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: profile-versions, namespace: multicluster}
-spec:
-  host: profile
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
+		e.apply("cluster-eks", profileVersions+`
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: profile, namespace: multicluster}

@@ -93,10 +93,10 @@ func withFilters(a *AccessLog, t *Tracing, listeners []types.Resource) {
 					if logs == nil {
 						continue
 					}
-					var t tcpproxy.TcpProxy
-					if f.GetTypedConfig().UnmarshalTo(&t) == nil {
-						t.AccessLog = logs
-						f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: mustAny(&t)}
+					var tp tcpproxy.TcpProxy
+					if f.GetTypedConfig().UnmarshalTo(&tp) == nil {
+						tp.AccessLog = logs
+						f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: mustAny(&tp)}
 					}
 				}
 			}
