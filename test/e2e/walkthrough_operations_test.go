@@ -170,8 +170,8 @@ spec:
 		if o, err := apply(vs("  - route: [{destination: {host: profile}, weight: 30}, {destination: {host: profile}, weight: 30}]\n    timeout: 3s\n")); err != nil {
 			t.Errorf("a valid VirtualService was refused: %v\n%s", err, o)
 		}
-		o, err := apply(vs("  - mirror: {host: profile}\n" + route))
-		if err != nil || !strings.Contains(o, "spec.http[0].mirror: not supported by isthmus") {
+		o, err := apply(vs("  - delegate: {name: elsewhere}\n" + route))
+		if err != nil || !strings.Contains(o, "spec.http[0].delegate: not supported by isthmus") {
 			t.Errorf("an unsupported field is accepted with a warning naming it: %v\n%s", err, o)
 		}
 		// A kind isthmus does not act on: admitted, and said so at apply
