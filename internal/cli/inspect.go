@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -198,8 +200,79 @@ isthmus: Envoy's per-component names (http, upstream, ...) are refused.`,
 		},
 	}
 	logCmd.Flags().StringVar(&level, "level", "", "new level: LEVEL for every logger, or NAME:LEVEL")
-	cmd.AddCommand(clusters, listeners, routes, endpoints, secret, bootstrap, logCmd)
+	var otherContext string
+	rootCA := &cobra.Command{
+		Use:     "rootca-compare POD1 POD2",
+		Aliases: []string{"rc"},
+		Short:   "Whether two proxies trust a common root CA (and so can verify each other's certificates)",
+		Long: `Read the ROOTCA secret (the trusted roots) from both proxies' config_dump and
+say whether they share a root certificate, as istioctl's rootca-compare does.
+Across clusters (the case that matters in a multicluster mesh) name the second
+pod's cluster with --other-context. Exits non-zero when the proxies share no
+root: mutual TLS between them fails until both clusters' istio-ca-root-cert
+holds the same root.`,
+		Example: `  isthmus proxy-config rootca-compare deployment/sleep.multicluster deployment/profile.multicluster \
+      --context cluster-eks --other-context cluster-aks`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			other := cf
+			if otherContext != "" {
+				other.context = otherContext
+			}
+			var roots [2][]*x509.Certificate
+			var names [2]string
+			for i, f := range []clusterFlags{cf, other} {
+				c, err := f.cluster()
+				if err != nil {
+					return err
+				}
+				pod, err := c.Pod(cmd.Context(), args[i])
+				if err != nil {
+					return err
+				}
+				names[i] = pod.Name + "." + pod.Namespace
+				b, err := c.Get(cmd.Context(), pod, adminPort, "/config_dump")
+				if err != nil {
+					return err
+				}
+				d, err := inspect.ParseDump(b)
+				if err != nil {
+					return fmt.Errorf("%s: %w", names[i], err)
+				}
+				if roots[i], err = d.Roots(); err != nil {
+					return fmt.Errorf("%s: %w", names[i], err)
+				}
+			}
+			if r := inspect.SharedRoot(roots[0], roots[1]); r != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s and %s trust the same root CA (%s, SHA-256 %s): each can verify the other's workload certificate.\n",
+					names[0], names[1], r.Subject, fingerprint(r))
+				return nil
+			}
+			return fmt.Errorf("%s trusts %s and %s trusts %s: no root CA in common, so mutual TLS between them fails; "+
+				"both clusters' istio-ca-root-cert ConfigMap must hold the mesh CA's root", names[0], describeRoots(roots[0]), names[1], describeRoots(roots[1]))
+		},
+	}
+	rootCA.Flags().StringVar(&otherContext, "other-context", "", "kubeconfig context of POD2's cluster (default: --context)")
+	cmd.AddCommand(clusters, listeners, routes, endpoints, secret, bootstrap, logCmd, rootCA)
 	return cmd
+}
+
+// fingerprint is a certificate's SHA-256 as openssl prints it.
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	parts := make([]string, len(sum))
+	for i, b := range sum {
+		parts[i] = fmt.Sprintf("%02X", b)
+	}
+	return strings.Join(parts, ":")
+}
+
+func describeRoots(roots []*x509.Certificate) string {
+	var out []string
+	for _, r := range roots {
+		out = append(out, fmt.Sprintf("[%s, SHA-256 %s]", r.Subject, fingerprint(r)))
+	}
+	return strings.Join(out, " ")
 }
 
 func newProxyStatusCmd() *cobra.Command {

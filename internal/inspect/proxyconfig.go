@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"iter"
 	"sort"
 	"strconv"
 	"strings"
@@ -277,26 +278,64 @@ func routeTarget(r *routev3.Route) string {
 // ("default") and the roots ("ROOTCA").
 func (d *Dump) WriteSecrets(w io.Writer) error {
 	var rows [][]string
-	for _, s := range d.Secrets {
-		m, err := s.GetSecret().UnmarshalNew()
-		if err != nil {
-			continue
-		}
-		sec, ok := m.(*tlsv3.Secret)
-		if !ok {
-			continue
-		}
+	for name, sec := range d.secrets() {
 		typ, data := "Cert Chain", sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes()
 		if vc := sec.GetValidationContext(); vc != nil {
 			typ, data = "CA", vc.GetTrustedCa().GetInlineBytes()
 		}
 		for _, c := range certs(data) {
 			valid := time.Now().After(c.NotBefore) && time.Now().Before(c.NotAfter)
-			rows = append(rows, []string{s.GetName(), typ, "ACTIVE", strconv.FormatBool(valid), c.SerialNumber.Text(16),
+			rows = append(rows, []string{name, typ, "ACTIVE", strconv.FormatBool(valid), c.SerialNumber.Text(16),
 				c.NotAfter.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339), identities(c)})
 		}
 	}
 	return table(w, "RESOURCE NAME\tTYPE\tSTATUS\tVALID CERT\tSERIAL NUMBER\tNOT AFTER\tNOT BEFORE\tIDENTITY", rows)
+}
+
+// secrets yields the dump's active secrets by name, in the dump's order.
+func (d *Dump) secrets() iter.Seq2[string, *tlsv3.Secret] {
+	return func(yield func(string, *tlsv3.Secret) bool) {
+		for _, s := range d.Secrets {
+			m, err := s.GetSecret().UnmarshalNew()
+			if err != nil {
+				continue
+			}
+			if sec, ok := m.(*tlsv3.Secret); ok && !yield(s.GetName(), sec) {
+				return
+			}
+		}
+	}
+}
+
+// Roots are the certificates the proxy trusts for its peers: the ROOTCA
+// secret's trusted CA (Istio's SDS resource name), decoded once from the
+// PEM Envoy's SDS carries.
+func (d *Dump) Roots() ([]*x509.Certificate, error) {
+	for name, sec := range d.secrets() {
+		if name != "ROOTCA" {
+			continue
+		}
+		roots := certs(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
+		if len(roots) == 0 {
+			return nil, fmt.Errorf("the ROOTCA secret holds no PEM certificate")
+		}
+		return roots, nil
+	}
+	return nil, fmt.Errorf("no active ROOTCA secret: the proxy has not received its trusted roots (is it connected to the control plane?)")
+}
+
+// SharedRoot is a certificate both proxies trust, or nil: two proxies can
+// verify each other's workload certificates when they share a root (the
+// test istioctl's rootca-compare makes).
+func SharedRoot(a, b []*x509.Certificate) *x509.Certificate {
+	for _, x := range a {
+		for _, y := range b {
+			if x.Equal(y) {
+				return x
+			}
+		}
+	}
+	return nil
 }
 
 func certs(b []byte) []*x509.Certificate {

@@ -138,6 +138,18 @@ spec:
 		check("log --level info", run(t, "proxy-config", "log", ref, "--level", "info"), `isthmus: info`)
 		run(t, "proxy-config", "ecds", ref)
 		check("all", run(t, "proxy-config", "all", ref), `profile\.multicluster\.svc\.cluster\.local\s+8080`, `Route: 8080`, `ROOTCA`)
+		// rootca-compare: istioctl (this version) base64-decodes the
+		// ROOTCA's inline_bytes a second time after JSON already decoded
+		// them, so it fails on every Envoy's dump, Istio's own test data's
+		// included. It is held to that one known failure: any other answer
+		// than "identical" or that decode error is a fault of isthmus's dump.
+		cmd := exec.Command(istioctl, "proxy-config", "rootca-compare", ref, accounts+".multicluster", "--context", "cluster-eks")
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+e.kubeconfig)
+		b, err := cmd.CombinedOutput()
+		if out := string(b); (err == nil) != strings.Contains(out, "have the identical ROOTCA") ||
+			err != nil && !strings.Contains(out, "failed to decode inlinebytes: illegal base64 data at input byte 0") {
+			t.Errorf("istioctl proxy-config rootca-compare: %v\n%s", err, out)
+		}
 	})
 
 	t.Run("istioctl analyze reads both clusters' Istio configuration and finds no error in what isthmus installed", func(t *testing.T) {
@@ -159,7 +171,7 @@ spec:
 		t.Logf("istioctl analyze:\n%s", out)
 	})
 
-	t.Run("isthmus's own proxy-config shows the same rule and route, the bootstrap, and sets the log level", func(t *testing.T) {
+	t.Run("isthmus's own proxy-config shows the same rule and route, the bootstrap, the roots across clusters, and sets the log level", func(t *testing.T) {
 		ref := sleep + ".multicluster"
 		own := func(args ...string) string {
 			t.Helper()
@@ -182,6 +194,11 @@ spec:
 			}
 		}
 		own("log", ref, "--level", "info")
+		// Both networks' proxies trust the one root of the primary's CA.
+		if out := own("rootca-compare", ref, "deployment/profile.multicluster", "--other-context", "cluster-aks"); !regexp.MustCompile(
+			`^` + sleep + `\.multicluster and profile-\S+\.multicluster trust the same root CA \(.*, SHA-256 [0-9A-F:]{95}\)`).MatchString(out) {
+			t.Errorf("isthmus proxy-config rootca-compare across clusters:\n%s", out)
+		}
 	})
 
 	t.Run("istioctl x describe pod names the pod's service, route, rule, authorization policy and mTLS mode", func(t *testing.T) {
