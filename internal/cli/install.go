@@ -83,7 +83,12 @@ Read: meshConfig; values.global.meshID, multiCluster.clusterName, network,
 remotePilotAddress, proxy.privileged, hub, tag, meshNetworks;
 values.istiodRemote.injectionPath (or injectionURL);
 values.gateways.istio-ingressgateway.injectionTemplate, serviceAnnotations, type;
-components.base/pilot/istiodRemote.enabled, components.pilot.k8s.env;
+values.pilot.autoscaleEnabled, autoscaleMin, autoscaleMax, replicaCount,
+cpu.targetAverageUtilization, resources (Istio's defaults: an autoscaler from 1
+to 5 replicas, a PodDisruptionBudget when the floor is above 1; the replicas
+elect one leader for their writes with the Lease isthmus-leader);
+components.base/pilot/istiodRemote.enabled, components.pilot.k8s.env,
+components.pilot.k8s.replicaCount;
 components.ingressGateways[] (name, namespace, enabled, label, k8s.env,
 k8s.replicaCount, k8s.podAnnotations, k8s.serviceAnnotations, k8s.service: type,
 ports, loadBalancerSourceRanges, externalTrafficPolicy).

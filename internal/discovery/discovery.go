@@ -43,6 +43,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/istioconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/jwks"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/kubecluster"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/leader"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -154,7 +155,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	running := &members{m: map[string]*member{}}
 	authority.Subscribe(func(*ca.Authority) { running.resyncRoots() })
-	local, secrets := clusters(cfg, mesh, reg, authority, running, metrics)
+	// One replica writes to the clusters; every replica serves.
+	lead := leader.New(cfg.Client, cfg.Namespace, cfg.Instance, log, metrics)
+	lead.OnLead = running.resyncRoots
+	local, secrets := clusters(cfg, mesh, reg, authority, running, lead, metrics)
 
 	// What each proxy gets, and who may connect for it.
 	store := &istioconfig.Store{Client: cfg.IstioClient, Discovery: cfg.Client.Discovery(), Kube: cfg.Client, Log: log}
@@ -236,6 +240,7 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	g.Go("jwks", keys.Run)
 	g.Go("ca", authority.Run)
+	g.Go("leader election", lead.Run)
 	g.Go("control plane certificate", serving.Run)
 	g.Go("xds push", xdsServer.Run)
 	if ls.plain != nil {
@@ -271,16 +276,17 @@ func (c Config) withMesh(mesh *meshconfig.Mesh) Config {
 
 // clusters makes the local cluster's controller and the remote secrets'
 // controller, which makes one per remote cluster.
-func clusters(cfg Config, mesh *meshconfig.Mesh, reg *registry.Registry, authority *ca.Store, running *members, metrics prometheus.Registerer) (*meshCluster, *remotesecret.Controller) {
+func clusters(cfg Config, mesh *meshconfig.Mesh, reg *registry.Registry, authority *ca.Store, running *members, lead *leader.Elector, metrics prometheus.Registerer) (*meshCluster, *remotesecret.Controller) {
 	root := func() []byte { return authority.Current().RootPEM() }
 	newCluster := func(id string, client, reviews kubernetes.Interface, network string) *meshCluster {
 		roots := rootcert.New(client, id, root, cfg.Log)
+		roots.Leading = lead.Leading
 		var follower *remoteistiod.Follower
 		if id != cfg.ClusterID {
 			// A remote is written to only when it names this cluster.
 			roots.Lead, roots.SystemNamespace = cfg.ClusterID, cfg.Namespace
 			follower = &remoteistiod.Follower{Client: client, Cluster: id, Namespace: cfg.Namespace, Log: cfg.Log,
-				Managed: func(ns *corev1.Namespace) bool { return rootcert.Manages(ns, cfg.ClusterID) },
+				Managed: func(ns *corev1.Namespace) bool { return lead.Leading() && rootcert.Manages(ns, cfg.ClusterID) },
 				Known: func(ctx context.Context, name string) error {
 					return ownLoadBalancer(ctx, cfg.Client, cfg.Namespace, cfg.ClusterID, name)
 				}}

@@ -62,6 +62,17 @@ func (c *Cluster) Install(ctx context.Context, parts []Part) error {
 				return fmt.Errorf("%s: %w", title, err)
 			}
 		}
+		for _, o := range p.Absent {
+			ri, err := c.resource(o)
+			if err != nil {
+				return fmt.Errorf("%s: %w", title, err)
+			}
+			if err := ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{}); err == nil {
+				fmt.Fprintf(c.Out, "  %s removed: this file does not make it\n", describeObj(o))
+			} else if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s: delete %s: %w", title, describeObj(o), err)
+			}
+		}
 		if err := c.wait(ctx, p); err != nil {
 			fmt.Fprintf(c.Out, "✘ %s: %v\n", title, err)
 			return fmt.Errorf("%s: %w", title, err)
@@ -239,6 +250,8 @@ func (c *Cluster) Purge(ctx context.Context, withCRDs bool) error {
 		// would refuse every Istio object once its control plane is gone.
 		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingwebhookconfigurations"},
 		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "mutatingwebhookconfigurations"},
+		{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"},
+		{Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},
 		{Group: "apps", Version: "v1", Resource: "deployments"},
 		{Version: "v1", Resource: "services"},
 		{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"},

@@ -200,11 +200,11 @@ func TestBadInput(t *testing.T) {
 	write := func(s string) string { return writeFile(t, s) }
 	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n"
 
-	l, err := Load([]string{write(head + "spec:\n  profile: minimal\n  meshConfig:\n    enableStatusMessage: true\n  values:\n    global:\n      network: n1\n      logging: {level: debug}\n    pilot:\n      autoscaleEnabled: false\n")}, nil)
+	l, err := Load([]string{write(head + "spec:\n  profile: minimal\n  meshConfig:\n    enableStatusMessage: true\n  values:\n    global:\n      network: n1\n      logging: {level: debug}\n    pilot:\n      traceSampling: 100\n")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"spec.meshConfig.enableStatusMessage", "spec.values.global.logging", "spec.values.pilot"} {
+	for _, want := range []string{"spec.meshConfig.enableStatusMessage", "spec.values.global.logging", "spec.values.pilot.traceSampling"} {
 		if !slices.ContainsFunc(l.Warnings, func(w string) bool { return strings.HasPrefix(w, want+":") }) {
 			t.Errorf("no warning naming %s in %q", want, l.Warnings)
 		}
@@ -350,6 +350,82 @@ func TestTracingProviders(t *testing.T) {
 	} {
 		if _, err := Load([]string{writeFile(t, head+doc)}, nil); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error with %q", doc, err, want)
+		}
+	}
+}
+
+// The control plane scales as Istio's chart scales istiod: an autoscaler
+// from 1 to 5 by default (the Deployment's replicas its own), a floor of
+// replicas kept through disruptions, fixed replicas without autoscaling
+// (and the autoscaler of an earlier install removed).
+func TestControlPlaneReplicas(t *testing.T) {
+	head := "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: minimal\n"
+	render := func(spec string) (*Loaded, map[string]*unstructured.Unstructured, []string) {
+		t.Helper()
+		l, err := Load([]string{writeFile(t, head+spec)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts, err := Render(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var absent []string
+		for _, p := range parts {
+			for _, o := range p.Absent {
+				absent = append(absent, describeObj(o))
+			}
+		}
+		return l, objects(t, l), absent
+	}
+	const hpa, pdb, deploy = "HorizontalPodAutoscaler istio-system/istiod", "PodDisruptionBudget istio-system/istiod", "Deployment istio-system/istiod"
+	nested := func(o *unstructured.Unstructured, path ...string) any {
+		v, _, _ := unstructured.NestedFieldNoCopy(o.Object, path...)
+		return v
+	}
+
+	_, objs, absent := render("")
+	if _, set := objs[deploy].Object["spec"].(map[string]any)["replicas"]; set {
+		t.Error("with an autoscaler the Deployment must leave replicas to it")
+	}
+	if objs[hpa] == nil || nested(objs[hpa], "spec", "minReplicas") != int64(1) || nested(objs[hpa], "spec", "maxReplicas") != int64(5) ||
+		nested(objs[hpa], "spec", "metrics") == nil || objs[pdb] != nil || !slices.Equal(absent, []string{pdb}) {
+		t.Errorf("default: autoscaler %v, disruption budget %v, absent %v", objs[hpa], objs[pdb], absent)
+	}
+	containers, _, _ := unstructured.NestedSlice(objs[deploy].Object, "spec", "template", "spec", "containers")
+	if cpu, _, _ := unstructured.NestedString(containers[0].(map[string]any), "resources", "requests", "cpu"); cpu != "500m" {
+		t.Errorf("discovery's CPU request %q, want Istio's 500m (the autoscaler's utilization is of it)", cpu)
+	}
+	role := objs["Role istio-system/istiod"]
+	if rules, _ := json.Marshal(nested(role, "rules")); !strings.Contains(string(rules), `"coordination.k8s.io"`) {
+		t.Errorf("istiod's Role cannot hold the leader Lease: %s", rules)
+	}
+
+	_, objs, _ = render("  values:\n    pilot: {autoscaleMin: 2, autoscaleMax: 4, cpu: {targetAverageUtilization: 60}}\n")
+	if nested(objs[hpa], "spec", "minReplicas") != int64(2) || objs[pdb] == nil || nested(objs[pdb], "spec", "minAvailable") != int64(1) {
+		t.Errorf("autoscaleMin 2: autoscaler %v, disruption budget %v", objs[hpa], objs[pdb])
+	}
+
+	_, objs, absent = render("  values:\n    pilot: {autoscaleEnabled: false}\n  components:\n    pilot:\n      k8s: {replicaCount: 3}\n")
+	if nested(objs[deploy], "spec", "replicas") != int64(3) || objs[hpa] != nil || objs[pdb] == nil || !slices.Equal(absent, []string{hpa}) {
+		t.Errorf("3 fixed replicas: replicas %v, autoscaler %v, disruption budget %v, absent %v", nested(objs[deploy], "spec", "replicas"), objs[hpa], objs[pdb], absent)
+	}
+
+	l, objs, _ := render("  components:\n    pilot:\n      k8s: {replicaCount: 2}\n")
+	if nested(objs[deploy], "spec", "replicas") != int64(2) || !slices.ContainsFunc(l.Warnings, func(w string) bool {
+		return strings.Contains(w, "components.pilot.k8s.replicaCount 2") && strings.Contains(w, "autoscaleMin")
+	}) {
+		t.Errorf("replicaCount under an autoscaler: replicas %v, warnings %q", nested(objs[deploy], "spec", "replicas"), l.Warnings)
+	}
+
+	for spec, want := range map[string]string{
+		"  values:\n    pilot: {autoscaleMin: 3, autoscaleMax: 2}\n":                                          "want 1 <= autoscaleMin <= autoscaleMax",
+		"  values:\n    pilot: {autoscaleEnabled: false, replicaCount: 0}\n":                                  "want at least 1",
+		"  values:\n    pilot: {cpu: {targetAverageUtilization: 150}}\n":                                      "1 to 100",
+		"  values:\n    pilot: {autoscaleEnabled: false}\n  components: {pilot: {k8s: {replicaCount: -1}}}\n": "want at least 1",
+	} {
+		if _, err := Load([]string{writeFile(t, head+spec)}, nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", spec, err, want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -164,6 +165,60 @@ type Values struct {
 	Gateways struct {
 		IngressGateway GatewayValues `json:"istio-ingressgateway"`
 	} `json:"gateways"`
+	Pilot PilotValues `json:"pilot"`
+}
+
+// PilotValues are values.pilot: how many control plane replicas, as
+// Istio's chart renders them (a HorizontalPodAutoscaler from autoscaleMin
+// to autoscaleMax on CPU, else replicaCount; a PodDisruptionBudget once
+// more than one replica is the floor).
+type PilotValues struct {
+	AutoscaleEnabled *bool  `json:"autoscaleEnabled"`
+	AutoscaleMin     *int32 `json:"autoscaleMin"`
+	AutoscaleMax     *int32 `json:"autoscaleMax"`
+	ReplicaCount     *int32 `json:"replicaCount"`
+	CPU              struct {
+		TargetAverageUtilization *int32 `json:"targetAverageUtilization"`
+	} `json:"cpu"`
+	// Resources of the discovery container (Istio's default requests
+	// 500m CPU and 2048Mi: the autoscaler's utilization is of requests).
+	Resources *corev1.ResourceRequirements `json:"resources"`
+}
+
+// autoscaled says whether an autoscaler scales the control plane
+// (values.pilot.autoscaleEnabled, Istio's default true).
+func (l *Loaded) autoscaled() bool {
+	e := l.Spec.Values.Pilot.AutoscaleEnabled
+	return e == nil || *e
+}
+
+// replicas is how the control plane is scaled: with an autoscaler, its
+// bounds (Istio's defaults 1 to 5) and the Deployment's replicas only when
+// components.pilot.k8s.replicaCount sets them (Istio's overlay; else the
+// autoscaler owns them); without, the Deployment's replicas.
+func (l *Loaded) replicas() (fixed *int32, lo, hi int32) {
+	v := l.Spec.Values.Pilot
+	var k8s *int32
+	if c := l.Spec.Components.Pilot; c != nil && c.K8s != nil {
+		k8s = c.K8s.ReplicaCount
+	}
+	if l.autoscaled() {
+		lo, hi = 1, 5
+		if v.AutoscaleMin != nil {
+			lo = *v.AutoscaleMin
+		}
+		if v.AutoscaleMax != nil {
+			hi = *v.AutoscaleMax
+		}
+		return k8s, lo, hi
+	}
+	fixed = ptr.To[int32](1)
+	for _, n := range []*int32{v.ReplicaCount, k8s} {
+		if n != nil {
+			fixed = n
+		}
+	}
+	return fixed, 0, 0
 }
 
 // Global is values.global.
@@ -379,6 +434,17 @@ func (l *Loaded) validate() error {
 	}
 	if t := s.Values.Gateways.IngressGateway.InjectionTemplate; t != "" && t != "gateway" {
 		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.values.gateways.istio-ingressgateway.injectionTemplate %q: isthmus has the template gateway only; using it", t))
+	}
+	switch fixed, lo, hi := l.replicas(); {
+	case l.autoscaled() && (lo < 1 || hi < lo):
+		return fmt.Errorf("spec.values.pilot: autoscaleMin %d and autoscaleMax %d: want 1 <= autoscaleMin <= autoscaleMax", lo, hi)
+	case l.autoscaled() && fixed != nil && *fixed > 1:
+		l.Warnings = append(l.Warnings, fmt.Sprintf("spec.components.pilot.k8s.replicaCount %d with values.pilot.autoscaleEnabled (the default): the autoscaler may scale the control plane down to autoscaleMin %d; set autoscaleMin (or autoscaleEnabled: false) for a floor of replicas", *fixed, lo))
+	case fixed != nil && *fixed < 1:
+		return fmt.Errorf("spec.values.pilot: %d control plane replicas: want at least 1", *fixed)
+	}
+	if u := s.Values.Pilot.CPU.TargetAverageUtilization; u != nil && (*u < 1 || *u > 100) {
+		return fmt.Errorf("spec.values.pilot.cpu.targetAverageUtilization %d: want a percentage of the CPU request, 1 to 100", *u)
 	}
 	if c := s.Components.Cni; c != nil && c.Enabled != nil && *c.Enabled {
 		l.Warnings = append(l.Warnings, "spec.components.cni: the CNI plugin is not supported; pods get the istio-init container")

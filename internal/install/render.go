@@ -12,9 +12,12 @@ import (
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -53,6 +56,10 @@ const (
 type Part struct {
 	Component string
 	Objects   []*unstructured.Unstructured
+	// Absent are objects an earlier file may have made that this one does
+	// not (the autoscaler after autoscaleEnabled: false): install deletes
+	// them, so they cannot go on acting.
+	Absent []*unstructured.Unstructured
 }
 
 // Render returns the objects of an install, component by component, in
@@ -100,6 +107,17 @@ func (r *renderer) render() ([]Part, error) {
 	}
 	if r.l.enabled("pilot") {
 		add(ComponentPilot, r.pilot())
+		p := &parts[len(parts)-1]
+		for _, gvk := range []metav1.TypeMeta{typeMeta("HorizontalPodAutoscaler", "autoscaling/v2"), typeMeta("PodDisruptionBudget", "policy/v1")} {
+			if !slices.ContainsFunc(p.Objects, func(o *unstructured.Unstructured) bool { return o.GetKind() == gvk.Kind }) {
+				u := &unstructured.Unstructured{}
+				u.SetAPIVersion(gvk.APIVersion)
+				u.SetKind(gvk.Kind)
+				u.SetName("istiod")
+				u.SetNamespace(r.ns)
+				p.Absent = append(p.Absent, u)
+			}
+		}
 	}
 	if r.l.enabled("istiodRemote") {
 		add(ComponentRemote, r.remote())
@@ -197,9 +215,11 @@ func (r *renderer) pilot() []runtime.Object {
 		&rbacv1.ClusterRoleBinding{TypeMeta: typeMeta("ClusterRoleBinding", "rbac.authorization.k8s.io/v1"), ObjectMeta: metav1.ObjectMeta{Name: role},
 			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
 			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}},
-		// The CA keeps its root in istio-ca-secret.
+		// The CA keeps its root in istio-ca-secret; the replicas elect the
+		// one that writes with a Lease.
 		&rbacv1.Role{TypeMeta: typeMeta("Role", "rbac.authorization.k8s.io/v1"), ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "get", "watch", "list", "update", "delete"}}}},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "get", "watch", "list", "update", "delete"}},
+				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}}}},
 		&rbacv1.RoleBinding{TypeMeta: typeMeta("RoleBinding", "rbac.authorization.k8s.io/v1"), ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name},
 			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}},
@@ -229,6 +249,13 @@ func (r *renderer) pilot() []runtime.Object {
 	for i := range ports {
 		ports[i].Protocol = corev1.ProtocolTCP
 	}
+	replicas, lo, hi := l.replicas()
+	// Istio's default requests: an autoscaler's CPU utilization is of them.
+	resources := corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("2048Mi")}}
+	if res := l.Spec.Values.Pilot.Resources; res != nil {
+		resources = *res
+	}
 	podLabels := maps.Clone(IstiodLabels)
 	podLabels["sidecar.istio.io/inject"] = "false"
 	// Istio's chart labels istiod's pods with their revision; istioctl
@@ -237,14 +264,14 @@ func (r *renderer) pilot() []runtime.Object {
 	objs = append(objs,
 		&appsv1.Deployment{TypeMeta: typeMeta("Deployment", "apps/v1"), ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: IstiodLabels},
 			Spec: appsv1.DeploymentSpec{
-				Replicas: ptr.To[int32](1),
+				Replicas: replicas,
 				Selector: &metav1.LabelSelector{MatchLabels: IstiodLabels},
 				Template: corev1.PodTemplateSpec{
 					ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: map[string]string{AnnotationMeshConfig: hex.EncodeToString(meshSum[:8])}},
 					Spec: corev1.PodSpec{
 						ServiceAccountName: name,
 						Containers: []corev1.Container{{
-							Name: "discovery", Image: l.Image(), Args: args, Env: env, Ports: ports,
+							Name: "discovery", Image: l.Image(), Args: args, Env: env, Ports: ports, Resources: resources,
 							ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(15014)}},
 								PeriodSeconds: 2, TimeoutSeconds: 5, FailureThreshold: 30},
 							SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](1337), RunAsGroup: ptr.To[int64](1337), RunAsNonRoot: ptr.To(true)},
@@ -262,6 +289,26 @@ func (r *renderer) pilot() []runtime.Object {
 		r.injector(admissionv1.WebhookClientConfig{Service: &admissionv1.ServiceReference{Name: name, Namespace: ns, Port: ptr.To[int32](443), Path: ptr.To("/inject")}}),
 		validator(ns, admissionv1.WebhookClientConfig{Service: &admissionv1.ServiceReference{Name: name, Namespace: ns, Port: ptr.To[int32](443), Path: ptr.To("/validate")}}),
 	)
+	if l.autoscaled() {
+		target := ptr.To[int32](80)
+		if u := l.Spec.Values.Pilot.CPU.TargetAverageUtilization; u != nil {
+			target = u
+		}
+		objs = append(objs, &autoscalingv2.HorizontalPodAutoscaler{TypeMeta: typeMeta("HorizontalPodAutoscaler", "autoscaling/v2"),
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: IstiodLabels},
+			Spec: autoscalingv2.HorizontalPodAutoscalerSpec{MinReplicas: &lo, MaxReplicas: hi,
+				ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: name},
+				Metrics: []autoscalingv2.MetricSpec{{Type: autoscalingv2.ResourceMetricSourceType, Resource: &autoscalingv2.ResourceMetricSource{
+					Name: corev1.ResourceCPU, Target: autoscalingv2.MetricTarget{Type: autoscalingv2.UtilizationMetricType, AverageUtilization: target}}}},
+			}})
+	}
+	// A floor of more than one replica keeps one through a node drain, as
+	// Istio's chart (its PodDisruptionBudget allows no fewer than one).
+	if l.autoscaled() && lo > 1 || !l.autoscaled() && *replicas > 1 {
+		objs = append(objs, &policyv1.PodDisruptionBudget{TypeMeta: typeMeta("PodDisruptionBudget", "policy/v1"),
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: IstiodLabels},
+			Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: ptr.To(intstr.FromInt32(1)), Selector: &metav1.LabelSelector{MatchLabels: IstiodLabels}}})
+	}
 	return objs
 }
 

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,8 +65,18 @@ func (e *sandboxEnv) startDiscoveryOn(t *testing.T, host, cluster, network strin
 	var once sync.Once
 	cp.stop = func() {
 		once.Do(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+			// A clean stop, as Kubernetes stops a pod: the control plane
+			// hands its leader Lease over, so the next one in the same
+			// namespace leads at once.
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
 			b, _ := os.ReadFile(logPath)
 			t.Logf("discovery %v log:\n%s", extra, b)
 		})

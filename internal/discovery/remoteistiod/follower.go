@@ -61,7 +61,8 @@ type Follower struct {
 	// Namespace is the remote's system namespace (istio-system).
 	Namespace string
 	// Managed reports whether this control plane may write to the remote
-	// (its system namespace names it in topology.istio.io/controlPlaneClusters).
+	// (its system namespace names it in topology.istio.io/controlPlaneClusters,
+	// and this replica is the leader).
 	Managed func(ns *corev1.Namespace) bool
 	// Known says whether the name is one this control plane may resolve
 	// for the remote (nil error): the remote's admin writes the name, and

@@ -59,6 +59,10 @@ type Publisher struct {
 	// own cluster, always written.
 	Lead            string
 	SystemNamespace string
+	// Leading says whether this control plane replica is the one that
+	// writes (nil: always). A follower keeps its caches warm and writes
+	// nothing; Resync when it becomes the leader.
+	Leading func() bool
 
 	managedMu  sync.Mutex
 	wasManaged *bool // the last decision, logged when it changes
@@ -139,7 +143,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 		reconcile := p.reconcile
 		switch {
-		case !p.managed():
+		case p.Leading != nil && !p.Leading(), !p.managed():
 			reconcile = func(context.Context, string) error { return nil }
 		case strings.HasPrefix(ns, webhookKey):
 			reconcile = p.reconcileWebhook
