@@ -119,6 +119,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	telemetryArea(t, w)
 	tracingArea(t, w)
 	operationsArea(t, w)
+	resilienceArea(t, w)
 	cloudArea(t, w)
 }
 
