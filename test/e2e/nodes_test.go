@@ -227,6 +227,25 @@ func TestSandboxNodes(t *testing.T) {
 		})
 	})
 
+	t.Run("a pod the node controller marked not ready is Ready again: its node agent writes its own status back, as the kubelet", func(t *testing.T) {
+		// What the node lifecycle controller does to every pod of a node
+		// whose lease it found stale (after a frozen API server, say).
+		pods := e.clients["cluster-eks"].CoreV1().Pods("default")
+		p, err := pods.Get(context.Background(), eks[0].Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				p.Status.Conditions[i].Status, p.Status.Conditions[i].Reason = corev1.ConditionFalse, "NodeNotReady"
+			}
+		}
+		if _, err := pods.UpdateStatus(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitReady("cluster-eks", "default", "app=profile", 2)
+	})
+
 	t.Run("a client pod reaches the Service by DNS name and ClusterIP, and both backends answer", func(t *testing.T) {
 		svc, err := e.clients["cluster-eks"].CoreV1().Services("default").Get(context.Background(), "profile", metav1.GetOptions{})
 		if err != nil {

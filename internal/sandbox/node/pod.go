@@ -81,7 +81,38 @@ func (w *podWorker) update(p *corev1.Pod) {
 	w.mu.Unlock()
 	if p.DeletionTimestamp != nil {
 		w.delOnce.Do(func() { close(w.deleting) })
+		return
 	}
+	// Someone else wrote the pod's status (the node lifecycle controller
+	// sets Ready=False on every pod of a node it finds NotReady): the
+	// kubelet's status manager writes its own view back, or the pod
+	// would stay out of its Services after the node is Ready again.
+	if drifted(p.Status, w.status(p.Status)) {
+		w.markChanged()
+	}
+}
+
+// drifted says whether the API's status of a pod differs from the
+// agent's in what others act on: the phase and readiness.
+func drifted(api, own corev1.PodStatus) bool {
+	if api.Phase != own.Phase {
+		return true
+	}
+	for _, t := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
+		if condition(api, t) != condition(own, t) {
+			return true
+		}
+	}
+	return false
+}
+
+func condition(st corev1.PodStatus, t corev1.PodConditionType) corev1.ConditionStatus {
+	for _, c := range st.Conditions {
+		if c.Type == t {
+			return c.Status
+		}
+	}
+	return ""
 }
 
 func (w *podWorker) remove() {
