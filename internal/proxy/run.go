@@ -16,6 +16,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -159,7 +160,14 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		}
 		g.Go("certificate agent", agent.Run)
 	}
-	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})}
+	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Redial a control plane that went away from 500 ms up to 2 s
+		// (gRPC's default: 1 s up to 120 s): its Service usually has
+		// another replica, and one that was gone for minutes gets its
+		// proxies back within seconds of its return (a remote's proxies
+		// after the east-west gateway, which redials the same way).
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second})}
 	var callCtx func(context.Context) (context.Context, error)
 	switch {
 	case cfg.Plaintext:

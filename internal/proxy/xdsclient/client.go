@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -107,9 +108,24 @@ func (c *Client) Status() Status {
 	return Status{Connected: c.connected, ACKs: maps.Clone(c.acks), NACKs: maps.Clone(c.nacks), LastNACK: c.lastNACK}
 }
 
-// Run streams until ctx ends, reconnecting with backoff (1 s doubling to 30 s).
+// Reconnect backoff: 500 ms doubling to 2 s, each wait jittered between
+// half and all of it, so the proxies of a control plane replica that went
+// away do not all come back at once, and all are back within 5 s of a
+// control plane that was gone for minutes (a remote's proxies wait for
+// the east-west gateway to find it first). A retry costs a dial to the
+// istiod Service, refused while it has no endpoints.
+const (
+	retryBase = 500 * time.Millisecond
+	retryMax  = 2 * time.Second
+)
+
+// Run streams until ctx ends, reconnecting with backoff. A new stream
+// waits for the connection to be ready (the connection redials with its
+// own backoff) rather than failing at once while it is down: a replica
+// that went away leaves its proxies one dial, not one backoff step, from
+// another.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := time.Second
+	backoff := retryBase
 	for {
 		start := time.Now()
 		err := c.stream(ctx)
@@ -118,15 +134,16 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if time.Since(start) > time.Minute {
-			backoff = time.Second
+			backoff = retryBase
 		}
-		c.cfg.Log.Warn("xDS stream closed; serving the last accepted configuration", "err", err, "retry_in", backoff)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.cfg.Log.Warn("xDS stream closed; serving the last accepted configuration", "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 30*time.Second)
+		backoff = min(2*backoff, retryMax)
 	}
 }
 
@@ -145,7 +162,7 @@ func (c *Client) stream(ctx context.Context) error {
 			return err
 		}
 	}
-	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(c.cfg.Conn).DeltaAggregatedResources(ctx)
+	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(c.cfg.Conn).DeltaAggregatedResources(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
