@@ -285,7 +285,10 @@ func newProxyStatusCmd() *cobra.Command {
 		Long: `Show every proxy (sidecars and gateways of every cluster) connected to the control
 plane and, per xDS type, whether it acknowledged what it was last sent
 (SYNCED), has not acknowledged it yet (STALE), rejected it (NACKED) or was
-sent nothing of that type (NOT SENT). Run it against the primary cluster.`,
+sent nothing of that type (NOT SENT). A cluster whose API server stopped
+answering is named below the table: its proxies keep their configuration,
+which no longer follows that cluster's changes. Run it against the primary
+cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.cluster()
@@ -296,7 +299,15 @@ sent nothing of that type (NOT SENT). Run it against the primary cluster.`,
 			if err != nil {
 				return err
 			}
-			return inspect.WriteStatus(cmd.OutOrStdout(), list)
+			if err := inspect.WriteStatus(cmd.OutOrStdout(), list); err != nil {
+				return err
+			}
+			// Clusters whose API server stopped answering: their proxies'
+			// SYNCED is of configuration that no longer follows them.
+			if clusters, err := c.RemoteClusters(cmd.Context(), istioNS); err == nil {
+				inspect.WriteStale(cmd.OutOrStdout(), clusters)
+			}
+			return nil
 		},
 	}
 	cf.add(cmd)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -47,10 +48,18 @@ type Status struct {
 	ID     string `json:"id"`
 	Secret string `json:"secret"`
 	// State is syncing, synced, timeout (not synced within SyncTimeout:
-	// served with what it has) or error.
+	// served with what it has), stale (its API server stopped answering:
+	// served with the last-known endpoints) or error.
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`
+	// StaleSince is when its API server stopped answering.
+	StaleSince *time.Time `json:"staleSince,omitempty"`
 }
+
+// ProbeEvery is how often each remote's API server is asked whether it
+// answers (its /readyz, which every account may read): a watch on a
+// frozen or unreachable API server does not fail, it only goes quiet.
+const ProbeEvery = 5 * time.Second
 
 // Controller watches remote secrets.
 type Controller struct {
@@ -81,6 +90,11 @@ type remote struct {
 	cluster    Cluster
 	started    time.Time
 	err        string
+	// staleSince is when the API server stopped answering (zero: it answers).
+	staleSince time.Time
+	// refused is why the API server refuses the secret's credentials
+	// ("": it accepts them).
+	refused string
 }
 
 // Run watches secrets until ctx ends.
@@ -216,6 +230,7 @@ func (c *Controller) apply(ctx context.Context, secret, id string, kubeconfig []
 					c.Log.Warn("remote cluster stopped", "cluster", id, "err", err)
 				}
 			}()
+			go c.probe(rctx, r, rc)
 			c.mu.Lock()
 			c.clusters[id] = r
 			c.mu.Unlock()
@@ -267,13 +282,67 @@ func (c *Controller) stopAll() {
 	}
 }
 
+// probe marks r stale while its API server does not answer, until ctx
+// ends.
+func (c *Controller) probe(ctx context.Context, r *remote, rc *rest.Config) {
+	cfg := rest.CopyConfig(rc)
+	cfg.Timeout = ProbeEvery
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return
+	}
+	t := time.NewTicker(ProbeEvery)
+	defer t.Stop()
+	for {
+		err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+		if ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		since, refused := r.staleSince, r.refused
+		switch {
+		case apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err):
+			// It answers, and refuses the token: a revoked or expired
+			// token, or a secret for another cluster.
+			r.staleSince, r.refused = time.Time{}, fmt.Sprintf("the API server refuses the secret's credentials (%v): the token is revoked, expired or not of this cluster; its last-known endpoints are served until a new remote secret (isthmus create-remote-secret) replaces it", err)
+			if refused == "" {
+				c.Log.Error("remote cluster refuses the remote secret's credentials; serving its last-known endpoints", "cluster", r.id, "secret", r.secret, "err", err)
+			}
+		case err != nil && since.IsZero():
+			r.staleSince, r.refused = time.Now(), ""
+			c.Log.Warn("remote cluster's API server does not answer; serving its last-known endpoints", "cluster", r.id, "err", err)
+		case err == nil && (!since.IsZero() || refused != ""):
+			r.staleSince, r.refused = time.Time{}, ""
+			if since.IsZero() {
+				c.Log.Info("remote cluster accepts the secret's credentials again", "cluster", r.id)
+			} else {
+				c.Log.Info("remote cluster's API server answers again", "cluster", r.id, "stale", time.Since(since).Round(time.Second))
+			}
+		}
+		c.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Statuses lists every remote cluster and its state.
 func (c *Controller) Statuses() []Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]Status, 0, len(c.clusters))
 	for _, r := range c.clusters {
-		out = append(out, Status{ID: r.id, Secret: r.secret, State: state(r, c.SyncTimeout), Error: r.err})
+		st := Status{ID: r.id, Secret: r.secret, State: state(r, c.SyncTimeout), Error: r.err}
+		if st.Error == "" {
+			st.Error = r.refused
+		}
+		if !r.staleSince.IsZero() {
+			since := r.staleSince
+			st.StaleSince = &since
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -281,8 +350,10 @@ func (c *Controller) Statuses() []Status {
 
 func state(r *remote, timeout time.Duration) string {
 	switch {
-	case r.err != "":
+	case r.err != "" || r.refused != "":
 		return "error"
+	case !r.staleSince.IsZero():
+		return "stale"
 	case r.cluster.Synced():
 		return "synced"
 	case time.Since(r.started) > timeout:
@@ -297,7 +368,7 @@ func (c *Controller) watchSync(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for _, s := range c.Statuses() {
-			for _, st := range []string{"syncing", "synced", "timeout", "error"} {
+			for _, st := range []string{"syncing", "synced", "timeout", "stale", "error"} {
 				v := 0.0
 				if st == s.State {
 					v = 1
