@@ -102,25 +102,34 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 	w := &walkthrough{e: e, kc: []string{"--kubeconfig", e.kubeconfig}, images: images}
 	// The areas run in this order: each starts from the mesh the ones
 	// before it leave (policies stay applied, for instance).
-	imagesArea(t, w)
-	meshArea(t, w)
-	fenceArea(t, w)
-	ingressArea(t, w)
-	t.Run("security: the control plane's trust boundary, attacked from sleep's pod and asked of the API servers", func(t *testing.T) {
-		securityBoundary(t, e)
-	})
-	policyArea(t, w)
-	trafficArea(t, w)
-	kindsArea(t, w)
-	vmArea(t, w)
-	egressArea(t, w)
-	istiodArea(t, w)
-	istioctlArea(t, w)
-	telemetryArea(t, w)
-	tracingArea(t, w)
-	operationsArea(t, w)
-	resilienceArea(t, w)
-	cloudArea(t, w)
+	// WALKTHROUGH_AREAS=mesh,istioctl runs only those after the replay
+	// (to work on one area, and for make bench's resilience figures).
+	only := map[string]bool{}
+	for _, a := range strings.Split(os.Getenv("WALKTHROUGH_AREAS"), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			only[a] = true
+		}
+	}
+	for _, a := range []struct {
+		name string
+		run  func(*testing.T, *walkthrough)
+	}{
+		{"images", imagesArea}, {"mesh", meshArea}, {"fence", fenceArea}, {"ingress", ingressArea},
+		{"security", func(t *testing.T, w *walkthrough) {
+			t.Run("security: the control plane's trust boundary, attacked from sleep's pod and asked of the API servers", func(t *testing.T) {
+				securityBoundary(t, w.e)
+			})
+		}},
+		{"policy", policyArea}, {"traffic", trafficArea}, {"kinds", kindsArea}, {"vm", vmArea}, {"egress", egressArea},
+		{"istiod", istiodArea}, {"istioctl", istioctlArea}, {"telemetry", telemetryArea}, {"tracing", tracingArea},
+		{"operations", operationsArea}, {"resilience", resilienceArea},
+		// cloud runs last: the old address of cluster-eks's gateway stops serving.
+		{"cloud", cloudArea},
+	} {
+		if len(only) == 0 || only[a.name] {
+			a.run(t, w)
+		}
+	}
 }
 
 // walkthrough is the replayed walkthrough the areas share.
