@@ -70,8 +70,11 @@ type Controller struct {
 	// Remove drops a cluster from the registry once it is stopped.
 	Remove      func(id string)
 	SyncTimeout time.Duration
-	Log         *slog.Logger
-	Metrics     prometheus.Registerer
+	// ProbeEvery is how often each remote's API server is asked whether
+	// it answers (0: ProbeEvery).
+	ProbeEvery time.Duration
+	Log        *slog.Logger
+	Metrics    prometheus.Registerer
 
 	lister corelisters.SecretLister
 	queue  workqueue.TypedRateLimitingInterface[string]
@@ -95,6 +98,11 @@ type remote struct {
 	// refused is why the API server refuses the secret's credentials
 	// ("": it accepts them).
 	refused string
+	// done is closed when the remote is stopped.
+	done <-chan struct{}
+	// previous is the client of the secret's last version, still running
+	// until this one has synced (make before break; guarded by mu).
+	previous *remote
 }
 
 // Run watches secrets until ctx ends.
@@ -224,7 +232,7 @@ func (c *Controller) apply(ctx context.Context, secret, id string, kubeconfig []
 		if err == nil {
 			r := &remote{id: id, secret: secret, hash: h, started: time.Now(), cluster: cluster}
 			rctx, cancel := context.WithCancel(ctx)
-			r.cancel = cancel
+			r.cancel, r.done = cancel, rctx.Done()
 			go func() {
 				if err := r.cluster.Run(rctx); err != nil && rctx.Err() == nil {
 					c.Log.Warn("remote cluster stopped", "cluster", id, "err", err)
@@ -257,17 +265,51 @@ func (c *Controller) apply(ctx context.Context, secret, id string, kubeconfig []
 	return err
 }
 
+// replace stops the old client of a cluster once the new one has synced:
+// a new secret whose credentials do not work (a revoked token, a wrong
+// CA) leaves the old client watching, however long, and the status says
+// why the new one fails.
 func (c *Controller) replace(ctx context.Context, old, nu *remote) {
-	deadline := time.Now().Add(c.SyncTimeout)
-	for !nu.cluster.Synced() && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(100 * time.Millisecond)
+	c.mu.Lock()
+	nu.previous = old
+	c.mu.Unlock()
+	start, warned := time.Now(), false
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for !nu.cluster.Synced() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-nu.done:
+			return // stopped (deleted or replaced again): its previous went with it
+		case <-t.C:
+		}
+		if !warned && time.Since(start) > c.SyncTimeout {
+			warned = true
+			c.Log.Warn("the remote secret's new credentials have not synced the cluster; the previous ones keep watching it", "cluster", nu.id, "secret", nu.secret, "after", c.SyncTimeout)
+		}
 	}
-	c.stop(old, false)
+	c.mu.Lock()
+	prev := nu.previous
+	nu.previous = nil
+	c.mu.Unlock()
+	if prev != nil {
+		c.stop(prev, false)
+	}
 	nu.cluster.Resync()
 }
 
+// stop stops a remote's client and those of its earlier versions still
+// running; drop also takes the cluster out of the registry.
 func (c *Controller) stop(r *remote, drop bool) {
-	r.cancel()
+	for cur := r; cur != nil; {
+		cur.cancel()
+		c.mu.Lock()
+		next := cur.previous
+		cur.previous = nil
+		c.mu.Unlock()
+		cur = next
+	}
 	if drop && c.Remove != nil {
 		c.Remove(r.id)
 	}
@@ -278,6 +320,9 @@ func (c *Controller) stopAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range c.clusters {
+		for p := r.previous; p != nil; p = p.previous {
+			p.cancel()
+		}
 		r.cancel()
 	}
 }
@@ -286,12 +331,16 @@ func (c *Controller) stopAll() {
 // ends.
 func (c *Controller) probe(ctx context.Context, r *remote, rc *rest.Config) {
 	cfg := rest.CopyConfig(rc)
-	cfg.Timeout = ProbeEvery
+	every := c.ProbeEvery
+	if every == 0 {
+		every = ProbeEvery
+	}
+	cfg.Timeout = every
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return
 	}
-	t := time.NewTicker(ProbeEvery)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
@@ -304,7 +353,7 @@ func (c *Controller) probe(ctx context.Context, r *remote, rc *rest.Config) {
 		case apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err):
 			// It answers, and refuses the token: a revoked or expired
 			// token, or a secret for another cluster.
-			r.staleSince, r.refused = time.Time{}, fmt.Sprintf("the API server refuses the secret's credentials (%v): the token is revoked, expired or not of this cluster; its last-known endpoints are served until a new remote secret (isthmus create-remote-secret) replaces it", err)
+			r.staleSince, r.refused = time.Time{}, fmt.Sprintf("the API server refuses the secret's credentials (%v): the token is revoked, expired or not of this cluster; the previous secret's client, if any, keeps watching the cluster, else its last-known endpoints are served, until a good remote secret (isthmus create-remote-secret) replaces it", err)
 			if refused == "" {
 				c.Log.Error("remote cluster refuses the remote secret's credentials; serving its last-known endpoints", "cluster", r.id, "secret", r.secret, "err", err)
 			}
