@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"sync"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 
@@ -72,9 +73,17 @@ type meshCluster struct {
 
 func (c *meshCluster) Run(ctx context.Context) error {
 	me := &member{reviews: c.reviews, roots: c.roots}
+	join := func() {
+		c.members.mu.Lock()
+		c.members.m[c.id] = me
+		c.members.mu.Unlock()
+	}
 	c.members.mu.Lock()
-	c.members.m[c.id] = me
+	_, replacing := c.members.m[c.id]
 	c.members.mu.Unlock()
+	if !replacing {
+		join()
+	}
 	defer func() {
 		c.members.mu.Lock()
 		if c.members.m[c.id] == me {
@@ -83,6 +92,24 @@ func (c *meshCluster) Run(ctx context.Context) error {
 		c.members.mu.Unlock()
 	}()
 	g, _ := rungroup.New(ctx)
+	if replacing {
+		// A rotated secret's client reviews tokens only once it has
+		// synced: new credentials the cluster refuses (a revoked token)
+		// must not take over from the previous client, which keeps
+		// working until this one syncs.
+		g.Go("cluster "+c.id+" membership", func(ctx context.Context) error {
+			for !c.Controller.Synced() {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			join()
+			<-ctx.Done() // a part of the group that returns stops the group
+			return nil
+		})
+	}
 	g.Go("cluster "+c.id+" registry", c.Controller.Run)
 	g.Go("cluster "+c.id+" root certificates", c.roots.Run)
 	if c.follower != nil {
