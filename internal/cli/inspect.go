@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/isthmus-mesh/isthmus/internal/inspect"
 )
@@ -78,16 +79,25 @@ the Envoy resources themselves.`,
 			},
 		}
 	}
-	dump := func(cmd *cobra.Command, c *inspect.Cluster, ref string) (*inspect.Dump, error) {
+	// podDump is the pod a reference names and its proxy's config_dump.
+	podDump := func(cmd *cobra.Command, c *inspect.Cluster, ref string) (*corev1.Pod, *inspect.Dump, error) {
 		pod, err := c.Pod(cmd.Context(), ref)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		b, err := c.Get(cmd.Context(), pod, adminPort, "/config_dump")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return inspect.ParseDump(b)
+		d, err := inspect.ParseDump(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s.%s: %w", pod.Name, pod.Namespace, err)
+		}
+		return pod, d, nil
+	}
+	dump := func(cmd *cobra.Command, c *inspect.Cluster, ref string) (*inspect.Dump, error) {
+		_, d, err := podDump(cmd, c, ref)
+		return d, err
 	}
 	var clusters, listeners, routes, endpoints, secret *cobra.Command
 	clusters = sub("clusters", "Clusters (upstream services) of a proxy", func(w io.Writer, c *inspect.Cluster, ref string) error {
@@ -226,19 +236,11 @@ holds the same root.`,
 				if err != nil {
 					return err
 				}
-				pod, err := c.Pod(cmd.Context(), args[i])
+				pod, d, err := podDump(cmd, c, args[i])
 				if err != nil {
 					return err
 				}
 				names[i] = pod.Name + "." + pod.Namespace
-				b, err := c.Get(cmd.Context(), pod, adminPort, "/config_dump")
-				if err != nil {
-					return err
-				}
-				d, err := inspect.ParseDump(b)
-				if err != nil {
-					return fmt.Errorf("%s: %w", names[i], err)
-				}
 				if roots[i], err = d.Roots(); err != nil {
 					return fmt.Errorf("%s: %w", names[i], err)
 				}

@@ -144,20 +144,27 @@ func (e *sandboxEnv) waitReady(cluster, ns, selector string, n int) []corev1.Pod
 	e.t.Helper()
 	var pods []corev1.Pod
 	eventually(e.t, fmt.Sprintf("%d ready pods %s in %s", n, selector, cluster), func() bool {
-		list, err := e.clients[cluster].CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false
-		}
-		pods = nil
-		for _, p := range list.Items {
-			for _, c := range p.Status.Conditions {
-				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
-					pods = append(pods, p)
-				}
-			}
-		}
+		pods = e.readyPods(cluster, ns, selector)
 		return len(pods) == n
 	})
+	return pods
+}
+
+// readyPods are the pods matching selector that are Ready and not being
+// deleted (none if the API server does not answer).
+func (e *sandboxEnv) readyPods(cluster, ns, selector string) []corev1.Pod {
+	list, err := e.clients[cluster].CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return nil
+	}
+	var pods []corev1.Pod
+	for _, p := range list.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+				pods = append(pods, p)
+			}
+		}
+	}
 	return pods
 }
 

@@ -226,9 +226,7 @@ func resilienceArea(t *testing.T, w *walkthrough) {
 				t.Fatal(err)
 			}
 		}
-		clusters := func() string {
-			return isthmus(t, time.Minute, append([]string{"remote-clusters", "--context", "cluster-eks"}, w.kc...)...).stdout
-		}
+		clusters := func() string { return w.remoteClusters(t) }
 		state := func(want string) func() bool {
 			re := regexp.MustCompile(`(?m)^cluster-aks\s+\S+\s+` + want + `\s`)
 			return func() bool { time.Sleep(500 * time.Millisecond); return re.MatchString(clusters()) }
@@ -342,20 +340,7 @@ func resilienceArea(t *testing.T, w *walkthrough) {
 		}
 		// The first replica ready (both may be ready at once: not waitReady's
 		// exactly one).
-		eventually(t, "a control plane replica ready", func() bool {
-			l, err := e.clients["cluster-eks"].CoreV1().Pods("istio-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app=istiod"})
-			if err != nil {
-				return false
-			}
-			for _, p := range l.Items {
-				for _, c := range p.Status.Conditions {
-					if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-						return true
-					}
-				}
-			}
-			return false
-		})
+		eventually(t, "a control plane replica ready", func() bool { return len(e.readyPods("cluster-eks", "istio-system", "app=istiod")) > 0 })
 		back := time.Now()
 		resynced := within(time.Minute, func() bool { return connected(t, e) >= want })(back)
 		r := calls()
@@ -430,9 +415,7 @@ func (w *walkthrough) remoteAPIDown(t *testing.T, what string, down, up func()) 
 		}
 	}
 	defer restore()
-	clusters := func() string {
-		return isthmus(t, time.Minute, append([]string{"remote-clusters", "--context", "cluster-eks"}, w.kc...)...).stdout
-	}
+	clusters := func() string { return w.remoteClusters(t) }
 	stale := regexp.MustCompile(`(?m)^cluster-aks\s+\S+\s+stale\s+\S+\s+API server not answering since`)
 	seen := within(50*time.Second, func() bool { time.Sleep(500 * time.Millisecond); return stale.MatchString(clusters()) })(downAt)
 	if seen == 0 {
@@ -442,7 +425,7 @@ func (w *walkthrough) remoteAPIDown(t *testing.T, what string, down, up func()) 
 		istiods := e.waitReady("cluster-eks", "istio-system", "app=istiod", 2)
 		if within(10*time.Second, func() bool {
 			for _, p := range istiods {
-				out, _ := e.kubectl("cluster-eks", "", "get", "--raw", "/api/v1/namespaces/istio-system/pods/"+p.Name+":15014/proxy/metrics")
+				out, _ := controlPlaneGet(e, p.Name, "/metrics")
 				if !strings.Contains(out, `istiod_remote_cluster_sync_status{cluster="cluster-aks",status="stale"} 1`) {
 					return false
 				}
@@ -523,6 +506,18 @@ func within(limit time.Duration, cond func() bool) func(start time.Time) time.Du
 	}
 }
 
+// controlPlaneGet GETs path on a control plane pod's monitoring port
+// (15014) through cluster-eks's API server.
+func controlPlaneGet(e *sandboxEnv, pod, path string) (string, error) {
+	return e.kubectl("cluster-eks", "", "get", "--raw", "/api/v1/namespaces/istio-system/pods/"+pod+":15014/proxy"+path)
+}
+
+// remoteClusters is what isthmus remote-clusters prints for the mesh.
+func (w *walkthrough) remoteClusters(t *testing.T) string {
+	t.Helper()
+	return isthmus(t, time.Minute, append([]string{"remote-clusters", "--context", "cluster-eks"}, w.kc...)...).stdout
+}
+
 // leaseHolder is who holds the control plane's leader Lease.
 func leaseHolder(t *testing.T, e *sandboxEnv) string {
 	t.Helper()
@@ -537,7 +532,7 @@ func leaseHolder(t *testing.T, e *sandboxEnv) string {
 // /debug/syncz through the API server); none if it does not answer.
 func syncz(t *testing.T, e *sandboxEnv, pod string) []map[string]any {
 	t.Helper()
-	out, err := e.kubectl("cluster-eks", "", "get", "--raw", fmt.Sprintf("/api/v1/namespaces/istio-system/pods/%s:15014/proxy/debug/syncz", pod))
+	out, err := controlPlaneGet(e, pod, "/debug/syncz")
 	var list []map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &list) != nil {
 		return nil
@@ -555,7 +550,7 @@ func registeredEndpoints(t *testing.T, e *sandboxEnv, hostname, cluster string) 
 	}
 	fewest := -1
 	for _, p := range list.Items {
-		out, err := e.kubectl("cluster-eks", "", "get", "--raw", "/api/v1/namespaces/istio-system/pods/"+p.Name+":15014/proxy/debug/registryz")
+		out, err := controlPlaneGet(e, p.Name, "/debug/registryz")
 		var dump struct {
 			Services []struct {
 				Hostname  string
