@@ -22,10 +22,10 @@ type sandboxFlags struct {
 	config   string
 }
 
-func (f *sandboxFlags) open(cmd *cobra.Command, needConfig bool) (*sandbox.Sandbox, error) {
+func (f *sandboxFlags) open(cmd *cobra.Command) (*sandbox.Sandbox, error) {
 	layout := sandbox.Layout{Dir: f.stateDir}
 	path := f.config
-	if path == "" && !needConfig {
+	if path == "" {
 		// Commands on a running sandbox use the clusters it was started with.
 		if _, err := os.Stat(layout.ConfigFile()); err == nil {
 			path = layout.ConfigFile()
@@ -76,12 +76,32 @@ func newSandboxUpCmd(f *sandboxFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "up",
 		Short: "Start the clusters (idempotent: running components are left alone)",
+		Long: `Start the clusters and wait until each serves requests. Running components
+are left alone and crashed ones restarted, so up is also how a stopped
+component comes back.
+
+Without --config, up starts the seed's two clusters, or resumes the clusters
+the sandbox in --state-dir was started with. With --config naming a cluster
+list that keeps the running clusters in their order and adds some after
+them, the new clusters join the running ones (a mesh across the others goes
+on serving); a list that leaves out the last ones removes those clusters
+(their processes, pods, networks and data). Any other change is refused
+while the sandbox runs.`,
 		Example: `  isthmus sandbox up
   export KUBECONFIG=$(isthmus sandbox kubeconfig --path)
-  kubectl --context cluster-aks get namespaces`,
+  kubectl --context cluster-aks get namespaces
+
+  # a third cluster on its own network, beside the running two
+  cat > three.yaml <<EOF
+  clusters:
+  - {name: cluster-eks, network: network1, region: us-east-1, zone: us-east-1a, loadBalancer: hostname}
+  - {name: cluster-aks, network: network2, region: eastus, zone: eastus-1}
+  - {name: cluster-gke, network: network3, region: us-central1, zone: us-central1-a}
+  EOF
+  isthmus sandbox up --config three.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sb, err := f.open(cmd, true)
+			sb, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -106,7 +126,7 @@ func newSandboxDownCmd(f *sandboxFlags) *cobra.Command {
 		Short: "Stop every sandbox process and remove its namespaces, links and state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sb, err := f.open(cmd, false)
+			sb, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -128,7 +148,7 @@ func newSandboxStatusCmd(f *sandboxFlags) *cobra.Command {
 		Long:  "Show each cluster component, its process and its health. Exits 1 when any component is not healthy.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sb, err := f.open(cmd, false)
+			sb, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -170,7 +190,7 @@ func newSandboxKubeconfigCmd(f *sandboxFlags) *cobra.Command {
   isthmus sandbox kubeconfig --cluster cluster-aks`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sb, err := f.open(cmd, false)
+			sb, err := f.open(cmd)
 			if err != nil {
 				return err
 			}

@@ -18,7 +18,7 @@ func newSandboxCloudCmd(f *sandboxFlags) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sb, err := f.open(cmd, false)
+			sb, err := f.open(cmd)
 			if err != nil {
 				return err
 			}

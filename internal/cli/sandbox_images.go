@@ -25,7 +25,7 @@ The default layout is dist/image/oci, what make image writes.`,
   isthmus sandbox load dist/image/oci`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := f.open(cmd, false); err != nil {
+			if _, err := f.open(cmd); err != nil {
 				return err
 			}
 			dir := "dist/image/oci"

@@ -81,3 +81,26 @@ func TestAddressesOf(t *testing.T) {
 		t.Fatalf("cluster 2 addresses: %+v", a)
 	}
 }
+
+func TestResized(t *testing.T) {
+	two := DefaultConfig()
+	three := DefaultConfig()
+	three.Clusters = append(three.Clusters, ClusterConfig{Name: "cluster-gke", Network: "network3"})
+	swapped := Config{Clusters: []ClusterConfig{two.Clusters[1], two.Clusters[0]}}
+	renetworked := DefaultConfig()
+	renetworked.Clusters[1].Network = "network9"
+	for _, tc := range []struct {
+		name       string
+		prev, next Config
+		want       bool
+	}{
+		{"a cluster added after the running ones", two, three, true},
+		{"the last cluster left out", three, two, true},
+		{"the running clusters reordered: their addresses would move", two, swapped, false},
+		{"a running cluster's network changed", two, renetworked, false},
+	} {
+		if got := resized(tc.prev, tc.next); got != tc.want {
+			t.Errorf("%s: resized = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

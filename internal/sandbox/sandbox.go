@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"time"
@@ -159,6 +161,9 @@ func (s *Sandbox) adoptState(ctx context.Context) error {
 		return nil
 	}
 	prev := &Sandbox{Layout: s.Layout, Config: old, CacheDir: s.CacheDir, Progress: s.Progress}
+	if resized(old, s.Config) {
+		return s.resize(ctx, prev)
+	}
 	for _, st := range prev.status(ctx, false) {
 		if st.Running {
 			return fmt.Errorf("a sandbox with other settings (clusters %s) is running from %s; run `isthmus sandbox down` first", old.names(), s.Layout.Dir)
@@ -166,6 +171,90 @@ func (s *Sandbox) adoptState(ctx context.Context) error {
 	}
 	s.say("cleaning leftovers of an earlier sandbox (%s)", old.names())
 	return prev.Down(ctx)
+}
+
+// resized reports whether next keeps every cluster of prev that it lists
+// unchanged and in its place (a cluster's position decides its addresses),
+// only adding clusters after them or dropping the last ones.
+func resized(prev, next Config) bool {
+	n := min(len(prev.Clusters), len(next.Clusters))
+	return reflect.DeepEqual(prev.Clusters[:n], next.Clusters[:n])
+}
+
+// resize turns the running sandbox prev into s: clusters only prev lists
+// are removed, new ones come up with the rest of Up, the clusters both
+// list keep running untouched (a mesh across them goes on serving). The
+// cloud serves the hostname clusters it read at its start, so it restarts
+// when that set changes.
+func (s *Sandbox) resize(ctx context.Context, prev *Sandbox) error {
+	var errs []error
+	gone := prev.clusters(kubebin.Set{})[min(len(prev.Config.Clusters), len(s.Config.Clusters)):]
+	for _, c := range gone {
+		s.say("%s: removing (not in the new config)", c.Name)
+		errs = append(errs, removeCluster(ctx, c))
+	}
+	if hostnameClusters(prev.Config) != hostnameClusters(s.Config) {
+		self, _ := os.Executable()
+		errs = append(errs, process.Stop(ctx, s.cloudComponent(self).Spec.PID, 10*time.Second))
+	}
+	if len(gone) > 0 {
+		// Up writes them again; a shrunk sandbox must not keep the old ones
+		// if it fails before that.
+		errs = append(errs, s.writeConfig())
+	}
+	return errors.Join(errs...)
+}
+
+func hostnameClusters(c Config) string {
+	out := ""
+	for _, cl := range c.Clusters {
+		if cl.Hostnames() {
+			out += cl.Name + ","
+		}
+	}
+	return out
+}
+
+// removeCluster stops one cluster's components and pods and deletes its
+// network namespaces and state directory, as Down does for every cluster.
+// Its link into the internet namespace goes with its node namespace.
+func removeCluster(ctx context.Context, c *controlplane.Cluster) error {
+	var errs []error
+	comps := c.Components()
+	for i := len(comps) - 1; i >= 0; i-- {
+		if err := process.Stop(ctx, comps[i].Spec.PID, 10*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("%s: stop %s: %w", c.Name, comps[i].Name, err))
+		}
+	}
+	namespaces := []string{c.NS}
+	pods, _ := os.ReadDir(filepath.Join(c.Dir, "node", "pods"))
+	for _, p := range pods {
+		namespaces = append(namespaces, network.PodNetwork(p.Name(), netip.Addr{}).NS)
+	}
+	for _, ns := range namespaces {
+		if !network.Exists(ns) {
+			continue
+		}
+		pids, err := network.PIDs(ns)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, pid := range pids {
+			if err := process.Kill(ctx, pid, 5*time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", ns, err))
+			}
+		}
+	}
+	if err := network.Teardown(namespaces); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(c.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("%s: remove state: %w", c.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c Config) names() string {
