@@ -289,8 +289,11 @@ plane and, per xDS type, whether it acknowledged what it was last sent
 (SYNCED), has not acknowledged it yet (STALE), rejected it (NACKED) or was
 sent nothing of that type (NOT SENT). A cluster whose API server stopped
 answering is named below the table: its proxies keep their configuration,
-which no longer follows that cluster's changes. Run it against the primary
-cluster.`,
+which no longer follows that cluster's changes. Last, per control plane pod,
+how fast changes reach its proxies: from a change (an endpoint, a Service, a
+policy) to each proxy acknowledging it, p50 and p99 of the latest 1024 (the
+pilot_proxy_convergence_time histogram on its monitoring port). Run it
+against the primary cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.cluster()
@@ -308,6 +311,9 @@ cluster.`,
 			// SYNCED is of configuration that no longer follows them.
 			if clusters, err := c.RemoteClusters(cmd.Context(), istioNS); err == nil {
 				inspect.WriteStale(cmd.OutOrStdout(), clusters)
+			}
+			if conv, err := c.Convergence(cmd.Context(), istioNS); err == nil {
+				inspect.WriteConvergence(cmd.OutOrStdout(), conv)
 			}
 			return nil
 		},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -162,4 +163,34 @@ func askControlPlanes[T any](ctx context.Context, c *Cluster, namespace, path st
 		answers, pods = append(answers, v), append(pods, running[i].Name)
 	}
 	return answers, pods, nil
+}
+
+// Convergence is how fast changes reached the proxies of one control
+// plane pod: from a change to each proxy's acknowledgement.
+type Convergence struct {
+	xds.Convergence
+	Istiod string
+}
+
+// Convergence asks every control plane pod for its convergence figures.
+func (c *Cluster) Convergence(ctx context.Context, namespace string) ([]Convergence, error) {
+	answers, pods, err := askControlPlanes[xds.Convergence](ctx, c, namespace, "/debug/convergence")
+	out := make([]Convergence, len(answers))
+	for i := range answers {
+		out[i] = Convergence{Convergence: answers[i], Istiod: pods[i]}
+	}
+	return out, err
+}
+
+// WriteConvergence prints one line per control plane pod below
+// proxy-status's table.
+func WriteConvergence(w io.Writer, list []Convergence) {
+	for _, c := range list {
+		if c.Samples == 0 {
+			fmt.Fprintf(w, "convergence (%s): no change pushed yet\n", c.Istiod)
+			continue
+		}
+		fmt.Fprintf(w, "convergence (%s): change to proxy acknowledgement p50 %s, p99 %s over the last %d\n",
+			c.Istiod, c.P50.Round(time.Millisecond/10), c.P99.Round(time.Millisecond/10), c.Samples)
+	}
 }

@@ -103,7 +103,7 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
 			return "", err
 		}
-		s.sent(c, url, version)
+		s.sent(c, url, version, snap)
 		return nonce, nil
 	}
 	return serveStream(s, c, recv, s.sotwRequest, send)
@@ -123,7 +123,7 @@ func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoverySe
 			RemovedResources: removed, TypeUrl: url, Nonce: nonce}); err != nil {
 			return "", err
 		}
-		s.sent(c, url, nonce)
+		s.sent(c, url, nonce, snap)
 		return nonce, nil
 	}
 	return serveStream(s, c, stream.Recv, s.deltaRequest, send)

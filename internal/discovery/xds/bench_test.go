@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/discovery/proxyview"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/registry"
@@ -47,7 +48,7 @@ func BenchmarkPush1000Proxies(b *testing.B) {
 	connect1000(s)
 	b.ReportAllocs()
 	for b.Loop() {
-		s.pushAll(true, nil)
+		s.pushAll(true, nil, time.Time{})
 	}
 }
 
@@ -57,11 +58,11 @@ func BenchmarkPushEndpoints1000Proxies(b *testing.B) {
 	reg := benchRegistry()
 	s := NewServer(ServerConfig{Registry: reg})
 	connect1000(s)
-	s.pushAll(true, nil)
+	s.pushAll(true, nil, time.Time{})
 	host := reg.Services()[0].Hostname
 	b.ReportAllocs()
 	for b.Loop() {
-		s.pushAll(false, map[string]bool{host: true})
+		s.pushAll(false, map[string]bool{host: true}, time.Time{})
 	}
 }
 

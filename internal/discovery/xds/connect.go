@@ -51,6 +51,14 @@ func Authenticated(authenticate func(ctx context.Context) (Identity, error)) grp
 	}
 }
 
+// IdentityOf is the caller Authenticated proved for a stream (false on
+// the plaintext port): other services on the TLS port hold their callers
+// to it as xDS does.
+func IdentityOf(ctx context.Context) (Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
 // identityStream carries the authenticated caller in the stream's context.
 type identityStream struct {
 	grpc.ServerStream

@@ -84,9 +84,20 @@ func TestDeltaADS(t *testing.T) {
 	if n := count(); n != 1 {
 		t.Fatalf("first EDS has %d endpoints", n)
 	}
+	if c := srv.Convergence(); c.Samples != 0 {
+		t.Errorf("a connecting proxy's first configuration counted as a change's convergence: %+v", c)
+	}
+	changed := time.Now()
 	reg.SetEndpoints("c1", host, []registry.Endpoint{ep("10.0.0.1"), ep("10.0.0.2")})
 	if n := count(); n != 2 {
 		t.Fatalf("EDS after a new endpoint has %d endpoints", n)
+	}
+	// The change's convergence: from the endpoint change to the ACK.
+	for deadline := time.Now().Add(5 * time.Second); srv.Convergence().Samples == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := srv.Convergence(); c.Samples != 1 || c.P99 <= 0 || c.P99 > time.Since(changed) {
+		t.Errorf("convergence after one endpoint change acknowledged: %+v, want one sample within %s", c, time.Since(changed))
 	}
 	st := srv.Syncz()
 	if len(st) != 1 || st[0].ClusterAcked == "" {

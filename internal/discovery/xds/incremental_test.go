@@ -2,6 +2,7 @@ package xds
 
 import (
 	"testing"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
@@ -27,16 +28,16 @@ func TestEndpointPushEqualsFullPush(t *testing.T) {
 		s.proxies[p.ID] = &proxyState{proxy: &proxy{Proxy: p}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
 		ids = append(ids, p.ID)
 	}
-	s.pushAll(true, nil)
+	s.pushAll(true, nil, time.Time{})
 	before := snapshots(t, s, ids)
 
 	host := "svc-0.ns-0.svc.cluster.local"
 	eps := append(reg.Endpoints(host)[:0:0], registry.Endpoint{Address: "100.64.0.250", Ports: map[string]int32{"http": 8080},
 		Cluster: "cluster-eks", Network: "network1", TLSMode: "istio", Ready: true})
 	reg.SetEndpoints("cluster-eks", host, eps)
-	s.pushAll(false, map[string]bool{host: true})
+	s.pushAll(false, map[string]bool{host: true}, time.Time{})
 	patched := snapshots(t, s, ids)
-	s.pushAll(true, nil)
+	s.pushAll(true, nil, time.Time{})
 	full := snapshots(t, s, ids)
 
 	for i, id := range ids {

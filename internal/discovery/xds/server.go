@@ -87,6 +87,9 @@ type Server struct {
 	pushes    *prometheus.CounterVec
 	rejects   *prometheus.CounterVec
 	pushTime  prometheus.Histogram
+	// converged: change to acknowledgement, per proxy and type.
+	converged     convergence
+	convergedTime prometheus.Histogram
 }
 
 type proxyState struct {
@@ -99,6 +102,12 @@ type proxyState struct {
 	nack    map[string]string // type URL -> last error detail
 	sentAt  map[string]time.Time
 	version int64
+	// changed is when the change behind changedSnap was first seen;
+	// pending holds it per type sent from that snapshot until the proxy
+	// acknowledges the type (its convergence).
+	changed     time.Time
+	changedSnap *snapshot
+	pending     map[string]time.Time
 }
 
 // NewServer prepares the cache and metrics; Register and Run start it.
@@ -121,10 +130,13 @@ func NewServer(cfg ServerConfig) *Server {
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
 	s.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes", Help: "xDS responses sent, by type."}, []string{"type"})
 	s.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_total_xds_rejects", Help: "xDS responses rejected (NACKed) by proxies, by type."}, []string{"type"})
-	s.pushTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pilot_proxy_convergence_time", Help: "Seconds from a registry change to every proxy's snapshot being updated.",
+	s.pushTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "isthmus_push_time", Help: "Seconds from a registry change to every proxy's snapshot being updated.",
+		Buckets: []float64{.01, .05, .1, .2, .5, 1, 3, 5, 10}})
+	s.convergedTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pilot_proxy_convergence_time",
+		Help:    "Delay in seconds between a configuration or endpoint change and a proxy acknowledging it, per proxy and type.",
 		Buckets: []float64{.01, .05, .1, .2, .5, 1, 3, 5, 10}})
 	if metrics != nil {
-		for _, c := range []prometheus.Collector{s.connected, s.pushes, s.rejects, s.pushTime} {
+		for _, c := range []prometheus.Collector{s.connected, s.pushes, s.rejects, s.pushTime, s.convergedTime} {
 			_ = metrics.Register(c)
 		}
 	}
@@ -223,7 +235,7 @@ func (s *Server) Run(ctx context.Context) error {
 		full, hosts := s.pendFull, s.pendHosts
 		s.pendFull, s.pendHosts = false, map[string]bool{}
 		s.pendMu.Unlock()
-		s.pushAll(full, hosts)
+		s.pushAll(full, hosts, start)
 		s.pushTime.Observe(time.Since(start).Seconds())
 	}
 }
@@ -231,7 +243,7 @@ func (s *Server) Run(ctx context.Context) error {
 // pushAll updates every proxy: from scratch when full, else by
 // regenerating only the load assignments of hosts in the views the last
 // push generated.
-func (s *Server) pushAll(full bool, hosts map[string]bool) {
+func (s *Server) pushAll(full bool, hosts map[string]bool, changed time.Time) {
 	if full {
 		s.reauthorize()
 	}
@@ -246,6 +258,7 @@ func (s *Server) pushAll(full bool, hosts map[string]bool) {
 	} else {
 		m = s.patched(base, hosts)
 	}
+	m.changed = changed
 	s.memoMu.Lock()
 	s.current = m
 	s.memoMu.Unlock()

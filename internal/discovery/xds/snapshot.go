@@ -6,6 +6,7 @@ import (
 	"maps"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -30,6 +31,9 @@ type memo struct {
 	// snapshots of sidecars by view, namespace and inbound ports.
 	snaps   map[snapKey]*snapshot
 	inbound proxyview.InboundIndex
+	// changed is when the first change this push carries was seen (zero:
+	// not a push, or none timed).
+	changed time.Time
 }
 
 // patched is base with the load assignments of hosts regenerated; routes
@@ -204,6 +208,9 @@ func (s *Server) updateWith(id string, m *memo, onlyCurrent bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok = s.proxies[id]; ok {
+		if !onlyCurrent && !m.changed.IsZero() && snap != st.snap {
+			st.changed, st.changedSnap = m.changed, snap
+		}
 		st.snap = snap
 		for c := range st.conns {
 			c.snap.Store(snap)

@@ -17,6 +17,14 @@ func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
 	if st == nil || typeURL == "" {
 		return
 	}
+	if at, ok := st.pending[typeURL]; ok {
+		delete(st.pending, typeURL)
+		if errDetail == "" {
+			d := time.Since(at)
+			s.converged.observe(d)
+			s.convergedTime.Observe(d.Seconds())
+		}
+	}
 	if errDetail != "" {
 		st.nack[typeURL] = errDetail
 		s.rejects.WithLabelValues(shortType(typeURL)).Inc()
@@ -29,11 +37,19 @@ func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
 	}
 }
 
-func (s *Server) sent(c *adsConn, typeURL, version string) {
+func (s *Server) sent(c *adsConn, typeURL, version string, snap *snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.proxies[c.proxy]; st != nil {
 		st.markSent(typeURL, version)
+		if snap == st.changedSnap && !st.changed.IsZero() {
+			if st.pending == nil {
+				st.pending = map[string]time.Time{}
+			}
+			if _, ok := st.pending[typeURL]; !ok {
+				st.pending[typeURL] = st.changed
+			}
+		}
 	}
 	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
 }
