@@ -14,11 +14,14 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/nds"
@@ -27,6 +30,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/dnsproxy"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/mergedmetrics"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/metricsink"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
@@ -303,8 +307,14 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	log.Info("proxy starting", "node", cfg.Node.ID(), "discovery", cfg.DiscoveryAddr, "plaintext", cfg.Plaintext)
 	g.Go("xDS client", xc.Run)
+	sink := &metricsink.Sink{Conn: conn, Node: cfg.Node.proto(), Gatherer: p.Metrics(), Every: statsFlush, CallContext: callCtx, Log: log}
+	g.Go("metrics sink", sink.Run)
 	return g.Wait()
 }
+
+// statsFlush is how often the proxy pushes its metrics (Envoy's default
+// stats_flush_interval).
+const statsFlush = 5 * time.Second
 
 // bootstrap is the proxy's start as Envoy's bootstrap would say it: its
 // node, its admin address, and its control plane as the one ADS source
@@ -316,6 +326,12 @@ func (cfg RunConfig) bootstrap() *bootstrapv3.Bootstrap {
 			AdsConfig: &core.ApiConfigSource{ApiType: core.ApiConfigSource_DELTA_GRPC, TransportApiVersion: core.ApiVersion_V3,
 				GrpcServices: []*core.GrpcService{{TargetSpecifier: &core.GrpcService_GoogleGrpc_{GoogleGrpc: &core.GrpcService_GoogleGrpc{
 					TargetUri: cfg.DiscoveryAddr, StatPrefix: "xds-grpc"}}}}}}}
+	// The metrics sink: Istio's request counters to the control plane,
+	// on the xDS connection, every flush interval.
+	sink, _ := anypb.New(&metricsv3.MetricsServiceConfig{TransportApiVersion: core.ApiVersion_V3, EmitTagsAsLabels: true,
+		GrpcService: b.DynamicResources.AdsConfig.GrpcServices[0]})
+	b.StatsSinks = []*metricsv3.StatsSink{{Name: "envoy.stat_sinks.metrics_service", ConfigType: &metricsv3.StatsSink_TypedConfig{TypedConfig: sink}}}
+	b.StatsFlushInterval = durationpb.New(statsFlush)
 	if host, port, err := net.SplitHostPort(cfg.AdminAddr); err == nil {
 		if p, err := strconv.Atoi(port); err == nil {
 			b.Admin = &bootstrapv3.Admin{Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{

@@ -178,7 +178,7 @@ func gatewaysOf(ctx context.Context, cluster string, s *corev1.Service, res Reso
 		if net.ParseIP(a) == nil {
 			continue
 		}
-		out = append(out, registry.Gateway{Network: network, Cluster: cluster, Address: a, Port: port})
+		out = append(out, registry.Gateway{Network: network, Cluster: cluster, Address: a, Port: port, Service: s.Namespace + "/" + s.Name})
 	}
 	if len(out) == 0 {
 		return nil, "gateway of " + network + " has no address yet (no load balancer ingress or external IP)"

@@ -113,6 +113,8 @@ type Gateway struct {
 	Cluster string
 	Address string
 	Port    int32
+	// Service is the gateway's Service (namespace/name), when it is one.
+	Service string `json:",omitempty"`
 }
 
 // ReasonEndpoints marks an Event about endpoints alone: only the load
