@@ -38,6 +38,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/isthmus-mesh/isthmus/internal/dashboard"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/ca"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/inject"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/istioconfig"
@@ -52,6 +53,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/discovery/rootcert"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/secretaccess"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/serviceentry"
+	"github.com/isthmus-mesh/isthmus/internal/discovery/traffic"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/workloadentry"
 	"github.com/isthmus-mesh/isthmus/internal/discovery/xds"
 	"github.com/isthmus-mesh/isthmus/internal/rungroup"
@@ -205,10 +207,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	plainServer, secureServer := grpcServers(serving, auth)
 	xdsServer.Register(plainServer, secureServer)
+	// The proxies' request counters, pushed beside xDS, for the live
+	// topology view; each stream held to the caller its token proved.
+	flows := traffic.New(metrics)
+	flows.Identify = func(ctx context.Context) (traffic.Caller, bool) {
+		id, ok := xds.IdentityOf(ctx)
+		return traffic.Caller{Cluster: id.Cluster, Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}, ok
+	}
+	flows.Register(plainServer, secureServer)
 	if err := ca.NewServer(authority, auth, cfg.TrustDomain, cfg.WorkloadCertTTL, log).Register(secureServer, metrics); err != nil {
 		return err
 	}
-	monitoring := &http.Server{Handler: monitoringMux(cfg, metrics, reg, local, secrets, xdsServer), ReadHeaderTimeout: 10 * time.Second}
+	view := meshView{cfg: cfg, local: local, secrets: secrets, reg: reg, xds: xdsServer, traffic: flows}
+	monitoring := &http.Server{Handler: monitoringMux(cfg, metrics, reg, local, secrets, xdsServer, view), ReadHeaderTimeout: 10 * time.Second}
 	var webhooks *http.Server
 	if cfg.WebhookAddr != "" {
 		webhooks = webhookServer(cfg, mesh, serving, log)
@@ -366,8 +377,12 @@ func webhookServer(cfg Config, mesh *meshconfig.Mesh, serving *ca.ServingCert, l
 }
 
 // monitoringMux is the monitoring port: metrics, readiness, debug views.
-func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Registry, local *meshCluster, secrets *remotesecret.Controller, xdsServer *xds.Server) *http.ServeMux {
+func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Registry, local *meshCluster, secrets *remotesecret.Controller, xdsServer *xds.Server, view dashboard.Source) *http.ServeMux {
 	mux := http.NewServeMux()
+	// The live topology page (isthmus dashboard port-forwards to it).
+	page := dashboard.Handler(view)
+	mux.Handle("/dashboard", page)
+	mux.Handle("/dashboard/", page)
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	// Go's profiler, as istiod serves it (its monitoring port is cluster-internal).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -394,6 +409,7 @@ func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Regis
 			"clientVersion": map[string]string{"version": version.String(), "revision": version.String(), "golang_version": runtime.Version(), "status": "Clean", "tag": version.String()}})
 	})
 	mux.HandleFunc("/debug/syncz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Syncz()) })
+	mux.HandleFunc("/debug/convergence", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Convergence()) })
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })
 	return mux
 }
