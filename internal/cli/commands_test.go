@@ -19,7 +19,7 @@ func TestCommandSet(t *testing.T) {
 			listed[c.Name()] = true
 		}
 	}
-	for _, name := range []string{"install", "manifest", "uninstall", "analyze", "proxy-config", "proxy-status", "remote-clusters", "create-remote-secret", "x", "gateway", "version", "demo-app", "discovery"} {
+	for _, name := range []string{"install", "manifest", "uninstall", "analyze", "proxy-config", "proxy-status", "remote-clusters", "create-remote-secret", "x", "gateway", "version", "demo-app", "discovery", "check", "dashboard"} {
 		if !listed[name] {
 			t.Errorf("%s is not listed", name)
 		}

@@ -60,7 +60,8 @@ DestinationRule, PeerAuthentication, AuthorizationPolicy, remote secrets).`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail")
-	root.AddCommand(newVersionCmd(), newDiscoveryCmd(), newCreateRemoteSecretCmd(), newExperimentalCmd(), newGatewayCmd(), newInstallCmd(), newAnalyzeCmd(), newProxyConfigCmd(), newProxyStatusCmd(), newRemoteClustersCmd(), newUninstallCmd(), newManifestCmd(), newDemoAppCmd())
+	root.AddCommand(newVersionCmd(), newDiscoveryCmd(), newCreateRemoteSecretCmd(), newExperimentalCmd(), newGatewayCmd(), newInstallCmd(), newAnalyzeCmd(), newProxyConfigCmd(), newProxyStatusCmd(), newRemoteClustersCmd(), newUninstallCmd(), newManifestCmd(), newDemoAppCmd(), newDashboardCmd())
+	root.AddCommand(newCheckCmd())
 	root.AddCommand(linuxCommands()...)
 	refuseUnknown(root)
 	return root

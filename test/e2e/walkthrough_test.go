@@ -122,7 +122,7 @@ crane() { go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 --inse
 		}},
 		{"policy", policyArea}, {"traffic", trafficArea}, {"kinds", kindsArea}, {"vm", vmArea}, {"egress", egressArea},
 		{"istiod", istiodArea}, {"istioctl", istioctlArea}, {"telemetry", telemetryArea}, {"tracing", tracingArea},
-		{"operations", operationsArea}, {"resilience", resilienceArea},
+		{"operations", operationsArea}, {"resilience", resilienceArea}, {"check", checkArea}, {"dashboard", dashboardArea}, {"clusters", clustersArea},
 		// cloud runs last: the old address of cluster-eks's gateway stops serving.
 		{"cloud", cloudArea},
 	} {
