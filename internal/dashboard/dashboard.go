@@ -119,6 +119,10 @@ type Edge struct {
 	RPS float64 `json:"rps"`
 	// ErrorRate is the share, 0 to 1, of responses that were 5xx or failed.
 	ErrorRate float64 `json:"errorRate"`
+	// Reporter is whose view the rates are: "source" (the caller's
+	// sidecar) or "destination" (the callee's, for a caller whose sidecar
+	// does not report the edge).
+	Reporter string `json:"reporter,omitempty"`
 }
 
 // Convergence is the distribution of the time from a configuration change to

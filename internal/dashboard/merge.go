@@ -9,14 +9,19 @@ import (
 // proxy pushes its metrics to the one replica it is connected to, so the
 // workloads and rates are summed; a cluster is shown in the worst state
 // any replica reports (a replica that cannot reach it is news); gateways
-// are the union; convergence is the slowest replica's, over all samples.
+// are the union; an edge's source view wins over its destination view
+// wherever either was reported; convergence is the slowest replica's,
+// over all samples.
 func Merge(replicas []*Mesh) *Mesh {
 	out := &Mesh{}
 	clusters := map[string]int{}
 	type gwKey struct{ cluster, namespace, name string }
 	gateways := map[gwKey]int{}
 	workloads := map[Workload]int{}
-	type edgeKey struct{ src, dst Endpoint }
+	type edgeKey struct {
+		src, dst Endpoint
+		reporter string
+	}
 	edges := map[edgeKey]int{}
 	for _, m := range replicas {
 		if m == nil {
@@ -53,7 +58,7 @@ func Merge(replicas []*Mesh) *Mesh {
 			workloads[w] += n
 		}
 		for _, e := range m.Edges {
-			k := edgeKey{e.Source, e.Destination}
+			k := edgeKey{e.Source, e.Destination, e.Reporter}
 			i, ok := edges[k]
 			if !ok {
 				edges[k] = len(out.Edges)
@@ -72,6 +77,19 @@ func Merge(replicas []*Mesh) *Mesh {
 		out.Convergence.P99Seconds = max(out.Convergence.P99Seconds, c.P99Seconds)
 		out.Convergence.Samples += c.Samples
 	}
+	// Each replica keeps the source's view of an edge over the
+	// destination's; across replicas (the source's proxy on one, the
+	// destination's on another) the same holds.
+	kept := out.Edges[:0]
+	for _, e := range out.Edges {
+		if e.Reporter == "destination" {
+			if _, seen := edges[edgeKey{e.Source, e.Destination, "source"}]; seen {
+				continue
+			}
+		}
+		kept = append(kept, e)
+	}
+	out.Edges = kept
 	for w, n := range workloads {
 		w.Proxies = n
 		out.Workloads = append(out.Workloads, w)

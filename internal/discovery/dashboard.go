@@ -71,7 +71,7 @@ func (v meshView) Mesh(context.Context) (*dashboard.Mesh, error) {
 		m.Edges = append(m.Edges, dashboard.Edge{
 			Source:      dashboard.Endpoint{Cluster: e.Source.Cluster, Namespace: e.Source.Namespace, Workload: known(e.Source.Name)},
 			Destination: dashboard.Endpoint{Cluster: e.Destination.Cluster, Namespace: e.Destination.Namespace, Workload: known(e.Destination.Name), Service: e.Service},
-			RPS:         e.RPS, ErrorRate: e.ErrorRate})
+			RPS:         e.RPS, ErrorRate: e.ErrorRate, Reporter: e.Reporter})
 	}
 	c := v.xds.Convergence()
 	m.Convergence = dashboard.Convergence{P50Seconds: c.P50.Seconds(), P99Seconds: c.P99.Seconds(), Samples: c.Samples}

@@ -197,12 +197,17 @@ func (s *Sandbox) resize(ctx context.Context, prev *Sandbox) error {
 		self, _ := os.Executable()
 		errs = append(errs, process.Stop(ctx, s.cloudComponent(self).Spec.PID, 10*time.Second))
 	}
-	if len(gone) > 0 {
-		// Up writes them again; a shrunk sandbox must not keep the old ones
-		// if it fails before that.
-		errs = append(errs, s.writeConfig())
+	if err := errors.Join(errs...); err != nil {
+		// The old config stays: the next up (or down) still knows the
+		// clusters that could not be removed, and tries again.
+		return err
 	}
-	return errors.Join(errs...)
+	if len(gone) > 0 {
+		// Up writes it again; a shrunk sandbox must not keep the old list
+		// if it fails before that.
+		return s.writeConfig()
+	}
+	return nil
 }
 
 func hostnameClusters(c Config) string {

@@ -4,11 +4,14 @@
 // Graph turns two consecutive pushes of each proxy into rates and error
 // shares per edge, for the live topology view.
 //
-// A proxy speaks only for itself: a series it reports as the source
-// must name its own identity as source_principal and its cluster as
-// source_cluster (as the destination for reporter="destination"), or it
-// is dropped and counted — a compromised sidecar cannot draw traffic
-// between other workloads.
+// A proxy speaks only for itself. Its stream must be proven (the TLS
+// port's token) and its node must name the caller's namespace and
+// cluster; a series it reports as the source must name the caller as
+// source_principal, source_workload_namespace and source_cluster (the
+// destination's for reporter="destination"), or it is dropped and counted.
+// A compromised sidecar can lie about its own namespace's traffic only
+// (and, as a destination, about who called it: such edges are marked as
+// the destination's view and give way to the source's).
 package traffic
 
 import (
@@ -42,6 +45,9 @@ type Edge struct {
 	Destination Workload `json:"destination"`
 	// Service is the destination service's host.
 	Service string `json:"service"`
+	// Reporter is whose view this is: "source" (the caller's sidecar) or
+	// "destination" (the callee's, for callers without a sidecar).
+	Reporter string `json:"reporter"`
 	// RPS is requests per second; ErrorRate the share of them answered
 	// 5xx or not at all (response_code 0).
 	RPS       float64 `json:"rps"`
@@ -62,19 +68,29 @@ type Graph struct {
 	// Expire drops a proxy not heard from for this long (3 of Envoy's
 	// 5 s flush intervals by default).
 	Expire time.Duration
-	// MaxSeries bounds what one proxy may make the control plane keep.
-	MaxSeries int
+	// MaxSeries bounds the edges one proxy may make the control plane keep
+	// (a sidecar calls a few dozen); MaxStreams the proxies of one
+	// identity (one service account in one cluster).
+	MaxSeries, MaxStreams int
 
 	mu      sync.Mutex
-	streams map[*reporter]struct{}
+	streams map[streamKey]*reporter
 	refused *prometheus.CounterVec
+}
+
+// streamKey is one proxy: a node ID under a proven caller. A newer stream
+// of the same proxy replaces the older one.
+type streamKey struct {
+	caller Caller
+	node   string
 }
 
 // reporter is one proxy's stream and its last two pushes.
 type reporter struct {
-	node      string
 	self      Workload
 	prev, cur sample
+	// replaced is closed when a newer stream of the proxy took its place.
+	replaced chan struct{}
 }
 
 type sample struct {
@@ -85,13 +101,14 @@ type sample struct {
 type edgeKey struct {
 	src, dst Workload
 	service  string
+	view     string // the reporter label: source or destination
 }
 
 type counts struct{ total, errors float64 }
 
 // New makes a Graph whose refusals are counted in reg.
 func New(reg prometheus.Registerer) *Graph {
-	g := &Graph{Expire: 15 * time.Second, MaxSeries: 5000, streams: map[*reporter]struct{}{},
+	g := &Graph{Expire: 15 * time.Second, MaxSeries: 500, MaxStreams: 512, streams: map[streamKey]*reporter{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "isthmus_traffic_series_refused_total",
 			Help: "Request series a proxy pushed about traffic that is not its own (or beyond its limit), dropped."}, []string{"reason"})}
 	if reg != nil {
@@ -113,61 +130,107 @@ func (g *Graph) StreamMetrics(st grpc.ClientStreamingServer[metricsv3.StreamMetr
 	if g.Identify != nil {
 		caller, proven = g.Identify(st.Context())
 	}
-	r := &reporter{}
-	g.mu.Lock()
-	g.streams[r] = struct{}{}
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.streams, r)
-		g.mu.Unlock()
-	}()
+	if !proven {
+		g.refused.WithLabelValues("no identity").Inc()
+		return status.Error(codes.Unauthenticated, "metrics are accepted on the TLS port only, from a proxy that proved who it is with its token")
+	}
+	msg, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	node := msg.GetIdentifier().GetNode()
+	if node.GetId() == "" {
+		return status.Error(codes.InvalidArgument, "the first message of a metrics stream must carry the node (identifier.node)")
+	}
+	md := node.GetMetadata().GetFields()
+	self := Workload{Cluster: md["CLUSTER_ID"].GetStringValue(), Namespace: md["NAMESPACE"].GetStringValue(), Name: md["WORKLOAD_NAME"].GetStringValue()}
+	if self.Cluster != caller.Cluster || self.Namespace != caller.Namespace {
+		g.refused.WithLabelValues("not its own").Inc()
+		return status.Errorf(codes.PermissionDenied, "node %s claims namespace %q in cluster %q; its token is of %s/%s in %s",
+			node.GetId(), self.Namespace, self.Cluster, caller.Namespace, caller.ServiceAccount, caller.Cluster)
+	}
+	r, err := g.join(streamKey{caller, node.GetId()}, self)
+	if err != nil {
+		return err
+	}
+	defer g.leave(streamKey{caller, node.GetId()}, r)
 	for {
-		msg, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			return st.SendAndClose(&metricsv3.StreamMetricsResponse{})
-		}
-		if err != nil {
-			return err
-		}
-		if id := msg.GetIdentifier().GetNode(); id != nil && r.node == "" {
-			md := id.GetMetadata().GetFields()
-			r.node = id.GetId()
-			r.self = Workload{Cluster: md["CLUSTER_ID"].GetStringValue(), Namespace: md["NAMESPACE"].GetStringValue(), Name: md["WORKLOAD_NAME"].GetStringValue()}
-		}
-		if r.node == "" {
-			return status.Error(codes.InvalidArgument, "the first message of a metrics stream must carry the node (identifier.node)")
-		}
 		s := sample{at: time.Now(), counts: map[edgeKey]counts{}}
 		for _, f := range msg.GetEnvoyMetrics() {
 			if f.GetName() != "istio_requests_total" {
 				continue
 			}
 			for _, m := range f.GetMetric() {
-				g.add(s.counts, m, caller, proven)
+				g.add(s.counts, m, caller)
 			}
 		}
 		g.mu.Lock()
 		r.prev, r.cur = r.cur, s
 		g.mu.Unlock()
+		select {
+		case <-r.replaced:
+			return status.Error(codes.Aborted, "replaced by a newer metrics stream of the same proxy")
+		default:
+		}
+		if msg, err = st.Recv(); errors.Is(err, io.EOF) {
+			return st.SendAndClose(&metricsv3.StreamMetricsResponse{})
+		} else if err != nil {
+			return err
+		}
 	}
 }
 
+// join registers a proxy's stream, in place of an older one of the same
+// proxy, within its identity's bound.
+func (g *Graph) join(k streamKey, self Workload) (*reporter, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if old, ok := g.streams[k]; ok {
+		close(old.replaced)
+		delete(g.streams, k)
+	}
+	n := 0
+	for other := range g.streams {
+		if other.caller == k.caller {
+			n++
+		}
+	}
+	if n >= g.MaxStreams {
+		g.refused.WithLabelValues("too many").Inc()
+		return nil, status.Errorf(codes.ResourceExhausted, "%s/%s in %s already has %d metrics streams", k.caller.Namespace, k.caller.ServiceAccount, k.caller.Cluster, n)
+	}
+	r := &reporter{self: self, replaced: make(chan struct{})}
+	g.streams[k] = r
+	return r, nil
+}
+
+func (g *Graph) leave(k streamKey, r *reporter) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[k] == r {
+		delete(g.streams, k)
+	}
+}
+
+// maxLabel bounds a label value the graph keeps (a DNS name's length).
+const maxLabel = 253
+
 // add counts one series into a sample, if its reporter may speak for it.
-func (g *Graph) add(into map[edgeKey]counts, m *dto.Metric, caller Caller, proven bool) {
+func (g *Graph) add(into map[edgeKey]counts, m *dto.Metric, caller Caller) {
 	l := map[string]string{}
 	for _, p := range m.GetLabel() {
+		if len(p.GetValue()) > maxLabel {
+			g.refused.WithLabelValues("too long").Inc()
+			return
+		}
 		l[p.GetName()] = p.GetValue()
 	}
-	side := "source"
-	if l["reporter"] == "destination" {
-		side = "destination"
-	}
+	side := l["reporter"]
 	switch {
-	case !proven:
-		g.refused.WithLabelValues("no identity").Inc()
+	case side != "source" && side != "destination":
+		g.refused.WithLabelValues("no reporter").Inc()
 		return
-	case l[side+"_principal"] != "" && !principalOf(l[side+"_principal"], caller) || l[side+"_cluster"] != caller.Cluster:
+	case !principalOf(l[side+"_principal"], caller) || l[side+"_workload_namespace"] != caller.Namespace || l[side+"_cluster"] != caller.Cluster:
 		g.refused.WithLabelValues("not its own").Inc()
 		return
 	case len(into) >= g.MaxSeries:
@@ -178,6 +241,7 @@ func (g *Graph) add(into map[edgeKey]counts, m *dto.Metric, caller Caller, prove
 		src:     Workload{Cluster: l["source_cluster"], Namespace: l["source_workload_namespace"], Name: l["source_workload"]},
 		dst:     Workload{Cluster: l["destination_cluster"], Namespace: l["destination_workload_namespace"], Name: l["destination_workload"]},
 		service: l["destination_service"],
+		view:    side,
 	}
 	c := into[k]
 	v := m.GetCounter().GetValue()
@@ -188,24 +252,28 @@ func (g *Graph) add(into map[edgeKey]counts, m *dto.Metric, caller Caller, prove
 	into[k] = c
 }
 
-// principalOf reports whether a SPIFFE ID names the caller's service
-// account (any trust domain: the caller was proven by its token).
+// principalOf reports whether a SPIFFE ID is the caller's service
+// account, spiffe://TRUST-DOMAIN/ns/NS/sa/SA (any trust domain: the caller
+// was proven by its token).
 func principalOf(principal string, c Caller) bool {
-	return strings.HasSuffix(principal, "/ns/"+c.Namespace+"/sa/"+c.ServiceAccount)
+	rest, ok := strings.CutPrefix(principal, "spiffe://")
+	if !ok {
+		return false
+	}
+	td, path, ok := strings.Cut(rest, "/")
+	return ok && td != "" && path == "ns/"+c.Namespace+"/sa/"+c.ServiceAccount
 }
 
 // Edges are the rates between workloads now: the sum over the proxies
 // that reported each edge. An edge seen by both its source and its
 // destination proxy counts the source's view (it also sees calls that
-// never arrived); the destination's counts only where the source has no
-// proxy reporting it.
+// never arrived); the destination's view stays only where no source
+// reports the edge (callers without a sidecar).
 func (g *Graph) Edges() []Edge {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	now := time.Now()
-	type rate struct{ total, errors float64 }
-	bySource, byDest := map[edgeKey]rate{}, map[edgeKey]rate{}
-	for r := range g.streams {
+	rates := map[edgeKey]counts{}
+	for _, r := range g.streams {
 		if r.prev.at.IsZero() || now.Sub(r.cur.at) > g.Expire {
 			continue
 		}
@@ -219,24 +287,21 @@ func (g *Graph) Edges() []Edge {
 			if d.total < 0 { // the proxy restarted: its counters began again
 				d = c
 			}
-			into := bySource
-			if k.dst == r.self && k.src != r.self {
-				into = byDest
-			}
-			e := into[k]
+			e := rates[k]
 			e.total += d.total / dt
 			e.errors += max(d.errors, 0) / dt
-			into[k] = e
+			rates[k] = e
 		}
 	}
-	for k, e := range byDest {
-		if _, seen := bySource[k]; !seen {
-			bySource[k] = e
+	g.mu.Unlock()
+	out := make([]Edge, 0, len(rates))
+	for k, e := range rates {
+		if k.view == "destination" {
+			if _, seen := rates[edgeKey{src: k.src, dst: k.dst, service: k.service, view: "source"}]; seen {
+				continue
+			}
 		}
-	}
-	out := make([]Edge, 0, len(bySource))
-	for k, e := range bySource {
-		edge := Edge{Source: k.src, Destination: k.dst, Service: k.service, RPS: e.total}
+		edge := Edge{Source: k.src, Destination: k.dst, Service: k.service, Reporter: k.view, RPS: e.total}
 		if e.total > 0 {
 			edge.ErrorRate = e.errors / e.total
 		}
@@ -260,8 +325,8 @@ func (g *Graph) Reporters() map[Workload]int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := map[Workload]int{}
-	for r := range g.streams {
-		if r.node != "" && time.Since(r.cur.at) <= g.Expire {
+	for _, r := range g.streams {
+		if time.Since(r.cur.at) <= g.Expire {
 			out[r.self]++
 		}
 	}

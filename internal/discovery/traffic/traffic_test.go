@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,8 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -186,20 +189,102 @@ func TestDestinationViewOnlyWithoutSource(t *testing.T) {
 	}
 }
 
-func TestUnprovenAndNodelessStreams(t *testing.T) {
+// A stream must be proven, name its node first, and the node must be of
+// the caller's namespace and cluster.
+func TestStreamsHeldToTheirCaller(t *testing.T) {
 	g, _, c := serve(t)
-	anon := stream(t, c)
-	m := push(series("source", "sleep", sleepID, "profile-v2", profileID, "200", 1))
-	m.Identifier = node("sleep", "cluster-eks")
-	send(t, anon, m)
-	waitFor(t, "an unproven stream's series refused", func() bool {
-		return testutil.ToFloat64(g.refused.WithLabelValues("no identity")) == 1
-	})
-	nodeless := stream(t, c, "cluster-eks", "multicluster", "sleep")
-	send(t, nodeless, push(series("source", "sleep", sleepID, "profile-v2", profileID, "200", 1)))
-	if _, err := nodeless.CloseAndRecv(); err == nil {
-		t.Errorf("a stream without the node in its first message was accepted")
+	for _, tc := range []struct {
+		name   string
+		caller []string
+		first  *metricsv3.StreamMetricsMessage_Identifier
+		want   codes.Code
+	}{
+		{"no identity (the plaintext port)", nil, node("sleep", "cluster-eks"), codes.Unauthenticated},
+		{"no node", []string{"cluster-eks", "multicluster", "sleep"}, nil, codes.InvalidArgument},
+		{"a node of another namespace", []string{"cluster-eks", "other", "sleep"}, node("sleep", "cluster-eks"), codes.PermissionDenied},
+		{"a node of another cluster", []string{"cluster-aks", "multicluster", "sleep"}, node("sleep", "cluster-eks"), codes.PermissionDenied},
+	} {
+		st := stream(t, c, tc.caller...)
+		m := push(series("source", "sleep", sleepID, "profile-v2", profileID, "200", 1))
+		m.Identifier = tc.first
+		send(t, st, m)
+		if _, err := st.CloseAndRecv(); status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
+		}
 	}
+	if len(g.Reporters()) != 0 {
+		t.Errorf("refused streams became reporters: %v", g.Reporters())
+	}
+}
+
+// A sidecar cannot draw edges of other namespaces or workloads' identities,
+// whatever label it leaves out or bends.
+func TestForgedSeriesRefused(t *testing.T) {
+	g, _, c := serve(t)
+	sleep := stream(t, c, "cluster-eks", "multicluster", "sleep")
+	other := func(mod func(m *dto.Metric)) *dto.Metric {
+		m := series("source", "sleep", sleepID, "profile-v2", profileID, "200", 1000)
+		mod(m)
+		return m
+	}
+	set := func(name, value string) func(m *dto.Metric) {
+		return func(m *dto.Metric) {
+			for _, l := range m.Label {
+				if l.GetName() == name {
+					l.Value = proto.String(value)
+				}
+			}
+		}
+	}
+	forged := []*dto.Metric{
+		other(set("source_workload_namespace", "payments")),                                    // its own principal, another namespace
+		other(set("source_principal", "")),                                                     // no principal
+		other(set("source_principal", "spiffe://cluster.local/ns/x/ns/multicluster/sa/sleep")), // a suffix match only
+		other(set("source_principal", "unknown")),
+		other(set("source_cluster", "cluster-aks")),
+		other(set("reporter", "")),
+		other(set("reporter", "destination")), // speaks for profile's side
+		other(set("source_workload", strings.Repeat("x", 300))),
+	}
+	m := push(forged...)
+	m.Identifier = node("sleep", "cluster-eks")
+	send(t, sleep, m)
+	send(t, sleep, push(forged...))
+	waitFor(t, "every forged series refused", func() bool {
+		return testutil.ToFloat64(g.refused.WithLabelValues("not its own"))+testutil.ToFloat64(g.refused.WithLabelValues("no reporter"))+
+			testutil.ToFloat64(g.refused.WithLabelValues("too long")) == 2*float64(len(forged))
+	})
+	if e := g.Edges(); len(e) != 0 {
+		t.Errorf("forged series drew edges: %+v", e)
+	}
+}
+
+// A proxy's newer stream replaces its older one; an identity's streams
+// are bounded.
+func TestStreamReplacedAndBounded(t *testing.T) {
+	g, _, c := serve(t)
+	g.MaxStreams = 2
+	open := func(workload string) grpc.ClientStreamingClient[metricsv3.StreamMetricsMessage, metricsv3.StreamMetricsResponse] {
+		st := stream(t, c, "cluster-eks", "multicluster", "sleep")
+		m := push(series("source", "sleep", sleepID, "profile-v2", profileID, "200", 1))
+		m.Identifier = node(workload, "cluster-eks")
+		send(t, st, m)
+		return st
+	}
+	first := open("sleep")
+	waitFor(t, "the first stream", func() bool { return len(g.Reporters()) == 1 })
+	second := open("sleep") // the same node again: a reconnect
+	time.Sleep(100 * time.Millisecond)
+	send(t, first, push(series("source", "sleep", sleepID, "profile-v2", profileID, "200", 2)))
+	if _, err := first.CloseAndRecv(); status.Code(err) != codes.Aborted {
+		t.Errorf("the replaced stream: %v, want Aborted", err)
+	}
+	open("sleep-2")
+	third := open("sleep-3")
+	if _, err := third.CloseAndRecv(); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a third proxy of an identity bounded to 2: %v, want ResourceExhausted", err)
+	}
+	_ = second
 }
 
 func TestExpiredProxyDrops(t *testing.T) {

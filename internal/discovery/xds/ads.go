@@ -47,6 +47,10 @@ type adsConn struct {
 	// acknowledgement.
 	held      func()
 	heldNonce string
+	// sentTypes are the types this stream has sent: a type's first
+	// response on a stream is the proxy's (re)connection, not a change
+	// reaching it.
+	sentTypes map[string]bool
 }
 
 // adsWatch is a stream's subscription to one type.
@@ -175,7 +179,7 @@ func streamEnd(err error) error {
 }
 
 func newConn(ctx context.Context, delta bool) *adsConn {
-	return &adsConn{delta: delta, ctx: ctx, wake: make(chan struct{}, 1), watches: map[string]*adsWatch{}}
+	return &adsConn{delta: delta, ctx: ctx, wake: make(chan struct{}, 1), watches: map[string]*adsWatch{}, sentTypes: map[string]bool{}}
 }
 
 func (s *Server) closeConn(c *adsConn) {

@@ -99,6 +99,26 @@ func TestDeltaADS(t *testing.T) {
 	if c := srv.Convergence(); c.Samples != 1 || c.P99 <= 0 || c.P99 > time.Since(changed) {
 		t.Errorf("convergence after one endpoint change acknowledged: %+v, want one sample within %s", c, time.Since(changed))
 	}
+	// The proxy reconnects while its old stream is still held: what the
+	// new stream gets is its connection, not the change again.
+	again, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = again.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
+	_ = again.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{name}})
+	for seen := map[string]bool{}; len(seen) < 2; {
+		r, err := again.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[r.TypeUrl] = true
+		_ = again.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
+	}
+	time.Sleep(100 * time.Millisecond)
+	if c := srv.Convergence(); c.Samples != 1 {
+		t.Errorf("a reconnection counted as a change's convergence: %+v", c)
+	}
 	st := srv.Syncz()
 	if len(st) != 1 || st[0].ClusterAcked == "" {
 		t.Fatalf("status after delta ACKs: %+v", st)

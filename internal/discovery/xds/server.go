@@ -108,6 +108,7 @@ type proxyState struct {
 	changed     time.Time
 	changedSnap *snapshot
 	pending     map[string]time.Time
+	counted     map[string]*snapshot // type URL -> the snapshot last timed
 }
 
 // NewServer prepares the cache and metrics; Register and Run start it.

@@ -208,7 +208,8 @@ func (s *Server) updateWith(id string, m *memo, onlyCurrent bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok = s.proxies[id]; ok {
-		if !onlyCurrent && !m.changed.IsZero() && snap != st.snap {
+		// A proxy's first snapshot is its connection, not a change.
+		if !onlyCurrent && !m.changed.IsZero() && st.snap != nil && snap != st.snap {
 			st.changed, st.changedSnap = m.changed, snap
 		}
 		st.snap = snap

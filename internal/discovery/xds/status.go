@@ -42,15 +42,20 @@ func (s *Server) sent(c *adsConn, typeURL, version string, snap *snapshot) {
 	defer s.mu.Unlock()
 	if st := s.proxies[c.proxy]; st != nil {
 		st.markSent(typeURL, version)
-		if snap == st.changedSnap && !st.changed.IsZero() {
+		// A change's convergence: the first response of each type from
+		// the snapshot a push made for it, on a stream that had that type
+		// already (not a reconnection), timed once per snapshot.
+		if snap == st.changedSnap && !st.changed.IsZero() && c.sentTypes[typeURL] && st.counted[typeURL] != snap {
 			if st.pending == nil {
-				st.pending = map[string]time.Time{}
+				st.pending, st.counted = map[string]time.Time{}, map[string]*snapshot{}
 			}
+			st.counted[typeURL] = snap
 			if _, ok := st.pending[typeURL]; !ok {
 				st.pending[typeURL] = st.changed
 			}
 		}
 	}
+	c.sentTypes[typeURL] = true
 	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
 }
 

@@ -10,6 +10,8 @@ package metricsink
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -64,8 +66,9 @@ func (s *Sink) Run(ctx context.Context) error {
 	}
 }
 
-// stream sends on one stream until it fails; sent says whether any
-// message went out.
+// stream sends on one stream until it fails; sent says whether it lived
+// past its first push (a first Send succeeds locally even when the
+// control plane refuses the service: an older one during an upgrade).
 func (s *Sink) stream(ctx context.Context) (sent bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -87,9 +90,13 @@ func (s *Sink) stream(ctx context.Context) (sent bool, err error) {
 			msg.Identifier = &metricsv3.StreamMetricsMessage_Identifier{Node: s.Node}
 		}
 		if err := st.Send(msg); err != nil {
+			if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
+				_, err = st.CloseAndRecv()
+			}
 			return sent, err
 		}
-		first, sent = false, true
+		sent = !first
+		first = false
 		select {
 		case <-ctx.Done():
 			_, err := st.CloseAndRecv()
