@@ -5,6 +5,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
 # Debian packages the sandbox needs on a fresh machine.
 APT_PKGS := iptables conntrack iproute2 util-linux curl
+TEST_PKGS := chromium
 # staticcheck, pinned (its checks: staticcheck.conf).
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
@@ -36,8 +37,8 @@ release: ## cross-build dist/isthmus-VERSION-OS-ARCH for Linux, macOS and Window
 	done
 	cd dist && sha256sum isthmus-* > SHA256SUMS
 
-deps: ## install the Debian packages the sandbox needs (root)
-	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+deps: ## install the Debian packages the sandbox needs (root), and for make test Chromium (the dashboard's browser tests)
+	@missing=""; for p in $(APT_PKGS) $(if $(filter test,$(MAKECMDGOALS)),$(TEST_PKGS)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

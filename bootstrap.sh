@@ -1,12 +1,11 @@
 #!/bin/sh
 # Prepares a Debian machine that has only Go for `make demo` and `make test`:
-# installs make, git, the C toolchain `go test -race` needs (gcc, libc
-# headers) and Chromium (the dashboard's browser tests drive it headless),
-# if missing. Everything else `make deps` and `make kube` install.
+# installs make, git and the C toolchain `go test -race` needs (gcc, libc
+# headers), if missing. Everything else `make deps` and `make kube` install.
 # Run as root: sh bootstrap.sh
 set -eu
 missing=""
-for p in make git gcc libc6-dev chromium; do
+for p in make git gcc libc6-dev; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
