@@ -25,8 +25,12 @@ import (
 
 // Thresholds of the certificate checks.
 const (
-	RootExpiryWarning     = 30 * 24 * time.Hour
-	WorkloadExpiryWarning = time.Hour
+	RootExpiryWarning = 30 * 24 * time.Hour
+	// WorkloadLifeLeftWarning is the share of a workload certificate's
+	// lifetime (NotAfter - NotBefore) below which what is left is a
+	// warning: a proxy renews at 80% of it, so a healthy one never has
+	// less than 20% left, whatever the certificates' TTL.
+	WorkloadLifeLeftWarning = 0.2
 	// adminPort is the proxy's admin interface (config_dump).
 	adminPort = 15000
 )
@@ -144,7 +148,9 @@ func (r *run) rootCerts(ctx context.Context) {
 		// the primary's own istio-ca-root-cert.
 		cm, cmErr := p.Client.CoreV1().ConfigMaps(ns).Get(ctx, rootcert.ConfigMapName, metav1.GetOptions{})
 		if cmErr != nil {
-			r.checkFailed(CheckRootCert, p, fmt.Errorf("%v; and ConfigMap %s/%s: %v", err, ns, rootcert.ConfigMapName, cmErr))
+			// Wrapped: a ConfigMap the credentials may not read is what the
+			// check lacks (it reads the CA's Secret only when it may).
+			r.checkFailed(CheckRootCert, p, fmt.Errorf("%v; and ConfigMap %s/%s: %w", err, ns, rootcert.ConfigMapName, cmErr))
 			for _, c := range r.mesh.Remotes {
 				r.row(CheckRootCert, c, StatusUnknown, "the CA's root could not be read")
 			}
@@ -178,7 +184,7 @@ func (r *run) rootCerts(ctx context.Context) {
 				Message: fmt.Sprintf("the mesh's root certificate %s %s: after that no workload certificate verifies and mutual TLS fails everywhere", describeCerts([]*x509.Certificate{root}), when),
 				Fix:     "rotate the root before then (README, Workload identity: add the new root beside the old one in every cluster's cacerts, switch the intermediates, then drop the old root)"})
 		}
-		expiry = fmt.Sprintf("root %q expires %s", first.Subject.CommonName, first.NotAfter.UTC().Format("2006-01-02"))
+		expiry = fmt.Sprintf("root %q expires %s", first.Subject.String(), first.NotAfter.UTC().Format("2006-01-02"))
 	}
 	for _, c := range r.mesh.clusters() {
 		if c.Client == nil || !r.reachable[c] {
@@ -313,18 +319,18 @@ func (r *run) workloadCerts(ctx context.Context) {
 			if earliest.IsZero() || a.cert.NotAfter.Before(earliest) {
 				earliest = a.cert.NotAfter
 			}
-			left := a.cert.NotAfter.Sub(now)
-			if left >= WorkloadExpiryWarning {
+			left, life := a.cert.NotAfter.Sub(now), a.cert.NotAfter.Sub(a.cert.NotBefore)
+			if !workloadCertExpiring(left, life) {
 				continue
 			}
 			expiring++
-			sev, when := SeverityWarning, fmt.Sprintf("expires %s (in %s)", a.cert.NotAfter.UTC().Format(time.RFC3339), left.Round(time.Minute))
+			sev, when := SeverityWarning, fmt.Sprintf("expires %s (in %s, %.0f%% of its %s lifetime left)", a.cert.NotAfter.UTC().Format(time.RFC3339), roundDuration(left), 100*float64(left)/float64(max(life, 1)), roundDuration(life))
 			if left <= 0 {
 				expired++
 				sev, when = SeverityError, fmt.Sprintf("expired %s", a.cert.NotAfter.UTC().Format(time.RFC3339))
 			}
 			r.find(Finding{Code: CodeWorkloadCertExpiring, Severity: sev, Cluster: c.Name(), Subject: name,
-				Message: fmt.Sprintf("the workload certificate of %s %s: a proxy renews at 80%% of its certificate's life, so this one failed to renew; when it expires, mutual TLS to and from the pod fails", name, when),
+				Message: fmt.Sprintf("the workload certificate of %s %s: a proxy renews at 80%% of its certificate's lifetime, so a healthy one never has less than %.0f%% left, and this one failed to renew; when it expires, mutual TLS to and from the pod fails", name, when, 100*WorkloadLifeLeftWarning),
 				Fix:     fmt.Sprintf("the proxy's log says why (kubectl --context %s -n %s logs %s -c istio-proxy), and the control plane's CA log; restarting the pod gets a new certificate", ctxName(c), pod.Namespace, pod.Name)})
 		}
 		detail := fmt.Sprintf("%d proxies checked", len(running))
@@ -356,6 +362,20 @@ func proxyReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// workloadCertExpiring: less than WorkloadLifeLeftWarning of the
+// certificate's lifetime is left (or none: expired).
+func workloadCertExpiring(left, life time.Duration) bool {
+	return left <= 0 || float64(left) < WorkloadLifeLeftWarning*float64(life)
+}
+
+// roundDuration rounds to the minute, or the second under 10 minutes.
+func roundDuration(d time.Duration) time.Duration {
+	if d < 10*time.Minute && d > -10*time.Minute {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Minute)
 }
 
 func days(d time.Duration) string {

@@ -52,8 +52,10 @@ const (
 	// CodeClusterUnreachable: the cluster's API server does not answer the
 	// check (with the kubeconfig context's credentials); its checks skip it.
 	CodeClusterUnreachable = "ClusterUnreachable"
-	// CodeCheckFailed: a check could not read what it needs (RBAC, an API
-	// error); it says what, and the check's row is an error.
+	// CodeCheckFailed: a check could not read what it needs. A warning when
+	// the credentials lack a permission (RBAC: it names it) or when the
+	// injection check's dry-run pod was refused for a reason other than
+	// the injection webhook; an error for any other API error.
 	CodeCheckFailed = "CheckFailed"
 )
 
@@ -180,7 +182,9 @@ func (m *Mesh) clusters() []*Cluster {
 type Options struct {
 	// Probe runs the cross-network probe.
 	Probe bool
-	// ProbeTimeout is how long each probe client calls (45s).
+	// ProbeTimeout caps how long each probe client calls. 0: what the
+	// context's deadline leaves, less the time to start the client's pod
+	// and read its log (without a deadline, 2m).
 	ProbeTimeout time.Duration
 	// StaleAfter is how long a proxy may stay STALE (30s).
 	StaleAfter time.Duration
@@ -196,9 +200,6 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
-	if o.ProbeTimeout == 0 {
-		o.ProbeTimeout = 45 * time.Second
-	}
 	if o.StaleAfter == 0 {
 		o.StaleAfter = 30 * time.Second
 	}

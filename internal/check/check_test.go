@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -33,6 +35,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
@@ -83,12 +86,18 @@ type certKey struct {
 
 func newCert(t *testing.T, cn string, notAfter time.Time, signer *certKey) *certKey {
 	t.Helper()
+	return newCertLife(t, cn, notAfter.Add(-48*time.Hour), notAfter, signer)
+}
+
+// newCertLife is newCert valid from notBefore.
+func newCertLife(t *testing.T, cn string, notBefore, notAfter time.Time, signer *certKey) *certKey {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: notAfter.Add(-48 * time.Hour), NotAfter: notAfter}
+		NotBefore: notBefore, NotAfter: notAfter}
 	parent, signKey := tmpl, key
 	if signer == nil {
 		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
@@ -145,6 +154,10 @@ type env struct {
 	clusterz         []remotesecret.Status
 	opts             Options
 	remoteSecretName string
+	// ctx is what Run gets (context.Background()).
+	ctx context.Context
+	// serverNotReady: the probe Deployment never gets ready there.
+	serverNotReady map[*fake.Clientset]bool
 }
 
 func proxy(cluster, id, network string) inspect.ProxyStatus {
@@ -202,7 +215,8 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	now := time.Now()
 	e := &env{t: t, now: now, pPods: &fakePods{answers: map[string]func() ([]byte, error){}}, rPods: &fakePods{answers: map[string]func() ([]byte, error){}},
-		logs: map[*fake.Clientset]string{}, dryRun: map[*fake.Clientset]func(*corev1.Pod) (*corev1.Pod, error){}, remoteSecretName: "istio-remote-secret-cluster-aks"}
+		logs: map[*fake.Clientset]string{}, dryRun: map[*fake.Clientset]func(*corev1.Pod) (*corev1.Pod, error){}, remoteSecretName: "istio-remote-secret-cluster-aks",
+		ctx: context.Background(), serverNotReady: map[*fake.Clientset]bool{}}
 	e.root = newCert(t, "mesh root", now.Add(10*365*24*time.Hour), nil)
 	e.opts = Options{StaleAfter: 20 * time.Millisecond, Poll: time.Millisecond, Now: func() time.Time { return now }}
 	istiodPod := func(name string) *corev1.Pod {
@@ -253,7 +267,9 @@ func newEnv(t *testing.T) *env {
 			return true, out, nil
 		})
 		c.PrependReactor("create", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
-			a.(k8stesting.CreateAction).GetObject().(*appsv1.Deployment).Status.ReadyReplicas = 1
+			if !e.serverNotReady[c] {
+				a.(k8stesting.CreateAction).GetObject().(*appsv1.Deployment).Status.ReadyReplicas = 1
+			}
 			return false, nil, nil
 		})
 		c.PrependReactor("get", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -310,7 +326,7 @@ func (e *env) run() *Report {
 		e.pPods.mu.Unlock()
 	}
 	e.opts.Probe = e.probe
-	rep, err := Run(context.Background(), e.mesh, e.opts)
+	rep, err := Run(e.ctx, e.mesh, e.opts)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -391,21 +407,32 @@ func TestHealthyMesh(t *testing.T) {
 						t.Errorf("the probe namespace is left: %v", err)
 					}
 				}
-				// Its server ran the control plane's image with the cluster's ID.
+				// Its server ran the control plane's image with the cluster's ID,
+				// and a Service per cluster selects only that cluster's pods.
 				var created []string
 				for _, a := range e.remote.Actions() {
 					if ca, ok := a.(k8stesting.CreateAction); ok && a.GetNamespace() == ProbeNamespace {
 						switch o := ca.GetObject().(type) {
 						case *appsv1.Deployment:
 							ctr := o.Spec.Template.Spec.Containers[0]
-							created = append(created, fmt.Sprintf("deployment %s %v %s=%s uid %d", ctr.Image, ctr.Args, ctr.Env[0].Name, ctr.Env[0].Value, *ctr.SecurityContext.RunAsUser))
+							created = append(created, fmt.Sprintf("deployment %s %v %s=%s uid %d pods %s", ctr.Image, ctr.Args, ctr.Env[0].Name, ctr.Env[0].Value, *ctr.SecurityContext.RunAsUser, selector(o.Spec.Template.Labels)))
+							if !reflect.DeepEqual(o.Spec.Selector.MatchLabels, o.Spec.Template.Labels) {
+								t.Errorf("deployment selector %v, pods %v", o.Spec.Selector.MatchLabels, o.Spec.Template.Labels)
+							}
+							checkHardened(t, "deployment", o.Spec.Template.Spec)
+						case *corev1.Service:
+							created = append(created, fmt.Sprintf("service %s selects %s", o.Name, selector(o.Spec.Selector)))
 						case *corev1.Pod:
 							created = append(created, fmt.Sprintf("pod %s %v %s", o.Spec.Containers[0].Image, o.Spec.Containers[0].Args, o.Spec.RestartPolicy))
+							checkHardened(t, "client pod", o.Spec)
 						}
 					}
 				}
-				want := []string{"deployment isthmus/isthmus:test [demo-app profile] CLUSTER_NAME=cluster-aks uid 65532",
-					"pod isthmus/isthmus:test [check probe --url http://probe.isthmus-check:8080/profile?id=1 --want cluster-eks,cluster-aks --timeout 45s] Never"}
+				want := []string{
+					"service probe-cluster-eks selects app=probe,isthmus.io/check-cluster=cluster-eks",
+					"service probe-cluster-aks selects app=probe,isthmus.io/check-cluster=cluster-aks",
+					"deployment isthmus/isthmus:test [demo-app profile] CLUSTER_NAME=cluster-aks uid 65532 pods app=probe,isthmus.io/check-cluster=cluster-aks",
+					"pod isthmus/isthmus:test [check probe --url http://probe-{cluster}.isthmus-check:8080/profile?id=1 --want cluster-eks,cluster-aks --timeout 2m0s] Never"}
 				if !slices.Equal(created, want) {
 					t.Errorf("probe objects:\n%q\nwant\n%q", created, want)
 				}
@@ -628,6 +655,21 @@ func TestFailureModes(t *testing.T) {
 				t.Errorf("%+v", f)
 			}
 		}},
+		{name: "workload cert with less than 20% of its life left", setup: func(e *env) {
+			// 3h of 24h left: more than an hour, but a proxy renews at 80%.
+			e.rPods.set("multicluster/profile-1:15000/config_dump", configDump(t, newCertLife(t, "profile", e.now.Add(-21*time.Hour), e.now.Add(3*time.Hour), e.root).pem), nil)
+		}, want: []string{CodeWorkloadCertExpiring}, healthy: true, check: func(t *testing.T, r *Report) {
+			if f := finding(r, CodeWorkloadCertExpiring); f.Severity != SeverityWarning || !strings.Contains(f.Message, "12% of its 24h0m0s lifetime left") {
+				t.Errorf("%+v", f)
+			}
+			if row := row(r, CheckWorkloadCert, aks); row.Status != StatusWarning {
+				t.Errorf("%+v", row)
+			}
+		}},
+		{name: "short-lived workload cert renewed on time", setup: func(e *env) {
+			// 30m of 1h left: under an hour, as every 1h certificate is.
+			e.rPods.set("multicluster/profile-1:15000/config_dump", configDump(t, newCertLife(t, "profile", e.now.Add(-30*time.Minute), e.now.Add(30*time.Minute), e.root).pem), nil)
+		}, want: nil, healthy: true},
 		{name: "workload cert expired", setup: func(e *env) {
 			e.rPods.set("multicluster/profile-1:15000/config_dump", configDump(t, newCert(t, "profile", e.now.Add(-time.Minute), e.root).pem), nil)
 		}, want: []string{CodeWorkloadCertExpiring}},
@@ -637,6 +679,60 @@ func TestFailureModes(t *testing.T) {
 			}
 		}, want: []string{CodeInjectionUnavailable}, check: func(t *testing.T, r *Report) {
 			if f := finding(r, CodeInjectionUnavailable); f.Cluster != aks || !strings.Contains(f.Message, "failed calling webhook") {
+				t.Errorf("%+v", f)
+			}
+		}},
+		{name: "dry run: the injector's webhook timed out", setup: func(e *env) {
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewInternalError(errors.New(`failed calling webhook "object.sidecar-injector.istio.io": failed to call webhook: Post "https://istiod.istio-system.svc:443/inject?timeout=10s": context deadline exceeded`))
+			}
+		}, want: []string{CodeInjectionUnavailable}},
+		{name: "dry run denied by a webhook of the injector's configuration", setup: func(e *env) {
+			_, _ = e.remote.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{
+				ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector-canary"}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "inject.mesh.example.com"}}}, metav1.CreateOptions{})
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New(`admission webhook "inject.mesh.example.com" denied the request: no proxy image`))
+			}
+		}, want: []string{CodeInjectionUnavailable}},
+		{name: "dry run refused by Pod Security admission", setup: func(e *env) {
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "isthmus-check-abcde", errors.New(`violates PodSecurity "baseline:latest": non-default capabilities (container "istio-init" must not include "NET_ADMIN", "NET_RAW" in securityContext.capabilities.add)`))
+			}
+		}, want: []string{CodeCheckFailed}, healthy: true, check: func(t *testing.T, r *Report) {
+			f := finding(r, CodeCheckFailed)
+			if f.Severity != SeverityWarning || f.Cluster != aks || f.Subject != "namespace multicluster" || !strings.Contains(f.Message, `violates PodSecurity "baseline:latest"`) ||
+				!strings.Contains(f.Message, "not for the injection webhook") {
+				t.Errorf("%+v", f)
+			}
+			if row := row(r, CheckInjection, aks); row.Status != StatusWarning {
+				t.Errorf("%+v", row)
+			}
+		}},
+		{name: "dry run refused by a ResourceQuota", setup: func(e *env) {
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "isthmus-check-abcde", errors.New(`exceeded quota: pods, requested: pods=1, used: pods=10, limited: pods=10`))
+			}
+		}, want: []string{CodeCheckFailed}, healthy: true, check: func(t *testing.T, r *Report) {
+			if f := finding(r, CodeCheckFailed); !strings.Contains(f.Message, "exceeded quota") {
+				t.Errorf("%+v", f)
+			}
+		}},
+		{name: "dry run refused by another policy webhook", setup: func(e *env) {
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewBadRequest(`admission webhook "validate.kyverno.svc-fail" denied the request: resource Pod/multicluster/isthmus-check-x was blocked: require-labels`)
+			}
+		}, want: []string{CodeCheckFailed}, healthy: true},
+		{name: "dry run: another webhook cannot be called", setup: func(e *env) {
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewInternalError(errors.New(`failed calling webhook "mutate.kyverno.svc-fail": failed to call webhook: Post "https://kyverno-svc.kyverno.svc:443/mutate": dial tcp 10.96.0.12:443: connect: connection refused`))
+			}
+		}, want: []string{CodeCheckFailed}, healthy: true},
+		{name: "dry run: the credentials may not create pods", setup: func(e *env) {
+			e.dryRun[e.remote] = func(*corev1.Pod) (*corev1.Pod, error) {
+				return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New(`User "viewer" cannot create resource "pods" in API group "" in the namespace "multicluster"`))
+			}
+		}, want: []string{CodeCheckFailed}, healthy: true, check: func(t *testing.T, r *Report) {
+			if f := finding(r, CodeCheckFailed); f.Severity != SeverityWarning || !strings.Contains(f.Message, "may not create pods in namespace multicluster") {
 				t.Errorf("%+v", f)
 			}
 		}},
@@ -716,22 +812,230 @@ func TestInjectionSkippedWithoutLabelledNamespace(t *testing.T) {
 	}
 }
 
-func TestProbeDeletesLeftoverNamespace(t *testing.T) {
-	e := newEnv(t)
-	e.probe = true
-	_, _ = e.remote.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ProbeNamespace}}, metav1.CreateOptions{})
-	rep := e.run()
-	if len(rep.Findings) != 0 {
-		t.Fatalf("findings %v\n%s", codes(rep), dump(rep))
+// checkHardened: the probe's pods mount no API token, and their container
+// runs as non-root without privilege escalation or capabilities, under
+// the runtime's default seccomp profile.
+func checkHardened(t *testing.T, what string, spec corev1.PodSpec) {
+	t.Helper()
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Errorf("%s: automountServiceAccountToken %v, want false", what, spec.AutomountServiceAccountToken)
 	}
+	sc := spec.Containers[0].SecurityContext
+	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 ||
+		sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: securityContext %+v", what, sc)
+	}
+}
+
+func namespaceDeletes(c *fake.Clientset) int {
 	var deletes int
-	for _, a := range e.remote.Actions() {
+	for _, a := range c.Actions() {
 		if a.GetVerb() == "delete" && a.GetResource().Resource == "namespaces" {
 			deletes++
 		}
 	}
-	if deletes != 2 {
+	return deletes
+}
+
+// TestProbeDeletesLeftoverNamespace: a namespace isthmus-check with the
+// check's label is a previous check's: deleted before and after.
+func TestProbeDeletesLeftoverNamespace(t *testing.T) {
+	e := newEnv(t)
+	e.probe = true
+	_, _ = e.remote.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ProbeNamespace,
+		Labels: map[string]string{"app.kubernetes.io/managed-by": "isthmus-check"}}}, metav1.CreateOptions{})
+	rep := e.run()
+	if len(rep.Findings) != 0 {
+		t.Fatalf("findings %v\n%s", codes(rep), dump(rep))
+	}
+	if deletes := namespaceDeletes(e.remote); deletes != 2 {
 		t.Errorf("%d namespace deletions, want the leftover's and the cleanup's", deletes)
+	}
+}
+
+// TestProbeLeavesForeignNamespace: a namespace isthmus-check without the
+// check's label is someone else's: never deleted nor changed, and the
+// probe says so in that cluster.
+func TestProbeLeavesForeignNamespace(t *testing.T) {
+	e := newEnv(t)
+	e.probe = true
+	_, _ = e.remote.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ProbeNamespace,
+		Labels: map[string]string{"team": "payments"}}}, metav1.CreateOptions{})
+	_, _ = e.remote.CoreV1().ConfigMaps(ProbeNamespace).Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "theirs", Namespace: ProbeNamespace}}, metav1.CreateOptions{})
+	rep := e.run()
+	if got := codes(rep); !slices.Equal(got, []string{CodeProbeFailed}) || rep.Healthy {
+		t.Fatalf("codes %v\n%s", got, dump(rep))
+	}
+	f := finding(rep, CodeProbeFailed)
+	if f.Cluster != aks || !strings.Contains(f.Message, "a namespace isthmus-check exists in cluster cluster-aks that the check did not create") ||
+		!strings.Contains(f.Message, "app.kubernetes.io/managed-by=isthmus-check") || !strings.Contains(f.Fix, "--probe=false") {
+		t.Errorf("%+v", f)
+	}
+	if d := namespaceDeletes(e.remote); d != 0 {
+		t.Errorf("%d namespace deletions in the cluster whose namespace is not the check's", d)
+	}
+	for _, a := range e.remote.Actions() {
+		if a.GetNamespace() == ProbeNamespace && a.GetVerb() != "get" && a.GetVerb() != "list" && !(a.GetVerb() == "create" && a.GetResource().Resource == "configmaps") {
+			t.Errorf("the check touched the foreign namespace: %s %s", a.GetVerb(), a.GetResource().Resource)
+		}
+	}
+	ns, err := e.remote.CoreV1().Namespaces().Get(context.Background(), ProbeNamespace, metav1.GetOptions{})
+	if err != nil || ns.Labels["team"] != "payments" {
+		t.Errorf("the foreign namespace: %+v %v", ns, err)
+	}
+	if _, err := e.remote.CoreV1().ConfigMaps(ProbeNamespace).Get(context.Background(), "theirs", metav1.GetOptions{}); err != nil {
+		t.Errorf("its ConfigMap: %v", err)
+	}
+	// The other cluster probed, and cleaned up, as usual.
+	if d := namespaceDeletes(e.primary); d != 1 {
+		t.Errorf("%d namespace deletions in the primary, want the cleanup's", d)
+	}
+	if r := row(rep, CheckCrossNetwork, aks); r == nil || r.Status != StatusError || !strings.Contains(r.Detail, "not the check's") {
+		t.Errorf("%+v", r)
+	}
+}
+
+// probeClientTimeout is the --timeout the check gave a cluster's probe client.
+func probeClientTimeout(t *testing.T, c *fake.Clientset) time.Duration {
+	t.Helper()
+	for _, a := range c.Actions() {
+		if ca, ok := a.(k8stesting.CreateAction); ok && a.GetNamespace() == ProbeNamespace {
+			if pod, ok := ca.GetObject().(*corev1.Pod); ok {
+				args := pod.Spec.Containers[0].Args
+				i := slices.Index(args, "--timeout")
+				if i < 0 || i+1 >= len(args) {
+					t.Fatalf("client args %v", args)
+				}
+				d, err := time.ParseDuration(args[i+1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				return d
+			}
+		}
+	}
+	t.Fatal("no probe client pod")
+	return 0
+}
+
+// TestProbeCallsForTheTimeLeft: each probe client calls for what the
+// check's budget leaves, less the margin to start it and read its log.
+func TestProbeCallsForTheTimeLeft(t *testing.T) {
+	e := newEnv(t)
+	e.probe = true
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e.ctx = ctx
+	rep := e.run()
+	if len(rep.Findings) != 0 {
+		t.Fatalf("findings %v\n%s", codes(rep), dump(rep))
+	}
+	for _, c := range []*fake.Clientset{e.primary, e.remote} {
+		if d := probeClientTimeout(t, c); d < 4*time.Minute-probeMargin-10*time.Second || d > 4*time.Minute-probeMargin {
+			t.Errorf("client --timeout %s, want about %s", d, 4*time.Minute-probeMargin)
+		}
+	}
+	// Options.ProbeTimeout caps it.
+	e = newEnv(t)
+	e.probe, e.ctx, e.opts.ProbeTimeout = true, ctx, 20*time.Second
+	e.run()
+	if d := probeClientTimeout(t, e.remote); d != 20*time.Second {
+		t.Errorf("client --timeout %s, want the cap", d)
+	}
+}
+
+// TestProbeBudgetRunsOut: a probe server that is not ready when the
+// check's budget runs out is a ProbeFailed that says so.
+func TestProbeBudgetRunsOut(t *testing.T) {
+	e := newEnv(t)
+	e.probe = true
+	e.serverNotReady[e.remote] = true
+	ctx, cancel := context.WithTimeout(context.Background(), probeMargin+probeServerShare+1500*time.Millisecond)
+	defer cancel()
+	e.ctx = ctx
+	rep := e.run()
+	var server *Finding
+	for i, f := range rep.Findings {
+		if f.Code == CodeProbeFailed && f.Cluster == aks && strings.HasPrefix(f.Subject, "deployment ") {
+			server = &rep.Findings[i]
+		}
+	}
+	if server == nil || !strings.Contains(server.Message, "the check's --timeout ran out while waiting for it to become ready") || !strings.Contains(server.Message, "; raise --timeout") {
+		t.Fatalf("%+v\n%s", server, dump(rep))
+	}
+	if rep.Healthy {
+		t.Error("healthy")
+	}
+}
+
+// TestCheckFailedForbidden: a check the credentials may not run is a
+// warning naming the permission (the mesh is not unhealthy for it); any
+// other error reading the cluster stays an error.
+func TestCheckFailedForbidden(t *testing.T) {
+	e := newEnv(t)
+	e.probe = true
+	e.remote.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() != "" {
+			return false, nil, nil
+		}
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New(`User "reader" cannot list resource "pods" in API group "" at the cluster scope`))
+	})
+	e.remote.PrependReactor("create", "namespaces", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "namespaces"}, "isthmus-check", errors.New(`User "reader" cannot create resource "namespaces" in API group "" at the cluster scope`))
+	})
+	rep := e.run()
+	if !rep.Healthy || rep.ExitCode() != 0 {
+		t.Fatalf("healthy %v exit %d\n%s", rep.Healthy, rep.ExitCode(), dump(rep))
+	}
+	want := map[string]string{CheckRootCert: "list pods (cluster-wide)", CheckWorkloadCert: "list pods (cluster-wide)", CheckCrossNetwork: "create namespaces (cluster-wide)"}
+	for _, f := range rep.Findings {
+		perm, ok := want[f.Subject]
+		if f.Code != CodeCheckFailed || f.Severity != SeverityWarning || f.Cluster != aks || !ok ||
+			!strings.Contains(f.Message, "may not "+perm) || !strings.Contains(f.Fix, "kubectl --context cluster-aks auth can-i") {
+			t.Errorf("%+v", f)
+		}
+		delete(want, f.Subject)
+	}
+	if len(want) > 0 {
+		t.Errorf("no warning for %v\n%s", want, dump(rep))
+	}
+	if r := row(rep, CheckRootCert, aks); r == nil || r.Status != StatusWarning || r.Detail != "not checked: may not list pods (cluster-wide)" {
+		t.Errorf("%+v", r)
+	}
+	if f := finding(rep, CodeCheckFailed); f != nil && f.Subject == CheckWorkloadCert && !strings.Contains(f.Fix, "auth can-i list pods --all-namespaces") {
+		t.Errorf("%+v", f)
+	}
+
+	// Not a permission: an error.
+	e = newEnv(t)
+	e.remote.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewInternalError(errors.New("etcdserver: request timed out"))
+	})
+	rep = e.run()
+	if f := finding(rep, CodeCheckFailed); f == nil || f.Severity != SeverityError || rep.Healthy || rep.ExitCode() != ExitUnhealthy {
+		t.Errorf("%+v\n%s", f, dump(rep))
+	}
+}
+
+func TestForbidden(t *testing.T) {
+	for _, tc := range []struct {
+		err       error
+		perm, can string
+	}{
+		{apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "p", errors.New(`User "u" cannot get resource "pods/log" in API group "" in the namespace "isthmus-check"`)),
+			"get pods/log in namespace isthmus-check", "kubectl --context X auth can-i get pods --subresource=log -n isthmus-check"},
+		{fmt.Errorf("create: %w", apierrors.NewForbidden(schema.GroupResource{Group: "apps", Resource: "deployments"}, "", errors.New(`User "system:serviceaccount:a:b" cannot create resource "deployments" in API group "apps" in the namespace "isthmus-check": RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`))),
+			"create deployments.apps in namespace isthmus-check", "kubectl --context X auth can-i create deployments.apps -n isthmus-check"},
+		{apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "isthmus-check-x", errors.New(`violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false`)), "", ""},
+		{apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "isthmus-check-x", errors.New(`exceeded quota: compute, requested: pods=1, used: pods=10, limited: pods=10`)), "", ""},
+		{apierrors.NewInternalError(errors.New(`User "u" cannot list resource "pods"`)), "", ""},
+		{nil, "", ""},
+	} {
+		perm, ok := forbidden(tc.err)
+		if ok != (tc.perm != "") || (ok && (perm.String() != tc.perm || perm.canI("X") != tc.can)) {
+			t.Errorf("%v: %v %q %q", tc.err, ok, perm, perm.canI("X"))
+		}
 	}
 }
 

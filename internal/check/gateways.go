@@ -273,7 +273,21 @@ func skipWhy(c *Cluster, reachable bool) string {
 }
 
 // checkFailed is a check that could not read what it needs in a cluster.
+// Lacking a permission (RBAC) is a warning naming it: the check did not
+// run, which says nothing of the mesh; any other error is an error.
 func (r *run) checkFailed(check string, c *Cluster, err error) {
+	if perm, ok := forbidden(err); ok {
+		who := ""
+		if perm.user != "" {
+			who = fmt.Sprintf(" (user %s)", perm.user)
+		}
+		r.find(Finding{Code: CodeCheckFailed, Severity: SeverityWarning, Cluster: c.Name(), Subject: check,
+			Message: fmt.Sprintf("the %s check did not run in cluster %s: context %s's credentials%s may not %s (%s); this part of the mesh is not checked, which says nothing of its health",
+				check, c.Name(), ctxName(c), who, perm, oneLine(err)),
+			Fix: fmt.Sprintf("grant that permission to the context's user (a Role or ClusterRole and its binding; %s answers yes once it is), or run the check with a context that has it", perm.canI(ctxName(c)))})
+		r.row(check, c, StatusWarning, "not checked: may not %s", perm)
+		return
+	}
 	r.find(Finding{Code: CodeCheckFailed, Severity: SeverityError, Cluster: c.Name(), Subject: check,
 		Message: fmt.Sprintf("the %s check could not read cluster %s: %s", check, c.Name(), oneLine(err)),
 		Fix:     fmt.Sprintf("the check needs to read (and for the probe, create and delete) these objects with context %s's credentials; see the error", ctxName(c))})

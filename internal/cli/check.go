@@ -38,13 +38,36 @@ RemoteSecretMissing, RemoteContextUnknown); east-west gateways of every
 network (EastWestGatewayMissing, EastWestGatewayNoAddress,
 EastWestGatewayNotReady); the CA's root against istio-ca-root-cert in every
 namespace with injected pods, and up to 20 proxies' workload certificates per
-cluster (RootCertMissing, RootCertMismatch, RootCertExpiring,
-WorkloadCertExpiring); the injection webhook as each API server reaches it,
-with a server-side dry-run pod (InjectionUnavailable, InjectionNotApplied);
-and, with --probe, a demo app in every cluster's namespace isthmus-check called
-from every cluster until each cluster answered (CrossNetworkUnreachable,
-ProbeFailed; the namespace is deleted afterwards). ClusterUnreachable and
-CheckFailed: a cluster or an object the check could not read.
+cluster (RootCertMissing, RootCertMismatch, RootCertExpiring;
+WorkloadCertExpiring: a warning when less than 20% of a certificate's
+lifetime is left, as a proxy renews at 80%, an error once expired); the
+injection webhook as each API server reaches it, with a server-side dry-run
+pod (InjectionUnavailable when the refusal is about the injection webhook,
+InjectionNotApplied); and, with --probe, the cross-network probe
+(CrossNetworkUnreachable; ProbeFailed: its pods did not start or finish,
+also when --timeout, the whole check's budget, ran out while waiting for
+them). ClusterUnreachable: a cluster's API
+server does not answer. CheckFailed: a check could not read what it needs;
+a warning when the context's credentials lack a permission (it names it:
+the check did not run, which says nothing of the mesh) or when the dry-run
+pod was refused for another reason than the injection webhook (a
+ResourceQuota, Pod Security admission, another policy: the API server's
+message), an error otherwise.
+
+The probe creates in every cluster the namespace isthmus-check (labelled
+app.kubernetes.io/managed-by=isthmus-check), a demo app whose pods carry
+their cluster ID in the label isthmus.io/check-cluster, and one Service per
+cluster, probe-<cluster ID>, selecting only that cluster's pods (an ID that
+is not a DNS-1035 label once prefixed, such as one with upper case or dots,
+is lower-cased, its other characters made dashes, cut to 48 characters and
+followed by 8 hex digits of its SHA-256). Then a pod in every cluster calls
+each cluster's Service until that cluster answered, for the time --timeout
+leaves less 30s (to start the pod and read its log), so every call to
+another cluster crosses the network whatever the load balancing. The pods
+run as non-root, without privilege escalation, capabilities or a Kubernetes
+API token, with the runtime's default seccomp profile. The namespace is
+deleted afterwards (also on Ctrl-C), and one left by an earlier check first;
+a namespace isthmus-check without that label is never touched (ProbeFailed).
 
 The remote clusters are the remote secrets' clusters, each read through the
 kubeconfig context whose server is the secret's (else the context named after
@@ -99,7 +122,7 @@ the cluster ID); --remote-contexts names them instead.`,
 	f.StringSliceVar(&remoteContexts, "remote-contexts", nil, "kubeconfig contexts of the remote clusters (default: for each remote secret, the context of its server)")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	f.BoolVar(&probe, "probe", true, "run the cross-network probe (pods in the namespace isthmus-check of every cluster)")
-	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long the whole check may take")
+	f.DurationVar(&timeout, "timeout", 4*time.Minute, "how long the whole check may take (the probe's calls get what is left of it)")
 	cmd.AddCommand(newCheckProbeCmd())
 	return cmd
 }
@@ -174,24 +197,35 @@ func newCheckProbeCmd() *cobra.Command {
 	var want []string
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:    "probe --url URL --want CLUSTER,...",
-		Short:  "Call the check's probe until every wanted cluster answered (run by isthmus check in its pods)",
+		Use:   "probe --url URL-TEMPLATE --want CLUSTER,... [--timeout D]",
+		Short: "Call each wanted cluster's probe Service until that cluster answered (run by isthmus check in its pods)",
+		Long: `Call, for each wanted cluster, the URL template with ` + check.ProbeClusterPlaceholder + ` replaced by the
+cluster's probe name (its ID, shortened as isthmus check names its Service),
+until the demo app answering says it is that cluster (servedBy.cluster) or
+--timeout passes. Prints one JSON line {"answered":{CLUSTER:N},"failed":N,
+"lastError":"..."}; exit 0 when every wanted cluster answered, else 1.`,
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res := check.ProbeCalls(cmd.Context(), url, want, timeout, 200*time.Millisecond)
+			targets, err := check.ProbeTargets(url, want)
+			if err != nil {
+				return err
+			}
+			res := check.ProbeCalls(cmd.Context(), targets, timeout, 200*time.Millisecond)
 			b, err := json.Marshal(res)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), string(b))
-			if len(res.Missing(want)) > 0 {
-				return exitCodeError{code: 1}
+			for _, t := range targets {
+				if res.Answered[t.Cluster] == 0 {
+					return exitCodeError{code: 1}
+				}
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&url, "url", check.ProbeURL, "the probe Service's URL")
+	cmd.Flags().StringVar(&url, "url", check.ProbeURLTemplate, "the probe Services' URL, "+check.ProbeClusterPlaceholder+" standing for each wanted cluster")
 	cmd.Flags().StringSliceVar(&want, "want", nil, "the clusters that must answer (their CLUSTER_NAME)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 45*time.Second, "how long to call")
 	return cmd
