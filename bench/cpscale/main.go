@@ -1,6 +1,7 @@
 // Command cpscale measures the control plane at scale against the sandbox's
 // real API servers: 2 clusters x 500 services x 10 endpoints (1000 services,
-// 10,000 endpoints) and N simulated ADS clients. It prints one Markdown
+// 10,000 endpoints) and N simulated ADS clients, then the control plane
+// restarted under them (every client reconnects at once). It prints one Markdown
 // table row per figure.
 package main
 
@@ -9,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +26,7 @@ import (
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -117,17 +120,56 @@ type adsClient struct {
 	sawWant chan struct{}
 	once1   sync.Once
 	once2   sync.Once
+	// full is when each of its streams had every load assignment: a
+	// reconnection after a control plane restart adds one.
+	mu   sync.Mutex
+	full []time.Time
+}
+
+// gotFull notes that the current stream has everything (once per stream).
+func (c *adsClient) gotFull() {
+	c.once1.Do(func() { close(c.gotAll) })
+	c.mu.Lock()
+	c.full = append(c.full, time.Now())
+	c.mu.Unlock()
+}
+
+// fullTimes is how many streams had everything, and when the last did.
+func (c *adsClient) fullTimes() (int, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.full) == 0 {
+		return 0, time.Time{}
+	}
+	return len(c.full), c.full[len(c.full)-1]
+}
+
+// reconnecting runs a client's streams one after the other, as a proxy
+// does: after a stream ends, a new one 250-500 ms later (the proxy's first
+// retry), waiting for the connection to be ready.
+func reconnecting(ctx context.Context, run func(ctx context.Context)) {
+	for ctx.Err() == nil {
+		run(ctx)
+		select {
+		case <-ctx.Done():
+		case <-time.After(250*time.Millisecond + time.Duration(rand.Int64N(int64(250*time.Millisecond)))):
+		}
+	}
 }
 
 func runClient(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	reconnecting(ctx, func(ctx context.Context) { sotwStream(ctx, conn, id, total, target, want, c) })
+}
+
+func sotwStream(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return
 	}
 	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
 	node := &core.Node{Id: fmt.Sprintf("sidecar~100.127.%d.%d~c%d.scale~scale.svc.cluster.local", id/250, id%250, id), Metadata: md}
 	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
-	subscribed := false
+	subscribed, full := 0, false
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -136,19 +178,23 @@ func runClient(ctx context.Context, conn *grpc.ClientConn, id, total int, target
 		_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
 		switch resp.TypeUrl {
 		case resource.ClusterType:
-			if !subscribed {
-				subscribed = true
-				var names []string
-				for _, r := range resp.Resources {
-					if n := clusterName(r.Value); n != "" {
-						names = append(names, n)
-					}
+			// As Envoy: the load assignments of the clusters it has, asked
+			// again when they change (a control plane that restarts may
+			// send its own cluster's before the remote's).
+			var names []string
+			for _, r := range resp.Resources {
+				if n := clusterName(r.Value); n != "" {
+					names = append(names, n)
 				}
+			}
+			if len(names) != subscribed {
+				subscribed = len(names)
 				_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: names})
 			}
 		case resource.EndpointType:
-			if len(resp.Resources) >= total {
-				c.once1.Do(func() { close(c.gotAll) })
+			if len(resp.Resources) >= total && !full {
+				full = true
+				c.gotFull()
 			}
 			for _, r := range resp.Resources {
 				// Decode only the target (field 1 is cluster_name): the
@@ -179,14 +225,18 @@ func (c *adsClient) check(b []byte, want string) {
 // runDeltaClient is runClient over incremental xDS, as isthmus's proxies
 // speak it: a change sends only the resources that changed.
 func runDeltaClient(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	reconnecting(ctx, func(ctx context.Context) { deltaStream(ctx, conn, id, total, target, want, c) })
+}
+
+func deltaStream(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return
 	}
 	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
 	node := &core.Node{Id: fmt.Sprintf("sidecar~100.127.%d.%d~c%d.scale~scale.svc.cluster.local", id/250, id%250, id), Metadata: md}
 	_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
-	subscribed := false
+	subscribed, full := map[string]bool{}, false
 	have := map[string]bool{}
 	for {
 		resp, err := stream.Recv()
@@ -196,12 +246,15 @@ func runDeltaClient(ctx context.Context, conn *grpc.ClientConn, id, total int, t
 		_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce})
 		switch resp.TypeUrl {
 		case resource.ClusterType:
-			if !subscribed {
-				subscribed = true
-				var names []string
-				for _, r := range resp.Resources {
+			// Every new cluster's load assignment, as Envoy asks for them.
+			var names []string
+			for _, r := range resp.Resources {
+				if !subscribed[r.Name] {
+					subscribed[r.Name] = true
 					names = append(names, r.Name)
 				}
+			}
+			if len(names) > 0 {
 				_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: names})
 			}
 		case resource.EndpointType:
@@ -211,8 +264,9 @@ func runDeltaClient(ctx context.Context, conn *grpc.ClientConn, id, total int, t
 					c.check(r.GetResource().GetValue(), want)
 				}
 			}
-			if len(have) >= total {
-				c.once1.Do(func() { close(c.gotAll) })
+			if len(have) >= total && !full {
+				full = true
+				c.gotFull()
 			}
 		}
 	}
@@ -287,10 +341,19 @@ func run() error {
 	if _, err := eks.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, *isthmusBin, "discovery", "--kubeconfig", dir+"/eks", "--cluster-id", "cluster-eks",
-		"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012", "--webhook-addr", "127.0.0.1:25017", "--monitoring-addr", "127.0.0.1:25014")
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
-	if err := cmd.Start(); err != nil {
+	var cmd *exec.Cmd
+	startControlPlane := func() error {
+		cmd = exec.CommandContext(ctx, *isthmusBin, "discovery", "--kubeconfig", dir+"/eks", "--cluster-id", "cluster-eks",
+			"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012", "--webhook-addr", "127.0.0.1:25017", "--monitoring-addr", "127.0.0.1:25014")
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+		log, err := os.OpenFile(dir+"/discovery.log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		cmd.Stdout, cmd.Stderr = log, log
+		return cmd.Start()
+	}
+	if err := startControlPlane(); err != nil {
 		return err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
@@ -306,7 +369,10 @@ func run() error {
 	want := "100.65.200.200"
 	conns := make([]*grpc.ClientConn, 10)
 	for i := range conns {
-		conns[i], err = grpc.NewClient("127.0.0.1:25010", grpc.WithTransportCredentials(insecure.NewCredentials()))
+		// Redialled as the proxies redial a control plane that went away.
+		conns[i], err = grpc.NewClient("127.0.0.1:25010", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				MinConnectTimeout: 5 * time.Second}))
 		if err != nil {
 			return err
 		}
@@ -385,6 +451,30 @@ func run() error {
 		<-profiled
 	}
 
+	// The reconnect storm: the control plane SIGKILLed and started again;
+	// every client reconnects at once and needs everything again.
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if err := startControlPlane(); err != nil {
+		return err
+	}
+	restarted := time.Now()
+	storm := make([]time.Duration, len(cs))
+	for i, c := range cs {
+		for {
+			if n, at := c.fullTimes(); n >= 2 {
+				storm[i] = at.Sub(restarted)
+				break
+			}
+			if time.Since(restarted) > 3*time.Minute {
+				b, _ := os.ReadFile(dir + "/discovery.log")
+				return fmt.Errorf("reconnect storm: client %d of %d not resynced 3 minutes after the restart; the control plane's log ends:\n%s", i, len(cs), tailOf(string(b), 3000))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	stormRSS, _ := rss(cmd.Process.Pid)
+
 	fmt.Printf("| populate 2 clusters x %d services x %d endpoints through the API servers | %s | - |\n", *perCluster, *endpoints, populateTime.Round(100*time.Millisecond))
 	mode := "SotW"
 	if *delta {
@@ -395,5 +485,14 @@ func run() error {
 	fmt.Printf("| %s: one EndpointSlice change in cluster-aks -> every client has it: p50 / p99 / max | %s / %s / %s | p99 < 200 ms |\n", mode,
 		pct(lat, 0.5).Round(time.Millisecond), pct(lat, 0.99).Round(time.Millisecond), pct(lat, 1).Round(time.Millisecond))
 	fmt.Printf("| %s: control plane CPU for that change (push to %d clients) | %.2f CPU-s | - |\n", mode, *clients, cpuPush)
+	fmt.Printf("| %s: reconnect storm: control plane SIGKILLed and restarted, all %d clients reconnect at once -> each has everything again: p50 / p99 / all (RSS after) | %s / %s / %s (%d MiB) | all <= first full push + 5 s |\n", mode, *clients,
+		pct(storm, 0.5).Round(10*time.Millisecond), pct(storm, 0.99).Round(10*time.Millisecond), pct(storm, 1).Round(10*time.Millisecond), stormRSS)
 	return nil
+}
+
+func tailOf(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Control plane at scale against the sandbox's real API servers:
-# 2 clusters x 500 services x 10 endpoints, 1000 simulated ADS clients.
+# 2 clusters x 500 services x 10 endpoints, 1000 simulated ADS clients,
+# then the control plane restarted under them (the reconnect storm).
 set -euo pipefail
 bin=bin/isthmus
 state=$(mktemp -d /tmp/isthmus-bench-XXXXXX)
@@ -26,7 +27,8 @@ echo
 echo "Command: \`bash bench/parts/30-controlplane-scale.sh\` (part of \`make bench\`): sandbox up, \`go run ./bench/cpscale --clients 1000\`, then again on fresh clusters with \`--delta\`."
 echo "2 clusters x 500 services x 10 endpoints (Services without selectors, hand-made EndpointSlices), no gateways (all endpoints direct);"
 echo "\`isthmus discovery\` out of cluster with cluster-eks credentials and a remote secret for cluster-aks; 1000 ADS clients (state-of-the-world, then delta) over 10 gRPC connections"
-echo "in the bench process, which shares the 2 cores with the control plane and both clusters."
+echo "in the bench process, which shares the 2 cores with the control plane and both clusters. Last, the reconnect storm: the control plane is SIGKILLed and started again,"
+echo "and every client reconnects at once as the proxies do (gRPC redial 500 ms x1.6 up to 2 s, a new stream 250-500 ms after the old one ended, asking for the load assignments of every cluster it gets)."
 echo
 echo "| figure | value | goal |"
 echo "|---|---|---|"
