@@ -97,7 +97,7 @@ func serveDashboard(cmd *cobra.Command, c *inspect.Cluster, istioNS, address str
 	mux.Handle("/dashboard", page)
 	mux.Handle("/dashboard/", page)
 	mux.Handle("/{$}", http.RedirectHandler(dashboardPath, http.StatusFound))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: localOnly(address, mux), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
@@ -141,6 +141,28 @@ func replicasMesh(ctx context.Context, c *inspect.Cluster, istioNS string) (*das
 		}
 	}
 	return nil, errors.Join(errs...)
+}
+
+// localOnly refuses requests whose Host is not the address served: the
+// page reads the mesh with the user's credentials, and a web page the user
+// visits could otherwise reach it through a DNS name rebound to 127.0.0.1.
+// Served on every interface (0.0.0.0, ::), any Host is the user's choice.
+func localOnly(address string, next http.Handler) http.Handler {
+	if ip := net.ParseIP(address); ip != nil && ip.IsUnspecified() {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		ip := net.ParseIP(host)
+		if host != "localhost" && host != address && (ip == nil || !ip.IsLoopback() && !ip.Equal(net.ParseIP(address))) {
+			http.Error(w, "the dashboard answers only requests for "+address+" or localhost (Host: "+r.Host+")", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // dashboardURL is the page's address on the local end of the forward.

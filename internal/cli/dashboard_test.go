@@ -143,6 +143,17 @@ contexts:
 	if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(string(body), "no running control plane") || !strings.Contains(string(body), "mesh-system") {
 		t.Errorf("api/mesh answered %s %q: want no running control plane in mesh-system", resp.Status, body)
 	}
+	// A page elsewhere reaching it through a name rebound to 127.0.0.1.
+	req, _ := http.NewRequest(http.MethodGet, url+"api/mesh", nil)
+	req.Host = "attacker.example:80"
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Error(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("a request for Host attacker.example: %s, want 403", resp.Status)
+		}
+	}
 	if got := first.asked(); len(got) != 0 {
 		t.Errorf("the first context's cluster was asked %v", got)
 	}
