@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"sort"
 	"strings"
@@ -59,20 +58,6 @@ func injectedPods(ctx context.Context, c *Cluster) ([]corev1.Pod, error) {
 	return out, nil
 }
 
-func parsePEM(b []byte) []*x509.Certificate {
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return out
-		}
-		if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
-			out = append(out, c)
-		}
-	}
-}
-
 func sameCerts(a, b []*x509.Certificate) bool {
 	key := func(list []*x509.Certificate) []string {
 		var out []string
@@ -116,7 +101,7 @@ func (r *run) caRoots(ctx context.Context) (roots []*x509.Certificate, where str
 	plug, err := secrets.Get(ctx, ca.PluginSecret, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		return parsePEM(plug.Data[ca.RootCertKey]), ns + "/" + ca.PluginSecret, nil
+		return inspect.Certificates(plug.Data[ca.RootCertKey]), ns + "/" + ca.PluginSecret, nil
 	case !apierrors.IsNotFound(err):
 		return nil, "", fmt.Errorf("read Secret %s/%s: %w", ns, ca.PluginSecret, err)
 	}
@@ -128,7 +113,7 @@ func (r *run) caRoots(ctx context.Context) (roots []*x509.Certificate, where str
 	if len(bytes.TrimSpace(b)) == 0 {
 		b = own.Data[ca.CACertKey]
 	}
-	return parsePEM(b), ns + "/" + ca.SelfSignedSecret, nil
+	return inspect.Certificates(b), ns + "/" + ca.SelfSignedSecret, nil
 }
 
 // rootCerts compares the CA's root with istio-ca-root-cert in every
@@ -156,7 +141,7 @@ func (r *run) rootCerts(ctx context.Context) {
 			}
 			return
 		}
-		roots, where = parsePEM([]byte(cm.Data[rootcert.Key])), ns+"/"+rootcert.ConfigMapName
+		roots, where = inspect.Certificates([]byte(cm.Data[rootcert.Key])), ns+"/"+rootcert.ConfigMapName
 		refNote = fmt.Sprintf(" (the CA's Secret is not readable: %s; compared with the primary's %s)", oneLine(err), where)
 	}
 	if err == nil && len(roots) == 0 {
@@ -229,7 +214,7 @@ func (r *run) clusterRoots(ctx context.Context, c *Cluster, roots []*x509.Certif
 			r.checkFailed(CheckRootCert, c, err)
 			return
 		}
-		have := parsePEM([]byte(cm.Data[rootcert.Key]))
+		have := inspect.Certificates([]byte(cm.Data[rootcert.Key]))
 		if !sameCerts(have, roots) {
 			bad++
 			r.find(Finding{Code: CodeRootCertMismatch, Severity: SeverityError, Cluster: c.Name(), Subject: ns + "/" + rootcert.ConfigMapName,

@@ -13,7 +13,7 @@ func (d *Dump) WorkloadCertificate() (*x509.Certificate, error) {
 		if name != "default" {
 			continue
 		}
-		chain := certs(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+		chain := Certificates(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
 		if len(chain) == 0 {
 			return nil, fmt.Errorf("the default secret holds no PEM certificate")
 		}

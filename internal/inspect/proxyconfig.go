@@ -283,7 +283,7 @@ func (d *Dump) WriteSecrets(w io.Writer) error {
 		if vc := sec.GetValidationContext(); vc != nil {
 			typ, data = "CA", vc.GetTrustedCa().GetInlineBytes()
 		}
-		for _, c := range certs(data) {
+		for _, c := range Certificates(data) {
 			valid := time.Now().After(c.NotBefore) && time.Now().Before(c.NotAfter)
 			rows = append(rows, []string{name, typ, "ACTIVE", strconv.FormatBool(valid), c.SerialNumber.Text(16),
 				c.NotAfter.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339), identities(c)})
@@ -315,7 +315,7 @@ func (d *Dump) Roots() ([]*x509.Certificate, error) {
 		if name != "ROOTCA" {
 			continue
 		}
-		roots := certs(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
+		roots := Certificates(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
 		if len(roots) == 0 {
 			return nil, fmt.Errorf("the ROOTCA secret holds no PEM certificate")
 		}
@@ -338,7 +338,9 @@ func SharedRoot(a, b []*x509.Certificate) *x509.Certificate {
 	return nil
 }
 
-func certs(b []byte) []*x509.Certificate {
+// Certificates are the X.509 certificates of a PEM bundle (what does not
+// parse is skipped).
+func Certificates(b []byte) []*x509.Certificate {
 	var out []*x509.Certificate
 	for {
 		var blk *pem.Block

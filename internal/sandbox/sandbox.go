@@ -236,6 +236,22 @@ func removeCluster(ctx context.Context, c *controlplane.Cluster) error {
 	for _, p := range pods {
 		namespaces = append(namespaces, network.PodNetwork(p.Name(), netip.Addr{}).NS)
 	}
+	errs = append(errs, killIn(ctx, namespaces)...)
+	if err := network.Teardown(namespaces); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(c.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("%s: remove state: %w", c.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killIn kills every process inside the named network namespaces (those
+// that exist): a process left there keeps its namespace alive.
+func killIn(ctx context.Context, namespaces []string) []error {
+	var errs []error
 	for _, ns := range namespaces {
 		if !network.Exists(ns) {
 			continue
@@ -251,15 +267,7 @@ func removeCluster(ctx context.Context, c *controlplane.Cluster) error {
 			}
 		}
 	}
-	if err := network.Teardown(namespaces); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) == 0 {
-		if err := os.RemoveAll(c.Dir); err != nil {
-			errs = append(errs, fmt.Errorf("%s: remove state: %w", c.Name, err))
-		}
-	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func (c Config) names() string {
@@ -420,21 +428,7 @@ func (s *Sandbox) Down(ctx context.Context) error {
 	}
 	// Anything else still inside our namespaces was started through the
 	// sandbox too (a pod, a debugging shell): it must not keep them alive.
-	for _, ns := range append(append(names, network.InternetNS), network.PodNamespaces()...) {
-		if !network.Exists(ns) {
-			continue
-		}
-		pids, err := network.PIDs(ns)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, pid := range pids {
-			if err := process.Kill(ctx, pid, 5*time.Second); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", ns, err))
-			}
-		}
-	}
+	errs = append(errs, killIn(ctx, append(append(names, network.InternetNS), network.PodNamespaces()...))...)
 	if err := network.TeardownAll(names); err != nil {
 		errs = append(errs, err)
 	}
