@@ -32,9 +32,10 @@ import (
 // writes go on from the next leader); cluster-aks's east-west gateway
 // SIGKILLed; its API server frozen for 60 s, then stopped for 60 s (its
 // last-known endpoints served, the cluster said to be stale where an
-// operator looks); its
-// remote secret rotated to a new token and to a revoked one; the whole
-// control plane gone for 60 s. It leaves two replicas behind.
+// operator looks); its remote secret rotated to a new token and to a
+// revoked one; the whole control plane gone for 60 s. While a failure
+// lasts, isthmus check names it (RemoteClusterStale, RemoteClusterRefused,
+// ControlPlaneUnavailable). It leaves two replicas behind.
 func resilienceArea(t *testing.T, w *walkthrough) {
 	e := w.e
 	t.Run("the only control plane replica SIGKILLed under load: no failed call, every proxy back when it restarts", func(t *testing.T) {
@@ -249,6 +250,8 @@ func resilienceArea(t *testing.T, w *walkthrough) {
 		report(t, "cluster-aks's remote secret given a revoked token", r, fmt.Sprintf("refusal reported after %s; last-known endpoints served", refused), "0 failed")
 		if refused == 0 {
 			t.Errorf("a revoked token is not reported:\n%s", clusters())
+		} else {
+			w.unhealthy(t, []string{"RemoteClusterRefused@cluster-aks"}, "--probe=false", "--timeout", "40s")
 		}
 		if r.err != nil || r.calls < 50 || r.failed() > 0 {
 			t.Errorf("calls with a revoked remote secret: %v (%v), want only 200s", r.codes, r.err)
@@ -345,6 +348,7 @@ func resilienceArea(t *testing.T, w *walkthrough) {
 			t.Errorf("a pod created in cluster-aks without a control plane: %v\n%s; want refused by the injection webhook", err, out)
 			_, _ = e.kubectl("cluster-aks", "", "-n", "multicluster", "delete", "pod", "while-gone", "--ignore-not-found")
 		}
+		w.unhealthy(t, []string{"ControlPlaneUnavailable@cluster-eks", "InjectionUnavailable@cluster-aks"}, "--probe=false", "--timeout", "40s")
 		time.Sleep(time.Until(gone.Add(60 * time.Second)))
 		if out, err := e.kubectl("cluster-eks", "", "-n", "istio-system", "scale", "deployment", "istiod", "--replicas=2"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
@@ -448,6 +452,7 @@ func (w *walkthrough) remoteAPIDown(t *testing.T, what string, down, up func()) 
 		if out := isthmus(t, time.Minute, append([]string{"proxy-status", "--context", "cluster-eks"}, w.kc...)...).stdout; !strings.Contains(out, "cluster cluster-aks is stale: API server not answering since") {
 			t.Errorf("proxy-status does not say cluster-aks is stale:\n%s", out)
 		}
+		w.unhealthy(t, []string{"RemoteClusterStale@cluster-aks"}, "--probe=false", "--timeout", "40s")
 	}
 	time.Sleep(time.Until(downAt.Add(60 * time.Second)))
 	restore()
