@@ -60,8 +60,6 @@ type Caller struct{ Cluster, Namespace, ServiceAccount string }
 
 // Graph serves Envoy's metrics service and keeps what every proxy pushed.
 type Graph struct {
-	metricsv3.UnimplementedMetricsServiceServer
-
 	// Identify returns the stream's proven caller; ok false on a stream
 	// without one (the plaintext port), whose series are all dropped.
 	Identify func(ctx context.Context) (Caller, bool)

@@ -16,7 +16,6 @@ import (
 
 // collector is a control plane's metrics service that hands over what it gets.
 type collector struct {
-	metricsv3.UnimplementedMetricsServiceServer
 	got chan *metricsv3.StreamMetricsMessage
 }
 
