@@ -280,6 +280,7 @@ func TestStreamReplacedAndBounded(t *testing.T) {
 		t.Errorf("the replaced stream: %v, want Aborted", err)
 	}
 	open("sleep-2")
+	waitFor(t, "the second proxy's stream", func() bool { return len(g.Reporters()) == 2 })
 	third := open("sleep-3")
 	if _, err := third.CloseAndRecv(); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("a third proxy of an identity bounded to 2: %v, want ResourceExhausted", err)
