@@ -287,18 +287,6 @@ func staleTypes(p inspect.ProxyStatus) []string {
 	return out
 }
 
-func sent(p inspect.ProxyStatus, typ string) (sent, acked string) {
-	switch typ {
-	case "cds":
-		return p.ClusterSent, p.ClusterAcked
-	case "lds":
-		return p.ListenerSent, p.ListenerAcked
-	case "eds":
-		return p.EndpointSent, p.EndpointAcked
-	}
-	return p.RouteSent, p.RouteAcked
-}
-
 // proxies checks every proxy's sync state: a NACK is an error; a proxy
 // STALE at the first reading and still, on the same push, StaleAfter
 // later is a warning. It returns how many proxies are synced.
@@ -337,8 +325,8 @@ func (r *run) proxies(ctx context.Context, cp *controlPlane) int {
 					continue
 				}
 				for _, t := range staleTypes(b) {
-					s0, _ := sent(b, t)
-					_, a1 := sent(ps, t)
+					s0, _ := b.Versions(t)
+					_, a1 := ps.Versions(t)
 					if strings.HasPrefix(ps.Sync(t), "STALE") && a1 != s0 {
 						stuck[ps.ClusterID+"/"+ps.ProxyID] = append(stuck[ps.ClusterID+"/"+ps.ProxyID], t)
 					}

@@ -31,17 +31,7 @@ func (p ProxyStatus) Name() string { return p.ProxyID }
 // Sync is the state of one xDS type (cds, lds, eds, rds): SYNCED when
 // the proxy acknowledged what it was last sent.
 func (p ProxyStatus) Sync(typ string) string {
-	var sent, acked string
-	switch typ {
-	case "cds":
-		sent, acked = p.ClusterSent, p.ClusterAcked
-	case "lds":
-		sent, acked = p.ListenerSent, p.ListenerAcked
-	case "eds":
-		sent, acked = p.EndpointSent, p.EndpointAcked
-	case "rds":
-		sent, acked = p.RouteSent, p.RouteAcked
-	}
+	sent, acked := p.Versions(typ)
 	switch {
 	case p.Nacked[typ] != "":
 		return "NACKED"
@@ -53,6 +43,22 @@ func (p ProxyStatus) Sync(typ string) string {
 		return "STALE (Never Acknowledged)"
 	}
 	return "STALE"
+}
+
+// Versions are what the proxy was last sent of one xDS type (cds, lds,
+// eds, rds) and what it acknowledged.
+func (p ProxyStatus) Versions(typ string) (sent, acked string) {
+	switch typ {
+	case "cds":
+		return p.ClusterSent, p.ClusterAcked
+	case "lds":
+		return p.ListenerSent, p.ListenerAcked
+	case "eds":
+		return p.EndpointSent, p.EndpointAcked
+	case "rds":
+		return p.RouteSent, p.RouteAcked
+	}
+	return "", ""
 }
 
 // Synced says whether every type that was sent is acknowledged.
