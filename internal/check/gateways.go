@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,20 +78,11 @@ func eastWestGateways(ctx context.Context, c *Cluster) ([]*gateway, error) {
 	var out []*gateway
 	for i := range svcs.Items {
 		s := &svcs.Items[i]
-		port := int32(kubecluster.DefaultGatewayPort)
-		if v := s.Labels[kubecluster.LabelGatewayPort]; v != "" {
-			if p, err := strconv.Atoi(v); err == nil {
-				port = int32(p)
-			}
+		network, _, problem := kubecluster.GatewayPort(s)
+		if network == "" || problem != "" {
+			continue // not a gateway the control plane takes either
 		}
-		exposed := false
-		for _, p := range s.Spec.Ports {
-			exposed = exposed || p.Port == port
-		}
-		if !exposed || s.Labels[kubecluster.LabelNetwork] == "" {
-			continue
-		}
-		g := &gateway{cluster: c, svc: s, network: s.Labels[kubecluster.LabelNetwork]}
+		g := &gateway{cluster: c, svc: s, network: network}
 		for _, ing := range s.Status.LoadBalancer.Ingress {
 			if ing.IP != "" {
 				g.addresses = append(g.addresses, ing.IP)

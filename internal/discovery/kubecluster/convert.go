@@ -132,30 +132,38 @@ type Resolver interface {
 	LookupHost(ctx context.Context, host string) ([]string, error)
 }
 
+// GatewayPort is the network a Service is the gateway of (its
+// topology.istio.io/network label; "" when none) and the gateway port it
+// exposes (15443, or its networking.istio.io/gatewayPort label); problem
+// says why a labelled Service is not taken for a gateway.
+func GatewayPort(s *corev1.Service) (network string, port int32, problem string) {
+	network = s.Labels[LabelNetwork]
+	if network == "" {
+		return "", 0, ""
+	}
+	port = int32(DefaultGatewayPort)
+	if v := s.Labels[LabelGatewayPort]; v != "" {
+		p, err := strconv.Atoi(v)
+		if err != nil || p <= 0 || p > 65535 {
+			return network, 0, "label " + LabelGatewayPort + "=" + v + " is not a port number"
+		}
+		port = int32(p)
+	}
+	for _, p := range s.Spec.Ports {
+		if p.Port == port {
+			return network, port, ""
+		}
+	}
+	return network, port, "service is labelled as the gateway of " + network + " but exposes no port " + strconv.Itoa(int(port))
+}
+
 // gatewaysOf reads the network gateways a Service stands for: a Service
 // labelled topology.istio.io/network that exposes the gateway port, at its
 // load-balancer addresses and external IPs.
 func gatewaysOf(ctx context.Context, cluster string, s *corev1.Service, res Resolver) ([]registry.Gateway, string) {
-	network := s.Labels[LabelNetwork]
-	if network == "" {
-		return nil, ""
-	}
-	port := int32(DefaultGatewayPort)
-	if v := s.Labels[LabelGatewayPort]; v != "" {
-		p, err := strconv.Atoi(v)
-		if err != nil || p <= 0 || p > 65535 {
-			return nil, "label " + LabelGatewayPort + "=" + v + " is not a port number"
-		}
-		port = int32(p)
-	}
-	exposed := false
-	for _, p := range s.Spec.Ports {
-		if p.Port == port {
-			exposed = true
-		}
-	}
-	if !exposed {
-		return nil, "service is labelled as the gateway of " + network + " but exposes no port " + strconv.Itoa(int(port))
+	network, port, problem := GatewayPort(s)
+	if network == "" || problem != "" {
+		return nil, problem
 	}
 	var addrs []string
 	if s.Spec.Type == corev1.ServiceTypeLoadBalancer {
