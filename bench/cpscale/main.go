@@ -1,8 +1,10 @@
 // Command cpscale measures the control plane at scale against the sandbox's
-// real API servers: 2 clusters x 500 services x 10 endpoints (1000 services,
-// 10,000 endpoints) and N simulated ADS clients, then the control plane
-// restarted under them (every client reconnects at once). It prints one Markdown
-// table row per figure.
+// real API servers, and Istio's own istiod beside it on the same clusters:
+// services spread over the sandbox's clusters (each on its own network,
+// with an east-west gateway), N simulated ADS clients spread over the
+// networks, one EndpointSlice change in a remote cluster, then the control
+// plane restarted under them (every client reconnects at once). It prints
+// one Markdown table row per figure, each control plane in a column.
 package main
 
 import (
@@ -10,43 +12,35 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"google.golang.org/grpc/encoding"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/utils/ptr"
 )
 
 var (
-	kubeconfig = flag.String("kubeconfig", "", "sandbox kubeconfig (contexts cluster-eks, cluster-aks)")
-	isthmusBin = flag.String("isthmus", "bin/isthmus", "isthmus binary")
-	clients    = flag.Int("clients", 1000, "simulated ADS clients")
-	perCluster = flag.Int("services", 500, "services per cluster")
-	endpoints  = flag.Int("endpoints", 10, "endpoints per service")
-	delta      = flag.Bool("delta", false, "incremental (delta) ADS clients instead of state-of-the-world")
-	heapFile   = flag.String("heap", "", "write the control plane's heap profile (after the first push) to this file")
-	cpuFile    = flag.String("cpu", "", "write the control plane's CPU profile of the 5 s around the EndpointSlice change to this file")
+	kubeconfig   = flag.String("kubeconfig", "", "sandbox kubeconfig (a context per cluster)")
+	isthmusBin   = flag.String("isthmus", "bin/isthmus", "isthmus binary")
+	clusterNames = flag.String("clusters", "cluster-eks,cluster-aks", "the sandbox's clusters, the primary first; cluster i is on network i+1")
+	clients      = flag.Int("clients", 1000, "simulated ADS clients, spread over the clusters' networks")
+	services     = flag.Int("services", 1000, "services in all, spread over the clusters")
+	endpoints    = flag.Int("endpoints", 10, "endpoints per service")
+	delta        = flag.Bool("delta", false, "incremental (delta) ADS clients instead of state-of-the-world")
+	peers        = flag.String("control-planes", "isthmus", "control planes to measure in turn on the same clusters: isthmus, istiod (Istio's pilot-discovery)")
+	storm        = flag.Bool("storm", true, "also restart each control plane under its clients (the reconnect storm)")
+	heapFile     = flag.String("heap", "", "write isthmus's heap profiles to FILE.push (after the first push) and FILE.storm (after the storm)")
+	cpuFile      = flag.String("cpu", "", "write isthmus's CPU profile of the 5 s around the EndpointSlice change to this file")
 )
 
 func main() {
@@ -67,221 +61,266 @@ func clientFor(ctx string) (*kubernetes.Clientset, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// populate creates the services and their EndpointSlices of one cluster.
-func populate(ctx context.Context, cs *kubernetes.Clientset, cluster int) error {
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "scale"}}, metav1.CreateOptions{}); err != nil {
+// result is what one control plane did with the same workload.
+type result struct {
+	firstPush                    time.Duration
+	rss, anon                    int
+	p50, p99, max                time.Duration
+	cpuChange                    float64
+	stormP50, stormP99, stormAll time.Duration
+	stormRSS                     int
+}
+
+func run() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	// The control planes run in directories of their own.
+	abs, err := filepath.Abs(*isthmusBin)
+	if err != nil {
 		return err
 	}
-	sem := make(chan struct{}, 32)
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for i := range *perCluster {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			name := fmt.Sprintf("svc-c%d-%d", cluster, i)
-			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "scale"},
-				Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}}
-			if _, err := cs.CoreV1().Services("scale").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-				firstErr.CompareAndSwap(nil, err)
-				return
-			}
-			if _, err := cs.DiscoveryV1().EndpointSlices("scale").Create(ctx, slice(name, cluster, i, *endpoints), metav1.CreateOptions{}); err != nil {
-				firstErr.CompareAndSwap(nil, err)
-			}
-		})
+	*isthmusBin = abs
+	var cls []cluster
+	for i, name := range strings.Split(*clusterNames, ",") {
+		cs, err := clientFor(name)
+		if err != nil {
+			return err
+		}
+		cls = append(cls, cluster{name: name, network: fmt.Sprintf("network%d", i+1), index: i, cs: cs})
 	}
-	wg.Wait()
-	if err, ok := firstErr.Load().(error); ok {
+	if len(cls) < 2 {
+		return fmt.Errorf("--clusters: want a primary and at least one remote")
+	}
+	perCluster := make([]int, len(cls))
+	for i := range *services {
+		perCluster[i%len(cls)]++
+	}
+	start := time.Now()
+	for i, c := range cls {
+		if err := populate(ctx, c, perCluster[i], *endpoints); err != nil {
+			return fmt.Errorf("populate %s: %w", c.name, err)
+		}
+	}
+	populateTime := time.Since(start)
+	fmt.Fprintf(os.Stderr, "cpscale: populated %d clusters in %s\n", len(cls), populateTime)
+
+	dir, err := os.MkdirTemp("", "cpscale")
+	if err != nil {
 		return err
+	}
+	defer os.RemoveAll(dir)
+	names := strings.Split(*peers, ",")
+	results := map[string]result{}
+	for k, name := range names {
+		var cp *controlPlane
+		switch name {
+		case "isthmus":
+			cp, err = isthmusControlPlane(ctx, dir+"/isthmus", cls)
+		case "istiod":
+			cp, err = istiodControlPlane(ctx, dir+"/istiod", cls)
+		default:
+			err = fmt.Errorf("--control-planes: unknown %q (isthmus or istiod)", name)
+		}
+		if err != nil {
+			return err
+		}
+		// Each control plane watches its own service of the remote, so
+		// the one measured first does not leave the second's change made.
+		r, err := measure(ctx, cp, cls, k)
+		cp.kill()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		results[name] = r
+	}
+
+	mode := "SotW"
+	if *delta {
+		mode = "delta"
+	}
+	total := 0
+	for _, n := range perCluster {
+		total += n
+	}
+	row := func(figure, goal string, cell func(r result) string, ratio func(a, b result) string) {
+		fmt.Printf("| %s |", figure)
+		for _, n := range names {
+			fmt.Printf(" %s |", cell(results[n]))
+		}
+		if len(names) == 2 && ratio != nil {
+			fmt.Printf(" %s |", ratio(results[names[0]], results[names[1]]))
+		} else if len(names) == 2 {
+			fmt.Print(" - |")
+		}
+		fmt.Printf(" %s |\n", goal)
+	}
+	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	fmt.Printf("| populate %d clusters: %d services x %d endpoints through the API servers | %s |", len(cls), total, *endpoints, populateTime.Round(100*time.Millisecond))
+	for range names[1:] {
+		fmt.Print(" (same clusters) |")
+	}
+	if len(names) == 2 {
+		fmt.Print(" - |")
+	}
+	fmt.Println(" - |")
+	row(fmt.Sprintf("%s: first full push (CDS + EDS) to %d ADS clients", mode, *clients), "<= 10 s",
+		func(r result) string { return r.firstPush.Round(10 * time.Millisecond).String() },
+		func(a, b result) string { return ratio(a.firstPush.Seconds(), b.firstPush.Seconds()) })
+	row(fmt.Sprintf("%s: control plane RSS with %d clients connected (anonymous memory)", mode, *clients), "<= 600 MB and <= 0.3x istiod",
+		func(r result) string { return fmt.Sprintf("%d MiB (%d MiB)", r.rss, r.anon) },
+		func(a, b result) string { return ratio(float64(a.rss), float64(b.rss)) })
+	row(fmt.Sprintf("%s: one EndpointSlice change in %s -> every client has it: p50 / p99 / max", mode, cls[1].name), "p99 <= 300 ms and <= 0.5x istiod",
+		func(r result) string { return ms(r.p50) + " / " + ms(r.p99) + " / " + ms(r.max) },
+		func(a, b result) string { return "p99 " + ratio(a.p99.Seconds(), b.p99.Seconds()) })
+	row(fmt.Sprintf("%s: control plane CPU for that change (push to %d clients)", mode, *clients), "-",
+		func(r result) string { return fmt.Sprintf("%.2f CPU-s", r.cpuChange) },
+		func(a, b result) string { return ratio(a.cpuChange, b.cpuChange) })
+	if *storm {
+		row(fmt.Sprintf("%s: reconnect storm: control plane SIGKILLed and restarted, all %d clients reconnect at once -> each has everything again: p50 / p99 / all (RSS after)", mode, *clients), "all <= first full push + 5 s",
+			func(r result) string {
+				return fmt.Sprintf("%s / %s / %s (%d MiB)", r.stormP50.Round(10*time.Millisecond), r.stormP99.Round(10*time.Millisecond), r.stormAll.Round(10*time.Millisecond), r.stormRSS)
+			},
+			func(a, b result) string { return "all " + ratio(a.stormAll.Seconds(), b.stormAll.Seconds()) })
 	}
 	return nil
 }
 
-func slice(name string, cluster, i, n int) *discoveryv1.EndpointSlice {
-	s := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: "scale", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080)}},
+// measure runs one control plane under the clients: first full push,
+// memory, one change in the first remote, and the reconnect storm.
+func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (result, error) {
+	var r result
+	if err := cp.start(ctx); err != nil {
+		return r, err
 	}
-	for e := range n {
-		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{fmt.Sprintf("100.%d.%d.%d", 64+cluster, i/25, (i%25)*10+e+1)},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+	if err := cp.waitReady(3 * time.Minute); err != nil {
+		return r, err
+	}
+	time.Sleep(5 * time.Second) // every remote synced (well under a second here)
+	fmt.Fprintf(os.Stderr, "cpscale: %s ready\n", cp.name)
+
+	cctx, stopClients := context.WithCancel(ctx)
+	defer stopClients()
+	conns := make([]*grpc.ClientConn, max(10, *clients/100))
+	for i := range conns {
+		// Redialled as the proxies redial a control plane that went away.
+		var err error
+		conns[i], err = grpc.NewClient(cp.xds, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(clientCodec{proto: encoding.GetCodecV2("proto")})),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				MinConnectTimeout: 5 * time.Second}))
+		if err != nil {
+			return r, err
+		}
+		defer conns[i].Close()
+	}
+	// The change: one endpoint more in a service of the first remote.
+	remote := cls[1]
+	want := fmt.Sprintf("100.%d.250.%d", 64+remote.index, 1+k)
+	cs := make([]*adsClient, *clients)
+	begin := time.Now()
+	for i := range cs {
+		home := cls[i%len(cls)]
+		cs[i] = &adsClient{id: i, cluster: home.name, network: home.network, total: *services,
+			target: target(remote.index, k), want: want, wantWeight: uint32(*endpoints + 1),
+			gotAll: make(chan struct{}), sawWant: make(chan struct{})}
+		go cs[i].run(cctx, conns[i%len(conns)], *delta)
+	}
+	for i, c := range cs {
+		select {
+		case <-c.gotAll:
+		case <-time.After(10 * time.Minute):
+			return r, fmt.Errorf("first full push reached only %d of %d clients in 10 minutes; its log ends:\n%s", i, len(cs), cp.logTail())
+		}
+	}
+	r.firstPush = time.Since(begin)
+	fmt.Fprintf(os.Stderr, "cpscale: %s: first full push done in %s\n", cp.name, r.firstPush)
+	time.Sleep(3 * time.Second)
+	r.rss, r.anon = rss(cp.pid())
+	if *heapFile != "" && cp.name == "isthmus" {
+		saveProfile(cp.pprof+"heap", *heapFile+".push")
+	}
+
+	var profiled chan struct{}
+	if *cpuFile != "" && cp.name == "isthmus" {
+		profiled = make(chan struct{})
+		go func() {
+			defer close(profiled)
+			saveProfile(cp.pprof+"profile?seconds=5", *cpuFile)
+		}()
+		time.Sleep(200 * time.Millisecond)
+	}
+	cpu0 := cpuTicks(cp.pid())
+	changed := time.Now()
+	if err := addEndpoint(ctx, remote, serviceName(remote.index, k), want); err != nil {
+		return r, err
+	}
+	lat := make([]time.Duration, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() {
+			select {
+			case <-c.sawWant:
+				lat[i] = time.Since(changed)
+			case <-time.After(60 * time.Second):
+				lat[i] = 60 * time.Second
+			}
 		})
 	}
-	return s
-}
-
-// adsClient subscribes to everything and records when it first sees want
-// in the load assignment of target.
-type adsClient struct {
-	gotAll  chan struct{}
-	sawWant chan struct{}
-	once1   sync.Once
-	once2   sync.Once
-	// full is when each of its streams had every load assignment: a
-	// reconnection after a control plane restart adds one.
-	mu   sync.Mutex
-	full []time.Time
-}
-
-// gotFull notes that the current stream has everything (once per stream).
-func (c *adsClient) gotFull() {
-	c.once1.Do(func() { close(c.gotAll) })
-	c.mu.Lock()
-	c.full = append(c.full, time.Now())
-	c.mu.Unlock()
-}
-
-// fullTimes is how many streams had everything, and when the last did.
-func (c *adsClient) fullTimes() (int, time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.full) == 0 {
-		return 0, time.Time{}
+	wg.Wait()
+	r.cpuChange = float64(cpuTicks(cp.pid())-cpu0) / 100
+	r.p50, r.p99, r.max = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1)
+	if profiled != nil {
+		<-profiled
 	}
-	return len(c.full), c.full[len(c.full)-1]
-}
+	fmt.Fprintf(os.Stderr, "cpscale: %s: change p99 %s\n", cp.name, r.p99)
+	if !*storm {
+		return r, nil
+	}
 
-// reconnecting runs a client's streams one after the other, as a proxy
-// does: after a stream ends, a new one 250-500 ms later (the proxy's first
-// retry), waiting for the connection to be ready.
-func reconnecting(ctx context.Context, run func(ctx context.Context)) {
-	for ctx.Err() == nil {
-		run(ctx)
-		select {
-		case <-ctx.Done():
-		case <-time.After(250*time.Millisecond + time.Duration(rand.Int64N(int64(250*time.Millisecond)))):
+	// The reconnect storm: the control plane SIGKILLed and started again;
+	// every client reconnects at once and needs everything again.
+	cp.kill()
+	if err := cp.start(ctx); err != nil {
+		return r, err
+	}
+	restarted := time.Now()
+	storm := make([]time.Duration, len(cs))
+	for i, c := range cs {
+		for {
+			if n, at := c.fullTimes(); n >= 2 {
+				storm[i] = at.Sub(restarted)
+				break
+			}
+			if time.Since(restarted) > 10*time.Minute {
+				return r, fmt.Errorf("reconnect storm: client %d of %d not resynced 10 minutes after the restart; the log ends:\n%s", i, len(cs), cp.logTail())
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	r.stormRSS, _ = rss(cp.pid())
+	r.stormP50, r.stormP99, r.stormAll = pct(storm, 0.5), pct(storm, 0.99), pct(storm, 1)
+	if *heapFile != "" && cp.name == "isthmus" {
+		saveProfile(cp.pprof+"heap", *heapFile+".storm")
+	}
+	fmt.Fprintf(os.Stderr, "cpscale: %s: storm all back in %s\n", cp.name, r.stormAll)
+	return r, nil
 }
 
-func runClient(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
-	reconnecting(ctx, func(ctx context.Context) { sotwStream(ctx, conn, id, total, target, want, c) })
-}
-
-func sotwStream(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx, grpc.WaitForReady(true))
+func saveProfile(url, file string) {
+	resp, err := http.Get(url)
 	if err != nil {
+		fmt.Fprintf(os.Stderr, "cpscale: profile %s: %v\n", url, err)
 		return
 	}
-	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
-	node := &core.Node{Id: fmt.Sprintf("sidecar~100.127.%d.%d~c%d.scale~scale.svc.cluster.local", id/250, id%250, id), Metadata: md}
-	_ = stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
-	subscribed, full := 0, false
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return
-		}
-		_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
-		switch resp.TypeUrl {
-		case resource.ClusterType:
-			// As Envoy: the load assignments of the clusters it has, asked
-			// again when they change (a control plane that restarts may
-			// send its own cluster's before the remote's).
-			var names []string
-			for _, r := range resp.Resources {
-				if n := clusterName(r.Value); n != "" {
-					names = append(names, n)
-				}
-			}
-			if len(names) != subscribed {
-				subscribed = len(names)
-				_ = stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: names})
-			}
-		case resource.EndpointType:
-			if len(resp.Resources) >= total && !full {
-				full = true
-				c.gotFull()
-			}
-			for _, r := range resp.Resources {
-				// Decode only the target (field 1 is cluster_name): the
-				// bench measures the control plane, not its clients.
-				if clusterName(r.Value) == target {
-					c.check(r.Value, want)
-				}
-			}
-		}
-	}
-}
-
-// check records when a load assignment has want.
-func (c *adsClient) check(b []byte, want string) {
-	var cla endpoint.ClusterLoadAssignment
-	if proto.Unmarshal(b, &cla) != nil {
-		return
-	}
-	for _, l := range cla.Endpoints {
-		for _, e := range l.LbEndpoints {
-			if e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == want {
-				c.once2.Do(func() { close(c.sawWant) })
-			}
-		}
-	}
-}
-
-// runDeltaClient is runClient over incremental xDS, as isthmus's proxies
-// speak it: a change sends only the resources that changed.
-func runDeltaClient(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
-	reconnecting(ctx, func(ctx context.Context) { deltaStream(ctx, conn, id, total, target, want, c) })
-}
-
-func deltaStream(ctx context.Context, conn *grpc.ClientConn, id, total int, target, want string, c *adsClient) {
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx, grpc.WaitForReady(true))
-	if err != nil {
-		return
-	}
-	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster-eks", "NETWORK": "network1"})
-	node := &core.Node{Id: fmt.Sprintf("sidecar~100.127.%d.%d~c%d.scale~scale.svc.cluster.local", id/250, id%250, id), Metadata: md}
-	_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType})
-	subscribed, full := map[string]bool{}, false
-	have := map[string]bool{}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return
-		}
-		_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce})
-		switch resp.TypeUrl {
-		case resource.ClusterType:
-			// Every new cluster's load assignment, as Envoy asks for them.
-			var names []string
-			for _, r := range resp.Resources {
-				if !subscribed[r.Name] {
-					subscribed[r.Name] = true
-					names = append(names, r.Name)
-				}
-			}
-			if len(names) > 0 {
-				_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: names})
-			}
-		case resource.EndpointType:
-			for _, r := range resp.Resources {
-				have[r.Name] = true
-				if r.Name == target {
-					c.check(r.GetResource().GetValue(), want)
-				}
-			}
-			if len(have) >= total && !full {
-				full = true
-				c.gotFull()
-			}
-		}
-	}
-}
-
-// clusterName reads field 1 (name) of a serialized Cluster without a full decode.
-func clusterName(b []byte) string {
-	if len(b) < 2 || b[0] != 0x0a {
-		return ""
-	}
-	n := int(b[1])
-	if n >= 0x80 || 2+n > len(b) {
-		return ""
-	}
-	return string(b[2 : 2+n])
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	_ = os.WriteFile(file, b, 0o644)
 }
 
 func rss(pid int) (total, anon int) {
@@ -308,186 +347,9 @@ func cpuTicks(pid int) int {
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
-	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	return ds[min(len(ds)-1, int(float64(len(ds))*p))]
-}
-
-func run() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	eks, err := clientFor("cluster-eks")
-	if err != nil {
-		return err
-	}
-	aks, err := clientFor("cluster-aks")
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	for i, cs := range []*kubernetes.Clientset{eks, aks} {
-		if err := populate(ctx, cs, i); err != nil {
-			return fmt.Errorf("populate cluster %d: %w", i, err)
-		}
-	}
-	populateTime := time.Since(start)
-	fmt.Fprintf(os.Stderr, "cpscale: populated in %s\n", populateTime)
-
-	dir, _ := os.MkdirTemp("", "cpscale")
-	defer os.RemoveAll(dir)
-	eksOnly, _ := exec.Command(*isthmusBin, "sandbox", "--state-dir", os.Getenv("STATE"), "kubeconfig", "--cluster", "cluster-eks").Output()
-	aksOnly, _ := exec.Command(*isthmusBin, "sandbox", "--state-dir", os.Getenv("STATE"), "kubeconfig", "--cluster", "cluster-aks").Output()
-	_ = os.WriteFile(dir+"/eks", eksOnly, 0o600)
-	// The control plane keeps its CA in its namespace: create it first.
-	if _, err := eks.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	var cmd *exec.Cmd
-	startControlPlane := func() error {
-		cmd = exec.CommandContext(ctx, *isthmusBin, "discovery", "--kubeconfig", dir+"/eks", "--cluster-id", "cluster-eks",
-			"--network", "network1", "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012", "--webhook-addr", "127.0.0.1:25017", "--monitoring-addr", "127.0.0.1:25014")
-		cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
-		log, err := os.OpenFile(dir+"/discovery.log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			return err
-		}
-		cmd.Stdout, cmd.Stderr = log, log
-		return cmd.Start()
-	}
-	if err := startControlPlane(); err != nil {
-		return err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	pid := cmd.Process.Pid
-	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "istio-remote-secret-cluster-aks", Namespace: "istio-system",
-		Labels: map[string]string{"istio/multiCluster": "true"}}, StringData: map[string]string{"cluster-aks": string(aksOnly)}}
-	if _, err := eks.CoreV1().Secrets("istio-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	time.Sleep(5 * time.Second) // both clusters synced (the remote sync is well under a second here)
-
-	target := "outbound|8080||svc-c1-0.scale.svc.cluster.local"
-	want := "100.65.200.200"
-	conns := make([]*grpc.ClientConn, 10)
-	for i := range conns {
-		// Redialled as the proxies redial a control plane that went away.
-		conns[i], err = grpc.NewClient("127.0.0.1:25010", grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
-				MinConnectTimeout: 5 * time.Second}))
-		if err != nil {
-			return err
-		}
-		defer conns[i].Close()
-	}
-	cs := make([]*adsClient, *clients)
-	begin := time.Now()
-	for i := range cs {
-		cs[i] = &adsClient{gotAll: make(chan struct{}), sawWant: make(chan struct{})}
-		run := runClient
-		if *delta {
-			run = runDeltaClient
-		}
-		go run(ctx, conns[i%len(conns)], i, 2**perCluster, target, want, cs[i])
-	}
-	for i, c := range cs {
-		select {
-		case <-c.gotAll:
-		case <-time.After(5 * time.Minute):
-			return fmt.Errorf("first full push reached only %d of %d clients in 5 minutes", i, len(cs))
-		}
-	}
-	fmt.Fprintf(os.Stderr, "cpscale: first full push done in %s\n", time.Since(begin))
-	firstPush := time.Since(begin)
-	time.Sleep(3 * time.Second)
-	memTotal, memAnon := rss(pid)
-	if *heapFile != "" {
-		if resp, err := http.Get("http://127.0.0.1:25014/debug/pprof/heap"); err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			_ = os.WriteFile(*heapFile, b, 0o644)
-		}
-	}
-
-	// One EndpointSlice change in the remote API server.
-	var profiled chan struct{}
-	if *cpuFile != "" {
-		profiled = make(chan struct{})
-		go func() {
-			defer close(profiled)
-			resp, err := http.Get("http://127.0.0.1:25014/debug/pprof/profile?seconds=5")
-			if err != nil {
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			_ = os.WriteFile(*cpuFile, b, 0o644)
-		}()
-		time.Sleep(200 * time.Millisecond)
-	}
-	cpu0 := cpuTicks(pid)
-	sl, err := aks.DiscoveryV1().EndpointSlices("scale").Get(ctx, "svc-c1-0", metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{want}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
-	changed := time.Now()
-	if _, err := aks.DiscoveryV1().EndpointSlices("scale").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
-		return err
-	}
-	lat := make([]time.Duration, len(cs))
-	var wg sync.WaitGroup
-	for i, c := range cs {
-		wg.Go(func() {
-			select {
-			case <-c.sawWant:
-				lat[i] = time.Since(changed)
-			case <-time.After(60 * time.Second):
-				lat[i] = 60 * time.Second
-			}
-		})
-	}
-	wg.Wait()
-	cpuPush := float64(cpuTicks(pid)-cpu0) / 100
-	if profiled != nil {
-		<-profiled
-	}
-
-	// The reconnect storm: the control plane SIGKILLed and started again;
-	// every client reconnects at once and needs everything again.
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-	if err := startControlPlane(); err != nil {
-		return err
-	}
-	restarted := time.Now()
-	storm := make([]time.Duration, len(cs))
-	for i, c := range cs {
-		for {
-			if n, at := c.fullTimes(); n >= 2 {
-				storm[i] = at.Sub(restarted)
-				break
-			}
-			if time.Since(restarted) > 3*time.Minute {
-				b, _ := os.ReadFile(dir + "/discovery.log")
-				return fmt.Errorf("reconnect storm: client %d of %d not resynced 3 minutes after the restart; the control plane's log ends:\n%s", i, len(cs), tailOf(string(b), 3000))
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	stormRSS, _ := rss(cmd.Process.Pid)
-
-	fmt.Printf("| populate 2 clusters x %d services x %d endpoints through the API servers | %s | - |\n", *perCluster, *endpoints, populateTime.Round(100*time.Millisecond))
-	mode := "SotW"
-	if *delta {
-		mode = "delta"
-	}
-	fmt.Printf("| %s: first full push (CDS + EDS, %d clusters) to %d ADS clients | %s | - |\n", mode, 2**perCluster, *clients, firstPush.Round(10*time.Millisecond))
-	fmt.Printf("| %s: control plane RSS with %d clients connected (anonymous memory) | %d MiB (%d MiB) | <= 300 MB |\n", mode, *clients, memTotal, memAnon)
-	fmt.Printf("| %s: one EndpointSlice change in cluster-aks -> every client has it: p50 / p99 / max | %s / %s / %s | p99 < 200 ms |\n", mode,
-		pct(lat, 0.5).Round(time.Millisecond), pct(lat, 0.99).Round(time.Millisecond), pct(lat, 1).Round(time.Millisecond))
-	fmt.Printf("| %s: control plane CPU for that change (push to %d clients) | %.2f CPU-s | - |\n", mode, *clients, cpuPush)
-	fmt.Printf("| %s: reconnect storm: control plane SIGKILLed and restarted, all %d clients reconnect at once -> each has everything again: p50 / p99 / all (RSS after) | %s / %s / %s (%d MiB) | all <= first full push + 5 s |\n", mode, *clients,
-		pct(storm, 0.5).Round(10*time.Millisecond), pct(storm, 0.99).Round(10*time.Millisecond), pct(storm, 1).Round(10*time.Millisecond), stormRSS)
-	return nil
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))]
 }
 
 func tailOf(s string, n int) string {

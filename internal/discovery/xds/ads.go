@@ -14,8 +14,8 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // The Aggregated Discovery Service, state of the world and incremental,
@@ -43,10 +43,6 @@ type adsConn struct {
 	// Only the stream's goroutine touches what follows.
 	watches map[string]*adsWatch
 	nonce   int64
-	// held is the send budget of the last large response, until its
-	// acknowledgement.
-	held      func()
-	heldNonce string
 	// sentTypes are the types this stream has sent: a type's first
 	// response on a stream is the proxy's (re)connection, not a change
 	// reaching it.
@@ -101,10 +97,18 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 		return stream.Recv()
 	}
 	c := newConn(stream.Context(), false)
-	send := func(url string, snap *snapshot, _ []string, anys []*anypb.Any, _ []string) (string, error) {
+	send := func(url string, snap *snapshot, _ []string, ms []*marshalledResource, _ []string) (string, error) {
+		chunks := make([]mem.Buffer, len(ms))
+		for i, m := range ms {
+			var err error
+			if chunks[i], err = m.sotwChunk(); err != nil {
+				return "", err
+			}
+		}
 		nonce := c.nextNonce()
 		version := snap.GetVersion(url)
-		if err := stream.Send(&discovery.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: url, Nonce: nonce}); err != nil {
+		head := &discovery.DiscoveryResponse{VersionInfo: version, TypeUrl: url, Nonce: nonce}
+		if err := stream.SendMsg(&encodedResponse{head: head, chunks: chunks}); err != nil {
 			return "", err
 		}
 		s.sent(c, url, version, snap)
@@ -116,15 +120,18 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 // DeltaAggregatedResources serves an incremental ADS stream.
 func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	c := newConn(stream.Context(), true)
-	send := func(url string, snap *snapshot, names []string, anys []*anypb.Any, removed []string) (string, error) {
+	send := func(url string, snap *snapshot, names []string, ms []*marshalledResource, removed []string) (string, error) {
 		vm := snap.GetVersionMap(url)
-		nonce := c.nextNonce()
-		rs := make([]*discovery.Resource, len(names))
+		chunks := make([]mem.Buffer, len(names))
 		for i, n := range names {
-			rs[i] = &discovery.Resource{Name: n, Version: vm[n], Resource: anys[i]}
+			var err error
+			if chunks[i], err = ms[i].deltaChunk(n, vm[n]); err != nil {
+				return "", err
+			}
 		}
-		if err := stream.Send(&discovery.DeltaDiscoveryResponse{SystemVersionInfo: snap.GetVersion(url), Resources: rs,
-			RemovedResources: removed, TypeUrl: url, Nonce: nonce}); err != nil {
+		nonce := c.nextNonce()
+		head := &discovery.DeltaDiscoveryResponse{SystemVersionInfo: snap.GetVersion(url), RemovedResources: removed, TypeUrl: url, Nonce: nonce}
+		if err := stream.SendMsg(&encodedResponse{head: head, chunks: chunks}); err != nil {
 			return "", err
 		}
 		s.sent(c, url, nonce, snap)
@@ -183,42 +190,15 @@ func newConn(ctx context.Context, delta bool) *adsConn {
 }
 
 func (s *Server) closeConn(c *adsConn) {
-	c.release(c.heldNonce)
 	for _, w := range c.watches {
 		s.sets.release(w.names)
 	}
 	s.disconnect(c)
 }
 
-// release returns the send budget the stream holds for the response
-// with nonce ("": taken, not yet sent).
-func (c *adsConn) release(nonce string) {
-	if c.held != nil && c.heldNonce == nonce {
-		c.held()
-		c.held = nil
-	}
-}
-
 func (c *adsConn) nextNonce() string {
 	c.nonce++
 	return strconv.FormatInt(c.nonce, 10)
-}
-
-// budget waits for the send budget of a response of about size bytes
-// (nothing to wait for when small); the stream holds at most one, so it
-// never waits while holding budget others wait for. The budget is taken
-// before the response is built: building takes memory too.
-func (c *adsConn) budget(b *sendBudget, size int) error {
-	if size < largeResponse {
-		return nil
-	}
-	c.release(c.heldNonce)
-	release, ok := b.take(c.ctx, size)
-	if !ok {
-		return c.ctx.Err()
-	}
-	c.held, c.heldNonce = release, ""
-	return nil
 }
 
 // acked handles the acknowledgement (or rejection) of a response.
@@ -231,7 +211,6 @@ func (s *Server) acked(c *adsConn, url string, w *adsWatch, nonce, version, errD
 		return // not for the response in flight (a stale one crossed it)
 	}
 	w.waiting = false
-	c.release(nonce)
 	if errDetail == "" {
 		s.record(c, url, version, "")
 	}
@@ -381,7 +360,7 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 // sender sends one response: the snapshot's resources of the type by
 // name, marshalled, and (incremental only) names removed; it returns the
 // nonce.
-type sender func(url string, snap *snapshot, names []string, anys []*anypb.Any, removed []string) (string, error)
+type sender func(url string, snap *snapshot, names []string, ms []*marshalledResource, removed []string) (string, error)
 
 // flush sends each watched type what its client lacks of the proxy's
 // latest snapshot, one response in flight per type.
@@ -400,9 +379,6 @@ func (s *Server) flush(c *adsConn, send sender) error {
 			w.sent = snap
 			continue
 		}
-		if err := c.budget(s.budget, s.estimate(c, url, w, snap)); err != nil {
-			return err
-		}
 		names, removed := s.changes(c, url, w, snap)
 		full := c.fullState(url)
 		owed := w.first && (!c.delta || w.wildcard)
@@ -412,24 +388,20 @@ func (s *Server) flush(c *adsConn, send sender) error {
 				s.upToDate(c, url, snap.GetVersion(url))
 			}
 			w.sent, w.first, w.fresh = snap, false, nil
-			c.release("") // taken for a response that is not needed
 			continue
 		}
 		items := snap.GetResourcesAndTTL(url)
-		anys := make([]*anypb.Any, len(names))
+		ms := make([]*marshalledResource, len(names))
 		for i, n := range names {
-			a, err := s.anys.marshalled(items[n].Resource)
+			m, err := s.anys.marshalled(items[n].Resource)
 			if err != nil {
 				return err
 			}
-			anys[i] = a
+			ms[i] = m
 		}
-		nonce, err := send(url, snap, names, anys, removed)
+		nonce, err := send(url, snap, names, ms, removed)
 		if err != nil {
 			return err
-		}
-		if c.held != nil && c.heldNonce == "" {
-			c.heldNonce = nonce // returned at this response's acknowledgement
 		}
 		w.sent, w.first, w.nonce, w.waiting, w.initial, w.fresh = snap, false, nonce, true, nil, nil
 	}
@@ -463,21 +435,6 @@ func (c *adsConn) order() []string {
 	return out
 }
 
-// estimate is about how many bytes the next response of a watch takes,
-// from how many resources it may carry and their average size.
-func (s *Server) estimate(c *adsConn, url string, w *adsWatch, snap *snapshot) int {
-	var n int
-	if w.sent == nil || c.fullState(url) {
-		n = len(snap.GetResourcesAndTTL(url))
-		if !w.wildcard {
-			n = min(n, w.names.len())
-		}
-	} else {
-		n = len(s.anys.diff(url, w.sent, snap).changed) + len(w.fresh)
-	}
-	return n * s.anys.averageSize(url)
-}
-
 // changes lists what a watch's client lacks of snap: names to send and,
 // on incremental streams, names to remove.
 func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (names, removed []string) {
@@ -489,6 +446,11 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (n
 		return w.names.has(n)
 	}
 	full := c.fullState(url)
+	if (full || w.sent == nil) && len(w.initial) == 0 {
+		// Every stream of a view with the same subscription lists the
+		// same names: once per push.
+		return s.anys.allWanted(url, snap, w.wildcard, w.names), nil
+	}
 	if full || w.sent == nil {
 		vm := snap.GetVersionMap(url)
 		for n := range items {

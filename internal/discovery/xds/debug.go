@@ -214,8 +214,8 @@ func (s *Server) configDump(name, scope string) []*anypb.Any {
 	ordered := func(url string) (names []string, anys []*anypb.Any) {
 		rs := snap.GetResourcesAndTTL(url)
 		for _, n := range slices.Sorted(maps.Keys(rs)) {
-			if a, err := s.anys.marshalled(rs[n].Resource); err == nil {
-				names, anys = append(names, n), append(anys, a)
+			if m, err := s.anys.marshalled(rs[n].Resource); err == nil {
+				names, anys = append(names, n), append(anys, m.any)
 			}
 		}
 		return names, anys

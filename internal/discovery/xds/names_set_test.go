@@ -33,3 +33,33 @@ func TestNameSetsShared(t *testing.T) {
 		t.Errorf("released sets kept: %v", sets.byHash)
 	}
 }
+
+// Growing a subscription to a set another stream holds finds that set;
+// duplicates and a near miss (same names but one) do not.
+func TestNameSetsUnionFindsShared(t *testing.T) {
+	var sets nameSets
+	none := func(string) {}
+	full := sets.update(nil, []string{"a", "b", "c"}, nil, none)
+	part := sets.update(nil, []string{"a"}, nil, none)
+	var added []string
+	grown := sets.update(part, []string{"b", "c", "b"}, nil, func(n string) { added = append(added, n) })
+	if grown != full || full.refs != 2 {
+		t.Fatalf("a+b+c got set %v (refs %d), want the shared %v", grown.m, grown.refs, full.m)
+	}
+	for _, n := range added {
+		if n != "b" && n != "c" {
+			t.Errorf("added %v, want b and c", added)
+		}
+	}
+	if sets.byHash[part.hash] != nil && part.refs > 0 {
+		t.Error("the outgrown set was kept")
+	}
+	other := sets.update(nil, []string{"a", "b", "d"}, nil, none)
+	if other == full || !other.has("d") || other.has("c") {
+		t.Fatalf("a+b+d got %v", other.m)
+	}
+	dup := sets.update(nil, []string{"a", "a", "b"}, nil, none)
+	if dup == full || len(dup.m) != 2 {
+		t.Fatalf("a+a+b got %v", dup.m)
+	}
+}

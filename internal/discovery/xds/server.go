@@ -62,10 +62,9 @@ type ServerConfig struct {
 type Server struct {
 	ServerConfig
 
-	anys   *anyCache
-	budget *sendBudget
-	sets   nameSets
-	push   chan struct{}
+	anys *anyCache
+	sets nameSets
+	push chan struct{}
 
 	pendMu sync.Mutex // guards pendFull and pendHosts
 	// pendFull asks the next push to regenerate everything; otherwise it
@@ -124,7 +123,7 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	reg, metrics := cfg.Registry, cfg.Metrics
 	s := &Server{ServerConfig: cfg,
-		anys: newAnyCache(), budget: newSendBudget(sendBudgetBytes),
+		anys: newAnyCache(),
 		push: make(chan struct{}, 1), pendHosts: map[string]bool{},
 		proxies: map[string]*proxyState{}}
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
@@ -208,8 +207,14 @@ func (s *Server) Register(gs ...*grpc.Server) {
 	}
 }
 
-// Run pushes debounced registry changes until ctx ends.
+// Run pushes debounced registry changes until ctx ends. An endpoint
+// change after a quiet spell (no push for a debounce period) goes out at
+// once: the debounce is there to gather bursts, and a lone change (a pod
+// turning ready, one scaled away) need not wait for company. What follows
+// it within a debounce period is gathered as before, as is every
+// configuration change.
 func (s *Server) Run(ctx context.Context) error {
+	var last time.Time // when the last push ended
 	for {
 		select {
 		case <-ctx.Done():
@@ -217,19 +222,9 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-s.push:
 		}
 		start := time.Now()
-		quiet := time.NewTimer(s.Debounce)
-	gather:
-		for {
-			select {
-			case <-ctx.Done():
-				quiet.Stop()
+		if start.Sub(last) < s.Debounce || !s.endpointsOnly() {
+			if !s.gather(ctx, start) {
 				return nil
-			case <-s.push:
-				if time.Since(start) < 10*s.Debounce {
-					quiet.Reset(s.Debounce)
-				}
-			case <-quiet.C:
-				break gather
 			}
 		}
 		s.pendMu.Lock()
@@ -237,8 +232,35 @@ func (s *Server) Run(ctx context.Context) error {
 		s.pendFull, s.pendHosts = false, map[string]bool{}
 		s.pendMu.Unlock()
 		s.pushAll(full, hosts, start)
-		s.pushTime.Observe(time.Since(start).Seconds())
+		last = time.Now()
+		s.pushTime.Observe(last.Sub(start).Seconds())
 	}
+}
+
+// gather waits until no change came for a debounce period, or ten periods
+// since start; false when ctx ended.
+func (s *Server) gather(ctx context.Context, start time.Time) bool {
+	quiet := time.NewTimer(s.Debounce)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-s.push:
+			if time.Since(start) < 10*s.Debounce {
+				quiet.Reset(s.Debounce)
+			}
+		case <-quiet.C:
+			return true
+		}
+	}
+}
+
+// endpointsOnly reports whether what is pending is endpoint changes alone.
+func (s *Server) endpointsOnly() bool {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	return !s.pendFull && len(s.pendHosts) > 0
 }
 
 // pushAll updates every proxy: from scratch when full, else by

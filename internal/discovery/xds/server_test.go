@@ -26,7 +26,7 @@ func serveConfig(t *testing.T, cfg xds.ServerConfig) (*xds.Server, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	srv := xds.NewServer(cfg)
-	g := grpc.NewServer()
+	g := grpc.NewServer(xds.ServerOption())
 	srv.Register(g)
 	go srv.Run(ctx)
 	return srv, listen(t, g)

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -18,70 +19,92 @@ type anyCache struct {
 	// cur and prev map a resource (by identity) to its Any; rotate drops
 	// what two pushes no longer use. Resources are never changed once
 	// in a snapshot, which is what makes identity a safe key.
-	cur, prev map[types.Resource]*anypb.Any
+	cur, prev map[types.Resource]*marshalledResource
 	diffs     map[versionPair]*versionDiff
-	// sizes are the bytes and count of resources marshalled, by type, for
-	// estimating responses before building them.
-	sizes map[string][2]int
+	// wanted are the sorted names of a snapshot's resources a
+	// subscription wants, by type, version and subscription.
+	wanted map[wantedKey][]string
 }
 
 type versionPair struct{ url, from, to string }
+
+type wantedKey struct {
+	url, version string
+	wildcard     bool
+	names        *nameSet
+}
+
+// allWanted lists, sorted, the names of snap's resources of a type that a
+// subscription (wildcard, else names) wants; computed once per push for
+// every stream that shares the subscription. Callers must not change it.
+func (c *anyCache) allWanted(url string, snap *snapshot, wildcard bool, names *nameSet) []string {
+	k := wantedKey{url, snap.GetVersion(url), wildcard, names}
+	if wildcard {
+		k.names = nil
+	}
+	c.mu.Lock()
+	out, ok := c.wanted[k]
+	c.mu.Unlock()
+	if ok {
+		return out
+	}
+	items := snap.GetResourcesAndTTL(url)
+	out = make([]string, 0, len(items))
+	for n := range items {
+		if wildcard || names.has(n) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	c.mu.Lock()
+	c.wanted[k] = out
+	c.mu.Unlock()
+	return out
+}
 
 // versionDiff is what changed between two versions of a type: names
 // added or changed, and names removed.
 type versionDiff struct{ changed, removed []string }
 
 func newAnyCache() *anyCache {
-	return &anyCache{cur: map[types.Resource]*anypb.Any{}, prev: map[types.Resource]*anypb.Any{}, diffs: map[versionPair]*versionDiff{}, sizes: map[string][2]int{}}
+	return &anyCache{cur: map[types.Resource]*marshalledResource{}, prev: map[types.Resource]*marshalledResource{}, diffs: map[versionPair]*versionDiff{}, wanted: map[wantedKey][]string{}}
 }
 
 // rotate starts a push: resources of the push before last are forgotten.
 func (c *anyCache) rotate() {
 	c.mu.Lock()
-	c.prev, c.cur = c.cur, make(map[types.Resource]*anypb.Any, len(c.cur))
+	c.prev, c.cur = c.cur, make(map[types.Resource]*marshalledResource, len(c.cur))
 	clear(c.diffs)
+	clear(c.wanted)
 	c.mu.Unlock()
 }
 
-// marshalled returns the shared Any of a resource.
-func (c *anyCache) marshalled(r types.Resource) (*anypb.Any, error) {
+// marshalled returns the shared marshalled form of a resource.
+func (c *anyCache) marshalled(r types.Resource) (*marshalledResource, error) {
 	c.mu.Lock()
-	a, ok := c.cur[r]
+	m, ok := c.cur[r]
 	if !ok {
-		if a, ok = c.prev[r]; ok {
-			c.cur[r] = a
+		if m, ok = c.prev[r]; ok {
+			c.cur[r] = m
 		}
 	}
 	c.mu.Unlock()
 	if ok {
-		return a, nil
+		return m, nil
 	}
 	b, err := cachev3.MarshalResource(r)
 	if err != nil {
 		return nil, err
 	}
-	a = &anypb.Any{TypeUrl: "type.googleapis.com/" + string(r.ProtoReflect().Descriptor().FullName()), Value: b}
+	m = &marshalledResource{any: &anypb.Any{TypeUrl: "type.googleapis.com/" + string(r.ProtoReflect().Descriptor().FullName()), Value: b}}
 	c.mu.Lock()
 	if prior, ok := c.cur[r]; ok {
-		a = prior // another stream marshalled it meanwhile
+		m = prior // another stream marshalled it meanwhile
 	} else {
-		c.cur[r] = a
-		sz := c.sizes[a.TypeUrl]
-		c.sizes[a.TypeUrl] = [2]int{sz[0] + len(b), sz[1] + 1}
+		c.cur[r] = m
 	}
 	c.mu.Unlock()
-	return a, nil
-}
-
-// averageSize is the average marshalled size of a type's resources (a
-// guess before any was marshalled).
-func (c *anyCache) averageSize(url string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if sz := c.sizes[url]; sz[1] > 0 {
-		return sz[0] / sz[1]
-	}
-	return 1 << 10
+	return m, nil
 }
 
 // diff returns what changed in a type from one snapshot to another,

@@ -28,7 +28,7 @@ func TestAnysMarshalledOnce(t *testing.T) {
 		t.Error("a resource unused for two pushes was kept")
 	}
 	var got cluster.Cluster
-	if err := a1.UnmarshalTo(&got); err != nil || got.Name != "a" {
+	if err := a1.any.UnmarshalTo(&got); err != nil || got.Name != "a" {
 		t.Errorf("marshalled %v: %v", got.Name, err)
 	}
 }
