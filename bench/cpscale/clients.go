@@ -103,6 +103,7 @@ func (c *adsClient) sotwStream(ctx context.Context, conn *grpc.ClientConn) {
 	subscribed, full := 0, false
 	for {
 		var resp sotwResponse
+		resp.target = c.target
 		if err := stream.RecvMsg(&resp); err != nil {
 			return
 		}
@@ -124,13 +125,13 @@ func (c *adsClient) sotwStream(ctx context.Context, conn *grpc.ClientConn) {
 			}
 		case resource.EndpointType:
 			n := 0
-			for i, name := range resp.names {
+			for _, name := range resp.names {
 				if benchCLA(name) {
 					n++
 				}
-				if name == c.target {
-					c.check(resp.values[i])
-				}
+			}
+			if resp.value != nil {
+				c.check(resp.value)
 			}
 			if n >= c.total && !full {
 				full = true
@@ -152,6 +153,7 @@ func (c *adsClient) deltaStream(ctx context.Context, conn *grpc.ClientConn) {
 	have := 0
 	for {
 		var resp deltaResponse
+		resp.target = c.target
 		if err := stream.RecvMsg(&resp); err != nil {
 			return
 		}
@@ -170,15 +172,15 @@ func (c *adsClient) deltaStream(ctx context.Context, conn *grpc.ClientConn) {
 				_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: names})
 			}
 		case resource.EndpointType:
-			for i, n := range resp.names {
+			for _, n := range resp.names {
 				if subscribed[n] && benchCLA(n) {
 					// Counted once: the subscription is spent.
 					subscribed[n] = false
 					have++
 				}
-				if n == c.target {
-					c.check(resp.values[i])
-				}
+			}
+			if resp.value != nil {
+				c.check(resp.value)
 			}
 			if have >= c.total && !full {
 				full = true

@@ -19,11 +19,13 @@ import (
 // DeltaDiscoveryResponse.
 type response struct {
 	typeURL, nonce, version string
-	// names and values of the resources: the Resource's name (incremental)
-	// or the resource's own name, field 1 (state of the world), and the
-	// resource's serialized bytes (into the received buffer).
-	names  []string
-	values [][]byte
+	// names of the resources: the Resource's name (incremental) or the
+	// resource's own name, field 1 (state of the world).
+	names []string
+	// target is the one resource whose bytes the client wants (set
+	// before the read), value its serialized bytes if it came.
+	target string
+	value  []byte
 }
 
 // Field numbers shared by both responses (resources, type_url, nonce)
@@ -67,7 +69,10 @@ func (r *response) decode(b []byte, delta bool) error {
 			if err != nil {
 				return err
 			}
-			r.names, r.values = append(r.names, name), append(r.values, value)
+			r.names = append(r.names, name)
+			if name == r.target {
+				r.value = append([]byte(nil), value...)
+			}
 		}
 	}
 	return nil
@@ -134,13 +139,20 @@ func (c clientCodec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Ma
 func (c clientCodec) Name() string                           { return c.proto.Name() }
 
 func (c clientCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	switch r := v.(type) {
+	var delta bool
+	var r *response
+	switch m := v.(type) {
 	case *deltaResponse:
-		return r.decode(data.Materialize(), true)
+		r, delta = &m.response, true
 	case *sotwResponse:
-		return r.decode(data.Materialize(), false)
+		r = &m.response
 	case nil:
 		return fmt.Errorf("nil message")
+	default:
+		return c.proto.Unmarshal(data, v)
 	}
-	return c.proto.Unmarshal(data, v)
+	// Read from a pooled buffer: what the client keeps is copied out.
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	return r.decode(buf.ReadOnlyData(), delta)
 }

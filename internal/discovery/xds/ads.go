@@ -97,14 +97,7 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 		return stream.Recv()
 	}
 	c := newConn(stream.Context(), false)
-	send := func(url string, snap *snapshot, _ []string, ms []*marshalledResource, _ []string) (string, error) {
-		chunks := make([]mem.Buffer, len(ms))
-		for i, m := range ms {
-			var err error
-			if chunks[i], err = m.sotwChunk(); err != nil {
-				return "", err
-			}
-		}
+	send := func(url string, snap *snapshot, chunks []mem.Buffer, _ []string) (string, error) {
 		nonce := c.nextNonce()
 		version := snap.GetVersion(url)
 		head := &discovery.DiscoveryResponse{VersionInfo: version, TypeUrl: url, Nonce: nonce}
@@ -120,15 +113,7 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 // DeltaAggregatedResources serves an incremental ADS stream.
 func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	c := newConn(stream.Context(), true)
-	send := func(url string, snap *snapshot, names []string, ms []*marshalledResource, removed []string) (string, error) {
-		vm := snap.GetVersionMap(url)
-		chunks := make([]mem.Buffer, len(names))
-		for i, n := range names {
-			var err error
-			if chunks[i], err = ms[i].deltaChunk(n, vm[n]); err != nil {
-				return "", err
-			}
-		}
+	send := func(url string, snap *snapshot, chunks []mem.Buffer, removed []string) (string, error) {
 		nonce := c.nextNonce()
 		head := &discovery.DeltaDiscoveryResponse{SystemVersionInfo: snap.GetVersion(url), RemovedResources: removed, TypeUrl: url, Nonce: nonce}
 		if err := stream.SendMsg(&encodedResponse{head: head, chunks: chunks}); err != nil {
@@ -357,10 +342,9 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 	return nil
 }
 
-// sender sends one response: the snapshot's resources of the type by
-// name, marshalled, and (incremental only) names removed; it returns the
-// nonce.
-type sender func(url string, snap *snapshot, names []string, ms []*marshalledResource, removed []string) (string, error)
+// sender sends one response: the snapshot's resources of the type,
+// encoded, and (incremental only) names removed; it returns the nonce.
+type sender func(url string, snap *snapshot, chunks []mem.Buffer, removed []string) (string, error)
 
 // flush sends each watched type what its client lacks of the proxy's
 // latest snapshot, one response in flight per type.
@@ -379,7 +363,7 @@ func (s *Server) flush(c *adsConn, send sender) error {
 			w.sent = snap
 			continue
 		}
-		names, removed := s.changes(c, url, w, snap)
+		names, removed, list := s.changes(c, url, w, snap)
 		full := c.fullState(url)
 		owed := w.first && (!c.delta || w.wildcard)
 		if len(names) == 0 && len(removed) == 0 && !owed && !(full && !same) {
@@ -390,16 +374,11 @@ func (s *Server) flush(c *adsConn, send sender) error {
 			w.sent, w.first, w.fresh = snap, false, nil
 			continue
 		}
-		items := snap.GetResourcesAndTTL(url)
-		ms := make([]*marshalledResource, len(names))
-		for i, n := range names {
-			m, err := s.anys.marshalled(items[n].Resource)
-			if err != nil {
-				return err
-			}
-			ms[i] = m
+		chunks, err := s.chunks(c, url, snap, names, list)
+		if err != nil {
+			return err
 		}
-		nonce, err := send(url, snap, names, ms, removed)
+		nonce, err := send(url, snap, chunks, removed)
 		if err != nil {
 			return err
 		}
@@ -437,7 +416,7 @@ func (c *adsConn) order() []string {
 
 // changes lists what a watch's client lacks of snap: names to send and,
 // on incremental streams, names to remove.
-func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (names, removed []string) {
+func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (names, removed []string, list *wantedList) {
 	items := snap.GetResourcesAndTTL(url)
 	wanted := func(n string) bool {
 		if w.wildcard {
@@ -449,7 +428,8 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (n
 	if (full || w.sent == nil) && len(w.initial) == 0 {
 		// Every stream of a view with the same subscription lists the
 		// same names: once per push.
-		return s.anys.allWanted(url, snap, w.wildcard, w.names), nil
+		list = s.anys.allWanted(url, snap, w.wildcard, w.names)
+		return list.names, nil, list
 	}
 	if full || w.sent == nil {
 		vm := snap.GetVersionMap(url)
@@ -468,7 +448,7 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (n
 			}
 		}
 		slices.Sort(names)
-		return names, removed
+		return names, removed, nil
 	}
 	d := s.anys.diff(url, w.sent, snap)
 	for _, n := range d.changed {
@@ -494,5 +474,32 @@ func (s *Server) changes(c *adsConn, url string, w *adsWatch, snap *snapshot) (n
 			}
 		}
 	}
-	return names, removed
+	return names, removed, nil
+}
+
+// chunks are the encoded resources of a response: the list's shared
+// body when the response is a subscription's whole list, else each
+// resource's own element.
+func (s *Server) chunks(c *adsConn, url string, snap *snapshot, names []string, list *wantedList) ([]mem.Buffer, error) {
+	if list != nil {
+		b, err := list.body(s.anys, url, snap, c.delta)
+		return []mem.Buffer{b}, err
+	}
+	items, vm := snap.GetResourcesAndTTL(url), snap.GetVersionMap(url)
+	out := make([]mem.Buffer, len(names))
+	for i, n := range names {
+		m, err := s.anys.marshalled(items[n].Resource)
+		if err != nil {
+			return nil, err
+		}
+		if c.delta {
+			out[i], err = m.deltaChunk(n, vm[n])
+		} else {
+			out[i], err = m.sotwChunk()
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

@@ -3,28 +3,38 @@ package xds
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // anyCache marshals each generated resource once for every stream:
 // proxies of one view get the same resource objects, and sending them
 // to a thousand sidecars must not marshal a thousand copies. It also
-// keeps, per push, what changed between two snapshots of a type, for
-// every stream that moves between them.
+// keeps, per push, what changed between two snapshots of a type, and the
+// first response of every subscription, for every stream that needs them.
 type anyCache struct {
-	mu sync.Mutex
-	// cur and prev map a resource (by identity) to its Any; rotate drops
-	// what two pushes no longer use. Resources are never changed once
-	// in a snapshot, which is what makes identity a safe key.
-	cur, prev map[types.Resource]*marshalledResource
-	diffs     map[versionPair]*versionDiff
-	// wanted are the sorted names of a snapshot's resources a
-	// subscription wants, by type, version and subscription.
-	wanted map[wantedKey][]string
+	// gen maps a resource (by identity) to its marshalled form, read
+	// without a lock: thousands of streams look up thousands of resources
+	// each at once. Resources are never changed once in a snapshot, which
+	// is what makes identity a safe key.
+	gen atomic.Pointer[generation]
+
+	mu    sync.Mutex
+	diffs map[versionPair]*versionDiff
+	// wanted are the lists a subscription wants of a snapshot's type.
+	wanted map[wantedKey]*wantedList
 }
+
+// generation is the marshalled resources of this push (cur) and the last
+// (prev); rotate drops what two pushes no longer use.
+type generation struct{ cur, prev *sync.Map }
 
 type versionPair struct{ url, from, to string }
 
@@ -34,32 +44,81 @@ type wantedKey struct {
 	names        *nameSet
 }
 
-// allWanted lists, sorted, the names of snap's resources of a type that a
-// subscription (wildcard, else names) wants; computed once per push for
-// every stream that shares the subscription. Callers must not change it.
-func (c *anyCache) allWanted(url string, snap *snapshot, wildcard bool, names *nameSet) []string {
+// wantedList is what a subscription wants of a snapshot's type: the
+// names, sorted, and the response body carrying them all, encoded once
+// for every stream that shares the subscription ([0] state of the world,
+// [1] incremental).
+type wantedList struct {
+	names   []string
+	once    [2]sync.Once
+	encoded [2]mem.Buffer
+	err     [2]error
+}
+
+// allWanted returns what a subscription (wildcard, else names) wants of
+// snap's resources of a type, computed once per push for every stream
+// that shares the subscription. Callers must not change it.
+func (c *anyCache) allWanted(url string, snap *snapshot, wildcard bool, names *nameSet) *wantedList {
 	k := wantedKey{url, snap.GetVersion(url), wildcard, names}
 	if wildcard {
 		k.names = nil
 	}
 	c.mu.Lock()
-	out, ok := c.wanted[k]
+	l, ok := c.wanted[k]
 	c.mu.Unlock()
 	if ok {
-		return out
+		return l
 	}
 	items := snap.GetResourcesAndTTL(url)
-	out = make([]string, 0, len(items))
+	l = &wantedList{names: make([]string, 0, len(items))}
 	for n := range items {
 		if wildcard || names.has(n) {
-			out = append(out, n)
+			l.names = append(l.names, n)
 		}
 	}
-	slices.Sort(out)
+	slices.Sort(l.names)
 	c.mu.Lock()
-	c.wanted[k] = out
+	if prior, ok := c.wanted[k]; ok {
+		l = prior
+	} else {
+		c.wanted[k] = l
+	}
 	c.mu.Unlock()
-	return out
+	return l
+}
+
+// body is the encoded resources of the list, for a response of either
+// kind: one buffer every stream's response shares.
+func (l *wantedList) body(c *anyCache, url string, snap *snapshot, delta bool) (mem.Buffer, error) {
+	i := 0
+	if delta {
+		i = 1
+	}
+	l.once[i].Do(func() {
+		items, vm := snap.GetResourcesAndTTL(url), snap.GetVersionMap(url)
+		var buf []byte
+		for _, n := range l.names {
+			m, err := c.marshalled(items[n].Resource)
+			if err != nil {
+				l.err[i] = err
+				return
+			}
+			var b []byte
+			if delta {
+				b, err = proto.MarshalOptions{Deterministic: true}.Marshal(&discovery.Resource{Name: n, Version: vm[n], Resource: m.any})
+			} else {
+				b, err = proto.MarshalOptions{Deterministic: true}.Marshal(m.any)
+			}
+			if err != nil {
+				l.err[i] = err
+				return
+			}
+			buf = protowire.AppendTag(buf, resourcesField, protowire.BytesType)
+			buf = protowire.AppendBytes(buf, b)
+		}
+		l.encoded[i] = mem.SliceBuffer(buf)
+	})
+	return l.encoded[i], l.err[i]
 }
 
 // versionDiff is what changed between two versions of a type: names
@@ -67,13 +126,15 @@ func (c *anyCache) allWanted(url string, snap *snapshot, wildcard bool, names *n
 type versionDiff struct{ changed, removed []string }
 
 func newAnyCache() *anyCache {
-	return &anyCache{cur: map[types.Resource]*marshalledResource{}, prev: map[types.Resource]*marshalledResource{}, diffs: map[versionPair]*versionDiff{}, wanted: map[wantedKey][]string{}}
+	c := &anyCache{diffs: map[versionPair]*versionDiff{}, wanted: map[wantedKey]*wantedList{}}
+	c.gen.Store(&generation{cur: new(sync.Map), prev: new(sync.Map)})
+	return c
 }
 
 // rotate starts a push: resources of the push before last are forgotten.
 func (c *anyCache) rotate() {
+	c.gen.Store(&generation{cur: new(sync.Map), prev: c.gen.Load().cur})
 	c.mu.Lock()
-	c.prev, c.cur = c.cur, make(map[types.Resource]*marshalledResource, len(c.cur))
 	clear(c.diffs)
 	clear(c.wanted)
 	c.mu.Unlock()
@@ -81,30 +142,22 @@ func (c *anyCache) rotate() {
 
 // marshalled returns the shared marshalled form of a resource.
 func (c *anyCache) marshalled(r types.Resource) (*marshalledResource, error) {
-	c.mu.Lock()
-	m, ok := c.cur[r]
-	if !ok {
-		if m, ok = c.prev[r]; ok {
-			c.cur[r] = m
-		}
+	g := c.gen.Load()
+	if m, ok := g.cur.Load(r); ok {
+		return m.(*marshalledResource), nil
 	}
-	c.mu.Unlock()
-	if ok {
-		return m, nil
+	if m, ok := g.prev.Load(r); ok {
+		g.cur.Store(r, m)
+		return m.(*marshalledResource), nil
 	}
 	b, err := cachev3.MarshalResource(r)
 	if err != nil {
 		return nil, err
 	}
-	m = &marshalledResource{any: &anypb.Any{TypeUrl: "type.googleapis.com/" + string(r.ProtoReflect().Descriptor().FullName()), Value: b}}
-	c.mu.Lock()
-	if prior, ok := c.cur[r]; ok {
-		m = prior // another stream marshalled it meanwhile
-	} else {
-		c.cur[r] = m
-	}
-	c.mu.Unlock()
-	return m, nil
+	m := &marshalledResource{any: &anypb.Any{TypeUrl: "type.googleapis.com/" + string(r.ProtoReflect().Descriptor().FullName()), Value: b}}
+	// Another stream may have marshalled it meanwhile: theirs is shared.
+	prior, _ := g.cur.LoadOrStore(r, m)
+	return prior.(*marshalledResource), nil
 }
 
 // diff returns what changed in a type from one snapshot to another,
