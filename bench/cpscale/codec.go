@@ -3,6 +3,11 @@ package main
 import (
 	"fmt"
 
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
@@ -28,16 +33,32 @@ type response struct {
 	value  []byte
 }
 
-// Field numbers shared by both responses (resources, type_url, nonce)
-// and their own (version_info / system_version_info is 1 in both).
-const (
-	fVersion   = 1
-	fResources = 2
-	fTypeURL   = 4
-	fNonce     = 5
+// Field numbers, from the messages' descriptors.
+var (
+	sotwFields  = fieldsOf(&discoverygrpc.DiscoveryResponse{}, "version_info", "resources", "type_url", "nonce")
+	deltaFields = fieldsOf(&discoverygrpc.DeltaDiscoveryResponse{}, "system_version_info", "resources", "type_url", "nonce")
+	// A Resource's name and resource (an Any); an Any's value.
+	resourceFields = fieldsOf(&discoverygrpc.Resource{}, "name", "resource")
+	anyValue       = fieldsOf(&anypb.Any{}, "value")[0]
 )
 
+func fieldsOf(m proto.Message, names ...string) []protowire.Number {
+	out := make([]protowire.Number, len(names))
+	for i, n := range names {
+		f := m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(n))
+		if f == nil {
+			panic(fmt.Sprintf("%T has no field %s", m, n))
+		}
+		out[i] = f.Number()
+	}
+	return out
+}
+
 func (r *response) decode(b []byte, delta bool) error {
+	f := sotwFields
+	if delta {
+		f = deltaFields
+	}
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -58,13 +79,13 @@ func (r *response) decode(b []byte, delta bool) error {
 		}
 		b = b[n:]
 		switch num {
-		case fVersion:
+		case f[0]:
 			r.version = string(v)
-		case fTypeURL:
+		case f[2]:
 			r.typeURL = string(v)
-		case fNonce:
+		case f[3]:
 			r.nonce = string(v)
-		case fResources:
+		case f[1]:
 			name, value, err := resourceOf(v, delta)
 			if err != nil {
 				return err
@@ -78,9 +99,9 @@ func (r *response) decode(b []byte, delta bool) error {
 	return nil
 }
 
-// resourceOf reads one element of resources: a Resource {name 1,
-// resource 3 (Any)} or an Any {type_url 1, value 2}; the resource's own
-// name is its field 1 either way.
+// resourceOf reads one element of resources: a Resource (name, resource
+// as an Any) or an Any; the resource's own name is its field 1 (Cluster
+// and ClusterLoadAssignment).
 func resourceOf(b []byte, delta bool) (name string, value []byte, err error) {
 	var nameBytes, anyBytes []byte
 	for len(b) > 0 {
@@ -96,15 +117,18 @@ func resourceOf(b []byte, delta bool) (name string, value []byte, err error) {
 		if typ == protowire.BytesType {
 			v, _ := protowire.ConsumeBytes(b[:n])
 			switch {
-			case delta && num == 1:
+			case delta && num == resourceFields[0]:
 				nameBytes = v
-			case delta && num == 3, !delta && num == 2:
+			case delta && num == resourceFields[1], !delta && num == anyValue:
 				anyBytes = v
 			}
 		}
 		b = b[n:]
 	}
-	// The Any's value (field 2).
+	if !delta {
+		// The element is the Any itself: anyBytes is already its value.
+		return clusterName(anyBytes), anyBytes, nil
+	}
 	for len(anyBytes) > 0 {
 		num, typ, n := protowire.ConsumeTag(anyBytes)
 		if n < 0 {
@@ -115,15 +139,12 @@ func resourceOf(b []byte, delta bool) (name string, value []byte, err error) {
 		if n < 0 {
 			return "", nil, protowire.ParseError(n)
 		}
-		if num == 2 && typ == protowire.BytesType {
+		if num == anyValue && typ == protowire.BytesType {
 			value, _ = protowire.ConsumeBytes(anyBytes[:n])
 		}
 		anyBytes = anyBytes[n:]
 	}
-	if delta {
-		return string(nameBytes), value, nil
-	}
-	return clusterName(value), value, nil
+	return string(nameBytes), value, nil
 }
 
 // deltaResponse and sotwResponse tell the codec which response it reads.

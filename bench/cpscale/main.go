@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"path/filepath"
 	"sort"
@@ -45,6 +46,10 @@ var (
 
 func main() {
 	flag.Parse()
+	if addr := os.Getenv("CPSCALE_PPROF"); addr != "" {
+		// The bench's own profile (its clients), on loopback.
+		go func() { _ = http.ListenAndServe(addr, nil) }()
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "cpscale:", err)
 		os.Exit(1)
@@ -210,7 +215,11 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	for i := range conns {
 		// Redialled as the proxies redial a control plane that went away.
 		var err error
+		// Envoy's HTTP/2 windows (256 MiB per stream and connection): a
+		// proxy takes a push as fast as it comes; gRPC's 64 KiB default
+		// would have the control plane wait on five thousand readers.
 		conns[i], err = grpc.NewClient(cp.xds, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(256<<20), grpc.WithInitialConnWindowSize(256<<20),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(clientCodec{proto: encoding.GetCodecV2("proto")})),
 			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 				MinConnectTimeout: 5 * time.Second}))

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"slices"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// The clients' decoder reads what proto.Marshal writes: type, nonce,
+// version, every resource's name, and the target's bytes.
+func TestDecoderReadsMarshalledResponses(t *testing.T) {
+	var anys []*anypb.Any
+	var resources []*discoverygrpc.Resource
+	for _, n := range []string{"outbound|8080||a", "outbound|8080||b"} {
+		a, err := anypb.New(&clusterv3.Cluster{Name: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		anys = append(anys, a)
+		resources = append(resources, &discoverygrpc.Resource{Name: n, Version: "h-" + n, Resource: a})
+	}
+	check := func(t *testing.T, m proto.Message, delta bool, version string) {
+		t.Helper()
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := response{target: "outbound|8080||b"}
+		if err := r.decode(b, delta); err != nil {
+			t.Fatal(err)
+		}
+		if r.typeURL != "type.googleapis.com/envoy.config.cluster.v3.Cluster" || r.nonce != "n1" || r.version != version {
+			t.Errorf("type %q nonce %q version %q", r.typeURL, r.nonce, r.version)
+		}
+		if !slices.Equal(r.names, []string{"outbound|8080||a", "outbound|8080||b"}) {
+			t.Errorf("names %q", r.names)
+		}
+		if !slices.Equal(r.value, anys[1].Value) {
+			t.Errorf("target's bytes %x, want %x", r.value, anys[1].Value)
+		}
+	}
+	t.Run("state of the world", func(t *testing.T) {
+		check(t, &discoverygrpc.DiscoveryResponse{VersionInfo: "v1", Resources: anys, TypeUrl: anys[0].TypeUrl, Nonce: "n1"}, false, "v1")
+	})
+	t.Run("incremental", func(t *testing.T) {
+		check(t, &discoverygrpc.DeltaDiscoveryResponse{SystemVersionInfo: "v2", Resources: resources, TypeUrl: anys[0].TypeUrl, Nonce: "n1"}, true, "v2")
+	})
+}
