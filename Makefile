@@ -1,6 +1,8 @@
-# isthmus: one binary, its tests, its demo, its benchmarks.
+# isthmus: its binaries, tests, demo and benchmarks.
 GO      ?= go
 BIN     := bin/isthmus
+# The proxy alone, what injected pods run (README, "Two binaries").
+PROXY_BIN := bin/isthmus-proxy
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
 # Debian packages the sandbox needs on a fresh machine.
@@ -20,8 +22,9 @@ PLATFORMS := linux/amd64 linux/arm64
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-build: ## build bin/isthmus
+build: ## build bin/isthmus and bin/isthmus-proxy
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/isthmus
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(PROXY_BIN) ./cmd/isthmus-proxy
 
 # make release: the binary for each of RELEASE_PLATFORMS in dist, and their
 # checksums; the macOS and Windows ones leave out the Linux-only commands.
@@ -49,12 +52,14 @@ deps: ## install the Debian packages the sandbox needs (root), and for make test
 # engine; files and configs are stamped with the commit's time.
 image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI layout and tarballs in IMAGE_DIR)
 	@for p in $(PLATFORMS); do \
-		echo "building isthmus for $$p"; \
-		CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(IMAGE_DIR)/bin/$${p%/*}-$${p#*/}/isthmus ./cmd/isthmus || exit 1; \
+		for b in isthmus isthmus-proxy; do \
+			echo "building $$b for $$p"; \
+			CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(IMAGE_DIR)/bin/$${p%/*}-$${p#*/}/$$b ./cmd/$$b || exit 1; \
+		done; \
 	done
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run ./cmd/isthmus-image \
 		--out $(IMAGE_DIR) --hub $(HUB) --tag $(TAG) --revision "$$(git rev-parse HEAD 2>/dev/null)" \
-		$(foreach p,$(PLATFORMS),--binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus)
+		$(foreach p,$(PLATFORMS),--binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus --proxy-binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus-proxy)
 
 kube: build ## build and cache the Kubernetes binaries (once per machine, ~9 min cold)
 	$(BIN) sandbox prepare

@@ -21,7 +21,7 @@ BENCH_OUT=$out FORTIO=$fortio BENCH_PPROF_DIR=$(realpath "$pprof") timeout 900 \
   go test -count=1 -run '^$' -bench BenchmarkDataPlane -benchtime 1x -timeout 14m ./test/e2e/ >&2
 cat "$out"
 echo
-echo "Command: \`bash bench/parts/40-dataplane.sh\` (part of \`make bench\`). CPU profiles of both sidecars during the HTTP and gRPC runs of the last round, and their allocations since they started (\`*.allocs.pprof\`): \`$pprof/\` (\`go tool pprof -top bin/isthmus $pprof/http-0qps-isthmus-ptest-a.pprof\`, \`go tool pprof -sample_index=alloc_space -top bin/isthmus $pprof/grpc-0qps-isthmus-ptest-a.allocs.pprof\`)."
+echo "Command: \`bash bench/parts/40-dataplane.sh\` (part of \`make bench\`). CPU profiles of both sidecars during the HTTP and gRPC runs of the last round, and their allocations since they started (\`*.allocs.pprof\`): \`$pprof/\` (\`go tool pprof -top bin/isthmus-proxy $pprof/http-0qps-isthmus-ptest-a.pprof\`, \`go tool pprof -sample_index=alloc_space -top bin/isthmus-proxy $pprof/grpc-0qps-isthmus-ptest-a.allocs.pprof\`)."
 # share prints a table of the profile's share by area.
 share_table() {
   local top

@@ -17,6 +17,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/image"
 )
 
+// binaries is a repeated PLATFORM=PATH flag.
 type binaries map[string]string
 
 func (b binaries) String() string { return fmt.Sprint(map[string]string(b)) }
@@ -37,18 +38,29 @@ func main() {
 	version := flag.String("version", "", "version label (default: the tag)")
 	revision := flag.String("revision", "", "source revision label (the commit)")
 	epoch := flag.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "Unix time stamped on the images and their files (the commit's time); required")
+	proxyBins := binaries{}
 	flag.Var(bins, "binary", "PLATFORM=PATH of a static isthmus binary for that platform; repeat per platform")
+	flag.Var(proxyBins, "proxy-binary", "PLATFORM=PATH of a static isthmus-proxy binary for that platform (what injected pods run); one per --binary")
 	flag.Parse()
-	if err := run(*out, *hub, *tag, *version, *revision, *epoch, bins); err != nil {
+	if err := run(*out, *hub, *tag, *version, *revision, *epoch, bins, proxyBins); err != nil {
 		fmt.Fprintln(os.Stderr, "isthmus-image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, hub, tag, version, revision, epoch string, bins binaries) error {
+func run(out, hub, tag, version, revision, epoch string, bins, proxyBins binaries) error {
 	secs, err := strconv.ParseInt(epoch, 10, 64)
 	if err != nil {
 		return fmt.Errorf("--source-date-epoch (or SOURCE_DATE_EPOCH) must be a Unix time, got %q: it makes the images reproducible", epoch)
+	}
+	platforms := map[string]image.Binaries{}
+	for p, path := range bins {
+		platforms[p] = image.Binaries{Isthmus: path, Proxy: proxyBins[p]}
+	}
+	for p := range proxyBins {
+		if _, ok := bins[p]; !ok {
+			return fmt.Errorf("--proxy-binary for %s without a --binary for it", p)
+		}
 	}
 	if version == "" {
 		version = tag
@@ -56,7 +68,7 @@ func run(out, hub, tag, version, revision, epoch string, bins binaries) error {
 	created := time.Unix(secs, 0).UTC()
 	var built []image.Built
 	var digests strings.Builder
-	for _, spec := range image.Mesh(hub, tag, version, revision, bins, created) {
+	for _, spec := range image.Mesh(hub, tag, version, revision, platforms, created) {
 		idx, err := image.Build(spec)
 		if err != nil {
 			return err

@@ -75,7 +75,7 @@ their sync state), /debug/syncz (proxies: sent vs acknowledged), /debug/registry
 	f.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "xDS and certificate service over TLS (callers present a service-account token)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain of workload identities (default: meshConfig.trustDomain of the ConfigMap istio, else cluster.local)")
 	f.StringVar(&cfg.WebhookAddr, "webhook-addr", ":15017", "sidecar injection webhook over TLS (/inject, /inject/cluster/CLUSTER/net/NETWORK); empty turns it off")
-	f.StringVar(&cfg.ProxyImage, "proxy-image", "isthmus/isthmus:"+version.String(), "image of injected containers (it runs isthmus proxy init and isthmus proxy sidecar)")
+	f.StringVar(&cfg.ProxyImage, "proxy-image", "isthmus/isthmus:"+version.String(), "image of injected containers (they run its /usr/local/bin/isthmus-proxy: proxy init, proxy sidecar, proxy router)")
 	f.BoolVar(&cfg.ProxyPrivileged, "proxy-privileged", false, "run injected istio-proxy containers privileged (values.global.proxy.privileged)")
 	f.StringVar(&cfg.SidecarDiscoveryAddress, "sidecar-discovery-address", "", "the control plane as injected proxies reach it (default istiod.<namespace>.svc:15012)")
 	f.DurationVar(&cfg.WorkloadCertTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of a workload certificate when the proxy asks for none")

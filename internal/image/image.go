@@ -1,7 +1,7 @@
 // Package image builds isthmus's container images without a container
 // engine: an OCI image index with one image per Linux platform, each the
-// static binary on an empty base with CA certificates and a non-root user
-// (uid 1337, as Istio's proxy). Every byte follows from the binaries, the
+// static binaries (isthmus and isthmus-proxy) on an empty base with CA
+// certificates and a non-root user (uid 1337, as Istio's proxy). Every byte follows from the binaries, the
 // spec and the CA bundle of a pinned module, so the same commit gives the same
 // digest on any machine.
 package image
@@ -28,6 +28,13 @@ import (
 // BinaryPath is where the isthmus binary sits in every image.
 const BinaryPath = "/usr/local/bin/isthmus"
 
+// ProxyBinaryPath is where the isthmus-proxy binary sits in every image:
+// the data plane alone, which injected sidecars and gateways run (their
+// command) so that a pod's memory holds no control plane or Kubernetes
+// client code. The injector writes the same path (inject.ProxyCommand; a
+// test ties them).
+const ProxyBinaryPath = "/usr/local/bin/isthmus-proxy"
+
 // ProxyUID is the default user of the images: Istio's proxy user, which the
 // sidecar's iptables rules exempt from capture.
 const ProxyUID = 1337
@@ -38,9 +45,9 @@ type Spec struct {
 	Repository string
 	// Tag is the image's tag, e.g. the version.
 	Tag string
-	// Binaries maps a platform ("linux/amd64") to the path of the isthmus
-	// binary built for it; the index lists the platforms in sorted order.
-	Binaries map[string]string
+	// Binaries maps a platform ("linux/amd64") to the binaries built for
+	// it; the index lists the platforms in sorted order.
+	Binaries map[string]Binaries
 	// Entrypoint is the image's ENTRYPOINT; its first word is BinaryPath.
 	Entrypoint []string
 	// User is the default "uid:gid" (default: the proxy's, 1337:1337). An
@@ -51,6 +58,15 @@ type Spec struct {
 	Title, Description, Version, Revision, Source string
 	// Created stamps the configs and every file (SOURCE_DATE_EPOCH: the commit's time).
 	Created time.Time
+}
+
+// Binaries are the paths of the two programs of an image, built for one
+// platform.
+type Binaries struct {
+	// Isthmus is the isthmus binary, installed at BinaryPath.
+	Isthmus string
+	// Proxy is the isthmus-proxy binary, installed at ProxyBinaryPath.
+	Proxy string
 }
 
 // Ref is the image's reference, repository:tag.
@@ -78,11 +94,19 @@ func Build(s Spec) (v1.ImageIndex, error) {
 		if plat.OS != "linux" {
 			return nil, fmt.Errorf("image %s: platform %q: images are for linux only", s.Ref(), p)
 		}
-		bin, err := os.ReadFile(s.Binaries[p])
+		b := s.Binaries[p]
+		if b.Isthmus == "" || b.Proxy == "" {
+			return nil, fmt.Errorf("image %s: platform %s needs both the isthmus and the isthmus-proxy binary (got %q and %q)", s.Ref(), p, b.Isthmus, b.Proxy)
+		}
+		bin, err := os.ReadFile(b.Isthmus)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: binary for %s: %w", s.Ref(), p, err)
 		}
-		img, err := s.image(*plat, bin)
+		proxyBin, err := os.ReadFile(b.Proxy)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: proxy binary for %s: %w", s.Ref(), p, err)
+		}
+		img, err := s.image(*plat, bin, proxyBin)
 		if err != nil {
 			return nil, fmt.Errorf("image %s for %s: %w", s.Ref(), p, err)
 		}
@@ -94,8 +118,8 @@ func Build(s Spec) (v1.ImageIndex, error) {
 	return idx, nil
 }
 
-func (s Spec) image(plat v1.Platform, bin []byte) (v1.Image, error) {
-	fs, err := s.rootfs(bin)
+func (s Spec) image(plat v1.Platform, bin, proxyBin []byte) (v1.Image, error) {
+	fs, err := s.rootfs(bin, proxyBin)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +134,7 @@ func (s Spec) image(plat v1.Platform, bin []byte) (v1.Image, error) {
 		Layer: layer,
 		History: v1.History{
 			Created:   v1.Time{Time: s.Created},
-			CreatedBy: "isthmus image build: " + BinaryPath + ", CA certificates, passwd",
+			CreatedBy: "isthmus image build: " + BinaryPath + ", " + ProxyBinaryPath + ", CA certificates, passwd",
 			Comment:   "built without a container engine by internal/image",
 		},
 	})
@@ -168,7 +192,7 @@ func (s Spec) labels() map[string]string {
 
 // rootfs is the layer's tar: directories first, every entry owned by root
 // unless it is the proxy's, every time the spec's.
-func (s Spec) rootfs(bin []byte) ([]byte, error) {
+func (s Spec) rootfs(bin, proxyBin []byte) ([]byte, error) {
 	ca, err := caBundle()
 	if err != nil {
 		return nil, err
@@ -198,6 +222,7 @@ func (s Spec) rootfs(bin []byte) ([]byte, error) {
 		{name: "usr/local/", mode: 0o755, dir: true},
 		{name: "usr/local/bin/", mode: 0o755, dir: true},
 		{name: strings.TrimPrefix(BinaryPath, "/"), mode: 0o755, body: bin},
+		{name: strings.TrimPrefix(ProxyBinaryPath, "/"), mode: 0o755, body: proxyBin},
 		{name: "var/", mode: 0o755, dir: true},
 		{name: "var/run/", mode: 0o755, dir: true},
 	}

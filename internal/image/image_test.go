@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,17 +24,27 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-func testSpec(t *testing.T) Spec {
+func testBinaries(t *testing.T) map[string]Binaries {
 	dir := t.TempDir()
-	bins := map[string]string{}
+	bins := map[string]Binaries{}
 	for _, p := range []string{"linux/arm64", "linux/amd64"} {
-		path := filepath.Join(dir, strings.ReplaceAll(p, "/", "-"))
-		if err := os.WriteFile(path, []byte("binary for "+p), 0o755); err != nil {
-			t.Fatal(err)
+		var b Binaries
+		for _, f := range []struct {
+			name string
+			path *string
+		}{{"isthmus", &b.Isthmus}, {"isthmus-proxy", &b.Proxy}} {
+			*f.path = filepath.Join(dir, strings.ReplaceAll(p, "/", "-")+"-"+f.name)
+			if err := os.WriteFile(*f.path, []byte(f.name+" for "+p), 0o755); err != nil {
+				t.Fatal(err)
+			}
 		}
-		bins[p] = path
+		bins[p] = b
 	}
-	return Mesh("isthmus", "1.2.3", "1.2.3", "abc", bins, time.Unix(1764900000, 0))[0]
+	return bins
+}
+
+func testSpec(t *testing.T) Spec {
+	return Mesh("isthmus", "1.2.3", "1.2.3", "abc", testBinaries(t), time.Unix(1764900000, 0))[0]
 }
 
 func TestBuildIsReproducibleAndComplete(t *testing.T) {
@@ -81,8 +92,11 @@ func TestBuildIsReproducibleAndComplete(t *testing.T) {
 			t.Errorf("%s config: created %v labels %v", want, cf.Created, cf.Config.Labels)
 		}
 		files := filesOf(t, img)
-		if got := string(files[BinaryPath[1:]]); got != "binary for linux/"+want {
+		if got := string(files[BinaryPath[1:]]); got != "isthmus for linux/"+want {
 			t.Errorf("%s image's binary is %q", want, got)
+		}
+		if got := string(files[ProxyBinaryPath[1:]]); got != "isthmus-proxy for linux/"+want {
+			t.Errorf("%s image's proxy binary is %q", want, got)
 		}
 		if !strings.Contains(string(files["etc/passwd"]), "istio-proxy:x:1337:1337") {
 			t.Errorf("%s /etc/passwd lacks the proxy user: %q", want, files["etc/passwd"])
@@ -121,9 +135,15 @@ func filesOf(t *testing.T, img v1.Image) map[string][]byte {
 
 func TestBuildRefusesWhatCannotRun(t *testing.T) {
 	s := testSpec(t)
-	s.Binaries = map[string]string{"darwin/arm64": s.Binaries["linux/arm64"]}
+	s.Binaries = map[string]Binaries{"darwin/arm64": s.Binaries["linux/arm64"]}
 	if _, err := Build(s); err == nil || !strings.Contains(err.Error(), "linux only") {
 		t.Errorf("darwin image: %v", err)
+	}
+	// Injected pods run isthmus-proxy: an image without it would not start them.
+	s = testSpec(t)
+	s.Binaries["linux/amd64"] = Binaries{Isthmus: s.Binaries["linux/amd64"].Isthmus}
+	if _, err := Build(s); err == nil || !strings.Contains(err.Error(), "isthmus-proxy") {
+		t.Errorf("an image without isthmus-proxy: %v", err)
 	}
 	s = testSpec(t)
 	s.Entrypoint = []string{"/bin/sh"}
@@ -214,6 +234,34 @@ func TestFullName(t *testing.T) {
 		if got := FullName(in); got != want {
 			t.Errorf("FullName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// The demo app's image is the mesh image's one layer under another
+// config: a node that has one pulls no layer for the other.
+func TestDemoAppSharesTheLayer(t *testing.T) {
+	specs := Mesh("isthmus", "1", "1", "", testBinaries(t), time.Unix(1764900000, 0))
+	var layers [2][]v1.Hash
+	for i, s := range specs {
+		idx, err := Build(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, _ := idx.IndexManifest()
+		for _, m := range im.Manifests {
+			img, err := idx.Image(m.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls, _ := img.Layers()
+			for _, l := range ls {
+				d, _ := l.Digest()
+				layers[i] = append(layers[i], d)
+			}
+		}
+	}
+	if len(layers[0]) != 2 || !slices.Equal(layers[0], layers[1]) {
+		t.Errorf("mesh layers %v, demo-app layers %v", layers[0], layers[1])
 	}
 }
 

@@ -7,8 +7,10 @@ import (
 
 // Mesh is the images a release ships: isthmus itself (the control plane,
 // every proxy and the CLI; what `isthmus install` renders as HUB/isthmus:TAG)
-// and the walkthrough's demo app, the same binary behind `demo-app`.
-func Mesh(hub, tag, version, revision string, binaries map[string]string, created time.Time) []Spec {
+// and the walkthrough's demo app, the same binary behind `demo-app`. Both
+// hold the same single layer (isthmus, isthmus-proxy, CA certificates), so
+// a node that pulled one has the other's layer.
+func Mesh(hub, tag, version, revision string, binaries map[string]Binaries, created time.Time) []Spec {
 	hub = strings.TrimSuffix(hub, "/")
 	base := Spec{
 		Tag:      tag,

@@ -453,7 +453,8 @@ func (r *renderer) remote() []runtime.Object {
 }
 
 // gateway: a Deployment whose istio-proxy container the injection webhook
-// turns into `isthmus proxy router` (Istio's gateway injection template),
+// replaces with `isthmus-proxy proxy router` (Istio's gateway injection
+// template; the container here is only image "auto", env and ports),
 // its Service (LoadBalancer for ingress, ClusterIP for egress, as Istio's
 // defaults), account and SDS role.
 func (r *renderer) gateway(gw Gateway, egress bool) []runtime.Object {

@@ -3,6 +3,7 @@ package contract
 import (
 	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -11,11 +12,14 @@ import (
 // The proxy and the control plane meet only on the wire (xDS and the
 // certificate API), so either can be swapped for Envoy or istiod; offline
 // validation stands without the control plane. Tests included: tests of
-// one against the other live here, in test/contract.
+// one against the other live here, in test/contract. The proxy's own
+// binary is checked as a whole (proxyBinary).
 func TestPackageBoundaries(t *testing.T) {
 	rules := []struct{ from, mustNot string }{
 		{"internal/proxy", "internal/discovery"},
 		{"internal/discovery", "internal/proxy"},
+		{"internal/proxycli", "internal/discovery"},
+		{"internal/discovery", "internal/proxycli"},
 		{"internal/validation", "internal/discovery"},
 	}
 	cmd := exec.Command("go", "list", "-json", "../../internal/...")
@@ -57,6 +61,53 @@ func TestPackageBoundaries(t *testing.T) {
 	if seen < 20 {
 		t.Fatalf("go list saw %d packages; the check looked at the wrong tree", seen)
 	}
+	proxyBinary(t)
+}
+
+// proxyBinary: isthmus-proxy, what every sidecar and gateway runs, links
+// the proxy and what it shares with the rest of isthmus, and neither the
+// control plane, the installer, the sandbox nor Kubernetes' API and client
+// packages: each would be pages of every pod's memory (README, "Two
+// binaries"). A package of the module that is not listed here fails the
+// test until it is, so that adding one to the proxy is a decision.
+func proxyBinary(t *testing.T) {
+	const module = "github.com/isthmus-mesh/isthmus/"
+	shared := []string{"cmd/isthmus-proxy", "internal/proxy", "internal/proxycli", "internal/cliroot",
+		"internal/nds", "internal/httpfield", "internal/rungroup", "internal/version"}
+	forbidden := []string{"k8s.io", "sigs.k8s.io", "istio.io/client-go", "istio.io/istio"}
+	// A container of the standard library alone, without init work: the
+	// telemetry's cache of peer metadata.
+	allowed := []string{"k8s.io/utils/lru", "k8s.io/utils/internal/third_party/forked/golang/golang-lru"}
+	cmd := exec.Command("go", "list", "-deps", "../../cmd/isthmus-proxy")
+	cmd.Env = append(os.Environ(), "GOOS=linux")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps cmd/isthmus-proxy: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 100 {
+		t.Fatalf("go list saw %d packages in isthmus-proxy; the check looked at the wrong tree", len(deps))
+	}
+	for _, pkg := range deps {
+		if own, ok := strings.CutPrefix(pkg, module); ok {
+			if !anyUnder(own, shared) {
+				t.Errorf("isthmus-proxy links %s: the proxy binary holds only %s (the rest of isthmus is the isthmus binary's; list a package here only if a proxy needs it)", own, strings.Join(shared, ", "))
+			}
+			continue
+		}
+		if anyUnder(pkg, forbidden) && !anyUnder(pkg, allowed) {
+			t.Errorf("isthmus-proxy links %s: the proxy binary links nothing of Kubernetes' modules or Istio's clients (megabytes of every sidecar's memory)", pkg)
+		}
+	}
+}
+
+func anyUnder(pkg string, dirs []string) bool {
+	for _, d := range dirs {
+		if under(pkg, d) {
+			return true
+		}
+	}
+	return false
 }
 
 func under(pkg, dir string) bool { return pkg == dir || strings.HasPrefix(pkg, dir+"/") }

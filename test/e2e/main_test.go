@@ -18,6 +18,10 @@ import (
 // bin is the isthmus binary built for this test run.
 var bin string
 
+// proxyBin is the isthmus-proxy binary of the same build: what injected
+// pods run, so what the tests that start proxies on the host run.
+var proxyBin string
+
 // imageDir holds the images built for this run (make image's IMAGE_DIR):
 // oci/ is loaded into every sandbox, digests.txt names them.
 var imageDir string
@@ -52,10 +56,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e: build isthmus and its images:", err)
 		os.Exit(1)
 	}
-	bin = filepath.Join(dir, "isthmus")
-	if b, err := os.ReadFile("../../bin/isthmus"); err != nil || os.WriteFile(bin, b, 0o755) != nil {
-		fmt.Fprintln(os.Stderr, "e2e: copy bin/isthmus:", err)
-		os.Exit(1)
+	bin, proxyBin = filepath.Join(dir, "isthmus"), filepath.Join(dir, "isthmus-proxy")
+	for _, dst := range []string{bin, proxyBin} {
+		src := "../../bin/" + filepath.Base(dst)
+		if b, err := os.ReadFile(src); err != nil || os.WriteFile(dst, b, 0o755) != nil {
+			fmt.Fprintf(os.Stderr, "e2e: copy %s: %v\n", src, err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -118,13 +118,14 @@ func stopProcess(cmd *exec.Cmd, sig os.Signal, grace time.Duration) {
 	}
 }
 
-// inNS runs the isthmus binary in a namespace, as uid/gid 1337 if proxy.
+// inNS runs isthmus-proxy, what injected pods run, in a namespace, as
+// uid/gid 1337 if proxy: the proxies' memory and CPU figures are a pod's.
 func inNS(ns string, asProxy bool, args ...string) *exec.Cmd {
 	a := []string{"--net=/run/netns/" + ns}
 	if asProxy {
 		a = append(a, "--setuid", "1337", "--setgid", "1337")
 	}
-	return exec.Command("nsenter", append(append(a, bin), args...)...)
+	return exec.Command("nsenter", append(append(a, proxyBin), args...)...)
 }
 
 // profileApp serves, inside the profile pod: HTTP/1.1 and h2c on 8080
@@ -290,7 +291,7 @@ const (
 // proxyFlags are added to every proxy's command line (benchmarks clear them).
 var proxyFlags = []string{"-v", "--access-log", "/dev/stdout"}
 
-// runProxy starts `isthmus proxy sidecar|router` in a namespace as uid 1337.
+// runProxy starts `isthmus-proxy proxy sidecar|router` in a namespace as uid 1337.
 func runProxy(t testing.TB, ns, kind, node, dir, token string) *exec.Cmd {
 	t.Helper()
 	parts := strings.Split(node, "~")

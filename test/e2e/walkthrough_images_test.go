@@ -89,6 +89,13 @@ func imagesArea(t *testing.T, w *walkthrough) {
 						if _, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/root/usr/local/bin/isthmus"); err != nil {
 							t.Errorf("%s: no isthmus binary in the process's root: %v", where, err)
 						}
+						// Injected containers run the proxy alone (the injector's command).
+						if s.Name == "istio-proxy" || s.Name == "istio-init" {
+							cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+							if argv0, _, _ := strings.Cut(string(cmdline), "\x00"); argv0 != "/usr/local/bin/isthmus-proxy" {
+								t.Errorf("%s runs %q, not the image's isthmus-proxy", where, argv0)
+							}
+						}
 						if status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil && strings.HasSuffix(repo, "/demo-app") && strings.Contains(string(status), "\nUid:\t1337\t") {
 							t.Errorf("%s: the app runs as the proxy's uid 1337: its calls would leave uncaptured", where)
 						}

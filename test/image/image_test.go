@@ -42,7 +42,8 @@ func makeImage(t *testing.T, dir string) string {
 }
 
 // Two runs of make image give the same digests; the index holds both
-// platforms, each with its own architecture's binary; crane pushes the
+// platforms, each with its own architecture's binaries (isthmus and
+// isthmus-proxy); crane pushes the
 // per-image layout with both platforms under the same digest.
 func TestMakeImage(t *testing.T) {
 	if testing.Short() {
@@ -76,13 +77,15 @@ func TestMakeImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bin := fileOf(t, img, "usr/local/bin/isthmus")
-		f, err := elf.NewFile(bytes.NewReader(bin))
-		if err != nil {
-			t.Fatalf("%s: the binary is not ELF: %v", m.Platform, err)
-		}
-		if want := machines[m.Platform.Architecture]; f.Machine != want || m.Platform.OS != "linux" {
-			t.Errorf("%s image holds a %s binary, want %s", m.Platform, f.Machine, want)
+		for _, path := range []string{"usr/local/bin/isthmus", "usr/local/bin/isthmus-proxy"} {
+			bin := fileOf(t, img, path)
+			f, err := elf.NewFile(bytes.NewReader(bin))
+			if err != nil {
+				t.Fatalf("%s: /%s is not ELF: %v", m.Platform, path, err)
+			}
+			if want := machines[m.Platform.Architecture]; f.Machine != want || m.Platform.OS != "linux" {
+				t.Errorf("%s image holds a %s /%s, want %s", m.Platform, f.Machine, path, want)
+			}
 		}
 		delete(machines, m.Platform.Architecture)
 	}

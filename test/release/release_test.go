@@ -1,6 +1,8 @@
-// Package release checks what make release ships: the binary cross-builds
-// for Linux, macOS and Windows, each file is an executable for its system and
-// architecture, and only the Linux one holds the proxy and the sandbox.
+// Package release checks what make release ships: the isthmus binary
+// cross-builds for Linux, macOS and Windows, each file is an executable for
+// its system and architecture, and only the Linux one holds the proxy and
+// the sandbox. (isthmus-proxy is not released on its own: pods get it in
+// the image, and `isthmus proxy` is the same commands.)
 package release
 
 import (
@@ -19,10 +21,12 @@ import (
 const module = "github.com/isthmus-mesh/isthmus"
 
 // linuxOnly are symbols of the Linux-only commands (internal/cli's
-// *_linux.go wiring) and prefixes of the packages only they use.
+// *_linux.go wiring: the proxy's tree is internal/proxycli's) and prefixes
+// of the packages only they use.
 var linuxOnly = []string{
-	module + "/internal/cli.newProxyCmd",
+	module + "/internal/proxycli.Command",
 	module + "/internal/cli.newSandboxCmd",
+	module + "/internal/proxycli.",
 	module + "/internal/sandbox.",
 	module + "/internal/sandbox/",
 	module + "/internal/proxy.",

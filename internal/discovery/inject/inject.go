@@ -1,8 +1,8 @@
 // Package inject is the sidecar injection webhook, istiod's /inject: a
 // Kubernetes mutating admission webhook that adds to a pod of the mesh the
-// init container that captures its traffic (`isthmus proxy init`) and the
-// istio-proxy container (`isthmus proxy sidecar`, uid 1337) with what it
-// needs: its identity in the environment, the istio-token projected volume
+// init container that captures its traffic (`isthmus-proxy proxy init`)
+// and the istio-proxy container (`isthmus-proxy proxy sidecar`, uid 1337)
+// with what it needs: its identity in the environment, the istio-token projected volume
 // (audience istio-ca), the mesh root (ConfigMap istio-ca-root-cert), and a
 // readiness probe on 15021.
 //
@@ -45,7 +45,7 @@ const (
 	LabelNetwork          = "topology.istio.io/network"
 	ProxyName             = "istio-proxy"
 	InitName              = "istio-init"
-	// Traffic annotations passed to `isthmus proxy init`.
+	// Traffic annotations passed to `proxy init`.
 	annIncludeInbound  = "traffic.sidecar.istio.io/includeInboundPorts"
 	annExcludeInbound  = "traffic.sidecar.istio.io/excludeInboundPorts"
 	annIncludeOutbound = "traffic.sidecar.istio.io/includeOutboundIPRanges"
@@ -53,9 +53,19 @@ const (
 	annExcludeOutPorts = "traffic.sidecar.istio.io/excludeOutboundPorts"
 )
 
+// ProxyCommand is the command of every injected container: the image's
+// isthmus-proxy (internal/image.ProxyBinaryPath; a test ties them), the
+// data plane without the control plane and Kubernetes' client packages of
+// isthmus, so that a pod's memory holds only the proxy. The args keep
+// Istio's shape, [proxy sidecar|router|init] (isthmus-proxy takes the
+// command lines of isthmus), which the control plane reads to tell a
+// gateway's pod.
+const ProxyCommand = "/usr/local/bin/isthmus-proxy"
+
 // Config is what every injected sidecar gets.
 type Config struct {
-	// Image runs `isthmus`; in a real cluster the isthmus image.
+	// Image holds isthmus-proxy at ProxyCommand; in a real cluster the
+	// isthmus image.
 	Image string
 	// ClusterID and Network are the defaults when the path names none.
 	ClusterID, Network string
@@ -199,9 +209,9 @@ func (c *Config) patch(pod *corev1.Pod, namespace, cluster, network string) ([]o
 }
 
 // gatewayPatch is Istio's gateway template: the pod's own istio-proxy
-// container (image "auto") becomes `isthmus proxy router` with the pod's
-// identity; its env (ISTIO_META_REQUESTED_NETWORK_VIEW, ...) and ports are
-// kept. No init container: a gateway's traffic is addressed to it.
+// container (image "auto") becomes `isthmus-proxy proxy router` with the
+// pod's identity; its env (ISTIO_META_REQUESTED_NETWORK_VIEW, ...) and
+// ports are kept. No init container: a gateway's traffic is addressed to it.
 func (c *Config) gatewayPatch(pod *corev1.Pod, i int, namespace, cluster, network string, md map[string]string) []op {
 	own := pod.Spec.Containers[i]
 	ctr := c.proxyContainer(pod, namespace, cluster, network, md)
@@ -360,7 +370,7 @@ func (c *Config) initContainer(pod *corev1.Pod, md map[string]string) corev1.Con
 		args = append(args, "--redirect-dns")
 	}
 	return corev1.Container{
-		Name: InitName, Image: c.Image, Args: args,
+		Name: InitName, Image: c.Image, Command: []string{ProxyCommand}, Args: args,
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser: ptr.To[int64](0), RunAsNonRoot: ptr.To(false),
 			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}},
@@ -407,7 +417,7 @@ func (c *Config) proxyContainer(pod *corev1.Pod, namespace, cluster, network str
 		}
 	}
 	return corev1.Container{
-		Name: ProxyName, Image: c.Image, Args: []string{"proxy", "sidecar"}, Env: env,
+		Name: ProxyName, Image: c.Image, Command: []string{ProxyCommand}, Args: []string{"proxy", "sidecar"}, Env: env,
 		Ports: []corev1.ContainerPort{{Name: "http-envoy-prom", ContainerPort: 15090, Protocol: corev1.ProtocolTCP}},
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz/ready", Port: intstr.FromInt32(15021)}},

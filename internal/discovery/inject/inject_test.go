@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/isthmus-mesh/isthmus/internal/image"
 )
 
 var cfg = &Config{Image: "isthmus/isthmus:dev", ClusterID: "cluster-eks", Network: "network1",
@@ -100,9 +102,22 @@ func TestInjectsTheSidecar(t *testing.T) {
 	if init := pod.Spec.InitContainers[0]; init.Args[1] != "init" || init.SecurityContext.Capabilities.Add[0] != "NET_ADMIN" {
 		t.Errorf("init container %+v", init)
 	}
+	// The image's proxy binary, with the command lines of isthmus.
+	for _, c := range []corev1.Container{pod.Spec.InitContainers[0], proxy} {
+		if got := strings.Join(append(c.Command, c.Args...), " "); got != "/usr/local/bin/isthmus-proxy proxy "+map[string]string{InitName: "init", ProxyName: "sidecar"}[c.Name] {
+			t.Errorf("%s runs %q", c.Name, got)
+		}
+	}
 	// Without a path the control plane's own cluster and network apply.
 	if got := env(review(t, "/inject", appPod()).Spec.Containers[1], "ISTIO_META_NETWORK"); got != "network1" {
 		t.Errorf("default network %q", got)
+	}
+}
+
+// The injected command is where the isthmus image puts isthmus-proxy.
+func TestProxyCommandIsInTheImage(t *testing.T) {
+	if ProxyCommand != image.ProxyBinaryPath {
+		t.Errorf("the injector runs %s, the image holds isthmus-proxy at %s", ProxyCommand, image.ProxyBinaryPath)
 	}
 }
 
@@ -146,8 +161,8 @@ func TestGatewayTemplate(t *testing.T) {
 		t.Fatalf("containers %d, init %d, volumes %d", len(pod.Spec.Containers), len(pod.Spec.InitContainers), len(pod.Spec.Volumes))
 	}
 	c := pod.Spec.Containers[0]
-	if c.Image != cfg.Image || strings.Join(c.Args, " ") != "proxy router" {
-		t.Fatalf("gateway container runs %s %v", c.Image, c.Args)
+	if c.Image != cfg.Image || strings.Join(append(c.Command, c.Args...), " ") != "/usr/local/bin/isthmus-proxy proxy router" {
+		t.Fatalf("gateway container runs %s %v %v", c.Image, c.Command, c.Args)
 	}
 	for name, want := range map[string]string{"ISTIO_META_CLUSTER_ID": "cluster-aks", "ISTIO_META_NETWORK": "network2", "ISTIO_META_REQUESTED_NETWORK_VIEW": "network2"} {
 		if got := env(c, name); got != want {

@@ -17,15 +17,70 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
-// Prober is one original probe, Istio's ISTIO_KUBE_APP_PROBERS value shape.
+// Prober is one original probe, Istio's ISTIO_KUBE_APP_PROBERS value shape:
+// the fields of Kubernetes' Probe that the proxy runs, decoded from the
+// same JSON without Kubernetes' API types (the proxy binary leaves them out).
 type Prober struct {
-	HTTPGet        *corev1.HTTPGetAction   `json:"httpGet,omitempty"`
-	TCPSocket      *corev1.TCPSocketAction `json:"tcpSocket,omitempty"`
-	TimeoutSeconds int32                   `json:"timeoutSeconds,omitempty"`
+	HTTPGet        *HTTPGetAction   `json:"httpGet,omitempty"`
+	TCPSocket      *TCPSocketAction `json:"tcpSocket,omitempty"`
+	TimeoutSeconds int32            `json:"timeoutSeconds,omitempty"`
+}
+
+// HTTPGetAction is Kubernetes' HTTPGetAction less its host: the proxy
+// calls the application on 127.0.0.1.
+type HTTPGetAction struct {
+	Path        string       `json:"path,omitempty"`
+	Port        Port         `json:"port"`
+	Scheme      string       `json:"scheme,omitempty"` // HTTP (default) or HTTPS
+	HTTPHeaders []HTTPHeader `json:"httpHeaders,omitempty"`
+}
+
+// HTTPHeader is a header an HTTP probe sends.
+type HTTPHeader struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// TCPSocketAction is Kubernetes' TCPSocketAction less its host.
+type TCPSocketAction struct {
+	Port Port `json:"port"`
+}
+
+// Port is a probe's port as Kubernetes writes it (an IntOrString): a
+// number, or a string, which is a number in quotes or a container port's
+// name. The injector resolves names before it writes the probers; one left
+// unresolved fails its probe, saying so.
+type Port struct {
+	Number int
+	Name   string
+}
+
+// UnmarshalJSON reads a number or a string.
+func (p *Port) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		if n, err := strconv.Atoi(s); err == nil {
+			*p = Port{Number: n}
+		} else {
+			*p = Port{Name: s}
+		}
+		return nil
+	}
+	*p = Port{}
+	return json.Unmarshal(b, &p.Number)
+}
+
+// addr is the application's address for the probe on localhost.
+func (p Port) addr() (string, error) {
+	if p.Name != "" {
+		return "", fmt.Errorf("port %q is a name the injector did not resolve to a number", p.Name)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Number)), nil
 }
 
 // Probers maps a rewritten path to the original probe.
@@ -68,14 +123,19 @@ func (p Probers) Handler() http.Handler {
 		case pr.HTTPGet != nil:
 			g := pr.HTTPGet
 			scheme := "http"
-			if g.Scheme == corev1.URISchemeHTTPS {
+			if g.Scheme == "HTTPS" {
 				scheme = "https"
 			}
 			path := g.Path
 			if !strings.HasPrefix(path, "/") {
 				path = "/" + path
 			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(g.Port.IntValue()))+path, nil)
+			addr, err := g.Port.addr()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+path, nil)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
@@ -101,7 +161,12 @@ func (p Probers) Handler() http.Handler {
 			}
 			w.WriteHeader(resp.StatusCode)
 		case pr.TCPSocket != nil:
-			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(pr.TCPSocket.Port.IntValue())))
+			addr, err := pr.TCPSocket.Port.addr()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusServiceUnavailable)
 				return

@@ -23,12 +23,16 @@ func TestProbers(t *testing.T) {
 	  "/app-health/app/readyz": {"httpGet": {"path": "/healthz", "port": ` + port + `, "httpHeaders": [{"name": "X-Probe", "value": "yes"}]}, "timeoutSeconds": 1},
 	  "/app-health/app/livez": {"httpGet": {"path": "/other", "port": ` + port + `}},
 	  "/app-health/app/startupz": {"tcpSocket": {"port": ` + port + `}},
+	  "/app-health/quoted/readyz": {"tcpSocket": {"port": "` + port + `"}},
+	  "/app-health/named/readyz": {"tcpSocket": {"port": "http"}},
+	  "/app-health/tls/readyz": {"httpGet": {"path": "/healthz", "port": ` + port + `, "scheme": "HTTPS"}},
 	  "/app-health/down/readyz": {"tcpSocket": {"port": ` + closedPort + `}}}`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := p.Handler()
 	for path, want := range map[string]int{"/app-health/app/readyz": 200, "/app-health/app/livez": 500, "/app-health/app/startupz": 200,
+		"/app-health/quoted/readyz": 200, "/app-health/named/readyz": 503, "/app-health/tls/readyz": 503,
 		"/app-health/down/readyz": 503, "/app-health/none/readyz": 404} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))

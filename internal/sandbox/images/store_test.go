@@ -51,13 +51,17 @@ func TestPullThroughMirrorAcrossRegistryRestart(t *testing.T) {
 	needRoot(t)
 	regDir := t.TempDir()
 	host := startRegistry(t, regDir)
-	bins := map[string]string{}
+	bins := map[string]image.Binaries{}
 	for _, arch := range []string{"amd64", "arm64"} {
 		p := filepath.Join(t.TempDir(), arch)
 		if err := os.WriteFile(p, []byte("isthmus for "+arch), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		bins["linux/"+arch] = p
+		proxy := filepath.Join(t.TempDir(), arch+"-proxy")
+		if err := os.WriteFile(proxy, []byte("isthmus-proxy for "+arch), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		bins["linux/"+arch] = image.Binaries{Isthmus: p, Proxy: proxy}
 	}
 	spec := image.Mesh("isthmus", "1.0", "1.0", "", bins, time.Unix(1764900000, 0))[0]
 	idx, err := image.Build(spec)
@@ -87,6 +91,9 @@ func TestPullThroughMirrorAcrossRegistryRestart(t *testing.T) {
 	bin, err := os.ReadFile(filepath.Join(img.Layers[0], image.BinaryPath))
 	if err != nil || string(bin) != "isthmus for "+runtime.GOARCH {
 		t.Errorf("unpacked binary %q (%v)", bin, err)
+	}
+	if bin, err := os.ReadFile(filepath.Join(img.Layers[0], image.ProxyBinaryPath)); err != nil || string(bin) != "isthmus-proxy for "+runtime.GOARCH {
+		t.Errorf("unpacked proxy binary %q (%v)", bin, err)
 	}
 	if fi, err := os.Stat(filepath.Join(img.Layers[0], "etc/istio/proxy")); err != nil || fi.Sys() == nil {
 		t.Errorf("etc/istio/proxy: %v", err)
@@ -230,7 +237,7 @@ func TestConcurrentPullsOfOneImage(t *testing.T) {
 	if err := os.WriteFile(p, []byte("isthmus"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	idx, err := image.Build(image.Mesh("isthmus", "2.0", "2.0", "", map[string]string{"linux/" + runtime.GOARCH: p}, time.Unix(0, 0))[0])
+	idx, err := image.Build(image.Mesh("isthmus", "2.0", "2.0", "", map[string]image.Binaries{"linux/" + runtime.GOARCH: {Isthmus: p, Proxy: p}}, time.Unix(0, 0))[0])
 	if err != nil {
 		t.Fatal(err)
 	}

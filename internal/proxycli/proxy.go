@@ -1,6 +1,6 @@
 //go:build linux
 
-package cli
+package proxycli
 
 import (
 	"bufio"
@@ -13,27 +13,29 @@ import (
 	"strings"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/mergedmetrics"
-
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/iptables"
+	"github.com/isthmus-mesh/isthmus/internal/proxy/mergedmetrics"
 )
 
-func newProxyCmd() *cobra.Command {
+// Command is `proxy` and its subcommands: init, sidecar and router. level
+// is the process's log level, the one the root's handler logs at: the
+// admin port's /logging changes it.
+func Command(level *slog.LevelVar) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "The data plane: sidecar, east-west gateway and the pod's traffic capture",
 	}
-	cmd.AddCommand(newProxyInitCmd(), newProxyRunCmd("sidecar"), newProxyRunCmd("router"))
+	cmd.AddCommand(newInitCmd(), newRunCmd("sidecar", level), newRunCmd("router", level))
 	return cmd
 }
 
-func newProxyInitCmd() *cobra.Command {
+func newInitCmd() *cobra.Command {
 	cfg := iptables.Default()
 	var inbound, outbound, excludeCIDRs string
 	var excludeIn, excludeOut, includeOut string
@@ -139,7 +141,7 @@ func ports(list []string) ([]int, error) {
 	return out, nil
 }
 
-func newProxyRunCmd(kind string) *cobra.Command {
+func newRunCmd(kind string, level *slog.LevelVar) *cobra.Command {
 	cfg := proxy.RunConfig{}
 	var labelsFile string
 	short := map[string]string{
@@ -200,7 +202,7 @@ SIGTERM drains: no new connections, open ones get --drain-duration.`,
 			if kind == "sidecar" && cfg.Node.Metadata["DNS_CAPTURE"] == "true" {
 				cfg.DNSAddr = "127.0.0.1:15053"
 			}
-			cfg.Log, cfg.LogLevel = slog.Default(), logLevel
+			cfg.Log, cfg.LogLevel = slog.Default(), level
 			return proxy.Run(cmd.Context(), cfg)
 		},
 	}
