@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -87,6 +88,24 @@ func proxyBinary(t *testing.T) {
 	deps := strings.Fields(string(out))
 	if len(deps) < 100 {
 		t.Fatalf("go list saw %d packages in isthmus-proxy; the check looked at the wrong tree", len(deps))
+	}
+	// Every Envoy message the control plane can send is registered in the
+	// proxy binary: config_dump (istioctl proxy-config) renders each Any,
+	// and one unknown type fails the whole dump.
+	cp := exec.Command("go", "list", "-deps", "../../internal/discovery/...")
+	cp.Env = cmd.Env
+	cpOut, err := cp.Output()
+	if err != nil {
+		t.Fatalf("go list -deps internal/discovery/...: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(cpOut)) {
+		payload := false
+		for _, dir := range []string{"config", "extensions", "type"} {
+			payload = payload || strings.HasPrefix(pkg, "github.com/envoyproxy/go-control-plane/envoy/"+dir+"/")
+		}
+		if payload && !slices.Contains(deps, pkg) {
+			t.Errorf("the control plane links %s and isthmus-proxy does not: its messages are unknown to the proxy's config_dump (import it in internal/proxy/admin)", pkg)
+		}
 	}
 	for _, pkg := range deps {
 		if own, ok := strings.CutPrefix(pkg, module); ok {
