@@ -53,7 +53,8 @@ deps: ## install the Debian packages the sandbox needs (root), and for make test
 
 # make image cross-builds static binaries (no cgo, -trimpath: the same
 # commit gives the same bytes) and assembles the images without a container
-# engine; files and configs are stamped with the commit's time.
+# engine; files and configs are stamped with the commit's time. The
+# assembler is built as bin/isthmus is, to share its compiled packages.
 image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI layout and tarballs in IMAGE_DIR)
 	@for p in $(PLATFORMS); do \
 		for b in isthmus isthmus-proxy; do \
@@ -61,7 +62,7 @@ image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI l
 			CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(IMAGE_DIR)/bin/$${p%/*}-$${p#*/}/$$b ./cmd/$$b || exit 1; \
 		done; \
 	done
-	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run ./cmd/isthmus-image \
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) CGO_ENABLED=0 $(GO) run -trimpath ./cmd/isthmus-image \
 		--out $(IMAGE_DIR) --hub $(HUB) --tag $(TAG) --revision "$$(git rev-parse HEAD 2>/dev/null)" \
 		$(foreach p,$(PLATFORMS),--binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus --proxy-binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus-proxy)
 
