@@ -111,9 +111,13 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for 
 
 # make demo builds the Kubernetes binaries and the images at once, after
 # bin/isthmus (which both need or reuse): each cold build keeps two cores
-# busy most of the time, but not its slowest packages and links.
-demo: deps build ## build the images, push them into the sandbox's registry, replay the walkthrough on it and report what it built
-	$(MAKE) --no-print-directory -j2 kube image
+# busy most of the time, but not its slowest packages and links. Its images
+# are for this machine's platform only, the one the sandbox pulls (make
+# image builds both; DEMO_PLATFORMS="$(PLATFORMS)" makes the demo do so too).
+DEMO_PLATFORMS ?= $(shell $(GO) env GOOS)/$(shell $(GO) env GOARCH)
+
+demo: deps build ## build the images for this machine, push them into the sandbox's registry, replay the walkthrough on it and report what it built
+	$(MAKE) --no-print-directory -j2 kube image PLATFORMS="$(DEMO_PLATFORMS)"
 	$(BIN) sandbox up
 	$(BIN) sandbox load $(IMAGE_DIR)/oci
 	ISTHMUS=$(CURDIR)/$(BIN) bash examples/primary-remote-multinetwork/replay.sh
