@@ -367,6 +367,7 @@ func loadAssignment(name string, eps []network.LbEndpoint, priority func(network
 		prio uint32
 	}
 	byLoc := map[group]*endpoint.LocalityLbEndpoints{}
+	weights := map[*endpoint.LocalityLbEndpoints]uint32{}
 	for _, e := range eps {
 		var pr uint32
 		if priority != nil {
@@ -378,30 +379,11 @@ func loadAssignment(name string, eps []network.LbEndpoint, priority func(network
 			byLoc[group{e.Locality, pr}] = l
 			cla.Endpoints = append(cla.Endpoints, l)
 		}
-		md := &core.Metadata{FilterMetadata: map[string]*structpb.Struct{
-			"istio": {Fields: map[string]*structpb.Value{
-				"network": structpb.NewStringValue(e.Network),
-				"cluster": structpb.NewStringValue(e.Cluster),
-			}},
-		}}
-		if e.TLSMode != "" {
-			md.FilterMetadata["envoy.transport_socket_match"] = &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue(e.TLSMode)}}
-		}
-		if e.ServiceAccount != "" {
-			md.FilterMetadata["istio"].Fields["serviceAccount"] = structpb.NewStringValue(e.ServiceAccount)
-			md.FilterMetadata["istio"].Fields["namespace"] = structpb.NewStringValue(e.Namespace)
-		}
-		l.LbEndpoints = append(l.LbEndpoints, &endpoint.LbEndpoint{
-			HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
-				Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
-					Address: e.Address, PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(e.Port)},
-				}}},
-			}},
-			HealthStatus:        core.HealthStatus_HEALTHY,
-			Metadata:            md,
-			LoadBalancingWeight: wrapperspb.UInt32(e.Weight),
-		})
-		l.LoadBalancingWeight = wrapperspb.UInt32(l.GetLoadBalancingWeight().GetValue() + e.Weight)
+		l.LbEndpoints = append(l.LbEndpoints, lbEndpoint(e))
+		weights[l] += e.Weight
+	}
+	for l, w := range weights {
+		l.LoadBalancingWeight = wrapperspb.UInt32(w)
 	}
 	return cla
 }

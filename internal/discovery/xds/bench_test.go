@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -39,6 +40,30 @@ func BenchmarkGenerateSidecarView(b *testing.B) {
 	for b.Loop() {
 		s.generate(p)
 	}
+}
+
+// BenchmarkSidecarViewsHeap: the heap four sidecar views (four
+// localities of one network) keep, per view: what each further namespace
+// or locality of sidecars costs the control plane.
+func BenchmarkSidecarViewsHeap(b *testing.B) {
+	reg := benchRegistry()
+	s := NewServer(ServerConfig{Registry: reg})
+	var per uint64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		keep := make([]*shared, 4)
+		for i := range keep {
+			keep[i] = s.generate(&proxyview.Proxy{ID: "sidecar~1~a.b~b.svc.cluster.local", Type: proxyview.Sidecar, Network: "network1",
+				Locality: registry.Locality{Region: fmt.Sprint("region-", i)}})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(keep)
+		per = (after.HeapAlloc - min(after.HeapAlloc, before.HeapAlloc)) / uint64(len(keep))
+	}
+	b.ReportMetric(float64(per), "heap-B/view")
 }
 
 // BenchmarkPush1000Proxies: a registry change pushed to 1000 connected sidecars.
