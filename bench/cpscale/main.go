@@ -132,7 +132,7 @@ func run() error {
 		// Each control plane watches its own service of the remote, so
 		// the one measured first does not leave the second's change made.
 		r, err := measure(ctx, cp, cls, k)
-		cp.kill()
+		cp.Kill()
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -200,7 +200,7 @@ func run() error {
 // memory, one change in the first remote, and the reconnect storm.
 func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (result, error) {
 	var r result
-	if err := cp.start(ctx); err != nil {
+	if err := cp.Start(ctx); err != nil {
 		return r, err
 	}
 	if err := cp.waitReady(3 * time.Minute); err != nil {
@@ -250,7 +250,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	r.firstPush = time.Since(begin)
 	fmt.Fprintf(os.Stderr, "cpscale: %s: first full push done in %s\n", cp.name, r.firstPush)
 	time.Sleep(3 * time.Second)
-	r.rss, r.anon = rss(cp.pid())
+	r.rss, r.anon = rss(cp.Pid())
 	if *heapFile != "" && cp.name == "isthmus" {
 		saveProfile(cp.pprof+"heap", *heapFile+".push")
 	}
@@ -264,7 +264,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 		}()
 		time.Sleep(200 * time.Millisecond)
 	}
-	cpu0 := cpuTicks(cp.pid())
+	cpu0 := cpuTicks(cp.Pid())
 	changed := time.Now()
 	if err := addEndpoint(ctx, remote, serviceName(remote.index, k), want); err != nil {
 		return r, err
@@ -282,7 +282,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 		})
 	}
 	wg.Wait()
-	r.cpuChange = float64(cpuTicks(cp.pid())-cpu0) / 100
+	r.cpuChange = float64(cpuTicks(cp.Pid())-cpu0) / 100
 	r.p50, r.p99, r.max = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1)
 	if profiled != nil {
 		<-profiled
@@ -294,8 +294,8 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 
 	// The reconnect storm: the control plane SIGKILLed and started again;
 	// every client reconnects at once and needs everything again.
-	cp.kill()
-	if err := cp.start(ctx); err != nil {
+	cp.Kill()
+	if err := cp.Start(ctx); err != nil {
 		return r, err
 	}
 	restarted := time.Now()
@@ -312,7 +312,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	r.stormRSS, _ = rss(cp.pid())
+	r.stormRSS, _ = rss(cp.Pid())
 	r.stormP50, r.stormP99, r.stormAll = pct(storm, 0.5), pct(storm, 0.99), pct(storm, 1)
 	if *heapFile != "" && cp.name == "isthmus" {
 		saveProfile(cp.pprof+"heap", *heapFile+".storm")

@@ -2,42 +2,29 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	authenticationv1 "k8s.io/api/authentication/v1"
-	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
-	"k8s.io/utils/ptr"
 
 	"github.com/isthmus-mesh/isthmus/internal/sandbox"
 	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
+	"github.com/isthmus-mesh/isthmus/test/istiod/launch"
 )
 
 // istiodArea runs Istio's own control plane (pilot-discovery, built from
@@ -356,208 +343,60 @@ func istioNode(p corev1.Pod) (string, map[string]any) {
 	return fmt.Sprintf("%s~%s~%s.%s~%s.svc.cluster.local", typ, p.Status.PodIP, p.Name, p.Namespace, p.Namespace), md
 }
 
-// istiodReader is istiod's account in each cluster: it may read anything
-// and write nothing, so whatever istiod tries to write (root certificate
-// ConfigMaps, webhook CA bundles, leader-election locks, its CA Secret) is
-// refused by the API server.
-const istiodReader = `apiVersion: v1
-kind: ServiceAccount
-metadata: {name: istiod-diff, namespace: default}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: istiod-diff-read}
-rules:
-- apiGroups: ["*"]
-  resources: ["*"]
-  verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: istiod-diff-read}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: istiod-diff-read}
-subjects: [{kind: ServiceAccount, name: istiod-diff, namespace: default}]
-`
-
-// readerKubeconfig writes a kubeconfig for istiod's account in cluster c,
-// its cluster entry named c (Istio takes a remote's cluster ID from it),
-// after checking the account may write none of what istiod would write.
-func readerKubeconfig(t *testing.T, e *sandboxEnv, c, path string) {
-	t.Helper()
-	e.apply(c, istiodReader)
-	t.Cleanup(func() {
-		e.kubectl(c, "", "delete", "clusterrolebinding/istiod-diff-read", "clusterrole/istiod-diff-read", "-n", "default", "serviceaccount/istiod-diff")
-	})
-	admin, err := clientcmd.LoadFromFile(e.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := admin.Clusters[admin.Contexts[c].Cluster]
-	tr, err := e.clients[c].CoreV1().ServiceAccounts("default").CreateToken(context.Background(), "istiod-diff",
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[c] = &clientcmdapi.Cluster{Server: server.Server, CertificateAuthorityData: server.CertificateAuthorityData}
-	cfg.AuthInfos["istiod-diff"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
-	cfg.Contexts[c] = &clientcmdapi.Context{Cluster: c, AuthInfo: "istiod-diff"}
-	cfg.CurrentContext = c
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.NewDefaultClientConfig(*cfg, nil).ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reader := kubernetes.NewForConfigOrDie(rc)
-	can := func(verb, group, resource string) bool {
-		r, err := reader.AuthorizationV1().SelfSubjectAccessReviews().Create(context.Background(), &authorizationv1.SelfSubjectAccessReview{
-			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Namespace: "istio-system", Verb: verb, Group: group, Resource: resource}}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatalf("%s: access review: %v", c, err)
-		}
-		return r.Status.Allowed
-	}
-	if !can("list", "", "pods") {
-		t.Fatalf("%s: istiod's account cannot list pods", c)
-	}
-	for _, verb := range []string{"create", "update", "patch", "delete"} {
-		for _, r := range [][2]string{{"", "configmaps"}, {"", "secrets"}, {"coordination.k8s.io", "leases"},
-			{"admissionregistration.k8s.io", "mutatingwebhookconfigurations"}, {"admissionregistration.k8s.io", "validatingwebhookconfigurations"}} {
-			if can(verb, r[0], r[1]) {
-				t.Fatalf("%s: istiod's account may %s %s: it must only read", c, verb, r[1])
-			}
-		}
-	}
-}
-
-// pluggedCA writes a throwaway root as Istio's plugged CA files
-// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), so istiod
-// neither reads nor creates a CA Secret.
-func pluggedCA(t *testing.T, dir string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{Organization: []string{"istiod-diff"}, CommonName: "istiod-diff root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"ca-cert.pem": cert, "root-cert.pem": cert, "cert-chain.pem": cert,
-		"ca-key.pem": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // startIstiod builds (once per machine) and starts pilot-discovery as
-// cluster-eks's control plane with cluster-aks as its remote, and returns
-// its plaintext xDS address.
+// cluster-eks's control plane with cluster-aks as its remote, read-only in
+// both (test/istiod/launch), and returns its plaintext xDS address.
 func startIstiod(t *testing.T, e *sandboxEnv) string {
 	t.Helper()
-	build := exec.Command("go", "run", "./test/istiod")
-	build.Dir = "../.."
-	build.Stderr = os.Stderr
-	out, err := build.Output()
+	ctx := context.Background()
+	bin, err := launch.Binary(ctx, "../..")
 	if err != nil {
-		t.Fatalf("build istiod (make istiod): %v", err)
-	}
-	bin := strings.TrimSpace(string(out))
-
-	dir := t.TempDir()
-	readerKubeconfig(t, e, "cluster-eks", filepath.Join(dir, "cluster-eks.kubeconfig"))
-	// Istio's multicluster controller reads remote kubeconfigs from a
-	// directory (PILOT_MULTICLUSTER_KUBECONFIG_PATH) as it would read
-	// remote Secrets (*.yaml files only): a Secret would be read by isthmus
-	// too.
-	remotes := filepath.Join(dir, "remotes")
-	if err := os.MkdirAll(remotes, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	readerKubeconfig(t, e, "cluster-aks", filepath.Join(remotes, "cluster-aks.yaml"))
-	pluggedCA(t, filepath.Join(dir, "cacerts"))
 	// The mesh configuration isthmus's installer wrote, so both read the same.
-	cm, err := e.clients["cluster-eks"].CoreV1().ConfigMaps("istio-system").Get(context.Background(), "istio", metav1.GetOptions{})
+	cm, err := e.clients["cluster-eks"].CoreV1().ConfigMaps("istio-system").Get(ctx, "istio", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]string{"mesh": cm.Data["mesh"], "meshNetworks": cm.Data["meshNetworks"],
-		// Gateways known by a hostname are resolved by istiod itself,
-		// through the resolver of /etc/resolv.conf: the sandbox's DNS.
-		"resolv.conf": "nameserver " + sandbox.DNSAddr.Addr().String() + "\n"}
-	if files["meshNetworks"] == "" {
-		files["meshNetworks"] = "networks: {}\n"
+	dir := t.TempDir()
+	o := &launch.Istiod{Binary: bin, Dir: dir, AdminKubeconfig: e.kubeconfig,
+		Name: "istiod-diff", Role: "istiod-diff-read", CAName: "istiod-diff",
+		Mesh: cm.Data["mesh"], MeshNetworks: cm.Data["meshNetworks"]}
+	for _, c := range []string{"cluster-eks", "cluster-aks"} {
+		o.Clusters = append(o.Clusters, launch.Cluster{ID: c, Client: e.clients[c]})
 	}
-	for name, s := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o600); err != nil {
-			t.Fatal(err)
+	t.Cleanup(func() {
+		if err := o.RemoveReaders(context.Background()); err != nil {
+			t.Logf("remove istiod's accounts: %v", err)
 		}
+	})
+	if err := o.Prepare(ctx); err != nil {
+		t.Fatal(err)
 	}
-
+	if err := o.CheckReadOnly(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Gateways known by a hostname are resolved by istiod itself, through
+	// the resolver of /etc/resolv.conf: the sandbox's DNS.
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+sandbox.DNSAddr.Addr().String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// It listens on the internet namespace's address, reachable from here.
 	host := network.RouterAddr.String()
 	addr := func() string { return fmt.Sprintf("%s:%d", host, inetPort(t)) }
-	xdsAddr, httpAddr := addr(), addr()
-	logPath := filepath.Join(dir, "istiod.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o.Addrs = launch.Addrs{GRPC: addr(), HTTP: addr(), SecureGRPC: addr(), HTTPS: addr(), Monitoring: addr()}
 	// ip netns exec gives the command a mount namespace of its own, where
 	// the sandbox's resolv.conf is bound over the host's.
-	cmd := exec.Command("ip", "netns", "exec", network.InternetNS, "sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`,
-		filepath.Join(dir, "resolv.conf"), bin, "discovery",
-		"--kubeconfig", filepath.Join(dir, "cluster-eks.kubeconfig"),
-		"--meshConfig", filepath.Join(dir, "mesh"), "--networksConfig", filepath.Join(dir, "meshNetworks"),
-		"--clusterID", "cluster-eks", "--domain", "cluster.local",
-		"--grpcAddr", xdsAddr, "--httpAddr", httpAddr,
-		"--secureGRPCAddr", addr(), "--httpsAddr", addr(), "--monitoringAddr", addr(),
-		"--shutdownDuration", "1s")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(),
-		"POD_NAMESPACE=istio-system", "POD_NAME=istiod-diff", "CLUSTER_ID=cluster-eks",
-		"ROOT_CA_DIR="+filepath.Join(dir, "cacerts"),
-		"PILOT_MULTICLUSTER_KUBECONFIG_PATH="+remotes,
-		// What istiod would write where an environment variable turns it
-		// off; the rest (root certificate ConfigMaps, leader election)
-		// the account's RBAC refuses.
-		"INJECT_ENABLED=false", "INJECTION_WEBHOOK_CONFIG_NAME=", "VALIDATION_WEBHOOK_CONFIG_NAME=",
-		"PILOT_ENABLE_GATEWAY_API=false", "PILOT_ENABLE_GATEWAY_API_STATUS=false",
-		"PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false", "PILOT_ENABLE_GATEWAY_API_GATEWAYCLASS_CONTROLLER=false",
-		"PILOT_ENABLE_ANALYSIS=false", "PILOT_ENABLE_IP_AUTOALLOCATE=false", "PILOT_ENABLE_NODE_UNTAINT_CONTROLLERS=false",
-		"ENABLE_CLUSTER_TRUST_BUNDLE_API=false")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	p := &launch.Process{Dir: dir, Log: filepath.Join(dir, "istiod.log"), Ready: o.ReadyURL(), Env: o.Env(),
+		Argv: append([]string{"ip", "netns", "exec", network.InternetNS, "sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv},
+			o.Argv()...)}
+	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		logFile.Close()
-		b, _ := os.ReadFile(logPath)
+		p.Stop(15 * time.Second)
+		b, _ := os.ReadFile(p.Log)
 		// What istiod tried to write and was refused, once each.
 		seen := map[string]bool{}
 		for _, l := range strings.Split(string(b), "\n") {
@@ -568,28 +407,13 @@ func startIstiod(t *testing.T, e *sandboxEnv) string {
 			}
 		}
 		if t.Failed() {
-			t.Logf("istiod's log (%s), last lines:\n%s", logPath, tail(string(b), 80))
+			t.Logf("istiod's log (%s), last lines:\n%s", p.Log, tail(string(b), 80))
 		}
 	})
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		resp, err := http.Get("http://" + httpAddr + "/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return xdsAddr
-			}
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("istiod exited:\n%s", tail(string(b), 80))
-		case <-time.After(time.Second):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("istiod not ready on %s after 3 minutes", httpAddr)
-		}
+	if err := p.WaitReady(3 * time.Minute); err != nil {
+		t.Fatalf("istiod %v", err)
 	}
+	return o.Addrs.GRPC
 }
 
 // inetPort picks a port free on the internet namespace's address.

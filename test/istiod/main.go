@@ -4,8 +4,10 @@
 // (test/e2e/walkthrough_istiod_test.go) runs pilot-discovery beside
 // isthmus and compares their EDS, and its istioctl test
 // (walkthrough_istioctl_test.go) points Istio's own istioctl at the
-// mesh. Its arguments name the binaries (default pilot-discovery); it
-// prints their paths, one per line.
+// mesh; the scale benchmark (bench/cpscale) measures isthmus against
+// pilot-discovery too. Both run it through test/istiod/launch. Its
+// arguments name the binaries (default pilot-discovery); it prints their
+// paths, one per line.
 //
 // istio.io/istio is only ever a build of this cached binary, never a
 // dependency of isthmus's go.mod. `go install pkg@version` refuses a module
