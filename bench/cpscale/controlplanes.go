@@ -20,8 +20,9 @@ import (
 type controlPlane struct {
 	name string
 	// xds is its plaintext ADS address, pprof its profile endpoint (""
-	// when it has none here).
-	xds, pprof string
+	// when it has none here), metrics its Prometheus page (both expose
+	// the Go runtime's memory there).
+	xds, pprof, metrics string
 	*launch.Process
 }
 
@@ -65,7 +66,7 @@ func isthmusControlPlane(ctx context.Context, dir string, clusters []cluster) (*
 		}
 	}
 	return &controlPlane{
-		name: "isthmus", xds: "127.0.0.1:25010", pprof: "http://127.0.0.1:25014/debug/pprof/",
+		name: "isthmus", xds: "127.0.0.1:25010", pprof: "http://127.0.0.1:25014/debug/pprof/", metrics: "http://127.0.0.1:25014/metrics",
 		Process: &launch.Process{Dir: dir, Log: filepath.Join(dir, "log"), Ready: "http://127.0.0.1:25014/ready",
 			Argv: []string{*isthmusBin, "discovery", "--kubeconfig", filepath.Join(dir, "kubeconfig"), "--cluster-id", primary.name,
 				"--network", primary.network, "--xds-addr", "127.0.0.1:25010", "--secure-addr", "127.0.0.1:25012",
@@ -93,7 +94,7 @@ func istiodControlPlane(ctx context.Context, dir string, clusters []cluster) (*c
 		return nil, err
 	}
 	return &controlPlane{
-		name: "istiod", xds: o.Addrs.GRPC, pprof: "http://" + o.Addrs.HTTP + "/debug/pprof/",
+		name: "istiod", xds: o.Addrs.GRPC, pprof: "http://" + o.Addrs.HTTP + "/debug/pprof/", metrics: "http://" + o.Addrs.Monitoring + "/metrics",
 		Process: &launch.Process{Dir: dir, Log: filepath.Join(dir, "log"), Ready: o.ReadyURL(),
 			Argv: o.Argv(), Env: append([]string{"GOMAXPROCS=2"}, o.Env()...)},
 	}, nil

@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -70,6 +71,7 @@ func clientFor(ctx string) (*kubernetes.Clientset, error) {
 type result struct {
 	firstPush                    time.Duration
 	rss, anon                    int
+	goMem                        goMemory
 	p50, p99, max                time.Duration
 	cpuChange                    float64
 	stormP50, stormP99, stormAll time.Duration
@@ -180,6 +182,9 @@ func run() error {
 	row(fmt.Sprintf("%s: control plane RSS with %d clients connected (anonymous memory)", mode, *clients), "<= 600 MB and <= 0.3x istiod",
 		func(r result) string { return fmt.Sprintf("%d MiB (%d MiB)", r.rss, r.anon) },
 		func(a, b result) string { return ratio(float64(a.rss), float64(b.rss)) })
+	row("of which the Go runtime's: heap in use / goroutine stacks / heap freed, not yet returned to the OS (next GC at)", "-",
+		func(r result) string { return r.goMem.String() },
+		func(a, b result) string { return "heap " + ratio(a.goMem.heapInuse, b.goMem.heapInuse) })
 	row(fmt.Sprintf("%s: one EndpointSlice change in %s -> every client has it: p50 / p99 / max", mode, cls[1].name), "p99 <= 300 ms and <= 0.5x istiod",
 		func(r result) string { return ms(r.p50) + " / " + ms(r.p99) + " / " + ms(r.max) },
 		func(a, b result) string { return "p99 " + ratio(a.p99.Seconds(), b.p99.Seconds()) })
@@ -251,6 +256,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	fmt.Fprintf(os.Stderr, "cpscale: %s: first full push done in %s\n", cp.name, r.firstPush)
 	time.Sleep(3 * time.Second)
 	r.rss, r.anon = rss(cp.Pid())
+	r.goMem = readGoMemory(cp.metrics)
 	if *heapFile != "" && cp.name == "isthmus" {
 		saveProfile(cp.pprof+"heap", *heapFile+".push")
 	}
@@ -344,6 +350,39 @@ func rss(pid int) (total, anon int) {
 		}
 	}
 	return total / 1024, anon / 1024
+}
+
+// goMemory is what the Go runtime says of a process's memory, in MiB.
+type goMemory struct{ heapInuse, stacks, heapFree, nextGC float64 }
+
+func (m goMemory) String() string {
+	if m == (goMemory{}) {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f / %.0f / %.0f MiB (%.0f MiB)", m.heapInuse, m.stacks, m.heapFree, m.nextGC)
+}
+
+// readGoMemory reads the Go collector's gauges from a Prometheus page
+// (both control planes register it): where RSS beyond the live heap goes.
+func readGoMemory(url string) goMemory {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return goMemory{}
+	}
+	defer resp.Body.Close()
+	v := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && strings.HasPrefix(f[0], "go_memstats_") {
+			v[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	const mib = 1 << 20
+	return goMemory{heapInuse: v["go_memstats_heap_inuse_bytes"] / mib, stacks: v["go_memstats_stack_inuse_bytes"] / mib,
+		heapFree: (v["go_memstats_heap_idle_bytes"] - v["go_memstats_heap_released_bytes"]) / mib, nextGC: v["go_memstats_next_gc_bytes"] / mib}
 }
 
 func cpuTicks(pid int) int {

@@ -320,16 +320,16 @@ func (s *Server) deltaRequest(c *adsConn, r *discovery.DeltaDiscoveryRequest) er
 		w.initial = r.GetInitialResourceVersions()
 	}
 	s.acked(c, url, w, r.GetResponseNonce(), r.GetResponseNonce(), r.GetErrorDetail().GetMessage())
-	var add, remove []string
-	for _, n := range r.GetResourceNamesSubscribe() {
-		if n == "*" {
-			if !w.wildcard {
-				w.wildcard, w.sent = true, nil
-			}
-			continue
+	add := r.GetResourceNamesSubscribe()
+	if slices.Contains(add, "*") {
+		// Copied only then: a sidecar's two thousand names were a copy
+		// per request.
+		add = slices.DeleteFunc(slices.Clone(add), func(n string) bool { return n == "*" })
+		if !w.wildcard {
+			w.wildcard, w.sent = true, nil
 		}
-		add = append(add, n)
 	}
+	var remove []string
 	for _, n := range r.GetResourceNamesUnsubscribe() {
 		if n == "*" {
 			w.wildcard = false

@@ -112,8 +112,17 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	return append(out, e.chunks...), nil
 }
 
-func (c codec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
-func (c codec) Name() string                                { return c.proto.Name() }
+// Unmarshal decodes requests with their resource names interned
+// (requests.go), anything else as gRPC's proto codec does.
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	switch m := v.(type) {
+	case *discovery.DiscoveryRequest, *discovery.DeltaDiscoveryRequest:
+		return unmarshalRequest(data, m.(proto.Message))
+	}
+	return c.proto.Unmarshal(data, v)
+}
+
+func (c codec) Name() string { return c.proto.Name() }
 
 // ServerOption is the gRPC server option the xDS servers are built with:
 // it sends encoded responses as they are. Without it they are sent too,
