@@ -271,6 +271,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 		time.Sleep(200 * time.Millisecond)
 	}
 	cpu0 := cpuTicks(cp.Pid())
+	push0 := readMetrics(cp.metrics, "isthmus_push_time_")
 	changed := time.Now()
 	if err := addEndpoint(ctx, remote, serviceName(remote.index, k), want); err != nil {
 		return r, err
@@ -289,6 +290,12 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	}
 	wg.Wait()
 	r.cpuChange = float64(cpuTicks(cp.Pid())-cpu0) / 100
+	if push := readMetrics(cp.metrics, "isthmus_push_time_"); push["isthmus_push_time_count"] > push0["isthmus_push_time_count"] {
+		// Where the time went: isthmus's own measure of its pushes
+		// (the change seen to every proxy's snapshot updated).
+		n := push["isthmus_push_time_count"] - push0["isthmus_push_time_count"]
+		fmt.Fprintf(os.Stderr, "cpscale: %s: %.0f push(es) for the change, %.0f ms in all\n", cp.name, n, 1000*(push["isthmus_push_time_sum"]-push0["isthmus_push_time_sum"]))
+	}
 	r.p50, r.p99, r.max = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1)
 	if profiled != nil {
 		<-profiled
@@ -365,24 +372,31 @@ func (m goMemory) String() string {
 // readGoMemory reads the Go collector's gauges from a Prometheus page
 // (both control planes register it): where RSS beyond the live heap goes.
 func readGoMemory(url string) goMemory {
+	v := readMetrics(url, "go_memstats_")
+	const mib = 1 << 20
+	return goMemory{heapInuse: v["go_memstats_heap_inuse_bytes"] / mib, stacks: v["go_memstats_stack_inuse_bytes"] / mib,
+		heapFree: (v["go_memstats_heap_idle_bytes"] - v["go_memstats_heap_released_bytes"]) / mib, nextGC: v["go_memstats_next_gc_bytes"] / mib}
+}
+
+// readMetrics reads the unlabelled samples whose names start with prefix
+// from a Prometheus page; none when it cannot.
+func readMetrics(url, prefix string) map[string]float64 {
+	v := map[string]float64{}
 	c := http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get(url)
 	if err != nil {
-		return goMemory{}
+		return v
 	}
 	defer resp.Body.Close()
-	v := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) == 2 && strings.HasPrefix(f[0], "go_memstats_") {
+		if len(f) == 2 && strings.HasPrefix(f[0], prefix) {
 			v[f[0]], _ = strconv.ParseFloat(f[1], 64)
 		}
 	}
-	const mib = 1 << 20
-	return goMemory{heapInuse: v["go_memstats_heap_inuse_bytes"] / mib, stacks: v["go_memstats_stack_inuse_bytes"] / mib,
-		heapFree: (v["go_memstats_heap_idle_bytes"] - v["go_memstats_heap_released_bytes"]) / mib, nextGC: v["go_memstats_next_gc_bytes"] / mib}
+	return v
 }
 
 func cpuTicks(pid int) int {
