@@ -70,6 +70,9 @@ func clientFor(ctx string) (*kubernetes.Clientset, error) {
 // result is what one control plane did with the same workload.
 type result struct {
 	firstPush                    time.Duration
+	// incomplete says how far a first push got that did not reach every
+	// client in time; nothing after it was measured.
+	incomplete string
 	rss, anon                    int
 	goMem                        goMemory
 	p50, p99, max                time.Duration
@@ -151,8 +154,23 @@ func run() error {
 	}
 	row := func(figure, goal string, cell func(r result) string, ratio func(a, b result) string) {
 		fmt.Printf("| %s |", figure)
+		incomplete := false
 		for _, n := range names {
-			fmt.Printf(" %s |", cell(results[n]))
+			r := results[n]
+			switch {
+			case r.incomplete == "":
+				fmt.Printf(" %s |", cell(r))
+			case strings.Contains(figure, "first full push"):
+				fmt.Printf(" %s |", r.incomplete)
+			case strings.Contains(figure, "RSS") || strings.Contains(figure, "Go runtime"):
+				fmt.Printf(" %s, measured then |", cell(r))
+			default:
+				fmt.Print(" - |")
+			}
+			incomplete = incomplete || r.incomplete != ""
+		}
+		if incomplete && !strings.Contains(figure, "RSS") {
+			ratio = nil
 		}
 		if len(names) == 2 && ratio != nil {
 			fmt.Printf(" %s |", ratio(results[names[0]], results[names[1]]))
@@ -245,11 +263,26 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 			gotAll: make(chan struct{}), sawWant: make(chan struct{})}
 		go cs[i].run(cctx, conns[i%len(conns)], *delta)
 	}
+	deadline := time.After(10 * time.Minute)
 	for i, c := range cs {
 		select {
 		case <-c.gotAll:
-		case <-time.After(10 * time.Minute):
-			return r, fmt.Errorf("first full push reached only %d of %d clients in 10 minutes; its log ends:\n%s", i, len(cs), cp.logTail())
+		case <-deadline:
+			// Reported as it is (a peer that cannot serve this many
+			// clients in time is a result), with its memory then.
+			whole := 0
+			for _, c := range cs {
+				select {
+				case <-c.gotAll:
+					whole++
+				default:
+				}
+			}
+			r.incomplete = fmt.Sprintf("not done after 10 min: %d of %d clients whole", whole, len(cs))
+			r.rss, r.anon = rss(cp.Pid())
+			r.goMem = readGoMemory(cp.metrics)
+			fmt.Fprintf(os.Stderr, "cpscale: %s: first full push reached %d of %d clients in 10 minutes (the first missing: %d); its log ends:\n%s\n", cp.name, whole, len(cs), i, cp.logTail())
+			return r, nil
 		}
 	}
 	r.firstPush = time.Since(begin)
