@@ -26,7 +26,7 @@ YAML
 timeout 300 "$bin" sandbox --state-dir "$state" up --config "$state/clusters.yaml" >/dev/null 2>&1
 rows=$(STATE="$state" timeout 2700 go run ./bench/cpscale --kubeconfig "$state/kubeconfig" --isthmus "$bin" \
   --clusters cluster-eks,cluster-aks,cluster-gke --services "$services" --clients "$clients" --delta \
-  --control-planes isthmus,istiod --heap "${BENCH_PPROF_DIR:-bench/profiles}/cpscale.heap")
+  --control-planes isthmus,istiod --heap "${BENCH_PPROF_DIR:-bench/profiles}/cpscale.heap" --cpu "${BENCH_PPROF_DIR:-bench/profiles}/cpscale.change.cpu")
 echo "## Control plane at scale, against istiod (real API servers)"
 echo
 echo "Command: \`bash bench/parts/30-controlplane-scale.sh\` (part of \`make bench\`): a sandbox of 3 clusters on 3 networks, then \`go run ./bench/cpscale --clients $clients --services $services --delta --control-planes isthmus,istiod\`."
