@@ -468,7 +468,13 @@ func (w *walkthrough) remoteAPIDown(t *testing.T, what string, down, up func()) 
 	if synced == 0 {
 		t.Errorf("cluster-aks not synced a minute after its API server was back:\n%s", clusters())
 	}
-	e.waitReady("cluster-aks", "multicluster", "app=profile", 1)
+	// In the subtest (waitReady fails the whole walkthrough), with what
+	// the pod and its node said when it did not come back.
+	if !eventuallyOK(func() bool { return len(e.readyPods("cluster-aks", "multicluster", "app=profile")) == 1 }) {
+		pods, _ := e.kubectl("cluster-aks", "", "-n", "multicluster", "get", "pods", "-l", "app=profile", "-o", "yaml")
+		nodes, _ := e.kubectl("cluster-aks", "", "get", "nodes", "-o", "yaml")
+		t.Fatalf("profile in cluster-aks not ready a minute after its API server was back; pods:\n%s\nnodes:\n%s", pods, nodes)
+	}
 	if by := w.servedBy(t, 30, ""); by["cluster-aks"] == 0 {
 		t.Errorf("cluster-aks left the mesh after its API server came back: %v", by)
 	}
