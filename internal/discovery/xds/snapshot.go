@@ -178,16 +178,17 @@ func (s *Server) update(id string) {
 		}
 		m := s.current
 		s.memoMu.Unlock()
-		if s.updateWith(id, m, true) {
+		if s.updateWith(id, m) {
 			return
 		}
 	}
 }
 
-// updateWith installs one proxy's snapshot from m, generating what m lacks;
-// with onlyCurrent, only if m is still the current memo (it reports whether
-// it did).
-func (s *Server) updateWith(id string, m *memo, onlyCurrent bool) bool {
+// updateWith installs one proxy's snapshot from m, generating what m
+// lacks, if m is still the current memo (it reports whether it was).
+// A proxy's first snapshot is its connection, not a change: pushes
+// (install) record changes.
+func (s *Server) updateWith(id string, m *memo) bool {
 	s.mu.Lock()
 	st, ok := s.proxies[id]
 	if !ok {
@@ -198,20 +199,14 @@ func (s *Server) updateWith(id string, m *memo, onlyCurrent bool) bool {
 	p := st.proxy
 	s.mu.Unlock()
 	snap := s.snapshotFor(p, m)
-	if onlyCurrent {
-		s.memoMu.Lock()
-		defer s.memoMu.Unlock()
-		if s.current != m {
-			return false
-		}
+	s.memoMu.Lock()
+	defer s.memoMu.Unlock()
+	if s.current != m {
+		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok = s.proxies[id]; ok {
-		// A proxy's first snapshot is its connection, not a change.
-		if !onlyCurrent && !m.changed.IsZero() && st.snap != nil && snap != st.snap {
-			st.changed, st.changedSnap = m.changed, snap
-		}
 		st.snap = snap
 		for c := range st.conns {
 			c.snap.Store(snap)
