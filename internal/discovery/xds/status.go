@@ -38,6 +38,8 @@ func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
 }
 
 func (s *Server) sent(c *adsConn, typeURL, version string, snap *snapshot) {
+	// Counted outside the proxies' lock, which every stream takes.
+	defer s.pushes.WithLabelValues(shortType(typeURL)).Inc()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.proxies[c.proxy]; st != nil {
@@ -56,7 +58,6 @@ func (s *Server) sent(c *adsConn, typeURL, version string, snap *snapshot) {
 		}
 	}
 	c.sentTypes[typeURL] = true
-	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
 }
 
 // markSent notes a type's version (or nonce) as sent now.
