@@ -66,7 +66,7 @@ image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI l
 		--out $(IMAGE_DIR) --hub $(HUB) --tag $(TAG) --revision "$$(git rev-parse HEAD 2>/dev/null)" \
 		$(foreach p,$(PLATFORMS),--binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus --proxy-binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus-proxy)
 
-kube: build ## build and cache the Kubernetes binaries (once per machine, ~7 min cold)
+kube: build ## build and cache the Kubernetes binaries (once per machine, ~10 min cold)
 	$(BIN) sandbox prepare
 
 # The walkthrough's differential test runs Istio's own istiod beside isthmus
