@@ -41,22 +41,64 @@ func unmarshalRequest(data mem.BufferSlice, m proto.Message) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	var a, u *[]string
-	var an, un protowire.Number
+	// Two name fields at most: field numbers start at 1, so a state of
+	// the world request's second (0, into unused) never matches.
+	var unused []string
+	nums := [2]protowire.Number{}
+	lists := [2]*[]string{&unused, &unused}
 	switch r := m.(type) {
 	case *discovery.DiscoveryRequest:
-		a, an = &r.ResourceNames, nameFields.sotw
+		nums[0], lists[0] = nameFields.sotw, &r.ResourceNames
 	case *discovery.DeltaDiscoveryRequest:
-		a, an, u, un = &r.ResourceNamesSubscribe, nameFields.subscribe, &r.ResourceNamesUnsubscribe, nameFields.unsubscribe
+		nums = [2]protowire.Number{nameFields.subscribe, nameFields.unsubscribe}
+		lists = [2]*[]string{&r.ResourceNamesSubscribe, &r.ResourceNamesUnsubscribe}
+	}
+	which := func(num protowire.Number, typ protowire.Type) int {
+		if typ == protowire.BytesType {
+			for i, n := range nums {
+				if n == num {
+					return i
+				}
+			}
+		}
+		return -1
 	}
 	// Counted first: growing a slice of two thousand names by appends
 	// was as much garbage again.
-	na, nu, err := countFields(b, an, un)
-	if err != nil {
+	var counts [2]int
+	if err := eachField(b, func(num protowire.Number, typ protowire.Type, _ []byte, _ int) error {
+		if i := which(num, typ); i >= 0 {
+			counts[i]++
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
+	names := [2][]string{make([]string, 0, counts[0]), make([]string, 0, counts[1])}
 	rest := make([]byte, 0, 256)
-	subscribe, unsubscribe := make([]string, 0, na), make([]string, 0, nu)
+	if err := eachField(b, func(num protowire.Number, typ protowire.Type, field []byte, tag int) error {
+		i := which(num, typ)
+		if i < 0 {
+			rest = append(rest, field...)
+			return nil
+		}
+		v, _ := protowire.ConsumeBytes(field[tag:])
+		name, err := internName(v)
+		names[i] = append(names[i], name)
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := proto.Unmarshal(rest, m); err != nil {
+		return err
+	}
+	*lists[0], *lists[1] = names[0], names[1]
+	return nil
+}
+
+// eachField calls f with each field of the message encoded in b: its
+// number, wire type, encoding (tag included) and the tag's length.
+func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, field []byte, tag int) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -66,54 +108,12 @@ func unmarshalRequest(data mem.BufferSlice, m proto.Message) error {
 		if size < 0 {
 			return protowire.ParseError(size)
 		}
-		field := b[:n+size]
-		b = b[n+size:]
-		if typ != protowire.BytesType || (num != an && (u == nil || num != un)) {
-			rest = append(rest, field...)
-			continue
-		}
-		v, _ := protowire.ConsumeBytes(field[n:])
-		name, err := internName(v)
-		if err != nil {
+		if err := f(num, typ, b[:n+size], n); err != nil {
 			return err
 		}
-		if num == an {
-			subscribe = append(subscribe, name)
-		} else {
-			unsubscribe = append(unsubscribe, name)
-		}
-	}
-	if err := proto.Unmarshal(rest, m); err != nil {
-		return err
-	}
-	*a = subscribe
-	if u != nil {
-		*u = unsubscribe
+		b = b[n+size:]
 	}
 	return nil
-}
-
-// countFields counts the elements of fields a and u in b.
-func countFields(b []byte, a, u protowire.Number) (na, nu int, err error) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0, 0, protowire.ParseError(n)
-		}
-		size := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if size < 0 {
-			return 0, 0, protowire.ParseError(size)
-		}
-		b = b[n+size:]
-		switch {
-		case typ != protowire.BytesType:
-		case num == a:
-			na++
-		case num == u:
-			nu++
-		}
-	}
-	return na, nu, nil
 }
 
 // internName is the one copy of the name in b (which it does not keep).
