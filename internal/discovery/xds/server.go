@@ -291,6 +291,17 @@ func (s *Server) pushAll(full bool, hosts map[string]bool, changed time.Time) {
 	s.install(m)
 }
 
+// give makes snap the proxy's snapshot and its streams', and returns
+// wake with those streams, to be woken.
+func (st *proxyState) give(snap *snapshot, wake []*adsConn) []*adsConn {
+	st.snap = snap
+	for c := range st.conns {
+		c.snap.Store(snap)
+		wake = append(wake, c)
+	}
+	return wake
+}
+
 // install gives every proxy its snapshot from m, taking the proxies' lock
 // twice in all: every stream takes it for each response sent and each
 // acknowledgement, and at 5000 streams a push that took it twice per
@@ -323,11 +334,7 @@ func (s *Server) install(m *memo) {
 		if !m.changed.IsZero() && st.snap != nil && snap != st.snap {
 			st.changed, st.changedSnap = m.changed, snap
 		}
-		st.snap = snap
-		for c := range st.conns {
-			c.snap.Store(snap)
-			wake = append(wake, c)
-		}
+		wake = st.give(snap, wake)
 	}
 	s.mu.Unlock()
 	for _, c := range wake {

@@ -207,9 +207,7 @@ func (s *Server) updateWith(id string, m *memo) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok = s.proxies[id]; ok {
-		st.snap = snap
-		for c := range st.conns {
-			c.snap.Store(snap)
+		for _, c := range st.give(snap, nil) {
 			c.notify()
 		}
 	}
