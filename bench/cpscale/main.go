@@ -152,25 +152,33 @@ func run() error {
 	for _, n := range perCluster {
 		total += n
 	}
-	row := func(figure, goal string, cell func(r result) string, ratio func(a, b result) string) {
+	// A row says what it shows of a control plane whose first push did
+	// not complete: how far the push got, its value then (with the
+	// ratio, for the memory the goal compares), or nothing.
+	type ifIncomplete int
+	const (
+		nothing ifIncomplete = iota
+		howFar
+		valueThen
+		valueAndRatioThen
+	)
+	row := func(figure, goal string, incompleteShows ifIncomplete, cell func(r result) string, ratio func(a, b result) string) {
 		fmt.Printf("| %s |", figure)
-		incomplete := false
 		for _, n := range names {
 			r := results[n]
 			switch {
 			case r.incomplete == "":
 				fmt.Printf(" %s |", cell(r))
-			case strings.Contains(figure, "first full push"):
+			case incompleteShows == howFar:
 				fmt.Printf(" %s |", r.incomplete)
-			case strings.Contains(figure, "control plane RSS") || strings.Contains(figure, "Go runtime"):
+			case incompleteShows == valueThen || incompleteShows == valueAndRatioThen:
 				fmt.Printf(" %s, measured then |", cell(r))
 			default:
 				fmt.Print(" - |")
 			}
-			incomplete = incomplete || r.incomplete != ""
-		}
-		if incomplete && !strings.Contains(figure, "control plane RSS") {
-			ratio = nil
+			if r.incomplete != "" && incompleteShows != valueAndRatioThen {
+				ratio = nil
+			}
 		}
 		if len(names) == 2 && ratio != nil {
 			fmt.Printf(" %s |", ratio(results[names[0]], results[names[1]]))
@@ -194,23 +202,23 @@ func run() error {
 		fmt.Print(" - |")
 	}
 	fmt.Println(" - |")
-	row(fmt.Sprintf("%s: first full push (CDS + EDS) to %d ADS clients", mode, *clients), "<= 10 s",
+	row(fmt.Sprintf("%s: first full push (CDS + EDS) to %d ADS clients", mode, *clients), "<= 10 s", howFar,
 		func(r result) string { return r.firstPush.Round(10 * time.Millisecond).String() },
 		func(a, b result) string { return ratio(a.firstPush.Seconds(), b.firstPush.Seconds()) })
-	row(fmt.Sprintf("%s: control plane RSS with %d clients connected (anonymous memory)", mode, *clients), "<= 600 MB and <= 0.3x istiod",
+	row(fmt.Sprintf("%s: control plane RSS with %d clients connected (anonymous memory)", mode, *clients), "<= 600 MB and <= 0.3x istiod", valueAndRatioThen,
 		func(r result) string { return fmt.Sprintf("%d MiB (%d MiB)", r.rss, r.anon) },
 		func(a, b result) string { return ratio(float64(a.rss), float64(b.rss)) })
-	row("of which the Go runtime's: heap in use / goroutine stacks / heap freed, not yet returned to the OS (next GC at)", "-",
+	row("of which the Go runtime's: heap in use / goroutine stacks / heap freed, not yet returned to the OS (next GC at)", "-", valueThen,
 		func(r result) string { return r.goMem.String() },
 		func(a, b result) string { return "heap " + ratio(a.goMem.heapInuse, b.goMem.heapInuse) })
-	row(fmt.Sprintf("%s: one EndpointSlice change in %s -> every client has it: p50 / p99 / max", mode, cls[1].name), "p99 <= 300 ms and <= 0.5x istiod",
+	row(fmt.Sprintf("%s: one EndpointSlice change in %s -> every client has it: p50 / p99 / max", mode, cls[1].name), "p99 <= 300 ms and <= 0.5x istiod", nothing,
 		func(r result) string { return ms(r.p50) + " / " + ms(r.p99) + " / " + ms(r.max) },
 		func(a, b result) string { return "p99 " + ratio(a.p99.Seconds(), b.p99.Seconds()) })
-	row(fmt.Sprintf("%s: control plane CPU for that change (push to %d clients)", mode, *clients), "-",
+	row(fmt.Sprintf("%s: control plane CPU for that change (push to %d clients)", mode, *clients), "-", nothing,
 		func(r result) string { return fmt.Sprintf("%.2f CPU-s", r.cpuChange) },
 		func(a, b result) string { return ratio(a.cpuChange, b.cpuChange) })
 	if *storm {
-		row(fmt.Sprintf("%s: reconnect storm: control plane SIGKILLed and restarted, all %d clients reconnect at once -> each has everything again: p50 / p99 / all (RSS after)", mode, *clients), "all <= first full push + 5 s",
+		row(fmt.Sprintf("%s: reconnect storm: control plane SIGKILLed and restarted, all %d clients reconnect at once -> each has everything again: p50 / p99 / all (RSS after)", mode, *clients), "all <= first full push + 5 s", nothing,
 			func(r result) string {
 				return fmt.Sprintf("%s / %s / %s (%d MiB)", r.stormP50.Round(10*time.Millisecond), r.stormP99.Round(10*time.Millisecond), r.stormAll.Round(10*time.Millisecond), r.stormRSS)
 			},
