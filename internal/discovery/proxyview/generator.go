@@ -99,6 +99,11 @@ func (g *Generator) InboundIndex(services []*registry.Service) InboundIndex {
 	return NewInboundIndex(g.Registry, services)
 }
 
+// PatchInbound is idx with the endpoints of hosts as they are now.
+func (g *Generator) PatchInbound(idx InboundIndex, services []*registry.Service, hosts map[string]bool) InboundIndex {
+	return idx.Patched(g.Registry, services, hosts)
+}
+
 // InboundPolicy is what a sidecar's inbound side enforces for its workload.
 func (g *Generator) InboundPolicy(p *Proxy) InboundPolicy {
 	pol := InboundPolicy{TrustDomains: g.TrustDomains, Paths: g.Paths}

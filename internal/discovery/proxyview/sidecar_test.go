@@ -1,7 +1,9 @@
 package proxyview
 
 import (
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -453,5 +455,70 @@ func TestInboundIndexByNamespace(t *testing.T) {
 	idx := NewInboundIndex(reg, reg.Services())
 	if got := idx.For("prod", "10.0.0.7")[5432].Protocol; got != ProtoTCP {
 		t.Errorf("prod's database port is served as %q, want tcp (evil's http service must not count)", got)
+	}
+}
+
+// An index patched for the hosts whose endpoints changed answers as one
+// built again from the whole registry: pods that joined, left, moved
+// ports or are shared by several services of different protocols.
+func TestInboundIndexPatchedMatchesRebuilt(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	protos := []string{"http", "http2", "tcp", "grpc", ""}
+	reg := registry.New()
+	var services []*registry.Service
+	for i := range 12 {
+		ns := fmt.Sprint("ns-", i%3)
+		h := fmt.Sprintf("svc-%d.%s.svc.cluster.local", i, ns)
+		svc := &registry.Service{Namespace: ns, Name: fmt.Sprint("svc-", i), Hostname: h, Ports: []registry.Port{
+			{Name: "a", Port: 80, Protocol: "TCP", AppProtocol: protos[i%len(protos)]},
+			{Name: "b", Port: 81, Protocol: []string{"TCP", "UDP"}[i%2], AppProtocol: protos[(i+1)%len(protos)]}}}
+		reg.SetService("c1", h, svc)
+		services = append(services, svc)
+	}
+	endpoints := func() []registry.Endpoint {
+		var eps []registry.Endpoint
+		for range rnd.IntN(5) {
+			e := registry.Endpoint{Address: fmt.Sprint("10.0.0.", rnd.IntN(8)), Ports: map[string]int32{"a": int32(8080 + rnd.IntN(2))}, Ready: true}
+			if rnd.IntN(2) == 0 {
+				e.Ports["b"] = 9090
+			}
+			if rnd.IntN(4) == 0 {
+				e.Namespace = "ns-0" // a WorkloadEntry of another namespace
+			}
+			eps = append(eps, e)
+		}
+		return eps
+	}
+	for _, svc := range services {
+		reg.SetEndpoints("c1", svc.Hostname, endpoints())
+	}
+	idx := NewInboundIndex(reg, services)
+	for round := range 50 {
+		hosts := map[string]bool{}
+		for range 1 + rnd.IntN(3) {
+			h := services[rnd.IntN(len(services))].Hostname
+			hosts[h] = true
+			reg.SetEndpoints("c1", h, endpoints())
+		}
+		old := idx
+		oldPorts := map[string]string{}
+		for k, e := range old.entries {
+			oldPorts[k] = e.ports.Key()
+		}
+		idx = idx.Patched(reg, services, hosts)
+		want := NewInboundIndex(reg, services)
+		for ns := range 3 {
+			for a := range 8 {
+				n, addr := fmt.Sprint("ns-", ns), fmt.Sprint("10.0.0.", a)
+				if got, w := idx.For(n, addr).Key(), want.For(n, addr).Key(); got != w {
+					t.Fatalf("round %d: %s/%s patched %q, rebuilt %q", round, n, addr, got, w)
+				}
+			}
+		}
+		for k, e := range old.entries {
+			if e.ports.Key() != oldPorts[k] {
+				t.Fatalf("round %d: patching changed the index it was patched from at %s", round, k)
+			}
+		}
 	}
 }

@@ -26,6 +26,7 @@ type Generator interface {
 	// Scope is p with the Sidecar resource that applies to it.
 	Scope(p *proxyview.Proxy) *proxyview.Proxy
 	InboundIndex(services []*registry.Service) proxyview.InboundIndex
+	PatchInbound(idx proxyview.InboundIndex, services []*registry.Service, hosts map[string]bool) proxyview.InboundIndex
 	InboundPolicy(p *proxyview.Proxy) proxyview.InboundPolicy
 	Inbound(ports proxyview.InboundPorts, pol proxyview.InboundPolicy) (*listener.Listener, []types.Resource)
 }

@@ -29,21 +29,29 @@ type memo struct {
 	views  map[viewKey]*shared
 	routes map[string]*typed // sidecar routes by namespace
 	// snapshots of sidecars by view, namespace and inbound ports.
-	snaps   map[snapKey]*snapshot
-	inbound proxyview.InboundIndex
+	snaps map[snapKey]*snapshot
+	// inbound is built by the first sidecar that needs it (from services),
+	// then patched push after push.
+	inbound  *proxyview.InboundIndex
+	services []*registry.Service
 	// changed is when the first change this push carries was seen (zero:
 	// not a push, or none timed).
 	changed time.Time
 }
 
 // patched is base with the load assignments of hosts regenerated; routes
-// carry over (they do not depend on endpoints), inbound listeners are
-// rebuilt as proxies ask (a pod's ports come from its endpoints).
+// carry over (they do not depend on endpoints), the index of pods' ports
+// is patched for hosts, and inbound listeners are rebuilt as proxies ask
+// (a pod's ports come from its endpoints).
 func (s *Server) patched(base *memo, hosts map[string]bool) *memo {
 	base.mu.Lock()
 	defer base.mu.Unlock()
 	m := newMemo()
 	maps.Copy(m.routes, base.routes)
+	if base.inbound != nil {
+		idx := s.Generator.PatchInbound(*base.inbound, base.services, hosts)
+		m.inbound, m.services = &idx, base.services
+	}
 	for k, sh := range base.views {
 		m.views[k] = s.patchEndpoints(sh, hosts)
 	}
@@ -251,7 +259,8 @@ func (s *Server) snapshotFor(conn *proxy, m *memo) *snapshot {
 	key := snapKey{view: keyOf(p), credentials: conn.credentials}
 	if sidecar {
 		if m.inbound == nil {
-			m.inbound = s.Generator.InboundIndex(sh.services)
+			idx := s.Generator.InboundIndex(sh.services)
+			m.inbound, m.services = &idx, sh.services
 		}
 		ports = p.Scope.InboundPorts(m.inbound.For(p.Namespace, p.IP))
 		pol = s.Generator.InboundPolicy(p)
