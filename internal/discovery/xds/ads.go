@@ -34,8 +34,10 @@ import (
 type adsConn struct {
 	delta bool
 	ctx   context.Context
-	// proxy is the node's ID once its first request arrived.
+	// proxy is the node's ID once its first request arrived, and sync
+	// its proxy's record of what was sent and acknowledged.
 	proxy string
+	sync  *syncState
 	// snap is the proxy's latest snapshot, set by pushes; wake says so.
 	snap atomic.Pointer[snapshot]
 	wake chan struct{}

@@ -96,6 +96,6 @@ func connect1000(s *Server) {
 	for i := range 1000 {
 		id := fmt.Sprintf("sidecar~100.64.%d.%d~p%d.ns~ns.svc.cluster.local", i/250, i%250, i)
 		s.proxies[id] = &proxyState{proxy: &proxy{Proxy: &proxyview.Proxy{ID: id, Type: proxyview.Sidecar, Network: fmt.Sprintf("network%d", i%2+1), Namespace: fmt.Sprintf("ns-%d", i%20),
-			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
+			IP: fmt.Sprintf("100.64.%d.%d", i/250, i%250)}}, sync: newSyncState(id)}
 	}
 }

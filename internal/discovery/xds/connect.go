@@ -122,11 +122,12 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 	c.proxy = key
 	st, ok := s.proxies[key]
 	if !ok {
-		st = &proxyState{sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}, conns: map[*adsConn]struct{}{}}
+		st = &proxyState{sync: newSyncState(p.ID), conns: map[*adsConn]struct{}{}}
 		s.proxies[key] = st
 	}
 	st.proxy = p
 	st.conns[c] = struct{}{}
+	c.sync = st.sync
 	if st.snap != nil {
 		c.snap.Store(st.snap)
 	}

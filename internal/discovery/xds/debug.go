@@ -149,21 +149,24 @@ func (s *Server) syncz(scope string) ([]*anypb.Any, error) {
 		st := s.proxies[k]
 		md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": st.proxy.ClusterID, "NAMESPACE": st.proxy.Namespace, "ISTIO_VERSION": st.proxy.IstioVersion})
 		cc := &statusv3.ClientConfig{Node: &core.Node{Id: istioID(st.proxy), Metadata: md}}
-		urls := make([]string, 0, len(st.sent))
-		for u := range st.sent {
+		sy := st.sync
+		sy.mu.Lock()
+		urls := make([]string, 0, len(sy.sent))
+		for u := range sy.sent {
 			urls = append(urls, u)
 		}
 		sort.Strings(urls)
 		for _, u := range urls {
-			x := &statusv3.ClientConfig_GenericXdsConfig{TypeUrl: u, ConfigStatus: st.configStatus(u)}
-			if t, ok := st.sentAt[u]; ok {
+			x := &statusv3.ClientConfig_GenericXdsConfig{TypeUrl: u, ConfigStatus: sy.configStatus(u)}
+			if t, ok := sy.sentAt[u]; ok {
 				x.LastUpdated = timestamppb.New(t)
 			}
-			if e := st.nack[u]; e != "" {
+			if e := sy.nack[u]; e != "" {
 				x.ErrorState = &adminv3.UpdateFailureState{Details: e}
 			}
 			cc.GenericXdsConfigs = append(cc.GenericXdsConfigs, x)
 		}
+		sy.mu.Unlock()
 		ccs = append(ccs, cc)
 	}
 	s.mu.Unlock()
@@ -178,8 +181,9 @@ func (s *Server) syncz(scope string) ([]*anypb.Any, error) {
 	return out, nil
 }
 
-// configStatus is istiod's reading of a type's state for a proxy.
-func (st *proxyState) configStatus(url string) statusv3.ConfigStatus {
+// configStatus is istiod's reading of a type's state for a proxy; st.mu
+// is held.
+func (st *syncState) configStatus(url string) statusv3.ConfigStatus {
 	switch {
 	case st.nack[url] != "":
 		return statusv3.ConfigStatus_ERROR

@@ -25,7 +25,7 @@ func TestEndpointPushEqualsFullPush(t *testing.T) {
 		{Type: proxyview.Sidecar, Network: "network1", Namespace: "ns-0", IP: "100.64.0.250"},
 	} {
 		p.ID = "sidecar~" + p.IP + "~p" + string(rune('a'+i)) + "." + p.Namespace + "~" + p.Namespace + ".svc.cluster.local"
-		s.proxies[p.ID] = &proxyState{proxy: &proxy{Proxy: p}, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
+		s.proxies[p.ID] = &proxyState{proxy: &proxy{Proxy: p}, sync: newSyncState(p.ID)}
 		ids = append(ids, p.ID)
 	}
 	s.pushAll(true, nil, time.Time{})

@@ -97,11 +97,22 @@ type proxyState struct {
 	// snap is the proxy's latest snapshot, handed to its streams.
 	snap    *snapshot
 	conns   map[*adsConn]struct{}
-	sent    map[string]string // type URL -> version or nonce sent
-	acked   map[string]string // type URL -> version or nonce acknowledged
-	nack    map[string]string // type URL -> last error detail
-	sentAt  map[string]time.Time
 	version int64
+	// sync is what the proxy was sent and acknowledged.
+	sync *syncState
+}
+
+// syncState is what a proxy was sent and acknowledged, under a lock of
+// its own: every stream writes it per response and per acknowledgement,
+// and 5000 streams doing so under the proxies' lock kept pushes (and
+// each other) waiting.
+type syncState struct {
+	id     string // the proxy's node ID, for logs
+	mu     sync.Mutex
+	sent   map[string]string // type URL -> version or nonce sent
+	acked  map[string]string // type URL -> version or nonce acknowledged
+	nack   map[string]string // type URL -> last error detail
+	sentAt map[string]time.Time
 	// changed is when the change behind changedSnap was first seen;
 	// pending holds it per type sent from that snapshot until the proxy
 	// acknowledges the type (its convergence).
@@ -109,6 +120,10 @@ type proxyState struct {
 	changedSnap *snapshot
 	pending     map[string]time.Time
 	counted     map[string]*snapshot // type URL -> the snapshot last timed
+}
+
+func newSyncState(id string) *syncState {
+	return &syncState{id: id, sent: map[string]string{}, acked: map[string]string{}, nack: map[string]string{}}
 }
 
 // NewServer prepares the cache and metrics; Register and Run start it.
@@ -337,7 +352,9 @@ func (s *Server) install(m *memo) int {
 		}
 		snap := snaps[i]
 		if !m.changed.IsZero() && st.snap != nil && snap != st.snap {
-			st.changed, st.changedSnap = m.changed, snap
+			st.sync.mu.Lock()
+			st.sync.changed, st.sync.changedSnap = m.changed, snap
+			st.sync.mu.Unlock()
 		}
 		wake = st.give(snap, wake)
 	}

@@ -11,12 +11,11 @@ import (
 
 // record notes what a stream's proxy acknowledged or rejected.
 func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.proxies[c.proxy]
+	st := c.sync
 	if st == nil || typeURL == "" {
 		return
 	}
+	st.mu.Lock()
 	if at, ok := st.pending[typeURL]; ok {
 		delete(st.pending, typeURL)
 		if errDetail == "" {
@@ -27,41 +26,45 @@ func (s *Server) record(c *adsConn, typeURL, version string, errDetail string) {
 	}
 	if errDetail != "" {
 		st.nack[typeURL] = errDetail
+		st.mu.Unlock()
 		s.rejects.WithLabelValues(shortType(typeURL)).Inc()
-		s.Log.Warn("proxy rejected config (NACK)", "proxy", st.proxy.ID, "type", shortType(typeURL), "error", errDetail)
+		s.Log.Warn("proxy rejected config (NACK)", "proxy", st.id, "type", shortType(typeURL), "error", errDetail)
 		return
 	}
 	if version != "" {
 		st.acked[typeURL] = version
 		delete(st.nack, typeURL)
 	}
+	st.mu.Unlock()
 }
 
 func (s *Server) sent(c *adsConn, typeURL, version string, snap *snapshot) {
-	// Counted outside the proxies' lock, which every stream takes.
-	defer s.pushes.WithLabelValues(shortType(typeURL)).Inc()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st := s.proxies[c.proxy]; st != nil {
-		st.markSent(typeURL, version)
-		// A change's convergence: the first response of each type from
-		// the snapshot a push made for it, on a stream that had that type
-		// already (not a reconnection), timed once per snapshot.
-		if snap == st.changedSnap && !st.changed.IsZero() && c.sentTypes[typeURL] && st.counted[typeURL] != snap {
-			if st.pending == nil {
-				st.pending, st.counted = map[string]time.Time{}, map[string]*snapshot{}
-			}
-			st.counted[typeURL] = snap
-			if _, ok := st.pending[typeURL]; !ok {
-				st.pending[typeURL] = st.changed
-			}
+	s.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	first := !c.sentTypes[typeURL]
+	c.sentTypes[typeURL] = true
+	st := c.sync
+	if st == nil {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.markSent(typeURL, version)
+	// A change's convergence: the first response of each type from the
+	// snapshot a push made for it, on a stream that had that type already
+	// (not a reconnection), timed once per snapshot.
+	if snap == st.changedSnap && !st.changed.IsZero() && !first && st.counted[typeURL] != snap {
+		if st.pending == nil {
+			st.pending, st.counted = map[string]time.Time{}, map[string]*snapshot{}
+		}
+		st.counted[typeURL] = snap
+		if _, ok := st.pending[typeURL]; !ok {
+			st.pending[typeURL] = st.changed
 		}
 	}
-	c.sentTypes[typeURL] = true
 }
 
-// markSent notes a type's version (or nonce) as sent now.
-func (st *proxyState) markSent(typeURL, version string) {
+// markSent notes a type's version (or nonce) as sent now; st.mu is held.
+func (st *syncState) markSent(typeURL, version string) {
 	st.sent[typeURL] = version
 	if st.sentAt == nil {
 		st.sentAt = map[string]time.Time{}
@@ -73,11 +76,11 @@ func (st *proxyState) markSent(typeURL, version string) {
 // without a response: it said so when it reconnected (incremental
 // initial versions).
 func (s *Server) upToDate(c *adsConn, typeURL, version string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st := s.proxies[c.proxy]; st != nil {
+	if st := c.sync; st != nil {
+		st.mu.Lock()
 		st.markSent(typeURL, version)
 		st.acked[typeURL] = version
+		st.mu.Unlock()
 	}
 }
 
@@ -124,18 +127,21 @@ func (s *Server) Syncz() []SyncStatus {
 	defer s.mu.Unlock()
 	out := make([]SyncStatus, 0, len(s.proxies))
 	for _, st := range s.proxies {
+		sy := st.sync
+		sy.mu.Lock()
 		ss := SyncStatus{ClusterID: st.proxy.ClusterID, ProxyID: istioID(st.proxy), ProxyType: st.proxy.Type, IstioVersion: st.proxy.IstioVersion,
-			ClusterSent: st.sent[resource.ClusterType], ClusterAcked: st.acked[resource.ClusterType],
-			ListenerSent: st.sent[resource.ListenerType], ListenerAcked: st.acked[resource.ListenerType],
-			RouteSent: st.sent[resource.RouteType], RouteAcked: st.acked[resource.RouteType],
-			EndpointSent: st.sent[resource.EndpointType], EndpointAcked: st.acked[resource.EndpointType],
+			ClusterSent: sy.sent[resource.ClusterType], ClusterAcked: sy.acked[resource.ClusterType],
+			ListenerSent: sy.sent[resource.ListenerType], ListenerAcked: sy.acked[resource.ListenerType],
+			RouteSent: sy.sent[resource.RouteType], RouteAcked: sy.acked[resource.RouteType],
+			EndpointSent: sy.sent[resource.EndpointType], EndpointAcked: sy.acked[resource.EndpointType],
 			Network: st.proxy.Network}
-		for k, v := range st.nack {
+		for k, v := range sy.nack {
 			if ss.Nacked == nil {
 				ss.Nacked = map[string]string{}
 			}
 			ss.Nacked[shortType(k)] = v
 		}
+		sy.mu.Unlock()
 		out = append(out, ss)
 	}
 	sort.Slice(out, func(i, j int) bool {
