@@ -292,11 +292,11 @@ func SidecarRoutes(namespace, cluster string, services []*registry.Service, cfg 
 			} else {
 				routes = []*route.Route{{
 					Name:  "default",
-					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Match: matchAll,
 					Action: &route.Route_Route{Route: &route.RouteAction{
 						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: OutboundCluster(port.Port, "", svc.Hostname)},
-						Timeout:          durationpb.New(0),
-						RetryPolicy:      defaultRetry(),
+						Timeout:          noTimeout,
+						RetryPolicy:      istioRetry,
 						HashPolicy:       hash(svc.Hostname, port.Port),
 					}},
 				}}
@@ -666,6 +666,15 @@ func istioMTLSServer(trustDomains []string) *core.TransportSocket {
 func httpManager(m *hcm.HttpConnectionManager) *listener.Filter {
 	return &listener.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(m)}}
 }
+
+// What every service's default route has alike, one object shared by all
+// of them (thousands per route table): generated resources are read,
+// never changed, once built.
+var (
+	matchAll   = &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}
+	noTimeout  = durationpb.New(0)
+	istioRetry = defaultRetry()
+)
 
 // defaultRetry is Istio's default HTTP retry policy.
 func defaultRetry() *route.RetryPolicy {

@@ -387,7 +387,7 @@ func routeAction(hr *apinetworking.HTTPRoute, scope routeScope, ns, domain strin
 		a.Timeout = durationpb.New(t.AsDuration())
 	}
 	if r := hr.GetRetries(); r == nil {
-		a.RetryPolicy = defaultRetry()
+		a.RetryPolicy = istioRetry
 	} else if r.GetAttempts() > 0 {
 		rp := defaultRetry()
 		rp.NumRetries = wrapperspb.UInt32(uint32(r.GetAttempts()))
