@@ -253,6 +253,47 @@ func TestSandboxNodes(t *testing.T) {
 		e.waitReady("cluster-eks", "default", "app=profile", 2)
 	})
 
+	t.Run("a node the node controller marked Unknown is Ready again within 20 s: its agent posts its status when the API's is not Ready, as the kubelet", func(t *testing.T) {
+		// What the node lifecycle controller does to a node whose lease
+		// went stale (its API server away longer than the lease); the
+		// agent used to post its Ready condition once a minute only, and
+		// the node's pods were marked not ready again until it did.
+		nodes := e.clients["cluster-eks"].CoreV1().Nodes()
+		p, err := e.clients["cluster-eks"].CoreV1().Pods("default").Get(context.Background(), eks[0].Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := nodes.Get(context.Background(), p.Spec.NodeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = corev1.ConditionUnknown, "NodeStatusUnknown"
+			}
+		}
+		if _, err := nodes.UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		marked := time.Now()
+		eventually(t, "node "+n.Name+" Ready again", func() bool {
+			got, err := nodes.Get(context.Background(), n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			for _, c := range got.Status.Conditions {
+				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+					return true
+				}
+			}
+			return false
+		})
+		if took := time.Since(marked); took > 20*time.Second {
+			t.Errorf("node %s Ready again after %s, want <= 20 s (the agent checks every 10 s)", n.Name, took.Round(time.Second))
+		}
+		e.waitReady("cluster-eks", "default", "app=profile", 2)
+	})
+
 	t.Run("a client pod reaches the Service by DNS name and ClusterIP, and both backends answer", func(t *testing.T) {
 		svc, err := e.clients["cluster-eks"].CoreV1().Services("default").Get(context.Background(), "profile", metav1.GetOptions{})
 		if err != nil {

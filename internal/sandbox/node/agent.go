@@ -333,7 +333,11 @@ func (a *Agent) updateStatus(ctx context.Context) error {
 	return nil
 }
 
-// heartbeat renews the node Lease every 10 s and the Ready condition every minute.
+// heartbeat renews the node Lease every 10 s, and the Ready condition
+// every minute or, as the kubelet does, at once when the API's is not
+// True: after the API server was away longer than the Lease, the node
+// lifecycle controller marks the node Unknown and its pods not Ready
+// (again on every pod write) until the node says it is Ready.
 func (a *Agent) heartbeat(ctx context.Context) {
 	leases := a.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease)
 	lastStatus := time.Now()
@@ -358,7 +362,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("renew node lease", "err", err)
 		}
-		if time.Since(lastStatus) > time.Minute {
+		if time.Since(lastStatus) > time.Minute || (err == nil && !a.readyInAPI(ctx)) {
 			if err := a.updateStatus(ctx); err != nil && ctx.Err() == nil {
 				a.log.Warn("node status", "err", err)
 			}
@@ -370,6 +374,21 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// readyInAPI reports whether the API server's Node says Ready=True (true
+// when it cannot be read: the next tick asks again).
+func (a *Agent) readyInAPI(ctx context.Context) bool {
+	n, err := a.cs.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return true
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // serveHealth answers /healthz on 127.0.0.1:10248, the kubelet's healthz port.

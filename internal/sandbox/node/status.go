@@ -9,44 +9,67 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// statusLoop pushes the pod's status whenever it changes, at most every 100 ms.
+// statusLoop pushes the pod's status whenever it changes, at most every
+// 100 ms, and as the kubelet's status manager does, checks it against the
+// API's every 10 s: a push lost to an API server that was away (a Get that
+// failed while it restarted) or a write by someone else the watch missed
+// is put right then.
 func (w *podWorker) statusLoop(ctx context.Context) {
+	check := time.NewTicker(10 * time.Second)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-w.changed:
+		case <-check.C:
+			if p := w.snapshot(); !drifted(p.Status, w.status(p.Status)) {
+				continue
+			}
 		}
 		time.Sleep(100 * time.Millisecond) // coalesce bursts
 		select {
 		case <-w.changed:
 		default:
 		}
-		w.pushStatus(ctx)
+		if !w.pushStatus(ctx) && ctx.Err() == nil {
+			// Again in a second, not at the next check.
+			time.AfterFunc(time.Second, w.markChanged)
+		}
 	}
 }
 
-func (w *podWorker) pushStatus(ctx context.Context) {
+// pushStatus writes the worker's status; false when the API server could
+// not be asked (worth trying again), true when it was written or the pod
+// is gone.
+func (w *podWorker) pushStatus(ctx context.Context) bool {
 	for attempt := 0; attempt < 5; attempt++ {
 		cur, err := w.a.cs.CoreV1().Pods(w.snapshot().Namespace).Get(ctx, w.snapshot().Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true
+		}
 		if err != nil {
-			if !apierrors.IsNotFound(err) && ctx.Err() == nil {
+			if ctx.Err() == nil {
 				w.a.log.Warn("get pod for status", "pod", w.key(), "err", err)
 			}
-			return
+			return false
 		}
 		if cur.UID != w.uid {
-			return
+			return true
 		}
 		cur.Status = w.status(cur.Status)
 		_, err = w.a.cs.CoreV1().Pods(cur.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
-		if err == nil || !apierrors.IsConflict(err) {
-			if err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) {
+		switch {
+		case err == nil || apierrors.IsNotFound(err):
+			return true
+		case !apierrors.IsConflict(err):
+			if ctx.Err() == nil {
 				w.a.log.Warn("update pod status", "pod", w.key(), "err", err)
 			}
-			return
+			return false
 		}
 	}
+	return false
 }
 
 // status computes the pod status from the worker's state, keeping the
