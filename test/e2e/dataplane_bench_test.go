@@ -122,7 +122,8 @@ func BenchmarkDataPlane(b *testing.B) {
 	w("")
 	w("`make bench` part 40: fortio %s (`-r 0.00001`: 10 us histogram buckets), %s per run, 8 connections at 1000 rps and 16 at full speed, pods in network namespaces on one bridge (no Kubernetes),", fortioVersion(fortio), runFor)
 	w("the test control plane and CA of `test/e2e` (isthmus's generators behind go-control-plane). Each section runs every path once per round, %d rounds, the paths interleaved;"+
-		" every figure is its median over the rounds (RSS: at the end). Latency added = path minus direct at the same percentile.", rounds)
+		" every figure is its median over the rounds (RSS: at the end of the rounds). Latency added = path minus direct at the same percentile."+
+		" The CPU profiles come from one more run of the profiled paths after the rounds, not counted.", rounds)
 	w("Proxy CPU is the sum over the path's proxies in CPU-seconds per 1000 requests; RSS and RssAnon (anonymous memory, what a proxy really owns; the rest is the shared binary) are per proxy at the end of the run.")
 	w("")
 	// profile saves CPU profiles of the mesh path's proxies while it runs.
@@ -144,7 +145,8 @@ func BenchmarkDataPlane(b *testing.B) {
 		}
 		return func() { <-done; <-done }
 	}
-	results := map[string]*fortioResult{} // "grpc/qps/path"
+	results := map[string]*fortioResult{}    // "grpc/qps/path"
+	perRound := map[string][]*fortioResult{} // the same key: each round's run, nil where it failed
 	cpuPer1000 := map[string]float64{}    // HTTP at 1000 rps: CPU-s per 1000 requests by path
 	var sidecarRSS float64                // HTTP at 1000 rps: the larger sidecar's VmRSS at the end, MB
 	// section runs every path once per round, the paths interleaved, and
@@ -156,24 +158,14 @@ func BenchmarkDataPlane(b *testing.B) {
 		w("| path | rps | p50 ms | p90 ms | p99 ms | added p50/p90/p99 ms | proxy CPU-s per 1000 req | proxies RSS / RssAnon MB |")
 		w("|---|---|---|---|---|---|---|---|")
 		runs := make([][]*fortioResult, len(ps))
+		byRound := make([][]*fortioResult, len(ps)) // per round, nil where it failed
 		cpus := make([][]float64, len(ps))
 		failed := make([]error, len(ps))
-		for round := range rounds {
+		for range rounds {
 			for i, p := range ps {
 				before := cpuOf(p.procs)
-				wait := func() {}
-				if (p.name == paths[1].name || p.name == paths[4].name && !grpc) && round == rounds-1 {
-					kind := "http"
-					switch {
-					case grpc:
-						kind = "grpc"
-					case p.name == paths[4].name:
-						kind = "tcp" // the same HTTP relayed as bytes: the floor to compare with
-					}
-					wait = profile(fmt.Sprintf("%s-%dqps", kind, qps))
-				}
 				r, err := load(fortio, p.ns, p.url, grpc, qps, runFor, conns)
-				wait()
+				byRound[i] = append(byRound[i], r)
 				if err != nil {
 					failed[i] = err
 					continue
@@ -183,6 +175,40 @@ func BenchmarkDataPlane(b *testing.B) {
 					cpus[i] = append(cpus[i], (cpuOf(p.procs)-before)/float64(r.count)*1000)
 				}
 			}
+		}
+		// Memory as the rounds left it, before any profile: serving one
+		// (symbolizing every sampled stack) touches pages of the binary a
+		// proxy in production never reads.
+		mem := make([]string, len(ps))
+		for i, p := range ps {
+			mem[i] = memOf(p.procs)
+			if qps == 1000 && !grpc && p.name == paths[1].name {
+				for _, pid := range p.procs {
+					if rss, _ := procMem(pid); rss > sidecarRSS {
+						sidecarRSS = rss
+					}
+				}
+			}
+		}
+		// The profiles come from one more run of the profiled paths, not
+		// counted in the figures (the profiler costs the proxies a little).
+		for _, p := range ps {
+			if p.name != paths[1].name && (p.name != paths[4].name || grpc) {
+				continue
+			}
+			kind := "http"
+			switch {
+			case grpc:
+				kind = "grpc"
+			case p.name == paths[4].name:
+				kind = "tcp" // the same HTTP relayed as bytes: the floor to compare with
+			}
+			wait := profile(fmt.Sprintf("%s-%dqps", kind, qps))
+			_, _ = load(fortio, p.ns, p.url, grpc, qps, runFor, conns)
+			wait()
+		}
+		for i, p := range ps {
+			perRound[fmt.Sprintf("%t/%d/%s", grpc, qps, p.name)] = byRound[i]
 		}
 		var direct *fortioResult
 		for i, p := range ps {
@@ -207,14 +233,7 @@ func BenchmarkDataPlane(b *testing.B) {
 					cpuPer1000[p.name] = cpu
 				}
 			}
-			if qps == 1000 && !grpc && p.name == paths[1].name {
-				for _, pid := range p.procs {
-					if rss, _ := procMem(pid); rss > sidecarRSS {
-						sidecarRSS = rss
-					}
-				}
-			}
-			w("| %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s |", p.name, r.qps, r.p50, r.p90, r.p99, added, cpuPer, memOf(p.procs))
+			w("| %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s |", p.name, r.qps, r.p50, r.p90, r.p99, added, cpuPer, mem[i])
 		}
 		w("")
 	}
@@ -232,19 +251,44 @@ func BenchmarkDataPlane(b *testing.B) {
 	get := func(qps int, p benchPath) *fortioResult { return result(false, qps, p) }
 	grpcGet := func(qps int, p benchPath) *fortioResult { return result(true, qps, p) }
 	direct, mesh, gw, nginx, l4, nginxGW := paths[0], paths[1], paths[2], paths[3], paths[4], paths[5]
+	// held counts the rounds in which ok held of the path's run and the
+	// peer's, each against direct's run of the same round.
+	held := func(grpc bool, qps int, path, peer benchPath, ok func(d, r, n *fortioResult) bool) string {
+		key := func(p benchPath) []*fortioResult { return perRound[fmt.Sprintf("%t/%d/%s", grpc, qps, p.name)] }
+		ds, rs, ns := key(grpcOr(grpc, grpcPaths[0], paths[0])), key(path), key(peer)
+		n, of := 0, 0
+		for i := range rs {
+			if i >= len(ds) || i >= len(ns) || ds[i] == nil || rs[i] == nil || ns[i] == nil {
+				continue
+			}
+			of++
+			if ok(ds[i], rs[i], ns[i]) {
+				n++
+			}
+		}
+		return fmt.Sprintf("%d of %d", n, of)
+	}
+	p99NoWorse := func(d, r, n *fortioResult) bool { return r.p99-d.p99 <= n.p99-d.p99 }
 	w("### Against the goals")
 	w("")
-	w("| figure | value | goal | Istio's published figure |")
-	w("|---|---|---|---|")
-	w("| two sidecars with mTLS, added p99 at 1000 rps | %.2f ms (nginx two hops: %.2f ms) | <= 1 ms | +2.7 ms p99 (Envoy, 2 sidecars) |", get(1000, mesh).p99-get(1000, direct).p99, get(1000, nginx).p99-get(1000, direct).p99)
-	w("| two sidecars with mTLS, added p50 at 1000 rps | %.3f ms (nginx two hops: %.3f ms) | - | - |", get(1000, mesh).p50-get(1000, direct).p50, get(1000, nginx).p50-get(1000, direct).p50)
-	w("| max rps through two sidecars / nginx two hops mTLS | %.2f (%.0f / %.0f) | >= 1.0 | - |", get(0, mesh).qps/max(get(0, nginx).qps, 1), get(0, mesh).qps, get(0, nginx).qps)
-	w("| the same as TCP (bytes relayed over mTLS, no HTTP) / nginx two hops mTLS | %.2f (%.0f / %.0f) | - | - |", get(0, l4).qps/max(get(0, nginx).qps, 1), get(0, l4).qps, get(0, nginx).qps)
-	w("| gRPC: two sidecars with mTLS, added p99 at 1000 rps | %.2f ms (nginx two hops: %.2f ms) | <= 1 ms | - |", grpcGet(1000, grpcPaths[1]).p99-grpcGet(1000, grpcPaths[0]).p99, grpcGet(1000, grpcPaths[3]).p99-grpcGet(1000, grpcPaths[0]).p99)
-	w("| gRPC: max rps through two sidecars / nginx two hops mTLS | %.2f (%.0f / %.0f) | >= 1.0 | - |", grpcGet(0, grpcPaths[1]).qps/max(grpcGet(0, grpcPaths[3]).qps, 1), grpcGet(0, grpcPaths[1]).qps, grpcGet(0, grpcPaths[3]).qps)
-	w("| east-west gateway hop, added p50 at 1000 rps | %.3f ms (nginx's SNI gateway on nginx's two hops: %.3f ms) | <= 0.15 ms | - |", get(1000, gw).p50-get(1000, mesh).p50, get(1000, nginxGW).p50-get(1000, nginx).p50)
-	w("| sidecar memory at 1000 rps (the larger sidecar's RSS, shared binary pages included: what kubectl top shows) | %.0f MB | <= 30 MB | 60 MB per 1000 rps |", sidecarRSS)
-	w("| sidecar CPU at 1000 rps (half the two sidecars' CPU-s per 1000 requests) | %.2f vCPU | - | 0.20 vCPU per 1000 rps |", cpuPer1000[mesh.name]/2)
+	w("Issue 27's goals, each judged in every round (a round runs the paths one after another, so a path and its peer meet the same moment of the machine); the value is the median over the rounds.")
+	w("")
+	w("| figure | value (median) | peer | goal | rounds it held |")
+	w("|---|---|---|---|---|")
+	w("| HTTP/1.1 at 1000 rps: two sidecars with mTLS, added p99 | %.2f ms | nginx two hops: %.2f ms | <= nginx's | %s |",
+		get(1000, mesh).p99-get(1000, direct).p99, get(1000, nginx).p99-get(1000, direct).p99, held(false, 1000, mesh, nginx, p99NoWorse))
+	w("| HTTP/1.1 at full speed: two sidecars with mTLS / nginx two hops mTLS, requests per second | %.2f (%.0f / %.0f) | - | >= 1.0 | %s |",
+		get(0, mesh).qps/max(get(0, nginx).qps, 1), get(0, mesh).qps, get(0, nginx).qps, held(false, 0, mesh, nginx, func(_, r, n *fortioResult) bool { return r.qps >= n.qps }))
+	w("| HTTP/1.1 at full speed, the same relayed as TCP (bytes over mTLS, no HTTP) / nginx two hops mTLS: the floor for a proxy in Go here | %.2f (%.0f / %.0f) | - | - | %s |",
+		get(0, l4).qps/max(get(0, nginx).qps, 1), get(0, l4).qps, get(0, nginx).qps, held(false, 0, l4, nginx, func(_, r, n *fortioResult) bool { return r.qps >= n.qps }))
+	w("| gRPC at 1000 rps: two sidecars with mTLS, added p99 | %.2f ms | nginx two hops: %.2f ms | <= nginx's | %s |",
+		grpcGet(1000, grpcPaths[1]).p99-grpcGet(1000, grpcPaths[0]).p99, grpcGet(1000, grpcPaths[3]).p99-grpcGet(1000, grpcPaths[0]).p99, held(true, 1000, grpcPaths[1], grpcPaths[3], p99NoWorse))
+	w("| gRPC at full speed: two sidecars with mTLS / nginx two hops mTLS, requests per second | %.2f (%.0f / %.0f) | - | - | %s |",
+		grpcGet(0, grpcPaths[1]).qps/max(grpcGet(0, grpcPaths[3]).qps, 1), grpcGet(0, grpcPaths[1]).qps, grpcGet(0, grpcPaths[3]).qps, held(true, 0, grpcPaths[1], grpcPaths[3], func(_, r, n *fortioResult) bool { return r.qps >= n.qps }))
+	w("| HTTP/1.1 at 1000 rps: the east-west gateway hop, added p50 (two sidecars + gateway minus two sidecars) | %.3f ms | nginx's SNI gateway on its two hops: %.3f ms | <= 0.10 ms | %s |",
+		get(1000, gw).p50-get(1000, mesh).p50, get(1000, nginxGW).p50-get(1000, nginx).p50, held(false, 1000, gw, mesh, func(_, g, m *fortioResult) bool { return g.p50-m.p50 <= 0.10 }))
+	w("| HTTP/1.1 at 1000 rps: the larger sidecar's RSS, shared binary pages included (what kubectl top shows) | %.0f MB | Istio's published figure for Envoy: 60 MB per 1000 rps | <= 30 MB | - |", sidecarRSS)
+	w("| HTTP/1.1 at 1000 rps: sidecar CPU (half the two sidecars' CPU-s per 1000 requests) | %.2f vCPU | Istio's published figure for Envoy: 0.20 vCPU per 1000 rps | - | - |", cpuPer1000[mesh.name]/2)
 	w("")
 	if err := os.WriteFile(out, []byte(md.String()), 0o644); err != nil {
 		b.Fatal(err)
@@ -256,6 +300,14 @@ func envDuration(k string, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// grpcOr picks a or b by grpc.
+func grpcOr(grpc bool, a, b benchPath) benchPath {
+	if grpc {
+		return a
+	}
+	return b
 }
 
 // medianResult is each figure's median over runs of one path.
