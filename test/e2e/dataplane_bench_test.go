@@ -147,8 +147,8 @@ func BenchmarkDataPlane(b *testing.B) {
 	}
 	results := map[string]*fortioResult{}    // "grpc/qps/path"
 	perRound := map[string][]*fortioResult{} // the same key: each round's run, nil where it failed
-	cpuPer1000 := map[string]float64{}    // HTTP at 1000 rps: CPU-s per 1000 requests by path
-	var sidecarRSS float64                // HTTP at 1000 rps: the larger sidecar's VmRSS at the end, MB
+	cpuPer1000 := map[string]float64{}       // HTTP at 1000 rps: CPU-s per 1000 requests by path
+	var sidecarRSS float64                   // HTTP at 1000 rps: the larger sidecar's VmRSS at the end, MB
 	// section runs every path once per round, the paths interleaved, and
 	// reports each figure's median over the rounds (the machine is shared:
 	// one run of a path can land in another tenant's burst).
