@@ -339,6 +339,15 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 		// (the change seen to every proxy's snapshot updated).
 		n := push["isthmus_push_time_count"] - push0["isthmus_push_time_count"]
 		fmt.Fprintf(os.Stderr, "cpscale: %s: %.0f push(es) for the change, %.0f ms in all\n", cp.name, n, 1000*(push["isthmus_push_time_sum"]-push0["isthmus_push_time_sum"]))
+		// And how it split them: gathering (debounce) and the push itself.
+		b, _ := os.ReadFile(cp.Log)
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		for i := len(lines) - 1; i >= 0 && i >= len(lines)-200; i-- {
+			if strings.Contains(lines[i], "msg=pushed") {
+				fmt.Fprintf(os.Stderr, "cpscale: %s: its last push: %s\n", cp.name, lines[i])
+				break
+			}
+		}
 	}
 	r.p50, r.p99, r.max = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1)
 	if profiled != nil {
