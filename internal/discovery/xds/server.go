@@ -248,12 +248,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.pendFull, s.pendHosts = false, map[string]bool{}
 		s.pendMu.Unlock()
 		began := time.Now()
-		n := s.pushAll(full, hosts, start)
+		ps := s.pushAll(full, hosts, start)
 		last = time.Now()
 		s.pushTime.Observe(last.Sub(start).Seconds())
 		// As istiod's "Push debounce stable" line: where a push's time went.
-		s.Log.Info("pushed", "full", full, "services", len(hosts), "proxies", n,
-			"gathered", began.Sub(start).Round(time.Millisecond), "took", last.Sub(began).Round(time.Millisecond))
+		s.Log.Info("pushed", "full", full, "services", len(hosts), "proxies", ps.proxies,
+			"gathered", began.Sub(start).Round(time.Millisecond), "took", last.Sub(began).Round(time.Millisecond),
+			"views", ps.views.Round(time.Millisecond), "snapshots", ps.snapshots.Round(time.Millisecond), "installed", ps.installed.Round(time.Millisecond))
 	}
 }
 
@@ -286,7 +287,16 @@ func (s *Server) endpointsOnly() bool {
 // pushAll updates every proxy: from scratch when full, else by
 // regenerating only the load assignments of hosts in the views the last
 // push generated.
-func (s *Server) pushAll(full bool, hosts map[string]bool, changed time.Time) int {
+// pushStats is where one push's time went: the views patched (or none,
+// generated as proxies are), every proxy's snapshot assembled (and views
+// generated then), the snapshots installed under the proxies' lock.
+type pushStats struct {
+	proxies                     int
+	views, snapshots, installed time.Duration
+}
+
+func (s *Server) pushAll(full bool, hosts map[string]bool, changed time.Time) pushStats {
+	start := time.Now()
 	if full {
 		s.reauthorize()
 	}
@@ -308,7 +318,9 @@ func (s *Server) pushAll(full bool, hosts map[string]bool, changed time.Time) in
 	// Listed once m is current: a proxy that connects later reads m itself.
 	// Listed before, one connecting while base was patched took base's
 	// stale view and missed this push.
-	return s.install(m)
+	ps := s.install(m)
+	ps.views = time.Since(start) - ps.snapshots - ps.installed
+	return ps
 }
 
 // give makes snap the proxy's snapshot and its streams', and returns
@@ -327,7 +339,7 @@ func (st *proxyState) give(snap *snapshot, wake []*adsConn) []*adsConn {
 // acknowledgement, and at 5000 streams a push that took it twice per
 // proxy waited behind them most of its time (276 ms of wall for a
 // fraction of that in CPU).
-func (s *Server) install(m *memo) int {
+func (s *Server) install(m *memo) pushStats {
 	type todo struct {
 		id string
 		p  *proxy
@@ -339,10 +351,13 @@ func (s *Server) install(m *memo) int {
 		list = append(list, todo{id, st.proxy})
 	}
 	s.mu.Unlock()
+	start := time.Now()
 	snaps := make([]*snapshot, len(list))
 	for i, t := range list {
 		snaps[i] = s.snapshotFor(t.p, m)
 	}
+	ps := pushStats{proxies: len(list), snapshots: time.Since(start)}
+	start = time.Now()
 	var wake []*adsConn
 	s.mu.Lock()
 	for i, t := range list {
@@ -362,7 +377,8 @@ func (s *Server) install(m *memo) int {
 	for _, c := range wake {
 		c.notify()
 	}
-	return len(list)
+	ps.installed = time.Since(start)
+	return ps
 }
 
 // warnOnce logs a configuration problem the first time it is seen.
