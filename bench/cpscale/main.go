@@ -320,6 +320,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	if err := addEndpoint(ctx, remote, serviceName(remote.index, k), want); err != nil {
 		return r, err
 	}
+	fmt.Fprintf(os.Stderr, "cpscale: %s: change written at %s (the API server took %s)\n", cp.name, time.Now().UTC().Format("15:04:05.000"), time.Since(changed).Round(time.Millisecond))
 	lat := make([]time.Duration, len(cs))
 	var wg sync.WaitGroup
 	for i, c := range cs {
