@@ -108,7 +108,7 @@ echo "- Added p99 at 1000 rps: fortio, both apps and every proxy share the 2 vCP
 echo "  added p99 ranged from 0.8 to 9.8 ms over the same runs, and ours follows it within a few tenths of a millisecond. A sidecar"
 echo "  is busy about 7% of the time at 1000 rps; its median added latency is the figure it controls."
 echo "  gRPC's tail at 1000 rps moves more: added p99 1.49 and 5.18 ms in the two runs since its relay, nginx's 1.38 and 2.90"
-echo "  in the same runs, so neither proxy holds 1 ms for gRPC here; the sidecars' CPU per call stayed below nginx's (0.157"
+echo "  in the same runs, so a single run lands on either side of the peer; the sidecars' CPU per call stayed below nginx's (0.157"
 echo "  and 0.173 CPU-s per 1000 calls against 0.177 and 0.232)."
 echo "- East-west gateway hop: the router relays the TLS bytes with raw reads and writes through a 16 KiB buffer. splice(2),"
 echo "  used before, costs two system calls per chunk through a pipe, each one the runtime watches, and for request-and-answer"
