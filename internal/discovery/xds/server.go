@@ -284,9 +284,6 @@ func (s *Server) endpointsOnly() bool {
 	return !s.pendFull && len(s.pendHosts) > 0
 }
 
-// pushAll updates every proxy: from scratch when full, else by
-// regenerating only the load assignments of hosts in the views the last
-// push generated.
 // pushStats is where one push's time went: the views patched (or none,
 // generated as proxies are), every proxy's snapshot assembled (and views
 // generated then), the snapshots installed under the proxies' lock.
@@ -295,6 +292,9 @@ type pushStats struct {
 	views, snapshots, installed time.Duration
 }
 
+// pushAll updates every proxy: from scratch when full, else by
+// regenerating only the load assignments of hosts in the views the last
+// push generated.
 func (s *Server) pushAll(full bool, hosts map[string]bool, changed time.Time) pushStats {
 	start := time.Now()
 	if full {
