@@ -23,7 +23,12 @@ func (w *podWorker) statusLoop(ctx context.Context) {
 			return
 		case <-w.changed:
 		case <-check.C:
-			if p := w.snapshot(); !drifted(p.Status, w.status(p.Status)) {
+			// The API's status itself, not the watch's copy: a watch that
+			// was broken by the API server's restart may not have brought
+			// the node lifecycle controller's write yet.
+			p := w.snapshot()
+			cur, err := w.a.cs.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+			if err != nil || cur.UID != w.uid || !drifted(cur.Status, w.status(cur.Status)) {
 				continue
 			}
 		}
