@@ -5,6 +5,11 @@ BIN     := bin/isthmus
 PROXY_BIN := bin/isthmus-proxy
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
+# grpc-go without golang.org/x/net/trace (grpc's grpcnotrace tag): isthmus
+# never turns grpc's request tracing on, and the html/template that package
+# brings in calls reflect's MethodByName, which makes the linker keep every
+# exported method of every type: a fifth of isthmus-proxy's code (BENCHMARKS.md).
+export GOFLAGS += -tags=grpcnotrace
 # Debian packages the sandbox needs on a fresh machine.
 APT_PKGS := iptables conntrack iproute2 util-linux curl
 TEST_PKGS := chromium

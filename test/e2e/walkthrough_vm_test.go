@@ -136,8 +136,11 @@ spec:
 	if out, err := vm(bin, "proxy", "init", "--redirect-dns").CombinedOutput(); err != nil {
 		t.Fatalf("proxy init on the VM: %v\n%s", err, out)
 	}
+	// The logs live apart from dir: dir is removed by a defer, before
+	// t.Cleanup runs and shows them for a failed test.
+	logs := t.TempDir()
 	start := func(what string, cmd *exec.Cmd) {
-		log, err := os.Create(filepath.Join(dir, what+".log"))
+		log, err := os.Create(filepath.Join(logs, what+".log"))
 		if err != nil {
 			t.Fatal(err)
 		}
