@@ -1,10 +1,12 @@
 package contract
 
 import (
+	"debug/elf"
 	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -130,3 +132,51 @@ func anyUnder(pkg string, dirs []string) bool {
 }
 
 func under(pkg, dir string) bool { return pkg == dir || strings.HasPrefix(pkg, dir+"/") }
+
+// TestProxyBinaryDropsUnusedMethods: built as make builds it (grpc's
+// grpcnotrace tag, Makefile), isthmus-proxy keeps only the methods some
+// code can call. A package that calls reflect's Method or MethodByName with
+// a name known only at run time (text/template's and html/template's
+// execution, which golang.org/x/net/trace brought in) makes the linker keep
+// every exported method of every type instead: 5 MB more code in every
+// sidecar's memory. The witness is the ErrorName method of Envoy's
+// validation errors, which nothing calls.
+func TestProxyBinaryDropsUnusedMethods(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds isthmus-proxy")
+	}
+	bin := filepath.Join(t.TempDir(), "isthmus-proxy")
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-o", bin, "../../cmd/isthmus-proxy")
+	cmd.Env = append(os.Environ(), "GOOS=linux", "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build cmd/isthmus-proxy: %v\n%s", err, out)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	validators := 0
+	for _, s := range syms {
+		if !strings.HasPrefix(s.Name, "github.com/envoyproxy/go-control-plane/") {
+			continue
+		}
+		if strings.HasSuffix(s.Name, ".ValidateAll") {
+			validators++
+		}
+		if strings.HasSuffix(s.Name, "ValidationError).ErrorName") {
+			kept = append(kept, s.Name)
+		}
+	}
+	if validators == 0 {
+		t.Fatal("no ValidateAll method of Envoy's messages in isthmus-proxy: the witness looks at the wrong binary (the proxy validates every resource it receives)")
+	}
+	if len(kept) > 0 {
+		t.Errorf("isthmus-proxy keeps %d uncalled methods such as %s: something in its closure calls reflect's MethodByName with a run-time name (go build -ldflags=-dumpdep shows what reaches it); keep it out of the proxy", len(kept), kept[0])
+	}
+}
