@@ -350,7 +350,7 @@ func ownLoadBalancer(ctx context.Context, client kubernetes.Interface, namespace
 // token, as istiod's XDS_AUTH; xds then holds the node to the token's pod.
 func grpcServers(serving *ca.ServingCert, auth *ca.KubeAuthenticator) (plain, secure *grpc.Server) {
 	keep := []grpc.ServerOption{
-		xds.ServerOption(),
+		xds.ServerOption(), xds.ReadBuffers(),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}

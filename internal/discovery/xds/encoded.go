@@ -6,6 +6,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -129,6 +130,17 @@ func (c codec) Name() string { return c.proto.Name() }
 // at the cost of a copy per stream.
 func ServerOption() grpc.ServerOption {
 	return grpc.ForceServerCodecV2(codec{proto: encoding.GetCodecV2("proto")})
+}
+
+// ReadBuffers is how the xDS servers get the buffers incoming frames are
+// read into: plain allocations the collector reclaims. gRPC's default pool
+// rounds each frame up to a tier (a proxy's first requests, its node and
+// its thousands of subscribed names, take 16 KB buffers) and keeps what it
+// pooled reachable until two collections later, so after 5000 proxies
+// connect 130 MB of buffers used once stayed live and doubled into the
+// heap's next goal (BENCHMARKS.md, issue 27).
+func ReadBuffers() grpc.ServerOption {
+	return experimental.BufferPool(mem.NopBufferPool{})
 }
 
 // marshalledResource is a resource marshalled once for every stream: its
