@@ -74,6 +74,9 @@ type result struct {
 	// client in time; nothing after it was measured.
 	incomplete                   string
 	rss, anon                    int
+	// peak is the process's highest RSS so far (VmHWM): the clients'
+	// connecting, not what stays once they are served.
+	peak int
 	goMem                        goMemory
 	p50, p99, max                time.Duration
 	cpuChange                    float64
@@ -211,6 +214,9 @@ func run() error {
 	row("of which the Go runtime's: heap in use / goroutine stacks / heap freed, not yet returned to the OS (next GC at)", "-", valueThen,
 		func(r result) string { return r.goMem.String() },
 		func(a, b result) string { return "heap " + ratio(a.goMem.heapInuse, b.goMem.heapInuse) })
+	row(fmt.Sprintf("%s: control plane peak RSS so far (VmHWM: while the %d clients connected and got their first push)", mode, *clients), "-", valueAndRatioThen,
+		func(r result) string { return fmt.Sprintf("%d MiB", r.peak) },
+		func(a, b result) string { return ratio(float64(a.peak), float64(b.peak)) })
 	row(fmt.Sprintf("%s: one EndpointSlice change in %s -> every client has it: p50 / p99 / max", mode, cls[1].name), "p99 <= 300 ms and <= 0.5x istiod", nothing,
 		func(r result) string { return ms(r.p50) + " / " + ms(r.p99) + " / " + ms(r.max) },
 		func(a, b result) string { return "p99 " + ratio(a.p99.Seconds(), b.p99.Seconds()) })
@@ -290,7 +296,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 				}
 			}
 			r.incomplete = fmt.Sprintf("not done after 10 min: %d of %d clients whole", whole, len(cs))
-			r.rss, r.anon = rss(cp.Pid())
+			r.rss, r.anon, r.peak = rss(cp.Pid())
 			r.goMem = readGoMemory(cp.metrics)
 			fmt.Fprintf(os.Stderr, "cpscale: %s: first full push reached %d of %d clients in 10 minutes (the first missing: %d); its log ends:\n%s\n", cp.name, whole, len(cs), i, cp.logTail())
 			return r, nil
@@ -299,7 +305,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	r.firstPush = time.Since(begin)
 	fmt.Fprintf(os.Stderr, "cpscale: %s: first full push done in %s\n", cp.name, r.firstPush)
 	time.Sleep(3 * time.Second)
-	r.rss, r.anon = rss(cp.Pid())
+	r.rss, r.anon, r.peak = rss(cp.Pid())
 	r.goMem = readGoMemory(cp.metrics)
 	if *heapFile != "" && cp.name == "isthmus" {
 		saveProfile(cp.pprof+"heap", *heapFile+".push")
@@ -379,7 +385,7 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	r.stormRSS, _ = rss(cp.Pid())
+	r.stormRSS, _, _ = rss(cp.Pid())
 	r.stormP50, r.stormP99, r.stormAll = pct(storm, 0.5), pct(storm, 0.99), pct(storm, 1)
 	if *heapFile != "" && cp.name == "isthmus" {
 		saveProfile(cp.pprof+"heap", *heapFile+".storm")
@@ -399,18 +405,24 @@ func saveProfile(url, file string) {
 	_ = os.WriteFile(file, b, 0o644)
 }
 
-func rss(pid int) (total, anon int) {
+// rss reads a process's VmRSS, RssAnon and VmHWM (its peak RSS) in MiB.
+func rss(pid int) (total, anon, peak int) {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "VmRSS:" {
-			total, _ = strconv.Atoi(f[1])
+		if len(f) < 2 {
+			continue
 		}
-		if len(f) >= 2 && f[0] == "RssAnon:" {
+		switch f[0] {
+		case "VmRSS:":
+			total, _ = strconv.Atoi(f[1])
+		case "RssAnon:":
 			anon, _ = strconv.Atoi(f[1])
+		case "VmHWM:":
+			peak, _ = strconv.Atoi(f[1])
 		}
 	}
-	return total / 1024, anon / 1024
+	return total / 1024, anon / 1024, peak / 1024
 }
 
 // goMemory is what the Go runtime says of a process's memory, in MiB.
