@@ -41,7 +41,7 @@ var (
 	delta        = flag.Bool("delta", false, "incremental (delta) ADS clients instead of state-of-the-world")
 	peers        = flag.String("control-planes", "isthmus", "control planes to measure in turn on the same clusters: isthmus, istiod (Istio's pilot-discovery)")
 	storm        = flag.Bool("storm", true, "also restart each control plane under its clients (the reconnect storm)")
-	heapFile     = flag.String("heap", "", "write isthmus's heap profiles to FILE.push (after the first push) and FILE.storm (after the storm)")
+	heapFile     = flag.String("heap", "", "write isthmus's heap profiles to FILE.connect (when half the clients have their first push), FILE.push (after it) and FILE.storm (after the storm)")
 	cpuFile      = flag.String("cpu", "", "write isthmus's CPU profile of the 5 s around the EndpointSlice change to this file")
 )
 
@@ -72,11 +72,11 @@ type result struct {
 	firstPush time.Duration
 	// incomplete says how far a first push got that did not reach every
 	// client in time; nothing after it was measured.
-	incomplete                   string
-	rss, anon                    int
+	incomplete string
+	rss, anon  int
 	// peak is the process's highest RSS so far (VmHWM): the clients'
 	// connecting, not what stays once they are served.
-	peak int
+	peak                         int
 	goMem                        goMemory
 	p50, p99, max                time.Duration
 	cpuChange                    float64
@@ -282,6 +282,11 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	}
 	deadline := time.After(10 * time.Minute)
 	for i, c := range cs {
+		if i == len(cs)/2 && *heapFile != "" && cp.name == "isthmus" {
+			// In the middle of the clients' first push, where the
+			// control plane's memory peaks.
+			saveProfile(cp.pprof+"heap", *heapFile+".connect")
+		}
 		select {
 		case <-c.gotAll:
 		case <-deadline:
