@@ -26,8 +26,7 @@ func (w *podWorker) statusLoop(ctx context.Context) {
 			// The API's status itself, not the watch's copy: a watch that
 			// was broken by the API server's restart may not have brought
 			// the node lifecycle controller's write yet.
-			p := w.snapshot()
-			cur, err := w.a.cs.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+			cur, err := w.fromAPI(ctx)
 			if err != nil || cur.UID != w.uid || !drifted(cur.Status, w.status(cur.Status)) {
 				continue
 			}
@@ -49,7 +48,7 @@ func (w *podWorker) statusLoop(ctx context.Context) {
 // is gone.
 func (w *podWorker) pushStatus(ctx context.Context) bool {
 	for attempt := 0; attempt < 5; attempt++ {
-		cur, err := w.a.cs.CoreV1().Pods(w.snapshot().Namespace).Get(ctx, w.snapshot().Name, metav1.GetOptions{})
+		cur, err := w.fromAPI(ctx)
 		if apierrors.IsNotFound(err) {
 			return true
 		}
@@ -75,6 +74,12 @@ func (w *podWorker) pushStatus(ctx context.Context) bool {
 		}
 	}
 	return false
+}
+
+// fromAPI reads the worker's pod from the API server.
+func (w *podWorker) fromAPI(ctx context.Context) (*corev1.Pod, error) {
+	p := w.snapshot()
+	return w.a.cs.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
 }
 
 // status computes the pod status from the worker's state, keeping the
