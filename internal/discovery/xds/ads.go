@@ -131,6 +131,10 @@ func (s *Server) DeltaAggregatedResources(stream discovery.AggregatedDiscoverySe
 // a push) whatever the stream's client lacks.
 func serveStream[R any](s *Server, c *adsConn, recv func() (R, error), handle func(*adsConn, R) error, send sender) error {
 	defer s.closeConn(c)
+	// The stream's place among those being served their first
+	// configuration, taken before its first response.
+	in := &place{a: s.admission}
+	defer in.leave()
 	reqs := make(chan R, 4)
 	errc := make(chan error, 1)
 	go func() {
@@ -158,9 +162,17 @@ func serveStream[R any](s *Server, c *adsConn, recv func() (R, error), handle fu
 				return err
 			}
 		case <-c.wake:
+		case <-in.expired:
+			in.leave()
+		}
+		if !in.enter(c.ctx) {
+			return nil
 		}
 		if err := s.flush(c, send); err != nil {
 			return err
+		}
+		if in.held && c.settled() {
+			in.leave()
 		}
 	}
 }

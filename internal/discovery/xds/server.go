@@ -78,6 +78,10 @@ type Server struct {
 
 	warned sync.Map // message -> struct{}
 
+	// admission bounds the streams being served their first configuration.
+	admission  *admission
+	connecting prometheus.GaugeFunc
+
 	memoMu sync.Mutex // guards current; taken before mu, never after
 	// current is what was generated since the last change; proxies that
 	// connect in between reuse it instead of generating their view again.
@@ -141,7 +145,10 @@ func NewServer(cfg ServerConfig) *Server {
 	s := &Server{ServerConfig: cfg,
 		anys: newAnyCache(),
 		push: make(chan struct{}, 1), pendHosts: map[string]bool{},
-		proxies: map[string]*proxyState{}}
+		proxies: map[string]*proxyState{}, admission: newAdmission()}
+	s.connecting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "isthmus_xds_streams_waiting",
+		Help: "xDS streams waiting for their first configuration while others are served theirs (16 per CPU at once)."},
+		func() float64 { return float64(s.admission.waiting.Load()) })
 	s.connected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Connected xDS clients."},
 		func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.proxies)) })
 	s.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes", Help: "xDS responses sent, by type."}, []string{"type"})
@@ -152,7 +159,7 @@ func NewServer(cfg ServerConfig) *Server {
 		Help:    "Delay in seconds between a configuration or endpoint change and a proxy acknowledging it, per proxy and type.",
 		Buckets: []float64{.01, .05, .1, .2, .5, 1, 3, 5, 10}})
 	if metrics != nil {
-		for _, c := range []prometheus.Collector{s.connected, s.pushes, s.rejects, s.pushTime, s.convergedTime} {
+		for _, c := range []prometheus.Collector{s.connected, s.connecting, s.pushes, s.rejects, s.pushTime, s.convergedTime} {
 			_ = metrics.Register(c)
 		}
 	}
