@@ -309,6 +309,12 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	}
 	r.firstPush = time.Since(begin)
 	fmt.Fprintf(os.Stderr, "cpscale: %s: first full push done in %s\n", cp.name, r.firstPush)
+	// Pushes from here on are printed with the change's: one the change
+	// did not ask for (a full one) delays it.
+	var logAt int64
+	if fi, err := os.Stat(cp.Log); err == nil {
+		logAt = fi.Size()
+	}
 	time.Sleep(3 * time.Second)
 	r.rss, r.anon, r.peak = rss(cp.Pid())
 	r.goMem = readGoMemory(cp.metrics)
@@ -353,11 +359,12 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 		fmt.Fprintf(os.Stderr, "cpscale: %s: %.0f push(es) for the change, %.0f ms in all\n", cp.name, n, 1000*(push["isthmus_push_time_sum"]-push0["isthmus_push_time_sum"]))
 		// And how it split them: gathering (debounce) and the push itself.
 		b, _ := os.ReadFile(cp.Log)
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		for i := len(lines) - 1; i >= 0 && i >= len(lines)-200; i-- {
-			if strings.Contains(lines[i], "msg=pushed") {
-				fmt.Fprintf(os.Stderr, "cpscale: %s: its last push: %s\n", cp.name, lines[i])
-				break
+		if int64(len(b)) >= logAt {
+			b = b[logAt:]
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if strings.Contains(line, "msg=pushed") {
+				fmt.Fprintf(os.Stderr, "cpscale: %s: push since the first full push: %s\n", cp.name, line)
 			}
 		}
 	}

@@ -194,7 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// workloads their proxies connect as.
 	workloads := &workloadentry.Source{Registry: reg, Cluster: cfg.ClusterID, Entries: store.WorkloadEntries, Log: log}
 	store.Subscribe(workloads.Changed)
-	keys.OnChange = xdsServer.Trigger
+	keys.OnChange = func() { xdsServer.TriggerFor("a JWKS key set changed") }
 	auth := &ca.KubeAuthenticator{LocalCluster: cfg.ClusterID, Client: running.reviews, Clusters: running.ids}
 
 	// The TLS servers: the control plane's own certificate first.
@@ -388,6 +388,7 @@ func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Regis
 	// Go's profiler, as istiod serves it (its monitoring port is cluster-internal).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !local.Synced() {
 			http.Error(w, "local cluster not synced", http.StatusServiceUnavailable)

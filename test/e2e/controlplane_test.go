@@ -21,7 +21,9 @@ type controlPlane struct {
 	xds, secure, monitoring string
 	// serverName is on the certificate of the secure port.
 	serverName string
-	stop       func()
+	// log is the file its output goes to.
+	log  string
+	stop func()
 }
 
 // startDiscovery runs the control plane for cluster on loopback and waits until it is ready.
@@ -51,6 +53,7 @@ func (e *sandboxEnv) startDiscoveryOn(t *testing.T, host, cluster, network strin
 		}
 	}
 	logPath := filepath.Join(t.TempDir(), "discovery.log")
+	cp.log = logPath
 	logf, _ := os.Create(logPath)
 	// Every port its own, so several control planes can run at once; a
 	// later --webhook-addr in extra wins.

@@ -430,6 +430,69 @@ func TestDiscoveryAcrossClusters(t *testing.T) {
 		})
 	})
 
+	t.Run("a node's status written again pushes nothing; its zone changed is a full push, saying why", func(t *testing.T) {
+		// Kubelets write their Node's status every few seconds to minutes;
+		// each write once recomputed the whole cluster and pushed
+		// everything to every proxy.
+		resyncs := func() int {
+			b, _ := os.ReadFile(cp.log)
+			n := 0
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "msg=pushed") && strings.Contains(line, "full=true") && strings.Contains(line, `cluster cluster-eks synced`) {
+					n++
+				}
+			}
+			return n
+		}
+		nodes := e.clients["cluster-eks"].CoreV1().Nodes()
+		list, err := nodes.List(context.Background(), metav1.ListOptions{})
+		if err != nil || len(list.Items) == 0 {
+			t.Fatalf("cluster-eks's nodes: %v", err)
+		}
+		name := list.Items[0].Name
+		before := resyncs()
+		for range 3 {
+			n, err := nodes.Get(context.Background(), name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range n.Status.Conditions {
+				n.Status.Conditions[i].LastHeartbeatTime = metav1.Now()
+			}
+			if _, err := nodes.UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		if got := resyncs(); got != before {
+			t.Fatalf("%d full pushes recomputing cluster-eks after three writes of its node's status, want none", got-before)
+		}
+		setZone := func(zone string) {
+			t.Helper()
+			n, err := nodes.Get(context.Background(), name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n.Labels == nil {
+				n.Labels = map[string]string{}
+			}
+			n.Labels[corev1.LabelTopologyZone] = zone
+			if zone == "" {
+				delete(n.Labels, corev1.LabelTopologyZone)
+			}
+			if _, err := nodes.Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n, _ := nodes.Get(context.Background(), name, metav1.GetOptions{})
+		zone := n.Labels[corev1.LabelTopologyZone]
+		setZone(zone + "-moved")
+		eventually(t, "a full push recomputing cluster-eks after its node's zone changed", func() bool { return resyncs() > before })
+		setZone(zone)
+		eventually(t, "a full push after the zone is put back", func() bool { return resyncs() > before+1 })
+	})
+
 	t.Run("grpc-go's own xDS client resolves and calls a service through the control plane", func(t *testing.T) {
 		// A gRPC server on the host's sandbox address, registered as a Service
 		// with a hand-written EndpointSlice: reachable from the test process.

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -132,13 +133,26 @@ func (c *Controller) Run(ctx context.Context) error {
 	for _, h := range []struct {
 		inf cache.SharedIndexInformer
 		fn  func(any)
+		// same, when set, tells an update that changes nothing the
+		// registry reads from the object.
+		same func(old, cur any) bool
 	}{
-		{svcInf.Informer(), onService}, {sliceInf.Informer(), onSlice}, {podInf.Informer(), onPod},
-		{nsInf.Informer(), onNamespace}, {nodeInf.Informer(), onNode},
+		{inf: svcInf.Informer(), fn: onService}, {inf: sliceInf.Informer(), fn: onSlice}, {inf: podInf.Informer(), fn: onPod},
+		{inf: nsInf.Informer(), fn: onNamespace, same: sameLabels(LabelNetwork)},
+		// A node's status is written every few seconds (heartbeats,
+		// images, conditions); only its locality matters here, and each
+		// recomputation of the whole cluster is a full push to every
+		// proxy.
+		{inf: nodeInf.Informer(), fn: onNode, same: sameLabels(corev1.LabelTopologyRegion, corev1.LabelTopologyZone, LabelSubzone)},
 	} {
-		fn := h.fn
+		fn, same := h.fn, h.same
 		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: fn, UpdateFunc: func(_, o any) { fn(o) }, DeleteFunc: fn,
+			AddFunc: fn, DeleteFunc: fn,
+			UpdateFunc: func(old, cur any) {
+				if same == nil || !same(old, cur) {
+					fn(cur)
+				}
+			},
 		}); err != nil {
 			return err
 		}
@@ -181,6 +195,24 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.service(ctx, key)
 		}
 		c.queue.Done(key)
+	}
+}
+
+// sameLabels tells whether two versions of an object carry the same
+// values of the given labels.
+func sameLabels(keys ...string) func(old, cur any) bool {
+	return func(old, cur any) bool {
+		o, ok1 := old.(metav1.Object)
+		c, ok2 := cur.(metav1.Object)
+		if !ok1 || !ok2 {
+			return false
+		}
+		for _, k := range keys {
+			if o.GetLabels()[k] != c.GetLabels()[k] {
+				return false
+			}
+		}
+		return true
 	}
 }
 

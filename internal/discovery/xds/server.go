@@ -1,8 +1,13 @@
 package xds
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,11 +72,13 @@ type Server struct {
 	sets nameSets
 	push chan struct{}
 
-	pendMu sync.Mutex // guards pendFull and pendHosts
+	pendMu sync.Mutex // guards pendFull, pendHosts and pendWhy
 	// pendFull asks the next push to regenerate everything; otherwise it
 	// regenerates only the load assignments of pendHosts.
 	pendFull  bool
 	pendHosts map[string]bool
+	// pendWhy are the reasons for a full push, for its log line.
+	pendWhy map[string]int
 
 	mu      sync.Mutex // guards proxies
 	proxies map[string]*proxyState
@@ -144,7 +151,7 @@ func NewServer(cfg ServerConfig) *Server {
 	reg, metrics := cfg.Registry, cfg.Metrics
 	s := &Server{ServerConfig: cfg,
 		anys: newAnyCache(),
-		push: make(chan struct{}, 1), pendHosts: map[string]bool{},
+		push: make(chan struct{}, 1), pendHosts: map[string]bool{}, pendWhy: map[string]int{},
 		proxies: map[string]*proxyState{}, admission: newAdmission()}
 	s.connecting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "isthmus_xds_streams_waiting",
 		Help: "xDS streams waiting for their first configuration while others are served theirs (16 per CPU at once)."},
@@ -168,7 +175,7 @@ func NewServer(cfg ServerConfig) *Server {
 			s.triggerEndpoints(e.Hostnames)
 			return
 		}
-		s.Trigger()
+		s.TriggerFor(e.Reason)
 	})
 	// A proxy that connected before its pod was seen learns its locality.
 	reg.SubscribeWorkloads(func(cluster, address string) {
@@ -191,14 +198,20 @@ func NewServer(cfg ServerConfig) *Server {
 	return s
 }
 
-// Trigger asks for a (debounced) push to every proxy, e.g. after a
-// configuration change.
-func (s *Server) Trigger() {
+// Trigger asks for a (debounced) full push to every proxy after a
+// change of Istio configuration.
+func (s *Server) Trigger() { s.TriggerFor("Istio configuration") }
+
+// TriggerFor asks for a (debounced) full push to every proxy; the push's
+// log line says why (a full push regenerates every view, and one nobody
+// expected is the first thing to look for when changes arrive late).
+func (s *Server) TriggerFor(reason string) {
 	s.memoMu.Lock()
 	s.current = nil
 	s.memoMu.Unlock()
 	s.pendMu.Lock()
 	s.pendFull = true
+	s.pendWhy[reason]++
 	s.pendMu.Unlock()
 	s.signal()
 }
@@ -251,17 +264,21 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 		s.pendMu.Lock()
-		full, hosts := s.pendFull, s.pendHosts
-		s.pendFull, s.pendHosts = false, map[string]bool{}
+		full, hosts, why := s.pendFull, s.pendHosts, s.pendWhy
+		s.pendFull, s.pendHosts, s.pendWhy = false, map[string]bool{}, map[string]int{}
 		s.pendMu.Unlock()
 		began := time.Now()
 		ps := s.pushAll(full, hosts, start)
 		last = time.Now()
 		s.pushTime.Observe(last.Sub(start).Seconds())
 		// As istiod's "Push debounce stable" line: where a push's time went.
-		s.Log.Info("pushed", "full", full, "services", len(hosts), "proxies", ps.proxies,
+		attrs := []any{"full", full, "services", len(hosts), "proxies", ps.proxies,
 			"gathered", began.Sub(start).Round(time.Millisecond), "took", last.Sub(began).Round(time.Millisecond),
-			"views", ps.views.Round(time.Millisecond), "snapshots", ps.snapshots.Round(time.Millisecond), "installed", ps.installed.Round(time.Millisecond))
+			"views", ps.views.Round(time.Millisecond), "snapshots", ps.snapshots.Round(time.Millisecond), "installed", ps.installed.Round(time.Millisecond)}
+		if full {
+			attrs = append(attrs, "why", reasons(why))
+		}
+		s.Log.Info("pushed", attrs...)
 	}
 }
 
@@ -393,4 +410,26 @@ func (s *Server) warnOnce(msg string) {
 	if _, loaded := s.warned.LoadOrStore(msg, struct{}{}); !loaded {
 		s.Log.Warn(msg)
 	}
+}
+
+// reasons lists why a push was full, most frequent first, at most five.
+func reasons(why map[string]int) string {
+	if len(why) == 0 {
+		return ""
+	}
+	list := slices.SortedFunc(maps.Keys(why), func(a, b string) int {
+		return cmp.Or(why[b]-why[a], strings.Compare(a, b))
+	})
+	var out []string
+	for i, r := range list {
+		if i == 5 {
+			out = append(out, fmt.Sprintf("%d more", len(list)-5))
+			break
+		}
+		if why[r] > 1 {
+			r = fmt.Sprintf("%s (x%d)", r, why[r])
+		}
+		out = append(out, r)
+	}
+	return strings.Join(out, "; ")
 }
