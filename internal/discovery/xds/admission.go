@@ -34,11 +34,12 @@ var ConnectingHold = 5 * time.Second
 // configuration (a channel's waiting senders are served in order).
 type admission struct {
 	places  chan struct{}
+	hold    time.Duration
 	waiting atomic.Int64
 }
 
 func newAdmission() *admission {
-	return &admission{places: make(chan struct{}, max(1, ConnectingStreams))}
+	return &admission{places: make(chan struct{}, max(1, ConnectingStreams)), hold: ConnectingHold}
 }
 
 // enter waits for a place; false if ctx ended first.
@@ -80,7 +81,7 @@ func (p *place) enter(ctx context.Context) bool {
 		return false
 	}
 	p.entered, p.held = true, true
-	p.timer = time.NewTimer(ConnectingHold)
+	p.timer = time.NewTimer(p.a.hold)
 	p.expired = p.timer.C
 	return true
 }
