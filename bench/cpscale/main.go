@@ -76,12 +76,12 @@ type result struct {
 	rss, anon  int
 	// peak is the process's highest RSS so far (VmHWM): the clients'
 	// connecting, not what stays once they are served.
-	peak                         int
-	goMem                        goMemory
-	p50, p99, max                time.Duration
-	cpuChange                    float64
+	peak          int
+	goMem         goMemory
+	p50, p99, max time.Duration
+	cpuChange     float64
 	// benchCPU is the bench process's (its clients') CPU for the change.
-	benchCPU float64
+	benchCPU                     float64
 	stormP50, stormP99, stormAll time.Duration
 	stormRSS                     int
 }
