@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -47,18 +48,6 @@ func TestConnectingStreamsWaitTheirTurn(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	open := func(i int) (discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, <-chan *discoverygrpc.DeltaDiscoveryResponse) {
-		stream, err := adsClient(t, addr).DeltaAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		node := &core.Node{Id: "sidecar~10.0.0." + string(rune('1'+i)) + "~p" + string(rune('a'+i)) + ".ns~ns.svc.cluster.local",
-			Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
-		if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
-			t.Fatal(err)
-		}
-		return stream, receive(stream.Recv)
-	}
 	next := func(responses <-chan *discoverygrpc.DeltaDiscoveryResponse, what string) *discoverygrpc.DeltaDiscoveryResponse {
 		t.Helper()
 		select {
@@ -81,9 +70,9 @@ func TestConnectingStreamsWaitTheirTurn(t *testing.T) {
 		}
 	}
 
-	first, firstIn := open(0)
+	first, firstIn := askClusters(ctx, t, addr, 0)
 	cds := next(firstIn, "first stream's clusters")
-	_, secondIn := open(1)
+	_, secondIn := askClusters(ctx, t, addr, 1)
 	none(secondIn, "second stream")
 	if got := waiting(); got != 1 {
 		t.Errorf("isthmus_xds_streams_waiting = %v while the second stream waits, want 1", got)
@@ -132,16 +121,8 @@ func TestConnectingHoldBounded(t *testing.T) {
 	defer cancel()
 	var ins []<-chan *discoverygrpc.DeltaDiscoveryResponse
 	for i := range 2 {
-		stream, err := adsClient(t, addr).DeltaAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		node := &core.Node{Id: "sidecar~10.0.0." + string(rune('1'+i)) + "~p" + string(rune('a'+i)) + ".ns~ns.svc.cluster.local",
-			Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
-		if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
-			t.Fatal(err)
-		}
-		ins = append(ins, receive(stream.Recv))
+		_, in := askClusters(ctx, t, addr, i)
+		ins = append(ins, in)
 		if i == 0 {
 			select {
 			case <-ins[0]:
@@ -159,4 +140,20 @@ func TestConnectingHoldBounded(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("second stream: nothing 5 s after the first stream's hold ended")
 	}
+}
+
+// askClusters opens the i-th sidecar's delta stream and asks for its
+// clusters; its responses arrive on the channel.
+func askClusters(ctx context.Context, t *testing.T, addr string, i int) (discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, <-chan *discoverygrpc.DeltaDiscoveryResponse) {
+	t.Helper()
+	stream, err := adsClient(t, addr).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: fmt.Sprintf("sidecar~10.0.0.%d~p%d.ns~ns.svc.cluster.local", i+1, i),
+		Metadata: proxyview.NodeMetadata(map[string]string{"CLUSTER_ID": "c1", "NETWORK": "n1"})}
+	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	return stream, receive(stream.Recv)
 }
