@@ -98,7 +98,8 @@ func (p *place) leave() {
 // settled tells whether a stream's client holds what it asked for: every
 // type it watches answered and acknowledged, and a client of clusters
 // has asked for their load assignments too (it does so only once it has
-// the clusters, and that request is the large one).
+// the clusters, and that request is the large one) unless it has none
+// to ask for (a Sidecar resource can leave a proxy no service at all).
 func (c *adsConn) settled() bool {
 	if len(c.watches) == 0 {
 		return false
@@ -110,7 +111,8 @@ func (c *adsConn) settled() bool {
 	}
 	if _, ok := c.watches[resource.ClusterType]; ok {
 		if _, ok := c.watches[resource.EndpointType]; !ok {
-			return false
+			snap := c.snap.Load()
+			return snap != nil && len(snap.GetResourcesAndTTL(resource.EndpointType)) == 0
 		}
 	}
 	return true

@@ -108,6 +108,33 @@ func TestConnectingStreamsWaitTheirTurn(t *testing.T) {
 
 }
 
+// TestConnectingWithoutLoadAssignments: a proxy left no service to
+// reach has no load assignments to ask for after its clusters; its place
+// goes as soon as it acknowledges them, not after the hold.
+func TestConnectingWithoutLoadAssignments(t *testing.T) {
+	defer func(n int, d time.Duration) { xds.ConnectingStreams, xds.ConnectingHold = n, d }(xds.ConnectingStreams, xds.ConnectingHold)
+	xds.ConnectingStreams, xds.ConnectingHold = 1, time.Minute
+	_, addr := serve(t, registry.New())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first, firstIn := askClusters(ctx, t, addr, 0)
+	var cds *discoverygrpc.DeltaDiscoveryResponse
+	select {
+	case cds = <-firstIn:
+	case <-time.After(5 * time.Second):
+		t.Fatal("first stream: no clusters in 5 s")
+	}
+	_, secondIn := askClusters(ctx, t, addr, 1)
+	if err := first.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: cds.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-secondIn:
+	case <-time.After(5 * time.Second):
+		t.Fatal("second stream: nothing 5 s after the first (no load assignments to ask for) acknowledged its clusters")
+	}
+}
+
 // TestConnectingHoldBounded: a client that takes its first response and
 // never acknowledges it keeps its place no longer than the hold.
 func TestConnectingHoldBounded(t *testing.T) {
