@@ -92,6 +92,8 @@ func startProxy(tb testing.TB, upstream string, adjust func(*cluster.Cluster), r
 type proxySetup struct {
 	more xdsclient.State
 	opts Options
+	// applied, when set, receives the state applied, for a test to change.
+	applied *xdsclient.State
 }
 
 // startProxyWith is startProxy with a setup.
@@ -135,6 +137,9 @@ func startProxyWith(tb testing.TB, upstream string, adjust func(*cluster.Cluster
 	p := New(opts)
 	if _, err := p.Apply(st, resource.ListenerType); err != nil {
 		tb.Fatal(err)
+	}
+	if setup.applied != nil {
+		*setup.applied = st
 	}
 	tb.Cleanup(func() {
 		p.mu.Lock()

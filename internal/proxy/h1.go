@@ -35,6 +35,8 @@ type upstreamKey struct {
 type h1Idle struct {
 	mu    sync.Mutex
 	conns []*h1Conn
+	// retired: the configuration no longer reaches the pool (pools.go).
+	retired bool
 }
 
 // maxIdleH1 bounds the idle connections kept per upstream address.
@@ -177,7 +179,7 @@ func (i *h1Idle) put(pc *h1Conn) {
 		return
 	}
 	i.mu.Lock()
-	if len(i.conns) < maxIdleH1 {
+	if !i.retired && len(i.conns) < maxIdleH1 {
 		i.conns = append(i.conns, pc)
 		pc = nil
 	}

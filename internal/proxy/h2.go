@@ -410,6 +410,8 @@ type h2Pool struct {
 	conns   []*h2Conn
 	dialing int
 	waiters []*h2Stream
+	// retired: the configuration no longer reaches the pool (pools.go).
+	retired bool
 }
 
 // h2PoolFor is the pool of an endpoint.
@@ -451,6 +453,7 @@ func (pl *h2Pool) dial(p *Proxy, cl *config.Cluster, ep *config.Endpoint, addr s
 	pl.mu.Lock()
 	pl.dialing--
 	var take []*h2Stream
+	var unused bool
 	if err == nil {
 		c.pool = pl
 		pl.conns = append(pl.conns, c)
@@ -458,6 +461,9 @@ func (pl *h2Pool) dial(p *Proxy, cl *config.Cluster, ep *config.Endpoint, addr s
 		take = append(take, pl.waiters[:n]...)
 		pl.waiters = append(pl.waiters[:0], pl.waiters[n:]...)
 		c.active += n
+		// Retired while it dialed: it serves who waited, then closes.
+		c.goaway = pl.retired
+		unused = pl.retired && n == 0
 		if len(pl.waiters) > 0 && pl.dialing == 0 {
 			pl.dialing++
 			go pl.dial(p, cl, ep, addr)
@@ -468,6 +474,9 @@ func (pl *h2Pool) dial(p *Proxy, cl *config.Cluster, ep *config.Endpoint, addr s
 	pl.mu.Unlock()
 	if err == nil {
 		go c.readUpstream()
+		if unused {
+			c.conn.Close()
+		}
 	}
 	for _, s := range take {
 		s.mu.Lock()

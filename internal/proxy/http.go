@@ -708,7 +708,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			}
 			resp, err = p.roundTripH1(out, upstreamKey{pool: poolKeyFor(c, ep), addr: addr}, body, dial)
 		} else {
-			resp, err = p.transport(c, ep, h2).RoundTrip(out)
+			resp, err = p.transport(c, ep, addr, h2).RoundTrip(out)
 		}
 		if perTry != nil {
 			perTry.Stop()
@@ -819,15 +819,15 @@ func retryableStatus(rp *config.RetryPolicy, code int, grpcStatus string) bool {
 	return false
 }
 
-// transport returns net/http's connection pool of a cluster for a
-// protocol (HTTP/1.1 requests the synchronous path, h1.go, does not take,
-// and HTTP/2 upstreams of HTTP/1.1 clients); pooled connections are per
-// endpoint address.
-func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.RoundTripper {
-	key := poolKeyFor(c, ep)
-	key.h2 = h2
+// transport returns net/http's connection pool of an endpoint address for
+// a protocol (HTTP/1.1 requests the synchronous path, h1.go, does not
+// take, and HTTP/2 upstreams of HTTP/1.1 clients): one per address, so
+// the address's connections go when it leaves the cluster (pools.go).
+func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, addr string, h2 bool) http.RoundTripper {
+	key := upstreamKey{pool: poolKeyFor(c, ep), addr: addr}
+	key.pool.h2 = h2
 	if v, ok := p.pools.Load(key); ok {
-		return v.(*http.Transport)
+		return v.(*transportPool).tr
 	}
 	alpn := []string{"istio-http/1.1"}
 	var protos http.Protocols
@@ -837,7 +837,8 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.
 	} else {
 		protos.SetHTTP1(true)
 	}
-	tr := &http.Transport{
+	tp := &transportPool{}
+	tp.tr = &http.Transport{
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     time.Hour,
@@ -851,19 +852,28 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, h2 bool) http.
 			if cl == nil {
 				return nil, fmt.Errorf("no cluster %q", rc.cluster)
 			}
-			if cl.Type == config.OriginalDst {
-				return p.dialFor(ctx, cl, nil, addr, alpn)
-			}
-			for _, e := range cl.Endpoints {
-				if e.Addr.String() == addr {
-					return p.dialFor(ctx, cl, e, addr, alpn)
+			var ep *config.Endpoint
+			if cl.Type != config.OriginalDst {
+				for _, e := range cl.Endpoints {
+					if e.Addr.String() == addr {
+						ep = e
+						break
+					}
+				}
+				if ep == nil {
+					return nil, fmt.Errorf("endpoint %s left cluster %q", addr, rc.cluster)
 				}
 			}
-			return nil, fmt.Errorf("endpoint %s left cluster %q", addr, rc.cluster)
+			c, err := p.dialFor(ctx, cl, ep, addr, alpn)
+			if err != nil {
+				return nil, err
+			}
+			tp.open.Add(1)
+			return &pooledConn{Conn: c, open: &tp.open}, nil
 		},
 	}
-	v, _ := p.pools.LoadOrStore(key, tr)
-	return v.(*http.Transport)
+	v, _ := p.pools.LoadOrStore(key, tp)
+	return v.(*transportPool).tr
 }
 
 // poolKeyFor names the connection pool of an endpoint: connections are

@@ -123,7 +123,7 @@ type Proxy struct {
 	httpOnce     sync.Once
 	http         *http.Server
 	proxyHandler *httputil.ReverseProxy
-	pools        sync.Map // poolKey -> *http.Transport
+	pools        sync.Map // upstreamKey -> *transportPool
 	h1Pools      sync.Map // upstreamKey -> *h1Idle
 	h1Conns      sync.Map // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
 	h2Pools      sync.Map // upstreamKey -> *h2Pool
@@ -296,6 +296,7 @@ func (p *Proxy) Apply(st xdsclient.State, changed string) (map[string][]string, 
 		opened = append(opened, &bound{name: l.Name, addr: addr, ln: ln})
 	}
 	p.cur.Store(rt)
+	p.retirePools(snap)
 	for name, b := range p.bound {
 		l, ok := snap.Listeners[name]
 		if !ok || !l.Bind || p.listenAddr(l.Addr) != b.addr {
