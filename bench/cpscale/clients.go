@@ -4,16 +4,15 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -192,25 +191,11 @@ func (c *adsClient) deltaStream(ctx context.Context, conn *grpc.ClientConn) {
 
 // check records when the watched load assignment shows the change.
 func (c *adsClient) check(b []byte) {
-	var cla endpoint.ClusterLoadAssignment
-	if proto.Unmarshal(b, &cla) != nil {
+	addrs, weight, err := scanCLA(b)
+	if err != nil {
 		return
 	}
-	var weight uint32
-	for _, l := range cla.Endpoints {
-		for _, e := range l.LbEndpoints {
-			if e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == c.want {
-				c.once2.Do(func() { close(c.sawWant) })
-				return
-			}
-			if w := e.GetLoadBalancingWeight(); w != nil {
-				weight += w.Value
-			} else {
-				weight++
-			}
-		}
-	}
-	if weight >= c.wantWeight {
+	if slices.Contains(addrs, c.want) || weight >= c.wantWeight {
 		c.once2.Do(func() { close(c.sawWant) })
 	}
 }

@@ -3,10 +3,13 @@ package main
 import (
 	"fmt"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto"
@@ -40,6 +43,14 @@ var (
 	// A Resource's name and resource (an Any); an Any's value.
 	resourceFields = fieldsOf(&discoverygrpc.Resource{}, "name", "resource")
 	anyValue       = fieldsOf(&anypb.Any{}, "value")[0]
+	// Down a load assignment to an endpoint's address and weight.
+	claEndpoints      = fieldsOf(&endpoint.ClusterLoadAssignment{}, "endpoints")[0]
+	localityEndpoints = fieldsOf(&endpoint.LocalityLbEndpoints{}, "lb_endpoints")[0]
+	lbEndpoint        = fieldsOf(&endpoint.LbEndpoint{}, "endpoint", "load_balancing_weight")
+	endpointAddress   = fieldsOf(&endpoint.Endpoint{}, "address")[0]
+	socketAddress     = fieldsOf(&core.Address{}, "socket_address")[0]
+	socketAddressIP   = fieldsOf(&core.SocketAddress{}, "address")[0]
+	wrapperValue      = fieldsOf(&wrapperspb.UInt32Value{}, "value")[0]
 )
 
 func fieldsOf(m proto.Message, names ...string) []protowire.Number {
@@ -145,6 +156,94 @@ func resourceOf(b []byte, delta bool) (name string, value []byte, err error) {
 		anyBytes = anyBytes[n:]
 	}
 	return string(nameBytes), value, nil
+}
+
+// scanCLA reads a serialized ClusterLoadAssignment's endpoint addresses
+// and the sum of their weights (1 where unset), skipping the rest: a full
+// decode of the endpoints' metadata was the largest part of the clients'
+// CPU in a change, taken from the two cores the control plane is
+// measured on.
+func scanCLA(b []byte) (addrs []string, weight uint32, err error) {
+	err = eachBytes(b, func(num protowire.Number, v []byte) error {
+		if num != claEndpoints {
+			return nil
+		}
+		return eachBytes(v, func(num protowire.Number, v []byte) error {
+			if num != localityEndpoints {
+				return nil
+			}
+			w := uint32(1)
+			err := eachBytes(v, func(num protowire.Number, v []byte) error {
+				switch num {
+				case lbEndpoint[0]:
+					return eachBytes(v, func(num protowire.Number, v []byte) error {
+						if num != endpointAddress {
+							return nil
+						}
+						return eachBytes(v, func(num protowire.Number, v []byte) error {
+							if num != socketAddress {
+								return nil
+							}
+							return eachBytes(v, func(num protowire.Number, v []byte) error {
+								if num == socketAddressIP {
+									addrs = append(addrs, string(v))
+								}
+								return nil
+							})
+						})
+					})
+				case lbEndpoint[1]:
+					w = 0 // a wrapper without its value is 0
+					for len(v) > 0 {
+						num, typ, n := protowire.ConsumeTag(v)
+						if n < 0 {
+							return protowire.ParseError(n)
+						}
+						v = v[n:]
+						if num == wrapperValue && typ == protowire.VarintType {
+							x, n := protowire.ConsumeVarint(v)
+							if n < 0 {
+								return protowire.ParseError(n)
+							}
+							w = uint32(x)
+						}
+						n = protowire.ConsumeFieldValue(num, typ, v)
+						if n < 0 {
+							return protowire.ParseError(n)
+						}
+						v = v[n:]
+					}
+				}
+				return nil
+			})
+			weight += w
+			return err
+		})
+	})
+	return addrs, weight, err
+}
+
+// eachBytes calls f with every length-delimited field of a message.
+func eachBytes(b []byte, f func(protowire.Number, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		if typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(b[:n])
+			if err := f(num, v); err != nil {
+				return err
+			}
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 // deltaResponse and sotwResponse tell the codec which response it reads.
