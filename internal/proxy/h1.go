@@ -37,6 +37,8 @@ type h1Idle struct {
 	conns []*h1Conn
 	// retired: the configuration no longer reaches the pool (pools.go).
 	retired bool
+	// last is when a connection was last taken or given back.
+	last time.Time
 }
 
 // maxIdleH1 bounds the idle connections kept per upstream address.
@@ -48,6 +50,8 @@ type h1Conn struct {
 	bw *bufio.Writer
 	// deadline: one is set (the downstream loop's timeouts).
 	deadline bool
+	// idleSince is when it was last pooled.
+	idleSince time.Time
 }
 
 // syncBody tells whether the synchronous path can take a request, and
@@ -96,7 +100,10 @@ func idempotentMethod(method string) bool {
 // dial when none is idle) and returns the response; its body hands the
 // connection back once read to the end.
 func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
-	v, _ := p.h1Pools.LoadOrStore(key, &h1Idle{})
+	v, loaded := p.h1Pools.LoadOrStore(key, &h1Idle{})
+	if !loaded {
+		p.pooled()
+	}
 	idle := v.(*h1Idle)
 	ctx := r.Context()
 	for attempt := 0; ; attempt++ {
@@ -162,6 +169,7 @@ func stale(err error) bool {
 func (i *h1Idle) get() *h1Conn {
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	i.last = time.Now()
 	if n := len(i.conns); n > 0 {
 		pc := i.conns[n-1]
 		i.conns = i.conns[:n-1]
@@ -178,8 +186,11 @@ func (i *h1Idle) put(pc *h1Conn) {
 		pc.Close()
 		return
 	}
+	now := time.Now()
 	i.mu.Lock()
+	i.last = now
 	if !i.retired && len(i.conns) < maxIdleH1 {
+		pc.idleSince = now
 		i.conns = append(i.conns, pc)
 		pc = nil
 	}

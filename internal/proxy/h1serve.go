@@ -823,7 +823,10 @@ func (c *h1Down) pool(cl *config.Cluster, ep *config.Endpoint, addr string) *h1I
 	key := upstreamKey{pool: poolKeyFor(cl, ep), addr: addr}
 	v, ok := c.p.h1Pools.Load(key)
 	if !ok {
-		v, _ = c.p.h1Pools.LoadOrStore(key, &h1Idle{})
+		var loaded bool
+		if v, loaded = c.p.h1Pools.LoadOrStore(key, &h1Idle{}); !loaded {
+			c.p.pooled()
+		}
 	}
 	c.last.cl, c.last.ep, c.last.addr, c.last.idle = cl, ep, addr, v.(*h1Idle)
 	return c.last.idle

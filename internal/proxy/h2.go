@@ -107,6 +107,8 @@ type h2Conn struct {
 	active     int
 	maxStreams uint32
 	dead       bool
+	// idleSince is when active last fell to 0.
+	idleSince time.Time
 }
 
 func newH2Conn(p *Proxy, conn net.Conn, br *bufio.Reader, client bool) *h2Conn {
@@ -412,6 +414,8 @@ type h2Pool struct {
 	waiters []*h2Stream
 	// retired: the configuration no longer reaches the pool (pools.go).
 	retired bool
+	// last is when a stream last took or gave back a connection's slot.
+	last time.Time
 }
 
 // h2PoolFor is the pool of an endpoint.
@@ -419,7 +423,10 @@ func (p *Proxy) h2PoolFor(cl *config.Cluster, ep *config.Endpoint, addr string) 
 	key := upstreamKey{pool: poolKeyFor(cl, ep), addr: addr}
 	v, ok := p.h2Pools.Load(key)
 	if !ok {
-		v, _ = p.h2Pools.LoadOrStore(key, &h2Pool{})
+		var loaded bool
+		if v, loaded = p.h2Pools.LoadOrStore(key, &h2Pool{}); !loaded {
+			p.pooled()
+		}
 	}
 	return v.(*h2Pool)
 }
@@ -430,6 +437,7 @@ func (p *Proxy) h2PoolFor(cl *config.Cluster, ep *config.Endpoint, addr string) 
 func (pl *h2Pool) acquire(p *Proxy, s *h2Stream, cl *config.Cluster, ep *config.Endpoint, addr string) *h2Conn {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
+	pl.last = time.Now()
 	for _, c := range pl.conns {
 		if !c.dead && !c.goaway && uint32(c.active) < c.maxStreams {
 			c.active++
@@ -456,6 +464,7 @@ func (pl *h2Pool) dial(p *Proxy, cl *config.Cluster, ep *config.Endpoint, addr s
 	var unused bool
 	if err == nil {
 		c.pool = pl
+		c.idleSince = time.Now()
 		pl.conns = append(pl.conns, c)
 		n := min(len(pl.waiters), int(c.maxStreams))
 		take = append(take, pl.waiters[:n]...)
@@ -510,6 +519,10 @@ func (pl *h2Pool) done(c *h2Conn) {
 	pl.mu.Lock()
 	c.active--
 	closeIt := c.goaway && c.active == 0
+	if c.active == 0 {
+		c.idleSince = time.Now()
+		pl.last = c.idleSince
+	}
 	pl.mu.Unlock()
 	if closeIt {
 		c.conn.Close()

@@ -827,7 +827,9 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, addr string, h
 	key := upstreamKey{pool: poolKeyFor(c, ep), addr: addr}
 	key.pool.h2 = h2
 	if v, ok := p.pools.Load(key); ok {
-		return v.(*transportPool).tr
+		tp := v.(*transportPool)
+		tp.last.Store(time.Now().UnixNano())
+		return tp.tr
 	}
 	alpn := []string{"istio-http/1.1"}
 	var protos http.Protocols
@@ -841,7 +843,7 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, addr string, h
 	tp.tr = &http.Transport{
 		Protocols:           &protos,
 		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     time.Hour,
+		IdleConnTimeout:     c.IdleTimeout,
 		DisableCompression:  true,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			rc, _ := ctx.Value(routeKey).(*route)
@@ -872,7 +874,11 @@ func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, addr string, h
 			return &pooledConn{Conn: c, open: &tp.open}, nil
 		},
 	}
-	v, _ := p.pools.LoadOrStore(key, tp)
+	tp.last.Store(time.Now().UnixNano())
+	v, loaded := p.pools.LoadOrStore(key, tp)
+	if !loaded {
+		p.pooled()
+	}
 	return v.(*transportPool).tr
 }
 

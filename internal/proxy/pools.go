@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,8 @@ import (
 type transportPool struct {
 	tr   *http.Transport
 	open atomic.Int64
+	// last is when a request last took it (Unix nanoseconds).
+	last atomic.Int64
 }
 
 // pooledConn is a connection of a transportPool: closing it counts it out.
@@ -51,21 +54,21 @@ const retireEvery = 5 * time.Second
 func (p *Proxy) retirePools(snap *config.Snapshot) {
 	p.h1Pools.Range(func(k, v any) bool {
 		if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
-			p.h1Pools.Delete(k)
+			p.h1Pools.CompareAndDelete(k, v)
 			v.(*h1Idle).retire()
 		}
 		return true
 	})
 	p.h2Pools.Range(func(k, v any) bool {
 		if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
-			p.h2Pools.Delete(k)
+			p.h2Pools.CompareAndDelete(k, v)
 			v.(*h2Pool).retire()
 		}
 		return true
 	})
 	p.pools.Range(func(k, v any) bool {
 		if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
-			p.pools.Delete(k)
+			p.pools.CompareAndDelete(k, v)
 			go v.(*transportPool).retire()
 		}
 		return true
@@ -136,4 +139,129 @@ func (tp *transportPool) retire() {
 		}
 		time.Sleep(retireEvery)
 	}
+}
+
+// Idle connections close after their cluster's idle timeout (Envoy's
+// idle_timeout of HttpProtocolOptions, an hour unless the cluster says
+// otherwise), and a pool unused for as long goes: without it a pool of an
+// original-destination cluster (passthrough traffic, one pool per
+// address a client ever called) and its connections stayed for the life
+// of the proxy. Pools are swept every sweepEvery while any exists.
+const sweepEvery = time.Second
+
+// pooled is told that a pool was made: it starts the sweeps if none runs.
+func (p *Proxy) pooled() {
+	if p.sweeping.CompareAndSwap(false, true) {
+		time.AfterFunc(sweepEvery, p.sweep)
+	}
+}
+
+// sweep closes connections idle for their cluster's idle timeout and
+// removes pools unused for as long.
+func (p *Proxy) sweep() {
+	now := time.Now()
+	var clusters map[string]*config.Cluster
+	if rt := p.cur.Load(); rt != nil {
+		clusters = rt.snap.Clusters
+	}
+	timeout := func(key poolKey) time.Duration {
+		if c := clusters[key.cluster]; c != nil {
+			return c.IdleTimeout
+		}
+		return 0 // gone: retirePools retires it
+	}
+	left := false
+	p.h1Pools.Range(func(k, v any) bool {
+		if v.(*h1Idle).sweep(now, timeout(k.(upstreamKey).pool)) {
+			p.h1Pools.CompareAndDelete(k, v)
+		} else {
+			left = true
+		}
+		return true
+	})
+	p.h2Pools.Range(func(k, v any) bool {
+		if v.(*h2Pool).sweep(now, timeout(k.(upstreamKey).pool)) {
+			p.h2Pools.CompareAndDelete(k, v)
+		} else {
+			left = true
+		}
+		return true
+	})
+	p.pools.Range(func(k, v any) bool {
+		// Its Transport closes idle connections itself (IdleConnTimeout).
+		tp := v.(*transportPool)
+		if t := tp.tr.IdleConnTimeout; t > 0 && tp.open.Load() == 0 && now.Sub(time.Unix(0, tp.last.Load())) >= t {
+			p.pools.CompareAndDelete(k, v)
+		} else {
+			left = true
+		}
+		return true
+	})
+	if left {
+		time.AfterFunc(sweepEvery, p.sweep)
+		return
+	}
+	p.sweeping.Store(false)
+	// A pool made while this sweep ran found it running and started none.
+	if p.anyPools() {
+		p.pooled()
+	}
+}
+
+func (p *Proxy) anyPools() bool {
+	found := false
+	for _, m := range []*sync.Map{&p.h1Pools, &p.h2Pools, &p.pools} {
+		m.Range(func(_, _ any) bool { found = true; return false })
+	}
+	return found
+}
+
+// sweep closes the connections idle for timeout (0: never) and tells
+// whether the pool, empty and unused for as long, is retired.
+func (i *h1Idle) sweep(now time.Time, timeout time.Duration) bool {
+	if timeout <= 0 {
+		return false
+	}
+	i.mu.Lock()
+	// put appends and get takes the last: the oldest come first.
+	n := 0
+	for n < len(i.conns) && now.Sub(i.conns[n].idleSince) >= timeout {
+		n++
+	}
+	old := slices.Clone(i.conns[:n])
+	i.conns = append(i.conns[:0], i.conns[n:]...)
+	unused := len(i.conns) == 0 && now.Sub(i.last) >= timeout
+	i.retired = i.retired || unused
+	i.mu.Unlock()
+	for _, pc := range old {
+		pc.Close()
+	}
+	return unused
+}
+
+// sweep closes the connections without a stream for timeout (0: never)
+// and tells whether the pool, empty and unused for as long, is retired.
+func (pl *h2Pool) sweep(now time.Time, timeout time.Duration) bool {
+	if timeout <= 0 {
+		return false
+	}
+	pl.mu.Lock()
+	var idle []*h2Conn
+	busy := false
+	for _, c := range pl.conns {
+		switch {
+		case c.active == 0 && !c.goaway && now.Sub(c.idleSince) >= timeout:
+			c.goaway = true
+			idle = append(idle, c)
+		case c.active > 0 || !c.goaway:
+			busy = true
+		}
+	}
+	unused := !busy && pl.dialing == 0 && len(pl.waiters) == 0 && now.Sub(pl.last) >= timeout
+	pl.retired = pl.retired || unused
+	pl.mu.Unlock()
+	for _, c := range idle {
+		c.conn.Close()
+	}
+	return unused
 }

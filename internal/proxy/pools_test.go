@@ -2,15 +2,20 @@ package proxy
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
@@ -114,5 +119,79 @@ func TestPoolOfARemovedEndpointCloses(t *testing.T) {
 				t.Errorf("%d connections to the endpoint that left are still open", n)
 			}
 		})
+	}
+}
+
+// withIdleTimeout sets a cluster's idle_timeout in its HttpProtocolOptions,
+// beside the protocol already set there.
+func withIdleTimeout(d time.Duration) func(*cluster.Cluster) {
+	return func(c *cluster.Cluster) {
+		var o httpopts.HttpProtocolOptions
+		if a := c.TypedExtensionProtocolOptions["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]; a != nil {
+			if err := a.UnmarshalTo(&o); err != nil {
+				panic(err)
+			}
+		}
+		if o.UpstreamProtocolOptions == nil { // HTTP/1.1, said as Istio says it
+			o.UpstreamProtocolOptions = &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}}}}
+		}
+		o.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(d)}
+		setProtocol(c, &o)
+	}
+}
+
+// A pooled connection that carried no request for its cluster's
+// idle_timeout closes (Envoy's rule; an hour when the cluster says
+// nothing), and so does the pool of an address no longer called: a
+// passthrough cluster's pools, one per address a client ever called,
+// stayed before for the life of the proxy.
+func TestIdleUpstreamConnectionsClose(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			up, open := countedServer(t, e.h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+			adjust := withIdleTimeout(300 * time.Millisecond)
+			if e.h2 {
+				adjust = func(c *cluster.Cluster) { upstreamHTTP2(c); withIdleTimeout(300 * time.Millisecond)(c) }
+			}
+			p, front := startProxy(t, up, adjust, nil)
+			if got := p.Snapshot().Clusters["up"].IdleTimeout; got != 300*time.Millisecond {
+				t.Fatalf("the cluster's idle timeout is %s, want 300ms", got)
+			}
+			if code, body, _ := e.do(t, front, "GET", "/"); code != 200 || body != "ok" {
+				t.Fatalf("%d %q", code, body)
+			}
+			deadline := time.Now().Add(3 * sweepEvery)
+			for open.Load() > 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n := open.Load(); n > 0 {
+				t.Errorf("%d upstream connections still open %s after their last request", n, 3*sweepEvery)
+			}
+			if p.anyPools() {
+				eventuallyT(t, "the unused pool to go", func() bool { return !p.anyPools() })
+			}
+			// Used again, the pool is made again.
+			if code, body, _ := e.do(t, front, "GET", "/"); code != 200 || body != "ok" {
+				t.Fatalf("after the pool went: %d %q", code, body)
+			}
+		})
+	}
+}
+
+// A cluster that says nothing keeps Envoy's hour; a negative timeout is refused.
+func TestClusterIdleTimeout(t *testing.T) {
+	p, _ := startProxy(t, "127.0.0.1:9", nil, nil)
+	if got := p.Snapshot().Clusters["up"].IdleTimeout; got != time.Hour {
+		t.Errorf("default idle timeout %s, want 1h", got)
+	}
+	c := staticCluster("up", "127.0.0.1:9")
+	withIdleTimeout(-time.Second)(c)
+	var st xdsclient.State
+	startProxyWith(t, "127.0.0.1:9", nil, nil, proxySetup{applied: &st})
+	st[resource.ClusterType]["up"] = mustAny(t, c)
+	if _, err := New(Options{Log: slog.New(slog.DiscardHandler)}).Apply(st, resource.ClusterType); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Errorf("a negative idle timeout: %v, want it refused", err)
 	}
 }

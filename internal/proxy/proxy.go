@@ -123,12 +123,13 @@ type Proxy struct {
 	httpOnce     sync.Once
 	http         *http.Server
 	proxyHandler *httputil.ReverseProxy
-	pools        sync.Map // upstreamKey -> *transportPool
-	h1Pools      sync.Map // upstreamKey -> *h1Idle
-	h1Conns      sync.Map // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
-	h2Pools      sync.Map // upstreamKey -> *h2Pool
-	caFiles      sync.Map // path -> *caFile: trust bundles TLS origination reads
-	h2Conns      sync.Map // *h2Conn -> nil: HTTP/2 downstream connections
+	pools        sync.Map    // upstreamKey -> *transportPool
+	h1Pools      sync.Map    // upstreamKey -> *h1Idle
+	h1Conns      sync.Map    // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
+	h2Pools      sync.Map    // upstreamKey -> *h2Pool
+	sweeping     atomic.Bool // the pools' sweeps run (pools.go)
+	caFiles      sync.Map    // path -> *caFile: trust bundles TLS origination reads
+	h2Conns      sync.Map    // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
 	logFiles     sync.Map // path -> io.Writer: access logs the control plane named (never closed: few paths)
 }

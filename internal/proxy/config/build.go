@@ -178,7 +178,7 @@ func Build(rs Resources) (*Snapshot, map[string][]string, error) {
 }
 
 func buildCluster(c *cluster.Cluster) (*Cluster, error) {
-	cl := &Cluster{Name: c.GetName(), ConnectTimeout: 10 * time.Second}
+	cl := &Cluster{Name: c.GetName(), ConnectTimeout: 10 * time.Second, IdleTimeout: DefaultIdleTimeout}
 	if d := c.GetConnectTimeout(); d != nil {
 		cl.ConnectTimeout = d.AsDuration()
 	}
@@ -265,6 +265,11 @@ func buildCluster(c *cluster.Cluster) (*Cluster, error) {
 		var o httpopts.HttpProtocolOptions
 		if err := unpack(opts, &o); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if t := o.GetCommonHttpProtocolOptions().GetIdleTimeout(); t != nil {
+			if cl.IdleTimeout = t.AsDuration(); cl.IdleTimeout < 0 {
+				return nil, fmt.Errorf("%s: idle_timeout %s is negative", name, cl.IdleTimeout)
+			}
 		}
 		switch {
 		case o.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil:

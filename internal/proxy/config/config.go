@@ -504,7 +504,14 @@ type Cluster struct {
 	MaxRequests, MaxConnections uint32
 	// Protocol is the HTTP version its upstreams speak.
 	Protocol UpstreamProtocol
+	// IdleTimeout closes a pooled upstream connection that carried no
+	// request for as long (HttpProtocolOptions' common idle_timeout:
+	// Envoy's default is an hour, 0 none).
+	IdleTimeout time.Duration
 }
+
+// DefaultIdleTimeout is Envoy's idle timeout of pooled upstream connections.
+const DefaultIdleTimeout = time.Hour
 
 // UpstreamProtocol is what Envoy's HttpProtocolOptions say a cluster's
 // upstreams speak: HTTP/1.1 unless the cluster says otherwise (Istio says
