@@ -383,7 +383,7 @@ trafficPolicy:
     simple: LEAST_REQUEST
     localityLbSetting: {enabled: true, failoverPriority: [topology.istio.io/network]}
   outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 15s, maxEjectionPercent: 100}
-  connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}, http: {http1MaxPendingRequests: 1, h2UpgradePolicy: UPGRADE}}
+  connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}, http: {http1MaxPendingRequests: 1, h2UpgradePolicy: UPGRADE, idleTimeout: 30s}}
 `))
 	if err := dr.Spec.UnmarshalJSON(j); err != nil {
 		t.Fatal(err)
@@ -415,6 +415,9 @@ trafficPolicy:
 	}
 	if c.Protocol != config.UpstreamHTTP2 {
 		t.Errorf("h2UpgradePolicy UPGRADE: upstream protocol %d, want HTTP/2", c.Protocol)
+	}
+	if c.IdleTimeout != 30*time.Second {
+		t.Errorf("http idleTimeout 30s: the cluster's idle timeout is %s", c.IdleTimeout)
 	}
 	for _, w := range warnings {
 		if strings.Contains(w, "h2UpgradePolicy") {

@@ -103,8 +103,8 @@ func policyFor(dr *networkingv1.DestinationRule, port int32, warn func(string)) 
 	tp.rule = configMetadata("destination-rule", dr.Namespace, dr.Name)
 	top := dr.Spec.GetTrafficPolicy()
 	tp.tls = top.GetTls()
-	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetHttp().GetIdleTimeout() != nil || cp.GetTcp().GetTcpKeepalive() != nil {
-		warn(where + ": connectionPool maxRequestsPerConnection, idleTimeout and tcpKeepalive are not supported; ignored")
+	if cp := top.GetConnectionPool(); cp.GetHttp().GetMaxRequestsPerConnection() > 0 || cp.GetTcp().GetTcpKeepalive() != nil {
+		warn(where + ": connectionPool maxRequestsPerConnection and tcpKeepalive are not supported; ignored")
 	}
 	tp.lb, tp.outlier, tp.pool = top.GetLoadBalancer(), top.GetOutlierDetection(), top.GetConnectionPool()
 	for _, pl := range top.GetPortLevelSettings() {

@@ -168,7 +168,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 		}
 		c := edsCluster(sni, nil)
 		c.Metadata = tp.rule
-		setUpstreamProtocol(c, port.AppProtocol)
+		setUpstreamProtocol(c, port.AppProtocol, tp.pool.GetHttp().GetIdleTimeout())
 		tp.apply(c)
 		g.Clusters = append(g.Clusters, c)
 		g.Endpoints = append(g.Endpoints, loadAssignment(sni, mtls, prio))
@@ -216,7 +216,7 @@ func (g *Generated) add(p *Proxy, view network.View, svc *registry.Service, port
 	if tp.upgradeH2(protocol) {
 		protocol = "http2"
 	}
-	setUpstreamProtocol(c, protocol)
+	setUpstreamProtocol(c, protocol, tp.pool.GetHttp().GetIdleTimeout())
 	tp.apply(c)
 	c.Metadata = tp.rule
 	g.Clusters = append(g.Clusters, c)

@@ -200,7 +200,7 @@ func sidecarOutbound(services []*registry.Service, clusterID string, podAddrs fu
 	passthrough := func(name string) *cluster.Cluster {
 		c := &cluster.Cluster{Name: name, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
 			LbPolicy: cluster.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(10 * time.Second)}
-		setUpstreamProtocol(c, "") // the client's own
+		setUpstreamProtocol(c, "", nil) // the client's own
 		return c
 	}
 	clusters = append(clusters, passthrough(PassthroughCluster), passthrough(InboundPassthroughCluster),
@@ -561,9 +561,9 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 		}
 		switch ports[n].Protocol {
 		case ProtoHTTP2:
-			setUpstreamProtocol(app, "http2")
+			setUpstreamProtocol(app, "http2", nil)
 		case ProtoAuto:
-			setUpstreamProtocol(app, "")
+			setUpstreamProtocol(app, "", nil)
 		}
 		clusters = append(clusters, app)
 		httpFilter := httpManager(withPaths(pol.Paths, &hcm.HttpConnectionManager{
