@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -139,8 +140,24 @@ type RunConfig struct {
 // workload has its certificate. Every part runs in one group, so a failing
 // part is named and stops the proxy; the status and admin ports answer
 // until the drain is over.
+// gcPercent is the proxy's GOGC unless the environment sets one. A
+// sidecar's live heap is small (about 6 MB at 1000 rps) and it allocates
+// little per request, so Go's default (collect when the heap doubles)
+// mostly keeps garbage resident: 50 keeps 2-3 MB less of it (37-38 ->
+// 35 MB RSS at 1000 rps, BENCHMARKS.md) for collections twice as often,
+// which cost well under 0.1% of its CPU there.
+const gcPercent = 50
+
+// tuneGC sets gcPercent unless GOGC is set.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+}
+
 func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Log
+	tuneGC()
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()
 	g, gctx := rungroup.New(ctx)
