@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -35,11 +36,15 @@ type upstreamKey struct {
 type h1Idle struct {
 	mu    sync.Mutex
 	conns []*h1Conn
-	// retired: the configuration no longer reaches the pool (pools.go).
-	retired bool
+	// retired: the configuration no longer reaches the pool, or it went
+	// unused (pools.go); read without mu by a connection's cached pool.
+	retired atomic.Bool
 	// last is when a connection was last taken or given back.
 	last time.Time
 }
+
+// newH1Idle is an empty pool, used as of now.
+func newH1Idle() *h1Idle { return &h1Idle{last: time.Now()} }
 
 // maxIdleH1 bounds the idle connections kept per upstream address.
 const maxIdleH1 = 256
@@ -100,9 +105,12 @@ func idempotentMethod(method string) bool {
 // dial when none is idle) and returns the response; its body hands the
 // connection back once read to the end.
 func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
-	v, loaded := p.h1Pools.LoadOrStore(key, &h1Idle{})
-	if !loaded {
-		p.pooled()
+	v, ok := p.h1Pools.Load(key)
+	if !ok {
+		var loaded bool
+		if v, loaded = p.h1Pools.LoadOrStore(key, newH1Idle()); !loaded {
+			p.pooled()
+		}
 	}
 	idle := v.(*h1Idle)
 	ctx := r.Context()
@@ -189,7 +197,7 @@ func (i *h1Idle) put(pc *h1Conn) {
 	now := time.Now()
 	i.mu.Lock()
 	i.last = now
-	if !i.retired && len(i.conns) < maxIdleH1 {
+	if !i.retired.Load() && len(i.conns) < maxIdleH1 {
 		pc.idleSince = now
 		i.conns = append(i.conns, pc)
 		pc = nil

@@ -817,14 +817,14 @@ func (c *h1Down) addrOf(ep *config.Endpoint) string {
 
 // pool is the idle connections to an upstream address.
 func (c *h1Down) pool(cl *config.Cluster, ep *config.Endpoint, addr string) *h1Idle {
-	if l := &c.last; l.idle != nil && l.cl == cl && l.ep == ep && l.addr == addr {
+	if l := &c.last; l.idle != nil && l.cl == cl && l.ep == ep && l.addr == addr && !l.idle.retired.Load() {
 		return l.idle
 	}
 	key := upstreamKey{pool: poolKeyFor(cl, ep), addr: addr}
 	v, ok := c.p.h1Pools.Load(key)
 	if !ok {
 		var loaded bool
-		if v, loaded = c.p.h1Pools.LoadOrStore(key, &h1Idle{}); !loaded {
+		if v, loaded = c.p.h1Pools.LoadOrStore(key, newH1Idle()); !loaded {
 			c.p.pooled()
 		}
 	}

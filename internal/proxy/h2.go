@@ -424,7 +424,7 @@ func (p *Proxy) h2PoolFor(cl *config.Cluster, ep *config.Endpoint, addr string) 
 	v, ok := p.h2Pools.Load(key)
 	if !ok {
 		var loaded bool
-		if v, loaded = p.h2Pools.LoadOrStore(key, &h2Pool{}); !loaded {
+		if v, loaded = p.h2Pools.LoadOrStore(key, &h2Pool{last: time.Now()}); !loaded {
 			p.pooled()
 		}
 	}

@@ -104,7 +104,8 @@ func reaches(snap *config.Snapshot, key poolKey, addr string) bool {
 func (i *h1Idle) retire() {
 	i.mu.Lock()
 	conns := i.conns
-	i.conns, i.retired = nil, true
+	i.conns = nil
+	i.retired.Store(true)
 	i.mu.Unlock()
 	for _, pc := range conns {
 		pc.Close()
@@ -231,7 +232,9 @@ func (i *h1Idle) sweep(now time.Time, timeout time.Duration) bool {
 	old := slices.Clone(i.conns[:n])
 	i.conns = append(i.conns[:0], i.conns[n:]...)
 	unused := len(i.conns) == 0 && now.Sub(i.last) >= timeout
-	i.retired = i.retired || unused
+	if unused {
+		i.retired.Store(true)
+	}
 	i.mu.Unlock()
 	for _, pc := range old {
 		pc.Close()

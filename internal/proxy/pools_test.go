@@ -23,12 +23,18 @@ import (
 // countedServer serves h on loopback (HTTP/2 with prior knowledge when h2)
 // and counts its open connections.
 func countedServer(t *testing.T, h2 bool, h http.Handler) (string, *atomic.Int32) {
+	addr, open, _ := countedServerTotal(t, h2, h)
+	return addr, open
+}
+
+// countedServerTotal is countedServer, also counting every connection it accepted.
+func countedServerTotal(t *testing.T, h2 bool, h http.Handler) (string, *atomic.Int32, *atomic.Int32) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	open := &atomic.Int32{}
+	open, total := &atomic.Int32{}, &atomic.Int32{}
 	var protos http.Protocols
 	protos.SetHTTP1(!h2)
 	protos.SetUnencryptedHTTP2(h2)
@@ -36,13 +42,14 @@ func countedServer(t *testing.T, h2 bool, h http.Handler) (string, *atomic.Int32
 		switch s {
 		case http.StateNew:
 			open.Add(1)
+			total.Add(1)
 		case http.StateClosed, http.StateHijacked:
 			open.Add(-1)
 		}
 	}}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { srv.Close() })
-	return l.Addr().String(), open
+	return l.Addr().String(), open, total
 }
 
 // An endpoint that leaves its cluster loses its pooled connections: the
@@ -193,5 +200,31 @@ func TestClusterIdleTimeout(t *testing.T) {
 	st[resource.ClusterType]["up"] = mustAny(t, c)
 	if _, err := New(Options{Log: slog.New(slog.DiscardHandler)}).Apply(st, resource.ClusterType); err == nil || !strings.Contains(err.Error(), "negative") {
 		t.Errorf("a negative idle timeout: %v, want it refused", err)
+	}
+}
+
+// A client connection that outlives its pool (unused for the idle timeout,
+// so gone) does not keep the gone pool: its next requests share one new
+// upstream connection, not one each.
+func TestClientOutlivesItsPool(t *testing.T) {
+	up, open, total := countedServerTotal(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	p, front := startProxy(t, up, withIdleTimeout(300*time.Millisecond), nil)
+	c := dialRaw(t, front)
+	get := func() {
+		t.Helper()
+		for _, resp := range c.do("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "GET") {
+			if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "ok" {
+				t.Fatalf("%d %q", resp.StatusCode, b)
+			}
+		}
+	}
+	get()
+	eventuallyT(t, "the idle upstream connection to close and its pool to go", func() bool { return open.Load() == 0 && !p.anyPools() })
+	_ = c.c.SetDeadline(time.Now().Add(10 * time.Second))
+	for range 3 {
+		get()
+	}
+	if n := total.Load(); n != 2 {
+		t.Errorf("%d upstream connections in all, want 2: the first, and one for the three requests after its pool went", n)
 	}
 }
