@@ -48,24 +48,31 @@ func (c *pooledConn) Close() error {
 // a new one: a request that raced the retirement makes it pool again.
 const retireEvery = 5 * time.Second
 
+// upstreamPool is the proxy's own pools of one upstream address: HTTP/1.1
+// idle connections (h1Idle) and HTTP/2 connections (h2Pool).
+type upstreamPool interface {
+	// retire closes what is idle and what is busy once done.
+	retire()
+	// sweep closes connections idle for timeout (0: never) and tells
+	// whether the pool, empty and unused for as long, retired itself.
+	sweep(now time.Time, timeout time.Duration) bool
+}
+
+var _, _ upstreamPool = (*h1Idle)(nil), (*h2Pool)(nil)
+
 // retirePools closes the pools snap no longer reaches. A request still
 // running on the previous configuration may make a pool of a key just
 // retired; the next configuration's pass finds it.
 func (p *Proxy) retirePools(snap *config.Snapshot) {
-	p.h1Pools.Range(func(k, v any) bool {
-		if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
-			p.h1Pools.CompareAndDelete(k, v)
-			v.(*h1Idle).retire()
-		}
-		return true
-	})
-	p.h2Pools.Range(func(k, v any) bool {
-		if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
-			p.h2Pools.CompareAndDelete(k, v)
-			v.(*h2Pool).retire()
-		}
-		return true
-	})
+	for _, m := range []*sync.Map{&p.h1Pools, &p.h2Pools} {
+		m.Range(func(k, v any) bool {
+			if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
+				m.CompareAndDelete(k, v)
+				v.(upstreamPool).retire()
+			}
+			return true
+		})
+	}
 	p.pools.Range(func(k, v any) bool {
 		if key := k.(upstreamKey); !reaches(snap, key.pool, key.addr) {
 			p.pools.CompareAndDelete(k, v)
@@ -172,22 +179,16 @@ func (p *Proxy) sweep() {
 		return 0 // gone: retirePools retires it
 	}
 	left := false
-	p.h1Pools.Range(func(k, v any) bool {
-		if v.(*h1Idle).sweep(now, timeout(k.(upstreamKey).pool)) {
-			p.h1Pools.CompareAndDelete(k, v)
-		} else {
-			left = true
-		}
-		return true
-	})
-	p.h2Pools.Range(func(k, v any) bool {
-		if v.(*h2Pool).sweep(now, timeout(k.(upstreamKey).pool)) {
-			p.h2Pools.CompareAndDelete(k, v)
-		} else {
-			left = true
-		}
-		return true
-	})
+	for _, m := range []*sync.Map{&p.h1Pools, &p.h2Pools} {
+		m.Range(func(k, v any) bool {
+			if v.(upstreamPool).sweep(now, timeout(k.(upstreamKey).pool)) {
+				m.CompareAndDelete(k, v)
+			} else {
+				left = true
+			}
+			return true
+		})
+	}
 	p.pools.Range(func(k, v any) bool {
 		// Its Transport closes idle connections itself (IdleConnTimeout).
 		tp := v.(*transportPool)
