@@ -81,6 +81,9 @@ func clientTLS(s *apinetworking.ClientTLSSettings, p *Proxy, host, sni string, s
 	if s.GetClientCertificate() != "" || s.GetPrivateKey() != "" {
 		warn(where + ": clientCertificate and privateKey files are not supported; use credentialName (at a gateway)")
 	}
+	if s.GetCaCrl() != "" {
+		warn(where + ": caCrl is not enforced: a server certificate it revokes is still accepted")
+	}
 	switch {
 	case s.GetInsecureSkipVerify().GetValue():
 		// No validation context: Envoy verifies nothing.

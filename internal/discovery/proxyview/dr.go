@@ -128,8 +128,13 @@ func (tp *trafficPolicy) portLevel(pl *apinetworking.TrafficPolicy_PortTrafficPo
 // for what isthmus does not do.
 func (tp *trafficPolicy) resolve(where string, warn func(string)) {
 	tp.locality, tp.failover = nil, nil
-	if ch := tp.lb.GetConsistentHash(); ch != nil && ch.GetHttpCookie().GetTtl() != nil {
-		warn(where + ": consistentHash.httpCookie.ttl (generating the cookie) is not supported; requests without the cookie are balanced as usual")
+	if ch := tp.lb.GetConsistentHash(); ch != nil {
+		if ch.GetHttpCookie().GetTtl() != nil {
+			warn(where + ": consistentHash.httpCookie.ttl (generating the cookie) is not supported; requests without the cookie are balanced as usual")
+		}
+		if ch.GetMinimumRingSize() > 0 || ch.GetRingHash().GetMinimumRingSize() > 0 || ch.GetMaglev().GetTableSize() > 0 {
+			warn(where + ": consistentHash ringHash.minimumRingSize and maglev.tableSize are not supported; the ring has 160 points per unit of endpoint weight")
+		}
 	}
 	ls := tp.lb.GetLocalityLbSetting()
 	if ls != nil && ls.GetEnabled() != nil && !ls.GetEnabled().GetValue() {
