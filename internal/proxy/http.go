@@ -889,7 +889,7 @@ func poolKeyFor(c *config.Cluster, ep *config.Endpoint) poolKey {
 	if t := c.TransportFor(ep); t != nil {
 		key.tls = t.SNI + "|" + strings.Join(t.SANs, ",")
 		if o := t.Originate; o != nil {
-			key.tls += "|" + o.CASecret + "|" + o.CAFile + "|" + o.CertSecret + "|" + o.Secrets + "|" + strconv.FormatBool(o.Insecure)
+			key.tls += "|" + o.CASecret + "|" + o.CAFile + "|" + o.CRLFile + "|" + o.CertSecret + "|" + o.Secrets + "|" + strconv.FormatBool(o.Insecure)
 		}
 	}
 	return key

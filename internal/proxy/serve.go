@@ -475,6 +475,14 @@ func (p *Proxy) originate(ctx context.Context, raw net.Conn, t *config.UpstreamT
 		}
 		cfg.Certificates = []tls.Certificate{*s.Cert}
 	}
+	var crls []*x509.RevocationList
+	if o.CRLFile != "" && !o.Insecure {
+		var err error
+		if crls, err = p.crlList(o.CRLFile); err != nil {
+			return nil, fmt.Errorf("TLS origination: CRL: %w", err)
+		}
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error { return notRevoked(cs.VerifiedChains, crls, time.Now()) }
+	}
 	if len(t.SANs) > 0 && !o.Insecure {
 		// The chain as usual, the name against the SANs instead of the SNI.
 		roots := cfg.RootCAs
@@ -488,8 +496,14 @@ func (p *Proxy) originate(ctx context.Context, raw net.Conn, t *config.UpstreamT
 			for _, c := range cs.PeerCertificates[1:] {
 				inter.AddCert(c)
 			}
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
+			chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
+			if err != nil {
 				return err
+			}
+			if o.CRLFile != "" {
+				if err := notRevoked(chains, crls, time.Now()); err != nil {
+					return err
+				}
 			}
 			for _, san := range t.SANs {
 				if leaf.VerifyHostname(san) == nil || slices.ContainsFunc(leaf.URIs, func(u *url.URL) bool { return u.String() == san }) {

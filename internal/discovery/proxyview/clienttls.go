@@ -82,7 +82,11 @@ func clientTLS(s *apinetworking.ClientTLSSettings, p *Proxy, host, sni string, s
 		warn(where + ": clientCertificate and privateKey files are not supported; use credentialName (at a gateway)")
 	}
 	if s.GetCaCrl() != "" {
-		warn(where + ": caCrl is not enforced: a server certificate it revokes is still accepted")
+		if s.GetInsecureSkipVerify().GetValue() {
+			warn(where + ": caCrl with insecureSkipVerify: nothing is verified, revocation neither")
+		}
+		// The proxy refuses a server its chain's CRLs revoke or do not cover.
+		vc.Crl = &core.DataSource{Specifier: &core.DataSource_Filename{Filename: s.GetCaCrl()}}
 	}
 	switch {
 	case s.GetInsecureSkipVerify().GetValue():

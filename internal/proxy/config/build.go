@@ -426,6 +426,15 @@ func originate(t *UpstreamTLS, common *tlsv3.CommonTlsContext, vc *tlsv3.Certifi
 		return nil, errors.New("trusted CA other than a file name is not supported")
 	}
 	o.Insecure = o.CASecret == "" && o.CAFile == ""
+	switch crl := vc.GetCrl(); {
+	case crl == nil:
+	case o.Insecure:
+		return nil, errors.New("a CRL without a CA to verify the server against")
+	case crl.GetFilename() != "":
+		o.CRLFile = crl.GetFilename()
+	default:
+		return nil, errors.New("a CRL other than a file name is not supported")
+	}
 	for _, m := range vc.GetMatchTypedSubjectAltNames() {
 		e := m.GetMatcher().GetExact()
 		if e == "" || (m.GetSanType() != tlsv3.SubjectAltNameMatcher_DNS && m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI) {

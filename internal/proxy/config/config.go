@@ -565,7 +565,10 @@ type UpstreamTLS struct {
 // certificate of MUTUAL.
 type Originate struct {
 	CASecret, CAFile, CertSecret string
-	Insecure                     bool
+	// CRLFile is the validation context's crl (a DestinationRule's
+	// caCrl): the server's chain must not be revoked by it.
+	CRLFile  string
+	Insecure bool
 	// Secrets names the contents of the SDS secrets it was built with:
 	// connections made with other contents are not reused.
 	Secrets string
