@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 )
 
@@ -17,56 +16,37 @@ import (
 // does not cover, refuses the connection: revocation that cannot be
 // checked is not assumed absent.
 
-// crlFile is the revocation lists of a file, kept while it is unchanged.
-type crlFile struct {
-	mod  time.Time
-	size int64
-	list []*x509.RevocationList
-}
-
 // crlList is the CRLs of a file (PEM "X509 CRL" blocks, or one DER list),
 // parsed again only when the file changes.
 func (p *Proxy) crlList(path string) ([]*x509.RevocationList, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if v, ok := p.crlFiles.Load(path); ok {
-		if c := v.(*crlFile); c.mod.Equal(fi.ModTime()) && c.size == fi.Size() {
-			return c.list, nil
+	return parseCached(&p.crlFiles, path, func(b []byte) ([]*x509.RevocationList, error) {
+		var list []*x509.RevocationList
+		if !bytes.Contains(b, []byte("-----BEGIN")) {
+			l, err := x509.ParseRevocationList(b)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			list = append(list, l)
 		}
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var list []*x509.RevocationList
-	if !bytes.Contains(b, []byte("-----BEGIN")) {
-		l, err := x509.ParseRevocationList(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+		for rest := b; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			if block.Type != "X509 CRL" {
+				continue
+			}
+			l, err := x509.ParseRevocationList(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			list = append(list, l)
 		}
-		list = append(list, l)
-	}
-	for rest := b; ; {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
-			break
+		if len(list) == 0 {
+			return nil, fmt.Errorf("no CRL in %s", path)
 		}
-		if block.Type != "X509 CRL" {
-			continue
-		}
-		l, err := x509.ParseRevocationList(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		list = append(list, l)
-	}
-	if len(list) == 0 {
-		return nil, fmt.Errorf("no CRL in %s", path)
-	}
-	p.crlFiles.Store(path, &crlFile{mod: fi.ModTime(), size: fi.Size(), list: list})
-	return list, nil
+		return list, nil
+	})
 }
 
 // notRevoked accepts a connection if one of its verified chains is

@@ -128,8 +128,8 @@ type Proxy struct {
 	h1Conns      sync.Map    // *h1Down -> nil: downstream connections of the HTTP/1.1 loop
 	h2Pools      sync.Map    // upstreamKey -> *h2Pool
 	sweeping     atomic.Bool // the pools' sweeps run (pools.go)
-	caFiles      sync.Map    // path -> *caFile: trust bundles TLS origination reads
-	crlFiles     sync.Map    // path -> *crlFile: revocation lists TLS origination reads
+	caFiles      sync.Map    // path -> *parsedFile[*x509.CertPool]: trust bundles TLS origination reads
+	crlFiles     sync.Map    // path -> *parsedFile[[]*x509.RevocationList]: revocation lists TLS origination reads
 	h2Conns      sync.Map    // *h2Conn -> nil: HTTP/2 downstream connections
 	logMu        sync.Mutex
 	logFiles     sync.Map // path -> io.Writer: access logs the control plane named (never closed: few paths)

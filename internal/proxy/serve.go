@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -520,37 +521,49 @@ func (p *Proxy) originate(ctx context.Context, raw net.Conn, t *config.UpstreamT
 	return tc, nil
 }
 
-// caFile is a trust bundle read from a file, kept while the file is
-// unchanged.
-type caFile struct {
+// parsedFile is what a file parsed to, kept while the file is unchanged.
+type parsedFile[T any] struct {
 	mod  time.Time
 	size int64
-	pool *x509.CertPool
+	v    T
+}
+
+// parseCached parses the file at path once, and again when it changes;
+// cache holds path -> *parsedFile[T].
+func parseCached[T any](cache *sync.Map, path string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
+	fi, err := os.Stat(path)
+	if err != nil {
+		return zero, err
+	}
+	if v, ok := cache.Load(path); ok {
+		if c := v.(*parsedFile[T]); c.mod.Equal(fi.ModTime()) && c.size == fi.Size() {
+			return c.v, nil
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return zero, err
+	}
+	v, err := parse(b)
+	if err != nil {
+		return zero, err
+	}
+	cache.Store(path, &parsedFile[T]{mod: fi.ModTime(), size: fi.Size(), v: v})
+	return v, nil
 }
 
 // caPool is the certificates of a PEM file, parsed again only when the
 // file changes: the system's bundle has some hundred and fifty, too many
 // to parse for every connection.
 func (p *Proxy) caPool(path string) (*x509.CertPool, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if v, ok := p.caFiles.Load(path); ok {
-		if c := v.(*caFile); c.mod.Equal(fi.ModTime()) && c.size == fi.Size() {
-			return c.pool, nil
+	return parseCached(&p.caFiles, path, func(b []byte) (*x509.CertPool, error) {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("no PEM certificate in %s", path)
 		}
-	}
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no PEM certificate in %s", path)
-	}
-	p.caFiles.Store(path, &caFile{mod: fi.ModTime(), size: fi.Size(), pool: pool})
-	return pool, nil
+		return pool, nil
+	})
 }
 
 // remoteIP is the client's address on the downstream connection.
