@@ -43,8 +43,18 @@ type h1Idle struct {
 	last time.Time
 }
 
-// newH1Idle is an empty pool, used as of now.
-func newH1Idle() *h1Idle { return &h1Idle{last: time.Now()} }
+// h1Pool is the idle connections of key, made (used as of now, and
+// swept from then on) if there are none yet.
+func (p *Proxy) h1Pool(key upstreamKey) *h1Idle {
+	v, ok := p.h1Pools.Load(key)
+	if !ok {
+		var loaded bool
+		if v, loaded = p.h1Pools.LoadOrStore(key, &h1Idle{last: time.Now()}); !loaded {
+			p.pooled()
+		}
+	}
+	return v.(*h1Idle)
+}
 
 // maxIdleH1 bounds the idle connections kept per upstream address.
 const maxIdleH1 = 256
@@ -105,14 +115,7 @@ func idempotentMethod(method string) bool {
 // dial when none is idle) and returns the response; its body hands the
 // connection back once read to the end.
 func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
-	v, ok := p.h1Pools.Load(key)
-	if !ok {
-		var loaded bool
-		if v, loaded = p.h1Pools.LoadOrStore(key, newH1Idle()); !loaded {
-			p.pooled()
-		}
-	}
-	idle := v.(*h1Idle)
+	idle := p.h1Pool(key)
 	ctx := r.Context()
 	for attempt := 0; ; attempt++ {
 		pc := idle.get()

@@ -820,15 +820,7 @@ func (c *h1Down) pool(cl *config.Cluster, ep *config.Endpoint, addr string) *h1I
 	if l := &c.last; l.idle != nil && l.cl == cl && l.ep == ep && l.addr == addr && !l.idle.retired.Load() {
 		return l.idle
 	}
-	key := upstreamKey{pool: poolKeyFor(cl, ep), addr: addr}
-	v, ok := c.p.h1Pools.Load(key)
-	if !ok {
-		var loaded bool
-		if v, loaded = c.p.h1Pools.LoadOrStore(key, newH1Idle()); !loaded {
-			c.p.pooled()
-		}
-	}
-	c.last.cl, c.last.ep, c.last.addr, c.last.idle = cl, ep, addr, v.(*h1Idle)
+	c.last.cl, c.last.ep, c.last.addr, c.last.idle = cl, ep, addr, c.p.h1Pool(upstreamKey{pool: poolKeyFor(cl, ep), addr: addr})
 	return c.last.idle
 }
 
