@@ -74,17 +74,22 @@ func TestUpstreamConnectionWithUnreadBytesIsNotReused(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine"
 	})
-	for _, e := range []engine{engines[0], engines[1]} { // the loop and net/http
-		conns.Store(0)
-		_, front := startHTTPProxy(t, up, nil)
-		if code, body, _ := e.do(t, front, "GET", "/a"); code != 200 || body != "ok" {
-			t.Fatalf("%s: first answer %d %q", e.name, code, body)
-		}
-		if code, body, _ := e.do(t, front, "GET", "/b"); code != 200 || body != "fine" {
-			t.Errorf("%s: second answer %d %q, want 200 \"fine\" from a new connection", e.name, code, body)
-		}
-		if n := conns.Load(); n != 2 {
-			t.Errorf("%s: %d upstream connections, want 2", e.name, n)
+	// Every way a request reaches an HTTP/1.1 upstream: the loop,
+	// net/http's handler, HTTP/2 clients; requests that may be sent twice
+	// and those that may not.
+	for _, e := range []engine{engines[0], engines[1], engines[3]} {
+		for _, method := range []string{"GET", "POST"} {
+			conns.Store(0)
+			_, front := startHTTPProxy(t, up, nil)
+			if code, body, _ := e.do(t, front, method, "/a"); code != 200 || body != "ok" {
+				t.Fatalf("%s %s: first answer %d %q", e.name, method, code, body)
+			}
+			if code, body, _ := e.do(t, front, method, "/b"); code != 200 || body != "fine" {
+				t.Errorf("%s %s: second answer %d %q, want 200 \"fine\" from a new connection", e.name, method, code, body)
+			}
+			if n := conns.Load(); n != 2 {
+				t.Errorf("%s %s: %d upstream connections, want 2", e.name, method, n)
+			}
 		}
 	}
 }

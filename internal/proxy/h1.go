@@ -17,13 +17,15 @@ import (
 
 // HTTP/1.1 to upstreams, on the request's own goroutine: write the
 // request, read the response, hand the connection back when its body is
-// done. net/http's Transport runs two goroutines per connection and hands
-// every request and response between them over channels; in a sidecar
-// that is two extra wake-ups per request on each side, the largest cost
-// after the system calls in the data-plane profiles. Requests the
-// synchronous path does not take (ones that may not be sent twice,
-// streamed or large bodies, upgrades, Expect: 100-continue) still go
-// through the Transport.
+// done. Every HTTP/1.1 exchange net/http's handler makes goes this way;
+// net/http's Transport serves only HTTP/2 upstreams. The Transport runs
+// two goroutines per connection and hands every request and response
+// between them over channels (two extra wake-ups per request on each side
+// of a sidecar), and it pools a connection before its reader has looked
+// at what the upstream sent behind the response: a request that takes
+// the connection in between reads those bytes as its answer (a response
+// smuggled in by the upstream). Here a connection is pooled only with
+// nothing unread on it (h1Idle.put).
 
 // upstreamKey is one upstream address of one connection pool: it keys
 // both the HTTP/1.1 idle connections and the HTTP/2 pools.
@@ -69,23 +71,15 @@ type h1Conn struct {
 	idleSince time.Time
 }
 
-// syncBody tells whether the synchronous path can take a request, and
-// reads its body (small enough to replay on a stale connection).
-//
-// Only requests that may be sent twice take it (net/http's rule: GET,
-// HEAD, OPTIONS, TRACE, or an Idempotency-Key): without a reader watching
-// idle connections, a connection the upstream closed is found only by
-// using it, and the request is then sent again on a new one. Others go
-// through the Transport, which notices idle closes before it writes.
-func syncBody(r *http.Request) (body []byte, ok bool, err error) {
-	if r.Header.Get("Upgrade") != "" || r.Header.Get("Expect") != "" || !replayable(r) {
-		return nil, false, nil
-	}
+// readAheadBody reads a request body small enough to keep (to send again
+// on a stale connection, or for a retry): nil with stream false when
+// there is none, nil with stream true when it is sent as it is read.
+func readAheadBody(r *http.Request) (body []byte, stream bool, err error) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil, r.ContentLength <= 0, nil
+		return nil, false, nil
 	}
 	if r.ContentLength <= 0 || r.ContentLength > maxRetryBody {
-		return nil, false, nil
+		return nil, true, nil
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
 	if err != nil {
@@ -94,7 +88,7 @@ func syncBody(r *http.Request) (body []byte, ok bool, err error) {
 	if int64(len(b)) != r.ContentLength {
 		return nil, false, fmt.Errorf("request body ended after %d of its %d bytes", len(b), r.ContentLength)
 	}
-	return b, true, nil
+	return b, false, nil
 }
 
 // replayable tells whether a request may be sent again.
@@ -113,13 +107,26 @@ func idempotentMethod(method string) bool {
 
 // roundTripH1 sends r to addr over a pooled connection (dialled with
 // dial when none is idle) and returns the response; its body hands the
-// connection back once read to the end.
-func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
+// connection back once read to the end. body is r's body read ahead, or
+// with stream r.Body is written as it is read, beside the response (an
+// upstream may answer before the body ends).
+//
+// A reused connection the upstream had closed is found by the failure
+// for requests that may be sent twice (which are then sent again on a new
+// one), and by a peek before writing for the others: nothing watches idle
+// connections.
+func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, stream bool, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
 	idle := p.h1Pool(key)
 	ctx := r.Context()
-	for attempt := 0; ; attempt++ {
+	once := stream || !replayable(r)
+	resent := false
+	for {
 		pc := idle.get()
 		reused := pc != nil
+		if reused && once && !pc.alive() {
+			pc.Close()
+			continue
+		}
 		if pc == nil {
 			c, err := dial(ctx)
 			if err != nil {
@@ -133,7 +140,31 @@ func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial 
 		}
 		// A cancelled request (timeout, client gone) unblocks the I/O.
 		stop := context.AfterFunc(ctx, func() { _ = pc.SetDeadline(time.Unix(1, 0)) })
-		resp, err := pc.exchange(r)
+		var wrote chan error
+		var resp *http.Response
+		var err error
+		if stream {
+			wrote = make(chan error, 1)
+			go func() {
+				err := pc.write(r)
+				if err != nil {
+					pc.Close() // the upstream must not take a part for the whole
+				}
+				wrote <- err
+			}()
+			resp, err = pc.readResponse(r)
+			if err != nil {
+				select {
+				case werr := <-wrote:
+					if werr != nil {
+						err = werr
+					}
+				default:
+				}
+			}
+		} else if err = pc.write(r); err == nil {
+			resp, err = pc.readResponse(r)
+		}
 		if err != nil {
 			stop()
 			pc.Close()
@@ -141,25 +172,33 @@ func (p *Proxy) roundTripH1(r *http.Request, key upstreamKey, body []byte, dial 
 				return nil, ctx.Err()
 			}
 			// The upstream closed an idle connection as we reused it.
-			if reused && attempt == 0 && stale(err) {
+			if reused && !once && !resent && stale(err) {
+				resent = true
 				continue
 			}
 			return nil, err
 		}
-		resp.Body = &h1Body{body: resp.Body, pc: pc, idle: idle, stop: stop, reuse: !resp.Close && !r.Close}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// The connection is the client's from now on (ReverseProxy
+			// copies both ways); it is never pooled again.
+			resp.Body = &h1Switched{pc: pc, stop: stop}
+			return resp, nil
+		}
+		resp.Body = &h1Body{body: resp.Body, pc: pc, idle: idle, stop: stop, wrote: wrote, reuse: !resp.Close && !r.Close}
 		return resp, nil
 	}
 }
 
-// exchange writes the request and reads its response, skipping interim
-// (1xx) responses.
-func (pc *h1Conn) exchange(r *http.Request) (*http.Response, error) {
+// write sends the request, its body included.
+func (pc *h1Conn) write(r *http.Request) error {
 	if err := r.Write(pc.bw); err != nil {
-		return nil, err
+		return err
 	}
-	if err := pc.bw.Flush(); err != nil {
-		return nil, err
-	}
+	return pc.bw.Flush()
+}
+
+// readResponse reads the response head, skipping interim (1xx) responses.
+func (pc *h1Conn) readResponse(r *http.Request) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(pc.br, r)
 		if err != nil {
@@ -170,6 +209,20 @@ func (pc *h1Conn) exchange(r *http.Request) (*http.Response, error) {
 		}
 		return resp, nil
 	}
+}
+
+// h1Switched is the body of a 101 response: the upstream connection
+// itself, read and written by ReverseProxy's copy both ways.
+type h1Switched struct {
+	pc   *h1Conn
+	stop func() bool
+}
+
+func (s *h1Switched) Read(b []byte) (int, error)  { return s.pc.br.Read(b) }
+func (s *h1Switched) Write(b []byte) (int, error) { return s.pc.Conn.Write(b) }
+func (s *h1Switched) Close() error {
+	s.stop()
+	return s.pc.Close()
 }
 
 // stale tells a connection the upstream had closed from other failures.
@@ -214,10 +267,13 @@ func (i *h1Idle) put(pc *h1Conn) {
 // h1Body is a response body that returns its connection to the pool when
 // read to the end, and closes it when abandoned before.
 type h1Body struct {
-	body  io.ReadCloser
-	pc    *h1Conn
-	idle  *h1Idle
-	stop  func() bool
+	body io.ReadCloser
+	pc   *h1Conn
+	idle *h1Idle
+	stop func() bool
+	// wrote is the streamed body's writer's result (nil when the request
+	// was written before the response was read).
+	wrote chan error
 	reuse bool
 	done  bool
 }
@@ -247,6 +303,16 @@ func (b *h1Body) finish(complete bool) {
 		return
 	}
 	b.done = true
+	// A response that ended before its request did (the upstream answered
+	// without reading the whole body) leaves the connection mid-request.
+	if b.wrote != nil {
+		select {
+		case err := <-b.wrote:
+			complete = complete && err == nil
+		default:
+			complete = false
+		}
+	}
 	// stop is false if the request was cancelled meanwhile: its deadline
 	// is set on the connection, which therefore cannot be reused.
 	if b.stop() && complete && b.reuse {

@@ -18,7 +18,7 @@ func h1Get(t *testing.T, p *Proxy, addr, path string) (*http.Response, error) {
 	r, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
 	r.Body = http.NoBody
 	dial := func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) }
-	return p.roundTripH1(r, upstreamKey{addr: addr}, nil, dial)
+	return p.roundTripH1(r, upstreamKey{addr: addr}, nil, false, dial)
 }
 
 // Responses read to the end hand their connection back; one abandoned
@@ -137,26 +137,179 @@ func TestH1Cancel(t *testing.T) {
 	r, _ := http.NewRequestWithContext(ctx, http.MethodGet, up.URL, nil)
 	addr := up.Listener.Addr().String()
 	start := time.Now()
-	_, err := p.roundTripH1(r, upstreamKey{addr: addr}, nil, func(ctx context.Context) (net.Conn, error) { return net.Dial("tcp", addr) })
+	_, err := p.roundTripH1(r, upstreamKey{addr: addr}, nil, false, func(ctx context.Context) (net.Conn, error) { return net.Dial("tcp", addr) })
 	if err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("cancelled request: err %v after %s", err, time.Since(start))
 	}
 }
 
-// Only requests that may be sent twice take the synchronous path (a
-// stale connection is found by using it, and the request sent again).
-func TestH1TakesOnlyReplayableRequests(t *testing.T) {
-	for _, tc := range []struct {
-		method, key string
-		want        bool
-	}{{"GET", "", true}, {"HEAD", "", true}, {"POST", "", false}, {"DELETE", "", false}, {"POST", "k1", true}} {
-		r, _ := http.NewRequest(tc.method, "http://a/", strings.NewReader("x"))
-		if tc.key != "" {
-			r.Header.Set("Idempotency-Key", tc.key)
+// h1Send sends one request with a body through roundTripH1 and reads the
+// answer's body.
+func h1Send(t *testing.T, p *Proxy, addr, method, body string, stream bool) (string, error) {
+	t.Helper()
+	r, _ := http.NewRequest(method, "http://"+addr+"/", strings.NewReader(body))
+	var ahead []byte
+	if stream {
+		r.ContentLength = -1
+	} else {
+		ahead = []byte(body)
+	}
+	dial := func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) }
+	resp, err := p.roundTripH1(r, upstreamKey{addr: addr}, ahead, stream, dial)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// A request that may not be sent twice is written only on a connection
+// seen open: one the upstream closed while idle is passed over before
+// anything is sent on it, and the request goes once, on a new one.
+func TestH1PeeksBeforeSendingOnce(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		addr, conns := closingUpstream(t)
+		p := &Proxy{}
+		for i := range 2 {
+			if got, err := h1Send(t, p, addr, "POST", "data", stream); err != nil || got != "ok" {
+				t.Fatalf("stream %v, request %d: %q, %v", stream, i, got, err)
+			}
+			time.Sleep(50 * time.Millisecond) // the upstream closes meanwhile
 		}
-		b, ok, err := syncBody(r)
-		if err != nil || ok != tc.want || (ok && string(b) != "x") {
-			t.Errorf("%s (key %q): ok %v body %q err %v, want ok %v", tc.method, tc.key, ok, b, err, tc.want)
+		if n := conns.Load(); n != 2 {
+			t.Fatalf("stream %v: %d upstream connections, want 2", stream, n)
+		}
+	}
+}
+
+// An upstream that takes a request and closes without answering: a GET is
+// sent again on a new connection, a POST is not (it may have been acted
+// on) and fails.
+func TestH1SendsOnlyReplayableRequestsTwice(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var requests atomic.Int32
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, r.Body)
+					requests.Add(1)
+					if i == 1 {
+						return // the second request on a connection: taken, not answered
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	addr := l.Addr().String()
+	for _, tc := range []struct {
+		method   string
+		ok       bool
+		requests int32
+	}{{"GET", true, 3}, {"POST", false, 2}} {
+		p := &Proxy{}
+		requests.Store(0)
+		if got, err := h1Send(t, p, addr, tc.method, "", false); err != nil || got != "ok" {
+			t.Fatalf("%s, first: %q, %v", tc.method, got, err)
+		}
+		got, err := h1Send(t, p, addr, tc.method, "", false)
+		if (err == nil) != tc.ok || tc.ok && got != "ok" {
+			t.Errorf("%s, second: %q, %v; want success %v", tc.method, got, err, tc.ok)
+		}
+		if n := requests.Load(); n != tc.requests {
+			t.Errorf("%s: the upstream took %d requests, want %d", tc.method, n, tc.requests)
+		}
+	}
+}
+
+// A streamed body the upstream answers before reading (413): the answer
+// is relayed, and the connection, mid-request, is not pooled.
+func TestH1EarlyAnswerToAStreamedBody(t *testing.T) {
+	var conns atomic.Int32
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 3\r\n\r\nbig")
+				}
+			}()
+		}
+	}()
+	addr := l.Addr().String()
+	p := &Proxy{}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { _, _ = pw.Write([]byte("start")) }() // and then nothing: the body never ends
+	r, _ := http.NewRequest("POST", "http://"+addr+"/", pr)
+	r.ContentLength = -1
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r = r.WithContext(ctx)
+	dial := func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) }
+	resp, err := p.roundTripH1(r, upstreamKey{addr: addr}, nil, true, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || string(b) != "big" {
+		t.Fatalf("answer %d %q, want 413 \"big\"", resp.StatusCode, b)
+	}
+	if got, err := h1Send(t, p, addr, "GET", "", false); err != nil || got != "big" {
+		t.Fatalf("next request: %q, %v", got, err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d upstream connections, want 2: one left mid-request was pooled", n)
+	}
+}
+
+// readAheadBody keeps a body of known length up to maxRetryBody; others
+// stream.
+func TestReadAheadBody(t *testing.T) {
+	for _, tc := range []struct {
+		body   string
+		length int64
+		stream bool
+	}{{"x", 1, false}, {"x", -1, true}, {strings.Repeat("x", maxRetryBody+1), maxRetryBody + 1, true}, {"", 0, false}} {
+		r, _ := http.NewRequest("POST", "http://a/", strings.NewReader(tc.body))
+		r.ContentLength = tc.length
+		if tc.body == "" {
+			r.Body = http.NoBody
+		}
+		b, stream, err := readAheadBody(r)
+		if err != nil || stream != tc.stream || !stream && string(b) != tc.body {
+			t.Errorf("length %d: stream %v body %d bytes err %v, want stream %v", tc.length, stream, len(b), err, tc.stream)
 		}
 	}
 }

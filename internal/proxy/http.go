@@ -630,18 +630,24 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	// HTTP/1.1 loop hands such requests here, and the HTTP/2 relay hands
 	// over those for HTTP/1.1 upstreams.
 	h2 := rc.h2 || c.Protocol == config.UpstreamHTTP2 || c.Protocol == config.UpstreamAsDownstream && r.ProtoMajor == 2
+	// HTTP/1.1 upstreams: a body of known length up to maxRetryBody is
+	// read ahead (sent again on a stale connection or a retry), others
+	// stream. HTTP/2 upstreams (net/http's Transport) stream unless the
+	// route retries.
 	var body []byte
-	direct := false // the synchronous HTTP/1.1 path (h1.go)
+	stream := false
 	if !h2 {
-		b, ok, err := syncBody(r)
+		b, s, err := readAheadBody(r)
 		if err != nil {
 			return nil, err
 		}
-		body, direct = b, ok
-	}
-	if retries > 0 && !direct && r.Body != nil && r.Body != http.NoBody {
-		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
+		body, stream = b, s
+		if stream {
 			retries = 0 // streaming or large: not replayable
+		}
+	} else if retries > 0 && r.Body != nil && r.Body != http.NoBody {
+		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
+			retries = 0
 		} else {
 			b, err := io.ReadAll(r.Body)
 			if err != nil {
@@ -702,13 +708,13 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		var resp *http.Response
 		var err error
-		if direct {
+		if h2 {
+			resp, err = p.transport(c, ep, addr).RoundTrip(out)
+		} else {
 			dial := func(ctx context.Context) (net.Conn, error) {
 				return p.dialFor(ctx, c, ep, addr, []string{"istio-http/1.1"})
 			}
-			resp, err = p.roundTripH1(out, upstreamKey{pool: poolKeyFor(c, ep), addr: addr}, body, dial)
-		} else {
-			resp, err = p.transport(c, ep, addr, h2).RoundTrip(out)
+			resp, err = p.roundTripH1(out, upstreamKey{pool: poolKeyFor(c, ep), addr: addr}, body, stream, dial)
 		}
 		if perTry != nil {
 			perTry.Stop()
@@ -732,7 +738,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			continue
 		}
 		if perTry != nil {
-			resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+			resp.Body = onClose(resp.Body, cancel)
 		}
 		if attempt < retries && retryableStatus(rc.r.Retry, resp.StatusCode, resp.Header.Get("Grpc-Status")) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -741,7 +747,7 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 			continue
 		}
 		held = true
-		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: release}
+		resp.Body = onClose(resp.Body, release)
 		return resp, nil
 	}
 	return nil, lastErr
@@ -786,6 +792,23 @@ type cancelOnClose struct {
 
 func (c *cancelOnClose) Close() error { err := c.ReadCloser.Close(); c.cancel(); return err }
 
+// switchedOnClose is cancelOnClose for the body of a 101 response, which
+// ReverseProxy writes to as well.
+type switchedOnClose struct {
+	cancelOnClose
+	w io.Writer
+}
+
+func (s *switchedOnClose) Write(b []byte) (int, error) { return s.w.Write(b) }
+
+// onClose has body call cancel once closed, and stay writable if it was.
+func onClose(body io.ReadCloser, cancel func()) io.ReadCloser {
+	if w, ok := body.(io.ReadWriteCloser); ok {
+		return &switchedOnClose{cancelOnClose: cancelOnClose{ReadCloser: body, cancel: cancel}, w: w}
+	}
+	return &cancelOnClose{ReadCloser: body, cancel: cancel}
+}
+
 func retryableError(rp *config.RetryPolicy, err error) bool {
 	if rp == nil {
 		return false
@@ -819,26 +842,20 @@ func retryableStatus(rp *config.RetryPolicy, code int, grpcStatus string) bool {
 	return false
 }
 
-// transport returns net/http's connection pool of an endpoint address for
-// a protocol (HTTP/1.1 requests the synchronous path, h1.go, does not
-// take, and HTTP/2 upstreams of HTTP/1.1 clients): one per address, so
-// the address's connections go when it leaves the cluster (pools.go).
-func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, addr string, h2 bool) http.RoundTripper {
+// transport returns net/http's HTTP/2 connection pool of an endpoint
+// address (HTTP/2 upstreams of requests net/http's handler serves): one
+// per address, so the address's connections go when it leaves the
+// cluster (pools.go). HTTP/1.1 upstreams are h1.go's.
+func (p *Proxy) transport(c *config.Cluster, ep *config.Endpoint, addr string) http.RoundTripper {
 	key := upstreamKey{pool: poolKeyFor(c, ep), addr: addr}
-	key.pool.h2 = h2
 	if v, ok := p.pools.Load(key); ok {
 		tp := v.(*transportPool)
 		tp.last.Store(time.Now().UnixNano())
 		return tp.tr
 	}
-	alpn := []string{"istio-http/1.1"}
+	alpn := []string{"istio-h2"}
 	var protos http.Protocols
-	if h2 {
-		alpn = []string{"istio-h2"}
-		protos.SetUnencryptedHTTP2(true)
-	} else {
-		protos.SetHTTP1(true)
-	}
+	protos.SetUnencryptedHTTP2(true)
 	tp := &transportPool{}
 	tp.tr = &http.Transport{
 		Protocols:           &protos,
@@ -909,5 +926,4 @@ func (p *Proxy) dialFor(ctx context.Context, c *config.Cluster, ep *config.Endpo
 type poolKey struct {
 	cluster string
 	tls     string
-	h2      bool // net/http's HTTP/2 Transport (transport)
 }

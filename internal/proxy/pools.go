@@ -90,7 +90,6 @@ func reaches(snap *config.Snapshot, key poolKey, addr string) bool {
 	if c == nil {
 		return false
 	}
-	key.h2 = false
 	if c.Type == config.OriginalDst {
 		return poolKeyFor(c, nil) == key
 	}
