@@ -25,6 +25,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/decision"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/lb"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/telemetry"
+	"golang.org/x/net/http/httpguts"
 )
 
 // httpConn carries the downstream state into net/http's per-connection context.
@@ -202,6 +203,10 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	rc.r, rc.cluster, rc.flags, rc.respOps = dec.Route, dec.Cluster, dec.Flags, dec.Response
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 	switch {
+	case r.Method == http.MethodConnect || upgradeType(r.Header) != "" && !hm.UpgradeAllowed(rc.r, upgradeType(r.Header)):
+		// Envoy's upgrade_failed: only the upgrades the connection manager
+		// (or the route) lists switch; no CONNECT tunnels.
+		rec.WriteHeader(http.StatusForbidden)
 	case dec.Location != "":
 		rec.Header().Set("Location", dec.Location)
 		rec.WriteHeader(dec.Status)
@@ -262,6 +267,15 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		}
 		p.endSpan(dec, &a)
 	}
+}
+
+// upgradeType is the protocol a request asks to switch its connection to
+// (ReverseProxy's rule: an Upgrade header that Connection names), or "".
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }
 
 // sides fills in who reports a request and its two ends: the destination

@@ -5,19 +5,25 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
+	"sync/atomic"
 	"testing"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// echoUpgrade is an upstream that switches every request that asks to
-// "echo" and then writes back what it reads.
-func echoUpgrade(t *testing.T) string {
+// switchingUpstream switches every request that asks for an upgrade,
+// whatever the protocol, and then writes back what it reads: the
+// upstream an attacker hopes for. It counts the requests it took.
+func switchingUpstream(t *testing.T) (string, *atomic.Int32) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	var seen atomic.Int32
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -27,50 +33,51 @@ func echoUpgrade(t *testing.T) string {
 			go func() {
 				defer c.Close()
 				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					seen.Add(1)
+					up := req.Header.Get("Upgrade")
+					if up == "" {
+						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+						continue
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\n")
+					_, _ = io.Copy(c, br)
 					return
 				}
-				if !strings.EqualFold(req.Header.Get("Upgrade"), "echo") {
-					_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-					return
-				}
-				_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-				_, _ = io.Copy(c, br)
 			}()
 		}
 	}()
-	return l.Addr().String()
+	return l.Addr().String(), &seen
 }
 
-// A request that upgrades its connection (WebSocket's handshake) is
-// switched end to end, through one proxy and through two (a client's
-// sidecar and the server's): after the 101 the bytes go both ways. A
-// request the upstream does not switch is answered as any other.
-func TestUpgradedConnectionsRelayBothWays(t *testing.T) {
-	_, one := startHTTPProxy(t, echoUpgrade(t), nil)
-	_, two := startHTTPProxy(t, one, nil)
-	for _, front := range []string{one, two} {
-		upgradeAndEcho(t, front)
-	}
-	if code, _, _ := engines[0].do(t, two, "GET", "/plain"); code != http.StatusBadRequest {
-		t.Errorf("a request without Upgrade: %d, want the upstream's 400", code)
+// withUpgrades lists upgrade types in the connection manager, as Istio
+// lists websocket in every one.
+func withUpgrades(types ...string) func(*hcm.HttpConnectionManager) {
+	return func(m *hcm.HttpConnectionManager) {
+		for _, t := range types {
+			m.UpgradeConfigs = append(m.UpgradeConfigs, &hcm.HttpConnectionManager_UpgradeConfig{UpgradeType: t})
+		}
 	}
 }
 
-func upgradeAndEcho(t *testing.T, front string) {
+// upgrade sends a request asking to switch to proto and returns the
+// answer's status; on 101 it checks that bytes go both ways.
+func upgrade(t *testing.T, front, method, target, proto string) int {
 	t.Helper()
 	c := dialRaw(t, front)
-	if _, err := io.WriteString(c.c, "GET /ws HTTP/1.1\r\nHost: profile\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(c.c, method+" "+target+" HTTP/1.1\r\nHost: profile\r\nConnection: Upgrade\r\nUpgrade: "+proto+"\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(c.br, nil)
+	resp, err := http.ReadResponse(c.br, &http.Request{Method: method})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("answer %d %q, want 101", resp.StatusCode, b)
+		return resp.StatusCode
 	}
 	for _, msg := range []string{"hello", "again"} {
 		if _, err := io.WriteString(c.c, msg); err != nil {
@@ -78,7 +85,61 @@ func upgradeAndEcho(t *testing.T, front string) {
 		}
 		got := make([]byte, len(msg))
 		if _, err := io.ReadFull(c.br, got); err != nil || string(got) != msg {
-			t.Fatalf("echo of %q: %q, %v", msg, got, err)
+			t.Fatalf("echo of %q over %s: %q, %v", msg, proto, got, err)
 		}
+	}
+	return resp.StatusCode
+}
+
+// A WebSocket handshake is switched end to end, through one proxy and
+// through two (a client's sidecar and the server's): after the 101 the
+// bytes go both ways.
+func TestWebSocketIsRelayedBothWays(t *testing.T) {
+	up, _ := switchingUpstream(t)
+	_, one := startProxy(t, up, nil, nil, withUpgrades("websocket"))
+	_, two := startProxy(t, one, nil, nil, withUpgrades("websocket"))
+	for _, front := range []string{one, two} {
+		if code := upgrade(t, front, "GET", "/ws", "WebSocket"); code != http.StatusSwitchingProtocols {
+			t.Fatalf("WebSocket through %s: %d, want 101", front, code)
+		}
+	}
+	if code, body, _ := engines[0].do(t, two, "GET", "/plain"); code != 200 || body != "plain" {
+		t.Errorf("a request without Upgrade: %d %q", code, body)
+	}
+}
+
+// An upgrade the configuration does not list is refused (403, as Envoy's
+// upgrade_failed) and never reaches the upstream: an h2c upgrade would
+// turn the connection into a tunnel whose requests no route, RBAC rule or
+// metric sees. CONNECT is refused too, and a route can take WebSocket
+// away.
+func TestUnlistedUpgradesAreRefused(t *testing.T) {
+	up, seen := switchingUpstream(t)
+	_, front := startProxy(t, up, nil, func(a *routev3.RouteAction) {
+		a.UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket", Enabled: wrapperspb.Bool(false)}}
+	}, withUpgrades("websocket", "spdy/3.1"))
+	_, none := startProxy(t, up, nil, nil)
+	for _, tc := range []struct {
+		name, front, method, proto string
+	}{
+		{"h2c", front, "GET", "h2c"},
+		{"two protocols at once", front, "GET", "spdy/3.1, h2c"},
+		{"WebSocket where the route disables it", front, "GET", "websocket"},
+		{"WebSocket without upgrade_configs", none, "GET", "websocket"},
+		{"CONNECT", front, "CONNECT", "websocket"},
+	} {
+		target := "/x"
+		if tc.method == "CONNECT" {
+			target = "profile:80"
+		}
+		if code := upgrade(t, tc.front, tc.method, target, tc.proto); code != http.StatusForbidden {
+			t.Errorf("%s: %d, want 403", tc.name, code)
+		}
+	}
+	if n := seen.Load(); n != 0 {
+		t.Errorf("the upstream took %d of the refused requests", n)
+	}
+	if code := upgrade(t, front, "GET", "/x", "spdy/3.1"); code != http.StatusSwitchingProtocols {
+		t.Errorf("spdy/3.1, listed: %d, want 101", code)
 	}
 }

@@ -107,6 +107,12 @@ func TestBuildsWhatTheControlPlaneSends(t *testing.T) {
 	if mtls == nil || mtls.TLS == nil || !mtls.HTTP.ForwardClientCert || plain == nil || plain.TLS != nil || other != vi.Default {
 		t.Fatalf("inbound chains: mtls %+v plain %+v other %+v", mtls, plain, other)
 	}
+	// Istio's connection managers let WebSocket through, and nothing else.
+	for side, hm := range map[string]*config.HTTPManager{"outbound": snap.Listeners["0.0.0.0_8080"].Chains[0].HTTP, "inbound": mtls.HTTP} {
+		if !hm.UpgradeAllowed(nil, "WebSocket") || hm.UpgradeAllowed(nil, "h2c") {
+			t.Errorf("%s upgrades %v: want websocket only", side, hm.Upgrades)
+		}
+	}
 	rt := snap.Routes["8080"]
 	for host, wantVH := range map[string]string{
 		"profile.test.svc.cluster.local": "profile.test.svc.cluster.local:8080", "profile:8080": "profile.test.svc.cluster.local:8080",

@@ -78,7 +78,14 @@ func rdsManager(statPrefix, routeName string, router *hcm.HttpFilter, paths Path
 		StatPrefix:     statPrefix,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: routeName, ConfigSource: adsSource()}},
 		HttpFilters:    []*hcm.HttpFilter{corsFilter(), faultFilter(), router},
+		UpgradeConfigs: websocket(),
 	})
+}
+
+// websocket lets requests switch to WebSocket, as Istio's connection
+// managers all do; the proxy refuses other upgrades (h2c above all).
+func websocket() []*hcm.HttpConnectionManager_UpgradeConfig {
+	return []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
 }
 
 // PathNormalization is meshConfig pathNormalization: how request paths are
@@ -577,6 +584,7 @@ func Inbound(ports InboundPorts, pol InboundPolicy) (*listener.Listener, []types
 				}}}},
 			}},
 			HttpFilters:                 httpFilters,
+			UpgradeConfigs:              websocket(),
 			ForwardClientCertDetails:    hcm.HttpConnectionManager_APPEND_FORWARD,
 			SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
 		}))

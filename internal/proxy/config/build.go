@@ -40,6 +40,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/isthmus-mesh/isthmus/internal/httpfield"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/jwtauthn"
@@ -637,6 +638,14 @@ func buildChain(fc *listener.FilterChain) (*Chain, error) {
 			m.Paths.RFC3986 = true
 		}
 		m.Paths.MergeSlashes = h.GetMergeSlashes()
+		for _, u := range h.GetUpgradeConfigs() {
+			if len(u.GetFilters()) > 0 {
+				return nil, fmt.Errorf("upgrade_configs %q: a filter chain of its own is not supported", u.GetUpgradeType())
+			}
+			if err := upgrade(&m.Upgrades, u.GetUpgradeType(), u.GetEnabled()); err != nil {
+				return nil, err
+			}
+		}
 		m.UseRemoteAddress, m.XFFTrustedHops = h.GetUseRemoteAddress().GetValue(), h.GetXffNumTrustedHops()
 		switch h.GetPathWithEscapedSlashesAction() {
 		case hcm.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcm.HttpConnectionManager_KEEP_UNCHANGED:
@@ -1077,6 +1086,14 @@ func buildRoute(r *route.Route) (*Route, error) {
 			return nil, errors.New("hash policy: only header, cookie, query_parameter and source_ip are supported")
 		}
 	}
+	for _, u := range a.GetUpgradeConfigs() {
+		if u.GetConnectConfig() != nil {
+			return nil, fmt.Errorf("upgrade_configs %q: connect_config is not supported", u.GetUpgradeType())
+		}
+		if err := upgrade(&out.Upgrades, u.GetUpgradeType(), u.GetEnabled()); err != nil {
+			return nil, err
+		}
+	}
 	out.PrefixRewrite = a.GetPrefixRewrite()
 	out.HostRewrite = a.GetHostRewriteLiteral()
 	if rr := a.GetRegexRewrite(); rr != nil {
@@ -1184,4 +1201,23 @@ func headerMatch(h *route.HeaderMatcher) (HeaderMatch, error) {
 		return hm, fmt.Errorf("header match %T is not supported", h.GetHeaderMatchSpecifier())
 	}
 	return hm, nil
+}
+
+// upgrade records one of Envoy's upgrade_configs (enabled unless it says
+// false). CONNECT is refused rather than taken: the proxy does not tunnel,
+// and answers every CONNECT 403.
+func upgrade(into *map[string]bool, typ string, enabled *wrapperspb.BoolValue) error {
+	typ = strings.ToLower(typ)
+	on := enabled == nil || enabled.GetValue()
+	if typ == "" {
+		return errors.New("upgrade_configs: an entry without an upgrade_type")
+	}
+	if typ == "connect" && on {
+		return errors.New("upgrade_configs: CONNECT (tunnelling) is not supported")
+	}
+	if *into == nil {
+		*into = map[string]bool{}
+	}
+	(*into)[typ] = on
+	return nil
 }

@@ -133,6 +133,25 @@ type HTTPManager struct {
 	XFFTrustedHops   uint32
 	// Tracing makes a span of each request; nil: none.
 	Tracing *Tracing
+	// Upgrades are the upgrade types (lower case: "websocket") requests
+	// may switch their connection to (Envoy's upgrade_configs); a route's
+	// own Upgrades override them. Others are refused: an upgrade the
+	// proxy let through unasked (h2c) would carry requests no route or
+	// policy sees.
+	Upgrades map[string]bool
+}
+
+// UpgradeAllowed tells whether a request on route r may switch its
+// connection to the protocol typ (its Upgrade header), as Envoy decides:
+// the route's setting for the type if it has one, else the manager's.
+func (m *HTTPManager) UpgradeAllowed(r *Route, typ string) bool {
+	typ = strings.ToLower(typ)
+	if r != nil {
+		if on, ok := r.Upgrades[typ]; ok {
+			return on
+		}
+	}
+	return m != nil && m.Upgrades[typ]
 }
 
 // Tracing is a connection manager's tracing with Envoy's OpenTelemetry
@@ -240,6 +259,9 @@ type Route struct {
 	// Mirrors get a copy of a share of the requests (Envoy's
 	// request_mirror_policies); their answers are dropped.
 	Mirrors []Mirror
+	// Upgrades enable or disable upgrade types for the route (lower case),
+	// over the connection manager's Upgrades.
+	Upgrades map[string]bool
 }
 
 // Mirror is one of Envoy's request mirror policies: a cluster that gets a
