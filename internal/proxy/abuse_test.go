@@ -28,9 +28,10 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/xdsclient"
 )
 
-// rawUpstream answers each request on a connection with answer(n, i): n
-// counts connections from 1, i requests on the connection from 1.
-func rawUpstream(t *testing.T, answer func(conn, req int) string) (addr string, conns *atomic.Int32) {
+// serveConns accepts connections on a loopback port until the test ends,
+// each handled by handle on its own goroutine (n counts them from 1) and
+// closed after it.
+func serveConns(t *testing.T, handle func(c net.Conn, n int)) (addr string, conns *atomic.Int32) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -47,21 +48,30 @@ func rawUpstream(t *testing.T, answer func(conn, req int) string) (addr string, 
 			n := int(conns.Add(1))
 			go func() {
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for i := 1; ; i++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, req.Body)
-					if _, err := io.WriteString(c, answer(n, i)); err != nil {
-						return
-					}
-				}
+				handle(c, n)
 			}()
 		}
 	}()
 	return l.Addr().String(), conns
+}
+
+// rawUpstream answers each request on a connection with answer(n, i): n
+// counts connections from 1, i requests on the connection from 1.
+func rawUpstream(t *testing.T, answer func(conn, req int) string) (addr string, conns *atomic.Int32) {
+	t.Helper()
+	return serveConns(t, func(c net.Conn, n int) {
+		br := bufio.NewReader(c)
+		for i := 1; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, answer(n, i)); err != nil {
+				return
+			}
+		}
+	})
 }
 
 // An upstream that sends more than its response (a second, unasked-for
@@ -173,21 +183,8 @@ func httpFilter(t *testing.T) *listener.Filter {
 // echoTCP echoes every connection.
 func echoTCP(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return l.Addr().String()
+	addr, _ := serveConns(t, func(c net.Conn, _ int) { _, _ = io.Copy(c, c) })
+	return addr
 }
 
 // closedWithin says whether the server closes c within d (reading, and

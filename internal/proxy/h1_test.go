@@ -73,31 +73,15 @@ func TestH1ReusesConnections(t *testing.T) {
 // shorter than the proxy's. It returns its address and a count of the
 // connections it accepted.
 func closingUpstream(t *testing.T) (string, *atomic.Int32) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	var conns atomic.Int32
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func() {
-				defer c.Close()
-				r, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, r.Body)
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}()
+	t.Helper()
+	return serveConns(t, func(c net.Conn, _ int) {
+		r, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
 		}
-	}()
-	return l.Addr().String(), &conns
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
 }
 
 // An upstream that closes idle connections silently: the request on the
@@ -187,37 +171,22 @@ func TestH1PeeksBeforeSendingOnce(t *testing.T) {
 // sent again on a new connection, a POST is not (it may have been acted
 // on) and fails.
 func TestH1SendsOnlyReplayableRequestsTwice(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	var requests atomic.Int32
-	go func() {
-		for {
-			c, err := l.Accept()
+	addr, _ := serveConns(t, func(c net.Conn, _ int) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			r, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for i := 0; ; i++ {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, r.Body)
-					requests.Add(1)
-					if i == 1 {
-						return // the second request on a connection: taken, not answered
-					}
-					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+			_, _ = io.Copy(io.Discard, r.Body)
+			requests.Add(1)
+			if i == 1 {
+				return // the second request on a connection: taken, not answered
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
-	addr := l.Addr().String()
+	})
 	for _, tc := range []struct {
 		method   string
 		ok       bool
@@ -241,32 +210,15 @@ func TestH1SendsOnlyReplayableRequestsTwice(t *testing.T) {
 // A streamed body the upstream answers before reading (413): the answer
 // is relayed, and the connection, mid-request, is not pooled.
 func TestH1EarlyAnswerToAStreamedBody(t *testing.T) {
-	var conns atomic.Int32
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	addr, conns := serveConns(t, func(c net.Conn, _ int) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
-			if err != nil {
+			if _, err := http.ReadRequest(br); err != nil {
 				return
 			}
-			conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					_, _ = io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 3\r\n\r\nbig")
-				}
-			}()
+			_, _ = io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 3\r\n\r\nbig")
 		}
-	}()
-	addr := l.Addr().String()
+	})
 	p := &Proxy{}
 	pr, pw := io.Pipe()
 	defer pw.Close()

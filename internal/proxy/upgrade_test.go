@@ -18,40 +18,26 @@ import (
 // upstream an attacker hopes for. It counts the requests it took.
 func switchingUpstream(t *testing.T) (string, *atomic.Int32) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	var seen atomic.Int32
-	go func() {
+	addr, _ := serveConns(t, func(c net.Conn, _ int) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					seen.Add(1)
-					up := req.Header.Get("Upgrade")
-					if up == "" {
-						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
-						continue
-					}
-					_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\n")
-					_, _ = io.Copy(c, br)
-					return
-				}
-			}()
+			seen.Add(1)
+			up := req.Header.Get("Upgrade")
+			if up == "" {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+				continue
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+up+"\r\n\r\n")
+			_, _ = io.Copy(c, br)
+			return
 		}
-	}()
-	return l.Addr().String(), &seen
+	})
+	return addr, &seen
 }
 
 // withUpgrades lists upgrade types in the connection manager, as Istio
