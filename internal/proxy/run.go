@@ -29,7 +29,6 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/proxy/admin"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/apphealth"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/dnsproxy"
-	"github.com/isthmus-mesh/isthmus/internal/proxy/exepages"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/identity"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/mergedmetrics"
 	"github.com/isthmus-mesh/isthmus/internal/proxy/metricsink"
@@ -136,6 +135,11 @@ type RunConfig struct {
 	LogLevel *slog.LevelVar
 }
 
+// Run serves until ctx ends (or the admin port's quitquitquit), then
+// drains. The certificate agent starts first: nothing is served before the
+// workload has its certificate. Every part runs in one group, so a failing
+// part is named and stops the proxy; the status and admin ports answer
+// until the drain is over.
 // gcPercent is the proxy's GOGC unless the environment sets one. A
 // sidecar's live heap is small (about 6 MB at 1000 rps) and it allocates
 // little per request, so Go's default (collect when the heap doubles)
@@ -151,11 +155,6 @@ func tuneGC() {
 	}
 }
 
-// Run serves until ctx ends (or the admin port's quitquitquit), then
-// drains. The certificate agent starts first: nothing is served before the
-// workload has its certificate. Every part runs in one group, so a failing
-// part is named and stops the proxy; the status and admin ports answer
-// until the drain is over.
 func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Log
 	tuneGC()
@@ -327,35 +326,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	g.Go("xDS client", xc.Run)
 	sink := &metricsink.Sink{Conn: conn, Node: cfg.Node.proto(), Gatherer: p.Metrics(), Every: statsFlush, CallContext: callCtx, Log: log}
 	g.Go("metrics sink", sink.Run)
-	go releaseStartupPages(gctx, p, log)
 	return g.Wait()
-}
-
-// startupSettle is how long after its first configuration the proxy
-// gives back the binary's pages start-up touched (exepages): by then what
-// serving uses has been read again.
-const startupSettle = 10 * time.Second
-
-// releaseStartupPages drops the binary's read-only pages from the
-// proxy's RSS once it is serving; the ones serving uses map again as they
-// are read. About 10 MB of a sidecar's 35 (BENCHMARKS.md).
-func releaseStartupPages(ctx context.Context, p *Proxy, log *slog.Logger) {
-	select {
-	case <-p.Ready():
-	case <-ctx.Done():
-		return
-	}
-	select {
-	case <-time.After(startupSettle):
-	case <-ctx.Done():
-		return
-	}
-	n, err := exepages.Release()
-	if err != nil {
-		log.Warn("giving back the binary's start-up pages", "err", err)
-		return
-	}
-	log.Debug("gave back the binary's start-up pages", "mapped", n)
 }
 
 // statsFlush is how often the proxy pushes its metrics (Envoy's default
