@@ -73,7 +73,10 @@ type h1Conn struct {
 
 // readAheadBody reads a request body small enough to keep (to send again
 // on a stale connection, or for a retry): nil with stream false when
-// there is none, nil with stream true when it is sent as it is read.
+// there is none, nil with stream true when it is sent as it is read. The
+// body read ahead must end at its length: a byte beyond it (an HTTP/2
+// client's DATA past its content-length) fails the request rather than
+// being dropped on the way.
 func readAheadBody(r *http.Request) (body []byte, stream bool, err error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, false, nil
@@ -81,12 +84,15 @@ func readAheadBody(r *http.Request) (body []byte, stream bool, err error) {
 	if r.ContentLength <= 0 || r.ContentLength > maxRetryBody {
 		return nil, true, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
+	b, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength+1))
 	if err != nil {
 		return nil, false, err
 	}
-	if int64(len(b)) != r.ContentLength {
+	if int64(len(b)) < r.ContentLength {
 		return nil, false, fmt.Errorf("request body ended after %d of its %d bytes", len(b), r.ContentLength)
+	}
+	if int64(len(b)) > r.ContentLength {
+		return nil, false, fmt.Errorf("request body longer than its content-length %d", r.ContentLength)
 	}
 	return b, false, nil
 }

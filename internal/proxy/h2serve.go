@@ -227,6 +227,9 @@ type h2Stream struct {
 	body         []byte
 	replay       bool
 	in, credited int64 // request body bytes received and credited back
+	// declared is the request's content-length, -1 without one: the body
+	// must be exactly that long (RFC 9113, 8.1.1).
+	declared int64
 
 	attempt, retries uint32
 	pick             picker
@@ -332,11 +335,17 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	s.up.pendEnd = s.down.recvEnd
 	s.ev = telemetry.Event{Protocol: "http", MTLS: d.chain.TLS != nil}
 	s.peer = telemetry.Decode("")
+	s.declared = -1
+	badLength := false
 	regular := f.RegularFields()
 	out := make([]hpack.HeaderField, 4, len(regular)+8)
 	var xfcc string
 	for _, hf := range regular {
 		switch {
+		case hf.Name == "content-length":
+			n, err := strconv.ParseInt(hf.Value, 10, 64)
+			badLength = badLength || err != nil || n < 0 || s.declared >= 0 && n != s.declared
+			s.declared = n
 		case hf.Name == "host":
 			if s.host == "" {
 				s.host = hf.Value
@@ -394,6 +403,10 @@ func (s *h2Stream) begin(fl *h2Flush, f *http2.MetaHeadersFrame) {
 		out = append(out, hpack.HeaderField{Name: h2MetadataID, Value: id}, hpack.HeaderField{Name: h2Metadata, Value: md})
 	}
 	s.fields = out
+	if badLength || s.down.recvEnd && s.declared > 0 {
+		s.malformed(fl)
+		return
+	}
 	if f.Truncated {
 		s.reply(fl, http.StatusRequestHeaderFieldsTooLarge, "request headers too large")
 		return
@@ -597,6 +610,12 @@ func (s *h2Stream) requestData(fl *h2Flush, f *http2.DataFrame, n int32) {
 		return
 	}
 	s.in += int64(len(data))
+	if s.declared >= 0 && (s.in > s.declared || end && s.in != s.declared) {
+		// A body longer or shorter than its content-length is not
+		// relayed: an HTTP/1.1 upstream would read it by the header.
+		s.malformed(fl)
+		return
+	}
 	if s.replay && s.cl != nil {
 		if len(s.body)+len(data) <= maxRetryBody {
 			s.body = append(s.body, data...)
@@ -623,6 +642,10 @@ func (s *h2Stream) requestTrailers(fl *h2Flush, f *http2.MetaHeadersFrame) {
 	if s.down.recvEnd || !f.StreamEnded() {
 		s.down.c.reset(fl, s.down.id, http2.ErrCodeProtocol)
 		s.clientGone(fl)
+		return
+	}
+	if s.declared >= 0 && s.in != s.declared {
+		s.malformed(fl)
 		return
 	}
 	s.down.recvEnd = true
@@ -1019,6 +1042,19 @@ func (s *h2Stream) clientGone(fl *h2Flush) {
 		s.code = 499
 	}
 	s.flags = "DC"
+	s.finish(fl)
+}
+
+// malformed resets a request that broke HTTP/2's rules on its body's
+// length (RFC 9113, 8.1.1) rather than relay it, as Envoy's codec does;
+// the access log says DPE (downstream protocol error).
+func (s *h2Stream) malformed(fl *h2Flush) {
+	if s.done {
+		return
+	}
+	s.down.c.reset(fl, s.down.id, http2.ErrCodeProtocol)
+	s.down.recvEnd, s.down.sentEnd = true, true
+	s.flags = "DPE"
 	s.finish(fl)
 }
 

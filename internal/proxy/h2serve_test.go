@@ -483,6 +483,120 @@ func TestH2BadFramesCostOnlyTheirStream(t *testing.T) {
 	}
 }
 
+// A request body longer or shorter than its content-length is malformed
+// (RFC 9113, 8.1.1): the stream is reset and no upstream takes its body,
+// whether the relay or net/http's handler (an HTTP/1.1 upstream, which
+// would read the body by the header) serves it. A body
+// that matches is relayed on the same connection.
+func TestH2BodyMustMatchContentLength(t *testing.T) {
+	for _, h1 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP/2 upstream", true: "HTTP/1.1 upstream"}[h1], func(t *testing.T) {
+			var seen atomic.Int32
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				// An upstream may see the head of a request before its body
+				// breaks the rule (it streams, as through Envoy); none may
+				// take the body of one as whole.
+				b, err := io.ReadAll(r.Body)
+				if err == nil && len(b) > 0 && r.URL.Path != "/good" {
+					seen.Add(1)
+				}
+				_, _ = w.Write(b)
+			})
+			var front string
+			if h1 {
+				up := httptest.NewServer(h)
+				defer up.Close()
+				_, front = startHTTPProxy(t, up.Listener.Addr().String(), nil)
+			} else {
+				_, front = startProxy(t, h2cServer(t, h), upstreamHTTP2, nil)
+			}
+			conn, err := net.Dial("tcp", front)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			_, _ = io.WriteString(conn, http2.ClientPreface)
+			fr := http2.NewFramer(conn, conn)
+			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			_ = fr.WriteSettings()
+			var buf bytes.Buffer
+			enc := hpack.NewEncoder(&buf)
+			post := func(id uint32, path string, end bool, length ...string) {
+				buf.Reset()
+				fields := []string{":method", "POST", ":scheme", "http", ":authority", "h", ":path", path}
+				for _, l := range length {
+					fields = append(fields, "content-length", l)
+				}
+				for i := 0; i < len(fields); i += 2 {
+					_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+				}
+				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			data := func(id uint32, end bool, s string) {
+				if err := fr.WriteData(id, end, []byte(s)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			post(1, "/longer", false, "3")
+			data(1, false, "abc")
+			data(1, true, "smuggled")
+			post(3, "/shorter", false, "10")
+			data(3, true, "abc")
+			post(5, "/zero", false, "0")
+			data(5, true, "x")
+			post(7, "/none", true, "5")
+			post(9, "/twice", false, "3", "4")
+			data(9, true, "abc")
+			post(11, "/nonsense", false, "3x")
+			data(11, true, "abc")
+			post(13, "/by-trailers", false, "4")
+			data(13, false, "abc")
+			buf.Reset()
+			_ = enc.WriteField(hpack.HeaderField{Name: "x-t", Value: "1"})
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 13, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true})
+			post(15, "/good", false, "4")
+			data(15, true, "good")
+			want := map[uint32]bool{1: true, 3: true, 5: true, 7: true, 9: true, 11: true, 13: true}
+			var body []byte
+			for answered := false; !answered; {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("reading (resets still due on %v): %v", want, err)
+				}
+				switch f := f.(type) {
+				case *http2.RSTStreamFrame:
+					if f.ErrCode == http2.ErrCodeProtocol {
+						delete(want, f.StreamID)
+					}
+				case *http2.MetaHeadersFrame:
+					if f.StreamID != 15 {
+						t.Errorf("stream %d answered %s; want it reset", f.StreamID, f.PseudoValue("status"))
+					}
+				case *http2.DataFrame:
+					if f.StreamID == 15 {
+						body = append(body, f.Data()...)
+						answered = f.StreamEnded()
+					}
+				case *http2.GoAwayFrame:
+					t.Fatalf("GOAWAY %v", f.ErrCode)
+				}
+			}
+			if string(body) != "good" {
+				t.Errorf("the matching request got %q", body)
+			}
+			if len(want) > 0 {
+				t.Errorf("streams %v were not reset with PROTOCOL_ERROR", want)
+			}
+			if n := seen.Load(); n != 0 {
+				t.Errorf("the upstream saw %d of the malformed requests", n)
+			}
+		})
+	}
+}
+
 // A client that stops reading its socket while an answer streams to it
 // costs its own connection, not the streams of others that share the
 // upstream connection with it.

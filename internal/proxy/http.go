@@ -202,8 +202,9 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	rc.r, rc.cluster, rc.flags, rc.respOps = dec.Route, dec.Cluster, dec.Flags, dec.Response
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+	upgrade := upgradeType(r.Header)
 	switch {
-	case r.Method == http.MethodConnect || upgradeType(r.Header) != "" && !hm.UpgradeAllowed(rc.r, upgradeType(r.Header)):
+	case r.Method == http.MethodConnect || upgrade != "" && !hm.UpgradeAllowed(rc.r, upgrade):
 		// Envoy's upgrade_failed: only the upgrades the connection manager
 		// (or the route) lists switch; no CONNECT tunnels.
 		rec.WriteHeader(http.StatusForbidden)
@@ -644,13 +645,13 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	// HTTP/1.1 loop hands such requests here, and the HTTP/2 relay hands
 	// over those for HTTP/1.1 upstreams.
 	h2 := rc.h2 || c.Protocol == config.UpstreamHTTP2 || c.Protocol == config.UpstreamAsDownstream && r.ProtoMajor == 2
-	// HTTP/1.1 upstreams: a body of known length up to maxRetryBody is
-	// read ahead (sent again on a stale connection or a retry), others
-	// stream. HTTP/2 upstreams (net/http's Transport) stream unless the
-	// route retries.
+	// A body of known length up to maxRetryBody is read ahead (sent again
+	// on a stale connection or a retry), others stream and are sent once.
+	// HTTP/1.1 upstreams always read it ahead (they write it in one go);
+	// HTTP/2 upstreams (net/http's Transport) only when the route retries.
 	var body []byte
 	stream := false
-	if !h2 {
+	if !h2 || retries > 0 {
 		b, s, err := readAheadBody(r)
 		if err != nil {
 			return nil, err
@@ -658,16 +659,6 @@ func (t roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		body, stream = b, s
 		if stream {
 			retries = 0 // streaming or large: not replayable
-		}
-	} else if retries > 0 && r.Body != nil && r.Body != http.NoBody {
-		if r.ContentLength < 0 || r.ContentLength > maxRetryBody {
-			retries = 0
-		} else {
-			b, err := io.ReadAll(r.Body)
-			if err != nil {
-				return nil, err
-			}
-			body = b
 		}
 	}
 	var pick picker = rc.rt.pickers[rc.cluster]

@@ -135,11 +135,6 @@ type RunConfig struct {
 	LogLevel *slog.LevelVar
 }
 
-// Run serves until ctx ends (or the admin port's quitquitquit), then
-// drains. The certificate agent starts first: nothing is served before the
-// workload has its certificate. Every part runs in one group, so a failing
-// part is named and stops the proxy; the status and admin ports answer
-// until the drain is over.
 // gcPercent is the proxy's GOGC unless the environment sets one. A
 // sidecar's live heap is small (about 6 MB at 1000 rps) and it allocates
 // little per request, so Go's default (collect when the heap doubles)
@@ -155,6 +150,11 @@ func tuneGC() {
 	}
 }
 
+// Run serves until ctx ends (or the admin port's quitquitquit), then
+// drains. The certificate agent starts first: nothing is served before the
+// workload has its certificate. Every part runs in one group, so a failing
+// part is named and stops the proxy; the status and admin ports answer
+// until the drain is over.
 func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Log
 	tuneGC()
