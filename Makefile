@@ -4,7 +4,14 @@ BIN     := bin/isthmus
 # The proxy alone, what injected pods run (README, "Two binaries").
 PROXY_BIN := bin/isthmus-proxy
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
+# No debug information (-w; the compiler then need not write it): stack
+# traces and profiles need none, the compile is a fifth shorter, and
+# `isthmus sandbox prepare` builds Kubernetes with the same flags and tag
+# from modules at isthmus's versions, so the ~600 packages both compile
+# (client-go, gRPC, protobuf, the standard library) are compiled once
+# (internal/sandbox/kubebin, BENCHMARKS.md).
+GCFLAGS := -gcflags=all=-dwarf=false
+LDFLAGS := -w -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)
 # grpc-go without golang.org/x/net/trace (grpc's grpcnotrace tag): isthmus
 # never turns grpc's request tracing on, and the html/template that package
 # brings in calls reflect's MethodByName, which makes the linker keep every
@@ -32,8 +39,8 @@ help: ## list targets
 # machine's platform finds every package compiled and only links: cold,
 # that is one compile of isthmus's ~1,100 packages instead of two.
 build: ## build bin/isthmus and bin/isthmus-proxy
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/isthmus
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(PROXY_BIN) ./cmd/isthmus-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath $(GCFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/isthmus
+	CGO_ENABLED=0 $(GO) build -trimpath $(GCFLAGS) -ldflags "$(LDFLAGS)" -o $(PROXY_BIN) ./cmd/isthmus-proxy
 
 # make release: the binary for each of RELEASE_PLATFORMS in dist, and their
 # checksums; the macOS and Windows ones leave out the Linux-only commands.
@@ -45,7 +52,7 @@ release: ## cross-build dist/isthmus-VERSION-OS-ARCH for Linux, macOS and Window
 	@for p in $(RELEASE_PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os != windows ] || ext=.exe; \
 		out=dist/isthmus-$(VERSION)-$$os-$$arch$$ext; echo "$$out"; \
-		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$out ./cmd/isthmus || exit 1; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath $(GCFLAGS) -ldflags "$(LDFLAGS)" -o $$out ./cmd/isthmus || exit 1; \
 	done
 	cd dist && sha256sum isthmus-* > SHA256SUMS
 
@@ -64,10 +71,10 @@ image: ## build the isthmus and demo-app images for linux/amd64 and arm64 (OCI l
 	@for p in $(PLATFORMS); do \
 		for b in isthmus isthmus-proxy; do \
 			echo "building $$b for $$p"; \
-			CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(IMAGE_DIR)/bin/$${p%/*}-$${p#*/}/$$b ./cmd/$$b || exit 1; \
+			CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath $(GCFLAGS) -ldflags "$(LDFLAGS)" -o $(IMAGE_DIR)/bin/$${p%/*}-$${p#*/}/$$b ./cmd/$$b || exit 1; \
 		done; \
 	done
-	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) CGO_ENABLED=0 $(GO) run -trimpath ./cmd/isthmus-image \
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) CGO_ENABLED=0 $(GO) run -trimpath $(GCFLAGS) ./cmd/isthmus-image \
 		--out $(IMAGE_DIR) --hub $(HUB) --tag $(TAG) --revision "$$(git rev-parse HEAD 2>/dev/null)" \
 		$(foreach p,$(PLATFORMS),--binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus --proxy-binary $(p)=$(IMAGE_DIR)/bin/$(subst /,-,$(p))/isthmus-proxy)
 
@@ -130,7 +137,7 @@ demo: deps build ## build the images for this machine, push them into the sandbo
 	@echo
 	@echo "The sandbox keeps running. Explore it with:"
 	@echo "  export KUBECONFIG=\$$($(BIN) sandbox kubeconfig --path)"
-	@echo "  $${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl get pods -A --context cluster-eks"
+	@echo "  $${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.37.2/bin/kubectl get pods -A --context cluster-eks"
 	@echo "  $(BIN) proxy-config clusters deployment/sleep.multicluster --context cluster-eks"
 	@echo "and stop it with: $(BIN) sandbox down"
 

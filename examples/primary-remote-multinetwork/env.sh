@@ -14,7 +14,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 ISTHMUS=${ISTHMUS:-$(command -v isthmus || echo "$root/bin/isthmus")}
 export KUBECONFIG=${KUBECONFIG:-$("$ISTHMUS" sandbox kubeconfig --path)}
-KUBECTL=${KUBECTL:-$(command -v kubectl || echo "${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.34.4/bin/kubectl")}
+KUBECTL=${KUBECTL:-$(command -v kubectl || echo "${ISTHMUS_CACHE:-/var/cache/isthmus}/kube/v1.37.2/bin/kubectl")}
 EKS=${PRIMARY:-cluster-eks}
 AKS=${REMOTE:-cluster-aks}
 isthmus() { "$ISTHMUS" "$@"; }

@@ -14,7 +14,7 @@ import (
 const DefaultStateDir = "/var/lib/isthmus/sandbox"
 
 // KubeVersion is the Kubernetes release the sandbox builds and runs.
-const KubeVersion = "v1.34.4"
+const KubeVersion = "v1.37.2"
 
 // Config is the set of clusters a sandbox runs. The zero value is not
 // usable; start from DefaultConfig or LoadConfig.

@@ -63,7 +63,7 @@ func TestCrossBuild(t *testing.T) {
 				bin += ".exe"
 			}
 			// make release's flags; no -s, so the symbol table stays to look at.
-			build := exec.Command(goTool, "build", "-trimpath", "-ldflags", "-X "+module+"/internal/version.Version="+version, "-o", bin, "./cmd/isthmus")
+			build := exec.Command(goTool, "build", "-trimpath", "-gcflags=all=-dwarf=false", "-ldflags", "-w -X "+module+"/internal/version.Version="+version, "-o", bin, "./cmd/isthmus")
 			build.Dir = root
 			build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+target.goos, "GOARCH="+target.goarch)
 			start := time.Now()

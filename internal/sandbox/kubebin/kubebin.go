@@ -1,6 +1,6 @@
 // Package kubebin builds the sandbox's Kubernetes and etcd binaries from
 // their Go modules and caches them by version outside any checkout, so a
-// machine pays the cold build (8m31s on 2 cores, measured 2026-12-06) once.
+// machine pays the cold build (8m07s on 2 cores after make build, 2026-12-07) once.
 //
 // The tools module (go.mod, go.sum and two small mains) is embedded in the
 // isthmus binary, so `isthmus sandbox up` can build on any machine with Go.
@@ -30,10 +30,10 @@ import (
 )
 
 // Version is the Kubernetes release the embedded tools module pins.
-const Version = "v1.34.4"
+const Version = "v1.37.2"
 
 // EtcdVersion is the etcd release the embedded tools module pins.
-const EtcdVersion = "v3.6.4"
+const EtcdVersion = "v3.7.0"
 
 // DefaultCacheDir is where binaries are cached unless ISTHMUS_CACHE says otherwise.
 const DefaultCacheDir = "/var/cache/isthmus"
@@ -280,7 +280,7 @@ func stamp() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// ldflags stamps the Kubernetes version so components report v1.34.4, not v0.0.0-master.
+// ldflags stamps the Kubernetes version so components report v1.37.2, not v0.0.0-master.
 func ldflags() string {
 	minor := strings.Split(strings.TrimPrefix(Version, "v"), ".")[1]
 	flags := []string{"-s", "-w"}
@@ -295,17 +295,20 @@ func ldflags() string {
 }
 
 // buildEnv is added to the go command's environment: static binaries, as
-// Kubernetes and etcd release them, which also share the standard library's
-// compiled packages with make build's bin/isthmus (static too) in a cold cache.
+// Kubernetes and etcd release them, and as make build builds isthmus's.
 var buildEnv = []string{"CGO_ENABLED=0"}
 
 // buildArgs is the go command that builds every Program into the directory out.
 // -v names each package as it is compiled: the log shows where the build is.
 // The linker leaves out debug information (-w), so the compiler does not
-// write it (-dwarf=false: a fifth less compile time), except for the
-// standard library, whose packages make build compiled already.
+// write it (-dwarf=false: a fifth less compile time). The flags, the tag
+// and the tools module's versions are make build's (the Makefile's
+// GCFLAGS and GOFLAGS, isthmus's go.mod): the two builds then share the
+// go command's cache for every package they both compile — the standard
+// library, client-go, apimachinery, gRPC, protobuf: about 600 packages,
+// 330 CPU-seconds cold (BENCHMARKS.md) — instead of compiling them twice.
 func buildArgs(out string) []string {
-	args := []string{"build", "-v", "-trimpath", "-gcflags=all=-dwarf=false", "-gcflags=std=", "-ldflags", ldflags(), "-o", out + string(filepath.Separator)}
+	args := []string{"build", "-v", "-trimpath", "-tags=grpcnotrace", "-gcflags=all=-dwarf=false", "-ldflags", ldflags(), "-o", out + string(filepath.Separator)}
 	for _, p := range Programs {
 		args = append(args, p.Pkg)
 	}

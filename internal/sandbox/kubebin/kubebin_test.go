@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/mod/modfile"
 )
 
 func TestDispatch(t *testing.T) {
@@ -22,7 +24,7 @@ func TestDispatch(t *testing.T) {
 		args    []string
 	}{
 		// Started through a link: arguments pass unchanged.
-		{[]string{"/var/cache/isthmus/kube/v1.34.4/bin/kube-apiserver", "--version"}, "kube-apiserver", []string{"/var/cache/isthmus/kube/v1.34.4/bin/kube-apiserver", "--version"}},
+		{[]string{"/var/cache/isthmus/kube/v1.37.2/bin/kube-apiserver", "--version"}, "kube-apiserver", []string{"/var/cache/isthmus/kube/v1.37.2/bin/kube-apiserver", "--version"}},
 		{[]string{"kubectl"}, "kubectl", []string{"kubectl"}},
 		// A link's name wins over a first argument that is also a command.
 		{[]string{"kubectl", "kube-apiserver"}, "kubectl", []string{"kubectl", "kube-apiserver"}},
@@ -203,5 +205,64 @@ func TestInstallOverOldLayout(t *testing.T) {
 	}
 	if s.complete(st) {
 		t.Error("complete with the program its links name gone")
+	}
+}
+
+// The tools module keeps every module it shares with isthmus's go.mod at
+// isthmus's version and builds the Kubernetes release of isthmus's
+// client-go, so make build and the Kubernetes build share their compiled
+// packages (about 600, a third of a cold make demo's compile time). A
+// version moved on one side only would compile them twice on a fresh
+// machine, and nothing else would say so.
+func TestToolsModuleKeepsIsthmusVersions(t *testing.T) {
+	own, err := os.ReadFile("../../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	isthmus, err := modfile.ParseLax("go.mod", own, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tools, err := modfile.ParseLax("module/go.mod.txt", goMod, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions := map[string]string{}
+	for _, r := range isthmus.Require {
+		versions[r.Mod.Path] = r.Mod.Version
+	}
+	shared := 0
+	for _, r := range tools.Require {
+		switch r.Mod.Path {
+		case "k8s.io/kubernetes":
+			if r.Mod.Version != Version {
+				t.Errorf("the tools module builds Kubernetes %s, Version says %s", r.Mod.Version, Version)
+			}
+		case "go.etcd.io/etcd/server/v3":
+			if r.Mod.Version != EtcdVersion {
+				t.Errorf("the tools module builds etcd %s, EtcdVersion says %s", r.Mod.Version, EtcdVersion)
+			}
+		}
+		v, ok := versions[r.Mod.Path]
+		if !ok {
+			continue
+		}
+		shared++
+		if v != r.Mod.Version {
+			t.Errorf("%s is at %s in the tools module and at %s in isthmus's go.mod: go get the higher in both, then go mod tidy in both", r.Mod.Path, r.Mod.Version, v)
+		}
+	}
+	if shared < 50 {
+		t.Errorf("only %d modules in both go.mod files: the test reads the wrong ones", shared)
+	}
+	// Kubernetes v1.N.P's own libraries are v0.N.P.
+	staging := "v0." + strings.TrimPrefix(Version, "v1.")
+	if v := versions["k8s.io/client-go"]; v != staging {
+		t.Errorf("isthmus's client-go is %s, the sandbox's Kubernetes %s (its client-go %s)", v, Version, staging)
+	}
+	for _, r := range tools.Replace {
+		if strings.HasPrefix(r.Old.Path, "k8s.io/") && r.New.Version != staging {
+			t.Errorf("the tools module replaces %s with %s; Kubernetes %s's is %s", r.Old.Path, r.New.Version, Version, staging)
+		}
 	}
 }

@@ -172,7 +172,7 @@ func (c *ctr) runProbe(ctx context.Context, p *corev1.Probe) error {
 		for _, h := range g.HTTPHeaders {
 			req.Header.Add(h.Name, h.Value)
 		}
-		req.Header.Set("User-Agent", "kube-probe/1.34")
+		req.Header.Set("User-Agent", "kube-probe/1.37")
 		client := &http.Client{Transport: &http.Transport{
 			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // kubelet probes do not verify
 			DisableKeepAlives: true,

@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 	"io"
 	"net"
 	"net/http"
@@ -19,11 +18,11 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
+
 	remotecommandconsts "k8s.io/apimachinery/pkg/util/remotecommand"
-	"k8s.io/client-go/tools/remotecommand"
-	"k8s.io/kubelet/pkg/cri/streaming/portforward"
-	remotecommandserver "k8s.io/kubelet/pkg/cri/streaming/remotecommand"
+	"k8s.io/cri-streaming/pkg/streaming/portforward"
+	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 )
 
 // kubeletPort is where the API server reaches the node, as it reaches a kubelet.
@@ -229,7 +228,7 @@ func (s *server) exec(w http.ResponseWriter, r *http.Request) {
 // executor runs commands in a container's namespaces through nsenter.
 type executor struct{ s *server }
 
-func (e executor) ExecInContainer(ctx context.Context, name string, _ types.UID, container string, argv []string, in io.Reader, out, errw io.WriteCloser, tty bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
+func (e executor) ExecInContainer(ctx context.Context, name string, _ string, container string, argv []string, in io.Reader, out, errw io.WriteCloser, tty bool, _ <-chan remotecommandserver.TerminalSize, _ time.Duration) error {
 	ns, pod, _ := strings.Cut(name, "/")
 	_, c, err := e.s.find(ns, pod, container)
 	if err != nil {
@@ -279,7 +278,7 @@ func (s *server) portForward(w http.ResponseWriter, r *http.Request) {
 // forwarder dials the pod's port for kubectl port-forward.
 type forwarder struct{ s *server }
 
-func (f forwarder) PortForward(ctx context.Context, name string, _ types.UID, port int32, stream io.ReadWriteCloser) error {
+func (f forwarder) PortForward(ctx context.Context, name string, _ string, port int32, stream io.ReadWriteCloser) error {
 	ns, pod, _ := strings.Cut(name, "/")
 	wk, _, err := f.s.find(ns, pod, "")
 	if err != nil {
