@@ -7,8 +7,8 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # No debug information (-w; the compiler then need not write it): stack
 # traces and profiles need none, the compile is a fifth shorter, and
 # `isthmus sandbox prepare` builds Kubernetes with the same flags and tag
-# from modules at isthmus's versions, so the ~600 packages both compile
-# (client-go, gRPC, protobuf, the standard library) are compiled once
+# from modules at isthmus's versions, so the ~900 packages both compile
+# (the standard library, client-go, gRPC, protobuf) are compiled once
 # (internal/sandbox/kubebin, BENCHMARKS.md).
 GCFLAGS := -gcflags=all=-dwarf=false
 LDFLAGS := -w -X github.com/isthmus-mesh/isthmus/internal/version.Version=$(VERSION)

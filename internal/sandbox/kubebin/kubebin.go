@@ -304,9 +304,10 @@ var buildEnv = []string{"CGO_ENABLED=0"}
 // write it (-dwarf=false: a fifth less compile time). The flags, the tag
 // and the tools module's versions are make build's (the Makefile's
 // GCFLAGS and GOFLAGS, isthmus's go.mod): the two builds then share the
-// go command's cache for every package they both compile — the standard
-// library, client-go, apimachinery, gRPC, protobuf: about 600 packages,
-// 330 CPU-seconds cold (BENCHMARKS.md) — instead of compiling them twice.
+// go command's cache for every package they both compile (the standard
+// library, client-go, apimachinery, gRPC, protobuf: about 900 packages; the
+// 600 beyond the standard library cost 330 CPU-seconds cold, BENCHMARKS.md)
+// instead of compiling them twice.
 func buildArgs(out string) []string {
 	args := []string{"build", "-v", "-trimpath", "-tags=grpcnotrace", "-gcflags=all=-dwarf=false", "-ldflags", ldflags(), "-o", out + string(filepath.Separator)}
 	for _, p := range Programs {

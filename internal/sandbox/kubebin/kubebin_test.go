@@ -211,7 +211,7 @@ func TestInstallOverOldLayout(t *testing.T) {
 // The tools module keeps every module it shares with isthmus's go.mod at
 // isthmus's version and builds the Kubernetes release of isthmus's
 // client-go, so make build and the Kubernetes build share their compiled
-// packages (about 600, a third of a cold make demo's compile time). A
+// packages (about 900; a fifth of a cold make demo's compile time). A
 // version moved on one side only would compile them twice on a fresh
 // machine, and nothing else would say so.
 func TestToolsModuleKeepsIsthmusVersions(t *testing.T) {
