@@ -429,33 +429,50 @@ func TestH2LocalAnswers(t *testing.T) {
 	}
 }
 
+// rawH2 is a hand-driven HTTP/2 client connection: the preface and
+// SETTINGS sent, frames read with their header blocks decoded.
+type rawH2 struct {
+	*http2.Framer
+	buf bytes.Buffer
+	enc *hpack.Encoder
+}
+
+func dialRawH2(t *testing.T, addr string) *rawH2 {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(conn, http2.ClientPreface)
+	c := &rawH2{Framer: http2.NewFramer(conn, conn)}
+	c.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.enc = hpack.NewEncoder(&c.buf)
+	_ = c.WriteSettings()
+	return c
+}
+
+// headers sends one HEADERS frame of name, value pairs.
+func (c *rawH2) headers(t *testing.T, id uint32, end bool, fields ...string) {
+	t.Helper()
+	c.buf.Reset()
+	for i := 0; i < len(fields); i += 2 {
+		_ = c.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	if err := c.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.buf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Malformed input costs its stream, not the connection: a header block
 // HTTP/2 forbids is reset, frames of unknown type and on closed streams
 // are ignored, and the next stream on the same connection is answered.
 func TestH2BadFramesCostOnlyTheirStream(t *testing.T) {
 	up := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "up") }))
 	_, front := startProxy(t, up, upstreamHTTP2, nil)
-	conn, err := net.Dial("tcp", front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	_, _ = io.WriteString(conn, http2.ClientPreface)
-	fr := http2.NewFramer(conn, conn)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	_ = fr.WriteSettings()
-	var buf bytes.Buffer
-	enc := hpack.NewEncoder(&buf)
-	headers := func(id uint32, fields ...string) {
-		buf.Reset()
-		for i := 0; i < len(fields); i += 2 {
-			_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-		}
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fr := dialRawH2(t, front)
+	headers := func(id uint32, fields ...string) { fr.headers(t, id, true, fields...) }
 	get := []string{":method", "GET", ":scheme", "http", ":authority", "h", ":path", "/"}
 	headers(1, append(get, "Bad-Upper-Case", "x")...)
 	_ = fr.WriteRawFrame(0x42, 0, 0, []byte("an extension frame"))
@@ -510,30 +527,13 @@ func TestH2BodyMustMatchContentLength(t *testing.T) {
 			} else {
 				_, front = startProxy(t, h2cServer(t, h), upstreamHTTP2, nil)
 			}
-			conn, err := net.Dial("tcp", front)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-			_, _ = io.WriteString(conn, http2.ClientPreface)
-			fr := http2.NewFramer(conn, conn)
-			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-			_ = fr.WriteSettings()
-			var buf bytes.Buffer
-			enc := hpack.NewEncoder(&buf)
+			fr := dialRawH2(t, front)
 			post := func(id uint32, path string, end bool, length ...string) {
-				buf.Reset()
 				fields := []string{":method", "POST", ":scheme", "http", ":authority", "h", ":path", path}
 				for _, l := range length {
 					fields = append(fields, "content-length", l)
 				}
-				for i := 0; i < len(fields); i += 2 {
-					_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-				}
-				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
-					t.Fatal(err)
-				}
+				fr.headers(t, id, end, fields...)
 			}
 			data := func(id uint32, end bool, s string) {
 				if err := fr.WriteData(id, end, []byte(s)); err != nil {
@@ -554,9 +554,7 @@ func TestH2BodyMustMatchContentLength(t *testing.T) {
 			data(11, true, "abc")
 			post(13, "/by-trailers", false, "4")
 			data(13, false, "abc")
-			buf.Reset()
-			_ = enc.WriteField(hpack.HeaderField{Name: "x-t", Value: "1"})
-			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 13, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true})
+			fr.headers(t, 13, true, "x-t", "1") // trailers
 			post(15, "/good", false, "4")
 			data(15, true, "good")
 			want := map[uint32]bool{1: true, 3: true, 5: true, 7: true, 9: true, 11: true, 13: true}
