@@ -13,9 +13,6 @@ import (
 // DefaultStateDir holds every sandbox's certificates, data, logs and kubeconfig.
 const DefaultStateDir = "/var/lib/isthmus/sandbox"
 
-// KubeVersion is the Kubernetes release the sandbox builds and runs.
-const KubeVersion = "v1.37.2"
-
 // Config is the set of clusters a sandbox runs. The zero value is not
 // usable; start from DefaultConfig or LoadConfig.
 type Config struct {

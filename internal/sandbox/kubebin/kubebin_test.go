@@ -266,3 +266,22 @@ func TestToolsModuleKeepsIsthmusVersions(t *testing.T) {
 		}
 	}
 }
+
+// The Kubernetes build compiles with make build's flags and tag: with
+// others, the packages the two share would be compiled twice (the go
+// command's cache keys on them), which nothing else would show.
+func TestBuildArgsAreMakeBuilds(t *testing.T) {
+	mk, err := os.ReadFile("../../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := buildArgs("out")
+	for _, line := range []string{"GCFLAGS := -gcflags=all=-dwarf=false", "export GOFLAGS += -tags=grpcnotrace"} {
+		if !strings.Contains(string(mk), "\n"+line+"\n") {
+			t.Errorf("the Makefile no longer says %q: give the Kubernetes build (buildArgs) what it says now", line)
+		}
+		if flag := line[strings.LastIndex(line, " ")+1:]; !slices.Contains(args, flag) {
+			t.Errorf("buildArgs %v lacks make build's %s", args, flag)
+		}
+	}
+}

@@ -13,7 +13,16 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/kubebin"
 )
+
+// probeUserAgent is the kubelet's for probes: kube-probe/MAJOR.MINOR of
+// the sandbox's Kubernetes release.
+var probeUserAgent = func() string {
+	v := strings.SplitN(strings.TrimPrefix(kubebin.Version, "v"), ".", 3)
+	return "kube-probe/" + v[0] + "." + v[1]
+}()
 
 // probe runs the container's startup, readiness and liveness probes for as
 // long as the pod runs. Probes come from the node namespace, as a kubelet's do.
@@ -172,7 +181,7 @@ func (c *ctr) runProbe(ctx context.Context, p *corev1.Probe) error {
 		for _, h := range g.HTTPHeaders {
 			req.Header.Add(h.Name, h.Value)
 		}
-		req.Header.Set("User-Agent", "kube-probe/1.37")
+		req.Header.Set("User-Agent", probeUserAgent)
 		client := &http.Client{Transport: &http.Transport{
 			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // kubelet probes do not verify
 			DisableKeepAlives: true,

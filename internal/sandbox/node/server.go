@@ -18,11 +18,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
-
 	remotecommandconsts "k8s.io/apimachinery/pkg/util/remotecommand"
 	"k8s.io/cri-streaming/pkg/streaming/portforward"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
+
+	"github.com/isthmus-mesh/isthmus/internal/sandbox/network"
 )
 
 // kubeletPort is where the API server reaches the node, as it reaches a kubelet.
@@ -228,7 +228,7 @@ func (s *server) exec(w http.ResponseWriter, r *http.Request) {
 // executor runs commands in a container's namespaces through nsenter.
 type executor struct{ s *server }
 
-func (e executor) ExecInContainer(ctx context.Context, name string, _ string, container string, argv []string, in io.Reader, out, errw io.WriteCloser, tty bool, _ <-chan remotecommandserver.TerminalSize, _ time.Duration) error {
+func (e executor) ExecInContainer(ctx context.Context, name, _, container string, argv []string, in io.Reader, out, errw io.WriteCloser, tty bool, _ <-chan remotecommandserver.TerminalSize, _ time.Duration) error {
 	ns, pod, _ := strings.Cut(name, "/")
 	_, c, err := e.s.find(ns, pod, container)
 	if err != nil {
