@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # make bench: runs every benchmark part in bench/ and writes BENCHMARKS.md.
 # Each part prints a Markdown section on stdout; this script adds the header.
+# What follows the marker line below in the old BENCHMARKS.md (the sessions'
+# written accounts of what they tried and measured) is kept, after the run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=BENCHMARKS.md
+marker='<!-- make bench keeps what follows: the written accounts of earlier runs -->'
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 {
@@ -17,6 +20,9 @@ trap 'rm -f "$tmp"' EXIT
     bash "$part"
     echo
   done
+  if [ -f "$out" ] && grep -qxF "$marker" "$out"; then
+    sed -n "/^$marker\$/,\$p" "$out"
+  fi
 } > "$tmp"
 mv "$tmp" "$out"
 trap - EXIT

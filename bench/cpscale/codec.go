@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -252,6 +253,9 @@ type (
 	sotwResponse  struct{ response }
 )
 
+// received counts the bytes of the responses the clients read.
+var received atomic.Int64
+
 // clientCodec is gRPC's proto codec but for the two responses.
 type clientCodec struct{ proto encoding.CodecV2 }
 
@@ -272,6 +276,7 @@ func (c clientCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		return c.proto.Unmarshal(data, v)
 	}
 	// Read from a pooled buffer: what the client keeps is copied out.
+	received.Add(int64(data.Len()))
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	return r.decode(buf.ReadOnlyData(), delta)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -96,6 +97,14 @@ func istiodControlPlane(ctx context.Context, dir string, clusters []cluster) (*c
 	return &controlPlane{
 		name: "istiod", xds: o.Addrs.GRPC, pprof: "http://" + o.Addrs.HTTP + "/debug/pprof/", metrics: "http://" + o.Addrs.Monitoring + "/metrics",
 		Process: &launch.Process{Dir: dir, Log: filepath.Join(dir, "log"), Ready: o.ReadyURL(),
-			Argv: o.Argv(), Env: append([]string{"GOMAXPROCS=2"}, o.Env()...)},
+			Argv: o.Argv(), Env: append(append([]string{"GOMAXPROCS=2"}, o.Env()...), extraEnv(*istiodEnv)...)},
 	}, nil
+}
+
+// extraEnv is a --istiod-env list as environment entries.
+func extraEnv(list string) []string {
+	if list == "" {
+		return nil
+	}
+	return strings.Split(list, ",")
 }

@@ -17,6 +17,7 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,6 +43,10 @@ var (
 	peers        = flag.String("control-planes", "isthmus", "control planes to measure in turn on the same clusters: isthmus, istiod (Istio's pilot-discovery)")
 	storm        = flag.Bool("storm", true, "also restart each control plane under its clients (the reconnect storm)")
 	heapFile     = flag.String("heap", "", "write isthmus's heap profiles to FILE.connect (when half the clients have their first push), FILE.push (after it) and FILE.storm (after the storm)")
+	pushCPUFile  = flag.String("push-cpu", "", "write the CPU profiles of isthmus and of the bench's own clients over the first full push to FILE and FILE.clients")
+	memoryLimit  = flag.Int("memory-limit", 10<<10, "stop a control plane's first push when its RSS passes this many MiB: with istiod at 11 GiB the bench's own clients held 9 GiB of its pushes, and this machine has 24")
+	istiodEnv    = flag.String("istiod-env", "", "comma-separated NAME=VALUE settings for istiod beyond its defaults, e.g. PILOT_MAX_REQUESTS_PER_SECOND=1000")
+	logDir       = flag.String("logs", "", "copy each control plane's log to DIR/NAME.log")
 	cpuFile      = flag.String("cpu", "", "write isthmus's CPU profile of the 5 s around the EndpointSlice change to this file")
 )
 
@@ -76,10 +81,14 @@ type result struct {
 	rss, anon  int
 	// peak is the process's highest RSS so far (VmHWM): the clients'
 	// connecting, not what stays once they are served.
-	peak          int
-	goMem         goMemory
-	p50, p99, max time.Duration
-	cpuChange     float64
+	peak  int
+	goMem goMemory
+	// pushCPU and pushBenchCPU are the control plane's and the bench's
+	// CPU over the first full push; pushBytes what the clients read.
+	pushCPU, pushBenchCPU float64
+	pushBytes             int64
+	p50, p99, max         time.Duration
+	cpuChange             float64
 	// benchCPU is the bench process's (its clients') CPU for the change.
 	benchCPU                     float64
 	stormP50, stormP99, stormAll time.Duration
@@ -143,6 +152,11 @@ func run() error {
 		// the one measured first does not leave the second's change made.
 		r, err := measure(ctx, cp, cls, k)
 		cp.Kill()
+		if *logDir != "" {
+			if b, rerr := os.ReadFile(cp.Log); rerr == nil {
+				_ = os.WriteFile(filepath.Join(*logDir, name+".log"), b, 0o644)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -210,6 +224,11 @@ func run() error {
 	row(fmt.Sprintf("%s: first full push (CDS + EDS) to %d ADS clients", mode, *clients), "<= 10 s", howFar,
 		func(r result) string { return r.firstPush.Round(10 * time.Millisecond).String() },
 		func(a, b result) string { return ratio(a.firstPush.Seconds(), b.firstPush.Seconds()) })
+	row(fmt.Sprintf("%s: CPU over the first full push: control plane / the bench's clients (responses read)", mode), "-", nothing,
+		func(r result) string {
+			return fmt.Sprintf("%.1f / %.1f CPU-s (%d MiB)", r.pushCPU, r.pushBenchCPU, r.pushBytes>>20)
+		},
+		func(a, b result) string { return "control plane " + ratio(a.pushCPU, b.pushCPU) })
 	row(fmt.Sprintf("%s: control plane RSS with %d clients connected (anonymous memory)", mode, *clients), "<= 600 MB and <= 0.3x istiod", valueAndRatioThen,
 		func(r result) string { return fmt.Sprintf("%d MiB (%d MiB)", r.rss, r.anon) },
 		func(a, b result) string { return ratio(float64(a.rss), float64(b.rss)) })
@@ -278,6 +297,15 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 	want := fmt.Sprintf("100.%d.250.%d", 64+remote.index, 1+k)
 	cs := make([]*adsClient, *clients)
 	begin := time.Now()
+	cpuBegin, selfBegin, bytesBegin := cpuTicks(cp.Pid()), cpuTicks(os.Getpid()), received.Load()
+	if *pushCPUFile != "" && cp.name == "isthmus" {
+		go saveProfile(cp.pprof+"profile?seconds=10", *pushCPUFile)
+		if f, err := os.Create(*pushCPUFile + ".clients"); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				time.AfterFunc(10*time.Second, func() { pprof.StopCPUProfile(); f.Close() })
+			}
+		}
+	}
 	for i := range cs {
 		home := cls[i%len(cls)]
 		cs[i] = &adsClient{id: i, cluster: home.name, network: home.network, total: *services,
@@ -285,16 +313,44 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 			gotAll: make(chan struct{}), sawWant: make(chan struct{})}
 		go cs[i].run(cctx, conns[i%len(conns)], *delta)
 	}
+	// The first push ends when every client is whole, after 10 minutes,
+	// or when the control plane's RSS passes --memory-limit (so that a
+	// peer that grows without bound cannot take the machine down).
 	deadline := time.After(10 * time.Minute)
+	overMemory := make(chan int)
+	go func() {
+		for tick := time.NewTicker(time.Second); ; {
+			select {
+			case <-cctx.Done():
+				tick.Stop()
+				return
+			case <-tick.C:
+			}
+			if total, _, _ := rss(cp.Pid()); total > *memoryLimit {
+				tick.Stop()
+				select {
+				case overMemory <- total:
+				case <-cctx.Done():
+				}
+				return
+			}
+		}
+	}()
 	for i, c := range cs {
 		if i == len(cs)/2 && *heapFile != "" && cp.name == "isthmus" {
 			// In the middle of the clients' first push, where the
 			// control plane's memory peaks.
 			saveProfile(cp.pprof+"heap", *heapFile+".connect")
 		}
+		why := ""
 		select {
 		case <-c.gotAll:
 		case <-deadline:
+			why = "not done after 10 min"
+		case total := <-overMemory:
+			why = fmt.Sprintf("stopped at %d MiB RSS (--memory-limit) after %s", total, time.Since(begin).Round(time.Second))
+		}
+		if why != "" {
 			// Reported as it is (a peer that cannot serve this many
 			// clients in time is a result), with its memory then.
 			whole := 0
@@ -305,14 +361,17 @@ func measure(ctx context.Context, cp *controlPlane, cls []cluster, k int) (resul
 				default:
 				}
 			}
-			r.incomplete = fmt.Sprintf("not done after 10 min: %d of %d clients whole", whole, len(cs))
+			r.incomplete = fmt.Sprintf("%s: %d of %d clients whole", why, whole, len(cs))
 			r.rss, r.anon, r.peak = rss(cp.Pid())
 			r.goMem = readGoMemory(cp.metrics)
-			fmt.Fprintf(os.Stderr, "cpscale: %s: first full push reached %d of %d clients in 10 minutes (the first missing: %d); its log ends:\n%s\n", cp.name, whole, len(cs), i, cp.logTail())
+			fmt.Fprintf(os.Stderr, "cpscale: %s: first full push %s (the first missing: %d); its log ends:\n%s\n", cp.name, r.incomplete, i, cp.logTail())
 			return r, nil
 		}
 	}
 	r.firstPush = time.Since(begin)
+	r.pushCPU = float64(cpuTicks(cp.Pid())-cpuBegin) / 100
+	r.pushBenchCPU = float64(cpuTicks(os.Getpid())-selfBegin) / 100
+	r.pushBytes = received.Load() - bytesBegin
 	fmt.Fprintf(os.Stderr, "cpscale: %s: first full push done in %s\n", cp.name, r.firstPush)
 	// Pushes from here on are printed with the change's: one the change
 	// did not ask for (a full one) delays it.
