@@ -22,6 +22,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
@@ -179,7 +180,8 @@ func Run(ctx context.Context, cfg Config) error {
 		generator.AccessLog = &proxyview.AccessLog{Path: f, JSON: mesh.Config.GetAccessLogEncoding() == meshv1alpha1.MeshConfig_JSON}
 	}
 	generator.Tracing = proxyview.TracingOf(mesh.Config)
-	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator,
+	ready := &readiness{localSynced: local.Synced, listed: secrets.Listed, remotes: secrets.Statuses}
+	xdsServer := xds.NewServer(xds.ServerConfig{Registry: reg, Generator: generator, Ready: ready.check,
 		// Gateways' TLS credentials only to authenticated gateways whose
 		// service account may read them, asked of the gateway's own cluster.
 		Credentials:   &secretaccess.Authorizer{Client: running.reviews},
@@ -219,7 +221,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	view := meshView{cfg: cfg, local: local, secrets: secrets, reg: reg, xds: xdsServer, traffic: flows}
-	monitoring := &http.Server{Handler: monitoringMux(cfg, metrics, reg, local, secrets, xdsServer, view), ReadHeaderTimeout: 10 * time.Second}
+	monitoring := &http.Server{Handler: monitoringMux(cfg, metrics, reg, ready, local, secrets, xdsServer, view), ReadHeaderTimeout: 10 * time.Second}
 	var webhooks *http.Server
 	if cfg.WebhookAddr != "" {
 		webhooks = webhookServer(cfg, mesh, serving, log)
@@ -378,7 +380,7 @@ func webhookServer(cfg Config, mesh *meshconfig.Mesh, serving *ca.ServingCert, l
 }
 
 // monitoringMux is the monitoring port: metrics, readiness, debug views.
-func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Registry, local *meshCluster, secrets *remotesecret.Controller, xdsServer *xds.Server, view dashboard.Source) *http.ServeMux {
+func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Registry, ready *readiness, local *meshCluster, secrets *remotesecret.Controller, xdsServer *xds.Server, view dashboard.Source) *http.ServeMux {
 	mux := http.NewServeMux()
 	// The live topology page (isthmus dashboard port-forwards to it).
 	page := dashboard.Handler(view)
@@ -390,15 +392,9 @@ func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Regis
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !local.Synced() {
-			http.Error(w, "local cluster not synced", http.StatusServiceUnavailable)
+		if err := ready.check(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
-		}
-		for _, s := range secrets.Statuses() {
-			if s.State == "syncing" {
-				http.Error(w, "remote cluster "+s.ID+" syncing", http.StatusServiceUnavailable)
-				return
-			}
 		}
 		fmt.Fprintln(w, "ok")
 	})
@@ -414,6 +410,36 @@ func monitoringMux(cfg Config, metrics *prometheus.Registry, reg *registry.Regis
 	mux.HandleFunc("/debug/convergence", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, xdsServer.Convergence()) })
 	mux.HandleFunc("/debug/registryz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, dump(reg)) })
 	return mux
+}
+
+// readiness is the control plane's: its own cluster synced, the remote
+// secrets present at start-up read, and each of their clusters synced or
+// given up on (its sync timed out, or its secret is broken). Once ready it
+// stays ready, as istiod: a remote added later syncs while every replica
+// keeps serving, rather than taking them all out of their Service.
+type readiness struct {
+	localSynced, listed func() bool
+	remotes             func() []remotesecret.Status
+	ready               atomic.Bool
+}
+
+func (r *readiness) check() error {
+	if r.ready.Load() {
+		return nil
+	}
+	if !r.localSynced() {
+		return errors.New("local cluster not synced")
+	}
+	if !r.listed() {
+		return errors.New("remote secrets not read yet")
+	}
+	for _, s := range r.remotes() {
+		if s.State == "syncing" {
+			return fmt.Errorf("remote cluster %s syncing", s.ID)
+		}
+	}
+	r.ready.Store(true)
+	return nil
 }
 
 // listeners are the control plane's ports (plain and webhook nil when off).

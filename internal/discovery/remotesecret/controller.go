@@ -12,11 +12,13 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -78,6 +80,9 @@ type Controller struct {
 
 	lister corelisters.SecretLister
 	queue  workqueue.TypedRateLimitingInterface[string]
+	// listed is set once the secrets there at start-up were applied: till
+	// then the control plane does not know which remotes it waits for.
+	listed atomic.Bool
 
 	mu       sync.Mutex // guards clusters
 	clusters map[string]*remote
@@ -145,6 +150,19 @@ func (c *Controller) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
 		return ctx.Err()
 	}
+	// Each start-up secret applied once here (applying starts its
+	// clusters' watches and does not wait for them); the informer queued
+	// them all too, so one that fails is retried by the loop below.
+	secrets, err := c.lister.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	for _, sec := range secrets {
+		if key, err := cache.MetaNamespaceKeyFunc(sec); err == nil {
+			_ = c.reconcile(ctx, key)
+		}
+	}
+	c.listed.Store(true)
 	go c.watchSync(ctx)
 	go func() {
 		<-ctx.Done()
@@ -376,6 +394,11 @@ func (c *Controller) probe(ctx context.Context, r *remote, rc *rest.Config) {
 		}
 	}
 }
+
+// Listed says whether the remote secrets present at start-up have been
+// read and their clusters added (their watches may still be syncing:
+// Statuses says).
+func (c *Controller) Listed() bool { return c.listed.Load() }
 
 // Statuses lists every remote cluster and its state.
 func (c *Controller) Statuses() []Status {

@@ -147,3 +147,44 @@ current-context: c
 	}
 	waitFor("the deleted secret's client stopped", func() bool { return !cluster(2).running.Load() && len(c.Statuses()) == 0 })
 }
+
+// Listed turns true only once every remote secret present at start-up has
+// been applied: the control plane's readiness waits for the clusters they
+// name, which it cannot know before.
+func TestListedAfterStartupSecrets(t *testing.T) {
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") }))
+	defer api.Close()
+	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}))
+	client := fake.NewClientset()
+	for i, data := range []string{
+		fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: %q, certificate-authority-data: %q}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n", api.URL, ca),
+		"not a kubeconfig",
+	} {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("istio-remote-secret-r%d", i), Namespace: "istio-system",
+			Labels: map[string]string{LabelMultiCluster: "true"}}, Data: map[string][]byte{fmt.Sprintf("r%d", i): []byte(data)}}
+		if _, err := client.CoreV1().Secrets("istio-system").Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := &Controller{Client: client, Namespace: "istio-system", LocalCluster: "primary",
+		NewCluster: func(string, *rest.Config) (Cluster, error) { return &fakeCluster{}, nil },
+		ProbeEvery: time.Hour, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if c.Listed() {
+		t.Fatal("listed before it ran")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = c.Run(ctx) }()
+	for deadline := time.Now().Add(5 * time.Second); !c.Listed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("never listed")
+		}
+	}
+	got := map[string]string{}
+	for _, s := range c.Statuses() {
+		got[s.ID] = s.State
+	}
+	if got["r0"] != "syncing" || got["r1"] != "error" {
+		t.Errorf("states when listed: %v; want r0 syncing and r1 error", got)
+	}
+}

@@ -100,6 +100,13 @@ func (s *Server) connect(c *adsConn, n *core.Node) error {
 	if n == nil {
 		return status.Error(codes.InvalidArgument, "the first request on a stream must carry the node")
 	}
+	// A proxy served before the caches synced would be given a mesh
+	// without the services not yet listed, and drop its routes to them.
+	if s.Ready != nil {
+		if err := s.Ready(); err != nil {
+			return status.Errorf(codes.Unavailable, "the control plane is not ready yet (%v); the proxy retries", err)
+		}
+	}
 	parsed, err := proxyview.ParseNode(n)
 	p := &proxy{Proxy: parsed}
 	if err == nil {

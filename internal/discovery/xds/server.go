@@ -62,6 +62,10 @@ type ServerConfig struct {
 	SystemNamespace string
 	// Instance names this control plane in debug answers.
 	Instance ControlPlane
+	// Ready says whether the control plane has what a proxy needs (its
+	// caches synced); until it does, streams are refused as Unavailable,
+	// as istiod refuses them, and the proxies retry. nil: always ready.
+	Ready func() error
 }
 
 // Server pushes per-proxy snapshots whenever the registry changes.
