@@ -27,17 +27,17 @@ clusters:
 YAML
 timeout 300 "$bin" sandbox --state-dir "$state" up --config "$conf" >/dev/null 2>&1
 prof=${BENCH_PPROF_DIR:-bench/profiles}
-rows=$(STATE="$state" timeout 2700 go run ./bench/cpscale --kubeconfig "$state/kubeconfig" --isthmus "$bin" \
-  --clusters cluster-eks,cluster-aks,cluster-gke --services "$services" --clients "$clients" --delta \
-  --control-planes isthmus,istiod --heap "$prof/cpscale.heap" --cpu "$prof/cpscale.change.cpu" --push-cpu "$prof/cpscale.push.cpu")
+cpscale() {
+  STATE="$state" timeout 2700 go run ./bench/cpscale --kubeconfig "$state/kubeconfig" --isthmus "$bin" \
+    --clusters cluster-eks,cluster-aks,cluster-gke --services "$services" --delta --control-planes isthmus,istiod "$@"
+}
+rows=$(cpscale --clients "$clients" --heap "$prof/cpscale.heap" --cpu "$prof/cpscale.change.cpu" --push-cpu "$prof/cpscale.push.cpu")
 # istiod does not serve $clients clients in 10 minutes (above), so the
 # ratios come from a second run at a fifth of them, on fresh clusters.
 few=$((clients / 5))
 timeout 120 "$bin" sandbox --state-dir "$state" down >/dev/null 2>&1
 timeout 300 "$bin" sandbox --state-dir "$state" up --config "$conf" >/dev/null 2>&1
-rows_few=$(STATE="$state" timeout 2700 go run ./bench/cpscale --kubeconfig "$state/kubeconfig" --isthmus "$bin" \
-  --clusters cluster-eks,cluster-aks,cluster-gke --services "$services" --clients "$few" --delta --storm=false \
-  --control-planes isthmus,istiod)
+rows_few=$(cpscale --clients "$few" --storm=false)
 echo "## Control plane at scale, against istiod (real API servers)"
 echo
 echo "Command: \`bash bench/parts/30-controlplane-scale.sh\` (part of \`make bench\`): a sandbox of 3 clusters on 3 networks, then \`go run ./bench/cpscale --clients $clients --services $services --delta --control-planes isthmus,istiod\`."
