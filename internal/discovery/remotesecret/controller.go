@@ -150,19 +150,20 @@ func (c *Controller) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
 		return ctx.Err()
 	}
-	// Each start-up secret applied once here (applying starts its
-	// clusters' watches and does not wait for them); the informer queued
-	// them all too, so one that fails is retried by the loop below.
+	// The secrets there at start-up, which the informer has queued: the
+	// controller is listed once the loop below has applied each of them
+	// once (a failed one counts: its status says so, and it is retried).
 	secrets, err := c.lister.List(labels.Everything())
 	if err != nil {
 		return err
 	}
+	startup := map[string]bool{}
 	for _, sec := range secrets {
 		if key, err := cache.MetaNamespaceKeyFunc(sec); err == nil {
-			_ = c.reconcile(ctx, key)
+			startup[key] = true
 		}
 	}
-	c.listed.Store(true)
+	c.listed.Store(len(startup) == 0)
 	go c.watchSync(ctx)
 	go func() {
 		<-ctx.Done()
@@ -180,6 +181,10 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.queue.Forget(key)
 		}
 		c.queue.Done(key)
+		if startup[key] {
+			delete(startup, key)
+			c.listed.Store(len(startup) == 0)
+		}
 	}
 }
 

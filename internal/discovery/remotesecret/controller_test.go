@@ -166,8 +166,10 @@ func TestListedAfterStartupSecrets(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Adding the good secret's cluster waits for the test.
+	adding := make(chan struct{})
 	c := &Controller{Client: client, Namespace: "istio-system", LocalCluster: "primary",
-		NewCluster: func(string, *rest.Config) (Cluster, error) { return &fakeCluster{}, nil },
+		NewCluster: func(string, *rest.Config) (Cluster, error) { <-adding; return &fakeCluster{}, nil },
 		ProbeEvery: time.Hour, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if c.Listed() {
 		t.Fatal("listed before it ran")
@@ -175,6 +177,11 @@ func TestListedAfterStartupSecrets(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = c.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond) // its secrets read, r0 being added
+	if c.Listed() {
+		t.Fatal("listed while a start-up secret's cluster was still being added")
+	}
+	close(adding)
 	for deadline := time.Now().Add(5 * time.Second); !c.Listed(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("never listed")
